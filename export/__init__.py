@@ -1,0 +1,1 @@
+"""rnnops export stage."""

@@ -1,0 +1,1 @@
+"""rnnops registry stage."""

@@ -1,0 +1,1 @@
+"""rnnops training stage."""

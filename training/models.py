@@ -1,0 +1,172 @@
+"""The two model families, read top to bottom.
+
+Both take and return **raw units** and carry their recurrent state explicitly:
+``forward(x, state) -> (output, state)``, where ``state`` is a tuple ``(h,)`` for GRU/RNN or
+``(h, c)`` for LSTM, each ``[layers, batch, hidden]``. ``state=None`` means zeros.
+
+- :class:`CharModel`: embedding -> LSTM | GRU | vanilla RNN (tanh, as in Karpathy's
+  min-char-rnn) -> dropout -> linear head over the vocabulary.
+- :class:`Forecaster`: LSTM | GRU over the lookback window -> direct multi-step head
+  (horizon x targets at once). Normalisation lives inside the module:
+  ``norm="fixed"``: a z-score scaler fitted on the training split, stored as buffers. Stepping
+  one observation at a time with carried state gives the same forecast as one call over the
+  whole window: the model is *stateful* (O(1) per new observation when served).
+  ``norm="revin"``: each input window is normalised by its own mean/std (RevIN, Kim et al.
+  2022) and the forecast de-normalised with them; with ``linear_skip`` an NLinear-style
+  linear map of the normalised window is added to the recurrent head. Better on drifting
+  series such as ETT, but the model needs the last ``lookback`` observations: *windowed*.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from rnnops.errors import RnnopsError
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+State = tuple[torch.Tensor, ...]
+
+
+def _make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
+    if cell not in CELLS:
+        raise RnnopsError(f"unknown cell {cell!r}: use one of {', '.join(CELLS)}")
+    kwargs = dict(batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
+    if cell == "rnn":
+        kwargs["nonlinearity"] = "tanh"
+    return CELLS[cell](input_size, hidden_size, num_layers, **kwargs)
+
+
+def state_names(cell: str) -> list[str]:
+    return ["h", "c"] if cell == "lstm" else ["h"]
+
+
+def zero_state(cell: str, num_layers: int, batch: int, hidden: int, device=None) -> State:
+    return tuple(torch.zeros(num_layers, batch, hidden, device=device) for _ in state_names(cell))
+
+
+def _rnn_step(rnn: nn.Module, cell: str, x: torch.Tensor, state: State | None):
+    """Run the recurrent core; normalise LSTM's (h, c) and GRU/RNN's h to a tuple."""
+    if state is None:
+        out, new = rnn(x)
+    elif cell == "lstm":
+        out, new = rnn(x, (state[0], state[1]))
+    else:
+        out, new = rnn(x, state[0])
+    return out, (tuple(new) if cell == "lstm" else (new,))
+
+
+@dataclass
+class CharModelConfig:
+    vocab_size: int
+    cell: str = "lstm"
+    hidden_size: int = 512
+    num_layers: int = 1
+    embed_dim: int = 64
+    dropout: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CharModel(nn.Module):
+    kind = "char"
+
+    def __init__(self, config: CharModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
+        self.rnn = _make_rnn(config.cell, config.embed_dim, config.hidden_size, config.num_layers, config.dropout)
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def init_state(self, batch: int, device=None) -> State:
+        c = self.config
+        return zero_state(c.cell, c.num_layers, batch, c.hidden_size, device)
+
+    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """x: int64 [B, T] token ids -> logits float32 [B, T, V], new state."""
+        out, state = _rnn_step(self.rnn, self.config.cell, self.embed(x), state)
+        return self.head(self.drop(out)), state
+
+
+@dataclass
+class ForecasterConfig:
+    n_features: int
+    target_indices: list[int]
+    lookback: int
+    horizon: int
+    cell: str = "gru"
+    hidden_size: int = 128
+    num_layers: int = 1
+    dropout: float = 0.0
+    norm: str = "revin"  # "revin" (windowed) | "fixed" (stateful)
+    linear_skip: bool = True  # revin only: add an NLinear-style linear map of the window
+    scaler_mean: list[float] = field(default_factory=list)
+    scaler_std: list[float] = field(default_factory=list)
+    feature_names: list[str] = field(default_factory=list)
+    target_names: list[str] = field(default_factory=list)
+
+    @property
+    def stateful(self) -> bool:
+        return self.norm == "fixed"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Forecaster(nn.Module):
+    kind = "forecaster"
+
+    def __init__(self, config: ForecasterConfig):
+        super().__init__()
+        if config.cell not in ("lstm", "gru"):
+            raise RnnopsError(f"forecasters use lstm or gru, not {config.cell!r}")
+        if config.norm not in ("revin", "fixed"):
+            raise RnnopsError(f"norm must be revin or fixed, not {config.norm!r}")
+        self.config = config
+        f, n_out = config.n_features, len(config.target_indices)
+        mean = torch.tensor(config.scaler_mean or [0.0] * f, dtype=torch.float32)
+        std = torch.tensor(config.scaler_std or [1.0] * f, dtype=torch.float32)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.register_buffer("targets", torch.tensor(config.target_indices, dtype=torch.long))
+        self.rnn = _make_rnn(config.cell, f, config.hidden_size, config.num_layers, config.dropout)
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, config.horizon * n_out)
+        self.skip = nn.Linear(config.lookback, config.horizon) if (config.norm == "revin" and config.linear_skip) else None
+
+    def init_state(self, batch: int, device=None) -> State:
+        c = self.config
+        return zero_state(c.cell, c.num_layers, batch, c.hidden_size, device)
+
+    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """x: float32 [B, T, F] raw values -> forecast [B, horizon, n_targets] raw, new state.
+
+        A windowed (revin) model reads the last ``lookback`` rows of ``x``.
+        """
+        c = self.config
+        if c.norm == "revin":
+            x = x[:, -c.lookback :]
+            mean = x.mean(dim=1, keepdim=True)
+            std = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + 1e-5)
+        else:
+            mean, std = self.mean.view(1, 1, -1), self.std.view(1, 1, -1)
+        z = (x - mean) / std
+        out, state = _rnn_step(self.rnn, c.cell, z, state)
+        y = self.head(self.drop(out[:, -1])).view(x.shape[0], c.horizon, -1)
+        zt = z.index_select(2, self.targets)
+        if self.skip is not None:
+            y = y + self.skip(zt.transpose(1, 2)).transpose(1, 2)
+        return y * std.index_select(2, self.targets) + mean.index_select(2, self.targets), state
+
+
+def build_model(kind: str, config: dict) -> nn.Module:
+    """Rebuild a model from its JSON config (the logged contract)."""
+    if kind == "char":
+        return CharModel(CharModelConfig(**config))
+    if kind == "forecaster":
+        return Forecaster(ForecasterConfig(**config))
+    raise RnnopsError(f"unknown model kind {kind!r}")
