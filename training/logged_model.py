@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,12 +62,14 @@ def log_model(model: torch.nn.Module, spec: dict, workdir: Path) -> str:
     import mlflow
 
     files = save_model_files(model, spec, workdir)
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-        artifacts={"config": str(files / CONFIG_FILE), "weights": str(files / WEIGHTS_FILE)},
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "safetensors", "rnnops"],
-    )
+    with warnings.catch_warnings():  # MLflow nags about type hints we deliberately leave out
+        warnings.simplefilter("ignore", UserWarning)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+            artifacts={"config": str(files / CONFIG_FILE), "weights": str(files / WEIGHTS_FILE)},
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "safetensors", "rnnops"],
+        )
     mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
     return info.model_uri
 
