@@ -65,3 +65,18 @@ ALIAS_CHAMPION = "champion"
 ALIAS_CHALLENGER = "challenger"
 # The validation metric the promotion gate compares (lower is better), per model kind.
 VAL_METRIC = {"char": "val_loss", "forecaster": "val_mse"}
+
+# --- Model version tags written by the registry (``rnnops registry register``) -------------
+VTAG_KIND = "rnnops.kind"
+VTAG_CELL = "rnnops.cell"
+VTAG_VERSION = "rnnops.version"  # rnnops version that exported the ONNX
+VTAG_SOURCE_RUN = "rnnops.source_run"
+VTAG_ONNX_SHA256 = "rnnops.onnx_sha256"  # resolve refuses a file that does not hash to this
+VTAG_PARITY_PASSED = "rnnops.parity_passed"
+VTAG_PARITY_MAX_DIFF = "rnnops.parity_max_diff"
+VTAG_VAL_METRIC = "rnnops.val_metric"  # the metric's name (VAL_METRIC[kind]); its value is
+# tagged as "rnnops.<name>", e.g. rnnops.val_loss = "1.4821"
+VTAG_FORCED = "rnnops.forced_promotion"  # JSON record of a promotion that bypassed the gate
+# Registered-model tags: the model kind, and the champion stack that ``rollback`` pops.
+RMTAG_KIND = "rnnops.kind"
+RMTAG_CHAMPION_HISTORY = "rnnops.champion_history"
