@@ -1,0 +1,221 @@
+"""The parity gate: exported models must compute what the trained module computes.
+
+Reference: the training module's own ``forward(x, state)`` in eager PyTorch (fp32, CPU). Each
+backend (TorchScript, the ONNX file in onnxruntime, onnxruntime's optimised graph) runs the same
+inputs and every output is compared element by element:
+
+    |backend - eager| <= atol + rtol * |eager|
+
+with ``atol = 1e-4`` for every output and ``rtol = 0`` except for a forecaster's ``forecast``
+(raw units, so its scale is the data's: ``rtol = 1e-4`` there, i.e. 1e-4 relative once
+|y| > 1). Cases: batch {1, 2, 8} x time {1, 7, 64} x initial state {zero, random}
+(a windowed forecaster needs ``lookback`` rows, so its times are lookback + {0, 6, 63}: the
+window plus older rows it must ignore). Stateful models also run **stepwise**: the 64-step
+sequence fed one step at a time, carrying the state, must match the whole-sequence call
+(all logits, or the last forecast, and the final state). Windowed forecasters are not stateful
+by design (their normalisation depends on the whole window), so that case is skipped and the
+report says so.
+
+The report (max abs diff per output per case) is a JSON-able dict; :func:`check` raises
+:class:`ParityGateFailed` naming the worst case when any case fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from rnnops import contract
+from rnnops.errors import RnnopsError
+from rnnops.export import wrappers
+
+Backend = Callable[[dict[str, np.ndarray]], list[np.ndarray]]  # feeds by name -> outputs in contract order
+
+BATCHES = (1, 2, 8)
+TIMES = (1, 7, 64)
+INITS = ("zero", "random")
+
+
+@dataclass
+class Tolerance:
+    atol: float = 1e-4
+    rtol_forecast: float = 1e-4  # only for the forecaster's raw-unit ``forecast`` output
+
+    def bound(self, output: str, ref: np.ndarray):
+        rtol = self.rtol_forecast if output == contract.FORECAST_OUTPUT else 0.0
+        return self.atol + rtol * np.abs(ref)
+
+
+class ParityGateFailed(RnnopsError):
+    """The exported model does not compute what the trained model computes."""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+def eager_backend(model: nn.Module) -> Backend:
+    """The training module's ``forward(x, state)``: the reference."""
+    names = contract.state_inputs(model.config.cell)
+
+    def run(feeds):
+        with torch.no_grad():
+            x = torch.from_numpy(feeds[contract.INPUT])
+            out, state = model(x, tuple(torch.from_numpy(feeds[n]) for n in names))
+        return [out.numpy(), *(s.numpy() for s in state)]
+
+    return run
+
+
+def torchscript_backend(module) -> Backend:
+    def run(feeds):
+        with torch.no_grad():
+            outs = module(*(torch.from_numpy(v) for v in feeds.values()))
+        return [o.numpy() for o in outs]
+
+    return run
+
+
+def onnxruntime_backend(sess) -> Backend:
+    names = [o.name for o in sess.get_outputs()]
+
+    def run(feeds):
+        return sess.run(names, feeds)
+
+    return run
+
+
+# ----------------------------------------------------------------------------- the gate
+
+
+def run_gate(model: nn.Module, backends: dict[str, Backend], tol: Tolerance | None = None,
+             batches=BATCHES, times=TIMES, seed: int = 0) -> dict:
+    """Compare every backend with eager on the case grid; returns the report (see module doc)."""
+    tol = tol or Tolerance()
+    model = model.eval()
+    with one_torch_thread():
+        return _run(model, backends, tol, batches, times, seed)
+
+
+def _run(model, backends, tol, batches, times, seed) -> dict:
+    eager = eager_backend(model)
+    outs = wrappers.output_names(model.kind, model.config.cell)
+    rng = np.random.default_rng(seed)
+    windowed = wrappers.is_windowed(model)
+    offset = wrappers.min_time(model) - 1 if windowed else 0
+    cases, skipped = [], []
+
+    for batch in batches:
+        for t in times:
+            for init in INITS:
+                feeds = wrappers.make_inputs(model, batch, t + offset, rng, init == "random")
+                ref = eager(feeds)
+                for name, backend in backends.items():
+                    cases.append(_compare(name, "whole", batch, t + offset, init, outs, ref, backend(feeds), tol))
+
+    stateful = not windowed
+    if stateful:
+        t = max(times)
+        for batch in batches:
+            for init in INITS:
+                feeds = wrappers.make_inputs(model, batch, t, rng, init == "random")
+                ref = eager(feeds)
+                for name, backend in {"eager": eager, **backends}.items():
+                    got = _stepwise(backend, feeds, model.kind)
+                    cases.append(_compare(name, "stepwise", batch, t, init, outs, ref, got, tol))
+    else:
+        skipped.append({"mode": "stepwise", "reason": "windowed forecaster (rnnops.stateful=false): it normalises "
+                        "each window by that window's statistics, so stepping with carried state is not its contract"})
+    return _summarise(cases, skipped, tol, list(backends), model)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Small models, many tiny calls: one intra-op thread is faster and spares a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def check(report: dict) -> None:
+    """Raise :class:`ParityGateFailed` naming the worst case unless every case passed."""
+    if report["passed"]:
+        return
+    w = report["worst_case"]
+    raise ParityGateFailed(
+        f"parity gate failed: {report['failures']} of {len(report['cases'])} cases out of tolerance; worst: "
+        f"{w['case']}, output {w['output']!r} max abs diff {w['max_abs_diff']:.3g} "
+        f"(atol {report['tolerance']['atol']:g}); nothing was logged as passed or registered", report)
+
+
+def _stepwise(backend: Backend, feeds: dict[str, np.ndarray], kind: str) -> list[np.ndarray]:
+    """Run the sequence one step at a time, carrying the state; outputs as one call would give."""
+    names = list(feeds)
+    x = feeds[contract.INPUT]
+    state = [feeds[n] for n in names[1:]]
+    mains = []
+    for t in range(x.shape[1]):
+        out = backend({contract.INPUT: np.ascontiguousarray(x[:, t : t + 1]), **dict(zip(names[1:], state))})
+        mains.append(out[0])
+        state = out[1:]
+    main = np.concatenate(mains, axis=1) if kind == "char" else mains[-1]
+    return [main, *state]
+
+
+def _compare(backend, mode, batch, time, init, outs, ref, got, tol: Tolerance) -> dict:
+    diffs, ratios, ok = {}, {}, True
+    for name, r, g in zip(outs, ref, got):
+        g = np.asarray(g)
+        if g.shape != r.shape:
+            diffs[name], ratios[name], ok = math.inf, math.inf, False
+            continue
+        d = np.abs(g.astype(np.float64) - r.astype(np.float64))
+        bound = tol.bound(name, r.astype(np.float64))
+        finite = bool(np.isfinite(d).all())
+        passed = finite and bool((d <= bound).all())
+        diffs[name] = float(d.max()) if finite else math.inf
+        ratios[name] = float((d / np.maximum(bound, 1e-30)).max()) if finite else math.inf
+        ok = ok and passed
+    return {"case": f"{backend} {mode} batch={batch} time={time} state={init}", "backend": backend, "mode": mode,
+            "batch": batch, "time": time, "init": init, "passed": ok, "max_abs_diff": diffs, "_ratio": ratios}
+
+
+def _summarise(cases, skipped, tol: Tolerance, backends, model) -> dict:
+    worst_case, worst_out, worst_ratio = None, None, -1.0
+    by_output: dict[str, float] = {}
+    for c in cases:
+        for out, d in c["max_abs_diff"].items():
+            by_output[out] = max(by_output.get(out, 0.0), d)
+        for out, r in c.pop("_ratio").items():
+            if r > worst_ratio:
+                worst_case, worst_out, worst_ratio = c, out, r
+    failures = sum(not c["passed"] for c in cases)
+    return {
+        "passed": failures == 0 and bool(cases),
+        "failures": failures,
+        "reference": "eager PyTorch: the training module's forward(x, state), fp32 CPU",
+        "backends": backends,
+        "kind": model.kind,
+        "cell": model.config.cell,
+        "stateful": not wrappers.is_windowed(model),
+        "tolerance": {**asdict(tol), "rule": "|backend - eager| <= atol + rtol * |eager| element-wise; "
+                      "rtol applies to the forecaster's raw-unit 'forecast' output only"},
+        "max_abs_diff": max(by_output.values(), default=0.0),
+        "max_abs_diff_by_output": by_output,
+        "worst_case": {"case": worst_case["case"], "output": worst_out, "passed": worst_case["passed"],
+                       "max_abs_diff": worst_case["max_abs_diff"][worst_out]} if worst_case else None,
+        "skipped": skipped,
+        "cases": cases,
+    }

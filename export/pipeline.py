@@ -1,0 +1,342 @@
+"""``export_run``: one logged model in, TorchScript + ONNX (+ onnxruntime variants) out, gated.
+
+Stages, in order (each prints one progress line to stderr):
+
+1. rebuild the model from the run (``training.logged_model.load_model``);
+2. TorchScript (scripted, frozen) and ONNX (contract inputs/outputs, metadata) files;
+3. onnxruntime's optimised graph;
+4. the parity gate (:mod:`rnnops.export.parity`): on failure the report is logged, the run's
+   export tags say ``parity_passed=false`` (the ONNX URI / sha256 tags are removed, so nothing
+   registrable is left behind) and :class:`ParityGateFailed` names the worst case;
+5. int8 (LSTM only) with its quality delta and speed-up (:mod:`rnnops.export.quality`),
+   kept only within the bound;
+6. logging, linked to the **source run itself** (the registry reads the export's tags there,
+   and one run then holds training and its exports): the ONNX as an ``mlflow.onnx`` logged model
+   whose ``source_run_id`` is the run (signature + input example, so ``mlflow models serve`` can
+   serve it), the other files as run artifacts under ``export/``, then the four contract tags in
+   one write. The run is not reopened, so its status and end time stay as training left them.
+   A re-export replaces the tags (they describe the latest ONNX export; a TorchScript-only
+   export leaves them alone) and adds a new logged model.
+
+The local files go to ``out_dir`` (default ``$RNNOPS_CACHE/exports/<run id>/``); ``onnx_path`` is
+byte-identical to the logged ``model.onnx``, so ``ExportResult.sha256`` is what the registry
+checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rnnops import contract, settings
+from rnnops.errors import RnnopsError
+from rnnops.export import onnx_export, ort_tools, parity, quality, wrappers
+from rnnops.export.torchscript import export_torchscript, load_torchscript
+
+FORMATS = ("onnx", "torchscript")
+ONNX_FILE = "model.onnx"  # the name mlflow.onnx.log_model gives the graph inside the logged model
+TS_FILE = "model.pt"
+OPT_FILE = "model.ort-optimized.onnx"
+INT8_FILE = "model.int8.onnx"
+PARITY_FILE = "parity_report.json"
+QUANT_FILE = "quantization.json"
+ARTIFACT_DIR = "export"
+
+
+@dataclass
+class ExportResult:
+    run_id: str | None
+    kind: str
+    cell: str
+    folder: Path  # local files (``out_dir``, or the cache)
+    onnx_path: Path | None = None  # byte-identical to the logged model's model.onnx
+    torchscript_path: Path | None = None
+    optimized_path: Path | None = None
+    int8_path: Path | None = None  # None unless made and kept
+    sha256: str | None = None  # of onnx_path
+    onnx_uri: str | None = None  # models:/m-… of the mlflow.onnx logged model
+    parity: dict = field(default_factory=dict)
+    quantization: dict | None = None
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> artifact URI in the source run
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["parity"] = {k: v for k, v in self.parity.items() if k != "cases"}  # the summary; cases are in the file
+        return json.loads(json.dumps(d, default=str))
+
+
+class Progress:
+    """One line per stage on stderr: what runs, then how it ended and how long it took."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.seconds: dict[str, float] = {}
+
+    def say(self, text: str) -> None:
+        if self.enabled:
+            print(f"[export] {text}", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def stage(self, name: str, what: str):
+        self.say(f"{what}…")
+        note: dict = {}
+        t = time.perf_counter()
+        yield note
+        self.seconds[name] = round(time.perf_counter() - t, 3)
+        self.say(f"{what}: {note.get('done', 'done')} ({self.seconds[name]:.1f}s)")
+
+
+def export_run(ref: str, formats=FORMATS, opset: int | None = None, quantize: bool = True,
+               out_dir: str | Path | None = None, exporter: str = "legacy", tolerance=None,
+               log: bool = True, progress: bool = True) -> ExportResult:
+    """Export the model of ``ref`` (run id, ``runs:/``, ``models:/`` URI or folder); see the module doc.
+
+    ``tolerance``: a :class:`rnnops.export.parity.Tolerance` (default atol 1e-4).
+    ``log``: log files and tags back to the source run (skipped for a local folder).
+    """
+    from rnnops.training.logged_model import load_model
+
+    formats = _check_formats(formats)
+    opset = opset or onnx_export.DEFAULT_OPSET
+    if "onnx" in formats:
+        onnx_export.check_exporter(exporter, opset)
+    p = Progress(progress)
+    with p.stage("load", f"loading {ref}") as note:
+        loaded = load_model(ref)
+        model, spec, run_id = loaded.model.eval(), loaded.spec, loaded.run_id
+        cell = model.config.cell
+        note["done"] = f"{model.kind} {cell}, {model.config.num_layers}x{model.config.hidden_size}" + (
+            f", run {run_id}" if run_id else "")
+    log = log and run_id is not None and not Path(ref).is_dir()  # a local folder is not linked to a run here
+    folder = Path(out_dir) if out_dir else settings.cache_dir() / "exports" / (run_id or _digest(str(ref)))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in (ONNX_FILE, TS_FILE, OPT_FILE, INT8_FILE, PARITY_FILE, QUANT_FILE, "export.json"):
+        (folder / stale).unlink(missing_ok=True)  # only this export's files, never an older one's
+    result = ExportResult(run_id, model.kind, cell, folder)
+
+    with parity.one_torch_thread():
+        backends = {}
+        if "torchscript" in formats:
+            with p.stage("torchscript", "TorchScript (scripted, frozen)"):
+                result.torchscript_path = export_torchscript(model, folder / TS_FILE)
+                backends["torchscript"] = parity.torchscript_backend(load_torchscript(result.torchscript_path))
+        if "onnx" in formats:
+            with p.stage("onnx", f"ONNX ({exporter} exporter, opset {opset})"):
+                result.onnx_path = onnx_export.export_onnx(model, spec, folder / ONNX_FILE, opset=opset,
+                                                           exporter=exporter, source_run=run_id)
+                backends["onnxruntime"] = parity.onnxruntime_backend(ort_tools.session(result.onnx_path))
+            with p.stage("optimize", "onnxruntime-optimised graph (ORT_ENABLE_EXTENDED)"):
+                result.optimized_path = ort_tools.optimise(result.onnx_path, folder / OPT_FILE)
+                backends["onnxruntime-optimized"] = parity.onnxruntime_backend(ort_tools.session(result.optimized_path))
+
+        with p.stage("parity", f"parity gate ({', '.join(backends)} vs eager)") as note:
+            report = parity.run_gate(model, backends, tolerance)
+            result.parity = report
+            (folder / PARITY_FILE).write_text(json.dumps(report, indent=1))
+            w = report["worst_case"]
+            note["done"] = (f"{'passed' if report['passed'] else 'FAILED'}, {len(report['cases'])} cases, "
+                            f"max abs diff {report['max_abs_diff']:.2g} (worst: {w['case']}, {w['output']})")
+        if not report["passed"]:
+            if log:
+                _log_failed_gate(run_id, folder / PARITY_FILE, report, tags="onnx" in formats)
+            parity.check(report)  # raises ParityGateFailed naming the worst case
+
+        if "onnx" in formats:
+            result.quantization = _int8(model, spec, run_id, result, quantize, p)
+        if result.quantization and not result.quantization.get("keep"):
+            (folder / INT8_FILE).unlink(missing_ok=True)
+            result.int8_path = None
+        if result.quantization:
+            (folder / QUANT_FILE).write_text(json.dumps(result.quantization, indent=1))
+
+    if log:
+        with p.stage("mlflow", f"logging to MLflow run {run_id}") as note:
+            _log(result, model)
+            note["done"] = f"{result.onnx_uri or 'no ONNX'}, sha256 {(result.sha256 or '-')[:12]}…"
+    elif result.onnx_path:
+        result.sha256 = _sha256(result.onnx_path)
+        if run_id is None or Path(ref).is_dir():
+            p.say(f"{ref} is a local folder, not an MLflow run: nothing logged")
+    result.seconds = p.seconds
+    (folder / "export.json").write_text(json.dumps(result.to_dict(), indent=1))
+    p.say(f"files in {folder}")
+    return result
+
+
+# ----------------------------------------------------------------------------- int8
+
+
+def _int8(model, spec: dict, run_id: str | None, result: ExportResult, quantize: bool, p: Progress) -> dict:
+    if model.config.cell not in ort_tools.INT8_CELLS:
+        return {"made": False, "keep": False, "reason": f"{model.config.cell.upper()} stays fp32: onnxruntime has no "
+                "int8 GRU/RNN kernel (it quantises LSTM and MatMul only)"}
+    if not quantize:
+        return {"made": False, "keep": False, "reason": "skipped (--skip-quantize)"}
+    with p.stage("int8", "int8 dynamic quantisation + validation quality through onnxruntime") as note:
+        path = ort_tools.quantize_int8(result.onnx_path, result.folder / INT8_FILE)
+        data, why = None, None
+        try:
+            data = quality.load_eval_data(model, spec, _job(run_id))
+        except RnnopsError as exc:
+            why = str(exc)
+        q = {"made": True, **quality.compare_int8(model, result.onnx_path, path, data, why)}
+        if q.get("keep"):
+            result.int8_path = path
+        speed = q["latency_ms"]["batch1"]["speedup"]
+        if "delta" in q:
+            delta = f"{q['delta']:+.2%}" if q["bound"]["mode"] == "rel" else f"{q['delta']:+.4f}"
+            note["done"] = (f"{q['metric']} fp32 {q['fp32']:.4f} -> int8 {q['int8']:.4f} (delta {delta}), "
+                            f"{speed:.2f}x at batch 1: {'kept' if q['keep'] else 'dropped'}")
+        else:
+            note["done"] = f"dropped: {q['reason']}"
+    return q
+
+
+def _job(run_id: str | None) -> dict | None:
+    """The training job (data source and options) as the run logged it, if it did."""
+    if not run_id:
+        return None
+    import mlflow
+
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/config/job.json")
+    except Exception:  # an older or hand-made run without the job file: fall back to the spec
+        return None
+
+
+# ----------------------------------------------------------------------------- MLflow
+
+
+def _log(result: ExportResult, model) -> None:
+    """Log the files to the source run and set the contract tags last, in one write."""
+    import mlflow
+    from mlflow.entities import RunTag
+
+    from rnnops.tracking import connect
+
+    connect()
+    client = mlflow.MlflowClient()
+    run_id = result.run_id
+    run = client.get_run(run_id)
+    if result.onnx_path:  # the contract tags describe the ONNX: a TorchScript-only export leaves them be
+        _clear_export_tags(client, run_id)
+        result.onnx_uri, result.sha256 = _log_onnx(result, model, run)
+    for path, sub in ((result.torchscript_path, "torchscript"), (result.optimized_path, "onnxruntime"),
+                      (result.int8_path, "onnxruntime")):
+        if path:
+            client.log_artifact(run_id, str(path), f"{ARTIFACT_DIR}/{sub}")
+            result.artifacts[path.name] = f"runs:/{run_id}/{ARTIFACT_DIR}/{sub}/{path.name}"
+    # A TorchScript-only export keeps its report beside its file, not over the ONNX export's.
+    reports = ARTIFACT_DIR if result.onnx_path else f"{ARTIFACT_DIR}/torchscript"
+    for name in (PARITY_FILE, QUANT_FILE):
+        if (result.folder / name).exists():
+            client.log_artifact(run_id, str(result.folder / name), reports)
+            result.artifacts[name] = f"runs:/{run_id}/{reports}/{name}"
+    if result.onnx_uri:
+        tags = {contract.TAG_ONNX_URI: result.onnx_uri, contract.TAG_ONNX_SHA256: result.sha256,
+                contract.TAG_PARITY_PASSED: "true", contract.TAG_PARITY_MAX_DIFF: repr(float(result.parity["max_abs_diff"]))}
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def _log_onnx(result: ExportResult, model, run) -> tuple[str, str]:
+    """Log model.onnx with mlflow.onnx; return its models:/ URI and the sha256 of the stored file."""
+    import mlflow
+    import onnx
+
+    signature, example = _signature(model)
+    logged = mlflow.initialize_logged_model(name="onnx", source_run_id=run.info.run_id,
+                                            experiment_id=run.info.experiment_id, model_type="onnx",
+                                            tags={"rnnops.kind": model.kind, "rnnops.cell": model.config.cell})
+    info = mlflow.onnx.log_model(
+        onnx.load(str(result.onnx_path)), name="onnx", model_id=logged.model_id, run_id=run.info.run_id,
+        signature=signature, input_example=example, save_as_external_data=False,
+        onnx_execution_providers=["CPUExecutionProvider"],
+        pip_requirements=[f"onnxruntime>={_version('onnxruntime')}", f"onnx>={_version('onnx')}"],
+    )
+    # mlflow.onnx re-serialises the graph: hash the file exactly as stored, and keep that copy.
+    location = mlflow.get_logged_model(logged.model_id).artifact_location
+    stored = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/{ONNX_FILE}",
+                                                      dst_path=str(result.folder / ".stored")))
+    if stored.read_bytes() != result.onnx_path.read_bytes():
+        shutil.copyfile(stored, result.onnx_path)
+    shutil.rmtree(result.folder / ".stored", ignore_errors=True)
+    return info.model_uri, _sha256(result.onnx_path)
+
+
+def _signature(model):
+    """Tensor signature with -1 for the dynamic batch and time axes, and a batch-2 example."""
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    c = model.config
+    state = (c.num_layers, -1, c.hidden_size)
+    if model.kind == "char":
+        x, main = TensorSpec(np.dtype(np.int64), (-1, -1), contract.INPUT), (-1, -1, c.vocab_size)
+    else:
+        x, main = TensorSpec(np.dtype(np.float32), (-1, -1, c.n_features), contract.INPUT), (-1, c.horizon, len(c.target_indices))
+    f32 = np.dtype(np.float32)
+    outs = wrappers.output_names(model.kind, c.cell)
+    inputs = Schema([x, *(TensorSpec(f32, state, n) for n in contract.state_inputs(c.cell))])
+    outputs = Schema([TensorSpec(f32, main, outs[0]), *(TensorSpec(f32, state, n) for n in outs[1:])])
+    t = wrappers.min_time(model) if wrappers.is_windowed(model) else 8
+    example = wrappers.make_inputs(model, 2, t, np.random.default_rng(0), random_state=False)
+    return ModelSignature(inputs=inputs, outputs=outputs), example
+
+
+def _log_failed_gate(run_id: str, report_path: Path, report: dict, tags: bool) -> None:
+    """A failed gate leaves its report and a ``parity_passed=false`` tag, and nothing registrable."""
+    import mlflow
+    from mlflow.entities import RunTag
+
+    from rnnops.tracking import connect
+
+    connect()
+    client = mlflow.MlflowClient()
+    client.log_artifact(run_id, str(report_path), ARTIFACT_DIR)
+    if not tags:
+        return
+    _clear_export_tags(client, run_id)
+    client.log_batch(run_id, tags=[RunTag(contract.TAG_PARITY_PASSED, "false"),
+                                   RunTag(contract.TAG_PARITY_MAX_DIFF, repr(float(report["max_abs_diff"])))])
+
+
+def _clear_export_tags(client, run_id: str) -> None:
+    tags = client.get_run(run_id).data.tags
+    for key in (contract.TAG_ONNX_URI, contract.TAG_ONNX_SHA256, contract.TAG_PARITY_PASSED, contract.TAG_PARITY_MAX_DIFF):
+        if key in tags:
+            client.delete_tag(run_id, key)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_formats(formats) -> tuple[str, ...]:
+    if isinstance(formats, str):
+        formats = [f for f in formats.split(",")]
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in formats if f.strip()))
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise RnnopsError(f"unknown export format(s) {', '.join(bad) or '(none)'}: use one or more of {', '.join(FORMATS)}")
+    return formats
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist).split("+")[0]

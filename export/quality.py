@@ -1,0 +1,123 @@
+"""Is the int8 variant good enough? Validation quality and step latency, both through onnxruntime.
+
+Quality uses the training job's own evaluation protocol on the validation split (the job is
+read back from the run's ``config/job.json``):
+
+- char models: mean cross-entropy in nats/char over non-overlapping 256-character windows, each
+  from a zero state (``training.jobs.char_val_loss``);
+- forecasters: MSE on the z-scored scale over every stride-1 validation window (``val_mse``).
+
+The int8 file is kept only when its quality delta is within :data:`BOUNDS` of the fp32 ONNX
+(absolute +0.02 nats/char; relative +2 % MSE). Speed is the median latency of one step
+(char: batch 1 and 64, T=1; forecaster: one window, batch 1 and 64), reported, not gated: on a
+shared machine it is a hint, and ``benchmarks/kernel.py`` measures it properly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rnnops import contract
+from rnnops.errors import RnnopsError
+from rnnops.export import ort_tools, wrappers
+
+BOUNDS = {"char": ("val_loss", "abs", 0.02), "forecaster": ("val_mse", "rel", 0.02)}
+
+
+@dataclass
+class EvalData:
+    kind: str
+    x: np.ndarray  # char: int64 [N, 257] windows (inputs + next char); forecaster: float32 [N, L, F]
+    y: np.ndarray | None = None  # forecaster: float32 [N, H, targets]
+    scale: np.ndarray | None = None  # forecaster: target std (z-scored errors)
+
+
+def load_eval_data(model, spec: dict, job: dict | None) -> EvalData:
+    """The validation split the run was scored on; RnnopsError if it cannot be rebuilt exactly."""
+    from rnnops.training import data as D
+    from rnnops.training.jobs import EVAL_WINDOW, _val_windows
+
+    dataset = spec.get("dataset") or {}
+    source = (job or {}).get("data") or dataset.get("name")
+    if not source:
+        raise RnnopsError("the run records no dataset")
+    if model.kind == "char":
+        text = D.load_text(source)
+        _same_data(text.sha256, dataset, source)
+        return EvalData("char", _val_windows(text.val, EVAL_WINDOW).numpy())
+    c = model.config
+    job = job or {}
+    features = job.get("features") or ("S" if len(c.feature_names) == 1 else "M")
+    target = job.get("target") or (c.target_names[-1] if features == "S" and c.target_names else None)
+    series = D.load_series(source, features, target, job.get("date_column"), job.get("fill"))
+    _same_data(series.sha256, dataset, source)
+    L, H, tidx = c.lookback, c.horizon, series.target_indices
+    starts = series.window_starts("val", L, H)
+    x = series.values[starts[:, None] + np.arange(L)]
+    y = series.values[starts[:, None] + L + np.arange(H)][:, :, tidx]
+    _, std = series.scaler()
+    return EvalData("forecaster", x, y, std[tidx])
+
+
+def val_metric(sess, data: EvalData, model, chunk: int = 64) -> float:
+    """The validation metric of an ONNX session (val_loss in nats/char, or val_mse)."""
+    c = model.config
+    state_names = contract.state_inputs(c.cell)
+    total, count = 0.0, 0
+    for i in range(0, len(data.x), chunk if data.kind == "char" else 512):
+        xb = data.x[i : i + (chunk if data.kind == "char" else 512)]
+        b = len(xb)
+        feeds = {contract.INPUT: xb[:, :-1] if data.kind == "char" else xb}
+        feeds.update({n: np.zeros((c.num_layers, b, c.hidden_size), np.float32) for n in state_names})
+        out = sess.run([wrappers.output_names(model.kind, c.cell)[0]], feeds)[0].astype(np.float64)
+        if data.kind == "char":
+            target = xb[:, 1:]
+            logz = out.max(-1, keepdims=True)
+            logz = logz + np.log(np.exp(out - logz).sum(-1, keepdims=True))
+            nll = logz[..., 0] - np.take_along_axis(out, target[..., None], -1)[..., 0]
+            total += float(nll.sum())
+            count += nll.size
+        else:
+            err = (out - data.y[i : i + b]) / data.scale
+            total += float((err**2).sum())
+            count += err.size
+    return total / count
+
+
+def compare_int8(model, fp32_path, int8_path, data: EvalData | None, skip_reason: str | None = None) -> dict:
+    """Quality delta and speed-up of the int8 file against the fp32 ONNX; ``keep`` says which wins."""
+    metric, mode, bound = BOUNDS[model.kind]
+    report = {"metric": metric, "bound": {"mode": mode, "value": bound,
+                                          "rule": f"int8 {metric} - fp32 {metric} <= {bound}" if mode == "abs"
+                                          else f"int8 {metric} / fp32 {metric} - 1 <= {bound:.0%}"}}
+    fp32 = ort_tools.session(fp32_path, threads=2)
+    int8 = ort_tools.session(int8_path, threads=2)
+    if data is None:
+        report.update(keep=False, reason=f"quality not measured ({skip_reason}); int8 not kept unverified")
+    else:
+        q32, q8 = val_metric(fp32, data, model), val_metric(int8, data, model)
+        delta = q8 - q32 if mode == "abs" else q8 / q32 - 1.0
+        ok = bool(delta <= bound)
+        report.update(fp32=q32, int8=q8, delta=delta, keep=ok,
+                      reason="within bound" if ok else f"quality delta {delta:.4g} exceeds the bound {bound:g}")
+    report["latency_ms"] = _speed(model, fp32_path, int8_path)
+    return report
+
+
+def _speed(model, fp32_path, int8_path) -> dict:
+    rng = np.random.default_rng(0)
+    t = wrappers.min_time(model) if model.kind == "forecaster" else 1
+    out = {}
+    s32, s8 = ort_tools.session(fp32_path, threads=1), ort_tools.session(int8_path, threads=1)
+    for batch in (1, 64):
+        feeds = wrappers.make_inputs(model, batch, t, rng, random_state=True)
+        a, b = ort_tools.step_latency(s32, feeds, 0.15), ort_tools.step_latency(s8, feeds, 0.15)
+        out[f"batch{batch}"] = {"fp32": a * 1e3, "int8": b * 1e3, "speedup": a / b}
+    return out
+
+
+def _same_data(sha: str, dataset: dict, source: str) -> None:
+    if dataset.get("sha256") and dataset["sha256"] != sha:
+        raise RnnopsError(f"{source} is not the data the run was trained on (sha256 {sha[:12]}… vs {dataset['sha256'][:12]}…)")
