@@ -45,6 +45,7 @@ EvalEvery = Annotated[Optional[int], Opt(min=1, help="Evaluate on the validation
 Patience = Annotated[Optional[int], Opt(min=1, help="Stop after N evaluations without improvement.")]
 Budget = Annotated[Optional[float], Opt("--time-budget", min=0.0, help="Seconds of training at most (0 = none); the lr schedule follows it.")]
 Seed = Annotated[Optional[int], Opt(help="Random seed.")]
+NProc = Annotated[int, Opt("--nproc", min=1, help="Train in N processes on this machine (PyTorch DDP; --batch-size is per process). Across machines use torchrun: docs/production.md.")]
 
 
 def _train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed) -> dict:
@@ -52,16 +53,16 @@ def _train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, s
             "train.patience": patience, "train.time_budget_s": time_budget, "train.seed": seed}
 
 
-def _resume(run_id: str) -> None:
+def _resume(run_id: str, nproc: int = 1) -> None:
     from rnnops import settings
     from rnnops.errors import RnnopsError
-    from rnnops.training.jobs import run_job
+    from rnnops.training.distributed import launch
     from rnnops.training.trainer import Checkpoint
 
     ckpt = Checkpoint(settings.checkpoint_dir() / run_id)
     if not ckpt.exists():
         raise RnnopsError(f"no checkpoint for run {run_id} in {ckpt.folder}; set RNNOPS_CHECKPOINTS to where the run saved it")
-    run_job(ckpt.load_job(), resume_run=run_id)
+    launch(ckpt.load_job(), resume_run=run_id, nproc=nproc)
 
 
 @app.command()
@@ -83,6 +84,7 @@ def char(
     seed: Seed = None,
     experiment: Experiment = None,
     resume: Resume = None,
+    nproc: NProc = 1,
 ):
     """Train a char-level language model (the classic char-RNN) and log it to MLflow.
 
@@ -90,13 +92,14 @@ def char(
     unigram and bigram baselines, with text samples at each evaluation.
     """
     if resume:
-        return _resume(resume)
-    from rnnops.training.jobs import char_job, run_job
+        return _resume(resume, nproc)
+    from rnnops.training.distributed import launch
+    from rnnops.training.jobs import char_job
 
     overrides = {"model.hidden_size": hidden_size, "model.num_layers": layers, "model.embed_dim": embed_dim,
                  "model.dropout": dropout, "seq_len": seq_len,
                  **_train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed)}
-    run_job(char_job(data, cell.value, preset.value, overrides), experiment)
+    launch(char_job(data, cell.value, preset.value, overrides), experiment, nproc=nproc)
 
 
 @app.command()
@@ -124,6 +127,7 @@ def forecast(
     seed: Seed = None,
     experiment: Experiment = None,
     resume: Resume = None,
+    nproc: NProc = 1,
 ):
     """Train a multivariate, multi-step forecaster and log it to MLflow.
 
@@ -131,15 +135,16 @@ def forecast(
     window) beside the repeat-last baseline, with a forecast-vs-actual plot.
     """
     if resume:
-        return _resume(resume)
-    from rnnops.training.jobs import forecast_job, run_job
+        return _resume(resume, nproc)
+    from rnnops.training.distributed import launch
+    from rnnops.training.jobs import forecast_job
 
     overrides = {"features": features, "target": target, "date_column": date_column, "fill": fill,
                  "lookback": lookback, "horizon": horizon, "model.norm": norm.value if norm else None,
                  "model.linear_skip": linear_skip, "model.hidden_size": hidden_size, "model.num_layers": layers,
                  "model.dropout": dropout,
                  **_train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed)}
-    run_job(forecast_job(data, cell.value, preset.value, overrides), experiment)
+    launch(forecast_job(data, cell.value, preset.value, overrides), experiment, nproc=nproc)
 
 
 @app.command()
@@ -149,9 +154,10 @@ def sine(
     experiment: Experiment = None,
 ):
     """Train the classic sine-wave toy: a small stateful GRU forecaster (seconds)."""
-    from rnnops.training.jobs import run_job, sine_job
+    from rnnops.training.distributed import launch
+    from rnnops.training.jobs import sine_job
 
-    run_job(sine_job({"train.steps": steps, "train.seed": seed}), experiment)
+    launch(sine_job({"train.steps": steps, "train.seed": seed}), experiment)
 
 
 def sample(

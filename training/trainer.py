@@ -106,12 +106,14 @@ def train(
     unit: str,
     val_key: str,
     resume: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict:
     """Run the loop; returns the trainer state (step, best val metric, stop reason).
 
     ``evaluate(step)`` returns metrics including ``val_key`` (lower is better); the loop keeps
     the best weights and stops after ``patience`` evaluations without improvement.
     A KeyboardInterrupt or any exception saves a checkpoint first, then propagates.
+    ``clock`` drives the time budget; DDP ranks pass one shared clock so they stop together.
     """
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -122,12 +124,12 @@ def train(
     if resume and ckpt.exists():
         state = ckpt.load(model, optimizer)
     gen = torch.Generator().manual_seed(s.seed + state["step"])
-    start = time.perf_counter() - state["elapsed"]
+    start = clock() - state["elapsed"]
 
     def progress() -> float:
         p = state["step"] / s.steps
         if s.time_budget_s:
-            p = max(p, (time.perf_counter() - start) / s.time_budget_s)
+            p = max(p, (clock() - start) / s.time_budget_s)
         return p
 
     bar = tqdm(total=s.steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
