@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export RNNOPS_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup test demo bench clean
+.PHONY: setup system-deps test demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -17,7 +17,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[all]'
 	touch $@
 
-test: setup
+# PostgreSQL (the production-shape tests run a real mlflow server on it) and Java 17 (Spark).
+# Needs root or sudo; without them those tests skip with the reason (CI=true makes them fail).
+system-deps:
+	bash scripts/install_postgres.sh || echo "warning: PostgreSQL not installed: production tests will skip"
+	bash scripts/ensure_java.sh || echo "warning: no Java 17: Spark tests will skip"
+
+test: setup system-deps
 	$(PY) -m pytest
 
 demo: setup
