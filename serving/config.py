@@ -1,0 +1,138 @@
+"""Serving settings from the environment (``RNNOPS_*``), with defaults that work unconfigured.
+
+One frozen dataclass read once per worker; the CLI (``rnnops serve``) only sets these variables
+before handing over to ``bentoml serve``. Every limit a request can hit is named here so that an
+error message can say which variable raises it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+from rnnops.errors import RnnopsError
+
+DEFAULT_MODELS = "char-rnn@champion,forecaster@champion"
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (affinity and cgroup-aware where the OS tells us)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        n = os.cpu_count() or 1
+    return max(1, n)
+
+
+def _env(name: str, default, cast):
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return cast(raw.strip())
+    except ValueError:
+        raise RnnopsError(f"{name}={raw!r} is not a valid {cast.__name__}") from None
+
+
+def _flag(raw: str) -> bool:
+    low = raw.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+_flag.__name__ = "boolean (1/0)"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    # what to serve: comma-separated refs (name@alias, name/version, models:/..., path.onnx,
+    # bentoml:tag), each optionally "served-name=ref"
+    models: str = DEFAULT_MODELS
+    poll_seconds: float = 10.0  # hot reload: how often aliases are checked (0 = never)
+    providers: str = "cpu"  # cpu | cuda (falls back to cpu with a warning)
+    iobinding: str = "auto"  # auto (on for cuda) | 1 | 0
+    threads: int = 0  # ORT intra-op threads per session; 0 = see ort_threads
+    workers: int = 1
+    scheduler: str = "batched"  # batched | naive (one ORT call per request per char: benchmarks)
+    # generation limits
+    max_streams: int = 256  # active streams per model (the decode batch)
+    max_queue: int = 256  # streams waiting for a slot; beyond: 429
+    queue_timeout_s: float = 30.0  # waiting longer: 503
+    max_prompt_chars: int = 4096
+    max_chars: int = 4096  # per request
+    prefill_chunk: int = 256  # prompt characters per stream per step (long prompts don't stall others)
+    coalesce_ms: float = 5.0  # SSE: characters gathered this long go out as one event (at least)
+    sse_events_per_s: float = 2000.0  # SSE: total event rate a worker aims under (wider windows when busy)
+    gil_switch_ms: float = 1.0  # sys.setswitchinterval: how long the scheduler thread may wait for the GIL
+    trace_streams: bool = False  # OpenTelemetry spans for /generate (one per SSE event: costly)
+    # forecasts
+    forecast_max_batch: int = 256
+    forecast_max_windows: int = 1024  # per request
+    max_context_rows: int = 10000  # rows per window or per session update
+    max_sessions: int = 1024
+    session_ttl_s: float = 600.0
+    request_timeout_s: float = 600.0  # BentoML traffic timeout (time to the first byte)
+
+    @property
+    def ort_threads(self) -> int:
+        """Intra-op threads per session: the worker's share of the CPUs minus one for its event
+        loop (HTTP, SSE framing, sampling), at most 8 (a recurrent step is a chain of small
+        matrix products: more threads mostly add synchronisation)."""
+        if self.threads:
+            return self.threads
+        return min(8, max(1, available_cpus() // max(1, self.workers) - 1))
+
+    @property
+    def use_cuda(self) -> bool:
+        return "cuda" in [p.strip().lower() for p in self.providers.split(",")]
+
+    @classmethod
+    def from_env(cls) -> "ServeConfig":
+        env = {
+            "models": ("RNNOPS_MODELS", str),
+            "poll_seconds": ("RNNOPS_POLL_SECONDS", float),
+            "providers": ("RNNOPS_PROVIDERS", str),
+            "iobinding": ("RNNOPS_IOBINDING", str),
+            "threads": ("RNNOPS_THREADS", int),
+            "workers": ("RNNOPS_WORKERS", int),
+            "scheduler": ("RNNOPS_SCHEDULER", str),
+            "max_streams": ("RNNOPS_MAX_STREAMS", int),
+            "max_queue": ("RNNOPS_MAX_QUEUE", int),
+            "queue_timeout_s": ("RNNOPS_QUEUE_TIMEOUT", float),
+            "max_prompt_chars": ("RNNOPS_MAX_PROMPT_CHARS", int),
+            "max_chars": ("RNNOPS_MAX_CHARS", int),
+            "prefill_chunk": ("RNNOPS_PREFILL_CHUNK", int),
+            "coalesce_ms": ("RNNOPS_COALESCE_MS", float),
+            "sse_events_per_s": ("RNNOPS_SSE_EVENTS_PER_S", float),
+            "gil_switch_ms": ("RNNOPS_GIL_SWITCH_MS", float),
+            "trace_streams": ("RNNOPS_TRACE_STREAMS", _flag),
+            "forecast_max_batch": ("RNNOPS_FORECAST_MAX_BATCH", int),
+            "forecast_max_windows": ("RNNOPS_FORECAST_MAX_WINDOWS", int),
+            "max_context_rows": ("RNNOPS_MAX_CONTEXT_ROWS", int),
+            "max_sessions": ("RNNOPS_MAX_SESSIONS", int),
+            "session_ttl_s": ("RNNOPS_SESSION_TTL", float),
+            "request_timeout_s": ("RNNOPS_REQUEST_TIMEOUT", float),
+        }
+        defaults = {f.name: f.default for f in fields(cls) if f.name in env}
+        values = {k: _env(var, defaults[k], cast) for k, (var, cast) in env.items()}
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.scheduler not in ("batched", "naive"):
+            raise RnnopsError(f"RNNOPS_SCHEDULER must be batched or naive, not {self.scheduler!r}")
+        if self.iobinding not in ("auto", "1", "0"):
+            raise RnnopsError(f"RNNOPS_IOBINDING must be auto, 1 or 0, not {self.iobinding!r}")
+        unknown = [p for p in self.providers.split(",") if p.strip().lower() not in ("cpu", "cuda")]
+        if unknown:
+            raise RnnopsError(f"RNNOPS_PROVIDERS: unknown provider(s) {unknown}; use cpu or cuda")
+        for name in ("max_streams", "max_prompt_chars", "max_chars", "prefill_chunk", "forecast_max_batch",
+                     "forecast_max_windows", "max_context_rows", "max_sessions", "workers"):
+            if getattr(self, name) < 1:
+                raise RnnopsError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.max_queue < 0:
+            raise RnnopsError("RNNOPS_MAX_QUEUE must be 0 or more")

@@ -1,0 +1,377 @@
+"""Which models are served, and hot reload: resolve refs, load versions, swap them safely.
+
+``RNNOPS_MODELS`` is a comma-separated list of refs, each optionally ``served-name=ref``:
+
+- ``char-rnn@champion`` / ``models:/char-rnn@champion``: the version an alias points at, resolved
+  and verified (sha256) through the registry (MLflow); the alias is **watched**;
+- ``char-rnn/3``: one pinned registry version;
+- ``path/to/model.onnx``: a local file (its sha256 is its version; watched for changes);
+- ``bentoml:char-rnn:latest``: a model saved in the BentoML model store (for a built Bento).
+
+Hot reload: every ``RNNOPS_POLL_SECONDS`` the manager asks each watched ref which version it
+points at (a cheap registry call). When that changed, it loads and verifies the new version off
+the event loop, then swaps: new requests go to the new version, while the old version's
+scheduler is closed and finishes its in-flight streams (and open forecast sessions keep their
+version). A version that fails to resolve, verify or load leaves the old one serving; the failure
+is logged, counted (``rnnops_model_reloads_total{result="failed"}``) and shown by ``GET /models``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rnnops.errors import RnnopsError
+from rnnops.serving.config import ServeConfig
+from rnnops.serving.forecast import ForecastBatcher
+from rnnops.serving.runtime import Runtime
+from rnnops.serving.scheduler import NaiveGenerator, Overloaded, SchedulerMetrics, StepScheduler
+
+log = logging.getLogger("rnnops.serving")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+RETRY_FAILED_S = 60.0  # a version that failed to load is tried again after this long
+
+
+class UnknownModel(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    served: str  # the name clients use in requests
+    source: str  # registry | file | bentoml
+    target: str  # what to resolve: "name@alias", "name/3", a path, a BentoML tag
+    name: str = ""  # registry name
+    alias: str | None = None  # watched alias (registry refs)
+
+    @property
+    def watched(self) -> bool:
+        return self.source == "file" or (self.source == "registry" and self.alias is not None)
+
+
+def parse_refs(spec: str) -> list[ModelRef]:
+    refs = []
+    for raw in (p.strip() for p in spec.split(",")):
+        if not raw:
+            continue
+        served = None
+        head, sep, rest = raw.partition("=")
+        if sep and _NAME.match(head):
+            served, raw = head, rest.strip()
+        if raw.startswith("bentoml:"):
+            tag = raw[len("bentoml:"):]
+            refs.append(ModelRef(served or tag.split(":")[0], "bentoml", tag))
+        elif raw.endswith(".onnx") or os.path.exists(raw):
+            p = Path(raw)
+            default = p.parent.name if p.stem == "model" and p.parent.name else p.stem
+            refs.append(ModelRef(served or default, "file", str(p.resolve())))
+        else:
+            target = raw[len("models:/"):] if raw.startswith("models:/") else raw
+            if "@" in target:
+                name, alias = target.split("@", 1)
+            elif "/" in target:
+                name, alias = target.split("/", 1)[0], None
+            else:
+                name, alias, target = target, "champion", f"{target}@champion"
+            if not _NAME.match(name):
+                raise RnnopsError(f"RNNOPS_MODELS: {raw!r} is not a model ref (name@alias, name/version, "
+                                  "a path to a .onnx file, or bentoml:tag)")
+            refs.append(ModelRef(served or name, "registry", target, name, alias))
+    names = [r.served for r in refs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise RnnopsError(f"RNNOPS_MODELS serves {', '.join(dup)} twice; give one a name: other-name=REF")
+    if not refs:
+        raise RnnopsError("RNNOPS_MODELS is empty: name at least one model (e.g. char-rnn@champion)")
+    return refs
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Resolved:
+    version: str
+    path: Path
+    sha256: str | None
+    alias: str | None
+    source_run: str | None = None
+
+
+class _FileWatch:
+    """A file's version = its sha256 (prefix), re-hashed only when its size or mtime change."""
+
+    def __init__(self):
+        self._stat: dict[str, tuple] = {}
+        self._sha: dict[str, str] = {}
+
+    def sha(self, path: str) -> str:
+        st = os.stat(path)
+        key = (st.st_mtime_ns, st.st_size)
+        if self._stat.get(path) != key:
+            self._sha[path] = _sha256(Path(path))
+            self._stat[path] = key
+        return self._sha[path]
+
+
+@dataclass
+class LoadedModel:
+    ref: ModelRef
+    version: str
+    resolved: Resolved
+    runtime: Runtime
+    scheduler: StepScheduler | NaiveGenerator | None = None
+    batcher: ForecastBatcher | None = None
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def name(self) -> str:
+        return self.ref.served
+
+    @property
+    def kind(self) -> str:
+        return self.runtime.kind
+
+    def describe(self) -> dict:
+        d = {"name": self.name, "version": self.version, "alias": self.resolved.alias, "source": self.ref.source,
+             "ref": self.ref.target, "sha256": self.resolved.sha256, "path": str(self.resolved.path),
+             **self.runtime.describe(), "loaded_at": round(self.loaded_at, 3)}
+        if self.resolved.source_run and not d.get("source_run"):
+            d["source_run"] = self.resolved.source_run
+        if self.scheduler is not None:
+            d["scheduler"] = self.scheduler.describe()
+        if self.batcher is not None:
+            d["batching"] = {"calls": self.batcher.calls, "windows": self.batcher.windows}
+        return d
+
+    def close(self) -> None:
+        """Stop taking new work; in-flight streams finish on this version."""
+        if self.scheduler is not None:
+            self.scheduler.close()
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.batcher is not None:
+            self.batcher.close()
+
+    @property
+    def busy(self) -> bool:
+        if self.scheduler is not None:
+            return self.scheduler.running
+        return self.batcher is not None and self.batcher.busy
+
+
+class ModelManager:
+    def __init__(self, config: ServeConfig, metrics=None):
+        self.config = config
+        self.metrics = metrics
+        self.refs = parse_refs(config.models)
+        self.current: dict[str, LoadedModel] = {}
+        self.draining: list[LoadedModel] = []
+        self.errors: dict[str, dict] = {}  # served name -> last failure (cleared by a success)
+        self._failed: dict[str, tuple[str | None, float]] = {}
+        self._files = _FileWatch()
+        self._poller: asyncio.Task | None = None
+        self.last_poll: float | None = None
+
+    # ------------------------------------------------------------------ resolution
+
+    def _current_version(self, ref: ModelRef) -> str | None:
+        """The version ``ref`` points at now (cheap); None when it cannot say without loading."""
+        if ref.source == "file":
+            return self._files.sha(ref.target)[:12]
+        if ref.source == "registry" and ref.alias:
+            from rnnops.registry.resolve import current_version
+
+            v = current_version(ref.name, ref.alias)
+            return None if v is None else str(v)
+        return None
+
+    def _resolve(self, ref: ModelRef) -> Resolved:
+        if ref.source == "file":
+            path = Path(ref.target)
+            if not path.is_file():
+                raise RnnopsError(f"{path}: no such ONNX file")
+            sha = self._files.sha(str(path))
+            return Resolved(sha[:12], path, sha, None)
+        if ref.source == "bentoml":
+            import bentoml
+
+            try:
+                m = bentoml.models.get(ref.target)
+            except Exception as exc:
+                raise RnnopsError(f"BentoML model store has no {ref.target!r}: {exc}") from None
+            files = sorted(Path(m.path).rglob("*.onnx"))
+            if not files:
+                raise RnnopsError(f"BentoML model {m.tag} holds no .onnx file")
+            labels = dict(m.info.labels or {})
+            sha = _sha256(files[0])
+            if labels.get("sha256") and labels["sha256"] != sha:
+                raise RnnopsError(f"BentoML model {m.tag}: its ONNX hashes to {sha[:16]}…, not the {labels['sha256'][:16]}… "
+                                  "it was stored with; refusing it")
+            version = labels.get("registry_version") or str(m.tag.version)
+            return Resolved(version, files[0], sha, None, labels.get("source_run") or None)
+        from rnnops.registry.resolve import resolve
+
+        r = resolve(ref.target)
+        return Resolved(str(r.version), Path(r.path), r.sha256, r.alias or ref.alias, r.source_run)
+
+    def _load(self, ref: ModelRef) -> LoadedModel:
+        """Resolve, verify and open ``ref`` (blocking: run it in a thread)."""
+        cfg = self.config
+        res = self._resolve(ref)
+        rt = Runtime(res.path, providers=cfg.providers, threads=cfg.ort_threads, iobinding=cfg.iobinding,
+                     name=ref.served)
+        m = LoadedModel(ref, res.version, res, rt)
+        if rt.kind == "char":
+            sm = self.metrics.for_scheduler(ref.served, res.version) if self.metrics else SchedulerMetrics()
+            cls = NaiveGenerator if cfg.scheduler == "naive" else StepScheduler
+            m.scheduler = cls(rt, max_active=cfg.max_streams, max_queue=cfg.max_queue,
+                              queue_timeout=cfg.queue_timeout_s, prefill_chunk=cfg.prefill_chunk,
+                              metrics=sm, name=f"{ref.served}-v{res.version}").start()
+        else:
+            m.batcher = ForecastBatcher(rt, cfg.forecast_max_batch, self.metrics, ref.served)
+        return m
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        for ref in self.refs:
+            await self._load_and_swap(ref, None)
+        if self.config.poll_seconds > 0:
+            self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
+
+    async def _load_and_swap(self, ref: ModelRef, version: str | None) -> bool:
+        try:
+            new = await asyncio.to_thread(self._load, ref)
+        except Exception as exc:
+            msg = str(exc) if isinstance(exc, RnnopsError) else f"{type(exc).__name__}: {exc}"
+            self._failed[ref.served] = (version, time.monotonic())
+            self.errors[ref.served] = {"model": ref.served, "ref": ref.target, "version": version, "error": msg,
+                                       "at": round(time.time(), 3),
+                                       "serving": self.current[ref.served].version if ref.served in self.current else None}
+            if self.metrics:
+                self.metrics.reloads.labels(ref.served, "failed").inc()
+            old = self.current.get(ref.served)
+            log.error("model %s (%s, version %s) failed to load: %s%s", ref.served, ref.target, version or "?", msg,
+                      f"; still serving version {old.version}" if old else "")
+            return False
+        old = self.current.get(ref.served)
+        self.current[ref.served] = new
+        self.errors.pop(ref.served, None)
+        self._failed.pop(ref.served, None)
+        if self.metrics:
+            self.metrics.reloads.labels(ref.served, "ok").inc()
+            if new.version.isdigit():
+                self.metrics.version.labels(ref.served).set(int(new.version))
+        if old is not None:
+            old.close()
+            self.draining.append(old)
+            log.warning("model %s: now serving version %s (was %s; in-flight streams finish on it)",
+                        ref.served, new.version, old.version)
+        else:
+            log.info("model %s: serving version %s (%s, %s)", ref.served, new.version, new.kind,
+                     ", ".join(new.runtime.providers))
+        return True
+
+    async def poll_once(self) -> None:
+        """Check every watched ref once; load and swap what moved (or retry what never loaded)."""
+        self.last_poll = time.time()
+        for ref in self.refs:
+            cur = self.current.get(ref.served)
+            if cur is not None and not ref.watched:
+                continue
+            try:
+                version = await asyncio.to_thread(self._current_version, ref)
+            except Exception as exc:
+                log.warning("model %s: cannot check %s: %s", ref.served, ref.target, exc)
+                continue
+            if cur is not None and (version is None or version == cur.version):
+                if version is not None and self._failed.pop(ref.served, None):
+                    self.errors.pop(ref.served, None)  # it points back at what is served
+                continue
+            failed = self._failed.get(ref.served)
+            if failed and failed[0] == version and time.monotonic() - failed[1] < RETRY_FAILED_S:
+                continue
+            await self._load_and_swap(ref, version)
+        self._reap()
+
+    def _reap(self) -> None:
+        for m in [m for m in self.draining if not m.busy]:
+            m.stop()
+            self.draining.remove(m)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.poll_seconds)
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("model poll failed")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        for m in [*self.current.values(), *self.draining]:
+            await asyncio.to_thread(m.stop)
+
+    # ------------------------------------------------------------------ lookups
+
+    @property
+    def ready(self) -> bool:
+        return all(r.served in self.current for r in self.refs)
+
+    def not_ready_reason(self) -> str:
+        missing = [r for r in self.refs if r.served not in self.current]
+        parts = [f"{r.served} ({self.errors.get(r.served, {}).get('error', 'loading')})" for r in missing]
+        return "models not loaded: " + "; ".join(parts)
+
+    def get(self, name: str | None, kind: str) -> LoadedModel:
+        """The model to use for a request: by name, or the first served one of ``kind``."""
+        label = "char model" if kind == "char" else "forecaster"
+        if name is None:
+            for r in self.refs:
+                m = self.current.get(r.served)
+                if m is not None and m.kind == kind:
+                    return m
+            if any(r.served not in self.current for r in self.refs):
+                raise Overloaded("not_ready", f"no {label} is loaded yet ({self.not_ready_reason()})", 5, status=503)
+            raise UnknownModel(f"this server has no {label}; it serves {self._listing()}")
+        m = self.current.get(name)
+        if m is None:
+            if any(r.served == name for r in self.refs):
+                raise Overloaded("not_ready", f"model {name!r} is not loaded yet ({self.not_ready_reason()})", 5,
+                                 status=503)
+            raise UnknownModel(f"unknown model {name!r}; this server serves {self._listing()}")
+        if m.kind != kind:
+            raise UnknownModel(f"model {name!r} is a {m.kind} model, not a {label}; this server serves {self._listing()}")
+        return m
+
+    def _listing(self) -> str:
+        return ", ".join(f"{m.name} ({m.kind})" for m in self.current.values()) or "nothing yet"
+
+    def describe(self) -> dict:
+        self._reap()
+        return {
+            "models": [self.current[r.served].describe() | {"status": "serving"}
+                       for r in self.refs if r.served in self.current],
+            "draining": [m.describe() | {"status": "draining"} for m in self.draining],
+            "errors": list(self.errors.values()),
+            "configured": [{"name": r.served, "ref": r.target, "source": r.source, "watched": r.watched}
+                           for r in self.refs],
+            "poll_seconds": self.config.poll_seconds,
+            "last_poll": self.last_poll,
+        }

@@ -1,0 +1,307 @@
+"""Execution: one onnxruntime session per served model version, built from the ONNX metadata.
+
+The runtime knows *how* to run a model (providers, threads, where the recurrent state lives) and
+nothing about *when* (that is the scheduler's job) or HTTP (the service's). Its API is small and
+numpy-shaped so the step scheduler, forecast sessions and batch forecast jobs can all reuse it:
+
+- char models: :meth:`Runtime.zero_state`, :meth:`Runtime.step` (tokens + state -> last logits +
+  state), :meth:`Runtime.take` / :meth:`Runtime.concat` to reshape the batch of states when
+  streams join or leave;
+- forecasters: :meth:`Runtime.forecast` (windows -> forecasts, zero initial state) and
+  :meth:`Runtime.forecast_step` (new observations + carried state -> forecast + state).
+
+Results are batch-invariant on CPU: a row's output is bit-for-bit the same whatever else shares
+the call (see :meth:`Runtime._run`), which is what makes seeded generation reproducible among
+concurrent streams and batched forecasts equal to one-by-one ones.
+
+State is opaque to callers: a tuple of numpy arrays ``[layers, B, hidden]`` (``h`` or ``h, c``),
+or, with IOBinding (on by default for CUDA), a tuple of ``OrtValue`` living on the device so that
+stepping never copies it to the host; only the logits come back for sampling. Rearranging the
+batch (a stream joins or leaves) goes through the host: a copy of a few hundred KB at a step
+boundary, not per step.
+
+No torch here (serving images don't have it): only onnxruntime and numpy.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from rnnops import contract
+from rnnops.errors import RnnopsError
+
+log = logging.getLogger("rnnops.serving")
+
+State = tuple  # tuple[np.ndarray, ...] or tuple[ort.OrtValue, ...]
+
+_REQUIRED = {
+    "char": ("kind", "cell", "layers", "hidden_size", "vocab"),
+    "forecaster": ("kind", "cell", "layers", "hidden_size", "feature_names", "target_names", "lookback", "horizon"),
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the ONNX metadata says about a model (the contract's ``rnnops.*`` keys)."""
+
+    kind: str
+    cell: str
+    layers: int
+    hidden_size: int
+    state_inputs: tuple[str, ...]
+    state_outputs: tuple[str, ...]
+    stateful: bool
+    vocab: tuple[str, ...] = ()
+    feature_names: tuple[str, ...] = ()
+    target_names: tuple[str, ...] = ()
+    lookback: int = 0
+    horizon: int = 0
+    freq: str | None = None
+    source_run: str | None = None
+    exported_by: str | None = None
+
+    @property
+    def main_output(self) -> str:
+        return contract.CHAR_OUTPUT if self.kind == "char" else contract.FORECAST_OUTPUT
+
+    @classmethod
+    def from_metadata(cls, meta: dict, where: str = "model") -> "ModelInfo":
+        kind = meta.get("kind")
+        if kind not in _REQUIRED:
+            raise RnnopsError(f"{where}: metadata rnnops.kind is {kind!r}; serving needs 'char' or 'forecaster' "
+                              "(was it exported with `rnnops export`?)")
+        missing = [k for k in _REQUIRED[kind] if meta.get(k) in (None, "", [])]
+        if missing:
+            raise RnnopsError(f"{where}: ONNX metadata lacks {', '.join('rnnops.' + k for k in missing)}")
+        cell = str(meta["cell"])
+        return cls(
+            kind=kind,
+            cell=cell,
+            layers=int(meta["layers"]),
+            hidden_size=int(meta["hidden_size"]),
+            state_inputs=tuple(meta.get("state_inputs") or contract.state_inputs(cell)),
+            state_outputs=tuple(meta.get("state_outputs") or contract.state_outputs(cell)),
+            stateful=bool(meta.get("stateful", True)),
+            vocab=tuple(meta.get("vocab") or ()),
+            feature_names=tuple(meta.get("feature_names") or ()),
+            target_names=tuple(meta.get("target_names") or ()),
+            lookback=int(meta.get("lookback") or 0),
+            horizon=int(meta.get("horizon") or 0),
+            freq=meta.get("freq"),
+            source_run=meta.get("source_run"),
+            exported_by=meta.get("version"),
+        )
+
+
+def choose_providers(requested: str) -> tuple[list[str], str, str | None]:
+    """Execution providers for ``RNNOPS_PROVIDERS``: (providers, device, warning or None)."""
+    wanted = [p.strip().lower() for p in requested.split(",") if p.strip()]
+    if "cuda" in wanted:
+        available = ort.get_available_providers()
+        if "CUDAExecutionProvider" in available:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda", None
+        return ["CPUExecutionProvider"], "cpu", (
+            f"RNNOPS_PROVIDERS={requested} but this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider "
+            f"(available: {', '.join(available)}); serving on CPU. For GPU serving install onnxruntime-gpu "
+            "with a matching CUDA runtime.")
+    return ["CPUExecutionProvider"], "cpu", None
+
+
+class Runtime:
+    """An onnxruntime session for one model version plus what its metadata says."""
+
+    def __init__(self, path: str | Path, *, providers: str = "cpu", threads: int = 1, iobinding: str = "auto",
+                 name: str | None = None):
+        self.path = Path(path)
+        self.name = name or self.path.stem
+        wanted, device, warning = choose_providers(providers)
+        if warning:
+            log.warning(warning)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, int(threads))
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        # A server shares its cores with the event loop and the sampler: threads that spin
+        # between ORT calls would steal them.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=wanted)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise RnnopsError(f"{self.path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from None
+        self.providers = list(self.session.get_providers())
+        if device == "cuda" and self.providers[0] != "CUDAExecutionProvider":
+            log.warning("RNNOPS_PROVIDERS=%s: onnxruntime could not start CUDA for %s (no GPU or CUDA libraries?); "
+                        "serving on CPU", providers, self.path)
+            device = "cpu"
+        self.device = device
+        self.threads = opts.intra_op_num_threads
+        self.iobinding = iobinding == "1" or (iobinding == "auto" and device == "cuda")
+        meta = contract.decode_metadata(dict(self.session.get_modelmeta().custom_metadata_map))
+        self.metadata = meta
+        self.info = ModelInfo.from_metadata(meta, where=str(self.path))
+        self._check_graph()
+        self._index = {c: i for i, c in enumerate(self.info.vocab)}
+
+    # ------------------------------------------------------------------ description
+
+    @property
+    def kind(self) -> str:
+        return self.info.kind
+
+    @property
+    def vocab(self) -> tuple[str, ...]:
+        return self.info.vocab
+
+    def describe(self) -> dict:
+        i = self.info
+        d = {"kind": i.kind, "cell": i.cell, "layers": i.layers, "hidden_size": i.hidden_size,
+             "stateful": i.stateful, "providers": self.providers, "device": self.device,
+             "iobinding": self.iobinding, "threads": self.threads, "source_run": i.source_run}
+        if i.kind == "char":
+            d["vocab_size"] = len(i.vocab)
+        else:
+            d.update(features=list(i.feature_names), targets=list(i.target_names), lookback=i.lookback,
+                     horizon=i.horizon, freq=i.freq)
+        return d
+
+    def _check_graph(self) -> None:
+        i = self.info
+        inputs = [x.name for x in self.session.get_inputs()]
+        outputs = [x.name for x in self.session.get_outputs()]
+        want_in = [contract.INPUT, *i.state_inputs]
+        want_out = [i.main_output, *i.state_outputs]
+        missing = [n for n in want_in if n not in inputs] + [n for n in want_out if n not in outputs]
+        if missing:
+            raise RnnopsError(f"{self.path}: graph lacks {', '.join(missing)} (inputs {inputs}, outputs {outputs}); "
+                              "it does not follow the rnnops ONNX contract")
+        self._outputs = want_out
+
+    # ------------------------------------------------------------------ running
+
+    def _run(self, x: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """One session call: main output to the host, state wherever the runtime keeps it.
+
+        On CPU a batch of one runs as a batch of two (the row twice): onnxruntime's CPU kernels
+        take another path for a single row (a matrix-vector product) whose results can differ in
+        the last float32 bit, and then a stream's text or a forecast would depend on whether it
+        happened to run alone. From two rows on, every row is computed the same way (the tests
+        check it bitwise), so results never depend on what else shares the call.
+        """
+        if self.device == "cpu" and x.shape[0] == 1:
+            pair = tuple(np.concatenate([s, s], axis=1) for s in self.state_numpy(state))
+            out, new = self._run_session(np.concatenate([x, x]), tuple(self._to_device(s) for s in pair))
+            return out[:1], tuple(self._to_device(np.ascontiguousarray(s[:, :1])) for s in self.state_numpy(new))
+        return self._run_session(x, state)
+
+    def _run_session(self, x: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        names = self.info.state_inputs
+        if not self.iobinding:
+            feeds = {contract.INPUT: x, **{n: s for n, s in zip(names, state)}}
+            out = self.session.run(self._outputs, feeds)
+            return out[0], tuple(out[1:])
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(contract.INPUT, np.ascontiguousarray(x))
+        for n, s in zip(names, state):
+            if isinstance(s, ort.OrtValue):
+                binding.bind_ortvalue_input(n, s)
+            else:
+                binding.bind_cpu_input(n, np.ascontiguousarray(s))
+        binding.bind_output(self._outputs[0], "cpu")
+        for n in self._outputs[1:]:
+            binding.bind_output(n, self.device)  # stays on the device for the next step
+        self.session.run_with_iobinding(binding)
+        out = binding.get_outputs()
+        return out[0].numpy(), tuple(out[1:])
+
+    def zero_state(self, batch: int) -> State:
+        i = self.info
+        zeros = [np.zeros((i.layers, batch, i.hidden_size), np.float32) for _ in i.state_inputs]
+        return tuple(self._to_device(z) for z in zeros)
+
+    def _to_device(self, a: np.ndarray):
+        if not self.iobinding:
+            return a
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), self.device, 0)
+
+    def state_numpy(self, state: State) -> tuple[np.ndarray, ...]:
+        return tuple(s.numpy() if isinstance(s, ort.OrtValue) else s for s in state)
+
+    def take(self, state: State, index) -> State:
+        """The states of the streams at ``index`` (a list or array of batch positions)."""
+        idx = np.asarray(index, dtype=np.int64)
+        return tuple(self._to_device(np.ascontiguousarray(s[:, idx])) for s in self.state_numpy(state))
+
+    def concat(self, states: list[State]) -> State:
+        states = [s for s in states if s is not None and self.batch_of(s) > 0]
+        if not states:
+            return self.zero_state(0)
+        if len(states) == 1:
+            return states[0]
+        parts = [self.state_numpy(s) for s in states]
+        return tuple(self._to_device(np.concatenate([p[k] for p in parts], axis=1)) for k in range(len(parts[0])))
+
+    @staticmethod
+    def batch_of(state: State) -> int:
+        s = state[0]
+        return int(s.shape()[1] if isinstance(s, ort.OrtValue) else s.shape[1])
+
+    # ------------------------------------------------------------------ char models
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids of ``text``; raises ValueError naming the characters outside the vocabulary."""
+        unknown = sorted({c for c in text if c not in self._index})
+        if unknown:
+            raise ValueError(unknown)
+        return np.fromiter((self._index[c] for c in text), dtype=np.int64, count=len(text))
+
+    def step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """Char models: tokens int64 ``[B, T]`` from ``state`` -> logits at the last position
+        ``[B, V]`` (float32, host) and the new state."""
+        if self.info.kind != "char":
+            raise RnnopsError(f"{self.name} is a {self.info.kind}, not a char model")
+        logits, new = self._run(np.asarray(tokens, dtype=np.int64), state)
+        return np.ascontiguousarray(logits[:, -1]), new
+
+    # ------------------------------------------------------------------ forecasters
+
+    def _window(self, windows: np.ndarray) -> np.ndarray:
+        i = self.info
+        x = np.asarray(windows, dtype=np.float32)
+        if x.ndim != 3 or x.shape[2] != len(i.feature_names):
+            raise ValueError(f"windows must be [B, T, {len(i.feature_names)}], got {list(x.shape)}")
+        if not i.stateful:
+            if x.shape[1] < i.lookback:
+                raise ValueError(f"this windowed model needs {i.lookback} rows per window, got {x.shape[1]}")
+            x = x[:, -i.lookback:]  # all the model reads
+        return np.ascontiguousarray(x)
+
+    def forecast(self, windows: np.ndarray, max_batch: int = 1024) -> np.ndarray:
+        """Forecasters: windows float32 ``[B, T, F]`` (raw units) -> ``[B, horizon, F_out]`` (raw units),
+        each window from a zero state. Large batches run in chunks of ``max_batch``."""
+        if self.info.kind != "forecaster":
+            raise RnnopsError(f"{self.name} is a {self.info.kind} model, not a forecaster")
+        x = self._window(windows)
+        outs = []
+        for lo in range(0, x.shape[0], max_batch):
+            chunk = x[lo:lo + max_batch]
+            y, _ = self._run(chunk, self.zero_state(chunk.shape[0]))
+            outs.append(y)
+        if not outs:
+            return np.zeros((0, self.info.horizon, len(self.info.target_names)), np.float32)
+        return np.concatenate(outs) if len(outs) > 1 else outs[0]
+
+    def forecast_step(self, x: np.ndarray, state: State | None) -> tuple[np.ndarray, State]:
+        """Stateful forecasters: new observations ``[B, T, F]`` from ``state`` (None = zeros) ->
+        forecast ``[B, horizon, F_out]`` and the new state. O(T), independent of the history."""
+        if self.info.kind != "forecaster" or not self.info.stateful:
+            raise RnnopsError(f"{self.name} is not a stateful forecaster")
+        x = self._window(x)
+        if state is None:
+            state = self.zero_state(x.shape[0])
+        return self._run(x, state)

@@ -1,0 +1,58 @@
+"""Request bodies (pydantic): what each endpoint takes, with the ranges that don't depend on the model.
+
+Checks that need the model or the server's limits (vocabulary, feature count, lookback,
+``RNNOPS_MAX_*``) happen in the handlers, with messages that name the variable to change.
+Unknown fields are refused (a typo like ``max_tokens`` should not pass silently) and so are
+NaN and infinities.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Row = list[float]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_strip_whitespace=False)
+
+
+class GenerateBody(_Body):
+    """POST /generate (SSE) and POST /complete."""
+
+    model: str | None = Field(None, description="Served model name (GET /models); default: the first char model.")
+    prompt: str = Field(..., min_length=1, description="Text to continue; every character must be in the model's vocabulary.")
+    max_chars: int = Field(200, ge=1, description="Characters to generate (at most RNNOPS_MAX_CHARS).")
+    temperature: float = Field(0.8, ge=0.0, le=5.0, description="0 = greedy.")
+    top_k: int = Field(0, ge=0, le=100_000, description="Sample among the k most likely characters (0 = all).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling: the smallest set with this probability mass.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Same seed, same text (default: random, returned in the stats).")
+    stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=8, description="Stop when one of these strings is generated (it is not returned).")
+
+
+class ForecastBody(_Body):
+    """POST /forecast: one context window or several."""
+
+    model: str | None = Field(None, description="Served forecaster name; default: the first forecaster.")
+    context: list[Row] | None = Field(None, description="One window: T rows of F raw feature values, oldest first.")
+    contexts: list[list[Row]] | None = Field(None, description="Several windows (each T_i x F).")
+    timestamps: list[str] | list[list[str]] | None = Field(
+        None, description="ISO timestamps of the context rows (per window for `contexts`); the forecast gets its own.")
+
+
+class OpenSessionBody(_Body):
+    """POST /sessions."""
+
+    model: str | None = None
+    context: list[Row] | None = Field(None, description="Observations so far (optional).")
+    timestamps: list[str] | None = None
+
+
+class ObserveBody(_Body):
+    """POST /sessions/{id}: new observations, oldest first."""
+
+    observations: list[Row] = Field(..., min_length=1)
+    timestamps: list[str] | None = None

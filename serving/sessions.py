@@ -1,0 +1,135 @@
+"""Stateful forecast sessions: state kept server-side between requests, with an idle TTL and a cap.
+
+A client opens a session (optionally with a first context), sends observations as they arrive
+and gets the updated forecast each time, then closes it. What a session keeps depends on the
+model (its ``rnnops.stateful`` metadata):
+
+- **stateful** (fixed scaler): the recurrent state. An update runs the model over the new rows
+  only, from the carried state: O(new rows), however long the history.
+- **windowed** (per-window normalisation, e.g. RevIN): the last ``lookback`` rows. An update
+  appends and re-forecasts the window; until ``lookback`` rows have arrived there is no forecast.
+
+A session is pinned to the model version that opened it (its state means nothing to another
+version), so a hot reload never breaks open sessions. Sessions live in one worker process:
+with several workers, run one (the default) or route a session's requests to the same worker.
+Like Triton's ``max_sequence_idle_microseconds``, an idle session is dropped after the TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from rnnops.serving.scheduler import Overloaded
+
+
+class UnknownSession(KeyError):
+    pass
+
+
+class ForecastSession:
+    def __init__(self, model, session_id: str):
+        self.id = session_id
+        self.model = model  # the LoadedModel it was opened on (pinned)
+        info = model.runtime.info
+        self.stateful = info.stateful
+        self.lookback = info.lookback
+        self.state = None
+        self.window = np.zeros((0, len(info.feature_names)), np.float32)
+        self.observations = 0
+        self.last_forecast: np.ndarray | None = None
+        self.last_timestamp: np.datetime64 | None = None
+        self.step_s: float | None = None
+        self.created = self.last_used = time.monotonic()
+        self.lock = asyncio.Lock()  # one update at a time per session
+
+    @property
+    def needs(self) -> int:
+        """Rows still missing before a windowed session can forecast (0 when it can)."""
+        return 0 if self.stateful else max(0, self.lookback - len(self.window))
+
+    def observe(self, rows: np.ndarray) -> np.ndarray | None:
+        """Take new rows ``[n, F]``; returns the forecast ``[horizon, F_out]`` (None: window not full yet).
+        Blocking (an ORT call): run it off the event loop."""
+        rt = self.model.runtime
+        if self.stateful:
+            y, self.state = rt.forecast_step(rows[None], self.state)
+            out = y[0]
+        else:
+            self.window = np.concatenate([self.window, rows])[-self.lookback:]
+            out = rt.forecast(self.window[None])[0] if len(self.window) >= self.lookback else None
+        self.observations += len(rows)
+        self.last_forecast = out
+        return out
+
+
+class SessionStore:
+    def __init__(self, max_sessions: int = 1024, ttl_s: float = 600.0, metrics=None):
+        self.max_sessions = max_sessions
+        self.ttl_s = ttl_s
+        self._sessions: OrderedDict[str, ForecastSession] = OrderedDict()  # least recently used first
+        self._metrics = metrics
+        self._labels: set[str] = set()  # models whose gauge we have set (to zero them later)
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def open(self, model) -> ForecastSession:
+        self.sweep()
+        if len(self._sessions) >= self.max_sessions:
+            if self._metrics:
+                self._metrics.rejected.labels(model.name, "sessions_full").inc()
+            raise Overloaded("sessions_full", f"{len(self._sessions)} forecast sessions are open (limit "
+                             f"RNNOPS_MAX_SESSIONS={self.max_sessions}); close unused ones (DELETE /sessions/ID) "
+                             f"or wait for idle ones to expire ({self.ttl_s:g}s)",
+                             retry_after=int(min(60, max(1, self.ttl_s / 10))), status=429)
+        s = ForecastSession(model, secrets.token_hex(12))
+        self._sessions[s.id] = s
+        self._gauge()
+        return s
+
+    def get(self, session_id: str) -> ForecastSession:
+        self.sweep()
+        s = self._sessions.get(session_id)
+        if s is None:
+            raise UnknownSession(session_id)
+        s.last_used = time.monotonic()
+        self._sessions.move_to_end(session_id)
+        return s
+
+    def close(self, session_id: str) -> ForecastSession:
+        s = self._sessions.pop(session_id, None)
+        if s is None:
+            raise UnknownSession(session_id)
+        self._gauge()
+        return s
+
+    def sweep(self) -> int:
+        """Drop sessions idle longer than the TTL (oldest first); returns how many."""
+        now = time.monotonic()
+        n = 0
+        while self._sessions:
+            sid, s = next(iter(self._sessions.items()))
+            if now - s.last_used <= self.ttl_s:
+                break
+            del self._sessions[sid]
+            n += 1
+        if n:
+            self.expired += n
+            self._gauge()
+        return n
+
+    def _gauge(self) -> None:
+        if self._metrics is None:
+            return
+        counts: dict[str, int] = {}
+        for s in self._sessions.values():
+            counts[s.model.name] = counts.get(s.model.name, 0) + 1
+        self._labels |= set(counts)
+        for name in self._labels:
+            self._metrics.sessions.labels(name).set(counts.get(name, 0))
