@@ -1,0 +1,261 @@
+"""Training throughput: our training loops vs a plain reference loop of the seed-tutorial kind.
+
+Same model size, same batch, same optimizer steps, same threads; only the loop differs.
+
+- **char** (Tiny Shakespeare, the ``quick`` preset: LSTM 1x384, batch 32, 100 characters):
+  ours is ``rnnops train char``'s own loop (``training.trainer.train`` with the job's
+  ``sample_batch``: one tensor gather for the whole batch, an embedding layer, AdamW, grad
+  clipping); the reference is the char-RNN tutorial loop: the batch sliced from the text with a
+  Python loop, characters looked up in a dict, inputs one-hot encoded into an ``LSTM(vocab, 384)``.
+  Reported in characters/s.
+- **forecast** (ETTh1, the ``quick`` preset: GRU 1x64, lookback 96, horizon 96, batch 32): ours
+  is ``rnnops train forecast``'s loop (windows gathered with one index tensor, RevIN + linear
+  skip inside the model); the reference slices each window with Python and ``np.stack`` into a
+  ``GRU(7, 64)`` + linear head on pre-z-scored data. Reported in windows/s.
+
+Each loop runs ``--steps`` optimizer steps after a short warm-up, ``--reps`` times interleaved
+(ours, reference, ours, ...); the table shows medians. Evaluation, logging and checkpoints are
+left out of both (they are not the loop's speed).
+
+    python benchmarks/training_throughput.py --quick --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # the trainer's progress bar: not part of the loop's speed
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common as C  # noqa: E402
+
+
+class _NoCheckpoint:
+    """The trainer's checkpoint interface, doing nothing: saving is not the loop's speed."""
+
+    def exists(self) -> bool:
+        return False
+
+    def save(self, *args, **kw) -> None:
+        pass
+
+    def load_best(self, model) -> None:
+        pass
+
+
+def _ours(job: dict, setup_fn, steps: int):
+    """A closure running ``steps`` steps of our trainer on the job's setup; returns seconds."""
+    from rnnops.training.trainer import TrainSettings, train
+
+    setup = setup_fn(job)
+    val_key = setup["val_key"]
+
+    def go(n: int) -> float:
+        s = TrainSettings(**{**job["train"], "steps": n, "eval_every": 10**9, "time_budget_s": 0.0, "patience": 10**9})
+        t = time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):  # the trainer's "step N: ..." lines are not results
+            train(setup["model"], s, setup["sample_batch"], setup["loss_fn"], lambda step: {val_key: 0.0},
+                  lambda m, step: None, _NoCheckpoint(), setup["items_per_batch"], setup["unit"], val_key)
+        return time.perf_counter() - t
+
+    return go, setup["items_per_batch"]
+
+
+def ours_char(steps: int):
+    from rnnops.training.jobs import _setup_char, char_job
+
+    job = char_job("tinyshakespeare", "lstm", "quick", {})
+    return _ours(job, _setup_char, steps), job
+
+
+def ours_forecast(steps: int):
+    from rnnops.training.jobs import _setup_forecast, forecast_job
+
+    job = forecast_job("etth1", "gru", "quick", {})
+    return _ours(job, _setup_forecast, steps), job
+
+
+def reference_char(job: dict):
+    """The tutorial loop: Python slicing, dict lookups, one-hot inputs."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from rnnops.training.data import resolve_source
+
+    path, _ = resolve_source("tinyshakespeare", "text")
+    text = path.read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    data = text[: int(0.9 * len(text))]
+    V, H, T, B = len(chars), job["model"]["hidden_size"], job["seq_len"], job["train"]["batch_size"]
+
+    class CharRNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(V, H, job["model"]["num_layers"], batch_first=True)
+            self.fc = nn.Linear(H, V)
+
+        def forward(self, x):
+            out, _ = self.lstm(x)
+            return self.fc(out)
+
+    model = CharRNN()
+    opt = torch.optim.Adam(model.parameters(), lr=job["train"]["lr"])
+    rng = random.Random(0)
+
+    def go(n: int) -> float:
+        t = time.perf_counter()
+        for _ in range(n):
+            xs, ys = [], []
+            for _ in range(B):
+                i = rng.randint(0, len(data) - T - 2)
+                chunk = data[i:i + T + 1]
+                xs.append([stoi[c] for c in chunk[:-1]])
+                ys.append([stoi[c] for c in chunk[1:]])
+            x = F.one_hot(torch.tensor(xs), V).float()
+            y = torch.tensor(ys)
+            loss = F.cross_entropy(model(x).reshape(-1, V), y.reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        return time.perf_counter() - t
+
+    return go, B * T
+
+
+def reference_forecast(job: dict):
+    """The tutorial loop: z-scored numpy array, windows sliced in Python and stacked per batch."""
+    import numpy as np
+    import pandas as pd
+    import torch
+    from torch import nn
+
+    from rnnops.training.data import resolve_source
+
+    path, _ = resolve_source("etth1", "series")
+    values = pd.read_csv(path).drop(columns=["date"]).to_numpy(np.float32)
+    train = values[:8640]
+    data = (values - train.mean(0)) / train.std(0)
+    L, Hz, B = job["lookback"], job["horizon"], job["train"]["batch_size"]
+    Fn, hidden = data.shape[1], job["model"]["hidden_size"]
+
+    class GRUForecaster(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(Fn, hidden, batch_first=True)
+            self.fc = nn.Linear(hidden, Hz * Fn)
+
+        def forward(self, x):
+            out, _ = self.gru(x)
+            return self.fc(out[:, -1]).view(-1, Hz, Fn)
+
+    model = GRUForecaster()
+    opt = torch.optim.Adam(model.parameters(), lr=job["train"]["lr"])
+    rng = np.random.default_rng(0)
+
+    def go(n: int) -> float:
+        t = time.perf_counter()
+        for _ in range(n):
+            idx = rng.integers(0, 8640 - L - Hz, B)
+            x = torch.tensor(np.stack([data[i:i + L] for i in idx]))
+            y = torch.tensor(np.stack([data[i + L:i + L + Hz] for i in idx]))
+            loss = ((model(x) - y) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        return time.perf_counter() - t
+
+    return go, B
+
+
+def measure(pairs: dict, steps: int, reps: int, warmup: int) -> dict:
+    """Interleaved reps of every loop; items/s medians."""
+    rates = {k: [] for k in pairs}
+    for name, (go, _) in pairs.items():
+        go(warmup)
+    for _ in range(reps):
+        for name, (go, items) in pairs.items():
+            rates[name].append(items * steps / go(steps))
+    return {k: {"median": C.median(v), "runs": v} for k, v in rates.items()}
+
+
+def run(quick: bool, steps: dict | None = None, reps: int | None = None) -> dict:
+    import torch
+
+    torch.set_num_threads(C.cpus())
+    steps = steps or ({"char": 8, "forecast": 40} if quick else {"char": 60, "forecast": 300})
+    reps = reps or (2 if quick else 5)
+    out = {"quick": quick, "threads": torch.get_num_threads(), "steps": steps, "reps": reps, "tasks": {}}
+    (go_c, items_c), job_c = ours_char(steps["char"])
+    r = measure({"ours": (go_c, items_c), "reference": reference_char(job_c)}, steps["char"], reps, warmup=2)
+    out["tasks"]["char"] = {"unit": "chars/s", "model": f"LSTM {job_c['model']['num_layers']}x{job_c['model']['hidden_size']}",
+                            "batch": job_c["train"]["batch_size"], "seq_len": job_c["seq_len"], **r}
+    print(f"char: ours {r['ours']['median']:,.0f} chars/s, reference {r['reference']['median']:,.0f}", file=sys.stderr)
+    (go_f, items_f), job_f = ours_forecast(steps["forecast"])
+    r = measure({"ours": (go_f, items_f), "reference": reference_forecast(job_f)}, steps["forecast"], reps, warmup=3)
+    out["tasks"]["forecast"] = {"unit": "windows/s", "model": f"GRU 1x{job_f['model']['hidden_size']}",
+                                "batch": job_f["train"]["batch_size"], "seq_len": job_f["lookback"], **r}
+    print(f"forecast: ours {r['ours']['median']:,.0f} windows/s, reference {r['reference']['median']:,.0f}", file=sys.stderr)
+    return out
+
+
+def markdown(res: dict) -> str:
+    rows = []
+    for task, r in res["tasks"].items():
+        rows.append([task, r["model"], r["batch"], r["seq_len"], r["unit"], C.fmt(r["ours"]["median"]),
+                     C.fmt(r["reference"]["median"]), C.ratio(r["ours"]["median"], r["reference"]["median"])])
+    return "\n".join([
+        f"{res['threads']} torch threads; {res['steps']['char']} (char) / {res['steps']['forecast']} (forecast) optimizer "
+        f"steps per run, median of {res['reps']} interleaved runs" + (" (--quick)" if res["quick"] else "") + ".",
+        "",
+        C.md_table(["task", "model", "batch", "sequence", "unit", "rnnops loop", "reference loop", "rnnops / reference"], rows),
+        "",
+        "The reference loops are the seed tutorials' kind: one-hot inputs (char) and batches sliced with Python per "
+        "step; same sizes, same optimizer steps, same threads.",
+    ])
+
+
+def plot(res: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(res["tasks"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        r = res["tasks"][task]
+        vals = [r["ours"]["median"], r["reference"]["median"]]
+        ax.bar(["rnnops loop", "reference loop"], vals, color=["tab:orange", "tab:gray"])
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
+        ax.set_title(f"{task}: {r['model']}, batch {r['batch']} ({r['unit']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="few steps, 2 runs each")
+    ap.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
+    ap.add_argument("--reps", type=int, default=None)
+    args = ap.parse_args(argv)
+    if not os.environ.get("RNNOPS_DATA_DIR") and (C.REPO.parent / "shared" / "data").is_dir():
+        os.environ["RNNOPS_DATA_DIR"] = str(C.REPO.parent / "shared" / "data")
+    res = run(args.quick, reps=args.reps)
+    print(markdown(res))
+    C.write_json(args.json, res)
+
+
+if __name__ == "__main__":
+    main()
