@@ -211,6 +211,7 @@ def tail(log: Path, lines: int = 30) -> str:
 
 
 def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants (BentoML's workers run in process groups of their own)."""
     parents: dict[int, int] = {}
     for pid in os.listdir("/proc"):
         if pid.isdigit():
@@ -227,6 +228,7 @@ def process_tree(root: int) -> list[int]:
 
 
 def tree_rss_mb(root: int) -> float:
+    """Resident memory of a server: its supervisor process and every worker below it."""
     total = 0
     for pid in process_tree(root):
         try:
@@ -346,3 +348,18 @@ def generate_long_csv(path: Path, series: int, rows: int, features=ETT_FEATURES,
                 cols.append(pa.array(np.round(v, 3)))
             w.write_table(pa.Table.from_arrays(cols, schema=pa.schema(fields)))
     return path
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds (user + system) used so far by a process tree: a cost per request or
+    character that holds up when the machine is shared, unlike wall-clock throughput."""
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in process_tree(root):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / tck

@@ -92,19 +92,6 @@ def start(server: str, champ: C.Champion, work: Path, cpus_allowed: set[int] | N
     return proc, f"http://127.0.0.1:{port}{path}"
 
 
-def tree_cpu_s(root: int) -> float:
-    tck = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in C.process_tree(root):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / tck
-
-
 async def load(url: str, bodies: list[bytes], concurrency: int, max_requests: int, seconds: float,
                server_pid: int | None = None) -> dict:
     import httpx
@@ -134,13 +121,13 @@ async def load(url: str, bodies: list[bytes], concurrency: int, max_requests: in
                     continue
                 lat.append(time.perf_counter() - t)
 
-        cpu0 = tree_cpu_s(server_pid) if server_pid else 0.0
+        cpu0 = C.tree_cpu_s(server_pid) if server_pid else 0.0
         client0 = time.process_time()
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
         wall = time.perf_counter() - t0
         client = time.process_time() - client0
-        cpu = (tree_cpu_s(server_pid) - cpu0) if server_pid else float("nan")
+        cpu = (C.tree_cpu_s(server_pid) - cpu0) if server_pid else float("nan")
     return {"concurrency": concurrency, "requests": len(lat), "errors": len(errors), "first_error": errors[0] if errors else None,
             "wall_s": round(wall, 3), "rps": len(lat) / wall if wall else 0.0,
             "p50_ms": 1e3 * C.pct(lat, 50), "p99_ms": 1e3 * C.pct(lat, 99),

@@ -43,6 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import tree_cpu_s, tree_rss_mb  # noqa: E402  (benchmarks/ is a folder of scripts)
+
 REPO = Path(__file__).resolve().parents[1]
 SERVICE = "rnnops.serving.service:RnnopsService"
 VOCAB = list("\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")  # tiny shakespeare's 65
@@ -155,52 +158,6 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants (BentoML's workers run in process groups of their own)."""
-    parents: dict[int, int] = {}
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    parents[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    tree, frontier = [root], [root]
-    while frontier:
-        frontier = [p for p, pp in parents.items() if pp in frontier]
-        tree += frontier
-    return tree
-
-
-def tree_rss_mb(root: int) -> float:
-    """Resident memory of the server: the ``bentoml serve`` supervisor and its workers."""
-    total = 0
-    for pid in process_tree(root):
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            continue
-    return round(total / 1024, 1)
-
-
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds (user + system) used so far by the server's processes: a cost per character
-    that holds up when the machine is shared, unlike wall-clock throughput."""
-    tck = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in process_tree(root):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / tck
-
-
 # ----------------------------------------------------------------------------- the client
 
 
@@ -285,7 +242,7 @@ async def run_level(port: int, concurrency: int, chars: int, rounds: int, time_l
     async def sample_rss():
         nonlocal rss_mb
         while True:
-            rss_mb = max(rss_mb, tree_rss_mb(server_pid))
+            rss_mb = max(rss_mb, round(tree_rss_mb(server_pid), 1))
             await asyncio.sleep(0.25)
 
     sampler = asyncio.create_task(sample_rss()) if rss else None
