@@ -38,5 +38,8 @@ def connect(check: bool = True) -> str:
                 "to use the embedded sqlite:///mlflow.db"
             ) from None
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    # The registry follows the tracking URI unless the user set MLFLOW_REGISTRY_URI, which MLflow
+    # reads itself. Never call mlflow.set_registry_uri here: it also writes that variable into
+    # os.environ, so a later connect() (after MLFLOW_TRACKING_URI changed, in a long-lived process
+    # or a test session) would keep talking to the old registry.
     return uri
