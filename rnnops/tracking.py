@@ -38,8 +38,12 @@ def connect(check: bool = True) -> str:
                 "to use the embedded sqlite:///mlflow.db"
             ) from None
     mlflow.set_tracking_uri(uri)
-    # The registry follows the tracking URI unless the user set MLFLOW_REGISTRY_URI, which MLflow
-    # reads itself. Never call mlflow.set_registry_uri here: it also writes that variable into
-    # os.environ, so a later connect() (after MLFLOW_TRACKING_URI changed, in a long-lived process
-    # or a test session) would keep talking to the old registry.
+    # The registry follows the tracking URI unless the user set MLFLOW_REGISTRY_URI. MLflow's
+    # set_registry_uri also writes that variable into os.environ; left there, a later connect()
+    # (after MLFLOW_TRACKING_URI changed, in a long-lived process or a test session) would take
+    # it for the user's and keep talking to the old registry. So only the user's value stays.
+    user_registry = os.environ.get("MLFLOW_REGISTRY_URI")
+    mlflow.set_registry_uri(user_registry or uri)
+    if user_registry is None:
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
     return uri

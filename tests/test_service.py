@@ -69,7 +69,9 @@ def registry(tmp_path_factory) -> Registry:
     from rnnops.training import jobs
 
     root = tmp_path_factory.mktemp("serving")
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "RNNOPS_CACHE": str(root / "cache"),
+    # Both URIs pinned: earlier test modules in this process pointed MLflow at other stores.
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "MLFLOW_REGISTRY_URI": f"sqlite:///{root / 'mlflow.db'}",
+           "RNNOPS_CACHE": str(root / "cache"),
            "RNNOPS_CHECKPOINTS": str(root / "checkpoints"), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     mp = pytest.MonkeyPatch()
     for k, v in env.items():
