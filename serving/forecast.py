@@ -30,8 +30,10 @@ class InputError(ValueError):
         self.field = field
 
 
-def check_rows(rows: list[list[float]], info: ModelInfo, field: str, min_rows: int, max_rows: int) -> np.ndarray:
-    """``rows`` (T lists of F raw values) -> float32 ``[T, F]``, or an :class:`InputError`."""
+def check_rows(rows: list[list[float]] | np.ndarray, info: ModelInfo, field: str, min_rows: int,
+               max_rows: int) -> np.ndarray:
+    """``rows`` (T lists of F raw values, or a ``[T, F]`` array) -> float32 ``[T, F]``, or an
+    :class:`InputError`."""
     f = len(info.feature_names)
     if len(rows) < min_rows:
         need = (f"this windowed model needs at least {min_rows} rows (its lookback)" if not info.stateful
@@ -39,16 +41,17 @@ def check_rows(rows: list[list[float]], info: ModelInfo, field: str, min_rows: i
         raise InputError(f"{field} has {len(rows)} rows; {need}", field)
     if len(rows) > max_rows:
         raise InputError(f"{field} has {len(rows)} rows; the limit is {max_rows} (RNNOPS_MAX_CONTEXT_ROWS)", field)
-    for i, r in enumerate(rows):
-        if len(r) != f:
-            raise InputError(f"{field}[{i}] has {len(r)} values; the model expects {f} features "
-                             f"({', '.join(info.feature_names)}) in that order", field)
+    if not (isinstance(rows, np.ndarray) and rows.ndim == 2 and rows.shape[1] == f):
+        for i, r in enumerate(rows):
+            if len(r) != f:
+                raise InputError(f"{field}[{i}] has {len(r)} values; the model expects {f} features "
+                                 f"({', '.join(info.feature_names)}) in that order", field)
     x = np.asarray(rows, dtype=np.float64).reshape(len(rows), f)
-    big = np.argwhere(~np.isfinite(x.astype(np.float32)))
-    if len(big):
-        i, j = big[0]
+    x32 = x.astype(np.float32)
+    if not np.isfinite(x32).all():
+        i, j = np.argwhere(~np.isfinite(x32))[0]
         raise InputError(f"{field}[{i}][{j}] = {x[i, j]!r} is not a finite float32 value", field)
-    return x.astype(np.float32)
+    return x32
 
 
 # --------------------------------------------------------------------------------- timestamps
