@@ -26,6 +26,11 @@ system-deps:
 test: setup system-deps
 	$(PY) -m pytest
 
+# The benchmark suite (docs/benchmarks.md); `wrk` drives the HTTP figure. Run it on a quiet machine.
+bench: setup
+	bash scripts/install_wrk.sh || echo "warning: no wrk: the HTTP figure falls back to a Python client"
+	$(PY) benchmarks/run_all.py
+
 demo: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
 
