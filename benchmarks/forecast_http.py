@@ -199,7 +199,7 @@ def wrk_version() -> str | None:
     if not exe:
         return None
     out = subprocess.run([exe, "-v"], capture_output=True, text=True).stdout.strip().splitlines()
-    return out[0] if out else "wrk"
+    return out[0].split(" Copyright")[0] if out else "wrk"  # "wrk debian/4.1.0-3+b2 [epoll]"
 
 
 def wrk_load(url: str, body_files: list[Path], concurrency: int, max_requests: int, seconds: float,
@@ -348,7 +348,7 @@ def markdown(res: dict) -> str:
     lines = [
         f"Model: `{m['name']}` v{m['version']} (GRU {m['hidden_size']} hidden, {m['features']} features, "
         f"lookback {m['lookback']}, horizon {m['horizon']}); one window per request; one server worker each; "
-        f"client: {res.get('client', 'httpx')}, at most {'/'.join(str(v) for v in res['max_requests'].values())} "
+        f"client: {res.get('client', 'httpx').split(' Copyright')[0]}, at most {'/'.join(str(v) for v in res['max_requests'].values())} "
         f"requests (concurrency {'/'.join(str(k) for k in res['max_requests'])}) or {res['seconds_per_level']:.0f} s "
         f"per level and round; {rounds} round{'s' if rounds > 1 else ''} per level, the servers alternating"
         + (", medians shown" if rounds > 1 else "") + (" (--quick)" if res["quick"] else "") + "."
@@ -372,6 +372,13 @@ def markdown(res: dict) -> str:
     ]
     if diff is not None:
         lines[-1] += f" Both servers return the same forecast for the same window (max abs difference {diff:.2g})."
+    top = max(res["levels"])
+    over = busy(by["mlflow"][top], "server_cpu_ms_per_request", cpus.get("server"))
+    if isinstance(cpus.get("server"), list) and over is not None and over > 1.1:
+        lines += ["", f"MLflow's server kept {C.fmt(100 * over, 0)}% of its pinned CPU{'s' if len(cpus['server']) > 1 else ''} "
+                  "busy: its onnxruntime session keeps onnxruntime's default thread pool, whose threads set their own "
+                  "CPU affinity, so one of them ran on the client's CPU (seen in /proc/PID/task/*/status). Left as "
+                  "MLflow's default: it gives MLflow more CPU than rnnops, whose sessions set their thread count."]
     if rounds > 1:
         lines += ["", "Requests/s of each round at concurrency " + str(max(res["levels"])) + ": " + "; ".join(
             f"{s} {', '.join(C.fmt(v) for v in by[s][max(res['levels'])].get('rounds_rps', []))}" for s in by) + "."]

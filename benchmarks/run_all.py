@@ -279,7 +279,8 @@ def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick:
                  "to quote.", ""]
     head += ["## Machine", "", C.machine_markdown(machine), "", "## Summary", "",
              C.md_table(["figure", "headline", "goal", "met"], rows, "llll"), ""]
-    tail = ["## Reproduce", "", "```bash", "python benchmarks/run_all.py            # all figures",
+    tail = ["## Reproduce", "", "```bash", "make bench                              # set up, install wrk, all figures",
+            "python benchmarks/run_all.py            # all figures (the HTTP one uses wrk when on PATH)",
             "python benchmarks/run_all.py --only batch --work DIR  # one figure again; the others from DIR's last run",
             "python benchmarks/batch_job.py --quick    # any script alone; each takes --json OUT", "```", ""]
     return "\n".join(head + sections + tail)
