@@ -17,15 +17,6 @@ if command -v java >/dev/null 2>&1 && [ "$(java_major)" -ge 17 ] 2>/dev/null; th
   exit 0
 fi
 
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "error: no Java 17+ and no apt-get here; install a JDK/JRE 17 or later and put java on PATH" >&2
-  exit 1
-fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  SUDO="sudo"
-fi
-echo "installing openjdk-17-jre-headless (for pyspark)..."
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless >/dev/null
+source "$(dirname "$0")/apt_install.sh"
+apt_install "a Java 17+ runtime, for pyspark" openjdk-17-jre-headless
 java -version 2>&1 | head -1

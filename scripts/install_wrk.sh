@@ -9,15 +9,6 @@ if command -v wrk >/dev/null 2>&1; then
   echo "wrk found: $(command -v wrk)"
   exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "error: no wrk and no apt-get here; install wrk (https://github.com/wg/wrk) and put it on PATH" >&2
-  exit 1
-fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  SUDO="sudo"
-fi
-echo "installing wrk (HTTP load generator for the benchmarks)..."
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends wrk >/dev/null
+source "$(dirname "$0")/apt_install.sh"
+apt_install "an HTTP load generator, for the benchmarks" wrk
 command -v wrk
