@@ -385,8 +385,9 @@ def markdown(res: dict) -> str:
     if client_bound:
         lines += ["", f"**Client-bound at concurrency {max(res['levels'])}** ({', '.join(client_bound)} run): the load "
                   "generator kept its CPUs busy while the server's were not, so requests/s there is the client's "
-                  "limit, not the server's; the server CPU per request is the comparison that holds. Run on a machine "
-                  "with more cores (the client gets a quarter of them) for the requests/s goal."]
+                  "limit, not the server's; the server CPU per request is the comparison that holds. Install wrk "
+                  "(scripts/install_wrk.sh; ~0.1 ms of CPU per request against httpx's ~5-10) or use a machine with "
+                  "more cores (the client gets a quarter of them) for the requests/s goal."]
     return "\n".join(lines)
 
 
