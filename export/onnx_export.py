@@ -52,6 +52,7 @@ def metadata_for(model: nn.Module, spec: dict, source_run: str | None) -> dict:
         "hidden_size": int(c.hidden_size),
         "state_inputs": contract.state_inputs(c.cell),
         "state_outputs": contract.state_outputs(c.cell),
+        "state": [t.to_json() for t in contract.classic_state_spec(c.cell, c.num_layers, c.hidden_size)],
         "stateful": True if kind == "char" else bool(spec.get("stateful", c.norm == "fixed")),
         "vocab": list(spec.get("vocab") or []) if kind == "char" else None,
         "feature_names": list(c.feature_names) if kind == "forecaster" else None,
@@ -119,12 +120,6 @@ def set_metadata(proto, meta: dict) -> None:
         entry.key, entry.value = key, value
 
 
-def read_metadata(path: str | Path) -> dict:
-    """The decoded ``rnnops.*`` metadata of an ONNX file."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return contract.decode_metadata({p.key: p.value for p in proto.metadata_props})
 
 
 # ----------------------------------------------------------------------------- exporters

@@ -35,12 +35,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rnnops import contract, settings
+from rnnops.contract import ONNX_FILE
 from rnnops.errors import RnnopsError
 from rnnops.export import onnx_export, ort_tools, parity, quality, wrappers
 from rnnops.export.torchscript import export_torchscript, load_torchscript
+from rnnops.util import sha256_file
 
 FORMATS = ("onnx", "torchscript")
-ONNX_FILE = "model.onnx"  # the name mlflow.onnx.log_model gives the graph inside the logged model
 TS_FILE = "model.pt"
 OPT_FILE = "model.ort-optimized.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -161,7 +162,7 @@ def export_run(ref: str, formats=FORMATS, opset: int | None = None, quantize: bo
             _log(result, model)
             note["done"] = f"{result.onnx_uri or 'no ONNX'}, sha256 {(result.sha256 or '-')[:12]}…"
     elif result.onnx_path:
-        result.sha256 = _sha256(result.onnx_path)
+        result.sha256 = sha256_file(result.onnx_path)
         if run_id is None or Path(ref).is_dir():
             p.say(f"{ref} is a local folder, not an MLflow run: nothing logged")
     result.seconds = p.seconds
@@ -267,7 +268,7 @@ def _log_onnx(result: ExportResult, model, run) -> tuple[str, str]:
     if stored.read_bytes() != result.onnx_path.read_bytes():
         shutil.copyfile(stored, result.onnx_path)
     shutil.rmtree(result.folder / ".stored", ignore_errors=True)
-    return info.model_uri, _sha256(result.onnx_path)
+    return info.model_uri, sha256_file(result.onnx_path)
 
 
 def _signature(model):
@@ -326,10 +327,6 @@ def _check_formats(formats) -> tuple[str, ...]:
     if bad or not formats:
         raise RnnopsError(f"unknown export format(s) {', '.join(bad) or '(none)'}: use one or more of {', '.join(FORMATS)}")
     return formats
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _digest(text: str) -> str:

@@ -97,10 +97,6 @@ class ForecastStepLSTM(ForecastStep):
         return self._forecast(out, z, mean, std), hn, cn
 
 
-def cell_of(model: nn.Module) -> str:
-    return model.config.cell
-
-
 def inference_module(model: nn.Module) -> nn.Module:
     """The explicit-state module for a CharModel or Forecaster, in eval mode."""
     kind, cell = getattr(model, "kind", None), getattr(model.config, "cell", None)

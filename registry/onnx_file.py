@@ -6,21 +6,11 @@ is the fallback for an install without it.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-from rnnops.contract import decode_metadata
+from rnnops.contract import ONNX_FILE, decode_metadata  # noqa: F401  (ONNX_FILE: re-exported for the registry)
 from rnnops.errors import RnnopsError
-
-ONNX_FILE = "model.onnx"  # the file name mlflow.onnx.log_model gives the graph
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+from rnnops.util import sha256_file  # noqa: F401  (the registry's callers hash through here)
 
 
 def metadata_props(path: Path) -> dict[str, str]:

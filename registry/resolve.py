@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rnnops import contract as C
+from rnnops import refs
 from rnnops import settings
 from rnnops.errors import RnnopsError
 from rnnops.registry import store
@@ -51,28 +52,13 @@ class ResolvedModel:
 
 
 def parse_ref(ref: str, default_alias: str = C.ALIAS_CHAMPION) -> tuple[str, int | None, str | None]:
-    """``(name, version, alias)`` from ``name@alias``, ``name@3``, ``name/3``, ``models:/…``, ``name``.
-
-    Exactly one of version / alias is set; a bare name means ``default_alias``.
-    """
-    raw = (ref or "").strip()
-    body = raw.removeprefix("models:/").strip("/")
-    if body.startswith("m-") and "@" not in body and "/" not in body and raw.startswith("models:/"):
-        raise RnnopsError(f"{raw} is a logged model, not a registered one: register it first "
-                          "(`rnnops registry register RUN_ID`) and resolve name@alias or name/version")
-    if "@" in body:
-        name, _, tail = body.partition("@")
-    elif "/" in body:
-        name, _, tail = body.partition("/")
-    else:
-        name, tail = body, default_alias
-    if not name or not tail or "/" in tail or "@" in tail:
-        raise RnnopsError(f"cannot read model reference {ref!r}: use NAME@ALIAS, NAME@VERSION, "
-                          "models:/NAME@ALIAS or models:/NAME/VERSION")
-    store.check_name(name)
-    if tail.isdigit():
-        return name, int(tail), None
-    return name, None, tail
+    """``(name, version, alias)`` of a registry reference (the grammar is :mod:`rnnops.refs`);
+    exactly one of version / alias is set, a bare name means ``default_alias``."""
+    parsed = refs.parse_ref(ref, default_alias)
+    if parsed.source != "registry":
+        raise refs.bad_ref(ref, f"a {parsed.source} reference names no registry version")
+    store.check_name(parsed.name)
+    return parsed.name, parsed.version, parsed.alias
 
 
 def current_version(name: str, alias: str = C.ALIAS_CHAMPION) -> int | None:

@@ -7,6 +7,9 @@ read them). See ARCHITECTURE.md, "The ONNX contract". No torch, no onnxruntime h
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+
+ONNX_FILE = "model.onnx"  # the graph's file name: what mlflow.onnx.log_model writes, in every stage
 
 # --- ONNX graph: inputs and outputs --------------------------------------------------------
 INPUT = "x"  # char: int64 [B, T] token ids; forecaster: float32 [B, T, F] raw values
@@ -15,12 +18,69 @@ FORECAST_OUTPUT = "forecast"  # float32 [B, horizon, F_out], raw units
 
 
 def state_inputs(cell: str) -> list[str]:
-    """State inputs, each float32 [layers, B, hidden]: h0 (+ c0 for LSTM)."""
+    """The classic cells' state inputs, each float32 [layers, B, hidden]: h0 (+ c0 for LSTM)."""
     return ["h0", "c0"] if cell == "lstm" else ["h0"]
 
 
 def state_outputs(cell: str) -> list[str]:
     return ["hn", "cn"] if cell == "lstm" else ["hn"]
+
+
+# --- The general state contract: metadata "rnnops.state" ---------------------------------
+# The recurrent state is an ordered list of named tensors. Each entry says which graph input
+# feeds it, which output returns it, its shape with the batch dimension written as the string
+# BATCH_DIM (exactly one per tensor), and its dtype. Serving gathers, scatters, zeroes and
+# stores state from this description alone: no cell-specific code there. Files exported before
+# the entry existed are read as the equivalent description (classic_state_spec).
+BATCH_DIM = "batch"
+
+
+@dataclass(frozen=True)
+class StateTensor:
+    input: str  # graph input name, e.g. "h0"
+    output: str  # graph output name, e.g. "hn"
+    shape: tuple  # ints, with BATCH_DIM once: e.g. (2, "batch", 384) or ("batch", 4, 32, 32)
+    dtype: str = "float32"
+
+    @property
+    def batch_axis(self) -> int:
+        return self.shape.index(BATCH_DIM)
+
+    def shape_for(self, batch: int) -> tuple[int, ...]:
+        return tuple(batch if d == BATCH_DIM else int(d) for d in self.shape)
+
+    def to_json(self) -> dict:
+        return {"input": self.input, "output": self.output, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "StateTensor":
+        try:
+            shape = tuple(BATCH_DIM if v == BATCH_DIM else int(v) for v in d["shape"])
+            t = cls(str(d["input"]), str(d["output"]), shape, str(d.get("dtype", "float32")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"rnnops.state entry {d!r} is malformed ({exc}); want "
+                             "{input, output, shape with one 'batch', dtype}") from None
+        if shape.count(BATCH_DIM) != 1:
+            raise ValueError(f"rnnops.state entry {t.input}: shape {list(shape)} must name '{BATCH_DIM}' exactly once")
+        return t
+
+
+def classic_state_spec(cell: str, layers: int, hidden_size: int) -> tuple[StateTensor, ...]:
+    """LSTM/GRU/RNN state as the general contract describes it: [layers, batch, hidden] each."""
+    return tuple(StateTensor(i, o, (int(layers), BATCH_DIM, int(hidden_size)))
+                 for i, o in zip(state_inputs(cell), state_outputs(cell)))
+
+
+def state_spec(meta: dict) -> tuple[StateTensor, ...]:
+    """The state description of a decoded metadata dict: ``rnnops.state``, or for files exported
+    before it existed, the classic layout rebuilt from cell/layers/hidden_size."""
+    if meta.get("state"):
+        return tuple(StateTensor.from_json(d) for d in meta["state"])
+    spec = classic_state_spec(str(meta["cell"]), int(meta["layers"]), int(meta["hidden_size"]))
+    names_in, names_out = meta.get("state_inputs"), meta.get("state_outputs")
+    if names_in and names_out:  # older files name their tensors explicitly: keep those names
+        spec = tuple(StateTensor(i, o, t.shape, t.dtype) for i, o, t in zip(names_in, names_out, spec))
+    return spec
 
 
 # --- ONNX metadata_props: keys prefixed "rnnops.", values JSON-encoded ----------------------
@@ -32,6 +92,7 @@ META_KEYS = (
     "hidden_size",
     "state_inputs",  # e.g. ["h0", "c0"]
     "state_outputs",  # e.g. ["hn", "cn"]
+    "state",  # the general state contract: [{input, output, shape (with "batch"), dtype}, ...]
     "stateful",  # true: stepwise == whole sequence; false: needs the last `lookback` rows
     "vocab",  # char: list of characters, id = position
     "feature_names",  # forecaster: input columns, in order

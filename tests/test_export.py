@@ -205,14 +205,15 @@ def test_model_uri_ref_and_a_torchscript_only_export_leave_the_onnx_tags(exports
 def test_metadata_round_trip_and_contract_names(exports):
     import onnx
 
-    from rnnops.export.onnx_export import read_metadata
-    from rnnops.registry.onnx_file import read_metadata as registry_read
+    from rnnops.registry.onnx_file import read_metadata  # the one reader (onnxruntime; onnx as fallback)
 
     for name in ("char-lstm", "fc-gru-revin", "fc-lstm-fixed"):
         r = exports(name)
         meta = read_metadata(r.onnx_path)
-        assert meta == registry_read(r.onnx_path)  # what the registry/serving decode (via onnxruntime)
+        raw = {p.key: p.value for p in onnx.load(str(r.onnx_path), load_external_data=False).metadata_props}
+        assert meta == C.decode_metadata(raw)  # onnxruntime reads what the onnx package wrote
         assert set(meta) == set(C.META_KEYS)
+        assert C.state_spec(meta) == C.classic_state_spec(r.cell, meta["layers"], meta["hidden_size"])
         assert meta["source_run"] == r.run_id and meta["cell"] == r.cell and meta["kind"] == r.kind
         assert meta["state_inputs"] == C.state_inputs(r.cell) and meta["state_outputs"] == C.state_outputs(r.cell)
         proto = onnx.load(str(r.onnx_path))

@@ -23,6 +23,7 @@ import numpy as np
 
 from rnnops import settings
 from rnnops.errors import RnnopsError
+from rnnops.util import sha256_file
 
 
 @dataclass(frozen=True)
@@ -63,14 +64,6 @@ DATASETS: dict[str, NamedDataset] = {
 
 # ETT's 12/4/4 months of 30 days, in hourly rows.
 ETT_BORDERS = (12 * 30 * 24, 16 * 30 * 24, 20 * 30 * 24)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch(name: str) -> Path:

@@ -183,6 +183,3 @@ def train(
     ckpt.load_best(model)
     return state
 
-
-def settings_dict(s: TrainSettings) -> dict:
-    return asdict(s)
