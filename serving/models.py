@@ -29,9 +29,9 @@ from pathlib import Path
 
 from rnnops.errors import RnnopsError
 from rnnops.serving.config import ServeConfig
-from rnnops.serving.forecast import ForecastBatcher
+from rnnops.serving.forecast.batcher import ForecastBatcher
 from rnnops.serving.runtime import Runtime
-from rnnops.serving.scheduler import NaiveGenerator, Overloaded, SchedulerMetrics, StepScheduler
+from rnnops.serving.generate.scheduler import NaiveGenerator, Overloaded, SchedulerMetrics, StepScheduler
 
 log = logging.getLogger("rnnops.serving")
 

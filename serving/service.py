@@ -22,8 +22,8 @@ import bentoml
 
 from rnnops.serving.config import ServeConfig
 from rnnops.serving.models import ModelManager
-from rnnops.serving.routes import Serving, create_app
-from rnnops.serving.sessions import SessionStore
+from rnnops.serving.http.app import Serving, create_app
+from rnnops.serving.forecast.sessions import SessionStore
 
 CONFIG = ServeConfig.from_env()
 log = logging.getLogger("rnnops.serving")

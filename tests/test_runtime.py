@@ -22,8 +22,8 @@ pytest.importorskip("onnx")
 from rnnops import contract  # noqa: E402
 from rnnops.errors import RnnopsError  # noqa: E402
 from rnnops.serving.runtime import Runtime  # noqa: E402
-from rnnops.serving.sampling import SamplingParams  # noqa: E402
-from rnnops.serving.scheduler import GenerationRequest, StepScheduler  # noqa: E402
+from rnnops.serving.generate.sampling import SamplingParams  # noqa: E402
+from rnnops.serving.generate.scheduler import GenerationRequest, StepScheduler  # noqa: E402
 
 VOCAB = list("\n " + string.ascii_letters + ".,;:!?'-")
 

@@ -13,8 +13,8 @@ import threading
 import numpy as np
 import pytest
 
-from rnnops.serving.sampling import SamplingParams, sample_batch
-from rnnops.serving.scheduler import GenerationRequest, NaiveGenerator, Overloaded, StepScheduler
+from rnnops.serving.generate.sampling import SamplingParams, sample_batch
+from rnnops.serving.generate.scheduler import GenerationRequest, NaiveGenerator, Overloaded, StepScheduler
 
 VOCAB = list(string.ascii_lowercase + " .\n")
 
@@ -254,7 +254,7 @@ def test_threaded_loop_and_async_consumers():
                 await st.wait(1.0)
 
         def _bound(i):
-            from rnnops.serving.scheduler import Stream
+            from rnnops.serving.generate.scheduler import Stream
             return Stream(req(rt, "ab" * (i + 1), n=40, seed=i)).bind(asyncio.get_running_loop())
 
         async def main():
@@ -365,8 +365,8 @@ def test_a_stream_that_fails_ends_with_an_error_event_not_a_silent_cut():
 
     from rnnops.serving.config import ServeConfig
     from rnnops.serving.models import LoadedModel, ModelManager, ModelRef, Resolved
-    from rnnops.serving.routes import Serving, create_app
-    from rnnops.serving.sessions import SessionStore
+    from rnnops.serving.http.app import Serving, create_app
+    from rnnops.serving.forecast.sessions import SessionStore
 
     rt = FlakyRuntime(ok=20)
     sched = StepScheduler(rt, name="flaky").start()

@@ -24,7 +24,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from rnnops.serving.scheduler import Overloaded
+from rnnops.serving.generate.scheduler import Overloaded
 
 
 class UnknownSession(KeyError):

@@ -32,12 +32,12 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route, Router
 
 from rnnops.serving.config import ServeConfig
-from rnnops.serving.forecast import InputError, check_rows, future_timestamps, parse_timestamps, step_of
+from rnnops.serving.forecast.batcher import InputError, check_rows, future_timestamps, parse_timestamps, step_of
 from rnnops.serving.models import ModelManager, UnknownModel
-from rnnops.serving.sampling import SamplingParams
-from rnnops.serving.scheduler import GenerationRequest, Overloaded, Stream
-from rnnops.serving.schemas import ForecastBody, GenerateBody, ObserveBody, OpenSessionBody
-from rnnops.serving.sessions import SessionStore, UnknownSession
+from rnnops.serving.generate.sampling import SamplingParams
+from rnnops.serving.generate.scheduler import GenerationRequest, Overloaded, Stream
+from rnnops.serving.http.schemas import ForecastBody, GenerateBody, ObserveBody, OpenSessionBody
+from rnnops.serving.forecast.sessions import SessionStore, UnknownSession
 
 log = logging.getLogger("rnnops.serving")
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rnnops.serving.sampling import SamplingParams, new_rng, sample_batch
+from rnnops.serving.generate.sampling import SamplingParams, new_rng, sample_batch
 
 log = logging.getLogger("rnnops.serving")
 

@@ -1,0 +1,1 @@
+"""Forecasts: dynamic batching across requests and stateful forecast sessions."""

@@ -1,0 +1,1 @@
+"""Generation: the step scheduler (policy), sampling, and the naive baseline the benchmarks compare with."""
