@@ -71,7 +71,8 @@ for gz in sorted(Path(ARGS.models).glob("*.onnx.gz")):
     models[path.stem] = path
 
 from rnnops.serving.runtime import Runtime
-from rnnops.serving.generate.scheduler import GenerationRequest, NaiveGenerator, StepScheduler
+from rnnops.serving.generate.naive import NaiveGenerator
+from rnnops.serving.generate.scheduler import GenerationRequest, StepScheduler
 from rnnops.serving.generate.sampling import SamplingParams
 
 def lat(rt, batch, budget=1.0, min_runs=20):

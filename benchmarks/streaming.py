@@ -290,7 +290,7 @@ def main() -> None:
     chars = args.chars or (100 if args.quick else 400)
     rounds = args.rounds or (1 if args.quick else 2)
     level_s = args.level_seconds or (30 if args.quick else 120)
-    from rnnops.serving.config import available_cpus
+    from rnnops.util import available_cpus
 
     from rnnops.serving.config import ServeConfig
 

@@ -1,7 +1,7 @@
 """Names shared between stages: the ONNX contract, MLflow tags, registry defaults.
 
 One place for every string two stages must agree on (export writes them, registry and serving
-read them). See ARCHITECTURE.md, "The ONNX contract". No torch, no onnxruntime here.
+read them). See docs/architecture.md, "The ONNX contract". No torch, no onnxruntime here.
 """
 
 from __future__ import annotations

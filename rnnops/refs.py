@@ -155,10 +155,8 @@ def resolve_ref(ref: ModelRef | str, sha256: str | None = None) -> LocalModel:
         return LocalModel(ref, ref.name, sha[:12], ref.path, sha, read_metadata(ref.path))
     if ref.source == "bentoml":
         return _resolve_bentoml(ref)
-    from rnnops.registry.resolve import resolve
-    from rnnops.tracking import connect
+    from rnnops.registry.resolve import resolve  # connects to the configured store on first use
 
-    connect()
     r = resolve(ref.target)
     return LocalModel(ref, r.name, str(r.version), Path(r.path), r.sha256, r.metadata, r.alias or ref.alias,
                       r.source_run)

@@ -11,17 +11,9 @@ import os
 from dataclasses import dataclass, fields
 
 from rnnops.errors import RnnopsError
+from rnnops.util import available_cpus
 
 DEFAULT_MODELS = "char-rnn@champion,forecaster@champion"
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (affinity and cgroup-aware where the OS tells us)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        n = os.cpu_count() or 1
-    return max(1, n)
 
 
 def _env(name: str, default, cast):

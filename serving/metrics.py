@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 
-from rnnops.serving.generate.scheduler import SchedulerMetrics, Stream
+from rnnops.serving.generate.scheduler import SchedulerMetrics, Stream  # noqa: F401 (Stream: type of finished())
 
 _lock = threading.Lock()
 _metrics: "Metrics | None" = None

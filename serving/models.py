@@ -19,86 +19,59 @@ is logged, counted (``rnnops_model_reloads_total{result="failed"}``) and shown b
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rnnops import refs
 from rnnops.errors import RnnopsError
+from rnnops.refs import ModelRef
 from rnnops.serving.config import ServeConfig
+from rnnops.serving.errors import Overloaded, UnknownModel
 from rnnops.serving.forecast.batcher import ForecastBatcher
+from rnnops.serving.generate.naive import NaiveGenerator
+from rnnops.serving.generate.scheduler import OnStep, SchedulerMetrics, StepScheduler
 from rnnops.serving.runtime import Runtime
-from rnnops.serving.generate.scheduler import NaiveGenerator, Overloaded, SchedulerMetrics, StepScheduler
+from rnnops.util import sha256_file
 
 log = logging.getLogger("rnnops.serving")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 RETRY_FAILED_S = 60.0  # a version that failed to load is tried again after this long
 
 
-class UnknownModel(LookupError):
-    pass
-
-
 @dataclass(frozen=True)
-class ModelRef:
-    served: str  # the name clients use in requests
-    source: str  # registry | file | bentoml
-    target: str  # what to resolve: "name@alias", "name/3", a path, a BentoML tag
-    name: str = ""  # registry name
-    alias: str | None = None  # watched alias (registry refs)
+class ServedRef:
+    """A model reference (:mod:`rnnops.refs`) and the name clients use for it."""
+
+    served: str
+    ref: ModelRef
+
+    @property
+    def source(self) -> str:
+        return self.ref.source
+
+    @property
+    def target(self) -> str:
+        return self.ref.target
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+    @property
+    def alias(self) -> str | None:
+        return self.ref.alias
 
     @property
     def watched(self) -> bool:
-        return self.source == "file" or (self.source == "registry" and self.alias is not None)
+        return self.ref.watched
 
 
-def parse_refs(spec: str) -> list[ModelRef]:
-    refs = []
-    for raw in (p.strip() for p in spec.split(",")):
-        if not raw:
-            continue
-        served = None
-        head, sep, rest = raw.partition("=")
-        if sep and _NAME.match(head):
-            served, raw = head, rest.strip()
-        if raw.startswith("bentoml:"):
-            tag = raw[len("bentoml:"):]
-            refs.append(ModelRef(served or tag.split(":")[0], "bentoml", tag))
-        elif raw.endswith(".onnx") or os.path.exists(raw):
-            p = Path(raw)
-            default = p.parent.name if p.stem == "model" and p.parent.name else p.stem
-            refs.append(ModelRef(served or default, "file", str(p.resolve())))
-        else:
-            target = raw[len("models:/"):] if raw.startswith("models:/") else raw
-            if "@" in target:
-                name, alias = target.split("@", 1)
-            elif "/" in target:
-                name, alias = target.split("/", 1)[0], None
-            else:
-                name, alias, target = target, "champion", f"{target}@champion"
-            if not _NAME.match(name):
-                raise RnnopsError(f"RNNOPS_MODELS: {raw!r} is not a model ref (name@alias, name/version, "
-                                  "a path to a .onnx file, or bentoml:tag)")
-            refs.append(ModelRef(served or name, "registry", target, name, alias))
-    names = [r.served for r in refs]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise RnnopsError(f"RNNOPS_MODELS serves {', '.join(dup)} twice; give one a name: other-name=REF")
-    if not refs:
-        raise RnnopsError("RNNOPS_MODELS is empty: name at least one model (e.g. char-rnn@champion)")
-    return refs
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+def parse_refs(spec: str) -> list[ServedRef]:
+    """``RNNOPS_MODELS`` -> the refs to serve, in order (the grammar is :mod:`rnnops.refs`)."""
+    return [ServedRef(served, ref) for served, ref in refs.parse_served(spec)]
 
 
 @dataclass
@@ -121,14 +94,14 @@ class _FileWatch:
         st = os.stat(path)
         key = (st.st_mtime_ns, st.st_size)
         if self._stat.get(path) != key:
-            self._sha[path] = _sha256(Path(path))
+            self._sha[path] = sha256_file(path)
             self._stat[path] = key
         return self._sha[path]
 
 
 @dataclass
 class LoadedModel:
-    ref: ModelRef
+    ref: ServedRef
     version: str
     resolved: Resolved
     runtime: Runtime
@@ -175,9 +148,10 @@ class LoadedModel:
 
 
 class ModelManager:
-    def __init__(self, config: ServeConfig, metrics=None):
+    def __init__(self, config: ServeConfig, metrics=None, on_step: OnStep | None = None):
         self.config = config
         self.metrics = metrics
+        self.on_step = on_step  # the transport's wake-up hook, handed to every scheduler
         self.refs = parse_refs(config.models)
         self.current: dict[str, LoadedModel] = {}
         self.draining: list[LoadedModel] = []
@@ -189,7 +163,7 @@ class ModelManager:
 
     # ------------------------------------------------------------------ resolution
 
-    def _current_version(self, ref: ModelRef) -> str | None:
+    def _current_version(self, ref: ServedRef) -> str | None:
         """The version ``ref`` points at now (cheap); None when it cannot say without loading."""
         if ref.source == "file":
             return self._files.sha(ref.target)[:12]
@@ -200,36 +174,12 @@ class ModelManager:
             return None if v is None else str(v)
         return None
 
-    def _resolve(self, ref: ModelRef) -> Resolved:
-        if ref.source == "file":
-            path = Path(ref.target)
-            if not path.is_file():
-                raise RnnopsError(f"{path}: no such ONNX file")
-            sha = self._files.sha(str(path))
-            return Resolved(sha[:12], path, sha, None)
-        if ref.source == "bentoml":
-            import bentoml
+    def _resolve(self, ref: ServedRef) -> Resolved:
+        sha = self._files.sha(ref.target) if ref.source == "file" and Path(ref.target).is_file() else None
+        m = refs.resolve_ref(ref.ref, sha256=sha)
+        return Resolved(m.version, m.path, m.sha256, m.alias, m.source_run)
 
-            try:
-                m = bentoml.models.get(ref.target)
-            except Exception as exc:
-                raise RnnopsError(f"BentoML model store has no {ref.target!r}: {exc}") from None
-            files = sorted(Path(m.path).rglob("*.onnx"))
-            if not files:
-                raise RnnopsError(f"BentoML model {m.tag} holds no .onnx file")
-            labels = dict(m.info.labels or {})
-            sha = _sha256(files[0])
-            if labels.get("sha256") and labels["sha256"] != sha:
-                raise RnnopsError(f"BentoML model {m.tag}: its ONNX hashes to {sha[:16]}…, not the {labels['sha256'][:16]}… "
-                                  "it was stored with; refusing it")
-            version = labels.get("registry_version") or str(m.tag.version)
-            return Resolved(version, files[0], sha, None, labels.get("source_run") or None)
-        from rnnops.registry.resolve import resolve
-
-        r = resolve(ref.target)
-        return Resolved(str(r.version), Path(r.path), r.sha256, r.alias or ref.alias, r.source_run)
-
-    def _load(self, ref: ModelRef) -> LoadedModel:
+    def _load(self, ref: ServedRef) -> LoadedModel:
         """Resolve, verify and open ``ref`` (blocking: run it in a thread)."""
         cfg = self.config
         res = self._resolve(ref)
@@ -241,7 +191,7 @@ class ModelManager:
             cls = NaiveGenerator if cfg.scheduler == "naive" else StepScheduler
             m.scheduler = cls(rt, max_active=cfg.max_streams, max_queue=cfg.max_queue,
                               queue_timeout=cfg.queue_timeout_s, prefill_chunk=cfg.prefill_chunk,
-                              metrics=sm, name=f"{ref.served}-v{res.version}").start()
+                              metrics=sm, name=f"{ref.served}-v{res.version}", on_step=self.on_step).start()
         else:
             m.batcher = ForecastBatcher(rt, cfg.forecast_max_batch, self.metrics, ref.served)
         return m
@@ -254,7 +204,7 @@ class ModelManager:
         if self.config.poll_seconds > 0:
             self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
 
-    async def _load_and_swap(self, ref: ModelRef, version: str | None) -> bool:
+    async def _load_and_swap(self, ref: ServedRef, version: str | None) -> bool:
         try:
             new = await asyncio.to_thread(self._load, ref)
         except Exception as exc:

@@ -14,11 +14,15 @@ Results are batch-invariant on CPU: a row's output is bit-for-bit the same whate
 the call (see :meth:`Runtime._run`), which is what makes seeded generation reproducible among
 concurrent streams and batched forecasts equal to one-by-one ones.
 
-State is opaque to callers: a tuple of numpy arrays ``[layers, B, hidden]`` (``h`` or ``h, c``),
-or, with IOBinding (on by default for CUDA), a tuple of ``OrtValue`` living on the device so that
-stepping never copies it to the host; only the logits come back for sampling. Rearranging the
-batch (a stream joins or leaves) goes through the host: a copy of a few hundred KB at a step
-boundary, not per step.
+State is opaque to callers: a tuple of numpy arrays, one per tensor of the model's state
+description (``rnnops.state`` in the ONNX metadata, :class:`rnnops.contract.StateTensor`: name,
+shape, dtype and which axis is the batch), or, with IOBinding (on by default for CUDA), a tuple
+of ``OrtValue`` living on the device so that stepping never copies it to the host; only the
+logits come back for sampling. Zeroing, gathering (:meth:`Runtime.take`) and joining
+(:meth:`Runtime.concat`) read that description alone, along each tensor's own batch axis, so an
+LSTM's ``[layers, B, hidden]`` pair and a matrix-memory cell's ``[B, heads, d_k, d_v]`` go through
+the same code. Rearranging the batch (a stream joins or leaves) goes through the host: a copy of
+a few hundred KB at a step boundary, not per step.
 
 No torch here (serving images don't have it): only onnxruntime and numpy.
 """
@@ -53,8 +57,7 @@ class ModelInfo:
     cell: str
     layers: int
     hidden_size: int
-    state_inputs: tuple[str, ...]
-    state_outputs: tuple[str, ...]
+    state: tuple[contract.StateTensor, ...]
     stateful: bool
     vocab: tuple[str, ...] = ()
     feature_names: tuple[str, ...] = ()
@@ -64,6 +67,14 @@ class ModelInfo:
     freq: str | None = None
     source_run: str | None = None
     exported_by: str | None = None
+
+    @property
+    def state_inputs(self) -> tuple[str, ...]:
+        return tuple(t.input for t in self.state)
+
+    @property
+    def state_outputs(self) -> tuple[str, ...]:
+        return tuple(t.output for t in self.state)
 
     @property
     def main_output(self) -> str:
@@ -78,14 +89,16 @@ class ModelInfo:
         missing = [k for k in _REQUIRED[kind] if meta.get(k) in (None, "", [])]
         if missing:
             raise RnnopsError(f"{where}: ONNX metadata lacks {', '.join('rnnops.' + k for k in missing)}")
-        cell = str(meta["cell"])
+        try:
+            state = contract.state_spec(meta)
+        except ValueError as exc:
+            raise RnnopsError(f"{where}: {exc}") from None
         return cls(
             kind=kind,
-            cell=cell,
+            cell=str(meta["cell"]),
             layers=int(meta["layers"]),
             hidden_size=int(meta["hidden_size"]),
-            state_inputs=tuple(meta.get("state_inputs") or contract.state_inputs(cell)),
-            state_outputs=tuple(meta.get("state_outputs") or contract.state_outputs(cell)),
+            state=state,
             stateful=bool(meta.get("stateful", True)),
             vocab=tuple(meta.get("vocab") or ()),
             feature_names=tuple(meta.get("feature_names") or ()),
@@ -161,7 +174,7 @@ class Runtime:
     def describe(self) -> dict:
         i = self.info
         d = {"kind": i.kind, "cell": i.cell, "layers": i.layers, "hidden_size": i.hidden_size,
-             "stateful": i.stateful, "providers": self.providers, "device": self.device,
+             "state": [t.to_json() for t in i.state], "stateful": i.stateful, "providers": self.providers, "device": self.device,
              "iobinding": self.iobinding, "threads": self.threads, "source_run": i.source_run}
         if i.kind == "char":
             d["vocab_size"] = len(i.vocab)
@@ -194,9 +207,9 @@ class Runtime:
         check it bitwise), so results never depend on what else shares the call.
         """
         if self.device == "cpu" and x.shape[0] == 1:
-            pair = tuple(np.concatenate([s, s], axis=1) for s in self.state_numpy(state))
-            out, new = self._run_session(np.concatenate([x, x]), tuple(self._to_device(s) for s in pair))
-            return out[:1], tuple(self._to_device(np.ascontiguousarray(s[:, :1])) for s in self.state_numpy(new))
+            pair = self.concat([state, state])
+            out, new = self._run_session(np.concatenate([x, x]), pair)
+            return out[:1], self.take(new, [0])
         return self._run_session(x, state)
 
     def _run_session(self, x: np.ndarray, state: State) -> tuple[np.ndarray, State]:
@@ -220,9 +233,7 @@ class Runtime:
         return out[0].numpy(), tuple(out[1:])
 
     def zero_state(self, batch: int) -> State:
-        i = self.info
-        zeros = [np.zeros((i.layers, batch, i.hidden_size), np.float32) for _ in i.state_inputs]
-        return tuple(self._to_device(z) for z in zeros)
+        return tuple(self._to_device(np.zeros(t.shape_for(batch), np.dtype(t.dtype))) for t in self.info.state)
 
     def _to_device(self, a: np.ndarray):
         if not self.iobinding:
@@ -235,21 +246,23 @@ class Runtime:
     def take(self, state: State, index) -> State:
         """The states of the streams at ``index`` (a list or array of batch positions)."""
         idx = np.asarray(index, dtype=np.int64)
-        return tuple(self._to_device(np.ascontiguousarray(s[:, idx])) for s in self.state_numpy(state))
+        return tuple(self._to_device(np.ascontiguousarray(np.take(s, idx, axis=t.batch_axis)))
+                     for s, t in zip(self.state_numpy(state), self.info.state))
 
     def concat(self, states: list[State]) -> State:
+        """One batched state from several (streams joining), in order."""
         states = [s for s in states if s is not None and self.batch_of(s) > 0]
         if not states:
             return self.zero_state(0)
         if len(states) == 1:
             return states[0]
         parts = [self.state_numpy(s) for s in states]
-        return tuple(self._to_device(np.concatenate([p[k] for p in parts], axis=1)) for k in range(len(parts[0])))
+        return tuple(self._to_device(np.concatenate([p[k] for p in parts], axis=t.batch_axis))
+                     for k, t in enumerate(self.info.state))
 
-    @staticmethod
-    def batch_of(state: State) -> int:
-        s = state[0]
-        return int(s.shape()[1] if isinstance(s, ort.OrtValue) else s.shape[1])
+    def batch_of(self, state: State) -> int:
+        s, axis = state[0], self.info.state[0].batch_axis
+        return int(s.shape()[axis] if isinstance(s, ort.OrtValue) else s.shape[axis])
 
     # ------------------------------------------------------------------ char models
 
@@ -270,16 +283,22 @@ class Runtime:
 
     # ------------------------------------------------------------------ forecasters
 
+    def reads(self, window: np.ndarray) -> np.ndarray:
+        """The rows of one window ``[T, F]`` (or windows ``[B, T, F]``) the model reads: a windowed
+        model its last ``lookback``, a stateful one all of them."""
+        i = self.info
+        if i.stateful:
+            return window
+        if window.shape[-2] < i.lookback:
+            raise ValueError(f"this windowed model needs {i.lookback} rows per window, got {window.shape[-2]}")
+        return window[..., -i.lookback:, :]
+
     def _window(self, windows: np.ndarray) -> np.ndarray:
         i = self.info
         x = np.asarray(windows, dtype=np.float32)
         if x.ndim != 3 or x.shape[2] != len(i.feature_names):
             raise ValueError(f"windows must be [B, T, {len(i.feature_names)}], got {list(x.shape)}")
-        if not i.stateful:
-            if x.shape[1] < i.lookback:
-                raise ValueError(f"this windowed model needs {i.lookback} rows per window, got {x.shape[1]}")
-            x = x[:, -i.lookback:]  # all the model reads
-        return np.ascontiguousarray(x)
+        return np.ascontiguousarray(self.reads(x))
 
     def forecast(self, windows: np.ndarray, max_batch: int = 1024) -> np.ndarray:
         """Forecasters: windows float32 ``[B, T, F]`` (raw units) -> ``[B, horizon, F_out]`` (raw units),

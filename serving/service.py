@@ -21,19 +21,17 @@ import sys
 import bentoml
 
 from rnnops.serving.config import ServeConfig
-from rnnops.serving.models import ModelManager
-from rnnops.serving.http.app import Serving, create_app
 from rnnops.serving.forecast.sessions import SessionStore
+from rnnops.serving.http.app import Serving, create_app
+from rnnops.serving.http.generate import wake_watchers
+from rnnops.serving.models import ModelManager
 
 CONFIG = ServeConfig.from_env()
 log = logging.getLogger("rnnops.serving")
 
-
-def _serving() -> Serving:
-    return bentoml.get_current_service().serving
-
-
-app = create_app(_serving)
+# Built at import (BentoML mounts it on the class below); each worker hands it its own state in
+# RnnopsService.__init__, and until then it answers 503.
+app = create_app()
 
 
 def _tracing_sample_rate() -> float:
@@ -71,8 +69,9 @@ class RnnopsService:
             log.warning("BentoML tracing is on (tracing.sample_rate > 0) but %s are not traced; set "
                         "RNNOPS_TRACE_HOT_PATHS=1 to trace them too (it costs CPU per request)", " and ".join(HOT_PATHS))
         metrics = get_metrics()
-        self.serving = Serving(CONFIG, ModelManager(CONFIG, metrics),
+        self.serving = Serving(CONFIG, ModelManager(CONFIG, metrics, on_step=wake_watchers),
                                SessionStore(CONFIG.max_sessions, CONFIG.session_ttl_s, metrics))
+        app.serving = self.serving
         self._sweeper: asyncio.Task | None = None
 
     @bentoml.on_startup

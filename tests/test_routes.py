@@ -10,7 +10,8 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from rnnops.serving.http.app import JSONResponse, _fast_forecast_body
+from rnnops.serving.http.errors import JSONResponse
+from rnnops.serving.http.forecast import _fast_forecast_body
 from rnnops.serving.http.schemas import ForecastBody
 
 W = [[1.5, 2, -3e-5], [4.0, 5.25, 6.0]]

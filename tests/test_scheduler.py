@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from rnnops.serving.generate.sampling import SamplingParams, sample_batch
-from rnnops.serving.generate.scheduler import GenerationRequest, NaiveGenerator, Overloaded, StepScheduler
+from rnnops.serving.generate.naive import NaiveGenerator
+from rnnops.serving.generate.scheduler import GenerationRequest, Overloaded, StepScheduler, Stream
+from rnnops.serving.http.generate import wake_watchers, watch
 
 VOCAB = list(string.ascii_lowercase + " .\n")
 
@@ -241,21 +243,19 @@ def test_a_failing_model_call_fails_its_streams_only_and_the_loop_goes_on():
 
 def test_threaded_loop_and_async_consumers():
     rt = FakeRuntime()
-    s = StepScheduler(rt, max_active=16).start()
+    s = StepScheduler(rt, max_active=16, on_step=wake_watchers).start()
     try:
         async def consume(i):
-            st = s.submit(req(rt, "ab" * (i + 1), n=40, seed=i), _bound(i))
+            st = Stream(req(rt, "ab" * (i + 1), n=40, seed=i))
+            w = watch(st)  # the HTTP layer's waiter: woken by the scheduler's on_step hook
+            s.submit(st.request, st)
             out = ""
             while True:
                 done = st.done
                 out += st.drain()
                 if done:
                     return out, st
-                await st.wait(1.0)
-
-        def _bound(i):
-            from rnnops.serving.generate.scheduler import Stream
-            return Stream(req(rt, "ab" * (i + 1), n=40, seed=i)).bind(asyncio.get_running_loop())
+                await w.wait(1.0)
 
         async def main():
             return await asyncio.gather(*(consume(i) for i in range(32)))
@@ -363,18 +363,19 @@ def test_a_stream_that_fails_ends_with_an_error_event_not_a_silent_cut():
         warnings.simplefilter("ignore")  # starlette's notice about httpx vs httpx2
         from starlette.testclient import TestClient
 
+    from rnnops.refs import parse_ref
     from rnnops.serving.config import ServeConfig
-    from rnnops.serving.models import LoadedModel, ModelManager, ModelRef, Resolved
-    from rnnops.serving.http.app import Serving, create_app
     from rnnops.serving.forecast.sessions import SessionStore
+    from rnnops.serving.http.app import Serving, create_app
+    from rnnops.serving.models import LoadedModel, ModelManager, Resolved, ServedRef
 
     rt = FlakyRuntime(ok=20)
-    sched = StepScheduler(rt, name="flaky").start()
+    sched = StepScheduler(rt, name="flaky", on_step=wake_watchers).start()
     cfg = ServeConfig(models="fake=/nowhere/fake.onnx", poll_seconds=0)
     manager = ModelManager(cfg)
-    manager.current["fake"] = LoadedModel(ModelRef("fake", "file", "/nowhere/fake.onnx"), "1",
+    manager.current["fake"] = LoadedModel(ServedRef("fake", parse_ref("/nowhere/fake.onnx")), "1",
                                           Resolved("1", Path("/nowhere/fake.onnx"), None, None), rt, scheduler=sched)
-    app = create_app(lambda: Serving(cfg, manager, SessionStore()))
+    app = create_app(Serving(cfg, manager, SessionStore()))
     try:
         with TestClient(app) as client:
             with client.stream("POST", "/generate", json={"prompt": "abc", "max_chars": 100, "seed": 1}) as r:

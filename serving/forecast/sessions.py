@@ -10,7 +10,9 @@ model (its ``rnnops.stateful`` metadata):
   appends and re-forecasts the window; until ``lookback`` rows have arrived there is no forecast.
 
 A session is pinned to the model version that opened it (its state means nothing to another
-version), so a hot reload never breaks open sessions. Sessions live in one worker process:
+version), so a hot reload never breaks open sessions. It keeps the timestamps of the rows the
+model reads (at most ``lookback``), so its forecast's timestamps are those the batch job and
+``/forecast`` give for the same history (:mod:`rnnops.serving.timeseries`). Sessions live in one worker process:
 with several workers, run one (the default) or route a session's requests to the same worker.
 Like Triton's ``max_sequence_idle_microseconds``, an idle session is dropped after the TTL.
 """
@@ -24,15 +26,11 @@ from collections import OrderedDict
 
 import numpy as np
 
-from rnnops.serving.generate.scheduler import Overloaded
-
-
-class UnknownSession(KeyError):
-    pass
+from rnnops.serving.errors import Overloaded, UnknownSession
 
 
 class ForecastSession:
-    def __init__(self, model, session_id: str):
+    def __init__(self, model, session_id: str, freq: str | None = None):
         self.id = session_id
         self.model = model  # the LoadedModel it was opened on (pinned)
         info = model.runtime.info
@@ -42,10 +40,14 @@ class ForecastSession:
         self.window = np.zeros((0, len(info.feature_names)), np.float32)
         self.observations = 0
         self.last_forecast: np.ndarray | None = None
-        self.last_timestamp: np.datetime64 | None = None
-        self.step_s: float | None = None
+        self.freq = freq  # the client's explicit frequency, if any
+        self.timestamps = np.zeros(0, np.int64)  # ns, of the last rows the model reads (oldest first)
         self.created = self.last_used = time.monotonic()
         self.lock = asyncio.Lock()  # one update at a time per session
+
+    def add_timestamps(self, ts: np.ndarray) -> None:
+        keep = max(self.lookback, 3)  # 3: enough for pandas to tell a calendar frequency
+        self.timestamps = np.concatenate([self.timestamps, ts])[-keep:]
 
     @property
     def needs(self) -> int:
@@ -79,7 +81,7 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def open(self, model) -> ForecastSession:
+    def open(self, model, freq: str | None = None) -> ForecastSession:
         self.sweep()
         if len(self._sessions) >= self.max_sessions:
             if self._metrics:
@@ -88,7 +90,7 @@ class SessionStore:
                              f"RNNOPS_MAX_SESSIONS={self.max_sessions}); close unused ones (DELETE /sessions/ID) "
                              f"or wait for idle ones to expire ({self.ttl_s:g}s)",
                              retry_after=int(min(60, max(1, self.ttl_s / 10))), status=429)
-        s = ForecastSession(model, secrets.token_hex(12))
+        s = ForecastSession(model, secrets.token_hex(12), freq)
         self._sessions[s.id] = s
         self._gauge()
         return s

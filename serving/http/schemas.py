@@ -41,6 +41,9 @@ class ForecastBody(_Body):
     contexts: list[list[Row]] | None = Field(None, description="Several windows (each T_i x F).")
     timestamps: list[str] | list[list[str]] | None = Field(
         None, description="ISO timestamps of the context rows (per window for `contexts`); the forecast gets its own.")
+    freq: str | None = Field(
+        None, max_length=32, description="pandas frequency of the timestamps (h, D, B, W-SUN, MS...); default: "
+        "told from the timestamps, as batch jobs do (needed when they are irregular).")
 
 
 class OpenSessionBody(_Body):
@@ -49,6 +52,7 @@ class OpenSessionBody(_Body):
     model: str | None = None
     context: list[Row] | None = Field(None, description="Observations so far (optional).")
     timestamps: list[str] | None = None
+    freq: str | None = Field(None, max_length=32, description="pandas frequency of the timestamps (see /forecast).")
 
 
 class ObserveBody(_Body):

@@ -1,0 +1,254 @@
+"""Forecasts over HTTP: ``POST /forecast`` and the stateful sessions (``/sessions``).
+
+Transport only: check a body against the model and the server's limits, hand windows to the
+model's :class:`~rnnops.serving.forecast.batcher.ForecastBatcher` (which groups and cuts them)
+or observations to a :class:`~rnnops.serving.forecast.sessions.ForecastSession`, and answer.
+Future timestamps come from :mod:`rnnops.serving.timeseries`, the same code the batch job uses,
+so the same history gives the same timestamps over HTTP, in a session and in a batch file.
+
+The ``/forecast`` body is decoded by :func:`forecast_body`: orjson reads the windows straight
+into arrays (pydantic would build and check a Python float per value: ~0.4 ms for a 96x7
+window) and pydantic validates every other field of :class:`ForecastBody` as usual, so the fast
+path is not a second schema: a field added to the model is validated and defaulted there too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import orjson
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from rnnops.serving import timeseries
+from rnnops.serving.errors import InputError
+from rnnops.serving.http.errors import JSONResponse, parse_body, validation_error
+from rnnops.serving.http.schemas import ForecastBody, ObserveBody, OpenSessionBody
+
+ARRAY_FIELDS = ("context", "contexts")  # what forecast_body reads itself; pydantic checks the rest
+
+
+# --------------------------------------------------------------------------------- bodies
+
+
+def _window_array(rows) -> np.ndarray | None:
+    """A JSON window (T rows of F numbers) as an array, or None if it is anything else."""
+    if type(rows) is not list:
+        return None
+    try:
+        a = np.array(rows)
+    except ValueError:  # ragged
+        return None
+    return a if a.ndim == 2 and a.dtype.kind in "fi" else None
+
+
+def _fast_forecast_body(raw: bytes) -> ForecastBody | None:
+    """The usual well-formed body with its windows as arrays; None for anything else (then the
+    caller validates the whole body with pydantic and gets its error messages)."""
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(d) is not dict:
+        return None
+    arrays = {}
+    context = d.pop("context", None)
+    if context is not None:
+        arrays["context"] = _window_array(context)
+        if arrays["context"] is None:
+            return None
+    contexts = d.pop("contexts", None)
+    if contexts is not None:
+        if type(contexts) is not list:
+            return None
+        arrays["contexts"] = [_window_array(w) for w in contexts]
+        if any(w is None for w in arrays["contexts"]):
+            return None
+    try:
+        body = ForecastBody.model_validate(d)  # every other field, by the model's own rules
+    except ValidationError:
+        return None
+    return body.model_copy(update=arrays)
+
+
+async def forecast_body(request: Request) -> ForecastBody:
+    raw = await request.body()
+    body = _fast_forecast_body(raw)
+    if body is not None:
+        return body
+    try:
+        return ForecastBody.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def check_rows(rows: list[list[float]] | np.ndarray, info, field: str, min_rows: int, max_rows: int) -> np.ndarray:
+    """``rows`` (T lists of F raw values, or a ``[T, F]`` array) -> float32 ``[T, F]``, or an
+    :class:`InputError` naming what to change."""
+    f = len(info.feature_names)
+    if len(rows) < min_rows:
+        need = (f"this windowed model needs at least {min_rows} rows (its lookback)" if not info.stateful
+                else f"at least {min_rows} row is needed")
+        raise InputError(f"{field} has {len(rows)} rows; {need}", field)
+    if len(rows) > max_rows:
+        raise InputError(f"{field} has {len(rows)} rows; the limit is {max_rows} (RNNOPS_MAX_CONTEXT_ROWS)", field)
+    if not (isinstance(rows, np.ndarray) and rows.ndim == 2 and rows.shape[1] == f):
+        for i, r in enumerate(rows):
+            if len(r) != f:
+                raise InputError(f"{field}[{i}] has {len(r)} values; the model expects {f} features "
+                                 f"({', '.join(info.feature_names)}) in that order", field)
+    x = np.asarray(rows, dtype=np.float64).reshape(len(rows), f)
+    x32 = x.astype(np.float32)
+    if not np.isfinite(x32).all():
+        i, j = np.argwhere(~np.isfinite(x32))[0]
+        raise InputError(f"{field}[{i}][{j}] = {x[i, j]!r} is not a finite float32 value", field)
+    return x32
+
+
+# --------------------------------------------------------------------------------- timestamps
+
+
+def parse_timestamps(values: list[str], field: str) -> np.ndarray:
+    """ISO strings -> int64 ns, or a 400 naming the bad entry."""
+    try:
+        return timeseries.parse_iso(values)
+    except timeseries.TimestampError as exc:
+        text = str(exc)
+        raise InputError(f"{field}{text}" if text.startswith("[") else f"{field} {text}", field) from None
+
+
+def future_timestamps(history: np.ndarray, info, field: str, freq: str | None) -> list[str]:
+    """The forecast's timestamps after ``history`` (the rows the model reads), as the batch job
+    computes them; a 400 when they cannot be told (irregular spacing and no ``freq``)."""
+    if info.lookback:
+        history = history[-info.lookback:]
+    try:
+        return timeseries.iso(timeseries.future(history, info.horizon, freq=freq, model_freq=info.freq,
+                                                flag="freq"))
+    except timeseries.TimestampError as exc:
+        raise InputError(f"{field}: {exc}", field) from None
+
+
+def _stamps_for(ts_list, rows: np.ndarray, info, field: str, freq: str | None) -> list[str]:
+    if len(ts_list) != len(rows):
+        raise InputError(f"{field} has {len(ts_list)} timestamps for {len(rows)} rows", field)
+    return future_timestamps(parse_timestamps(ts_list, field), info, field, freq)
+
+
+# --------------------------------------------------------------------------------- /forecast
+
+
+async def forecast(serving, request: Request) -> Response:
+    cfg = serving.config
+    body = await forecast_body(request)
+    model = serving.models.get(body.model, "forecaster")
+    info = model.runtime.info
+    if (body.context is None) == (body.contexts is None):
+        raise InputError("give exactly one of `context` (T rows of F values) or `contexts` (a list of them)")
+    single = body.context is not None
+    raw = [body.context] if single else body.contexts
+    if not raw:
+        raise InputError("contexts is empty", "contexts")
+    if len(raw) > cfg.forecast_max_windows:
+        raise InputError(f"{len(raw)} windows; the limit per request is {cfg.forecast_max_windows} "
+                         "(RNNOPS_FORECAST_MAX_WINDOWS)", "contexts")
+    min_rows = 1 if info.stateful else info.lookback
+    names = ["context"] if single else [f"contexts[{i}]" for i in range(len(raw))]
+    windows = [check_rows(w, info, n, min_rows, cfg.max_context_rows) for w, n in zip(raw, names)]
+    stamps = None
+    if body.timestamps is not None:
+        ts = [body.timestamps] if single else body.timestamps
+        if single and (not ts[0] or not isinstance(ts[0][0], str)):
+            raise InputError("timestamps must be a list of strings, one per context row", "timestamps")
+        if not single and (len(ts) != len(windows) or any(not isinstance(t, list) for t in ts)):
+            raise InputError("timestamps must hold one list per window in contexts", "timestamps")
+        stamps = [_stamps_for(t, w, info, "timestamps" if single else f"timestamps[{i}]", body.freq)
+                  for i, (t, w) in enumerate(zip(ts, windows))]
+    y = await model.batcher.forecast(windows)  # [horizon, F_out] float32 each, serialised by orjson as is
+    resp = {"model": model.name, "version": model.version, "targets": list(info.target_names),
+            "horizon": info.horizon}
+    if single:
+        resp["forecast"] = y[0]
+        if stamps:
+            resp["timestamps"] = stamps[0]
+    else:
+        resp["forecasts"] = y
+        if stamps:
+            resp["timestamps"] = stamps
+    return JSONResponse(resp)
+
+
+# --------------------------------------------------------------------------------- sessions
+
+
+def session_view(serving, sess, forecast) -> dict:
+    info = sess.model.runtime.info
+    d = {"session_id": sess.id, "model": sess.model.name, "version": sess.model.version,
+         "stateful": sess.stateful, "observations": sess.observations, "needs": sess.needs,
+         "targets": list(info.target_names), "forecast": None if forecast is None else forecast.tolist(),
+         "expires_in_s": serving.sessions.ttl_s}
+    if forecast is not None and len(sess.timestamps):
+        try:
+            d["timestamps"] = future_timestamps(sess.timestamps, info, "timestamps", sess.freq)
+        except InputError:  # one timestamp and no frequency to go on: none to give (checked in _observe)
+            pass
+    return d
+
+
+async def _observe(serving, sess, rows_raw, ts_raw, field: str):
+    info = sess.model.runtime.info
+    rows = check_rows(rows_raw, info, field, 1, serving.config.max_context_rows)
+    if ts_raw is not None:
+        if len(ts_raw) != len(rows):
+            raise InputError(f"timestamps has {len(ts_raw)} entries for {len(rows)} rows", "timestamps")
+        ts = parse_timestamps(ts_raw, "timestamps")
+        if len(sess.timestamps) and ts[0] <= sess.timestamps[-1]:
+            last = timeseries.iso(sess.timestamps[-1:])[0]
+            raise InputError(f"timestamps must come after the session's last one ({last})", "timestamps")
+        history = np.concatenate([sess.timestamps, ts])
+        if len(history) >= 2:  # irregular spacing is refused before the observation is applied
+            future_timestamps(history, info, "timestamps", sess.freq)
+    y = await asyncio.to_thread(sess.observe, rows)
+    if ts_raw is not None:
+        sess.add_timestamps(ts)
+    return y
+
+
+async def open_session(serving, request: Request) -> Response:
+    body = await parse_body(request, OpenSessionBody)
+    model = serving.models.get(body.model, "forecaster")
+    if body.freq is not None:
+        try:
+            timeseries.check_freq(body.freq, flag="freq")
+        except timeseries.TimestampError as exc:
+            raise InputError(str(exc), "freq") from None
+    sess = serving.sessions.open(model, freq=body.freq)
+    y = None
+    try:
+        if body.context:
+            async with sess.lock:
+                y = await _observe(serving, sess, body.context, body.timestamps, "context")
+    except BaseException:
+        serving.sessions.close(sess.id)
+        raise
+    return JSONResponse(session_view(serving, sess, y), status_code=201)
+
+
+async def update_session(serving, request: Request) -> Response:
+    sess = serving.sessions.get(request.path_params["session_id"])
+    body = await parse_body(request, ObserveBody)
+    async with sess.lock:
+        y = await _observe(serving, sess, body.observations, body.timestamps, "observations")
+    return JSONResponse(session_view(serving, sess, y))
+
+
+async def get_session(serving, request: Request) -> Response:
+    sess = serving.sessions.get(request.path_params["session_id"])
+    return JSONResponse(session_view(serving, sess, sess.last_forecast))
+
+
+async def close_session(serving, request: Request) -> Response:
+    sess = serving.sessions.close(request.path_params["session_id"])
+    return JSONResponse({"session_id": sess.id, "closed": True, "observations": sess.observations})
