@@ -2,7 +2,7 @@
 
 ``rnnops forecast --model forecaster@champion --input data.csv --output out.parquet`` (see
 docs/batch.md). This module is the *local* engine and everything the Spark engine
-(:mod:`batch_spark`) shares with it, so the two cannot drift apart:
+(:mod:`.spark`) shares with it, so the two cannot drift apart:
 
 - :class:`SeriesTails` is the streaming state: per series, the last ``lookback`` rows (a ring
   buffer of values and timestamps), the rows seen, the last timestamp and the first error. Input
@@ -886,7 +886,7 @@ def run(job: ForecastJob, engine: str = "local", spark_master: str | None = None
     model = load_model(job.model)
     layout = plan(job, model)
     if engine == "spark":
-        from rnnops.serving.batch_spark import run_spark
+        from rnnops.serving.batch.spark import run_spark
 
         return run_spark(job, model, layout, master=spark_master)
     if engine != "local":
