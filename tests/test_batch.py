@@ -294,7 +294,9 @@ def test_given_freq_is_checked(champion, good_csv, tmp_path):
 def test_output_is_atomic(champion, good_csv, tmp_path, monkeypatch):
     out = tmp_path / "out.csv"
     out.write_text("previous complete output\n")
-    real = B.output_table
+    from rnnops.serving.batch import write as W
+
+    real = W.output_table
     calls = []
 
     def fail_on_second(*args, **kw):
@@ -303,7 +305,7 @@ def test_output_is_atomic(champion, good_csv, tmp_path, monkeypatch):
             raise RuntimeError("disk full (simulated)")
         return real(*args, **kw)
 
-    monkeypatch.setattr(B, "output_table", fail_on_second)
+    monkeypatch.setattr(W, "output_table", fail_on_second)
     with pytest.raises(RuntimeError, match="simulated"):
         run_job(job(tmp_path, good_csv, batch_windows=2, workers=1))
     assert out.read_text() == "previous complete output\n"  # untouched, no half-written file under its name

@@ -1,0 +1,230 @@
+"""The batch job's plan: what ``rnnops forecast`` was asked (:class:`ForecastJob`), the model it
+runs, how the input's columns map onto the model (:class:`Layout`, checked by :func:`plan`), and
+the :class:`JobSummary` both engines report.
+
+Error policy (docs/batch.md): problems with the *file* (missing columns, unreadable input, a
+model that is not a forecaster, ``--horizon`` beyond the model's) stop the job before anything
+is written. Problems with *one series* (unparsable or missing dates, duplicated or backwards
+timestamps, too few rows, NaN or irregular timestamps in the window the model reads) put that
+series in an error report (``<output>.errors.csv``) and the rest are written; the command then
+exits with status 3. ``--strict`` turns a series error into a job error (nothing written).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from rnnops.errors import RnnopsError
+from rnnops.serving.batch.read import file_format, read_header
+from rnnops.serving.batch.tails import _offset
+from rnnops.serving.runtime import ModelInfo
+
+# Output columns besides the input's id and date columns (whose names are kept).
+STEP, TARGET, FORECAST, MODEL, MODEL_VERSION = "step", "target", "forecast", "model", "model_version"
+DATE_NAMES = ("date", "datetime", "timestamp", "time", "ds")
+EXIT_SERIES_FAILED = 3  # CLI exit status when some series failed and the rest were written
+
+
+@dataclass
+class ForecastJob:
+    """What ``rnnops forecast`` was asked to do (the CLI's flags, validated by :func:`plan`)."""
+
+    model: str  # name@alias, name/version, models:/..., or a local .onnx file
+    input: Path
+    output: Path
+    id_column: str | None = None  # None: the whole file is one series
+    date_column: str | None = None  # None: detected (date, datetime, timestamp, time, ds)
+    horizon: int | None = None  # steps to write (<= the model's); None: the model's
+    freq: str | None = None  # pandas frequency ("h", "15min", "D", "MS"); None: inferred per series
+    date_format: str | None = None  # strptime format; None: ISO 8601, else pandas' inference
+    strict: bool = False  # a bad series fails the job (nothing written)
+    errors_path: Path | None = None  # default: <output stem>.errors.csv beside the output
+    chunk_rows: int = 65_536  # rows per chunk fed to the state (memory vs. per-chunk overhead)
+    batch_windows: int = 256  # windows per onnxruntime call (measured: 256 as fast as 1024, far less memory)
+    workers: int = 0  # threads running onnxruntime calls; 0 = the CPUs this process may use
+    progress: bool | None = None  # None: when stderr is a terminal
+    plot_dir: Path | None = None
+    plot_max: int = 20
+
+
+@dataclass(frozen=True)
+class ForecastModel:
+    """The model a job runs: where its verified ONNX is and what its metadata says."""
+
+    name: str
+    version: int | None  # registry version (None for a local .onnx file)
+    path: Path
+    sha256: str
+    info: ModelInfo
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which input columns mean what, and the shape of the windows and output."""
+
+    fmt: str  # csv | parquet
+    id_column: str | None
+    date_column: str
+    features: tuple[str, ...]
+    targets: tuple[str, ...]
+    lookback: int
+    horizon: int  # steps written
+    freq: str | None
+    date_format: str | None
+    model_freq: str | None
+    id_type: pa.DataType | None = None  # the id column's type: string for CSV, the file's for Parquet
+
+
+@dataclass
+class JobSummary:
+    engine: str
+    output: Path
+    errors_path: Path | None
+    rows_read: int = 0
+    series: int = 0
+    forecasted: int = 0
+    failed: int = 0
+    output_rows: int = 0
+    seconds: float = 0.0
+    freq_mismatch: int = 0  # series whose step differs from the model's training frequency
+    plots: list[Path] = field(default_factory=list)
+    first_errors: list[tuple] = field(default_factory=list)  # (id, rows, message), a few
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_read / self.seconds if self.seconds > 0 else 0.0
+
+
+def available_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def load_model(ref: str) -> ForecastModel:
+    """Resolve ``ref`` (registry reference or local .onnx) and check that it is a forecaster."""
+    from rnnops.registry.onnx_file import read_metadata, sha256_file
+
+    local = Path(ref)
+    if ref.endswith(".onnx"):
+        if not local.is_file():
+            raise RnnopsError(f"model file {ref} not found")
+        path, sha, meta, name, version = local, sha256_file(local), read_metadata(local), local.stem, None
+    else:
+        from rnnops.registry.resolve import resolve
+        from rnnops.tracking import connect
+
+        connect()
+        resolved = resolve(ref)
+        path, sha, meta, name, version = resolved.path, resolved.sha256, resolved.metadata, resolved.name, resolved.version
+    if meta.get("kind") != "forecaster":
+        raise RnnopsError(f"{ref} is a {meta.get('kind') or 'model without rnnops metadata'}, not a forecaster: "
+                          "`rnnops forecast` needs a model trained with `rnnops train forecast` (or `sine`)")
+    info = ModelInfo.from_metadata(meta, where=str(ref))
+    return ForecastModel(name=name, version=version, path=Path(path), sha256=sha, info=info)
+
+
+def plan(job: ForecastJob, model: ForecastModel) -> Layout:
+    """Check the job against the input's columns and the model; one clear error if they don't fit."""
+    if not job.input.is_file():
+        raise RnnopsError(f"input {job.input} not found")
+    fmt = file_format(job.input, "input")
+    file_format(job.output, "output")
+    if job.output.resolve() == job.input.resolve():
+        raise RnnopsError("--output must not be the input file")
+    if not job.output.parent.is_dir():
+        raise RnnopsError(f"output folder {job.output.parent} does not exist")
+    info = model.info
+    schema = read_header(job.input, fmt)
+    header = list(schema.names)
+    have = set(header)
+    date_col = job.date_column
+    if date_col is None:
+        date_col = next((c for c in header if c.lower() in DATE_NAMES), None)
+        if date_col is None:
+            raise RnnopsError(f"{job.input}: no date column found (looked for {', '.join(DATE_NAMES)}); "
+                              f"name it with --date-column (columns: {_list(header)})")
+    needed = {"--date-column": [date_col], "--id-column": [job.id_column] if job.id_column else [],
+              "the model's features": list(info.feature_names)}
+    missing = {what: [c for c in cols if c not in have] for what, cols in needed.items()}
+    missing = {k: v for k, v in missing.items() if v}
+    if missing:
+        detail = "; ".join(f"{what}: {_list(cols)}" for what, cols in missing.items())
+        raise RnnopsError(f"{job.input} lacks columns ({detail}); it has {_list(header)}. The model "
+                          f"{model.name} reads {_list(info.feature_names)} (one row per series and timestamp)")
+    if job.id_column is not None and job.id_column in info.feature_names:
+        raise RnnopsError(f"--id-column {job.id_column} is one of the model's features")
+    if date_col in info.feature_names:
+        raise RnnopsError(f"date column {date_col} is one of the model's features")
+    taken = {STEP, TARGET, FORECAST, MODEL, MODEL_VERSION}
+    clash = [c for c in (job.id_column, date_col) if c in taken]
+    if clash or job.id_column == date_col and job.id_column is not None:
+        raise RnnopsError(f"input column name(s) {_list(clash or [date_col])} clash with the output columns "
+                          f"({_list(sorted(taken))}) or each other; rename them")
+    horizon = info.horizon if job.horizon is None else int(job.horizon)
+    if not 1 <= horizon <= info.horizon:
+        raise RnnopsError(f"--horizon {job.horizon}: this model forecasts 1 to {info.horizon} steps")
+    if job.freq:
+        _offset(job.freq)  # a bad --freq is an error now, not per series
+    if info.lookback < 1:
+        raise RnnopsError(f"{model.name}: its metadata has no lookback; re-export it with a current rnnops")
+    id_type = None
+    if job.id_column is not None:
+        id_type = schema.field(job.id_column).type
+        if pa.types.is_dictionary(id_type):
+            id_type = id_type.value_type
+        if pa.types.is_large_string(id_type):
+            id_type = pa.string()
+    return Layout(fmt=fmt, id_column=job.id_column, date_column=date_col, features=tuple(info.feature_names),
+                  targets=tuple(info.target_names), lookback=info.lookback, horizon=horizon, freq=job.freq,
+                  date_format=job.date_format, model_freq=info.freq, id_type=id_type)
+
+
+def _list(cols, most: int = 12) -> str:
+    cols = [str(c) for c in cols]
+    return ", ".join(cols[:most]) + (f" (+{len(cols) - most} more)" if len(cols) > most else "")
+
+
+def run(job: ForecastJob, engine: str = "local", spark_master: str | None = None) -> JobSummary:
+    """Run ``job`` with the local or Spark engine; raises :class:`RnnopsError` for file-level problems."""
+    model = load_model(job.model)
+    layout = plan(job, model)
+    if engine == "spark":
+        from rnnops.serving.batch.spark import run_spark
+
+        return run_spark(job, model, layout, master=spark_master)
+    if engine != "local":
+        raise RnnopsError(f"--engine {engine!r}: use local or spark")
+    from rnnops.serving.batch.local import run_local
+
+    return run_local(job, model, layout)
+
+
+def _progress(job: ForecastJob, **kw):
+    from tqdm.auto import tqdm
+
+    enabled = job.progress if job.progress is not None else sys.stderr.isatty()
+    return tqdm(disable=not enabled, file=sys.stderr, dynamic_ncols=True, **kw)
+
+
+def describe(summary: JobSummary) -> str:
+    s = summary
+    line = (f"{s.engine}: {s.rows_read:,} rows, {s.series:,} series -> {s.output_rows:,} forecast rows for "
+            f"{s.forecasted:,} series in {s.output} ({s.seconds:.1f} s, {s.rows_per_s:,.0f} rows/s)")
+    if s.failed:
+        line += f"; {s.failed:,} series failed: see {s.errors_path}"
+        for sid, rows, msg in s.first_errors[:3]:
+            line += f"\n  {sid!r} ({rows} rows): {msg}"
+    if s.freq_mismatch:
+        line += (f"\nwarning: {s.freq_mismatch:,} series are spaced unlike the model's training data; "
+                 "their forecasts use the model at a frequency it was not trained on")
+    if s.plots:
+        line += f"\nplots: {len(s.plots)} PNG in {s.plots[0].parent}"
+    return line
+

@@ -1,0 +1,97 @@
+"""The local engine of ``rnnops forecast``: stream the input through :class:`SeriesTails`
+(reading a chunk ahead in a thread), then run the model on the windows, several onnxruntime
+calls at a time, and write the results. No torch: onnxruntime, numpy, pyarrow and pandas.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+import numpy as np
+
+from rnnops.serving.batch.job import ForecastJob, ForecastModel, JobSummary, Layout, _progress, available_cpus
+from rnnops.serving.batch.read import iter_input, prefetch
+from rnnops.serving.batch.tails import Prepared, SeriesTails
+from rnnops.serving.batch.write import strict_error, write_results
+
+def make_runtime(model: ForecastModel, threads: int = 1):
+    from rnnops.serving.runtime import Runtime
+
+    return Runtime(model.path, providers=os.environ.get("RNNOPS_PROVIDERS", "cpu"), threads=threads,
+                   name=f"{model.name}/{model.version}")
+
+
+def forecast_windows(runtime, windows: np.ndarray, batch: int) -> np.ndarray:
+    """``runtime.forecast`` made batch-invariant: onnxruntime's CPU kernels take another path for
+    a batch of one (a matrix-vector product) whose results differ in the last float32 bit, so a
+    lone window is run as a batch of two. With it a series' forecast does not depend on which
+    other series share its call: tiny chunks, other worker counts and the Spark engine all give
+    the same bytes."""
+    if len(windows) == 1:
+        return runtime.forecast(np.concatenate([windows, windows]), max_batch=max(2, batch))[:1]
+    out = runtime.forecast(windows, max_batch=batch)
+    if len(windows) > batch and len(windows) % batch == 1:  # the last chunk would be a batch of one
+        out[-1:] = forecast_windows(runtime, windows[-1:], batch)
+    return out
+
+
+def forecast_batches(runtime, prepared: Prepared, batch: int, workers: int) -> Iterator[tuple[slice, np.ndarray]]:
+    """Forecasts for ``prepared.windows`` in slices of ``batch`` windows, ``workers`` onnxruntime
+    calls at a time (one session, called from several threads; each call single-threaded:
+    for small recurrent nets parallel batches scale better than intra-op threads)."""
+    m = len(prepared.windows)
+    slices = [slice(lo, min(m, lo + batch)) for lo in range(0, m, batch)]
+    if workers <= 1 or len(slices) <= 1:
+        for s in slices:
+            yield s, forecast_windows(runtime, prepared.windows[s], batch)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="rnnops-forecast") as pool:
+        # bounded look-ahead keeps memory flat: at most 2 x workers batches in flight
+        pending: list = []
+        it = iter(slices)
+        for s in it:
+            pending.append((s, pool.submit(forecast_windows, runtime, prepared.windows[s], batch)))
+            if len(pending) >= 2 * workers:
+                s0, f0 = pending.pop(0)
+                yield s0, f0.result()
+        for s0, f0 in pending:
+            yield s0, f0.result()
+
+
+def run_local(job: ForecastJob, model: ForecastModel, layout: Layout) -> JobSummary:
+    t0 = time.perf_counter()
+    workers = job.workers or available_cpus()
+    tails = SeriesTails(layout)
+    if layout.fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        total, unit = pq.ParquetFile(job.input).metadata.num_rows, "rows"
+    else:
+        total, unit = job.input.stat().st_size, "B"
+    bar = _progress(job, total=total, unit=unit, unit_scale=True, desc="reading")
+    done_prev = 0
+    try:
+        for batch, done in prefetch(iter_input(job.input, layout, job.chunk_rows)):
+            tails.feed(batch, np.arange(tails.rows, tails.rows + batch.num_rows, dtype=np.int64))
+            bar.update(done - done_prev)
+            done_prev = done
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(rows=f"{tails.rows:,}", series=f"{tails.series:,}",
+                            rows_s=f"{tails.rows / max(elapsed, 1e-9):,.0f}", refresh=False)
+            if job.strict and tails.messages:
+                raise strict_error(tails.error_list(), layout)
+    finally:
+        bar.close()
+    prepared = tails.finish()
+    if job.strict and prepared.errors:
+        raise strict_error(prepared.errors, layout)
+    summary = JobSummary(engine="local", output=job.output, errors_path=None, rows_read=tails.rows,
+                         series=tails.series)
+    runtime = make_runtime(model, threads=1)
+    write_results(job, model, layout, prepared, forecast_batches(runtime, prepared, job.batch_windows, workers), summary)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+

@@ -1,0 +1,208 @@
+"""Writing a batch job's results: the output schema and tables (one row per series x step x
+target), the atomic writer (a temporary name, renamed when complete), the per-series error
+report, the plots, and :func:`write_results`, where both engines end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import re
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from rnnops.errors import RnnopsError
+from rnnops.serving.batch.job import (FORECAST, MODEL, MODEL_VERSION, STEP, TARGET, ForecastJob, ForecastModel,
+                                      JobSummary, Layout, _progress)
+from rnnops.serving.batch.read import CSV_SUFFIXES, PARQUET_SUFFIXES, file_format
+from rnnops.serving.batch.tails import Prepared
+
+def output_schema(layout: Layout, date_type: pa.DataType) -> pa.Schema:
+    fields = []
+    if layout.id_column is not None:
+        fields.append(pa.field(layout.id_column, layout.id_type or pa.string()))
+    fields += [pa.field(layout.date_column, date_type), pa.field(STEP, pa.int32()), pa.field(TARGET, pa.string()),
+               pa.field(FORECAST, pa.float32()), pa.field(MODEL, pa.string()), pa.field(MODEL_VERSION, pa.int64())]
+    return pa.schema(fields)
+
+
+def date_type_for(future: np.ndarray) -> pa.DataType:
+    """Whole seconds are written as such (``2024-01-31 13:00:00``), else nanoseconds."""
+    return pa.timestamp("s") if (future % 1_000_000_000 == 0).all() else pa.timestamp("ns")
+
+
+def output_table(schema: pa.Schema, layout: Layout, ids: list, future: np.ndarray, y: np.ndarray,
+                 model: str, version: int | None) -> pa.Table:
+    """Rows for ``len(ids)`` series: for each series, each step, each target (in that order)."""
+    m, H = future.shape
+    T = len(layout.targets)
+    per = H * T
+    y = np.ascontiguousarray(y[:, :H, :], dtype=np.float32)
+    cols = []
+    if layout.id_column is not None:
+        id_field = schema.field(layout.id_column)
+        cols.append(pa.array(ids, type=id_field.type).take(pa.array(np.repeat(np.arange(m), per))))
+    dates = np.repeat(future, T, axis=1).reshape(-1).view("datetime64[ns]")
+    cols.append(pa.array(dates, type=pa.timestamp("ns")).cast(schema.field(layout.date_column).type))
+    cols.append(pa.array(np.tile(np.repeat(np.arange(1, H + 1, dtype=np.int32), T), m)))
+    targets = pa.array(list(layout.targets), type=pa.string())
+    cols.append(targets.take(pa.array(np.tile(np.arange(T), m * H))))
+    cols.append(pa.array(y.reshape(-1)))
+    cols.append(pa.array([model], type=pa.string()).take(pa.array(np.zeros(m * per, np.int64))))
+    cols.append(pa.nulls(m * per, pa.int64()) if version is None else
+                pa.array(np.full(m * per, int(version), np.int64)))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+class AtomicWriter:
+    """Writes CSV or Parquet under a temporary name in the output's folder; :meth:`commit` renames
+    it into place, :meth:`abort` removes it. Readers never see a partial file under the real name."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.fmt = file_format(path, "output")
+        self.schema = schema
+        self.rows = 0
+        if self.fmt == "csv":
+            import pyarrow.csv as pcsv
+
+            compression = None if path.name.lower().endswith(".csv") else pa.Codec.detect(str(path)).name
+            self._sink = pa.CompressedOutputStream(str(self.tmp), compression) if compression else pa.OSFile(str(self.tmp), "wb")
+            self._writer = pcsv.CSVWriter(self._sink, schema)
+        else:
+            import pyarrow.parquet as pq
+
+            self._sink = None
+            self._writer = pq.ParquetWriter(str(self.tmp), schema, compression="zstd")
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def commit(self) -> None:
+        self._writer.close()
+        if self._sink is not None:
+            self._sink.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        with contextlib.suppress(Exception):
+            if self._sink is not None:
+                self._sink.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+
+def errors_path_for(job: ForecastJob) -> Path:
+    if job.errors_path is not None:
+        return job.errors_path
+    name = job.output.name
+    for suffix in CSV_SUFFIXES + PARQUET_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return job.output.with_name(name + ".errors.csv")
+
+
+def write_errors(path: Path, layout: Layout, errors: list) -> Path | None:
+    """The per-series error report (CSV: id, rows, error), atomically; removes a stale one."""
+    if not errors:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return None
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow([layout.id_column or "id", "rows", "error"])
+        for sid, rows, msg, *_ in errors:
+            w.writerow(["" if sid is None else sid, rows, msg])
+    os.replace(tmp, path)
+    return path
+
+
+def strict_error(errors: list, layout: Layout) -> RnnopsError:
+    shown = "; ".join(f"{_label(sid, layout)}: {msg}" for sid, _, msg, *_ in errors[:5])
+    more = f" (and {len(errors) - 5} more series)" if len(errors) > 5 else ""
+    return RnnopsError(f"--strict: {len(errors)} series cannot be forecast: {shown}{more}; nothing was written")
+
+
+def _label(sid, layout: Layout) -> str:
+    if layout.id_column is None:
+        return "the series"
+    return f"series {sid!r}" if sid is not None else "rows without an id"
+
+
+def write_results(job: ForecastJob, model: ForecastModel, layout: Layout, prepared: Prepared,
+                  forecasts: Iterator[tuple[slice, np.ndarray]], summary: JobSummary) -> None:
+    """Write the output (atomically), the error report and the plots; both engines end here."""
+    schema = output_schema(layout, date_type_for(prepared.future))
+    summary.failed = len(prepared.errors)
+    summary.freq_mismatch = prepared.freq_mismatch
+    summary.first_errors = [e[:3] for e in prepared.errors[:5]]
+    writer = AtomicWriter(job.output, schema)
+    bar = _progress(job, total=len(prepared.ids), unit="series", desc="forecasting")
+    try:
+        for s, y in forecasts:
+            writer.write(output_table(schema, layout, prepared.ids[s], prepared.future[s], y, model.name, model.version))
+            bar.update(s.stop - s.start)
+            if job.plot_dir is not None and s.start < job.plot_max:
+                summary.plots += plot_series(job.plot_dir, layout, prepared, y, s, job.plot_max)
+        summary.errors_path = write_errors(errors_path_for(job), layout, prepared.errors)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    summary.forecasted = len(prepared.ids)
+    summary.output_rows = writer.rows
+
+
+def plot_series(folder: Path, layout: Layout, prepared: Prepared, y: np.ndarray, s: slice, most: int) -> list[Path]:
+    """A PNG per series (the first ``most``): the window the model read and the forecast, per target."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RnnopsError("--plot needs matplotlib: pip install matplotlib") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    T = len(layout.targets)
+    shown_t = list(range(min(T, 8)))
+    for k in range(s.start, min(s.stop, most)):
+        i = k - s.start
+        sid = prepared.ids[k]
+        hist = prepared.window_dates[k].view("datetime64[ns]")
+        fut = prepared.future[k].view("datetime64[ns]")
+        fig, axes = plt.subplots(len(shown_t), 1, figsize=(10, 2.2 * len(shown_t) + 0.6), squeeze=False, sharex=True)
+        for ax, t in zip(axes[:, 0], shown_t):
+            name = layout.targets[t]
+            f_in = layout.features.index(name) if name in layout.features else None
+            fx, fy = fut, y[i, : layout.horizon, t]
+            if f_in is not None:
+                ax.plot(hist, prepared.windows[k, :, f_in], color="0.35", lw=1, label="history")
+                fx, fy = np.r_[hist[-1:], fut], np.r_[prepared.windows[k, -1:, f_in], fy]  # joined to the last point
+            ax.plot(fx, fy, color="tab:orange", lw=1.4, label="forecast")
+            ax.set_ylabel(name, fontsize=8)
+            ax.tick_params(labelsize=7)
+        title = "" if sid is None else f"{layout.id_column} = {sid}: "
+        axes[0, 0].set_title(f"{title}last {layout.lookback} rows and {layout.horizon}-step forecast", fontsize=9)
+        axes[0, 0].legend(loc="upper left", fontsize=7)
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        stem = "series" if sid is None else re.sub(r"[^A-Za-z0-9._-]+", "_", str(sid))[:80] or "_"
+        path = folder / f"{k:05d}_{stem}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+    return written
+
