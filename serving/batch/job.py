@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from rnnops.errors import RnnopsError
 from rnnops.serving.batch.read import file_format, read_header
-from rnnops.serving.batch.tails import _offset
+from rnnops.serving.timeseries import TimestampError, check_freq
 from rnnops.serving.runtime import ModelInfo
 
 # Output columns besides the input's id and date columns (whose names are kept).
@@ -171,7 +171,10 @@ def plan(job: ForecastJob, model: ForecastModel) -> Layout:
     if not 1 <= horizon <= info.horizon:
         raise RnnopsError(f"--horizon {job.horizon}: this model forecasts 1 to {info.horizon} steps")
     if job.freq:
-        _offset(job.freq)  # a bad --freq is an error now, not per series
+        try:
+            check_freq(job.freq)  # a bad --freq is an error now, not per series
+        except TimestampError as exc:
+            raise RnnopsError(str(exc)) from None
     if info.lookback < 1:
         raise RnnopsError(f"{model.name}: its metadata has no lookback; re-export it with a current rnnops")
     id_type = None

@@ -12,8 +12,6 @@ the same rows, the same errors and the same order.
 
 from __future__ import annotations
 
-import contextlib
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,48 +19,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rnnops.errors import RnnopsError
+from rnnops.serving import timeseries
 from rnnops.serving.batch.read import feature_matrix, parse_dates
+from rnnops.serving.timeseries import ts
 
 if TYPE_CHECKING:
     from rnnops.serving.batch.job import Layout
 
 NAT = np.iinfo(np.int64).min  # numpy's NaT as int64 nanoseconds
 NONE = NAT + 1  # "no timestamp yet" for a series (never a real date: year 1677)
-
-
-def ts(ns) -> str:
-    """A timestamp for messages: 2024-01-31 13:00:00."""
-    import pandas as pd
-
-    return str(pd.Timestamp(int(ns)))
-
-
-def span(ns) -> str:
-    """A duration for messages: 2h, 15min, 1D."""
-    import pandas as pd
-
-    with contextlib.suppress(ValueError):
-        text = pd.tseries.frequencies.to_offset(pd.Timedelta(int(ns))).freqstr
-        return text if text[:1].isdigit() else "1" + text
-    return str(pd.Timedelta(int(ns)))
-
-
-def _offset(freq: str):
-    import pandas as pd
-
-    try:
-        return pd.tseries.frequencies.to_offset(freq)
-    except ValueError:
-        raise RnnopsError(f"--freq {freq!r} is not a pandas frequency (examples: h, 15min, D, W, MS)") from None
-
-
-def _tick_nanos(offset) -> int | None:
-    """Nanoseconds of a fixed-length offset (h, min, D...), None for calendar ones (MS, B, W-SUN...)."""
-    try:
-        return int(offset.nanos)
-    except ValueError:
-        return None
 
 
 @dataclass
@@ -214,8 +179,6 @@ class SeriesTails:
 
     def finish(self) -> Prepared:
         """Check each series' window (length, NaN, spacing) and build windows + future timestamps."""
-        import pandas as pd
-
         lay, L, n = self.layout, self.L, self.series
         messages = dict(self.messages)
         if lay.id_column is not None and None in self.index:
@@ -237,57 +200,15 @@ class SeriesTails:
             messages[int(alive[k])] = (f"{lay.features[f]} is {what} at {ts(wdates[k, t])}, within the last {L} rows "
                                        "that the model reads")
 
-        horizon = lay.horizon
-        future = np.zeros((len(alive), horizon), np.int64)
+        # Future timestamps of the complete windows (serving/timeseries.py: the same rules as /forecast).
         ok = finite.copy()
+        future = np.zeros((len(alive), lay.horizon), np.int64)
         mismatch = np.zeros(len(alive), bool)
-        model_step = _tick_nanos(_offset(lay.model_freq)) if lay.model_freq else None
-        fixed_offset = _offset(lay.freq) if lay.freq else None
-        fixed_step = _tick_nanos(fixed_offset) if fixed_offset is not None else None
-        diffs = np.diff(wdates, axis=1)
-        steps_h = np.arange(1, horizon + 1, dtype=np.int64)
-        last = wdates[:, -1:] if len(alive) else np.zeros((0, 1), np.int64)
-        # The common cases, vectorised: a fixed --freq, or every gap of the window equal.
-        if fixed_offset is not None and fixed_step is not None:
-            regular = finite & (diffs == fixed_step).all(axis=1)
-            future[regular] = last[regular] + fixed_step * steps_h
-        elif fixed_offset is None and L >= 2:
-            regular = finite & (diffs == diffs[:, :1]).all(axis=1)
-            step = diffs[:, 0]
-            future[regular] = last[regular] + step[regular, None] * steps_h
-            if model_step is not None:
-                mismatch = regular & (step != model_step)
-        else:
-            regular = np.zeros(len(alive), bool)
-        # The rest, one by one: irregular windows (errors) and calendar frequencies (MS, B...).
-        for k in np.flatnonzero(finite & ~regular):
-            g = int(alive[k])
-            dk = diffs[k]
-            if fixed_offset is not None and fixed_step is not None:
-                i = int(np.flatnonzero(dk != fixed_step)[0])
-                messages[g] = (f"timestamps are not {lay.freq} apart: {span(dk[i])} from {ts(wdates[k, i])} to "
-                               f"{ts(wdates[k, i + 1])}, within the last {L} rows that the model reads")
-                ok[k] = False
-                continue
-            if fixed_offset is not None:  # a calendar frequency: compare with pandas' own range
-                want = pd.date_range(pd.Timestamp(int(wdates[k, 0])), periods=L, freq=fixed_offset).as_unit("ns").asi8
-                bad = np.flatnonzero(want != wdates[k])
-                if len(bad):
-                    messages[g] = (f"timestamps do not follow --freq {lay.freq}: {ts(wdates[k, bad[0]])} where "
-                                   f"{ts(want[bad[0]])} was due, within the last {L} rows that the model reads")
-                    ok[k] = False
-                    continue
-                future[k] = _calendar_future(wdates[k, -1], fixed_offset, horizon)
-                continue
-            offset = _infer_offset(wdates[k]) if L >= 3 else None
-            if offset is None and L < 2 and lay.model_freq:
-                offset = _offset(lay.model_freq)
-            if offset is None:
-                messages[g] = (_irregular(dk, wdates[k], L) if L >= 2 else
-                               "one row cannot tell the frequency and the model has none: give --freq")
-                ok[k] = False
-                continue
-            future[k] = _calendar_future(wdates[k, -1], offset, horizon)
+        fin = np.flatnonzero(finite)
+        future[fin], ok[fin], time_errors, mismatch[fin] = timeseries.future_many(
+            wdates[fin], lay.horizon, freq=lay.freq, model_freq=lay.model_freq)
+        for k, message in time_errors.items():
+            messages[int(alive[fin[k]])] = message
 
         keep = alive[ok]
         errors = [(self.ids[g], int(self.count[g]), m, int(self.first[g])) for g, m in sorted(messages.items())]
@@ -303,33 +224,3 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int64)
     offs = np.repeat(np.cumsum(lengths) - lengths, lengths)
     return np.repeat(starts, lengths) + (np.arange(total) - offs)
-
-
-def _infer_offset(dates: np.ndarray):
-    import pandas as pd
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            freq = pd.infer_freq(pd.DatetimeIndex(dates.astype("datetime64[ns]")))
-        except (TypeError, ValueError):
-            return None
-    if freq is None:
-        return None
-    return pd.tseries.frequencies.to_offset(freq if isinstance(freq, str) else freq.freqstr)
-
-
-def _calendar_future(last_ns: int, offset, horizon: int) -> np.ndarray:
-    import pandas as pd
-
-    rng = pd.date_range(pd.Timestamp(int(last_ns)), periods=horizon + 1, freq=offset)[1:]
-    return rng.as_unit("ns").asi8
-
-
-def _irregular(dk: np.ndarray, dates: np.ndarray, L: int) -> str:
-    values, counts = np.unique(dk, return_counts=True)
-    common = int(values[np.argmax(counts)])
-    i = int(np.flatnonzero(dk != common)[0])
-    return (f"irregular timestamps: a step of {span(dk[i])} from {ts(dates[i])} to {ts(dates[i + 1])} where most are "
-            f"{span(common)}, within the last {L} rows that the model reads (give --freq for a calendar frequency)")
-
