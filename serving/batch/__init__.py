@@ -23,14 +23,14 @@ from rnnops.serving.batch.job import (DATE_NAMES, EXIT_SERIES_FAILED, FORECAST, 
 from rnnops.serving.batch.local import forecast_batches, forecast_windows, make_runtime, run_local
 from rnnops.serving.batch.read import (CSV_SUFFIXES, PARQUET_SUFFIXES, feature_matrix, file_format, iter_input,
                                        parse_dates, prefetch, read_header)
-from rnnops.serving.batch.tails import NAT, NONE, Prepared, SeriesTails
+from rnnops.serving.batch.tails import NAT, NONE, Prepared, SeriesError, SeriesTails
 from rnnops.serving.batch.write import (AtomicWriter, date_type_for, errors_path_for, output_schema, output_table,
                                         plot_series, strict_error, write_errors, write_results)
 
 __all__ = [
     "AtomicWriter", "CSV_SUFFIXES", "DATE_NAMES", "EXIT_SERIES_FAILED", "FORECAST", "ForecastJob", "ForecastModel",
     "JobSummary", "Layout", "MODEL", "MODEL_VERSION", "NAT", "NONE", "PARQUET_SUFFIXES", "Prepared", "STEP",
-    "SeriesTails", "TARGET", "available_cpus", "date_type_for", "describe", "errors_path_for", "feature_matrix",
+    "SeriesError", "SeriesTails", "TARGET", "available_cpus", "date_type_for", "describe", "errors_path_for", "feature_matrix",
     "file_format", "forecast_batches", "forecast_windows", "iter_input", "load_model", "make_runtime",
     "output_schema", "output_table", "parse_dates", "plan", "plot_series", "prefetch", "read_header", "run",
     "run_local", "strict_error", "write_errors", "write_results",

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -23,6 +24,9 @@ from rnnops.errors import RnnopsError
 from rnnops.serving.batch.read import file_format, read_header
 from rnnops.serving.timeseries import TimestampError, check_freq
 from rnnops.serving.runtime import ModelInfo
+
+if TYPE_CHECKING:
+    from rnnops.serving.batch.tails import SeriesError
 
 # Output columns besides the input's id and date columns (whose names are kept).
 STEP, TARGET, FORECAST, MODEL, MODEL_VERSION = "step", "target", "forecast", "model", "model_version"
@@ -80,20 +84,22 @@ class Layout:
     id_type: pa.DataType | None = None  # the id column's type: string for CSV, the file's for Parquet
 
 
-@dataclass
+@dataclass(frozen=True)
 class JobSummary:
+    """What a job did, built once when it ends (:func:`~rnnops.serving.batch.write.write_results`)."""
+
     engine: str
     output: Path
-    errors_path: Path | None
-    rows_read: int = 0
-    series: int = 0
-    forecasted: int = 0
-    failed: int = 0
-    output_rows: int = 0
-    seconds: float = 0.0
-    freq_mismatch: int = 0  # series whose step differs from the model's training frequency
-    plots: list[Path] = field(default_factory=list)
-    first_errors: list[tuple] = field(default_factory=list)  # (id, rows, message), a few
+    errors_path: Path | None  # the error report, None when every series was forecast
+    rows_read: int
+    series: int
+    forecasted: int
+    failed: int
+    output_rows: int
+    seconds: float
+    freq_mismatch: int  # series whose step differs from the model's training frequency
+    plots: tuple[Path, ...] = ()
+    first_errors: tuple[SeriesError, ...] = ()  # a few, for the command's message
 
     @property
     def rows_per_s(self) -> float:
@@ -222,8 +228,8 @@ def describe(summary: JobSummary) -> str:
             f"{s.forecasted:,} series in {s.output} ({s.seconds:.1f} s, {s.rows_per_s:,.0f} rows/s)")
     if s.failed:
         line += f"; {s.failed:,} series failed: see {s.errors_path}"
-        for sid, rows, msg in s.first_errors[:3]:
-            line += f"\n  {sid!r} ({rows} rows): {msg}"
+        for e in s.first_errors[:3]:
+            line += f"\n  {e.series_id!r} ({e.rows} rows): {e.message}"
     if s.freq_mismatch:
         line += (f"\nwarning: {s.freq_mismatch:,} series are spaced unlike the model's training data; "
                  "their forecasts use the model at a frequency it was not trained on")

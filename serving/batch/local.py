@@ -81,17 +81,14 @@ def run_local(job: ForecastJob, model: ForecastModel, layout: Layout) -> JobSumm
             elapsed = time.perf_counter() - t0
             bar.set_postfix(rows=f"{tails.rows:,}", series=f"{tails.series:,}",
                             rows_s=f"{tails.rows / max(elapsed, 1e-9):,.0f}", refresh=False)
-            if job.strict and tails.messages:
-                raise strict_error(tails.error_list(), layout)
+            if job.strict and tails.has_errors:
+                raise strict_error(tails.errors(), layout)
     finally:
         bar.close()
     prepared = tails.finish()
     if job.strict and prepared.errors:
         raise strict_error(prepared.errors, layout)
-    summary = JobSummary(engine="local", output=job.output, errors_path=None, rows_read=tails.rows,
-                         series=tails.series)
     runtime = make_runtime(model, threads=1)
-    write_results(job, model, layout, prepared, forecast_batches(runtime, prepared, job.batch_windows, workers), summary)
-    summary.seconds = time.perf_counter() - t0
-    return summary
+    return write_results(job, model, layout, prepared, forecast_batches(runtime, prepared, job.batch_windows, workers),
+                         engine="local", rows_read=tails.rows, series=tails.series, started=t0)
 

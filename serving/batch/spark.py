@@ -122,13 +122,13 @@ def forecast_group(task: GroupTask, table: pa.Table) -> pa.Table:
         for lo in range(0, m, task.batch_windows):
             y[lo:lo + task.batch_windows] = B.forecast_windows(rt, prepared.windows[lo:lo + task.batch_windows],
                                                                task.batch_windows)[:, :H]
-    n_err = len(prepared.errors)
-    ids = list(prepared.ids) + [e[0] for e in prepared.errors]
+    errors = prepared.errors
+    n_err = len(errors)
     cols = {
-        "id": ids,
-        "first": np.r_[prepared.first_pos, [e[3] for e in prepared.errors]].astype(np.int64),
-        "rows": [int(tails.count[tails.index[i]]) for i in prepared.ids] + [e[1] for e in prepared.errors],
-        "error": [None] * m + [e[2] for e in prepared.errors],
+        "id": list(prepared.ids) + [e.series_id for e in errors],
+        "first": np.r_[prepared.first_pos, [e.first_pos for e in errors]].astype(np.int64),
+        "rows": np.r_[prepared.rows, [e.rows for e in errors]].astype(np.int64),
+        "error": [None] * m + [e.message for e in errors],
         "mismatch": prepared.mismatch.tolist() + [False] * n_err,
         "future": _lists(prepared.future.reshape(m, H), pa.int64(), n_err),
         "forecast": _lists(y.reshape(m, H * T), pa.float32(), n_err),
@@ -277,20 +277,17 @@ def _write(job: B.ForecastJob, model: B.ForecastModel, layout: B.Layout, table: 
         wdates = _matrix(ok["window_dates"], m, L, np.int64)
     else:
         windows, wdates = np.zeros((m, 0, F), np.float32), np.zeros((m, 0), np.int64)
-    errors = list(zip(bad["id"].to_pylist(), bad["rows"].to_pylist(), bad["error"].to_pylist(),
-                      bad["first"].to_pylist()))
-    prepared = B.Prepared(ids=ids, first_pos=ok["first"].to_numpy(), windows=windows, window_dates=wdates,
-                          future=future, errors=errors,
+    errors = [B.SeriesError(sid, rows, message, first) for sid, rows, message, first in
+              zip(bad["id"].to_pylist(), bad["rows"].to_pylist(), bad["error"].to_pylist(), bad["first"].to_pylist())]
+    prepared = B.Prepared(ids=ids, first_pos=ok["first"].to_numpy(), rows=ok["rows"].to_numpy(), windows=windows,
+                          window_dates=wdates, future=future, errors=errors,
                           mismatch=np.asarray(ok["mismatch"].to_numpy(zero_copy_only=False), dtype=bool))
     if job.strict and errors:
         raise B.strict_error(errors, layout)
-    summary = B.JobSummary(engine="spark", output=job.output, errors_path=None,
-                           rows_read=int(pc.sum(table["rows"]).as_py() or 0), series=table.num_rows)
     step = max(1, job.batch_windows)
     slices = (slice(lo, min(m, lo + step)) for lo in range(0, m, step))
-    B.write_results(job, model, layout, prepared, ((s, y[s]) for s in slices), summary)
-    summary.seconds = time.perf_counter() - t0
-    return summary
+    return B.write_results(job, model, layout, prepared, ((s, y[s]) for s in slices), engine="spark",
+                           rows_read=int(pc.sum(table["rows"]).as_py() or 0), series=table.num_rows, started=t0)
 
 
 def _matrix(col, m: int, k: int, dtype) -> np.ndarray:

@@ -30,16 +30,28 @@ NAT = np.iinfo(np.int64).min  # numpy's NaT as int64 nanoseconds
 NONE = NAT + 1  # "no timestamp yet" for a series (never a real date: year 1677)
 
 
+@dataclass(frozen=True)
+class SeriesError:
+    """Why one series is not forecast (a line of the error report)."""
+
+    series_id: object  # the id as read (None: rows without an id, or the whole file without --id-column)
+    rows: int  # rows of the series in the input
+    message: str
+    first_pos: int  # position of its first row (orders the report like the output: first appearance)
+
+
 @dataclass
 class Prepared:
-    """What :meth:`SeriesTails.finish` hands to the forecasting step."""
+    """What :meth:`SeriesTails.finish` hands to the forecasting step: the series that can be
+    forecast (one row each in the arrays) and the errors of the others."""
 
     ids: list  # valid series, in order of first appearance
     first_pos: np.ndarray  # int64 position of each valid series' first row (the output order)
-    windows: np.ndarray  # float32 [m, lookback, F]
-    window_dates: np.ndarray  # int64 ns [m, lookback]
+    rows: np.ndarray  # int64 rows of each valid series in the input
+    windows: np.ndarray  # float32 [m, lookback, F] (Spark without --plot: [m, 0, F])
+    window_dates: np.ndarray  # int64 ns [m, lookback] (Spark without --plot: [m, 0])
     future: np.ndarray  # int64 ns [m, horizon]
-    errors: list  # (id, rows, message, first_pos) in order of first appearance
+    errors: list[SeriesError]  # in order of first appearance
     mismatch: np.ndarray  # bool [m]: spaced unlike the model's training data (a warning, not an error)
 
     @property
@@ -52,45 +64,47 @@ class SeriesTails:
 
     Rows of a series must come in increasing time order (series may interleave and span
     chunks); the first problem in a series (in file order) is its error and the rest of its rows
-    are ignored.
+    are ignored. The public surface is :meth:`feed`, :meth:`finish`, :meth:`errors`,
+    :attr:`has_errors`, :attr:`rows` and :attr:`series`; the per-series arrays are private (they
+    grow by doubling and hold ring buffers).
     """
 
     def __init__(self, layout: Layout, capacity: int = 1024):
         self.layout = layout
         self.L = layout.lookback
         self.F = len(layout.features)
-        self.index: dict = {}  # series id -> gid (position of first appearance)
-        self.ids: list = []
+        self._index: dict = {}  # series id -> gid (position of first appearance)
+        self._ids: list = []
         self._alloc(capacity)
-        self.messages: dict[int, str] = {}  # gid -> the series' error
-        self.rows = 0
+        self._messages: dict[int, str] = {}  # gid -> the series' error
+        self.rows = 0  # rows fed
 
     def _alloc(self, cap: int) -> None:
         L, F = self.L, self.F
-        old = getattr(self, "cap", 0)
+        old = getattr(self, "_cap", 0)
         new = {
-            "tails": np.zeros((cap, L, F), np.float32),
-            "tdates": np.zeros((cap, L), np.int64),
-            "wptr": np.zeros(cap, np.int64),
-            "count": np.zeros(cap, np.int64),
-            "last": np.full(cap, NONE, np.int64),
-            "failed": np.zeros(cap, bool),
-            "first": np.zeros(cap, np.int64),
+            "_tails": np.zeros((cap, L, F), np.float32),
+            "_tdates": np.zeros((cap, L), np.int64),
+            "_wptr": np.zeros(cap, np.int64),
+            "_count": np.zeros(cap, np.int64),
+            "_last": np.full(cap, NONE, np.int64),
+            "_failed": np.zeros(cap, bool),
+            "_first": np.zeros(cap, np.int64),
         }
         for name, arr in new.items():
             if old:
                 arr[:old] = getattr(self, name)[:old]
             setattr(self, name, arr)
-        self.cap = cap
+        self._cap = cap
 
     @property
     def series(self) -> int:
-        return len(self.ids)
+        return len(self._ids)
 
     def _gids(self, batch: pa.RecordBatch, n: int) -> np.ndarray:
         col = self.layout.id_column
         if col is None:
-            if not self.ids:
+            if not self._ids:
                 self._new_gid(None)
             return np.zeros(n, np.int64)
         arr = batch.column(col)
@@ -100,18 +114,18 @@ class SeriesTails:
             arr = arr.dictionary_decode()
         enc = pc.dictionary_encode(arr, null_encoding="encode")
         local = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        lookup = np.array([self.index[u] if u in self.index else self._new_gid(u)
+        lookup = np.array([self._index[u] if u in self._index else self._new_gid(u)
                            for u in enc.dictionary.to_pylist()], dtype=np.int64)
         return lookup[local] if len(lookup) else local
 
     def _new_gid(self, key) -> int:
-        gid = len(self.ids)
-        if gid >= self.cap:
-            self._alloc(self.cap * 2)
-        self.index[key] = gid
-        self.ids.append(key)
+        gid = len(self._ids)
+        if gid >= self._cap:
+            self._alloc(self._cap * 2)
+        self._index[key] = gid
+        self._ids.append(key)
         if key is None and self.layout.id_column is not None:
-            self.failed[gid] = True  # rows without an id: reported, never forecast
+            self._failed[gid] = True  # rows without an id: reported, never forecast
         return gid
 
     def feed(self, batch: pa.RecordBatch, positions: np.ndarray) -> None:
@@ -129,16 +143,16 @@ class SeriesTails:
         ends = np.r_[starts[1:], n]
         gids = g[starts]
         sizes = ends - starts
-        new = self.count[gids] == 0
-        self.first[gids[new]] = positions[order[starts[new]]]
-        self.count[gids] += sizes
+        new = self._count[gids] == 0
+        self._first[gids[new]] = positions[order[starts[new]]]
+        self._count[gids] += sizes
 
         prev = np.empty(n, np.int64)
         prev[1:] = d[:-1]
-        prev[starts] = self.last[gids]
+        prev[starts] = self._last[gids]
         bad_date = d == NAT
         backwards = ~bad_date & (prev != NONE) & (prev != NAT) & (d <= prev)
-        dead = np.repeat(self.failed[gids], sizes)
+        dead = np.repeat(self._failed[gids], sizes)
         viol = (bad_date | backwards) & ~dead
         if viol.any():
             rows = np.flatnonzero(viol)
@@ -155,10 +169,10 @@ class SeriesTails:
                     msg = (f"timestamps go back: {ts(d[r])} comes after {ts(prev[r])} (sort the rows of each "
                            "series by time" + ("" if self.layout.id_column else "; or is this several series? "
                                                "name the id column with --id-column") + ")")
-                self.messages[gid] = msg
-                self.failed[gid] = True
+                self._messages[gid] = msg
+                self._failed[gid] = True
 
-        alive = ~self.failed[gids]
+        alive = ~self._failed[gids]
         if not alive.any():
             return
         gids_a, starts_a, ends_a = gids[alive], starts[alive], ends[alive]
@@ -167,32 +181,42 @@ class SeriesTails:
         rows = _ranges(ends_a - take, take)
         owner = np.repeat(gids_a, take)
         j = rows - np.repeat(ends_a - take, take)
-        slot = (self.wptr[owner] + j) % self.L
+        slot = (self._wptr[owner] + j) % self.L
         vals = feature_matrix(batch.select(list(self.layout.features)).take(pa.array(order[rows])), self.layout.features)
-        self.tails[owner, slot] = vals
-        self.tdates[owner, slot] = d[rows]
-        self.wptr[gids_a] = (self.wptr[gids_a] + take) % self.L
-        self.last[gids_a] = d[ends_a - 1]
+        self._tails[owner, slot] = vals
+        self._tdates[owner, slot] = d[rows]
+        self._wptr[gids_a] = (self._wptr[gids_a] + take) % self.L
+        self._last[gids_a] = d[ends_a - 1]
 
-    def error_list(self) -> list:
-        return [(self.ids[g], int(self.count[g]), m, int(self.first[g])) for g, m in sorted(self.messages.items())]
+    @property
+    def has_errors(self) -> bool:
+        """Has a series failed while streaming (bad date, duplicate, disorder)?"""
+        return bool(self._messages)
+
+    def errors(self) -> list[SeriesError]:
+        """The series that failed while streaming, in order of first appearance (:meth:`finish`
+        adds the window checks)."""
+        return self._error_list(self._messages)
+
+    def _error_list(self, messages: dict[int, str]) -> list[SeriesError]:
+        return [SeriesError(self._ids[g], int(self._count[g]), m, int(self._first[g])) for g, m in sorted(messages.items())]
 
     def finish(self) -> Prepared:
         """Check each series' window (length, NaN, spacing) and build windows + future timestamps."""
         lay, L, n = self.layout, self.L, self.series
-        messages = dict(self.messages)
-        if lay.id_column is not None and None in self.index:
-            g = self.index[None]
-            messages[g] = f"{int(self.count[g])} rows have no {lay.id_column}"
-        alive = np.flatnonzero(~self.failed[:n])
-        short = alive[self.count[alive] < L]
+        messages = dict(self._messages)
+        if lay.id_column is not None and None in self._index:
+            g = self._index[None]
+            messages[g] = f"{int(self._count[g])} rows have no {lay.id_column}"
+        alive = np.flatnonzero(~self._failed[:n])
+        short = alive[self._count[alive] < L]
         for g in short:
-            messages[int(g)] = f"only {int(self.count[g])} rows; the model reads the last {L}"
-        alive = alive[self.count[alive] >= L]
+            messages[int(g)] = f"only {int(self._count[g])} rows; the model reads the last {L}"
+        alive = alive[self._count[alive] >= L]
 
-        idx = (self.wptr[alive, None] + np.arange(L)) % L  # oldest first
-        windows = self.tails[alive[:, None], idx]
-        wdates = self.tdates[alive[:, None], idx]
+        idx = (self._wptr[alive, None] + np.arange(L)) % L  # oldest first
+        windows = self._tails[alive[:, None], idx]
+        wdates = self._tdates[alive[:, None], idx]
         finite = np.isfinite(windows).all(axis=(1, 2))
         for k in np.flatnonzero(~finite):
             t, f = np.argwhere(~np.isfinite(windows[k]))[0]
@@ -211,10 +235,10 @@ class SeriesTails:
             messages[int(alive[fin[k]])] = message
 
         keep = alive[ok]
-        errors = [(self.ids[g], int(self.count[g]), m, int(self.first[g])) for g, m in sorted(messages.items())]
-        return Prepared(ids=[self.ids[g] for g in keep], first_pos=self.first[keep].copy(),
-                        windows=np.ascontiguousarray(windows[ok]), window_dates=wdates[ok], future=future[ok],
-                        errors=errors, mismatch=mismatch[ok])
+        return Prepared(ids=[self._ids[g] for g in keep], first_pos=self._first[keep].copy(),
+                        rows=self._count[keep].copy(), windows=np.ascontiguousarray(windows[ok]),
+                        window_dates=wdates[ok], future=future[ok], errors=self._error_list(messages),
+                        mismatch=mismatch[ok])
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ import contextlib
 import csv
 import os
 import re
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -19,7 +20,7 @@ from rnnops.errors import RnnopsError
 from rnnops.serving.batch.job import (FORECAST, MODEL, MODEL_VERSION, STEP, TARGET, ForecastJob, ForecastModel,
                                       JobSummary, Layout, _progress)
 from rnnops.serving.batch.read import CSV_SUFFIXES, PARQUET_SUFFIXES, file_format
-from rnnops.serving.batch.tails import Prepared
+from rnnops.serving.batch.tails import Prepared, SeriesError
 
 def output_schema(layout: Layout, date_type: pa.DataType) -> pa.Schema:
     fields = []
@@ -111,7 +112,7 @@ def errors_path_for(job: ForecastJob) -> Path:
     return job.output.with_name(name + ".errors.csv")
 
 
-def write_errors(path: Path, layout: Layout, errors: list) -> Path | None:
+def write_errors(path: Path, layout: Layout, errors: list[SeriesError]) -> Path | None:
     """The per-series error report (CSV: id, rows, error), atomically; removes a stale one."""
     if not errors:
         with contextlib.suppress(FileNotFoundError):
@@ -121,14 +122,14 @@ def write_errors(path: Path, layout: Layout, errors: list) -> Path | None:
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow([layout.id_column or "id", "rows", "error"])
-        for sid, rows, msg, *_ in errors:
-            w.writerow(["" if sid is None else sid, rows, msg])
+        for e in errors:
+            w.writerow(["" if e.series_id is None else e.series_id, e.rows, e.message])
     os.replace(tmp, path)
     return path
 
 
-def strict_error(errors: list, layout: Layout) -> RnnopsError:
-    shown = "; ".join(f"{_label(sid, layout)}: {msg}" for sid, _, msg, *_ in errors[:5])
+def strict_error(errors: list[SeriesError], layout: Layout) -> RnnopsError:
+    shown = "; ".join(f"{_label(e.series_id, layout)}: {e.message}" for e in errors[:5])
     more = f" (and {len(errors) - 5} more series)" if len(errors) > 5 else ""
     return RnnopsError(f"--strict: {len(errors)} series cannot be forecast: {shown}{more}; nothing was written")
 
@@ -140,12 +141,12 @@ def _label(sid, layout: Layout) -> str:
 
 
 def write_results(job: ForecastJob, model: ForecastModel, layout: Layout, prepared: Prepared,
-                  forecasts: Iterator[tuple[slice, np.ndarray]], summary: JobSummary) -> None:
-    """Write the output (atomically), the error report and the plots; both engines end here."""
+                  forecasts: Iterator[tuple[slice, np.ndarray]], *, engine: str, rows_read: int, series: int,
+                  started: float) -> JobSummary:
+    """Write the output (atomically), the error report and the plots, and sum the job up;
+    both engines end here. ``started``: the job's ``time.perf_counter()`` at its start."""
     schema = output_schema(layout, date_type_for(prepared.future))
-    summary.failed = len(prepared.errors)
-    summary.freq_mismatch = prepared.freq_mismatch
-    summary.first_errors = [e[:3] for e in prepared.errors[:5]]
+    plots: list[Path] = []
     writer = AtomicWriter(job.output, schema)
     bar = _progress(job, total=len(prepared.ids), unit="series", desc="forecasting")
     try:
@@ -153,16 +154,18 @@ def write_results(job: ForecastJob, model: ForecastModel, layout: Layout, prepar
             writer.write(output_table(schema, layout, prepared.ids[s], prepared.future[s], y, model.name, model.version))
             bar.update(s.stop - s.start)
             if job.plot_dir is not None and s.start < job.plot_max:
-                summary.plots += plot_series(job.plot_dir, layout, prepared, y, s, job.plot_max)
-        summary.errors_path = write_errors(errors_path_for(job), layout, prepared.errors)
+                plots += plot_series(job.plot_dir, layout, prepared, y, s, job.plot_max)
+        errors_path = write_errors(errors_path_for(job), layout, prepared.errors)
         writer.commit()
     except BaseException:
         writer.abort()
         raise
     finally:
         bar.close()
-    summary.forecasted = len(prepared.ids)
-    summary.output_rows = writer.rows
+    return JobSummary(engine=engine, output=job.output, errors_path=errors_path, rows_read=rows_read, series=series,
+                      forecasted=len(prepared.ids), failed=len(prepared.errors), output_rows=writer.rows,
+                      seconds=time.perf_counter() - started, freq_mismatch=prepared.freq_mismatch,
+                      plots=tuple(plots), first_errors=tuple(prepared.errors[:5]))
 
 
 def plot_series(folder: Path, layout: Layout, prepared: Prepared, y: np.ndarray, s: slice, most: int) -> list[Path]:
