@@ -121,9 +121,11 @@ def forecast_of(server: str, body: dict) -> np.ndarray:
     return np.asarray(body["forecast"], np.float32).reshape(-1)
 
 
-def start(server: str, champ: C.Champion, work: Path, cpus_allowed: set[int] | None = None):
+def start(server: str, champ: C.Champion, work: Path, cpus_allowed: set[int] | None = None,
+          python: str = sys.executable):
+    """``server`` (mlflow | rnnops) from ``python``'s environment, serving the champion."""
     port = C.free_port()
-    log = work / f"{server}.log"
+    log = work / f"{server}-{abs(hash(python)) % 10**6}.log"
     env = {**champ.env, "PYTHONUNBUFFERED": "1"}
     # `mlflow models serve` execs `uvicorn` from PATH: the one next to this interpreter
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -134,8 +136,8 @@ def start(server: str, champ: C.Champion, work: Path, cpus_allowed: set[int] | N
         path = "/invocations"
     else:
         env.update(RNNOPS_POLL_SECONDS="0", BENTOML_HOME=str(work / "bentoml"))
-        cli = Path(sys.executable).parent / "rnnops"  # the command users run
-        head = [str(cli)] if cli.is_file() else [sys.executable, "-c", "from rnnops.cli import main; main()"]
+        cli = Path(python).parent / "rnnops"  # the command users run
+        head = [str(cli)] if cli.is_file() else [python, "-c", "from rnnops.cli import main; main()"]
         argv = [*head, "serve", "--host", "127.0.0.1", "--port", str(port), "--models", f"{champ.name}@champion",
                 "--poll-seconds", "0"]
         ready = f"http://127.0.0.1:{port}/readyz"

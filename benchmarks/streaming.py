@@ -123,14 +123,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(onnx: Path, mode: str, threads: int, max_streams: int, log: Path) -> tuple[subprocess.Popen, int]:
+def start_server(onnx: Path, mode: str, threads: int, max_streams: int, log: Path,
+                 python: str = sys.executable) -> tuple[subprocess.Popen, int]:
+    """``bentoml serve`` of the rnnops service that ``python``'s environment has installed."""
     port = free_port()
     env = {**os.environ, "RNNOPS_MODELS": f"bench={onnx}", "RNNOPS_SCHEDULER": mode, "RNNOPS_POLL_SECONDS": "0",
            "RNNOPS_THREADS": str(threads), "RNNOPS_MAX_STREAMS": str(max_streams),
            "RNNOPS_MAX_QUEUE": str(max_streams), "RNNOPS_MAX_CHARS": "100000", "BENTOML_DO_NOT_TRACK": "true",
            "BENTOML_HOME": str(log.parent / "bentoml")}
     out = open(log, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1", "--port",
+    proc = subprocess.Popen([python, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1", "--port",
                              str(port)], env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 120
