@@ -284,6 +284,50 @@ def test_a_model_that_is_not_a_forecaster_is_refused(tmp_path):
         B.run(B.ForecastJob(model=str(path), input=tmp_path / "x.csv", output=tmp_path / "y.csv"))
 
 
+def test_bad_model_reference_gives_the_one_reference_message(tmp_path):
+    from rnnops.refs import GRAMMAR
+
+    for ref in ("forecaster/latest", "bentoml:no good", "models:/"):
+        with pytest.raises(RnnopsError) as info:
+            B.run(B.ForecastJob(model=ref, input=tmp_path / "x.csv", output=tmp_path / "y.csv"))
+        assert str(info.value).startswith(f"cannot read model reference {ref!r}") and GRAMMAR in str(info.value)
+
+
+def test_bentoml_store_reference(champion, good_csv, tmp_path):
+    """`rnnops forecast --model bentoml:TAG` (the grammar `rnnops serve` takes): the champion pulled
+    into a BentoML store gives the same forecasts as the registry reference. A fresh process, as
+    BentoML reads BENTOML_HOME once."""
+    pytest.importorskip("bentoml")
+    import sys
+    import textwrap
+
+    out = tmp_path / "bento.csv"
+    script = textwrap.dedent(f"""
+        import sys
+        from rnnops.cli import main
+        from rnnops.registry.bento import pull
+
+        tag = pull("forecaster@champion").tag
+        print("TAG", tag)
+        sys.argv = ["rnnops", "forecast", "--model", "bentoml:" + tag, "--input", {str(good_csv)!r},
+                    "--output", {str(out)!r}, "--id-column", "store", "--no-progress"]
+        try:
+            main()
+        except SystemExit as exc:
+            if exc.code:
+                raise
+    """)
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"TAG forecaster:v{champion.version}-{champion.sha256[:12]}" in proc.stdout
+    run_job(job(tmp_path, good_csv, "registry.csv"))
+    a, b = read(out), read(tmp_path / "registry.csv")
+    assert (a["model"] == "forecaster").all() and a["model_version"].isna().all()  # a store model has no registry version
+    cols = ["store", "date", "step", "target", "forecast"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
 def test_given_freq_is_checked(champion, good_csv, tmp_path):
     summary = run_job(job(tmp_path, good_csv, freq="h"))
     report = pd.read_csv(tmp_path / "out.errors.csv", dtype={"store": str})

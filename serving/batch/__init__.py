@@ -18,9 +18,9 @@ and ``B.run(B.ForecastJob(...))`` work without knowing the modules.
 """
 
 from rnnops.serving.batch.job import (DATE_NAMES, EXIT_SERIES_FAILED, FORECAST, MODEL, MODEL_VERSION, STEP,
-                                      TARGET, ForecastJob, ForecastModel, JobSummary, Layout, available_cpus,
-                                      describe, load_model, plan, run)
-from rnnops.serving.batch.local import forecast_batches, forecast_windows, make_runtime, run_local
+                                      TARGET, ForecastJob, ForecastModel, JobSummary, Layout, describe, load_model,
+                                      plan, run)
+from rnnops.serving.batch.local import forecast_batches, make_runtime, run_local
 from rnnops.serving.batch.read import (CSV_SUFFIXES, PARQUET_SUFFIXES, feature_matrix, file_format, iter_input,
                                        parse_dates, prefetch, read_header)
 from rnnops.serving.batch.tails import NAT, NONE, Prepared, SeriesError, SeriesTails
@@ -30,8 +30,8 @@ from rnnops.serving.batch.write import (AtomicWriter, date_type_for, errors_path
 __all__ = [
     "AtomicWriter", "CSV_SUFFIXES", "DATE_NAMES", "EXIT_SERIES_FAILED", "FORECAST", "ForecastJob", "ForecastModel",
     "JobSummary", "Layout", "MODEL", "MODEL_VERSION", "NAT", "NONE", "PARQUET_SUFFIXES", "Prepared", "STEP",
-    "SeriesError", "SeriesTails", "TARGET", "available_cpus", "date_type_for", "describe", "errors_path_for", "feature_matrix",
-    "file_format", "forecast_batches", "forecast_windows", "iter_input", "load_model", "make_runtime",
+    "SeriesError", "SeriesTails", "TARGET", "date_type_for", "describe", "errors_path_for", "feature_matrix",
+    "file_format", "forecast_batches", "iter_input", "load_model", "make_runtime",
     "output_schema", "output_table", "parse_dates", "plan", "plot_series", "prefetch", "read_header", "run",
     "run_local", "strict_error", "write_errors", "write_results",
 ]

@@ -20,7 +20,8 @@ class Engine(str, Enum):
 
 
 def forecast(
-    model: Annotated[str, Opt(help="Registered forecaster (name@alias, name/version, models:/...) or a local .onnx file.")] = "forecaster@champion",
+    model: Annotated[str, Opt(help="Forecaster to run: name@alias, name/version, models:/..., a local .onnx file or "
+                                            "bentoml:name[:version] (as `rnnops serve` takes).")] = "forecaster@champion",
     input: Annotated[Path, Opt("--input", "-i", help="Long-format .csv (.csv.gz) or .parquet: one row per series and timestamp, "
                                                    "with the model's feature columns.")] = ...,
     output: Annotated[Path, Opt("--output", "-o", help="Where to write the forecasts (.csv or .parquet); written under a "

@@ -12,7 +12,6 @@ exits with status 3. ``--strict`` turns a series error into a job error (nothing
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,8 @@ import pyarrow as pa
 
 from rnnops.errors import RnnopsError
 from rnnops.serving.batch.read import file_format, read_header
-from rnnops.serving.timeseries import TimestampError, check_freq
 from rnnops.serving.runtime import ModelInfo
+from rnnops.serving.timeseries import TimestampError, check_freq
 
 if TYPE_CHECKING:
     from rnnops.serving.batch.tails import SeriesError
@@ -38,7 +37,7 @@ EXIT_SERIES_FAILED = 3  # CLI exit status when some series failed and the rest w
 class ForecastJob:
     """What ``rnnops forecast`` was asked to do (the CLI's flags, validated by :func:`plan`)."""
 
-    model: str  # name@alias, name/version, models:/..., or a local .onnx file
+    model: str  # any rnnops.refs reference: name@alias, name/version, models:/..., a .onnx file, bentoml:tag
     input: Path
     output: Path
     id_column: str | None = None  # None: the whole file is one series
@@ -61,7 +60,7 @@ class ForecastModel:
     """The model a job runs: where its verified ONNX is and what its metadata says."""
 
     name: str
-    version: int | None  # registry version (None for a local .onnx file)
+    version: int | None  # registry version (the model_version column); None for a file or a BentoML model
     path: Path
     sha256: str
     info: ModelInfo
@@ -106,34 +105,19 @@ class JobSummary:
         return self.rows_read / self.seconds if self.seconds > 0 else 0.0
 
 
-def available_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
 def load_model(ref: str) -> ForecastModel:
-    """Resolve ``ref`` (registry reference or local .onnx) and check that it is a forecaster."""
-    from rnnops.registry.onnx_file import read_metadata, sha256_file
+    """Resolve ``ref`` (any reference :mod:`rnnops.refs` reads: ``name@alias``, ``name/3``,
+    ``models:/...``, a ``.onnx`` file, ``bentoml:name[:version]``) and check that it is a forecaster."""
+    from rnnops.refs import resolve_ref
 
-    local = Path(ref)
-    if ref.endswith(".onnx"):
-        if not local.is_file():
-            raise RnnopsError(f"model file {ref} not found")
-        path, sha, meta, name, version = local, sha256_file(local), read_metadata(local), local.stem, None
-    else:
-        from rnnops.registry.resolve import resolve
-        from rnnops.tracking import connect
-
-        connect()
-        resolved = resolve(ref)
-        path, sha, meta, name, version = resolved.path, resolved.sha256, resolved.metadata, resolved.name, resolved.version
+    local = resolve_ref(ref)  # a reference that does not parse: refs' one message
+    meta = local.metadata
     if meta.get("kind") != "forecaster":
         raise RnnopsError(f"{ref} is a {meta.get('kind') or 'model without rnnops metadata'}, not a forecaster: "
                           "`rnnops forecast` needs a model trained with `rnnops train forecast` (or `sine`)")
     info = ModelInfo.from_metadata(meta, where=str(ref))
-    return ForecastModel(name=name, version=version, path=Path(path), sha256=sha, info=info)
+    return ForecastModel(name=local.name, version=local.registry_version, path=Path(local.path), sha256=local.sha256,
+                         info=info)
 
 
 def plan(job: ForecastJob, model: ForecastModel) -> Layout:

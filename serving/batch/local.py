@@ -5,55 +5,49 @@ calls at a time, and write the results. No torch: onnxruntime, numpy, pyarrow an
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
 
-from rnnops.serving.batch.job import ForecastJob, ForecastModel, JobSummary, Layout, _progress, available_cpus
+from rnnops.serving.batch.job import ForecastJob, ForecastModel, JobSummary, Layout, _progress
 from rnnops.serving.batch.read import iter_input, prefetch
 from rnnops.serving.batch.tails import Prepared, SeriesTails
 from rnnops.serving.batch.write import strict_error, write_results
+from rnnops.util import available_cpus
+
 
 def make_runtime(model: ForecastModel, threads: int = 1):
+    """An onnxruntime session for the job, on the providers the serving config names (RNNOPS_PROVIDERS)."""
+    from rnnops.serving.config import ServeConfig
     from rnnops.serving.runtime import Runtime
 
-    return Runtime(model.path, providers=os.environ.get("RNNOPS_PROVIDERS", "cpu"), threads=threads,
+    config = ServeConfig.from_env()
+    return Runtime(model.path, providers=config.providers, iobinding=config.iobinding, threads=threads,
                    name=f"{model.name}/{model.version}")
-
-
-def forecast_windows(runtime, windows: np.ndarray, batch: int) -> np.ndarray:
-    """``runtime.forecast`` made batch-invariant: onnxruntime's CPU kernels take another path for
-    a batch of one (a matrix-vector product) whose results differ in the last float32 bit, so a
-    lone window is run as a batch of two. With it a series' forecast does not depend on which
-    other series share its call: tiny chunks, other worker counts and the Spark engine all give
-    the same bytes."""
-    if len(windows) == 1:
-        return runtime.forecast(np.concatenate([windows, windows]), max_batch=max(2, batch))[:1]
-    out = runtime.forecast(windows, max_batch=batch)
-    if len(windows) > batch and len(windows) % batch == 1:  # the last chunk would be a batch of one
-        out[-1:] = forecast_windows(runtime, windows[-1:], batch)
-    return out
 
 
 def forecast_batches(runtime, prepared: Prepared, batch: int, workers: int) -> Iterator[tuple[slice, np.ndarray]]:
     """Forecasts for ``prepared.windows`` in slices of ``batch`` windows, ``workers`` onnxruntime
     calls at a time (one session, called from several threads; each call single-threaded:
-    for small recurrent nets parallel batches scale better than intra-op threads)."""
+    for small recurrent nets parallel batches scale better than intra-op threads).
+
+    A series' forecast does not depend on which others share its call (tiny chunks, other
+    worker counts and the Spark engine give the same bytes): ``Runtime`` runs a lone window as
+    a pair on CPU, where onnxruntime's batch-of-one kernels differ in the last float32 bit."""
     m = len(prepared.windows)
     slices = [slice(lo, min(m, lo + batch)) for lo in range(0, m, batch)]
     if workers <= 1 or len(slices) <= 1:
         for s in slices:
-            yield s, forecast_windows(runtime, prepared.windows[s], batch)
+            yield s, runtime.forecast(prepared.windows[s], max_batch=batch)
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="rnnops-forecast") as pool:
         # bounded look-ahead keeps memory flat: at most 2 x workers batches in flight
         pending: list = []
         it = iter(slices)
         for s in it:
-            pending.append((s, pool.submit(forecast_windows, runtime, prepared.windows[s], batch)))
+            pending.append((s, pool.submit(runtime.forecast, prepared.windows[s], batch)))
             if len(pending) >= 2 * workers:
                 s0, f0 = pending.pop(0)
                 yield s0, f0.result()

@@ -22,6 +22,7 @@ from rnnops.serving.batch.job import (FORECAST, MODEL, MODEL_VERSION, STEP, TARG
 from rnnops.serving.batch.read import CSV_SUFFIXES, PARQUET_SUFFIXES, file_format
 from rnnops.serving.batch.tails import Prepared, SeriesError
 
+
 def output_schema(layout: Layout, date_type: pa.DataType) -> pa.Schema:
     fields = []
     if layout.id_column is not None:
