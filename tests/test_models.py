@@ -66,7 +66,7 @@ def test_revin_reads_only_the_last_lookback_rows():
 def test_bad_configs():
     with pytest.raises(RnnopsError, match="unknown cell"):
         CharModel(CharModelConfig(vocab_size=5, cell="transformer"))
-    with pytest.raises(RnnopsError, match="lstm or gru"):
+    with pytest.raises(RnnopsError, match="unknown forecaster cell .rnn.: use one of lstm, gru, mingru"):
         _forecaster("fixed", cell="rnn")
     with pytest.raises(RnnopsError, match="unknown model kind"):
         build_model("diffusion", {})

@@ -14,11 +14,17 @@ class CharCell(str, Enum):
     lstm = "lstm"
     gru = "gru"
     rnn = "rnn"
+    mingru = "mingru"
+    minlstm = "minlstm"
+    mlstm = "mlstm"
 
 
 class ForecastCell(str, Enum):
     lstm = "lstm"
     gru = "gru"
+    mingru = "mingru"
+    minlstm = "minlstm"
+    mlstm = "mlstm"
 
 
 class Preset(str, Enum):
@@ -36,7 +42,9 @@ Opt = typer.Option
 Experiment = Annotated[Optional[str], Opt(help="MLflow experiment (default rnnops-char / rnnops-forecast).")]
 Resume = Annotated[Optional[str], Opt(help="Continue a killed or interrupted run from its last checkpoint (run id); other flags are ignored.")]
 Hidden = Annotated[Optional[int], Opt("--hidden-size", min=1, help="Hidden units per layer.")]
-Layers = Annotated[Optional[int], Opt("--layers", min=1, max=3, help="Recurrent layers (1-3).")]
+Layers = Annotated[Optional[int], Opt("--layers", help="Recurrent layers: 1-3 for lstm/gru/rnn, 1-12 blocks for mingru/minlstm/mlstm.")]
+Heads = Annotated[Optional[int], Opt("--heads", help="mlstm only: memory heads (default 4); must divide --hidden-size.")]
+FFMult = Annotated[Optional[float], Opt("--ff-mult", help="mingru/minlstm/mlstm only: MLP width per block as a multiple of the model width (0 = no MLP).")]
 Dropout = Annotated[Optional[float], Opt(min=0.0, max=0.9, help="Dropout between layers and before the head.")]
 Steps = Annotated[Optional[int], Opt(min=1, help="Optimizer steps (upper bound).")]
 Batch = Annotated[Optional[int], Opt("--batch-size", min=1, help="Sequences (char) or windows (forecast) per step.")]
@@ -68,10 +76,12 @@ def _resume(run_id: str, nproc: int = 1) -> None:
 @app.command()
 def char(
     data: Annotated[str, Opt(help="Named dataset (tinyshakespeare) or a path to a UTF-8 text file.")] = "tinyshakespeare",
-    cell: Annotated[CharCell, Opt(help="Recurrent cell: lstm, gru or vanilla rnn.")] = CharCell.lstm,
+    cell: Annotated[CharCell, Opt(help="Recurrent cell: lstm, gru, vanilla rnn, or the parallel-trained mingru, minlstm, mlstm (docs/training.md).")] = CharCell.lstm,
     preset: Annotated[Preset, Opt(help="tiny (seconds, tests), quick (~3 min), full (~30 min).")] = Preset.quick,
     hidden_size: Hidden = None,
     layers: Layers = None,
+    heads: Heads = None,
+    ff_mult: FFMult = None,
     embed_dim: Annotated[Optional[int], Opt(min=1, help="Character embedding size.")] = None,
     dropout: Dropout = None,
     seq_len: Annotated[Optional[int], Opt(min=2, help="Characters per training sequence.")] = None,
@@ -97,7 +107,7 @@ def char(
     from rnnops.training.jobs import char_job
 
     overrides = {"model.hidden_size": hidden_size, "model.num_layers": layers, "model.embed_dim": embed_dim,
-                 "model.dropout": dropout, "seq_len": seq_len,
+                 "model.heads": heads, "model.ff_mult": ff_mult, "model.dropout": dropout, "seq_len": seq_len,
                  **_train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed)}
     launch(char_job(data, cell.value, preset.value, overrides), experiment, nproc=nproc)
 
@@ -117,6 +127,8 @@ def forecast(
     preset: Annotated[Preset, Opt(help="tiny (seconds, tests), quick (~2.5 min), full (~15 min).")] = Preset.quick,
     hidden_size: Hidden = None,
     layers: Layers = None,
+    heads: Heads = None,
+    ff_mult: FFMult = None,
     dropout: Dropout = None,
     steps: Steps = None,
     batch_size: Batch = None,
@@ -142,7 +154,7 @@ def forecast(
     overrides = {"features": features, "target": target, "date_column": date_column, "fill": fill,
                  "lookback": lookback, "horizon": horizon, "model.norm": norm.value if norm else None,
                  "model.linear_skip": linear_skip, "model.hidden_size": hidden_size, "model.num_layers": layers,
-                 "model.dropout": dropout,
+                 "model.heads": heads, "model.ff_mult": ff_mult, "model.dropout": dropout,
                  **_train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed)}
     launch(forecast_job(data, cell.value, preset.value, overrides), experiment, nproc=nproc)
 

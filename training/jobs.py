@@ -27,7 +27,7 @@ from rnnops.errors import RnnopsError
 from rnnops.training import data as D
 from rnnops.training import distributed
 from rnnops.training.logged_model import log_model
-from rnnops.training.models import CharModel, CharModelConfig, Forecaster, ForecasterConfig
+from rnnops.training.models import CharModel, CharModelConfig, Forecaster, ForecasterConfig, check_config
 from rnnops.training.sampling import generate
 from rnnops.training.trainer import Checkpoint, TrainSettings, train
 
@@ -57,6 +57,40 @@ FORECAST_PRESETS = {
                             time_budget_s=900.0, patience=6)),
 }
 
+# The modern cells (minGRU, minLSTM, mLSTM) run as residual stacks (training/stack.py): their
+# presets replace the model section of the ones above (and the listed train settings).
+_MODERN_CHAR = {
+    "tiny": dict(model=dict(hidden_size=64, num_layers=1, embed_dim=16, ff_mult=2.0)),
+    "quick": dict(model=dict(hidden_size=256, num_layers=2, embed_dim=64, ff_mult=2.0), train=dict(lr=2e-3)),
+    "full": dict(model=dict(hidden_size=384, num_layers=3, embed_dim=64, ff_mult=4.0, dropout=0.1), seq_len=128,
+                 train=dict(batch_size=32, lr=1.5e-3)),
+}
+_MODERN_FORECAST = {
+    "tiny": dict(model=dict(hidden_size=16, ff_mult=2.0)),
+    "quick": dict(model=dict(hidden_size=64, ff_mult=2.0, dropout=0.3)),
+    "full": dict(model=dict(hidden_size=128, num_layers=2, ff_mult=2.0, dropout=0.1)),
+}
+CELL_PRESETS = {
+    "char": {"mingru": _MODERN_CHAR, "minlstm": _MODERN_CHAR, "mlstm": _MODERN_CHAR},
+    "forecast": {"mingru": _MODERN_FORECAST, "minlstm": _MODERN_FORECAST, "mlstm": _MODERN_FORECAST},
+}
+
+
+def _preset(presets: dict, task: str, cell: str, preset: str) -> dict:
+    """The preset's values, with the cell's own preset (if any) over them; a fresh copy."""
+    p = json.loads(json.dumps(presets[preset]))
+    cell_p = CELL_PRESETS[task].get(cell, {}).get(preset)
+    if cell_p:
+        p["model"] = dict(cell_p.get("model", p["model"]))
+        p["train"].update(cell_p.get("train", {}))
+        p.update({k: v for k, v in cell_p.items() if k not in ("model", "train")})
+    return p
+
+
+def _check_model(kind: str, m: dict) -> None:
+    check_config(kind, m["cell"], m.get("num_layers", 1), m.get("hidden_size", 1), m.get("heads"), m.get("ff_mult"))
+
+
 SINE_JOB = dict(model=dict(hidden_size=32, norm="fixed"), lookback=50, horizon=10,
                 train=dict(steps=300, batch_size=32, lr=5e-3, warmup_steps=10, eval_every=100))
 
@@ -65,22 +99,24 @@ def char_job(data: str, cell: str, preset: str, overrides: dict) -> dict:
     """The full job dict for a char model: preset values, then the flags that were given."""
     if preset not in CHAR_PRESETS:
         raise RnnopsError(f"unknown preset {preset!r}: use one of {', '.join(CHAR_PRESETS)}")
-    p = json.loads(json.dumps(CHAR_PRESETS[preset]))
+    p = _preset(CHAR_PRESETS, "char", cell, preset)
     job = {"task": "char", "data": data, "preset": preset, "seq_len": p["seq_len"],
            "model": {"cell": cell, "dropout": 0.0, **p["model"]}, "train": asdict(TrainSettings(**p["train"]))}
     _apply(job, overrides)
+    _check_model("char", job["model"])
     return job
 
 
 def forecast_job(data: str, cell: str, preset: str, overrides: dict) -> dict:
     if preset not in FORECAST_PRESETS:
         raise RnnopsError(f"unknown preset {preset!r}: use one of {', '.join(FORECAST_PRESETS)}")
-    p = json.loads(json.dumps(FORECAST_PRESETS[preset]))
+    p = _preset(FORECAST_PRESETS, "forecast", cell, preset)
     job = {"task": "forecast", "data": data, "preset": preset, "features": "M", "target": None,
            "date_column": None, "fill": None, "lookback": 96, "horizon": 96,
            "model": {"cell": cell, "norm": "revin", "linear_skip": True, "num_layers": 1, "dropout": 0.0, **p["model"]},
            "train": asdict(TrainSettings(**p["train"]))}
     _apply(job, overrides)
+    _check_model("forecaster", job["model"])
     return job
 
 

@@ -2,11 +2,13 @@
 
 Both take and return **raw units** and carry their recurrent state explicitly:
 ``forward(x, state) -> (output, state)``, where ``state`` is a tuple ``(h,)`` for GRU/RNN or
-``(h, c)`` for LSTM, each ``[layers, batch, hidden]``. ``state=None`` means zeros.
+``(h, c)`` for LSTM, each ``[layers, batch, hidden]``. ``state=None`` means zeros. The modern
+cells (minGRU, minLSTM, xLSTM's mLSTM: :mod:`rnnops.training.stack`) run as a residual stack and
+carry their own state tuple; ``model.state_tensors()`` describes any model's state.
 
 - :class:`CharModel`: embedding -> LSTM | GRU | vanilla RNN (tanh, as in Karpathy's
-  min-char-rnn) -> dropout -> linear head over the vocabulary.
-- :class:`Forecaster`: LSTM | GRU over the lookback window -> direct multi-step head
+  min-char-rnn) | minGRU | minLSTM | mLSTM stack -> dropout -> linear head over the vocabulary.
+- :class:`Forecaster`: a recurrent core (any cell but the vanilla RNN) over the lookback window -> direct multi-step head
   (horizon x targets at once). Normalisation lives inside the module:
   ``norm="fixed"``: a z-score scaler fitted on the training split, stored as buffers. Stepping
   one observation at a time with carried state gives the same forecast as one call over the
@@ -24,15 +26,31 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from rnnops import contract
 from rnnops.errors import RnnopsError
+from rnnops.training import stack
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+CHAR_CELLS = (*CELLS, *stack.MODERN_CELLS)
+FORECAST_CELLS = ("lstm", "gru", *stack.MODERN_CELLS)
 State = tuple[torch.Tensor, ...]
 
 
-def _make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
+def check_config(kind: str, cell: str, num_layers: int, hidden_size: int, heads=None, ff_mult=None) -> None:
+    """One-line RnnopsError for a cell the model kind does not have or options the cell does not take."""
+    valid = CHAR_CELLS if kind == "char" else FORECAST_CELLS
+    if cell not in valid:
+        what = "cell" if kind == "char" else "forecaster cell"
+        raise RnnopsError(f"unknown {what} {cell!r}: use one of {', '.join(valid)}")
+    stack.check_options(cell, num_layers, hidden_size, heads, ff_mult)
+
+
+def _make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float,
+              heads=None, ff_mult=None) -> nn.Module:
+    if cell in stack.MODERN_CELLS:
+        return stack.CellStack(cell, input_size, hidden_size, num_layers, heads, ff_mult, dropout)
     if cell not in CELLS:
-        raise RnnopsError(f"unknown cell {cell!r}: use one of {', '.join(CELLS)}")
+        raise RnnopsError(f"unknown cell {cell!r}: use one of {', '.join(CHAR_CELLS)}")
     kwargs = dict(batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
     if cell == "rnn":
         kwargs["nonlinearity"] = "tanh"
@@ -47,8 +65,22 @@ def zero_state(cell: str, num_layers: int, batch: int, hidden: int, device=None)
     return tuple(torch.zeros(num_layers, batch, hidden, device=device) for _ in state_names(cell))
 
 
+def state_tensors(cell: str, num_layers: int, hidden: int, heads=None) -> tuple[contract.StateTensor, ...]:
+    """A model's state in the ONNX contract's terms: one entry per tensor (names, shape, dtype)."""
+    if cell in stack.MODERN_CELLS:
+        return stack.state_tensors(cell, num_layers, hidden, heads)
+    return contract.classic_state_spec(cell, num_layers, hidden)
+
+
+def _zero_state(config, batch: int, device=None) -> State:
+    spec = state_tensors(config.cell, config.num_layers, config.hidden_size, config.heads)
+    return tuple(torch.zeros(t.shape_for(batch), device=device) for t in spec)
+
+
 def _rnn_step(rnn: nn.Module, cell: str, x: torch.Tensor, state: State | None):
     """Run the recurrent core; normalise LSTM's (h, c) and GRU/RNN's h to a tuple."""
+    if cell in stack.MODERN_CELLS:
+        return rnn(x, state)
     if state is None:
         out, new = rnn(x)
     elif cell == "lstm":
@@ -66,6 +98,8 @@ class CharModelConfig:
     num_layers: int = 1
     embed_dim: int = 64
     dropout: float = 0.0
+    heads: int | None = None  # mlstm only (default 4)
+    ff_mult: float | None = None  # modern cells only: MLP width / model width (default 4; 0 = none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,15 +110,20 @@ class CharModel(nn.Module):
 
     def __init__(self, config: CharModelConfig):
         super().__init__()
+        check_config("char", config.cell, config.num_layers, config.hidden_size, config.heads, config.ff_mult)
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
-        self.rnn = _make_rnn(config.cell, config.embed_dim, config.hidden_size, config.num_layers, config.dropout)
+        self.rnn = _make_rnn(config.cell, config.embed_dim, config.hidden_size, config.num_layers, config.dropout,
+                             config.heads, config.ff_mult)
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
 
     def init_state(self, batch: int, device=None) -> State:
+        return _zero_state(self.config, batch, device)
+
+    def state_tensors(self) -> tuple[contract.StateTensor, ...]:
         c = self.config
-        return zero_state(c.cell, c.num_layers, batch, c.hidden_size, device)
+        return state_tensors(c.cell, c.num_layers, c.hidden_size, c.heads)
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """x: int64 [B, T] token ids -> logits float32 [B, T, V], new state."""
@@ -103,6 +142,8 @@ class ForecasterConfig:
     num_layers: int = 1
     dropout: float = 0.0
     norm: str = "revin"  # "revin" (windowed) | "fixed" (stateful)
+    heads: int | None = None  # mlstm only (default 4)
+    ff_mult: float | None = None  # modern cells only (default 4; 0 = no MLP)
     linear_skip: bool = True  # revin only: add an NLinear-style linear map of the window
     scaler_mean: list[float] = field(default_factory=list)
     scaler_std: list[float] = field(default_factory=list)
@@ -122,8 +163,7 @@ class Forecaster(nn.Module):
 
     def __init__(self, config: ForecasterConfig):
         super().__init__()
-        if config.cell not in ("lstm", "gru"):
-            raise RnnopsError(f"forecasters use lstm or gru, not {config.cell!r}")
+        check_config("forecaster", config.cell, config.num_layers, config.hidden_size, config.heads, config.ff_mult)
         if config.norm not in ("revin", "fixed"):
             raise RnnopsError(f"norm must be revin or fixed, not {config.norm!r}")
         self.config = config
@@ -133,14 +173,18 @@ class Forecaster(nn.Module):
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
         self.register_buffer("targets", torch.tensor(config.target_indices, dtype=torch.long))
-        self.rnn = _make_rnn(config.cell, f, config.hidden_size, config.num_layers, config.dropout)
+        self.rnn = _make_rnn(config.cell, f, config.hidden_size, config.num_layers, config.dropout,
+                             config.heads, config.ff_mult)
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, config.horizon * n_out)
         self.skip = nn.Linear(config.lookback, config.horizon) if (config.norm == "revin" and config.linear_skip) else None
 
     def init_state(self, batch: int, device=None) -> State:
+        return _zero_state(self.config, batch, device)
+
+    def state_tensors(self) -> tuple[contract.StateTensor, ...]:
         c = self.config
-        return zero_state(c.cell, c.num_layers, batch, c.hidden_size, device)
+        return state_tensors(c.cell, c.num_layers, c.hidden_size, c.heads)
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """x: float32 [B, T, F] raw values -> forecast [B, horizon, n_targets] raw, new state.

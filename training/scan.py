@@ -1,0 +1,181 @@
+"""The gated linear scan shared by minGRU and minLSTM: ``h_t = a_t * h_{t-1} + b_t``.
+
+Both cells (Feng et al. 2024, "Were RNNs All We Needed?") reduce to this recurrence once their
+gates no longer read ``h_{t-1}``: every ``a_t`` and ``b_t`` is computed from the input alone, for
+the whole sequence at once, and only this elementwise recurrence is left. The cells hand it
+over in log space (``log a``, ``log b``), as the paper's numerically stable version does.
+
+Three forms, one result:
+
+- :func:`fused_scan` (training, the default on CPU): gates + recurrence as **one fused
+  kernel**, a numba loop over time for the forward pass and a reverse loop for the gradients,
+  wrapped in a ``torch.autograd.Function``. The chain of PyTorch ops of the log-space form
+  (softplus, where, exp, cumsum, logcumsumexp and their backward) makes a few dozen full
+  passes over ``[B, T, D]`` tensors, which on a CPU cost more than the matmuls; the kernel
+  makes one pass each way.
+- :func:`scan_log_space`: the paper's log-space parallel scan in plain PyTorch
+  (``h = exp(a* + logcumsumexp(log b - a*))`` with ``a* = cumsum(log a)``), in chunks of 64
+  steps so that ``a*`` stays small enough for float32 on long sequences. It is the fallback
+  when numba is not installed or the tensors are not on the CPU (``RNNOPS_SCAN=torch`` forces
+  it); tests check it against the kernel.
+- :func:`scan_loop` (inference, export): the recurrence stepped one ``t`` at a time, scripted,
+  so the ONNX exporter turns it into a ``Loop`` whose trip count is the input's time length.
+
+An initial state ``h0`` may be negative (it is a free input to the exported graph), so it is
+carried linearly, ``h_t = A_t h0 + (scan from zero)_t``, never through a logarithm.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Tuple
+
+import torch
+from torch import Tensor
+
+CHUNK = 64  # steps per log-space chunk: cumsum(log a) over 64 steps keeps float32 precise
+
+# ------------------------------------------------------------------ the fused kernels (numba)
+# One pass over time per direction, straight from the gate pre-activations ``pre`` [B, T, k*D]
+# (minGRU: k = 2, [W_z x | W_h x]; minLSTM: k = 3, [W_f x | W_i x | W_h x]) and their sigmoids
+# (one vectorised torch.sigmoid over the whole tensor): the gates, the recurrence and, walking
+# back, the gradients of the pre-activations, without materialising any intermediate [B, T, D]
+# tensor and without a transcendental function in the loop. Same formulas as the log-space
+# form (tests check them against each other):
+#   minGRU:  a = 1 - sigmoid(k)                        b = (1 - a) g
+#   minLSTM: a = sigmoid(f~) / (sigmoid(f~) + sigmoid(i~))   b = (1 - a) g
+#            (= sigmoid(log sigmoid(f~) - log sigmoid(i~)), the log-space form's f')
+#   g = p + 0.5 for p >= 0, else sigmoid(p)
+
+MINGRU, MINLSTM = 0, 1
+_kernels = None
+
+
+def _numba_kernels():
+    """Compile (once, cached on disk) the kernels: {cell: (forward, backward)}; None without numba."""
+    global _kernels
+    if _kernels is None:
+        try:
+            import numba
+        except ImportError:
+            _kernels = False
+            return None
+        _kernels = {cell: _build(numba, cell) for cell in (MINGRU, MINLSTM)}
+    return _kernels or None
+
+
+def _build(numba, cell: int):
+    """The two kernels of one cell (``cell`` is a compile-time constant: no branch on it)."""
+    k = 2 if cell == MINGRU else 3
+    jit = numba.njit(cache=True, nogil=True, fastmath=False)
+
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def gates(pre_t, sig_t, d, D):
+        """(a, g, dg/dp) at one element: a is the decay of h_{t-1}, g = h~."""
+        p, s = pre_t[(k - 1) * D + d], sig_t[(k - 1) * D + d]
+        pos = p >= 0
+        g = p + 0.5 if pos else s
+        dg = 1.0 if pos else s * (1.0 - s)
+        if cell == MINGRU:
+            a = 1.0 - sig_t[d]
+        else:  # sigmoid(f~) / (sigmoid(f~) + sigmoid(i~)); both underflowed (pre-activations < -88): a = 0
+            sf, si = sig_t[d], sig_t[D + d]
+            a = sf / max(sf + si, 1e-37)
+        return a, g, dg
+
+    @jit
+    def forward(pre, sig, h0, out):  # pre, sig [B, T, k*D]; h0 [B, D]; out [B, T, D]
+        B, T, D = out.shape
+        for i in range(B):
+            for t in range(T):
+                prev = h0[i] if t == 0 else out[i, t - 1]
+                pre_t, sig_t, out_t = pre[i, t], sig[i, t], out[i, t]
+                for d in range(D):
+                    a, g, _ = gates(pre_t, sig_t, d, D)
+                    out_t[d] = a * prev[d] + (1.0 - a) * g
+
+    @jit
+    def backward(pre, sig, h0, h, grad_h, grad_pre, grad_h0):
+        # g_t = dL/dh_t, direct plus through h_{t+1} (carried in grad_h0 while walking back);
+        # u = dL/dk for minGRU's a = sigmoid(-k); minLSTM's a = sigmoid(log sigmoid(f~) - log sigmoid(i~))
+        B, T, D = h.shape
+        for i in range(B):
+            carry = grad_h0[i]
+            carry[:] = 0.0
+            for t in range(T - 1, -1, -1):
+                prev = h0[i] if t == 0 else h[i, t - 1]
+                pre_t, sig_t, gh_t, gp_t = pre[i, t], sig[i, t], grad_h[i, t], grad_pre[i, t]
+                for d in range(D):
+                    a, g, dg = gates(pre_t, sig_t, d, D)
+                    gt = gh_t[d] + carry[d]
+                    u = gt * (g - prev[d]) * a * (1.0 - a)
+                    if cell == MINGRU:
+                        gp_t[d] = u
+                    else:
+                        gp_t[d] = -u * (1.0 - sig_t[d])
+                        gp_t[D + d] = u * (1.0 - sig_t[D + d])
+                    gp_t[(k - 1) * D + d] = gt * (1.0 - a) * dg
+                    carry[d] = gt * a
+
+    return forward, backward
+
+
+class _FusedScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cell: int, pre: Tensor, h0: Tensor) -> Tensor:
+        fwd, _ = _numba_kernels()[cell]
+        pre, h0 = pre.detach().contiguous(), h0.detach().contiguous()
+        sig = torch.sigmoid(pre)
+        h = pre.new_empty(pre.shape[0], pre.shape[1], h0.shape[1])
+        fwd(pre.numpy(), sig.numpy(), h0.numpy(), h.numpy())
+        ctx.cell = cell
+        ctx.save_for_backward(pre, sig, h0, h)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h: Tensor):
+        _, bwd = _numba_kernels()[ctx.cell]
+        pre, sig, h0, h = ctx.saved_tensors
+        grad_pre, grad_h0 = torch.empty_like(pre), torch.empty_like(h0)
+        bwd(pre.numpy(), sig.numpy(), h0.numpy(), h.numpy(), grad_h.detach().contiguous().numpy(),
+            grad_pre.numpy(), grad_h0.numpy())
+        return None, grad_pre, grad_h0
+
+
+def fused_available(x: Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and os.environ.get("RNNOPS_SCAN", "fused") != "torch" and _numba_kernels() is not None)
+
+
+def fused_scan(cell: int, pre: Tensor, h0: Tensor) -> Tensor:
+    """All ``h_t`` [B, T, D] of minGRU (``cell=MINGRU``) or minLSTM from the pre-activations, fused."""
+    return _FusedScan.apply(cell, pre, h0)
+
+
+# ------------------------------------------------------------------ plain PyTorch forms
+
+
+def scan_log_space(log_a: Tensor, log_b: Tensor, h0: Tensor, chunk: int = CHUNK) -> Tensor:
+    """The paper's parallel scan in log space (Heinsen's form), chunk by chunk, in plain PyTorch."""
+    outs, h = [], h0
+    for s in range(0, log_a.shape[1], chunk):
+        la, lb = log_a[:, s : s + chunk], log_b[:, s : s + chunk]
+        a_star = la.cumsum(1)  # log A_t = sum of log a up to t (within the chunk)
+        hs = torch.exp(a_star + torch.logcumsumexp(lb - a_star, dim=1)) + torch.exp(a_star) * h[:, None]
+        outs.append(hs)
+        h = hs[:, -1]
+    return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+
+
+@torch.jit.script
+def scan_loop(a: Tensor, b: Tensor, h: Tensor) -> Tuple[Tensor, Tensor]:
+    """The recurrence stepped over time (what inference and the ONNX ``Loop`` run).
+
+    ``a``, ``b`` [B, T, D] in linear space, ``h`` [B, D]; returns all ``h_t`` [B, T, D] and the last.
+    """
+    a, b = a.transpose(0, 1), b.transpose(0, 1)  # time-major: one Gather per step in the Loop body
+    outs: List[Tensor] = []
+    for t in range(a.size(0)):
+        h = a[t] * h + b[t]
+        outs.append(h)
+    return torch.stack(outs, 1), h
