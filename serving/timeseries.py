@@ -295,7 +295,17 @@ def _slow(key: bytes, horizon: int, freq: str | None, model_freq: str | None, fl
             return None, (f"timestamps do not follow {flag} {freq}: {ts(h[bad[0]])} where {ts(want[bad[0]])} was "
                           f"due, within the last {L} rows that the model reads")
         return _continue(h[-1], offset, horizon), None
-    offset = _cached(_infer, key) if L >= 3 else None
+    offset = None
+    if L >= 3:
+        # The model's own calendar frequency, when the history follows it exactly, is what pandas
+        # would infer (month starts, month ends, business days), at a tenth of infer_freq's cost.
+        model_offset, model_nanos = _model_step(model_freq)
+        if model_offset is not None and model_nanos is None:
+            fast = _numpy_range(int(h[0]), L, model_offset)
+            if fast is not None and np.array_equal(fast, h):
+                offset = model_offset
+        if offset is None:
+            offset = _cached(_infer, key)
     if offset is None and L >= 2 and (dk == dk[0]).all():  # equal gaps of >= 28 days that are no calendar step
         return h[-1] + int(dk[0]) * _steps(horizon), None
     if offset is None and L < 2:

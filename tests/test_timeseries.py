@@ -48,6 +48,9 @@ def test_future_is_pandas_date_range_continuation(start, freq, rows):
         assert pandas_future(h, inferred).tolist() == want.tolist()
     np.testing.assert_array_equal(T.future(h, H), pandas_future(h, inferred))
     np.testing.assert_array_equal(T.future(h, H), pandas_future(h, inferred))  # again, from the caches
+    # a model trained at this frequency (its calendar offset is tried before pandas' inference)
+    np.testing.assert_array_equal(T.future(h, H, model_freq=freq), pandas_future(h, inferred))
+    np.testing.assert_array_equal(T.future(h, H, model_freq="h"), pandas_future(h, inferred))
     assert T.future(h, H).flags.writeable  # a copy, never the cached array
 
 
