@@ -45,14 +45,15 @@ def metadata_for(model: nn.Module, spec: dict, source_run: str | None) -> dict:
     """The ``rnnops.*`` metadata (un-prefixed keys, plain values) of the contract."""
     c = model.config
     kind = model.kind
+    state = wrappers.state_spec(model)  # classic cells: contract.classic_state_spec; modern: their own
     meta = {
         "kind": kind,
         "cell": c.cell,
-        "layers": int(c.num_layers),
-        "hidden_size": int(c.hidden_size),
-        "state_inputs": contract.state_inputs(c.cell),
-        "state_outputs": contract.state_outputs(c.cell),
-        "state": [t.to_json() for t in contract.classic_state_spec(c.cell, c.num_layers, c.hidden_size)],
+        "layers": int(c.num_layers),  # blocks, for the modern cells
+        "hidden_size": int(c.hidden_size),  # the model width
+        "state_inputs": [t.input for t in state],
+        "state_outputs": [t.output for t in state],
+        "state": [t.to_json() for t in state],
         "stateful": True if kind == "char" else bool(spec.get("stateful", c.norm == "fixed")),
         "vocab": list(spec.get("vocab") or []) if kind == "char" else None,
         "feature_names": list(c.feature_names) if kind == "forecaster" else None,
@@ -78,12 +79,16 @@ def export_onnx(model: nn.Module, spec: dict, path: str | Path, *, opset: int = 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     args = wrappers.example_inputs(model)
-    names_in = wrappers.input_names(model.config.cell)
-    names_out = wrappers.output_names(model.kind, model.config.cell)
+    names_in = wrappers.input_names(model)
+    names_out = wrappers.output_names(model)
+    axes = _dynamic_axes(model)
     try:
         with _quiet(), torch.no_grad():
             if exporter == "legacy":
-                _export_legacy(step, args, path, opset, names_in, names_out)
+                _export_legacy(step, args, path, opset, names_in, names_out, axes)
+            elif wrappers.is_modern(model):
+                raise RnnopsError(f"the dynamo exporter cannot export {model.config.cell} yet (its recurrence is a "
+                                  "scripted loop, which torch.export unrolls): use --exporter legacy")
             else:
                 _export_dynamo(step, model.config.cell, args, path, opset, names_in, names_out)
     except RnnopsError:
@@ -125,19 +130,18 @@ def set_metadata(proto, meta: dict) -> None:
 # ----------------------------------------------------------------------------- exporters
 
 
-def _dynamic_axes(names_in: list[str], names_out: list[str], kind: str) -> dict:
-    axes = {contract.INPUT: {0: BATCH, 1: TIME}}
-    for name in names_in[1:] + names_out[1:]:
-        axes[name] = {1: BATCH}
-    axes[names_out[0]] = {0: BATCH, 1: TIME} if kind == "char" else {0: BATCH}
+def _dynamic_axes(model: nn.Module) -> dict:
+    """Dynamic dims by graph name: x and the main output, and every state tensor's batch axis."""
+    main = contract.CHAR_OUTPUT if model.kind == "char" else contract.FORECAST_OUTPUT
+    axes = {contract.INPUT: {0: BATCH, 1: TIME}, main: {0: BATCH, 1: TIME} if model.kind == "char" else {0: BATCH}}
+    for t in wrappers.state_spec(model):
+        axes[t.input] = axes[t.output] = {t.batch_axis: BATCH}
     return axes
 
 
-def _export_legacy(step, args, path, opset, names_in, names_out) -> None:
-    kind = "char" if names_out[0] == contract.CHAR_OUTPUT else "forecaster"
+def _export_legacy(step, args, path, opset, names_in, names_out, axes) -> None:
     torch.onnx.export(step, args, str(path), dynamo=False, opset_version=opset, input_names=names_in,
-                      output_names=names_out, dynamic_axes=_dynamic_axes(names_in, names_out, kind),
-                      do_constant_folding=True)
+                      output_names=names_out, dynamic_axes=axes, do_constant_folding=True)
 
 
 def _export_dynamo(step, cell, args, path, opset, names_in, names_out) -> None:
@@ -158,14 +162,15 @@ def _export_dynamo(step, cell, args, path, opset, names_in, names_out) -> None:
 def _name_dims(proto, model: nn.Module) -> None:
     """Name the symbolic dims as the contract does, whatever the exporter called them."""
     c = model.config
-    state = [c.num_layers, BATCH, c.hidden_size]
     if model.kind == "char":
         x, main = [BATCH, TIME], [BATCH, TIME, c.vocab_size]
     else:
         x, main = [BATCH, TIME, c.n_features], [BATCH, c.horizon, len(c.target_indices)]
     want = {contract.INPUT: x, contract.CHAR_OUTPUT: main, contract.FORECAST_OUTPUT: main}
+    for t in wrappers.state_spec(model):  # exactly the shapes the rnnops.state metadata declares
+        want[t.input] = want[t.output] = list(t.shape)
     for value in list(proto.graph.input) + list(proto.graph.output):
-        dims = want.get(value.name, state)
+        dims = want[value.name]
         shape = value.type.tensor_type.shape
         del shape.dim[:]
         for d in dims:

@@ -23,6 +23,7 @@ The report (max abs diff per output per case) is a JSON-able dict; :func:`check`
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -40,16 +41,21 @@ Backend = Callable[[dict[str, np.ndarray]], list[np.ndarray]]  # feeds by name -
 BATCHES = (1, 2, 8)
 TIMES = (1, 7, 64)
 INITS = ("zero", "random")
+# The modern cells train in one form (fused scan, chunkwise parallel) and export another (a
+# stepped Loop): a long sequence checks the two stay together, whole and fed in chunks.
+LONG_TIME, LONG_BATCH, LONG_CHUNK = 2048, 2, 256
 
 
 @dataclass
 class Tolerance:
     atol: float = 1e-4
-    rtol_forecast: float = 1e-4  # only for the forecaster's raw-unit ``forecast`` output
+    # relative part, only for outputs without a fixed scale: the forecaster's raw-unit
+    # ``forecast`` and mLSTM's matrix memory ``C`` / ``n`` (sums over the whole sequence)
+    rtol_forecast: float = 1e-4
 
-    def bound(self, output: str, ref: np.ndarray):
-        rtol = self.rtol_forecast if output == contract.FORECAST_OUTPUT else 0.0
-        return self.atol + rtol * np.abs(ref)
+    def bound(self, output: str, ref: np.ndarray, relative: bool | None = None):
+        relative = output == contract.FORECAST_OUTPUT if relative is None else relative
+        return self.atol + (self.rtol_forecast if relative else 0.0) * np.abs(ref)
 
 
 class ParityGateFailed(RnnopsError):
@@ -65,7 +71,7 @@ class ParityGateFailed(RnnopsError):
 
 def eager_backend(model: nn.Module) -> Backend:
     """The training module's ``forward(x, state)``: the reference."""
-    names = contract.state_inputs(model.config.cell)
+    names = [t.input for t in wrappers.state_spec(model)]
 
     def run(feeds):
         with torch.no_grad():
@@ -98,17 +104,22 @@ def onnxruntime_backend(sess) -> Backend:
 
 
 def run_gate(model: nn.Module, backends: dict[str, Backend], tol: Tolerance | None = None,
-             batches=BATCHES, times=TIMES, seed: int = 0) -> dict:
-    """Compare every backend with eager on the case grid; returns the report (see module doc)."""
+             batches=BATCHES, times=TIMES, seed: int = 0, long_time: int | None = LONG_TIME) -> dict:
+    """Compare every backend with eager on the case grid; returns the report (see module doc).
+
+    ``long_time``: the long-sequence cases of the modern cells (None or 0: skipped).
+    """
     tol = tol or Tolerance()
     model = model.eval()
     with one_torch_thread():
-        return _run(model, backends, tol, batches, times, seed)
+        return _run(model, backends, tol, batches, times, seed, long_time)
 
 
-def _run(model, backends, tol, batches, times, seed) -> dict:
+def _run(model, backends, tol, batches, times, seed, long_time) -> dict:
     eager = eager_backend(model)
-    outs = wrappers.output_names(model.kind, model.config.cell)
+    outs = wrappers.output_names(model)
+    rel = set(wrappers.relative_outputs(model))
+    _compare = functools.partial(_compare_one, relative=rel)
     rng = np.random.default_rng(seed)
     windowed = wrappers.is_windowed(model)
     offset = wrappers.min_time(model) - 1 if windowed else 0
@@ -135,6 +146,15 @@ def _run(model, backends, tol, batches, times, seed) -> dict:
     else:
         skipped.append({"mode": "stepwise", "reason": "windowed forecaster (rnnops.stateful=false): it normalises "
                         "each window by that window's statistics, so stepping with carried state is not its contract"})
+    if stateful and wrappers.is_modern(model) and long_time:
+        for init in INITS:
+            feeds = wrappers.make_inputs(model, LONG_BATCH, long_time, rng, init == "random")
+            ref = eager(feeds)
+            for name, backend in backends.items():
+                cases.append(_compare(name, "whole", LONG_BATCH, long_time, init, outs, ref, backend(feeds), tol))
+            for name, backend in {"eager": eager, **backends}.items():
+                got = _stepwise(backend, feeds, model.kind, LONG_CHUNK)
+                cases.append(_compare(name, f"chunks of {LONG_CHUNK}", LONG_BATCH, long_time, init, outs, ref, got, tol))
     return _summarise(cases, skipped, tol, list(backends), model)
 
 
@@ -160,21 +180,21 @@ def check(report: dict) -> None:
         f"(atol {report['tolerance']['atol']:g}); nothing was logged as passed or registered", report)
 
 
-def _stepwise(backend: Backend, feeds: dict[str, np.ndarray], kind: str) -> list[np.ndarray]:
-    """Run the sequence one step at a time, carrying the state; outputs as one call would give."""
+def _stepwise(backend: Backend, feeds: dict[str, np.ndarray], kind: str, chunk: int = 1) -> list[np.ndarray]:
+    """Run the sequence ``chunk`` steps at a time (default one), carrying the state; outputs as one call would give."""
     names = list(feeds)
     x = feeds[contract.INPUT]
     state = [feeds[n] for n in names[1:]]
     mains = []
-    for t in range(x.shape[1]):
-        out = backend({contract.INPUT: np.ascontiguousarray(x[:, t : t + 1]), **dict(zip(names[1:], state))})
+    for t in range(0, x.shape[1], chunk):
+        out = backend({contract.INPUT: np.ascontiguousarray(x[:, t : t + chunk]), **dict(zip(names[1:], state))})
         mains.append(out[0])
         state = out[1:]
     main = np.concatenate(mains, axis=1) if kind == "char" else mains[-1]
     return [main, *state]
 
 
-def _compare(backend, mode, batch, time, init, outs, ref, got, tol: Tolerance) -> dict:
+def _compare_one(backend, mode, batch, time, init, outs, ref, got, tol: Tolerance, relative=()) -> dict:
     diffs, ratios, ok = {}, {}, True
     for name, r, g in zip(outs, ref, got):
         g = np.asarray(g)
@@ -182,7 +202,7 @@ def _compare(backend, mode, batch, time, init, outs, ref, got, tol: Tolerance) -
             diffs[name], ratios[name], ok = math.inf, math.inf, False
             continue
         d = np.abs(g.astype(np.float64) - r.astype(np.float64))
-        bound = tol.bound(name, r.astype(np.float64))
+        bound = tol.bound(name, r.astype(np.float64), name in relative or name == contract.FORECAST_OUTPUT)
         finite = bool(np.isfinite(d).all())
         passed = finite and bool((d <= bound).all())
         diffs[name] = float(d.max()) if finite else math.inf
@@ -211,7 +231,7 @@ def _summarise(cases, skipped, tol: Tolerance, backends, model) -> dict:
         "cell": model.config.cell,
         "stateful": not wrappers.is_windowed(model),
         "tolerance": {**asdict(tol), "rule": "|backend - eager| <= atol + rtol * |eager| element-wise; "
-                      "rtol applies to the forecaster's raw-unit 'forecast' output only"},
+                      "rtol applies to the forecaster's raw-unit 'forecast' output and mLSTM's memory (C, n) only"},
         "max_abs_diff": max(by_output.values(), default=0.0),
         "max_abs_diff_by_output": by_output,
         "worst_case": {"case": worst_case["case"], "output": worst_out, "passed": worst_case["passed"],

@@ -175,6 +175,9 @@ def export_run(ref: str, formats=FORMATS, opset: int | None = None, quantize: bo
 
 
 def _int8(model, spec: dict, run_id: str | None, result: ExportResult, quantize: bool, p: Progress) -> dict:
+    if wrappers.is_modern(model):
+        return {"made": False, "keep": False, "reason": f"{model.config.cell} stays fp32: int8 for the modern cells "
+                "only in a form that keeps batch invariance (fixed scales), which is not implemented yet"}
     if model.config.cell not in ort_tools.INT8_CELLS:
         return {"made": False, "keep": False, "reason": f"{model.config.cell.upper()} stays fp32: onnxruntime has no "
                 "int8 GRU/RNN kernel (it quantises LSTM and MatMul only)"}
@@ -278,15 +281,16 @@ def _signature(model):
     from mlflow.types.schema import Schema, TensorSpec
 
     c = model.config
-    state = (c.num_layers, -1, c.hidden_size)
     if model.kind == "char":
         x, main = TensorSpec(np.dtype(np.int64), (-1, -1), contract.INPUT), (-1, -1, c.vocab_size)
     else:
         x, main = TensorSpec(np.dtype(np.float32), (-1, -1, c.n_features), contract.INPUT), (-1, c.horizon, len(c.target_indices))
     f32 = np.dtype(np.float32)
-    outs = wrappers.output_names(model.kind, c.cell)
-    inputs = Schema([x, *(TensorSpec(f32, state, n) for n in contract.state_inputs(c.cell))])
-    outputs = Schema([TensorSpec(f32, main, outs[0]), *(TensorSpec(f32, state, n) for n in outs[1:])])
+    spec = wrappers.state_spec(model)
+    shape = lambda t: tuple(-1 if d == contract.BATCH_DIM else int(d) for d in t.shape)  # noqa: E731
+    inputs = Schema([x, *(TensorSpec(f32, shape(t), t.input) for t in spec)])
+    outputs = Schema([TensorSpec(f32, main, wrappers.output_names(model)[0]),
+                      *(TensorSpec(f32, shape(t), t.output) for t in spec)])
     t = wrappers.min_time(model) if wrappers.is_windowed(model) else 8
     example = wrappers.make_inputs(model, 2, t, np.random.default_rng(0), random_state=False)
     return ModelSignature(inputs=inputs, outputs=outputs), example

@@ -63,15 +63,14 @@ def load_eval_data(model, spec: dict, job: dict | None) -> EvalData:
 
 def val_metric(sess, data: EvalData, model, chunk: int = 64) -> float:
     """The validation metric of an ONNX session (val_loss in nats/char, or val_mse)."""
-    c = model.config
-    state_names = contract.state_inputs(c.cell)
+    spec = wrappers.state_spec(model)
     total, count = 0.0, 0
     for i in range(0, len(data.x), chunk if data.kind == "char" else 512):
         xb = data.x[i : i + (chunk if data.kind == "char" else 512)]
         b = len(xb)
         feeds = {contract.INPUT: xb[:, :-1] if data.kind == "char" else xb}
-        feeds.update({n: np.zeros((c.num_layers, b, c.hidden_size), np.float32) for n in state_names})
-        out = sess.run([wrappers.output_names(model.kind, c.cell)[0]], feeds)[0].astype(np.float64)
+        feeds.update({t.input: np.zeros(t.shape_for(b), np.float32) for t in spec})
+        out = sess.run([wrappers.output_names(model)[0]], feeds)[0].astype(np.float64)
         if data.kind == "char":
             target = xb[:, 1:]
             logz = out.max(-1, keepdims=True)

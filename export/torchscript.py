@@ -22,13 +22,23 @@ from rnnops.export import wrappers
 
 
 def export_torchscript(model: nn.Module, path: str | Path) -> Path:
-    """Script + freeze the inference module of ``model`` and save it to ``path``."""
+    """Script (or, for the modern cells, trace) + freeze the inference module and save it to ``path``.
+
+    The modern cells' wrappers take ``forward(x, *state)`` (as many state tensors as the model
+    has), which TorchScript cannot script; they are traced instead, with their recurrence loops
+    already scripted, so batch and time stay dynamic (the parity gate runs T = 1 to 2,048).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    step = wrappers.inference_module(model.eval())
-    with warnings.catch_warnings():
+    model = model.eval()
+    step = wrappers.inference_module(model)
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        frozen = torch.jit.freeze(torch.jit.script(step))
+        if wrappers.is_modern(model):
+            module = torch.jit.trace(step, wrappers.example_inputs(model), check_trace=False)
+        else:
+            module = torch.jit.script(step)
+        frozen = torch.jit.freeze(module)
         torch.jit.save(frozen, str(path))
     return path
 

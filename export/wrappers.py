@@ -12,6 +12,15 @@ They share the trained submodules (no copies of the weights) and re-state the fo
 dropout left out (it is the identity at inference). Re-stating it is deliberate: it is the one
 piece of code TorchScript and ONNX are produced from, and the parity gate checks it against the
 training module's own ``forward``.
+
+The modern cells (minGRU, minLSTM, mLSTM) go through :class:`CharStepModern` /
+:class:`ForecastStepModern`: ``forward(x, *state) -> (out, *state)`` with the state tensors the
+model's ``state_tensors()`` lists, running the cell stack's **recurrent** form. Everything but the
+recurrence itself is computed for all time steps at once; the recurrence is a scripted loop
+over time (``training.scan.scan_loop``, ``training.mlstm.mlstm_loop``), which the ONNX exporter
+writes as a ``Loop`` whose trip count is the input's length, so batch and time stay dynamic and
+nothing is unrolled. These wrappers are traced (the loops inside stay scripted), not scripted:
+their state arity depends on the layer count.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from torch import Tensor, nn
 
 from rnnops import contract
 from rnnops.errors import RnnopsError
+from rnnops.training.stack import MODERN_CELLS
 
 class CharStep(nn.Module):
     """embedding -> GRU | RNN -> head; ``forward(x, h0) -> (logits, hn)``."""
@@ -97,16 +107,41 @@ class ForecastStepLSTM(ForecastStep):
         return self._forecast(out, z, mean, std), hn, cn
 
 
+class CharStepModern(nn.Module):
+    """embedding -> minGRU | minLSTM | mLSTM stack (recurrent form) -> head; ``forward(x, *state)``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.embed, self.rnn, self.head = model.embed, model.rnn, model.head
+
+    def forward(self, x: Tensor, *state: Tensor):
+        out, new = self.rnn(self.embed(x), state, recurrent=True)
+        return (self.head(out), *new)
+
+
+class ForecastStepModern(ForecastStep):
+    def forward(self, x: Tensor, *state: Tensor):
+        z, mean, std = self._normalise(x)
+        out, new = self.rnn(z, state, recurrent=True)
+        return (self._forecast(out, z, mean, std), *new)
+
+
+def is_modern(model: nn.Module) -> bool:
+    return getattr(model.config, "cell", None) in MODERN_CELLS
+
+
 def inference_module(model: nn.Module) -> nn.Module:
     """The explicit-state module for a CharModel or Forecaster, in eval mode."""
     kind, cell = getattr(model, "kind", None), getattr(model.config, "cell", None)
+    if kind in ("char", "forecaster") and cell in MODERN_CELLS:
+        return (CharStepModern(model) if kind == "char" else ForecastStepModern(model)).eval()
     if kind == "char" and cell in ("lstm", "gru", "rnn"):
         step = CharStepLSTM(model) if cell == "lstm" else CharStep(model)
     elif kind == "forecaster" and cell in ("lstm", "gru"):
         step = ForecastStepLSTM(model) if cell == "lstm" else ForecastStep(model)
     else:
-        raise RnnopsError(f"cannot export a {kind} model with cell {cell!r}: supported are char lstm/gru/rnn "
-                          "and forecaster lstm/gru")
+        raise RnnopsError(f"cannot export a {kind} model with cell {cell!r}: supported are char lstm/gru/rnn, "
+                          f"forecaster lstm/gru, and both with {'/'.join(MODERN_CELLS)}")
     rnn = model.rnn
     if getattr(rnn, "bidirectional", False) or not getattr(rnn, "batch_first", True) or not getattr(rnn, "bias", True):
         raise RnnopsError("export supports unidirectional, batch-first recurrent layers with biases only")
@@ -116,13 +151,26 @@ def inference_module(model: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------- names and inputs
 
 
-def input_names(cell: str) -> list[str]:
-    return [contract.INPUT, *contract.state_inputs(cell)]
+def state_spec(model: nn.Module) -> tuple[contract.StateTensor, ...]:
+    """The model's state tensors as the contract describes them (names, shape with batch, dtype)."""
+    return tuple(model.state_tensors())
 
 
-def output_names(kind: str, cell: str) -> list[str]:
-    main = contract.CHAR_OUTPUT if kind == "char" else contract.FORECAST_OUTPUT
-    return [main, *contract.state_outputs(cell)]
+def input_names(model: nn.Module) -> list[str]:
+    return [contract.INPUT, *(t.input for t in state_spec(model))]
+
+
+def output_names(model: nn.Module) -> list[str]:
+    main = contract.CHAR_OUTPUT if model.kind == "char" else contract.FORECAST_OUTPUT
+    return [main, *(t.output for t in state_spec(model))]
+
+
+def relative_outputs(model: nn.Module) -> list[str]:
+    """State outputs without a fixed scale, gated relatively: mLSTM's memory C and n (sums over
+    the sequence, kept divided by exp(m)); a forecaster's ``forecast`` is relative anyway."""
+    if getattr(model.config, "cell", None) != "mlstm":
+        return []
+    return [t.output for t in state_spec(model) if t.output.startswith(("Cn_", "nn_"))]
 
 
 def is_windowed(model: nn.Module) -> bool:
@@ -145,9 +193,9 @@ def make_inputs(model: nn.Module, batch: int, time: int, rng: np.random.Generato
         std = model.std.detach().numpy().astype(np.float64)
         x = (mean + std * rng.standard_normal((batch, time, c.n_features))).astype(np.float32)
     feeds = {contract.INPUT: x}
-    for name in contract.state_inputs(c.cell):
-        shape = (c.num_layers, batch, c.hidden_size)
-        feeds[name] = (0.5 * rng.standard_normal(shape)).astype(np.float32) if random_state else np.zeros(shape, np.float32)
+    for t in state_spec(model):
+        shape = t.shape_for(batch)
+        feeds[t.input] = (0.5 * rng.standard_normal(shape)).astype(np.float32) if random_state else np.zeros(shape, np.float32)
     return feeds
 
 

@@ -42,7 +42,15 @@ CONFIGS = {  # name -> (kind, cell, norm, layers)
     "fc-lstm-fixed": ("forecaster", "lstm", "fixed", 1),
     "fc-gru-revin": ("forecaster", "gru", "revin", 1),
     "fc-gru-fixed": ("forecaster", "gru", "fixed", 2),
+    # the modern cells: their own state layout, a Loop over time, the long-T parity cases
+    "char-mingru": ("char", "mingru", None, 2),
+    "char-minlstm": ("char", "minlstm", None, 1),
+    "char-mlstm": ("char", "mlstm", None, 2),
+    "fc-mingru-revin": ("forecaster", "mingru", "revin", 1),
+    "fc-minlstm-fixed": ("forecaster", "minlstm", "fixed", 2),
+    "fc-mlstm-fixed": ("forecaster", "mlstm", "fixed", 1),
 }
+MODERN = {"mingru", "minlstm", "mlstm"}
 QUANTIZE = {"char-lstm", "fc-lstm-fixed"}  # the int8 path (LSTM only) costs a validation pass: two suffice
 
 
@@ -76,9 +84,12 @@ def make_run(kind: str, cell: str, norm: str | None = None, layers: int = 1, hid
     from rnnops.training.models import CharModel, CharModelConfig, Forecaster, ForecasterConfig
 
     torch.manual_seed(0)
+    if cell == "mlstm":  # its init zeroes the gate weights; export should see gates that move
+        torch.manual_seed(1)
     if kind == "char":
         text = D.load_text("tinyshakespeare")
-        cfg = CharModelConfig(vocab_size=len(text.vocab), cell=cell, hidden_size=hidden, num_layers=layers, embed_dim=8)
+        cfg = CharModelConfig(vocab_size=len(text.vocab), cell=cell, hidden_size=hidden, num_layers=layers, embed_dim=8,
+                              ff_mult=1.0 if cell in MODERN else None)
         model = CharModel(cfg)
         spec = {"kind": "char", "config": cfg.to_dict(), "vocab": text.vocab.chars,
                 "dataset": {"name": "tinyshakespeare", "sha256": text.sha256}}
@@ -89,7 +100,7 @@ def make_run(kind: str, cell: str, norm: str | None = None, layers: int = 1, hid
         cfg = ForecasterConfig(n_features=len(s.feature_names), target_indices=s.target_indices, lookback=24, horizon=12,
                                cell=cell, hidden_size=hidden, num_layers=layers, norm=norm, linear_skip=norm == "revin",
                                scaler_mean=mean.tolist(), scaler_std=std.tolist(), feature_names=s.feature_names,
-                               target_names=s.target_names)
+                               target_names=s.target_names, ff_mult=1.0 if cell in MODERN else None)
         model = Forecaster(cfg)
         spec = {"kind": "forecaster", "config": cfg.to_dict(), "stateful": cfg.stateful, "freq": "h",
                 "dataset": {"name": "etth1", "sha256": s.sha256}}
@@ -122,6 +133,12 @@ def exports(store):
     return get
 
 
+def _model(r):
+    from rnnops.training.logged_model import load_model
+
+    return load_model(r.run_id).model
+
+
 def _session(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
@@ -138,19 +155,26 @@ def test_export_every_cell_passes_parity_and_is_logged(exports, name):
     rep = r.parity
     assert rep["passed"] and rep["failures"] == 0
     assert rep["backends"] == ["torchscript", "onnxruntime", "onnxruntime-optimized"]
-    assert rep["max_abs_diff"] < 1e-4
-    outs = [C.CHAR_OUTPUT if kind == "char" else C.FORECAST_OUTPUT, *C.state_outputs(cell)]
+    main = C.CHAR_OUTPUT if kind == "char" else C.FORECAST_OUTPUT
+    spec = _model(r).state_tensors()
+    outs = [main, *(t.output for t in spec)]
     assert set(rep["max_abs_diff_by_output"]) == set(outs)
+    assert rep["max_abs_diff_by_output"][main] < 1e-4
+    if cell != "mlstm":  # mLSTM's memory C, n is an unbounded sum: gated relatively too (rtol 1e-4)
+        assert rep["max_abs_diff"] < 1e-4
+    long = cell in MODERN and norm != "revin"  # + T = 2,048 whole and in chunks of 256
     whole = [c for c in rep["cases"] if c["mode"] == "whole"]
-    assert len(whole) == 3 * 3 * 2 * 3  # batch x time x init x backends
+    assert len(whole) == 3 * 3 * 2 * 3 + (2 * 3 if long else 0)  # batch x time x init x backends (+ long T)
     assert {c["batch"] for c in whole} == {1, 2, 8}
     stepwise = [c for c in rep["cases"] if c["mode"] == "stepwise"]
     if norm == "revin":  # windowed: times are lookback + {0, 6, 63}; stepwise is not its contract
         assert {c["time"] for c in whole} == {24, 30, 87}
         assert not stepwise and rep["skipped"] and "windowed" in rep["skipped"][0]["reason"]
     else:
-        assert {c["time"] for c in whole} == {1, 7, 64}
+        assert {c["time"] for c in whole} == ({1, 7, 64, 2048} if long else {1, 7, 64})
         assert len(stepwise) == 3 * 2 * 4 and all(c["passed"] for c in stepwise)
+        chunked = [c for c in rep["cases"] if c["mode"].startswith("chunks of")]
+        assert len(chunked) == (2 * 4 if long else 0) and all(c["time"] == 2048 for c in chunked)
 
     # logged back to the source run: the contract tags, the exact bytes, the artifacts
     tags = mlflow.get_run(r.run_id).data.tags
@@ -166,7 +190,9 @@ def test_export_every_cell_passes_parity_and_is_logged(exports, name):
 
     # int8 only where onnxruntime has the kernel, and only when measured within the bound
     q = r.quantization
-    if cell != "lstm":
+    if cell in MODERN:
+        assert not q["made"] and "batch invariance" in q["reason"] and r.int8_path is None
+    elif cell != "lstm":
         assert not q["made"] and "stays fp32" in q["reason"] and r.int8_path is None
     elif name in QUANTIZE:
         assert q["made"] and "delta" in q and q["keep"] == (q["delta"] <= q["bound"]["value"])
@@ -233,6 +259,68 @@ def test_metadata_round_trip_and_contract_names(exports):
         assert read_metadata(r.optimized_path) == meta
         if r.int8_path:
             assert read_metadata(r.int8_path) == meta
+
+
+def test_modern_cells_metadata_describes_the_graph_state_exactly(exports):
+    import onnx
+
+    from rnnops.registry.onnx_file import read_metadata
+
+    want = {
+        "char-mingru": [{"input": "h0", "output": "hn", "shape": [2, "batch", 16], "dtype": "float32"}],
+        "fc-minlstm-fixed": [{"input": "h0", "output": "hn", "shape": [2, "batch", 16], "dtype": "float32"}],
+        "char-mlstm": [{"input": f"{v}0_l{l}", "output": f"{v}n_l{l}", "shape": shape, "dtype": "float32"}
+                       for l in range(2) for v, shape in (("C", ["batch", 4, 4, 4]), ("n", ["batch", 4, 4]),
+                                                          ("m", ["batch", 4]))],
+    }
+    for name, state in want.items():
+        r = exports(name)
+        meta = read_metadata(r.onnx_path)
+        assert meta["state"] == state and meta["cell"] == r.cell and meta["hidden_size"] == 16
+        assert meta["layers"] == CONFIGS[name][3]
+        assert meta["state_inputs"] == [t["input"] for t in state] and meta["state_outputs"] == [t["output"] for t in state]
+        proto = onnx.load(str(r.onnx_path))
+        dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+                for v in list(proto.graph.input) + list(proto.graph.output)}
+        assert [i.name for i in proto.graph.input] == [C.INPUT, *meta["state_inputs"]]
+        assert [o.name for o in proto.graph.output][1:] == meta["state_outputs"]
+        for t in state:
+            assert dims[t["input"]] == dims[t["output"]] == t["shape"]
+        assert "Loop" in {n.op_type for n in proto.graph.node}  # the recurrence, not unrolled
+        assert read_metadata(r.optimized_path) == meta
+
+
+@pytest.mark.parametrize("name", ["char-mlstm", "fc-minlstm-fixed"])
+def test_modern_cells_step_through_onnxruntime_from_the_metadata_alone(exports, name):
+    """What serving does: zero state from rnnops.state, T=1 calls scattering it back, == one call."""
+    from rnnops.registry.onnx_file import read_metadata
+
+    r = exports(name)
+    spec = C.state_spec(read_metadata(r.onnx_path))
+    sess = _session(r.onnx_path)
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 65, (3, 30)) if r.kind == "char" else rng.normal(10, 5, (3, 30, 7)).astype(np.float32)
+    state = {t.input: np.zeros(t.shape_for(3), np.float32) for t in spec}
+    whole = sess.run(None, {"x": x, **state})
+    outs = [o.name for o in sess.get_outputs()]
+    steps = []
+    for t in range(x.shape[1]):
+        got = dict(zip(outs, sess.run(None, {"x": x[:, t : t + 1], **state})))
+        steps.append(got[outs[0]])
+        state = {st.input: got[st.output] for st in spec}
+    main = np.concatenate(steps, 1) if r.kind == "char" else steps[-1]
+    np.testing.assert_allclose(main, whole[0], atol=1e-4, rtol=1e-5)
+    for st, ref in zip(spec, whole[1:]):
+        np.testing.assert_allclose(state[st.input], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_dynamo_exporter_refuses_the_modern_cells_in_one_line(tmp_path):
+    from rnnops.export.onnx_export import export_onnx
+    from rnnops.training.models import CharModel, CharModelConfig
+
+    model = CharModel(CharModelConfig(vocab_size=5, cell="mingru", hidden_size=8, embed_dim=4))
+    with pytest.raises(RnnopsError, match="dynamo exporter cannot export mingru yet.*--exporter legacy"):
+        export_onnx(model, {"vocab": list("abcde")}, tmp_path / "m.onnx", exporter="dynamo")
 
 
 @pytest.mark.parametrize("name", ["char-rnn", "fc-gru-fixed"])
