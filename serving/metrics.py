@@ -51,6 +51,8 @@ class Metrics:
         self.forecast_seconds = Histogram("rnnops_forecast_seconds", "Duration of each batched forecast call",
                                           ["model"], buckets=STEP_BUCKETS)
         self.reloads = Counter("rnnops_model_reloads", "Model (re)loads by result", ["model", "result"])
+        self.registry_up = gauge("rnnops_registry_up", "1 while alias polls reach the model registry, 0 while they fail",
+                                 [], mode="livemin")
         self.version = gauge("rnnops_served_version", "Registry version being served (new requests)", ["model"],
                              mode="livemax")
 

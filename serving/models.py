@@ -39,6 +39,7 @@ from rnnops.util import sha256_file
 log = logging.getLogger("rnnops.serving")
 
 RETRY_FAILED_S = 60.0  # a version that failed to load is tried again after this long
+MAX_BACKOFF_S = 60.0  # alias polls while the registry is unreachable: at most this far apart
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,11 @@ class ModelManager:
         self._files = _FileWatch()
         self._poller: asyncio.Task | None = None
         self.last_poll: float | None = None
+        # The registry as the alias polls see it: while it cannot be reached, what is loaded keeps
+        # serving, readiness holds, and the polls back off (doubling, at most MAX_BACKOFF_S).
+        self.registry = {"reachable": True, "error": None, "since": None, "failed_polls": 0}
+        if metrics:
+            metrics.registry_up.set(1)
 
     # ------------------------------------------------------------------ resolution
 
@@ -247,8 +253,13 @@ class ModelManager:
             try:
                 version = await asyncio.to_thread(self._current_version, ref)
             except Exception as exc:
-                log.warning("model %s: cannot check %s: %s", ref.served, ref.target, exc)
+                if ref.source == "registry":
+                    self._registry_down(exc)
+                else:
+                    log.warning("model %s: cannot check %s: %s", ref.served, ref.target, exc)
                 continue
+            if ref.source == "registry":
+                self._registry_up()
             if cur is not None and (version is None or version == cur.version):
                 if version is not None and self._failed.pop(ref.served, None):
                     self.errors.pop(ref.served, None)  # it points back at what is served
@@ -264,9 +275,32 @@ class ModelManager:
             m.stop()
             self.draining.remove(m)
 
+    def _registry_down(self, exc: Exception) -> None:
+        r = self.registry
+        first = r["reachable"]
+        r.update(reachable=False, error=str(exc).splitlines()[0][:300], failed_polls=r["failed_polls"] + 1)
+        if first:
+            r["since"] = round(time.time(), 3)
+            log.warning("registry unreachable (%s): the loaded versions keep serving; polls back off", r["error"])
+        if self.metrics:
+            self.metrics.registry_up.set(0)
+
+    def _registry_up(self) -> None:
+        r = self.registry
+        if not r["reachable"]:
+            log.warning("registry reachable again after %d failed polls", r["failed_polls"])
+        r.update(reachable=True, error=None, since=None, failed_polls=0)
+        if self.metrics:
+            self.metrics.registry_up.set(1)
+
+    def poll_interval(self) -> float:
+        """The poll period, doubled per failed poll while the registry is unreachable."""
+        base = self.config.poll_seconds
+        return min(base * 2 ** self.registry["failed_polls"], max(base, MAX_BACKOFF_S))
+
     async def _poll_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.config.poll_seconds)
+            await asyncio.sleep(self.poll_interval())
             try:
                 await self.poll_once()
             except Exception:
@@ -277,6 +311,16 @@ class ModelManager:
             self._poller.cancel()
         for m in [*self.current.values(), *self.draining]:
             await asyncio.to_thread(m.stop)
+
+    def in_flight(self) -> int:
+        """Streams generating or queued, and forecast windows pending, over every loaded version."""
+        n = 0
+        for m in [*self.current.values(), *self.draining]:
+            if m.scheduler is not None:
+                n += m.scheduler.active + m.scheduler.queued
+            if m.batcher is not None and m.batcher.busy:
+                n += 1
+        return n
 
     # ------------------------------------------------------------------ lookups
 
@@ -324,4 +368,5 @@ class ModelManager:
                            for r in self.refs],
             "poll_seconds": self.config.poll_seconds,
             "last_poll": self.last_poll,
+            "registry": {**self.registry, "next_poll_in_s": self.poll_interval()},
         }

@@ -1,0 +1,182 @@
+"""Faults, with real processes: a worker killed mid-stream, SIGTERM drain, the model registry
+going down while serving, a client that stops reading, oversized bodies. Each test starts the
+``bentoml serve`` it hurts (tiny models from files, or from a real ``mlflow server``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+httpx = pytest.importorskip("httpx")
+
+from servers import free_port, stop, tail, wait_http  # noqa: E402
+from test_runtime import export_char, export_forecaster  # noqa: E402
+
+SERVICE = "rnnops.serving.service:RnnopsService"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    export_char(root / "char.onnx", "lstm", hidden=64)
+    export_forecaster(root / "fc.onnx", norm="fixed", lookback=12, horizon=4)
+    return root
+
+
+@contextlib.contextmanager
+def serve(tmp: Path, env: dict, name: str = "server"):
+    port = free_port()
+    log = tmp / f"{name}.log"
+    full = {**os.environ, "BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
+            "RNNOPS_POLL_SECONDS": "0", "RNNOPS_THREADS": "1", "RNNOPS_MAX_CHARS": "1000000", **env}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1", "--port",
+                                 str(port)], env=full, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=tmp, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", proc, log, 120)
+        yield proc, f"http://127.0.0.1:{port}", log
+    finally:
+        stop(proc, signal.SIGTERM, group=True)
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _workers(arbiter: int) -> list[int]:
+    return [p for p in _children(arbiter) if "_bentoml_impl.worker" in Path(f"/proc/{p}/cmdline").read_text()]
+
+
+async def _stream(url: str, body: dict) -> tuple[list[str], float]:
+    """The SSE event names of one /generate stream, and how long it took (or the error)."""
+    t0 = time.monotonic()
+    events: list[str] = []
+    async with httpx.AsyncClient(timeout=60) as c:
+        try:
+            async with c.stream("POST", url + "/generate", json=body) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("event: "):
+                        events.append(line[7:])
+        except httpx.HTTPError as exc:
+            events.append(f"!{type(exc).__name__}")
+    return events, time.monotonic() - t0
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_stream_closes_the_stream_and_is_started_again(files, tmp_path):
+    env = {"RNNOPS_MODELS": f"char={files / 'char.onnx'}"}
+    with serve(tmp_path, env) as (proc, url, log):
+        (worker,) = _workers(proc.pid)
+
+        async def scenario():
+            task = asyncio.create_task(_stream(url, {"prompt": "ab", "max_chars": 500000, "seed": 1}))
+            await asyncio.sleep(1.0)
+            os.kill(worker, signal.SIGKILL)
+            killed = time.monotonic()
+            events, _ = await task
+            return events, time.monotonic() - killed
+
+        events, after = asyncio.run(scenario())
+        assert "chunk" in events and "done" not in events and events[-1].startswith("!"), events
+        assert after < 5, f"the client waited {after:.1f}s after the worker died"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.5)
+        new = _workers(proc.pid)
+        assert new and worker not in new, f"BentoML did not start the worker again\n{tail(log)}"
+        r = httpx.post(url + "/complete", json={"prompt": "ab", "max_chars": 20}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["text"]) == 20
+
+
+# ---------------------------------------------------------------- the registry goes down
+
+
+def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    out = open(root / "mlflow.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                             f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts", "--artifacts-destination",
+                             str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root, env=env,
+                            start_new_session=True)
+    wait_http(f"http://127.0.0.1:{port}/health", proc, root / "mlflow.log", 180)
+    return proc
+
+
+def _register_char_model(url: str, onnx_path: Path) -> None:
+    """What export + register + promote leave in the registry, for an existing ONNX file."""
+    code = f"""
+import mlflow, onnx
+from rnnops import contract as C
+from rnnops.registry import api
+from rnnops.util import sha256_file
+mlflow.set_tracking_uri({url!r})
+mlflow.set_experiment("faults")
+model = onnx.load({str(onnx_path)!r})
+with mlflow.start_run() as run:
+    mlflow.set_tags({{"rnnops.task": "char", "rnnops.version": "0.1.0"}})
+    mlflow.log_metric("val_loss", 1.5)
+    info = mlflow.onnx.log_model(model, name="onnx", pip_requirements=["onnxruntime"], save_as_external_data=False)
+    mlflow.set_tags({{C.TAG_ONNX_URI: info.model_uri, C.TAG_ONNX_SHA256: sha256_file({str(onnx_path)!r}),
+                     C.TAG_PARITY_PASSED: "true", C.TAG_PARITY_MAX_DIFF: "1e-6"}})
+v = api.register_run(run.info.run_id)
+api.promote(v.name, v.version, force=True)
+"""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url}
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_serving_outlives_the_registry_and_polls_back_off_and_recover(files, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    mlflow_proc = _mlflow_server(tmp_path, port)
+    try:
+        _register_char_model(url, files / "char.onnx")
+        env = {"RNNOPS_MODELS": "char-rnn@champion", "RNNOPS_POLL_SECONDS": "0.5", "MLFLOW_TRACKING_URI": url,
+               "RNNOPS_CACHE": str(tmp_path / "cache")}
+        with serve(tmp_path, env) as (_, api, log):
+            assert httpx.get(api + "/models").json()["registry"]["reachable"] is True
+            stop(mlflow_proc, signal.SIGTERM, group=True)
+            deadline = time.monotonic() + 60
+            reg = {}
+            while time.monotonic() < deadline:
+                reg = httpx.get(api + "/models", timeout=10).json()["registry"]
+                if not reg["reachable"] and reg["failed_polls"] >= 3:
+                    break
+                time.sleep(0.5)
+            assert not reg["reachable"] and reg["error"], reg
+            assert reg["next_poll_in_s"] >= 4 * 0.5, reg  # backed off
+            assert httpx.get(api + "/readyz").status_code == 200  # what is loaded keeps serving
+            r = httpx.post(api + "/complete", json={"prompt": "ab", "max_chars": 10}, timeout=30)
+            assert r.status_code == 200 and r.json()["version"] == "1"
+            assert "rnnops_registry_up 0.0" in httpx.get(api + "/metrics").text
+            mlflow_proc = _mlflow_server(tmp_path, port)  # the registry comes back
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                reg = httpx.get(api + "/models", timeout=10).json()["registry"]
+                if reg["reachable"]:
+                    break
+                time.sleep(0.5)
+            assert reg["reachable"] and reg["failed_polls"] == 0, f"{reg}\n{tail(log)}"
+            assert "rnnops_registry_up 1.0" in httpx.get(api + "/metrics").text
+    finally:
+        stop(mlflow_proc, signal.SIGTERM, group=True)
