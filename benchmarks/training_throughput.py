@@ -17,7 +17,12 @@ Each loop runs ``--steps`` optimizer steps after a short warm-up, ``--reps`` tim
 (ours, reference, ours, ...); the table shows medians. Evaluation, logging and checkpoints are
 left out of both (they are not the loop's speed).
 
+``--cells`` instead compares the recurrent cells themselves: a char model per cell at a similar
+parameter count (:data:`CELL_CONFIGS`), batch 32 x sequence 256, forward + backward + AdamW on
+random tokens, interleaved reps, chars/s medians and the ratio to the LSTM.
+
     python benchmarks/training_throughput.py --quick --json out.json
+    python benchmarks/training_throughput.py --cells lstm,mingru,minlstm,mlstm --reps 3
 """
 
 from __future__ import annotations
@@ -207,6 +212,58 @@ def run(quick: bool, steps: dict | None = None, reps: int | None = None) -> dict
     return out
 
 
+# Similar parameter counts (about 1M): the LSTM as the quick preset's width with a wide embedding.
+CELL_CONFIGS = {
+    "lstm": dict(hidden_size=384, num_layers=1, embed_dim=384),
+    "gru": dict(hidden_size=448, num_layers=1, embed_dim=384),
+    "mingru": dict(hidden_size=384, num_layers=3, embed_dim=384, ff_mult=0.0),
+    "minlstm": dict(hidden_size=320, num_layers=3, embed_dim=320, ff_mult=0.0),
+    "mlstm": dict(hidden_size=256, num_layers=3, embed_dim=256, ff_mult=0.0, heads=4),
+}
+
+
+def cells_throughput(cells: list[str], batch: int = 32, seq: int = 256, steps: int = 2, reps: int = 3) -> dict:
+    """chars/s of forward + backward + AdamW per cell (random tokens, vocab 65), interleaved reps."""
+    import torch
+    import torch.nn.functional as F
+
+    from rnnops.training.models import CharModel, CharModelConfig
+
+    torch.set_num_threads(C.cpus())
+    runs = {}
+    for cell in cells:
+        torch.manual_seed(0)
+        model = CharModel(CharModelConfig(vocab_size=65, cell=cell, **CELL_CONFIGS[cell]))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        x, y = torch.randint(0, 65, (batch, seq)), torch.randint(0, 65, (batch, seq))
+
+        def go(n: int, model=model, opt=opt, x=x, y=y) -> float:
+            t = time.perf_counter()
+            for _ in range(n):
+                logits, _ = model(x)
+                loss = F.cross_entropy(logits.reshape(-1, 65), y.reshape(-1))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            return time.perf_counter() - t
+
+        go(1)  # warm-up (compiles the fused kernels on first use)
+        runs[cell] = (go, sum(p.numel() for p in model.parameters()))
+    rates = {c: [] for c in cells}
+    for _ in range(reps):
+        for cell, (go, _) in runs.items():
+            rates[cell].append(batch * seq * steps / go(steps))
+    base = C.median(rates["lstm"]) if "lstm" in rates else None
+    out = {"batch": batch, "seq_len": seq, "steps": steps, "reps": reps, "threads": torch.get_num_threads(), "cells": {}}
+    for cell in cells:
+        med = C.median(rates[cell])
+        out["cells"][cell] = {"config": CELL_CONFIGS[cell], "params": runs[cell][1], "chars_per_s": med,
+                              "runs": rates[cell], "vs_lstm": med / base if base else None}
+        print(f"{cell}: {runs[cell][1] / 1e6:.2f}M params, {med:,.0f} chars/s"
+              + (f" ({med / base:.2f}x lstm)" if base else ""), file=sys.stderr)
+    return out
+
+
 def markdown(res: dict) -> str:
     rows = []
     for task, r in res["tasks"].items():
@@ -249,7 +306,15 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="few steps, 2 runs each")
     ap.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
     ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--cells", metavar="LIST", help=f"compare cells instead ({','.join(CELL_CONFIGS)}): batch 32 x 256")
     args = ap.parse_args(argv)
+    if args.cells:
+        res = cells_throughput([c.strip() for c in args.cells.split(",") if c.strip()], reps=args.reps or 3)
+        rows = [[c, C.fmt(r["params"]), C.fmt(r["chars_per_s"]), f"{r['vs_lstm']:.2f}x" if r["vs_lstm"] else "-"]
+                for c, r in res["cells"].items()]
+        print(C.md_table(["cell", "parameters", "chars/s", "vs LSTM"], rows))
+        C.write_json(args.json, res)
+        return
     if not os.environ.get("RNNOPS_DATA_DIR") and (C.REPO.parent / "shared" / "data").is_dir():
         os.environ["RNNOPS_DATA_DIR"] = str(C.REPO.parent / "shared" / "data")
     res = run(args.quick, reps=args.reps)
