@@ -126,9 +126,9 @@ def report(raw_s: dict, raw_f: dict, streams: int, concurrency: int) -> str:
                   C.md_table(["tree", "chars/s", "TTFC p99 ms", "server CPU ms / 1k chars"], rows, "lrrr")]
     if raw_f:
         rows = [[name, _spread([r["rps"] for r in rs]), _spread([r["p99_ms"] for r in rs]),
-                 _spread([r["server_cpu_ms_per_request"] for r in rs])] for name, rs in raw_f.items()]
+                 _spread([1e3 * r["server_cpu_ms_per_request"] for r in rs])] for name, rs in raw_f.items()]
         lines += ["", f"/forecast, wrk at concurrency {concurrency} (median (min-max) over rounds):",
-                  C.md_table(["tree", "requests/s", "p99 ms", "server CPU ms / request"], rows, "lrrr")]
+                  C.md_table(["tree", "requests/s", "p99 ms", "server CPU µs / request"], rows, "lrrr")]
     if raw_s and len(raw_s) == 2:
         a, b = (C.median([r["chars_per_s"] for r in rs]) for rs in raw_s.values())
         lines.append(f"\nstreaming after / before: {b / a:.3f}x chars/s" if a else "")
@@ -151,6 +151,7 @@ def main(argv=None) -> None:
     pythons = {"before": args.baseline_python, "after": sys.executable}
     work = Path(tempfile.mkdtemp(prefix="rnnops-compare-"))
     os.chdir(work)
+    machine = C.machine()  # before the forecast section pins this process to the client's CPUs
     trees = {name: _version_of(py) for name, py in pythons.items()}
     if len(set(trees.values())) < 2:
         raise SystemExit(f"error: both Pythons import rnnops from {trees['after']}; point --baseline-python at "
@@ -158,7 +159,7 @@ def main(argv=None) -> None:
     print(f"before: {trees['before']}\nafter:  {trees['after']}", file=sys.stderr)
     raw_s = {} if args.only == "forecast" else streaming(pythons, work, args.rounds, args.streams, 4 * args.seconds)
     raw_f = {} if args.only == "streaming" else forecast(pythons, work, args.rounds, args.concurrency, args.seconds)
-    print(C.machine_markdown(C.machine()))
+    print(C.machine_markdown(machine))
     print(report(raw_s, raw_f, args.streams, args.concurrency))
     if args.json:
         args.json.write_text(json.dumps({"trees": trees, "streaming": raw_s, "forecast": raw_f}, indent=1))
