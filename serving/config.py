@@ -67,6 +67,14 @@ class ServeConfig:
     max_sessions: int = 1024
     session_ttl_s: float = 600.0
     request_timeout_s: float = 600.0  # BentoML traffic timeout (time to the first byte)
+    # reliability (http/limits.py, drain.py): request bodies at most this big (413 beyond, before
+    # the body is read); a non-streaming request answered within this long (504 beyond); a stream
+    # whose client stopped reading is cancelled after this long; SIGTERM lets in-flight work run
+    # this long before ending it
+    max_body_bytes: int = 8 << 20
+    request_deadline_s: float = 120.0
+    stall_s: float = 30.0
+    drain_s: float = 25.0
 
     @property
     def ort_threads(self) -> int:
@@ -107,6 +115,10 @@ class ServeConfig:
             "max_sessions": ("RNNOPS_MAX_SESSIONS", int),
             "session_ttl_s": ("RNNOPS_SESSION_TTL", float),
             "request_timeout_s": ("RNNOPS_REQUEST_TIMEOUT", float),
+            "max_body_bytes": ("RNNOPS_MAX_BODY_BYTES", int),
+            "request_deadline_s": ("RNNOPS_REQUEST_DEADLINE_S", float),
+            "stall_s": ("RNNOPS_STALL_S", float),
+            "drain_s": ("RNNOPS_DRAIN_S", float),
         }
         defaults = {f.name: f.default for f in fields(cls) if f.name in env}
         values = {k: _env(var, defaults[k], cast) for k, (var, cast) in env.items()}
@@ -128,3 +140,9 @@ class ServeConfig:
                 raise RnnopsError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.max_queue < 0:
             raise RnnopsError("RNNOPS_MAX_QUEUE must be 0 or more")
+        for name, var in (("request_deadline_s", "RNNOPS_REQUEST_DEADLINE_S"), ("stall_s", "RNNOPS_STALL_S"),
+                          ("drain_s", "RNNOPS_DRAIN_S")):
+            if getattr(self, name) <= 0:
+                raise RnnopsError(f"{var} must be more than 0 seconds, not {getattr(self, name)}")
+        if self.max_body_bytes < 1024:
+            raise RnnopsError(f"RNNOPS_MAX_BODY_BYTES must be at least 1024, not {self.max_body_bytes}")

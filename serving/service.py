@@ -21,9 +21,11 @@ import sys
 import bentoml
 
 from rnnops.serving.config import ServeConfig
+from rnnops.serving.drain import Drainer
 from rnnops.serving.forecast.sessions import SessionStore
 from rnnops.serving.http.app import Serving, create_app
 from rnnops.serving.http.generate import wake_watchers
+from rnnops.serving.http.limits import BodyLimitMiddleware
 from rnnops.serving.models import ModelManager
 
 CONFIG = ServeConfig.from_env()
@@ -88,6 +90,8 @@ class RnnopsService:
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_sessions())
+        # SIGTERM: unready at once, 503 to new requests, in-flight work finishes (see drain.py)
+        Drainer(self.serving, CONFIG.drain_s).install()
 
     async def _sweep_sessions(self) -> None:
         every = max(1.0, min(30.0, self.serving.sessions.ttl_s / 4))
@@ -104,4 +108,9 @@ class RnnopsService:
         await self.serving.models.stop()
 
     def __is_ready__(self) -> bool:
-        return self.serving.models.ready
+        return self.serving.models.ready and not self.serving.draining
+
+
+# The body limit on BentoML's outer app: a request announcing too big a body is refused before
+# any of it is read, on every route (see http/limits.py).
+RnnopsService.add_asgi_middleware(BodyLimitMiddleware, max_bytes=CONFIG.max_body_bytes)

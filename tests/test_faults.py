@@ -180,3 +180,133 @@ def test_serving_outlives_the_registry_and_polls_back_off_and_recover(files, tmp
             assert "rnnops_registry_up 1.0" in httpx.get(api + "/metrics").text
     finally:
         stop(mlflow_proc, signal.SIGTERM, group=True)
+
+
+# ---------------------------------------------------------------- SIGTERM: drain
+
+
+@pytest.mark.slow
+def test_sigterm_drains_in_flight_streams_and_refuses_new_requests(files, tmp_path):
+    env = {"RNNOPS_MODELS": f"char={files / 'char.onnx'}", "RNNOPS_DRAIN_S": "30"}
+    with serve(tmp_path, env) as (proc, url, log):
+        idle = httpx.Client(base_url=url, timeout=10)
+        assert idle.get("/models").status_code == 200  # a keep-alive connection, idle when the signal comes
+
+        async def scenario():
+            tasks = [asyncio.create_task(_stream(url, {"prompt": "ab", "max_chars": 3000, "seed": i}))
+                     for i in range(8)]
+            await asyncio.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)  # what `docker stop` / Kubernetes send to the arbiter
+            await asyncio.sleep(0.5)
+            new = await asyncio.to_thread(idle.post, "/complete", json={"prompt": "ab", "max_chars": 5})
+            try:
+                ready = (await asyncio.to_thread(httpx.get, url + "/readyz", timeout=2)).status_code
+            except httpx.HTTPError as exc:
+                ready = type(exc).__name__  # the listener closed: as good for a load balancer
+            return new, ready, await asyncio.gather(*tasks)
+
+        new, ready, streams = asyncio.run(scenario())
+        assert new.status_code == 503 and new.headers["retry-after"] == "1" and new.json()["type"] == "draining"
+        assert ready != 200
+        for events, _ in streams:
+            assert events[-1] == "done", events[-3:]
+        assert proc.wait(30) == 0, tail(log)
+        idle.close()
+
+
+@pytest.mark.slow
+def test_sigterm_ends_what_outlasts_the_drain_bound_with_an_error_event(files, tmp_path):
+    env = {"RNNOPS_MODELS": f"char={files / 'char.onnx'}", "RNNOPS_DRAIN_S": "1"}
+    with serve(tmp_path, env) as (proc, url, log):
+
+        async def scenario():
+            task = asyncio.create_task(_stream(url, {"prompt": "ab", "max_chars": 900000, "seed": 1}))
+            await asyncio.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            t0 = time.monotonic()
+            events, _ = await task
+            return events, time.monotonic() - t0
+
+        events, took = asyncio.run(scenario())
+        assert events[-1] == "error" and "done" not in events, events[-3:]
+        assert took < 10, took
+        assert proc.wait(30) == 0, tail(log)
+
+
+# ---------------------------------------------------------------- limits: body size, stalled clients
+
+
+@pytest.fixture(scope="module")
+def limited(files, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("limited")
+    env = {"RNNOPS_MODELS": f"char={files / 'char.onnx'},fc={files / 'fc.onnx'}", "RNNOPS_MAX_BODY_BYTES": "65536",
+           "RNNOPS_STALL_S": "1", "RNNOPS_COALESCE_MS": "0"}
+    with serve(tmp, env) as (proc, url, log):
+        yield url, log
+
+
+def _answer(s: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (the 413 closes it)."""
+    s.settimeout(5)
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    s.close()
+    return out
+
+
+def _raw(url: str, head: bytes, body: bytes = b"", rcvbuf: int | None = None) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect((host, int(port)))
+    s.sendall(head + body)
+    return s
+
+
+def test_a_body_announced_too_big_is_refused_before_it_is_sent(limited):
+    url, _ = limited
+    s = _raw(url, b"POST /forecast HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 50000000\r\n\r\n")  # and not a byte of it
+    t0 = time.monotonic()
+    answer = _answer(s)
+    assert answer.startswith(b"HTTP/1.1 413") and b"RNNOPS_MAX_BODY_BYTES" in answer, answer
+    assert time.monotonic() - t0 < 2
+
+
+def test_a_chunked_body_is_refused_once_it_passes_the_limit(limited):
+    url, _ = limited
+    chunk = b"x" * 8192
+    # just past the limit, and no end: the server must answer without waiting for more
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(9))
+    s = _raw(url, b"POST /forecast HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n", body)
+    answer = _answer(s)
+    assert answer.startswith(b"HTTP/1.1 413") and b"body_too_large" in answer, answer
+    ok = httpx.post(url + "/forecast", json={"context": [[1.0, 2.0, 3.0]] * 12}, timeout=10)
+    assert ok.status_code == 200  # a body within the limit is served as before
+
+
+def test_a_client_that_stops_reading_loses_its_stream_and_slot(limited):
+    url, log = limited
+    payload = json.dumps({"model": "char", "prompt": "ab", "max_chars": 900000, "seed": 3}).encode()
+    s = _raw(url, b"POST /generate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: "
+             + str(len(payload)).encode() + b"\r\n\r\n", payload, rcvbuf=4096)  # then never reads
+
+    def active() -> int:
+        d = httpx.get(url + "/models", timeout=10).json()
+        return sum(m["scheduler"]["active"] for m in d["models"] if m.get("scheduler"))
+
+    try:
+        deadline = time.monotonic() + 10
+        while active() == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert active() == 1
+        deadline = time.monotonic() + 90
+        while active() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert active() == 0, f"the stalled stream still holds its slot\n{tail(log)}"
+        assert "RNNOPS_STALL_S" in log.read_text()
+    finally:
+        s.close()

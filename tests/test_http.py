@@ -151,3 +151,38 @@ def test_the_app_answers_503_until_its_worker_hands_it_the_state():
     with TestClient(create_app()) as c:
         r = c.post("/forecast", json={"context": [[1.0]]})
         assert r.status_code == 503 and r.headers["Retry-After"] == "1" and r.json()["type"] == "not_ready"
+
+
+def test_a_stream_whose_client_stopped_reading_is_cancelled_after_the_stall_bound():
+    from rnnops.serving.generate.stream import GenerationRequest, Stream
+    from rnnops.serving.http.generate import SSEResponse
+
+    stream = Stream(GenerationRequest(np.array([1]), 10))
+
+    async def events():
+        try:
+            while True:
+                yield "event: chunk\ndata: {}\n\n"
+        finally:
+            events.closed = True
+
+    async def scenario():
+        sent = []
+        blocked = asyncio.Event()
+
+        async def send(message):  # the socket's buffers are full after three messages
+            sent.append(message)
+            if len(sent) > 3:
+                await blocked.wait()
+
+        async def receive():
+            await asyncio.sleep(3600)
+
+        scope = {"type": "http", "asgi": {"spec_version": "2.4"}}
+        t0 = asyncio.get_running_loop().time()
+        await SSEResponse(events(), stream, stall_s=0.2)(scope, receive, send)
+        return asyncio.get_running_loop().time() - t0, sent
+
+    took, sent = asyncio.run(scenario())
+    assert 0.2 <= took < 2 and len(sent) == 4
+    assert stream.cancelled and events.closed  # the slot is freed at the next step; the generator ran its finally

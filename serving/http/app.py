@@ -16,6 +16,7 @@ requests get a 503. Errors map to answers in :mod:`.errors`.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
@@ -28,7 +29,7 @@ from rnnops.serving.errors import Overloaded
 from rnnops.serving.forecast.sessions import SessionStore
 from rnnops.serving.http import forecast as F
 from rnnops.serving.http import generate as G
-from rnnops.serving.http.errors import JSONResponse, to_response
+from rnnops.serving.http.errors import ApiError, JSONResponse, to_response
 
 
 @dataclass
@@ -38,6 +39,12 @@ class Serving:
     config: ServeConfig
     models: object  # a ModelManager, or anything with its get/describe API (tests)
     sessions: SessionStore
+    draining: bool = False  # SIGTERM received (drain.py): new requests get 503
+    requests: int = 0  # requests inside a handler now
+
+    def in_flight(self) -> int:
+        """Requests being handled plus streams still generating (what a drain waits for)."""
+        return self.requests + self.models.in_flight()
 
 
 async def models(serving: Serving, request: Request) -> Response:
@@ -53,6 +60,7 @@ async def models(serving: Serving, request: Request) -> Response:
 
 
 Handler = Callable[[Serving, Request], Awaitable[Response]]
+HEALTH_PREFIX = "/v2/health/"  # answered while draining too (the protocol's own liveness/readiness)
 
 ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/generate", G.generate),
@@ -80,13 +88,29 @@ class RnnopsApp(Router):
 
     def _bind(self, handler: Handler):
         async def endpoint(request: Request) -> Response:
+            serving = self.serving
             try:
-                serving = self.serving
                 if serving is None:
                     raise Overloaded("not_ready", "the worker is starting; retry", 1, status=503)
-                return await handler(serving, request)
+                if serving.draining and not request.url.path.startswith(HEALTH_PREFIX):
+                    raise Overloaded("draining", "this server is shutting down; retry (another replica will "
+                                     "answer)", 1, status=503)
+                serving.requests += 1
+                try:
+                    # a streaming handler returns once its stream is admitted: the deadline bounds
+                    # the wait for an answer, never a stream's length
+                    async with asyncio.timeout(serving.config.request_deadline_s):
+                        return await handler(serving, request)
+                except TimeoutError:
+                    raise ApiError(504, "deadline", f"no answer within {serving.config.request_deadline_s:g}s "
+                                   "(RNNOPS_REQUEST_DEADLINE_S)") from None
+                finally:
+                    serving.requests -= 1
             except Exception as exc:  # every failure becomes a JSON answer; none reaches the server loop
-                return to_response(request, exc)
+                response = to_response(request, exc)
+                if serving is not None and serving.draining:
+                    response.headers["Connection"] = "close"
+                return response
 
         endpoint.__name__ = handler.__name__
         return endpoint

@@ -17,6 +17,7 @@ the characters as SSE events (coalesced), and notices clients that went away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -209,7 +210,43 @@ async def generate(serving, request: Request) -> Response:
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Model": model.name,
                "X-Model-Version": model.version}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    return SSEResponse(events(), stream, cfg.stall_s, headers=headers)
+
+
+class ClientStalled(Exception):
+    pass
+
+
+class SSEResponse(StreamingResponse):
+    """A Server-Sent Events response that gives up on a client that stopped reading.
+
+    Buffering is bounded by the socket: once the kernel's and the transport's buffers are full,
+    a send blocks. A send blocked for ``stall_s`` (``RNNOPS_STALL_S``) cancels the stream (its
+    slot is free at the next step) and closes the connection, so a stuck client holds neither a
+    slot nor more memory than its socket buffers.
+    """
+
+    def __init__(self, content, stream: Stream, stall_s: float, headers: dict | None = None):
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.stream = stream
+        self.stall_s = stall_s
+
+    async def stream_response(self, send) -> None:
+        async def bounded_send(message) -> None:
+            try:
+                async with asyncio.timeout(self.stall_s):
+                    await send(message)
+            except TimeoutError:
+                raise ClientStalled from None
+
+        try:
+            await super().stream_response(bounded_send)
+        except ClientStalled:
+            self.stream.cancel()
+            with contextlib.suppress(Exception):
+                await self.body_iterator.aclose()  # its `finally` runs now, not at garbage collection
+            log.warning("stream %s: the client read nothing for %gs (RNNOPS_STALL_S); cancelled", self.stream.id,
+                        self.stall_s)
 
 
 async def complete(serving, request: Request) -> Response:
