@@ -164,6 +164,10 @@ class ModelManager:
         # The registry as the alias polls see it: while it cannot be reached, what is loaded keeps
         # serving, readiness holds, and the polls back off (doubling, at most MAX_BACKOFF_S).
         self.registry = {"reachable": True, "error": None, "since": None, "failed_polls": 0}
+        # The poller is the retry loop: MLflow's own HTTP retries (several, with exponential
+        # backoff, by default) would only delay noticing that the registry is down by minutes.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         if metrics:
             metrics.registry_up.set(1)
 

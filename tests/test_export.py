@@ -466,3 +466,86 @@ def test_bad_inputs_are_one_clear_line(store, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     with pytest.raises(RnnopsError, match="unreachable"):
         export_run(run.info.run_id, progress=False)
+
+
+@pytest.mark.parametrize("name", ["char-mingru", "char-minlstm", "char-mlstm"])
+def test_every_new_char_cell_is_served_by_the_same_code(exports, name):
+    """Exported, then served by the ModelManager + HTTP app that serve the LSTM: no cell-specific
+    code (the runtime reads the state layout from rnnops.state)."""
+    import asyncio
+    import json
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    from rnnops.serving.config import ServeConfig
+    from rnnops.serving.forecast.sessions import SessionStore
+    from rnnops.serving.http.app import Serving, create_app
+    from rnnops.serving.http.generate import wake_watchers
+    from rnnops.serving.models import ModelManager
+
+    r = exports(name)
+    cfg = ServeConfig(models=f"m={r.onnx_path}", poll_seconds=0)
+    manager = ModelManager(cfg, on_step=wake_watchers)
+    asyncio.run(manager.start())
+    try:
+        with TestClient(create_app(Serving(cfg, manager, SessionStore()))) as c:
+            one = c.post("/complete", json={"prompt": "ROMEO:", "max_chars": 40, "seed": 5}).json()
+            with c.stream("POST", "/generate", json={"prompt": "ROMEO:", "max_chars": 40, "seed": 5}) as s:
+                data = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: ")]
+            assert len(one["text"]) == 40 and "".join(d.get("text", "") for d in data[:-1]) == one["text"]
+            served = c.get("/models").json()["models"][0]
+            assert served["cell"] == name.split("-")[1] and served["state"] == read_state(r.onnx_path)
+    finally:
+        asyncio.run(manager.stop())
+
+
+@pytest.mark.parametrize("name", ["fc-mingru-revin", "fc-minlstm-fixed", "fc-mlstm-fixed"])
+def test_every_new_forecaster_cell_serves_sessions_and_batch_jobs(exports, name, tmp_path):
+    import asyncio
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    import pandas as pd
+
+    from rnnops.serving import batch as B
+    from rnnops.serving.config import ServeConfig
+    from rnnops.serving.forecast.sessions import SessionStore
+    from rnnops.serving.http.app import Serving, create_app
+    from rnnops.serving.models import ModelManager
+    from rnnops.training import data as D
+
+    r = exports(name)
+    s = D.load_series("etth1")
+    df = pd.read_csv(Path(os.environ["RNNOPS_DATA_DIR"]) / "ETTh1.csv").iloc[:60]
+    rows = df[s.feature_names].to_numpy().tolist()
+    cfg = ServeConfig(models=f"m={r.onnx_path}", poll_seconds=0)
+    manager = ModelManager(cfg)
+    asyncio.run(manager.start())
+    try:
+        with TestClient(create_app(Serving(cfg, manager, SessionStore()))) as c:
+            whole = c.post("/forecast", json={"context": rows}).json()["forecast"]
+            last = c.post("/forecast", json={"context": rows[-24:]}).json()["forecast"]  # what a batch job reads
+            sid = c.post("/sessions", json={"context": rows[:30]}).json()["session_id"]
+            step = c.post(f"/sessions/{sid}", json={"observations": rows[30:]}).json()["forecast"]
+            np.testing.assert_allclose(step, whole, atol=1e-4)  # carried state (or window) == the whole history
+    finally:
+        asyncio.run(manager.stop())
+    df.to_csv(tmp_path / "in.csv", index=False)
+    job = B.ForecastJob(model=str(r.onnx_path), input=tmp_path / "in.csv", output=tmp_path / "out.csv", progress=False)
+    summary = B.run(job)
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert summary.failed == 0 and len(out) == 12 * len(s.target_names)
+    batch = out.sort_values(["step", "target"]).pivot(index="step", columns="target", values="forecast")
+    np.testing.assert_allclose(batch[list(s.target_names)].to_numpy(), np.array(last), atol=1e-4)
+
+
+def read_state(path):
+    from rnnops.registry.onnx_file import read_metadata
+
+    return read_metadata(path)["state"]
