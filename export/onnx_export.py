@@ -32,6 +32,7 @@ import rnnops
 from rnnops import contract
 from rnnops.errors import RnnopsError
 from rnnops.export import wrappers
+from rnnops.training import intervals
 
 EXPORTERS = ("legacy", "dynamo")
 DEFAULT_OPSET = 18
@@ -61,6 +62,9 @@ def metadata_for(model: nn.Module, spec: dict, source_run: str | None) -> dict:
         "lookback": int(c.lookback) if kind == "forecaster" else None,
         "horizon": int(c.horizon) if kind == "forecaster" else None,
         "freq": spec.get("freq") if kind == "forecaster" else None,
+        "arch": getattr(c, "arch", "rnn") if kind == "forecaster" else None,
+        "quantiles": ({"output": contract.QUANTILES_OUTPUT, "levels": [float(v) for v in c.quantiles],
+                       "calibration": spec.get("intervals")} if intervals.has_intervals(model) else None),
         "source_run": source_run,
         "version": rnnops.__version__,
     }
@@ -86,6 +90,8 @@ def export_onnx(model: nn.Module, spec: dict, path: str | Path, *, opset: int = 
         with _quiet(), torch.no_grad():
             if exporter == "legacy":
                 _export_legacy(step, args, path, opset, names_in, names_out, axes)
+            elif wrappers.is_segrnn(model):
+                raise RnnopsError("the dynamo exporter does not take --arch segrnn yet: use --exporter legacy")
             elif wrappers.is_modern(model):
                 raise RnnopsError(f"the dynamo exporter cannot export {model.config.cell} yet (its recurrence is a "
                                   "scripted loop, which torch.export unrolls): use --exporter legacy")
@@ -136,6 +142,8 @@ def _dynamic_axes(model: nn.Module) -> dict:
     axes = {contract.INPUT: {0: BATCH, 1: TIME}, main: {0: BATCH, 1: TIME} if model.kind == "char" else {0: BATCH}}
     for t in wrappers.state_spec(model):
         axes[t.input] = axes[t.output] = {t.batch_axis: BATCH}
+    if intervals.has_intervals(model):
+        axes[contract.QUANTILES_OUTPUT] = {0: BATCH}
     return axes
 
 
@@ -167,6 +175,8 @@ def _name_dims(proto, model: nn.Module) -> None:
     else:
         x, main = [BATCH, TIME, c.n_features], [BATCH, c.horizon, len(c.target_indices)]
     want = {contract.INPUT: x, contract.CHAR_OUTPUT: main, contract.FORECAST_OUTPUT: main}
+    if intervals.has_intervals(model):
+        want[contract.QUANTILES_OUTPUT] = [*main, len(c.quantiles)]
     for t in wrappers.state_spec(model):  # exactly the shapes the rnnops.state metadata declares
         want[t.input] = want[t.output] = list(t.shape)
     for value in list(proto.graph.input) + list(proto.graph.output):

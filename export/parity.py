@@ -35,6 +35,7 @@ from torch import nn
 from rnnops import contract
 from rnnops.errors import RnnopsError
 from rnnops.export import wrappers
+from rnnops.training import intervals
 
 Backend = Callable[[dict[str, np.ndarray]], list[np.ndarray]]  # feeds by name -> outputs in contract order
 
@@ -72,12 +73,14 @@ class ParityGateFailed(RnnopsError):
 def eager_backend(model: nn.Module) -> Backend:
     """The training module's ``forward(x, state)``: the reference."""
     names = [t.input for t in wrappers.state_spec(model)]
+    with_bands = intervals.has_intervals(model)
 
     def run(feeds):
         with torch.no_grad():
             x = torch.from_numpy(feeds[contract.INPUT])
             out, state = model(x, tuple(torch.from_numpy(feeds[n]) for n in names))
-        return [out.numpy(), *(s.numpy() for s in state)]
+            extra = [intervals.bands(model, x, out).numpy()] if with_bands else []  # last, as in the graph
+        return [out.numpy(), *(s.numpy() for s in state), *extra]
 
     return run
 

@@ -289,8 +289,9 @@ def _signature(model):
     spec = wrappers.state_spec(model)
     shape = lambda t: tuple(-1 if d == contract.BATCH_DIM else int(d) for d in t.shape)  # noqa: E731
     inputs = Schema([x, *(TensorSpec(f32, shape(t), t.input) for t in spec)])
+    bands = [TensorSpec(f32, (*main, len(c.quantiles)), contract.QUANTILES_OUTPUT)] if wrappers.intervals.has_intervals(model) else []
     outputs = Schema([TensorSpec(f32, main, wrappers.output_names(model)[0]),
-                      *(TensorSpec(f32, shape(t), t.output) for t in spec)])
+                      *(TensorSpec(f32, shape(t), t.output) for t in spec), *bands])
     t = wrappers.min_time(model) if wrappers.is_windowed(model) else 8
     example = wrappers.make_inputs(model, 2, t, np.random.default_rng(0), random_state=False)
     return ModelSignature(inputs=inputs, outputs=outputs), example

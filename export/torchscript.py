@@ -34,7 +34,7 @@ def export_torchscript(model: nn.Module, path: str | Path) -> Path:
     step = wrappers.inference_module(model)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        if wrappers.is_modern(model):
+        if wrappers.traced(model):  # the modern cells and SegRNN: forward(x, *state)
             module = torch.jit.trace(step, wrappers.example_inputs(model), check_trace=False)
         else:
             module = torch.jit.script(step)

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from rnnops import contract
 from rnnops.errors import RnnopsError
+from rnnops.training import intervals
 from rnnops.training.stack import MODERN_CELLS
 
 class CharStep(nn.Module):
@@ -130,9 +131,26 @@ def is_modern(model: nn.Module) -> bool:
     return getattr(model.config, "cell", None) in MODERN_CELLS
 
 
+def is_segrnn(model: nn.Module) -> bool:
+    return getattr(model.config, "arch", "rnn") == "segrnn"
+
+
+def traced(model: nn.Module) -> bool:
+    """Wrappers whose state arity varies (``forward(x, *state)``): traced, not scripted."""
+    return is_modern(model) or is_segrnn(model)
+
+
 def inference_module(model: nn.Module) -> nn.Module:
     """The explicit-state module for a CharModel or Forecaster, in eval mode."""
     kind, cell = getattr(model, "kind", None), getattr(model.config, "cell", None)
+    if is_segrnn(model):  # its own module, prediction intervals included (training/segrnn.py)
+        from rnnops.training.segrnn import SegRNNStep
+
+        return SegRNNStep(model).eval()
+    if intervals.has_intervals(model):  # + the quantiles output (export/bands.py)
+        from rnnops.export.bands import bands_module
+
+        return bands_module(model, modern=cell in MODERN_CELLS)
     if kind in ("char", "forecaster") and cell in MODERN_CELLS:
         return (CharStepModern(model) if kind == "char" else ForecastStepModern(model)).eval()
     if kind == "char" and cell in ("lstm", "gru", "rnn"):
@@ -162,15 +180,17 @@ def input_names(model: nn.Module) -> list[str]:
 
 def output_names(model: nn.Module) -> list[str]:
     main = contract.CHAR_OUTPUT if model.kind == "char" else contract.FORECAST_OUTPUT
-    return [main, *(t.output for t in state_spec(model))]
+    extra = [contract.QUANTILES_OUTPUT] if intervals.has_intervals(model) else []  # always last
+    return [main, *(t.output for t in state_spec(model)), *extra]
 
 
 def relative_outputs(model: nn.Module) -> list[str]:
     """State outputs without a fixed scale, gated relatively: mLSTM's memory C and n (sums over
     the sequence, kept divided by exp(m)); a forecaster's ``forecast`` is relative anyway."""
+    bands = [contract.QUANTILES_OUTPUT] if intervals.has_intervals(model) else []  # raw units, as the forecast
     if getattr(model.config, "cell", None) != "mlstm":
-        return []
-    return [t.output for t in state_spec(model) if t.output.startswith(("Cn_", "nn_"))]
+        return bands
+    return [t.output for t in state_spec(model) if t.output.startswith(("Cn_", "nn_"))] + bands
 
 
 def is_windowed(model: nn.Module) -> bool:

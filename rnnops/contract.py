@@ -15,6 +15,9 @@ ONNX_FILE = "model.onnx"  # the graph's file name: what mlflow.onnx.log_model wr
 INPUT = "x"  # char: int64 [B, T] token ids; forecaster: float32 [B, T, F] raw values
 CHAR_OUTPUT = "logits"  # float32 [B, T, V]
 FORECAST_OUTPUT = "forecast"  # float32 [B, horizon, F_out], raw units
+# Forecasters with prediction intervals: float32 [B, horizon, F_out, levels], raw units, the last
+# output of the graph; its name and levels are in the "rnnops.quantiles" metadata (quantiles_of).
+QUANTILES_OUTPUT = "quantiles"
 
 
 def state_inputs(cell: str) -> list[str]:
@@ -100,9 +103,24 @@ META_KEYS = (
     "lookback",
     "horizon",
     "freq",  # forecaster: pandas frequency string of the training data, or null
+    "arch",  # forecaster: "rnn" (the cell over every observation) | "segrnn" (over segments); null: char
+    "quantiles",  # forecaster with intervals: {"output", "levels", "calibration"}; null: none
     "source_run",  # MLflow run id the weights came from
     "version",  # rnnops version that exported it
 )
+
+
+def quantiles_of(meta: dict) -> tuple[str, tuple[float, ...]] | None:
+    """(output name, levels) of a decoded metadata dict's prediction intervals, or None (files
+    exported before the key existed, and models without intervals)."""
+    q = meta.get("quantiles")
+    if not q:
+        return None
+    try:
+        levels = tuple(float(v) for v in q["levels"])
+        return str(q.get("output") or QUANTILES_OUTPUT), levels
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"rnnops.quantiles {q!r} is malformed ({exc}); want {{output, levels, calibration}}") from None
 
 
 def encode_metadata(meta: dict) -> dict[str, str]:

@@ -38,6 +38,11 @@ class Norm(str, Enum):
     fixed = "fixed"
 
 
+class Arch(str, Enum):
+    rnn = "rnn"
+    segrnn = "segrnn"
+
+
 Opt = typer.Option
 Experiment = Annotated[Optional[str], Opt(help="MLflow experiment (default rnnops-char / rnnops-forecast).")]
 Resume = Annotated[Optional[str], Opt(help="Continue a killed or interrupted run from its last checkpoint (run id); other flags are ignored.")]
@@ -122,6 +127,12 @@ def forecast(
     lookback: Annotated[Optional[int], Opt(min=1, help="Input window length L.")] = None,
     horizon: Annotated[Optional[int], Opt(min=1, help="Forecast steps H.")] = None,
     cell: Annotated[ForecastCell, Opt(help="Recurrent cell.")] = ForecastCell.gru,
+    arch: Annotated[Arch, Opt(help="rnn: the cell over every observation; segrnn: SegRNN, the cell over segments "
+                                   "of the lookback, channel-independent, all horizon segments decoded at once.")] = Arch.rnn,
+    segment_length: Annotated[Optional[int], Opt("--segment-length", help="segrnn: observations per segment "
+                                                 "(default 24; must divide --lookback).")] = None,
+    quantiles: Annotated[Optional[str], Opt(help="Prediction intervals at these levels, e.g. 0.1,0.5,0.9: "
+                                                 "split-conformal per horizon step, calibrated on the validation split.")] = None,
     norm: Annotated[Optional[Norm], Opt(help="revin: per-window normalisation (windowed model); fixed: train-split scaler (stateful model).")] = None,
     linear_skip: Annotated[Optional[bool], Opt(help="Add an NLinear-style linear map of the window (revin only).")] = None,
     preset: Annotated[Preset, Opt(help="tiny (seconds, tests), quick (~2.5 min), full (~15 min).")] = Preset.quick,
@@ -155,8 +166,9 @@ def forecast(
                  "lookback": lookback, "horizon": horizon, "model.norm": norm.value if norm else None,
                  "model.linear_skip": linear_skip, "model.hidden_size": hidden_size, "model.num_layers": layers,
                  "model.heads": heads, "model.ff_mult": ff_mult, "model.dropout": dropout,
+                 "model.segment_length": segment_length, "model.quantiles": quantiles,
                  **_train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed)}
-    launch(forecast_job(data, cell.value, preset.value, overrides), experiment, nproc=nproc)
+    launch(forecast_job(data, cell.value, preset.value, overrides, arch=arch.value), experiment, nproc=nproc)
 
 
 @app.command()

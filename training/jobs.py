@@ -27,7 +27,10 @@ from rnnops.errors import RnnopsError
 from rnnops.training import data as D
 from rnnops.training import distributed
 from rnnops.training.logged_model import log_model
+from rnnops.training import intervals
+from rnnops.training.intervals import parse_levels
 from rnnops.training.models import CharModel, CharModelConfig, Forecaster, ForecasterConfig, check_config
+from rnnops.training.segrnn import DEFAULT_SEGMENT, SegRNN, check_segments
 from rnnops.training.sampling import generate
 from rnnops.training.trainer import Checkpoint, TrainSettings, train
 
@@ -75,6 +78,20 @@ CELL_PRESETS = {
     "forecast": {"mingru": _MODERN_FORECAST, "minlstm": _MODERN_FORECAST, "mlstm": _MODERN_FORECAST},
 }
 
+# --arch segrnn (training/segrnn.py): the paper's shape (one GRU layer, segments of 24, dropout
+# 0.5 before the head) at a width and batch this CPU trains for enough epochs in the budget.
+# These replace the preset's model and train settings whatever the cell.
+SEGRNN_PRESETS = {
+    "tiny": dict(model=dict(hidden_size=16, dropout=0.0), train=dict(steps=20, batch_size=32, lr=3e-3, warmup_steps=2,
+                                                                       eval_every=10)),
+    "quick": dict(model=dict(hidden_size=256, dropout=0.5),
+                  train=dict(steps=6000, batch_size=64, lr=1e-3, warmup_steps=50, eval_every=150, time_budget_s=150.0,
+                             patience=6)),
+    "full": dict(model=dict(hidden_size=512, dropout=0.5),
+                 train=dict(steps=20000, batch_size=256, lr=1e-3, warmup_steps=100, eval_every=100, time_budget_s=900.0,
+                            patience=10)),
+}
+
 
 def _preset(presets: dict, task: str, cell: str, preset: str) -> dict:
     """The preset's values, with the cell's own preset (if any) over them; a fresh copy."""
@@ -107,17 +124,38 @@ def char_job(data: str, cell: str, preset: str, overrides: dict) -> dict:
     return job
 
 
-def forecast_job(data: str, cell: str, preset: str, overrides: dict) -> dict:
+def forecast_job(data: str, cell: str, preset: str, overrides: dict, arch: str = "rnn") -> dict:
     if preset not in FORECAST_PRESETS:
         raise RnnopsError(f"unknown preset {preset!r}: use one of {', '.join(FORECAST_PRESETS)}")
+    if arch not in ("rnn", "segrnn"):
+        raise RnnopsError(f"unknown --arch {arch!r}: use rnn or segrnn")
     p = _preset(FORECAST_PRESETS, "forecast", cell, preset)
+    if arch == "segrnn":
+        p = {"model": dict(SEGRNN_PRESETS[preset]["model"]), "train": dict(SEGRNN_PRESETS[preset]["train"])}
     job = {"task": "forecast", "data": data, "preset": preset, "features": "M", "target": None,
            "date_column": None, "fill": None, "lookback": 96, "horizon": 96,
            "model": {"cell": cell, "norm": "revin", "linear_skip": True, "num_layers": 1, "dropout": 0.0, **p["model"]},
            "train": asdict(TrainSettings(**p["train"]))}
+    if arch == "segrnn":
+        job["model"].update(arch="segrnn", segment_length=DEFAULT_SEGMENT, linear_skip=False)
     _apply(job, overrides)
     _check_model("forecaster", job["model"])
+    _check_forecast(job)
     return job
+
+
+def _check_forecast(job: dict) -> None:
+    """What a forecast job's flags can get wrong, each one line before any data is read."""
+    m = job["model"]
+    m["quantiles"] = parse_levels(m.get("quantiles"))
+    if not m["quantiles"]:
+        m.pop("quantiles", None)
+    if m.get("arch", "rnn") == "segrnn":
+        if m.get("norm", "revin") != "revin":
+            raise RnnopsError("--arch segrnn normalises each window by itself (instance normalisation): use --norm revin")
+        check_segments(int(job["lookback"]), int(job["horizon"]), int(m.get("segment_length", DEFAULT_SEGMENT)))
+    elif "segment_length" in m:
+        raise RnnopsError("--segment-length applies to --arch segrnn only")
 
 
 def sine_job(overrides: dict) -> dict:
@@ -335,7 +373,7 @@ def _setup_forecast(job: dict) -> dict:
     config = ForecasterConfig(n_features=len(series.feature_names), target_indices=tidx, lookback=L, horizon=H,
                               scaler_mean=mean.tolist(), scaler_std=std.tolist(),
                               feature_names=series.feature_names, target_names=series.target_names, **job["model"])
-    model = Forecaster(config)
+    model = SegRNN(config) if config.arch == "segrnn" else Forecaster(config)
     values = torch.tensor(series.values)  # a copy: pandas may hand out a read-only array
     std_t = torch.from_numpy(std[tidx])
     bs = job["train"]["batch_size"]
@@ -425,3 +463,17 @@ def _plot_forecasts(model, series: D.SeriesData, test_starts: np.ndarray, window
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+        if intervals.has_intervals(model):  # calibrated on val after training, scored on val and test
+            calibration = intervals.calibrate(model, windows, starts["val"])
+            spec["intervals"] = calibration
+            mlflow.log_dict(calibration, "intervals/calibration.json")
+            for split in ("val", "test"):
+                final.update(intervals.scores(model, windows, starts[split], std_t, split))
+    band = None
+    if intervals.has_intervals(model):  # the outermost levels, e.g. the 80 % interval of 0.1 / 0.9
+        q = intervals.bands(model, x, pred)
+        levels = model.config.quantiles
+        band = (q[..., 0], q[..., -1], f"{(levels[-1] - levels[0]) * 100:g} % interval")
+        if band is not None:
+            ax.fill_between(fut, band[0][i, :, -1], band[1][i, :, -1], color="tab:orange", alpha=0.25, lw=0,
+                            label=band[2])

@@ -28,7 +28,7 @@ from torch import nn
 
 from rnnops import contract
 from rnnops.errors import RnnopsError
-from rnnops.training import stack
+from rnnops.training import intervals, stack
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 CHAR_CELLS = (*CELLS, *stack.MODERN_CELLS)
@@ -145,6 +145,9 @@ class ForecasterConfig:
     heads: int | None = None  # mlstm only (default 4)
     ff_mult: float | None = None  # modern cells only (default 4; 0 = no MLP)
     linear_skip: bool = True  # revin only: add an NLinear-style linear map of the window
+    arch: str = "rnn"  # "rnn": the cell over every observation; "segrnn": over segments (training/segrnn.py)
+    segment_length: int = 24  # segrnn only: observations per segment (must divide the lookback)
+    quantiles: list[float] = field(default_factory=list)  # interval levels (training/intervals.py); [] = none
     scaler_mean: list[float] = field(default_factory=list)
     scaler_std: list[float] = field(default_factory=list)
     feature_names: list[str] = field(default_factory=list)
@@ -178,6 +181,7 @@ class Forecaster(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, config.horizon * n_out)
         self.skip = nn.Linear(config.lookback, config.horizon) if (config.norm == "revin" and config.linear_skip) else None
+        intervals.add_buffer(self)
 
     def init_state(self, batch: int, device=None) -> State:
         return _zero_state(self.config, batch, device)
@@ -212,5 +216,12 @@ def build_model(kind: str, config: dict) -> nn.Module:
     if kind == "char":
         return CharModel(CharModelConfig(**config))
     if kind == "forecaster":
-        return Forecaster(ForecasterConfig(**config))
+        fc = ForecasterConfig(**config)
+        if fc.arch == "segrnn":
+            from rnnops.training.segrnn import SegRNN
+
+            return SegRNN(fc)
+        if fc.arch != "rnn":
+            raise RnnopsError(f"unknown forecaster architecture {fc.arch!r}: use rnn or segrnn")
+        return Forecaster(fc)
     raise RnnopsError(f"unknown model kind {kind!r}")
