@@ -17,11 +17,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[all]'
 	touch $@
 
-# PostgreSQL (the production-shape tests run a real mlflow server on it) and Java 17 (Spark).
+# PostgreSQL (the production-shape tests run a real mlflow server on it), Java 17 (Spark) and
+# Redis (the shared forecast-session store).
 # Needs root or sudo; without them those tests skip with the reason (CI=true makes them fail).
 system-deps:
 	bash scripts/install_postgres.sh || echo "warning: PostgreSQL not installed: production tests will skip"
 	bash scripts/ensure_java.sh || echo "warning: no Java 17: Spark tests will skip"
+	bash scripts/install_redis.sh || echo "warning: no redis-server: the shared session store tests will skip"
 
 test: setup system-deps
 	$(PY) -m pytest

@@ -277,6 +277,68 @@ def start_mlflow_server(pg: Postgres, base: Path, timeout: float = 240.0) -> Ite
         atexit.unregister(cleanup)
 
 
+@dataclass
+class Redis:
+    url: str  # redis://127.0.0.1:PORT/0
+    port: int
+    proc: subprocess.Popen
+    dir: Path
+
+
+@contextlib.contextmanager
+def start_redis(base: Path, port: int | None = None, timeout: float = 20.0) -> Iterator[Redis]:
+    """Debian's ``redis-server`` (``bash scripts/install_redis.sh``) on a free loopback port, its
+    data in ``base``, no persistence; stopped at the end."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        missing("redis-server is not installed (bash scripts/install_redis.sh)")
+    base.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    log = base / "redis.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(base), "--save", "",
+                                 "--appendonly", "no", "--protected-mode", "yes"], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=base, start_new_session=True)
+    cleanup = lambda: stop(proc, signal.SIGTERM)  # noqa: E731
+    atexit.register(cleanup)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {proc.returncode}\n{tail(log)}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as c:
+                c.sendall(b"PING\r\n")
+                if c.recv(64).startswith(b"+PONG"):
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis-server did not answer within {timeout:.0f}s\n{tail(log)}")
+            time.sleep(0.1)
+        yield Redis(url=f"redis://127.0.0.1:{port}/0", port=port, proc=proc, dir=base)
+    finally:
+        cleanup()
+        atexit.unregister(cleanup)
+
+
+@contextlib.contextmanager
+def serve_bentoml(tmp: Path, env: dict, name: str = "server", timeout: float = 120.0):
+    """``bentoml serve`` of the rnnops service on a free loopback port, with ``env`` on top of this
+    process's environment (tiny models, 1 ORT thread, no alias polling unless asked); yields
+    ``(process, base URL, log)`` once ``/readyz`` answers, and stops the whole tree after."""
+    port = free_port()
+    log = tmp / f"{name}.log"
+    full = {**os.environ, "BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
+            "RNNOPS_POLL_SECONDS": "0", "RNNOPS_THREADS": "1", "RNNOPS_MAX_CHARS": "1000000", **env}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "rnnops.serving.service:RnnopsService",
+                                 "--host", "127.0.0.1", "--port", str(port)], env=full, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", proc, log, timeout)
+        yield proc, f"http://127.0.0.1:{port}", log
+    finally:
+        stop(proc, signal.SIGTERM, group=True)
+
+
 # ---------------------------------------------------------------- fixtures
 
 

@@ -20,11 +20,8 @@ import pytest
 pytest.importorskip("torch")
 httpx = pytest.importorskip("httpx")
 
-from servers import free_port, stop, tail, wait_http  # noqa: E402
+from servers import free_port, serve_bentoml as serve, stop, tail, wait_http  # noqa: E402
 from test_runtime import export_char, export_forecaster  # noqa: E402
-
-SERVICE = "rnnops.serving.service:RnnopsService"
-
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
@@ -32,23 +29,6 @@ def files(tmp_path_factory):
     export_char(root / "char.onnx", "lstm", hidden=64)
     export_forecaster(root / "fc.onnx", norm="fixed", lookback=12, horizon=4)
     return root
-
-
-@contextlib.contextmanager
-def serve(tmp: Path, env: dict, name: str = "server"):
-    port = free_port()
-    log = tmp / f"{name}.log"
-    full = {**os.environ, "BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-            "RNNOPS_POLL_SECONDS": "0", "RNNOPS_THREADS": "1", "RNNOPS_MAX_CHARS": "1000000", **env}
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1", "--port",
-                                 str(port)], env=full, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=tmp, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/readyz", proc, log, 120)
-        yield proc, f"http://127.0.0.1:{port}", log
-    finally:
-        stop(proc, signal.SIGTERM, group=True)
 
 
 def _children(pid: int) -> list[int]:
