@@ -67,6 +67,8 @@ class ModelInfo:
     freq: str | None = None
     source_run: str | None = None
     exported_by: str | None = None
+    quantiles: tuple[float, ...] = ()  # prediction-interval levels (rnnops.quantiles); () = none
+    quantiles_output: str | None = None  # the graph output holding them, [B, horizon, F_out, levels]
 
     @property
     def state_inputs(self) -> tuple[str, ...]:
@@ -91,6 +93,7 @@ class ModelInfo:
             raise RnnopsError(f"{where}: ONNX metadata lacks {', '.join('rnnops.' + k for k in missing)}")
         try:
             state = contract.state_spec(meta)
+            bands = contract.quantiles_of(meta)
         except ValueError as exc:
             raise RnnopsError(f"{where}: {exc}") from None
         return cls(
@@ -108,6 +111,8 @@ class ModelInfo:
             freq=meta.get("freq"),
             source_run=meta.get("source_run"),
             exported_by=meta.get("version"),
+            quantiles=bands[1] if bands else (),
+            quantiles_output=bands[0] if bands else None,
         )
 
 
@@ -181,6 +186,8 @@ class Runtime:
         else:
             d.update(features=list(i.feature_names), targets=list(i.target_names), lookback=i.lookback,
                      horizon=i.horizon, freq=i.freq)
+            if i.quantiles:
+                d["quantiles"] = list(i.quantiles)
         return d
 
     def _check_graph(self) -> None:
@@ -189,11 +196,13 @@ class Runtime:
         outputs = [x.name for x in self.session.get_outputs()]
         want_in = [contract.INPUT, *i.state_inputs]
         want_out = [i.main_output, *i.state_outputs]
+        if i.quantiles_output:
+            want_out = [*want_out, i.quantiles_output]
         missing = [n for n in want_in if n not in inputs] + [n for n in want_out if n not in outputs]
         if missing:
             raise RnnopsError(f"{self.path}: graph lacks {', '.join(missing)} (inputs {inputs}, outputs {outputs}); "
                               "it does not follow the rnnops ONNX contract")
-        self._outputs = want_out
+        self._outputs = want_out[:1 + len(i.state)]  # main + state: what every call fetches
 
     # ------------------------------------------------------------------ running
 
@@ -314,6 +323,51 @@ class Runtime:
         if not outs:
             return np.zeros((0, self.info.horizon, len(self.info.target_names)), np.float32)
         return np.concatenate(outs) if len(outs) > 1 else outs[0]
+
+    def forecast_bands(self, windows: np.ndarray, max_batch: int = 1024) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`forecast` and, for a model with prediction intervals (``rnnops.quantiles``), its
+        quantiles ``[B, horizon, F_out, levels]`` (raw units, levels as ``info.quantiles``) from the
+        same call; ``None`` for a model without them."""
+        if not self.info.quantiles_output:
+            return self.forecast(windows, max_batch), None
+        x = self._window(windows)
+        ys, qs = [], []
+        for lo in range(0, x.shape[0], max_batch):
+            y, q, _ = self._run_bands(x[lo:lo + max_batch], None)
+            ys.append(y)
+            qs.append(q)
+        if not ys:
+            i = self.info
+            return (np.zeros((0, i.horizon, len(i.target_names)), np.float32),
+                    np.zeros((0, i.horizon, len(i.target_names), len(i.quantiles)), np.float32))
+        return np.concatenate(ys), np.concatenate(qs)
+
+    def forecast_step_bands(self, x: np.ndarray, state: State | None) -> tuple[np.ndarray, np.ndarray | None, State]:
+        """:meth:`forecast_step` plus the quantiles (``None`` for a model without intervals)."""
+        if not self.info.quantiles_output:
+            y, new = self.forecast_step(x, state)
+            return y, None, new
+        if self.info.kind != "forecaster" or not self.info.stateful:
+            raise RnnopsError(f"{self.name} is not a stateful forecaster")
+        return self._run_bands(self._window(x), state)
+
+    def _run_bands(self, x: np.ndarray, state: State | None):
+        """One call fetching the main output, the quantiles and the state (host arrays; on CPU a lone
+        row runs as a pair, as :meth:`_run` does, so results never depend on what shares the call)."""
+        i = self.info
+        b = x.shape[0]
+        st = self.state_numpy(self.zero_state(b) if state is None else state)
+        pair = self.device == "cpu" and b == 1
+        if pair:
+            x = np.concatenate([x, x])
+            st = tuple(np.concatenate([s, s], axis=t.batch_axis) for s, t in zip(st, i.state))
+        names = [i.main_output, i.quantiles_output, *i.state_outputs]
+        out = self.session.run(names, {contract.INPUT: x, **dict(zip(i.state_inputs, st))})
+        y, q, new = out[0], out[1], tuple(out[2:])
+        if pair:
+            y, q = y[:1], q[:1]
+            new = tuple(np.take(s, [0], axis=t.batch_axis) for s, t in zip(new, i.state))
+        return y, q, tuple(self._to_device(s) for s in new)
 
     def forecast_step(self, x: np.ndarray, state: State | None) -> tuple[np.ndarray, State]:
         """Stateful forecasters: new observations ``[B, T, F]`` from ``state`` (None = zeros) ->

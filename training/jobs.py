@@ -27,7 +27,7 @@ from rnnops.errors import RnnopsError
 from rnnops.training import data as D
 from rnnops.training import distributed
 from rnnops.training.logged_model import log_model
-from rnnops.training import intervals
+from rnnops.training import intervals, runinfo
 from rnnops.training.intervals import parse_levels
 from rnnops.training.models import CharModel, CharModelConfig, Forecaster, ForecasterConfig, check_config
 from rnnops.training.segrnn import DEFAULT_SEGMENT, SegRNN, check_segments
@@ -180,8 +180,12 @@ def _apply(job: dict, overrides: dict) -> None:
 # ---------------------------------------------------------------- running
 
 
-def run_job(job: dict, experiment: str | None = None, resume_run: str | None = None) -> str:
-    """Train ``job`` as an MLflow run (or continue ``resume_run``); returns the run id."""
+def run_job(job: dict, experiment: str | None = None, resume_run: str | None = None, on_metrics=None) -> str:
+    """Train ``job`` as an MLflow run (or continue ``resume_run``); returns the run id.
+
+    Inside an active run (``rnnops tune``'s parent) the run is nested under it. ``on_metrics(m,
+    step)`` sees every logged dict (tuning reports evaluations to its pruner; raising
+    :class:`runinfo.StopRun` there ends the run as KILLED)."""
     import mlflow
 
     from rnnops.tracking import connect
@@ -197,12 +201,14 @@ def run_job(job: dict, experiment: str | None = None, resume_run: str | None = N
             return group.follow(job, setup, resume_run)  # rank 0 alone logs, evaluates, checkpoints
     experiment = experiment or f"rnnops-{job['task']}"
     if resume_run:
-        run = mlflow.start_run(run_id=resume_run)
+        run = mlflow.start_run(run_id=resume_run, log_system_metrics=runinfo.system_metrics())
     else:
-        mlflow.set_experiment(experiment)
-        run = mlflow.start_run()
+        if mlflow.active_run() is None:
+            mlflow.set_experiment(experiment)
+        run = mlflow.start_run(run_name=runinfo.run_name(job), nested=True, log_system_metrics=runinfo.system_metrics())
         mlflow.log_params(_flatten(job))
-        mlflow.set_tags({"rnnops.version": rnnops.__version__, "rnnops.task": job["task"], **_git_tags()})
+        mlflow.set_tags({"rnnops.version": rnnops.__version__, "rnnops.task": job["task"], **_git_tags(),
+                         runinfo.DESCRIPTION_TAG: f"training ({runinfo.run_name(job)})"})
         mlflow.log_input(setup["dataset"], context="training")
         mlflow.log_dict(job, "config/job.json")
     run_id = run.info.run_id
@@ -216,14 +222,14 @@ def run_job(job: dict, experiment: str | None = None, resume_run: str | None = N
     try:
         state = train(
             setup["model"], TrainSettings(**job["train"]), setup["sample_batch"], setup["loss_fn"],
-            setup["evaluate"], lambda m, step: mlflow.log_metrics(m, step=step), ckpt,
+            setup["evaluate"], _logger(on_metrics), ckpt,
             setup["items_per_batch"], setup["unit"], setup["val_key"], resume=resume_run is not None,
             clock=group.clock if group else time.perf_counter,
         )
         final = setup["finish"](state)
         # Logged at the last step so the run's summary shows these (best weights), not the last eval.
         mlflow.log_metrics({**final, "train_seconds": state["elapsed"], "steps": state["step"]}, step=state["step"])
-        mlflow.set_tag("rnnops.stop_reason", state["stop"])
+        mlflow.set_tags({"rnnops.stop_reason": state["stop"], runinfo.DESCRIPTION_TAG: runinfo.description(job, final, state)})
         spec = {**setup["spec"], "run_id": run_id, "metrics": final, "rnnops_version": rnnops.__version__}
         with tempfile.TemporaryDirectory() as tmp:
             log_model(setup["model"], spec, Path(tmp))
@@ -233,9 +239,24 @@ def run_job(job: dict, experiment: str | None = None, resume_run: str | None = N
         status = "KILLED"
         print(f"\ninterrupted: checkpoint saved; continue with `rnnops train {job['task']} --resume {run_id}`", file=sys.stderr)
         raise
+    except runinfo.StopRun as exc:  # ended on purpose (a pruned trial): not a failure
+        status = exc.status
+        mlflow.set_tags({"rnnops.stop_reason": str(exc), runinfo.DESCRIPTION_TAG: str(exc)})
+        raise
     finally:
         mlflow.end_run(status=status)
     return run_id
+
+
+def _logger(on_metrics):
+    import mlflow
+
+    def log(m: dict, step: int) -> None:
+        mlflow.log_metrics(m, step=step)
+        if on_metrics is not None:
+            on_metrics(m, step)
+
+    return log
 
 
 def _print_summary(job: dict, final: dict, state: dict, run_id: str) -> None:
@@ -417,6 +438,12 @@ def _setup_forecast(job: dict) -> dict:
         import mlflow
 
         final = {**scores("val"), **scores("test")}
+        if intervals.has_intervals(model):  # calibrated on val after training, scored on val and test
+            calibration = intervals.calibrate(model, windows, starts["val"])
+            spec["intervals"] = calibration
+            mlflow.log_dict(calibration, "intervals/calibration.json")
+            for split in ("val", "test"):
+                final.update(intervals.scores(model, windows, starts[split], std_t, split))
         with tempfile.TemporaryDirectory() as tmp:
             png = Path(tmp) / "forecast_vs_actual.png"
             _plot_forecasts(model, series, starts["test"], windows, png)
@@ -450,6 +477,11 @@ def _plot_forecasts(model, series: D.SeriesData, test_starts: np.ndarray, window
     picks = torch.from_numpy(test_starts[np.linspace(0, len(test_starts) - 1, n).astype(int)])
     x, y = windows(picks)
     pred, _ = model(x)
+    band = None
+    if intervals.has_intervals(model):  # the outermost levels, e.g. the 80 % interval of 0.1 / 0.9
+        q = intervals.bands(model, x, pred)
+        levels = model.config.quantiles
+        band = (q[..., 0], q[..., -1], f"{(levels[-1] - levels[0]) * 100:g} % interval")
     t_in = series.feature_names.index(series.target_names[-1])
     fig, axes = plt.subplots(n, 1, figsize=(10, 2.6 * n), squeeze=False)
     for i, ax in enumerate(axes[:, 0]):
@@ -458,22 +490,11 @@ def _plot_forecasts(model, series: D.SeriesData, test_starts: np.ndarray, window
         ax.plot(hist, x[i, :, t_in], color="0.4", label="history")
         ax.plot(fut, y[i, :, -1], color="tab:blue", label="actual")
         ax.plot(fut, pred[i, :, -1], color="tab:orange", label="forecast")
+        if band is not None:
+            ax.fill_between(fut, band[0][i, :, -1], band[1][i, :, -1], color="tab:orange", alpha=0.25, lw=0,
+                            label=band[2])
         ax.set_title(f"{series.name} {series.target_names[-1]}: test window starting at row {int(picks[i])}", fontsize=9)
     axes[0, 0].legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-        if intervals.has_intervals(model):  # calibrated on val after training, scored on val and test
-            calibration = intervals.calibrate(model, windows, starts["val"])
-            spec["intervals"] = calibration
-            mlflow.log_dict(calibration, "intervals/calibration.json")
-            for split in ("val", "test"):
-                final.update(intervals.scores(model, windows, starts[split], std_t, split))
-    band = None
-    if intervals.has_intervals(model):  # the outermost levels, e.g. the 80 % interval of 0.1 / 0.9
-        q = intervals.bands(model, x, pred)
-        levels = model.config.quantiles
-        band = (q[..., 0], q[..., -1], f"{(levels[-1] - levels[0]) * 100:g} % interval")
-        if band is not None:
-            ax.fill_between(fut, band[0][i, :, -1], band[1][i, :, -1], color="tab:orange", alpha=0.25, lw=0,
-                            label=band[2])

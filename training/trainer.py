@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
+from rnnops.training.progress import TrainBar
 
 
 @dataclass
@@ -132,7 +132,7 @@ def train(
             p = max(p, (clock() - start) / s.time_budget_s)
         return p
 
-    bar = tqdm(total=s.steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
+    bar = TrainBar(s.steps, s.time_budget_s, progress(), state["step"])  # over the budget's seconds when one is set
     window_t, window_items = time.perf_counter(), 0
     try:
         while state["step"] < s.steps and progress() < 1.0:
@@ -148,7 +148,7 @@ def train(
             optimizer.step()
             state["step"] += 1
             window_items += items_per_batch
-            bar.update(1)
+            bar.advance(state["step"], progress())
             if state["step"] % 10 == 0:
                 now = time.perf_counter()
                 rate = window_items / (now - window_t)

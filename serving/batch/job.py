@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 # Output columns besides the input's id and date columns (whose names are kept).
 STEP, TARGET, FORECAST, MODEL, MODEL_VERSION = "step", "target", "forecast", "model", "model_version"
 DATE_NAMES = ("date", "datetime", "timestamp", "time", "ds")
+
+
+def quantile_column(level: float) -> str:
+    """The output column of a prediction-interval level: 0.1 -> forecast_p10, 0.025 -> forecast_p2.5."""
+    return f"{FORECAST}_p{level * 100:g}"
 EXIT_SERIES_FAILED = 3  # CLI exit status when some series failed and the rest were written
 
 
@@ -81,6 +86,7 @@ class Layout:
     date_format: str | None
     model_freq: str | None
     id_type: pa.DataType | None = None  # the id column's type: string for CSV, the file's for Parquet
+    quantiles: tuple[float, ...] = ()  # prediction-interval levels: a forecast_pNN column each (write.py)
 
 
 @dataclass(frozen=True)
@@ -152,7 +158,7 @@ def plan(job: ForecastJob, model: ForecastModel) -> Layout:
         raise RnnopsError(f"--id-column {job.id_column} is one of the model's features")
     if date_col in info.feature_names:
         raise RnnopsError(f"date column {date_col} is one of the model's features")
-    taken = {STEP, TARGET, FORECAST, MODEL, MODEL_VERSION}
+    taken = {STEP, TARGET, FORECAST, MODEL, MODEL_VERSION, *map(quantile_column, info.quantiles)}
     clash = [c for c in (job.id_column, date_col) if c in taken]
     if clash or job.id_column == date_col and job.id_column is not None:
         raise RnnopsError(f"input column name(s) {_list(clash or [date_col])} clash with the output columns "
@@ -176,7 +182,7 @@ def plan(job: ForecastJob, model: ForecastModel) -> Layout:
             id_type = pa.string()
     return Layout(fmt=fmt, id_column=job.id_column, date_column=date_col, features=tuple(info.feature_names),
                   targets=tuple(info.target_names), lookback=info.lookback, horizon=horizon, freq=job.freq,
-                  date_format=job.date_format, model_freq=info.freq, id_type=id_type)
+                  date_format=job.date_format, model_freq=info.freq, id_type=id_type, quantiles=tuple(info.quantiles))
 
 
 def _list(cols, most: int = 12) -> str:

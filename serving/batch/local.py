@@ -28,6 +28,13 @@ def make_runtime(model: ForecastModel, threads: int = 1):
                    name=f"{model.name}/{model.version}")
 
 
+def predict(runtime, windows: np.ndarray, batch: int) -> np.ndarray:
+    """Forecasts ``[m, H, T]``, or ``[m, H, T, 1 + levels]`` (forecast, then each quantile) for a model
+    with prediction intervals: what the writer takes, from one onnxruntime call per chunk."""
+    y, q = runtime.forecast_bands(windows, max_batch=batch)
+    return y if q is None else np.concatenate([y[..., None], q], axis=-1)
+
+
 def forecast_batches(runtime, prepared: Prepared, batch: int, workers: int) -> Iterator[tuple[slice, np.ndarray]]:
     """Forecasts for ``prepared.windows`` in slices of ``batch`` windows, ``workers`` onnxruntime
     calls at a time (one session, called from several threads; each call single-threaded:
@@ -40,14 +47,14 @@ def forecast_batches(runtime, prepared: Prepared, batch: int, workers: int) -> I
     slices = [slice(lo, min(m, lo + batch)) for lo in range(0, m, batch)]
     if workers <= 1 or len(slices) <= 1:
         for s in slices:
-            yield s, runtime.forecast(prepared.windows[s], max_batch=batch)
+            yield s, predict(runtime, prepared.windows[s], batch)
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="rnnops-forecast") as pool:
         # bounded look-ahead keeps memory flat: at most 2 x workers batches in flight
         pending: list = []
         it = iter(slices)
         for s in it:
-            pending.append((s, pool.submit(runtime.forecast, prepared.windows[s], batch)))
+            pending.append((s, pool.submit(predict, runtime, prepared.windows[s], batch)))
             if len(pending) >= 2 * workers:
                 s0, f0 = pending.pop(0)
                 yield s0, f0.result()

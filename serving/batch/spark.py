@@ -116,9 +116,12 @@ def forecast_group(task: GroupTask, table: pa.Table) -> pa.Table:
         tails.feed(batch, pos)
     prepared = tails.finish()
     m, H, T, L, F = len(prepared.ids), layout.horizon, len(layout.targets), layout.lookback, len(layout.features)
-    y = np.zeros((m, H, T), np.float32)
+    K = 1 + len(layout.quantiles) if layout.quantiles else 1  # the forecast, then each quantile
+    y = np.zeros((m, H, T, K), np.float32)
     if m:  # chunks of batch_windows, a lone window run as a pair: the local engine's calls exactly
-        y[:] = _runtime(task).forecast(prepared.windows, max_batch=task.batch_windows)[:, :H]
+        from rnnops.serving.batch.local import predict
+
+        y[:] = predict(_runtime(task), prepared.windows, task.batch_windows)[:, :H].reshape(m, H, T, K)
     errors = prepared.errors
     n_err = len(errors)
     cols = {
@@ -128,7 +131,7 @@ def forecast_group(task: GroupTask, table: pa.Table) -> pa.Table:
         "error": [None] * m + [e.message for e in errors],
         "mismatch": prepared.mismatch.tolist() + [False] * n_err,
         "future": _lists(prepared.future.reshape(m, H), pa.int64(), n_err),
-        "forecast": _lists(y.reshape(m, H * T), pa.float32(), n_err),
+        "forecast": _lists(y.reshape(m, H * T * K), pa.float32(), n_err),
     }
     if task.with_windows:
         cols["window"] = _lists(prepared.windows.reshape(m, L * F), pa.float32(), n_err)
@@ -268,7 +271,10 @@ def _write(job: B.ForecastJob, model: B.ForecastModel, layout: B.Layout, table: 
     m, H, T, L, F = ok.num_rows, layout.horizon, len(layout.targets), layout.lookback, len(layout.features)
     ids = ok["id"].to_pylist()
     future = _matrix(ok["future"], m, H, np.int64)
-    y = _matrix(ok["forecast"], m, H * T, np.float32).reshape(m, H, T)
+    K = 1 + len(layout.quantiles) if layout.quantiles else 1
+    y = _matrix(ok["forecast"], m, H * T * K, np.float32).reshape(m, H, T, K)
+    if K == 1:
+        y = y[..., 0]
     if "window" in table.column_names:
         windows = _matrix(ok["window"], m, L * F, np.float32).reshape(m, L, F)
         wdates = _matrix(ok["window_dates"], m, L, np.int64)

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from rnnops.errors import RnnopsError
 from rnnops.serving.batch.job import (FORECAST, MODEL, MODEL_VERSION, STEP, TARGET, ForecastJob, ForecastModel,
-                                      JobSummary, Layout, _progress)
+                                      JobSummary, Layout, _progress, quantile_column)
 from rnnops.serving.batch.read import CSV_SUFFIXES, PARQUET_SUFFIXES, file_format
 from rnnops.serving.batch.tails import Prepared, SeriesError
 
@@ -28,7 +28,8 @@ def output_schema(layout: Layout, date_type: pa.DataType) -> pa.Schema:
     if layout.id_column is not None:
         fields.append(pa.field(layout.id_column, layout.id_type or pa.string()))
     fields += [pa.field(layout.date_column, date_type), pa.field(STEP, pa.int32()), pa.field(TARGET, pa.string()),
-               pa.field(FORECAST, pa.float32()), pa.field(MODEL, pa.string()), pa.field(MODEL_VERSION, pa.int64())]
+               pa.field(FORECAST, pa.float32()), *(pa.field(quantile_column(q), pa.float32()) for q in layout.quantiles),
+               pa.field(MODEL, pa.string()), pa.field(MODEL_VERSION, pa.int64())]
     return pa.schema(fields)
 
 
@@ -39,11 +40,14 @@ def date_type_for(future: np.ndarray) -> pa.DataType:
 
 def output_table(schema: pa.Schema, layout: Layout, ids: list, future: np.ndarray, y: np.ndarray,
                  model: str, version: int | None) -> pa.Table:
-    """Rows for ``len(ids)`` series: for each series, each step, each target (in that order)."""
+    """Rows for ``len(ids)`` series: for each series, each step, each target (in that order).
+    ``y``: forecasts ``[m, H, T]``, or ``[m, H, T, 1 + levels]`` (the forecast, then each quantile)
+    for a model with prediction intervals."""
     m, H = future.shape
     T = len(layout.targets)
     per = H * T
-    y = np.ascontiguousarray(y[:, :H, :], dtype=np.float32)
+    bands = np.ascontiguousarray(y[:, :H, :, 1:], dtype=np.float32) if y.ndim == 4 else None
+    y = np.ascontiguousarray(y[:, :H, :, 0] if y.ndim == 4 else y[:, :H, :], dtype=np.float32)
     cols = []
     if layout.id_column is not None:
         id_field = schema.field(layout.id_column)
@@ -54,6 +58,8 @@ def output_table(schema: pa.Schema, layout: Layout, ids: list, future: np.ndarra
     targets = pa.array(list(layout.targets), type=pa.string())
     cols.append(targets.take(pa.array(np.tile(np.arange(T), m * H))))
     cols.append(pa.array(y.reshape(-1)))
+    for k in range(len(layout.quantiles)):
+        cols.append(pa.array(np.ascontiguousarray(bands[..., k]).reshape(-1)))
     cols.append(pa.array([model], type=pa.string()).take(pa.array(np.zeros(m * per, np.int64))))
     cols.append(pa.nulls(m * per, pa.int64()) if version is None else
                 pa.array(np.full(m * per, int(version), np.int64)))
@@ -191,10 +197,15 @@ def plot_series(folder: Path, layout: Layout, prepared: Prepared, y: np.ndarray,
         for ax, t in zip(axes[:, 0], shown_t):
             name = layout.targets[t]
             f_in = layout.features.index(name) if name in layout.features else None
-            fx, fy = fut, y[i, : layout.horizon, t]
+            point = y[i, : layout.horizon, t, 0] if y.ndim == 4 else y[i, : layout.horizon, t]
+            fx, fy = fut, point
             if f_in is not None:
                 ax.plot(hist, prepared.windows[k, :, f_in], color="0.35", lw=1, label="history")
                 fx, fy = np.r_[hist[-1:], fut], np.r_[prepared.windows[k, -1:, f_in], fy]  # joined to the last point
+            if y.ndim == 4:  # the outermost levels' band, e.g. 0.1-0.9
+                lv = layout.quantiles
+                ax.fill_between(fut, y[i, : layout.horizon, t, 1], y[i, : layout.horizon, t, -1], color="tab:orange",
+                                alpha=0.25, lw=0, label=f"p{lv[0] * 100:g}-p{lv[-1] * 100:g}")
             ax.plot(fx, fy, color="tab:orange", lw=1.4, label="forecast")
             ax.set_ylabel(name, fontsize=8)
             ax.tick_params(labelsize=7)

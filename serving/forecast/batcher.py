@@ -34,6 +34,11 @@ class ForecastBatcher:
     async def forecast(self, windows: list[np.ndarray]) -> list[np.ndarray]:
         """float32 windows ``[T_i, F]`` (any lengths) -> their forecasts ``[horizon, F_out]``,
         batched with whatever else is waiting."""
+        return [y for y, _ in await self.forecast_bands(windows)]
+
+    async def forecast_bands(self, windows: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """:meth:`forecast` with each window's quantiles ``[horizon, F_out, levels]`` beside its
+        forecast (``None`` for a model without prediction intervals); one batched call either way."""
         loop = asyncio.get_running_loop()
         futures = []
         for w in windows:
@@ -57,7 +62,7 @@ class ForecastBatcher:
                 x = np.stack([w for w, _ in items])
                 t0 = time.perf_counter()
                 try:
-                    y = await loop.run_in_executor(self._executor, self.runtime.forecast, x, self.max_batch)
+                    y, q = await loop.run_in_executor(self._executor, self.runtime.forecast_bands, x, self.max_batch)
                 except Exception as exc:
                     for _, fut in items:
                         if not fut.done():
@@ -68,9 +73,9 @@ class ForecastBatcher:
                 if self._batch_hist is not None:
                     self._batch_hist.observe(len(x))
                     self._seconds_hist.observe(time.perf_counter() - t0)
-                for (_, fut), row in zip(items, y):
+                for k, (_, fut) in enumerate(items):
                     if not fut.done():
-                        fut.set_result(row)
+                        fut.set_result((y[k], None if q is None else q[k]))
 
     @property
     def busy(self) -> bool:

@@ -40,6 +40,7 @@ class ForecastSession:
         self.window = np.zeros((0, len(info.feature_names)), np.float32)
         self.observations = 0
         self.last_forecast: np.ndarray | None = None
+        self.last_quantiles: np.ndarray | None = None  # [horizon, F_out, levels] for models with intervals
         self.freq = freq  # the client's explicit frequency, if any
         self.timestamps = np.zeros(0, np.int64)  # ns, of the last rows the model reads (oldest first)
         self.created = self.last_used = time.monotonic()
@@ -58,14 +59,19 @@ class ForecastSession:
         """Take new rows ``[n, F]``; returns the forecast ``[horizon, F_out]`` (None: window not full yet).
         Blocking (an ORT call): run it off the event loop."""
         rt = self.model.runtime
+        q = None
         if self.stateful:
-            y, self.state = rt.forecast_step(rows[None], self.state)
+            y, q, self.state = rt.forecast_step_bands(rows[None], self.state)
             out = y[0]
         else:
             self.window = np.concatenate([self.window, rows])[-self.lookback:]
-            out = rt.forecast(self.window[None])[0] if len(self.window) >= self.lookback else None
+            out = None
+            if len(self.window) >= self.lookback:
+                y, q = rt.forecast_bands(self.window[None])
+                out = y[0]
         self.observations += len(rows)
         self.last_forecast = out
+        self.last_quantiles = None if q is None else q[0]
         return out
 
 

@@ -166,7 +166,8 @@ async def forecast(serving, request: Request) -> Response:
             raise InputError("timestamps must hold one list per window in contexts", "timestamps")
         stamps = [_stamps_for(t, w, info, "timestamps" if single else f"timestamps[{i}]", body.freq)
                   for i, (t, w) in enumerate(zip(ts, windows))]
-    y = await model.batcher.forecast(windows)  # [horizon, F_out] float32 each, serialised by orjson as is
+    bands = await model.batcher.forecast_bands(windows)  # [horizon, F_out] float32 each, serialised by orjson as is
+    y = [f for f, _ in bands]
     resp = {"model": model.name, "version": model.version, "targets": list(info.target_names),
             "horizon": info.horizon}
     if single:
@@ -177,7 +178,15 @@ async def forecast(serving, request: Request) -> Response:
         resp["forecasts"] = y
         if stamps:
             resp["timestamps"] = stamps
+    if info.quantiles:  # prediction intervals: {"0.1": [horizon x F_out], ...} beside each forecast
+        per = [quantiles_view(info.quantiles, q) for _, q in bands]
+        resp["quantiles"] = per[0] if single else per
     return JSONResponse(resp)
+
+
+def quantiles_view(levels, q: np.ndarray) -> dict:
+    """``q [horizon, F_out, levels]`` -> ``{"0.1": [horizon x F_out], ...}`` (keys: the levels)."""
+    return {f"{level:g}": np.ascontiguousarray(q[..., k]) for k, level in enumerate(levels)}
 
 
 # --------------------------------------------------------------------------------- sessions
@@ -189,6 +198,9 @@ def session_view(serving, sess, forecast) -> dict:
          "stateful": sess.stateful, "observations": sess.observations, "needs": sess.needs,
          "targets": list(info.target_names), "forecast": None if forecast is None else forecast.tolist(),
          "expires_in_s": serving.sessions.ttl_s}
+    bands = getattr(sess, "last_quantiles", None)
+    if forecast is not None and bands is not None:
+        d["quantiles"] = {k: v.tolist() for k, v in quantiles_view(info.quantiles, bands).items()}
     if forecast is not None and len(sess.timestamps):
         try:
             d["timestamps"] = future_timestamps(sess.timestamps, info, "timestamps", sess.freq)
