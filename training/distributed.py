@@ -103,7 +103,7 @@ class Replicas:
         s = TrainSettings(**{**job["train"], "seed": job["train"]["seed"] + self.rank * RANK_SEED_STRIDE})
         train(setup["model"], s, setup["sample_batch"], setup["loss_fn"], setup["evaluate"], lambda m, step: None,
               ckpt, setup["items_per_batch"], setup["unit"], setup["val_key"], resume=resume_run is not None,
-              clock=self.clock)
+              clock=self.clock, restore_rng=False)  # rank 0's random states are not this rank's
         return run_id
 
 
@@ -113,7 +113,7 @@ class ReplicaCheckpoint(Checkpoint):
     def save_job(self, job: dict) -> None:
         pass
 
-    def save(self, model, optimizer, trainer_state: dict, best: bool = False) -> None:
+    def save(self, *args, **kwargs) -> None:
         pass
 
     def load_best(self, model) -> None:

@@ -243,9 +243,66 @@ def run_job(job: dict, experiment: str | None = None, resume_run: str | None = N
         status = exc.status
         mlflow.set_tags({"rnnops.stop_reason": str(exc), runinfo.DESCRIPTION_TAG: str(exc)})
         raise
+    except Exception:
+        gone = _tracking_server_gone()
+        if gone is None:
+            raise
+        status = None  # the server cannot be told: the run stays RUNNING until --resume ends it
+        raise RnnopsError(
+            f"MLflow tracking server {settings.tracking_uri()} stopped answering during training ({gone}); "
+            f"the checkpoint (step {_checkpoint_step(ckpt)}) is kept in {ckpt.folder}: continue with "
+            f"`rnnops train {job['task']} --resume {run_id}` once the server is back"
+        ) from None
     finally:
-        mlflow.end_run(status=status)
+        if status is None:
+            _end_run_unreachable()
+        else:
+            mlflow.end_run(status=status)
     return run_id
+
+
+def _tracking_server_gone() -> str | None:
+    """Why the HTTP tracking server is unreachable (its ``/health`` does not answer), or None
+    when it answers or the store is not a server: then a failure is not the server's."""
+    import urllib.error
+    import urllib.request
+
+    uri = settings.tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as resp:
+            resp.read()
+        return None
+    except (urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", exc))
+
+
+def _checkpoint_step(ckpt: Checkpoint) -> int | str:
+    try:
+        return torch.load(ckpt.folder / "trainer.pt", weights_only=True)["trainer"]["step"]
+    except Exception:
+        return "?"
+
+
+def _end_run_unreachable() -> None:
+    """End the active run in this process without minutes of retries: one quick attempt to
+    mark it FAILED (a server that came back gets it), else leave it RUNNING on the server."""
+    import os
+
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    try:
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status="FAILED")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _logger(on_metrics):
