@@ -107,6 +107,7 @@ class NaiveGenerator:
             s.phase = "decode"
             while not s.cancelled:
                 t = int(sample_batch(logits, temp, topk, topp, np.array([s.rng.random()]))[0])
+                s.note_logprobs(logits[0], t, self.vocab)
                 finished = s.push(self.vocab[t])
                 self.chars += 1
                 self.on_step([s])

@@ -84,6 +84,7 @@ class DecodeBatch:
         self.temperature = np.array([p.temperature for p in ps], dtype=np.float64)
         self.top_k = np.array([p.top_k for p in ps], dtype=np.int64)
         self.top_p = np.array([p.top_p for p in ps], dtype=np.float64)
+        self.logprobs = any(s.request.logprobs is not None for s in self.streams)
 
     def add(self, streams: list[Stream], states: list, tokens: list[int]) -> None:
         """Streams joining after their prefill, each with its own state (batch of one)."""
@@ -324,6 +325,9 @@ class StepScheduler:
         ids = sample_batch(logits, batch.temperature, batch.top_k, batch.top_p, u)
         batch.advance(state, ids)
         vocab = self.vocab
+        if batch.logprobs:  # some stream asked for log-probabilities (OpenAI `logprobs`)
+            for s, row, t in zip(streams, logits, ids.tolist()):
+                s.note_logprobs(row, t, vocab)
         finished = [j for j, (s, t) in enumerate(zip(streams, ids.tolist())) if s.push(vocab[t])]
         if finished:
             done = set(finished)
@@ -363,9 +367,10 @@ class StepScheduler:
         ids = sample_batch(np.stack([row for _, row in ready]), np.array([p.temperature for p in ps]),
                            np.array([p.top_k for p in ps]), np.array([p.top_p for p in ps]), u)
         joining, states, tokens = [], [], []
-        for s, t in zip(streams, ids.tolist()):
+        for (s, row), t in zip(ready, ids.tolist()):
             self._prefill.remove(s)
             state, s.state = s.state, None
+            s.note_logprobs(row, t, self.vocab)
             if not s.push(self.vocab[t]):
                 s.phase = "decode"
                 joining.append(s)

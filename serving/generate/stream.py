@@ -28,6 +28,7 @@ class GenerationRequest:
     params: SamplingParams = SamplingParams()
     seed: int | None = None  # None: a random seed (reported in the stats, so a text can be replayed)
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: none; k >= 0: each character's log-probability and the top k
 
 
 @dataclass
@@ -93,6 +94,9 @@ class Stream:
         self._done = threading.Event()
         self.watcher = None  # the consumer's wake-up hook, set by the transport (opaque here)
         self.scheduler = None  # who runs it (to wake it on cancel)
+        # per sampled character (aligned with ``generated``), when the request asks for them:
+        # (its log-probability, {character: log-probability} of the top ``logprobs`` ones)
+        self.logprobs: list[tuple[float, dict[str, float]]] = []
 
     # ---- consumer side ---------------------------------------------------------------
 
@@ -152,6 +156,17 @@ class Stream:
         }
 
     # ---- scheduler side ----------------------------------------------------------------
+
+    def note_logprobs(self, logits: np.ndarray, token: int, vocab) -> None:
+        """Record the model's log-probabilities (raw logits, before temperature and top-k/p)
+        for the character about to be pushed; only for requests that asked (OpenAI ``logprobs``)."""
+        k = self.request.logprobs
+        if k is None:
+            return
+        z = logits.astype(np.float64)
+        lp = z - (z.max() + np.log(np.exp(z - z.max()).sum()))
+        top = np.argsort(-lp, kind="stable")[:k] if k else ()
+        self.logprobs.append((float(lp[token]), {vocab[i]: float(lp[i]) for i in top}))
 
     def push(self, ch: str) -> bool:
         """Add a sampled character; returns True when the stream is finished."""
