@@ -75,6 +75,12 @@ class ServeConfig:
     request_deadline_s: float = 120.0
     stall_s: float = 30.0
     drain_s: float = 25.0
+    # access (http/auth.py): keys (comma-separated or @FILE), per-key streams per worker (0 = no
+    # bound), /metrics behind the keys too, allowed browser origins (comma-separated)
+    api_keys: str = ""
+    max_streams_per_key: int = 0
+    metrics_auth: bool = False
+    cors_origins: str = ""
 
     @property
     def ort_threads(self) -> int:
@@ -119,6 +125,10 @@ class ServeConfig:
             "request_deadline_s": ("RNNOPS_REQUEST_DEADLINE_S", float),
             "stall_s": ("RNNOPS_STALL_S", float),
             "drain_s": ("RNNOPS_DRAIN_S", float),
+            "api_keys": ("RNNOPS_API_KEYS", str),
+            "max_streams_per_key": ("RNNOPS_MAX_STREAMS_PER_KEY", int),
+            "metrics_auth": ("RNNOPS_METRICS_AUTH", _flag),
+            "cors_origins": ("RNNOPS_CORS_ORIGINS", str),
         }
         defaults = {f.name: f.default for f in fields(cls) if f.name in env}
         values = {k: _env(var, defaults[k], cast) for k, (var, cast) in env.items()}
@@ -146,3 +156,9 @@ class ServeConfig:
                 raise RnnopsError(f"{var} must be more than 0 seconds, not {getattr(self, name)}")
         if self.max_body_bytes < 1024:
             raise RnnopsError(f"RNNOPS_MAX_BODY_BYTES must be at least 1024, not {self.max_body_bytes}")
+        if self.max_streams_per_key < 0:
+            raise RnnopsError("RNNOPS_MAX_STREAMS_PER_KEY must be 0 (no bound) or more")
+        if self.api_keys:
+            from rnnops.serving.http.auth import load_keys
+
+            load_keys(self.api_keys)  # a missing or empty key file is one line now, not a worker traceback

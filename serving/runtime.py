@@ -273,6 +273,16 @@ class Runtime:
         s, axis = state[0], self.info.state[0].batch_axis
         return int(s.shape()[axis] if isinstance(s, ort.OrtValue) else s.shape[axis])
 
+    def run(self, x: np.ndarray, state: State | None = None) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """One call over ``x`` from ``state`` (None = zeros), everything on the host: the main
+        output in full (char: logits ``[B, T, V]``) and the new state (the Open Inference Protocol
+        hands out tensors exactly as the ONNX contract names them)."""
+        x = np.ascontiguousarray(x, dtype=np.int64 if self.kind == "char" else np.float32)
+        if self.kind != "char":
+            x = self._window(x)
+        y, new = self._run(x, self.zero_state(x.shape[0]) if state is None else tuple(self._to_device(s) for s in state))
+        return y, self.state_numpy(new)
+
     # ------------------------------------------------------------------ char models
 
     def encode(self, text: str) -> np.ndarray:

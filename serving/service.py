@@ -24,6 +24,7 @@ from rnnops.serving.config import ServeConfig
 from rnnops.serving.drain import Drainer
 from rnnops.serving.forecast.sessions import SessionStore
 from rnnops.serving.http.app import Serving, create_app
+from rnnops.serving.http.auth import middlewares as access_middlewares
 from rnnops.serving.http.generate import wake_watchers
 from rnnops.serving.http.limits import BodyLimitMiddleware
 from rnnops.serving.models import ModelManager
@@ -52,7 +53,7 @@ def _tracing_sample_rate() -> float:
 # under BentoML's default `tracing.sample_rate` of 0, when no span is ever recorded. The two
 # hot data paths are left out of tracing unless RNNOPS_TRACE_HOT_PATHS=1 (their access log and
 # metrics stay); the service warns at startup if tracing is on while they are left out.
-HOT_PATHS = ["/generate", "/forecast"]
+HOT_PATHS = ["/generate", "/forecast", "/v1/completions", "/v2/models/.*/infer"]
 _TRACING = {} if CONFIG.trace_hot_paths else {"tracing": {"excluded_urls": HOT_PATHS}}
 
 
@@ -114,3 +115,8 @@ class RnnopsService:
 # The body limit on BentoML's outer app: a request announcing too big a body is refused before
 # any of it is read, on every route (see http/limits.py).
 RnnopsService.add_asgi_middleware(BodyLimitMiddleware, max_bytes=CONFIG.max_body_bytes)
+
+# API keys, per-key stream bounds and CORS on BentoML's outer app, so that they cover its own
+# routes (/metrics) too, not only our mounted router (see http/auth.py).
+for _cls, _options in access_middlewares(CONFIG):
+    RnnopsService.add_asgi_middleware(_cls, **_options)

@@ -87,8 +87,12 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def open(self, model, freq: str | None = None) -> ForecastSession:
+    def open(self, model, freq: str | None = None, session_id: str | None = None) -> ForecastSession:
+        """A new session; ``session_id`` names it (an OIP sequence: ``seq:<model>:<id>``), replacing
+        an open one of that name, otherwise a random id is drawn."""
         self.sweep()
+        if session_id is not None:
+            self._sessions.pop(session_id, None)
         if len(self._sessions) >= self.max_sessions:
             if self._metrics:
                 self._metrics.rejected.labels(model.name, "sessions_full").inc()
@@ -96,7 +100,7 @@ class SessionStore:
                              f"RNNOPS_MAX_SESSIONS={self.max_sessions}); close unused ones (DELETE /sessions/ID) "
                              f"or wait for idle ones to expire ({self.ttl_s:g}s)",
                              retry_after=int(min(60, max(1, self.ttl_s / 10))), status=429)
-        s = ForecastSession(model, secrets.token_hex(12), freq)
+        s = ForecastSession(model, session_id or secrets.token_hex(12), freq)
         self._sessions[s.id] = s
         self._gauge()
         return s

@@ -6,6 +6,9 @@ Thin: it validates, translates and frames; the scheduler, batcher and sessions d
 - ``POST /forecast``  ``context`` (T x F) or ``contexts`` (N windows) -> forecasts, raw units.
 - ``POST /sessions``, ``POST|GET|DELETE /sessions/{id}``: stateful forecast sessions (:mod:`.forecast`).
 - ``GET /models``  what is served, draining and failed, and the limits.
+- ``/v1/models``, ``/v1/completions``: OpenAI-compatible completions (:mod:`.openai`).
+- ``/v2/...``: the Open Inference Protocol, KServe v2 / Triton HTTP, with sequences (:mod:`.oip`).
+- ``GET /docs.json`` (OpenAPI 3.1 of all of the above), ``GET /docs`` (Swagger UI): :mod:`.openapi`.
 
 Every handler takes the serving state explicitly (:class:`Serving`: config, model manager,
 sessions), so a handler can be tested with Starlette's test client and a fake model manager.
@@ -29,6 +32,9 @@ from rnnops.serving.errors import Overloaded
 from rnnops.serving.forecast.sessions import SessionStore
 from rnnops.serving.http import forecast as F
 from rnnops.serving.http import generate as G
+from rnnops.serving.http import oip as OIP
+from rnnops.serving.http import openai as OA
+from rnnops.serving.http import openapi as DOCS
 from rnnops.serving.http.errors import ApiError, JSONResponse, to_response
 
 
@@ -71,6 +77,18 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/sessions/{session_id}", F.get_session),
     ("DELETE", "/sessions/{session_id}", F.close_session),
     ("GET", "/models", models),
+    # the ecosystem's protocols and the contract (issue 11): OpenAI completions, KServe v2 / Triton
+    ("GET", "/v1/models", OA.list_models),
+    ("POST", "/v1/completions", OA.completions),
+    ("GET", "/v2", OIP.server_metadata),
+    ("GET", "/v2/health/live", OIP.live),
+    ("GET", "/v2/health/ready", OIP.ready),
+    *((method, prefix + tail, handler) for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+      for method, tail, handler in (("GET", "", OIP.metadata), ("GET", "/ready", OIP.model_ready),
+                                    ("POST", "/infer", OIP.infer))),
+    ("GET", "/docs.json", DOCS.docs_json),
+    ("GET", "/docs", DOCS.docs_page),
+    ("GET", "/static_content/{file}", DOCS.asset),
 ]
 
 

@@ -1,0 +1,384 @@
+"""The Open Inference Protocol (KServe v2 / Triton HTTP), so Triton's and KServe's clients, gateways
+and load generators can use a served model as it is.
+
+- ``GET /v2`` (server metadata), ``/v2/health/live``, ``/v2/health/ready``;
+  ``GET /v2/models/{name}[/versions/{v}]`` (inputs and outputs with datatypes and shapes from the
+  ONNX contract), ``.../ready``; ``POST /v2/models/{name}[/versions/{v}]/infer``.
+- Tensors as JSON (``data`` flat in row-major order, or nested) or with the **binary tensor data
+  extension**: a JSON header of ``Inference-Header-Content-Length`` bytes, then each input's
+  ``binary_data_size`` bytes in order; outputs go out binary when asked (an output's
+  ``binary_data``, or the request's ``binary_data_output``, which tritonclient sets when it
+  names no outputs). Errors are ``{"error": "..."}`` (tritonclient reads that key).
+- Forecasters: ``x`` FP32 ``[B, T, F]`` -> ``forecast`` FP32 ``[B, H, F_out]`` through the model's
+  :class:`ForecastBatcher`, batched with ``/forecast`` traffic. A windowed model declares
+  ``T = lookback`` (what it reads; longer windows are cut to it as on ``/forecast``).
+- Char models: ``x`` INT64 ``[B, T]`` -> ``logits`` ``[B, T, V]``, plus the state tensors as the
+  model's ``rnnops.state`` names them: given as inputs they are the starting state (else zeros),
+  asked for as outputs they are returned.
+- **Sequences** (Triton's sequence batcher over HTTP: request parameters ``sequence_id``,
+  ``sequence_start``, ``sequence_end``) for forecasters: a sequence is a forecast session of the
+  one :class:`SessionStore` under the id ``seq:<model>:<sequence_id>`` (same cap, idle TTL, and
+  version pinning), its state kept server-side and stepped together with the other sequences of
+  the model (:class:`SessionStepper`). ``sequence_end`` frees it; a request for an unknown or
+  expired sequence without ``sequence_start`` is a 400 saying so. Until a windowed sequence has
+  ``lookback`` rows its answer has no outputs and the parameter ``needs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from rnnops import __version__, contract
+from rnnops.serving.errors import UnknownModel, UnknownSession
+from rnnops.serving.forecast.stepper import SessionStepper
+from rnnops.serving.http.errors import ApiError, JSONResponse, validation_error
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+DTYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+          "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "FP16": "float16",
+          "FP32": "float32", "FP64": "float64"}
+OIP_TYPE = {v: k for k, v in DTYPES.items()}
+MAX_ELEMENTS = 1 << 26  # per tensor: bounds what a header may claim before any data is read
+
+
+class Tensor(BaseModel):
+    """An input tensor (``data`` as JSON, or ``parameters.binary_data_size`` bytes after the header)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    name: str
+    shape: list[int] = Field(..., max_length=8)
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class RequestedOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    """POST /v2/models/{name}/infer (KServe v2). ``parameters``: ``binary_data_output``,
+    ``sequence_id`` (int or string), ``sequence_start``, ``sequence_end``; ``priority`` and
+    ``timeout`` are accepted as hints."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[Tensor] = Field(..., min_length=1, max_length=16)
+    outputs: list[RequestedOutput] | None = None
+
+
+class OutputTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+    data: list[float] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[OutputTensor]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class OIPError(BaseModel):
+    error: str
+
+
+# --------------------------------------------------------------------------------- models
+
+
+def _model(serving, request: Request):
+    name = request.path_params["name"]
+    m = serving.models.current.get(name)
+    if m is None:  # 503 while a configured model loads, else UnknownModel (404)
+        m = serving.models.get(name, "char")
+    version = request.path_params.get("version")
+    if version and version != m.version:
+        raise UnknownModel(f"model {name!r} version {version!r} is not loaded here (it serves version {m.version})")
+    return m
+
+
+def _state_meta(t: contract.StateTensor, end: str) -> dict:
+    shape = [-1 if d == contract.BATCH_DIM else int(d) for d in t.shape]
+    return {"name": t.input if end == "input" else t.output, "datatype": OIP_TYPE[t.dtype], "shape": shape}
+
+
+def model_metadata(m) -> dict:
+    i = m.runtime.info
+    if i.kind == "char":
+        inputs = [{"name": contract.INPUT, "datatype": "INT64", "shape": [-1, -1]},
+                  *(_state_meta(t, "input") for t in i.state)]
+        outputs = [{"name": contract.CHAR_OUTPUT, "datatype": "FP32", "shape": [-1, -1, len(i.vocab)]},
+                   *(_state_meta(t, "output") for t in i.state)]
+    else:
+        t = -1 if i.stateful else i.lookback  # what runs: a windowed model reads exactly its lookback
+        inputs = [{"name": contract.INPUT, "datatype": "FP32", "shape": [-1, t, len(i.feature_names)]}]
+        outputs = [{"name": contract.FORECAST_OUTPUT, "datatype": "FP32",
+                    "shape": [-1, i.horizon, len(i.target_names)]}]
+    return {"name": m.name, "versions": [m.version], "platform": "onnxruntime_onnx", "inputs": inputs,
+            "outputs": outputs}
+
+
+async def server_metadata(serving, request: Request) -> Response:
+    return JSONResponse({"name": "rnnops", "version": __version__, "extensions": ["binary_tensor_data", "sequence"]})
+
+
+async def live(serving, request: Request) -> Response:
+    return JSONResponse({"live": True})
+
+
+async def ready(serving, request: Request) -> Response:
+    ok = bool(serving.models.ready)
+    return JSONResponse({"ready": ok}, status_code=200 if ok else 503, headers=None if ok else {"Retry-After": "5"})
+
+
+async def metadata(serving, request: Request) -> Response:
+    return JSONResponse(model_metadata(_model(serving, request)))
+
+
+async def model_ready(serving, request: Request) -> Response:
+    m = _model(serving, request)
+    return JSONResponse({"name": m.name, "ready": True})
+
+
+# --------------------------------------------------------------------------------- tensors
+
+
+def _bad(message: str, field: str | None = None) -> ApiError:
+    return ApiError(400, "invalid_request", message, field=field)
+
+
+async def _read(request: Request) -> tuple[InferRequest, bytes]:
+    raw = await request.body()
+    n = request.headers.get(HEADER_LENGTH)
+    if n is not None:
+        try:
+            size = int(n)
+        except ValueError:
+            raise _bad(f"{HEADER_LENGTH} is {n!r}, not a byte count") from None
+        if not 0 <= size <= len(raw):
+            raise _bad(f"{HEADER_LENGTH} is {size} but the body has {len(raw)} bytes")
+        head, blob = raw[:size], raw[size:]
+    else:
+        head, blob = raw, b""
+    try:
+        return InferRequest.model_validate_json(head or b"{}"), blob
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def _tensors(body: InferRequest, blob: bytes) -> dict[str, np.ndarray]:
+    out, offset = {}, 0
+    for t in body.inputs:
+        where = f"input {t.name!r}"
+        if t.datatype not in DTYPES:
+            raise _bad(f"{where}: datatype {t.datatype!r} is not one of {', '.join(DTYPES)}", "datatype")
+        if any(d < 0 for d in t.shape) or int(np.prod(t.shape, dtype=np.int64)) > MAX_ELEMENTS:
+            raise _bad(f"{where}: shape {t.shape} must be non-negative, at most {MAX_ELEMENTS} elements", "shape")
+        dtype = np.dtype(DTYPES[t.datatype])
+        count = int(np.prod(t.shape, dtype=np.int64))
+        size = (t.parameters or {}).get("binary_data_size")
+        if size is not None:
+            if t.data is not None:
+                raise _bad(f"{where} has both data and binary_data_size", "data")
+            if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(blob):
+                raise _bad(f"{where}: binary_data_size {size!r} does not fit shape {t.shape} {t.datatype} "
+                           f"({count * dtype.itemsize} bytes) or the {len(blob) - offset} bytes left", "binary_data_size")
+            a = np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(t.shape)
+            offset += size
+        elif t.data is not None:
+            try:
+                a = np.asarray(t.data, dtype=dtype)
+            except (TypeError, ValueError, OverflowError):
+                raise _bad(f"{where}: data is not a list of {t.datatype} values", "data") from None
+            if a.size != count:
+                raise _bad(f"{where}: {a.size} values for shape {t.shape}", "data")
+            a = a.reshape(t.shape)
+        else:
+            raise _bad(f"{where} has neither data nor parameters.binary_data_size", "data")
+        if t.name in out:
+            raise _bad(f"input {t.name!r} is given twice", "inputs")
+        out[t.name] = a
+    if offset != len(blob):
+        raise _bad(f"{len(blob) - offset} bytes after the binary inputs belong to no input")
+    return out
+
+
+def _check_inputs(m, tensors: dict[str, np.ndarray], sequence: bool = False) -> None:
+    spec = {t["name"]: t for t in model_metadata(m)["inputs"]}
+    if sequence and m.kind == "forecaster":  # a sequence takes any number of new rows at a time
+        spec[contract.INPUT] = {**spec[contract.INPUT], "shape": [-1, -1, spec[contract.INPUT]["shape"][2]]}
+    for name, a in tensors.items():
+        t = spec.get(name)
+        if t is None:
+            raise _bad(f"model {m.name!r} has no input {name!r}; its inputs: {', '.join(spec)}", "inputs")
+        if OIP_TYPE.get(a.dtype.name) != t["datatype"]:
+            raise _bad(f"input {name!r} is {OIP_TYPE.get(a.dtype.name, a.dtype.name)}; the model takes {t['datatype']}",
+                       "datatype")
+        want = t["shape"]
+        if a.ndim != len(want) or any(w != -1 and w != d for w, d in zip(want, a.shape)):
+            if not (name == contract.INPUT and m.kind == "forecaster" and a.ndim == 3 and a.shape[2] == want[2]
+                    and a.shape[1] >= want[1]):  # a windowed model cuts longer windows to its lookback
+                raise _bad(f"input {name!r} has shape {list(a.shape)}; the model takes {want} (-1: any)", "shape")
+    if contract.INPUT not in tensors:
+        raise _bad(f"input {contract.INPUT!r} is missing", "inputs")
+    if m.kind == "forecaster" and not np.isfinite(tensors[contract.INPUT]).all():
+        raise _bad(f"input {contract.INPUT!r} has NaN or infinite values", "data")
+
+
+def _answer(m, body: InferRequest, results: dict[str, np.ndarray], params: dict | None = None) -> Response:
+    req_params = body.parameters or {}
+    default_binary = bool(req_params.get("binary_data_output", False))
+    if not results:  # a windowed sequence still filling its window: nothing to give yet
+        wanted = []
+    elif body.outputs:
+        unknown = [o.name for o in body.outputs if o.name not in results]
+        if unknown:
+            raise _bad(f"model {m.name!r} has no output {', '.join(map(repr, unknown))}; it gives "
+                       f"{', '.join(results)}", "outputs")
+        wanted = [(o.name, bool((o.parameters or {}).get("binary_data", default_binary))) for o in body.outputs]
+    else:
+        wanted = [(name, default_binary) for name in results]
+    outputs, blobs = [], []
+    for name, binary in wanted:
+        a = np.ascontiguousarray(results[name])
+        t = {"name": name, "datatype": OIP_TYPE[a.dtype.name], "shape": list(a.shape)}
+        if binary:
+            data = a.tobytes()
+            t["parameters"] = {"binary_data_size": len(data)}
+            blobs.append(data)
+        else:
+            t["data"] = a.ravel()
+        outputs.append(t)
+    resp = {"model_name": m.name, "model_version": m.version, "outputs": outputs}
+    if body.id is not None:
+        resp["id"] = body.id
+    if params:
+        resp["parameters"] = params
+    if not blobs:
+        return JSONResponse(resp)
+    head = orjson.dumps(resp, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(b"".join([head, *blobs]), media_type="application/octet-stream",
+                    headers={HEADER_LENGTH: str(len(head))})
+
+
+# --------------------------------------------------------------------------------- infer
+
+def stepper(m) -> SessionStepper:
+    """The model version's stepper, kept on it (it goes when the version is unloaded)."""
+    s = getattr(m, "_stepper", None)
+    if s is None:
+        s = m._stepper = SessionStepper(m)
+    return s
+
+
+async def infer(serving, request: Request) -> Response:
+    m = _model(serving, request)
+    body, blob = await _read(request)
+    tensors = _tensors(body, blob)
+    params = body.parameters or {}
+    sequence = params.get("sequence_id") not in (None, 0, "")
+    _check_inputs(m, tensors, sequence)
+    if sequence:
+        return await _sequence(serving, m, body, tensors[contract.INPUT], params)
+    if m.kind == "forecaster":
+        x = tensors[contract.INPUT]
+        if len(x) > serving.config.forecast_max_windows:
+            raise _bad(f"{len(x)} windows; the limit per request is {serving.config.forecast_max_windows} "
+                       "(RNNOPS_FORECAST_MAX_WINDOWS)", "shape")
+        y = await m.batcher.forecast(list(x)) if len(x) else []
+        h, f = m.runtime.info.horizon, len(m.runtime.info.target_names)
+        out = np.stack(y) if len(y) else np.zeros((0, h, f), np.float32)
+        return _answer(m, body, {contract.FORECAST_OUTPUT: out})
+    return await _char(m, body, tensors)
+
+
+async def _char(m, body: InferRequest, tensors: dict[str, np.ndarray]) -> Response:
+    info = m.runtime.info
+    given = [t.input in tensors for t in info.state]
+    if any(given) and not all(given):
+        raise _bad(f"give all of the state inputs ({', '.join(info.state_inputs)}) or none", "inputs")
+    x = tensors[contract.INPUT]
+    if x.size and (x.min() < 0 or x.max() >= len(info.vocab)):
+        raise _bad(f"input 'x' has token ids outside 0..{len(info.vocab) - 1}", "data")
+    if x.shape[1] == 0:
+        raise _bad("input 'x' has no time steps", "shape")
+    state = None
+    if all(given) and info.state:
+        state = tuple(np.ascontiguousarray(tensors[t.input], np.dtype(t.dtype)) for t in info.state)
+        for t, s in zip(info.state, state):
+            if s.shape[t.batch_axis] != x.shape[0]:
+                raise _bad(f"state input {t.input!r} has batch {s.shape[t.batch_axis]}, x has {x.shape[0]}", "shape")
+    if x.shape[0] == 0:
+        raise _bad("input 'x' has an empty batch", "shape")
+    logits, new = await asyncio.to_thread(m.runtime.run, x, state)
+    results = {contract.CHAR_OUTPUT: logits, **{t.output: s for t, s in zip(info.state, new)}}
+    if not body.outputs:  # the state only when asked for (or when it was given: a caller that carries it)
+        results = {k: v for k, v in results.items() if k == contract.CHAR_OUTPUT or all(given) and info.state}
+    return _answer(m, body, results)
+
+
+async def _sequence(serving, m, body: InferRequest, x: np.ndarray, params: dict) -> Response:
+    seq = params["sequence_id"]
+    if not isinstance(seq, (int, str)) or isinstance(seq, bool):
+        raise _bad(f"sequence_id must be an integer or a string, not {seq!r}", "parameters.sequence_id")
+    if m.kind != "forecaster":
+        raise _bad(f"sequences are served for forecasters; {m.name!r} is a {m.kind} model (pass its state "
+                   "tensors as inputs and outputs instead)", "parameters.sequence_id")
+    if x.shape[0] != 1:
+        raise _bad(f"a sequence request carries one series: x must be [1, T, F], not {list(x.shape)}", "shape")
+    store = serving.sessions
+    sid = f"seq:{m.name}:{seq}"
+    if params.get("sequence_start"):
+        sess = store.open(m, session_id=sid)  # restarts a sequence of that id; 429 at RNNOPS_MAX_SESSIONS
+    else:
+        try:
+            sess = store.get(sid)
+        except UnknownSession:
+            raise ApiError(400, "unknown_sequence", f"sequence {seq!r} of model {m.name!r} is not active: it ended, "
+                           f"expired after RNNOPS_SESSION_TTL={store.ttl_s:g}s idle, or never started here; start it "
+                           "with sequence_start", field="parameters.sequence_id") from None
+    rows = np.ascontiguousarray(x[0], np.float32)
+    async with sess.lock:
+        y = await stepper(sess.model).observe(sess, rows)
+    if params.get("sequence_end"):
+        try:
+            store.close(sid)
+        except UnknownSession:
+            pass
+    if y is None:
+        return _answer(sess.model, body, {}, {"needs": sess.needs, "sequence_id": seq})
+    return _answer(sess.model, body, {contract.FORECAST_OUTPUT: y[None]}, None)
