@@ -5,8 +5,8 @@ The load (all at once, each client looping until the end):
 - ``--streams`` generation streams (``/generate``, SSE) with random lengths (50-800 chars); a
   fifth of them drop the connection mid-stream;
 - ``--forecast-clients`` clients posting one window each to ``/forecast``, back to back;
-- ``--sessions`` forecast sessions opened at the start, each updated at random with one
-  observation (``POST /sessions/{id}``), closed at the end;
+- ``--sessions`` forecast sessions opened before the load starts, each updated at random with
+  one observation (``POST /sessions/{id}``) during it, closed at the end;
 - every ``--reload-every`` seconds the served model files are replaced by another version
   (what a promotion of the champion does to an alias-watched model: the manager loads the new
   version, new requests go there, in-flight streams finish on the old one).
@@ -34,6 +34,7 @@ import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -140,14 +141,22 @@ async def _forecasters(client, n: int, windows: list[list], deadline: float, log
     await asyncio.gather(*(loop(i) for i in range(n)))
 
 
-async def _sessions(client, n: int, rows: list[list], deadline: float, log: Log, rng: random.Random) -> list[str]:
+async def _open_sessions(client, n: int, rows: list[list], log: Log) -> list[str]:
+    """Open the sessions before the load starts (their count is part of the setup, not the soak)."""
     ids: list[str] = []
     for _ in range(n):
-        r = await client.post("/sessions", json={"context": rows[:8]})
+        try:
+            r = await client.post("/sessions", json={"context": rows[:8]})
+        except Exception as exc:
+            log.add("sessions", f"open_failed {type(exc).__name__}", detail=str(exc))
+            continue
         log.add("sessions", str(r.status_code), None, r.text if r.status_code >= 400 else "")
         if r.status_code == 201:
             ids.append(r.json()["session_id"])
+    return ids
 
+
+async def _sessions(client, ids: list[str], rows: list[list], deadline: float, log: Log, rng: random.Random) -> None:
     async def loop(k: int):
         while time.monotonic() < deadline and ids:
             sid = rng.choice(ids)
@@ -160,8 +169,7 @@ async def _sessions(client, n: int, rows: list[list], deadline: float, log: Log,
                 log.add("sessions", type(exc).__name__, detail=str(exc))
             await asyncio.sleep(rng.random() * 0.05)
 
-    await asyncio.gather(*(loop(k) for k in range(min(8, max(1, n // 25)))))
-    return ids
+    await asyncio.gather(*(loop(k) for k in range(min(8, max(1, len(ids) // 25)))))
 
 
 async def soak(port: int, server_pid: int, seconds: float, reload: Callable[[], None], reload_every: float,
@@ -171,30 +179,37 @@ async def soak(port: int, server_pid: int, seconds: float, reload: Callable[[], 
     import httpx
 
     rng = random.Random(seed)
-    t0 = time.monotonic()
-    deadline = t0 + seconds
-    log = Log(t0, bucket_s)
     rss: list[tuple[float, float]] = []
     reloads = 0
-
-    async def watch():
-        nonlocal reloads
-        next_reload = t0 + reload_every
-        while time.monotonic() < deadline:
-            rss.append((time.monotonic() - t0, C.tree_rss_mb(server_pid)))
-            if time.monotonic() >= next_reload:
-                await asyncio.to_thread(reload)
-                reloads += 1
-                next_reload += reload_every
-            await asyncio.sleep(min(2.0, bucket_s / 6))
-
-    limits = httpx.Limits(max_connections=forecast_clients + 16, max_keepalive_connections=forecast_clients + 16)
+    # keep-alive connections are dropped by the client before the server's keep-alive timeout
+    # (uvicorn: 5 s) could close them under a request in flight
+    limits = httpx.Limits(max_connections=forecast_clients + 16, max_keepalive_connections=forecast_clients + 16,
+                          keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60, limits=limits,
                                  trust_env=False) as client:
-        _, _, _, ids = await asyncio.gather(
+        log = Log(time.monotonic(), bucket_s)
+        ids = await _open_sessions(client, sessions, rows, log)
+        t0 = time.monotonic()
+        log.t0 = t0
+        deadline = t0 + seconds
+
+        async def watch():
+            nonlocal reloads
+            next_reload = t0 + reload_every
+            while time.monotonic() < deadline:
+                rss.append((time.monotonic() - t0, C.tree_rss_mb(server_pid)))
+                if time.monotonic() >= next_reload:
+                    # its own thread: the event loop's default executor may be busy with the
+                    # clients' connection set-up (getaddrinfo), and a reload must come on time
+                    threading.Thread(target=reload, name="soak-reload", daemon=True).start()
+                    reloads += 1
+                    next_reload += reload_every
+                await asyncio.sleep(min(2.0, bucket_s / 6))
+
+        await asyncio.gather(
             watch(), _generators(port, streams, deadline, log, rng),
             _forecasters(client, forecast_clients, windows, deadline, log, rng),
-            _sessions(client, sessions, rows, deadline, log, rng))
+            _sessions(client, ids, rows, deadline, log, rng))
         for sid in ids:
             r = await client.delete(f"/sessions/{sid}")
             if r.status_code != 200:
