@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# The tiny registry (trained, exported, registered once per session) every serving test uses
+from serving_fixtures import registry  # noqa: E402,F401
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
