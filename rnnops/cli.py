@@ -27,7 +27,7 @@ def _wire() -> None:
 
     app.add_typer(training_cli.app, name="train")
     app.command("sample")(training_cli.sample)
-    for module, name in (("rnnops.export.cli", "export"), ("rnnops.registry.cli", "registry"),
+    for module, name in (("rnnops.training.tune_cli", "tune"), ("rnnops.export.cli", "export"), ("rnnops.registry.cli", "registry"),
                          ("rnnops.serving.cli", "serving"), ("rnnops.serving.batch.cli", "forecast")):
         try:
             mod = __import__(module, fromlist=["register"])
