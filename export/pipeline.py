@@ -25,12 +25,15 @@ checks.
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import json
 import shutil
 import sys
+import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -94,6 +97,77 @@ class Progress:
         self.say(f"{what}: {note.get('done', 'done')} ({self.seconds[name]:.1f}s)")
 
 
+class _Started(threading.local):
+    """The folder the running export writes to and what was in it before (for a full disk)."""
+
+    folder: Path | None = None
+    before: frozenset = frozenset()
+
+    def start(self, folder: Path) -> None:
+        self.folder, self.before = folder, frozenset(folder.iterdir())
+
+
+_started = _Started()
+
+
+def _complete_or_nothing(export):
+    """A full disk (ENOSPC, EDQUOT, or a writer that failed on a full disk without saying so, as
+    onnxruntime's and onnx's C++ writers do) becomes one line, and every file this export wrote
+    is removed: nothing half-written is left beside files that look complete, and as the run's
+    export tags are set last, none says exported."""
+
+    @functools.wraps(export)
+    def guarded(*args, **kwargs):
+        _started.folder = None
+        try:
+            return export(*args, **kwargs)
+        except RnnopsError:
+            raise
+        except Exception as exc:
+            folder = _started.folder
+            why = _no_space(exc, folder)
+            if why is None:
+                raise
+            if folder is not None:
+                for path in set(folder.iterdir()) - _started.before:
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
+            raise RnnopsError(f"no space left on device while exporting ({why}); the export is not complete: its files "
+                              f"were removed from {folder} and nothing was logged as exported. Free some space, or "
+                              "export elsewhere with --out DIR") from None
+        finally:
+            _started.folder = None
+
+    return guarded
+
+
+def _no_space(exc: BaseException, folder: Path | None) -> str | None:
+    """Why ``exc`` is a full disk, or None when it is not one."""
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"{e.filename or folder}: {e.strerror or e}"
+        lines = [ln.strip() for ln in str(e).splitlines() if "no space left on device" in ln.lower()]
+        if lines:
+            return lines[0][:400]
+        e = e.__cause__ or e.__context__
+    if folder is None:
+        return None
+    try:  # a C++ writer that wrote a short file, or failed without errno: is the disk full?
+        free = shutil.disk_usage(folder).free
+        biggest = max((p.stat().st_size for p in folder.rglob("*") if p.is_file()), default=0)
+    except OSError:
+        return None
+    if free < max(1 << 20, 2 * biggest):
+        first = (str(exc).splitlines() or [""])[0][:200]
+        return f"{folder} has {free // 1024} KiB free; {type(exc).__name__}: {first}"
+    return None
+
+
+@_complete_or_nothing
 def export_run(ref: str, formats=FORMATS, opset: int | None = None, quantize: bool = True,
                out_dir: str | Path | None = None, exporter: str = "legacy", tolerance=None,
                log: bool = True, progress: bool = True) -> ExportResult:
@@ -120,6 +194,7 @@ def export_run(ref: str, formats=FORMATS, opset: int | None = None, quantize: bo
     folder.mkdir(parents=True, exist_ok=True)
     for stale in (ONNX_FILE, TS_FILE, OPT_FILE, INT8_FILE, PARITY_FILE, QUANT_FILE, "export.json"):
         (folder / stale).unlink(missing_ok=True)  # only this export's files, never an older one's
+    _started.start(folder)  # a full disk from here on: what this export wrote is removed
     result = ExportResult(run_id, model.kind, cell, folder)
 
     with parity.one_torch_thread():
@@ -258,19 +333,25 @@ def _log_onnx(result: ExportResult, model, run) -> tuple[str, str]:
     logged = mlflow.initialize_logged_model(name="onnx", source_run_id=run.info.run_id,
                                             experiment_id=run.info.experiment_id, model_type="onnx",
                                             tags={"rnnops.kind": model.kind, "rnnops.cell": model.config.cell})
-    info = mlflow.onnx.log_model(
-        onnx.load(str(result.onnx_path)), name="onnx", model_id=logged.model_id, run_id=run.info.run_id,
-        signature=signature, input_example=example, save_as_external_data=False,
-        onnx_execution_providers=["CPUExecutionProvider"],
-        pip_requirements=[f"onnxruntime>={_version('onnxruntime')}", f"onnx>={_version('onnx')}"],
-    )
-    # mlflow.onnx re-serialises the graph: hash the file exactly as stored, and keep that copy.
-    location = mlflow.get_logged_model(logged.model_id).artifact_location
-    stored = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/{ONNX_FILE}",
-                                                      dst_path=str(result.folder / ".stored")))
-    if stored.read_bytes() != result.onnx_path.read_bytes():
-        shutil.copyfile(stored, result.onnx_path)
-    shutil.rmtree(result.folder / ".stored", ignore_errors=True)
+    try:
+        info = mlflow.onnx.log_model(
+            onnx.load(str(result.onnx_path)), name="onnx", model_id=logged.model_id, run_id=run.info.run_id,
+            signature=signature, input_example=example, save_as_external_data=False,
+            onnx_execution_providers=["CPUExecutionProvider"],
+            pip_requirements=[f"onnxruntime>={_version('onnxruntime')}", f"onnx>={_version('onnx')}"],
+        )
+        # mlflow.onnx re-serialises the graph: hash the file exactly as stored, and keep that copy.
+        location = mlflow.get_logged_model(logged.model_id).artifact_location
+        stored = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/{ONNX_FILE}",
+                                                          dst_path=str(result.folder / ".stored")))
+        if stored.read_bytes() != result.onnx_path.read_bytes():
+            shutil.copyfile(stored, result.onnx_path)
+    except BaseException:  # e.g. a full disk: the logged model says FAILED, not READY
+        with suppress(Exception):
+            mlflow.MlflowClient().finalize_logged_model(logged.model_id, "FAILED")
+        raise
+    finally:
+        shutil.rmtree(result.folder / ".stored", ignore_errors=True)
     return info.model_uri, sha256_file(result.onnx_path)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import os
 import re
 import time
@@ -126,13 +127,32 @@ def write_errors(path: Path, layout: Layout, errors: list[SeriesError]) -> Path 
             path.unlink()
         return None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow([layout.id_column or "id", "rows", "error"])
-        for e in errors:
-            w.writerow(["" if e.series_id is None else e.series_id, e.rows, e.message])
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow([layout.id_column or "id", "rows", "error"])
+            for e in errors:
+                w.writerow(["" if e.series_id is None else e.series_id, e.rows, e.message])
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
     return path
+
+
+def no_space(exc: BaseException) -> str | None:
+    """The reason, when ``exc`` (or what caused it) is a full disk (ENOSPC / EDQUOT); else None.
+    pyarrow's writers raise OSError with errno set and the C library's text in the message."""
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return os.strerror(e.errno)
+        if "no space left on device" in str(e).lower():
+            return "No space left on device"
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def strict_error(errors: list[SeriesError], layout: Layout) -> RnnopsError:
@@ -164,9 +184,15 @@ def write_results(job: ForecastJob, model: ForecastModel, layout: Layout, prepar
                 plots += plot_series(job.plot_dir, layout, prepared, y, s, job.plot_max)
         errors_path = write_errors(errors_path_for(job), layout, prepared.errors)
         writer.commit()
-    except BaseException:
+    except BaseException as exc:
         writer.abort()
-        raise
+        why = no_space(exc) if isinstance(exc, Exception) else None
+        if why is None:
+            raise
+        kept = f"; the older {job.output.name} is left as it was" if job.output.exists() else ""
+        raise RnnopsError(f"{why} while writing {job.output} (after {writer.rows:,} rows): the job is not complete, "
+                          f"so nothing was written (the temporary {writer.tmp.name} was removed){kept}. Free some "
+                          "space on that disk or write the output elsewhere") from None
     finally:
         bar.close()
     return JobSummary(engine=engine, output=job.output, errors_path=errors_path, rows_read=rows_read, series=series,
