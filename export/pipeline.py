@@ -3,7 +3,8 @@
 Stages, in order (each prints one progress line to stderr):
 
 1. rebuild the model from the run (``training.logged_model.load_model``);
-2. TorchScript (scripted, frozen) and ONNX (contract inputs/outputs, metadata) files;
+2. TorchScript (scripted, frozen) and ONNX (contract inputs/outputs, metadata) files; a
+   forecaster's ONNX also carries a window of its validation data (:mod:`.sample`, for the playground);
 3. onnxruntime's optimised graph;
 4. the parity gate (:mod:`rnnops.export.parity`): on failure the report is logged, the run's
    export tags say ``parity_passed=false`` (the ONNX URI / sha256 tags are removed, so nothing
@@ -40,7 +41,7 @@ from pathlib import Path
 from rnnops import contract, settings
 from rnnops.contract import ONNX_FILE
 from rnnops.errors import RnnopsError
-from rnnops.export import onnx_export, ort_tools, parity, quality, wrappers
+from rnnops.export import onnx_export, ort_tools, parity, quality, sample, wrappers
 from rnnops.export.torchscript import export_torchscript, load_torchscript
 from rnnops.util import sha256_file
 
@@ -192,7 +193,7 @@ def export_run(ref: str, formats=FORMATS, opset: int | None = None, quantize: bo
     log = log and run_id is not None and not Path(ref).is_dir()  # a local folder is not linked to a run here
     folder = Path(out_dir) if out_dir else settings.cache_dir() / "exports" / (run_id or _digest(str(ref)))
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in (ONNX_FILE, TS_FILE, OPT_FILE, INT8_FILE, PARITY_FILE, QUANT_FILE, "export.json"):
+    for stale in (ONNX_FILE, TS_FILE, OPT_FILE, INT8_FILE, PARITY_FILE, QUANT_FILE, sample.SAMPLE_FILE, "export.json"):
         (folder / stale).unlink(missing_ok=True)  # only this export's files, never an older one's
     _started.start(folder)  # a full disk from here on: what this export wrote is removed
     result = ExportResult(run_id, model.kind, cell, folder)
@@ -204,9 +205,11 @@ def export_run(ref: str, formats=FORMATS, opset: int | None = None, quantize: bo
                 result.torchscript_path = export_torchscript(model, folder / TS_FILE)
                 backends["torchscript"] = parity.torchscript_backend(load_torchscript(result.torchscript_path))
         if "onnx" in formats:
-            with p.stage("onnx", f"ONNX ({exporter} exporter, opset {opset})"):
+            with p.stage("onnx", f"ONNX ({exporter} exporter, opset {opset})") as note:
                 result.onnx_path = onnx_export.export_onnx(model, spec, folder / ONNX_FILE, opset=opset,
                                                            exporter=exporter, source_run=run_id)
+                # a forecaster's window of validation data for the playground, in the file itself
+                note["done"] = sample.write(model, spec, _job(run_id), result.onnx_path, folder)
                 backends["onnxruntime"] = parity.onnxruntime_backend(ort_tools.session(result.onnx_path))
             with p.stage("optimize", "onnxruntime-optimised graph (ORT_ENABLE_EXTENDED)"):
                 result.optimized_path = ort_tools.optimise(result.onnx_path, folder / OPT_FILE)
@@ -314,7 +317,7 @@ def _log(result: ExportResult, model) -> None:
             result.artifacts[path.name] = f"runs:/{run_id}/{ARTIFACT_DIR}/{sub}/{path.name}"
     # A TorchScript-only export keeps its report beside its file, not over the ONNX export's.
     reports = ARTIFACT_DIR if result.onnx_path else f"{ARTIFACT_DIR}/torchscript"
-    for name in (PARITY_FILE, QUANT_FILE):
+    for name in (PARITY_FILE, QUANT_FILE, sample.SAMPLE_FILE):
         if (result.folder / name).exists():
             client.log_artifact(run_id, str(result.folder / name), reports)
             result.artifacts[name] = f"runs:/{run_id}/{reports}/{name}"

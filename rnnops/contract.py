@@ -108,6 +108,10 @@ META_KEYS = (
     "source_run",  # MLflow run id the weights came from
     "version",  # rnnops version that exported it
 )
+# A forecaster's window of validation data (lookback + horizon rows, raw units), for the
+# playground: outside META_PREFIX on purpose, as it is no part of what serving needs (the
+# runtime never reads it; set_metadata keeps it). Written by rnnops.export.sample.
+META_SAMPLE = "rnnops_sample"
 
 
 def quantiles_of(meta: dict) -> tuple[str, tuple[float, ...]] | None:

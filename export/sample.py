@@ -1,0 +1,106 @@
+"""A forecaster's sample of validation data, embedded in its ONNX file and logged beside it.
+
+The playground (``GET /models/{name}/sample``) offers it as "a window of the model's validation
+data": ``lookback`` rows of context and the ``horizon`` rows that followed (the actuals the
+forecast can be compared with), raw units, with timestamps when the data has dates.
+
+It lives in the ONNX file's ``metadata_props`` under :data:`rnnops.contract.META_SAMPLE` (a
+JSON string of a few kB: ETTh1 with lookback 96, horizon 96 and 7 features is 1,344 values,
+~10 kB), so it travels wherever the model goes (registry, BentoML store, a copied file), is
+covered by the file's sha256, and serving needs no second path to fetch it (an MLflow artifact
+would need the tracking server at request time, and a local ``.onnx`` ref has none). It is also
+logged to the run as ``export/sample.json``. Windows of more than :data:`MAX_VALUES` values are
+not embedded (the page then takes a pasted or uploaded CSV).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from rnnops import contract
+from rnnops.errors import RnnopsError
+
+SAMPLE_FILE = "sample.json"
+MAX_VALUES = 20_000
+
+
+def _round(a: np.ndarray) -> list:
+    """Values as JSON numbers with 6 significant digits (float32 carries ~7)."""
+    return [[float(f"{v:.6g}") for v in row] for row in np.asarray(a, dtype=np.float64)]
+
+
+def validation_sample(series, lookback: int, horizon: int, source: str | None = None) -> dict | None:
+    """The middle validation window of ``series`` (a :class:`training.data.SeriesData`) as the
+    sample dict, or None when it would exceed :data:`MAX_VALUES` values."""
+    starts = series.window_starts("val", lookback, horizon)
+    start = int(starts[len(starts) // 2])
+    rows = series.values[start:start + lookback + horizon]
+    if rows.size > MAX_VALUES:
+        return None
+    stamps = None
+    if series.dates is not None:
+        stamps = [str(t) for t in np.datetime_as_string(series.dates[start:start + lookback + horizon], unit="s")]
+    return {"split": "val", "source": source or series.name, "start_row": start, "features": list(series.feature_names),
+            "targets": list(series.target_names), "lookback": int(lookback), "horizon": int(horizon),
+            "context_rows": int(lookback), "timestamps": stamps, "rows": _round(rows)}
+
+
+def for_model(model, spec: dict, job: dict | None) -> dict | None:
+    """The sample of a forecaster's validation data as the run trained on it (the same loading
+    as the int8 quality check); RnnopsError when the data cannot be rebuilt exactly."""
+    from rnnops.export import quality
+    from rnnops.training import data as D
+
+    dataset = spec.get("dataset") or {}
+    source = (job or {}).get("data") or dataset.get("name")
+    if not source:
+        raise RnnopsError("the run records no dataset")
+    c = model.config
+    job = job or {}
+    features = job.get("features") or ("S" if len(c.feature_names) == 1 else "M")
+    target = job.get("target") or (c.target_names[-1] if features == "S" and c.target_names else None)
+    series = D.load_series(source, features, target, job.get("date_column"), job.get("fill"))
+    quality._same_data(series.sha256, dataset, source)
+    if list(series.feature_names) != list(c.feature_names):
+        raise RnnopsError(f"the data's columns {series.feature_names} are not the model's {c.feature_names}")
+    return validation_sample(series, c.lookback, c.horizon, source)
+
+
+def embed(path: str | Path, sample: dict) -> None:
+    """Write ``sample`` into the ONNX file's metadata (replacing an older one); the graph is untouched."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    keep = [p for p in proto.metadata_props if p.key != contract.META_SAMPLE]
+    entries = [(p.key, p.value) for p in keep]
+    del proto.metadata_props[:]
+    for key, value in [*entries, (contract.META_SAMPLE, json.dumps(sample, separators=(",", ":")))]:
+        e = proto.metadata_props.add()
+        e.key, e.value = key, value
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+
+
+def read(path: str | Path) -> dict | None:
+    """The sample embedded in an ONNX file, or None."""
+    from rnnops.registry.onnx_file import metadata_props
+
+    raw = metadata_props(Path(path)).get(contract.META_SAMPLE)
+    return json.loads(raw) if raw else None
+
+
+def write(model, spec: dict, job: dict | None, onnx_path: Path, folder: Path) -> str:
+    """Embed the sample in ``onnx_path`` and write ``folder/sample.json``; a one-line note of the result."""
+    if model.kind != "forecaster":
+        return "no sample (char model)"
+    try:
+        s = for_model(model, spec, job)
+    except RnnopsError as exc:
+        return f"no sample: {exc}"
+    if s is None:
+        return f"no sample: the window is over {MAX_VALUES:,} values"
+    embed(onnx_path, s)
+    (folder / SAMPLE_FILE).write_text(json.dumps(s))
+    return f"sample: {len(s['rows'])} validation rows from row {s['start_row']}"
