@@ -66,6 +66,7 @@ class ServeConfig:
     max_context_rows: int = 10000  # rows per window or per session update
     max_sessions: int = 1024
     session_ttl_s: float = 600.0
+    session_store: str = "memory"  # memory (this worker) | redis://host:6379/0 (shared by workers and replicas)
     request_timeout_s: float = 600.0  # BentoML traffic timeout (time to the first byte)
     # reliability (http/limits.py, drain.py): request bodies at most this big (413 beyond, before
     # the body is read); a non-streaming request answered within this long (504 beyond); a stream
@@ -120,6 +121,7 @@ class ServeConfig:
             "max_context_rows": ("RNNOPS_MAX_CONTEXT_ROWS", int),
             "max_sessions": ("RNNOPS_MAX_SESSIONS", int),
             "session_ttl_s": ("RNNOPS_SESSION_TTL", float),
+            "session_store": ("RNNOPS_SESSION_STORE", str),
             "request_timeout_s": ("RNNOPS_REQUEST_TIMEOUT", float),
             "max_body_bytes": ("RNNOPS_MAX_BODY_BYTES", int),
             "request_deadline_s": ("RNNOPS_REQUEST_DEADLINE_S", float),
@@ -150,6 +152,9 @@ class ServeConfig:
                 raise RnnopsError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.max_queue < 0:
             raise RnnopsError("RNNOPS_MAX_QUEUE must be 0 or more")
+        if self.session_store != "memory" and not self.session_store.startswith(("redis://", "rediss://", "unix://")):
+            raise RnnopsError(f"RNNOPS_SESSION_STORE must be memory or a Redis URL (redis://host:6379/0), not "
+                              f"{self.session_store!r}")
         for name, var in (("request_deadline_s", "RNNOPS_REQUEST_DEADLINE_S"), ("stall_s", "RNNOPS_STALL_S"),
                           ("drain_s", "RNNOPS_DRAIN_S")):
             if getattr(self, name) <= 0:

@@ -33,3 +33,7 @@ class UnknownModel(LookupError):
 
 class UnknownSession(KeyError):
     """A forecast session id that is closed, expired or was never opened here (404)."""
+
+
+class SessionModelGone(LookupError):
+    """A session opened on a model version this server no longer serves (409: open a new one)."""

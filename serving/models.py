@@ -316,6 +316,13 @@ class ModelManager:
         for m in [*self.current.values(), *self.draining]:
             await asyncio.to_thread(m.stop)
 
+    def version_of(self, name: str, version: str) -> "LoadedModel | None":
+        """The loaded model ``name`` at ``version`` (serving or draining), if this worker has it."""
+        for m in [self.current.get(name), *self.draining]:
+            if m is not None and m.name == name and m.version == version:
+                return m
+        return None
+
     def in_flight(self) -> int:
         """Streams generating or queued, and forecast windows pending, over every loaded version."""
         n = 0

@@ -242,9 +242,10 @@ class Runtime:
         return out[0].numpy(), tuple(out[1:])
 
     def zero_state(self, batch: int) -> State:
-        return tuple(self._to_device(np.zeros(t.shape_for(batch), np.dtype(t.dtype))) for t in self.info.state)
+        return tuple(self.to_device(np.zeros(t.shape_for(batch), np.dtype(t.dtype))) for t in self.info.state)
 
-    def _to_device(self, a: np.ndarray):
+    def to_device(self, a: np.ndarray):
+        """A host array as the runtime keeps state: as is, or an OrtValue on the device (IOBinding)."""
         if not self.iobinding:
             return a
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), self.device, 0)
@@ -255,7 +256,7 @@ class Runtime:
     def take(self, state: State, index) -> State:
         """The states of the streams at ``index`` (a list or array of batch positions)."""
         idx = np.asarray(index, dtype=np.int64)
-        return tuple(self._to_device(np.ascontiguousarray(np.take(s, idx, axis=t.batch_axis)))
+        return tuple(self.to_device(np.ascontiguousarray(np.take(s, idx, axis=t.batch_axis)))
                      for s, t in zip(self.state_numpy(state), self.info.state))
 
     def concat(self, states: list[State]) -> State:
@@ -266,7 +267,7 @@ class Runtime:
         if len(states) == 1:
             return states[0]
         parts = [self.state_numpy(s) for s in states]
-        return tuple(self._to_device(np.concatenate([p[k] for p in parts], axis=t.batch_axis))
+        return tuple(self.to_device(np.concatenate([p[k] for p in parts], axis=t.batch_axis))
                      for k, t in enumerate(self.info.state))
 
     def batch_of(self, state: State) -> int:
@@ -280,7 +281,7 @@ class Runtime:
         x = np.ascontiguousarray(x, dtype=np.int64 if self.kind == "char" else np.float32)
         if self.kind != "char":
             x = self._window(x)
-        y, new = self._run(x, self.zero_state(x.shape[0]) if state is None else tuple(self._to_device(s) for s in state))
+        y, new = self._run(x, self.zero_state(x.shape[0]) if state is None else tuple(self.to_device(s) for s in state))
         return y, self.state_numpy(new)
 
     # ------------------------------------------------------------------ char models
@@ -377,7 +378,7 @@ class Runtime:
         if pair:
             y, q = y[:1], q[:1]
             new = tuple(np.take(s, [0], axis=t.batch_axis) for s, t in zip(new, i.state))
-        return y, q, tuple(self._to_device(s) for s in new)
+        return y, q, tuple(self.to_device(s) for s in new)
 
     def forecast_step(self, x: np.ndarray, state: State | None) -> tuple[np.ndarray, State]:
         """Stateful forecasters: new observations ``[B, T, F]`` from ``state`` (None = zeros) ->

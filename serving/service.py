@@ -57,6 +57,15 @@ HOT_PATHS = ["/generate", "/forecast", "/v1/completions", "/v2/models/.*/infer"]
 _TRACING = {} if CONFIG.trace_hot_paths else {"tracing": {"excluded_urls": HOT_PATHS}}
 
 
+def session_store(config: ServeConfig, models: ModelManager, metrics):
+    """In this worker's memory (the default), or shared in Redis (RNNOPS_SESSION_STORE=redis://...)."""
+    if config.session_store == "memory":
+        return SessionStore(config.max_sessions, config.session_ttl_s, metrics)
+    from rnnops.serving.forecast.redis_store import RedisSessionStore
+
+    return RedisSessionStore(config.session_store, models, config.max_sessions, config.session_ttl_s, metrics)
+
+
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(name="rnnops", workers=CONFIG.workers, traffic={"timeout": CONFIG.request_timeout_s}, **_TRACING)
 class RnnopsService:
@@ -72,8 +81,8 @@ class RnnopsService:
             log.warning("BentoML tracing is on (tracing.sample_rate > 0) but %s are not traced; set "
                         "RNNOPS_TRACE_HOT_PATHS=1 to trace them too (it costs CPU per request)", " and ".join(HOT_PATHS))
         metrics = get_metrics()
-        self.serving = Serving(CONFIG, ModelManager(CONFIG, metrics, on_step=wake_watchers),
-                               SessionStore(CONFIG.max_sessions, CONFIG.session_ttl_s, metrics))
+        models = ModelManager(CONFIG, metrics, on_step=wake_watchers)
+        self.serving = Serving(CONFIG, models, session_store(CONFIG, models, metrics))
         app.serving = self.serving
         self._sweeper: asyncio.Task | None = None
 
@@ -98,7 +107,10 @@ class RnnopsService:
         every = max(1.0, min(30.0, self.serving.sessions.ttl_s / 4))
         while True:
             await asyncio.sleep(every)
-            self.serving.sessions.sweep()
+            try:
+                await self.serving.sessions.sweep()
+            except Exception as exc:  # a shared store out of reach: sessions wait, serving goes on
+                log.warning("session sweep failed: %s", exc)
 
     @bentoml.on_shutdown
     async def stop_models(self) -> None:

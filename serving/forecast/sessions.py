@@ -12,8 +12,9 @@ model (its ``rnnops.stateful`` metadata):
 A session is pinned to the model version that opened it (its state means nothing to another
 version), so a hot reload never breaks open sessions. It keeps the timestamps of the rows the
 model reads (at most ``lookback``), so its forecast's timestamps are those the batch job and
-``/forecast`` give for the same history (:mod:`rnnops.serving.timeseries`). Sessions live in one worker process:
-with several workers, run one (the default) or route a session's requests to the same worker.
+``/forecast`` give for the same history (:mod:`rnnops.serving.timeseries`). :class:`SessionStore` keeps them
+in this worker's memory (the default); ``RNNOPS_SESSION_STORE=redis://...`` keeps them in Redis
+instead (:mod:`.redis_store`), where any worker or replica continues any session.
 Like Triton's ``max_sequence_idle_microseconds``, an idle session is dropped after the TTL.
 """
 
@@ -23,6 +24,7 @@ import asyncio
 import secrets
 import time
 from collections import OrderedDict
+from contextlib import asynccontextmanager
 
 import numpy as np
 
@@ -44,6 +46,7 @@ class ForecastSession:
         self.freq = freq  # the client's explicit frequency, if any
         self.timestamps = np.zeros(0, np.int64)  # ns, of the last rows the model reads (oldest first)
         self.created = self.last_used = time.monotonic()
+        self.created_wall = time.time()
         self.lock = asyncio.Lock()  # one update at a time per session
 
     def add_timestamps(self, ts: np.ndarray) -> None:
@@ -76,6 +79,15 @@ class ForecastSession:
 
 
 class SessionStore:
+    """The in-process store (the default): sessions live in this worker's memory.
+
+    Its API is the one every store has (``RedisSessionStore`` too), async because a shared store
+    does I/O: :meth:`open`, :meth:`read`, :meth:`updating` (exclusive access while a block runs),
+    :meth:`close`, :meth:`sweep`, ``len()``.
+    """
+
+    shared = False  # sessions are visible to this worker only
+
     def __init__(self, max_sessions: int = 1024, ttl_s: float = 600.0, metrics=None):
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
@@ -87,10 +99,10 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def open(self, model, freq: str | None = None, session_id: str | None = None) -> ForecastSession:
+    async def open(self, model, freq: str | None = None, session_id: str | None = None) -> ForecastSession:
         """A new session; ``session_id`` names it (an OIP sequence: ``seq:<model>:<id>``), replacing
         an open one of that name, otherwise a random id is drawn."""
-        self.sweep()
+        self._sweep()
         if session_id is not None:
             self._sessions.pop(session_id, None)
         if len(self._sessions) >= self.max_sessions:
@@ -105,8 +117,18 @@ class SessionStore:
         self._gauge()
         return s
 
-    def get(self, session_id: str) -> ForecastSession:
-        self.sweep()
+    async def read(self, session_id: str) -> ForecastSession:
+        return self._get(session_id)
+
+    @asynccontextmanager
+    async def updating(self, session_id: str):
+        """The session, one update at a time (its lock held while the block runs)."""
+        s = self._get(session_id)
+        async with s.lock:
+            yield s
+
+    def _get(self, session_id: str) -> ForecastSession:
+        self._sweep()
         s = self._sessions.get(session_id)
         if s is None:
             raise UnknownSession(session_id)
@@ -114,14 +136,17 @@ class SessionStore:
         self._sessions.move_to_end(session_id)
         return s
 
-    def close(self, session_id: str) -> ForecastSession:
+    async def close(self, session_id: str) -> ForecastSession:
         s = self._sessions.pop(session_id, None)
         if s is None:
             raise UnknownSession(session_id)
         self._gauge()
         return s
 
-    def sweep(self) -> int:
+    async def sweep(self) -> int:
+        return self._sweep()
+
+    def _sweep(self) -> int:
         """Drop sessions idle longer than the TTL (oldest first); returns how many."""
         now = time.monotonic()
         n = 0

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from rnnops.serving.errors import InputError, Overloaded, UnknownModel, UnknownSession
+from rnnops.serving.errors import InputError, Overloaded, SessionModelGone, UnknownModel, UnknownSession
 
 log = logging.getLogger("rnnops.serving")
 
@@ -54,6 +54,8 @@ def to_response(request: Request, exc: Exception) -> Response:
                               retry_after=exc.retry_after)
     if isinstance(exc, UnknownModel):
         return error_response(404, "unknown_model", str(exc.args[0]))
+    if isinstance(exc, SessionModelGone):
+        return error_response(409, "session_model_gone", str(exc))
     if isinstance(exc, UnknownSession):
         return error_response(404, "unknown_session", f"unknown session {exc.args[0]!r}: it was closed, expired "
                               "after RNNOPS_SESSION_TTL idle, or never opened on this server; open one with POST /sessions")

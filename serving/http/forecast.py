@@ -236,31 +236,32 @@ async def open_session(serving, request: Request) -> Response:
             timeseries.check_freq(body.freq, flag="freq")
         except timeseries.TimestampError as exc:
             raise InputError(str(exc), "freq") from None
-    sess = serving.sessions.open(model, freq=body.freq)
+    store = serving.sessions
+    sess = await store.open(model, freq=body.freq)
     y = None
     try:
         if body.context:
-            async with sess.lock:
+            async with store.updating(sess.id) as sess:
                 y = await _observe(serving, sess, body.context, body.timestamps, "context")
     except BaseException:
-        serving.sessions.close(sess.id)
+        await store.close(sess.id)
         raise
     return JSONResponse(session_view(serving, sess, y), status_code=201)
 
 
 async def update_session(serving, request: Request) -> Response:
-    sess = serving.sessions.get(request.path_params["session_id"])
+    sid = request.path_params["session_id"]
     body = await parse_body(request, ObserveBody)
-    async with sess.lock:
+    async with serving.sessions.updating(sid) as sess:  # exclusive, in whichever store holds it
         y = await _observe(serving, sess, body.observations, body.timestamps, "observations")
     return JSONResponse(session_view(serving, sess, y))
 
 
 async def get_session(serving, request: Request) -> Response:
-    sess = serving.sessions.get(request.path_params["session_id"])
+    sess = await serving.sessions.read(request.path_params["session_id"])
     return JSONResponse(session_view(serving, sess, sess.last_forecast))
 
 
 async def close_session(serving, request: Request) -> Response:
-    sess = serving.sessions.close(request.path_params["session_id"])
+    sess = await serving.sessions.close(request.path_params["session_id"])
     return JSONResponse({"session_id": sess.id, "closed": True, "observations": sess.observations})

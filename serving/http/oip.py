@@ -363,20 +363,18 @@ async def _sequence(serving, m, body: InferRequest, x: np.ndarray, params: dict)
     store = serving.sessions
     sid = f"seq:{m.name}:{seq}"
     if params.get("sequence_start"):
-        sess = store.open(m, session_id=sid)  # restarts a sequence of that id; 429 at RNNOPS_MAX_SESSIONS
-    else:
-        try:
-            sess = store.get(sid)
-        except UnknownSession:
-            raise ApiError(400, "unknown_sequence", f"sequence {seq!r} of model {m.name!r} is not active: it ended, "
-                           f"expired after RNNOPS_SESSION_TTL={store.ttl_s:g}s idle, or never started here; start it "
-                           "with sequence_start", field="parameters.sequence_id") from None
+        await store.open(m, session_id=sid)  # restarts a sequence of that id; 429 at RNNOPS_MAX_SESSIONS
     rows = np.ascontiguousarray(x[0], np.float32)
-    async with sess.lock:
-        y = await stepper(sess.model).observe(sess, rows)
+    try:
+        async with store.updating(sid) as sess:  # exclusive, in whichever store holds it
+            y = await stepper(sess.model).observe(sess, rows)
+    except UnknownSession:
+        raise ApiError(400, "unknown_sequence", f"sequence {seq!r} of model {m.name!r} is not active: it ended, "
+                       f"expired after RNNOPS_SESSION_TTL={store.ttl_s:g}s idle, or never started here; start it "
+                       "with sequence_start", field="parameters.sequence_id") from None
     if params.get("sequence_end"):
         try:
-            store.close(sid)
+            await store.close(sid)
         except UnknownSession:
             pass
     if y is None:

@@ -1,0 +1,88 @@
+"""Forecast sessions in Redis (RNNOPS_SESSION_STORE=redis://...): a real ``redis-server`` and two
+``bentoml serve`` replicas. Any replica continues any session, a session survives the restart
+of the replica that opened it, concurrent updates are applied exactly once each, and the idle
+TTL is the key's Redis expiry."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+httpx = pytest.importorskip("httpx")
+redis = pytest.importorskip("redis")
+
+from servers import serve_bentoml, start_redis  # noqa: E402
+from test_runtime import export_forecaster  # noqa: E402
+
+TTL = 60
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("redis-sessions")
+    export_forecaster(root / "stateful.onnx", norm="fixed", lookback=12, horizon=4)
+    export_forecaster(root / "windowed.onnx", norm="revin", lookback=12, horizon=4)
+    with start_redis(root / "redis") as r:
+        env = {"RNNOPS_MODELS": f"fc={root / 'stateful.onnx'},fcw={root / 'windowed.onnx'}",
+               "RNNOPS_SESSION_STORE": r.url, "RNNOPS_SESSION_TTL": str(TTL)}
+        with serve_bentoml(root, env, "a") as a, serve_bentoml(root, env, "b") as b:
+            yield root, r, env, a, b
+
+
+def _rows(n: int, seed: int = 0) -> list[list[float]]:
+    return np.random.default_rng(seed).normal(size=(n, 3)).round(4).tolist()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["fc", "fcw"])
+def test_any_replica_continues_any_session(setup, model):
+    _, r, _, (_, a, _), (_, b, _) = setup
+    rows = _rows(30)
+    s = httpx.post(a + "/sessions", json={"model": model, "context": rows[:10]}).json()
+    sid = s["session_id"]
+    u = httpx.post(b + f"/sessions/{sid}", json={"observations": rows[10:20]}).json()
+    u = httpx.post(a + f"/sessions/{sid}", json={"observations": rows[20:]}).json()
+    assert u["observations"] == 30
+    whole = httpx.post(b + "/forecast", json={"model": model, "context": rows}).json()["forecast"]
+    np.testing.assert_allclose(u["forecast"], whole, atol=1e-5)
+    assert httpx.get(b + f"/sessions/{sid}").json()["observations"] == 30
+    ttl = redis.Redis.from_url(r.url).ttl(f"rnnops:session:{sid}")
+    assert 0 < ttl <= TTL  # the idle TTL is the key's Redis expiry
+    assert httpx.delete(a + f"/sessions/{sid}").status_code == 200
+    assert httpx.get(b + f"/sessions/{sid}").status_code == 404
+
+
+@pytest.mark.slow
+def test_concurrent_updates_are_applied_exactly_once_each(setup):
+    _, _, _, (_, a, _), (_, b, _) = setup
+    rows = _rows(41, seed=1)
+    sid = httpx.post(a + "/sessions", json={"model": "fc", "context": rows[:1]}).json()["session_id"]
+
+    async def race():
+        async with httpx.AsyncClient(timeout=60) as c:
+            return await asyncio.gather(*(c.post((a, b)[i % 2] + f"/sessions/{sid}", json={"observations": [rows[1 + i]]})
+                                          for i in range(40)))
+
+    answers = asyncio.run(race())
+    assert all(x.status_code == 200 for x in answers), [x.text for x in answers if x.status_code != 200][:3]
+    seen = sorted(x.json()["observations"] for x in answers)
+    assert seen == list(range(2, 42))  # each update saw a distinct count: serialised, none lost or doubled
+    assert httpx.get(b + f"/sessions/{sid}").json()["observations"] == 41
+
+
+@pytest.mark.slow
+def test_a_session_survives_the_restart_of_the_replica_that_opened_it(setup):
+    root, _, env, _, (_, b, _) = setup
+    rows = _rows(20, seed=2)
+    with serve_bentoml(root, env, "c") as (_, c, _):
+        sid = httpx.post(c + "/sessions", json={"model": "fc", "context": rows[:10]}).json()["session_id"]
+    # c is gone (stopped, its memory with it); b and a new c both continue the session
+    u = httpx.post(b + f"/sessions/{sid}", json={"observations": rows[10:15]}).json()
+    with serve_bentoml(root, env, "c2") as (_, c2, _):
+        u = httpx.post(c2 + f"/sessions/{sid}", json={"observations": rows[15:]}).json()
+    assert u["observations"] == 20
+    whole = httpx.post(b + "/forecast", json={"model": "fc", "context": rows}).json()["forecast"]
+    np.testing.assert_allclose(u["forecast"], whole, atol=1e-5)
