@@ -232,6 +232,10 @@ def test_serving_env_is_valid_for_the_service_config(services):
 
     default = re.match(r"\$\{RNNOPS_MODELS:-(.*)\}", env_of(services["serving"])["RNNOPS_MODELS"]).group(1)
     assert [r.name for r in parse_refs(default)] == ["char-rnn", "forecaster"]
+    # sessions shared through the compose file's own Redis service
+    store = re.match(r"\$\{RNNOPS_SESSION_STORE:-(.*)\}", env_of(services["serving"])["RNNOPS_SESSION_STORE"]).group(1)
+    ServeConfig(session_store=store).validate()
+    assert store.startswith("redis://redis:") and "redis" in services["serving"]["depends_on"]
 
 
 # ---------------------------------------------------------------- ports, health, order
