@@ -42,7 +42,7 @@ def _start(args: list[str], root: Path, env: dict, name: str) -> tuple[subproces
     return proc, log
 
 
-def _run(args: list[str], root: Path, env: dict, name: str, timeout: float = 180) -> tuple[int, str]:
+def _run(args: list[str], root: Path, env: dict, name: str, timeout: float = 300) -> tuple[int, str]:
     proc, log = _start(args, root, env, name)
     try:
         proc.wait(timeout)
@@ -57,6 +57,19 @@ def _run_id(log: Path) -> str:
     m = re.search(r"MLflow run ([0-9a-f]{32})", log.read_text(errors="replace"))
     assert m, tail(log)
     return m.group(1)
+
+
+def _checkpoint_at_least(root: Path, step: int, seen: dict) -> bool:
+    """A checkpoint under ``root`` is at ``step`` or later (read only when it changed)."""
+    for path in root.glob("*/trainer.pt"):
+        try:
+            stamp = path.stat().st_mtime_ns
+            if seen.get("stamp") != stamp:
+                seen.update(stamp=stamp, step=_checkpoint_step(path.parent))
+        except Exception:  # replaced while read: look again
+            return False
+        return seen["step"] >= step
+    return False
 
 
 def _checkpoint_step(folder: Path) -> int:
@@ -124,22 +137,22 @@ def test_sigkilled_run_resumes_to_the_same_bits(task, tmp_path, small_text, smal
     ref, ref_log = _start(args, whole, _env(whole), "train")  # runs beside the one we kill
     proc, log = _start(args, killed, _env(killed), "train")
     try:
-        deadline = time.monotonic() + 120
-        while not list((killed / "checkpoints").glob("*/trainer.pt")):
-            assert proc.poll() is None, f"training ended ({proc.returncode}) before a checkpoint\n{tail(log)}"
+        deadline = time.monotonic() + 300
+        seen: dict = {}
+        while not _checkpoint_at_least(killed / "checkpoints", STEPS // 3, seen):  # a few evaluations in
+            assert proc.poll() is None, f"training ended ({proc.returncode}) before step {STEPS // 3}\n{tail(log)}"
             assert time.monotonic() < deadline, tail(log)
-            time.sleep(0.005)
-        time.sleep(0.2)  # land mid-run, between checkpoints
-        proc.send_signal(signal.SIGKILL)
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)  # lands in the steps (or the evaluation) after that checkpoint
         proc.wait(30)
         assert proc.returncode == -signal.SIGKILL
         run_id = _run_id(log)
         at = _checkpoint_step(killed / "checkpoints" / run_id)
-        assert 0 < at < STEPS, f"killed at checkpoint step {at}: not mid-run\n{tail(log)}"
+        assert STEPS // 3 <= at < STEPS, f"killed at checkpoint step {at}: not mid-run\n{tail(log)}"
         rc, out = _run(["train", task, "--resume", run_id], killed, _env(killed), "resume")
         assert rc == 0, out[-3000:]
         assert f"resuming at step {at} of {STEPS}" in out
-        assert ref.wait(180) == 0, tail(ref_log)
+        assert ref.wait(300) == 0, tail(ref_log)
     finally:
         for p in (ref, proc):
             if p.poll() is None:
@@ -188,7 +201,7 @@ def test_tracking_server_down_mid_training_keeps_the_checkpoint_and_resume_finis
             "--time-budget", "0", "--patience", "1000", "--seed", "3"]
     proc, log = _start(args, tmp_path, env, "train")
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while not list((tmp_path / "checkpoints").glob("*/trainer.pt")):
             assert proc.poll() is None, tail(log)
             assert time.monotonic() < deadline, tail(log)
