@@ -9,6 +9,7 @@ Thin: it validates, translates and frames; the scheduler, batcher and sessions d
 - ``/v1/models``, ``/v1/completions``: OpenAI-compatible completions (:mod:`.openai`).
 - ``/v2/...``: the Open Inference Protocol, KServe v2 / Triton HTTP, with sequences (:mod:`.oip`).
 - ``GET /docs.json`` (OpenAPI 3.1 of all of the above), ``GET /docs`` (Swagger UI): :mod:`.openapi`.
+- ``GET /playground`` (``/`` redirects there): the browser playground (:mod:`.playground`).
 
 Every handler takes the serving state explicitly (:class:`Serving`: config, model manager,
 sessions), so a handler can be tested with Starlette's test client and a fake model manager.
@@ -35,6 +36,7 @@ from rnnops.serving.http import generate as G
 from rnnops.serving.http import oip as OIP
 from rnnops.serving.http import openai as OA
 from rnnops.serving.http import openapi as DOCS
+from rnnops.serving.http import playground as PLAY
 from rnnops.serving.http.errors import ApiError, JSONResponse, to_response
 
 
@@ -89,6 +91,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/docs.json", DOCS.docs_json),
     ("GET", "/docs", DOCS.docs_page),
     ("GET", "/static_content/{file}", DOCS.asset),
+    *PLAY.ROUTES,  # the browser playground (issue 16): /, /playground and its files, vocab, samples
 ]
 
 

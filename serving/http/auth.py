@@ -6,7 +6,8 @@
   is never logged. When set, every route needs ``Authorization: Bearer <key>`` (the OpenAI
   client's ``api_key`` and tritonclient's ``headers`` send it) except the health endpoints
   (``/livez``, ``/readyz``, ``/v2/health/*``), the API contract (``/docs``, ``/docs.json``, its
-  assets) and ``/metrics`` unless ``RNNOPS_METRICS_AUTH=1``; otherwise 401 with
+  assets), the playground's page and files (``/``, ``/playground``, ``/playground/static/``) and
+  ``/metrics`` unless ``RNNOPS_METRICS_AUTH=1``; otherwise 401 with
   ``WWW-Authenticate: Bearer`` and the error in the shape of the API asked (OpenAI's under
   ``/v1``).
 - ``RNNOPS_MAX_STREAMS_PER_KEY``: at most this many concurrent generation streams per key **per
@@ -29,8 +30,9 @@ import orjson
 from rnnops.errors import RnnopsError
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/v2/health/live", "/v2/health/ready", "/docs",
-                        "/docs.json"})
-OPEN_PREFIXES = ("/static_content/",)
+                        "/docs.json", "/", "/playground", "/playground/"})
+# the playground's page and static files are open (the page then asks for a key: its requests need one)
+OPEN_PREFIXES = ("/static_content/", "/playground/static/")
 STREAM_PATHS = frozenset({"/generate", "/complete", "/v1/completions"})
 
 

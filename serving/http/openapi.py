@@ -29,7 +29,7 @@ from starlette.responses import FileResponse, HTMLResponse, Response
 
 from rnnops import __version__
 from rnnops.serving.http import answers as A
-from rnnops.serving.http import oip, openai
+from rnnops.serving.http import oip, openai, playground
 from rnnops.serving.http.errors import JSONResponse
 from rnnops.serving.http.schemas import ForecastBody, GenerateBody, ObserveBody, OpenSessionBody
 
@@ -252,6 +252,7 @@ def document(serving) -> dict:
             "text/plain": {"schema": {"type": "string"}}}}}, _errors(E, (), auth and serving.config.metrics_auth),
             open_route=not serving.config.metrics_auth, tag="meta")},
     }
+    paths.update(playground.openapi_paths(serving, _op, _errors, _path_param, E, auth))
     doc = {"openapi": "3.1.0",
            "info": {"title": "rnnops", "version": __version__,
                     "description": "Char models and forecasters on onnxruntime: native endpoints, OpenAI-compatible "

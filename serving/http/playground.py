@@ -1,0 +1,193 @@
+"""The browser playground: a page served by the service itself (``GET /playground``; ``/``
+redirects to it), with its static files and two small read-only answers it needs.
+
+- ``GET /playground`` the page; ``GET /playground/static/{file}`` its ES modules, CSS and the
+  vendored plotting library (uPlot, pinned, with its license: ``static/playground/vendor/``;
+  ``scripts/fetch_playground_assets.sh`` fetches it again from npm). Nothing is loaded from a
+  CDN: the page works offline. The files are package data, read once and kept in memory.
+- ``GET /playground/config.json`` what the page cannot know: the MLflow UI to link runs to
+  (``RNNOPS_MLFLOW_UI``, else ``MLFLOW_TRACKING_URI`` when it is an http(s) server).
+- ``GET /models/{name}/vocab`` a char model's vocabulary (id = position): the page encodes text
+  for the Open Inference Protocol (``/v2/models/{name}/infer``) to trace the state per character.
+- ``GET /models/{name}/sample`` a forecaster's window of validation data, embedded in its ONNX
+  file by ``rnnops export`` (metadata key ``contract.META_SAMPLE``): ``lookback`` rows of context
+  and the ``horizon`` rows that followed, raw units. A 404 saying so when the file has none.
+
+Everything the page shows comes from the public API (``/models``, ``/generate``,
+``/v1/completions``, ``/v2/.../infer``, ``/forecast``, ``/sessions``, ``/metrics``): it adds
+nothing to the hot paths.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+from functools import lru_cache
+from importlib import resources
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from rnnops import __version__, contract
+from rnnops.serving.errors import UnknownModel
+from rnnops.serving.http.errors import ApiError, JSONResponse
+
+PACKAGE = "rnnops.serving.http"
+STATIC = ("static", "playground")
+TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+         ".html": "text/html; charset=utf-8", ".svg": "image/svg+xml", ".txt": "text/plain; charset=utf-8",
+         ".json": "application/json"}
+
+
+@lru_cache(maxsize=None)
+def _files() -> dict[str, bytes]:
+    """Every static file of the page by its path under ``static/playground/`` (read once)."""
+    out: dict[str, bytes] = {}
+
+    def walk(node, prefix: str) -> None:
+        for child in node.iterdir():
+            name = f"{prefix}{child.name}"
+            if child.is_dir():
+                walk(child, name + "/")
+            elif not child.name.startswith("."):
+                out[name] = child.read_bytes()
+
+    root = resources.files(PACKAGE).joinpath(*STATIC)
+    if root.is_dir():
+        walk(root, "")
+    return out
+
+
+def _file(name: str, cache: str) -> Response:
+    data = _files().get(name)
+    if data is None:
+        raise ApiError(404, "not_found", f"no playground file {name!r}")
+    ext = os.path.splitext(name)[1]
+    media = TYPES.get(ext) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return Response(data, media_type=media, headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff"})
+
+
+async def root(serving, request: Request) -> Response:
+    return RedirectResponse("/playground", status_code=307)
+
+
+async def page(serving, request: Request) -> Response:
+    return _file("index.html", "no-cache")
+
+
+async def asset(serving, request: Request) -> Response:
+    # no-cache: the browser revalidates, so a new release's files are picked up at once
+    return _file(request.path_params["file"], "no-cache")
+
+
+def mlflow_ui() -> str | None:
+    url = os.environ.get("RNNOPS_MLFLOW_UI") or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    return url.rstrip("/") if url.startswith(("http://", "https://")) else None
+
+
+async def config(serving, request: Request) -> Response:
+    return JSONResponse({"mlflow_ui": mlflow_ui(), "rnnops_version": __version__})
+
+
+def _model(serving, request: Request, kind: str):
+    name = request.path_params["name"]
+    m = serving.models.current.get(name)
+    if m is None:
+        m = serving.models.get(name, kind)  # 503 while it loads, 404 when it is not configured
+    if m.kind != kind:
+        raise UnknownModel(f"model {name!r} is a {m.kind} model; this answer is for {kind} models")
+    return m
+
+
+async def vocab(serving, request: Request) -> Response:
+    m = _model(serving, request, "char")
+    return JSONResponse({"model": m.name, "version": m.version, "vocab": list(m.runtime.vocab)})
+
+
+def model_sample(m) -> dict | None:
+    """The validation window embedded in the model's ONNX file (decoded once per version)."""
+    cached = getattr(m, "_playground_sample", False)
+    if cached is not False:
+        return cached
+    raw = None
+    try:
+        raw = dict(m.runtime.session.get_modelmeta().custom_metadata_map).get(contract.META_SAMPLE)
+    except AttributeError:  # a runtime without an onnxruntime session (tests' fakes)
+        pass
+    sample = json.loads(raw) if raw else None
+    try:
+        m._playground_sample = sample
+    except AttributeError:
+        pass
+    return sample
+
+
+async def sample(serving, request: Request) -> Response:
+    m = _model(serving, request, "forecaster")
+    s = model_sample(m)
+    if s is None:
+        raise ApiError(404, "no_sample", f"model {m.name!r} (version {m.version}) carries no validation sample: "
+                       "it was exported before `rnnops export` embedded one, or its data could not be read "
+                       "at export; paste or upload a CSV instead")
+    return JSONResponse({"model": m.name, "version": m.version, **s})
+
+
+async def vendor_asset(serving, request: Request) -> Response:
+    return _file(f"vendor/uplot/{request.path_params['file']}", "no-cache")
+
+
+ROUTES = [
+    ("GET", "/", root),
+    ("GET", "/playground", page),
+    ("GET", "/playground/", page),
+    ("GET", "/playground/config.json", config),
+    ("GET", "/playground/static/{file}", asset),
+    ("GET", "/playground/static/vendor/uplot/{file}", vendor_asset),
+    ("GET", "/models/{name}/vocab", vocab),
+    ("GET", "/models/{name}/sample", sample),
+]
+
+
+def openapi_paths(serving, op, errors, path_param, error_model, auth: bool) -> dict:
+    """The playground's routes in ``/docs.json`` (built by :mod:`.openapi` with its helpers)."""
+    current = getattr(serving.models, "current", {})
+    chars = sorted(n for n, m in current.items() if m.kind == "char")
+    fcs = sorted(n for n, m in current.items() if m.kind == "forecaster")
+    html = {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}
+    static = {"200": {"description": "A file of the page (JavaScript, CSS, license)",
+                      "content": {"*/*": {"schema": {"type": "string"}}}}}
+    names = sorted(_files())
+    top = path_param("file", [n for n in names if "/" not in n])
+    vendor = path_param("file", [n.rsplit("/", 1)[1] for n in names if n.startswith("vendor/uplot/")])
+    obj = lambda props, required: {"type": "object", "required": required, "properties": props}  # noqa: E731
+    strings = {"type": "array", "items": {"type": "string"}}
+    vocab_answer = obj({"model": {"type": "string"}, "version": {"type": "string"},
+                        "vocab": {**strings, "description": "id = position"}}, ["model", "version", "vocab"])
+    rows = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
+    sample_answer = obj({"model": {"type": "string"}, "version": {"type": "string"}, "features": strings,
+                         "targets": strings, "lookback": {"type": "integer"}, "horizon": {"type": "integer"},
+                         "context_rows": {"type": "integer"}, "rows": rows,
+                         "timestamps": {"anyOf": [strings, {"type": "null"}]}},
+                        ["model", "version", "features", "targets", "context_rows", "rows"])
+    ok = lambda schema: {"200": {"description": "OK", "content": {"application/json": {"schema": schema}}}}  # noqa: E731
+    t = "playground"
+    return {
+        "/": {"get": op("Redirects to the playground", {"307": {"description": "to /playground"}}, {},
+                        open_route=True, tag=t)},
+        "/playground": {"get": op("The browser playground", html, {}, open_route=True, tag=t)},
+        "/playground/": {"get": op("The browser playground", html, {}, open_route=True, tag=t)},
+        "/playground/config.json": {"get": op("What the page links to (the MLflow UI)", ok(obj({
+            "mlflow_ui": {"type": ["string", "null"]}, "rnnops_version": {"type": "string"}}, ["mlflow_ui"])),
+            errors(error_model, (503,), auth), tag=t)},
+        "/playground/static/{file}": {"get": op("The page's files", static, errors(error_model, (404,), False),
+                                                params=[top], open_route=True, tag=t)},
+        "/playground/static/vendor/uplot/{file}": {"get": op("uPlot (vendored, pinned, MIT)", static, errors(
+            error_model, (404,), False), params=[vendor], open_route=True, tag=t)},
+        "/models/{name}/vocab": {"get": op("A char model's vocabulary (to encode text for /v2 infer)", ok(vocab_answer),
+                                           errors(error_model, (404, 503), auth), params=[path_param("name", chars)],
+                                           tag=t)},
+        "/models/{name}/sample": {"get": op("A forecaster's window of validation data (embedded at export)",
+                                            ok(sample_answer), errors(error_model, (404, 503), auth),
+                                            params=[path_param("name", fcs)], tag=t)},
+    }

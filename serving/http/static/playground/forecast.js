@@ -1,0 +1,307 @@
+// Forecast: history + forecast per target (with the interval band when the model has
+// quantiles), from a window of the model's validation data (GET /models/{name}/sample) or a
+// pasted/uploaded CSV; one POST /forecast, or a session (POST /sessions, then one observation
+// per POST /sessions/{id}) that animates the updated forecast.
+
+import { ApiError, getJSON, postJSON, request } from "./api.js";
+import { fit, forecastChart } from "./charts.js";
+
+const $ = (id) => document.getElementById(id);
+const fmt = (x, d = 0) => Number(x).toLocaleString("en-US", { maximumFractionDigits: d, minimumFractionDigits: d });
+
+let models = [];
+let limits = {};
+let charts = []; // [{el, chart, target}]
+let session = null; // the running session animation
+const samples = new Map();
+
+export function setModels(list, lim) {
+  models = list.filter((m) => m.kind === "forecaster");
+  limits = lim || {};
+  const sel = $("fc-model");
+  const keep = sel.value;
+  sel.innerHTML = "";
+  for (const m of models) sel.add(new Option(`${m.name}  (v${m.version}, ${m.cell}, ${m.targets.length} target${m.targets.length > 1 ? "s" : ""})`, m.name));
+  if (models.some((m) => m.name === keep)) sel.value = keep;
+  $("fc-go").disabled = $("fc-session").disabled = !models.length;
+  if (!models.length) $("fc-status").textContent = "No forecaster is served here.";
+  info();
+}
+
+function model() {
+  return models.find((m) => m.name === $("fc-model").value);
+}
+
+function info() {
+  const m = model();
+  if (!m) { $("fc-info").innerHTML = ""; return; }
+  const q = m.quantiles && m.quantiles.length ? `intervals at ${m.quantiles.join(", ")}` : "no intervals";
+  $("fc-info").innerHTML = `reads <b>${m.features.length}</b> feature${m.features.length > 1 ? "s" : ""} ` +
+    `(<code>${m.features.join(", ")}</code>) · forecasts <b>${m.horizon}</b> steps of <code>${m.targets.join(", ")}</code>` +
+    ` · ${m.stateful ? "stateful (any history length)" : `windowed: the last <b>${m.lookback}</b> rows`}` +
+    ` · lookback ${m.lookback}${m.freq ? ` · freq <code>${m.freq}</code>` : ""} · ${q}`;
+}
+
+function showError(msg) {
+  $("fc-error").textContent = msg || "";
+  $("fc-error").hidden = !msg;
+}
+
+function status(text, state = "info") {
+  const el = $("fc-status");
+  el.innerHTML = text;
+  el.dataset.state = state;
+}
+
+// ------------------------------------------------------------------------------ data
+
+const DATE_NAMES = /^(date|time|timestamp|datetime|ds|day|month|week)$/i;
+
+/** CSV text -> {rows: [[F numbers]], timestamps: [string] | null}, columns matched to the
+ * model's features by name (a header row), or by position when there is none. */
+export function parseCSV(text, features) {
+  const lines = text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
+  if (!lines.length) throw new Error("the CSV is empty");
+  const delim = [",", ";", "\t"].sort((a, b) => lines[0].split(b).length - lines[0].split(a).length)[0];
+  const cells = lines.map((l) => l.split(delim).map((c) => c.trim().replace(/^"(.*)"$/, "$1")));
+  const numeric = (c) => c !== "" && Number.isFinite(Number(c));
+  const header = cells[0].some((c) => !numeric(c)) && cells.length > 1 && cells[1].some(numeric) ? cells[0] : null;
+  const body = header ? cells.slice(1) : cells;
+  let cols, dateCol = -1;
+  if (header) {
+    const lower = header.map((h) => h.toLowerCase());
+    cols = features.map((f) => { const i = header.indexOf(f); return i >= 0 ? i : lower.indexOf(f.toLowerCase()); });
+    const missing = features.filter((f, k) => cols[k] < 0);
+    if (missing.length) {
+      throw new Error(`the CSV has no column ${missing.map((f) => `"${f}"`).join(", ")}; the model reads ` +
+        `${features.join(", ")} (its columns: ${header.join(", ")})`);
+    }
+    dateCol = header.findIndex((h, i) => !cols.includes(i) && DATE_NAMES.test(h));
+    if (dateCol < 0) dateCol = header.findIndex((h, i) => !cols.includes(i) && body[0] && !numeric(body[0][i]) && !Number.isNaN(Date.parse(body[0][i])));
+  } else {
+    const n = body[0].length;
+    if (n === features.length) cols = features.map((f, k) => k);
+    else if (n === features.length + 1 && !numeric(body[0][0])) { dateCol = 0; cols = features.map((f, k) => k + 1); }
+    else throw new Error(`the CSV's rows have ${n} values and no header; the model reads ${features.length} features ` +
+      `(${features.join(", ")}): add a header row naming them`);
+  }
+  const rows = body.map((r, i) => cols.map((c, k) => {
+    const v = Number(r[c]);
+    if (r[c] === undefined || r[c] === "" || !Number.isFinite(v)) {
+      throw new Error(`row ${i + 1 + (header ? 1 : 0)}, column ${features[k]}: ${JSON.stringify(r[c] ?? "")} is not a number`);
+    }
+    return v;
+  }));
+  const timestamps = dateCol >= 0 ? body.map((r) => r[dateCol]) : null;
+  return { rows, timestamps };
+}
+
+async function sampleOf(m) {
+  const key = `${m.name}@${m.version}`;
+  if (!samples.has(key)) samples.set(key, await getJSON(`/models/${encodeURIComponent(m.name)}/sample`));
+  return samples.get(key);
+}
+
+/** {context rows, their timestamps, the actual future (rows) when known}. */
+async function history(m) {
+  if (document.querySelector("#fc-source input:checked").value === "sample") {
+    const s = await sampleOf(m);
+    const n = s.context_rows;
+    return { rows: s.rows.slice(0, n), timestamps: s.timestamps ? s.timestamps.slice(0, n) : null,
+      future: s.rows.slice(n), futureTs: s.timestamps ? s.timestamps.slice(n) : null,
+      what: `validation rows ${fmt(s.start_row)}–${fmt(s.start_row + n - 1)} of ${s.source}` };
+  }
+  const text = $("fc-csv").value;
+  const { rows, timestamps } = parseCSV(text, m.features);
+  return { rows, timestamps, future: null, futureTs: null, what: `${fmt(rows.length)} CSV rows` };
+}
+
+// ------------------------------------------------------------------------------ charts
+
+const epoch = (ts) => {
+  const t = Date.parse(/[zZ]|[+-]\d\d:?\d\d$/.test(ts) ? ts : ts.replace(" ", "T") + "Z");
+  return Number.isNaN(t) ? null : t / 1000;
+};
+
+/** The chart data of each target: x, history, actual, forecast, lo, hi. */
+function chartData(m, hist, resp) {
+  const H = resp.forecast.length;
+  const L = hist.rows.length;
+  const shown = Math.min(L, 1000); // longer histories: their last 1000 rows
+  const rows = hist.rows.slice(L - shown);
+  let x = null, time = false;
+  if (hist.timestamps && resp.timestamps) {
+    const a = hist.timestamps.slice(L - shown).map(epoch);
+    const b = resp.timestamps.map(epoch);
+    if (!a.includes(null) && !b.includes(null)) { x = [...a, ...b]; time = true; }
+  }
+  if (!x) x = [...Array.from({ length: shown }, (_, i) => i - shown + 1), ...Array.from({ length: H }, (_, i) => i + 1)];
+  const levels = resp.quantiles ? Object.keys(resp.quantiles).map(Number).sort((p, q) => p - q) : [];
+  const lo = levels.length >= 2 ? resp.quantiles[String(levels[0])] ?? resp.quantiles[levels[0].toString()] : null;
+  const hi = levels.length >= 2 ? resp.quantiles[String(levels[levels.length - 1])] : null;
+  return resp.targets.map((t, k) => {
+    const fi = m.features.indexOf(t);
+    const pad = (arr) => [...new Array(shown).fill(null), ...arr];
+    const future = hist.future ? hist.future.slice(0, H).map((r) => r[fi]) : null;
+    return {
+      target: t, time, x,
+      history: [...rows.map((r) => r[fi]), ...new Array(H).fill(null)],
+      forecast: pad(resp.forecast.map((r) => r[k])),
+      actual: future && future.length ? pad([...future, ...new Array(H - future.length).fill(null)]) : null,
+      lo: lo ? pad(lo.map((r) => r[k])) : null,
+      hi: hi ? pad(hi.map((r) => r[k])) : null,
+      bandLabel: lo ? `${fmt((levels[levels.length - 1] - levels[0]) * 100)}% interval` : null,
+    };
+  });
+}
+
+function draw(m, hist, resp) {
+  const box = $("fc-charts");
+  const data = chartData(m, hist, resp);
+  const reuse = charts.length === data.length && charts.every((c, i) => c.target === data[i].target &&
+    c.time === data[i].time && c.band === Boolean(data[i].lo));
+  if (!reuse) {
+    for (const c of charts) c.chart.destroy();
+    box.innerHTML = "";
+    charts = data.map((d) => {
+      const fig = document.createElement("figure");
+      fig.className = "chart";
+      const cap = document.createElement("figcaption");
+      const el = document.createElement("div");
+      fig.append(cap, el);
+      box.appendChild(fig);
+      return { fig, cap, el, target: d.target, time: d.time, band: Boolean(d.lo), chart: forecastChart(el, d) };
+    });
+  }
+  data.forEach((d, i) => {
+    const c = charts[i];
+    if (reuse) {
+      const blank = new Array(d.x.length).fill(null);
+      c.chart.setData([d.x, d.history, d.actual || blank, d.forecast, d.lo || blank, d.hi || blank]);
+    }
+    const nh = d.history.filter((v) => v != null).length;
+    const nf = d.forecast.filter((v) => v != null).length;
+    c.fig.dataset.target = d.target;
+    c.fig.dataset.historyPoints = String(nh);
+    c.fig.dataset.forecastPoints = String(nf);
+    c.fig.dataset.band = d.lo ? "yes" : "no";
+    c.cap.innerHTML = `<b>${d.target}</b> <span class="muted">· history ${fmt(nh)} points · forecast ${fmt(nf)} steps` +
+      `${d.bandLabel ? ` · shaded: ${d.bandLabel}` : ""}${d.actual ? " · dashed: what actually followed" : ""}</span>`;
+  });
+}
+
+// ------------------------------------------------------------------------------ one forecast
+
+function contextFor(m, hist) {
+  const max = limits.max_context_rows || 100000;
+  const n = m.stateful ? Math.min(hist.rows.length, max) : Math.min(hist.rows.length, m.lookback);
+  const cut = hist.rows.length - n;
+  return { ...hist, rows: hist.rows.slice(cut), timestamps: hist.timestamps ? hist.timestamps.slice(cut) : null };
+}
+
+async function forecast(ev) {
+  ev.preventDefault();
+  stopSession();
+  showError("");
+  const m = model();
+  if (!m) return;
+  try {
+    status("reading the history…", "busy");
+    const hist = contextFor(m, await history(m));
+    const body = { model: m.name, context: hist.rows };
+    if (hist.timestamps) body.timestamps = hist.timestamps;
+    const t = performance.now();
+    status(`forecasting from ${hist.what}…`, "busy");
+    const resp = await postJSON("/forecast", body);
+    const ms = performance.now() - t;
+    draw(m, hist, resp);
+    status(`<span class="ok">forecast</span> ${resp.horizon} steps of ${resp.targets.join(", ")} from ${hist.what} · ` +
+      `${fmt(ms, 1)} ms · ${resp.model} v${resp.version}${resp.quantiles ? " · with intervals" : ""}`, "done");
+  } catch (e) {
+    status("failed", "error");
+    showError(e.message);
+  }
+}
+
+// ------------------------------------------------------------------------------ a session
+
+function stopSession() {
+  if (session) session.stopped = true;
+}
+
+async function playSession() {
+  stopSession();
+  showError("");
+  const m = model();
+  if (!m) return;
+  const mine = { stopped: false, id: null };
+  session = mine;
+  $("fc-stop").disabled = false;
+  try {
+    const all = await history(m);
+    // the first `lookback` rows open the session (all of the sample's context); the rest are
+    // fed one by one, so the forecast moves as each observation arrives
+    let rows = all.rows, ts = all.timestamps;
+    let feed = all.future || [], feedTs = all.futureTs || null;
+    if (!all.future) {
+      const n = Math.min(m.lookback, Math.max(1, rows.length - 1));
+      feed = rows.slice(n, n + 500);
+      feedTs = ts ? ts.slice(n, n + 500) : null;
+      rows = rows.slice(0, n);
+      ts = ts ? ts.slice(0, n) : null;
+    }
+    const open = { model: m.name, context: rows };
+    if (ts) open.timestamps = ts;
+    let resp = await postJSON("/sessions", open);
+    mine.id = resp.session_id;
+    const seen = { rows: [...rows], timestamps: ts ? [...ts] : null };
+    const show = (r, k) => {
+      const hist = { rows: seen.rows, timestamps: seen.timestamps, future: feed.slice(k), futureTs: feedTs ? feedTs.slice(k) : null };
+      if (r.forecast) draw(m, hist, { ...r, horizon: r.forecast.length });
+    };
+    show(resp, 0);
+    for (let k = 0; k < feed.length && !mine.stopped; k++) {
+      const body = { observations: [feed[k]] };
+      if (feedTs) body.timestamps = [feedTs[k]];
+      const t = performance.now();
+      resp = await postJSON(`/sessions/${encodeURIComponent(mine.id)}`, body);
+      const ms = performance.now() - t;
+      seen.rows.push(feed[k]);
+      if (seen.timestamps) seen.timestamps.push(feedTs[k]);
+      show(resp, k + 1);
+      status(`<span class="ok">session</span> <code>${mine.id.slice(0, 8)}</code> · observation <b>${k + 1}</b>/${feed.length} ` +
+        `· ${resp.observations} seen · update ${fmt(ms, 1)} ms` + (resp.forecast ? "" : ` · needs ${resp.needs} more`), "session");
+      await new Promise((r) => setTimeout(r, Number($("fc-speed").value)));
+    }
+    if (!mine.stopped) status(`<span class="ok">session done</span>: ${feed.length} observations fed one by one, ` +
+      "the forecast updated after each", "done");
+  } catch (e) {
+    status("failed", "error");
+    showError(e instanceof ApiError || e instanceof Error ? e.message : String(e));
+  } finally {
+    if (mine.id) request(`/sessions/${encodeURIComponent(mine.id)}`, { method: "DELETE" }).catch(() => {});
+    if (session === mine) { session = null; $("fc-stop").disabled = true; }
+  }
+}
+
+// ------------------------------------------------------------------------------ wiring
+
+export function init() {
+  $("fc-form").addEventListener("submit", forecast);
+  $("fc-session").addEventListener("click", playSession);
+  $("fc-stop").addEventListener("click", () => { stopSession(); status("stopped", "stopped"); });
+  $("fc-model").addEventListener("change", () => { info(); });
+  for (const r of document.querySelectorAll("#fc-source input")) {
+    r.addEventListener("change", () => { $("fc-csv-box").hidden = r.value !== "csv" || !r.checked; });
+  }
+  $("fc-file").addEventListener("change", async () => {
+    const f = $("fc-file").files[0];
+    if (f) $("fc-csv").value = await f.text();
+  });
+  $("fc-speed").addEventListener("input", () => { $("fc-speed-v").textContent = `${$("fc-speed").value} ms`; });
+  window.addEventListener("resize", () => charts.forEach((c) => fit(c.chart, c.el)));
+}
+
+export function onShow() {
+  charts.forEach((c) => fit(c.chart, c.el));
+}
