@@ -17,13 +17,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[all]'
 	touch $@
 
-# PostgreSQL (the production-shape tests run a real mlflow server on it), Java 17 (Spark) and
-# Redis (the shared forecast-session store).
+# PostgreSQL (the production-shape tests run a real mlflow server on it), Java 17 (Spark),
+# Redis (the shared forecast-session store) and Chromium with its WebDriver (the playground's
+# browser tests).
 # Needs root or sudo; without them those tests skip with the reason (CI=true makes them fail).
 system-deps:
 	bash scripts/install_postgres.sh || echo "warning: PostgreSQL not installed: production tests will skip"
 	bash scripts/ensure_java.sh || echo "warning: no Java 17: Spark tests will skip"
 	bash scripts/install_redis.sh || echo "warning: no redis-server: the shared session store tests will skip"
+	bash scripts/install_chromium.sh || echo "warning: no chromium + chromium-driver: the playground browser tests will skip"
 
 test: setup system-deps
 	$(PY) -m pytest

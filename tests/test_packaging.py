@@ -33,6 +33,11 @@ def test_the_wheel_holds_and_imports_every_subpackage(tmp_path):
     shipped = {n[: -len("/__init__.py")].replace("/", ".") for n in names if n.endswith("/__init__.py")}
     want = _source_packages()
     assert want - shipped == set(), f"missing from the wheel (add them to pyproject.toml's packages): {want - shipped}"
+    # package data: the playground's page, modules and vendored uPlot (with its license)
+    static = REPO / "serving" / "http" / "static"
+    files = {f"rnnops/serving/{p.relative_to(REPO / 'serving').as_posix()}" for p in static.rglob("*") if p.is_file()}
+    assert "rnnops/serving/http/static/playground/vendor/uplot/LICENSE" in files
+    assert files - set(names) == set(), f"missing from the wheel (pyproject.toml's package-data): {files - set(names)}"
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
@@ -43,4 +48,9 @@ def test_the_wheel_holds_and_imports_every_subpackage(tmp_path):
     mods = sorted(m for m in want if not any(m == s or m.startswith(s + ".") for s in skip))
     p = subprocess.run([sys.executable, "-c", code, str(target), *mods], env=env, cwd=tmp_path,
                        capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    # and the installed service finds them (importlib.resources, not a path into the checkout)
+    code = ("from rnnops.serving.http import playground as P; f = P._files(); "
+            "assert {'index.html', 'app.js', 'vendor/uplot/uPlot.esm.js'} <= set(f), sorted(f)")
+    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
