@@ -19,7 +19,9 @@ rnnops export "$CHAR_RUN" --register --promote
 rnnops export "$FC_RUN" --register --promote
 rnnops registry list
 
-echo "== 4/4 serve on http://127.0.0.1:$PORT (Ctrl-C to stop); try:"
+echo "== 4/4 serve on http://127.0.0.1:$PORT (Ctrl-C to stop)"
+echo "   open the playground: http://127.0.0.1:$PORT/playground   (generate, forecast, watch the server)"
+echo "   or try:"
 echo "   curl -N -X POST localhost:$PORT/generate -H 'content-type: application/json' -d '{\"prompt\": \"ROMEO:\", \"max_chars\": 200}'"
 echo "   mlflow ui --backend-store-uri sqlite:///mlflow.db   # the runs, models and aliases"
 exec rnnops serve --models char-rnn@champion,forecaster@champion --port "$PORT"
