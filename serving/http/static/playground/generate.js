@@ -154,7 +154,9 @@ function doneStats(d) {
     `${ttfc}${srv}${d.queue_ms != null ? ` · queue ${fmt(d.queue_ms, 1)} ms` : ""} · seed <code>${d.seed}</code> ` +
     `<a href="#" class="replay" title="put this seed in the form: the same settings give the same text again">replay</a>` +
     ` · <span class="muted">${d.model} v${d.version}${d.source ? " via " + d.source : ""}</span>`;
-  el.querySelector(".replay").onclick = (ev) => { ev.preventDefault(); $("gen-seed").value = String(d.seed); };
+  const replay = el.querySelector(".replay");
+  if (/^\d+$/.test(String(d.seed))) replay.onclick = (ev) => { ev.preventDefault(); $("gen-seed").value = String(d.seed); };
+  else replay.remove();
 }
 
 async function streamGenerate(body, signal) {
@@ -194,7 +196,7 @@ async function streamCompletions(body, signal) {
     }
   }, signal);
   const dur = performance.now() - run.t0;
-  return { chars: run.generated, finish_reason: finish, seed: seed ?? "?", ttfc_ms: run.tFirst ? run.tFirst - run.t0 : null,
+  return { chars: run.generated, finish_reason: finish, seed: seed ?? (body.seed !== undefined ? String(body.seed) : "not streamed back"), ttfc_ms: run.tFirst ? run.tFirst - run.t0 : null,
     chars_per_s: null, queue_ms: null, duration_ms: dur, model: body.model, version: model().version,
     source: "/v1/completions (times measured in the browser)" };
 }
