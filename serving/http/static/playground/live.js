@@ -78,6 +78,7 @@ async function tick() {
 
 export function start() {
   build();
+  window.__playground.live = history;
   for (const k of Object.keys(charts)) fit(charts[k].chart, charts[k].el);
   if (!timer) { tick(); timer = setInterval(tick, 1000); }
 }
@@ -103,12 +104,12 @@ async function burst() {
   for (let left = n, k = 0; left > 0; left -= 16, k++) jobs.push([Math.min(16, left), k * 16]);
   const one = async ([count, seed]) => {
     try {
-      await postJSON("/v1/completions", { model, prompt, n: count, max_tokens: 1500, temperature: 0.9, seed });
+      await postJSON("/v1/completions", { model, prompt, n: count, max_tokens: 3000, temperature: 0.9, seed });
     } catch (e) {
       if (e.status !== 404) throw e;
       for (let i = 0; i < count; i += 4) { // no OpenAI endpoint here: /complete, 4 at a time
         await Promise.all(Array.from({ length: Math.min(4, count - i) }, (_, j) =>
-          postJSON("/complete", { model, prompt, max_chars: 1500, temperature: 0.9, seed: seed + i + j })));
+          postJSON("/complete", { model, prompt, max_chars: 3000, temperature: 0.9, seed: seed + i + j })));
       }
     }
   };
