@@ -236,8 +236,11 @@ def test_the_live_view_reads_the_metrics_every_second(page, shots):
     _set(page, "#load-n", "8")
     _by(page, "#load-go").click()  # 8 streams: the figures follow
     seen = lambda k: page.execute_script(f"return Math.max(0, ...window.__playground.live.{k})")  # noqa: E731
-    _wait(page, lambda d: seen("active") >= 1 and seen("cps") > 0 and seen("batch") >= 1, 20,
-          "the live figures did not follow the burst")
+    try:
+        _wait(page, lambda d: seen("active") >= 1 and seen("cps") > 0 and seen("batch") >= 1, 20)
+    except Exception:
+        raise AssertionError(f"the live figures did not follow the burst: {page.execute_script('return window.__playground.live')}, "
+                             f"{_by(page, '#live-error').text!r}") from None
     assert _severe(page) == []
     shots(page, "playground-live")
     _by(page, "[data-tab=models]").click()

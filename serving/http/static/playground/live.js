@@ -1,6 +1,7 @@
 // Live: the server's own figures from its Prometheus /metrics, read every second while the tab
-// is open: chars/s, active streams, queue depth, and the mean batch size of the decode steps
-// (from the histogram's _sum and _count between two reads).
+// is open: chars/s (the generated-characters counter between two reads), active streams, queue
+// depth, and the mean batch size of the decode steps (the histogram's _sum and _count between
+// two reads).
 
 import { postJSON, request } from "./api.js";
 import { fit, sparkline } from "./charts.js";
@@ -58,10 +59,13 @@ async function tick() {
     $("live-error").hidden = true;
     const now = Date.now() / 1000;
     const bsum = sum(m, "rnnops_step_batch_size_sum"), bcount = sum(m, "rnnops_step_batch_size_count");
-    let batch = 0;
+    const chars = sum(m, "rnnops_generated_chars_total");
+    let batch = 0, cps = FIGURES[0].read(m);
     if (prev && bcount > prev.bcount) batch = (bsum - prev.bsum) / (bcount - prev.bcount);
-    prev = { bsum, bcount };
-    const v = { cps: FIGURES[0].read(m), active: FIGURES[1].read(m), queue: FIGURES[2].read(m), batch };
+    // characters per second between two reads, from the counter (the gauge covers its own last second)
+    if (prev && m.has("rnnops_generated_chars_total") && now > prev.t) cps = Math.max(0, (chars - prev.chars) / (now - prev.t));
+    prev = { bsum, bcount, chars, t: now };
+    const v = { cps, active: FIGURES[1].read(m), queue: FIGURES[2].read(m), batch };
     history.t.push(now);
     for (const k of Object.keys(v)) history[k].push(v[k]);
     while (history.t.length && history.t[0] < now - WINDOW_S) for (const k of Object.keys(history)) history[k].shift();
