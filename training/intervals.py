@@ -94,8 +94,8 @@ def window_scale(model, x: Tensor) -> Tensor:
     if c.norm == "revin":
         w = x[:, -c.lookback:]
         std = torch.sqrt(w.var(dim=1, keepdim=True, unbiased=False) + 1e-5)
-    else:
-        std = model.std.view(1, 1, -1)
+    else:  # one per window too, so that batches of windows concatenate (calibrate, scores)
+        std = model.std.view(1, 1, -1).expand(x.shape[0], 1, -1)
     return std.index_select(2, model.targets)
 
 
