@@ -131,12 +131,15 @@ def test_serving_outlives_the_registry_and_polls_back_off_and_recover(files, tmp
     mlflow_proc = _mlflow_server(tmp_path, port)
     try:
         _register_char_model(url, files / "char.onnx")
+        # MLflow's retry settings as a fresh serving process sets them: other tests in this pytest
+        # process may have left training's (longer) ones in the environment it passes on
         env = {"RNNOPS_MODELS": "char-rnn@champion", "RNNOPS_POLL_SECONDS": "0.5", "MLFLOW_TRACKING_URI": url,
-               "RNNOPS_CACHE": str(tmp_path / "cache")}
+               "RNNOPS_CACHE": str(tmp_path / "cache"), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
         with serve(tmp_path, env) as (_, api, log):
             assert httpx.get(api + "/models").json()["registry"]["reachable"] is True
             stop(mlflow_proc, signal.SIGTERM, group=True)
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 90
             reg = {}
             while time.monotonic() < deadline:
                 reg = httpx.get(api + "/models", timeout=10).json()["registry"]
