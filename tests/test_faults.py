@@ -119,7 +119,7 @@ with mlflow.start_run() as run:
 v = api.register_run(run.info.run_id)
 api.promote(v.name, v.version, force=True)
 """
-    env = {**os.environ, "MLFLOW_TRACKING_URI": url}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url, "MLFLOW_REGISTRY_URI": url}
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
 
@@ -131,11 +131,12 @@ def test_serving_outlives_the_registry_and_polls_back_off_and_recover(files, tmp
     mlflow_proc = _mlflow_server(tmp_path, port)
     try:
         _register_char_model(url, files / "char.onnx")
-        # MLflow's retry settings as a fresh serving process sets them: other tests in this pytest
-        # process may have left training's (longer) ones in the environment it passes on
+        # Both URIs pinned, and MLflow's retry settings as a fresh serving process sets them:
+        # other tests in this pytest process may have left a registry URI (then the polls ask
+        # another, live registry) or training's longer retries in the environment passed on
         env = {"RNNOPS_MODELS": "char-rnn@champion", "RNNOPS_POLL_SECONDS": "0.5", "MLFLOW_TRACKING_URI": url,
-               "RNNOPS_CACHE": str(tmp_path / "cache"), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-               "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+               "MLFLOW_REGISTRY_URI": url, "RNNOPS_CACHE": str(tmp_path / "cache"),
+               "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
         with serve(tmp_path, env) as (_, api, log):
             assert httpx.get(api + "/models").json()["registry"]["reachable"] is True
             stop(mlflow_proc, signal.SIGTERM, group=True)
