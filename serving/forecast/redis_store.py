@@ -30,7 +30,7 @@ import numpy as np
 
 from rnnops.errors import RnnopsError
 from rnnops.serving.errors import Overloaded, SessionModelGone, UnknownSession
-from rnnops.serving.forecast.sessions import ForecastSession
+from rnnops.serving.forecast.sessions import ForecastSession, sessions_full
 
 PREFIX = "rnnops:session:"
 INDEX = "rnnops:sessions"
@@ -120,12 +120,7 @@ class RedisSessionStore:
 
     async def open(self, model, freq: str | None = None, session_id: str | None = None) -> ForecastSession:
         if await self.count() >= self.max_sessions:
-            if self._metrics:
-                self._metrics.rejected.labels(model.name, "sessions_full").inc()
-            raise Overloaded("sessions_full", f"{self._open} forecast sessions are open (limit "
-                             f"RNNOPS_MAX_SESSIONS={self.max_sessions}); close unused ones (DELETE /sessions/ID) "
-                             f"or wait for idle ones to expire ({self.ttl_s:g}s)",
-                             retry_after=int(min(60, max(1, self.ttl_s / 10))), status=429)
+            raise sessions_full(self._open, self.max_sessions, self.ttl_s, model.name, self._metrics)
         sess = ForecastSession(model, session_id or secrets.token_hex(12), freq)
         await self.save(sess)
         return sess

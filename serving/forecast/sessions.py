@@ -78,6 +78,15 @@ class ForecastSession:
         return out
 
 
+def sessions_full(open_now: int, limit: int, ttl_s: float, model: str, metrics=None) -> Overloaded:
+    """The 429 of a full store (every store's cap), counted in the metrics."""
+    if metrics:
+        metrics.rejected.labels(model, "sessions_full").inc()
+    return Overloaded("sessions_full", f"{open_now} forecast sessions are open (limit RNNOPS_MAX_SESSIONS={limit}); "
+                      f"close unused ones (DELETE /sessions/ID) or wait for idle ones to expire ({ttl_s:g}s)",
+                      retry_after=int(min(60, max(1, ttl_s / 10))), status=429)
+
+
 class SessionStore:
     """The in-process store (the default): sessions live in this worker's memory.
 
@@ -106,12 +115,7 @@ class SessionStore:
         if session_id is not None:
             self._sessions.pop(session_id, None)
         if len(self._sessions) >= self.max_sessions:
-            if self._metrics:
-                self._metrics.rejected.labels(model.name, "sessions_full").inc()
-            raise Overloaded("sessions_full", f"{len(self._sessions)} forecast sessions are open (limit "
-                             f"RNNOPS_MAX_SESSIONS={self.max_sessions}); close unused ones (DELETE /sessions/ID) "
-                             f"or wait for idle ones to expire ({self.ttl_s:g}s)",
-                             retry_after=int(min(60, max(1, self.ttl_s / 10))), status=429)
+            raise sessions_full(len(self._sessions), self.max_sessions, self.ttl_s, model.name, self._metrics)
         s = ForecastSession(model, session_id or secrets.token_hex(12), freq)
         self._sessions[s.id] = s
         self._gauge()
