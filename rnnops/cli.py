@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from rnnops.errors import RnnopsError
+from rnnops.errors import RnnopsError, Terminated
 
 app = typer.Typer(
     help="Train, export, register and serve recurrent sequence models (char-RNNs, forecasters).",
@@ -62,3 +62,5 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Terminated:  # 128 + SIGTERM, as a shell reports it
+        sys.exit(143)

@@ -129,8 +129,11 @@ def _forecast_job(small_csv: Path) -> list[str]:
             "--seed", "7"]
 
 
-@pytest.mark.parametrize("task", ["char", "forecast"])
-def test_sigkilled_run_resumes_to_the_same_bits(task, tmp_path, small_text, small_csv, monkeypatch):
+@pytest.mark.parametrize("task,sig", [("char", signal.SIGKILL), ("forecast", signal.SIGKILL), ("char", signal.SIGTERM)],
+                         ids=["char-sigkill", "forecast-sigkill", "char-sigterm"])
+def test_killed_run_resumes_to_the_same_bits(task, sig, tmp_path, small_text, small_csv, monkeypatch):
+    """SIGKILL loses the steps since the last checkpoint; SIGTERM (``docker stop``) saves one where
+    it lands and exits 143. Either way ``--resume`` ends bitwise where the uninterrupted run does."""
     args = _char_job(small_text) if task == "char" else _forecast_job(small_csv)
     whole, killed = tmp_path / "uninterrupted", tmp_path / "killed"
     t0 = time.monotonic()
@@ -143,10 +146,18 @@ def test_sigkilled_run_resumes_to_the_same_bits(task, tmp_path, small_text, smal
             assert proc.poll() is None, f"training ended ({proc.returncode}) before step {STEPS // 3}\n{tail(log)}"
             assert time.monotonic() < deadline, tail(log)
             time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)  # lands in the steps (or the evaluation) after that checkpoint
+        proc.send_signal(sig)  # lands in the steps (or the evaluation) after that checkpoint
         proc.wait(30)
-        assert proc.returncode == -signal.SIGKILL
         run_id = _run_id(log)
+        if sig == signal.SIGKILL:
+            assert proc.returncode == -signal.SIGKILL
+        else:
+            assert proc.returncode == 143, tail(log)
+            assert "terminated (SIGTERM): checkpoint saved" in log.read_text(), tail(log)
+            import mlflow
+
+            run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{killed / 'mlflow.db'}").get_run(run_id)
+            assert run.info.status == "KILLED"
         at = _checkpoint_step(killed / "checkpoints" / run_id)
         assert STEPS // 3 <= at < STEPS, f"killed at checkpoint step {at}: not mid-run\n{tail(log)}"
         rc, out = _run(["train", task, "--resume", run_id], killed, _env(killed), "resume")

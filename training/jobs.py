@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import rnnops
 from rnnops import settings
-from rnnops.errors import RnnopsError
+from rnnops.errors import RnnopsError, Terminated
 from rnnops.training import data as D
 from rnnops.training import distributed
 from rnnops.training.logged_model import log_model
@@ -235,9 +235,10 @@ def run_job(job: dict, experiment: str | None = None, resume_run: str | None = N
             log_model(setup["model"], spec, Path(tmp))
         status = "FINISHED"
         _print_summary(job, final, state, run_id)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:  # Ctrl-C, or SIGTERM
         status = "KILLED"
-        print(f"\ninterrupted: checkpoint saved; continue with `rnnops train {job['task']} --resume {run_id}`", file=sys.stderr)
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"\n{what}: checkpoint saved; continue with `rnnops train {job['task']} --resume {run_id}`", file=sys.stderr)
         raise
     except runinfo.StopRun as exc:  # ended on purpose (a pruned trial): not a failure
         status = exc.status

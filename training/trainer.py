@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from rnnops.errors import Terminated
 from rnnops.training.progress import TrainBar
 
 CHECKPOINT_FORMAT = 2  # trainer.pt holds the weights too (format 1: weights only in model.safetensors)
@@ -107,28 +108,45 @@ def set_rng_state(state: dict, batches: torch.Generator) -> None:
               state["cuda"] if "cuda" in state and torch.cuda.is_available() else None), batches)
 
 
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _sigterm_raises_terminated() -> Callable[[], None]:
+    """For the training loop: SIGTERM raises ``Terminated`` instead of killing the process before
+    a checkpoint. Only where SIGTERM has its default action, on the main thread. Returns the undo."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return lambda: None
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    return lambda: signal.signal(signal.SIGTERM, old)
+
+
 class _DeferInterrupt:
-    """Holds a Ctrl-C (SIGINT) back until the block ends, so the optimizer step and the step count
-    (or an evaluation's outcome) change together. Main thread only; elsewhere it does nothing."""
+    """Holds a Ctrl-C (SIGINT) or SIGTERM back until the block ends, so the optimizer step and the
+    step count (or an evaluation's outcome) change together. Main thread only; elsewhere it does
+    nothing."""
 
     def __enter__(self):
-        self.old, self.hit = None, None
+        self.old, self.hit = {}, None
         if threading.current_thread() is threading.main_thread():
-            self.old = signal.signal(signal.SIGINT, self._record)
+            self.old = {sig: signal.signal(sig, self._record) for sig in _INTERRUPTS}
         return self
 
     def _record(self, signum, frame):
-        self.hit = (signum, frame)
+        self.hit = self.hit or (signum, frame)
 
     def __exit__(self, *exc):
-        if self.old is None:
-            return False
-        signal.signal(signal.SIGINT, self.old)
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
         if self.hit is not None:
-            if callable(self.old):
-                self.old(*self.hit)  # default_int_handler raises KeyboardInterrupt here
-            elif self.old == signal.SIG_DFL:
-                signal.raise_signal(signal.SIGINT)
+            old = self.old[self.hit[0]]
+            if callable(old):
+                old(*self.hit)  # default_int_handler raises KeyboardInterrupt here, ours Terminated
+            elif old == signal.SIG_DFL:
+                signal.raise_signal(self.hit[0])
         return False
 
 
@@ -244,7 +262,8 @@ def train(
 
     ``evaluate(step)`` returns metrics including ``val_key`` (lower is better); the loop keeps
     the best weights and stops after ``patience`` evaluations without improvement.
-    A KeyboardInterrupt or any exception saves a checkpoint first, then propagates.
+    A KeyboardInterrupt (Ctrl-C, or SIGTERM as ``Terminated``) or any exception saves a checkpoint
+    first, then propagates.
     ``clock`` drives the time budget; DDP ranks pass one shared clock so they stop together.
     ``restore_rng=False`` (DDP replicas, which resume from rank 0's checkpoint) reseeds the
     random states from ``seed + step`` instead of taking the checkpoint's.
@@ -285,6 +304,7 @@ def train(
     bar = TrainBar(s.steps, s.time_budget_s, progress(), state["step"])  # over the budget's seconds when one is set
     window_t, window_items = time.perf_counter(), 0
     rewind = None  # random states when the running step / evaluation began: an interrupt returns there
+    restore_sigterm = _sigterm_raises_terminated()
     try:
         while not state["stop"] and (state["eval_pending"] or (state["step"] < s.steps and progress() < 1.0)):
             if not state["eval_pending"]:
@@ -336,6 +356,7 @@ def train(
         save()
         raise
     finally:
+        restore_sigterm()
         bar.close()
     save()
     if best_weights is not None:
