@@ -24,3 +24,18 @@ def available_cpus() -> int:
     except AttributeError:  # macOS
         n = os.cpu_count() or 1
     return max(1, n)
+
+
+def return_free_memory() -> bool:
+    """Hand memory that the process freed back to the OS (glibc's ``malloc_trim``), where glibc is
+    the allocator; False elsewhere. glibc keeps freed blocks in its heaps and trims only a heap's
+    top, so after a model version is released (its weights and ORT buffers, freed in the middle
+    of a heap) the RSS would stay at the peak of the swap."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return False

@@ -67,7 +67,11 @@ class ServeConfig:
     max_sessions: int = 1024
     session_ttl_s: float = 600.0
     session_store: str = "memory"  # memory (this worker) | redis://host:6379/0 (shared by workers and replicas)
-    request_timeout_s: float = 600.0  # BentoML traffic timeout (time to the first byte)
+    # BentoML's traffic timeout (time to the first byte), a backstop behind request_deadline_s and
+    # queue_timeout_s. Kept short because BentoML arms a timer per request for this long and never
+    # cancels it: each holds its request's context (spans, futures) until it fires, so 600 s of
+    # requests stayed in memory (the soak saw the heap grow for ten minutes).
+    request_timeout_s: float = 150.0
     # reliability (http/limits.py, drain.py): request bodies at most this big (413 beyond, before
     # the body is read); a non-streaming request answered within this long (504 beyond); a stream
     # whose client stopped reading is cancelled after this long; SIGTERM lets in-flight work run

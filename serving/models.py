@@ -19,6 +19,7 @@ is logged, counted (``rnnops_model_reloads_total{result="failed"}``) and shown b
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -34,7 +35,7 @@ from rnnops.serving.forecast.batcher import ForecastBatcher
 from rnnops.serving.generate.naive import NaiveGenerator
 from rnnops.serving.generate.scheduler import OnStep, SchedulerMetrics, StepScheduler
 from rnnops.serving.runtime import Runtime
-from rnnops.util import sha256_file
+from rnnops.util import return_free_memory, sha256_file
 
 log = logging.getLogger("rnnops.serving")
 
@@ -275,9 +276,14 @@ class ModelManager:
         self._reap()
 
     def _reap(self) -> None:
-        for m in [m for m in self.draining if not m.busy]:
+        done = [m for m in self.draining if not m.busy]
+        for m in done:
             m.stop()
             self.draining.remove(m)
+        if done:  # the old version's session is gone now: give its memory back (docs/reliability.md)
+            del done, m
+            gc.collect()
+            return_free_memory()
 
     def _registry_down(self, exc: Exception) -> None:
         r = self.registry
