@@ -171,15 +171,18 @@ def test_serving_outlives_the_registry_and_polls_back_off_and_recover(files, tmp
 
 @pytest.mark.slow
 def test_sigterm_drains_in_flight_streams_and_refuses_new_requests(files, tmp_path):
-    env = {"RNNOPS_MODELS": f"char={files / 'char.onnx'}", "RNNOPS_DRAIN_S": "30"}
+    env = {"RNNOPS_MODELS": f"char={files / 'char.onnx'}", "RNNOPS_DRAIN_S": "60"}
     with serve(tmp_path, env) as (proc, url, log):
         idle = httpx.Client(base_url=url, timeout=10)
-        assert idle.get("/models").status_code == 200  # a keep-alive connection, idle when the signal comes
 
         async def scenario():
-            tasks = [asyncio.create_task(_stream(url, {"prompt": "ab", "max_chars": 3000, "seed": i}))
+            # long enough to be in flight for seconds after the signal, even on a loaded machine
+            tasks = [asyncio.create_task(_stream(url, {"prompt": "ab", "max_chars": 8000, "seed": i}))
                      for i in range(8)]
             await asyncio.sleep(1.0)
+            # a keep-alive connection, idle when the signal comes (used just now: well inside
+            # uvicorn's keep-alive timeout, which would close it on a slow machine otherwise)
+            assert (await asyncio.to_thread(idle.get, "/models")).status_code == 200
             proc.send_signal(signal.SIGTERM)  # what `docker stop` / Kubernetes send to the arbiter
             await asyncio.sleep(0.5)
             new = await asyncio.to_thread(idle.post, "/complete", json={"prompt": "ab", "max_chars": 5})
