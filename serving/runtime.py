@@ -150,8 +150,8 @@ class Runtime:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # No CPU arena: ORT's arena grows by doubling to the largest batch x prefill it has seen
         # and never gives memory back, so a server's RSS crept up with each new peak shape (the
-        # soak, docs/reliability.md). Plain malloc measured as fast for these graphs (a step at
-        # batch 1/64/256 and a 128-character prefill within 2 %, none slower).
+        # soak, docs/reliability.md). Plain malloc measured no slower for these graphs (a step at
+        # batch 64/256 and a 128-character prefill within 2 %, batch 1 15 % faster).
         opts.enable_cpu_mem_arena = False
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=wanted)
