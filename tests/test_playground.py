@@ -233,8 +233,10 @@ def test_the_live_view_reads_the_metrics_every_second(page, shots):
     _wait(page, lambda d: int(_by(d, "#live-grid").get_attribute("data-reads") or 0) >= 2, 10, "no /metrics reads")
     cards = page.find_elements(By.CSS_SELECTOR, "#live-grid .live-card")
     assert [c.get_attribute("data-metric") for c in cards] == ["cps", "active", "queue", "batch"]
-    _set(page, "#load-n", "8")
-    _by(page, "#load-go").click()  # 8 streams: the figures follow
+    # 128 streams: several waves through the browser's 6 connections, so the burst outlasts the
+    # one-second reads (8 streams of 3,000 chars finished between two reads on CI: active stayed 0)
+    _set(page, "#load-n", "128")
+    _by(page, "#load-go").click()
     seen = lambda k: page.execute_script(f"return Math.max(0, ...window.__playground.live.{k})")  # noqa: E731
     try:
         _wait(page, lambda d: seen("active") >= 1 and seen("cps") > 0 and seen("batch") >= 1, 20)
@@ -243,6 +245,7 @@ def test_the_live_view_reads_the_metrics_every_second(page, shots):
                              f"{_by(page, '#live-error').text!r}") from None
     assert _severe(page) == []
     shots(page, "playground-live")
+    _wait(page, lambda d: _by(d, "#load-go").is_enabled(), 120, "the burst did not finish")  # the next tests get a quiet server
     _by(page, "[data-tab=models]").click()
     _wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#models-list .card")) == 2, 10)
     shots(page, "playground-models")
