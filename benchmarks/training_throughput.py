@@ -222,15 +222,47 @@ CELL_CONFIGS = {
 }
 
 
+def torch_matmul_flops(n: int = 2048, reps: int = 5) -> float:
+    """FLOP/s of a large float32 matmul in torch, the BLAS the training runs on (best of ``reps``)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def training_flops_per_char(model, cell: str, cfg: dict) -> float:
+    """About 6 x N FLOPs per character for forward + backward (N: the parameters that multiply,
+    so the embedding table, a lookup, is left out), plus the state update of a matrix-memory cell:
+    mLSTM per layer and head ``C = f C + i k v^T`` and ``h = C q`` cost about 5 d_k d_v forward,
+    three times that with the backward pass."""
+    n = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name)
+    flops = 6.0 * n
+    if cell == "mlstm":
+        heads = cfg["heads"]
+        d = cfg["hidden_size"] // heads
+        flops += 3 * 5 * heads * d * d * cfg["num_layers"]
+    return flops
+
+
 def cells_throughput(cells: list[str], batch: int = 32, seq: int = 256, steps: int = 2, reps: int = 3) -> dict:
-    """chars/s of forward + backward + AdamW per cell (random tokens, vocab 65), interleaved reps."""
+    """chars/s of forward + backward + AdamW per cell (random tokens, vocab 65), interleaved reps,
+    beside each cell's roofline: the chars/s at which 6 x N FLOPs per char (plus the matrix
+    state's) run at the machine's measured matmul FLOP/s."""
     import torch
     import torch.nn.functional as F
 
     from rnnops.training.models import CharModel, CharModelConfig
 
     torch.set_num_threads(C.cpus())
-    runs = {}
+    peak = torch_matmul_flops()
+    print(f"matmul: {peak / 1e9:.1f} GFLOP/s (torch float32, 2048^2, {torch.get_num_threads()} threads)", file=sys.stderr)
+    runs, flops_per_char = {}, {}
     for cell in cells:
         torch.manual_seed(0)
         model = CharModel(CharModelConfig(vocab_size=65, cell=cell, **CELL_CONFIGS[cell]))
@@ -249,17 +281,22 @@ def cells_throughput(cells: list[str], batch: int = 32, seq: int = 256, steps: i
 
         go(1)  # warm-up (compiles the fused kernels on first use)
         runs[cell] = (go, sum(p.numel() for p in model.parameters()))
+        flops_per_char[cell] = training_flops_per_char(model, cell, CELL_CONFIGS[cell])
     rates = {c: [] for c in cells}
     for _ in range(reps):
         for cell, (go, _) in runs.items():
             rates[cell].append(batch * seq * steps / go(steps))
     base = C.median(rates["lstm"]) if "lstm" in rates else None
-    out = {"batch": batch, "seq_len": seq, "steps": steps, "reps": reps, "threads": torch.get_num_threads(), "cells": {}}
+    out = {"batch": batch, "seq_len": seq, "steps": steps, "reps": reps, "threads": torch.get_num_threads(),
+           "matmul_flops": peak, "cells": {}}
     for cell in cells:
         med = C.median(rates[cell])
+        roofline = peak / flops_per_char[cell]
         out["cells"][cell] = {"config": CELL_CONFIGS[cell], "params": runs[cell][1], "chars_per_s": med,
-                              "runs": rates[cell], "vs_lstm": med / base if base else None}
-        print(f"{cell}: {runs[cell][1] / 1e6:.2f}M params, {med:,.0f} chars/s"
+                              "runs": rates[cell], "vs_lstm": med / base if base else None,
+                              "flops_per_char": flops_per_char[cell], "roofline_chars_per_s": roofline,
+                              "of_roofline": med / roofline}
+        print(f"{cell}: {runs[cell][1] / 1e6:.2f}M params, {med:,.0f} chars/s, {med / roofline:.0%} of the roofline"
               + (f" ({med / base:.2f}x lstm)" if base else ""), file=sys.stderr)
     return out
 
@@ -310,9 +347,12 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.cells:
         res = cells_throughput([c.strip() for c in args.cells.split(",") if c.strip()], reps=args.reps or 3)
-        rows = [[c, C.fmt(r["params"]), C.fmt(r["chars_per_s"]), f"{r['vs_lstm']:.2f}x" if r["vs_lstm"] else "-"]
+        rows = [[c, C.fmt(r["params"]), C.fmt(r["chars_per_s"]), C.fmt(r["roofline_chars_per_s"]),
+                 f"{r['of_roofline']:.0%}", f"{r['vs_lstm']:.2f}x" if r["vs_lstm"] else "-"]
                 for c, r in res["cells"].items()]
-        print(C.md_table(["cell", "parameters", "chars/s", "vs LSTM"], rows))
+        print(f"matmul {res['matmul_flops'] / 1e9:.1f} GFLOP/s; batch {res['batch']} x {res['seq_len']}, "
+              f"median of {res['reps']} interleaved runs of {res['steps']} steps\n")
+        print(C.md_table(["cell", "parameters", "chars/s", "roofline chars/s", "of roofline", "vs LSTM"], rows))
         C.write_json(args.json, res)
         return
     if not os.environ.get("RNNOPS_DATA_DIR") and (C.REPO.parent / "shared" / "data").is_dir():
