@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export RNNOPS_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup system-deps test demo bench clean
+.PHONY: setup system-deps test demo bench clean images stack-test
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,16 @@ test: setup system-deps
 bench: setup
 	bash scripts/install_wrk.sh || echo "warning: no wrk: the HTTP figure falls back to a Python client"
 	$(PY) benchmarks/run_all.py
+
+# The three images of docker-compose.yml, built with podman on a local Debian base (no registry
+# needed; RNNOPS_BASE_IMAGE=python:3.11-slim-bookworm to pull the usual one), with their sizes.
+images:
+	bash scripts/build_images.sh
+
+# The compose stack end to end with podman-compose (tests/test_stack.py): PostgreSQL, MLflow,
+# Redis, serving; train + promote on the host; the Bento image too. CI runs it after `make test`.
+stack-test: setup images
+	bash scripts/stack_test.sh
 
 demo: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh

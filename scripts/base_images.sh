@@ -8,15 +8,14 @@
 #
 # (docker/ci/Containerfile.*). The Debian root file system is made once and kept in podman's store
 # (scripts/podman_env.sh; RNNOPS_REBUILD_BASE=1 makes it again); the three images on it are built
-# every time, from podman's layer cache when nothing changed.
+# again when docker/ci/ or the Debian base changed (a label on each image records its inputs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/podman_env.sh
 SUITE=bookworm
 MIRROR="${RNNOPS_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-have() { [ "${RNNOPS_REBUILD_BASE:-0}" != 1 ] && podman image exists "$1"; }
 
-if ! have localhost/rnnops-debian:$SUITE; then
+if [ "${RNNOPS_REBUILD_BASE:-0}" = 1 ] || ! podman image exists localhost/rnnops-debian:$SUITE; then
     root="$RNNOPS_PODMAN_DIR/tmp/debootstrap-$SUITE"
     rm -rf "$root"
     start=$(date +%s)
@@ -59,9 +58,13 @@ fi
 for spec in python:3.11 postgres:15 redis:7; do
     name=${spec%%:*} tag=${spec#*:}
     image=localhost/rnnops-$name:$tag-$SUITE
+    # built again only when its inputs (docker/ci/, the Debian base) changed: a label records them
+    digest=$( { podman image inspect --format '{{.Id}}' localhost/rnnops-debian:$SUITE; cat docker/ci/*; } | sha256sum | cut -c1-16)
+    if [ "$(podman image inspect --format '{{index .Labels "rnnops.inputs"}}' "$image" 2>/dev/null)" = "$digest" ]; then
+        continue
+    fi
     start=$(date +%s)
-    # always built: podman's layer cache makes an unchanged one a matter of seconds
     podman build --format docker --quiet --network host --build-arg BASE_IMAGE=localhost/rnnops-debian:$SUITE \
-        -f docker/ci/Containerfile.$name -t "$image" docker/ci >/dev/null
-    echo "base: $image ready in $(( $(date +%s) - start )) s"
+        --label rnnops.inputs="$digest" -f docker/ci/Containerfile.$name -t "$image" docker/ci >/dev/null
+    echo "base: $image built in $(( $(date +%s) - start )) s"
 done

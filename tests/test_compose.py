@@ -29,6 +29,7 @@ yaml = pytest.importorskip("yaml")
 REPO = Path(__file__).resolve().parents[1]
 SCHEMAS = REPO.parent / "shared" / "schemas"
 SOURCE_DIRS = ["rnnops", "training", "export", "registry", "serving"]
+DEFAULT_BASE = "python:3.11-slim-bookworm"
 
 # Variables read by third-party images/programs (their documented names).
 IMAGE_ENV = {
@@ -295,7 +296,9 @@ def test_dependencies_exist_and_wait_for_health(services):
 
 def test_serving_image_has_no_torch():
     df = (REPO / "docker" / "Dockerfile.serving").read_text()
-    assert '".[serve]"' in df and "[train]" not in df and "[all]" not in df
+    # the serve extra and the core dependencies, read from pyproject.toml; mlflow-skinny for mlflow
+    assert "['optional-dependencies']['serve']" in df and "p['dependencies']" in df and "--no-deps ." in df
+    assert "mlflow-skinny" in df and "[train]" not in df and "[all]" not in df
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     core = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     assert not [d for d in extras["serve"] + core if d.lower().startswith("torch")]
@@ -353,3 +356,71 @@ def test_bentofile_names_the_service_and_registry_models():
     packages = dict(p.lower().split("==", 1) for p in bento["python"]["packages"])
     assert set(packages) == wanted
     assert packages == {name: pins[name] for name in packages}
+
+
+# ---------------------------------------------------------------- building and running them (make images, make stack-test)
+
+
+def test_dockerfiles_build_on_a_base_image_argument():
+    """Every stage starts from ARG BASE_IMAGE (default what users pull); CI passes a local one."""
+    for path in sorted((REPO / "docker").glob("Dockerfile.*")):
+        text = path.read_text()
+        first_from = re.search(r"^FROM ", text, re.M).start()
+        assert re.search(rf"^ARG BASE_IMAGE={re.escape(DEFAULT_BASE)}$", text[:first_from], re.M), path.name
+        froms = re.findall(r"^FROM (\S+)", text, re.M)
+        assert froms and set(froms) <= {"${BASE_IMAGE}", "scratch"} and froms[-1] == "${BASE_IMAGE}", (path.name, froms)
+    for name in ("python", "postgres", "redis"):  # the local stand-ins CI builds from Debian
+        assert (REPO / "docker" / "ci" / f"Containerfile.{name}").is_file()
+
+
+def test_ci_override_only_swaps_the_third_party_images(services):
+    override = yaml.safe_load((REPO / "docker-compose.ci.yml").read_text())
+    assert set(override) == {"services"}
+    assert {name: set(svc) for name, svc in override["services"].items()} == {"postgres": {"image"}, "redis": {"image"}}
+    for name, svc in override["services"].items():
+        stand_in = svc["image"]
+        assert stand_in.startswith("localhost/rnnops-"), stand_in
+        # the same major version and Debian release as the image it stands in for
+        assert stand_in.rsplit(":", 1)[1] == services[name]["image"].rsplit(":", 1)[1], (stand_in, services[name]["image"])
+        assert name in (REPO / "scripts" / "base_images.sh").read_text()
+
+
+def test_healthchecks_run_under_podman_compose_too(services):
+    """Debian bookworm's podman-compose (1.0.3) turns an exec-form test into a shell string and
+    breaks arguments that hold quotes or spaces (the check then always fails): such tests use the
+    shell form, which both it and Docker Compose pass on as is."""
+    for name, svc in services.items():
+        test = (svc.get("healthcheck") or {}).get("test")
+        if isinstance(test, list) and test[0] == "CMD":
+            assert all(re.fullmatch(r"[\w./:-]+", arg) for arg in test[1:]), f"{name}: use CMD-SHELL for {test}"
+
+
+def test_published_ports_are_on_loopback_by_default(services):
+    for name, svc in services.items():
+        for port in svc.get("ports") or []:
+            parts = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(port)).split(":")  # variables at their defaults
+            assert len(parts) == 3 and parts[0] == "127.0.0.1", f"{name} publishes {port} beyond loopback"
+
+
+def test_compose_variables_are_documented():
+    text = (REPO / "docker-compose.yml").read_text()
+    names = set(re.findall(r"\$\{(\w+)(?::?-[^}]*)?\}", text))
+    assert {"RNNOPS_PORT", "RNNOPS_BIND", "RNNOPS_MLFLOW_PORT", "POSTGRES_PASSWORD"} <= names
+    doc = (REPO / "docs" / "production.md").read_text()
+    missing = sorted(n for n in names if f"`{n}`" not in doc)
+    assert not missing, f"compose variables not in docs/production.md: {missing}"
+
+
+def test_ci_builds_the_images_and_runs_the_stack_after_the_unit_suite():
+    ci = [ln.strip() for ln in (REPO / ".ci" / "run").read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    calls = [ln for ln in ci if ln.startswith(("make ", "time make "))]
+    targets = [ln.split("make ", 1)[1].split()[0] for ln in calls]
+    assert targets[:1] == ["test"] and "stack-test" in targets, calls
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^images:", makefile, re.M) and re.search(r"^stack-test:.*\bimages\b", makefile, re.M)
+    assert "tests/test_stack.py" in (REPO / "scripts" / "stack_test.sh").read_text()
+
+
+def test_bento_builds_on_the_same_base_as_the_images():
+    bento = yaml.safe_load((REPO / "bentofile.yaml").read_text())
+    assert bento["docker"] == {"base_image": DEFAULT_BASE}  # python_version/distro would be ignored beside it
