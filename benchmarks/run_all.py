@@ -12,6 +12,12 @@ so that torch threads, servers and MLflow state never leak from one into the nex
 3. ``http``      benchmarks/forecast_http.py: our /forecast vs ``mlflow models serve``
 4. ``batch``     benchmarks/batch_job.py: ``rnnops forecast`` (local, Spark) vs a PyTorch eager loop
 5. ``training``  benchmarks/training_throughput.py: our training loops vs tutorial loops
+6. ``ray``       benchmarks/peers/ray_serve.py: streamed generation vs Ray Serve's ``@serve.batch``
+7. ``bentoml``   benchmarks/peers/bentoml_batching.py: /forecast vs BentoML adaptive batching
+8. ``mlserver``  benchmarks/peers/mlserver_oip.py: our OIP endpoint vs MLServer's, same bodies
+
+The peers (6-8) run in virtualenvs of their own that their scripts make from PyPI, once, under
+``~/.cache/rnnops/peers`` (never in ours, never in a serving image): the first run downloads them.
 
 The page starts with the machine (CPU, cores, RAM, load, versions) and a summary of each
 figure's headline ratio and goal; every figure's inputs ran side by side in one run. A figure
@@ -32,17 +38,21 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE / "peers"))
 import common as C  # noqa: E402
 
 DOCS = C.REPO / "docs"
 IMG = DOCS / "img"
-FIGURES = ("kernel", "streaming", "http", "batch", "training")
+FIGURES = ("kernel", "streaming", "http", "batch", "training", "ray", "bentoml", "mlserver")
 TITLES = {
     "kernel": "1. Kernel: eager vs TorchScript vs onnxruntime (fp32, int8), with the roofline",
     "streaming": "2. Streaming generation: continuous batching vs naive, over HTTP",
     "http": "3. Forecast over HTTP: rnnops vs MLflow's model server",
     "batch": "4. Batch forecast job: rnnops forecast (local, Spark) vs a PyTorch eager loop",
     "training": "5. Training throughput: our loops vs the tutorial loops",
+    "ray": "6. Streamed generation with mixed lengths: rnnops vs Ray Serve's @serve.batch",
+    "bentoml": "7. Forecast over HTTP: rnnops vs a plain BentoML service with adaptive batching",
+    "mlserver": "8. Open Inference Protocol: rnnops vs MLServer with adaptive batching",
 }
 
 
@@ -59,6 +69,12 @@ def command(fig: str, quick: bool, out: Path, work: Path) -> list[str]:
         return [py, str(HERE / "batch_job.py"), *q, "--json", str(out), "--work", str(work / "shared")]
     if fig == "training":
         return [py, str(HERE / "training_throughput.py"), *q, "--json", str(out)]
+    if fig == "ray":
+        return [py, str(HERE / "peers" / "ray_serve.py"), *q, "--json", str(out), "--work", str(work / "ray")]
+    if fig == "bentoml":  # the champion forecaster of `http` and `batch` (work/shared): the same ONNX file
+        return [py, str(HERE / "peers" / "bentoml_batching.py"), *q, "--json", str(out), "--work", str(work / "shared")]
+    if fig == "mlserver":
+        return [py, str(HERE / "peers" / "mlserver_oip.py"), *q, "--json", str(out), "--work", str(work / "shared")]
     raise ValueError(fig)
 
 
@@ -215,6 +231,25 @@ def batch_summary(res: dict) -> dict:
             (not res.get("local_vs_spark") or res["local_vs_spark"]["identical"]) else "no"}
 
 
+def ray_summary(res: dict) -> dict:
+    g = res.get("goal") or {}
+    goal = ">= 3x Ray Serve's chars/s at 64 streams, lower TTFC p99"
+    if not g or g.get("streams") != 64:
+        return {"figure": "ray", "headline": "64 streams not run (--quick runs 8)", "goal": goal, "met": "-"}
+    return {"figure": "ray", "headline": f"rnnops / Ray Serve chars/s at 64 streams (max_chars 50-800): "
+            f"{C.ratio(g['chars_per_s_ratio'], 1)}; TTFC p99 {'lower' if g['ttfc_p99_lower'] else 'not lower'}",
+            "goal": goal, "met": "yes" if g["met"] else "no"}
+
+
+def peer_summary(fig: str, res: dict, peer: str, unit: str) -> dict:
+    g = res.get("goal") or {}
+    goal = f">= 2x {peer}'s {unit} at concurrency 64, lower p99"
+    if g.get("met") is None:
+        return {"figure": fig, "headline": "concurrency 64 not run", "goal": goal, "met": "-"}
+    return {"figure": fig, "headline": f"rnnops / {peer} {unit} at concurrency 64: {C.ratio(g['rps_ratio'], 1)}; "
+            f"p99 {'lower' if g['p99_lower'] else 'not lower'}", "goal": goal, "met": "yes" if g["met"] else "no"}
+
+
 def training_summary(res: dict) -> dict:
     parts = [f"{t} {C.ratio(r['ours']['median'], r['reference']['median'])}" for t, r in res["tasks"].items()]
     return {"figure": "training", "headline": "rnnops loop / reference loop: " + ", ".join(parts),
@@ -226,7 +261,10 @@ def training_summary(res: dict) -> dict:
 
 def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick: bool, work: Path) -> str:
     import batch_job
+    import bentoml_batching
     import forecast_http
+    import mlserver_oip
+    import ray_serve
     import training_throughput
 
     IMG.mkdir(parents=True, exist_ok=True)
@@ -254,9 +292,19 @@ def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick:
             elif fig == "batch":
                 text, summary = batch_job.markdown(res), batch_summary(res)
                 batch_job.plot(res, png)
-            else:
+            elif fig == "training":
                 text, summary = training_throughput.markdown(res), training_summary(res)
                 training_throughput.plot(res, png)
+            elif fig == "ray":
+                text, summary = ray_serve.markdown(res), ray_summary(res)
+                ray_serve.plot(res, png)
+            elif fig == "bentoml":
+                text = bentoml_batching.markdown(res)
+                summary = peer_summary(fig, res, "BentoML adaptive batching", "requests/s")
+                bentoml_batching.plot(res, png)
+            else:
+                text, summary = mlserver_oip.markdown(res), peer_summary(fig, res, "MLServer", "inferences/s")
+                mlserver_oip.plot(res, png)
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:  # a script changed its JSON
             sections.append(f"## {title}\n\n**Could not be summarised** ({type(exc).__name__}: {exc}); raw results: "
                             f"`{work / (fig + '.json')}`.\n")
@@ -282,7 +330,9 @@ def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick:
     tail = ["## Reproduce", "", "```bash", "make bench                              # set up, install wrk, all figures",
             "python benchmarks/run_all.py            # all figures (the HTTP one uses wrk when on PATH)",
             "python benchmarks/run_all.py --only batch --work DIR  # one figure again; the others from DIR's last run",
-            "python benchmarks/batch_job.py --quick    # any script alone; each takes --json OUT", "```", ""]
+            "python benchmarks/batch_job.py --quick    # any script alone; each takes --json OUT",
+            "python benchmarks/peers/mlserver_oip.py --quick  # a peer alone (its virtualenv is made on first use)",
+            "```", ""]
     return "\n".join(head + sections + tail)
 
 
