@@ -32,7 +32,7 @@ def export(
     formats: Annotated[str, Opt(help="Comma-separated formats: onnx, torchscript.")] = "onnx,torchscript",
     opset: Annotated[int, Opt(help="ONNX opset (legacy exporter 11-20, dynamo 18-23).")] = 18,
     exporter: Annotated[Exporter, Opt(help="legacy: torch.onnx TorchScript-based exporter (fast); dynamo: torch.export-based.")] = Exporter.legacy,
-    skip_quantize: Annotated[bool, Opt("--skip-quantize", help="Do not make the int8 variant (LSTM only).")] = False,
+    skip_quantize: Annotated[bool, Opt("--skip-quantize", help="Do not make the int8 variant (fixed scales; LSTM, GRU, RNN).")] = False,
     out: Annotated[Optional[Path], Opt("--out", help="Write the files to DIR (default: the rnnops cache).")] = None,
     tolerance: Annotated[float, Opt(min=0.0, help="Parity gate tolerance: absolute, plus relative on a forecaster's raw output.")] = 1e-4,
     register_version: Annotated[bool, Opt("--register", help="Register the export as a new model version.")] = False,
@@ -82,9 +82,10 @@ def _print(s: dict) -> None:
     if q:
         if "delta" in q:
             delta = f"{q['delta']:+.2%}" if q["bound"]["mode"] == "rel" else f"{q['delta']:+.4f}"
-            typer.echo(f"  int8: {q['metric']} {q['fp32']:.4f} -> {q['int8']:.4f} (delta {delta}, "
-                       f"bound {q['bound']['rule']}); {q['latency_ms']['batch1']['speedup']:.2f}x at batch 1: "
-                       f"{'kept' if q['keep'] else 'dropped'}")
+            gate = "gate passed" if q["gate"]["passed"] else f"gate failed ({', '.join(q['gate']['failed'])})"
+            typer.echo(f"  int8: {gate}; {q['metric']} {q['fp32']:.4f} -> {q['int8']:.4f} (delta {delta}, "
+                       f"bound {q['bound']['rule']}); {q['latency_ms']['batch64']['speedup']:.2f}x at batch 64: "
+                       f"{'kept' if q['keep'] else 'dropped: ' + q['reason']}")
         else:
             typer.echo(f"  int8: {q['reason']}")
     if "registered" in s:

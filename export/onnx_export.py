@@ -1,7 +1,7 @@
 """Write the ONNX file of the contract: ``x`` + state in, main output + state out, metadata inside.
 
 Two exporters, both ending in the native ONNX ``LSTM`` / ``GRU`` / ``RNN`` ops (what onnxruntime
-runs fastest and what its int8 quantiser knows):
+runs fastest, and what :mod:`rnnops.export.int8` rewrites into its int8 form):
 
 - ``legacy`` (default): ``torch.onnx.export(..., dynamo=False)``, the TorchScript-based
   exporter. Batch and time stay symbolic for all three cells and it takes well under a second.
@@ -65,6 +65,7 @@ def metadata_for(model: nn.Module, spec: dict, source_run: str | None) -> dict:
         "arch": getattr(c, "arch", "rnn") if kind == "forecaster" else None,
         "quantiles": ({"output": contract.QUANTILES_OUTPUT, "levels": [float(v) for v in c.quantiles],
                        "calibration": spec.get("intervals")} if intervals.has_intervals(model) else None),
+        "precision": "fp32",  # the int8 variant says "int8" (rnnops.export.int8)
         "source_run": source_run,
         "version": rnnops.__version__,
     }

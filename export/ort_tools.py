@@ -1,20 +1,18 @@
-"""onnxruntime helpers for export: sessions, the optimised graph, the int8 variant, step timing.
+"""onnxruntime helpers for export: sessions, the optimised graph, step timing.
 
 - **Optimised graph**: onnxruntime's own graph rewrites (constant folding, node fusions, ...)
   saved with ``SessionOptions.optimized_model_filepath`` at ``ORT_ENABLE_EXTENDED``: the level
   whose output is still a portable ONNX file for any CPU (``ORT_ENABLE_ALL`` adds layout
   rewrites specific to the machine that wrote it). It may contain ``com.microsoft`` ops, so it
   is for onnxruntime only; serving can load it to skip the optimisation at start-up.
-- **int8**: ``quantize_dynamic`` (weights int8 ahead of time, activations quantised per call).
-  onnxruntime has a dynamically quantised LSTM (``DynamicQuantizeLSTM``) and MatMul, but no
-  quantised GRU or RNN kernel: for those cells the recurrent weights, which are nearly all the
-  work per step, would stay fp32, so no int8 variant is made for them.
+
+The int8 variant is :mod:`rnnops.export.int8` (fixed scales). onnxruntime's ``quantize_dynamic``
+is not used: its per-call activation scales make a row's result depend on the rest of the batch
+and on how a sequence is chunked.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import statistics
 import time
 from pathlib import Path
@@ -22,8 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from rnnops.contract import decode_metadata
-
-INT8_CELLS = ("lstm",)
 
 
 def session(path: str | Path, threads: int = 1, level: str = "all"):
@@ -47,22 +43,6 @@ def optimise(src: str | Path, dst: str | Path, level: str = "extended") -> Path:
     opts.optimized_model_filepath = str(dst)
     opts.log_severity_level = 3
     ort.InferenceSession(str(src), sess_options=opts, providers=["CPUExecutionProvider"])
-    _copy_metadata(src, dst)
-    return Path(dst)
-
-
-def quantize_int8(src: str | Path, dst: str | Path) -> Path:
-    """Dynamic int8 quantisation of the LSTM and MatMul weights (the embedding stays fp32)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # The quantiser logs advice ("consider pre-processing") on the root logger: not for users.
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(None):
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["LSTM", "MatMul"],
-                             per_channel=False, reduce_range=False)
-    finally:
-        logging.disable(logging.NOTSET)
     _copy_metadata(src, dst)
     return Path(dst)
 

@@ -9,15 +9,18 @@ Stages, in order (each prints one progress line to stderr):
 4. the parity gate (:mod:`rnnops.export.parity`): on failure the report is logged, the run's
    export tags say ``parity_passed=false`` (the ONNX URI / sha256 tags are removed, so nothing
    registrable is left behind) and :class:`ParityGateFailed` names the worst case;
-5. int8 (LSTM only) with its quality delta and speed-up (:mod:`rnnops.export.quality`),
-   kept only within the bound;
+5. int8 with fixed scales (LSTM, GRU, RNN: :mod:`rnnops.export.int8`), kept only if its own gate
+   passes (batch invariance, chunked == whole, close to fp32: :func:`parity.run_int8_gate`) and its
+   validation quality is within the bound (:mod:`rnnops.export.quality`); otherwise dropped, never
+   blocking fp32, with the reason in ``quantization.json``;
 6. logging, linked to the **source run itself** (the registry reads the export's tags there,
    and one run then holds training and its exports): the ONNX as an ``mlflow.onnx`` logged model
    whose ``source_run_id`` is the run (signature + input example, so ``mlflow models serve`` can
-   serve it), the other files as run artifacts under ``export/``, then the four contract tags in
-   one write. The run is not reopened, so its status and end time stay as training left them.
-   A re-export replaces the tags (they describe the latest ONNX export; a TorchScript-only
-   export leaves them alone) and adds a new logged model.
+   serve it) with the kept int8 file beside ``model.onnx`` in the same logged model (a registry
+   version then carries both), the other files as run artifacts under ``export/``, then the
+   contract tags (sha256 of each file) in one write. The run is not reopened, so its status and
+   end time stay as training left them. A re-export replaces the tags (they describe the latest
+   ONNX export; a TorchScript-only export leaves them alone) and adds a new logged model.
 
 The local files go to ``out_dir`` (default ``$RNNOPS_CACHE/exports/<run id>/``); ``onnx_path`` is
 byte-identical to the logged ``model.onnx``, so ``ExportResult.sha256`` is what the registry
@@ -39,16 +42,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rnnops import contract, settings
-from rnnops.contract import ONNX_FILE
+from rnnops.contract import INT8_FILE, ONNX_FILE
 from rnnops.errors import RnnopsError
-from rnnops.export import onnx_export, ort_tools, parity, quality, sample, wrappers
+from rnnops.export import int8, onnx_export, ort_tools, parity, quality, sample, wrappers
 from rnnops.export.torchscript import export_torchscript, load_torchscript
 from rnnops.util import sha256_file
 
 FORMATS = ("onnx", "torchscript")
 TS_FILE = "model.pt"
 OPT_FILE = "model.ort-optimized.onnx"
-INT8_FILE = "model.int8.onnx"
 PARITY_FILE = "parity_report.json"
 QUANT_FILE = "quantization.json"
 ARTIFACT_DIR = "export"
@@ -64,6 +66,7 @@ class ExportResult:
     torchscript_path: Path | None = None
     optimized_path: Path | None = None
     int8_path: Path | None = None  # None unless made and kept
+    int8_sha256: str | None = None  # of int8_path as logged beside model.onnx
     sha256: str | None = None  # of onnx_path
     onnx_uri: str | None = None  # models:/m-… of the mlflow.onnx logged model
     parity: dict = field(default_factory=dict)
@@ -74,6 +77,8 @@ class ExportResult:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["parity"] = {k: v for k, v in self.parity.items() if k != "cases"}  # the summary; cases are in the file
+        if self.quantization:
+            d["quantization"] = {k: v for k, v in self.quantization.items() if k != "gate_cases"}
         return json.loads(json.dumps(d, default=str))
 
 
@@ -241,6 +246,7 @@ def export_run(ref: str, formats=FORMATS, opset: int | None = None, quantize: bo
             note["done"] = f"{result.onnx_uri or 'no ONNX'}, sha256 {(result.sha256 or '-')[:12]}…"
     elif result.onnx_path:
         result.sha256 = sha256_file(result.onnx_path)
+        result.int8_sha256 = sha256_file(result.int8_path) if result.int8_path else None
         if run_id is None or Path(ref).is_dir():
             p.say(f"{ref} is a local folder, not an MLflow run: nothing logged")
     result.seconds = p.seconds
@@ -253,31 +259,50 @@ def export_run(ref: str, formats=FORMATS, opset: int | None = None, quantize: bo
 
 
 def _int8(model, spec: dict, run_id: str | None, result: ExportResult, quantize: bool, p: Progress) -> dict:
+    """Make the fixed-scale int8 file, gate it, measure its quality; keep it only if all pass.
+
+    A failure drops the int8 file, never the export: ``quantization.json`` says why."""
     if wrappers.is_modern(model):
-        return {"made": False, "keep": False, "reason": f"{model.config.cell} stays fp32: int8 for the modern cells "
-                "only in a form that keeps batch invariance (fixed scales), which is not implemented yet"}
-    if model.config.cell not in ort_tools.INT8_CELLS:
-        return {"made": False, "keep": False, "reason": f"{model.config.cell.upper()} stays fp32: onnxruntime has no "
-                "int8 GRU/RNN kernel (it quantises LSTM and MatMul only)"}
+        return {"made": False, "keep": False, "reason": f"{model.config.cell} stays fp32: its recurrence is "
+                "element-wise (no recurrent weight matrix to quantise), and the products that do the work read "
+                "normalised activations with no fixed bound, so fixed scales would need calibrating; a per-call "
+                "scale would break batch invariance"}
+    if model.config.cell not in int8.CELLS:
+        return {"made": False, "keep": False, "reason": f"{model.config.cell} stays fp32: no int8 form for it"}
     if not quantize:
         return {"made": False, "keep": False, "reason": "skipped (--skip-quantize)"}
-    with p.stage("int8", "int8 dynamic quantisation + validation quality through onnxruntime") as note:
-        path = ort_tools.quantize_int8(result.onnx_path, result.folder / INT8_FILE)
+    with p.stage("int8", "int8 (fixed scales): its gate + validation quality through onnxruntime") as note:
+        try:
+            path = int8.quantize_file(result.onnx_path, result.folder / INT8_FILE)
+        except ValueError as exc:  # a graph the rewrite does not know (see rnnops.export.int8)
+            note["done"] = f"not made: {exc}"
+            return {"made": False, "keep": False, "reason": f"{model.config.cell} stays fp32: {exc}"}
+        gate = parity.run_int8_gate(model, parity.onnxruntime_backend(ort_tools.session(result.onnx_path)),
+                                    parity.onnxruntime_backend(ort_tools.session(path, threads=2)))
         data, why = None, None
         try:
             data = quality.load_eval_data(model, spec, _job(run_id))
         except RnnopsError as exc:
             why = str(exc)
-        q = {"made": True, **quality.compare_int8(model, result.onnx_path, path, data, why)}
-        if q.get("keep"):
+        q = {"made": True, "form": "fixed scales: h quantised at 1/127, int8 weights (7-bit range) per column "
+                                   "(rnnops.export.int8)", **quality.compare_int8(model, result.onnx_path, path, data, why)}
+        q["gate"] = {k: v for k, v in gate.items() if k != "cases"}
+        q["gate_cases"] = gate["cases"]
+        if not gate["passed"]:
+            checks = gate["checks"]
+            q.update(keep=False, reason="int8 gate failed: " + "; ".join(
+                f"{name} max abs diff {checks[name]['max_abs_diff']:.3g} ({checks[name]['worst_case']})"
+                for name in gate["failed"]))
+        if q["keep"]:
             result.int8_path = path
-        speed = q["latency_ms"]["batch1"]["speedup"]
+        speed = q["latency_ms"]["batch64"]["speedup"]
+        gate_line = "gate passed" if gate["passed"] else f"gate FAILED ({', '.join(gate['failed'])})"
         if "delta" in q:
             delta = f"{q['delta']:+.2%}" if q["bound"]["mode"] == "rel" else f"{q['delta']:+.4f}"
-            note["done"] = (f"{q['metric']} fp32 {q['fp32']:.4f} -> int8 {q['int8']:.4f} (delta {delta}), "
-                            f"{speed:.2f}x at batch 1: {'kept' if q['keep'] else 'dropped'}")
+            note["done"] = (f"{gate_line}; {q['metric']} fp32 {q['fp32']:.4f} -> int8 {q['int8']:.4f} (delta {delta}), "
+                            f"{speed:.2f}x at batch 64: {'kept' if q['keep'] else 'dropped'}")
         else:
-            note["done"] = f"dropped: {q['reason']}"
+            note["done"] = f"{gate_line}; dropped: {q['reason']}"
     return q
 
 
@@ -309,9 +334,10 @@ def _log(result: ExportResult, model) -> None:
     run = client.get_run(run_id)
     if result.onnx_path:  # the contract tags describe the ONNX: a TorchScript-only export leaves them be
         _clear_export_tags(client, run_id)
-        result.onnx_uri, result.sha256 = _log_onnx(result, model, run)
-    for path, sub in ((result.torchscript_path, "torchscript"), (result.optimized_path, "onnxruntime"),
-                      (result.int8_path, "onnxruntime")):
+        result.onnx_uri, result.sha256, result.int8_sha256 = _log_onnx(result, model, run)
+        if result.int8_sha256:
+            result.artifacts[INT8_FILE] = f"{result.onnx_uri}/{INT8_FILE}"
+    for path, sub in ((result.torchscript_path, "torchscript"), (result.optimized_path, "onnxruntime")):
         if path:
             client.log_artifact(run_id, str(path), f"{ARTIFACT_DIR}/{sub}")
             result.artifacts[path.name] = f"runs:/{run_id}/{ARTIFACT_DIR}/{sub}/{path.name}"
@@ -324,11 +350,14 @@ def _log(result: ExportResult, model) -> None:
     if result.onnx_uri:
         tags = {contract.TAG_ONNX_URI: result.onnx_uri, contract.TAG_ONNX_SHA256: result.sha256,
                 contract.TAG_PARITY_PASSED: "true", contract.TAG_PARITY_MAX_DIFF: repr(float(result.parity["max_abs_diff"]))}
+        if result.int8_sha256:
+            tags[contract.TAG_INT8_SHA256] = result.int8_sha256
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
-def _log_onnx(result: ExportResult, model, run) -> tuple[str, str]:
-    """Log model.onnx with mlflow.onnx; return its models:/ URI and the sha256 of the stored file."""
+def _log_onnx(result: ExportResult, model, run) -> tuple[str, str, str | None]:
+    """Log model.onnx with mlflow.onnx, and the kept int8 file beside it in the same logged model (so
+    a registry version carries both); return the models:/ URI and the sha256 of each stored file."""
     import mlflow
     import onnx
 
@@ -349,13 +378,22 @@ def _log_onnx(result: ExportResult, model, run) -> tuple[str, str]:
                                                           dst_path=str(result.folder / ".stored")))
         if stored.read_bytes() != result.onnx_path.read_bytes():
             shutil.copyfile(stored, result.onnx_path)
+        int8_sha = None
+        if result.int8_path:
+            mlflow.MlflowClient().log_model_artifact(logged.model_id, str(result.int8_path))
+            stored = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/{INT8_FILE}",
+                                                              dst_path=str(result.folder / ".stored")))
+            int8_sha = sha256_file(stored)
+            if int8_sha != sha256_file(result.int8_path):
+                raise RnnopsError(f"the logged {INT8_FILE} does not hash like the local one: the artifact store "
+                                  "changed it; export again")
     except BaseException:  # e.g. a full disk: the logged model says FAILED, not READY
         with suppress(Exception):
             mlflow.MlflowClient().finalize_logged_model(logged.model_id, "FAILED")
         raise
     finally:
         shutil.rmtree(result.folder / ".stored", ignore_errors=True)
-    return info.model_uri, sha256_file(result.onnx_path)
+    return info.model_uri, sha256_file(result.onnx_path), int8_sha
 
 
 def _signature(model):
@@ -400,7 +438,8 @@ def _log_failed_gate(run_id: str, report_path: Path, report: dict, tags: bool) -
 
 def _clear_export_tags(client, run_id: str) -> None:
     tags = client.get_run(run_id).data.tags
-    for key in (contract.TAG_ONNX_URI, contract.TAG_ONNX_SHA256, contract.TAG_PARITY_PASSED, contract.TAG_PARITY_MAX_DIFF):
+    for key in (contract.TAG_ONNX_URI, contract.TAG_ONNX_SHA256, contract.TAG_PARITY_PASSED, contract.TAG_PARITY_MAX_DIFF,
+                contract.TAG_INT8_SHA256):
         if key in tags:
             client.delete_tag(run_id, key)
 

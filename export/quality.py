@@ -1,4 +1,5 @@
-"""Is the int8 variant good enough? Validation quality and step latency, both through onnxruntime.
+"""Is the int8 variant (:mod:`rnnops.export.int8`) good enough? Validation quality and step latency,
+both through onnxruntime.
 
 Quality uses the training job's own evaluation protocol on the validation split (the job is
 read back from the run's ``config/job.json``):
@@ -8,7 +9,8 @@ read back from the run's ``config/job.json``):
 - forecasters: MSE on the z-scored scale over every stride-1 validation window (``val_mse``).
 
 The int8 file is kept only when its quality delta is within :data:`BOUNDS` of the fp32 ONNX
-(absolute +0.02 nats/char; relative +2 % MSE). Speed is the median latency of one step
+(absolute +0.02 nats/char; relative +2 % MSE) and its own parity gate passed
+(:func:`rnnops.export.parity.run_int8_gate`). Speed is the median latency of one step
 (char: batch 1 and 64, T=1; forecaster: one window, batch 1 and 64), reported, not gated: on a
 shared machine it is a hint, and ``benchmarks/kernel.py`` measures it properly.
 """

@@ -10,6 +10,11 @@ import json
 from dataclasses import dataclass
 
 ONNX_FILE = "model.onnx"  # the graph's file name: what mlflow.onnx.log_model writes, in every stage
+# The int8 variant (fixed scales, onnxruntime only: rnnops.export.int8), beside model.onnx in the
+# same logged model when the export's gates kept it. Same inputs, outputs, state and metadata,
+# except "rnnops.precision".
+INT8_FILE = "model.int8.onnx"
+PRECISIONS = ("fp32", "int8")
 
 # --- ONNX graph: inputs and outputs --------------------------------------------------------
 INPUT = "x"  # char: int64 [B, T] token ids; forecaster: float32 [B, T, F] raw values
@@ -105,6 +110,7 @@ META_KEYS = (
     "freq",  # forecaster: pandas frequency string of the training data, or null
     "arch",  # forecaster: "rnn" (the cell over every observation) | "segrnn" (over segments); null: char
     "quantiles",  # forecaster with intervals: {"output", "levels", "calibration"}; null: none
+    "precision",  # "fp32" | "int8" (the arithmetic of this file); files without the key are fp32
     "source_run",  # MLflow run id the weights came from
     "version",  # rnnops version that exported it
 )
@@ -141,6 +147,9 @@ TAG_ONNX_URI = "rnnops.export.onnx_uri"  # models:/... of the mlflow.onnx logged
 TAG_ONNX_SHA256 = "rnnops.export.onnx_sha256"
 TAG_PARITY_PASSED = "rnnops.export.parity_passed"  # "true" | "false"
 TAG_PARITY_MAX_DIFF = "rnnops.export.parity_max_diff"
+# sha256 of model.int8.onnx as stored beside model.onnx in the logged model; set only when the
+# export's int8 gates kept it (no tag: no int8 file)
+TAG_INT8_SHA256 = "rnnops.export.int8_sha256"
 
 # --- Model Registry -------------------------------------------------------------------------
 DEFAULT_NAMES = {"char": "char-rnn", "forecaster": "forecaster"}
@@ -155,6 +164,7 @@ VTAG_CELL = "rnnops.cell"
 VTAG_VERSION = "rnnops.version"  # rnnops version that exported the ONNX
 VTAG_SOURCE_RUN = "rnnops.source_run"
 VTAG_ONNX_SHA256 = "rnnops.onnx_sha256"  # resolve refuses a file that does not hash to this
+VTAG_INT8_SHA256 = "rnnops.int8_sha256"  # the version also carries model.int8.onnx; verified the same way
 VTAG_PARITY_PASSED = "rnnops.parity_passed"
 VTAG_PARITY_MAX_DIFF = "rnnops.parity_max_diff"
 VTAG_VAL_METRIC = "rnnops.val_metric"  # the metric's name (VAL_METRIC[kind]); its value is

@@ -51,7 +51,7 @@ CONFIGS = {  # name -> (kind, cell, norm, layers)
     "fc-mlstm-fixed": ("forecaster", "mlstm", "fixed", 1),
 }
 MODERN = {"mingru", "minlstm", "mlstm"}
-QUANTIZE = {"char-lstm", "fc-lstm-fixed"}  # the int8 path (LSTM only) costs a validation pass: two suffice
+QUANTIZE = {"char-lstm", "char-gru", "fc-lstm-fixed"}  # the int8 path costs a validation pass: three suffice
 
 
 @pytest.fixture(scope="module")
@@ -188,16 +188,17 @@ def test_export_every_cell_passes_parity_and_is_logged(exports, name):
     listed = {f.path for f in mlflow.MlflowClient().list_artifacts(r.run_id, "export")}
     assert "export/parity_report.json" in listed and "export/torchscript" in listed and "export/onnxruntime" in listed
 
-    # int8 only where onnxruntime has the kernel, and only when measured within the bound
+    # int8 (fixed scales) for the classic cells, kept only when its gate passes and quality is within the bound
     q = r.quantization
     if cell in MODERN:
         assert not q["made"] and "batch invariance" in q["reason"] and r.int8_path is None
-    elif cell != "lstm":
-        assert not q["made"] and "stays fp32" in q["reason"] and r.int8_path is None
-    elif name in QUANTIZE:
-        assert q["made"] and "delta" in q and q["keep"] == (q["delta"] <= q["bound"]["value"])
-        assert (r.int8_path is not None) == q["keep"]
-        assert q["latency_ms"]["batch1"]["speedup"] > 0
+    elif name not in QUANTIZE:
+        assert not q["made"] and "skipped" in q["reason"] and r.int8_path is None
+    else:
+        assert q["made"] and "delta" in q and q["gate"]["passed"]
+        assert q["keep"] == (q["delta"] <= q["bound"]["value"]) and (r.int8_path is not None) == q["keep"]
+        assert q["gate"]["checks"]["batch_invariance"]["max_abs_diff"] == 0.0
+        assert (C.TAG_INT8_SHA256 in tags) == q["keep"] and q["latency_ms"]["batch64"]["speedup"] > 0
 
 
 def test_torchscript_file_has_the_explicit_state_signature(exports):
@@ -258,7 +259,7 @@ def test_metadata_round_trip_and_contract_names(exports):
         # the derived files carry the same metadata (serving may load the optimised one)
         assert read_metadata(r.optimized_path) == meta
         if r.int8_path:
-            assert read_metadata(r.int8_path) == meta
+            assert meta["precision"] == "fp32" and read_metadata(r.int8_path) == {**meta, "precision": "int8"}
 
 
 def test_modern_cells_metadata_describes_the_graph_state_exactly(exports):
