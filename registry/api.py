@@ -55,6 +55,11 @@ class VersionInfo:
         return self.tags.get(C.VTAG_ONNX_SHA256)
 
     @property
+    def int8_sha256(self) -> str | None:
+        """sha256 of the version's ``model.int8.onnx``; None: the version carries no int8 file."""
+        return self.tags.get(C.VTAG_INT8_SHA256)
+
+    @property
     def kind(self) -> str | None:
         return self.tags.get(C.VTAG_KIND)
 
@@ -84,8 +89,8 @@ class VersionInfo:
         return f"models:/{self.name}/{self.version}"
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "uri": self.uri, "sha256": self.sha256, "val_metric": self.val_metric,
-                "val_value": self.val_value, "parity_passed": self.parity_passed}
+        return {**asdict(self), "uri": self.uri, "sha256": self.sha256, "int8_sha256": self.int8_sha256,
+                "val_metric": self.val_metric, "val_value": self.val_value, "parity_passed": self.parity_passed}
 
 
 @dataclass
@@ -152,6 +157,8 @@ def register_run(run_id: str, name: str | None = None) -> VersionInfo:
     if not sha:
         raise RnnopsError(f"run {run_id} has no {C.TAG_ONNX_SHA256} tag: run `rnnops export {run_id}` again")
 
+    int8_sha = tags.get(C.TAG_INT8_SHA256)  # set only when the export's int8 gates kept the file
+
     with tempfile.TemporaryDirectory(prefix="rnnops-register-") as tmp:
         path = store.download_logged_onnx(c, onnx_uri, Path(tmp))
         actual = sha256_file(path)
@@ -160,6 +167,13 @@ def register_run(run_id: str, name: str | None = None) -> VersionInfo:
                 f"the ONNX logged by run {run_id} ({onnx_uri}) hashes to {actual[:16]}…, not the {sha[:16]}… export "
                 "recorded; refusing to register it (it must be one self-contained file: log it with "
                 "mlflow.onnx.log_model(..., save_as_external_data=False))")
+        int8_path = None
+        if int8_sha:
+            int8_path = store.download_logged_onnx(c, onnx_uri, Path(tmp) / "int8", C.INT8_FILE)
+            actual = sha256_file(int8_path)
+            if actual != int8_sha:
+                raise RnnopsError(f"the {C.INT8_FILE} logged by run {run_id} ({onnx_uri}) hashes to {actual[:16]}…, "
+                                  f"not the {int8_sha[:16]}… export recorded; refusing to register it (export again)")
         meta = read_metadata(path)
         kind = _kind(meta, tags, run_id)
         name = store.check_name(name or C.DEFAULT_NAMES[kind])
@@ -178,13 +192,15 @@ def register_run(run_id: str, name: str | None = None) -> VersionInfo:
             C.VTAG_VAL_METRIC: metric,
             f"rnnops.{metric}": repr(float(value)),
         }
+        if int8_sha:
+            vtags[C.VTAG_INT8_SHA256] = int8_sha
 
         existing = _already_registered(c, name, run_id, sha)
         if existing is not None:
             return existing
         created_model = _ensure_registered_model(c, name, kind)
         info = _create_version(c, name, onnx_uri, run_id, vtags, created_model)
-        _warm_cache(info, path, meta)
+        _warm_cache(info, path, meta, int8_path)
         return info
 
 
@@ -303,14 +319,15 @@ def _ensure_registered_model(c, name: str, kind: str) -> bool:
         return False
 
 
-def _warm_cache(info: VersionInfo, path: Path, meta: dict) -> None:
-    """Put the verified file in the resolve cache now, so serving's first resolve is a cache hit."""
+def _warm_cache(info: VersionInfo, path: Path, meta: dict, int8_path: Path | None = None) -> None:
+    """Put the verified files in the resolve cache now, so serving's first resolve is a cache hit."""
     import contextlib
 
     from rnnops.registry.resolve import store_in_cache
 
     with contextlib.suppress(OSError):
-        store_in_cache(info.name, info.version, path, info.sha256, meta, info.tags.get(C.VTAG_SOURCE_RUN))
+        store_in_cache(info.name, info.version, path, info.sha256, meta, info.tags.get(C.VTAG_SOURCE_RUN),
+                       int8_path=int8_path, int8_sha256=info.int8_sha256)
 
 
 # ------------------------------------------------------------------------------- promote

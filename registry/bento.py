@@ -1,8 +1,9 @@
 """``rnnops registry pull``: put a verified registry version into the BentoML model store.
 
-The Bento model holds just ``model.onnx`` (the file resolve verified) with labels and metadata
-that say where it came from (registry name, version, sha256, kind, cell), so a Bento built from
-``char-rnn:latest`` serves exactly what the registry calls that version. The store is
+The Bento model holds ``model.onnx`` and, when the version carries one, ``model.int8.onnx`` (the
+files resolve verified) with labels and metadata that say where they came from (registry name,
+version, sha256 of each, kind, cell), so a Bento built from ``char-rnn:latest`` serves exactly
+what the registry calls that version. The store is
 ``$BENTOML_HOME/models`` (BentoML's default ``~/bentoml`` when unset).
 """
 
@@ -13,6 +14,7 @@ import re
 import shutil
 from dataclasses import dataclass
 
+from rnnops.contract import INT8_FILE
 from rnnops.errors import RnnopsError
 from rnnops.registry.onnx_file import ONNX_FILE, sha256_file
 from rnnops.registry.resolve import ResolvedModel, resolve
@@ -51,16 +53,19 @@ def pull(ref: str, bento_name: str | None = None) -> PulledModel:
         existing = bentoml.models.get(tag)
     except NotFound:
         existing = None
+    files = {ONNX_FILE: (resolved.path, resolved.sha256)}
+    if resolved.int8_path:
+        files[INT8_FILE] = (resolved.int8_path, resolved.int8_sha256)
     if existing is not None:
-        stored = existing.path_of(ONNX_FILE)
-        if os.path.isfile(stored) and sha256_file(stored) == resolved.sha256:
+        if all(_holds(existing.path_of(f), sha) for f, (_, sha) in files.items()):
             return PulledModel(str(existing.tag), existing.path, resolved, created=False)
-        bentoml.models.delete(tag)  # a damaged copy: replace it
+        bentoml.models.delete(tag)  # a damaged or incomplete copy: replace it
 
     labels = {
         "registry_name": resolved.name,
         "registry_version": str(resolved.version),
         "sha256": resolved.sha256,
+        "int8_sha256": resolved.int8_sha256 or "",
         "kind": str(resolved.metadata.get("kind", "")),
         "cell": str(resolved.metadata.get("cell", "")),
         "source_run": resolved.source_run or "",
@@ -73,12 +78,18 @@ def pull(ref: str, bento_name: str | None = None) -> PulledModel:
         "rnnops": _bento_safe(resolved.metadata),
     }
     with bentoml.models.create(tag, labels=labels, metadata=metadata) as model:
-        shutil.copyfile(resolved.path, model.path_of(ONNX_FILE))
+        for f, (src, _) in files.items():
+            shutil.copyfile(src, model.path_of(f))
     stored = bentoml.models.get(tag)
-    if sha256_file(stored.path_of(ONNX_FILE)) != resolved.sha256:
-        bentoml.models.delete(tag)
-        raise RnnopsError(f"the copy of {resolved.uri} in the BentoML store does not hash to {resolved.sha256[:16]}…; removed it")
+    for f, (_, sha) in files.items():
+        if not _holds(stored.path_of(f), sha):
+            bentoml.models.delete(tag)
+            raise RnnopsError(f"the copy of {resolved.uri}'s {f} in the BentoML store does not hash to {sha[:16]}…; removed it")
     return PulledModel(str(stored.tag), stored.path, resolved, created=True)
+
+
+def _holds(path: str, sha: str) -> bool:
+    return os.path.isfile(path) and sha256_file(path) == sha
 
 
 def _bento_safe(value):

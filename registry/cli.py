@@ -107,15 +107,20 @@ def resolve_cmd(
     ref: Annotated[str, Arg(help="char-rnn@champion, char-rnn@3, models:/char-rnn/3 ...")],
     as_json: Json = False,
 ):
-    """Download (or find in the cache) the sha256-verified ONNX for REF and print its path."""
+    """Download (or find in the cache) the sha256-verified ONNX for REF and print its path (and the
+    verified int8 file's, on a second line, when the version carries one)."""
     from rnnops.registry.resolve import resolve
 
     r = resolve(ref)
     if as_json:
         typer.echo(json.dumps({"name": r.name, "version": r.version, "alias": r.alias, "path": str(r.path),
-                               "sha256": r.sha256, "source_run": r.source_run, "metadata": r.metadata}, indent=2))
+                               "sha256": r.sha256, "int8_path": str(r.int8_path) if r.int8_path else None,
+                               "int8_sha256": r.int8_sha256, "source_run": r.source_run, "metadata": r.metadata},
+                              indent=2))
     else:
         typer.echo(str(r.path))
+        if r.int8_path:
+            typer.echo(str(r.int8_path))
 
 
 @app.command()

@@ -1,12 +1,14 @@
-"""Turn ``char-rnn@champion`` (or ``@3``, or a ``models:/`` URI) into a verified local ONNX file.
+"""Turn ``char-rnn@champion`` (or ``@3``, or a ``models:/`` URI) into verified local ONNX files.
 
-What serving calls. The file is cached under ``<RNNOPS_CACHE>/models/<name>/<version>/`` and
-hashed against the version's ``rnnops.onnx_sha256`` tag on every call, cache hit or not: a
-corrupted cached copy is fetched again once, and a file that still does not match is refused.
-Nothing unverified is ever returned. MLflow + stdlib (+ onnxruntime on a fresh download, to read
-the metadata); never torch.
+What serving calls. A version carries ``model.onnx`` and, when the export's int8 gates kept it,
+``model.int8.onnx`` beside it. Each file is cached under ``<RNNOPS_CACHE>/models/<name>/<version>/``
+and hashed against its tag (``rnnops.onnx_sha256``, ``rnnops.int8_sha256``) on every call, cache
+hit or not: a corrupted cached copy is fetched again once, and a file that still does not match is
+refused (the whole resolve fails: a corrupt int8 file is never served, nor silently swapped for
+fp32). Nothing unverified is ever returned. MLflow + stdlib (+ onnxruntime on a fresh download,
+to read the metadata); never torch.
 
-Cost of a cache hit: one registry request (the version and its tags) and one sha256 of the file.
+Cost of a cache hit: one registry request (the version and its tags) and one sha256 per file.
 Hot-reload polls should call :func:`current_version` (one request) and resolve only on change.
 """
 
@@ -41,6 +43,8 @@ class ResolvedModel:
     sha256: str
     metadata: dict  # rnnops.* metadata_props, decoded (kind, cell, vocab, state names, ...)
     source_run: str | None
+    int8_path: Path | None = None  # the verified model.int8.onnx; None: the version has none (or not asked for)
+    int8_sha256: str | None = None
 
     @property
     def uri(self) -> str:
@@ -67,8 +71,13 @@ def current_version(name: str, alias: str = C.ALIAS_CHAMPION) -> int | None:
     return store.alias_version(store.get_registered_model(c, name), alias)
 
 
-def resolve(ref: str, default_alias: str = C.ALIAS_CHAMPION) -> ResolvedModel:
-    """A local, sha256-verified ONNX for ``ref`` plus its metadata (see the module docstring)."""
+def resolve(ref: str, default_alias: str = C.ALIAS_CHAMPION, int8: bool = True) -> ResolvedModel:
+    """Local, sha256-verified files for ``ref`` plus its metadata (see the module docstring).
+
+    ``int8``: also fetch and verify the version's ``model.int8.onnx`` when it carries one (serving
+    at ``RNNOPS_PRECISION=fp32`` passes False and never downloads it). Every file is checked the
+    same way: a mismatch is fetched again once, then refused.
+    """
     name, version, alias = parse_ref(ref, default_alias)
     c = store.client()
     mv = _lookup(c, name, version, alias)
@@ -78,22 +87,23 @@ def resolve(ref: str, default_alias: str = C.ALIAS_CHAMPION) -> ResolvedModel:
     if not sha:
         raise RnnopsError(f"{name} version {version} has no {C.VTAG_ONNX_SHA256} tag (not registered by rnnops): "
                           "refusing to serve a file that cannot be verified")
+    int8_sha = tags.get(C.VTAG_INT8_SHA256) if int8 else None
     try:
         folder = cache_folder(name, version)
     except OSError as exc:
         raise RnnopsError(f"cannot create the model cache: {exc}; point RNNOPS_CACHE at a writable folder") from None
-    hit = _cached(folder, sha)
-    if hit is None:
-        try:
-            if (folder / ONNX_FILE).exists():
-                log.warning("cached %s version %s does not match its sha256; fetching it again", name, version)
-                (folder / SIDECAR).unlink(missing_ok=True)
-                (folder / ONNX_FILE).unlink(missing_ok=True)
-            hit = _fetch(c, name, version, sha, folder, tags.get(C.VTAG_SOURCE_RUN))
-        except OSError as exc:
-            raise RnnopsError(f"cannot write the model cache {folder}: {exc}; point RNNOPS_CACHE at a writable folder") from None
+    try:
+        _verified(c, name, version, folder, ONNX_FILE, sha)
+        info = _sidecar(folder, sha)
+        if info is None:
+            info = _write_sidecar(folder, sha, read_metadata(folder / ONNX_FILE), tags.get(C.VTAG_SOURCE_RUN), name, version)
+        if int8_sha:
+            _verified(c, name, version, folder, C.INT8_FILE, int8_sha)
+    except OSError as exc:
+        raise RnnopsError(f"cannot write the model cache {folder}: {exc}; point RNNOPS_CACHE at a writable folder") from None
     return ResolvedModel(name=name, version=version, alias=alias, path=folder / ONNX_FILE, sha256=sha,
-                         metadata=hit["metadata"], source_run=hit.get("source_run") or tags.get(C.VTAG_SOURCE_RUN))
+                         metadata=info["metadata"], source_run=info.get("source_run") or tags.get(C.VTAG_SOURCE_RUN),
+                         int8_path=folder / C.INT8_FILE if int8_sha else None, int8_sha256=int8_sha)
 
 
 def cache_folder(name: str, version: int) -> Path:
@@ -123,54 +133,63 @@ def _lookup(c, name: str, version: int | None, alias: str | None):
     raise RnnopsError(f"{name} has no alias {alias!r} (aliases: {have}){hint}")
 
 
-def _cached(folder: Path, sha: str) -> dict | None:
-    """The sidecar of a cached copy whose bytes hash to ``sha``, else None."""
-    path, side = folder / ONNX_FILE, folder / SIDECAR
-    try:
-        info = json.loads(side.read_text())
-        if info.get("sha256") != sha or sha256_file(path) != sha:
-            return None
-        return info
-    except (OSError, ValueError):
-        return None
-
-
-def _fetch(c, name: str, version: int, sha: str, folder: Path, source_run: str | None) -> dict:
-    """Download, verify and install one version into the cache; refuse a mismatch."""
+def _verified(c, name: str, version: int, folder: Path, file: str, sha: str) -> Path:
+    """``folder/file`` hashing to ``sha``: the cached copy if it does, else downloaded (into a
+    temporary folder, then renamed into place: concurrent workers never see half a file) and
+    verified; a download that does not match is refused, never installed."""
+    path = folder / file
+    if path.is_file() and sha256_file(path) == sha:
+        return path
+    if path.exists():
+        log.warning("cached %s of %s version %s does not match its sha256; fetching it again", file, name, version)
+        path.unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=folder))
     try:
-        path = store.download_onnx(c, name, version, tmp)
-        actual = sha256_file(path)
+        got = store.download_onnx(c, name, version, tmp, file)
+        actual = sha256_file(got)
         if actual != sha:
-            raise RnnopsError(f"{name} version {version}: the registry's model.onnx hashes to {actual[:16]}…, "
+            raise RnnopsError(f"{name} version {version}: the registry's {file} hashes to {actual[:16]}…, "
                               f"not the registered {sha[:16]}…; refusing it (the artifact changed after registration)")
-        return _install(folder, path, sha, read_metadata(path), source_run, name, version)
+        os.replace(got, path)
+        return path
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def store_in_cache(name: str, version: int, path: Path, sha: str, metadata: dict, source_run: str | None) -> Path:
-    """Copy an already-verified file into the cache (register does this so that the first resolve hits)."""
+def _sidecar(folder: Path, sha: str) -> dict | None:
+    """The cached metadata of the ``model.onnx`` hashing to ``sha``, else None."""
+    try:
+        info = json.loads((folder / SIDECAR).read_text())
+        return info if info.get("sha256") == sha else None
+    except (OSError, ValueError):
+        return None
+
+
+def store_in_cache(name: str, version: int, path: Path, sha: str, metadata: dict, source_run: str | None,
+                   int8_path: Path | None = None, int8_sha256: str | None = None) -> Path:
+    """Copy already-verified files into the cache (register does this so that the first resolve hits)."""
     folder = cache_folder(name, version)
     folder.mkdir(parents=True, exist_ok=True)
+    files = [(path, ONNX_FILE, sha)] + ([(int8_path, C.INT8_FILE, int8_sha256)] if int8_path and int8_sha256 else [])
     tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=folder))
     try:
-        copy = tmp / ONNX_FILE
-        shutil.copyfile(path, copy)
-        if sha256_file(copy) != sha:
-            raise OSError(f"copy of {path} does not hash to {sha}")
-        _install(folder, copy, sha, metadata, source_run, name, version)
+        for src, file, want in files:
+            copy = tmp / file
+            shutil.copyfile(src, copy)
+            if sha256_file(copy) != want:
+                raise OSError(f"copy of {src} does not hash to {want}")
+            os.replace(copy, folder / file)
+        _write_sidecar(folder, sha, metadata, source_run, name, version)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder / ONNX_FILE
 
 
-def _install(folder: Path, path: Path, sha: str, metadata: dict, source_run: str | None, name: str, version: int) -> dict:
-    """Atomically place the verified file, then its sidecar (each by rename: readers never see half a file)."""
+def _write_sidecar(folder: Path, sha: str, metadata: dict, source_run: str | None, name: str, version: int) -> dict:
+    """The decoded metadata of the verified ``model.onnx`` beside it (by rename: never half a file)."""
     info = {"name": name, "version": int(version), "sha256": sha, "metadata": metadata, "source_run": source_run}
-    os.replace(path, folder / ONNX_FILE)
-    side_tmp = path.with_name(SIDECAR + ".tmp")
+    side_tmp = folder / (SIDECAR + f".{os.getpid()}.tmp")
     side_tmp.write_text(json.dumps(info))
     os.replace(side_tmp, folder / SIDECAR)
     return info

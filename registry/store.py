@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from rnnops import settings
+from rnnops.contract import ONNX_FILE
 from rnnops.errors import RnnopsError
 
 _connected: str | None = None
@@ -142,36 +143,33 @@ def aliases_of(rm) -> dict[str, int]:
     return {a.alias: int(a.version) for a in aliases}
 
 
-def download_onnx(c, name: str, version: int, dst: Path) -> Path:
-    """Download just the ``model.onnx`` of a model version into folder ``dst``."""
+def download_onnx(c, name: str, version: int, dst: Path, file: str = ONNX_FILE) -> Path:
+    """Download one file of a model version (``model.onnx``, or ``model.int8.onnx`` beside it) into folder ``dst``."""
     import mlflow
-
-    from rnnops.registry.onnx_file import ONNX_FILE
 
     dst.mkdir(parents=True, exist_ok=True)
     with mlflow_errors(f"downloading {name} version {version}"):
         base = c.get_model_version_download_uri(name, str(version))
         try:
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{base.rstrip('/')}/{ONNX_FILE}",
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{base.rstrip('/')}/{file}",
                                                             dst_path=str(dst), tracking_uri=settings.tracking_uri()))
         except OSError as exc:
-            raise RnnopsError(f"{name} version {version} has no {ONNX_FILE} at {base}: is it an mlflow.onnx model? ({exc})") from None
+            raise RnnopsError(f"{name} version {version} has no {file} at {base}: is it an mlflow.onnx model "
+                              f"logged by `rnnops export`? ({exc})") from None
 
 
-def download_logged_onnx(c, model_uri: str, dst: Path) -> Path:
-    """Download the ``model.onnx`` of a logged model (``models:/m-…``) or a ``runs:/`` model URI."""
+def download_logged_onnx(c, model_uri: str, dst: Path, file: str = ONNX_FILE) -> Path:
+    """Download one file (default ``model.onnx``) of a logged model (``models:/m-…``) or a ``runs:/`` model URI."""
     import mlflow
-
-    from rnnops.registry.onnx_file import ONNX_FILE
 
     dst.mkdir(parents=True, exist_ok=True)
     with mlflow_errors(f"downloading {model_uri}"):
         base = logged_model_artifacts(c, model_uri)
         try:
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{base.rstrip('/')}/{ONNX_FILE}",
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{base.rstrip('/')}/{file}",
                                                             dst_path=str(dst), tracking_uri=settings.tracking_uri()))
         except OSError as exc:
-            raise RnnopsError(f"{model_uri} has no {ONNX_FILE}: is it an mlflow.onnx model? ({exc})") from None
+            raise RnnopsError(f"{model_uri} has no {file}: is it an mlflow.onnx model logged by `rnnops export`? ({exc})") from None
 
 
 def logged_model_id(model_uri: str) -> str | None:

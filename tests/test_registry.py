@@ -68,8 +68,9 @@ def tiny_onnx(meta: dict, bias: float):
 
 
 def exported_run(kind: str = "char", val: float = 1.5, parity: bool | None = True, cell: str = "lstm",
-                 sha: str | None = None, export: bool = True) -> str:
-    """A finished run as training + export leave it: val metric, rnnops.task, export tags."""
+                 sha: str | None = None, export: bool = True, int8: bool = False, int8_sha: str | None = None) -> str:
+    """A finished run as training + export leave it: val metric, rnnops.task, export tags (and with
+    ``int8``, a model.int8.onnx beside model.onnx in the logged model, with its sha256 tag)."""
     import hashlib
 
     with mlflow.start_run() as run:
@@ -92,14 +93,21 @@ def exported_run(kind: str = "char", val: float = 1.5, parity: bool | None = Tru
                 C.TAG_PARITY_MAX_DIFF: "3.1e-06"}
         if parity is not None:
             tags[C.TAG_PARITY_PASSED] = "true" if parity else "false"
+        if int8:
+            q = tiny_onnx({**meta, "precision": "int8"}, val + 0.5)
+            folder = Path(f"int8-{rid}")
+            folder.mkdir()
+            onnx.save(q, str(folder / C.INT8_FILE))
+            mlflow.MlflowClient().log_model_artifact(info.model_id, str(folder / C.INT8_FILE))
+            tags[C.TAG_INT8_SHA256] = int8_sha or hashlib.sha256(q.SerializeToString()).hexdigest()
         mlflow.set_tags(tags)
     return rid
 
 
-def artifact_file(name: str, version: int) -> Path:
-    """The model.onnx inside the MLflow artifact store (local for a sqlite store)."""
+def artifact_file(name: str, version: int, file: str = C.ONNX_FILE) -> Path:
+    """The model.onnx (or ``file``) inside the MLflow artifact store (local for a sqlite store)."""
     uri = mlflow.MlflowClient().get_model_version_download_uri(name, str(version))
-    return Path(uri.removeprefix("file://")) / "model.onnx"
+    return Path(uri.removeprefix("file://")) / file
 
 
 # ----------------------------------------------------------------------------- register
@@ -353,6 +361,41 @@ def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def test_a_version_carries_both_files_and_resolve_verifies_both(reg):
+    from rnnops.registry import api, resolve
+
+    v = api.register_run(exported_run(int8=True))
+    run_tags = mlflow.get_run(v.run_id).data.tags
+    assert v.int8_sha256 == run_tags[C.TAG_INT8_SHA256] and v.sha256 == run_tags[C.TAG_ONNX_SHA256]
+    r = resolve.resolve("char-rnn/1")
+    assert r.int8_sha256 == v.int8_sha256 and r.int8_path.name == C.INT8_FILE and r.int8_path.parent == r.path.parent
+    from rnnops.registry.onnx_file import read_metadata, sha256_file
+
+    assert sha256_file(r.int8_path) == v.int8_sha256 and read_metadata(r.int8_path)["precision"] == "int8"
+    shutil.rmtree(r.path.parent)  # cold cache: both fetched and verified
+    assert resolve.resolve("char-rnn/1").int8_path.is_file()
+    assert resolve.resolve("char-rnn/1", int8=False).int8_path is None
+    assert api.register_run(exported_run(val=1.0)).int8_sha256 is None  # a run whose export kept no int8
+
+    stored = artifact_file("char-rnn", 1, C.INT8_FILE)
+    stored.write_bytes(stored.read_bytes() + b"\x00tampered")  # the int8 artifact changed after registration
+    assert resolve.resolve("char-rnn/1").int8_path.is_file()  # the verified cached copy is still fine
+    r.int8_path.write_bytes(b"corrupt")
+    with pytest.raises(RnnopsError, match=rf"{C.INT8_FILE} hashes to .*not the registered .*refusing it"):
+        resolve.resolve("char-rnn/1")
+    assert not r.int8_path.exists()  # nothing unverified where serving would look
+    assert resolve.resolve("char-rnn/1", int8=False).path.is_file()  # fp32 serving does not need it
+
+
+def test_register_refuses_an_int8_file_that_does_not_match_the_export(reg):
+    from rnnops.registry import api
+
+    rid = exported_run(int8=True, int8_sha="0" * 64)
+    with pytest.raises(RnnopsError, match=rf"{C.INT8_FILE} logged by run .* hashes to .*refusing to register"):
+        api.register_run(rid)
+    assert not mlflow.MlflowClient().search_model_versions(f"run_id='{rid}'")
+
+
 def test_cli_register_promote_rollback_and_errors(reg, monkeypatch, capsys):
     r1, r2 = exported_run(val=1.5), exported_run(val=1.7)
     code, out, _ = _cli(monkeypatch, capsys, "registry", "register", r1)
@@ -385,7 +428,7 @@ def test_pull_into_bentoml_store_without_torch(reg, tmp_path):
     pytest.importorskip("bentoml")
     from rnnops.registry import api
 
-    v = api.register_run(exported_run(val=1.2))
+    v = api.register_run(exported_run(val=1.2, int8=True))
     api.promote("char-rnn", v.version)
     home = tmp_path / "bentoml"
     script = textwrap.dedent("""
@@ -414,9 +457,10 @@ def test_pull_into_bentoml_store_without_torch(reg, tmp_path):
     folder = home / "models" / "char-rnn" / f"v1-{v.sha256[:12]}"
     from rnnops.registry.onnx_file import sha256_file
 
-    assert sha256_file(folder / "model.onnx") == v.sha256
+    assert sha256_file(folder / "model.onnx") == v.sha256 and sha256_file(folder / C.INT8_FILE) == v.int8_sha256
     info = (folder / "model.yaml").read_text()
     assert f"sha256: {v.sha256}" in info and "registry_version: '1'" in info and "kind: char" in info
+    assert f"int8_sha256: {v.int8_sha256}" in info
 
 
 # ----------------------------------------------------------------------------- end to end
