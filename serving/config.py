@@ -14,6 +14,7 @@ from rnnops.errors import RnnopsError
 from rnnops.util import available_cpus
 
 DEFAULT_MODELS = "char-rnn@champion,forecaster@champion"
+PRECISIONS = ("auto", "fp32", "int8")  # RNNOPS_PRECISION (see ServeConfig.precision)
 
 
 def _env(name: str, default, cast):
@@ -45,10 +46,23 @@ class ServeConfig:
     models: str = DEFAULT_MODELS
     poll_seconds: float = 10.0  # hot reload: how often aliases are checked (0 = never)
     providers: str = "cpu"  # cpu | cuda (falls back to cpu with a warning)
+    # which of a model's files runs: auto = the int8 file when its export kept one (rnnops export
+    # makes it with fixed scales, so results stay batch-invariant and chunked == whole) and the
+    # provider is the CPU, else fp32; fp32 = always model.onnx (the int8 file is not even
+    # downloaded); int8 = the int8 file, and a model without one fails to load (asking for int8
+    # means requiring it: auto already means "int8 when there is one")
+    precision: str = "auto"
     iobinding: str = "auto"  # auto (on for cuda) | 1 | 0
     threads: int = 0  # ORT intra-op threads per session; 0 = see ort_threads
     workers: int = 1
     scheduler: str = "batched"  # batched | naive (one ORT call per request per char: benchmarks)
+    # the decode batch in this many lanes, each one's model call overlapping the Python work on
+    # another's result (generate/scheduler.py); 1 = one call per step, nothing overlapped
+    decode_lanes: int = 2
+    # where a char model's scheduler runs: process = an engine process of its own per model version
+    # (generate/engine.py: the model and the scheduler off this worker's GIL); thread = a thread of
+    # this worker (one process, the two share the GIL: slower under load, simpler to debug)
+    engine: str = "process"
     # generation limits
     max_streams: int = 256  # active streams per model (the decode batch)
     max_queue: int = 256  # streams waiting for a slot; beyond: 429
@@ -106,10 +120,13 @@ class ServeConfig:
             "models": ("RNNOPS_MODELS", str),
             "poll_seconds": ("RNNOPS_POLL_SECONDS", float),
             "providers": ("RNNOPS_PROVIDERS", str),
+            "precision": ("RNNOPS_PRECISION", str),
             "iobinding": ("RNNOPS_IOBINDING", str),
             "threads": ("RNNOPS_THREADS", int),
             "workers": ("RNNOPS_WORKERS", int),
             "scheduler": ("RNNOPS_SCHEDULER", str),
+            "decode_lanes": ("RNNOPS_DECODE_LANES", int),
+            "engine": ("RNNOPS_ENGINE", str),
             "max_streams": ("RNNOPS_MAX_STREAMS", int),
             "max_queue": ("RNNOPS_MAX_QUEUE", int),
             "queue_timeout_s": ("RNNOPS_QUEUE_TIMEOUT", float),
@@ -145,13 +162,17 @@ class ServeConfig:
     def validate(self) -> None:
         if self.scheduler not in ("batched", "naive"):
             raise RnnopsError(f"RNNOPS_SCHEDULER must be batched or naive, not {self.scheduler!r}")
+        if self.engine not in ("process", "thread"):
+            raise RnnopsError(f"RNNOPS_ENGINE must be process or thread, not {self.engine!r}")
+        if self.precision not in PRECISIONS:
+            raise RnnopsError(f"RNNOPS_PRECISION must be {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.iobinding not in ("auto", "1", "0"):
             raise RnnopsError(f"RNNOPS_IOBINDING must be auto, 1 or 0, not {self.iobinding!r}")
         unknown = [p for p in self.providers.split(",") if p.strip().lower() not in ("cpu", "cuda")]
         if unknown:
             raise RnnopsError(f"RNNOPS_PROVIDERS: unknown provider(s) {unknown}; use cpu or cuda")
         for name in ("max_streams", "max_prompt_chars", "max_chars", "prefill_chunk", "forecast_max_batch",
-                     "forecast_max_windows", "max_context_rows", "max_sessions", "workers"):
+                     "forecast_max_windows", "max_context_rows", "max_sessions", "workers", "decode_lanes"):
             if getattr(self, name) < 1:
                 raise RnnopsError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.max_queue < 0:

@@ -8,6 +8,10 @@
 - ``path/to/model.onnx``: a local file (its sha256 is its version; watched for changes);
 - ``bentoml:char-rnn:latest``: a model saved in the BentoML model store (for a built Bento).
 
+Precision: a model may come with an int8 file beside its fp32 one (``rnnops export`` keeps it when
+its gates pass); ``RNNOPS_PRECISION`` (auto | fp32 | int8) picks which one runs
+(:func:`choose_file`) and ``GET /models`` says which is live and why.
+
 Hot reload: every ``RNNOPS_POLL_SECONDS`` the manager asks each watched ref which version it
 points at (a cheap registry call). When that changed, it loads and verifies the new version off
 the event loop, then swaps: new requests go to the new version, while the old version's
@@ -32,6 +36,7 @@ from rnnops.refs import ModelRef
 from rnnops.serving.config import ServeConfig
 from rnnops.serving.errors import Overloaded, UnknownModel
 from rnnops.serving.forecast.batcher import ForecastBatcher
+from rnnops.serving.generate.engine import EngineClient, EngineSpec
 from rnnops.serving.generate.naive import NaiveGenerator
 from rnnops.serving.generate.scheduler import OnStep, SchedulerMetrics, StepScheduler
 from rnnops.serving.runtime import Runtime
@@ -79,10 +84,34 @@ def parse_refs(spec: str) -> list[ServedRef]:
 @dataclass
 class Resolved:
     version: str
-    path: Path
+    path: Path  # model.onnx (fp32)
     sha256: str | None
     alias: str | None
     source_run: str | None = None
+    int8_path: Path | None = None  # the verified int8 variant, when the model has one (and it was asked for)
+    int8_sha256: str | None = None
+
+
+def choose_file(res: Resolved, cfg: ServeConfig, served: str) -> tuple[Path, str]:
+    """The file ``RNNOPS_PRECISION`` runs for this version, and why (``GET /models`` shows it).
+
+    ``auto`` takes the int8 file when the version has one (its export's gates kept it) and the
+    provider is the CPU: the int8 form is made and gated for onnxruntime's CPU kernels. ``int8``
+    without an int8 file is an error, not a quiet fp32: ``auto`` already means "int8 when there is
+    one", so asking for ``int8`` means requiring it (a hot reload to such a version then keeps the
+    old one serving, and the failure shows in ``GET /models``).
+    """
+    if cfg.precision == "fp32":
+        return res.path, "RNNOPS_PRECISION=fp32"
+    if res.int8_path is None:
+        if cfg.precision == "int8":
+            raise RnnopsError(f"RNNOPS_PRECISION=int8 but {served} version {res.version} has no int8 file (its export "
+                              "did not keep one: see the run's export/quantization.json for why); serve it with "
+                              "RNNOPS_PRECISION=auto or fp32")
+        return res.path, "auto: this version has no int8 file (its export did not keep one)"
+    if cfg.precision == "auto" and cfg.use_cuda:
+        return res.path, "auto: the int8 file is gated for the CPU provider, and RNNOPS_PROVIDERS asks for cuda"
+    return res.int8_path, f"{cfg.precision}: the int8 file its export kept (fixed scales)"
 
 
 class _FileWatch:
@@ -107,9 +136,10 @@ class LoadedModel:
     version: str
     resolved: Resolved
     runtime: Runtime
-    scheduler: StepScheduler | NaiveGenerator | None = None
+    scheduler: EngineClient | StepScheduler | NaiveGenerator | None = None
     batcher: ForecastBatcher | None = None
     loaded_at: float = field(default_factory=time.time)
+    precision_reason: str = ""  # why this file runs (choose_file)
 
     @property
     def name(self) -> str:
@@ -120,9 +150,13 @@ class LoadedModel:
         return self.runtime.kind
 
     def describe(self) -> dict:
-        d = {"name": self.name, "version": self.version, "alias": self.resolved.alias, "source": self.ref.source,
-             "ref": self.ref.target, "sha256": self.resolved.sha256, "path": str(self.resolved.path),
-             **self.runtime.describe(), "loaded_at": round(self.loaded_at, 3)}
+        r = self.resolved
+        d = {"name": self.name, "version": self.version, "alias": r.alias, "source": self.ref.source,
+             "ref": self.ref.target, "sha256": r.sha256, "path": str(self.runtime.path),
+             **self.runtime.describe(),  # its "precision": what the loaded file computes in
+             "precision_reason": self.precision_reason,
+             "files": {"fp32": r.sha256, "int8": r.int8_sha256},  # sha256 of each verified file (None: none)
+             "loaded_at": round(self.loaded_at, 3)}
         if self.resolved.source_run and not d.get("source_run"):
             d["source_run"] = self.resolved.source_run
         if self.scheduler is not None:
@@ -187,22 +221,31 @@ class ModelManager:
 
     def _resolve(self, ref: ServedRef) -> Resolved:
         sha = self._files.sha(ref.target) if ref.source == "file" and Path(ref.target).is_file() else None
-        m = refs.resolve_ref(ref.ref, sha256=sha)
-        return Resolved(m.version, m.path, m.sha256, m.alias, m.source_run)
+        m = refs.resolve_ref(ref.ref, sha256=sha, int8=self.config.precision != "fp32")
+        return Resolved(m.version, m.path, m.sha256, m.alias, m.source_run, m.int8_path, m.int8_sha256)
 
     def _load(self, ref: ServedRef) -> LoadedModel:
         """Resolve, verify and open ``ref`` (blocking: run it in a thread)."""
         cfg = self.config
         res = self._resolve(ref)
-        rt = Runtime(res.path, providers=cfg.providers, threads=cfg.ort_threads, iobinding=cfg.iobinding,
+        path, why = choose_file(res, cfg, ref.served)
+        rt = Runtime(path, providers=cfg.providers, threads=cfg.ort_threads, iobinding=cfg.iobinding,
                      name=ref.served)
-        m = LoadedModel(ref, res.version, res, rt)
+        m = LoadedModel(ref, res.version, res, rt, precision_reason=why)
         if rt.kind == "char":
             sm = self.metrics.for_scheduler(ref.served, res.version) if self.metrics else SchedulerMetrics()
-            cls = NaiveGenerator if cfg.scheduler == "naive" else StepScheduler
-            m.scheduler = cls(rt, max_active=cfg.max_streams, max_queue=cfg.max_queue,
-                              queue_timeout=cfg.queue_timeout_s, prefill_chunk=cfg.prefill_chunk,
-                              metrics=sm, name=f"{ref.served}-v{res.version}", on_step=self.on_step).start()
+            limits = dict(max_active=cfg.max_streams, max_queue=cfg.max_queue, queue_timeout=cfg.queue_timeout_s,
+                          prefill_chunk=cfg.prefill_chunk, metrics=sm, name=f"{ref.served}-v{res.version}",
+                          on_step=self.on_step)
+            if cfg.scheduler == "naive":
+                m.scheduler = NaiveGenerator(rt, **limits).start()
+            elif cfg.engine == "thread":
+                m.scheduler = StepScheduler(rt, lanes=cfg.decode_lanes, **limits).start()
+            else:  # the scheduler and a session of its own in an engine process (generate/engine.py)
+                spec = EngineSpec(str(rt.path), cfg.providers, cfg.ort_threads, cfg.iobinding, limits["name"],
+                                  cfg.max_streams, cfg.max_queue, cfg.queue_timeout_s, cfg.prefill_chunk,
+                                  cfg.decode_lanes)
+                m.scheduler = EngineClient(spec, sm, self.on_step).start()
         else:
             m.batcher = ForecastBatcher(rt, cfg.forecast_max_batch, self.metrics, ref.served)
         return m

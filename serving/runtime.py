@@ -69,6 +69,7 @@ class ModelInfo:
     exported_by: str | None = None
     quantiles: tuple[float, ...] = ()  # prediction-interval levels (rnnops.quantiles); () = none
     quantiles_output: str | None = None  # the graph output holding them, [B, horizon, F_out, levels]
+    precision: str = "fp32"  # rnnops.precision: "int8" for the fixed-scale int8 file (rnnops.export.int8)
 
     @property
     def state_inputs(self) -> tuple[str, ...]:
@@ -113,6 +114,7 @@ class ModelInfo:
             exported_by=meta.get("version"),
             quantiles=bands[1] if bands else (),
             quantiles_output=bands[0] if bands else None,
+            precision=str(meta.get("precision") or "fp32"),
         )
 
 
@@ -183,7 +185,7 @@ class Runtime:
 
     def describe(self) -> dict:
         i = self.info
-        d = {"kind": i.kind, "cell": i.cell, "layers": i.layers, "hidden_size": i.hidden_size,
+        d = {"kind": i.kind, "cell": i.cell, "layers": i.layers, "hidden_size": i.hidden_size, "precision": i.precision,
              "state": [t.to_json() for t in i.state], "stateful": i.stateful, "providers": self.providers, "device": self.device,
              "iobinding": self.iobinding, "threads": self.threads, "source_run": i.source_run}
         if i.kind == "char":

@@ -105,6 +105,8 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    parameters: dict[str, Any] | None = Field(None, description="rnnops: {\"precision\": \"fp32\" | \"int8\"}, the "
+                                             "arithmetic of the file this version runs (RNNOPS_PRECISION)")
 
 
 class ServerMetadata(BaseModel):
@@ -148,8 +150,9 @@ def model_metadata(m) -> dict:
         inputs = [{"name": contract.INPUT, "datatype": "FP32", "shape": [-1, t, len(i.feature_names)]}]
         outputs = [{"name": contract.FORECAST_OUTPUT, "datatype": "FP32",
                     "shape": [-1, i.horizon, len(i.target_names)]}]
+    # "parameters" is outside the protocol's required fields (clients ignore it): which file runs
     return {"name": m.name, "versions": [m.version], "platform": "onnxruntime_onnx", "inputs": inputs,
-            "outputs": outputs}
+            "outputs": outputs, "parameters": {"precision": i.precision}}
 
 
 async def server_metadata(serving, request: Request) -> Response:

@@ -115,6 +115,7 @@ class ModelCard(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    precision: str = Field("fp32", description="rnnops: fp32 or int8, the file this model runs (RNNOPS_PRECISION)")
 
 
 class ModelList(BaseModel):
@@ -201,8 +202,8 @@ def resolve(serving, spec: str):
 
 @openai_errors
 async def list_models(serving, request: Request) -> Response:
-    data = [{"id": m.name, "object": "model", "created": int(m.loaded_at), "owned_by": "rnnops"}
-            for m in char_models(serving)]
+    data = [{"id": m.name, "object": "model", "created": int(m.loaded_at), "owned_by": "rnnops",
+             "precision": m.runtime.info.precision} for m in char_models(serving)]
     return JSONResponse({"object": "list", "data": data})
 
 
