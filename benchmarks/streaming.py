@@ -14,11 +14,22 @@ streaming ``/generate`` (SSE) requests back to back, and reports:
 Then the raw ORT kernel throughput (T=1 steps at batch 1/64/256 in this process, same threads)
 and the two goals: batched >= 8x naive at 64 streams; served >= 50% of the kernel at batch 64.
 
+``--precisions fp32,int8`` runs a batched server per precision on the same model in one run
+(``RNNOPS_PRECISION``; the int8 file is the fixed-scale form of ``rnnops.export.int8``, made beside
+the fp32 one if it is not there yet), each against its own raw kernel at batch 64 with the same
+threads, and reports the int8/fp32 ratio of chars/s at 64 streams (goal: >= 1.5x). The naive mode
+runs at fp32 only. Each server's ``GET /models`` is checked to say the precision asked for, so a
+fallback cannot pass for an int8 figure. ``--alternate N`` measures every level N times with the
+servers (and then the kernels) taking turns and reports medians: on a shared machine a busy
+minute then falls on both precisions alike.
+
     python benchmarks/streaming.py --quick            # a smoke run (1, 8, 64 streams, short)
     python benchmarks/streaming.py --out bench.json   # 1, 8, 64, 256 streams
     python benchmarks/streaming.py --onnx model.onnx  # your model (default: a random-weight
-                                                      # char LSTM of the `quick` preset's size,
+                                                      # char LSTM, 1x512 unless --hidden/--layers,
                                                       # built with torch; speed ignores weights)
+    python benchmarks/streaming.py --hidden 384 --modes batched --precisions fp32,int8 --levels 64 --alternate 5
+                                                      # the quick preset's LSTM, fp32 vs int8 served
 
 The client is a minimal asyncio HTTP/1.1 reader (not httpx) so that at 256 streams the load
 generator, which shares the machine, costs as little as possible. Loopback only; every level is
@@ -123,11 +134,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def int8_file(onnx: Path) -> Path:
+    """The fixed-scale int8 file beside ``onnx`` (``X.onnx`` -> ``X.int8.onnx``), made if missing."""
+    from rnnops.export.int8 import quantize_file
+    from rnnops.refs import int8_sibling
+
+    return int8_sibling(onnx) or quantize_file(onnx, onnx.with_name(onnx.stem + ".int8.onnx"))
+
+
+def served_precision(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/models", timeout=10) as r:
+        return json.load(r)["models"][0].get("precision", "fp32")
+
+
 def start_server(onnx: Path, mode: str, threads: int, max_streams: int, log: Path,
-                 python: str = sys.executable) -> tuple[subprocess.Popen, int]:
+                 python: str = sys.executable, precision: str = "fp32") -> tuple[subprocess.Popen, int]:
     """``bentoml serve`` of the rnnops service that ``python``'s environment has installed."""
     port = free_port()
     env = {**os.environ, "RNNOPS_MODELS": f"bench={onnx}", "RNNOPS_SCHEDULER": mode, "RNNOPS_POLL_SECONDS": "0",
+           "RNNOPS_PRECISION": precision,
            "RNNOPS_THREADS": str(threads), "RNNOPS_MAX_STREAMS": str(max_streams),
            "RNNOPS_MAX_QUEUE": str(max_streams), "RNNOPS_MAX_CHARS": "100000", "BENTOML_DO_NOT_TRACK": "true",
            "BENTOML_HOME": str(log.parent / "bentoml")}
@@ -270,6 +295,11 @@ async def run_level(port: int, concurrency: int, chars: int, rounds: int, time_l
 # ----------------------------------------------------------------------------- main
 
 
+def _median(rows: list[dict], key: str) -> dict:
+    """The row whose ``key`` is the median (the lower one of an even count)."""
+    return sorted(rows, key=lambda r: r[key])[(len(rows) - 1) // 2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--onnx", type=Path, help="a char model in the rnnops ONNX contract (default: build one)")
@@ -281,6 +311,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="requests per client per level")
     ap.add_argument("--level-seconds", type=float, default=None, help="time bound per level")
     ap.add_argument("--modes", default="batched,naive")
+    ap.add_argument("--precisions", default="fp32", help="fp32, int8 or fp32,int8: the batched server at each "
+                    "(the naive mode runs at fp32)")
+    ap.add_argument("--alternate", type=int, default=1, metavar="N", help="measure every level N times, the "
+                    "servers taking turns, and report the median (for a shared machine)")
     ap.add_argument("--threads", type=int, default=0, help="ORT threads for the batched server and the kernel "
                     "(default: the server's default, CPUs - 1, at most 8); the naive server uses 1 per request "
                     "(its best setting)")
@@ -302,27 +336,60 @@ def main() -> None:
     print(f"model {onnx} ({args.cell} {args.layers}x{args.hidden} unless --onnx); {available_cpus()} CPUs; "
           f"levels {levels}; {chars} chars/request; {rounds} request(s)/client; logs in {work}", flush=True)
 
-    results: dict = {"levels": levels, "chars_per_request": chars, "cpus": available_cpus(), "modes": {}}
-    for mode in args.modes.split(","):
-        proc, port = start_server(onnx, mode, threads if mode == "batched" else 1, max(levels), work / f"{mode}.log")
-        try:
-            rows = []
+    precisions = [x.strip() for x in args.precisions.split(",") if x.strip()]
+    if not precisions or set(precisions) - {"fp32", "int8"}:
+        ap.error(f"--precisions: fp32, int8 or both, not {args.precisions!r}")
+    files = {"fp32": onnx, **({"int8": int8_file(onnx)} if "int8" in precisions else {})}
+    results: dict = {"levels": levels, "chars_per_request": chars, "cpus": available_cpus(), "threads": threads,
+                     "modes": {}, "precisions": precisions}
+    runs = [(mode, p) for mode in args.modes.split(",") for p in (precisions if mode == "batched" else ["fp32"])]
+    repeats = max(1, args.alternate)
+    servers: dict[str, tuple[subprocess.Popen, int]] = {}
+    measured: dict[str, dict[int, list[dict]]] = {}
+    try:
+        # All servers up front (an idle one costs next to nothing), then each level measured on
+        # each in turn, `repeats` times: on a shared machine the neighbours' load then falls on
+        # every server alike instead of on whichever ran during a busy minute.
+        for mode, precision in runs:
+            key = mode if precision == "fp32" else f"{mode}-{precision}"
+            servers[key] = start_server(onnx, mode, threads if mode == "batched" else 1, max(levels),
+                                        work / f"{key}.log", precision=precision)
+            live = served_precision(servers[key][1])
+            if live != precision:
+                raise RuntimeError(f"asked for {precision}, the server runs {live}; see {work / f'{key}.log'}")
+            measured[key] = {c: [] for c in levels}
+        for _ in range(repeats):
             for c in levels:
-                row = asyncio.run(run_level(port, c, chars, rounds, level_s, proc.pid, rss=c == max(levels)))
-                rows.append(row)
-                print(f"{mode:8s} {c:4d} streams: {row['chars_per_s']:9.1f} chars/s  TTFC p50 {row['ttfc_ms_p50']} "
-                      f"p99 {row['ttfc_ms_p99']} ms  inter-chunk p50 {row['inter_chunk_ms_p50']} p99 "
-                      f"{row['inter_chunk_ms_p99']} ms  server CPU {row['server_cpu_ms_per_1k_chars']} ms/1k chars  "
-                      f"({row['requests']} req, {row['errors']} errors"
-                      + (f", RSS {row['rss_mb']} MB" if row["rss_mb"] else "") + ")", flush=True)
-            results["modes"][mode] = rows
-        finally:
+                for key, (proc, port) in servers.items():
+                    row = asyncio.run(run_level(port, c, chars, rounds, level_s, proc.pid, rss=c == max(levels)))
+                    measured[key][c].append(row)
+                    print(f"{key:12s} {c:4d} streams: {row['chars_per_s']:9.1f} chars/s  TTFC p50 {row['ttfc_ms_p50']} "
+                          f"p99 {row['ttfc_ms_p99']} ms  inter-chunk p50 {row['inter_chunk_ms_p50']} p99 "
+                          f"{row['inter_chunk_ms_p99']} ms  server CPU {row['server_cpu_ms_per_1k_chars']} ms/1k chars  "
+                          f"({row['requests']} req, {row['errors']} errors"
+                          + (f", RSS {row['rss_mb']} MB" if row["rss_mb"] else "") + ")", flush=True)
+    finally:
+        for proc, _ in servers.values():
             stop_server(proc)
+    results["modes"] = {key: [_median(rows, "chars_per_s") for rows in by_level.values()] for key, by_level in measured.items()}
+    if repeats > 1:
+        results["repeats"] = {key: {str(c): rows for c, rows in by_level.items()} for key, by_level in measured.items()}
+        print(f"medians of {repeats} alternating repeats:")
+        for key, rows in results["modes"].items():
+            print("  " + key + ": " + ", ".join(f"{r['concurrency']} streams {r['chars_per_s']:.0f} chars/s "
+                                                 f"({r['server_cpu_ms_per_1k_chars']} ms CPU/1k)" for r in rows))
 
-    kernel = kernel_throughput(onnx, threads, batches=sorted({1, 64, max(levels)}))
-    results["kernel"] = kernel
-    print("raw ORT kernel (T=1 steps, this process): " +
-          ", ".join(f"batch {b}: {k['chars_per_s']:.0f} chars/s ({k['step_ms']} ms/step)" for b, k in kernel.items()))
+    batches = sorted({1, 64, max(levels)})
+    runs_k: dict[str, list[dict]] = {p: [] for p in files}
+    for _ in range(repeats):
+        for p in files:
+            runs_k[p].append(kernel_throughput(files[p], threads, batches=batches))
+    kernels = {p: {b: _median([k[b] for k in ks], "chars_per_s") for b in batches} for p, ks in runs_k.items()}
+    kernel = kernels.get("fp32") or kernels["int8"]
+    results["kernel"], results["kernels"] = kernel, kernels
+    for p, k in kernels.items():
+        print(f"raw ORT kernel, {p} (T=1 steps, this process, {threads} thread(s)): " +
+              ", ".join(f"batch {b}: {x['chars_per_s']:.0f} chars/s ({x['step_ms']} ms/step)" for b, x in k.items()))
     by = {m: {r["concurrency"]: r for r in rows} for m, rows in results["modes"].items()}
     if 64 in levels and "batched" in by:
         served = by["batched"][64]["chars_per_s"]
@@ -345,6 +412,26 @@ def main() -> None:
             kernel_cpu = kernel[64]["step_ms"] * threads / 64
             line += f"; the raw kernel at batch 64 needs at most {kernel_cpu:.3f} ms ({threads} ORT thread(s))"
             print(line)
+    if 64 in levels and "batched-int8" in by:
+        i8 = by["batched-int8"][64]
+        frac8 = i8["chars_per_s"] / kernels["int8"][64]["chars_per_s"]
+        results["int8_served_over_kernel_at_64"] = round(frac8, 3)
+        print(f"int8: served at 64 streams / raw int8 kernel at batch 64: {100 * frac8:.0f}%")
+        if "batched" in by and by["batched"][64]["chars_per_s"]:
+            served_ratio = i8["chars_per_s"] / by["batched"][64]["chars_per_s"]
+            kernel_ratio = kernels["int8"][64]["chars_per_s"] / kernels["fp32"][64]["chars_per_s"]
+            results["int8_over_fp32_served_at_64"] = round(served_ratio, 2)
+            results["int8_over_fp32_kernel_at_64"] = round(kernel_ratio, 2)
+            cpu8, cpu32 = i8["server_cpu_ms_per_1k_chars"], by["batched"][64]["server_cpu_ms_per_1k_chars"]
+            if cpu8 and cpu32:
+                results["fp32_cpu_over_int8_at_64"] = round(cpu32 / cpu8, 2)
+            print(f"int8 / fp32 at 64 streams: served {served_ratio:.2f}x (goal >= 1.5x), raw kernel at batch 64 "
+                  f"{kernel_ratio:.2f}x" + (f"; server CPU per character {cpu32 / cpu8:.2f}x less" if cpu8 and cpu32 else ""))
+            if repeats > 1:  # each turn's own ratio (the servers measured back to back)
+                each = [round(a["chars_per_s"] / b["chars_per_s"], 2)
+                        for a, b in zip(measured["batched-int8"][64], measured["batched"][64])]
+                results["int8_over_fp32_served_at_64_each"] = each
+                print(f"  per turn: {', '.join(f'{r:.2f}x' for r in each)}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
         print(f"wrote {args.out}")
