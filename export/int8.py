@@ -65,7 +65,7 @@ def quantize_file(src: str | Path, dst: str | Path, h_inputs: bool = True) -> Pa
     import onnx
     from onnx import helper
 
-    from rnnops.contract import META_PREFIX
+    from rnnops.contract import encode_metadata
 
     model = onnx.load(str(src))
     g = model.graph
@@ -84,11 +84,9 @@ def quantize_file(src: str | Path, dst: str | Path, h_inputs: bool = True) -> Pa
     g.initializer.extend(kept)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    precision = [p for p in model.metadata_props if p.key == META_PREFIX + "precision"]
-    if precision:
-        precision[0].value = '"int8"'
-    else:
-        model.metadata_props.add(key=META_PREFIX + "precision", value='"int8"')
+    (key, value), = encode_metadata({"precision": "int8"}).items()  # what the file computes in
+    entry = next((p for p in model.metadata_props if p.key == key), None) or model.metadata_props.add(key=key)
+    entry.value = value
     onnx.checker.check_model(model)
     onnx.save_model(model, str(dst), save_as_external_data=False)
     return Path(dst)
