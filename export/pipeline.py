@@ -300,7 +300,7 @@ def _int8(model, spec: dict, run_id: str | None, result: ExportResult, quantize:
         if "delta" in q:
             delta = f"{q['delta']:+.2%}" if q["bound"]["mode"] == "rel" else f"{q['delta']:+.4f}"
             note["done"] = (f"{gate_line}; {q['metric']} fp32 {q['fp32']:.4f} -> int8 {q['int8']:.4f} (delta {delta}), "
-                            f"{speed:.2f}x at batch 64: {'kept' if q['keep'] else 'dropped'}")
+                            f"{speed:.2f}x at batch 64: " + ("kept" if q["keep"] else f"dropped ({q['reason']})"))
         else:
             note["done"] = f"{gate_line}; dropped: {q['reason']}"
     return q

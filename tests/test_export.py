@@ -196,9 +196,10 @@ def test_export_every_cell_passes_parity_and_is_logged(exports, name):
         assert not q["made"] and "skipped" in q["reason"] and r.int8_path is None
     else:
         assert q["made"] and "delta" in q and q["gate"]["passed"]
-        assert q["keep"] == (q["delta"] <= q["bound"]["value"]) and (r.int8_path is not None) == q["keep"]
+        faster = q["latency_ms"]["batch64"]["speedup"] >= q["speed_bound"]["min_speedup"]
+        assert q["keep"] == (q["delta"] <= q["bound"]["value"] and faster) and (r.int8_path is not None) == q["keep"]
         assert q["gate"]["checks"]["batch_invariance"]["max_abs_diff"] == 0.0
-        assert (C.TAG_INT8_SHA256 in tags) == q["keep"] and q["latency_ms"]["batch64"]["speedup"] > 0
+        assert (C.TAG_INT8_SHA256 in tags) == q["keep"]
 
 
 def test_torchscript_file_has_the_explicit_state_signature(exports):

@@ -171,8 +171,9 @@ def test_graphs_the_rewrite_does_not_know_are_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A char GRU run exported twice in a real MLflow store: int8 kept, then (bound set below any
-    delta) dropped; each export's files copied aside."""
+    """Two char runs exported in a real MLflow store: a GRU large enough for int8 to pay (1x256:
+    about 2.5x fp32's speed at batch 64, the bound is 1.2x), its int8 kept; an LSTM whose int8 is
+    dropped (the quality bound set below any delta)."""
     from test_export import _data_dir, make_run
 
     from rnnops.export import pipeline, quality
@@ -191,7 +192,7 @@ def exported(tmp_path_factory):
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         mlflow.set_experiment("int8-tests")
-        kept = pipeline.export_run(make_run("char", "gru", layers=2), formats=("onnx",), out_dir=root / "kept",
+        kept = pipeline.export_run(make_run("char", "gru", hidden=256), formats=("onnx",), out_dir=root / "kept",
                                    progress=False)
         with pytest.MonkeyPatch.context() as bound:
             bound.setitem(quality.BOUNDS, "char", ("val_loss", "abs", -1.0))  # no delta can meet it
@@ -206,6 +207,7 @@ def test_export_keeps_int8_when_its_gates_pass_and_logs_it_beside_model_onnx(exp
     _, r, _ = exported
     q = r.quantization
     assert q["made"] and q["keep"] and q["gate"]["passed"] and q["delta"] <= q["bound"]["value"]
+    assert q["latency_ms"]["batch64"]["speedup"] >= q["speed_bound"]["min_speedup"]
     assert set(q["gate"]["checks"]) == {"batch_invariance", "chunked", "fp32"}
     assert q["gate"]["checks"]["batch_invariance"]["max_abs_diff"] == 0.0
     assert r.int8_path == r.folder / C.INT8_FILE and r.int8_path.is_file()
