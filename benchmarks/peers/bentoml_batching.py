@@ -137,6 +137,8 @@ def markdown(res: dict) -> str:
         "x: how many times better rnnops is (rnnops/BentoML for req/s, BentoML/rnnops for the rest). RSS after the "
         "load: " + ", ".join(f"{k} {v:.0f} MB" for k, v in res["rss_mb"].items()) + ".",
         "",
+        P.rounds_note(res, {"rnnops": "rnnops", "bentoml-batching": "BentoML"}),
+        "",
         P.goal_line(res["goal"], 2.0, "BentoML adaptive batching"),
     ])
 

@@ -14,7 +14,8 @@ file (``forecaster@champion``, made by the project's pipeline in a throwaway MLf
 
   - ``settings.json``: loopback host, free HTTP/gRPC/metrics ports, everything else MLServer's
     default, including ``parallel_workers: 1`` (one inference worker process; docs.seldon.ai/
-    mlserver/user-guide/parallel-inference): one worker, as ours;
+    mlserver/user-guide/parallel-inference): one worker, as ours (``--parallel-workers 0`` runs
+    inference in the HTTP process instead, MLServer's other mode);
   - ``forecaster/model-settings.json``: ``implementation: mlserver_runtime.OnnxForecaster``
     (``mlserver_runtime.py`` beside this file, copied next to it: a custom runtime, the
     docstring there says why not ``mlserver-mlflow``), ``parameters.uri`` = the champion's ONNX
@@ -32,7 +33,8 @@ same window and their forecasts are compared. Both run the same onnxruntime vers
 same intra-op thread count (``ServeConfig.ort_threads`` for one worker on the server's CPUs),
 pinned to the same CPUs (three quarters, at least one; ``wrk`` gets the rest); one server
 under load at a time, the order alternating over rounds (``peerlib.wrk_compare``); medians of
-the rounds: inferences/s, p50/p99 latency, server CPU per request.
+the rounds: inferences/s, p50/p99 latency, server CPU per request (also split by process:
+MLServer's HTTP process against its inference worker).
 
 Goal (issue 15): at concurrency 64, rnnops >= 2x MLServer's inferences/s with a lower p99.
 
@@ -74,13 +76,14 @@ def oip_body(window: np.ndarray) -> bytes:
                                    "data": x.reshape(-1).tolist()}]}).encode()
 
 
-def write_repository(repo: Path, onnx: Path, threads: int, max_batch_size: int, max_batch_time: float) -> dict:
+def write_repository(repo: Path, onnx: Path, threads: int, max_batch_size: int, max_batch_time: float,
+                     parallel_workers: int = 1) -> dict:
     """MLServer's model repository: settings.json at the root, one folder per model."""
     model_dir = repo / MODEL
     model_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(HERE / "mlserver_runtime.py", model_dir / "mlserver_runtime.py")  # on sys.path for its model
     settings = {"host": "127.0.0.1", "http_port": C.free_port(), "grpc_port": C.free_port(),
-                "metrics_port": C.free_port(), "parallel_workers": 1}
+                "metrics_port": C.free_port(), "parallel_workers": parallel_workers}
     model_settings = {"name": MODEL, "implementation": "mlserver_runtime.OnnxForecaster",
                       "max_batch_size": max_batch_size, "max_batch_time": max_batch_time,
                       "parameters": {"uri": str(onnx), "extra": {"threads": threads}}}
@@ -109,7 +112,7 @@ def forecast_of(body: dict) -> np.ndarray:
 
 
 def run(quick: bool, work: Path, levels, rounds: int, seconds: float, pin: bool, threads: int | None,
-        max_batch_size: int, max_batch_time: float) -> dict:
+        max_batch_size: int, max_batch_time: float, parallel_workers: int = 1) -> dict:
     import httpx
 
     py = P.ensure_venv("mlserver", MLSERVER_PINS)
@@ -121,7 +124,8 @@ def run(quick: bool, work: Path, levels, rounds: int, seconds: float, pin: bool,
     meta = champ.metadata
     bodies = [oip_body(w) for w in FH.windows_pool(meta)]
     files = P.write_bodies(work, "oip", bodies)
-    repo_cfg = write_repository(work / "mlserver-repo", champ.onnx, threads, max_batch_size, max_batch_time)
+    repo_cfg = write_repository(work / "mlserver-repo", champ.onnx, threads, max_batch_size, max_batch_time,
+                                parallel_workers)
     out = {"quick": quick, "model": {"name": champ.name, "version": champ.version, "cell": meta["cell"],
                                      "hidden_size": meta["hidden_size"], "lookback": meta["lookback"],
                                      "horizon": meta["horizon"], "features": len(meta["feature_names"]),
@@ -186,8 +190,26 @@ def markdown(res: dict) -> str:
         + "; ".join(f"{k}: " + ", ".join(f"{p} x{c}" if c > 1 else p for p, c in sorted(procs.items()))
                     for k, procs in res.get("processes", {}).items()) + ".",
         "",
+        P.rounds_note(res, {"rnnops": "rnnops", "mlserver": "MLServer"}),
+        "",
+        by_process_note(res),
+        "",
         P.goal_line(res["goal"], 2.0, "MLServer", "inferences/s"),
     ])
+
+
+def by_process_note(res: dict) -> str:
+    """Server CPU per request split by process at the top level (first round): MLServer's HTTP
+    process (``mlserver``: FastAPI, the adaptive batcher) against its inference worker."""
+    top = str(max(res["levels"]))
+    parts = []
+    for name, label in (("rnnops", "rnnops"), ("mlserver", "MLServer")):
+        rounds = res.get("rounds_raw", {}).get(name, {}).get(top) or res.get("rounds_raw", {}).get(name, {}).get(int(top))
+        split = (rounds or [{}])[0].get("cpu_ms_per_request_by_process")
+        if split:
+            parts.append(f"{label}: " + ", ".join(f"{p} {ms:.2f}" for p, ms in sorted(split.items(), key=lambda kv: -kv[1])))
+    return (f"Server CPU ms per request by process at concurrency {top} (first round; `python` is MLServer's inference "
+            "worker, or BentoML's worker for rnnops): " + "; ".join(parts) + ".") if parts else ""
 
 
 def plot(res: dict, path: Path) -> Path:
@@ -206,6 +228,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, help="ORT intra-op threads for both (default: what our service picks)")
     ap.add_argument("--max-batch-size", type=int, default=64, help="MLServer's max_batch_size (default 64)")
     ap.add_argument("--max-batch-time", type=float, default=0.01, help="MLServer's max_batch_time, s (default 0.01)")
+    ap.add_argument("--parallel-workers", type=int, default=1, help="MLServer's parallel_workers (default 1, its "
+                    "default: one inference worker process; 0 runs inference in the HTTP process)")
     ap.add_argument("--no-pin", action="store_true", help="servers and client share all CPUs")
     ap.add_argument("--work", type=Path, help="working folder (default: a new temporary one; reuses a champion in it)")
     a = ap.parse_args(argv)
@@ -213,7 +237,7 @@ def main(argv=None) -> None:
     work = a.work or Path(tempfile.mkdtemp(prefix="rnnops-bench-mlserver-"))
     work.mkdir(parents=True, exist_ok=True)
     res = run(a.quick, work, levels, a.rounds or (1 if a.quick else 3), a.seconds or (5.0 if a.quick else 15.0),
-              not a.no_pin, a.threads, a.max_batch_size, a.max_batch_time)
+              not a.no_pin, a.threads, a.max_batch_size, a.max_batch_time, a.parallel_workers)
     print(markdown(res))
     C.write_json(a.json, res)
 

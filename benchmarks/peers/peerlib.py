@@ -19,6 +19,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -161,6 +162,38 @@ def tree_affinity(root: int) -> list[int]:
     return sorted(cpus)
 
 
+class StallMeter:
+    """The longest the benchmark's own process went unscheduled during a block: a thread that
+    sleeps 5 ms at a time and keeps its largest oversleep. On a shared machine a round whose
+    load generator (or the whole machine) froze for seconds shows here, not only as a p99:
+    such a round measures the neighbours, not the servers.
+
+        with StallMeter() as stall:
+            ...
+        stall.max_ms
+    """
+
+    def __init__(self, every_s: float = 0.005):
+        self.every_s, self.max_ms = every_s, 0.0
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t = time.perf_counter()
+            time.sleep(self.every_s)
+            self.max_ms = max(self.max_ms, 1e3 * (time.perf_counter() - t - self.every_s))
+
+    def __enter__(self) -> "StallMeter":
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.max_ms = round(self.max_ms, 1)
+
+
 def wait_until(pred, timeout: float, what: str, proc=None, log: Path | None = None, every: float = 0.5) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -222,15 +255,32 @@ def wrk_compare(targets: dict, levels, rounds: int, seconds: float, work: Path,
             for k in range(rounds):
                 for name in (names if k % 2 == 0 else names[::-1]):
                     url, pid, files = targets[name]
-                    row = FH.wrk_load(url, files, c, max_requests, seconds, pid, script)
+                    use0 = tree_usage(pid)
+                    with StallMeter() as stall:
+                        row = FH.wrk_load(url, files, c, max_requests, seconds, pid, script)
+                    row["stall_ms"] = stall.max_ms
+                    # CPU ms per request of each of the server's processes (MLServer's HTTP process and its
+                    # inference worker; BentoML's supervisor and worker): where a server's cost goes
+                    row["cpu_ms_per_request_by_process"] = {
+                        name: round(1e3 * (u["cpu_s"] - use0.get(name, {}).get("cpu_s", 0.0)) / max(1, row["requests"]), 3)
+                        for name, u in tree_usage(pid).items()}
                     raw[name][c].append(row)
                     print(f"  {name:16s} c={c:3d} round {k + 1}/{rounds}: {row['rps']:8.1f} req/s  p50 "
                           f"{row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  server CPU "
                           f"{C.fmt(row['server_cpu_ms_per_request'], 2)} ms/req  ({row['requests']} ok, "
-                          f"{row['errors']} errors)", file=sys.stderr, flush=True)
+                          f"{row['errors']} errors; longest stall of this process {row['stall_ms']:.0f} ms)",
+                          file=sys.stderr, flush=True)
+                    if row["stall_ms"] > 1000:
+                        print(f"    warning: this process went {row['stall_ms'] / 1e3:.1f} s unscheduled during the "
+                              "round: the machine was frozen or overloaded, and the round measures that",
+                              file=sys.stderr, flush=True)
                     if row["first_error"]:
                         print(f"    first error: {row['first_error']}", file=sys.stderr)
-    return {n: [FH.median_row(raw[n][c]) for c in levels] for n in names}, raw
+    rows = {n: [FH.median_row(raw[n][c]) for c in levels] for n in names}
+    for n in names:
+        for row in rows[n]:
+            row["stall_ms_max"] = max(r["stall_ms"] for r in raw[n][row["concurrency"]])
+    return rows, raw
 
 
 def write_bodies(work: Path, prefix: str, bodies: list[bytes]) -> list[Path]:
@@ -261,7 +311,19 @@ def goal_line(g: dict, factor: float, peer: str, unit: str = "requests/s") -> st
 
 
 REQ_METRICS = [("rps", "req/s", True, 1), ("p50_ms", "p50 ms", False, 1), ("p99_ms", "p99 ms", False, 1),
-               ("server_cpu_ms_per_request", "server CPU ms/req", False, 2)]
+               ("server_cpu_ms_per_request", "server CPU ms/req", False, 2), ("errors", "errors", False, 0)]
+
+
+def rounds_note(res: dict, names: dict[str, str]) -> str:
+    """Each round's requests/s at the top level and the longest stall of the load generator's
+    process over the rounds: what a reader needs to judge a median on a shared machine."""
+    top = max(res["levels"])
+    by = {s: {r["concurrency"]: r for r in rows} for s, rows in res["servers"].items()}
+    parts = [f"{label} {', '.join(C.fmt(v) for v in by[key][top].get('rounds_rps', []))}" for key, label in names.items()]
+    stall = max((by[key][top].get("stall_ms_max") or 0) for key in names)
+    return (f"Requests/s of each round at concurrency {top}: " + "; ".join(parts) + f". Longest stall of the load "
+            f"generator's process in a round: {C.fmt(stall, 0)} ms" + (" (**the machine froze or was overloaded "
+            "during a round: compare the other rounds**)" if stall > 1000 else "") + ".")
 
 
 def plot_requests(res: dict, path: Path, peer: str, peer_label: str, title: str, unit: str = "requests/s") -> Path:

@@ -152,9 +152,11 @@ async def mixed_level(port: int, concurrency: int, lo: int, hi: int, seconds: fl
 
     sampler = asyncio.create_task(sample_rss())
     use0 = P.tree_usage(server_pid)
-    cpu0, t0 = C.tree_cpu_s(server_pid), time.perf_counter()
-    await asyncio.gather(*(client(k) for k in range(concurrency)))
+    cpu0, t0, client0 = C.tree_cpu_s(server_pid), time.perf_counter(), time.process_time()
+    with P.StallMeter() as stall:
+        await asyncio.gather(*(client(k) for k in range(concurrency)))
     wall, cpu = time.perf_counter() - t0, C.tree_cpu_s(server_pid) - cpu0
+    client_cpu = time.process_time() - client0
     by_process = P.usage_delta(use0, P.tree_usage(server_pid), wall)
     sampler.cancel()
     ms = lambda xs, q: round(1e3 * C.pct(xs, q), 2) if xs else None  # noqa: E731
@@ -162,14 +164,17 @@ async def mixed_level(port: int, concurrency: int, lo: int, hi: int, seconds: fl
             "chars_per_s": round(total / wall, 1), "ttfc_ms_p50": ms(ttfc, 50), "ttfc_ms_p99": ms(ttfc, 99),
             "inter_chunk_ms_p50": ms(gaps, 50), "inter_chunk_ms_p99": ms(gaps, 99),
             "server_cpu_s": round(cpu, 2), "server_cpu_s_per_1k_chars": round(1e3 * cpu / total, 4) if total else None,
-            "rss_mb": round(rss, 1), "by_process": by_process}
+            "rss_mb": round(rss, 1), "by_process": by_process,
+            # the load generator's own share of a CPU, and its longest stall: is a figure the client's or the server's?
+            "client_cpu_pct": round(100 * client_cpu / wall, 1), "stall_ms": stall.max_ms}
 
 
 def say(server: str, row: dict) -> None:
     print(f"  {server:9s} {row['streams']:4d} streams: {row['chars_per_s']:9.1f} chars/s  TTFC p50 "
           f"{row['ttfc_ms_p50']} p99 {row['ttfc_ms_p99']} ms  inter-chunk p99 {row['inter_chunk_ms_p99']} ms  "
           f"CPU {row['server_cpu_s_per_1k_chars']} s/1k chars  RSS {row['rss_mb']} MB  ({row['requests']} req, "
-          f"{row['errors']} errors)", file=sys.stderr, flush=True)
+          f"{row['errors']} errors; client {row['client_cpu_pct']}% of a CPU, longest stall {row['stall_ms']:.0f} ms)",
+          file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- main
@@ -253,6 +258,10 @@ def markdown(res: dict) -> str:
                           f"{name}{' x' + str(u['processes']) if u['processes'] > 1 else ''} {C.fmt(u['cpu_pct'], 0)}% / "
                           f"{C.fmt(u['rss_mb'], 0)} MB" for name, u in (by["rnnops"].get(top, {}).get("by_process") or {}).items())
                       + "."]
+        lines += ["", "The load generator (Python asyncio, its own CPUs) used " + "; ".join(
+            f"{name} runs {', '.join(C.fmt(r.get('client_cpu_pct'), 0) + '%' for r in rows)}"
+            for name, rows in res["servers"].items()) + " of a CPU per level; its longest stall: "
+            + C.fmt(max(r.get("stall_ms") or 0 for rows in res["servers"].values() for r in rows), 0) + " ms."]
         if res.get("affinity"):
             lines += ["", "CPUs the servers' threads were allowed (all of their processes): " + "; ".join(
                 f"{k} {v}" for k, v in res["affinity"].items()) + "."]
