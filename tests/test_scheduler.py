@@ -268,6 +268,39 @@ def test_threaded_loop_and_async_consumers():
     assert not s.running
 
 
+@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "runner-thread"])
+def test_two_lanes_give_the_same_texts_and_split_the_batch(threaded):
+    """With two lanes (the service's setting) a big batch is cut in two calls per step, streams
+    join, leave and move between lanes as lengths differ, and every text is the one it gets alone."""
+    rng = np.random.default_rng(3)
+    prompts = ["".join(rng.choice(VOCAB[:27], size=int(rng.integers(1, 30)))) for _ in range(80)]
+    configs = [dict(seed=100 + i, n=int(rng.integers(5, 150)), temperature=[0.0, 0.7, 1.2][i % 3], top_k=[0, 4][i % 2],
+                    stop=["xyz"] if i % 11 == 0 else ()) for i in range(80)]
+    expected = [alone(p, **c) for p, c in zip(prompts, configs)]
+    rt = FakeRuntime()
+    s = StepScheduler(rt, max_active=64, prefill_chunk=8, lanes=2)
+    if threaded:
+        s.start()
+    try:
+        streams = []
+        for wave in (range(0, 40), range(40, 80)):
+            streams += [s.submit(req(rt, prompts[i], **configs[i])) for i in wave]
+            if not threaded:
+                for _ in range(3):
+                    s.step()
+        if threaded:
+            texts = [st.result(30) for st in streams]
+        else:
+            s.run_until_idle()
+            texts = [st.text for st in streams]
+    finally:
+        s.stop()
+    assert texts == expected
+    decode = [b for b, t in rt.calls if t == 1]
+    # the 64-row batch ran as two calls per step: never one call of 64, many of half of it
+    assert max(decode) < 64 and sum(24 <= b <= 40 for b in decode) > 20
+
+
 def test_close_drains_then_ends_the_loop():
     rt = FakeRuntime()
     s = StepScheduler(rt).start()

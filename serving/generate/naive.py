@@ -62,6 +62,9 @@ class NaiveGenerator:
     def wakeup(self) -> None:
         pass
 
+    def cancelled(self, stream: Stream) -> None:  # its thread sees the flag at the next character
+        pass
+
     def close(self) -> None:
         self._closed = True
 

@@ -1,30 +1,41 @@
 """Policy: continuous batching of streamed generation for one char model (the step scheduler).
 
-One loop per served char-model version per worker, in its own thread. Each step:
+One loop per served char-model version, on its own thread (in the engine process, see
+:mod:`rnnops.serving.generate.engine`). Each step:
 
 1. retire streams that were cancelled (a client went away) and expire queued ones that waited
    longer than the queue timeout; admit waiting streams while there are free slots (FIFO);
-2. **decode**: one batched runtime call at T=1 for every stream past its prompt
-   (:class:`DecodeBatch`), with the state it carried from the last step; sample each stream
-   with its own seeded generator; deliver the characters; retire the ones that finished
-   (length, stop string);
+2. **decode**, lane by lane (:class:`DecodeBatch`): collect the lane's last model call (T=1 for
+   every stream in it, with the state it carried), sample each stream with its own seeded
+   generator, deliver the characters, retire the ones that finished (length, stop string); then
+   let streams join the lane and launch its next call;
 3. **prefill**: advance every stream still reading its prompt by its next chunk (up to
    ``prefill_chunk`` characters, so a long prompt cannot stall the others), batched: one call
    per distinct chunk length over all streams with that length, no padding, so each state is
    exactly the unpadded one; a stream whose prompt is done samples its first character from the
-   prefill logits and joins the decode batch at the next step.
+   prefill logits and joins a lane at the next step.
+
+**Lanes** (``lanes=2``, what the service uses): model calls run on a :class:`Runner` thread, and
+once the batch is large enough it is cut in two lanes. While the runner computes one lane's
+step, this thread samples and delivers the other's, so the model is busy nearly all the time
+instead of idling through the Python part of every step (docs/serving.md has the measurement).
+Results do not depend on the cut: the runtime is batch-invariant (a row's output is the same
+whatever shares the call) and each stream draws its uniforms from its own generator, so a seed
+gives the same text alone, among 64 streams, in either lane or moved between them. Small
+batches stay in one lane: below ``2 * LANE_MIN_ROWS`` rows a kernel costs about the same for
+half the rows, and two calls would cost twice.
 
 Every active stream gets exactly one character per step (fair by construction); waiting streams
 are admitted in arrival order. The queue is bounded: :meth:`StepScheduler.submit` raises
 :class:`Overloaded` (429) when it is full; a stream that waits longer than the timeout finishes
-with ``queue_timeout`` (503). Errors inside a step fail only the streams in that call and the loop
-carries on.
+with ``queue_timeout`` (503). Errors inside a model call fail only the streams in that call and
+the loop carries on.
 
 The scheduler decides; the runtime executes; the transport reads. The runtime is anything with
 the :class:`~rnnops.serving.runtime.Runtime` char API (``zero_state``, ``step``, ``take``,
 ``concat``, ``vocab``), so tests drive it with a fake. After each step the scheduler hands the
-streams it touched to ``on_step`` (the HTTP layer wakes its consumers there, see
-:mod:`rnnops.serving.http.generate`); it never sees an event loop.
+streams it touched to ``on_step`` (the engine forwards them to the HTTP process, which wakes its
+consumers, see :mod:`rnnops.serving.http.generate`); it never sees an event loop.
 """
 
 from __future__ import annotations
@@ -34,11 +45,13 @@ import math
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from rnnops.serving.errors import Overloaded
+from rnnops.serving.generate.runner import Pending, Runner
 from rnnops.serving.generate.sampling import sample_batch
 from rnnops.serving.generate.stream import GenerationRequest, Stream
 
@@ -47,6 +60,9 @@ log = logging.getLogger("rnnops.serving")
 __all__ = ["DecodeBatch", "GenerationRequest", "Overloaded", "SchedulerMetrics", "StepScheduler", "Stream"]
 
 OnStep = Callable[[list[Stream]], None]
+
+UNIFORM_BLOCK = 64  # uniforms drawn at once per stream (the same sequence as one at a time)
+LANE_MIN_ROWS = 24  # a lane of fewer rows costs about as much per step as one of this many
 
 
 def _no_one(streams: list[Stream]) -> None:
@@ -63,17 +79,25 @@ class SchedulerMetrics:
 
 
 class DecodeBatch:
-    """The streams past their prompt, with their batched state, last tokens and sampling
-    parameters: one object, so the rows can never fall out of line."""
+    """One lane of the decode batch: its streams with their batched state, last tokens, sampling
+    parameters and pre-drawn uniforms, in one object, so the rows can never fall out of line.
+
+    ``pending`` is the lane's model call in flight (on the runner), if any: while it runs, the
+    lane's rows must not change (its state is being computed), so streams join, leave and move
+    between lanes only at the lane's turn, after its result was collected.
+    """
 
     def __init__(self, runtime):
         self.runtime = runtime
+        self.pending: Pending | None = None
         self.clear()
 
     def clear(self) -> None:
         self.streams: list[Stream] = []
         self.state = self.runtime.zero_state(0)
         self.tokens = np.zeros(0, np.int64)
+        self.uniforms = np.zeros((0, UNIFORM_BLOCK), np.float64)
+        self.cursor = np.zeros(0, np.int64)
         self._params()
 
     def __len__(self) -> int:
@@ -86,25 +110,59 @@ class DecodeBatch:
         self.top_p = np.array([p.top_p for p in ps], dtype=np.float64)
         self.logprobs = any(s.request.logprobs is not None for s in self.streams)
 
-    def add(self, streams: list[Stream], states: list, tokens: list[int]) -> None:
-        """Streams joining after their prefill, each with its own state (batch of one)."""
-        self.streams.extend(streams)
-        self.state = self.runtime.concat([self.state, *states])
-        self.tokens = np.concatenate([self.tokens, np.array(tokens, np.int64)])
+    def add(self, rows: list["Row"]) -> None:
+        """Rows joining the lane (after their prefill, or moved from another lane)."""
+        if not rows:
+            return
+        self.streams.extend(r.stream for r in rows)
+        self.state = self.runtime.concat([self.state, *(r.state for r in rows)])
+        self.tokens = np.concatenate([self.tokens, np.array([r.token for r in rows], np.int64)])
+        self.uniforms = np.concatenate([self.uniforms, np.stack([r.uniforms for r in rows])])
+        self.cursor = np.concatenate([self.cursor, np.array([r.cursor for r in rows], np.int64)])
         self._params()
 
     def keep(self, rows: list[int]) -> None:
-        """Shrink the batch to ``rows`` (positions, in order)."""
+        """Shrink the lane to ``rows`` (positions, in order)."""
+        if len(rows) == len(self.streams):
+            return
         if not rows:
             self.clear()
             return
         self.streams = [self.streams[j] for j in rows]
         self.state = self.runtime.take(self.state, rows)
         self.tokens = self.tokens[rows]
+        self.uniforms = self.uniforms[rows]
+        self.cursor = self.cursor[rows]
         self._params()
 
-    def advance(self, state, tokens: np.ndarray) -> None:
-        self.state, self.tokens = state, tokens
+    def remove(self, rows: list[int]) -> list["Row"]:
+        """Take ``rows`` out of the lane, with everything they carry (to join another lane)."""
+        out = [Row(self.streams[j], self.runtime.take(self.state, [j]), int(self.tokens[j]), self.uniforms[j],
+                   int(self.cursor[j])) for j in rows]
+        gone = set(rows)
+        self.keep([j for j in range(len(self.streams)) if j not in gone])
+        return out
+
+    def draw(self) -> np.ndarray:
+        """One uniform per row, each from its own stream's generator, in the generator's order."""
+        rows = np.arange(len(self.streams))
+        u = self.uniforms[rows, self.cursor]
+        self.cursor += 1
+        for j in np.flatnonzero(self.cursor == UNIFORM_BLOCK).tolist():  # a row used its block up
+            self.uniforms[j] = self.streams[j].rng.random(UNIFORM_BLOCK)
+            self.cursor[j] = 0
+        return u
+
+
+@dataclass
+class Row:
+    """A stream on its way into a lane: its state (batch of one), last token and unused uniforms."""
+
+    stream: Stream
+    state: object
+    token: int
+    uniforms: np.ndarray
+    cursor: int
 
 
 class StepScheduler:
@@ -112,7 +170,7 @@ class StepScheduler:
 
     def __init__(self, runtime, *, max_active: int = 256, max_queue: int = 256, queue_timeout: float = 30.0,
                  prefill_chunk: int = 256, metrics: SchedulerMetrics | None = None, name: str = "char",
-                 on_step: OnStep | None = None):
+                 on_step: OnStep | None = None, lanes: int = 1):
         self.runtime = runtime
         self.vocab = list(runtime.vocab)
         self.max_active = max_active
@@ -122,10 +180,12 @@ class StepScheduler:
         self.metrics = metrics or SchedulerMetrics()
         self.name = name
         self.on_step = on_step or _no_one
+        self.runner = Runner(f"rnnops-runner-{name}")
         self._cv = threading.Condition()
         self._queue: deque[Stream] = deque()
         self._prefill: list[Stream] = []
-        self._decode = DecodeBatch(runtime)
+        self._lanes = [DecodeBatch(runtime) for _ in range(max(1, int(lanes)))]
+        self._joining: list[Row] = []  # past their prompt (or moved), waiting for a lane's turn
         self._thread: threading.Thread | None = None
         self._closed = False  # no new streams (draining after a reload)
         self._stopping = False
@@ -138,7 +198,7 @@ class StepScheduler:
 
     @property
     def active(self) -> int:
-        return len(self._decode) + len(self._prefill)
+        return sum(len(lane) for lane in self._lanes) + len(self._joining) + len(self._prefill)
 
     @property
     def queued(self) -> int:
@@ -146,7 +206,7 @@ class StepScheduler:
 
     @property
     def idle(self) -> bool:
-        return not (self._queue or self._prefill or len(self._decode))
+        return not (self._queue or self._prefill or self._joining or any(len(lane) for lane in self._lanes))
 
     def retry_after(self) -> int:
         """Seconds a rejected client should wait: the queue ahead of it, drained at the current pace."""
@@ -177,8 +237,13 @@ class StepScheduler:
         with self._cv:
             self._cv.notify()
 
+    def cancelled(self, stream: Stream) -> None:
+        """A stream's client went away: it leaves at the next step boundary."""
+        self.wakeup()
+
     def start(self) -> "StepScheduler":
         if self._thread is None:
+            self.runner.start()
             self._thread = threading.Thread(target=self._run, name=f"rnnops-scheduler-{self.name}", daemon=True)
             self._thread.start()
         return self
@@ -197,12 +262,17 @@ class StepScheduler:
             self._cv.notify()
         if self._thread is not None:
             self._thread.join(timeout)
-        left = list(self._queue) + self._prefill + self._decode.streams
+        self.runner.stop(timeout)
+        left = list(self._queue) + self._prefill + [r.stream for r in self._joining]
+        for lane in self._lanes:
+            left += lane.streams
+            lane.clear()
+            lane.pending = None
         for s in left:
             s.finish("shutdown", "the server is shutting down")
         self._queue.clear()
         self._prefill = []
-        self._decode.clear()
+        self._joining = []
         self.on_step(left)
 
     @property
@@ -224,6 +294,7 @@ class StepScheduler:
             with self._cv:
                 while self.idle and not self._stopping:
                     if self._closed:
+                        self.runner.stop()
                         return  # drained
                     self._cv.wait(1.0)
                 if self._stopping:
@@ -232,9 +303,19 @@ class StepScheduler:
                 self.step()
             except Exception as exc:  # a bug in the step itself: fail what is in flight, keep serving
                 log.exception("scheduler %s: step failed", self.name)
-                self._fail(self._prefill + self._decode.streams, f"internal error: {exc}")
+                failed = self._prefill + [r.stream for r in self._joining]
+                for lane in self._lanes:
+                    if lane.pending is not None:
+                        try:
+                            lane.pending.result()  # let its call end before the lane is reused
+                        except Exception:
+                            pass
+                    failed += lane.streams
+                    lane.clear()
+                    lane.pending = None
+                self._fail(failed, f"internal error: {exc}")
                 self._prefill = []
-                self._decode.clear()
+                self._joining = []
 
     def step(self) -> None:
         """One scheduling step (see the module docstring)."""
@@ -244,9 +325,14 @@ class StepScheduler:
         self._prefill.extend(admitted)
         touched.extend(admitted)
 
-        decoded = len(self._decode)
-        if decoded:
-            touched.extend(self._decode_step())
+        decoded = 0
+        for k, lane in enumerate(self._lanes):
+            if lane.pending is not None:
+                decoded += len(lane)
+                touched.extend(self._collect(lane))
+            self._fill(k, lane)
+            if len(lane):
+                lane.pending = self._call(self.runtime.step, lane.tokens[:, None], lane.state)
         if self._prefill:
             touched.extend(self._prefill_step())
 
@@ -272,7 +358,10 @@ class StepScheduler:
                 if s.cancelled:
                     s.finish("cancelled")
                     touched.append(s)
-            free = max(0, self.max_active - self.active)
+            # A cancelled stream in a lane leaves at its lane's turn, later in this step, before
+            # the lane's next call: its slot is free for whoever is admitted now.
+            leaving = sum(s.cancelled for lane in self._lanes for s in lane.streams)
+            free = max(0, self.max_active - self.active + leaving)
             admitted, rest = waiting[:free], waiting[free:]
             self._queue = deque()
             for s in rest:
@@ -294,45 +383,77 @@ class StepScheduler:
         self.metrics.finished(s)
 
     def _retire_cancelled(self) -> list[Stream]:
+        """Cancelled streams that are not in a lane (lanes drop theirs at their turn)."""
         gone = []
         for s in [s for s in self._prefill if s.cancelled]:
             self._prefill.remove(s)
             s.finish("cancelled")
             gone.append(s)
-        batch = self._decode
-        if any(s.cancelled for s in batch.streams):
-            keep = [j for j, s in enumerate(batch.streams) if not s.cancelled]
-            for s in batch.streams:
-                if s.cancelled:
-                    s.finish("cancelled")
-                    gone.append(s)
-            batch.keep(keep)
+        if any(r.stream.cancelled for r in self._joining):
+            for r in self._joining:
+                if r.stream.cancelled:
+                    r.stream.finish("cancelled")
+                    gone.append(r.stream)
+            self._joining = [r for r in self._joining if not r.stream.done]
         return gone
 
     # ------------------------------------------------------------------ decode
 
-    def _decode_step(self) -> list[Stream]:
-        batch = self._decode
-        streams = batch.streams
+    def _collect(self, lane: DecodeBatch) -> list[Stream]:
+        """The lane's last call: sample, deliver, and drop the streams that finished or left."""
+        streams = lane.streams
+        pending, lane.pending = lane.pending, None
         try:
-            logits, state = self.runtime.step(batch.tokens[:, None], batch.state)
+            logits, state = pending.result()
         except Exception as exc:
             log.exception("scheduler %s: decode step failed for %d streams", self.name, len(streams))
-            self._fail(streams, f"model step failed: {exc}")
-            batch.clear()
+            self._fail(streams, f"model step failed: {exc}", notify=False)
+            lane.clear()
             return streams
-        u = np.fromiter((s.rng.random() for s in streams), dtype=np.float64, count=len(streams))
-        ids = sample_batch(logits, batch.temperature, batch.top_k, batch.top_p, u)
-        batch.advance(state, ids)
+        ids = sample_batch(logits, lane.temperature, lane.top_k, lane.top_p, lane.draw())
+        lane.state, lane.tokens = state, ids
         vocab = self.vocab
-        if batch.logprobs:  # some stream asked for log-probabilities (OpenAI `logprobs`)
+        chars = [vocab[t] for t in ids.tolist()]
+        if lane.logprobs:  # some stream asked for log-probabilities (OpenAI `logprobs`)
             for s, row, t in zip(streams, logits, ids.tolist()):
-                s.note_logprobs(row, t, vocab)
-        finished = [j for j, (s, t) in enumerate(zip(streams, ids.tolist())) if s.push(vocab[t])]
-        if finished:
-            done = set(finished)
-            batch.keep([j for j in range(len(streams)) if j not in done])
+                if not s.cancelled:
+                    s.note_logprobs(row, t, vocab)
+        keep = []
+        for j, (s, ch) in enumerate(zip(streams, chars)):
+            if s.cancelled:
+                s.finish("cancelled")
+            elif not s.push(ch):
+                keep.append(j)
+        lane.keep(keep)
         return streams
+
+    def _fill(self, k: int, lane: DecodeBatch) -> None:
+        """Move rows so the lanes stay near their target sizes: the joining streams first, and a
+        lane far above its share gives rows to the others (they take them at their turn)."""
+        total = sum(len(x) for x in self._lanes) + len(self._joining)
+        target = self._targets(total)[k]
+        last = k == len(self._lanes) - 1
+        if len(lane) > target + max(2, target // 4):  # well above its share: hand the excess on
+            self._joining.extend(lane.remove(list(range(target, len(lane)))))
+        elif self._joining and (last or len(lane) < target):
+            n = len(self._joining) if last else min(len(self._joining), target - len(lane))
+            rows, self._joining = self._joining[:n], self._joining[n:]
+            lane.add(rows)
+
+    def _targets(self, total: int) -> list[int]:
+        """How many rows each lane should hold: all in the first below ``2 * LANE_MIN_ROWS`` (or
+        with one lane), else an even split."""
+        n = len(self._lanes)
+        if n == 1 or total < 2 * LANE_MIN_ROWS:
+            return [total] + [0] * (n - 1)
+        return [total // n + (1 if k < total % n else 0) for k in range(n)]
+
+    def _call(self, fn, *args) -> Pending:
+        """A model call: on the runner while another lane's call may be running there (so the two
+        stay in order and this thread can work meanwhile), else at once on this thread."""
+        if any(lane.pending is not None for lane in self._lanes):
+            return self.runner.submit(fn, *args)
+        return self.runner.run_now(fn, *args)
 
     # ------------------------------------------------------------------ prefill
 
@@ -343,11 +464,16 @@ class StepScheduler:
         try:
             # One call per distinct chunk length, no padding: a stream's prompt is cut the same
             # way whoever else is prefilling, so its state is exactly the one it gets alone.
+            # All go to the runner at once (after the lanes' calls), then are collected in order.
+            groups, calls = [], []
             for b in sorted(set(chunk.values())):
                 group = [s for s in self._prefill if chunk[s.id] == b]
                 state = rt.concat([s.state if s.state is not None else rt.zero_state(1) for s in group])
                 toks = np.stack([s.request.prompt_ids[s.cursor: s.cursor + b] for s in group])
-                logits, state = rt.step(toks, state)
+                groups.append((b, group))
+                calls.append(self._call(rt.step, toks, state))
+            for (b, group), call in zip(groups, calls):
+                logits, state = call.result()
                 for j, s in enumerate(group):
                     s.cursor += b
                     s.state = rt.take(state, [j]) if len(group) > 1 else state
@@ -356,7 +482,7 @@ class StepScheduler:
         except Exception as exc:
             log.exception("scheduler %s: prefill failed for %d streams", self.name, len(self._prefill))
             failed = list(self._prefill)
-            self._fail(failed, f"prompt prefill failed: {exc}")
+            self._fail(failed, f"prompt prefill failed: {exc}", notify=False)
             self._prefill = []
             return failed
         if not ready:
@@ -366,27 +492,24 @@ class StepScheduler:
         u = np.array([s.rng.random() for s in streams])
         ids = sample_batch(np.stack([row for _, row in ready]), np.array([p.temperature for p in ps]),
                            np.array([p.top_k for p in ps]), np.array([p.top_p for p in ps]), u)
-        joining, states, tokens = [], [], []
         for (s, row), t in zip(ready, ids.tolist()):
             self._prefill.remove(s)
             state, s.state = s.state, None
             s.note_logprobs(row, t, self.vocab)
             if not s.push(self.vocab[t]):
                 s.phase = "decode"
-                joining.append(s)
-                states.append(state)
-                tokens.append(t)
-        if joining:
-            self._decode.add(joining, states, tokens)
+                # its next uniforms, drawn ahead in one block: the same sequence as one at a time
+                self._joining.append(Row(s, state, t, s.rng.random(UNIFORM_BLOCK), 0))
         return streams
 
-    def _fail(self, streams: list[Stream], message: str) -> None:
+    def _fail(self, streams: list[Stream], message: str, notify: bool = True) -> None:
         self._last_error = message
         for s in streams:
             s.finish("error", message)
-        self.on_step(streams)
+        if notify:
+            self.on_step(streams)
 
     def describe(self) -> dict:
         return {"mode": "batched", "active": self.active, "queued": self.queued, "steps": self.steps,
                 "chars": self.chars, "max_streams": self.max_active, "max_queue": self.max_queue,
-                "closed": self._closed, "last_error": self._last_error}
+                "lanes": [len(lane) for lane in self._lanes], "closed": self._closed, "last_error": self._last_error}

@@ -122,10 +122,10 @@ class Stream:
 
     def cancel(self) -> None:
         """The client went away: the slot is freed at the next step boundary."""
-        if not self.done:
+        if not self.done and not self.cancelled:
             self.cancelled = True
             if self.scheduler is not None:
-                self.scheduler.wakeup()
+                self.scheduler.cancelled(self)
 
     def result(self, timeout: float | None = None) -> str:
         """Block until finished (threads, tests); returns the whole text."""
@@ -173,6 +173,14 @@ class Stream:
         if self.timing.first_char is None:
             self.timing.first_char = time.monotonic()
         self.generated.append(ch)
+        if not self.stops.stops:  # the common case, once per stream per step: nothing to match or hold back
+            if len(self.generated) >= self.request.max_chars:
+                self._release(len(self.generated))
+                self.finish("length")
+                return True
+            self._out.append(ch)
+            self._released += 1
+            return False
         stop_at = self.stops.match(self.generated)
         if stop_at is not None:
             self._release(stop_at)
