@@ -123,6 +123,36 @@ def test_the_serving_runtime_steps_the_int8_file_like_one_call(tmp_path):
     assert np.array_equal(alone[0], whole[2])
 
 
+def test_the_scheduler_on_the_int8_file_gives_a_seed_the_same_text_alone_or_among_64_streams(tmp_path):
+    """The guarantee dynamic quantisation broke: each stream's text alone, prompt prefilled whole,
+    equals its text among 64 streams with prompts prefilled in chunks of 8."""
+    from rnnops.serving.generate.sampling import SamplingParams
+    from rnnops.serving.generate.scheduler import GenerationRequest, StepScheduler
+    from rnnops.serving.runtime import Runtime
+
+    model = _char("lstm", layers=2)
+    with torch.no_grad():  # sharper distributions than a fresh model's, so a changed logit shows in the text
+        model.head.weight.mul_(20.0)
+    _, q = _files(model, tmp_path)
+    rt = Runtime(q, threads=2)
+    rng = np.random.default_rng(3)
+    prompts = ["".join(rng.choice(VOCAB, size=int(rng.integers(1, 30)))) for _ in range(64)]
+
+    def request(i):
+        return GenerationRequest(rt.encode(prompts[i]), 40, SamplingParams(1.0, 0, 0.95), seed=i)
+
+    alone = []
+    for i in range(64):
+        s = StepScheduler(rt)
+        st = s.submit(request(i))
+        s.run_until_idle()
+        alone.append(st.text)
+    s = StepScheduler(rt, max_active=64, prefill_chunk=8)
+    streams = [s.submit(request(i)) for i in range(64)]
+    s.run_until_idle()
+    assert [st.text for st in streams] == alone
+
+
 def test_the_int8_gate_passes_the_rewrite_and_catches_a_wrong_one(tmp_path):
     import onnx
     from onnx import numpy_helper
