@@ -18,17 +18,21 @@ a static batch keeps a finished member's slot until its longest member ends).
   ``max_batch_size=256`` (the guide's tip: a power of 2; ours admits 256 streams) and
   ``max_ongoing_requests`` above it (else Serve's default of 5 ongoing requests per replica
   would cap the batch; docs.ray.io/en/latest/serve/advanced-guides/performance.html). One
-  replica; ``ray.init(num_cpus=<server CPUs>)``; the dashboard off (not on the request path).
+  replica; ``ray.init(num_cpus=<server CPUs>)``; the dashboard off (not on the request path;
+  Ray still starts its dashboard and runtime-env agents, counted with its other services).
 
 Both run the same ONNX file (a random-weight char LSTM as ``streaming.py`` builds it: speed
 does not depend on weights) with the same onnxruntime version and intra-op thread count
 (``ServeConfig.ort_threads`` for one worker on the server's CPUs), pinned to the same CPUs
 (three quarters, at least one; the load generator, ``streaming.py``'s minimal asyncio SSE
 client, gets the rest). One server at a time: ours first, stopped, then Ray (its driver shuts
-Ray down; whatever of its process tree outlives it is killed by process id). Each client runs requests back to back until the level's time is up;
-client k's sequence of prompts and lengths is the same against both servers. Ray's replica
+Ray down; whatever of its process tree outlives it is killed by process id). Each client runs
+requests back to back until the level's time is up (a level then waits for the requests in
+flight); client k's sequence of prompts and lengths is the same against both servers. Ray's replica
 sends one SSE event per character; ours coalesces a stream's characters over 5 ms windows
 (``RNNOPS_COALESCE_MS``), so inter-chunk gaps are not alike per event: chars/s and TTFC are.
+Ray's services are processes of their own: the figure lists each one's share of a CPU and
+resident memory over the top level, and the CPUs every thread of either server was allowed.
 
 Goal (issue 15): at 64 streams, ours >= 3x Ray Serve's chars/s with a lower TTFC p99.
 
