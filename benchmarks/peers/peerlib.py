@@ -7,10 +7,17 @@
   inside it (and every process it starts) inherits them, whoever builds its argv;
 - :func:`server_threads` is the onnxruntime thread count our service picks for one worker on
   the server's CPUs (``ServeConfig.ort_threads``): every peer gets the same;
-- :func:`side_by_side` prints a markdown table, ours against the peer, with ratios.
+- :func:`tree_usage`, :func:`tree_affinity`, :func:`process_names` say where a server's CPU and
+  memory go (Ray's services, MLServer's inference worker are processes of their own) and which
+  CPUs its threads were allowed (what the pinning actually gave);
+- :class:`StallMeter` measures how long the load generator's own process went unscheduled in a
+  round: on a shared machine a frozen round shows there, not only as a huge p99;
+- :func:`wrk_compare` drives request/response servers with ``forecast_http.py``'s wrk load,
+  rounds alternating; :func:`goal`, :func:`rounds_note`, :func:`side_by_side` and
+  :func:`plot_requests` make the figure: ours against the peer, with ratios.
 
 Everything else (statistics, processes, the load generators, the models) comes from the
-benchmarks one folder up: ``common``, ``streaming``, ``forecast_http``, ``protocols``.
+benchmarks one folder up: ``common``, ``streaming``, ``forecast_http``.
 """
 
 from __future__ import annotations
