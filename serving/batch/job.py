@@ -116,7 +116,9 @@ def load_model(ref: str) -> ForecastModel:
     ``models:/...``, a ``.onnx`` file, ``bentoml:name[:version]``) and check that it is a forecaster."""
     from rnnops.refs import resolve_ref
 
-    local = resolve_ref(ref)  # a reference that does not parse: refs' one message
+    # a reference that does not parse: refs' one message; batch jobs run model.onnx (fp32), so a
+    # version's int8 file is neither fetched nor verified here
+    local = resolve_ref(ref, int8=False)
     meta = local.metadata
     if meta.get("kind") != "forecaster":
         raise RnnopsError(f"{ref} is a {meta.get('kind') or 'model without rnnops metadata'}, not a forecaster: "
