@@ -74,6 +74,7 @@ class ServeConfig:
     sse_events_per_s: float = 2000.0  # SSE: total event rate a worker aims under (wider windows when busy)
     gil_switch_ms: float = 1.0  # sys.setswitchinterval: how long the scheduler thread may wait for the GIL
     trace_hot_paths: bool = False  # OpenTelemetry spans for /generate and /forecast too (see service.py)
+    log_hot_paths: bool = False  # BentoML's access log line and request metrics for them too (see service.py)
     # forecasts
     forecast_max_batch: int = 256
     forecast_max_windows: int = 1024  # per request
@@ -137,6 +138,7 @@ class ServeConfig:
             "sse_events_per_s": ("RNNOPS_SSE_EVENTS_PER_S", float),
             "gil_switch_ms": ("RNNOPS_GIL_SWITCH_MS", float),
             "trace_hot_paths": ("RNNOPS_TRACE_HOT_PATHS", _flag),
+            "log_hot_paths": ("RNNOPS_LOG_HOT_PATHS", _flag),
             "forecast_max_batch": ("RNNOPS_FORECAST_MAX_BATCH", int),
             "forecast_max_windows": ("RNNOPS_FORECAST_MAX_WINDOWS", int),
             "max_context_rows": ("RNNOPS_MAX_CONTEXT_ROWS", int),

@@ -27,6 +27,7 @@ and load generators can use a served model as it is.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import numpy as np
@@ -139,6 +140,15 @@ def _state_meta(t: contract.StateTensor, end: str) -> dict:
 
 
 def model_metadata(m) -> dict:
+    """The OIP model metadata of a loaded version (made once per version: every infer checks its
+    inputs against it)."""
+    meta = getattr(m, "_oip_metadata", None)
+    if meta is None:
+        meta = m._oip_metadata = _model_metadata(m)
+    return meta
+
+
+def _model_metadata(m) -> dict:
     i = m.runtime.info
     if i.kind == "char":
         inputs = [{"name": contract.INPUT, "datatype": "INT64", "shape": [-1, -1]},
@@ -209,10 +219,10 @@ def _tensors(body: InferRequest, blob: bytes) -> dict[str, np.ndarray]:
         where = f"input {t.name!r}"
         if t.datatype not in DTYPES:
             raise _bad(f"{where}: datatype {t.datatype!r} is not one of {', '.join(DTYPES)}", "datatype")
-        if any(d < 0 for d in t.shape) or int(np.prod(t.shape, dtype=np.int64)) > MAX_ELEMENTS:
+        if any(d < 0 for d in t.shape) or math.prod(t.shape) > MAX_ELEMENTS:
             raise _bad(f"{where}: shape {t.shape} must be non-negative, at most {MAX_ELEMENTS} elements", "shape")
         dtype = np.dtype(DTYPES[t.datatype])
-        count = int(np.prod(t.shape, dtype=np.int64))
+        count = math.prod(t.shape)
         size = (t.parameters or {}).get("binary_data_size")
         if size is not None:
             if t.data is not None:
