@@ -43,7 +43,7 @@ import common as C  # noqa: E402
 
 DOCS = C.REPO / "docs"
 IMG = DOCS / "img"
-FIGURES = ("kernel", "streaming", "http", "batch", "training", "ray", "bentoml", "mlserver")
+FIGURES = ("kernel", "streaming", "http", "batch", "training", "ray", "bentoml", "mlserver", "workers")
 TITLES = {
     "kernel": "1. Kernel: eager vs TorchScript vs onnxruntime (fp32, int8), with the roofline",
     "streaming": "2. Streaming generation: continuous batching vs naive, over HTTP",
@@ -53,6 +53,7 @@ TITLES = {
     "ray": "6. Streamed generation with mixed lengths: rnnops vs Ray Serve's @serve.batch",
     "bentoml": "7. Forecast over HTTP: rnnops vs a plain BentoML service with adaptive batching",
     "mlserver": "8. Open Inference Protocol: rnnops vs MLServer with adaptive batching",
+    "workers": "9. One machine, more workers: streaming and forecasts at --workers 1 and 2",
 }
 
 
@@ -71,6 +72,8 @@ def command(fig: str, quick: bool, out: Path, work: Path) -> list[str]:
         return [py, str(HERE / "training_throughput.py"), *q, "--json", str(out)]
     if fig == "ray":
         return [py, str(HERE / "peers" / "ray_serve.py"), *q, "--json", str(out), "--work", str(work / "ray")]
+    if fig == "workers":
+        return [py, str(HERE / "workers.py"), *q, "--json", str(out), "--work", str(work / "shared")]
     if fig == "bentoml":  # the champion forecaster of `http` and `batch` (work/shared): the same ONNX file
         return [py, str(HERE / "peers" / "bentoml_batching.py"), *q, "--json", str(out), "--work", str(work / "shared")]
     if fig == "mlserver":
@@ -257,6 +260,14 @@ def peer_summary(fig: str, res: dict, peer: str, unit: str) -> dict:
             "met": "yes" if g["met"] else "no"}
 
 
+def workers_summary(res: dict) -> dict:
+    by = {r["workers"]: r for r in res["rows"]}
+    head = "; ".join(f"{n} worker(s): {C.fmt(r['chars_per_s'], 0)} chars/s at 64 streams, {C.fmt(r['forecast_rps'], 0)} "
+                     f"forecasts/s at 64" for n, r in sorted(by.items()))
+    return {"figure": "workers", "headline": head, "goal": "(no numeric goal) requests/s and chars/s at 1 and 2 workers",
+            "met": "-"}
+
+
 def training_summary(res: dict) -> dict:
     parts = [f"{t} {C.ratio(r['ours']['median'], r['reference']['median'])}" for t, r in res["tasks"].items()]
     return {"figure": "training", "headline": "rnnops loop / reference loop: " + ", ".join(parts),
@@ -273,6 +284,7 @@ def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick:
     import mlserver_oip
     import ray_serve
     import training_throughput
+    import workers
 
     IMG.mkdir(parents=True, exist_ok=True)
     sections, summaries = [], []
@@ -309,9 +321,12 @@ def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick:
                 text = bentoml_batching.markdown(res)
                 summary = peer_summary(fig, res, "BentoML adaptive batching", "requests/s")
                 bentoml_batching.plot(res, png)
-            else:
+            elif fig == "mlserver":
                 text, summary = mlserver_oip.markdown(res), peer_summary(fig, res, "MLServer", "inferences/s")
                 mlserver_oip.plot(res, png)
+            else:
+                text, summary = workers.markdown(res), workers_summary(res)
+                workers.plot(res, png)
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:  # a script changed its JSON
             sections.append(f"## {title}\n\n**Could not be summarised** ({type(exc).__name__}: {exc}); raw results: "
                             f"`{work / (fig + '.json')}`.\n")

@@ -127,6 +127,27 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(res: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = res["rows"]
+    names = [f"{r['workers']} worker" + ("s" if r["workers"] > 1 else "") for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    axes[0].bar(names, [r["chars_per_s"] for r in rows], color="tab:orange")
+    axes[0].set_ylabel("chars/s at 64 streams")
+    axes[1].bar(names, [r["forecast_rps"] for r in rows], color="tab:blue")
+    axes[1].set_ylabel("forecasts/s at 64 connections")
+    for ax in axes:
+        ax.set_title("higher is better", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 8 s per load")
