@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rnnops.errors import RnnopsError
+from rnnops.training import fused
 from rnnops.training import mingru as G
 from rnnops.training import mlstm as X
 from rnnops.training import scan as S
@@ -100,6 +101,22 @@ def test_mlstm_stabiliser_keeps_large_gates_finite():
         layer.gates.bias[:4] = 60.0  # exp(60) would overflow float32 without the stabiliser m
     out, (C, n, m) = layer.float()(torch.randn(2, 80, 16))
     assert torch.isfinite(out).all() and torch.isfinite(C).all() and float(m.max()) > 50
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_fused_rms_norm_equals_torch(dtype):
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 33, dtype=dtype, requires_grad=True)
+    w = (torch.rand(33, dtype=dtype) + 0.5).requires_grad_()
+    y, ref = fused.rms_norm(x, w, 1e-6), torch.nn.functional.rms_norm(x, (33,), w, 1e-6)
+    g = torch.randn_like(y)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    _close(y, ref, tol)
+    for a, b in zip(torch.autograd.grad(y, [x, w], g), torch.autograd.grad(ref, [x, w], g)):
+        _close(a, b, tol)
+    if dtype == F64:
+        assert torch.autograd.gradcheck(lambda a, b: fused.rms_norm(a, b, 1e-6), (x, w))
 
 
 @pytest.mark.parametrize("cell", stack.MODERN_CELLS)

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from rnnops.contract import BATCH_DIM, StateTensor
 from rnnops.errors import RnnopsError
+from rnnops.training import fused
 from rnnops.training.mingru import MinGRU, MinLSTM
 from rnnops.training.mlstm import MLSTM
 
@@ -47,7 +48,9 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if torch.jit.is_tracing() or torch.jit.is_scripting():  # export: the formula, in plain ops
             return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused kernel
+        if fused.enabled(x):  # one pass each way (F.rms_norm is six ops and their backward on a CPU)
+            return fused.rms_norm(x, self.weight, self.eps)
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
 class MLP(nn.Module):
