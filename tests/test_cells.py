@@ -104,6 +104,64 @@ def test_mlstm_stabiliser_keeps_large_gates_finite():
 
 
 @needs_numba
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("time,chunk", [(1, 32), (37, 8), (70, 32)])  # checkpoints that do not divide T
+def test_mlstm_fused_kernel_equals_the_recurrence_values_and_gradients(with_state, time, chunk):
+    torch.manual_seed(0)
+    layer = _mlstm()
+    x, _ = _inputs(16, batch=2, time=time)
+    state = tuple(0.5 * torch.randn_like(t) for t in layer.zero_state(2, F64)) if with_state else layer.zero_state(2, F64)
+
+    def loss(out, C, n, m):  # every output, the state included, feeds the loss
+        return (out * torch.cos(out)).sum() + (0.3 * C).sum() + n.sin().sum() + (0.7 * m).sum()
+
+    grads = []
+    for fused_form in (False, True):
+        xs, st = x.clone().requires_grad_(), [t.clone().requires_grad_() for t in state]
+        if fused_form:
+            y, *new = fused.mlstm(layer.qkvo(xs), layer.gates(xs), *st, layer.norm_weight, X.EPS, chunk)
+            out = layer.out(y)
+        else:
+            out, new = X.sequential(layer, xs, tuple(st))
+        grads.append([out, *new, *torch.autograd.grad(loss(out, *new), [xs, *st, *layer.parameters()])])
+    for a, b in zip(*grads):
+        _close(a, b, 1e-9)
+
+
+@needs_numba
+def test_mlstm_fused_kernel_below_the_normaliser_floor():
+    """|n . q| < exp(-m): the max(., exp(-m)) takes its other branch, gradients too."""
+    torch.manual_seed(0)
+    layer = _mlstm()
+    with torch.no_grad():
+        layer.qkvo.weight[:16].mul_(1e-4)  # tiny q
+    x, _ = _inputs(16, batch=2, time=40)
+    xs = x.clone().requires_grad_()
+    ref, _ = X.sequential(layer, xs)
+    g_ref = torch.autograd.grad((ref * ref.cos()).sum(), [xs, *layer.parameters()])
+    out, _ = layer(xs)  # the fused kernel: float64 on the CPU
+    g_new = torch.autograd.grad((out * out.cos()).sum(), [xs, *layer.parameters()])
+    _close(out, ref)
+    for a, b in zip(g_new, g_ref):
+        _close(a, b, 1e-6)
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_mlstm_chunkwise_torch_form_equals_recurrent(monkeypatch, with_state):
+    """The plain PyTorch chunkwise form (no numba, or not a CPU tensor) against the recurrence."""
+    monkeypatch.setenv("RNNOPS_SCAN", "torch")
+    torch.manual_seed(0)
+    layer = _mlstm()
+    x, _ = _inputs(16, batch=2, time=150)
+    state = tuple(0.5 * torch.randn_like(t) for t in layer.zero_state(2, F64)) if with_state else None
+    ref, ref_state = X.sequential(layer, x, state)
+    out, new = layer(x, state)
+    _close(out, ref)
+    for a, b in zip(new, ref_state):
+        _close(a, b)
+
+
+@needs_numba
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_fused_rms_norm_equals_torch(dtype):
     torch.manual_seed(0)

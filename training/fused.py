@@ -6,7 +6,11 @@ chains of elementwise ops and their backward, is memory-bound and made of many f
 rsqrt, mul, mul on the CPU, and its backward into more). Here such a chain is one numba loop per
 direction, parallel over independent rows, wrapped in a ``torch.autograd.Function``:
 
-- :func:`rms_norm`: RMSNorm forward (``x * rsqrt(mean(x^2) + eps) * w``) and backward.
+- :func:`rms_norm`: RMSNorm forward (``x * rsqrt(mean(x^2) + eps) * w``) and backward;
+- :func:`mlstm`: the mLSTM layer between its two projections, its recurrence stepped per
+  (batch row, head) with the per-head norm and output gate, and a hand-written backward that
+  recomputes the states from checkpoints (:mod:`rnnops.training.mlstm` has the math, and the
+  PyTorch forms tests compare it with).
 
 The minGRU / minLSTM scan has its own kernels in :mod:`rnnops.training.scan`. The loops live in
 :mod:`rnnops.training.fused_kernels`, imported on first use (numba is slow to import).
@@ -18,6 +22,7 @@ many threads as torch does (:func:`threads`), never more than torch was given.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -45,6 +50,11 @@ def threads(numba) -> int:
     return n
 
 
+def _workers(items: int) -> int:
+    """Set numba's threads (as :func:`threads`); the parallel loop's iterations: one per thread."""
+    return min(items, threads(numba_module()))
+
+
 def enabled(x: Tensor) -> bool:
     """Whether the fused kernels take ``x``: a CPU float tensor, numba installed, not turned off."""
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
@@ -55,7 +65,7 @@ def _get(name: str):
     """The (forward, backward) kernels of ``name``, compiled on first use (cached on disk)."""
     from rnnops.training import fused_kernels as K
 
-    return {"norm": (K.norm_forward, K.norm_backward)}[name]
+    return {"norm": (K.norm_forward, K.norm_backward), "mlstm": (K.mlstm_forward, K.mlstm_backward)}[name]
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -87,3 +97,45 @@ class _RMSNorm(torch.autograd.Function):
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """RMSNorm over the last axis in one pass each way (callers check :func:`enabled` first)."""
     return _RMSNorm.apply(x, weight, eps)
+
+
+class _MLSTM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkvo: Tensor, gates: Tensor, C0: Tensor, n0: Tensor, m0: Tensor, weight: Tensor,
+                eps: float, chunk: int):
+        fwd, _ = _get("mlstm")
+        qkvo, gates, w = (z.detach().contiguous() for z in (qkvo, gates, weight))
+        C0, n0, m0 = (z.detach().contiguous() for z in (C0, n0, m0))
+        og = torch.sigmoid(qkvo[..., 3 * (qkvo.shape[-1] // 4):])  # the output gate, vectorised by torch
+        B, T, D4 = qkvo.shape
+        H, d = C0.shape[1], C0.shape[2]
+        nc = -(-T // chunk)
+        y, hs = qkvo.new_empty(B, T, D4 // 4), qkvo.new_empty(B, T, D4 // 4)
+        Ck, nk, mk = qkvo.new_empty(B, H, nc, d, d), qkvo.new_empty(B, H, nc, d), qkvo.new_empty(B, H, nc)
+        Cn, nn_, mn_ = torch.empty_like(C0), torch.empty_like(n0), torch.empty_like(m0)
+        fwd(*(z.numpy() for z in (qkvo, gates, og, C0, n0, m0, w)), 1.0 / math.sqrt(d), eps, chunk, _workers(B * H),
+            *(z.numpy() for z in (y, hs, Ck, nk, mk, Cn, nn_, mn_)))
+        ctx.save_for_backward(qkvo, gates, og, w, hs, Ck, nk, mk)
+        ctx.eps, ctx.chunk = eps, chunk
+        return y, Cn, nn_, mn_
+
+    @staticmethod
+    def backward(ctx, gy: Tensor, gCn: Tensor, gnn: Tensor, gmn: Tensor):
+        _, bwd = _get("mlstm")
+        qkvo, gates, og, w, hs, Ck, nk, mk = ctx.saved_tensors
+        B, H, _, d, _ = Ck.shape
+        gqkvo, ggates = torch.empty_like(qkvo), torch.empty_like(gates)
+        gC0, gn0, gm0 = qkvo.new_empty(B, H, d, d), qkvo.new_empty(B, H, d), qkvo.new_empty(B, H)
+        gw = qkvo.new_zeros(B, w.shape[0])
+        bwd(*(z.numpy() for z in (qkvo, gates, og, w)), 1.0 / math.sqrt(d), ctx.eps, ctx.chunk, _workers(B * H),
+            *(z.detach().contiguous().numpy() for z in (hs, Ck, nk, mk, gy, gCn, gnn, gmn)),
+            *(z.numpy() for z in (gqkvo, ggates, gC0, gn0, gm0, gw)))
+        return gqkvo, ggates, gC0, gn0, gm0, gw.sum(0), None, None
+
+
+def mlstm(qkvo: Tensor, gates: Tensor, C: Tensor, n: Tensor, m: Tensor, weight: Tensor, eps: float, chunk: int = 32):
+    """The mLSTM layer between its two projections, fused: the recurrence (as
+    :func:`rnnops.training.mlstm.mlstm_step`, q scaled by 1/sqrt(d)), the per-head layer norm, its
+    weight and the output gate. qkvo [B, T, 4D] = [q | k | v | o], gates [B, T, 2H] = [i~ | f~];
+    returns (y [B, T, D], C, n, m). ``chunk``: steps between the backward pass's checkpoints."""
+    return _MLSTM.apply(qkvo, gates, C, n, m, weight, eps, chunk)

@@ -12,12 +12,18 @@ Per head, with ``q_t`` scaled by ``1/sqrt(d_k)``, scalar gates ``i~_t`` (input, 
 The state is ``C [B, heads, d_k, d_v]``, ``n [B, heads, d_k]``, ``m [B, heads]``; all zeros is
 the empty memory.
 
-Two forms of the same recurrence:
+Three forms of the same recurrence:
 
-- **chunkwise parallel** (training, and eager inference): unrolled, ``m_t`` is a max over
-  ``F_t + m_0`` and ``F_t - F_s + i~_s`` (``F`` the running sum of ``log f``), and ``h`` is a
-  masked, stabilised attention-like product. Done over chunks of :data:`CHUNK` steps with the
-  state carried between them, so an initial state enters exactly and memory stays linear in T.
+- **fused kernel** (training and eager inference on the CPU, :func:`rnnops.training.fused.mlstm`):
+  the step above in a numba loop per (batch row, head), forward and a hand-written backward
+  (checkpointed every 32 steps), with the per-head norm and the output gate fused in. On a CPU
+  the chunkwise form below is dozens of small ops over ``[B, H, L, L]`` tensors and their
+  backward; the loop is one pass each way (docs/training.md has the figures).
+- **chunkwise parallel** (the same, in plain PyTorch: without numba, or off the CPU): unrolled,
+  ``m_t`` is a max over ``F_t + m_0`` and ``F_t - F_s + i~_s`` (``F`` the running sum of
+  ``log f``), and ``h`` is a masked, stabilised attention-like product. Done over chunks of
+  :data:`CHUNK` steps with the state carried between them, so an initial state enters exactly
+  and memory stays linear in T.
 - **recurrent** (:func:`mlstm_loop`, scripted): the step above, one ``t`` at a time: what the
   ONNX ``Loop`` and served generation run.
 
@@ -34,6 +40,8 @@ from typing import List, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from rnnops.training import fused
 
 CHUNK = 64
 EPS = 1e-6
@@ -129,8 +137,11 @@ class MLSTM(nn.Module):
         return q.reshape(shape) / math.sqrt(self.head_dim), k.reshape(shape), v.reshape(shape), i, -F.softplus(-f), o
 
     def forward(self, x: Tensor, state: tuple[Tensor, ...] | None = None, recurrent: bool = False):
-        q, k, v, i, logf, o = self.projections(x)
         C, n, m = state if state is not None else self.zero_state(x.shape[0], x.dtype, x.device)
+        if not recurrent and fused.enabled(x):  # CPU: the recurrence, norm and gate as one fused kernel
+            y, C, n, m = fused.mlstm(self.qkvo(x), self.gates(x), C, n, m, self.norm_weight, EPS)
+            return self.out(y), (C, n, m)
+        q, k, v, i, logf, o = self.projections(x)
         if recurrent:
             h, C, n, m = mlstm_loop(q, k, v, i, logf, C, n, m, EPS)  # h [B, T, H, d]
         else:
