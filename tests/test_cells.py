@@ -177,6 +177,18 @@ def test_fused_rms_norm_equals_torch(dtype):
         assert torch.autograd.gradcheck(lambda a, b: fused.rms_norm(a, b, 1e-6), (x, w))
 
 
+@pytest.mark.parametrize("cls", [G.MinGRU, G.MinLSTM])
+def test_min_cells_one_step_form_equals_sequential(cls):
+    """T = 1, the exported step's branch without the Loop."""
+    torch.manual_seed(0)
+    layer = cls(8).to(F64)
+    x, h0 = _inputs(8, time=1)
+    ref, (ref_h,) = G.sequential(layer, x, (h0,))
+    out, (h,) = layer(x, (h0,), recurrent=True)
+    _close(out, ref)
+    _close(h, ref_h)
+
+
 @pytest.mark.parametrize("cell", stack.MODERN_CELLS)
 def test_gradients_flow_to_every_parameter(cell):
     torch.manual_seed(0)

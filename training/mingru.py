@@ -16,7 +16,10 @@ is ``h [batch, width]``.
 
 Written in log space: ``log a`` and ``log b`` come out of softplus terms, never a log of a
 rounded-off sigmoid; for minLSTM, ``f' = sigmoid(d)`` and ``i' = sigmoid(-d)`` with
-``d = log f - log i = softplus(-W_i x) - softplus(-W_f x)``.
+``d = log f - log i = softplus(-W_i x) - softplus(-W_f x)``. The stepped form (``recurrent``,
+what export writes) takes ``a`` and ``b`` in linear space instead (:meth:`coefficients`):
+sigmoids and a ``where``, the same values without a log or exp per step, and no ``Softplus``,
+which onnxruntime runs unvectorised (it was two thirds of a step at batch 64).
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ def log_g(x: Tensor) -> Tensor:
     return torch.where(x >= 0, torch.log(F.relu(x) + 0.5), -F.softplus(-x))
 
 
+def g(x: Tensor) -> Tensor:
+    """The paper's positive activation: x + 0.5 for x >= 0, sigmoid(x) below."""
+    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
+
+
 class MinGRU(nn.Module):
     def __init__(self, width: int):
         super().__init__()
@@ -47,6 +55,12 @@ class MinGRU(nn.Module):
     def log_coefficients(pre: Tensor) -> tuple[Tensor, Tensor]:
         k, pre_h = pre.chunk(2, dim=-1)
         return -F.softplus(k), -F.softplus(-k) + log_g(pre_h)  # log(1 - z), log(z * h~)
+
+    @staticmethod
+    def coefficients(pre: Tensor) -> tuple[Tensor, Tensor]:
+        k, pre_h = pre.chunk(2, dim=-1)
+        z = torch.sigmoid(k)
+        return 1 - z, z * g(pre_h)  # a = 1 - z, b = z h~
 
     def forward(self, x: Tensor, state: tuple[Tensor, ...] | None = None, recurrent: bool = False):
         """x [B, T, D] -> all h_t [B, T, D], (h_T [B, D],). ``recurrent``: step (the export path)."""
@@ -69,6 +83,13 @@ class MinLSTM(nn.Module):
         d = F.softplus(-pre_i) - F.softplus(-pre_f)  # log f - log i
         return -F.softplus(-d), -F.softplus(d) + log_g(pre_h)  # log f', log(i' * h~)
 
+    @staticmethod
+    def coefficients(pre: Tensor) -> tuple[Tensor, Tensor]:
+        pre_f, pre_i, pre_h = pre.chunk(3, dim=-1)
+        f, i = torch.sigmoid(pre_f), torch.sigmoid(pre_i)
+        a = f / torch.clamp(f + i, min=1e-37)  # f' = f / (f + i); both underflowed (< -88): a = 0, as the kernel
+        return a, (1 - a) * g(pre_h)  # a = f', b = i' h~
+
     def forward(self, x: Tensor, state: tuple[Tensor, ...] | None = None, recurrent: bool = False):
         return _gated(self, x, state, recurrent)
 
@@ -77,9 +98,8 @@ def _gated(layer, x: Tensor, state, recurrent: bool, impl: str = "auto"):
     """``impl``: "auto" (the fused kernel where it runs, else log space), "fused" or "torch"."""
     pre = layer.pre_activations(x)
     h0 = state[0] if state is not None else x.new_zeros(x.shape[0], x.shape[2])
-    if recurrent:
-        log_a, log_b = layer.log_coefficients(pre)
-        hs, h = S.scan_loop(log_a.exp(), log_b.exp(), h0)
+    if recurrent:  # the stepped form export writes: linear-space coefficients, no Softplus (slow in ORT)
+        hs, h = S.scan_loop(*layer.coefficients(pre), h0)
         return hs, (h,)
     if impl == "fused" or (impl == "auto" and S.fused_available(pre)):
         hs = S.fused_scan(layer.kernel, pre, h0)

@@ -25,7 +25,8 @@ Three forms of the same recurrence:
   :data:`CHUNK` steps with the state carried between them, so an initial state enters exactly
   and memory stays linear in T.
 - **recurrent** (:func:`mlstm_loop`, scripted): the step above, one ``t`` at a time: what the
-  ONNX ``Loop`` and served generation run.
+  ONNX graph and served generation run (a ``Loop`` over time; for T=1 one step in an ``If``
+  branch, without the Loop).
 
 The layer around it (xLSTM's mLSTM layer, without its causal convolution, so the state is the
 memory alone): q, k, v, an output gate ``o`` and the two scalar gates per head from the input;
@@ -52,19 +53,22 @@ def mlstm_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, logf: Tensor, C: Tens
                eps: float = 1e-6) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """One step: q, k [B, H, d_k], v [B, H, d_v], i, logf [B, H]; returns h [B, H, d_v], C, n, m."""
     m_new = torch.maximum(logf + m, i)
-    f = torch.exp(logf + m - m_new)
-    a = torch.exp(i - m_new)
-    C = f[:, :, None, None] * C + a[:, :, None, None] * (k[:, :, :, None] * v[:, :, None, :])
-    n = f[:, :, None] * n + a[:, :, None] * k
-    num = torch.matmul(q[:, :, None, :], C)[:, :, 0]
-    den = torch.maximum((q * n).sum(-1).abs(), torch.exp(-m_new)) + eps
-    return num / den[:, :, None], C, n, m_new
+    f = torch.exp(logf + m - m_new).unsqueeze(-1)  # [B, H, 1]
+    ak = torch.exp(i - m_new).unsqueeze(-1) * k  # a k: scaled once, so C takes three passes, not four
+    C = f.unsqueeze(-1) * C + ak.unsqueeze(-1) * v.unsqueeze(-2)
+    n = f * n + ak
+    num = torch.matmul(q.unsqueeze(-2), C).squeeze(-2)
+    den = torch.maximum((q * n).sum(-1, keepdim=True).abs(), torch.exp(-m_new).unsqueeze(-1)) + eps
+    return num / den, C, n, m_new
 
 
 @torch.jit.script
 def mlstm_loop(q: Tensor, k: Tensor, v: Tensor, i: Tensor, logf: Tensor, C: Tensor, n: Tensor, m: Tensor,
                eps: float = 1e-6) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The recurrence over time: q, k, v [B, T, H, d], i, logf [B, T, H] -> h [B, T, H, d_v], C, n, m."""
+    if q.size(1) == 1:  # one step (served generation): an If branch in ONNX, without the Loop
+        h, C, n, m = mlstm_step(q[:, 0], k[:, 0], v[:, 0], i[:, 0], logf[:, 0], C, n, m, eps)
+        return h.unsqueeze(1), C, n, m
     q, k, v, i, logf = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), i.transpose(0, 1), logf.transpose(0, 1)
     outs: List[Tensor] = []
     for t in range(q.size(0)):
