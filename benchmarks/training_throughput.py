@@ -19,10 +19,13 @@ left out of both (they are not the loop's speed).
 
 ``--cells`` instead compares the recurrent cells themselves: a char model per cell at a similar
 parameter count (:data:`CELL_CONFIGS`), batch 32 x sequence 256, forward + backward + AdamW on
-random tokens, interleaved reps, chars/s medians and the ratio to the LSTM.
+random tokens, interleaved reps, chars/s medians and the ratio to the LSTM, beside each cell's
+roofline (see :func:`cells_throughput`). It prints the share of the CPUs other processes used
+while it ran (:class:`OthersCPU`): on a shared machine the ratios are the figure to read.
 
     python benchmarks/training_throughput.py --quick --json out.json
     python benchmarks/training_throughput.py --cells lstm,mingru,minlstm,mlstm --reps 3
+    python benchmarks/training_throughput.py --cells lstm,mingru --reps 5 --steps 4
 """
 
 from __future__ import annotations
@@ -222,16 +225,42 @@ CELL_CONFIGS = {
 }
 
 
-def torch_matmul_flops(n: int = 2048, reps: int = 5) -> float:
-    """FLOP/s of a large float32 matmul in torch, the BLAS the training runs on (best of ``reps``)."""
+class OthersCPU:
+    """The share of the machine's CPU time that other processes used inside a ``with`` block:
+    all busy time (``/proc/stat``) minus this process's own (user + system). None off Linux.
+    A load average counts this benchmark's own threads too; this does not."""
+
+    def _now(self):
+        try:
+            v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        except OSError:
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        own = os.times()
+        return (sum(v) - v[3] - v[4]) / tick, sum(v) / tick, own.user + own.system
+
+    def __enter__(self):
+        self.start, self.share = self._now(), None
+        return self
+
+    def __exit__(self, *exc):
+        end = self._now()
+        if self.start and end and end[1] > self.start[1]:
+            busy, total, own = (e - s for e, s in zip(end, self.start))
+            self.share = max(0.0, (busy - own) / total)
+
+
+def torch_matmul_flops(n: int = 2048, reps: int = 10) -> float:
+    """FLOP/s of a large float32 matmul in torch, the BLAS the training runs on (best of ``reps``,
+    into a preallocated output: a fresh 16 MB result would time the page faults too)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
+    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    torch.mm(a, b, out=c)
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
-        a @ b
+        torch.mm(a, b, out=c)
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best
 
@@ -260,8 +289,10 @@ def cells_throughput(cells: list[str], batch: int = 32, seq: int = 256, steps: i
     from rnnops.training.models import CharModel, CharModelConfig
 
     torch.set_num_threads(C.cpus())
+    load_start = round(os.getloadavg()[0], 2)
     peak = torch_matmul_flops()
-    print(f"matmul: {peak / 1e9:.1f} GFLOP/s (torch float32, 2048^2, {torch.get_num_threads()} threads)", file=sys.stderr)
+    print(f"matmul: {peak / 1e9:.1f} GFLOP/s (torch float32, 2048^2, {torch.get_num_threads()} threads); "
+          f"load {load_start}", file=sys.stderr)
     runs, flops_per_char = {}, {}
     for cell in cells:
         torch.manual_seed(0)
@@ -283,12 +314,17 @@ def cells_throughput(cells: list[str], batch: int = 32, seq: int = 256, steps: i
         runs[cell] = (go, sum(p.numel() for p in model.parameters()))
         flops_per_char[cell] = training_flops_per_char(model, cell, CELL_CONFIGS[cell])
     rates = {c: [] for c in cells}
-    for _ in range(reps):
-        for cell, (go, _) in runs.items():
-            rates[cell].append(batch * seq * steps / go(steps))
+    with OthersCPU() as others:
+        for _ in range(reps):
+            for cell, (go, _) in runs.items():
+                rates[cell].append(batch * seq * steps / go(steps))
+    # measured again at the end: the machine's rate is the better of the two (a neighbour's
+    # burst during one measurement would otherwise flatter every cell's share of the roofline)
+    peak = max(peak, torch_matmul_flops())
     base = C.median(rates["lstm"]) if "lstm" in rates else None
     out = {"batch": batch, "seq_len": seq, "steps": steps, "reps": reps, "threads": torch.get_num_threads(),
-           "matmul_flops": peak, "cells": {}}
+           "matmul_flops": peak, "machine": C.machine(), "load_avg_1m_start": load_start,
+           "others_cpu_share": others.share, "cells": {}}
     for cell in cells:
         med = C.median(rates[cell])
         roofline = peak / flops_per_char[cell]
@@ -343,15 +379,20 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="few steps, 2 runs each")
     ap.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
     ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None, help="--cells: optimizer steps per run (default 2)")
     ap.add_argument("--cells", metavar="LIST", help=f"compare cells instead ({','.join(CELL_CONFIGS)}): batch 32 x 256")
     args = ap.parse_args(argv)
     if args.cells:
-        res = cells_throughput([c.strip() for c in args.cells.split(",") if c.strip()], reps=args.reps or 3)
+        res = cells_throughput([c.strip() for c in args.cells.split(",") if c.strip()], steps=args.steps or 2,
+                               reps=args.reps or 3)
         rows = [[c, C.fmt(r["params"]), C.fmt(r["chars_per_s"]), C.fmt(r["roofline_chars_per_s"]),
                  f"{r['of_roofline']:.0%}", f"{r['vs_lstm']:.2f}x" if r["vs_lstm"] else "-"]
                 for c, r in res["cells"].items()]
         print(f"matmul {res['matmul_flops'] / 1e9:.1f} GFLOP/s; batch {res['batch']} x {res['seq_len']}, "
-              f"median of {res['reps']} interleaved runs of {res['steps']} steps\n")
+              f"median of {res['reps']} interleaved runs of {res['steps']} steps; other processes used "
+              + (f"{res['others_cpu_share']:.0%}" if res["others_cpu_share"] is not None else "?")
+              + f" of the {res['machine']['cpus']} CPUs meanwhile (load average {res['load_avg_1m_start']} at the "
+              f"start, {res['machine']['load_avg_1m']} at the end, this run's threads included)\n")
         print(C.md_table(["cell", "parameters", "chars/s", "roofline chars/s", "of roofline", "vs LSTM"], rows))
         C.write_json(args.json, res)
         return
