@@ -271,6 +271,10 @@ def _int8(model, spec: dict, run_id: str | None, result: ExportResult, quantize:
         return {"made": False, "keep": False, "reason": f"{model.config.cell} stays fp32: no int8 form for it"}
     if not quantize:
         return {"made": False, "keep": False, "reason": "skipped (--skip-quantize)"}
+    if model.config.hidden_size < int8.MIN_HIDDEN:
+        return {"made": False, "keep": False, "reason": f"{model.config.hidden_size} hidden units: stays fp32 (int8 "
+                f"pays from {int8.MIN_HIDDEN}: below, the int8 form's per-step cost outweighs its cheaper products; "
+                "rnnops.export.int8.MIN_HIDDEN)"}
     with p.stage("int8", "int8 (fixed scales): its gate + validation quality through onnxruntime") as note:
         try:
             path = int8.quantize_file(result.onnx_path, result.folder / INT8_FILE)

@@ -9,11 +9,11 @@ read back from the run's ``config/job.json``):
 - forecasters: MSE on the z-scored scale over every stride-1 validation window (``val_mse``).
 
 The int8 file is kept only when its quality delta is within :data:`BOUNDS` of the fp32 ONNX
-(absolute +0.02 nats/char; relative +2 % MSE), its own parity gate passed
-(:func:`rnnops.export.parity.run_int8_gate`), and it is faster: at least :data:`MIN_SPEEDUP`
-times fp32's speed at batch 64 (char: a T=1 step; forecaster: one window; medians of the two
-files timed in turns, one thread). The margin absorbs a shared machine's noise: models near 1x
-gain nothing from int8 either way. ``benchmarks/kernel.py`` measures speed properly.
+(absolute +0.02 nats/char; relative +2 % MSE) and its own parity gate passed
+(:func:`rnnops.export.parity.run_int8_gate`). Whether it is made at all depends on the model's
+width (:data:`rnnops.export.int8.MIN_HIDDEN`), not on a timing: an export gives the same files on
+any machine under any load. Its speed-up over fp32 is still measured and reported (medians of the
+two files timed in turns, one thread); ``benchmarks/kernel.py`` measures speed properly.
 """
 
 from __future__ import annotations
@@ -28,12 +28,6 @@ from rnnops.errors import RnnopsError
 from rnnops.export import ort_tools, wrappers
 
 BOUNDS = {"char": ("val_loss", "abs", 0.02), "forecaster": ("val_mse", "rel", 0.02)}
-# The int8 file is for speed: one that is not clearly faster where serving batches (64 streams,
-# 64 windows) is dropped, so RNNOPS_PRECISION=auto never trades fp32 for something slower. Small
-# models lose: the Scan's per-step cost outweighs their small products (a 1x128 char LSTM is 1.4x
-# faster at batch 64, a 2x16 one 0.8x; the quick-preset GRU forecaster, 1x64 over 96-step windows,
-# 1.0x at batch 64 and 0.15x at batch 1), while the quick char LSTM (1x384) is 2.7x faster.
-MIN_SPEEDUP = 1.2
 
 
 @dataclass
@@ -101,9 +95,7 @@ def compare_int8(model, fp32_path, int8_path, data: EvalData | None, skip_reason
     report = {"metric": metric, "bound": {"mode": mode, "value": bound,
                                           "rule": f"int8 {metric} - fp32 {metric} <= {bound}" if mode == "abs"
                                           else f"int8 {metric} / fp32 {metric} - 1 <= {bound:.0%}"},
-              "speed_bound": {"batch": 64, "min_speedup": MIN_SPEEDUP,
-                              "rule": f"int8 at least {MIN_SPEEDUP}x faster than fp32 at batch 64 "
-                                      f"({'one T=1 step' if model.kind == 'char' else 'one window'})"}}
+              "speed_shape": "one T=1 step" if model.kind == "char" else "one window"}
     fp32 = ort_tools.session(fp32_path, threads=2)
     int8 = ort_tools.session(int8_path, threads=2)
     report["latency_ms"] = speed = _speed(model, fp32_path, int8_path)
@@ -115,11 +107,6 @@ def compare_int8(model, fp32_path, int8_path, data: EvalData | None, skip_reason
         ok = bool(delta <= bound)
         report.update(fp32=q32, int8=q8, delta=delta, keep=ok,
                       reason="within bound" if ok else f"quality delta {delta:.4g} exceeds the bound {bound:g}")
-    faster = speed["batch64"]["speedup"]
-    if report["keep"] and faster < MIN_SPEEDUP:
-        report.update(keep=False, reason=f"not faster: {faster:.2f}x fp32's speed at batch 64 (bound {MIN_SPEEDUP}x; "
-                                         f"{speed['batch1']['speedup']:.2f}x at batch 1): the per-step cost of the "
-                                         "int8 form outweighs its cheaper products at this size")
     return report
 
 

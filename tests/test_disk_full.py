@@ -67,7 +67,8 @@ def _one_error_line(out: str) -> str:
 
 @pytest.fixture
 def char_run(mlflow_env, small_text, monkeypatch):
-    """A tiny trained char model (an LSTM, so the export makes every file, int8 included)."""
+    """A tiny trained char model (an LSTM 1x64: too narrow for the int8 form, so the export's files
+    are the same on every machine, busy or not)."""
     from rnnops.training import jobs
 
     monkeypatch.setenv("RNNOPS_SYSTEM_METRICS", "0")
@@ -76,13 +77,12 @@ def char_run(mlflow_env, small_text, monkeypatch):
 
 
 # The export writes model.pt (~104 KiB), model.onnx (~96 KiB), model.ort-optimized.onnx (~96 KiB),
-# parity_report.json (~24 KiB), model.int8.onnx (~32 KiB), quantization.json, then, while logging
-# to MLflow, downloads the stored model.onnx back (~96 KiB) to hash it; the int8 quantiser
-# briefly writes a shape-inferred copy of model.onnx (~96 KiB) beside it. 256k: full after a
-# complete model.onnx, at the optimised graph (onnxruntime's writer: no errno, a failed
-# protobuf); 440k: every local file fits, full while logging to MLflow (the download back).
+# parity_report.json (~24 KiB), quantization.json (int8 not made: 64 hidden units), then, while
+# logging to MLflow, downloads the stored model.onnx back (~96 KiB) to hash it. 256k: full after a
+# complete model.onnx, at the optimised graph (onnxruntime's writer: no errno, a failed protobuf);
+# 384k: every local file fits, full while logging to MLflow (the download back).
 @pytest.mark.slow
-@pytest.mark.parametrize("size, stage", [("256k", "onnxruntime-optimised graph"), ("440k", "logging to MLflow")])
+@pytest.mark.parametrize("size, stage", [("256k", "onnxruntime-optimised graph"), ("384k", "logging to MLflow")])
 def test_export_into_a_full_disk_fails_in_one_line_and_leaves_nothing_exported(char_run, mlflow_env, size, stage):
     import mlflow
 

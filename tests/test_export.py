@@ -52,6 +52,7 @@ CONFIGS = {  # name -> (kind, cell, norm, layers)
 }
 MODERN = {"mingru", "minlstm", "mlstm"}
 QUANTIZE = {"char-lstm", "char-gru", "fc-lstm-fixed"}  # the int8 path costs a validation pass: three suffice
+WIDE = {"fc-lstm-fixed": 128}  # wide enough for the int8 form to be made (export.int8.MIN_HIDDEN); the rest stay 16
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,7 @@ def exports(store):
     def get(name: str):
         if name not in done:
             kind, cell, norm, layers = CONFIGS[name]
-            rid = make_run(kind, cell, norm, layers)
+            rid = make_run(kind, cell, norm, layers, hidden=WIDE.get(name, 16))
             done[name] = export_run(rid, quantize=name in QUANTIZE, progress=False)
         return done[name]
 
@@ -194,10 +195,11 @@ def test_export_every_cell_passes_parity_and_is_logged(exports, name):
         assert not q["made"] and "batch invariance" in q["reason"] and r.int8_path is None
     elif name not in QUANTIZE:
         assert not q["made"] and "skipped" in q["reason"] and r.int8_path is None
+    elif name not in WIDE:  # too narrow for int8 to pay: not made, whatever the machine's speed
+        assert not q["made"] and "16 hidden units: stays fp32" in q["reason"] and r.int8_path is None
     else:
-        assert q["made"] and "delta" in q and q["gate"]["passed"]
-        faster = q["latency_ms"]["batch64"]["speedup"] >= q["speed_bound"]["min_speedup"]
-        assert q["keep"] == (q["delta"] <= q["bound"]["value"] and faster) and (r.int8_path is not None) == q["keep"]
+        assert q["made"] and "delta" in q and q["gate"]["passed"] and q["latency_ms"]["batch64"]["speedup"] > 0
+        assert q["keep"] == (q["delta"] <= q["bound"]["value"]) and (r.int8_path is not None) == q["keep"]
         assert q["gate"]["checks"]["batch_invariance"]["max_abs_diff"] == 0.0
         assert (C.TAG_INT8_SHA256 in tags) == q["keep"]
 

@@ -201,9 +201,9 @@ def test_graphs_the_rewrite_does_not_know_are_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Two char runs exported in a real MLflow store: a GRU large enough for int8 to pay (1x256:
-    about 2.5x fp32's speed at batch 64, the bound is 1.2x), its int8 kept; an LSTM whose int8 is
-    dropped (the quality bound set below any delta)."""
+    """Two char runs exported in a real MLflow store: a GRU wide enough for the int8 form (1x256),
+    its int8 kept; an LSTM (1x128) whose int8 is made and dropped (the quality bound set below any
+    delta)."""
     from test_export import _data_dir, make_run
 
     from rnnops.export import pipeline, quality
@@ -226,7 +226,7 @@ def exported(tmp_path_factory):
                                    progress=False)
         with pytest.MonkeyPatch.context() as bound:
             bound.setitem(quality.BOUNDS, "char", ("val_loss", "abs", -1.0))  # no delta can meet it
-            dropped = pipeline.export_run(make_run("char", "lstm", layers=1), formats=("onnx",),
+            dropped = pipeline.export_run(make_run("char", "lstm", layers=1, hidden=128), formats=("onnx",),
                                           out_dir=root / "dropped", progress=False)
         yield root, kept, dropped
 
@@ -237,7 +237,7 @@ def test_export_keeps_int8_when_its_gates_pass_and_logs_it_beside_model_onnx(exp
     _, r, _ = exported
     q = r.quantization
     assert q["made"] and q["keep"] and q["gate"]["passed"] and q["delta"] <= q["bound"]["value"]
-    assert q["latency_ms"]["batch64"]["speedup"] >= q["speed_bound"]["min_speedup"]
+    assert q["latency_ms"]["batch64"]["speedup"] > 0  # measured and reported; the width decides (int8.MIN_HIDDEN)
     assert set(q["gate"]["checks"]) == {"batch_invariance", "chunked", "fp32"}
     assert q["gate"]["checks"]["batch_invariance"]["max_abs_diff"] == 0.0
     assert r.int8_path == r.folder / C.INT8_FILE and r.int8_path.is_file()
