@@ -285,12 +285,14 @@ class EngineClient:
                 s = self._streams.get(sid)
                 if s is None:
                     continue
+                # log-probabilities first: a consumer on the event loop reads them for the text it
+                # drains (OpenAI `logprobs`), so they must be there before the text is
+                if logprobs:
+                    s.logprobs.extend(logprobs)
                 if text:
                     s.generated.extend(text)
                     s._out.extend(text)
                     s._released += len(text)
-                if logprobs:
-                    s.logprobs.extend(logprobs)
                 t = s.timing
                 if admitted is not None and t.admitted is None:
                     t.admitted = admitted
