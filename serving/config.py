@@ -57,8 +57,10 @@ class ServeConfig:
     workers: int = 1
     scheduler: str = "batched"  # batched | naive (one ORT call per request per char: benchmarks)
     # the decode batch in this many lanes, each one's model call overlapping the Python work on
-    # another's result (generate/scheduler.py); 1 = one call per step, nothing overlapped
-    decode_lanes: int = 2
+    # another's result (generate/scheduler.py); 1 = one call per step, nothing overlapped. 1 by
+    # default: on the 2-vCPU VM it was measured on, a hand-off between threads costs ~80 us of
+    # wake-up latency, more than the overlap wins (docs/serving.md); try 2 on bare metal or CUDA
+    decode_lanes: int = 1
     # where a char model's scheduler runs: process = an engine process of its own per model version
     # (generate/engine.py: the model and the scheduler off this worker's GIL); thread = a thread of
     # this worker (one process, the two share the GIL: slower under load, simpler to debug)

@@ -43,6 +43,11 @@ class Pending:
         self._fn = self._args = None
         self._ready.release()
 
+    @property
+    def done(self) -> bool:
+        """The call ran (its result is ready)."""
+        return not self._ready.locked()
+
     def result(self):
         """The call's return value (blocks until it ran); re-raises what the call raised."""
         self._ready.acquire()

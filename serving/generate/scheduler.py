@@ -15,10 +15,12 @@ One loop per served char-model version, on its own thread (in the engine process
    exactly the unpadded one; a stream whose prompt is done samples its first character from the
    prefill logits and joins a lane at the next step.
 
-**Lanes** (``lanes=2``, what the service uses): model calls run on a :class:`Runner` thread, and
+**Lanes** (``lanes=2``, ``RNNOPS_DECODE_LANES``): model calls run on a :class:`Runner` thread, and
 once the batch is large enough it is cut in two lanes. While the runner computes one lane's
 step, this thread samples and delivers the other's, so the model is busy nearly all the time
-instead of idling through the Python part of every step (docs/serving.md has the measurement).
+instead of idling through the Python part of every step. It pays only where handing work between
+two threads is cheap: on a small VM, waking a thread costs more than the overlap wins, so the
+service runs one lane by default (docs/serving.md has both measurements).
 Results do not depend on the cut: the runtime is batch-invariant (a row's output is the same
 whatever shares the call) and each stream draws its uniforms from its own generator, so a seed
 gives the same text alone, among 64 streams, in either lane or moved between them. Small
@@ -451,7 +453,7 @@ class StepScheduler:
     def _call(self, fn, *args) -> Pending:
         """A model call: on the runner while another lane's call may be running there (so the two
         stay in order and this thread can work meanwhile), else at once on this thread."""
-        if any(lane.pending is not None for lane in self._lanes):
+        if any(lane.pending is not None and not lane.pending.done for lane in self._lanes):
             return self.runner.submit(fn, *args)
         return self.runner.run_now(fn, *args)
 
