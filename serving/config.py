@@ -96,6 +96,9 @@ class ServeConfig:
     max_body_bytes: int = 8 << 20
     request_deadline_s: float = 120.0
     stall_s: float = 30.0
+    # at most this many bytes unsent in a connection's kernel buffer (TCP_NOTSENT_LOWAT): what makes
+    # a stalled client's send block soon (http/limits.py); 0 = the kernel's default (megabytes)
+    send_buffer_bytes: int = 32768
     drain_s: float = 25.0
     # access (http/auth.py): keys (comma-separated or @FILE), per-key streams per worker (0 = no
     # bound), /metrics behind the keys too, allowed browser origins (comma-separated)
@@ -151,6 +154,7 @@ class ServeConfig:
             "max_body_bytes": ("RNNOPS_MAX_BODY_BYTES", int),
             "request_deadline_s": ("RNNOPS_REQUEST_DEADLINE_S", float),
             "stall_s": ("RNNOPS_STALL_S", float),
+            "send_buffer_bytes": ("RNNOPS_SEND_BUFFER_BYTES", int),
             "drain_s": ("RNNOPS_DRAIN_S", float),
             "api_keys": ("RNNOPS_API_KEYS", str),
             "max_streams_per_key": ("RNNOPS_MAX_STREAMS_PER_KEY", int),
@@ -188,6 +192,8 @@ class ServeConfig:
                           ("drain_s", "RNNOPS_DRAIN_S")):
             if getattr(self, name) <= 0:
                 raise RnnopsError(f"{var} must be more than 0 seconds, not {getattr(self, name)}")
+        if self.send_buffer_bytes < 0:
+            raise RnnopsError(f"RNNOPS_SEND_BUFFER_BYTES must be 0 (the kernel's default) or more, not {self.send_buffer_bytes}")
         if self.max_body_bytes < 1024:
             raise RnnopsError(f"RNNOPS_MAX_BODY_BYTES must be at least 1024, not {self.max_body_bytes}")
         if self.max_streams_per_key < 0:

@@ -26,7 +26,7 @@ from rnnops.serving.forecast.sessions import SessionStore
 from rnnops.serving.http.app import Serving, create_app
 from rnnops.serving.http.auth import middlewares as access_middlewares
 from rnnops.serving.http.generate import wake_watchers
-from rnnops.serving.http.limits import BodyLimitMiddleware
+from rnnops.serving.http.limits import BodyLimitMiddleware, bound_send_buffers
 from rnnops.serving.models import ModelManager
 
 CONFIG = ServeConfig.from_env()
@@ -110,6 +110,10 @@ class RnnopsService:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_sessions())
         # SIGTERM: unready at once, 503 to new requests, in-flight work finishes (see drain.py)
         Drainer(self.serving, CONFIG.drain_s).install()
+        # a connection's unsent backlog bounded, so a client that stops reading is noticed in seconds
+        if CONFIG.send_buffer_bytes and not bound_send_buffers(CONFIG.send_buffer_bytes):
+            log.warning("RNNOPS_SEND_BUFFER_BYTES: no listening socket found to bound; a stalled SSE client is "
+                        "noticed only once the kernel's buffers fill")
 
     async def _sweep_sessions(self) -> None:
         every = max(1.0, min(30.0, self.serving.sessions.ttl_s / 4))

@@ -72,3 +72,45 @@ class BodyLimitMiddleware:
                 await send(message)
 
         await self.app(scope, counted_receive, guarded_send)
+
+
+# --------------------------------------------------------------------------------- send buffers
+
+
+def bound_send_buffers(limit: int) -> int:
+    """Bound what each connection's kernel buffer holds unsent: ``TCP_NOTSENT_LOWAT`` on this
+    process's listening sockets (accepted connections inherit it). Returns how many were set.
+
+    Why: a client that stops reading is noticed when a send blocks for ``RNNOPS_STALL_S`` (see
+    ``SSEResponse`` in :mod:`rnnops.serving.http.generate`). Left alone, Linux lets a connection
+    queue megabytes unsent (2.8 MB measured on loopback for a reader with a 4 KiB receive buffer),
+    so a slow stream went on holding its slot for minutes until those filled. With the bound the
+    socket stops taking data at ``limit`` unsent bytes, the transport's own small buffer fills,
+    and the send blocks: a stalled stream is noticed within seconds, and a stuck client holds a
+    bounded amount of memory. BentoML opens the listening socket and hands its descriptor to the
+    workers, so it is found among this process's descriptors."""
+    import os
+    import socket
+
+    if limit <= 0 or not hasattr(socket, "TCP_NOTSENT_LOWAT"):
+        return 0
+    done = 0
+    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else []:
+        try:
+            fd = os.dup(int(name))
+        except (OSError, ValueError):
+            continue
+        try:
+            s = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)
+            continue
+        with s:
+            try:
+                listening = s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            except OSError:
+                continue
+            if listening and s.type == socket.SOCK_STREAM and s.family in (socket.AF_INET, socket.AF_INET6):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, int(limit))
+                done += 1
+    return done
