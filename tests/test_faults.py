@@ -60,6 +60,7 @@ def test_a_worker_killed_mid_stream_closes_the_stream_and_is_started_again(files
     env = {"RNNOPS_MODELS": f"char={files / 'char.onnx'}"}
     with serve(tmp_path, env) as (proc, url, log):
         (worker,) = _workers(proc.pid)
+        (engine,) = _engines(worker)
 
         async def scenario():
             task = asyncio.create_task(_stream(url, {"prompt": "ab", "max_chars": 500000, "seed": 1}))
@@ -82,6 +83,51 @@ def test_a_worker_killed_mid_stream_closes_the_stream_and_is_started_again(files
         assert new and worker not in new, f"BentoML did not start the worker again\n{tail(log)}"
         r = httpx.post(url + "/complete", json={"prompt": "ab", "max_chars": 20}, timeout=30)
         assert r.status_code == 200 and len(r.json()["text"]) == 20
+        # the dead worker's engine process saw its pipe close and went too: no orphan
+        assert _gone(engine, 10), f"engine {engine} outlived its worker"
+
+
+def _engines(worker: int) -> list[int]:
+    return [p for p in _children(worker) if "rnnops.serving.generate.engine" in Path(f"/proc/{p}/cmdline").read_text()]
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow
+def test_a_killed_engine_ends_its_streams_with_an_error_and_is_started_again(files, tmp_path):
+    """The engine process (generate/engine.py) dies mid-stream: the stream ends with an error event
+    (never a silent cut), new requests get 503 until a new engine is up, then are served."""
+    env = {"RNNOPS_MODELS": f"char={files / 'char.onnx'}"}
+    with serve(tmp_path, env) as (proc, url, log):
+        (worker,) = _workers(proc.pid)
+        (engine,) = _engines(worker)
+
+        async def scenario():
+            task = asyncio.create_task(_stream(url, {"prompt": "ab", "max_chars": 500000, "seed": 1}))
+            await asyncio.sleep(1.0)
+            os.kill(engine, signal.SIGKILL)
+            return await task
+
+        events, took = asyncio.run(scenario())
+        assert "chunk" in events and events[-1] == "error" and "done" not in events, events
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            scheduler = httpx.get(url + "/models", timeout=10).json()["models"][0]["scheduler"]
+            if scheduler["running"] and scheduler["pid"] != engine:
+                break
+            time.sleep(0.5)
+        assert scheduler["running"] and scheduler["pid"] != engine, f"no new engine\n{tail(log)}"
+        assert _engines(worker) == [scheduler["pid"]] and worker in _workers(proc.pid)  # the worker lived on
+        r = httpx.post(url + "/complete", json={"prompt": "ab", "max_chars": 20, "seed": 1}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["text"]) == 20
+        assert "engine process exited unexpectedly" in log.read_text()
 
 
 # ---------------------------------------------------------------- the registry goes down
