@@ -399,7 +399,7 @@ def main() -> None:
             print(f"batched / naive at 64 streams: {ratio:.1f}x (goal >= 8x)")
         frac = served / kernel[64]["chars_per_s"]
         results["served_over_kernel_at_64"] = round(frac, 3)
-        print(f"served at 64 streams / raw kernel at batch 64: {100 * frac:.0f}% (goal >= 50%)")
+        print(f"served at 64 streams / raw kernel at batch 64: {100 * frac:.0f}% (goal >= 90%)")
         # On a shared machine wall-clock rates move with the neighbours' load; CPU time per
         # character (the server's processes, user + system) is steadier.
         cpu_b = by["batched"][64]["server_cpu_ms_per_1k_chars"]
@@ -416,7 +416,7 @@ def main() -> None:
         i8 = by["batched-int8"][64]
         frac8 = i8["chars_per_s"] / kernels["int8"][64]["chars_per_s"]
         results["int8_served_over_kernel_at_64"] = round(frac8, 3)
-        print(f"int8: served at 64 streams / raw int8 kernel at batch 64: {100 * frac8:.0f}%")
+        print(f"int8: served at 64 streams / raw int8 kernel at batch 64: {100 * frac8:.0f}% (goal >= 90%)")
         if "batched" in by and by["batched"][64]["chars_per_s"]:
             served_ratio = i8["chars_per_s"] / by["batched"][64]["chars_per_s"]
             kernel_ratio = kernels["int8"][64]["chars_per_s"] / kernels["fp32"][64]["chars_per_s"]
