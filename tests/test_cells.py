@@ -179,7 +179,7 @@ def test_fused_rms_norm_equals_torch(dtype):
 
 @pytest.mark.parametrize("cls", [G.MinGRU, G.MinLSTM])
 def test_min_cells_one_step_form_equals_sequential(cls):
-    """T = 1, the exported step's branch without the Loop."""
+    """T = 1 (a step of served generation) through the exported, linear-space form."""
     torch.manual_seed(0)
     layer = cls(8).to(F64)
     x, h0 = _inputs(8, time=1)
