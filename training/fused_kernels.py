@@ -1,7 +1,9 @@
-"""The numba kernels of :mod:`rnnops.training.fused` (imported only where numba is installed).
+"""The numba kernels of the modern cells (imported on first use, only where numba is installed).
 
 Plain loops, one direction each, parallel over independent rows (``numba.prange``): what they
-compute is documented beside the autograd Functions that call them, in ``fused.py``.
+compute is documented beside the autograd Functions that call them, in ``fused.py`` (RMSNorm,
+mLSTM) and ``scan.py`` (the minGRU / minLSTM scan). Module-level functions, and closures over
+ints only: what numba's disk cache can find again in the next process.
 """
 
 import math
@@ -250,3 +252,72 @@ def mlstm_backward(qkvo, gates, og, w, scale, eps, L, workers, hs, Ck, nk, mk, g
         for bh in range(worker, B * H, workers):
             _backward_one(bh // H, bh % H, qkvo, gates, og, w, scale, eps, L, hs, Ck, nk, mk, gy, gCn, gnn, gmn,
                           gqkvo, ggates, gC0, gn0, gm0, gw, Cs, ns, ms, fs, as_, lfs, dh, dnum, dv)
+
+
+# ------------------------------------------------------------- the minGRU / minLSTM scan
+# The formulas are documented in rnnops.training.scan. One pair of kernels per cell (0 minGRU,
+# 1 minLSTM), made by a factory so that ``cell`` is a constant numba folds (a runtime argument
+# kept the loops from vectorising: 3x slower). The closures capture that int and nothing else:
+# numba then finds them in its disk cache (closures over a dispatcher or a module never were,
+# and each process compiled them again).
+MINGRU = 0
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _scan_gates(cell, pre_t, sig_t, d, D):
+    """(a, g, dg/dp) at one element: a is the decay of h_{t-1}, g = h~."""
+    k = 2 if cell == MINGRU else 3
+    p, s = pre_t[(k - 1) * D + d], sig_t[(k - 1) * D + d]
+    pos = p >= 0
+    g = p + 0.5 if pos else s
+    dg = 1.0 if pos else s * (1.0 - s)
+    if cell == MINGRU:
+        a = 1.0 - sig_t[d]
+    else:  # sigmoid(f~) / (sigmoid(f~) + sigmoid(i~)); both underflowed (pre-activations < -88): a = 0
+        sf, si = sig_t[d], sig_t[D + d]
+        a = sf / max(sf + si, 1e-37)
+    return a, g, dg
+
+
+def _scan_kernels(cell: int):
+    k = 2 if cell == MINGRU else 3
+
+    @numba.njit(cache=True, nogil=True, parallel=True)
+    def forward(pre, sig, h0, out):  # pre, sig [B, T, k*D]; h0 [B, D]; out [B, T, D]
+        B, T, D = out.shape
+        for i in numba.prange(B):
+            h = h0[i].copy()  # h_{t-1} in its own buffer: reading it back from `out`, which the loop
+            for t in range(T):  # writes, would keep LLVM from vectorising the loop over d (5x slower)
+                pre_t, sig_t, out_t = pre[i, t], sig[i, t], out[i, t]
+                for d in range(D):
+                    a, g, _ = _scan_gates(cell, pre_t, sig_t, d, D)
+                    h[d] = a * h[d] + (1.0 - a) * g
+                    out_t[d] = h[d]
+
+    @numba.njit(cache=True, nogil=True, parallel=True)
+    def backward(pre, sig, h0, h, grad_h, grad_pre, grad_h0):
+        # g_t = dL/dh_t, direct plus through h_{t+1} (carried in grad_h0 while walking back);
+        # u = dL/dk for minGRU's a = sigmoid(-k); minLSTM's a = sigmoid(log sigmoid(f~) - log sigmoid(i~))
+        B, T, D = h.shape
+        for i in numba.prange(B):
+            carry = grad_h0[i]
+            carry[:] = 0.0
+            for t in range(T - 1, -1, -1):
+                prev = h0[i] if t == 0 else h[i, t - 1]
+                pre_t, sig_t, gh_t, gp_t = pre[i, t], sig[i, t], grad_h[i, t], grad_pre[i, t]
+                for d in range(D):
+                    a, g, dg = _scan_gates(cell, pre_t, sig_t, d, D)
+                    gt = gh_t[d] + carry[d]
+                    u = gt * (g - prev[d]) * a * (1.0 - a)
+                    if cell == MINGRU:
+                        gp_t[d] = u
+                    else:
+                        gp_t[d] = -u * (1.0 - sig_t[d])
+                        gp_t[D + d] = u * (1.0 - sig_t[D + d])
+                    gp_t[(k - 1) * D + d] = gt * (1.0 - a) * dg
+                    carry[d] = gt * a
+
+    return forward, backward
+
+
+SCAN = {cell: _scan_kernels(cell) for cell in (0, 1)}  # {cell: (forward, backward)}

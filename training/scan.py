@@ -39,7 +39,7 @@ from rnnops.training import fused
 
 CHUNK = 64  # steps per log-space chunk: cumsum(log a) over 64 steps keeps float32 precise
 
-# ------------------------------------------------------------------ the fused kernels (numba)
+# ------------------------------------------------------------------ the fused kernels (numba, in fused_kernels.py)
 # One pass over time per direction, straight from the gate pre-activations ``pre`` [B, T, k*D]
 # (minGRU: k = 2, [W_z x | W_h x]; minLSTM: k = 3, [W_f x | W_i x | W_h x]) and their sigmoids
 # (one vectorised torch.sigmoid over the whole tensor): the gates, the recurrence and, walking
@@ -52,73 +52,16 @@ CHUNK = 64  # steps per log-space chunk: cumsum(log a) over 64 steps keeps float
 #   g = p + 0.5 for p >= 0, else sigmoid(p)
 
 MINGRU, MINLSTM = 0, 1
-_kernels = None
 
 
 def _numba_kernels():
-    """Compile (once, cached on disk) the kernels: {cell: (forward, backward)}; None without numba."""
-    global _kernels
-    if _kernels is None:
-        numba = fused.numba_module()
-        _kernels = {cell: _build(numba, cell) for cell in (MINGRU, MINLSTM)} if numba else False
-    return _kernels or None
+    """The kernels, {cell: (forward, backward)}, compiled on first use (cached on disk); None
+    without numba."""
+    if fused.numba_module() is None:
+        return None
+    from rnnops.training import fused_kernels
 
-
-def _build(numba, cell: int):
-    """The two kernels of one cell (``cell`` is a compile-time constant: no branch on it)."""
-    k = 2 if cell == MINGRU else 3
-    jit = numba.njit(cache=True, nogil=True, fastmath=False, parallel=True)  # rows of the batch in parallel
-
-    @numba.njit(cache=True, nogil=True, inline="always")
-    def gates(pre_t, sig_t, d, D):
-        """(a, g, dg/dp) at one element: a is the decay of h_{t-1}, g = h~."""
-        p, s = pre_t[(k - 1) * D + d], sig_t[(k - 1) * D + d]
-        pos = p >= 0
-        g = p + 0.5 if pos else s
-        dg = 1.0 if pos else s * (1.0 - s)
-        if cell == MINGRU:
-            a = 1.0 - sig_t[d]
-        else:  # sigmoid(f~) / (sigmoid(f~) + sigmoid(i~)); both underflowed (pre-activations < -88): a = 0
-            sf, si = sig_t[d], sig_t[D + d]
-            a = sf / max(sf + si, 1e-37)
-        return a, g, dg
-
-    @jit
-    def forward(pre, sig, h0, out):  # pre, sig [B, T, k*D]; h0 [B, D]; out [B, T, D]
-        B, T, D = out.shape
-        for i in numba.prange(B):
-            h = h0[i].copy()  # h_{t-1} in its own buffer: reading it back from `out`, which the loop
-            for t in range(T):  # writes, would keep LLVM from vectorising the loop over d (5x slower)
-                pre_t, sig_t, out_t = pre[i, t], sig[i, t], out[i, t]
-                for d in range(D):
-                    a, g, _ = gates(pre_t, sig_t, d, D)
-                    h[d] = a * h[d] + (1.0 - a) * g
-                    out_t[d] = h[d]
-
-    @jit
-    def backward(pre, sig, h0, h, grad_h, grad_pre, grad_h0):
-        # g_t = dL/dh_t, direct plus through h_{t+1} (carried in grad_h0 while walking back);
-        # u = dL/dk for minGRU's a = sigmoid(-k); minLSTM's a = sigmoid(log sigmoid(f~) - log sigmoid(i~))
-        B, T, D = h.shape
-        for i in numba.prange(B):
-            carry = grad_h0[i]
-            carry[:] = 0.0
-            for t in range(T - 1, -1, -1):
-                prev = h0[i] if t == 0 else h[i, t - 1]
-                pre_t, sig_t, gh_t, gp_t = pre[i, t], sig[i, t], grad_h[i, t], grad_pre[i, t]
-                for d in range(D):
-                    a, g, dg = gates(pre_t, sig_t, d, D)
-                    gt = gh_t[d] + carry[d]
-                    u = gt * (g - prev[d]) * a * (1.0 - a)
-                    if cell == MINGRU:
-                        gp_t[d] = u
-                    else:
-                        gp_t[d] = -u * (1.0 - sig_t[d])
-                        gp_t[D + d] = u * (1.0 - sig_t[D + d])
-                    gp_t[(k - 1) * D + d] = gt * (1.0 - a) * dg
-                    carry[d] = gt * a
-
-    return forward, backward
+    return fused_kernels.SCAN
 
 
 class _FusedScan(torch.autograd.Function):
