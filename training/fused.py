@@ -12,7 +12,7 @@ direction, parallel over independent rows, wrapped in a ``torch.autograd.Functio
   recomputes the states from checkpoints (:mod:`rnnops.training.mlstm` has the math, and the
   PyTorch forms tests compare it with).
 
-The minGRU / minLSTM scan has its own kernels in :mod:`rnnops.training.scan`. The loops live in
+The minGRU / minLSTM scan has its own Function in :mod:`rnnops.training.scan`. The loops live in
 :mod:`rnnops.training.fused_kernels`, imported on first use (numba is slow to import).
 
 numba is optional: :func:`numba_module` is None without it, and the callers fall back to
