@@ -396,18 +396,20 @@ class _Engine:
         self.conn.send_bytes(pickle.dumps(("ready", os.getpid())))
         parent = os.getppid()
         while True:
-            wait = 0.0 if not self.sched.idle else (0.5 if not self.closing else 0.0)
-            while self.conn.poll(wait):
-                if not self._command(pickle.loads(self.conn.recv_bytes())):
-                    return
-                wait = 0.0
+            wait = 0.0
             if self.sched.idle:
-                self._flush()
+                self._flush()  # what the last steps produced (a stream's end) goes out before any wait
                 if self.closing:
                     self.conn.send_bytes(pickle.dumps(("exit",)))
                     return
                 if os.getppid() != parent:  # the worker died without closing the pipe
                     return
+                wait = 0.5  # nothing to step: sleep until a command comes
+            while self.conn.poll(wait):
+                if not self._command(pickle.loads(self.conn.recv_bytes())):
+                    return
+                wait = 0.0
+            if self.sched.idle:
                 continue
             self.sched.step()
             if time.monotonic() - self.last_flush >= FLUSH_S:
