@@ -34,6 +34,7 @@ close and exits.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import signal
@@ -111,7 +112,6 @@ class EngineClient:
         event loop). Raises RuntimeError with the engine's own message when it cannot start."""
         import json
 
-        self._ended.clear()
         ours, theirs = _socketpair()
         argv = [sys.executable, "-m", "rnnops.serving.generate.engine", str(theirs.fileno()), json.dumps(asdict(self.spec))]
         self._proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), start_new_session=True,
@@ -131,6 +131,7 @@ class EngineClient:
         if msg[0] != "ready":
             self._kill()
             raise RuntimeError(f"the engine process for {self.name} could not start: {msg[1]}")
+        self._ended.clear()  # running from here on (a restart refused submits until now: 503)
         self._reader = threading.Thread(target=self._read, name=f"rnnops-engine-{self.name}", daemon=True)
         self._reader.start()
         return self
@@ -179,7 +180,7 @@ class EngineClient:
 
     def retry_after(self) -> int:
         est = self._avg_stream_s * (len(self._queued) + 1) / max(1, self.max_active)
-        return int(min(60, max(1, -(-est // 1))))
+        return int(min(60, max(1, math.ceil(est))))
 
     def submit(self, request: GenerationRequest, stream: Stream | None = None) -> Stream:
         """Queue a generation in the engine; raises :class:`Overloaded` when the queue is full,
