@@ -40,8 +40,10 @@ def _workers(arbiter: int) -> list[int]:
     return [p for p in _children(arbiter) if "_bentoml_impl.worker" in Path(f"/proc/{p}/cmdline").read_text()]
 
 
-async def _stream(url: str, body: dict) -> tuple[list[str], float]:
-    """The SSE event names of one /generate stream, and how long it took (or the error)."""
+async def _stream(url: str, body: dict, hold: asyncio.Event | None = None) -> tuple[list[str], float]:
+    """The SSE event names of one /generate stream, and how long it took (or the error). With
+    ``hold``, the client stops reading after the first event until ``hold`` is set: the server's
+    socket buffers fill and the stream stays in flight, however fast the machine generates."""
     t0 = time.monotonic()
     events: list[str] = []
     async with httpx.AsyncClient(timeout=60) as c:
@@ -50,6 +52,8 @@ async def _stream(url: str, body: dict) -> tuple[list[str], float]:
                 async for line in r.aiter_lines():
                     if line.startswith("event: "):
                         events.append(line[7:])
+                        if hold is not None and len(events) == 1:
+                            await hold.wait()
         except httpx.HTTPError as exc:
             events.append(f"!{type(exc).__name__}")
     return events, time.monotonic() - t0
@@ -217,13 +221,16 @@ def test_serving_outlives_the_registry_and_polls_back_off_and_recover(files, tmp
 
 @pytest.mark.slow
 def test_sigterm_drains_in_flight_streams_and_refuses_new_requests(files, tmp_path):
-    env = {"RNNOPS_MODELS": f"char={files / 'char.onnx'}", "RNNOPS_DRAIN_S": "60"}
+    # one event a character, so that a held stream outgrows the socket buffers
+    env = {"RNNOPS_MODELS": f"char={files / 'char.onnx'}", "RNNOPS_DRAIN_S": "60", "RNNOPS_COALESCE_MS": "0"}
     with serve(tmp_path, env) as (proc, url, log):
         idle = httpx.Client(base_url=url, timeout=10)
 
         async def scenario():
-            # long enough to be in flight for seconds after the signal, even on a loaded machine
-            tasks = [asyncio.create_task(_stream(url, {"prompt": "ab", "max_chars": 8000, "seed": i}))
+            # the clients hold their streams (stop reading) until the signal has been answered: the
+            # streams are in flight then on any machine (a fast one generated 8000 chars in a second)
+            hold = asyncio.Event()
+            tasks = [asyncio.create_task(_stream(url, {"prompt": "ab", "max_chars": 20000, "seed": i}, hold))
                      for i in range(8)]
             await asyncio.sleep(1.0)
             # a keep-alive connection, idle when the signal comes (used just now: well inside
@@ -236,6 +243,7 @@ def test_sigterm_drains_in_flight_streams_and_refuses_new_requests(files, tmp_pa
                 ready = (await asyncio.to_thread(httpx.get, url + "/readyz", timeout=2)).status_code
             except httpx.HTTPError as exc:
                 ready = type(exc).__name__  # the listener closed: as good for a load balancer
+            hold.set()
             return new, ready, await asyncio.gather(*tasks)
 
         new, ready, streams = asyncio.run(scenario())
