@@ -485,8 +485,9 @@ def test_bad_inputs_are_one_clear_line(store, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["char-mingru", "char-minlstm", "char-mlstm"])
 def test_every_new_char_cell_is_served_by_the_same_code(exports, name):
-    """Exported, then served by the ModelManager + HTTP app that serve the LSTM: no cell-specific
-    code (the runtime reads the state layout from rnnops.state)."""
+    """Exported, registered and promoted, then served from ``name@champion`` by the ModelManager +
+    HTTP app that serve the LSTM: no cell-specific code (the runtime reads the state layout from
+    rnnops.state)."""
     import asyncio
     import json
     import warnings
@@ -501,8 +502,12 @@ def test_every_new_char_cell_is_served_by_the_same_code(exports, name):
     from rnnops.serving.http.generate import wake_watchers
     from rnnops.serving.models import ModelManager
 
+    from rnnops.registry import api
+
     r = exports(name)
-    cfg = ServeConfig(models=f"m={r.onnx_path}", poll_seconds=0)
+    v = api.register_run(r.run_id, name=f"cells-{name}")
+    api.promote(v.name, v.version)
+    cfg = ServeConfig(models=f"m={v.name}@champion", poll_seconds=0)
     manager = ModelManager(cfg, on_step=wake_watchers)
     asyncio.run(manager.start())
     try:
@@ -513,6 +518,7 @@ def test_every_new_char_cell_is_served_by_the_same_code(exports, name):
             assert len(one["text"]) == 40 and "".join(d.get("text", "") for d in data[:-1]) == one["text"]
             served = c.get("/models").json()["models"][0]
             assert served["cell"] == name.split("-")[1] and served["state"] == read_state(r.onnx_path)
+            assert served["version"] == str(v.version)  # served from the registry: name@champion
     finally:
         asyncio.run(manager.stop())
 
