@@ -296,6 +296,8 @@ def test_tiny_char_and_forecast_runs_per_cell(mlflow_env, small_text, small_csv,
     assert history[-1] < history[0]
     loaded = load_model(run_id)
     assert loaded.spec["config"]["cell"] == cell and loaded.spec["config"]["ff_mult"] == 2.0
+    size = sum(p.numel() for p in loaded.model.parameters())
+    assert mlflow.get_run(run_id).data.params["model.parameters"] == str(size)
 
     job = jobs.forecast_job(str(small_csv), cell, "tiny", {"lookback": 24, "horizon": 6, "train.steps": 15,
                                                            "model.norm": "fixed"})

@@ -207,6 +207,8 @@ def run_job(job: dict, experiment: str | None = None, resume_run: str | None = N
             mlflow.set_experiment(experiment)
         run = mlflow.start_run(run_name=runinfo.run_name(job), nested=True, log_system_metrics=runinfo.system_metrics())
         mlflow.log_params(_flatten(job))
+        # the size a table of runs compares (the job's settings only imply it)
+        mlflow.log_param("model.parameters", sum(p.numel() for p in setup["model"].parameters()))
         mlflow.set_tags({"rnnops.version": rnnops.__version__, "rnnops.task": job["task"], **_git_tags(),
                          runinfo.DESCRIPTION_TAG: f"training ({runinfo.run_name(job)})"})
         mlflow.log_input(setup["dataset"], context="training")
