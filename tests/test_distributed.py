@@ -41,6 +41,11 @@ def _toy_rank(rank: int, world: int, port: int, out: str) -> None:
                     "val": wrapped["evaluate"](1)["val"], "clock": group.clock(),
                     "items": wrapped["items_per_batch"], "run": group.share(f"run-from-{rank}")},
                    Path(out) / f"rank{rank}.pt")
+        # Both ranks are done: leave without gloo's teardown, which now and then aborted a rank
+        # whose peer had closed first ("terminate called without an active exception", SIGABRT
+        # after the results were saved). The end-to-end test below still tears down as training does.
+        dist.barrier()
+        os._exit(0)
     finally:
         dist.destroy_process_group()
 
