@@ -38,7 +38,8 @@ from rnnops.serving.errors import Overloaded, UnknownModel
 from rnnops.serving.forecast.batcher import ForecastBatcher
 from rnnops.serving.generate.engine import EngineClient, EngineSpec
 from rnnops.serving.generate.naive import NaiveGenerator
-from rnnops.serving.generate.scheduler import OnStep, SchedulerMetrics, StepScheduler
+from rnnops.serving.generate.client import GenerationClient, OnStep, SchedulerMetrics
+from rnnops.serving.generate.scheduler import StepScheduler
 from rnnops.serving.runtime import Runtime
 from rnnops.util import return_free_memory, sha256_file
 
@@ -136,7 +137,7 @@ class LoadedModel:
     version: str
     resolved: Resolved
     runtime: Runtime
-    scheduler: EngineClient | StepScheduler | NaiveGenerator | None = None
+    scheduler: GenerationClient | None = None  # char models: what generates their streams
     batcher: ForecastBatcher | None = None
     loaded_at: float = field(default_factory=time.time)
     precision_reason: str = ""  # why this file runs (choose_file)
