@@ -52,6 +52,19 @@ def test_the_engine_gives_the_in_process_schedulers_texts(model, engine):
     assert engine.active == 0 and engine.queued == 0 and engine.describe()["steps"] > 0
 
 
+def test_log_probabilities_and_timings_cross_the_pipe_with_the_text(model, engine):
+    rt = Runtime(model)
+    req = _req(rt, "the cat", 30, 5, logprobs=2)
+    local = StepScheduler(rt)
+    want = local.submit(req)
+    local.run_until_idle()
+    s = engine.submit(req)
+    assert s.result(30) == want.text and s.finish_reason == "length"
+    assert len(s.logprobs) == 30 and s.logprobs == want.logprobs  # each character's, in order, the same
+    t = s.timing
+    assert t.enqueued <= t.admitted <= t.first_char <= t.finished  # one clock: the engine's is the worker's
+
+
 def test_a_streams_end_goes_out_when_the_engine_goes_idle(model, engine):
     """Ten short streams one after another: each ends as soon as it is done, not when the idle
     engine's wait for commands times out (0.5 s each: the bug this guards against)."""
@@ -85,8 +98,10 @@ def test_stop_ends_unfinished_streams_with_shutdown_and_the_process(model):
     rt = Runtime(model)
     client = E.EngineClient(E.EngineSpec(str(model), name="stop")).start()
     s = client.submit(_req(rt, "ab", 10**6, 1))
-    while not s.generated:
+    deadline = time.monotonic() + 30
+    while not s.generated and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert s.generated, "the engine generated nothing in 30 s"
     client.stop()
     assert s.done and s.finish_reason == "shutdown" and not client.running
     assert client._proc.poll() is not None  # the engine process is gone
