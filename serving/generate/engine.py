@@ -192,8 +192,6 @@ class EngineClient:
         """A stream's client went away (:meth:`Stream.cancel`): the engine frees its slot."""
         self._send(wire.Cancel(stream.id))
 
-    def wakeup(self) -> None:  # the in-process scheduler's hook; nothing to wake here
-        pass
 
     def describe(self) -> dict:
         return {"mode": "batched", "engine": "process", "pid": self.pid, "running": self.running,

@@ -59,8 +59,6 @@ class NaiveGenerator:
     def start(self) -> "NaiveGenerator":
         return self
 
-    def wakeup(self) -> None:
-        pass
 
     def cancel(self, stream: Stream) -> None:  # its thread sees the flag at the next character
         pass

@@ -54,8 +54,6 @@ import threading
 import time
 from collections import deque
 
-import numpy as np
-
 from rnnops.serving.errors import Overloaded
 from rnnops.serving.generate.client import Admission, OnStep, SchedulerMetrics, no_one
 from rnnops.serving.generate.executor import DecodeOutput, Executor, PrefillOutput

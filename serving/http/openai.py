@@ -181,20 +181,20 @@ def char_models(serving) -> list:
 
 
 def resolve(serving, spec: str):
-    """``name``, ``name@alias`` or ``name@version`` (also ``name/version``, the one grammar of
+    """``name``, ``name@alias`` or ``name@version`` (also ``name/version``: the one grammar of
     :mod:`rnnops.refs`) -> the loaded model; a 404 listing the loaded char models when it is not
-    one of them. A bare name is whatever version that name serves now (not ``@champion``)."""
+    one of them."""
     loaded = ", ".join(f"{m.name} (version {m.version}" + (f", alias {m.resolved.alias})" if m.resolved.alias else ")")
                        for m in char_models(serving)) or "none yet"
-    try:
-        ref = refs.parse_ref(spec)
-    except RnnopsError as exc:
-        raise UnknownModel(f"{exc}; loaded char models: {loaded}") from None
-    if ref.source != "registry":
-        raise UnknownModel(f"model {spec!r} is not a served name; loaded char models: {loaded}")
-    name = ref.name
-    pinned = ref.text.strip().removeprefix("models:/").strip("/") != name  # a selector was written
-    sel = (ref.alias or str(ref.version)) if pinned else None
+    name, sel = spec, None  # a bare name is a served name (whatever version it serves now)
+    if "@" in spec or "/" in spec:
+        body = spec.removeprefix("models:/")
+        try:  # read as a registry reference, whatever files this server's folder holds
+            name = refs.parse_ref("models:/" + body).name
+        except RnnopsError:
+            raise UnknownModel(f"model {spec!r} is not a served name, name@alias or name@version; loaded char "
+                               f"models: {loaded}") from None
+        sel = body[len(name) + 1:]  # the alias or version as written (a file's version is its sha256 prefix)
     try:
         m = serving.models.get(name, "char")
     except UnknownModel:
@@ -228,8 +228,8 @@ def _unsupported(body: CompletionBody) -> None:
                        "prompt) is not supported; drop one of them", field="echo")
 
 
-def _requests(body: CompletionBody, model, cfg) -> tuple[list, list[str], int]:
-    """The generation requests, in choice order (prompt-major), their prompts, and the base seed."""
+def _requests(body: CompletionBody, model, cfg) -> list:
+    """The generation requests, in choice order (prompt-major): choice j of a prompt uses seed + j."""
     prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
     if len(prompts) > cfg.openai_max_prompts:
         raise ApiError(400, "invalid_request", f"prompt lists {len(prompts)} prompts; the limit is "
@@ -244,7 +244,7 @@ def _requests(body: CompletionBody, model, cfg) -> tuple[list, list[str], int]:
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     seed = body.seed if body.seed is not None else secrets.randbits(62)
     n = body.n or 1
-    reqs, texts = [], []
+    reqs = []
     for p in prompts:
         for j in range(n):
             try:
@@ -254,8 +254,7 @@ def _requests(body: CompletionBody, model, cfg) -> tuple[list, list[str], int]:
             except ValidationError as exc:
                 raise validation_error(exc) from None
             reqs.append(dataclasses.replace(G.generation_request(g, model, cfg), logprobs=body.logprobs))
-            texts.append(p)
-    return reqs, texts, seed
+    return reqs
 
 
 def _logprobs(got: list, text: str, offset: int) -> dict:
@@ -278,7 +277,7 @@ async def completions(serving, request: Request) -> Response:
         raise validation_error(exc) from None
     _unsupported(body)
     g = await Generation.start(request, lambda: resolve(serving, body.model),
-                               lambda model: _requests(body, model, serving.config)[0])
+                               lambda model: _requests(body, model, serving.config))
     model = g.model
     n = body.n or 1
     prompts = [body.prompt] * n if isinstance(body.prompt, str) else [p for p in body.prompt for _ in range(n)]
