@@ -176,6 +176,15 @@ def test_every_generator_refuses_with_the_one_admission_rule(make):
     g.stop()
 
 
+def test_the_generators_are_generation_clients():
+    from rnnops.serving.generate.client import GenerationClient
+    from rnnops.serving.generate.engine import EngineClient, EngineSpec
+
+    rt = FakeRuntime()
+    for g in (StepScheduler(rt), NaiveGenerator(rt), EngineClient(EngineSpec("unused.onnx"))):  # none started
+        assert isinstance(g, GenerationClient), type(g).__name__
+
+
 def test_queue_timeout_finishes_waiting_stream():
     rt = FakeRuntime()
     s = StepScheduler(rt, max_active=1, max_queue=4, queue_timeout=0.0)

@@ -16,7 +16,7 @@ generator's :meth:`GenerationClient.cancel`.
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol
+from typing import Callable, Protocol, runtime_checkable
 
 from rnnops.serving.errors import Overloaded
 from rnnops.serving.generate.stream import GenerationRequest, Stream
@@ -37,6 +37,7 @@ def no_one(streams: list[Stream]) -> None:
     """The ``on_step`` hook of a generator nobody watches (tests, benchmarks)."""
 
 
+@runtime_checkable
 class GenerationClient(Protocol):
     """A generator of streams for one char-model version, as the HTTP layer uses it."""
 

@@ -42,7 +42,7 @@ from multiprocessing.connection import Connection
 
 from rnnops.serving.errors import Overloaded
 from rnnops.serving.generate import wire
-from rnnops.serving.generate.client import Admission, SchedulerMetrics
+from rnnops.serving.generate.client import Admission, SchedulerMetrics, no_one
 from rnnops.serving.generate.stream import GenerationRequest, Stream
 
 log = logging.getLogger("rnnops.serving")
@@ -80,7 +80,7 @@ class EngineClient:
         self.max_active = spec.max_active
         self.max_queue = spec.max_queue
         self.metrics = metrics or SchedulerMetrics()
-        self.on_step = on_step or (lambda streams: None)
+        self.on_step = on_step or no_one
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
         self._send_lock = threading.Lock()
@@ -258,36 +258,35 @@ class EngineClient:
     def _apply(self, u: wire.Update) -> None:
         touched = []
         finished = []
+        streams = self._streams
         with self._lock:
-            for sid, phase, text in zip(u.ids, u.phases, u.texts):
-                s = self._streams.get(sid)
+            for sid, text in zip(u.ids, u.texts):
+                s = streams.get(sid)
+                if s is not None:
+                    s.receive(text, u.logprobs.get(sid))
+                    touched.append(s)
+            # the worker's counters follow each stream: queued -> active -> gone
+            for sid, p in u.phases.items():
+                s = streams.get(sid)
                 if s is None:
                     continue
-                s.receive(text, u.logprobs.get(sid))
-                t = s.timing
-                if t.admitted is None:
-                    t.admitted = u.admitted.get(sid)
-                if t.first_char is None:
-                    t.first_char = u.first_char.get(sid)
-                end = u.ended.get(sid)
-                # the worker's counters follow each stream: queued -> active -> gone
-                was = "queued" if sid in self._queued else "active"
-                now = "gone" if end is not None else ("queued" if phase == "queued" else "active")
-                if was != now:
-                    if was == "queued":
-                        self._queued.discard(sid)
-                    else:
-                        self._active -= 1
-                    if now == "active":
-                        self._active += 1
-                if end is not None:
-                    s.finish(end.reason, end.error)
-                    t.finished = end.at or t.finished
-                    del self._streams[sid]
-                    finished.append(s)
-                elif phase != s.phase:
-                    s.phase = phase
-                touched.append(s)
+                self._timings(s, p.admitted, p.first_char)
+                if p.phase != "queued" and sid in self._queued:
+                    self._queued.discard(sid)
+                    self._active += 1
+                s.phase = p.phase
+            for sid, end in u.ended.items():
+                s = streams.pop(sid, None)
+                if s is None:
+                    continue
+                if sid in self._queued:
+                    self._queued.discard(sid)
+                else:
+                    self._active -= 1
+                self._timings(s, end.admitted, end.first_char)
+                s.finish(end.reason, end.error)
+                s.timing.finished = end.at or s.timing.finished
+                finished.append(s)
             self.steps, self.chars, self.lanes = u.steps, u.chars, u.lanes
             if u.last_error:
                 self.last_error = u.last_error
@@ -300,6 +299,14 @@ class EngineClient:
         self.metrics.depth(self._active, len(self._queued))
         if touched:
             self.on_step(touched)
+
+    @staticmethod
+    def _timings(s: Stream, admitted: float | None, first_char: float | None) -> None:
+        t = s.timing
+        if t.admitted is None:
+            t.admitted = admitted
+        if t.first_char is None:
+            t.first_char = first_char
 
     def _end_all(self, reason: str, message: str) -> None:
         with self._lock:

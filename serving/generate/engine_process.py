@@ -56,7 +56,8 @@ class Engine:
         self.sched.executor.start()
         self.streams: dict[int, Stream] = {}  # by the worker's stream id
         self.wid: dict[int, int] = {}  # our stream id -> the worker's
-        self.sent_logprobs: dict[int, int] = {}
+        self.sent_logprobs: dict[int, int] = {}  # log-probabilities sent so far, per stream that asked
+        self.sent_phase: dict[int, str] = {}  # the phase the worker last heard of, per stream past "queued"
         self.closing = False
         self.last_flush = time.monotonic()
 
@@ -127,19 +128,18 @@ class Engine:
             if s.request.logprobs is not None:
                 k = self.sent_logprobs.get(wid, 0)
                 u.logprobs[wid], self.sent_logprobs[wid] = s.logprobs[k:], len(s.logprobs)
-            t = s.timing
             u.ids.append(wid)
-            u.phases.append(s.phase)
             u.texts.append(s.drain())
-            if t.admitted is not None:
-                u.admitted[wid] = t.admitted
-            if t.first_char is not None:
-                u.first_char[wid] = t.first_char
+            t = s.timing
             if s.done:
-                u.ended[wid] = wire.Ended(s.finish_reason, s.error, t.finished)
+                u.ended[wid] = wire.Ended(s.finish_reason, s.error, t.admitted, t.first_char, t.finished)
                 self.streams.pop(wid, None)
                 self.wid.pop(s.id, None)
                 self.sent_logprobs.pop(wid, None)
+                self.sent_phase.pop(wid, None)
+            elif s.phase != self.sent_phase.get(wid, "queued"):
+                self.sent_phase[wid] = s.phase
+                u.phases[wid] = wire.Phase(s.phase, t.admitted, t.first_char)
         self.touched = {}
         sched = self.sched
         u.steps, u.chars, u.lanes, u.last_error = sched.steps, sched.chars, sched.lane_sizes, sched.last_error

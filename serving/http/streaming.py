@@ -138,7 +138,7 @@ def _set_all(events) -> None:
 # --------------------------------------------------------------------------------- one request's streams
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Delta:
     """What one stream of a request produced since the last delta."""
 
