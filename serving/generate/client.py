@@ -7,15 +7,16 @@ in the worker when it runs in an engine process of its own
 (:class:`~rnnops.serving.generate.engine.EngineClient`, the default), and the per-request baseline
 (:class:`~rnnops.serving.generate.naive.NaiveGenerator`, ``RNNOPS_SCHEDULER=naive``, benchmarks).
 A consumer submits a :class:`~rnnops.serving.generate.stream.Stream`, is woken through the
-``on_step`` hook each generator is given, reads the stream's output as typed deltas
-(:class:`~rnnops.serving.http.streaming.Delta`, the async iteration lives with the event loop in
-:mod:`rnnops.serving.http.streaming`), and cancels it with :meth:`Stream.cancel`, which calls the
-generator's :meth:`GenerationClient.cancel`.
+``on_step`` hook each generator is given, reads the stream's output as an async iteration of
+typed :class:`Delta` s (one implementation for all three, over the :class:`Stream` they share:
+:meth:`rnnops.serving.http.streaming.Generation.deltas`, beside the event loop), and cancels it
+with :meth:`Stream.cancel`, which calls the generator's :meth:`GenerationClient.cancel`.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
 
 from rnnops.serving.errors import Overloaded
@@ -35,6 +36,22 @@ class SchedulerMetrics:
 
 def no_one(streams: list[Stream]) -> None:
     """The ``on_step`` hook of a generator nobody watches (tests, benchmarks)."""
+
+
+@dataclass(slots=True)
+class Delta:
+    """What one stream of a request produced since the last delta."""
+
+    index: int  # the stream's position in the request (OpenAI's choice index)
+    text: str
+    offset: int  # characters of this stream delivered before ``text``
+    logprobs: list  # per character of ``text`` (empty unless the request asked for them)
+    finish_reason: str | None  # set on a stream's last delta: length | stop | cancelled | error | ...
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.finish_reason is not None and self.finish_reason not in ("length", "stop")
 
 
 @runtime_checkable

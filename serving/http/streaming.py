@@ -30,13 +30,13 @@ import contextlib
 import logging
 import time
 import weakref
-from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from rnnops.serving.errors import Overloaded
+from rnnops.serving.generate.client import Delta
 from rnnops.serving.generate.stream import GenerationRequest, Stream
 from rnnops.serving.http.errors import ClientGone
 
@@ -136,22 +136,6 @@ def _set_all(events) -> None:
 
 
 # --------------------------------------------------------------------------------- one request's streams
-
-
-@dataclass(slots=True)
-class Delta:
-    """What one stream of a request produced since the last delta."""
-
-    index: int  # the stream's position in the request (OpenAI's choice index)
-    text: str
-    offset: int  # characters of this stream delivered before ``text``
-    logprobs: list  # per character of ``text`` (empty unless the request asked for them)
-    finish_reason: str | None  # set on a stream's last delta: length | stop | cancelled | error | ...
-    error: str | None = None
-
-    @property
-    def failed(self) -> bool:
-        return self.finish_reason is not None and self.finish_reason not in ("length", "stop")
 
 
 class Generation:
