@@ -233,3 +233,18 @@ def test_draining_refuses_new_requests_and_lets_the_ones_in_flight_finish(manage
     assert r.status_code == 503 and r.headers["retry-after"] == "1" and "draining" in r.text
     flight.join(30)
     assert len(got.get("text", "")) == 20000  # the stream in flight finished, whole
+
+
+def test_the_openai_limits_are_settings(manager):
+    _, client = _client(manager, openai_max_n=2, openai_max_prompts=2)
+    oa = _oa(client)
+    with pytest.raises(openai.BadRequestError, match="RNNOPS_OPENAI_MAX_N") as e:
+        oa.completions.create(model="char", prompt="ab", max_tokens=3, n=3)
+    assert e.value.param == "n"
+    with pytest.raises(openai.BadRequestError, match="RNNOPS_OPENAI_MAX_PROMPTS") as e:
+        oa.completions.create(model="char", prompt=["ab", "ba", "aa"], max_tokens=3)
+    assert e.value.param == "prompt"
+    r = oa.completions.create(model="char", prompt=["ab", "ba"], max_tokens=3, n=2, seed=1)
+    assert len(r.choices) == 4  # at the limits: served
+    with pytest.raises(openai.NotFoundError, match="not a served name"):
+        oa.completions.create(model="char@", prompt="ab", max_tokens=3)
