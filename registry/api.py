@@ -26,7 +26,8 @@ from rnnops import contract as C
 from rnnops import settings
 from rnnops.errors import RnnopsError
 from rnnops.registry import store
-from rnnops.registry.onnx_file import read_metadata, sha256_file
+from rnnops.onnx_metadata import read_metadata
+from rnnops.util import sha256_file
 
 HISTORY_MAX = 50  # champion history entries kept (a tag value is at most a few KB)
 KINDS_BY_TASK = {"char": "char", "forecast": "forecaster", "forecaster": "forecaster"}  # rnnops.task -> kind

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from rnnops.contract import INT8_FILE
 from rnnops.errors import RnnopsError
-from rnnops.registry.onnx_file import ONNX_FILE, sha256_file
+from rnnops.contract import ONNX_FILE
+from rnnops.util import sha256_file
 from rnnops.registry.resolve import ResolvedModel, resolve
 
 

@@ -22,6 +22,21 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="registry")
 
 
+def publish_export(run_id: str, *, name: str | None, promote: bool, alias: str, force: bool) -> dict:
+    """``rnnops export --register [--promote]``: register the export's run as a new version and
+    optionally promote it through the gate (the root command hands this to the export stage, which
+    never imports the registry). Returns the export summary's ``registered`` / ``promoted`` entries."""
+    from rnnops.registry import api
+
+    version = api.register_run(run_id, name=name)
+    out: dict = {"registered": {"name": version.name, "version": version.version, "created": version.created}}
+    if promote:
+        p = api.promote(version.name, version.version, alias=alias, force=force)
+        out["promoted"] = {"alias": alias, "version": p.version, "previous": p.previous,
+                           "changed": p.changed, "forced": p.forced, "reason": p.reason}
+    return out
+
+
 @app.command("register")
 def register_cmd(
     run_id: Annotated[str, Arg(help="MLflow run id that `rnnops export` passed (its parity gate).")],

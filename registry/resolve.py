@@ -1,12 +1,14 @@
-"""Turn ``char-rnn@champion`` (or ``@3``, or a ``models:/`` URI) into verified local ONNX files.
+"""Turn a model reference (``char-rnn@champion``, ``@3``, a ``models:/`` URI, a ``.onnx`` file, a
+BentoML tag: the grammar of :mod:`rnnops.refs`) into verified local ONNX files.
 
-What serving calls. A version carries ``model.onnx`` and, when the export's int8 gates kept it,
+What serving and batch jobs call: :func:`resolve_ref` for any reference, :func:`resolve` for a
+registry one. A version carries ``model.onnx`` and, when the export's int8 gates kept it,
 ``model.int8.onnx`` beside it. Each file is cached under ``<RNNOPS_CACHE>/models/<name>/<version>/``
 and hashed against its tag (``rnnops.onnx_sha256``, ``rnnops.int8_sha256``) on every call, cache
 hit or not: a corrupted cached copy is fetched again once, and a file that still does not match is
 refused (the whole resolve fails: a corrupt int8 file is never served, nor silently swapped for
 fp32). Nothing unverified is ever returned. MLflow + stdlib (+ onnxruntime on a fresh download,
-to read the metadata); never torch.
+to read the metadata; BentoML for a ``bentoml:`` reference); never torch.
 
 Cost of a cache hit: one registry request (the version and its tags) and one sha256 per file.
 Hot-reload polls should call :func:`current_version` (one request) and resolve only on change.
@@ -26,8 +28,11 @@ from rnnops import contract as C
 from rnnops import refs
 from rnnops import settings
 from rnnops.errors import RnnopsError
+from rnnops.contract import ONNX_FILE
+from rnnops.onnx_metadata import read_metadata
+from rnnops.refs import ModelRef, int8_sibling
 from rnnops.registry import store
-from rnnops.registry.onnx_file import ONNX_FILE, read_metadata, sha256_file
+from rnnops.util import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -193,3 +198,82 @@ def _write_sidecar(folder: Path, sha: str, metadata: dict, source_run: str | Non
     side_tmp.write_text(json.dumps(info))
     os.replace(side_tmp, folder / SIDECAR)
     return info
+
+
+# ---------------------------------------------------------------- any reference: registry, file, BentoML
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A reference resolved to a verified local ONNX file."""
+
+    ref: ModelRef
+    name: str
+    version: str  # registry version number, BentoML registry_version label or tag, or sha256[:12]
+    path: Path
+    sha256: str
+    metadata: dict  # decoded rnnops.* metadata
+    alias: str | None = None
+    source_run: str | None = None
+    int8_path: Path | None = None  # the verified int8 variant (model.int8.onnx), if the model has one
+    int8_sha256: str | None = None
+
+    @property
+    def registry_version(self) -> int | None:
+        return int(self.version) if self.ref.source == "registry" else None
+
+
+def resolve_ref(ref: ModelRef | str, sha256: str | None = None, int8: bool = True) -> LocalModel:
+    """A verified local file for ``ref``: registry versions against their sha256 tag (cached),
+    BentoML models against the sha256 they were stored with, files hashed as they are
+    (``sha256`` when the caller already hashed it). Blocking (registry calls, hashing).
+
+    ``int8``: also find the model's int8 variant, verified the same way: the registry version's
+    ``model.int8.onnx`` (:func:`resolve`), the one stored in the BentoML
+    model, or for a file ``X.onnx`` the file ``X.int8.onnx`` beside it (what ``rnnops export``
+    leaves in its folder when the int8 gates kept it)."""
+    if isinstance(ref, str):
+        ref = refs.parse_ref(ref)
+    if ref.source == "file":
+        if not ref.path.is_file():
+            raise RnnopsError(f"{ref.path}: no such ONNX file")
+        sha = sha256 or sha256_file(ref.path)
+        sibling = int8_sibling(ref.path) if int8 else None
+        return LocalModel(ref, ref.name, sha[:12], ref.path, sha, read_metadata(ref.path), int8_path=sibling,
+                          int8_sha256=sha256_file(sibling) if sibling else None)
+    if ref.source == "bentoml":
+        return _resolve_bentoml(ref, int8)
+    r = resolve(ref.target, int8=int8)
+    return LocalModel(ref, r.name, str(r.version), Path(r.path), r.sha256, r.metadata, r.alias or ref.alias,
+                      r.source_run, r.int8_path, r.int8_sha256)
+
+
+def _resolve_bentoml(ref: ModelRef, int8: bool = True) -> LocalModel:
+    try:
+        import bentoml
+    except ImportError:
+        raise RnnopsError(f"{ref.text} needs BentoML: pip install 'rnnops[serve]'") from None
+    try:
+        m = bentoml.models.get(ref.tag)
+    except Exception as exc:  # BentoML raises its own NotFound types
+        raise RnnopsError(f"the BentoML model store has no {ref.tag!r}: {exc} (`rnnops registry pull NAME@ALIAS` "
+                          "imports one)") from None
+    files = sorted(p for p in Path(m.path).rglob("*.onnx") if p.name != C.INT8_FILE)
+    if not files:
+        raise RnnopsError(f"BentoML model {m.tag} holds no .onnx file")
+    main = next((p for p in files if p.name == C.ONNX_FILE), files[0])
+    labels = dict(m.info.labels or {})
+    sha = sha256_file(main)
+    if labels.get("sha256") and labels["sha256"] != sha:
+        raise RnnopsError(f"BentoML model {m.tag}: its ONNX hashes to {sha[:16]}…, not the {labels['sha256'][:16]}… "
+                          "it was stored with; refusing it")
+    int8_path = int8_sha = None
+    if int8 and labels.get("int8_sha256"):
+        int8_path = main.with_name(C.INT8_FILE)
+        int8_sha = sha256_file(int8_path) if int8_path.is_file() else "missing"
+        if int8_sha != labels["int8_sha256"]:
+            raise RnnopsError(f"BentoML model {m.tag}: its {C.INT8_FILE} hashes to {int8_sha[:16]}…, not the "
+                              f"{labels['int8_sha256'][:16]}… it was stored with; refusing it")
+    version = labels.get("registry_version") or str(m.tag.version)
+    return LocalModel(ref, ref.name, version, main, sha, read_metadata(main), source_run=labels.get("source_run") or None,
+                      int8_path=int8_path, int8_sha256=int8_sha)

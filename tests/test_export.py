@@ -149,7 +149,7 @@ def _session(path):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_export_every_cell_passes_parity_and_is_logged(exports, name):
-    from rnnops.registry.onnx_file import sha256_file
+    from rnnops.util import sha256_file
 
     kind, cell, norm, layers = CONFIGS[name]
     r = exports(name)
@@ -235,7 +235,7 @@ def test_model_uri_ref_and_a_torchscript_only_export_leave_the_onnx_tags(exports
 def test_metadata_round_trip_and_contract_names(exports):
     import onnx
 
-    from rnnops.registry.onnx_file import read_metadata  # the one reader (onnxruntime; onnx as fallback)
+    from rnnops.onnx_metadata import read_metadata  # the one reader (onnxruntime; onnx as fallback)
 
     for name in ("char-lstm", "fc-gru-revin", "fc-lstm-fixed"):
         r = exports(name)
@@ -279,7 +279,7 @@ def _op_types(graph) -> set[str]:
 def test_modern_cells_metadata_describes_the_graph_state_exactly(exports):
     import onnx
 
-    from rnnops.registry.onnx_file import read_metadata
+    from rnnops.onnx_metadata import read_metadata
 
     want = {
         "char-mingru": [{"input": "h0", "output": "hn", "shape": [2, "batch", 16], "dtype": "float32"}],
@@ -308,7 +308,7 @@ def test_modern_cells_metadata_describes_the_graph_state_exactly(exports):
 @pytest.mark.parametrize("name", ["char-mlstm", "fc-minlstm-fixed"])
 def test_modern_cells_step_through_onnxruntime_from_the_metadata_alone(exports, name):
     """What serving does: zero state from rnnops.state, T=1 calls scattering it back, == one call."""
-    from rnnops.registry.onnx_file import read_metadata
+    from rnnops.onnx_metadata import read_metadata
 
     r = exports(name)
     spec = C.state_spec(read_metadata(r.onnx_path))
@@ -567,6 +567,6 @@ def test_every_new_forecaster_cell_serves_sessions_and_batch_jobs(exports, name,
 
 
 def read_state(path):
-    from rnnops.registry.onnx_file import read_metadata
+    from rnnops.onnx_metadata import read_metadata
 
     return read_metadata(path)["state"]

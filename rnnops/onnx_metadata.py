@@ -1,16 +1,17 @@
-"""The two things the registry needs from an ``.onnx`` file: its sha256 and its ``rnnops.*`` metadata.
+"""Reading an ``.onnx`` file's metadata: its raw ``metadata_props`` and the decoded ``rnnops.*`` entries.
 
-No torch, no MLflow. Metadata is read with onnxruntime (which serving has); the ``onnx`` package
-is the fallback for an install without it.
+The shared core, because every stage reads it: the registry (what a version is), serving (through
+:mod:`rnnops.refs` resolution), export (the playground's sample, :mod:`rnnops.export.sample`).
+No torch, no MLflow. Read with onnxruntime (which serving has); the ``onnx`` package is the
+fallback for an install without it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from rnnops.contract import ONNX_FILE, decode_metadata  # noqa: F401  (ONNX_FILE: re-exported for the registry)
+from rnnops.contract import decode_metadata
 from rnnops.errors import RnnopsError
-from rnnops.util import sha256_file  # noqa: F401  (the registry's callers hash through here)
 
 
 def metadata_props(path: Path) -> dict[str, str]:
