@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.fast
-
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("training", "export", "registry", "serving")
 SHELL = "rnnops.cli"  # the root command: the one module that wires every stage

@@ -23,14 +23,6 @@ import mlflow  # noqa: E402
 from rnnops import contract as C  # noqa: E402
 from rnnops.errors import RnnopsError  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _data_dir() -> Path | None:
-    env = os.environ.get("RNNOPS_DATA_DIR")
-    path = Path(env) if env else REPO.parent / "shared" / "data"
-    return path if (path / "tinyshakespeare.txt").is_file() and (path / "ETTh1.csv").is_file() else None
-
 
 # ----------------------------------------------------------------------------- fixtures (export tests only)
 
@@ -56,11 +48,9 @@ WIDE = {"fc-lstm-fixed": 128}  # wide enough for the int8 form to be made (expor
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, shared_data):
     """A fresh sqlite MLflow store + cache for this module, with the shared datasets."""
-    data = _data_dir()
-    if data is None:
-        pytest.skip("shared datasets not found: set RNNOPS_DATA_DIR to the folder with tinyshakespeare.txt and ETTh1.csv")
+    data = shared_data
     root = tmp_path_factory.mktemp("export-store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:

@@ -200,17 +200,15 @@ def test_graphs_the_rewrite_does_not_know_are_refused(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, shared_data):
     """Two char runs exported in a real MLflow store: a GRU wide enough for the int8 form (1x256),
     its int8 kept; an LSTM (1x128) whose int8 is made and dropped (the quality bound set below any
     delta)."""
-    from test_export import _data_dir, make_run
+    from test_export import make_run
 
     from rnnops.export import pipeline, quality
 
-    data = _data_dir()
-    if data is None:
-        pytest.skip("shared datasets not found: set RNNOPS_DATA_DIR")
+    data = shared_data
     root = tmp_path_factory.mktemp("int8")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
