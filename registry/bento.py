@@ -14,11 +14,10 @@ import re
 import shutil
 from dataclasses import dataclass
 
-from rnnops.contract import INT8_FILE
+from rnnops.contract import INT8_FILE, ONNX_FILE
 from rnnops.errors import RnnopsError
-from rnnops.contract import ONNX_FILE
-from rnnops.util import sha256_file
 from rnnops.registry.resolve import ResolvedModel, resolve
+from rnnops.util import sha256_file
 
 
 @dataclass
@@ -85,7 +84,9 @@ def pull(ref: str, bento_name: str | None = None) -> PulledModel:
     for f, (_, sha) in files.items():
         if not _holds(stored.path_of(f), sha):
             bentoml.models.delete(tag)
-            raise RnnopsError(f"the copy of {resolved.uri}'s {f} in the BentoML store does not hash to {sha[:16]}…; removed it")
+            raise RnnopsError(
+                f"the copy of {resolved.uri}'s {f} in the BentoML store does not hash to {sha[:16]}…; removed it"
+            )
     return PulledModel(str(stored.tag), stored.path, resolved, created=True)
 
 

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rnnops import contract as C
-from rnnops import refs
-from rnnops import settings
-from rnnops.errors import RnnopsError
+from rnnops import refs, settings
 from rnnops.contract import ONNX_FILE
+from rnnops.errors import RnnopsError
 from rnnops.onnx_metadata import read_metadata
 from rnnops.refs import ModelRef, int8_sibling
 from rnnops.registry import store
@@ -90,8 +89,10 @@ def resolve(ref: str, default_alias: str = C.ALIAS_CHAMPION, int8: bool = True) 
     tags = mv.tags or {}
     sha = tags.get(C.VTAG_ONNX_SHA256)
     if not sha:
-        raise RnnopsError(f"{name} version {version} has no {C.VTAG_ONNX_SHA256} tag (not registered by rnnops): "
-                          "refusing to serve a file that cannot be verified")
+        raise RnnopsError(
+            f"{name} version {version} has no {C.VTAG_ONNX_SHA256} tag (not registered by rnnops): "
+            "refusing to serve a file that cannot be verified"
+        )
     int8_sha = tags.get(C.VTAG_INT8_SHA256) if int8 else None
     try:
         folder = cache_folder(name, version)
@@ -101,14 +102,26 @@ def resolve(ref: str, default_alias: str = C.ALIAS_CHAMPION, int8: bool = True) 
         _verified(c, name, version, folder, ONNX_FILE, sha)
         info = _sidecar(folder, sha)
         if info is None:
-            info = _write_sidecar(folder, sha, read_metadata(folder / ONNX_FILE), tags.get(C.VTAG_SOURCE_RUN), name, version)
+            info = _write_sidecar(
+                folder, sha, read_metadata(folder / ONNX_FILE), tags.get(C.VTAG_SOURCE_RUN), name, version
+            )
         if int8_sha:
             _verified(c, name, version, folder, C.INT8_FILE, int8_sha)
     except OSError as exc:
-        raise RnnopsError(f"cannot write the model cache {folder}: {exc}; point RNNOPS_CACHE at a writable folder") from None
-    return ResolvedModel(name=name, version=version, alias=alias, path=folder / ONNX_FILE, sha256=sha,
-                         metadata=info["metadata"], source_run=info.get("source_run") or tags.get(C.VTAG_SOURCE_RUN),
-                         int8_path=folder / C.INT8_FILE if int8_sha else None, int8_sha256=int8_sha)
+        raise RnnopsError(
+            f"cannot write the model cache {folder}: {exc}; point RNNOPS_CACHE at a writable folder"
+        ) from None
+    return ResolvedModel(
+        name=name,
+        version=version,
+        alias=alias,
+        path=folder / ONNX_FILE,
+        sha256=sha,
+        metadata=info["metadata"],
+        source_run=info.get("source_run") or tags.get(C.VTAG_SOURCE_RUN),
+        int8_path=folder / C.INT8_FILE if int8_sha else None,
+        int8_sha256=int8_sha,
+    )
 
 
 def cache_folder(name: str, version: int) -> Path:
@@ -154,8 +167,10 @@ def _verified(c, name: str, version: int, folder: Path, file: str, sha: str) -> 
         got = store.download_onnx(c, name, version, tmp, file)
         actual = sha256_file(got)
         if actual != sha:
-            raise RnnopsError(f"{name} version {version}: the registry's {file} hashes to {actual[:16]}…, "
-                              f"not the registered {sha[:16]}…; refusing it (the artifact changed after registration)")
+            raise RnnopsError(
+                f"{name} version {version}: the registry's {file} hashes to {actual[:16]}…, "
+                f"not the registered {sha[:16]}…; refusing it (the artifact changed after registration)"
+            )
         os.replace(got, path)
         return path
     finally:
@@ -171,8 +186,16 @@ def _sidecar(folder: Path, sha: str) -> dict | None:
         return None
 
 
-def store_in_cache(name: str, version: int, path: Path, sha: str, metadata: dict, source_run: str | None,
-                   int8_path: Path | None = None, int8_sha256: str | None = None) -> Path:
+def store_in_cache(
+    name: str,
+    version: int,
+    path: Path,
+    sha: str,
+    metadata: dict,
+    source_run: str | None,
+    int8_path: Path | None = None,
+    int8_sha256: str | None = None,
+) -> Path:
     """Copy already-verified files into the cache (register does this so that the first resolve hits)."""
     folder = cache_folder(name, version)
     folder.mkdir(parents=True, exist_ok=True)
@@ -239,13 +262,31 @@ def resolve_ref(ref: ModelRef | str, sha256: str | None = None, int8: bool = Tru
             raise RnnopsError(f"{ref.path}: no such ONNX file")
         sha = sha256 or sha256_file(ref.path)
         sibling = int8_sibling(ref.path) if int8 else None
-        return LocalModel(ref, ref.name, sha[:12], ref.path, sha, read_metadata(ref.path), int8_path=sibling,
-                          int8_sha256=sha256_file(sibling) if sibling else None)
+        return LocalModel(
+            ref,
+            ref.name,
+            sha[:12],
+            ref.path,
+            sha,
+            read_metadata(ref.path),
+            int8_path=sibling,
+            int8_sha256=sha256_file(sibling) if sibling else None,
+        )
     if ref.source == "bentoml":
         return _resolve_bentoml(ref, int8)
     r = resolve(ref.target, int8=int8)
-    return LocalModel(ref, r.name, str(r.version), Path(r.path), r.sha256, r.metadata, r.alias or ref.alias,
-                      r.source_run, r.int8_path, r.int8_sha256)
+    return LocalModel(
+        ref,
+        r.name,
+        str(r.version),
+        Path(r.path),
+        r.sha256,
+        r.metadata,
+        r.alias or ref.alias,
+        r.source_run,
+        r.int8_path,
+        r.int8_sha256,
+    )
 
 
 def _resolve_bentoml(ref: ModelRef, int8: bool = True) -> LocalModel:
@@ -256,8 +297,9 @@ def _resolve_bentoml(ref: ModelRef, int8: bool = True) -> LocalModel:
     try:
         m = bentoml.models.get(ref.tag)
     except Exception as exc:  # BentoML raises its own NotFound types
-        raise RnnopsError(f"the BentoML model store has no {ref.tag!r}: {exc} (`rnnops registry pull NAME@ALIAS` "
-                          "imports one)") from None
+        raise RnnopsError(
+            f"the BentoML model store has no {ref.tag!r}: {exc} (`rnnops registry pull NAME@ALIAS` imports one)"
+        ) from None
     files = sorted(p for p in Path(m.path).rglob("*.onnx") if p.name != C.INT8_FILE)
     if not files:
         raise RnnopsError(f"BentoML model {m.tag} holds no .onnx file")
@@ -265,15 +307,28 @@ def _resolve_bentoml(ref: ModelRef, int8: bool = True) -> LocalModel:
     labels = dict(m.info.labels or {})
     sha = sha256_file(main)
     if labels.get("sha256") and labels["sha256"] != sha:
-        raise RnnopsError(f"BentoML model {m.tag}: its ONNX hashes to {sha[:16]}…, not the {labels['sha256'][:16]}… "
-                          "it was stored with; refusing it")
+        raise RnnopsError(
+            f"BentoML model {m.tag}: its ONNX hashes to {sha[:16]}…, not the {labels['sha256'][:16]}… "
+            "it was stored with; refusing it"
+        )
     int8_path = int8_sha = None
     if int8 and labels.get("int8_sha256"):
         int8_path = main.with_name(C.INT8_FILE)
         int8_sha = sha256_file(int8_path) if int8_path.is_file() else "missing"
         if int8_sha != labels["int8_sha256"]:
-            raise RnnopsError(f"BentoML model {m.tag}: its {C.INT8_FILE} hashes to {int8_sha[:16]}…, not the "
-                              f"{labels['int8_sha256'][:16]}… it was stored with; refusing it")
+            raise RnnopsError(
+                f"BentoML model {m.tag}: its {C.INT8_FILE} hashes to {int8_sha[:16]}…, not the "
+                f"{labels['int8_sha256'][:16]}… it was stored with; refusing it"
+            )
     version = labels.get("registry_version") or str(m.tag.version)
-    return LocalModel(ref, ref.name, version, main, sha, read_metadata(main), source_run=labels.get("source_run") or None,
-                      int8_path=int8_path, int8_sha256=int8_sha)
+    return LocalModel(
+        ref,
+        ref.name,
+        version,
+        main,
+        sha,
+        read_metadata(main),
+        source_run=labels.get("source_run") or None,
+        int8_path=int8_path,
+        int8_sha256=int8_sha,
+    )

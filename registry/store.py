@@ -57,7 +57,9 @@ def mlflow_errors(what: str):
         msg = " ".join(str(getattr(exc, "message", exc)).split())  # one line, whatever MLflow wrote
         msg = msg if len(msg) <= 400 else msg[:400] + "…"
         if _looks_unreachable(msg):
-            raise RnnopsError(f"MLflow registry at {settings.tracking_uri()} is unreachable while {what}: {msg}") from None
+            raise RnnopsError(
+                f"MLflow registry at {settings.tracking_uri()} is unreachable while {what}: {msg}"
+            ) from None
         raise RnnopsError(f"MLflow error while {what}: {msg}") from None
     except OSError as exc:  # requests' ConnectionError is an OSError
         raise RnnopsError(f"MLflow registry at {settings.tracking_uri()} is unreachable while {what}: {exc}") from None
@@ -151,11 +153,16 @@ def download_onnx(c, name: str, version: int, dst: Path, file: str = ONNX_FILE) 
     with mlflow_errors(f"downloading {name} version {version}"):
         base = c.get_model_version_download_uri(name, str(version))
         try:
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{base.rstrip('/')}/{file}",
-                                                            dst_path=str(dst), tracking_uri=settings.tracking_uri()))
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{base.rstrip('/')}/{file}", dst_path=str(dst), tracking_uri=settings.tracking_uri()
+                )
+            )
         except OSError as exc:
-            raise RnnopsError(f"{name} version {version} has no {file} at {base}: is it an mlflow.onnx model "
-                              f"logged by `rnnops export`? ({exc})") from None
+            raise RnnopsError(
+                f"{name} version {version} has no {file} at {base}: is it an mlflow.onnx model "
+                f"logged by `rnnops export`? ({exc})"
+            ) from None
 
 
 def download_logged_onnx(c, model_uri: str, dst: Path, file: str = ONNX_FILE) -> Path:
@@ -166,10 +173,15 @@ def download_logged_onnx(c, model_uri: str, dst: Path, file: str = ONNX_FILE) ->
     with mlflow_errors(f"downloading {model_uri}"):
         base = logged_model_artifacts(c, model_uri)
         try:
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{base.rstrip('/')}/{file}",
-                                                            dst_path=str(dst), tracking_uri=settings.tracking_uri()))
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{base.rstrip('/')}/{file}", dst_path=str(dst), tracking_uri=settings.tracking_uri()
+                )
+            )
         except OSError as exc:
-            raise RnnopsError(f"{model_uri} has no {file}: is it an mlflow.onnx model logged by `rnnops export`? ({exc})") from None
+            raise RnnopsError(
+                f"{model_uri} has no {file}: is it an mlflow.onnx model logged by `rnnops export`? ({exc})"
+            ) from None
 
 
 def logged_model_id(model_uri: str) -> str | None:

@@ -27,7 +27,9 @@ def metadata_props(path: Path) -> dict[str, str]:
         try:
             sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise RnnopsError(f"{path}: onnxruntime cannot load it (not a loadable ONNX model): {str(exc).splitlines()[0]}") from None
+            raise RnnopsError(
+                f"{path}: onnxruntime cannot load it (not a loadable ONNX model): {str(exc).splitlines()[0]}"
+            ) from None
         return dict(sess.get_modelmeta().custom_metadata_map)
     try:
         import onnx

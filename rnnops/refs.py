@@ -28,8 +28,10 @@ from rnnops import contract as C
 from rnnops.errors import RnnopsError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-GRAMMAR = ("NAME@ALIAS, NAME@VERSION, NAME/VERSION, models:/NAME@ALIAS, models:/NAME/VERSION, "
-           "a path to a .onnx file, or bentoml:NAME[:VERSION]")
+GRAMMAR = (
+    "NAME@ALIAS, NAME@VERSION, NAME/VERSION, models:/NAME@ALIAS, models:/NAME/VERSION, "
+    "a path to a .onnx file, or bentoml:NAME[:VERSION]"
+)
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def parse_ref(text: str, default_alias: str = C.ALIAS_CHAMPION) -> ModelRef:
     if not raw:
         raise bad_ref(text, "it is empty")
     if raw.startswith("bentoml:"):
-        tag = raw[len("bentoml:"):]
+        tag = raw[len("bentoml:") :]
         name, _, version = tag.partition(":")
         if not NAME.match(name) or (version and not NAME.match(version)):
             raise bad_ref(text, "a BentoML tag is NAME or NAME:VERSION")
@@ -81,8 +83,10 @@ def parse_ref(text: str, default_alias: str = C.ALIAS_CHAMPION) -> ModelRef:
         return ModelRef("file", raw, default, path=p)
     body = raw.removeprefix("models:/").strip("/")
     if raw.startswith("models:/") and body.startswith("m-") and "@" not in body and "/" not in body:
-        raise RnnopsError(f"{raw} is a logged model, not a registered one: register it first "
-                          "(`rnnops registry register RUN_ID`) and use NAME@ALIAS or NAME/VERSION")
+        raise RnnopsError(
+            f"{raw} is a logged model, not a registered one: register it first "
+            "(`rnnops registry register RUN_ID`) and use NAME@ALIAS or NAME/VERSION"
+        )
     if "@" in body:
         name, _, tail = body.partition("@")
     elif "/" in body:
