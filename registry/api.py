@@ -21,13 +21,19 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rnnops import contract as C
 from rnnops import settings
 from rnnops.errors import RnnopsError
-from rnnops.onnx_metadata import read_metadata
+from rnnops.onnx_metadata import Metadata, read_metadata
 from rnnops.registry import store
 from rnnops.util import sha256_file
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+    from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 
 HISTORY_MAX = 50  # champion history entries kept (a tag value is at most a few KB)
 KINDS_BY_TASK = {"char": "char", "forecast": "forecaster", "forecaster": "forecaster"}  # rnnops.task -> kind
@@ -47,7 +53,7 @@ class VersionInfo:
     created: bool = True  # False when register_run found this run already registered
 
     @classmethod
-    def from_mlflow(cls, mv, created: bool = True) -> VersionInfo:
+    def from_mlflow(cls, mv: ModelVersion, created: bool = True) -> VersionInfo:
         return cls(
             name=mv.name,
             version=int(mv.version),
@@ -97,7 +103,7 @@ class VersionInfo:
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             **asdict(self),
             "uri": self.uri,
@@ -137,11 +143,11 @@ class ModelDetails:
     name: str
     kind: str | None
     aliases: dict[str, int]
-    champion_history: list[dict]
+    champion_history: list[dict[str, Any]]
     versions: list[VersionInfo] = field(default_factory=list)
     description: str | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "kind": self.kind,
@@ -234,7 +240,9 @@ def register_run(run_id: str, name: str | None = None) -> VersionInfo:
         return info
 
 
-def _create_version(c, name: str, onnx_uri: str, run_id: str, vtags: dict, created_model: bool) -> VersionInfo:
+def _create_version(
+    c: MlflowClient, name: str, onnx_uri: str, run_id: str, vtags: dict[str, str], created_model: bool
+) -> VersionInfo:
     """Create the version with its tags; on any failure leave nothing behind."""
     mv = None
     try:
@@ -253,7 +261,7 @@ def _create_version(c, name: str, onnx_uri: str, run_id: str, vtags: dict, creat
         raise
 
 
-def _complete_version(c, mv, vtags: dict) -> VersionInfo:
+def _complete_version(c: MlflowClient, mv: ModelVersion, vtags: dict[str, str]) -> VersionInfo:
     """Check the new version is READY and carries every tag (set any the store dropped)."""
     from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
 
@@ -270,7 +278,7 @@ def _complete_version(c, mv, vtags: dict) -> VersionInfo:
     return VersionInfo.from_mlflow(mv)
 
 
-def _undo_registration(c, name: str, mv, created_model: bool) -> None:
+def _undo_registration(c: MlflowClient, name: str, mv: ModelVersion, created_model: bool) -> None:
     import contextlib
 
     if mv is not None:
@@ -282,7 +290,7 @@ def _undo_registration(c, name: str, mv, created_model: bool) -> None:
                 c.delete_registered_model(name)
 
 
-def _get_run(c, run_id: str):
+def _get_run(c: MlflowClient, run_id: str) -> Run:
     from mlflow.exceptions import MlflowException
 
     with store.mlflow_errors(f"reading run {run_id}"):
@@ -294,7 +302,7 @@ def _get_run(c, run_id: str):
             raise
 
 
-def _final_metric(c, run, metric: str) -> float | None:
+def _final_metric(c: MlflowClient, run: Run, metric: str) -> float | None:
     """The last value logged for ``metric`` (by time), i.e. the final evaluation.
 
     Not ``run.data.metrics``: MLflow's "latest" prefers the highest step, and training logs its
@@ -303,14 +311,15 @@ def _final_metric(c, run, metric: str) -> float | None:
     with store.mlflow_errors(f"reading {metric} of run {run.info.run_id}"):
         history = c.get_metric_history(run.info.run_id, metric)
     if history:
-        return max(history, key=lambda m: (m.timestamp, m.step)).value
-    return run.data.metrics.get(metric)
+        return float(max(history, key=lambda m: (m.timestamp, m.step)).value)
+    value = run.data.metrics.get(metric)
+    return None if value is None else float(value)
 
 
-def _kind(meta: dict, run_tags: dict, run_id: str) -> str:
+def _kind(meta: Metadata, run_tags: dict[str, str], run_id: str) -> str:
     kind = meta.get("kind")
     if kind in C.DEFAULT_NAMES:
-        return kind
+        return str(kind)
     kind = KINDS_BY_TASK.get(run_tags.get("rnnops.task", ""))
     if kind:
         return kind
@@ -320,7 +329,7 @@ def _kind(meta: dict, run_tags: dict, run_id: str) -> str:
     )
 
 
-def _already_registered(c, name: str, run_id: str, sha: str) -> VersionInfo | None:
+def _already_registered(c: MlflowClient, name: str, run_id: str, sha: str) -> VersionInfo | None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -334,7 +343,7 @@ def _already_registered(c, name: str, run_id: str, sha: str) -> VersionInfo | No
     return None
 
 
-def _ensure_registered_model(c, name: str, kind: str) -> bool:
+def _ensure_registered_model(c: MlflowClient, name: str, kind: str) -> bool:
     """Create registered model ``name`` for ``kind`` if needed; True when it was created here."""
     from mlflow.exceptions import MlflowException
 
@@ -360,12 +369,14 @@ def _ensure_registered_model(c, name: str, kind: str) -> bool:
         return False
 
 
-def _warm_cache(info: VersionInfo, path: Path, meta: dict, int8_path: Path | None = None) -> None:
+def _warm_cache(info: VersionInfo, path: Path, meta: Metadata, int8_path: Path | None = None) -> None:
     """Put the verified files in the resolve cache now, so serving's first resolve is a cache hit."""
     import contextlib
 
     from rnnops.registry.resolve import store_in_cache
 
+    if info.sha256 is None:  # register_run tags every version it makes; nothing to key the cache by otherwise
+        return
     with contextlib.suppress(OSError):
         store_in_cache(
             info.name,
@@ -430,7 +441,7 @@ def promote(name: str, version: int, alias: str = C.ALIAS_CHAMPION, force: bool 
     return Promotion(name, mv.version, alias, previous, changed=True, forced=forced, reason=reason)
 
 
-def _metric_gate(c, name: str, mv: VersionInfo, champion: int | None) -> tuple[bool, str]:
+def _metric_gate(c: MlflowClient, name: str, mv: VersionInfo, champion: int | None) -> tuple[bool, str]:
     """(passes, why): the candidate's validation metric against the current champion's."""
     if champion is None:
         return True, "parity passed; no current champion"
@@ -484,7 +495,7 @@ def rollback(name: str) -> Promotion:
     )
 
 
-def _history(rm) -> list[dict]:
+def _history(rm: RegisteredModel) -> list[dict[str, Any]]:
     raw = (rm.tags or {}).get(C.RMTAG_CHAMPION_HISTORY)
     if not raw:
         return []
@@ -495,7 +506,7 @@ def _history(rm) -> list[dict]:
         return []  # a hand-edited tag: start over rather than fail every promotion
 
 
-def _save_history(c, name: str, history: list[dict]) -> None:
+def _save_history(c: MlflowClient, name: str, history: list[dict[str, Any]]) -> None:
     c.set_registered_model_tag(
         name, C.RMTAG_CHAMPION_HISTORY, json.dumps(history[-HISTORY_MAX:], separators=(",", ":"))
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -22,14 +22,14 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="registry")
 
 
-def publish_export(run_id: str, *, name: str | None, promote: bool, alias: str, force: bool) -> dict:
+def publish_export(run_id: str, *, name: str | None, promote: bool, alias: str, force: bool) -> dict[str, Any]:
     """``rnnops export --register [--promote]``: register the export's run as a new version and
     optionally promote it through the gate (the root command hands this to the export stage, which
     never imports the registry). Returns the export summary's ``registered`` / ``promoted`` entries."""
     from rnnops.registry import api
 
     version = api.register_run(run_id, name=name)
-    out: dict = {"registered": {"name": version.name, "version": version.version, "created": version.created}}
+    out: dict[str, Any] = {"registered": {"name": version.name, "version": version.version, "created": version.created}}
     if promote:
         p = api.promote(version.name, version.version, alias=alias, force=force)
         out["promoted"] = {
@@ -47,20 +47,20 @@ def publish_export(run_id: str, *, name: str | None, promote: bool, alias: str, 
 def register_cmd(
     run_id: Annotated[str, Arg(help="MLflow run id that `rnnops export` passed (its parity gate).")],
     name: Annotated[str | None, Opt(help="Registered model name (default char-rnn / forecaster by kind).")] = None,
-):
+) -> None:
     """Register the run's exported ONNX as a new model version (with sha256, parity, metric tags)."""
     from rnnops.registry.api import register_run
 
     v = register_run(run_id, name)
     verb = "registered" if v.created else "already registered as"
     typer.echo(
-        f"{verb} {v.name} version {v.version} ({v.val_metric} {_num(v.val_value)}, sha256 {v.sha256[:12]}…, "
+        f"{verb} {v.name} version {v.version} ({v.val_metric} {_num(v.val_value)}, sha256 {(v.sha256 or '?')[:12]}…, "
         f"{v.kind}/{v.cell}); promote it with `rnnops registry promote {v.name} {v.version}`"
     )
 
 
 @app.command("list")
-def list_cmd(as_json: Json = False):
+def list_cmd(as_json: Json = False) -> None:
     """Registered models: kind, aliases, versions."""
     from dataclasses import asdict
 
@@ -87,7 +87,7 @@ def list_cmd(as_json: Json = False):
 
 
 @app.command()
-def show(name: Annotated[str, Arg(help="Registered model name, e.g. char-rnn.")], as_json: Json = False):
+def show(name: Annotated[str, Arg(help="Registered model name, e.g. char-rnn.")], as_json: Json = False) -> None:
     """One registered model: aliases, champion history and every version's tags."""
     from rnnops.registry.api import show as show_model
 
@@ -125,7 +125,7 @@ def promote(
     force: Annotated[
         bool, Opt("--force", help="Promote even if the metric is worse than the champion's (recorded).")
     ] = False,
-):
+) -> None:
     """Point ALIAS at VERSION. champion needs parity passed and a validation metric no worse than the current champion's."""
     from rnnops.registry.api import promote as promote_version
 
@@ -139,7 +139,7 @@ def promote(
 
 
 @app.command()
-def rollback(name: Annotated[str, Arg(help="Registered model name.")]):
+def rollback(name: Annotated[str, Arg(help="Registered model name.")]) -> None:
     """Move champion back to the previous champion."""
     from rnnops.registry.api import rollback as rollback_model
 
@@ -151,7 +151,7 @@ def rollback(name: Annotated[str, Arg(help="Registered model name.")]):
 def resolve_cmd(
     ref: Annotated[str, Arg(help="char-rnn@champion, char-rnn@3, models:/char-rnn/3 ...")],
     as_json: Json = False,
-):
+) -> None:
     """Download (or find in the cache) the sha256-verified ONNX for REF and print its path (and the
     verified int8 file's, on a second line, when the version carries one)."""
     from rnnops.registry.resolve import resolve
@@ -186,7 +186,7 @@ def pull(
     bento_name: Annotated[
         str | None, Opt("--bento-name", help="BentoML model name (default: the registry name).")
     ] = None,
-):
+) -> None:
     """Import the verified ONNX into the BentoML model store ($BENTOML_HOME) to build a Bento from."""
     from rnnops.registry.bento import pull as pull_model
 
@@ -195,11 +195,11 @@ def pull(
     typer.echo(f"{state} {p.tag} ({p.resolved.uri}, sha256 {p.resolved.sha256[:12]}…) at {p.path}")
 
 
-def _num(value) -> str:
+def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.6g}"
 
 
-def _table(header: tuple, rows: list[tuple]) -> None:
+def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     for row in (header, *rows):
         typer.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())

@@ -23,15 +23,20 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rnnops import contract as C
 from rnnops import refs, settings
 from rnnops.contract import ONNX_FILE
 from rnnops.errors import RnnopsError
-from rnnops.onnx_metadata import read_metadata
+from rnnops.onnx_metadata import Metadata, read_metadata
 from rnnops.refs import ModelRef, int8_sibling
 from rnnops.registry import store
 from rnnops.util import sha256_file
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ class ResolvedModel:
     alias: str | None  # the alias the ref named, if any
     path: Path  # a local .onnx whose sha256 matched the registry's tag
     sha256: str
-    metadata: dict  # rnnops.* metadata_props, decoded (kind, cell, vocab, state names, ...)
+    metadata: Metadata  # rnnops.* metadata_props, decoded (kind, cell, vocab, state names, ...)
     source_run: str | None
     int8_path: Path | None = None  # the verified model.int8.onnx; None: the version has none (or not asked for)
     int8_sha256: str | None = None
@@ -128,7 +133,7 @@ def cache_folder(name: str, version: int) -> Path:
     return settings.cache_dir() / "models" / store.check_name(name) / str(int(version))
 
 
-def _lookup(c, name: str, version: int | None, alias: str | None):
+def _lookup(c: MlflowClient, name: str, version: int | None, alias: str | None) -> ModelVersion:
     from mlflow.exceptions import MlflowException
 
     if version is not None:
@@ -151,7 +156,7 @@ def _lookup(c, name: str, version: int | None, alias: str | None):
     raise RnnopsError(f"{name} has no alias {alias!r} (aliases: {have}){hint}")
 
 
-def _verified(c, name: str, version: int, folder: Path, file: str, sha: str) -> Path:
+def _verified(c: MlflowClient, name: str, version: int, folder: Path, file: str, sha: str) -> Path:
     """``folder/file`` hashing to ``sha``: the cached copy if it does, else downloaded (into a
     temporary folder, then renamed into place: concurrent workers never see half a file) and
     verified; a download that does not match is refused, never installed."""
@@ -177,7 +182,7 @@ def _verified(c, name: str, version: int, folder: Path, file: str, sha: str) -> 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _sidecar(folder: Path, sha: str) -> dict | None:
+def _sidecar(folder: Path, sha: str) -> dict[str, Any] | None:
     """The cached metadata of the ``model.onnx`` hashing to ``sha``, else None."""
     try:
         info = json.loads((folder / SIDECAR).read_text())
@@ -191,7 +196,7 @@ def store_in_cache(
     version: int,
     path: Path,
     sha: str,
-    metadata: dict,
+    metadata: Metadata,
     source_run: str | None,
     int8_path: Path | None = None,
     int8_sha256: str | None = None,
@@ -214,7 +219,9 @@ def store_in_cache(
     return folder / ONNX_FILE
 
 
-def _write_sidecar(folder: Path, sha: str, metadata: dict, source_run: str | None, name: str, version: int) -> dict:
+def _write_sidecar(
+    folder: Path, sha: str, metadata: Metadata, source_run: str | None, name: str, version: int
+) -> dict[str, Any]:
     """The decoded metadata of the verified ``model.onnx`` beside it (by rename: never half a file)."""
     info = {"name": name, "version": int(version), "sha256": sha, "metadata": metadata, "source_run": source_run}
     side_tmp = folder / (SIDECAR + f".{os.getpid()}.tmp")
@@ -235,7 +242,7 @@ class LocalModel:
     version: str  # registry version number, BentoML registry_version label or tag, or sha256[:12]
     path: Path
     sha256: str
-    metadata: dict  # decoded rnnops.* metadata
+    metadata: Metadata  # decoded rnnops.* metadata
     alias: str | None = None
     source_run: str | None = None
     int8_path: Path | None = None  # the verified int8 variant (model.int8.onnx), if the model has one
@@ -257,7 +264,7 @@ def resolve_ref(ref: ModelRef | str, sha256: str | None = None, int8: bool = Tru
     leaves in its folder when the int8 gates kept it)."""
     if isinstance(ref, str):
         ref = refs.parse_ref(ref)
-    if ref.source == "file":
+    if ref.path is not None:  # a file reference
         if not ref.path.is_file():
             raise RnnopsError(f"{ref.path}: no such ONNX file")
         sha = sha256 or sha256_file(ref.path)

@@ -43,7 +43,7 @@ def _wire() -> None:
 
 
 @app.command()
-def version():
+def version() -> None:
     """Print the rnnops version."""
     import rnnops
 

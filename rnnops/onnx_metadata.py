@@ -9,6 +9,7 @@ fallback for an install without it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rnnops.contract import decode_metadata
 from rnnops.errors import RnnopsError
@@ -42,7 +43,11 @@ def metadata_props(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def read_metadata(path: Path) -> dict:
+# The decoded ``rnnops.*`` metadata of a file: kind, cell, state, vocab, ... (rnnops.contract.META_KEYS)
+Metadata = dict[str, Any]
+
+
+def read_metadata(path: Path) -> Metadata:
     """The ``rnnops.*`` metadata of an ONNX file, decoded (prefix stripped, JSON values parsed)."""
     try:
         return decode_metadata(metadata_props(path))
