@@ -1,7 +1,8 @@
 """Reading an ``.onnx`` file's metadata: its raw ``metadata_props`` and the decoded ``rnnops.*`` entries.
 
-The shared core, because every stage reads it: the registry (what a version is), serving (through
-:mod:`rnnops.refs` resolution), export (the playground's sample, :mod:`rnnops.export.sample`).
+The shared core, because several stages read it: the registry (what a version is, and what a
+resolved reference is: :mod:`rnnops.registry.resolve`), export (the playground's sample,
+:mod:`rnnops.export.sample`), tests.
 No torch, no MLflow. Read with onnxruntime (which serving has); the ``onnx`` package is the
 fallback for an install without it.
 """
