@@ -65,7 +65,7 @@ def _file(name: str, cache: str) -> Response:
         raise ApiError(404, "not_found", f"no playground file {name!r}")
     ext = os.path.splitext(name)[1]
     media = TYPES.get(ext) or mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return Response(data, media_type=media, headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff"})
+    return Response(data, media_type=media, headers={"Cache-Control": cache})  # nosniff + CSP: http/headers.py
 
 
 async def root(serving, request: Request) -> Response:
