@@ -182,3 +182,18 @@ def test_a_hostile_reload_is_refused_in_one_line_and_the_served_version_keeps_se
         assert "rnnops.feature_names[1]" in err["error"] and "\n" not in err["error"] and err["serving"] == before
     finally:
         asyncio.run(manager.stop())
+
+
+@pytest.mark.parametrize("raw", ["not json", "[1, 2]", '"a string"'])
+def test_a_malformed_embedded_sample_is_no_sample_not_a_500(files, tmp_path, raw):
+    from types import SimpleNamespace
+
+    from rnnops.serving.http.playground import model_sample
+    from rnnops.serving.runtime import Runtime
+
+    proto = onnx.load(str(files[1]))
+    p = proto.metadata_props.add()
+    p.key, p.value = contract.META_SAMPLE, raw
+    path = tmp_path / "model.onnx"
+    onnx.save(proto, str(path))
+    assert model_sample(SimpleNamespace(runtime=Runtime(path))) is None  # GET /models/{name}/sample: 404
