@@ -107,7 +107,7 @@ def scan(path: Path) -> tuple[dict[str, str], list[str]]:
     try:
         size = path.stat().st_size
         if size == 0:
-            raise ModelFileError(f"{path}: not an ONNX model (the file is empty)")
+            raise ModelFileError(f"{path}: cannot load it, not an ONNX model (the file is empty)")
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             return _scan(buf, size, path)
     except OSError as exc:
@@ -149,9 +149,9 @@ def _scan(buf, size: int, path: Path) -> tuple[dict[str, str], list[str]]:
     try:
         walk(_MODEL, (0, size), 0)
     except _Malformed as exc:
-        raise ModelFileError(f"{path}: not an ONNX model (its bytes are not an ONNX protobuf: {exc})") from None
+        raise ModelFileError(f"{path}: cannot load it, not an ONNX model (its bytes are not an ONNX protobuf: {exc})") from None
     if not (seen["ir_version"] and seen["graph"]):
-        raise ModelFileError(f"{path}: not an ONNX model (no IR version or no graph)")
+        raise ModelFileError(f"{path}: cannot load it, not an ONNX model (no IR version or no graph)")
     return meta, locations
 
 
