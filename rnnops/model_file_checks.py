@@ -163,6 +163,8 @@ def check_external_data(path: Path, locations: list[str]) -> None:
         if os.path.isabs(where) or where.startswith(("/", "\\")) or (len(where) > 1 and where[1] == ":"):
             raise ModelFileError(f"{path}: external data at the absolute path {shown!r}; a model may only "
                                  "reference files inside its own folder")
+        if "\0" in where:
+            raise ModelFileError(f"{path}: an external-data location holds a NUL byte: {shown!r}")
         target = (folder / where).resolve()
         if not target.is_relative_to(folder):
             raise ModelFileError(f"{path}: external data at {shown!r} points outside the model's folder; a model "

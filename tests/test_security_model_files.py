@@ -84,13 +84,13 @@ def _with_external(src: Path, dst: Path, location: str) -> Path:
 
 
 @pytest.mark.parametrize("location,why", [("/etc/passwd", "absolute path"), ("../../secret.bin", "outside"),
-                                          ("sub/../../x.bin", "outside")])
+                                          ("sub/../../x.bin", "outside"), ("w\0.bin", "NUL byte")])
 def test_external_data_outside_the_folder_is_refused_before_onnxruntime_opens_it(files, tmp_path, location, why):
     path = _with_external(files[1], tmp_path / "model.onnx", location)
     with pytest.raises(ModelFileError) as e:
         read_metadata(path)
     msg = one_line_error(e)
-    assert why in msg and "external data" in msg
+    assert why in msg and ("external data" in msg or "external-data" in msg)
 
 
 def test_external_data_through_a_symlink_out_of_the_folder_is_refused(files, tmp_path):
