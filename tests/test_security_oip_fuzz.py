@@ -101,7 +101,7 @@ def requests(draw):
     return head, blob, length
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
 @given(req=requests(), model=st.sampled_from(["char", "fc", "nope"]))
 def _fuzz_one(client, req, model):
     head, blob, length = req

@@ -22,6 +22,7 @@ import pytest
 pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pd = pytest.importorskip("pandas")
+pytest.importorskip("selenium.webdriver")
 
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -150,13 +151,18 @@ def test_a_hostile_model_shows_as_text_and_runs_no_script(hostile_server, browse
     _wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#models-list .card")) == 2, 10, "no model cards")
     cards = _by(d, "#models-list").text
     assert IMG in cards and QUOTES in cards and SCRIPT in cards
+    _shot(d, tmp_path, "playground-hostile-models")
     _by(d, ".tabs button[data-tab=forecast]").click()
+    _shot(d, tmp_path, "playground-hostile-forecast")
     _no_script_ran(d)
     logs = d.get_log("browser")
     assert [e["message"] for e in logs if "Content Security Policy" in e["message"]] == []
     assert [e["message"] for e in logs if e["level"] == "SEVERE"] == []
-    path = tmp_path / "playground-hostile.png"
-    d.save_screenshot(str(path))
+
+
+def _shot(driver, folder: Path, name: str) -> None:
+    path = folder / f"{name}.png"
+    driver.save_screenshot(str(path))
     if os.environ.get("RNNOPS_PLAYGROUND_SHOTS"):
+        Path(os.environ["RNNOPS_PLAYGROUND_SHOTS"]).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(os.environ["RNNOPS_PLAYGROUND_SHOTS"]) / path.name)
-    print(f"\nscreenshot: {path}")
