@@ -39,7 +39,7 @@ def server(tmp_path_factory):
     env = {"RNNOPS_MODELS": f"char={root / 'char.onnx'},fc={root / 'fc.onnx'}",
            "RNNOPS_MAX_BODY_BYTES": str(MAX_BODY), "RNNOPS_WORKERS": "1"}
     with serve_bentoml(root, env, "oip-fuzz") as (proc, url, log):
-        with httpx.Client(base_url=url, timeout=10) as client:
+        with httpx.Client(base_url=url, timeout=30) as client:
             yield proc, url, client, log
 
 
@@ -109,8 +109,8 @@ def _fuzz_one(client, req, model):
     if length is not None:
         headers[HEADER] = length
     t = time.monotonic()
-    r = client.post(f"/v2/models/{model}/infer", content=head + blob, headers=headers)  # times out in 10 s: a hang
-    assert time.monotonic() - t < 10
+    r = client.post(f"/v2/models/{model}/infer", content=head + blob, headers=headers)  # times out in 30 s: a hang
+    assert time.monotonic() - t < 30  # generous: a shared CI machine, yet far from a hang
     assert r.status_code < 500, (r.status_code, r.text[:300], head[:300], length)
     if r.status_code >= 400:
         err = r.json()
