@@ -14,10 +14,12 @@ from typing import Any
 
 from rnnops.contract import decode_metadata
 from rnnops.errors import RnnopsError
+from rnnops.model_file_checks import check_model_file
 
 
 def metadata_props(path: Path) -> dict[str, str]:
     """The raw ``metadata_props`` of an ONNX file (all keys, JSON strings as stored)."""
+    check_model_file(path)  # an untrusted file: verified before onnxruntime (or onnx) opens it
     try:
         import onnxruntime as ort
     except ImportError:
