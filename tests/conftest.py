@@ -33,6 +33,8 @@ FAST = frozenset({
     "test_dependency_rule.py",
     "test_refs.py",
     "test_routes.py",
+    "test_scheduler.py",
+    "test_security_static.py",
     "test_serve_assets.py",
     "test_timeseries.py",
 })
