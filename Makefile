@@ -1,7 +1,7 @@
 # Two entry points (see README "Quickstart"):
 #   make demo   set up, then train (quick presets) -> export -> register + promote -> serve
 #   make test   set up, then run the test suite (what CI runs)
-# and `make check` (minutes): lint, format, types, and the fast serving tests without torch.
+# and `make check` (half a minute once its venv exists): lint, format, types, the fast serving tests without torch.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -48,7 +48,7 @@ check: $(CHECK_VENV)/.installed
 	rm -rf $(TYPES) && mkdir -p $(TYPES)/rnnops
 	ln -s $(abspath rnnops)/*.py $(TYPES)/rnnops/
 	ln -s $(abspath registry) $(abspath serving) $(TYPES)/rnnops/
-	cd $(TYPES) && MYPYPATH=. ../../$(CPY) -m mypy --config-file ../../pyproject.toml --cache-dir ../../.mypy_cache -p rnnops
+	cd $(TYPES) && MYPYPATH=. $(abspath $(CPY)) -m mypy --config-file $(abspath pyproject.toml) --cache-dir $(abspath .mypy_cache) -p rnnops
 	$(CPY) -m pytest --fast -q -p no:cacheprovider --timeout 120
 
 test: setup system-deps
