@@ -101,7 +101,7 @@ def test_stop_ends_unfinished_streams_with_shutdown_and_the_process(model):
     deadline = time.monotonic() + 30
     while not s.generated and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert s.generated, "the engine generated nothing in 30 s"
+    assert s.generated, "the engine process generated nothing in 30 s"
     client.stop()
     assert s.done and s.finish_reason == "shutdown" and not client.running
     assert client._proc.poll() is not None  # the engine process is gone

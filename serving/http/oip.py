@@ -219,8 +219,11 @@ def _tensors(body: InferRequest, blob: bytes) -> dict[str, np.ndarray]:
         where = f"input {t.name!r}"
         if t.datatype not in DTYPES:
             raise _bad(f"{where}: datatype {t.datatype!r} is not one of {', '.join(DTYPES)}", "datatype")
-        if any(d < 0 for d in t.shape) or math.prod(t.shape) > MAX_ELEMENTS:
-            raise _bad(f"{where}: shape {t.shape} must be non-negative, at most {MAX_ELEMENTS} elements", "shape")
+        # every dimension at least 1: an empty axis is no input, and a zero-length sequence aborts
+        # onnxruntime's recurrent kernels (the whole worker); a zero beside a huge dimension
+        # would also slip past the element bound into numpy's reshape (a 500)
+        if any(d < 1 for d in t.shape) or math.prod(t.shape) > MAX_ELEMENTS:
+            raise _bad(f"{where}: shape {t.shape} must be positive, at most {MAX_ELEMENTS} elements", "shape")
         dtype = np.dtype(DTYPES[t.datatype])
         count = math.prod(t.shape)
         size = (t.parameters or {}).get("binary_data_size")
