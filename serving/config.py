@@ -84,6 +84,9 @@ class ServeConfig:
     max_sessions: int = 1024
     session_ttl_s: float = 600.0
     session_store: str = "memory"  # memory (this worker) | redis://host:6379/0 (shared by workers and replicas)
+    # the Open Inference Protocol (http/oip.py): the most elements one tensor's shape may claim,
+    # checked before any of its data is read (a header cannot make the worker allocate more)
+    oip_max_elements: int = 1 << 26
     # BentoML's traffic timeout (time to the first byte), a backstop behind request_deadline_s and
     # queue_timeout_s. Kept short because BentoML arms a timer per request for this long and never
     # cancels it: each holds its request's context (spans, futures) until it fires, so 600 s of
@@ -150,6 +153,7 @@ class ServeConfig:
             "max_sessions": ("RNNOPS_MAX_SESSIONS", int),
             "session_ttl_s": ("RNNOPS_SESSION_TTL", float),
             "session_store": ("RNNOPS_SESSION_STORE", str),
+            "oip_max_elements": ("RNNOPS_OIP_MAX_ELEMENTS", int),
             "request_timeout_s": ("RNNOPS_REQUEST_TIMEOUT", float),
             "max_body_bytes": ("RNNOPS_MAX_BODY_BYTES", int),
             "request_deadline_s": ("RNNOPS_REQUEST_DEADLINE_S", float),
@@ -180,7 +184,8 @@ class ServeConfig:
         if unknown:
             raise RnnopsError(f"RNNOPS_PROVIDERS: unknown provider(s) {unknown}; use cpu or cuda")
         for name in ("max_streams", "max_prompt_chars", "max_chars", "prefill_chunk", "forecast_max_batch",
-                     "forecast_max_windows", "max_context_rows", "max_sessions", "workers", "decode_lanes"):
+                     "forecast_max_windows", "max_context_rows", "max_sessions", "workers", "decode_lanes",
+                     "oip_max_elements"):
             if getattr(self, name) < 1:
                 raise RnnopsError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.max_queue < 0:

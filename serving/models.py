@@ -36,6 +36,7 @@ from rnnops.refs import ModelRef
 from rnnops.serving.config import ServeConfig
 from rnnops.serving.errors import Overloaded, UnknownModel
 from rnnops.serving.forecast.batcher import ForecastBatcher
+from rnnops.serving.forecast.stepper import SessionStepper
 from rnnops.serving.generate.engine import EngineClient, EngineSpec
 from rnnops.serving.generate.naive import NaiveGenerator
 from rnnops.serving.generate.scheduler import OnStep, SchedulerMetrics, StepScheduler
@@ -138,8 +139,12 @@ class LoadedModel:
     runtime: Runtime
     scheduler: EngineClient | StepScheduler | NaiveGenerator | None = None
     batcher: ForecastBatcher | None = None
+    stepper: SessionStepper | None = None  # forecasters: every session update of this version (forecast/stepper.py)
     loaded_at: float = field(default_factory=time.time)
     precision_reason: str = ""  # why this file runs (choose_file)
+    # the Open Inference Protocol's metadata of this version, made on first use by http/oip.py
+    # (every infer checks its inputs against it) and released with the version
+    oip_metadata: dict | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -163,6 +168,8 @@ class LoadedModel:
             d["scheduler"] = self.scheduler.describe()
         if self.batcher is not None:
             d["batching"] = {"calls": self.batcher.calls, "windows": self.batcher.windows}
+        if self.stepper is not None:  # session updates (/sessions, OIP sequences): how well they batch
+            d["session_steps"] = {"calls": self.stepper.calls, "updates": self.stepper.updates}
         return d
 
     def close(self) -> None:
@@ -175,12 +182,14 @@ class LoadedModel:
             self.scheduler.stop()
         if self.batcher is not None:
             self.batcher.close()
+        if self.stepper is not None:
+            self.stepper.close()
 
     @property
     def busy(self) -> bool:
         if self.scheduler is not None:
             return self.scheduler.running
-        return self.batcher is not None and self.batcher.busy
+        return any(q is not None and q.busy for q in (self.batcher, self.stepper))
 
 
 class ModelManager:
@@ -248,6 +257,7 @@ class ModelManager:
                 m.scheduler = EngineClient(spec, sm, self.on_step).start()
         else:
             m.batcher = ForecastBatcher(rt, cfg.forecast_max_batch, self.metrics, ref.served)
+            m.stepper = SessionStepper(rt, m.batcher, cfg.forecast_max_batch, ref.served)
         return m
 
     # ------------------------------------------------------------------ lifecycle
@@ -378,8 +388,7 @@ class ModelManager:
         for m in [*self.current.values(), *self.draining]:
             if m.scheduler is not None:
                 n += m.scheduler.active + m.scheduler.queued
-            if m.batcher is not None and m.batcher.busy:
-                n += 1
+            n += sum(1 for q in (m.batcher, m.stepper) if q is not None and q.busy)
         return n
 
     # ------------------------------------------------------------------ lookups

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -77,7 +78,8 @@ class RedisSessionStore:
 
     shared = True
 
-    def __init__(self, url: str, models, max_sessions: int = 1024, ttl_s: float = 600.0, metrics=None):
+    def __init__(self, url: str, models, max_sessions: int = 1024, ttl_s: float = 600.0, metrics=None,
+                 clock: Callable[[], float] = time.time):
         try:
             import redis.asyncio as aioredis
         except ImportError:
@@ -87,6 +89,9 @@ class RedisSessionStore:
         self.models = models  # the ModelManager: a session's model version is looked up there
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
+        # wall-clock seconds, shared by the replicas: the index's expiry scores (tests pass one they
+        # move). A session's own expiry is its key's, on the Redis server's clock.
+        self.clock = clock
         self._metrics = metrics
         self._open = 0  # as last counted (len() must not block)
         self.expired = 0
@@ -95,9 +100,8 @@ class RedisSessionStore:
         return self._open
 
     async def count(self) -> int:
-        now = time.time()
         async with self.redis.pipeline(transaction=True) as p:
-            p.zremrangebyscore(INDEX, "-inf", now)
+            p.zremrangebyscore(INDEX, "-inf", self.clock())
             p.zcard(INDEX)
             _, n = await p.execute()
         self._open = int(n)
@@ -105,7 +109,7 @@ class RedisSessionStore:
 
     async def _touch(self, p, sid: str) -> None:
         p.expire(PREFIX + sid, int(max(1, self.ttl_s)))
-        p.zadd(INDEX, {sid: time.time() + self.ttl_s})
+        p.zadd(INDEX, {sid: self.clock() + self.ttl_s})
 
     def _state(self, sess: ForecastSession):
         if sess.state is None:

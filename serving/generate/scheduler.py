@@ -34,7 +34,7 @@ with ``queue_timeout`` (503). Errors inside a model call fail only the streams i
 the loop carries on.
 
 The scheduler decides; the runtime executes; the transport reads. The runtime is anything with
-the :class:`~rnnops.serving.runtime.Runtime` char API (``zero_state``, ``step``, ``take``,
+the :class:`~rnnops.serving.runtime.Runtime` char API (``zero_state``, ``run``, ``take``,
 ``concat``, ``vocab``), so tests drive it with a fake. After each step the scheduler hands the
 streams it touched to ``on_step`` (the engine forwards them to the HTTP process, which wakes its
 consumers, see :mod:`rnnops.serving.http.generate`); it never sees an event loop.
@@ -334,7 +334,7 @@ class StepScheduler:
                 touched.extend(self._collect(lane))
             self._fill(k, lane)
             if len(lane):
-                lane.pending = self._call(self.runtime.step, lane.tokens[:, None], lane.state)
+                lane.pending = self._call(self.runtime.run, lane.tokens[:, None], lane.state, "last")
         if self._prefill:
             touched.extend(self._prefill_step())
 
@@ -406,7 +406,8 @@ class StepScheduler:
         streams = lane.streams
         pending, lane.pending = lane.pending, None
         try:
-            logits, state = pending.result()
+            r = pending.result()
+            logits, state = r.output, r.state
         except Exception as exc:
             log.exception("scheduler %s: decode step failed for %d streams", self.name, len(streams))
             self._fail(streams, f"model step failed: {exc}", notify=False)
@@ -473,9 +474,10 @@ class StepScheduler:
                 state = rt.concat([s.state if s.state is not None else rt.zero_state(1) for s in group])
                 toks = np.stack([s.request.prompt_ids[s.cursor: s.cursor + b] for s in group])
                 groups.append((b, group))
-                calls.append(self._call(rt.step, toks, state))
+                calls.append(self._call(rt.run, toks, state, "last"))
             for (b, group), call in zip(groups, calls):
-                logits, state = call.result()
+                r = call.result()
+                logits, state = r.output, r.state
                 for j, s in enumerate(group):
                     s.cursor += b
                     s.state = rt.take(state, [j]) if len(group) > 1 else state
