@@ -28,6 +28,18 @@ R = TypeVar("R")
 K = TypeVar("K", bound=Hashable)
 
 
+def observer(batch_hist, seconds_hist) -> Callable[[int, float], None] | None:
+    """An ``on_call`` that records each call's size and duration in two histograms (None: no metrics)."""
+    if batch_hist is None:
+        return None
+
+    def on_call(n: int, seconds: float) -> None:
+        batch_hist.observe(n)
+        seconds_hist.observe(seconds)
+
+    return on_call
+
+
 def group_by(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:
     """``items`` grouped by ``key``, each group and the groups in first-seen order."""
     groups: dict[K, list[T]] = {}

@@ -18,6 +18,11 @@ the event loop, then swaps: new requests go to the new version, while the old ve
 scheduler is closed and finishes its in-flight streams (and open forecast sessions keep their
 version). A version that fails to resolve, verify or load leaves the old one serving; the failure
 is logged, counted (``rnnops_model_reloads_total{result="failed"}``) and shown by ``GET /models``.
+
+A :class:`LoadedModel` owns everything per version: its runtime, its scheduler (char models) or
+forecast batcher and session stepper (forecasters), and its protocol caches; ``stop`` releases
+them all. Over 400 lines because the manager's lifecycle (load, swap, drain, reap, stop) and the
+version it manages are checked together: a reader follows what a hot reload releases in one file.
 """
 
 from __future__ import annotations
@@ -257,7 +262,7 @@ class ModelManager:
                 m.scheduler = EngineClient(spec, sm, self.on_step).start()
         else:
             m.batcher = ForecastBatcher(rt, cfg.forecast_max_batch, self.metrics, ref.served)
-            m.stepper = SessionStepper(rt, m.batcher, cfg.forecast_max_batch, ref.served)
+            m.stepper = SessionStepper(rt, m.batcher, cfg.forecast_max_batch, ref.served, self.metrics)
         return m
 
     # ------------------------------------------------------------------ lifecycle

@@ -247,15 +247,17 @@ class Runtime:
             x = self._window(inputs)
         b = x.shape[0]
         if b == 0:
-            return self._empty(x)
+            return self._empty(x, outputs)
         if state is not None:
             state = tuple(self.to_device(s) if isinstance(s, np.ndarray) else s for s in state)
         step = max_batch if max_batch and max_batch < b else b
         parts = []
         for lo in range(0, b, step):
             hi = min(b, lo + step)
-            st = (self.zero_state(hi - lo) if state is None else state if step == b
-                  else self.take(state, np.arange(lo, hi)))
+            if state is None:
+                st = self.zero_state(hi - lo)
+            else:  # the whole state, or the rows of this chunk
+                st = state if step == b else self.take(state, np.arange(lo, hi))
             parts.append(self._call(x[lo:hi], st))
         if len(parts) == 1:
             y, q, new = parts[0]
@@ -267,11 +269,11 @@ class Runtime:
             y = np.ascontiguousarray(y[:, -1])
         return RunResult(y, new, q)
 
-    def _empty(self, x: np.ndarray) -> RunResult:
+    def _empty(self, x: np.ndarray, outputs: Outputs) -> RunResult:
         """A batch of none: no call (onnxruntime would refuse some zero-sized shapes)."""
         i = self.info
         if i.kind == "char":
-            y = np.zeros((0, x.shape[1], len(i.vocab)), np.float32)
+            y = np.zeros((0, len(i.vocab)) if outputs == "last" else (0, x.shape[1], len(i.vocab)), np.float32)
         else:
             y = np.zeros((0, i.horizon, len(i.target_names)), np.float32)
         q = np.zeros((*y.shape, len(i.quantiles)), np.float32) if i.quantiles_output else None

@@ -169,3 +169,22 @@ def test_the_memory_store_expires_idle_sessions_on_its_clock(manager):
         assert await store.sweep() == 1 and len(store) == 0
 
     asyncio.run(go())
+
+
+def test_one_runtime_call_gives_the_quantiles_with_iobinding_and_in_chunks(manager):
+    import onnxruntime as ort
+
+    from rnnops.serving.runtime import Runtime
+
+    path = manager.get("fc", "forecaster").runtime.path
+    plain, bound = Runtime(path), Runtime(path, iobinding="1")
+    x = _rows(15, seed=2).reshape(5, 3, 3)
+    a = plain.run(x)
+    b = bound.run(x[:, :2])  # carried on the device between calls ...
+    assert isinstance(b.state[0], ort.OrtValue)
+    b = bound.run(x[:, 2:], b.state)  # ... gives what one call gives
+    np.testing.assert_allclose(b.output, a.output, atol=1e-5)
+    np.testing.assert_allclose(b.quantiles, a.quantiles, atol=1e-5)
+    c = plain.run(x, max_batch=2)  # chunks of 2, 2, 1 (the lone row as a pair): the same bytes
+    assert np.array_equal(c.output, a.output) and np.array_equal(c.quantiles, a.quantiles)
+    assert np.array_equal(plain.state_numpy(c.state)[0], a.state[0])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnops.serving.batching import BatchQueue
+from rnnops.serving.batching import BatchQueue, observer
 
 Bands = tuple[np.ndarray, "np.ndarray | None"]  # a forecast [horizon, F_out] and its quantiles (None: no intervals)
 
@@ -24,14 +24,7 @@ class ForecastBatcher:
     def __init__(self, runtime, max_batch: int = 256, metrics=None, model: str = "forecaster"):
         self.runtime = runtime
         self.max_batch = max_batch
-        batch_hist = metrics.forecast_batch.labels(model) if metrics else None
-        seconds_hist = metrics.forecast_seconds.labels(model) if metrics else None
-
-        def on_call(n: int, seconds: float) -> None:
-            if batch_hist is not None:
-                batch_hist.observe(n)
-                seconds_hist.observe(seconds)
-
+        on_call = metrics and observer(metrics.forecast_batch.labels(model), metrics.forecast_seconds.labels(model))
         self._queue: BatchQueue[np.ndarray, Bands] = BatchQueue(
             self._forecast, key=len, max_batch=max_batch, name=f"rnnops-forecast-{model}", on_call=on_call)
 

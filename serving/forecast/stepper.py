@@ -25,18 +25,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnops.serving.batching import BatchQueue
+from rnnops.serving.batching import BatchQueue, observer
 
 Update = tuple["tuple | None", np.ndarray]  # a session's carried state (None: zeros) and its new rows [n, F]
 Stepped = tuple[np.ndarray, "np.ndarray | None", tuple]  # forecast [horizon, F_out], quantiles or None, new state
 
 
 class SessionStepper:
-    def __init__(self, runtime, batcher, max_batch: int = 256, model: str = "forecaster"):
+    def __init__(self, runtime, batcher, max_batch: int = 256, model: str = "forecaster", metrics=None):
         self.runtime = runtime
         self.batcher = batcher  # the version's ForecastBatcher (windowed sessions)
+        on_call = metrics and observer(metrics.session_batch.labels(model), metrics.session_seconds.labels(model))
         self._queue: BatchQueue[Update, Stepped] = BatchQueue(
-            self._step, key=lambda u: len(u[1]), max_batch=max_batch, name=f"rnnops-steps-{model}")
+            self._step, key=lambda u: len(u[1]), max_batch=max_batch, name=f"rnnops-steps-{model}", on_call=on_call)
 
     @property
     def calls(self) -> int:

@@ -195,11 +195,11 @@ def session_view(serving, sess, forecast) -> dict:
     info = sess.model.runtime.info
     d = {"session_id": sess.id, "model": sess.model.name, "version": sess.model.version,
          "stateful": sess.stateful, "observations": sess.observations, "needs": sess.needs,
-         "targets": list(info.target_names), "forecast": None if forecast is None else forecast.tolist(),
+         "targets": list(info.target_names), "forecast": forecast,  # orjson writes arrays as they are
          "expires_in_s": serving.sessions.ttl_s}
     bands = getattr(sess, "last_quantiles", None)
     if forecast is not None and bands is not None:
-        d["quantiles"] = {k: v.tolist() for k, v in quantiles_view(info.quantiles, bands).items()}
+        d["quantiles"] = quantiles_view(info.quantiles, bands)
     if forecast is not None and len(sess.timestamps):
         try:
             d["timestamps"] = future_timestamps(sess.timestamps, info, "timestamps", sess.freq)

@@ -9,28 +9,27 @@ and load generators can use a served model as it is.
   ``binary_data_size`` bytes in order; outputs go out binary when asked (an output's
   ``binary_data``, or the request's ``binary_data_output``, which tritonclient sets when it
   names no outputs). Errors are ``{"error": "..."}`` (tritonclient reads that key).
-- Forecasters: ``x`` FP32 ``[B, T, F]`` -> ``forecast`` FP32 ``[B, H, F_out]`` through the model's
-  :class:`ForecastBatcher`, batched with ``/forecast`` traffic; a model with prediction intervals
-  also gives ``quantiles`` FP32 ``[B, H, F_out, levels]`` (the levels in the model metadata's
-  ``parameters.quantiles``). A windowed model declares ``T = lookback`` (what it reads; longer
-  windows are cut to it as on ``/forecast``).
+- Forecasters: ``x`` FP32 ``[B, T, F]`` -> ``forecast`` FP32 ``[B, H, F_out]`` (with intervals also
+  ``quantiles`` ``[B, H, F_out, levels]``, the levels in the metadata's ``parameters``) through the
+  model's :class:`ForecastBatcher`, batched with ``/forecast`` traffic. A windowed model declares
+  ``T = lookback`` (what it reads; longer windows are cut to it as on ``/forecast``).
 - Char models: ``x`` INT64 ``[B, T]`` -> ``logits`` ``[B, T, V]``, plus the state tensors as the
   model's ``rnnops.state`` names them: given as inputs they are the starting state (else zeros),
   asked for as outputs they are returned.
 - **Sequences** (Triton's sequence batcher over HTTP: request parameters ``sequence_id``,
   ``sequence_start``, ``sequence_end``) for forecasters: a sequence is a forecast session of the
   one :class:`SessionStore` under the id ``seq:<model>:<sequence_id>`` (same cap, idle TTL, and
-  version pinning), its state kept server-side and stepped together with the other sequences and
-  sessions of the version (its :class:`~rnnops.serving.forecast.stepper.SessionStepper`: the one
-  session path). ``sequence_end`` frees it; a request for an unknown or
-  expired sequence without ``sequence_start`` is a 400 saying so. A tensor's shape may claim at
-  most ``RNNOPS_OIP_MAX_ELEMENTS`` elements (checked before any data is read). Until a windowed sequence has
-  ``lookback`` rows its answer has no outputs and the parameter ``needs``.
+  version pinning), its state kept server-side and stepped with the version's other sessions
+  (the one session path, :mod:`rnnops.serving.forecast.stepper`). ``sequence_end`` frees it; a
+  request for an unknown or expired sequence without ``sequence_start`` is a 400 saying so.
+  Until a windowed sequence has ``lookback`` rows its answer has no outputs and the parameter
+  ``needs``. A tensor's shape claims at most ``RNNOPS_OIP_MAX_ELEMENTS`` (checked before reading).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from typing import Any
 
@@ -162,13 +161,10 @@ def _model_metadata(m) -> dict:
         outputs = [{"name": contract.FORECAST_OUTPUT, "datatype": "FP32",
                     "shape": [-1, i.horizon, len(i.target_names)]}]
         if i.quantiles_output:
-            outputs.append({"name": i.quantiles_output, "datatype": "FP32",
-                            "shape": [-1, i.horizon, len(i.target_names), len(i.quantiles)]})
-    # "parameters" is outside the protocol's required fields (clients ignore it): which file runs,
-    # the levels of the quantiles output
-    params: dict[str, Any] = {"precision": i.precision}
-    if i.quantiles_output:
-        params["quantiles"] = list(i.quantiles)
+            outputs.append({**outputs[0], "name": i.quantiles_output,
+                            "shape": [*outputs[0]["shape"], len(i.quantiles)]})
+    # "parameters" is outside the protocol's required fields (clients ignore it): which file runs, levels
+    params = {"precision": i.precision, **({"quantiles": list(i.quantiles)} if i.quantiles_output else {})}
     return {"name": m.name, "versions": [m.version], "platform": "onnxruntime_onnx", "inputs": inputs,
             "outputs": outputs, "parameters": params}
 
@@ -335,14 +331,18 @@ async def infer(serving, request: Request) -> Response:
             raise _bad(f"{len(x)} windows; the limit per request is {serving.config.forecast_max_windows} "
                        "(RNNOPS_FORECAST_MAX_WINDOWS)", "shape")
         bands = await m.batcher.forecast_bands(list(x)) if len(x) else []
-        i = m.runtime.info
-        out = np.stack([y for y, _ in bands]) if bands else np.zeros((0, i.horizon, len(i.target_names)), np.float32)
-        results = {contract.FORECAST_OUTPUT: out}
-        if i.quantiles_output:
-            results[i.quantiles_output] = (np.stack([q for _, q in bands]) if bands else
-                                                  np.zeros((*out.shape, len(i.quantiles)), np.float32))
-        return _answer(m, body, results)
+        return _answer(m, body, _forecasts(m.runtime.info, bands))
     return await _char(m, body, tensors)
+
+
+def _forecasts(info, bands: list) -> dict[str, np.ndarray]:
+    """The outputs of forecasts and their quantiles (None for a model without intervals), batched."""
+    shape = (0, info.horizon, len(info.target_names))
+    results = {contract.FORECAST_OUTPUT: np.stack([y for y, _ in bands]) if bands else np.zeros(shape, np.float32)}
+    if info.quantiles_output:
+        results[info.quantiles_output] = (np.stack([q for _, q in bands]) if bands
+                                          else np.zeros((*shape, len(info.quantiles)), np.float32))
+    return results
 
 
 async def _char(m, body: InferRequest, tensors: dict[str, np.ndarray]) -> Response:
@@ -364,8 +364,7 @@ async def _char(m, body: InferRequest, tensors: dict[str, np.ndarray]) -> Respon
     if x.shape[0] == 0:
         raise _bad("input 'x' has an empty batch", "shape")
     r = await asyncio.to_thread(m.runtime.run, x, state)
-    new = m.runtime.state_numpy(r.state)
-    results = {contract.CHAR_OUTPUT: r.output, **{t.output: s for t, s in zip(info.state, new)}}
+    results = {contract.CHAR_OUTPUT: r.output, **dict(zip(info.state_outputs, m.runtime.state_numpy(r.state)))}
     if not body.outputs:  # the state only when asked for (or when it was given: a caller that carries it)
         results = {k: v for k, v in results.items() if k == contract.CHAR_OUTPUT or all(given) and info.state}
     return _answer(m, body, results)
@@ -393,13 +392,8 @@ async def _sequence(serving, m, body: InferRequest, x: np.ndarray, params: dict)
                        f"expired after RNNOPS_SESSION_TTL={store.ttl_s:g}s idle, or never started here; start it "
                        "with sequence_start", field="parameters.sequence_id") from None
     if params.get("sequence_end"):
-        try:
+        with contextlib.suppress(UnknownSession):  # expired meanwhile: ended all the same
             await store.close(sid)
-        except UnknownSession:
-            pass
     if y is None:
         return _answer(sess.model, body, {}, {"needs": sess.needs, "sequence_id": seq})
-    results = {contract.FORECAST_OUTPUT: y[None]}
-    if sess.last_quantiles is not None:
-        results[sess.model.runtime.info.quantiles_output] = sess.last_quantiles[None]
-    return _answer(sess.model, body, results, None)
+    return _answer(sess.model, body, _forecasts(sess.model.runtime.info, [(y, sess.last_quantiles)]))
