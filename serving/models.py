@@ -50,9 +50,6 @@ from rnnops.util import return_free_memory, sha256_file
 
 log = logging.getLogger("rnnops.serving")
 
-RETRY_FAILED_S = 60.0  # a version that failed to load is tried again after this long
-MAX_BACKOFF_S = 60.0  # alias polls while the registry is unreachable: at most this far apart
-
 
 @dataclass(frozen=True)
 class ServedRef:
@@ -211,7 +208,7 @@ class ModelManager:
         self._poller: asyncio.Task | None = None
         self.last_poll: float | None = None
         # The registry as the alias polls see it: while it cannot be reached, what is loaded keeps
-        # serving, readiness holds, and the polls back off (doubling, at most MAX_BACKOFF_S).
+        # serving, readiness holds, and the polls back off (doubling, at most RNNOPS_POLL_MAX_BACKOFF_S).
         self.registry = {"reachable": True, "error": None, "since": None, "failed_polls": 0}
         # The poller is the retry loop: MLflow's own HTTP retries (several, with exponential
         # backoff, by default) would only delay noticing that the registry is down by minutes.
@@ -328,7 +325,7 @@ class ModelManager:
                     self.errors.pop(ref.served, None)  # it points back at what is served
                 continue
             failed = self._failed.get(ref.served)
-            if failed and failed[0] == version and time.monotonic() - failed[1] < RETRY_FAILED_S:
+            if failed and failed[0] == version and time.monotonic() - failed[1] < self.config.reload_retry_s:
                 continue
             await self._load_and_swap(ref, version)
         self._reap()
@@ -364,7 +361,7 @@ class ModelManager:
     def poll_interval(self) -> float:
         """The poll period, doubled per failed poll while the registry is unreachable."""
         base = self.config.poll_seconds
-        return min(base * 2 ** self.registry["failed_polls"], max(base, MAX_BACKOFF_S))
+        return min(base * 2 ** self.registry["failed_polls"], max(base, self.config.poll_max_backoff_s))
 
     async def _poll_forever(self) -> None:
         while True:

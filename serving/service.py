@@ -70,7 +70,8 @@ def session_store(config: ServeConfig, models: ModelManager, metrics):
         return SessionStore(config.max_sessions, config.session_ttl_s, metrics)
     from rnnops.serving.forecast.redis_store import RedisSessionStore
 
-    return RedisSessionStore(config.session_store, models, config.max_sessions, config.session_ttl_s, metrics)
+    return RedisSessionStore(config.session_store, models, config.max_sessions, config.session_ttl_s, metrics,
+                             lock_s=config.session_lock_s)
 
 
 @bentoml.asgi_app(app, path="/")

@@ -35,7 +35,6 @@ from rnnops.serving.forecast.sessions import ForecastSession, sessions_full
 
 PREFIX = "rnnops:session:"
 INDEX = "rnnops:sessions"
-LOCK_S = 30.0  # an update holding the lock longer than this loses it (a dead worker's lock frees itself)
 
 
 def encode(sess: ForecastSession, state_arrays: tuple[np.ndarray, ...] | None) -> dict[str, bytes]:
@@ -79,7 +78,7 @@ class RedisSessionStore:
     shared = True
 
     def __init__(self, url: str, models, max_sessions: int = 1024, ttl_s: float = 600.0, metrics=None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, lock_s: float = 30.0):
         try:
             import redis.asyncio as aioredis
         except ImportError:
@@ -92,6 +91,7 @@ class RedisSessionStore:
         # wall-clock seconds, shared by the replicas: the index's expiry scores (tests pass one they
         # move). A session's own expiry is its key's, on the Redis server's clock.
         self.clock = clock
+        self.lock_s = lock_s  # RNNOPS_SESSION_LOCK_S: the longest wait for, and hold of, a session's lock
         self._metrics = metrics
         self._open = 0  # as last counted (len() must not block)
         self.expired = 0
@@ -151,9 +151,10 @@ class RedisSessionStore:
     async def updating(self, sid: str):
         """The session, exclusively (across every worker and replica), saved when the block ends
         without an error."""
-        lock = self.redis.lock(f"rnnops:lock:{sid}", timeout=LOCK_S, blocking_timeout=LOCK_S)
+        lock = self.redis.lock(f"rnnops:lock:{sid}", timeout=self.lock_s, blocking_timeout=self.lock_s)
         if not await lock.acquire():
-            raise Overloaded("session_busy", f"session {sid!r} is being updated elsewhere; retry", 1, status=503)
+            raise Overloaded("session_busy", f"session {sid!r} is being updated elsewhere (waited "
+                             f"RNNOPS_SESSION_LOCK_S={self.lock_s:g}s); retry", 1, status=503)
         try:
             sess = await self.get(sid)
             yield sess
