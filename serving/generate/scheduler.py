@@ -52,6 +52,7 @@ from typing import Callable
 
 import numpy as np
 
+from rnnops.serving.batching import group_by
 from rnnops.serving.errors import Overloaded
 from rnnops.serving.generate.runner import Pending, Runner
 from rnnops.serving.generate.sampling import sample_batch
@@ -469,8 +470,7 @@ class StepScheduler:
             # way whoever else is prefilling, so its state is exactly the one it gets alone.
             # All go to the runner at once (after the lanes' calls), then are collected in order.
             groups, calls = [], []
-            for b in sorted(set(chunk.values())):
-                group = [s for s in self._prefill if chunk[s.id] == b]
+            for b, group in sorted(group_by(self._prefill, lambda s: chunk[s.id]).items()):
                 state = rt.concat([s.state if s.state is not None else rt.zero_state(1) for s in group])
                 toks = np.stack([s.request.prompt_ids[s.cursor: s.cursor + b] for s in group])
                 groups.append((b, group))
