@@ -123,17 +123,41 @@ def forecast(pythons: dict[str, str], work: Path, rounds: int, concurrency: int,
     return raw
 
 
+# wrk's side for /sessions: the forecast script with one request per session (their paths differ)
+SESSIONS_LUA = FH.WRK_LUA.replace("""  reqs = {}
+  for k = 2, #args do
+    local f = assert(io.open(args[k], "rb"))
+    reqs[#reqs + 1] = wrk.format("POST", nil, {["Content-Type"] = "application/json"}, f:read("*a"))
+    f:close()
+  end""", """  reqs = {}
+  local f = assert(io.open(args[2], "rb"))
+  local body = f:read("*a")
+  f:close()
+  for k = 3, #args do
+    reqs[#reqs + 1] = wrk.format("POST", "/sessions/" .. args[k], {["Content-Type"] = "application/json"}, body)
+  end""")
+
+
 def sessions(pythons: dict[str, str], work: Path, rounds: int, concurrency: int, seconds: float) -> dict:
     """``concurrency`` forecast sessions, each updated with one observation per request, over
     ``/sessions`` and as OIP sequences (the protocols benchmark's stateful GRU 1x64 forecaster, 7
-    features, the protocols benchmark's client): updates/s and server CPU per update."""
+    features, the protocols benchmark's client; ``/sessions`` with ``wrk`` too when it is there,
+    a client that costs the shared CPUs less): updates/s and server CPU per update."""
     import urllib.request
+
+    assert SESSIONS_LUA != FH.WRK_LUA, "forecast_http.WRK_LUA changed: update SESSIONS_LUA"
+    script = work / "wrk_sessions.lua"
+    script.write_text(SESSIONS_LUA)
+    one_obs = work / "one_observation.json"
 
     fc = PR.build_forecaster(work / "fc.onnx")
     obs = np.random.default_rng(0).normal(size=(concurrency, 1, PR.FEATURES)).round(4).astype(np.float32)
     updates = [orjson.dumps({"observations": o.tolist()}) for o in obs]
+    one_obs.write_bytes(updates[0])
     servers, ids = {}, {}
-    raw: dict[str, dict[str, list[dict]]] = {name: {"sessions": [], "oip_sequences": []} for name in pythons}
+    wrk = shutil.which("wrk") is not None
+    modes = ["sessions", "oip_sequences", *(["sessions_wrk"] if wrk else [])]
+    raw: dict[str, dict[str, list[dict]]] = {name: {mode: [] for mode in modes} for name in pythons}
     try:
         for name, py in pythons.items():
             proc, port = servers[name] = ST.start_server(fc, "batched", 0, 256, work / f"sessions-{name}.log", python=py)
@@ -146,7 +170,7 @@ def sessions(pythons: dict[str, str], work: Path, rounds: int, concurrency: int,
                 req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/bench/infer", data=body, method="POST",
                                              headers={"Inference-Header-Content-Length": hdr.split(b": ")[1].strip().decode()})
                 urllib.request.urlopen(req, timeout=30).read()
-        modes = {
+        clients = {
             "sessions": lambda name: (lambda i, k: (f"/sessions/{ids[name][i]}", updates[i])),
             "oip_sequences": lambda name: (lambda i, k: ("/v2/models/bench/infer",
                                                          *PR.oip_binary(obs[i][None], {"sequence_id": i + 1}))),
@@ -155,8 +179,15 @@ def sessions(pythons: dict[str, str], work: Path, rounds: int, concurrency: int,
         for k in range(rounds):
             for name in (order if k % 2 == 0 else order[::-1]):
                 proc, port = servers[name]
-                for mode, make in modes.items():
-                    row = asyncio.run(PR.requests(port, concurrency, seconds, proc.pid, make(name)))
+                for mode in modes:
+                    if mode == "sessions_wrk":
+                        w = FH.wrk_load(f"http://127.0.0.1:{port}", [one_obs, *ids[name]], concurrency, 10**6,
+                                        seconds, proc.pid, script)
+                        row = {"requests_per_s": w["rps"], "cpu_ms_per_request": w["server_cpu_ms_per_request"]}
+                        if w["errors"]:
+                            print(f"  {w['errors']} errors, first: {w['first_error']}", file=sys.stderr)
+                    else:
+                        row = asyncio.run(PR.requests(port, concurrency, seconds, proc.pid, clients[mode](name)))
                     raw[name][mode].append(row)
                     print(f"  {mode:13s} {name:6s} round {k + 1}/{rounds}: {row['requests_per_s']:8.1f} updates/s  "
                           f"server CPU {row['cpu_ms_per_request']:.3f} ms/update", file=sys.stderr)
@@ -184,7 +215,7 @@ def report(raw_s: dict, raw_f: dict, streams: int, concurrency: int, raw_q: dict
     if raw_f and len(raw_f) == 2:
         a, b = (C.median([r["rps"] for r in rs]) for rs in raw_f.values())
         lines.append(f"forecast after / before: {b / a:.3f}x requests/s" if a else "")
-    for mode in ("sessions", "oip_sequences") if raw_q else ():
+    for mode in next(iter(raw_q.values())) if raw_q else ():
         rows = [[name, _spread([r["requests_per_s"] for r in rs[mode]]), _spread([r["cpu_ms_per_request"] for r in rs[mode]])]
                 for name, rs in raw_q.items()]
         lines += ["", f"{mode}, {concurrency} sessions, one observation per request (median (min-max) over rounds):",
