@@ -15,7 +15,12 @@ model reads (at most ``lookback``), so its forecast's timestamps are those the b
 ``/forecast`` give for the same history (:mod:`rnnops.serving.timeseries`). :class:`SessionStore` keeps them
 in this worker's memory (the default); ``RNNOPS_SESSION_STORE=redis://...`` keeps them in Redis
 instead (:mod:`.redis_store`), where any worker or replica continues any session.
-Like Triton's ``max_sequence_idle_microseconds``, an idle session is dropped after the TTL.
+Like Triton's ``max_sequence_idle_microseconds``, an idle session is dropped after the TTL,
+measured on the store's clock (injectable: tests move it instead of sleeping).
+
+This module keeps sessions; it does not step them: every update, whichever store holds the
+session, goes through the :class:`~rnnops.serving.forecast.stepper.SessionStepper` of its
+version (:meth:`ForecastSession.observe`), batched with the other sessions' updates.
 """
 
 from __future__ import annotations
