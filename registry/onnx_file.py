@@ -10,11 +10,13 @@ from pathlib import Path
 
 from rnnops.contract import ONNX_FILE, decode_metadata  # noqa: F401  (ONNX_FILE: re-exported for the registry)
 from rnnops.errors import RnnopsError
+from rnnops.model_file_checks import check_model_file
 from rnnops.util import sha256_file  # noqa: F401  (the registry's callers hash through here)
 
 
 def metadata_props(path: Path) -> dict[str, str]:
     """The raw ``metadata_props`` of an ONNX file (all keys, JSON strings as stored)."""
+    check_model_file(path)  # an untrusted file: verified before onnxruntime (or onnx) opens it
     try:
         import onnxruntime as ort
     except ImportError:

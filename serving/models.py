@@ -36,7 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rnnops import refs
+from rnnops.contract import check_metadata
 from rnnops.errors import RnnopsError
+from rnnops.model_file_checks import check_model_file
 from rnnops.refs import ModelRef
 from rnnops.serving.config import ServeConfig
 from rnnops.serving.errors import Overloaded, UnknownModel
@@ -233,6 +235,10 @@ class ModelManager:
     def _resolve(self, ref: ServedRef) -> Resolved:
         sha = self._files.sha(ref.target) if ref.source == "file" and Path(ref.target).is_file() else None
         m = refs.resolve_ref(ref.ref, sha256=sha, int8=self.config.precision != "fp32")
+        for path in (m.path, m.int8_path):  # untrusted files, checked before onnxruntime opens them
+            if path is not None:
+                check_model_file(path)
+        check_metadata(m.metadata, f"{ref.served} version {m.version}")
         return Resolved(m.version, m.path, m.sha256, m.alias, m.source_run, m.int8_path, m.int8_sha256)
 
     def _load(self, ref: ServedRef) -> LoadedModel:

@@ -26,6 +26,7 @@ from rnnops.serving.forecast.sessions import SessionStore
 from rnnops.serving.http.app import Serving, create_app
 from rnnops.serving.http.auth import middlewares as access_middlewares
 from rnnops.serving.http.generate import wake_watchers
+from rnnops.serving.http.headers import SecurityHeadersMiddleware
 from rnnops.serving.http.limits import BodyLimitMiddleware, bound_send_buffers
 from rnnops.serving.models import ModelManager
 
@@ -136,6 +137,10 @@ class RnnopsService:
     def __is_ready__(self) -> bool:
         return self.serving.models.ready and not self.serving.draining
 
+
+# Security headers (nosniff, no referrer, the CSP, no-store for keyed answers) on every answer:
+# added first, so outermost of ours: the 413 and 401 below carry them too (see http/headers.py).
+RnnopsService.add_asgi_middleware(SecurityHeadersMiddleware)
 
 # The body limit on BentoML's outer app: a request announcing too big a body is refused before
 # any of it is read, on every route (see http/limits.py).

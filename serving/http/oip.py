@@ -19,11 +19,10 @@ and load generators can use a served model as it is.
 - **Sequences** (Triton's sequence batcher over HTTP: request parameters ``sequence_id``,
   ``sequence_start``, ``sequence_end``) for forecasters: a sequence is a forecast session of the
   one :class:`SessionStore` under the id ``seq:<model>:<sequence_id>`` (same cap, idle TTL, and
-  version pinning), its state kept server-side and stepped with the version's other sessions
-  (the one session path, :mod:`rnnops.serving.forecast.stepper`). ``sequence_end`` frees it; a
-  request for an unknown or expired sequence without ``sequence_start`` is a 400 saying so.
-  Until a windowed sequence has ``lookback`` rows its answer has no outputs and the parameter
-  ``needs``. A tensor's shape claims at most ``RNNOPS_OIP_MAX_ELEMENTS`` (checked before reading).
+  version pinning), stepped with the version's other sessions (the one session path,
+  :mod:`rnnops.serving.forecast.stepper`). ``sequence_end`` frees it; an unknown or expired
+  sequence without ``sequence_start`` is a 400 saying so. Until a windowed sequence has ``lookback``
+  rows its answer has no outputs and the parameter ``needs``. Tensors: ``RNNOPS_OIP_MAX_ELEMENTS``.
 """
 
 from __future__ import annotations
@@ -223,8 +222,11 @@ def _tensors(body: InferRequest, blob: bytes, max_elements: int) -> dict[str, np
         where = f"input {t.name!r}"
         if t.datatype not in DTYPES:
             raise _bad(f"{where}: datatype {t.datatype!r} is not one of {', '.join(DTYPES)}", "datatype")
-        if any(d < 0 for d in t.shape) or math.prod(t.shape) > max_elements:
-            raise _bad(f"{where}: shape {t.shape} must be non-negative, at most {max_elements} elements "
+        # every dimension at least 1: an empty axis is no input, and a zero-length sequence aborts
+        # onnxruntime's recurrent kernels (the whole worker); a zero beside a huge dimension
+        # would also slip past the element bound into numpy's reshape (a 500)
+        if any(d < 1 for d in t.shape) or math.prod(t.shape) > max_elements:
+            raise _bad(f"{where}: shape {t.shape} must be positive, at most {max_elements} elements "
                        "(RNNOPS_OIP_MAX_ELEMENTS)", "shape")
         dtype = np.dtype(DTYPES[t.datatype])
         count = math.prod(t.shape)
@@ -330,18 +332,16 @@ async def infer(serving, request: Request) -> Response:
         if len(x) > serving.config.forecast_max_windows:
             raise _bad(f"{len(x)} windows; the limit per request is {serving.config.forecast_max_windows} "
                        "(RNNOPS_FORECAST_MAX_WINDOWS)", "shape")
-        bands = await m.batcher.forecast_bands(list(x)) if len(x) else []
+        bands = await m.batcher.forecast_bands(list(x))  # at least one window: _tensors refuses empty axes
         return _answer(m, body, _forecasts(m.runtime.info, bands))
     return await _char(m, body, tensors)
 
 
 def _forecasts(info, bands: list) -> dict[str, np.ndarray]:
-    """The outputs of forecasts and their quantiles (None for a model without intervals), batched."""
-    shape = (0, info.horizon, len(info.target_names))
-    results = {contract.FORECAST_OUTPUT: np.stack([y for y, _ in bands]) if bands else np.zeros(shape, np.float32)}
+    """The outputs of forecasts (at least one) and their quantiles (a model with intervals), batched."""
+    results = {contract.FORECAST_OUTPUT: np.stack([y for y, _ in bands])}
     if info.quantiles_output:
-        results[info.quantiles_output] = (np.stack([q for _, q in bands]) if bands
-                                          else np.zeros((*shape, len(info.quantiles)), np.float32))
+        results[info.quantiles_output] = np.stack([q for _, q in bands])
     return results
 
 
