@@ -40,6 +40,7 @@ from rnnops.contract import check_metadata
 from rnnops.errors import RnnopsError
 from rnnops.model_file_checks import check_model_file
 from rnnops.refs import ModelRef
+from rnnops.registry.resolve import resolve_ref
 from rnnops.serving.config import ServeConfig
 from rnnops.serving.errors import Overloaded, UnknownModel
 from rnnops.serving.forecast.batcher import ForecastBatcher
@@ -234,7 +235,7 @@ class ModelManager:
 
     def _resolve(self, ref: ServedRef) -> Resolved:
         sha = self._files.sha(ref.target) if ref.source == "file" and Path(ref.target).is_file() else None
-        m = refs.resolve_ref(ref.ref, sha256=sha, int8=self.config.precision != "fp32")
+        m = resolve_ref(ref.ref, sha256=sha, int8=self.config.precision != "fp32")
         for path in (m.path, m.int8_path):  # untrusted files, checked before onnxruntime opens them
             if path is not None:
                 check_model_file(path)

@@ -46,7 +46,7 @@ PG_USER = "rnnops"  # the database superuser initdb creates (trust auth on loopb
 def missing(reason: str):
     """Skip a test whose prerequisite is missing, but fail under CI."""
     if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set: the real-server tests must run there)", pytrace=False)
+        pytest.fail(f"{reason} (CI is set: CI has what this test needs, so it must run there)", pytrace=False)
     pytest.skip(reason)
 
 

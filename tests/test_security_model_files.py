@@ -20,7 +20,7 @@ from rnnops import contract  # noqa: E402
 from rnnops.contract import MetadataError, check_metadata  # noqa: E402
 from rnnops.errors import RnnopsError  # noqa: E402
 from rnnops.model_file_checks import ModelFileError, check_model_file  # noqa: E402
-from rnnops.registry.onnx_file import read_metadata  # noqa: E402
+from rnnops.onnx_metadata import read_metadata  # noqa: E402
 from test_runtime import export_char, export_forecaster  # noqa: E402
 
 HOSTILE = "<img src=x onerror=\"document.title='XSS-'+document.title\"> & 'quotes'"
