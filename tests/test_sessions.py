@@ -1,41 +1,29 @@
 """The one session path, in process over a real ModelManager and onnxruntime (no BentoML process):
 concurrent updates of many sessions are stepped in one runtime call, each row as it would be
 alone; ``/sessions`` and OIP sequences both return the quantiles of a model with prediction
-intervals; the store's idle TTL runs on an injected clock (no sleeps)."""
+intervals; the store's idle TTL runs on an injected clock (no sleeps).
+
+A fast serving test (conftest.FAST): no torch, the tiny stateful forecaster with intervals of
+tests/assets/ (scripts/make_test_assets.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from rnnops.serving.config import ServeConfig
+from rnnops.serving.errors import UnknownSession
+from rnnops.serving.forecast.sessions import SessionStore
+from rnnops.serving.models import ModelManager
 
-from rnnops.serving.config import ServeConfig  # noqa: E402
-from rnnops.serving.errors import UnknownSession  # noqa: E402
-from rnnops.serving.forecast.sessions import SessionStore  # noqa: E402
-from rnnops.serving.models import ModelManager  # noqa: E402
-
+BANDED = Path(__file__).resolve().parent / "assets" / "forecaster-bands.onnx"  # stateful GRU, 3 features
 LEVELS = [0.1, 0.5, 0.9]
 HORIZON = 4
-
-
-def export_banded(path):
-    """A tiny stateful (fixed-scaler) GRU forecaster with prediction intervals, as contract ONNX."""
-    from rnnops.export.onnx_export import export_onnx
-    from rnnops.training import intervals
-    from rnnops.training.models import Forecaster, ForecasterConfig
-
-    torch.manual_seed(0)
-    m = Forecaster(ForecasterConfig(n_features=3, target_indices=[2], lookback=12, horizon=HORIZON, cell="gru",
-                                    hidden_size=16, norm="fixed", scaler_mean=[1.0] * 3, scaler_std=[2.0] * 3,
-                                    feature_names=["a", "b", "OT"], target_names=["OT"], quantiles=LEVELS))
-    intervals.add_buffer(m)
-    with torch.no_grad():  # a band of -1 .. +1 (in scaled units) around the median
-        getattr(m, intervals.BUFFER).copy_(torch.tensor([-1.0, 0.0, 1.0]).expand(HORIZON, 1, 3))
-    return export_onnx(m.eval(), {"freq": "h", "stateful": True}, path)
 
 
 class FakeClock:
@@ -47,9 +35,8 @@ class FakeClock:
 
 
 @pytest.fixture(scope="module")
-def manager(tmp_path_factory):
-    path = export_banded(tmp_path_factory.mktemp("sessions") / "banded.onnx")
-    cfg = ServeConfig(models=f"fc={path}", poll_seconds=0)
+def manager():
+    cfg = ServeConfig(models=f"fc={BANDED}", poll_seconds=0)
     m = ModelManager(cfg)
     asyncio.run(m.start())
     yield m

@@ -93,14 +93,13 @@ def test_a_session_survives_the_restart_of_the_replica_that_opened_it(setup):
 
 @pytest.fixture(scope="module")
 def redis_store_parts(tmp_path_factory):
-    from test_sessions import export_banded
+    from test_sessions import BANDED
 
     from rnnops.serving.config import ServeConfig
     from rnnops.serving.models import ModelManager
 
     root = tmp_path_factory.mktemp("redis-store")
-    path = export_banded(root / "banded.onnx")
-    manager = ModelManager(ServeConfig(models=f"fcq={path}", poll_seconds=0))
+    manager = ModelManager(ServeConfig(models=f"fcq={BANDED}", poll_seconds=0))
     asyncio.run(manager.start())
     with start_redis(root / "redis") as r:
         yield r, manager
