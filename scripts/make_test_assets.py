@@ -31,11 +31,12 @@ def char_model() -> CharModel:
     return CharModel(CharModelConfig(vocab_size=len(VOCAB), cell="lstm", hidden_size=16, embed_dim=8))
 
 
-def forecaster(norm: str) -> Forecaster:
-    """``fixed``: stateful (sessions carry state); ``revin``: windowed (sessions keep the window)."""
+def forecaster(norm: str, quantiles: list[float] | None = None) -> Forecaster:
+    """``fixed``: stateful (sessions carry state); ``revin``: windowed (sessions keep the window).
+    With ``quantiles``: prediction intervals, a band of -1 .. +1 (scaled units) around the median."""
     torch.manual_seed(1)
     n = len(FEATURES)
-    return Forecaster(
+    model = Forecaster(
         ForecasterConfig(
             n_features=n,
             target_indices=[n - 1],
@@ -48,8 +49,17 @@ def forecaster(norm: str) -> Forecaster:
             scaler_std=[1.0, 1.0, 2.0],
             feature_names=FEATURES,
             target_names=["OT"],
+            quantiles=quantiles or [],
         )
     )
+    if quantiles:
+        from rnnops.training import intervals
+
+        intervals.add_buffer(model)
+        offsets = torch.linspace(-1.0, 1.0, len(quantiles))
+        with torch.no_grad():
+            getattr(model, intervals.BUFFER).copy_(offsets.expand(4, 1, len(quantiles)))
+    return model
 
 
 def main() -> None:
@@ -58,6 +68,8 @@ def main() -> None:
         "char-lstm.onnx": (char_model(), {"vocab": VOCAB}),
         "forecaster-fixed.onnx": (forecaster("fixed"), {"freq": "h", "stateful": True}),
         "forecaster-revin.onnx": (forecaster("revin"), {"freq": "h", "stateful": False}),
+        # stateful with prediction intervals: the session path's quantiles (tests/test_sessions.py)
+        "forecaster-bands.onnx": (forecaster("fixed", [0.1, 0.5, 0.9]), {"freq": "h", "stateful": True}),
     }
     for name, (model, spec) in files.items():
         path = export_onnx(model, spec, ASSETS / name, source_run=None)

@@ -36,6 +36,7 @@ FAST = frozenset({
     "test_scheduler.py",
     "test_security_static.py",
     "test_serve_assets.py",
+    "test_sessions.py",
     "test_timeseries.py",
 })
 

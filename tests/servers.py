@@ -120,6 +120,15 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20.
 # ---------------------------------------------------------------- PostgreSQL
 
 
+def sessions_open(client, model: str, **kw) -> float:
+    """A server's ``rnnops_sessions_open`` gauge for ``model`` from ``GET /metrics`` (0 if not set yet).
+    Reading it touches no session, so a test can wait on it for an idle TTL to pass."""
+    for line in client.get("/metrics", **kw).text.splitlines():
+        if line.startswith("rnnops_sessions_open") and f'model="{model}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def postgres_bindir() -> Path | None:
     """The newest Debian PostgreSQL server bin dir (``/usr/lib/postgresql/<major>/bin``)."""
     candidates = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "initdb").exists() and (p / "postgres").exists()]

@@ -29,6 +29,7 @@ from rnnops.errors import RnnopsError  # noqa: E402
 from rnnops.export import int8, parity  # noqa: E402
 from rnnops.export.onnx_export import export_onnx  # noqa: E402
 from rnnops.training.models import CharModel, CharModelConfig, Forecaster, ForecasterConfig  # noqa: E402
+from test_runtime import step  # noqa: E402
 
 VOCAB = [chr(32 + i) for i in range(40)]
 
@@ -113,13 +114,13 @@ def test_the_serving_runtime_steps_the_int8_file_like_one_call(tmp_path):
     assert rt.describe()["precision"] == "int8"
     rng = np.random.default_rng(2)
     tokens = rng.integers(0, len(VOCAB), (5, 17))
-    whole, state_w = rt.step(tokens, rt.zero_state(5))
+    whole, state_w = step(rt, tokens, rt.zero_state(5))
     state, last = rt.zero_state(5), None
     for lo in (0, 3, 4, 11):  # chunks of 3, 1, 7, 6
         hi = {0: 3, 3: 4, 4: 11, 11: 17}[lo]
-        last, state = rt.step(tokens[:, lo:hi], state)
+        last, state = step(rt, tokens[:, lo:hi], state)
     assert np.array_equal(last, whole) and all(np.array_equal(a, b) for a, b in zip(state, state_w))
-    alone, _ = rt.step(tokens[2:3], rt.zero_state(1))  # a lone row (run as a pair by the runtime)
+    alone, _ = step(rt, tokens[2:3], rt.zero_state(1))  # a lone row (run as a pair by the runtime)
     assert np.array_equal(alone[0], whole[2])
 
 

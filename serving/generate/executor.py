@@ -63,16 +63,16 @@ class Executor:
 
     def launch(self, lane: DecodeBatch, lanes: list[DecodeBatch]) -> None:
         """Start the lane's next step (T=1 for every row, with the state each carries)."""
-        lane.pending = self._call(lanes, self.runtime.step, lane.tokens[:, None], lane.state)
+        lane.pending = self._call(lanes, self.runtime.run, lane.tokens[:, None], lane.state, "last")
 
     def collect(self, lane: DecodeBatch) -> DecodeOutput:
         """The lane's step in flight: wait for it, sample each row with its own uniforms, and
         advance the lane's state and last tokens. Raises what the model call raised."""
         pending, lane.pending = lane.pending, None
-        logits, state = pending.result()
-        ids = sample_batch(logits, lane.temperature, lane.top_k, lane.top_p, lane.draw())
-        lane.state, lane.tokens = state, ids
-        return DecodeOutput(ids, logits)
+        r = pending.result()
+        ids = sample_batch(r.output, lane.temperature, lane.top_k, lane.top_p, lane.draw())
+        lane.state, lane.tokens = r.state, ids
+        return DecodeOutput(ids, r.output)
 
     # ------------------------------------------------------------------ prefill
 
@@ -85,10 +85,11 @@ class Executor:
         for b, group in chunks.items():
             state = rt.concat([s.state if s.state is not None else rt.zero_state(1) for s, _ in group])
             toks = np.stack([s.request.prompt_ids[c: c + b] for s, c in group])
-            calls.append((b, group, self._call(lanes, rt.step, toks, state)))
+            calls.append((b, group, self._call(lanes, rt.run, toks, state, "last")))
         out = []
         for b, group, call in calls:
-            logits, state = call.result()
+            r = call.result()
+            logits, state = r.output, r.state
             for j, (s, c) in enumerate(group):
                 last = c + b == len(s.request.prompt_ids)
                 out.append(PrefillOutput(s, b, rt.take(state, [j]) if len(group) > 1 else state,

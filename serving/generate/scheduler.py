@@ -41,7 +41,7 @@ runner, the sampling) and returns typed outputs; the scheduler then **updates fr
 finished streams retired). The lanes' rows are data (:mod:`rnnops.serving.generate.lanes`).
 Admission (the queue bound, ``Retry-After``) is the shared
 :class:`~rnnops.serving.generate.client.Admission`. The runtime is anything with the
-:class:`~rnnops.serving.runtime.Runtime` char API (``zero_state``, ``step``, ``take``,
+:class:`~rnnops.serving.runtime.Runtime` char API (``zero_state``, ``run``, ``take``,
 ``concat``, ``vocab``), so tests drive it with a fake. After each step the scheduler hands the
 streams it touched to ``on_step`` (the engine forwards them to the HTTP process, which wakes its
 consumers, see :mod:`rnnops.serving.http.streaming`); it never sees an event loop.
@@ -54,6 +54,7 @@ import threading
 import time
 from collections import deque
 
+from rnnops.serving.batching import group_by
 from rnnops.serving.errors import Overloaded
 from rnnops.serving.generate.client import Admission, OnStep, SchedulerMetrics, no_one
 from rnnops.serving.generate.executor import DecodeOutput, Executor, PrefillOutput
@@ -313,8 +314,8 @@ class StepScheduler:
     def _chunks(self) -> dict[int, list[tuple[Stream, int]]]:
         """Each prefilling stream's next prompt chunk (at most ``prefill_chunk`` characters), grouped
         by length, shortest first: ``{length: [(stream, cursor), ...]}``."""
-        chunk = {s.id: min(self.prefill_chunk, len(s.request.prompt_ids) - s.cursor) for s in self._prefill}
-        return {b: [(s, s.cursor) for s in self._prefill if chunk[s.id] == b] for b in sorted(set(chunk.values()))}
+        groups = group_by(self._prefill, lambda s: min(self.prefill_chunk, len(s.request.prompt_ids) - s.cursor))
+        return {b: [(s, s.cursor) for s in groups[b]] for b in sorted(groups)}
 
     # ------------------------------------------------------------------ updating from the output
 
