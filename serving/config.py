@@ -74,6 +74,8 @@ class ServeConfig:
     max_prompt_chars: int = 4096
     max_chars: int = 4096  # per request
     prefill_chunk: int = 256  # prompt characters per stream per step (long prompts don't stall others)
+    openai_max_n: int = 16  # /v1/completions: choices per prompt (n)
+    openai_max_prompts: int = 16  # /v1/completions: prompts per request
     coalesce_ms: float = 5.0  # SSE: characters gathered this long go out as one event (at least)
     sse_events_per_s: float = 2000.0  # SSE: total event rate a worker aims under (wider windows when busy)
     gil_switch_ms: float = 1.0  # sys.setswitchinterval: how long the scheduler thread may wait for the GIL
@@ -149,6 +151,8 @@ class ServeConfig:
             "max_prompt_chars": ("RNNOPS_MAX_PROMPT_CHARS", int),
             "max_chars": ("RNNOPS_MAX_CHARS", int),
             "prefill_chunk": ("RNNOPS_PREFILL_CHUNK", int),
+            "openai_max_n": ("RNNOPS_OPENAI_MAX_N", int),
+            "openai_max_prompts": ("RNNOPS_OPENAI_MAX_PROMPTS", int),
             "coalesce_ms": ("RNNOPS_COALESCE_MS", float),
             "sse_events_per_s": ("RNNOPS_SSE_EVENTS_PER_S", float),
             "gil_switch_ms": ("RNNOPS_GIL_SWITCH_MS", float),
@@ -193,7 +197,7 @@ class ServeConfig:
             raise RnnopsError(f"RNNOPS_PROVIDERS: unknown provider(s) {unknown}; use cpu or cuda")
         for name in ("max_streams", "max_prompt_chars", "max_chars", "prefill_chunk", "forecast_max_batch",
                      "forecast_max_windows", "max_context_rows", "max_sessions", "workers", "decode_lanes",
-                     "oip_max_elements"):
+                     "openai_max_n", "openai_max_prompts", "oip_max_elements"):
             if getattr(self, name) < 1:
                 raise RnnopsError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.max_queue < 0:

@@ -47,7 +47,8 @@ from rnnops.serving.forecast.batcher import ForecastBatcher
 from rnnops.serving.forecast.stepper import SessionStepper
 from rnnops.serving.generate.engine import EngineClient, EngineSpec
 from rnnops.serving.generate.naive import NaiveGenerator
-from rnnops.serving.generate.scheduler import OnStep, SchedulerMetrics, StepScheduler
+from rnnops.serving.generate.client import GenerationClient, OnStep, SchedulerMetrics
+from rnnops.serving.generate.scheduler import StepScheduler
 from rnnops.serving.runtime import Runtime
 from rnnops.util import return_free_memory, sha256_file
 
@@ -142,7 +143,7 @@ class LoadedModel:
     version: str
     resolved: Resolved
     runtime: Runtime
-    scheduler: EngineClient | StepScheduler | NaiveGenerator | None = None
+    scheduler: GenerationClient | None = None  # char models: what generates their streams
     batcher: ForecastBatcher | None = None
     stepper: SessionStepper | None = None  # forecasters: every session update of this version (forecast/stepper.py)
     loaded_at: float = field(default_factory=time.time)

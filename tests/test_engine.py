@@ -52,6 +52,19 @@ def test_the_engine_gives_the_in_process_schedulers_texts(model, engine):
     assert engine.active == 0 and engine.queued == 0 and engine.describe()["steps"] > 0
 
 
+def test_log_probabilities_and_timings_cross_the_pipe_with_the_text(model, engine):
+    rt = Runtime(model)
+    req = _req(rt, "the cat", 30, 5, logprobs=2)
+    local = StepScheduler(rt)
+    want = local.submit(req)
+    local.run_until_idle()
+    s = engine.submit(req)
+    assert s.result(30) == want.text and s.finish_reason == "length"
+    assert len(s.logprobs) == 30 and s.logprobs == want.logprobs  # each character's, in order, the same
+    t = s.timing
+    assert t.enqueued <= t.admitted <= t.first_char <= t.finished  # one clock: the engine's is the worker's
+
+
 def test_a_streams_end_goes_out_when_the_engine_goes_idle(model, engine):
     """Ten short streams one after another: each ends as soon as it is done, not when the idle
     engine's wait for commands times out (0.5 s each: the bug this guards against)."""

@@ -160,6 +160,34 @@ def test_bounds_queue_full_is_429_with_retry_after():
     assert all(st.finish_reason == "length" for st in a)
 
 
+@pytest.mark.parametrize("make", [lambda rt: StepScheduler(rt, max_active=1, max_queue=0),
+                                  lambda rt: NaiveGenerator(rt, max_active=1, max_queue=0)], ids=["step", "naive"])
+def test_every_generator_refuses_with_the_one_admission_rule(make):
+    """The same bounds, message and Retry-After whichever generator runs (generate/client.py)."""
+    rt = FakeRuntime()
+    g = make(rt)
+    hog = g.submit(req(rt, n=10**6))  # the one slot (taken at the next step; the naive one at once)
+    with pytest.raises(Overloaded) as exc:
+        g.submit(req(rt))
+    assert exc.value.status == 429 and exc.value.reason == "queue_full" and 1 <= exc.value.retry_after <= 60
+    assert "RNNOPS_MAX_STREAMS=1" in exc.value.message and "RNNOPS_MAX_QUEUE=0" in exc.value.message
+    g.close()
+    with pytest.raises(Overloaded) as exc:
+        g.submit(req(rt))
+    assert exc.value.status == 503 and exc.value.reason == "draining"
+    hog.cancel()  # the naive generator's thread ends at its next character
+    g.stop()
+
+
+def test_the_generators_are_generation_clients():
+    from rnnops.serving.generate.client import GenerationClient
+    from rnnops.serving.generate.engine import EngineClient, EngineSpec
+
+    rt = FakeRuntime()
+    for g in (StepScheduler(rt), NaiveGenerator(rt), EngineClient(EngineSpec("unused.onnx"))):  # none started
+        assert isinstance(g, GenerationClient), type(g).__name__
+
+
 def test_queue_timeout_finishes_waiting_stream():
     rt = FakeRuntime()
     s = StepScheduler(rt, max_active=1, max_queue=4, queue_timeout=0.0)

@@ -14,9 +14,8 @@ import time
 
 import numpy as np
 
-from rnnops.serving.errors import Overloaded
 from rnnops.serving.generate.sampling import sample_batch
-from rnnops.serving.generate.scheduler import OnStep, SchedulerMetrics, _no_one
+from rnnops.serving.generate.client import Admission, OnStep, SchedulerMetrics, no_one
 from rnnops.serving.generate.stream import GenerationRequest, Stream
 
 log = logging.getLogger("rnnops.serving")
@@ -33,7 +32,8 @@ class NaiveGenerator:
         self.queue_timeout = queue_timeout
         self.metrics = metrics or SchedulerMetrics()
         self.name = name
-        self.on_step = on_step or _no_one
+        self.on_step = on_step or no_one
+        self.admission = Admission(max_active, max_queue, self.metrics)
         self._slots = threading.BoundedSemaphore(max_active)
         self._lock = threading.Lock()
         self._waiting = 0
@@ -54,15 +54,13 @@ class NaiveGenerator:
         return self._running == 0 and self._waiting == 0
 
     def retry_after(self) -> int:
-        return 1
+        return self.admission.retry_after(self._waiting)
 
     def start(self) -> "NaiveGenerator":
         return self
 
-    def wakeup(self) -> None:
-        pass
 
-    def cancelled(self, stream: Stream) -> None:  # its thread sees the flag at the next character
+    def cancel(self, stream: Stream) -> None:  # its thread sees the flag at the next character
         pass
 
     def close(self) -> None:
@@ -79,12 +77,7 @@ class NaiveGenerator:
         s = stream or Stream(request)
         s.scheduler = self
         with self._lock:
-            if self._closed:
-                raise Overloaded("draining", "this model version is being replaced; retry", 1, status=503)
-            if self._waiting >= self.max_queue + max(0, self.max_active - self._running):
-                self.metrics.rejected("queue_full")
-                raise Overloaded("queue_full", f"{self._running} streams generating, {self._waiting} waiting; retry later",
-                                 1, status=429)
+            self.admission.check(self._running, self._waiting, self._closed)
             self._waiting += 1
         threading.Thread(target=self._generate, args=(s,), daemon=True).start()
         return s
@@ -128,7 +121,7 @@ class NaiveGenerator:
             with self._lock:
                 self._running -= 1
             self._slots.release()
-            self.metrics.finished(s)
+            self.admission.finished(s)
             self.on_step([s])
 
     def describe(self) -> dict:

@@ -33,140 +33,37 @@ are admitted in arrival order. The queue is bounded: :meth:`StepScheduler.submit
 with ``queue_timeout`` (503). Errors inside a model call fail only the streams in that call and
 the loop carries on.
 
-The scheduler decides; the runtime executes; the transport reads. The runtime is anything with
-the :class:`~rnnops.serving.runtime.Runtime` char API (``zero_state``, ``run``, ``take``,
+The step in vLLM's shape: this module **decides** (who is admitted, who prefills which chunk
+(:meth:`StepScheduler._chunks`), which lane each stream decodes in (:meth:`StepScheduler._fill`));
+the :class:`~rnnops.serving.generate.executor.Executor` **executes** (the model calls on the
+runner, the sampling) and returns typed outputs; the scheduler then **updates from the output**
+(:meth:`StepScheduler._decoded`, :meth:`StepScheduler._prefill_step`: characters delivered,
+finished streams retired). The lanes' rows are data (:mod:`rnnops.serving.generate.lanes`).
+Admission (the queue bound, ``Retry-After``) is the shared
+:class:`~rnnops.serving.generate.client.Admission`. The runtime is anything with the
+:class:`~rnnops.serving.runtime.Runtime` char API (``zero_state``, ``run``, ``take``,
 ``concat``, ``vocab``), so tests drive it with a fake. After each step the scheduler hands the
 streams it touched to ``on_step`` (the engine forwards them to the HTTP process, which wakes its
-consumers, see :mod:`rnnops.serving.http.generate`); it never sees an event loop.
+consumers, see :mod:`rnnops.serving.http.streaming`); it never sees an event loop.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Callable
-
-import numpy as np
 
 from rnnops.serving.batching import group_by
 from rnnops.serving.errors import Overloaded
-from rnnops.serving.generate.runner import Pending, Runner
-from rnnops.serving.generate.sampling import sample_batch
+from rnnops.serving.generate.client import Admission, OnStep, SchedulerMetrics, no_one
+from rnnops.serving.generate.executor import DecodeOutput, Executor, PrefillOutput
+from rnnops.serving.generate.lanes import LANE_MIN_ROWS, UNIFORM_BLOCK, DecodeBatch, Row
 from rnnops.serving.generate.stream import GenerationRequest, Stream
 
 log = logging.getLogger("rnnops.serving")
 
 __all__ = ["DecodeBatch", "GenerationRequest", "Overloaded", "SchedulerMetrics", "StepScheduler", "Stream"]
-
-OnStep = Callable[[list[Stream]], None]
-
-UNIFORM_BLOCK = 64  # uniforms drawn at once per stream (the same sequence as one at a time)
-LANE_MIN_ROWS = 24  # a lane of fewer rows costs about as much per step as one of this many
-
-
-def _no_one(streams: list[Stream]) -> None:
-    pass
-
-
-class SchedulerMetrics:
-    """Where the scheduler reports; the default does nothing (see :mod:`metrics`)."""
-
-    def step(self, batch: int, seconds: float, chars: int) -> None: ...
-    def depth(self, active: int, queued: int) -> None: ...
-    def finished(self, stream: Stream) -> None: ...
-    def rejected(self, reason: str) -> None: ...
-
-
-class DecodeBatch:
-    """One lane of the decode batch: its streams with their batched state, last tokens, sampling
-    parameters and pre-drawn uniforms, in one object, so the rows can never fall out of line.
-
-    ``pending`` is the lane's model call in flight (on the runner), if any: while it runs, the
-    lane's rows must not change (its state is being computed), so streams join, leave and move
-    between lanes only at the lane's turn, after its result was collected.
-    """
-
-    def __init__(self, runtime):
-        self.runtime = runtime
-        self.pending: Pending | None = None
-        self.clear()
-
-    def clear(self) -> None:
-        self.streams: list[Stream] = []
-        self.state = self.runtime.zero_state(0)
-        self.tokens = np.zeros(0, np.int64)
-        self.uniforms = np.zeros((0, UNIFORM_BLOCK), np.float64)
-        self.cursor = np.zeros(0, np.int64)
-        self._params()
-
-    def __len__(self) -> int:
-        return len(self.streams)
-
-    def _params(self) -> None:
-        ps = [s.request.params for s in self.streams]
-        self.temperature = np.array([p.temperature for p in ps], dtype=np.float64)
-        self.top_k = np.array([p.top_k for p in ps], dtype=np.int64)
-        self.top_p = np.array([p.top_p for p in ps], dtype=np.float64)
-        self.logprobs = any(s.request.logprobs is not None for s in self.streams)
-
-    def add(self, rows: list["Row"]) -> None:
-        """Rows joining the lane (after their prefill, or moved from another lane)."""
-        if not rows:
-            return
-        self.streams.extend(r.stream for r in rows)
-        self.state = self.runtime.concat([self.state, *(r.state for r in rows)])
-        self.tokens = np.concatenate([self.tokens, np.array([r.token for r in rows], np.int64)])
-        self.uniforms = np.concatenate([self.uniforms, np.stack([r.uniforms for r in rows])])
-        self.cursor = np.concatenate([self.cursor, np.array([r.cursor for r in rows], np.int64)])
-        self._params()
-
-    def keep(self, rows: list[int]) -> None:
-        """Shrink the lane to ``rows`` (positions, in order)."""
-        if len(rows) == len(self.streams):
-            return
-        if not rows:
-            self.clear()
-            return
-        self.streams = [self.streams[j] for j in rows]
-        self.state = self.runtime.take(self.state, rows)
-        self.tokens = self.tokens[rows]
-        self.uniforms = self.uniforms[rows]
-        self.cursor = self.cursor[rows]
-        self._params()
-
-    def remove(self, rows: list[int]) -> list["Row"]:
-        """Take ``rows`` out of the lane, with everything they carry (to join another lane)."""
-        out = [Row(self.streams[j], self.runtime.take(self.state, [j]), int(self.tokens[j]), self.uniforms[j],
-                   int(self.cursor[j])) for j in rows]
-        gone = set(rows)
-        self.keep([j for j in range(len(self.streams)) if j not in gone])
-        return out
-
-    def draw(self) -> np.ndarray:
-        """One uniform per row, each from its own stream's generator, in the generator's order."""
-        rows = np.arange(len(self.streams))
-        u = self.uniforms[rows, self.cursor]
-        self.cursor += 1
-        for j in np.flatnonzero(self.cursor == UNIFORM_BLOCK).tolist():  # a row used its block up
-            self.uniforms[j] = self.streams[j].rng.random(UNIFORM_BLOCK)
-            self.cursor[j] = 0
-        return u
-
-
-@dataclass
-class Row:
-    """A stream on its way into a lane: its state (batch of one), last token and unused uniforms."""
-
-    stream: Stream
-    state: object
-    token: int
-    uniforms: np.ndarray
-    cursor: int
-
 
 class StepScheduler:
     """Continuous batching for one char-model runtime (see the module docstring)."""
@@ -181,9 +78,10 @@ class StepScheduler:
         self.queue_timeout = queue_timeout
         self.prefill_chunk = prefill_chunk
         self.metrics = metrics or SchedulerMetrics()
+        self.admission = Admission(max_active, max_queue, self.metrics)
         self.name = name
-        self.on_step = on_step or _no_one
-        self.runner = Runner(f"rnnops-runner-{name}")
+        self.on_step = on_step or no_one
+        self.executor = Executor(runtime, name)
         self._cv = threading.Condition()
         self._queue: deque[Stream] = deque()
         self._prefill: list[Stream] = []
@@ -194,10 +92,13 @@ class StepScheduler:
         self._stopping = False
         self.steps = 0
         self.chars = 0
-        self._avg_stream_s = 1.0
-        self._last_error: str | None = None
+        self.last_error: str | None = None
 
     # ------------------------------------------------------------------ public API
+
+    @property
+    def runner(self):
+        return self.executor.runner
 
     @property
     def active(self) -> int:
@@ -211,26 +112,19 @@ class StepScheduler:
     def idle(self) -> bool:
         return not (self._queue or self._prefill or self._joining or any(len(lane) for lane in self._lanes))
 
+    @property
+    def lane_sizes(self) -> list[int]:
+        return [len(lane) for lane in self._lanes]
+
     def retry_after(self) -> int:
-        """Seconds a rejected client should wait: the queue ahead of it, drained at the current pace."""
-        est = self._avg_stream_s * (len(self._queue) + 1) / max(1, self.max_active)
-        return int(min(60, max(1, math.ceil(est))))
+        return self.admission.retry_after(len(self._queue))
 
     def submit(self, request: GenerationRequest, stream: Stream | None = None) -> Stream:
         """Queue a generation; raises :class:`Overloaded` when the queue is full or closed."""
         s = stream or Stream(request)
         s.scheduler = self
         with self._cv:
-            if self._closed:
-                raise Overloaded("draining", "this model version is being replaced; retry", 1, status=503)
-            free = self.max_active - self.active
-            if len(self._queue) >= self.max_queue + max(0, free):
-                self.metrics.rejected("queue_full")
-                raise Overloaded(
-                    "queue_full",
-                    f"{self.active} streams are generating and {len(self._queue)} are waiting (limits "
-                    f"RNNOPS_MAX_STREAMS={self.max_active}, RNNOPS_MAX_QUEUE={self.max_queue}); retry later",
-                    self.retry_after(), status=429)
+            self.admission.check(self.active, len(self._queue), self._closed)
             self._queue.append(s)
             self.metrics.depth(self.active, len(self._queue))
             self._cv.notify()
@@ -240,13 +134,13 @@ class StepScheduler:
         with self._cv:
             self._cv.notify()
 
-    def cancelled(self, stream: Stream) -> None:
+    def cancel(self, stream: Stream) -> None:
         """A stream's client went away: it leaves at the next step boundary."""
         self.wakeup()
 
     def start(self) -> "StepScheduler":
         if self._thread is None:
-            self.runner.start()
+            self.executor.start()
             self._thread = threading.Thread(target=self._run, name=f"rnnops-scheduler-{self.name}", daemon=True)
             self._thread.start()
         return self
@@ -265,7 +159,7 @@ class StepScheduler:
             self._cv.notify()
         if self._thread is not None:
             self._thread.join(timeout)
-        self.runner.stop(timeout)
+        self.executor.stop(timeout)
         left = list(self._queue) + self._prefill + [r.stream for r in self._joining]
         for lane in self._lanes:
             left += lane.streams
@@ -297,7 +191,7 @@ class StepScheduler:
             with self._cv:
                 while self.idle and not self._stopping:
                     if self._closed:
-                        self.runner.stop()
+                        self.executor.stop()
                         return  # drained
                     self._cv.wait(1.0)
                 if self._stopping:
@@ -321,7 +215,7 @@ class StepScheduler:
                 self._joining = []
 
     def step(self) -> None:
-        """One scheduling step (see the module docstring)."""
+        """One scheduling step: decide, execute, update from the output (see the module docstring)."""
         t0 = time.perf_counter()
         touched: list[Stream] = self._retire_cancelled()  # first, so their slots are reused this step
         admitted = self._admit(touched)
@@ -332,10 +226,10 @@ class StepScheduler:
         for k, lane in enumerate(self._lanes):
             if lane.pending is not None:
                 decoded += len(lane)
-                touched.extend(self._collect(lane))
+                touched.extend(self._decoded(lane))
             self._fill(k, lane)
             if len(lane):
-                lane.pending = self._call(self.runtime.run, lane.tokens[:, None], lane.state, "last")
+                self.executor.launch(lane, self._lanes)
         if self._prefill:
             touched.extend(self._prefill_step())
 
@@ -346,8 +240,10 @@ class StepScheduler:
         self.metrics.depth(self.active, len(self._queue))
         for s in touched:
             if s.done:
-                self._finished(s)
+                self.admission.finished(s)
         self.on_step(touched)
+
+    # ------------------------------------------------------------------ deciding
 
     def _admit(self, touched: list[Stream]) -> list[Stream]:
         """Waiting streams that get a free slot now, in arrival order; cancelled ones leave and
@@ -379,12 +275,6 @@ class StepScheduler:
             s.timing.admitted = now
         return admitted
 
-    def _finished(self, s: Stream) -> None:
-        t = s.timing
-        if t.admitted is not None and t.finished is not None:
-            self._avg_stream_s = 0.9 * self._avg_stream_s + 0.1 * (t.finished - t.admitted)
-        self.metrics.finished(s)
-
     def _retire_cancelled(self) -> list[Stream]:
         """Cancelled streams that are not in a lane (lanes drop theirs at their turn)."""
         gone = []
@@ -399,37 +289,6 @@ class StepScheduler:
                     gone.append(r.stream)
             self._joining = [r for r in self._joining if not r.stream.done]
         return gone
-
-    # ------------------------------------------------------------------ decode
-
-    def _collect(self, lane: DecodeBatch) -> list[Stream]:
-        """The lane's last call: sample, deliver, and drop the streams that finished or left."""
-        streams = lane.streams
-        pending, lane.pending = lane.pending, None
-        try:
-            r = pending.result()
-            logits, state = r.output, r.state
-        except Exception as exc:
-            log.exception("scheduler %s: decode step failed for %d streams", self.name, len(streams))
-            self._fail(streams, f"model step failed: {exc}", notify=False)
-            lane.clear()
-            return streams
-        ids = sample_batch(logits, lane.temperature, lane.top_k, lane.top_p, lane.draw())
-        lane.state, lane.tokens = state, ids
-        vocab = self.vocab
-        chars = [vocab[t] for t in ids.tolist()]
-        if lane.logprobs:  # some stream asked for log-probabilities (OpenAI `logprobs`)
-            for s, row, t in zip(streams, logits, ids.tolist()):
-                if not s.cancelled:
-                    s.note_logprobs(row, t, vocab)
-        keep = []
-        for j, (s, ch) in enumerate(zip(streams, chars)):
-            if s.cancelled:
-                s.finish("cancelled")
-            elif not s.push(ch):
-                keep.append(j)
-        lane.keep(keep)
-        return streams
 
     def _fill(self, k: int, lane: DecodeBatch) -> None:
         """Move rows so the lanes stay near their target sizes: the joining streams first, and a
@@ -452,50 +311,58 @@ class StepScheduler:
             return [total] + [0] * (n - 1)
         return [total // n + (1 if k < total % n else 0) for k in range(n)]
 
-    def _call(self, fn, *args) -> Pending:
-        """A model call: on the runner while another lane's call may be running there (so the two
-        stay in order and this thread can work meanwhile), else at once on this thread."""
-        if any(lane.pending is not None and not lane.pending.done for lane in self._lanes):
-            return self.runner.submit(fn, *args)
-        return self.runner.run_now(fn, *args)
+    def _chunks(self) -> dict[int, list[tuple[Stream, int]]]:
+        """Each prefilling stream's next prompt chunk (at most ``prefill_chunk`` characters), grouped
+        by length, shortest first: ``{length: [(stream, cursor), ...]}``."""
+        groups = group_by(self._prefill, lambda s: min(self.prefill_chunk, len(s.request.prompt_ids) - s.cursor))
+        return {b: [(s, s.cursor) for s in groups[b]] for b in sorted(groups)}
 
-    # ------------------------------------------------------------------ prefill
+    # ------------------------------------------------------------------ updating from the output
+
+    def _decoded(self, lane: DecodeBatch) -> list[Stream]:
+        """The lane's last call: deliver each stream's character, drop those that finished or left."""
+        streams = lane.streams
+        try:
+            out: DecodeOutput = self.executor.collect(lane)
+        except Exception as exc:
+            log.exception("scheduler %s: decode step failed for %d streams", self.name, len(streams))
+            self._fail(streams, f"model step failed: {exc}", notify=False)
+            lane.clear()
+            return streams
+        vocab = self.vocab
+        ids = out.ids.tolist()
+        if lane.logprobs:  # some stream asked for log-probabilities (OpenAI `logprobs`)
+            for s, row, t in zip(streams, out.logits, ids):
+                if not s.cancelled:
+                    s.note_logprobs(row, t, vocab)
+        keep = []
+        for j, (s, t) in enumerate(zip(streams, ids)):
+            if s.cancelled:
+                s.finish("cancelled")
+            elif not s.push(vocab[t]):
+                keep.append(j)
+        lane.keep(keep)
+        return streams
 
     def _prefill_step(self) -> list[Stream]:
-        rt = self.runtime
-        chunk = {s.id: min(self.prefill_chunk, len(s.request.prompt_ids) - s.cursor) for s in self._prefill}
-        ready: list[tuple[Stream, np.ndarray]] = []  # prompt done: (stream, logits row)
         try:
-            # One call per distinct chunk length, no padding: a stream's prompt is cut the same
-            # way whoever else is prefilling, so its state is exactly the one it gets alone.
-            # All go to the runner at once (after the lanes' calls), then are collected in order.
-            groups, calls = [], []
-            for b, group in sorted(group_by(self._prefill, lambda s: chunk[s.id]).items()):
-                state = rt.concat([s.state if s.state is not None else rt.zero_state(1) for s in group])
-                toks = np.stack([s.request.prompt_ids[s.cursor: s.cursor + b] for s in group])
-                groups.append((b, group))
-                calls.append(self._call(rt.run, toks, state, "last"))
-            for (b, group), call in zip(groups, calls):
-                r = call.result()
-                logits, state = r.output, r.state
-                for j, s in enumerate(group):
-                    s.cursor += b
-                    s.state = rt.take(state, [j]) if len(group) > 1 else state
-                    if s.cursor == len(s.request.prompt_ids):
-                        ready.append((s, logits[j]))
+            outs: list[PrefillOutput] = self.executor.prefill(self._chunks(), self._lanes)
         except Exception as exc:
             log.exception("scheduler %s: prefill failed for %d streams", self.name, len(self._prefill))
             failed = list(self._prefill)
             self._fail(failed, f"prompt prefill failed: {exc}", notify=False)
             self._prefill = []
             return failed
+        ready = []  # prompt done: (stream, logits row)
+        for o in outs:
+            o.stream.cursor += o.chars
+            o.stream.state = o.state
+            if o.logits is not None:
+                ready.append((o.stream, o.logits))
         if not ready:
             return []
         streams = [s for s, _ in ready]
-        ps = [s.request.params for s in streams]
-        u = np.array([s.rng.random() for s in streams])
-        ids = sample_batch(np.stack([row for _, row in ready]), np.array([p.temperature for p in ps]),
-                           np.array([p.top_k for p in ps]), np.array([p.top_p for p in ps]), u)
+        ids = self.executor.first_tokens(streams, [row for _, row in ready])
         for (s, row), t in zip(ready, ids.tolist()):
             self._prefill.remove(s)
             state, s.state = s.state, None
@@ -507,7 +374,7 @@ class StepScheduler:
         return streams
 
     def _fail(self, streams: list[Stream], message: str, notify: bool = True) -> None:
-        self._last_error = message
+        self.last_error = message
         for s in streams:
             s.finish("error", message)
         if notify:
@@ -516,4 +383,4 @@ class StepScheduler:
     def describe(self) -> dict:
         return {"mode": "batched", "active": self.active, "queued": self.queued, "steps": self.steps,
                 "chars": self.chars, "max_streams": self.max_active, "max_queue": self.max_queue,
-                "lanes": [len(lane) for lane in self._lanes], "closed": self._closed, "last_error": self._last_error}
+                "lanes": self.lane_sizes, "closed": self._closed, "last_error": self.last_error}

@@ -93,7 +93,7 @@ class Stream:
         self.cancelled = False
         self._done = threading.Event()
         self.watcher = None  # the consumer's wake-up hook, set by the transport (opaque here)
-        self.scheduler = None  # who runs it (to wake it on cancel)
+        self.scheduler = None  # the GenerationClient that runs it (told on cancel)
         # per sampled character (aligned with ``generated``), when the request asks for them:
         # (its log-probability, {character: log-probability} of the top ``logprobs`` ones)
         self.logprobs: list[tuple[float, dict[str, float]]] = []
@@ -125,7 +125,7 @@ class Stream:
         if not self.done and not self.cancelled:
             self.cancelled = True
             if self.scheduler is not None:
-                self.scheduler.cancelled(self)
+                self.scheduler.cancel(self)
 
     def result(self, timeout: float | None = None) -> str:
         """Block until finished (threads, tests); returns the whole text."""
@@ -192,6 +192,17 @@ class Stream:
             return True
         self._release(len(self.generated) - self.stops.held_back(self.generated))
         return False
+
+    def receive(self, text: str, logprobs: list | None = None) -> None:
+        """Characters released by a stream elsewhere (the engine process: stop strings already
+        handled there), with their log-probabilities; those first, since a consumer on the event
+        loop reads them for the text it drains (OpenAI ``logprobs``)."""
+        if logprobs:
+            self.logprobs.extend(logprobs)
+        if text:
+            self.generated.extend(text)
+            self._out.extend(text)
+            self._released += len(text)
 
     def _release(self, upto: int) -> None:
         if upto > self._released:

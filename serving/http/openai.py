@@ -16,7 +16,6 @@ naming the parameter: a client must never believe something was honoured that wa
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import secrets
@@ -26,18 +25,18 @@ from typing import Annotated, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
+from rnnops import refs
+from rnnops.errors import RnnopsError
 from rnnops.serving.errors import InputError, Overloaded, UnknownModel
-from rnnops.serving.generate.stream import Stream
 from rnnops.serving.http import generate as G
 from rnnops.serving.http.errors import ApiError, ClientGone, JSONResponse, validation_error
 from rnnops.serving.http.schemas import GenerateBody
+from rnnops.serving.http.streaming import Generation, SSEResponse
 
 log = logging.getLogger("rnnops.serving")
 
-MAX_N = 16  # choices per prompt
-MAX_PROMPTS = 16  # prompts per request
 MAX_LOGPROBS = 5  # as OpenAI's API
 Stop = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -55,11 +54,12 @@ class CompletionBody(BaseModel):
     model: str = Field(..., min_length=1, description="A served char model (GET /v1/models), optionally "
                        "`name@alias` or `name@version`.")
     prompt: Annotated[str, Field(min_length=1)] | Annotated[list[Annotated[str, Field(min_length=1)]], Field(
-        min_length=1, max_length=MAX_PROMPTS)] = Field(..., description="Text to continue (or several).")
+        min_length=1)] = Field(..., description="Text to continue (or several: at most RNNOPS_OPENAI_MAX_PROMPTS).")
     max_tokens: int | None = Field(16, ge=1, description="Characters to generate per choice (at most RNNOPS_MAX_CHARS).")
     temperature: float | None = Field(1.0, ge=0.0, le=2.0, description="0 = greedy.")
     top_p: float | None = Field(1.0, gt=0.0, le=1.0)
-    n: int | None = Field(1, ge=1, le=MAX_N, description="Choices per prompt; choice j uses seed + j.")
+    n: int | None = Field(1, ge=1, description="Choices per prompt (at most RNNOPS_OPENAI_MAX_N); choice j "
+                          "uses seed + j.")
     stream: bool | None = Field(False, description="Server-Sent Events `data:` chunks, then `data: [DONE]`.")
     stream_options: StreamOptions | None = None
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="Per generated character its "
@@ -181,15 +181,20 @@ def char_models(serving) -> list:
 
 
 def resolve(serving, spec: str):
-    """``name``, ``name@alias`` or ``name@version`` (also ``name/version``) -> the loaded model;
-    a 404 listing the loaded char models when it is not one of them."""
-    name, sel = spec, None
-    for sep in ("@", "/"):
-        if sep in spec:
-            name, sel = spec.rsplit(sep, 1)
-            break
+    """``name``, ``name@alias`` or ``name@version`` (also ``name/version``: the one grammar of
+    :mod:`rnnops.refs`) -> the loaded model; a 404 listing the loaded char models when it is not
+    one of them."""
     loaded = ", ".join(f"{m.name} (version {m.version}" + (f", alias {m.resolved.alias})" if m.resolved.alias else ")")
                        for m in char_models(serving)) or "none yet"
+    name, sel = spec, None  # a bare name is a served name (whatever version it serves now)
+    if "@" in spec or "/" in spec:
+        body = spec.removeprefix("models:/")
+        try:  # read as a registry reference, whatever files this server's folder holds
+            name = refs.parse_ref("models:/" + body).name
+        except RnnopsError:
+            raise UnknownModel(f"model {spec!r} is not a served name, name@alias or name@version; loaded char "
+                               f"models: {loaded}") from None
+        sel = body[len(name) + 1:]  # the alias or version as written (a file's version is its sha256 prefix)
     try:
         m = serving.models.get(name, "char")
     except UnknownModel:
@@ -223,9 +228,15 @@ def _unsupported(body: CompletionBody) -> None:
                        "prompt) is not supported; drop one of them", field="echo")
 
 
-def _requests(body: CompletionBody, model, cfg) -> tuple[list, list[str], int]:
-    """The generation requests, in choice order (prompt-major), their prompts, and the base seed."""
+def _requests(body: CompletionBody, model, cfg) -> list:
+    """The generation requests, in choice order (prompt-major): choice j of a prompt uses seed + j."""
     prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+    if len(prompts) > cfg.openai_max_prompts:
+        raise ApiError(400, "invalid_request", f"prompt lists {len(prompts)} prompts; the limit is "
+                       f"{cfg.openai_max_prompts} (RNNOPS_OPENAI_MAX_PROMPTS)", field="prompt")
+    if (body.n or 1) > cfg.openai_max_n:
+        raise ApiError(400, "invalid_request", f"n is {body.n}; the limit is {cfg.openai_max_n} "
+                       "(RNNOPS_OPENAI_MAX_N)", field="n")
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
     if max_tokens > cfg.max_chars:
         raise ApiError(400, "invalid_request", f"max_tokens is {max_tokens}; the limit is {cfg.max_chars} "
@@ -233,7 +244,7 @@ def _requests(body: CompletionBody, model, cfg) -> tuple[list, list[str], int]:
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     seed = body.seed if body.seed is not None else secrets.randbits(62)
     n = body.n or 1
-    reqs, texts = [], []
+    reqs = []
     for p in prompts:
         for j in range(n):
             try:
@@ -243,90 +254,19 @@ def _requests(body: CompletionBody, model, cfg) -> tuple[list, list[str], int]:
             except ValidationError as exc:
                 raise validation_error(exc) from None
             reqs.append(dataclasses.replace(G.generation_request(g, model, cfg), logprobs=body.logprobs))
-            texts.append(p)
-    return reqs, texts, seed
+    return reqs
 
 
-def _logprobs(stream: Stream, start: int, text: str, offset: int) -> dict:
-    got = stream.logprobs[start:start + len(text)]
+def _logprobs(got: list, text: str, offset: int) -> dict:
+    """OpenAI's logprobs object for ``text`` (its characters' entries in ``got``, from ``offset``)."""
     return {"tokens": list(text), "token_logprobs": [lp for lp, _ in got], "top_logprobs": [top for _, top in got],
             "text_offset": list(range(offset, offset + len(text)))}
 
 
-class Choices:
-    """The streams of one request and the budget they hold (per-key stream bound, see auth)."""
-
-    def __init__(self, request: Request, streams: list[Stream], model):
-        self.streams = streams
-        self.model = model
-        self.event = asyncio.Event()  # one event for all: woken when any stream is due
-        self.watches = [G.watch(s) for s in streams]
-        for w in self.watches:
-            w.event = self.event
-        self.budget = request.scope.get("rnnops.budget")
-        self.extra = len(streams) - 1  # the auth middleware holds one slot for the request itself
-
-    def cancel(self) -> None:
-        for s in self.streams:
-            s.cancel()
-        if self.budget is not None and self.extra > 0:
-            self.budget.give(self.extra)
-            self.extra = 0
-
-    async def wait(self, watches, timeout: float | None, output: bool, window: float = 0.0) -> None:
-        """Until one of ``watches`` is due (see :class:`StreamWatch`) or ``timeout``."""
-        if len(watches) == 1:
-            w = watches[0]
-            w.event = self.event
-            await w.wait(timeout, output=output, window=window)
-            return
-        self.event.clear()
-        for w in watches:
-            w.output, w.window, w.waiting = output, window, True
-        try:
-            if not any(w.due(time.monotonic()) for w in watches):
-                async with asyncio.timeout(timeout):
-                    await self.event.wait()
-        except TimeoutError:
-            pass
-        finally:
-            now = time.monotonic()
-            for w in watches:
-                w.waiting, w.seen_phase, w.last_wake = False, w.stream.phase, now
-
-
-async def _start(serving, request: Request, body: CompletionBody) -> Choices:
-    model = resolve(serving, body.model)
-    reqs, _, _ = _requests(body, model, serving.config)
-    budget = request.scope.get("rnnops.budget")
-    if budget is not None and len(reqs) > 1:
-        budget.take(len(reqs) - 1)  # Overloaded (429) when the key has no room for them
-    c = Choices(request, [Stream(r) for r in reqs], model)
-    try:
-        for s in c.streams:
-            model.scheduler.submit(s.request, s)  # Overloaded -> 429/503
-        while not all(s.admitted or s.done for s in c.streams):
-            await c.wait([w for w in c.watches if not (w.stream.admitted or w.stream.done)], 0.25, output=False)
-            if not all(s.admitted or s.done for s in c.streams) and await request.is_disconnected():
-                raise ClientGone
-        bad = [s for s in c.streams if s.finish_reason in ("queue_timeout", "shutdown")]
-        if bad:
-            raise Overloaded(bad[0].finish_reason, bad[0].error or bad[0].finish_reason,
-                             model.scheduler.retry_after(), status=503)
-    except BaseException:
-        c.cancel()
-        raise
-    return c
-
-
-def _usage(prompts: list[str], n: int, c: Choices) -> dict:
+def _usage(prompts: list[str], n: int, g: Generation) -> dict:
     p = sum(len(t) for t in prompts[::n])
-    gen = sum(len(s.text) for s in c.streams)
+    gen = sum(len(s.text) for s in g.streams)
     return {"prompt_tokens": p, "completion_tokens": gen, "total_tokens": p + gen}
-
-
-def _failed(c: Choices) -> Stream | None:
-    return next((s for s in c.streams if s.finish_reason not in ("length", "stop")), None)
 
 
 @openai_errors
@@ -336,80 +276,61 @@ async def completions(serving, request: Request) -> Response:
     except ValidationError as exc:
         raise validation_error(exc) from None
     _unsupported(body)
-    c = await _start(serving, request, body)
-    model = c.model
+    g = await Generation.start(request, lambda: resolve(serving, body.model),
+                               lambda model: _requests(body, model, serving.config))
+    model = g.model
     n = body.n or 1
     prompts = [body.prompt] * n if isinstance(body.prompt, str) else [p for p in body.prompt for _ in range(n)]
     head = {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()),
             "model": body.model, "system_fingerprint": f"{model.name}-v{model.version}"}
     headers = {"X-Model": model.name, "X-Model-Version": model.version}
     if body.stream:
-        return StreamingResponse(_events(serving, request, body, c, head, prompts, n), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
+        return SSEResponse(_events(serving, body, g, head, prompts, n), g, serving.config.stall_s, headers=headers)
     try:
-        while not all(s.done for s in c.streams):
-            await c.wait([w for w in c.watches if not w.stream.done], 0.5, output=False)
-            if not all(s.done for s in c.streams) and await request.is_disconnected():
-                return Response(status_code=499)
+        if not await g.finished():
+            return Response(status_code=499)
     finally:
-        c.cancel()
-    bad = _failed(c)
+        g.cancel()
+    bad = g.failed()
     if bad is not None:
         status = 503 if bad.finish_reason == "shutdown" else 500
         return error(status, bad.error or bad.finish_reason, "server_error", code=bad.finish_reason)
     choices = []
-    for i, (s, p) in enumerate(zip(c.streams, prompts)):
-        lp = _logprobs(s, 0, s.text, 0) if body.logprobs is not None else None
+    for i, (s, p) in enumerate(zip(g.streams, prompts)):
+        lp = _logprobs(s.logprobs, s.text, 0) if body.logprobs is not None else None
         choices.append({"text": (p if body.echo else "") + s.text, "index": i, "logprobs": lp,
                         "finish_reason": s.finish_reason})
-    seed = c.streams[0].seed
-    return JSONResponse({**head, "seed": seed, "choices": choices, "usage": _usage(prompts, n, c)}, headers=headers)
+    seed = g.streams[0].seed
+    return JSONResponse({**head, "seed": seed, "choices": choices, "usage": _usage(prompts, n, g)}, headers=headers)
 
 
 def _data(obj) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-async def _events(serving, request, body: CompletionBody, c: Choices, head: dict, prompts: list[str], n: int):
+async def _events(serving, body: CompletionBody, g: Generation, head: dict, prompts: list[str], n: int):
     cfg = serving.config
-    coalesce, rate = cfg.coalesce_ms / 1000.0, max(1.0, cfg.sse_events_per_s)
-    sched = c.model.scheduler
-    sent = [0] * len(c.streams)  # characters delivered per choice
-    open_ = list(range(len(c.streams)))
     try:
         if body.echo:
             yield _data({**head, "choices": [{"text": p, "index": i, "logprobs": None, "finish_reason": None}
                                              for i, p in enumerate(prompts)]})
-        while open_:
-            out, still = [], []
-            for i in open_:
-                s = c.streams[i]
-                done = s.done
-                text = s.drain()
-                if done and s.finish_reason not in ("length", "stop"):
-                    yield _data({"error": {"message": s.error or s.finish_reason, "type": "server_error",
-                                           "param": None, "code": s.finish_reason}})
-                    return
-                if text or done:  # the last piece of text carries the finish reason
-                    lp = _logprobs(s, sent[i], text, sent[i]) if body.logprobs is not None and text else None
-                    sent[i] += len(text)
-                    out.append({"text": text, "index": i, "logprobs": lp, "finish_reason": s.finish_reason if done
-                                else None})
-                if not done:
-                    still.append(i)
-            if out:
-                yield _data({**head, "choices": out})
-            open_ = still
-            if open_:
-                await c.wait([c.watches[i] for i in open_], None, output=True, window=max(coalesce, sched.active / rate))
+        async for deltas in g.deltas(cfg.coalesce_ms / 1000.0, cfg.sse_events_per_s):
+            failed = next((d for d in deltas if d.failed), None)
+            if failed is not None:
+                yield _data({"error": {"message": failed.error or failed.finish_reason, "type": "server_error",
+                                       "param": None, "code": failed.finish_reason}})
+                return
+            # the last piece of a choice's text carries its finish reason
+            yield _data({**head, "choices": [
+                {"text": d.text, "index": d.index, "finish_reason": d.finish_reason,
+                 "logprobs": _logprobs(d.logprobs, d.text, d.offset) if body.logprobs is not None and d.text else None}
+                for d in deltas]})
         if body.stream_options is not None and body.stream_options.include_usage:
-            yield _data({**head, "choices": [], "usage": _usage(prompts, n, c)})
+            yield _data({**head, "choices": [], "usage": _usage(prompts, n, g)})
         yield b"data: [DONE]\n\n"
-    except (asyncio.CancelledError, GeneratorExit):
-        raise
     except Exception as exc:  # never a silent cut
         log.exception("completion %s failed", head["id"])
         yield _data({"error": {"message": f"internal error: {exc}", "type": "server_error", "param": None,
                                "code": "internal"}})
     finally:
-        c.cancel()  # no-op for finished streams; frees the slots when the client went away
+        g.cancel()  # no-op for finished streams; frees the slots when the client went away

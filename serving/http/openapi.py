@@ -148,6 +148,8 @@ def _limited(components: dict, serving) -> None:
     _set_model(g["model"], [m.name for m in chars])
     c = components["CompletionBody"]["properties"]
     c["max_tokens"]["anyOf"][0]["maximum"] = cfg.max_chars
+    c["n"]["anyOf"][0]["maximum"] = cfg.openai_max_n
+    c["prompt"]["anyOf"][1]["maxItems"] = cfg.openai_max_prompts
     for s in _strings(c["prompt"]):
         s["maxLength"] = cfg.max_prompt_chars
         if vocab:
