@@ -5,7 +5,7 @@ Quality uses the training job's own evaluation protocol on the validation split 
 read back from the run's ``config/job.json``):
 
 - char models: mean cross-entropy in nats/char over non-overlapping 256-character windows, each
-  from a zero state (``training.jobs.char_val_loss``);
+  from a zero state (``training.tasks.char_val_loss``);
 - forecasters: MSE on the z-scored scale over every stride-1 validation window (``val_mse``).
 
 The int8 file is kept only when its quality delta is within :data:`BOUNDS` of the fp32 ONNX
@@ -41,7 +41,7 @@ class EvalData:
 def load_eval_data(model, spec: dict, job: dict | None) -> EvalData:
     """The validation split the run was scored on; RnnopsError if it cannot be rebuilt exactly."""
     from rnnops.training import data as D
-    from rnnops.training.jobs import EVAL_WINDOW, _val_windows
+    from rnnops.training.tasks import EVAL_WINDOW, _val_windows
 
     dataset = spec.get("dataset") or {}
     source = (job or {}).get("data") or dataset.get("name")

@@ -70,12 +70,13 @@ def _resume(run_id: str, nproc: int = 1) -> None:
     from rnnops import settings
     from rnnops.errors import RnnopsError
     from rnnops.training.distributed import launch
+    from rnnops.training.job_config import job_from_dict
     from rnnops.training.trainer import Checkpoint
 
     ckpt = Checkpoint(settings.checkpoint_dir() / run_id)
     if not ckpt.exists():
         raise RnnopsError(f"no checkpoint for run {run_id} in {ckpt.folder}; set RNNOPS_CHECKPOINTS to where the run saved it")
-    launch(ckpt.load_job(), resume_run=run_id, nproc=nproc)
+    launch(job_from_dict(ckpt.load_job()), resume_run=run_id, nproc=nproc)
 
 
 @app.command()
