@@ -9,9 +9,9 @@ import mlflow
 import pytest
 import torch
 
-from rnnops.training import data as D
 from rnnops.training import jobs, tasks, trainer
 from rnnops.training.job_config import to_dict
+from rnnops.training.recipe import RECIPE_ARTIFACT, DataRecipe
 from rnnops.training.logged_model import load_model
 from rnnops.training.sampling import generate
 
@@ -43,8 +43,9 @@ def test_char_tiny_run_logs_everything_and_loads_back(mlflow_env, small_text):
     assert loaded.kind == "char" and loaded.spec["config"]["cell"] == "gru"
     assert loaded.spec["vocab"] == sorted(set(small_text.read_text()))
     # the loaded weights are the trained ones: same val loss through the logged model
-    text = D.load_text(str(small_text))
-    loss = tasks.char_val_loss(loaded.model, tasks._val_windows(text.val, tasks.EVAL_WINDOW))
+    recipe = DataRecipe.from_dict(mlflow.artifacts.load_dict(f"runs:/{run_id}/{RECIPE_ARTIFACT}"))
+    assert recipe.source.uri == str(small_text) and recipe.eval_window == 256
+    loss = tasks.char_val_loss(loaded.model, torch.from_numpy(recipe.windows("val").x))
     assert loss == pytest.approx(m["val_loss"], rel=1e-5)
     a = generate(loaded.model, loaded.spec["vocab"], "the ", 50, seed=3)
     b = generate(loaded.model, loaded.spec["vocab"], "the ", 50, seed=3)

@@ -29,6 +29,7 @@ from rnnops.training.intervals import parse_levels
 from rnnops.training.job_config import (CharJob, CharModelOptions, ForecastJob, ForecastModelOptions, Job, flat_params,
                                         job_from_dict, to_dict, with_overrides)
 from rnnops.training.logged_model import log_model
+from rnnops.training.recipe import RECIPE_ARTIFACT
 from rnnops.training.models import check_config
 from rnnops.training.segrnn import DEFAULT_SEGMENT, check_segments
 from rnnops.training.trainer import Checkpoint, TrainSettings, train
@@ -199,6 +200,7 @@ def run_job(job: Job | dict, experiment: str | None = None, resume_run: str | No
                          runinfo.DESCRIPTION_TAG: f"training ({runinfo.run_name(logged)})"})
         mlflow.log_input(setup.dataset, context="training")
         mlflow.log_dict(logged, "config/job.json")
+        mlflow.log_dict(setup.recipe.to_dict(), RECIPE_ARTIFACT)  # how to rebuild the data (export reads it)
     run_id = run.info.run_id
     if group:
         group.share(run_id)

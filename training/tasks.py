@@ -33,11 +33,9 @@ from rnnops.training import data as D
 from rnnops.training import intervals
 from rnnops.training.job_config import CharJob, ForecastJob, Job
 from rnnops.training.models import CharModel, CharModelConfig, Forecaster, ForecasterConfig
+from rnnops.training.recipe import DataRecipe, prepare_series, prepare_text
 from rnnops.training.sampling import generate
 from rnnops.training.segrnn import SegRNN
-
-EVAL_WINDOW = 256  # char protocol: validation cut into 256-char windows, each from a zero state
-
 
 @dataclass
 class TrainingSetup:
@@ -53,6 +51,7 @@ class TrainingSetup:
     val_key: str  # the metric early stopping and best weights follow (lower is better)
     spec: dict  # the logged model's config.json, less run id and metrics
     dataset: Any  # the MLflow dataset input (mlflow.data.Dataset)
+    recipe: DataRecipe  # how the data was made (logged as config/recipe.json)
 
 
 def setup(job: Job) -> TrainingSetup:
@@ -83,7 +82,7 @@ def _dataset_input(name: str, path: Path | None, sha: str):
 
 def setup_char(job: CharJob) -> TrainingSetup:
     seq = int(job.seq_len)
-    text = D.load_text(job.data, min_chars=seq + 2)
+    recipe, text = prepare_text(job.data, min_chars=seq + 2)
     if len(text.train) < seq + 1 or len(text.val) < 2:
         raise RnnopsError(f"{text.path} is too short for a training window of {seq} characters plus a validation split; use a longer text or --seq-len")
     config = CharModelConfig(vocab_size=len(text.vocab), **_options(job))
@@ -101,7 +100,7 @@ def setup_char(job: CharJob) -> TrainingSetup:
         logits, _ = m(x)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
-    val_windows = _val_windows(text.val, EVAL_WINDOW)
+    val_windows = torch.from_numpy(recipe.windows("val", text).x)
     baselines = _ngram_baselines(text.train, text.val, len(text.vocab))
 
     def evaluate(step):
@@ -120,15 +119,7 @@ def setup_char(job: CharJob) -> TrainingSetup:
             "dataset": {"name": text.name, "sha256": text.sha256}}
     return TrainingSetup(model=model, sample_batch=sample_batch, loss_fn=loss_fn, evaluate=evaluate, finish=finish,
                          items_per_batch=bs * seq, unit="chars", val_key="val_loss", spec=spec,
-                         dataset=_dataset_input(text.name, text.path, text.sha256))
-
-
-def _val_windows(val: np.ndarray, width: int) -> torch.Tensor:
-    """Non-overlapping windows of ``width`` inputs (+1 target); a short split is one window."""
-    width = min(width, len(val) - 1)
-    n = (len(val) - 1) // width
-    idx = np.arange(n)[:, None] * width + np.arange(width + 1)
-    return torch.from_numpy(val[idx])
+                         dataset=_dataset_input(text.name, text.path, text.sha256), recipe=recipe)
 
 
 @torch.no_grad()
@@ -159,12 +150,14 @@ def _ngram_baselines(train: np.ndarray, val: np.ndarray, vocab: int) -> dict:
 
 
 def setup_forecast(job: ForecastJob) -> TrainingSetup:
-    series = D.load_series(job.data, job.features, job.target, job.date_column, job.fill)
+    recipe, series = prepare_series(job.data, job.features, job.target, job.date_column, job.fill, job.lookback,
+                                    job.horizon)
     L, H = int(job.lookback), int(job.horizon)
     if L < 1 or H < 1:
         raise RnnopsError("--lookback and --horizon must be at least 1")
     starts = {s: series.window_starts(s, L, H) for s in ("train", "val", "test")}
-    mean, std = series.scaler()
+    mean = np.asarray(recipe.scaling.mean, np.float32)
+    std = np.asarray(recipe.scaling.std, np.float32)
     tidx = series.target_indices
     config = ForecasterConfig(n_features=len(series.feature_names), target_indices=tidx, lookback=L, horizon=H,
                               scaler_mean=mean.tolist(), scaler_std=std.tolist(),
@@ -227,18 +220,10 @@ def setup_forecast(job: ForecastJob) -> TrainingSetup:
 
     spec = {"kind": "forecaster", "config": config.to_dict(), "stateful": config.stateful,
             "dataset": {"name": series.name, "sha256": series.sha256},
-            "freq": _infer_freq(series.dates)}
+            "freq": recipe.freq}
     return TrainingSetup(model=model, sample_batch=sample_batch, loss_fn=loss_fn, evaluate=evaluate, finish=finish,
                          items_per_batch=bs, unit="windows", val_key="val_mse", spec=spec,
-                         dataset=_dataset_input(series.name, series.path, series.sha256))
-
-
-def _infer_freq(dates) -> str | None:
-    if dates is None or len(dates) < 3:
-        return None
-    import pandas as pd
-
-    return pd.infer_freq(pd.DatetimeIndex(dates[:100]))
+                         dataset=_dataset_input(series.name, series.path, series.sha256), recipe=recipe)
 
 
 @torch.no_grad()
