@@ -46,6 +46,7 @@ from rnnops.contract import INT8_FILE, ONNX_FILE
 from rnnops.errors import RnnopsError
 from rnnops.export import int8, onnx_export, ort_tools, parity, quality, sample, wrappers
 from rnnops.export.torchscript import export_torchscript, load_torchscript
+from rnnops.training import cells
 from rnnops.util import sha256_file
 
 FORMATS = ("onnx", "torchscript")
@@ -263,12 +264,13 @@ def _int8(model, recipe_of_run, result: ExportResult, quantize: bool, p: Progres
     """Make the fixed-scale int8 file, gate it, measure its quality; keep it only if all pass.
 
     A failure drops the int8 file, never the export: ``quantization.json`` says why."""
-    if wrappers.is_modern(model):
+    cell = cells.get(model.config.cell)
+    if cell.family == "modern":
         return {"made": False, "keep": False, "reason": f"{model.config.cell} stays fp32: its recurrence is "
                 "element-wise (no recurrent weight matrix to quantise), and the products that do the work read "
                 "normalised activations with no fixed bound, so fixed scales would need calibrating; a per-call "
                 "scale would break batch invariance"}
-    if model.config.cell not in int8.CELLS:
+    if not cell.int8:
         return {"made": False, "keep": False, "reason": f"{model.config.cell} stays fp32: no int8 form for it"}
     if not quantize:
         return {"made": False, "keep": False, "reason": "skipped (--skip-quantize)"}

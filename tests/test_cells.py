@@ -308,3 +308,50 @@ def test_tiny_char_and_forecast_runs_per_cell(mlflow_env, small_text, small_csv,
     assert fc.spec["stateful"] is True
     y, state = fc.model(torch.zeros(2, 24, 3))
     assert y.shape == (2, 6, 3) and len(state) == len(fc.model.state_tensors())
+
+
+# ---------------------------------------------------------------- the cell registry (training/cells.py)
+
+
+def test_every_cli_cell_choice_has_a_registry_entry_and_back():
+    from rnnops.training import cells
+    from rnnops.training import cli as T
+
+    assert [c.value for c in T.CharCell] == list(cells.names("char")) == ["lstm", "gru", "rnn", "mingru", "minlstm", "mlstm"]
+    assert [c.value for c in T.ForecastCell] == list(cells.names("forecast")) == ["lstm", "gru", "mingru", "minlstm", "mlstm"]
+    for name in cells.CELLS:
+        entry = cells.get(name)
+        assert entry.name == name and entry.family in ("classic", "modern")
+        assert (entry.onnx_op is not None) == (entry.family == "classic")  # a classic cell exports as a native op
+        assert entry.block is None or entry.family == "modern"
+        assert set(entry.presets) <= set(cells.TASKS)
+    assert stack.MODERN_CELLS == cells.names(family="modern")
+
+
+def test_an_unknown_cell_lists_the_valid_ones():
+    from rnnops.training import cells
+
+    with pytest.raises(RnnopsError, match="unknown cell 'mamba': use one of lstm, gru, rnn, mingru, minlstm, mlstm"):
+        cells.get("mamba")
+    with pytest.raises(RnnopsError, match="unknown forecaster cell 'rnn': use one of lstm, gru, mingru, minlstm, mlstm"):
+        cells.for_task("rnn", "forecast")
+
+
+def test_int8_forms_exist_exactly_for_the_ops_the_rewrite_knows():
+    from rnnops.export import int8
+    from rnnops.training import cells
+
+    for entry in cells.CELLS.values():
+        assert entry.int8 == (entry.onnx_op in int8.RECURRENT_OPS), entry.name
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "mingru", "minlstm", "mlstm"])
+def test_a_cells_declared_state_is_what_its_model_returns(cell):
+    from rnnops.training import cells
+
+    model = CharModel(CharModelConfig(vocab_size=7, cell=cell, hidden_size=8, num_layers=2, embed_dim=4,
+                                      heads=2 if cell == "mlstm" else None)).eval()
+    with torch.no_grad():
+        _, state = model(torch.zeros(3, 5, dtype=torch.long))
+    spec = cells.get(cell).state_tensors(2, 8, 2 if cell == "mlstm" else None)
+    assert [tuple(s.shape) for s in state] == [t.shape_for(3) for t in spec]

@@ -7,24 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from rnnops.training import cells
+
 app = typer.Typer(help="Train char models and forecasters; every run is logged to MLflow.", no_args_is_help=True)
 
 
-class CharCell(str, Enum):
-    lstm = "lstm"
-    gru = "gru"
-    rnn = "rnn"
-    mingru = "mingru"
-    minlstm = "minlstm"
-    mlstm = "mlstm"
-
-
-class ForecastCell(str, Enum):
-    lstm = "lstm"
-    gru = "gru"
-    mingru = "mingru"
-    minlstm = "minlstm"
-    mlstm = "mlstm"
+# The --cell choices of each task, from the cell registry (training/cells.py: no torch at import).
+CharCell = Enum("CharCell", {name: name for name in cells.names("char")}, type=str)
+ForecastCell = Enum("ForecastCell", {name: name for name in cells.names("forecast")}, type=str)
 
 
 class Preset(str, Enum):

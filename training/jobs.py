@@ -24,7 +24,7 @@ import torch
 import rnnops
 from rnnops import settings
 from rnnops.errors import RnnopsError, Terminated
-from rnnops.training import distributed, runinfo, tasks
+from rnnops.training import cells, distributed, runinfo, tasks
 from rnnops.training.intervals import parse_levels
 from rnnops.training.job_config import (CharJob, CharModelOptions, ForecastJob, ForecastModelOptions, Job, flat_params,
                                         job_from_dict, to_dict, with_overrides)
@@ -58,24 +58,6 @@ FORECAST_PRESETS = {
                             time_budget_s=900.0, patience=6)),
 }
 
-# The modern cells (minGRU, minLSTM, mLSTM) run as residual stacks (training/stack.py): their
-# presets replace the model section of the ones above (and the listed train settings).
-_MODERN_CHAR = {
-    "tiny": dict(model=dict(hidden_size=64, num_layers=1, embed_dim=16, ff_mult=2.0)),
-    "quick": dict(model=dict(hidden_size=256, num_layers=2, embed_dim=64, ff_mult=2.0), train=dict(lr=2e-3)),
-    "full": dict(model=dict(hidden_size=384, num_layers=3, embed_dim=64, ff_mult=4.0, dropout=0.1), seq_len=128,
-                 train=dict(batch_size=32, lr=1.5e-3)),
-}
-_MODERN_FORECAST = {
-    "tiny": dict(model=dict(hidden_size=16, ff_mult=2.0)),
-    "quick": dict(model=dict(hidden_size=64, ff_mult=2.0, dropout=0.3)),
-    "full": dict(model=dict(hidden_size=128, num_layers=2, ff_mult=2.0, dropout=0.1)),
-}
-CELL_PRESETS = {
-    "char": {"mingru": _MODERN_CHAR, "minlstm": _MODERN_CHAR, "mlstm": _MODERN_CHAR},
-    "forecast": {"mingru": _MODERN_FORECAST, "minlstm": _MODERN_FORECAST, "mlstm": _MODERN_FORECAST},
-}
-
 # --arch segrnn (training/segrnn.py): the paper's shape (one GRU layer, segments of 24, dropout
 # 0.5 before the head) at a width and batch this CPU trains for enough epochs in the budget.
 # These replace the preset's model and train settings whatever the cell.
@@ -92,9 +74,10 @@ SEGRNN_PRESETS = {
 
 
 def _preset(presets: dict, task: str, cell: str, preset: str) -> dict:
-    """The preset's values, with the cell's own preset (if any) over them; a fresh copy."""
+    """The preset's values, with the cell's own preset (if any: training/cells.py) over them; a fresh copy."""
     p = json.loads(json.dumps(presets[preset]))
-    cell_p = CELL_PRESETS[task].get(cell, {}).get(preset)
+    entry = cells.CELLS.get(cell)  # an unknown cell is refused (one line) once the job is built
+    cell_p = entry.presets.get(task, {}).get(preset) if entry else None
     if cell_p:
         p["model"] = dict(cell_p.get("model", p["model"]))
         p["train"].update(cell_p.get("train", {}))
