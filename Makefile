@@ -1,12 +1,13 @@
 # Two entry points (see README "Quickstart"):
 #   make demo   set up, then train (quick presets) -> export -> register + promote -> serve
 #   make test   set up, then run the test suite (what CI runs)
+# and `make check` (half a minute once its venv exists): lint, format, types, the fast serving tests without torch.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export RNNOPS_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup system-deps test demo bench clean images stack-test
+.PHONY: setup system-deps check test demo bench clean images stack-test
 
 setup: $(VENV)/.installed
 
@@ -26,6 +27,29 @@ system-deps:
 	bash scripts/ensure_java.sh || echo "warning: no Java 17: Spark tests will skip"
 	bash scripts/install_redis.sh || echo "warning: no redis-server: the shared session store tests will skip"
 	bash scripts/install_chromium.sh || echo "warning: no chromium + chromium-driver: the playground browser tests will skip"
+
+# The check venv has the serve extra alone, as the serving image does (no torch, no onnx): the fast
+# serving tests (tests/conftest.py FAST, --fast) serve the tiny ONNX files of tests/assets/ there.
+CHECK_VENV ?= .venv-check
+CPY := $(CHECK_VENV)/bin/python
+TYPES := build/types
+
+$(CHECK_VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(CHECK_VENV)
+	$(CPY) -m pip install -q --upgrade pip
+	$(CPY) -m pip install -q -c constraints.txt -e '.[serve,check]'
+	touch $@
+
+# mypy finds a package's modules in its folder, and rnnops.registry/serving live outside rnnops/
+# (pyproject's package-dir): it reads them through $(TYPES), links laid out like the installed package.
+check: $(CHECK_VENV)/.installed
+	$(CPY) -m ruff check .
+	$(CPY) -m ruff format --check .
+	rm -rf $(TYPES) && mkdir -p $(TYPES)/rnnops
+	ln -s $(abspath rnnops)/*.py $(TYPES)/rnnops/
+	ln -s $(abspath registry) $(abspath serving) $(TYPES)/rnnops/
+	cd $(TYPES) && MYPYPATH=. $(abspath $(CPY)) -m mypy --config-file $(abspath pyproject.toml) --cache-dir $(abspath .mypy_cache) -p rnnops
+	$(CPY) -m pytest --fast -q -p no:cacheprovider --timeout 120
 
 test: setup system-deps
 	$(PY) -m pytest
@@ -49,4 +73,4 @@ demo: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
 
 clean:
-	rm -rf $(VENV) mlflow.db mlartifacts mlruns checkpoints
+	rm -rf $(VENV) $(CHECK_VENV) $(TYPES) mlflow.db mlartifacts mlruns checkpoints

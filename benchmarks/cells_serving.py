@@ -94,11 +94,11 @@ def step_times(files: dict[str, Path], threads: int, batches, seconds: float, re
             for k, rt in runtimes.items():
                 state = rt.zero_state(b)
                 for _ in range(3):
-                    _, state = rt.step(tok, state)
+                    state = rt.run(tok, state, "last").state
                 laps, end = [], time.perf_counter() + seconds
                 while time.perf_counter() < end:
                     t = time.perf_counter()
-                    _, state = rt.step(tok, state)
+                    state = rt.run(tok, state, "last").state
                     laps.append(time.perf_counter() - t)
                 times[k][b].append(1e3 * statistics.median(laps))
     return {k: {b: statistics.median(v) for b, v in by_b.items()} for k, by_b in times.items()}

@@ -9,7 +9,10 @@ both alike:
   first chunk p99, server CPU per 1k characters;
 - **forecast**: ``/forecast`` with ``wrk`` at ``--concurrency`` (the HTTP benchmark's champion
   forecaster, ETTh1 windows, server and client pinned to their own CPUs): requests/s, p99,
-  server CPU per request.
+  server CPU per request;
+- **sessions**: ``--concurrency`` forecast sessions updated one observation per request, over
+  ``/sessions`` and as OIP sequences (the protocols benchmark's client and stateful forecaster):
+  updates/s, server CPU per update.
 
 The other checkout is named by a Python whose environment has it installed, e.g. a copy of the
 venv with ``pip install --no-deps -e ../baseline`` in it::
@@ -38,6 +41,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
 import forecast_http as FH  # noqa: E402
+import numpy as np  # noqa: E402
+import orjson  # noqa: E402
+import protocols as PR  # noqa: E402
 import streaming as ST  # noqa: E402
 
 
@@ -117,7 +123,81 @@ def forecast(pythons: dict[str, str], work: Path, rounds: int, concurrency: int,
     return raw
 
 
-def report(raw_s: dict, raw_f: dict, streams: int, concurrency: int) -> str:
+# wrk's side for /sessions: the forecast script with one request per session (their paths differ)
+SESSIONS_LUA = FH.WRK_LUA.replace("""  reqs = {}
+  for k = 2, #args do
+    local f = assert(io.open(args[k], "rb"))
+    reqs[#reqs + 1] = wrk.format("POST", nil, {["Content-Type"] = "application/json"}, f:read("*a"))
+    f:close()
+  end""", """  reqs = {}
+  local f = assert(io.open(args[2], "rb"))
+  local body = f:read("*a")
+  f:close()
+  for k = 3, #args do
+    reqs[#reqs + 1] = wrk.format("POST", "/sessions/" .. args[k], {["Content-Type"] = "application/json"}, body)
+  end""")
+
+
+def sessions(pythons: dict[str, str], work: Path, rounds: int, concurrency: int, seconds: float) -> dict:
+    """``concurrency`` forecast sessions, each updated with one observation per request, over
+    ``/sessions`` and as OIP sequences (the protocols benchmark's stateful GRU 1x64 forecaster, 7
+    features, the protocols benchmark's client; ``/sessions`` with ``wrk`` too when it is there,
+    a client that costs the shared CPUs less): updates/s and server CPU per update."""
+    import urllib.request
+
+    assert SESSIONS_LUA != FH.WRK_LUA, "forecast_http.WRK_LUA changed: update SESSIONS_LUA"
+    script = work / "wrk_sessions.lua"
+    script.write_text(SESSIONS_LUA)
+    one_obs = work / "one_observation.json"
+
+    fc = PR.build_forecaster(work / "fc.onnx")
+    obs = np.random.default_rng(0).normal(size=(concurrency, 1, PR.FEATURES)).round(4).astype(np.float32)
+    updates = [orjson.dumps({"observations": o.tolist()}) for o in obs]
+    one_obs.write_bytes(updates[0])
+    servers, ids = {}, {}
+    wrk = shutil.which("wrk") is not None
+    modes = ["sessions", "oip_sequences", *(["sessions_wrk"] if wrk else [])]
+    raw: dict[str, dict[str, list[dict]]] = {name: {mode: [] for mode in modes} for name in pythons}
+    try:
+        for name, py in pythons.items():
+            proc, port = servers[name] = ST.start_server(fc, "batched", 0, 256, work / f"sessions-{name}.log", python=py)
+            ids[name] = []
+            for i in range(concurrency):  # open the sessions and the sequences
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/sessions", data=b"{}", method="POST",
+                                             headers={"Content-Type": "application/json"})
+                ids[name].append(json.loads(urllib.request.urlopen(req, timeout=30).read())["session_id"])
+                body, hdr = PR.oip_binary(obs[i][None], {"sequence_id": i + 1, "sequence_start": True})
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/bench/infer", data=body, method="POST",
+                                             headers={"Inference-Header-Content-Length": hdr.split(b": ")[1].strip().decode()})
+                urllib.request.urlopen(req, timeout=30).read()
+        clients = {
+            "sessions": lambda name: (lambda i, k: (f"/sessions/{ids[name][i]}", updates[i])),
+            "oip_sequences": lambda name: (lambda i, k: ("/v2/models/bench/infer",
+                                                         *PR.oip_binary(obs[i][None], {"sequence_id": i + 1}))),
+        }
+        order = list(pythons)
+        for k in range(rounds):
+            for name in (order if k % 2 == 0 else order[::-1]):
+                proc, port = servers[name]
+                for mode in modes:
+                    if mode == "sessions_wrk":
+                        w = FH.wrk_load(f"http://127.0.0.1:{port}", [one_obs, *ids[name]], concurrency, 10**6,
+                                        seconds, proc.pid, script)
+                        row = {"requests_per_s": w["rps"], "cpu_ms_per_request": w["server_cpu_ms_per_request"]}
+                        if w["errors"]:
+                            print(f"  {w['errors']} errors, first: {w['first_error']}", file=sys.stderr)
+                    else:
+                        row = asyncio.run(PR.requests(port, concurrency, seconds, proc.pid, clients[mode](name)))
+                    raw[name][mode].append(row)
+                    print(f"  {mode:13s} {name:6s} round {k + 1}/{rounds}: {row['requests_per_s']:8.1f} updates/s  "
+                          f"server CPU {row['cpu_ms_per_request']:.3f} ms/update", file=sys.stderr)
+    finally:
+        for proc, _ in servers.values():
+            ST.stop_server(proc)
+    return raw
+
+
+def report(raw_s: dict, raw_f: dict, streams: int, concurrency: int, raw_q: dict | None = None) -> str:
     lines = []
     if raw_s:
         rows = [[name, _spread([r["chars_per_s"] for r in rs]), _spread([r["ttfc_ms_p99"] for r in rs]),
@@ -135,6 +215,14 @@ def report(raw_s: dict, raw_f: dict, streams: int, concurrency: int) -> str:
     if raw_f and len(raw_f) == 2:
         a, b = (C.median([r["rps"] for r in rs]) for rs in raw_f.values())
         lines.append(f"forecast after / before: {b / a:.3f}x requests/s" if a else "")
+    for mode in next(iter(raw_q.values())) if raw_q else ():
+        rows = [[name, _spread([r["requests_per_s"] for r in rs[mode]]), _spread([r["cpu_ms_per_request"] for r in rs[mode]])]
+                for name, rs in raw_q.items()]
+        lines += ["", f"{mode}, {concurrency} sessions, one observation per request (median (min-max) over rounds):",
+                  C.md_table(["tree", "updates/s", "server CPU ms / update"], rows, "lrr")]
+        if len(raw_q) == 2:
+            a, b = (C.median([r["requests_per_s"] for r in rs[mode]]) for rs in raw_q.values())
+            lines.append(f"{mode} after / before: {b / a:.3f}x updates/s" if a else "")
     return "\n".join(lines)
 
 
@@ -145,7 +233,7 @@ def main(argv=None) -> None:
     ap.add_argument("--streams", type=int, default=64)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=15.0, help="per forecast round (streaming rounds: 4x this at most)")
-    ap.add_argument("--only", choices=("streaming", "forecast"), help="run one of the two")
+    ap.add_argument("--only", choices=("streaming", "forecast", "sessions"), help="run one of the three")
     ap.add_argument("--json", type=Path, help="write the raw rounds as JSON")
     args = ap.parse_args(argv)
     pythons = {"before": args.baseline_python, "after": sys.executable}
@@ -157,12 +245,15 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: both Pythons import rnnops from {trees['after']}; point --baseline-python at "
                          "an environment with the other checkout installed")
     print(f"before: {trees['before']}\nafter:  {trees['after']}", file=sys.stderr)
-    raw_s = {} if args.only == "forecast" else streaming(pythons, work, args.rounds, args.streams, 4 * args.seconds)
-    raw_f = {} if args.only == "streaming" else forecast(pythons, work, args.rounds, args.concurrency, args.seconds)
+    run = lambda part: args.only in (None, part)  # noqa: E731
+    raw_s = streaming(pythons, work, args.rounds, args.streams, 4 * args.seconds) if run("streaming") else {}
+    raw_f = forecast(pythons, work, args.rounds, args.concurrency, args.seconds) if run("forecast") else {}
+    raw_q = sessions(pythons, work, args.rounds, args.concurrency, args.seconds) if run("sessions") else {}
     print(C.machine_markdown(machine))
-    print(report(raw_s, raw_f, args.streams, args.concurrency))
+    print(report(raw_s, raw_f, args.streams, args.concurrency, raw_q))
     if args.json:
-        args.json.write_text(json.dumps({"trees": trees, "streaming": raw_s, "forecast": raw_f}, indent=1))
+        args.json.write_text(json.dumps({"trees": trees, "streaming": raw_s, "forecast": raw_f, "sessions": raw_q},
+                                        indent=1))
 
 
 if __name__ == "__main__":

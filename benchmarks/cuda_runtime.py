@@ -79,11 +79,11 @@ def lat(rt, batch, budget=1.0, min_runs=20):
     state = rt.zero_state(batch)
     tok = rng.integers(0, 60, (batch, 1)).astype(np.int64)
     for _ in range(5):
-        _, state = rt.step(tok, state)
+        state = rt.run(tok, state, "last").state
     ts = []
     t_end = time.perf_counter() + budget
     while len(ts) < min_runs or time.perf_counter() < t_end:
-        t = time.perf_counter(); _, state = rt.step(tok, state); ts.append(time.perf_counter() - t)
+        t = time.perf_counter(); state = rt.run(tok, state, "last").state; ts.append(time.perf_counter() - t)
     return statistics.median(ts)
 
 kernel = []
@@ -99,7 +99,8 @@ for name, path in models.items():
     sc, sg = cpu2.zero_state(8), cuda.zero_state(8)
     worst = 0.0
     for t in range(64):
-        lc, sc = cpu2.step(toks[:, t:t+1], sc); lg, sg = cuda.step(toks[:, t:t+1], sg)
+        rc = cpu2.run(toks[:, t:t+1], sc, "last"); rg = cuda.run(toks[:, t:t+1], sg, "last")
+        (lc, sc), (lg, sg) = (rc.output, rc.state), (rg.output, rg.state)
         worst = max(worst, float(np.abs(lc - lg).max()))
     parity[name] = worst
     for b in (1, 8, 64, 256):

@@ -115,10 +115,10 @@ def kernel_throughput(path: Path, threads: int, batches=(1, 64, 256), seconds: f
         state = rt.zero_state(b)
         tok = np.zeros((b, 1), np.int64)
         for _ in range(3):
-            _, state = rt.step(tok, state)
+            state = rt.run(tok, state, "last").state
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
-            _, state = rt.step(tok, state)
+            state = rt.run(tok, state, "last").state
             n += 1
         dt = time.perf_counter() - t0
         out[b] = {"chars_per_s": round(b * n / dt, 1), "step_ms": round(1e3 * dt / n, 3)}

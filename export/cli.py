@@ -1,7 +1,9 @@
 """``rnnops export RUN_ID | URI``: TorchScript + ONNX, the parity gate, int8, logged to the run.
 
 With ``--register`` the passed export becomes a registry version; ``--promote`` also moves
-``champion`` to it through the registry's gate. A failed parity gate stops before either.
+``champion`` to it through the registry's gate. A failed parity gate stops before either. Those two
+steps are the registry stage's (:func:`rnnops.registry.cli.publish_export`), handed to
+:func:`register` by the root command: export never imports the registry (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Protocol
 
 import typer
 
@@ -22,12 +24,22 @@ class Exporter(str, Enum):
     dynamo = "dynamo"
 
 
-def register(app: typer.Typer) -> None:
-    """Wire ``rnnops export`` into the root command."""
-    app.command("export")(export)
+class Publish(Protocol):
+    """What ``--register`` / ``--promote`` do with a passed export: register its run as a new
+    version, then (``promote``) move ``alias`` to it through the gate; returns the summary's
+    ``registered`` (and ``promoted``) entries."""
+
+    def __call__(self, run_id: str, *, name: str | None, promote: bool, alias: str, force: bool) -> dict: ...
+
+
+def register(app: typer.Typer, publish: Publish | None = None) -> None:
+    """Wire ``rnnops export`` into the root command; ``publish`` carries out ``--register`` /
+    ``--promote`` (the command reads it from its Click context)."""
+    app.command("export", context_settings={"obj": publish})(export)
 
 
 def export(
+    ctx: typer.Context,
     ref: Annotated[str, typer.Argument(help="Run id, runs:/… or models:/… URI, or a folder with config.json + model.safetensors.")],
     formats: Annotated[str, Opt(help="Comma-separated formats: onnx, torchscript.")] = "onnx,torchscript",
     opset: Annotated[int, Opt(help="ONNX opset (legacy exporter 11-20, dynamo 18-23).")] = 18,
@@ -54,17 +66,11 @@ def export(
     if register_version or promote:
         if not result.run_id or not result.onnx_uri:
             raise RnnopsError("--register needs an ONNX export logged to an MLflow run (a run id or model URI, with onnx in --formats)")
-        try:
-            from rnnops.registry import api
-        except ImportError:
-            raise RnnopsError("the registry stage is not installed (rnnops.registry.api); register later with "
-                              f"`rnnops registry register {result.run_id}`") from None
-        version = api.register_run(result.run_id, name=name)
-        summary["registered"] = {"name": version.name, "version": version.version, "created": version.created}
-        if promote:
-            p = api.promote(version.name, version.version, alias=alias, force=force)
-            summary["promoted"] = {"alias": alias, "version": p.version, "previous": p.previous,
-                                   "changed": p.changed, "forced": p.forced, "reason": p.reason}
+        publish: Publish | None = ctx.obj
+        if publish is None:
+            raise RnnopsError("this export command was wired without the registry stage; register later with "
+                              f"`rnnops registry register {result.run_id}`")
+        summary.update(publish(result.run_id, name=name, promote=promote, alias=alias, force=force))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

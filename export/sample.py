@@ -75,7 +75,7 @@ def embed(path: str | Path, sample: dict) -> None:
 
 def read(path: str | Path) -> dict | None:
     """The sample embedded in an ONNX file, or None."""
-    from rnnops.registry.onnx_file import metadata_props
+    from rnnops.onnx_metadata import metadata_props
 
     raw = metadata_props(Path(path)).get(contract.META_SAMPLE)
     return json.loads(raw) if raw else None

@@ -21,12 +21,19 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rnnops import contract as C
 from rnnops import settings
 from rnnops.errors import RnnopsError
+from rnnops.onnx_metadata import Metadata, read_metadata
 from rnnops.registry import store
-from rnnops.registry.onnx_file import read_metadata, sha256_file
+from rnnops.util import sha256_file
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+    from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 
 HISTORY_MAX = 50  # champion history entries kept (a tag value is at most a few KB)
 KINDS_BY_TASK = {"char": "char", "forecast": "forecaster", "forecaster": "forecaster"}  # rnnops.task -> kind
@@ -46,9 +53,17 @@ class VersionInfo:
     created: bool = True  # False when register_run found this run already registered
 
     @classmethod
-    def from_mlflow(cls, mv, created: bool = True) -> "VersionInfo":
-        return cls(name=mv.name, version=int(mv.version), aliases=sorted(mv.aliases or []), tags=dict(mv.tags or {}),
-                   source=mv.source, run_id=mv.run_id, created_at=mv.creation_timestamp, created=created)
+    def from_mlflow(cls, mv: ModelVersion, created: bool = True) -> VersionInfo:
+        return cls(
+            name=mv.name,
+            version=int(mv.version),
+            aliases=sorted(mv.aliases or []),
+            tags=dict(mv.tags or {}),
+            source=mv.source,
+            run_id=mv.run_id,
+            created_at=mv.creation_timestamp,
+            created=created,
+        )
 
     @property
     def sha256(self) -> str | None:
@@ -88,9 +103,16 @@ class VersionInfo:
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "uri": self.uri, "sha256": self.sha256, "int8_sha256": self.int8_sha256,
-                "val_metric": self.val_metric, "val_value": self.val_value, "parity_passed": self.parity_passed}
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "uri": self.uri,
+            "sha256": self.sha256,
+            "int8_sha256": self.int8_sha256,
+            "val_metric": self.val_metric,
+            "val_value": self.val_value,
+            "parity_passed": self.parity_passed,
+        }
 
 
 @dataclass
@@ -121,14 +143,19 @@ class ModelDetails:
     name: str
     kind: str | None
     aliases: dict[str, int]
-    champion_history: list[dict]
+    champion_history: list[dict[str, Any]]
     versions: list[VersionInfo] = field(default_factory=list)
     description: str | None = None
 
-    def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "aliases": self.aliases,
-                "champion_history": self.champion_history, "description": self.description,
-                "versions": [v.to_dict() for v in self.versions]}
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "aliases": self.aliases,
+            "champion_history": self.champion_history,
+            "description": self.description,
+            "versions": [v.to_dict() for v in self.versions],
+        }
 
 
 # ------------------------------------------------------------------------------- register
@@ -147,12 +174,16 @@ def register_run(run_id: str, name: str | None = None) -> VersionInfo:
     tags = run.data.tags
     onnx_uri = tags.get(C.TAG_ONNX_URI)
     if not onnx_uri:
-        raise RnnopsError(f"run {run_id} has no ONNX export (no {C.TAG_ONNX_URI} tag): run `rnnops export {run_id}` first")
+        raise RnnopsError(
+            f"run {run_id} has no ONNX export (no {C.TAG_ONNX_URI} tag): run `rnnops export {run_id}` first"
+        )
     passed = tags.get(C.TAG_PARITY_PASSED)
     if passed != "true":
         state = "failed" if passed == "false" else "has no recorded result"
-        raise RnnopsError(f"run {run_id}: the export parity gate {state} (max abs diff {tags.get(C.TAG_PARITY_MAX_DIFF, '?')}); "
-                          "a version whose gate failed is not registered; fix the export and run `rnnops export` again")
+        raise RnnopsError(
+            f"run {run_id}: the export parity gate {state} (max abs diff {tags.get(C.TAG_PARITY_MAX_DIFF, '?')}); "
+            "a version whose gate failed is not registered; fix the export and run `rnnops export` again"
+        )
     sha = tags.get(C.TAG_ONNX_SHA256)
     if not sha:
         raise RnnopsError(f"run {run_id} has no {C.TAG_ONNX_SHA256} tag: run `rnnops export {run_id}` again")
@@ -166,21 +197,26 @@ def register_run(run_id: str, name: str | None = None) -> VersionInfo:
             raise RnnopsError(
                 f"the ONNX logged by run {run_id} ({onnx_uri}) hashes to {actual[:16]}…, not the {sha[:16]}… export "
                 "recorded; refusing to register it (it must be one self-contained file: log it with "
-                "mlflow.onnx.log_model(..., save_as_external_data=False))")
+                "mlflow.onnx.log_model(..., save_as_external_data=False))"
+            )
         int8_path = None
         if int8_sha:
             int8_path = store.download_logged_onnx(c, onnx_uri, Path(tmp) / "int8", C.INT8_FILE)
             actual = sha256_file(int8_path)
             if actual != int8_sha:
-                raise RnnopsError(f"the {C.INT8_FILE} logged by run {run_id} ({onnx_uri}) hashes to {actual[:16]}…, "
-                                  f"not the {int8_sha[:16]}… export recorded; refusing to register it (export again)")
+                raise RnnopsError(
+                    f"the {C.INT8_FILE} logged by run {run_id} ({onnx_uri}) hashes to {actual[:16]}…, "
+                    f"not the {int8_sha[:16]}… export recorded; refusing to register it (export again)"
+                )
         meta = read_metadata(path)
         kind = _kind(meta, tags, run_id)
         name = store.check_name(name or C.DEFAULT_NAMES[kind])
         metric = C.VAL_METRIC[kind]
         value = _final_metric(c, run, metric)
         if value is None:
-            raise RnnopsError(f"run {run_id} has no {metric} metric: the promotion gate needs it (was the run finished?)")
+            raise RnnopsError(
+                f"run {run_id} has no {metric} metric: the promotion gate needs it (was the run finished?)"
+            )
         vtags = {
             C.VTAG_KIND: kind,
             C.VTAG_CELL: str(meta.get("cell") or run.data.params.get("model.cell") or "unknown"),
@@ -204,13 +240,19 @@ def register_run(run_id: str, name: str | None = None) -> VersionInfo:
         return info
 
 
-def _create_version(c, name: str, onnx_uri: str, run_id: str, vtags: dict, created_model: bool) -> VersionInfo:
+def _create_version(
+    c: MlflowClient, name: str, onnx_uri: str, run_id: str, vtags: dict[str, str], created_model: bool
+) -> VersionInfo:
     """Create the version with its tags; on any failure leave nothing behind."""
     mv = None
     try:
         with store.mlflow_errors(f"registering {onnx_uri} as a version of {name}"):
             mv = c.create_model_version(
-                name, source=onnx_uri, run_id=run_id, tags=vtags, model_id=store.logged_model_id(onnx_uri),
+                name,
+                source=onnx_uri,
+                run_id=run_id,
+                tags=vtags,
+                model_id=store.logged_model_id(onnx_uri),
                 description=f"ONNX exported from run {run_id}",
             )
             return _complete_version(c, mv, vtags)
@@ -219,7 +261,7 @@ def _create_version(c, name: str, onnx_uri: str, run_id: str, vtags: dict, creat
         raise
 
 
-def _complete_version(c, mv, vtags: dict) -> VersionInfo:
+def _complete_version(c: MlflowClient, mv: ModelVersion, vtags: dict[str, str]) -> VersionInfo:
     """Check the new version is READY and carries every tag (set any the store dropped)."""
     from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
 
@@ -236,7 +278,7 @@ def _complete_version(c, mv, vtags: dict) -> VersionInfo:
     return VersionInfo.from_mlflow(mv)
 
 
-def _undo_registration(c, name: str, mv, created_model: bool) -> None:
+def _undo_registration(c: MlflowClient, name: str, mv: ModelVersion, created_model: bool) -> None:
     import contextlib
 
     if mv is not None:
@@ -248,7 +290,7 @@ def _undo_registration(c, name: str, mv, created_model: bool) -> None:
                 c.delete_registered_model(name)
 
 
-def _get_run(c, run_id: str):
+def _get_run(c: MlflowClient, run_id: str) -> Run:
     from mlflow.exceptions import MlflowException
 
     with store.mlflow_errors(f"reading run {run_id}"):
@@ -260,7 +302,7 @@ def _get_run(c, run_id: str):
             raise
 
 
-def _final_metric(c, run, metric: str) -> float | None:
+def _final_metric(c: MlflowClient, run: Run, metric: str) -> float | None:
     """The last value logged for ``metric`` (by time), i.e. the final evaluation.
 
     Not ``run.data.metrics``: MLflow's "latest" prefers the highest step, and training logs its
@@ -269,22 +311,25 @@ def _final_metric(c, run, metric: str) -> float | None:
     with store.mlflow_errors(f"reading {metric} of run {run.info.run_id}"):
         history = c.get_metric_history(run.info.run_id, metric)
     if history:
-        return max(history, key=lambda m: (m.timestamp, m.step)).value
-    return run.data.metrics.get(metric)
+        return float(max(history, key=lambda m: (m.timestamp, m.step)).value)
+    value = run.data.metrics.get(metric)
+    return None if value is None else float(value)
 
 
-def _kind(meta: dict, run_tags: dict, run_id: str) -> str:
+def _kind(meta: Metadata, run_tags: dict[str, str], run_id: str) -> str:
     kind = meta.get("kind")
     if kind in C.DEFAULT_NAMES:
-        return kind
+        return str(kind)
     kind = KINDS_BY_TASK.get(run_tags.get("rnnops.task", ""))
     if kind:
         return kind
-    raise RnnopsError(f"cannot tell whether run {run_id} is a char model or a forecaster: its ONNX has no "
-                      "rnnops.kind metadata and the run no rnnops.task tag")
+    raise RnnopsError(
+        f"cannot tell whether run {run_id} is a char model or a forecaster: its ONNX has no "
+        "rnnops.kind metadata and the run no rnnops.task tag"
+    )
 
 
-def _already_registered(c, name: str, run_id: str, sha: str) -> VersionInfo | None:
+def _already_registered(c: MlflowClient, name: str, run_id: str, sha: str) -> VersionInfo | None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -298,14 +343,17 @@ def _already_registered(c, name: str, run_id: str, sha: str) -> VersionInfo | No
     return None
 
 
-def _ensure_registered_model(c, name: str, kind: str) -> bool:
+def _ensure_registered_model(c: MlflowClient, name: str, kind: str) -> bool:
     """Create registered model ``name`` for ``kind`` if needed; True when it was created here."""
     from mlflow.exceptions import MlflowException
 
     with store.mlflow_errors(f"creating registered model {name}"):
         try:
-            c.create_registered_model(name, tags={C.RMTAG_KIND: kind},
-                                      description=f"rnnops {kind} models (ONNX); `rnnops registry show {name}`")
+            c.create_registered_model(
+                name,
+                tags={C.RMTAG_KIND: kind},
+                description=f"rnnops {kind} models (ONNX); `rnnops registry show {name}`",
+            )
             return True
         except MlflowException as exc:
             if store._code(exc) != "RESOURCE_ALREADY_EXISTS":
@@ -313,21 +361,33 @@ def _ensure_registered_model(c, name: str, kind: str) -> bool:
         rm = c.get_registered_model(name)
         have = (rm.tags or {}).get(C.RMTAG_KIND)
         if have and have != kind:
-            raise RnnopsError(f"registered model {name} holds {have} models and this run is a {kind} model: pass --name")
+            raise RnnopsError(
+                f"registered model {name} holds {have} models and this run is a {kind} model: pass --name"
+            )
         if not have:
             c.set_registered_model_tag(name, C.RMTAG_KIND, kind)
         return False
 
 
-def _warm_cache(info: VersionInfo, path: Path, meta: dict, int8_path: Path | None = None) -> None:
+def _warm_cache(info: VersionInfo, path: Path, meta: Metadata, int8_path: Path | None = None) -> None:
     """Put the verified files in the resolve cache now, so serving's first resolve is a cache hit."""
     import contextlib
 
     from rnnops.registry.resolve import store_in_cache
 
+    if info.sha256 is None:  # register_run tags every version it makes; nothing to key the cache by otherwise
+        return
     with contextlib.suppress(OSError):
-        store_in_cache(info.name, info.version, path, info.sha256, meta, info.tags.get(C.VTAG_SOURCE_RUN),
-                       int8_path=int8_path, int8_sha256=info.int8_sha256)
+        store_in_cache(
+            info.name,
+            info.version,
+            path,
+            info.sha256,
+            meta,
+            info.tags.get(C.VTAG_SOURCE_RUN),
+            int8_path=int8_path,
+            int8_sha256=info.int8_sha256,
+        )
 
 
 # ------------------------------------------------------------------------------- promote
@@ -346,9 +406,11 @@ def promote(name: str, version: int, alias: str = C.ALIAS_CHAMPION, force: bool 
     rm = store.get_registered_model(c, name)
     mv = VersionInfo.from_mlflow(store.get_version(c, name, version))
     if not mv.parity_passed:
-        raise RnnopsError(f"refused: {name} version {mv.version} has no passed parity gate "
-                          f"({C.VTAG_PARITY_PASSED}={mv.tags.get(C.VTAG_PARITY_PASSED, 'missing')}); "
-                          "a version whose gate failed cannot be promoted, not even with --force")
+        raise RnnopsError(
+            f"refused: {name} version {mv.version} has no passed parity gate "
+            f"({C.VTAG_PARITY_PASSED}={mv.tags.get(C.VTAG_PARITY_PASSED, 'missing')}); "
+            "a version whose gate failed cannot be promoted, not even with --force"
+        )
     previous = store.alias_version(rm, alias)
     if previous == mv.version:
         return Promotion(name, mv.version, alias, previous, changed=False, reason=f"already {alias}")
@@ -379,20 +441,27 @@ def promote(name: str, version: int, alias: str = C.ALIAS_CHAMPION, force: bool 
     return Promotion(name, mv.version, alias, previous, changed=True, forced=forced, reason=reason)
 
 
-def _metric_gate(c, name: str, mv: VersionInfo, champion: int | None) -> tuple[bool, str]:
+def _metric_gate(c: MlflowClient, name: str, mv: VersionInfo, champion: int | None) -> tuple[bool, str]:
     """(passes, why): the candidate's validation metric against the current champion's."""
     if champion is None:
         return True, "parity passed; no current champion"
     cur = VersionInfo.from_mlflow(store.get_version(c, name, champion))
     metric, value = mv.val_metric, mv.val_value
     if metric is None or value is None:
-        return False, f"{name} version {mv.version} has no validation metric to compare with champion version {champion}"
+        return (
+            False,
+            f"{name} version {mv.version} has no validation metric to compare with champion version {champion}",
+        )
     if cur.val_metric != metric or cur.val_value is None:
-        return False, (f"champion version {champion} has no {metric} to compare with "
-                       f"(it has {cur.val_metric or 'no metric'})")
+        return False, (
+            f"champion version {champion} has no {metric} to compare with (it has {cur.val_metric or 'no metric'})"
+        )
     if math.isfinite(value) and value <= cur.val_value:
         return True, f"parity passed; {metric} {value:.6g} <= champion version {champion}'s {cur.val_value:.6g}"
-    return False, f"{name} version {mv.version} {metric} {value:.6g} is worse than champion version {champion}'s {cur.val_value:.6g}"
+    return (
+        False,
+        f"{name} version {mv.version} {metric} {value:.6g} is worse than champion version {champion}'s {cur.val_value:.6g}",
+    )
 
 
 def _check_alias(alias: str) -> str:
@@ -421,10 +490,12 @@ def rollback(name: str) -> Promotion:
     with store.mlflow_errors(f"rolling back {name}"):
         c.set_registered_model_alias(name, C.ALIAS_CHAMPION, str(target))
         _save_history(c, name, history)
-    return Promotion(name, target, C.ALIAS_CHAMPION, current, changed=True, reason=f"rolled back from version {current}")
+    return Promotion(
+        name, target, C.ALIAS_CHAMPION, current, changed=True, reason=f"rolled back from version {current}"
+    )
 
 
-def _history(rm) -> list[dict]:
+def _history(rm: RegisteredModel) -> list[dict[str, Any]]:
     raw = (rm.tags or {}).get(C.RMTAG_CHAMPION_HISTORY)
     if not raw:
         return []
@@ -435,8 +506,10 @@ def _history(rm) -> list[dict]:
         return []  # a hand-edited tag: start over rather than fail every promotion
 
 
-def _save_history(c, name: str, history: list[dict]) -> None:
-    c.set_registered_model_tag(name, C.RMTAG_CHAMPION_HISTORY, json.dumps(history[-HISTORY_MAX:], separators=(",", ":")))
+def _save_history(c: MlflowClient, name: str, history: list[dict[str, Any]]) -> None:
+    c.set_registered_model_tag(
+        name, C.RMTAG_CHAMPION_HISTORY, json.dumps(history[-HISTORY_MAX:], separators=(",", ":"))
+    )
 
 
 def _now() -> str:
@@ -460,10 +533,21 @@ def list_models() -> list[ModelSummary]:
         models = list(c.search_registered_models(max_results=1000))
         out = []
         for rm in sorted(models, key=lambda r: r.name):
-            numbers = [int(v.version) for v in c.search_model_versions(f"name='{rm.name}'", max_results=10000)] \
-                if store.NAME_RE.match(rm.name) else []
-            out.append(ModelSummary(rm.name, (rm.tags or {}).get(C.RMTAG_KIND), store.aliases_of(rm), len(numbers),
-                                    max(numbers) if numbers else None, rm.description))
+            numbers = (
+                [int(v.version) for v in c.search_model_versions(f"name='{rm.name}'", max_results=10000)]
+                if store.NAME_RE.match(rm.name)
+                else []
+            )
+            out.append(
+                ModelSummary(
+                    rm.name,
+                    (rm.tags or {}).get(C.RMTAG_KIND),
+                    store.aliases_of(rm),
+                    len(numbers),
+                    max(numbers) if numbers else None,
+                    rm.description,
+                )
+            )
     return out
 
 

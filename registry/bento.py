@@ -13,11 +13,12 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
+from typing import Any
 
-from rnnops.contract import INT8_FILE
+from rnnops.contract import INT8_FILE, ONNX_FILE
 from rnnops.errors import RnnopsError
-from rnnops.registry.onnx_file import ONNX_FILE, sha256_file
 from rnnops.registry.resolve import ResolvedModel, resolve
+from rnnops.util import sha256_file
 
 
 @dataclass
@@ -54,7 +55,7 @@ def pull(ref: str, bento_name: str | None = None) -> PulledModel:
     except NotFound:
         existing = None
     files = {ONNX_FILE: (resolved.path, resolved.sha256)}
-    if resolved.int8_path:
+    if resolved.int8_path and resolved.int8_sha256:
         files[INT8_FILE] = (resolved.int8_path, resolved.int8_sha256)
     if existing is not None:
         if all(_holds(existing.path_of(f), sha) for f, (_, sha) in files.items()):
@@ -84,7 +85,9 @@ def pull(ref: str, bento_name: str | None = None) -> PulledModel:
     for f, (_, sha) in files.items():
         if not _holds(stored.path_of(f), sha):
             bentoml.models.delete(tag)
-            raise RnnopsError(f"the copy of {resolved.uri}'s {f} in the BentoML store does not hash to {sha[:16]}…; removed it")
+            raise RnnopsError(
+                f"the copy of {resolved.uri}'s {f} in the BentoML store does not hash to {sha[:16]}…; removed it"
+            )
     return PulledModel(str(stored.tag), stored.path, resolved, created=True)
 
 
@@ -92,7 +95,7 @@ def _holds(path: str, sha: str) -> bool:
     return os.path.isfile(path) and sha256_file(path) == sha
 
 
-def _bento_safe(value):
+def _bento_safe(value: Any) -> Any:
     """BentoML metadata takes no None: drop None fields, keep everything else as is."""
     if isinstance(value, dict):
         return {str(k): _bento_safe(v) for k, v in value.items() if v is not None}

@@ -1,12 +1,14 @@
-"""Turn ``char-rnn@champion`` (or ``@3``, or a ``models:/`` URI) into verified local ONNX files.
+"""Turn a model reference (``char-rnn@champion``, ``@3``, a ``models:/`` URI, a ``.onnx`` file, a
+BentoML tag: the grammar of :mod:`rnnops.refs`) into verified local ONNX files.
 
-What serving calls. A version carries ``model.onnx`` and, when the export's int8 gates kept it,
+What serving and batch jobs call: :func:`resolve_ref` for any reference, :func:`resolve` for a
+registry one. A version carries ``model.onnx`` and, when the export's int8 gates kept it,
 ``model.int8.onnx`` beside it. Each file is cached under ``<RNNOPS_CACHE>/models/<name>/<version>/``
 and hashed against its tag (``rnnops.onnx_sha256``, ``rnnops.int8_sha256``) on every call, cache
 hit or not: a corrupted cached copy is fetched again once, and a file that still does not match is
 refused (the whole resolve fails: a corrupt int8 file is never served, nor silently swapped for
 fp32). Nothing unverified is ever returned. MLflow + stdlib (+ onnxruntime on a fresh download,
-to read the metadata); never torch.
+to read the metadata; BentoML for a ``bentoml:`` reference); never torch.
 
 Cost of a cache hit: one registry request (the version and its tags) and one sha256 per file.
 Hot-reload polls should call :func:`current_version` (one request) and resolve only on change.
@@ -21,13 +23,20 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rnnops import contract as C
-from rnnops import refs
-from rnnops import settings
+from rnnops import refs, settings
+from rnnops.contract import ONNX_FILE
 from rnnops.errors import RnnopsError
+from rnnops.onnx_metadata import Metadata, read_metadata
+from rnnops.refs import ModelRef, int8_sibling
 from rnnops.registry import store
-from rnnops.registry.onnx_file import ONNX_FILE, read_metadata, sha256_file
+from rnnops.util import sha256_file
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +50,7 @@ class ResolvedModel:
     alias: str | None  # the alias the ref named, if any
     path: Path  # a local .onnx whose sha256 matched the registry's tag
     sha256: str
-    metadata: dict  # rnnops.* metadata_props, decoded (kind, cell, vocab, state names, ...)
+    metadata: Metadata  # rnnops.* metadata_props, decoded (kind, cell, vocab, state names, ...)
     source_run: str | None
     int8_path: Path | None = None  # the verified model.int8.onnx; None: the version has none (or not asked for)
     int8_sha256: str | None = None
@@ -85,8 +94,10 @@ def resolve(ref: str, default_alias: str = C.ALIAS_CHAMPION, int8: bool = True) 
     tags = mv.tags or {}
     sha = tags.get(C.VTAG_ONNX_SHA256)
     if not sha:
-        raise RnnopsError(f"{name} version {version} has no {C.VTAG_ONNX_SHA256} tag (not registered by rnnops): "
-                          "refusing to serve a file that cannot be verified")
+        raise RnnopsError(
+            f"{name} version {version} has no {C.VTAG_ONNX_SHA256} tag (not registered by rnnops): "
+            "refusing to serve a file that cannot be verified"
+        )
     int8_sha = tags.get(C.VTAG_INT8_SHA256) if int8 else None
     try:
         folder = cache_folder(name, version)
@@ -96,21 +107,33 @@ def resolve(ref: str, default_alias: str = C.ALIAS_CHAMPION, int8: bool = True) 
         _verified(c, name, version, folder, ONNX_FILE, sha)
         info = _sidecar(folder, sha)
         if info is None:
-            info = _write_sidecar(folder, sha, read_metadata(folder / ONNX_FILE), tags.get(C.VTAG_SOURCE_RUN), name, version)
+            info = _write_sidecar(
+                folder, sha, read_metadata(folder / ONNX_FILE), tags.get(C.VTAG_SOURCE_RUN), name, version
+            )
         if int8_sha:
             _verified(c, name, version, folder, C.INT8_FILE, int8_sha)
     except OSError as exc:
-        raise RnnopsError(f"cannot write the model cache {folder}: {exc}; point RNNOPS_CACHE at a writable folder") from None
-    return ResolvedModel(name=name, version=version, alias=alias, path=folder / ONNX_FILE, sha256=sha,
-                         metadata=info["metadata"], source_run=info.get("source_run") or tags.get(C.VTAG_SOURCE_RUN),
-                         int8_path=folder / C.INT8_FILE if int8_sha else None, int8_sha256=int8_sha)
+        raise RnnopsError(
+            f"cannot write the model cache {folder}: {exc}; point RNNOPS_CACHE at a writable folder"
+        ) from None
+    return ResolvedModel(
+        name=name,
+        version=version,
+        alias=alias,
+        path=folder / ONNX_FILE,
+        sha256=sha,
+        metadata=info["metadata"],
+        source_run=info.get("source_run") or tags.get(C.VTAG_SOURCE_RUN),
+        int8_path=folder / C.INT8_FILE if int8_sha else None,
+        int8_sha256=int8_sha,
+    )
 
 
 def cache_folder(name: str, version: int) -> Path:
     return settings.cache_dir() / "models" / store.check_name(name) / str(int(version))
 
 
-def _lookup(c, name: str, version: int | None, alias: str | None):
+def _lookup(c: MlflowClient, name: str, version: int | None, alias: str | None) -> ModelVersion:
     from mlflow.exceptions import MlflowException
 
     if version is not None:
@@ -133,7 +156,7 @@ def _lookup(c, name: str, version: int | None, alias: str | None):
     raise RnnopsError(f"{name} has no alias {alias!r} (aliases: {have}){hint}")
 
 
-def _verified(c, name: str, version: int, folder: Path, file: str, sha: str) -> Path:
+def _verified(c: MlflowClient, name: str, version: int, folder: Path, file: str, sha: str) -> Path:
     """``folder/file`` hashing to ``sha``: the cached copy if it does, else downloaded (into a
     temporary folder, then renamed into place: concurrent workers never see half a file) and
     verified; a download that does not match is refused, never installed."""
@@ -149,15 +172,17 @@ def _verified(c, name: str, version: int, folder: Path, file: str, sha: str) -> 
         got = store.download_onnx(c, name, version, tmp, file)
         actual = sha256_file(got)
         if actual != sha:
-            raise RnnopsError(f"{name} version {version}: the registry's {file} hashes to {actual[:16]}…, "
-                              f"not the registered {sha[:16]}…; refusing it (the artifact changed after registration)")
+            raise RnnopsError(
+                f"{name} version {version}: the registry's {file} hashes to {actual[:16]}…, "
+                f"not the registered {sha[:16]}…; refusing it (the artifact changed after registration)"
+            )
         os.replace(got, path)
         return path
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _sidecar(folder: Path, sha: str) -> dict | None:
+def _sidecar(folder: Path, sha: str) -> dict[str, Any] | None:
     """The cached metadata of the ``model.onnx`` hashing to ``sha``, else None."""
     try:
         info = json.loads((folder / SIDECAR).read_text())
@@ -166,8 +191,16 @@ def _sidecar(folder: Path, sha: str) -> dict | None:
         return None
 
 
-def store_in_cache(name: str, version: int, path: Path, sha: str, metadata: dict, source_run: str | None,
-                   int8_path: Path | None = None, int8_sha256: str | None = None) -> Path:
+def store_in_cache(
+    name: str,
+    version: int,
+    path: Path,
+    sha: str,
+    metadata: Metadata,
+    source_run: str | None,
+    int8_path: Path | None = None,
+    int8_sha256: str | None = None,
+) -> Path:
     """Copy already-verified files into the cache (register does this so that the first resolve hits)."""
     folder = cache_folder(name, version)
     folder.mkdir(parents=True, exist_ok=True)
@@ -186,10 +219,123 @@ def store_in_cache(name: str, version: int, path: Path, sha: str, metadata: dict
     return folder / ONNX_FILE
 
 
-def _write_sidecar(folder: Path, sha: str, metadata: dict, source_run: str | None, name: str, version: int) -> dict:
+def _write_sidecar(
+    folder: Path, sha: str, metadata: Metadata, source_run: str | None, name: str, version: int
+) -> dict[str, Any]:
     """The decoded metadata of the verified ``model.onnx`` beside it (by rename: never half a file)."""
     info = {"name": name, "version": int(version), "sha256": sha, "metadata": metadata, "source_run": source_run}
     side_tmp = folder / (SIDECAR + f".{os.getpid()}.tmp")
     side_tmp.write_text(json.dumps(info))
     os.replace(side_tmp, folder / SIDECAR)
     return info
+
+
+# ---------------------------------------------------------------- any reference: registry, file, BentoML
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A reference resolved to a verified local ONNX file."""
+
+    ref: ModelRef
+    name: str
+    version: str  # registry version number, BentoML registry_version label or tag, or sha256[:12]
+    path: Path
+    sha256: str
+    metadata: Metadata  # decoded rnnops.* metadata
+    alias: str | None = None
+    source_run: str | None = None
+    int8_path: Path | None = None  # the verified int8 variant (model.int8.onnx), if the model has one
+    int8_sha256: str | None = None
+
+    @property
+    def registry_version(self) -> int | None:
+        return int(self.version) if self.ref.source == "registry" else None
+
+
+def resolve_ref(ref: ModelRef | str, sha256: str | None = None, int8: bool = True) -> LocalModel:
+    """A verified local file for ``ref``: registry versions against their sha256 tag (cached),
+    BentoML models against the sha256 they were stored with, files hashed as they are
+    (``sha256`` when the caller already hashed it). Blocking (registry calls, hashing).
+
+    ``int8``: also find the model's int8 variant, verified the same way: the registry version's
+    ``model.int8.onnx`` (:func:`resolve`), the one stored in the BentoML
+    model, or for a file ``X.onnx`` the file ``X.int8.onnx`` beside it (what ``rnnops export``
+    leaves in its folder when the int8 gates kept it)."""
+    if isinstance(ref, str):
+        ref = refs.parse_ref(ref)
+    if ref.path is not None:  # a file reference
+        if not ref.path.is_file():
+            raise RnnopsError(f"{ref.path}: no such ONNX file")
+        sha = sha256 or sha256_file(ref.path)
+        sibling = int8_sibling(ref.path) if int8 else None
+        return LocalModel(
+            ref,
+            ref.name,
+            sha[:12],
+            ref.path,
+            sha,
+            read_metadata(ref.path),
+            int8_path=sibling,
+            int8_sha256=sha256_file(sibling) if sibling else None,
+        )
+    if ref.source == "bentoml":
+        return _resolve_bentoml(ref, int8)
+    r = resolve(ref.target, int8=int8)
+    return LocalModel(
+        ref,
+        r.name,
+        str(r.version),
+        Path(r.path),
+        r.sha256,
+        r.metadata,
+        r.alias or ref.alias,
+        r.source_run,
+        r.int8_path,
+        r.int8_sha256,
+    )
+
+
+def _resolve_bentoml(ref: ModelRef, int8: bool = True) -> LocalModel:
+    try:
+        import bentoml
+    except ImportError:
+        raise RnnopsError(f"{ref.text} needs BentoML: pip install 'rnnops[serve]'") from None
+    try:
+        m = bentoml.models.get(ref.tag)
+    except Exception as exc:  # BentoML raises its own NotFound types
+        raise RnnopsError(
+            f"the BentoML model store has no {ref.tag!r}: {exc} (`rnnops registry pull NAME@ALIAS` imports one)"
+        ) from None
+    files = sorted(p for p in Path(m.path).rglob("*.onnx") if p.name != C.INT8_FILE)
+    if not files:
+        raise RnnopsError(f"BentoML model {m.tag} holds no .onnx file")
+    main = next((p for p in files if p.name == C.ONNX_FILE), files[0])
+    labels = dict(m.info.labels or {})
+    sha = sha256_file(main)
+    if labels.get("sha256") and labels["sha256"] != sha:
+        raise RnnopsError(
+            f"BentoML model {m.tag}: its ONNX hashes to {sha[:16]}…, not the {labels['sha256'][:16]}… "
+            "it was stored with; refusing it"
+        )
+    int8_path = int8_sha = None
+    if int8 and labels.get("int8_sha256"):
+        int8_path = main.with_name(C.INT8_FILE)
+        int8_sha = sha256_file(int8_path) if int8_path.is_file() else "missing"
+        if int8_sha != labels["int8_sha256"]:
+            raise RnnopsError(
+                f"BentoML model {m.tag}: its {C.INT8_FILE} hashes to {int8_sha[:16]}…, not the "
+                f"{labels['int8_sha256'][:16]}… it was stored with; refusing it"
+            )
+    version = labels.get("registry_version") or str(m.tag.version)
+    return LocalModel(
+        ref,
+        ref.name,
+        version,
+        main,
+        sha,
+        read_metadata(main),
+        source_run=labels.get("source_run") or None,
+        int8_path=int8_path,
+        int8_sha256=int8_sha,
+    )

@@ -23,23 +23,27 @@ app = typer.Typer(
 
 
 def _wire() -> None:
+    # Each stage's CLI module imports only typer at its top: the stages' heavy imports wait for a command.
+    from rnnops.export import cli as export_cli
+    from rnnops.registry import cli as registry_cli
+    from rnnops.serving import cli as serving_cli
+    from rnnops.serving.batch import cli as batch_cli
     from rnnops.training import cli as training_cli
+    from rnnops.training import tune_cli
 
     app.add_typer(training_cli.app, name="train")
     app.command("sample")(training_cli.sample)
-    for module, name in (("rnnops.training.tune_cli", "tune"), ("rnnops.export.cli", "export"), ("rnnops.registry.cli", "registry"),
-                         ("rnnops.serving.cli", "serving"), ("rnnops.serving.batch.cli", "forecast")):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("rnnops."):
-                continue  # that stage is not built yet
-            raise
-        mod.register(app)
+    tune_cli.register(app)
+    # `rnnops export --register/--promote` run the registry's step, handed over here: the export
+    # stage never imports the registry (docs/architecture.md, the dependency rule)
+    export_cli.register(app, publish=registry_cli.publish_export)
+    registry_cli.register(app)
+    serving_cli.register(app)
+    batch_cli.register(app)
 
 
 @app.command()
-def version():
+def version() -> None:
     """Print the rnnops version."""
     import rnnops
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from rnnops.errors import RnnopsError
+
 ONNX_FILE = "model.onnx"  # the graph's file name: what mlflow.onnx.log_model writes, in every stage
 # The int8 variant (fixed scales, onnxruntime only: rnnops.export.int8), beside model.onnx in the
 # same logged model when the export's gates kept it. Same inputs, outputs, state and metadata,
@@ -173,3 +175,95 @@ VTAG_FORCED = "rnnops.forced_promotion"  # JSON record of a promotion that bypas
 # Registered-model tags: the model kind, and the champion stack that ``rollback`` pops.
 RMTAG_KIND = "rnnops.kind"
 RMTAG_CHAMPION_HISTORY = "rnnops.champion_history"
+
+
+# --- What metadata may hold: checked at load (serving refuses the version, in one line naming the
+# field) and, for column names, when training reads its data. A model's metadata is untrusted
+# input: its names reach logs, JSON answers and the playground, which shows them as text
+# (docs/security.md). Any printable text is a valid name (a CSV's column is the user's own);
+# control characters and unbounded lengths or counts are not.
+MAX_NAME_CHARS = 200  # a feature, target, covariate or state tensor name; also cell, freq, run id...
+MAX_NAMES = 4096  # names in one list (features, targets, covariates, state tensors)
+MAX_VOCAB = 1 << 16
+MAX_DIM = 1 << 20  # layers, hidden size, lookback, horizon, one state dimension
+MAX_STATE_ELEMENTS = 1 << 26  # per row of one state tensor: what serving allocates per stream
+NAME_LISTS = ("feature_names", "target_names", "covariate_names", "state_inputs", "state_outputs")
+SHORT_STRINGS = ("kind", "cell", "arch", "precision", "freq", "source_run", "version")
+SIZES = ("layers", "hidden_size", "lookback", "horizon")
+
+
+class MetadataError(RnnopsError):
+    """Model metadata that breaks the contract; the message names the field, in one line."""
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_name(field: str, value) -> str:
+    """``value`` if it is a printable string of 1..MAX_NAME_CHARS characters, else MetadataError."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_CHARS or not value.isprintable():
+        raise MetadataError(f"{field} must be a printable string of 1-{MAX_NAME_CHARS} characters (no control "
+                            f"characters), not {_shown(value)}")
+    return value
+
+
+def check_names(field: str, values) -> list[str]:
+    if not isinstance(values, (list, tuple)) or len(values) > MAX_NAMES:
+        raise MetadataError(f"{field} must be a list of at most {MAX_NAMES} names, not {_shown(values)}")
+    return [check_name(f"{field}[{i}]", v) for i, v in enumerate(values)]
+
+
+def _size(field: str, value, low: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_DIM:
+        raise MetadataError(f"{field} must be an integer in {low}..{MAX_DIM}, not {_shown(value)}")
+
+
+def check_metadata(meta: dict, where: str = "model") -> None:
+    """Raise :class:`MetadataError` (one line, naming the field) unless the decoded ``rnnops.*``
+    metadata keeps the bounds above. Keys it does not know are left to their readers."""
+    try:
+        for key in NAME_LISTS:
+            if meta.get(key) is not None:
+                check_names(META_PREFIX + key, meta[key])
+        for key in SHORT_STRINGS:
+            if meta.get(key) is not None:
+                check_name(META_PREFIX + key, meta[key])
+        for key in SIZES:
+            if meta.get(key) is not None:
+                _size(META_PREFIX + key, meta[key], 0 if key == "lookback" else 1)
+        vocab = meta.get("vocab")
+        if vocab is not None:
+            if not isinstance(vocab, list) or len(vocab) > MAX_VOCAB:
+                raise MetadataError(f"rnnops.vocab must be a list of at most {MAX_VOCAB} characters")
+            for i, ch in enumerate(vocab):
+                if not isinstance(ch, str) or len(ch) != 1:
+                    raise MetadataError(f"rnnops.vocab[{i}] must be one character, not {_shown(ch)}")
+        state = meta.get("state")
+        if state is not None:
+            if not isinstance(state, list) or len(state) > MAX_NAMES:
+                raise MetadataError(f"rnnops.state must be a list of at most {MAX_NAMES} tensors")
+            for i, t in enumerate(state):
+                field = f"rnnops.state[{i}]"
+                if not isinstance(t, dict):
+                    raise MetadataError(f"{field} must be an object {{input, output, shape, dtype}}")
+                check_name(f"{field}.input", t.get("input"))
+                check_name(f"{field}.output", t.get("output"))
+                check_name(f"{field}.dtype", t.get("dtype", "float32"))
+                shape = t.get("shape")
+                if not isinstance(shape, list) or len(shape) > 8:
+                    raise MetadataError(f"{field}.shape must be a list of at most 8 dimensions")
+                elements = 1
+                for d in shape:
+                    if d != BATCH_DIM:
+                        _size(f"{field}.shape", d)
+                        elements *= d
+                if elements > MAX_STATE_ELEMENTS:
+                    raise MetadataError(f"{field}.shape {shape} holds {elements} values per row, more than "
+                                        f"{MAX_STATE_ELEMENTS}")
+        q = meta.get("quantiles")
+        if isinstance(q, dict) and q.get("output") is not None:
+            check_name("rnnops.quantiles.output", q["output"])
+    except MetadataError as exc:
+        raise MetadataError(f"{where}: metadata {exc}") from None

@@ -10,8 +10,9 @@ A reference is one of:
 - ``path/to/model.onnx`` (or any existing file): a local ONNX file, its sha256 its version;
 - ``bentoml:NAME[:VERSION]``: a model saved in the BentoML model store (``rnnops registry pull``).
 
-:func:`parse_ref` reads the text (no I/O beyond checking whether a path exists);
-:func:`resolve_ref` turns a parsed reference into a verified local file plus its metadata.
+:func:`parse_ref` reads the text (no I/O beyond checking whether a path exists). Turning a parsed
+reference into a verified local file is the registry stage's job
+(:func:`rnnops.registry.resolve.resolve_ref`): this module is the shared core and imports no stage.
 Serving prefixes a reference with ``SERVED_NAME=`` to choose the name clients use
 (:func:`parse_served`).
 """
@@ -27,8 +28,10 @@ from rnnops import contract as C
 from rnnops.errors import RnnopsError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-GRAMMAR = ("NAME@ALIAS, NAME@VERSION, NAME/VERSION, models:/NAME@ALIAS, models:/NAME/VERSION, "
-           "a path to a .onnx file, or bentoml:NAME[:VERSION]")
+GRAMMAR = (
+    "NAME@ALIAS, NAME@VERSION, NAME/VERSION, models:/NAME@ALIAS, models:/NAME/VERSION, "
+    "a path to a .onnx file, or bentoml:NAME[:VERSION]"
+)
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ def parse_ref(text: str, default_alias: str = C.ALIAS_CHAMPION) -> ModelRef:
     if not raw:
         raise bad_ref(text, "it is empty")
     if raw.startswith("bentoml:"):
-        tag = raw[len("bentoml:"):]
+        tag = raw[len("bentoml:") :]
         name, _, version = tag.partition(":")
         if not NAME.match(name) or (version and not NAME.match(version)):
             raise bad_ref(text, "a BentoML tag is NAME or NAME:VERSION")
@@ -80,8 +83,10 @@ def parse_ref(text: str, default_alias: str = C.ALIAS_CHAMPION) -> ModelRef:
         return ModelRef("file", raw, default, path=p)
     body = raw.removeprefix("models:/").strip("/")
     if raw.startswith("models:/") and body.startswith("m-") and "@" not in body and "/" not in body:
-        raise RnnopsError(f"{raw} is a logged model, not a registered one: register it first "
-                          "(`rnnops registry register RUN_ID`) and use NAME@ALIAS or NAME/VERSION")
+        raise RnnopsError(
+            f"{raw} is a logged model, not a registered one: register it first "
+            "(`rnnops registry register RUN_ID`) and use NAME@ALIAS or NAME/VERSION"
+        )
     if "@" in body:
         name, _, tail = body.partition("@")
     elif "/" in body:
@@ -121,56 +126,6 @@ def parse_served(spec: str, what: str = "RNNOPS_MODELS") -> list[tuple[str, Mode
     return out
 
 
-@dataclass(frozen=True)
-class LocalModel:
-    """A reference resolved to a verified local ONNX file."""
-
-    ref: ModelRef
-    name: str
-    version: str  # registry version number, BentoML registry_version label or tag, or sha256[:12]
-    path: Path
-    sha256: str
-    metadata: dict  # decoded rnnops.* metadata
-    alias: str | None = None
-    source_run: str | None = None
-    int8_path: Path | None = None  # the verified int8 variant (model.int8.onnx), if the model has one
-    int8_sha256: str | None = None
-
-    @property
-    def registry_version(self) -> int | None:
-        return int(self.version) if self.ref.source == "registry" else None
-
-
-def resolve_ref(ref: ModelRef | str, sha256: str | None = None, int8: bool = True) -> LocalModel:
-    """A verified local file for ``ref``: registry versions against their sha256 tag (cached),
-    BentoML models against the sha256 they were stored with, files hashed as they are
-    (``sha256`` when the caller already hashed it). Blocking (registry calls, hashing).
-
-    ``int8``: also find the model's int8 variant, verified the same way: the registry version's
-    ``model.int8.onnx`` (:func:`rnnops.registry.resolve.resolve`), the one stored in the BentoML
-    model, or for a file ``X.onnx`` the file ``X.int8.onnx`` beside it (what ``rnnops export``
-    leaves in its folder when the int8 gates kept it)."""
-    from rnnops.registry.onnx_file import read_metadata
-    from rnnops.util import sha256_file
-
-    if isinstance(ref, str):
-        ref = parse_ref(ref)
-    if ref.source == "file":
-        if not ref.path.is_file():
-            raise RnnopsError(f"{ref.path}: no such ONNX file")
-        sha = sha256 or sha256_file(ref.path)
-        sibling = int8_sibling(ref.path) if int8 else None
-        return LocalModel(ref, ref.name, sha[:12], ref.path, sha, read_metadata(ref.path), int8_path=sibling,
-                          int8_sha256=sha256_file(sibling) if sibling else None)
-    if ref.source == "bentoml":
-        return _resolve_bentoml(ref, int8)
-    from rnnops.registry.resolve import resolve  # connects to the configured store on first use
-
-    r = resolve(ref.target, int8=int8)
-    return LocalModel(ref, r.name, str(r.version), Path(r.path), r.sha256, r.metadata, r.alias or ref.alias,
-                      r.source_run, r.int8_path, r.int8_sha256)
-
-
 INT8_SUFFIX = ".int8.onnx"  # model.onnx -> model.int8.onnx (contract.INT8_FILE)
 
 
@@ -180,37 +135,3 @@ def int8_sibling(path: Path) -> Path | None:
         return None
     sibling = path.with_name(path.stem + INT8_SUFFIX)
     return sibling if sibling.is_file() else None
-
-
-def _resolve_bentoml(ref: ModelRef, int8: bool = True) -> LocalModel:
-    from rnnops.registry.onnx_file import read_metadata
-    from rnnops.util import sha256_file
-
-    try:
-        import bentoml
-    except ImportError:
-        raise RnnopsError(f"{ref.text} needs BentoML: pip install 'rnnops[serve]'") from None
-    try:
-        m = bentoml.models.get(ref.tag)
-    except Exception as exc:  # BentoML raises its own NotFound types
-        raise RnnopsError(f"the BentoML model store has no {ref.tag!r}: {exc} (`rnnops registry pull NAME@ALIAS` "
-                          "imports one)") from None
-    files = sorted(p for p in Path(m.path).rglob("*.onnx") if p.name != C.INT8_FILE)
-    if not files:
-        raise RnnopsError(f"BentoML model {m.tag} holds no .onnx file")
-    main = next((p for p in files if p.name == C.ONNX_FILE), files[0])
-    labels = dict(m.info.labels or {})
-    sha = sha256_file(main)
-    if labels.get("sha256") and labels["sha256"] != sha:
-        raise RnnopsError(f"BentoML model {m.tag}: its ONNX hashes to {sha[:16]}…, not the {labels['sha256'][:16]}… "
-                          "it was stored with; refusing it")
-    int8_path = int8_sha = None
-    if int8 and labels.get("int8_sha256"):
-        int8_path = main.with_name(C.INT8_FILE)
-        int8_sha = sha256_file(int8_path) if int8_path.is_file() else "missing"
-        if int8_sha != labels["int8_sha256"]:
-            raise RnnopsError(f"BentoML model {m.tag}: its {C.INT8_FILE} hashes to {int8_sha[:16]}…, not the "
-                              f"{labels['int8_sha256'][:16]}… it was stored with; refusing it")
-    version = labels.get("registry_version") or str(m.tag.version)
-    return LocalModel(ref, ref.name, version, main, sha, read_metadata(main), source_run=labels.get("source_run") or None,
-                      int8_path=int8_path, int8_sha256=int8_sha)

@@ -45,6 +45,8 @@ class ServeConfig:
     # bentoml:tag), each optionally "served-name=ref"
     models: str = DEFAULT_MODELS
     poll_seconds: float = 10.0  # hot reload: how often aliases are checked (0 = never)
+    reload_retry_s: float = 60.0  # a version that failed to load is tried again after this long
+    poll_max_backoff_s: float = 60.0  # alias polls while the registry is unreachable: at most this far apart
     providers: str = "cpu"  # cpu | cuda (falls back to cpu with a warning)
     # which of a model's files runs: auto = the int8 file when its export kept one (rnnops export
     # makes it with fixed scales, so results stay batch-invariant and chunked == whole) and the
@@ -84,6 +86,12 @@ class ServeConfig:
     max_sessions: int = 1024
     session_ttl_s: float = 600.0
     session_store: str = "memory"  # memory (this worker) | redis://host:6379/0 (shared by workers and replicas)
+    # Redis store: an update waits at most this long for its session's lock (503 session_busy
+    # beyond), and holding it longer loses it (so a dead worker's lock frees itself)
+    session_lock_s: float = 30.0
+    # the Open Inference Protocol (http/oip.py): the most elements one tensor's shape may claim,
+    # checked before any of its data is read (a header cannot make the worker allocate more)
+    oip_max_elements: int = 1 << 26
     # BentoML's traffic timeout (time to the first byte), a backstop behind request_deadline_s and
     # queue_timeout_s. Kept short because BentoML arms a timer per request for this long and never
     # cancels it: each holds its request's context (spans, futures) until it fires, so 600 s of
@@ -125,6 +133,8 @@ class ServeConfig:
         env = {
             "models": ("RNNOPS_MODELS", str),
             "poll_seconds": ("RNNOPS_POLL_SECONDS", float),
+            "reload_retry_s": ("RNNOPS_RELOAD_RETRY_S", float),
+            "poll_max_backoff_s": ("RNNOPS_POLL_MAX_BACKOFF_S", float),
             "providers": ("RNNOPS_PROVIDERS", str),
             "precision": ("RNNOPS_PRECISION", str),
             "iobinding": ("RNNOPS_IOBINDING", str),
@@ -150,6 +160,8 @@ class ServeConfig:
             "max_sessions": ("RNNOPS_MAX_SESSIONS", int),
             "session_ttl_s": ("RNNOPS_SESSION_TTL", float),
             "session_store": ("RNNOPS_SESSION_STORE", str),
+            "session_lock_s": ("RNNOPS_SESSION_LOCK_S", float),
+            "oip_max_elements": ("RNNOPS_OIP_MAX_ELEMENTS", int),
             "request_timeout_s": ("RNNOPS_REQUEST_TIMEOUT", float),
             "max_body_bytes": ("RNNOPS_MAX_BODY_BYTES", int),
             "request_deadline_s": ("RNNOPS_REQUEST_DEADLINE_S", float),
@@ -180,7 +192,8 @@ class ServeConfig:
         if unknown:
             raise RnnopsError(f"RNNOPS_PROVIDERS: unknown provider(s) {unknown}; use cpu or cuda")
         for name in ("max_streams", "max_prompt_chars", "max_chars", "prefill_chunk", "forecast_max_batch",
-                     "forecast_max_windows", "max_context_rows", "max_sessions", "workers", "decode_lanes"):
+                     "forecast_max_windows", "max_context_rows", "max_sessions", "workers", "decode_lanes",
+                     "oip_max_elements"):
             if getattr(self, name) < 1:
                 raise RnnopsError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.max_queue < 0:
@@ -189,7 +202,7 @@ class ServeConfig:
             raise RnnopsError(f"RNNOPS_SESSION_STORE must be memory or a Redis URL (redis://host:6379/0), not "
                               f"{self.session_store!r}")
         for name, var in (("request_deadline_s", "RNNOPS_REQUEST_DEADLINE_S"), ("stall_s", "RNNOPS_STALL_S"),
-                          ("drain_s", "RNNOPS_DRAIN_S")):
+                          ("drain_s", "RNNOPS_DRAIN_S"), ("session_lock_s", "RNNOPS_SESSION_LOCK_S")):
             if getattr(self, name) <= 0:
                 raise RnnopsError(f"{var} must be more than 0 seconds, not {getattr(self, name)}")
         if self.send_buffer_bytes < 0:

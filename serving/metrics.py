@@ -50,6 +50,11 @@ class Metrics:
                                         buckets=BATCH_BUCKETS)
         self.forecast_seconds = Histogram("rnnops_forecast_seconds", "Duration of each batched forecast call",
                                           ["model"], buckets=STEP_BUCKETS)
+        self.session_batch = Histogram("rnnops_session_step_batch_size",
+                                       "Session updates (/sessions, OIP sequences) in each batched step", ["model"],
+                                       buckets=BATCH_BUCKETS)
+        self.session_seconds = Histogram("rnnops_session_step_seconds", "Duration of each batched session step",
+                                         ["model"], buckets=STEP_BUCKETS)
         self.reloads = Counter("rnnops_model_reloads", "Model (re)loads by result", ["model", "result"])
         self.registry_up = gauge("rnnops_registry_up", "1 while alias polls reach the model registry, 0 while they fail",
                                  [], mode="livemin")

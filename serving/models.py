@@ -18,6 +18,11 @@ the event loop, then swaps: new requests go to the new version, while the old ve
 scheduler is closed and finishes its in-flight streams (and open forecast sessions keep their
 version). A version that fails to resolve, verify or load leaves the old one serving; the failure
 is logged, counted (``rnnops_model_reloads_total{result="failed"}``) and shown by ``GET /models``.
+
+A :class:`LoadedModel` owns everything per version: its runtime, its scheduler (char models) or
+forecast batcher and session stepper (forecasters), and its protocol caches; ``stop`` releases
+them all. Over 400 lines because the manager's lifecycle (load, swap, drain, reap, stop) and the
+version it manages are checked together: a reader follows what a hot reload releases in one file.
 """
 
 from __future__ import annotations
@@ -31,11 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rnnops import refs
+from rnnops.contract import check_metadata
 from rnnops.errors import RnnopsError
+from rnnops.model_file_checks import check_model_file
 from rnnops.refs import ModelRef
+from rnnops.registry.resolve import resolve_ref
 from rnnops.serving.config import ServeConfig
 from rnnops.serving.errors import Overloaded, UnknownModel
 from rnnops.serving.forecast.batcher import ForecastBatcher
+from rnnops.serving.forecast.stepper import SessionStepper
 from rnnops.serving.generate.engine import EngineClient, EngineSpec
 from rnnops.serving.generate.naive import NaiveGenerator
 from rnnops.serving.generate.scheduler import OnStep, SchedulerMetrics, StepScheduler
@@ -43,9 +52,6 @@ from rnnops.serving.runtime import Runtime
 from rnnops.util import return_free_memory, sha256_file
 
 log = logging.getLogger("rnnops.serving")
-
-RETRY_FAILED_S = 60.0  # a version that failed to load is tried again after this long
-MAX_BACKOFF_S = 60.0  # alias polls while the registry is unreachable: at most this far apart
 
 
 @dataclass(frozen=True)
@@ -138,8 +144,12 @@ class LoadedModel:
     runtime: Runtime
     scheduler: EngineClient | StepScheduler | NaiveGenerator | None = None
     batcher: ForecastBatcher | None = None
+    stepper: SessionStepper | None = None  # forecasters: every session update of this version (forecast/stepper.py)
     loaded_at: float = field(default_factory=time.time)
     precision_reason: str = ""  # why this file runs (choose_file)
+    # the Open Inference Protocol's metadata of this version, made on first use by http/oip.py
+    # (every infer checks its inputs against it) and released with the version
+    oip_metadata: dict | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -163,6 +173,8 @@ class LoadedModel:
             d["scheduler"] = self.scheduler.describe()
         if self.batcher is not None:
             d["batching"] = {"calls": self.batcher.calls, "windows": self.batcher.windows}
+        if self.stepper is not None:  # session updates (/sessions, OIP sequences): how well they batch
+            d["session_steps"] = {"calls": self.stepper.calls, "updates": self.stepper.updates}
         return d
 
     def close(self) -> None:
@@ -175,12 +187,14 @@ class LoadedModel:
             self.scheduler.stop()
         if self.batcher is not None:
             self.batcher.close()
+        if self.stepper is not None:
+            self.stepper.close()
 
     @property
     def busy(self) -> bool:
         if self.scheduler is not None:
             return self.scheduler.running
-        return self.batcher is not None and self.batcher.busy
+        return any(q is not None and q.busy for q in (self.batcher, self.stepper))
 
 
 class ModelManager:
@@ -197,7 +211,7 @@ class ModelManager:
         self._poller: asyncio.Task | None = None
         self.last_poll: float | None = None
         # The registry as the alias polls see it: while it cannot be reached, what is loaded keeps
-        # serving, readiness holds, and the polls back off (doubling, at most MAX_BACKOFF_S).
+        # serving, readiness holds, and the polls back off (doubling, at most RNNOPS_POLL_MAX_BACKOFF_S).
         self.registry = {"reachable": True, "error": None, "since": None, "failed_polls": 0}
         # The poller is the retry loop: MLflow's own HTTP retries (several, with exponential
         # backoff, by default) would only delay noticing that the registry is down by minutes.
@@ -221,7 +235,11 @@ class ModelManager:
 
     def _resolve(self, ref: ServedRef) -> Resolved:
         sha = self._files.sha(ref.target) if ref.source == "file" and Path(ref.target).is_file() else None
-        m = refs.resolve_ref(ref.ref, sha256=sha, int8=self.config.precision != "fp32")
+        m = resolve_ref(ref.ref, sha256=sha, int8=self.config.precision != "fp32")
+        for path in (m.path, m.int8_path):  # untrusted files, checked before onnxruntime opens them
+            if path is not None:
+                check_model_file(path)
+        check_metadata(m.metadata, f"{ref.served} version {m.version}")
         return Resolved(m.version, m.path, m.sha256, m.alias, m.source_run, m.int8_path, m.int8_sha256)
 
     def _load(self, ref: ServedRef) -> LoadedModel:
@@ -248,6 +266,7 @@ class ModelManager:
                 m.scheduler = EngineClient(spec, sm, self.on_step).start()
         else:
             m.batcher = ForecastBatcher(rt, cfg.forecast_max_batch, self.metrics, ref.served)
+            m.stepper = SessionStepper(rt, m.batcher, cfg.forecast_max_batch, ref.served, self.metrics)
         return m
 
     # ------------------------------------------------------------------ lifecycle
@@ -313,7 +332,7 @@ class ModelManager:
                     self.errors.pop(ref.served, None)  # it points back at what is served
                 continue
             failed = self._failed.get(ref.served)
-            if failed and failed[0] == version and time.monotonic() - failed[1] < RETRY_FAILED_S:
+            if failed and failed[0] == version and time.monotonic() - failed[1] < self.config.reload_retry_s:
                 continue
             await self._load_and_swap(ref, version)
         self._reap()
@@ -349,7 +368,7 @@ class ModelManager:
     def poll_interval(self) -> float:
         """The poll period, doubled per failed poll while the registry is unreachable."""
         base = self.config.poll_seconds
-        return min(base * 2 ** self.registry["failed_polls"], max(base, MAX_BACKOFF_S))
+        return min(base * 2 ** self.registry["failed_polls"], max(base, self.config.poll_max_backoff_s))
 
     async def _poll_forever(self) -> None:
         while True:
@@ -378,8 +397,7 @@ class ModelManager:
         for m in [*self.current.values(), *self.draining]:
             if m.scheduler is not None:
                 n += m.scheduler.active + m.scheduler.queued
-            if m.batcher is not None and m.batcher.busy:
-                n += 1
+            n += sum(1 for q in (m.batcher, m.stepper) if q is not None and q.busy)
         return n
 
     # ------------------------------------------------------------------ lookups

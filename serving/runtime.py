@@ -1,17 +1,16 @@
 """Execution: one onnxruntime session per served model version, built from the ONNX metadata.
 
 The runtime knows *how* to run a model (providers, threads, where the recurrent state lives) and
-nothing about *when* (that is the scheduler's job) or HTTP (the service's). Its API is small and
-numpy-shaped so the step scheduler, forecast sessions and batch forecast jobs can all reuse it:
-
-- char models: :meth:`Runtime.zero_state`, :meth:`Runtime.step` (tokens + state -> last logits +
-  state), :meth:`Runtime.take` / :meth:`Runtime.concat` to reshape the batch of states when
-  streams join or leave;
-- forecasters: :meth:`Runtime.forecast` (windows -> forecasts, zero initial state) and
-  :meth:`Runtime.forecast_step` (new observations + carried state -> forecast + state).
+nothing about *when* (that is the scheduler's job) or HTTP (the service's). Every model call goes
+through one method, :meth:`Runtime.run` (inputs + state -> a typed :class:`RunResult`: the main
+output, the quantiles of a forecaster with prediction intervals, the new state), so batch
+invariance and IOBinding live in one place. Around it, numpy-shaped helpers reshape the batch of
+states when streams or sessions join or leave: :meth:`Runtime.zero_state`, :meth:`Runtime.take`,
+:meth:`Runtime.concat`. Its users: the step scheduler (char models), the forecast batcher and the
+session stepper (:mod:`rnnops.serving.forecast`), OIP's stateless calls and the batch jobs.
 
 Results are batch-invariant on CPU: a row's output is bit-for-bit the same whatever else shares
-the call (see :meth:`Runtime._run`), which is what makes seeded generation reproducible among
+the call (see :meth:`Runtime._call`), which is what makes seeded generation reproducible among
 concurrent streams and batched forecasts equal to one-by-one ones.
 
 State is opaque to callers: a tuple of numpy arrays, one per tensor of the model's state
@@ -32,6 +31,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -42,6 +42,16 @@ from rnnops.errors import RnnopsError
 log = logging.getLogger("rnnops.serving")
 
 State = tuple  # tuple[np.ndarray, ...] or tuple[ort.OrtValue, ...]
+Outputs = Literal["all", "last"]  # Runtime.run: the main output in full, or a char model's last position only
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one :meth:`Runtime.run` gives back."""
+
+    output: np.ndarray  # host: char logits [B, T, V] ([B, V] with outputs="last"); forecasts [B, horizon, F_out]
+    state: State  # the new state, where the runtime keeps it (host arrays, or OrtValues with IOBinding)
+    quantiles: np.ndarray | None = None  # host, [B, horizon, F_out, levels]: a forecaster with intervals; else None
 
 _REQUIRED = {
     "char": ("kind", "cell", "layers", "hidden_size", "vocab"),
@@ -209,12 +219,69 @@ class Runtime:
         if missing:
             raise RnnopsError(f"{self.path}: graph lacks {', '.join(missing)} (inputs {inputs}, outputs {outputs}); "
                               "it does not follow the rnnops ONNX contract")
-        self._outputs = want_out[:1 + len(i.state)]  # main + state: what every call fetches
+        # what every call fetches: the main output and the quantiles (read on the host), the state
+        self._host_outputs = 2 if i.quantiles_output else 1
+        self._outputs = [i.main_output, *([i.quantiles_output] if i.quantiles_output else []), *i.state_outputs]
 
     # ------------------------------------------------------------------ running
 
-    def _run(self, x: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        """One session call: main output to the host, state wherever the runtime keeps it.
+    def run(self, inputs: np.ndarray, state: State | None = None, outputs: Outputs = "all",
+            max_batch: int | None = None) -> RunResult:
+        """The one way to call the model: ``inputs`` from ``state`` (None = zeros) -> a :class:`RunResult`.
+
+        ``inputs``: a char model's token ids ``[B, T]``; a forecaster's windows ``[B, T, F]`` (raw
+        units; a windowed model reads their last ``lookback`` rows, see :meth:`reads`). ``state``:
+        host arrays or the runtime's own (device) state, batch ``B``; a windowed forecaster takes
+        none. ``outputs="last"`` keeps a char model's logits at the last position only (``[B, V]``:
+        what decoding samples from). ``max_batch`` cuts a large batch into calls of at most that
+        many rows (the results are the same: batch invariance).
+        """
+        i = self.info
+        if i.kind == "char":
+            x = np.ascontiguousarray(inputs, dtype=np.int64)
+        else:
+            if outputs == "last":
+                raise RnnopsError(f"{self.name} is a forecaster: outputs='last' is for char models")
+            if state is not None and not i.stateful:
+                raise RnnopsError(f"{self.name} is a windowed forecaster: it carries no state between calls")
+            x = self._window(inputs)
+        b = x.shape[0]
+        if b == 0:
+            return self._empty(x, outputs)
+        if state is not None:
+            state = tuple(self.to_device(s) if isinstance(s, np.ndarray) else s for s in state)
+        step = max_batch if max_batch and max_batch < b else b
+        parts = []
+        for lo in range(0, b, step):
+            hi = min(b, lo + step)
+            if state is None:
+                st = self.zero_state(hi - lo)
+            else:  # the whole state, or the rows of this chunk
+                st = state if step == b else self.take(state, np.arange(lo, hi))
+            parts.append(self._call(x[lo:hi], st))
+        if len(parts) == 1:
+            y, q, new = parts[0]
+        else:
+            y = np.concatenate([p[0] for p in parts])
+            q = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+            new = self.concat([p[2] for p in parts])
+        if outputs == "last":
+            y = np.ascontiguousarray(y[:, -1])
+        return RunResult(y, new, q)
+
+    def _empty(self, x: np.ndarray, outputs: Outputs) -> RunResult:
+        """A batch of none: no call (onnxruntime would refuse some zero-sized shapes)."""
+        i = self.info
+        if i.kind == "char":
+            y = np.zeros((0, len(i.vocab)) if outputs == "last" else (0, x.shape[1], len(i.vocab)), np.float32)
+        else:
+            y = np.zeros((0, i.horizon, len(i.target_names)), np.float32)
+        q = np.zeros((*y.shape, len(i.quantiles)), np.float32) if i.quantiles_output else None
+        return RunResult(y, self.zero_state(0), q)
+
+    def _call(self, x: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray | None, State]:
+        """One session call: the main output (and the quantiles, if the model has them) to the
+        host, the state wherever the runtime keeps it.
 
         On CPU a batch of one runs as a batch of two (the row twice): onnxruntime's CPU kernels
         take another path for a single row (a matrix-vector product) whose results can differ in
@@ -223,30 +290,33 @@ class Runtime:
         check it bitwise), so results never depend on what else shares the call.
         """
         if self.device == "cpu" and x.shape[0] == 1:
-            pair = self.concat([state, state])
-            out, new = self._run_session(np.concatenate([x, x]), pair)
-            return out[:1], self.take(new, [0])
-        return self._run_session(x, state)
+            y, q, new = self._session_call(np.concatenate([x, x]), self.concat([state, state]))
+            return y[:1], None if q is None else q[:1], self.take(new, [0])
+        return self._session_call(x, state)
 
-    def _run_session(self, x: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+    def _session_call(self, x: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray | None, State]:
         names = self.info.state_inputs
+        host = self._outputs[:self._host_outputs]  # main (+ quantiles): read on the host
         if not self.iobinding:
             feeds = {contract.INPUT: x, **{n: s for n, s in zip(names, state)}}
             out = self.session.run(self._outputs, feeds)
-            return out[0], tuple(out[1:])
-        binding = self.session.io_binding()
-        binding.bind_cpu_input(contract.INPUT, np.ascontiguousarray(x))
-        for n, s in zip(names, state):
-            if isinstance(s, ort.OrtValue):
-                binding.bind_ortvalue_input(n, s)
-            else:
-                binding.bind_cpu_input(n, np.ascontiguousarray(s))
-        binding.bind_output(self._outputs[0], "cpu")
-        for n in self._outputs[1:]:
-            binding.bind_output(n, self.device)  # stays on the device for the next step
-        self.session.run_with_iobinding(binding)
-        out = binding.get_outputs()
-        return out[0].numpy(), tuple(out[1:])
+        else:
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(contract.INPUT, np.ascontiguousarray(x))
+            for n, s in zip(names, state):
+                if isinstance(s, ort.OrtValue):
+                    binding.bind_ortvalue_input(n, s)
+                else:
+                    binding.bind_cpu_input(n, np.ascontiguousarray(s))
+            for n in host:
+                binding.bind_output(n, "cpu")
+            for n in self._outputs[len(host):]:
+                binding.bind_output(n, self.device)  # stays on the device for the next step
+            self.session.run_with_iobinding(binding)
+            out = binding.get_outputs()
+            out = [o.numpy() for o in out[:len(host)]] + list(out[len(host):])
+        q = out[1] if len(host) == 2 else None
+        return out[0], q, tuple(out[len(host):])
 
     def zero_state(self, batch: int) -> State:
         return tuple(self.to_device(np.zeros(t.shape_for(batch), np.dtype(t.dtype))) for t in self.info.state)
@@ -281,16 +351,6 @@ class Runtime:
         s, axis = state[0], self.info.state[0].batch_axis
         return int(s.shape()[axis] if isinstance(s, ort.OrtValue) else s.shape[axis])
 
-    def run(self, x: np.ndarray, state: State | None = None) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        """One call over ``x`` from ``state`` (None = zeros), everything on the host: the main
-        output in full (char: logits ``[B, T, V]``) and the new state (the Open Inference Protocol
-        hands out tensors exactly as the ONNX contract names them)."""
-        x = np.ascontiguousarray(x, dtype=np.int64 if self.kind == "char" else np.float32)
-        if self.kind != "char":
-            x = self._window(x)
-        y, new = self._run(x, self.zero_state(x.shape[0]) if state is None else tuple(self.to_device(s) for s in state))
-        return y, self.state_numpy(new)
-
     # ------------------------------------------------------------------ char models
 
     def encode(self, text: str) -> np.ndarray:
@@ -299,14 +359,6 @@ class Runtime:
         if unknown:
             raise ValueError(unknown)
         return np.fromiter((self._index[c] for c in text), dtype=np.int64, count=len(text))
-
-    def step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        """Char models: tokens int64 ``[B, T]`` from ``state`` -> logits at the last position
-        ``[B, V]`` (float32, host) and the new state."""
-        if self.info.kind != "char":
-            raise RnnopsError(f"{self.name} is a {self.info.kind}, not a char model")
-        logits, new = self._run(np.asarray(tokens, dtype=np.int64), state)
-        return np.ascontiguousarray(logits[:, -1]), new
 
     # ------------------------------------------------------------------ forecasters
 
@@ -326,73 +378,3 @@ class Runtime:
         if x.ndim != 3 or x.shape[2] != len(i.feature_names):
             raise ValueError(f"windows must be [B, T, {len(i.feature_names)}], got {list(x.shape)}")
         return np.ascontiguousarray(self.reads(x))
-
-    def forecast(self, windows: np.ndarray, max_batch: int = 1024) -> np.ndarray:
-        """Forecasters: windows float32 ``[B, T, F]`` (raw units) -> ``[B, horizon, F_out]`` (raw units),
-        each window from a zero state. Large batches run in chunks of ``max_batch``."""
-        if self.info.kind != "forecaster":
-            raise RnnopsError(f"{self.name} is a {self.info.kind} model, not a forecaster")
-        x = self._window(windows)
-        outs = []
-        for lo in range(0, x.shape[0], max_batch):
-            chunk = x[lo:lo + max_batch]
-            y, _ = self._run(chunk, self.zero_state(chunk.shape[0]))
-            outs.append(y)
-        if not outs:
-            return np.zeros((0, self.info.horizon, len(self.info.target_names)), np.float32)
-        return np.concatenate(outs) if len(outs) > 1 else outs[0]
-
-    def forecast_bands(self, windows: np.ndarray, max_batch: int = 1024) -> tuple[np.ndarray, np.ndarray | None]:
-        """:meth:`forecast` and, for a model with prediction intervals (``rnnops.quantiles``), its
-        quantiles ``[B, horizon, F_out, levels]`` (raw units, levels as ``info.quantiles``) from the
-        same call; ``None`` for a model without them."""
-        if not self.info.quantiles_output:
-            return self.forecast(windows, max_batch), None
-        x = self._window(windows)
-        ys, qs = [], []
-        for lo in range(0, x.shape[0], max_batch):
-            y, q, _ = self._run_bands(x[lo:lo + max_batch], None)
-            ys.append(y)
-            qs.append(q)
-        if not ys:
-            i = self.info
-            return (np.zeros((0, i.horizon, len(i.target_names)), np.float32),
-                    np.zeros((0, i.horizon, len(i.target_names), len(i.quantiles)), np.float32))
-        return np.concatenate(ys), np.concatenate(qs)
-
-    def forecast_step_bands(self, x: np.ndarray, state: State | None) -> tuple[np.ndarray, np.ndarray | None, State]:
-        """:meth:`forecast_step` plus the quantiles (``None`` for a model without intervals)."""
-        if not self.info.quantiles_output:
-            y, new = self.forecast_step(x, state)
-            return y, None, new
-        if self.info.kind != "forecaster" or not self.info.stateful:
-            raise RnnopsError(f"{self.name} is not a stateful forecaster")
-        return self._run_bands(self._window(x), state)
-
-    def _run_bands(self, x: np.ndarray, state: State | None):
-        """One call fetching the main output, the quantiles and the state (host arrays; on CPU a lone
-        row runs as a pair, as :meth:`_run` does, so results never depend on what shares the call)."""
-        i = self.info
-        b = x.shape[0]
-        st = self.state_numpy(self.zero_state(b) if state is None else state)
-        pair = self.device == "cpu" and b == 1
-        if pair:
-            x = np.concatenate([x, x])
-            st = tuple(np.concatenate([s, s], axis=t.batch_axis) for s, t in zip(st, i.state))
-        names = [i.main_output, i.quantiles_output, *i.state_outputs]
-        out = self.session.run(names, {contract.INPUT: x, **dict(zip(i.state_inputs, st))})
-        y, q, new = out[0], out[1], tuple(out[2:])
-        if pair:
-            y, q = y[:1], q[:1]
-            new = tuple(np.take(s, [0], axis=t.batch_axis) for s, t in zip(new, i.state))
-        return y, q, tuple(self.to_device(s) for s in new)
-
-    def forecast_step(self, x: np.ndarray, state: State | None) -> tuple[np.ndarray, State]:
-        """Stateful forecasters: new observations ``[B, T, F]`` from ``state`` (None = zeros) ->
-        forecast ``[B, horizon, F_out]`` and the new state. O(T), independent of the history."""
-        if self.info.kind != "forecaster" or not self.info.stateful:
-            raise RnnopsError(f"{self.name} is not a stateful forecaster")
-        x = self._window(x)
-        if state is None:
-            state = self.zero_state(x.shape[0])
-        return self._run(x, state)

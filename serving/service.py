@@ -26,6 +26,7 @@ from rnnops.serving.forecast.sessions import SessionStore
 from rnnops.serving.http.app import Serving, create_app
 from rnnops.serving.http.auth import middlewares as access_middlewares
 from rnnops.serving.http.generate import wake_watchers
+from rnnops.serving.http.headers import SecurityHeadersMiddleware
 from rnnops.serving.http.limits import BodyLimitMiddleware, bound_send_buffers
 from rnnops.serving.models import ModelManager
 
@@ -53,14 +54,14 @@ def _tracing_sample_rate() -> float:
 # under BentoML's default `tracing.sample_rate` of 0, when no span is ever recorded. The two
 # hot data paths are left out of tracing unless RNNOPS_TRACE_HOT_PATHS=1 (their access log and
 # metrics stay); the service warns at startup if tracing is on while they are left out.
-HOT_PATHS = ["/generate", "/forecast", "/v1/completions", "/v2/models/.*/infer"]
+HOT_PATHS = ["/generate", "/forecast", "/v1/completions", "/v2/models/.*/infer", "/sessions"]
 _TRACING = {} if CONFIG.trace_hot_paths else {"tracing": {"excluded_urls": HOT_PATHS}}
 # BentoML's access log and its request metrics wrap every request, and for an SSE stream every
 # `send`, of the same hot paths: a log line and a histogram sample per request cost more CPU than
 # the forecast itself (0.56 -> 0.51 ms per OIP request measured with them skipped; docs/serving.md).
-# Our own metrics count and time the hot paths (rnnops_*), so by default BentoML's skip them
-# (its skip_paths match by prefix); RNNOPS_LOG_HOT_PATHS=1 brings them back.
-HOT_PATH_PREFIXES = ["/generate", "/complete", "/forecast", "/v1/completions", "/v2/models/"]
+# Our own metrics count and time the hot paths (rnnops_*; sessions: rnnops_session_step_*), so by
+# default BentoML's skip them (its skip_paths match by prefix); RNNOPS_LOG_HOT_PATHS=1 brings them back.
+HOT_PATH_PREFIXES = ["/generate", "/complete", "/forecast", "/v1/completions", "/v2/models/", "/sessions"]
 _LOGGING = {} if CONFIG.log_hot_paths else {"logging": {"access": {"skip_paths": HOT_PATH_PREFIXES}}}
 
 
@@ -70,7 +71,8 @@ def session_store(config: ServeConfig, models: ModelManager, metrics):
         return SessionStore(config.max_sessions, config.session_ttl_s, metrics)
     from rnnops.serving.forecast.redis_store import RedisSessionStore
 
-    return RedisSessionStore(config.session_store, models, config.max_sessions, config.session_ttl_s, metrics)
+    return RedisSessionStore(config.session_store, models, config.max_sessions, config.session_ttl_s, metrics,
+                             lock_s=config.session_lock_s)
 
 
 @bentoml.asgi_app(app, path="/")
@@ -135,6 +137,10 @@ class RnnopsService:
     def __is_ready__(self) -> bool:
         return self.serving.models.ready and not self.serving.draining
 
+
+# Security headers (nosniff, no referrer, the CSP, no-store for keyed answers) on every answer:
+# added first, so outermost of ours: the 413 and 401 below carry them too (see http/headers.py).
+RnnopsService.add_asgi_middleware(SecurityHeadersMiddleware)
 
 # The body limit on BentoML's outer app: a request announcing too big a body is refused before
 # any of it is read, on every route (see http/limits.py).

@@ -126,7 +126,7 @@ def test_local_output_schema_timestamps_and_numbers(champion, good_csv, tmp_path
 
     rt = Runtime(champion.path)
     windows = np.stack([frame[frame.store == s][FEATURES].to_numpy(np.float32)[-LOOKBACK:] for s in SERIES])
-    want = rt.forecast(windows)
+    want = rt.run(windows).output
     for k, (sid, (rows, freq)) in enumerate(SERIES.items()):
         got = out[out.store == sid]
         last = pd.Timestamp(frame[frame.store == sid]["date"].iloc[-1])

@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from servers import missing
 
 yaml = pytest.importorskip("yaml")
 
@@ -118,7 +119,7 @@ def command_arg(cmd: list[str] | str, flag: str) -> str:
 def test_compose_validates_against_the_compose_spec(compose):
     schema_path = SCHEMAS / "compose-spec.json"
     if not schema_path.is_file():
-        pytest.skip(f"Compose schema not found at {schema_path} (the shared/ folder beside the repo)")
+        missing(f"Compose schema not found at {schema_path} (the shared/ folder beside the repo)")
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads(schema_path.read_text())
     validator = jsonschema.Draft7Validator(schema)

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from servers import missing
 
 torch = pytest.importorskip("torch")
 
@@ -30,14 +31,14 @@ CLI = [sys.executable, "-c", "from rnnops.cli import main; main()"]
 def _unshare() -> tuple[str, ...]:
     """The unshare prefix that works here: a user + mount namespace, else (root) a mount one."""
     if shutil.which("unshare") is None:
-        pytest.skip("unshare (util-linux) is not installed")
+        missing("unshare (util-linux) is not installed")
     with tempfile.TemporaryDirectory() as probe_dir:
         for prefix in (("unshare", "--user", "--map-root-user", "--mount"), ("unshare", "--mount")):
             probe = subprocess.run([*prefix, "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", probe_dir],
                                    capture_output=True, timeout=30)
             if probe.returncode == 0:
                 return prefix
-    pytest.skip("cannot mount a tmpfs in a private namespace here (no user namespaces and not root)")
+    missing("cannot mount a tmpfs in a private namespace here (no user namespaces and not root)")
 
 
 def _in_small_fs(size: str, mount: Path, cmd: list[str], env: dict, cwd: Path, timeout: float = 300):

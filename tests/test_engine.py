@@ -85,8 +85,10 @@ def test_stop_ends_unfinished_streams_with_shutdown_and_the_process(model):
     rt = Runtime(model)
     client = E.EngineClient(E.EngineSpec(str(model), name="stop")).start()
     s = client.submit(_req(rt, "ab", 10**6, 1))
-    while not s.generated:
+    deadline = time.monotonic() + 30
+    while not s.generated and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert s.generated, "the engine process generated nothing in 30 s"
     client.stop()
     assert s.done and s.finish_reason == "shutdown" and not client.running
     assert client._proc.poll() is not None  # the engine process is gone

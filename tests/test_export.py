@@ -23,14 +23,6 @@ import mlflow  # noqa: E402
 from rnnops import contract as C  # noqa: E402
 from rnnops.errors import RnnopsError  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _data_dir() -> Path | None:
-    env = os.environ.get("RNNOPS_DATA_DIR")
-    path = Path(env) if env else REPO.parent / "shared" / "data"
-    return path if (path / "tinyshakespeare.txt").is_file() and (path / "ETTh1.csv").is_file() else None
-
 
 # ----------------------------------------------------------------------------- fixtures (export tests only)
 
@@ -56,11 +48,9 @@ WIDE = {"fc-lstm-fixed": 128}  # wide enough for the int8 form to be made (expor
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, shared_data):
     """A fresh sqlite MLflow store + cache for this module, with the shared datasets."""
-    data = _data_dir()
-    if data is None:
-        pytest.skip("shared datasets not found: set RNNOPS_DATA_DIR to the folder with tinyshakespeare.txt and ETTh1.csv")
+    data = shared_data
     root = tmp_path_factory.mktemp("export-store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
@@ -149,7 +139,7 @@ def _session(path):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_export_every_cell_passes_parity_and_is_logged(exports, name):
-    from rnnops.registry.onnx_file import sha256_file
+    from rnnops.util import sha256_file
 
     kind, cell, norm, layers = CONFIGS[name]
     r = exports(name)
@@ -235,7 +225,7 @@ def test_model_uri_ref_and_a_torchscript_only_export_leave_the_onnx_tags(exports
 def test_metadata_round_trip_and_contract_names(exports):
     import onnx
 
-    from rnnops.registry.onnx_file import read_metadata  # the one reader (onnxruntime; onnx as fallback)
+    from rnnops.onnx_metadata import read_metadata  # the one reader (onnxruntime; onnx as fallback)
 
     for name in ("char-lstm", "fc-gru-revin", "fc-lstm-fixed"):
         r = exports(name)
@@ -279,7 +269,7 @@ def _op_types(graph) -> set[str]:
 def test_modern_cells_metadata_describes_the_graph_state_exactly(exports):
     import onnx
 
-    from rnnops.registry.onnx_file import read_metadata
+    from rnnops.onnx_metadata import read_metadata
 
     want = {
         "char-mingru": [{"input": "h0", "output": "hn", "shape": [2, "batch", 16], "dtype": "float32"}],
@@ -308,7 +298,7 @@ def test_modern_cells_metadata_describes_the_graph_state_exactly(exports):
 @pytest.mark.parametrize("name", ["char-mlstm", "fc-minlstm-fixed"])
 def test_modern_cells_step_through_onnxruntime_from_the_metadata_alone(exports, name):
     """What serving does: zero state from rnnops.state, T=1 calls scattering it back, == one call."""
-    from rnnops.registry.onnx_file import read_metadata
+    from rnnops.onnx_metadata import read_metadata
 
     r = exports(name)
     spec = C.state_spec(read_metadata(r.onnx_path))
@@ -567,6 +557,6 @@ def test_every_new_forecaster_cell_serves_sessions_and_batch_jobs(exports, name,
 
 
 def read_state(path):
-    from rnnops.registry.onnx_file import read_metadata
+    from rnnops.onnx_metadata import read_metadata
 
     return read_metadata(path)["state"]

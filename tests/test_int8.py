@@ -29,6 +29,7 @@ from rnnops.errors import RnnopsError  # noqa: E402
 from rnnops.export import int8, parity  # noqa: E402
 from rnnops.export.onnx_export import export_onnx  # noqa: E402
 from rnnops.training.models import CharModel, CharModelConfig, Forecaster, ForecasterConfig  # noqa: E402
+from test_runtime import step  # noqa: E402
 
 VOCAB = [chr(32 + i) for i in range(40)]
 
@@ -73,7 +74,7 @@ def test_int8_file_keeps_chunked_equal_whole_and_batch_invariance(name, tmp_path
     fp32, q = _files(model, tmp_path)
     proto_ops = {n.op_type for n in __import__("onnx").load(str(q)).graph.node}
     assert not proto_ops & {"LSTM", "GRU", "RNN"} and {"Scan", "MatMulIntegerToFloat"} <= proto_ops
-    from rnnops.registry.onnx_file import read_metadata
+    from rnnops.onnx_metadata import read_metadata
 
     meta, meta8 = read_metadata(fp32), read_metadata(q)
     assert meta["precision"] == "fp32" and meta8 == {**meta, "precision": "int8"}
@@ -113,13 +114,13 @@ def test_the_serving_runtime_steps_the_int8_file_like_one_call(tmp_path):
     assert rt.describe()["precision"] == "int8"
     rng = np.random.default_rng(2)
     tokens = rng.integers(0, len(VOCAB), (5, 17))
-    whole, state_w = rt.step(tokens, rt.zero_state(5))
+    whole, state_w = step(rt, tokens, rt.zero_state(5))
     state, last = rt.zero_state(5), None
     for lo in (0, 3, 4, 11):  # chunks of 3, 1, 7, 6
         hi = {0: 3, 3: 4, 4: 11, 11: 17}[lo]
-        last, state = rt.step(tokens[:, lo:hi], state)
+        last, state = step(rt, tokens[:, lo:hi], state)
     assert np.array_equal(last, whole) and all(np.array_equal(a, b) for a, b in zip(state, state_w))
-    alone, _ = rt.step(tokens[2:3], rt.zero_state(1))  # a lone row (run as a pair by the runtime)
+    alone, _ = step(rt, tokens[2:3], rt.zero_state(1))  # a lone row (run as a pair by the runtime)
     assert np.array_equal(alone[0], whole[2])
 
 
@@ -200,17 +201,15 @@ def test_graphs_the_rewrite_does_not_know_are_refused(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, shared_data):
     """Two char runs exported in a real MLflow store: a GRU wide enough for the int8 form (1x256),
     its int8 kept; an LSTM (1x128) whose int8 is made and dropped (the quality bound set below any
     delta)."""
-    from test_export import _data_dir, make_run
+    from test_export import make_run
 
     from rnnops.export import pipeline, quality
 
-    data = _data_dir()
-    if data is None:
-        pytest.skip("shared datasets not found: set RNNOPS_DATA_DIR")
+    data = shared_data
     root = tmp_path_factory.mktemp("int8")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
@@ -232,7 +231,7 @@ def exported(tmp_path_factory):
 
 
 def test_export_keeps_int8_when_its_gates_pass_and_logs_it_beside_model_onnx(exported):
-    from rnnops.registry.onnx_file import sha256_file
+    from rnnops.util import sha256_file
 
     _, r, _ = exported
     q = r.quantization
@@ -261,7 +260,6 @@ def test_export_drops_int8_when_a_gate_fails_and_fp32_is_untouched(exported):
 
 
 def test_registry_version_carries_both_files_and_resolve_refuses_a_corrupt_int8(exported):
-    from rnnops import refs
     from rnnops.registry import api, resolve
 
     _, kept, dropped = exported
@@ -285,9 +283,9 @@ def test_registry_version_carries_both_files_and_resolve_refuses_a_corrupt_int8(
     with pytest.raises(RnnopsError, match=rf"{C.INT8_FILE} hashes to .*refusing it"):
         resolve.resolve(f"{v.name}/{v.version}")
     with pytest.raises(RnnopsError, match="refusing it"):
-        refs.resolve_ref(f"{v.name}/{v.version}")
+        resolve.resolve_ref(f"{v.name}/{v.version}")
     assert not r.int8_path.exists()
-    assert refs.resolve_ref(f"{v.name}/{v.version}", int8=False).path.read_bytes() == kept.onnx_path.read_bytes()
+    assert resolve.resolve_ref(f"{v.name}/{v.version}", int8=False).path.read_bytes() == kept.onnx_path.read_bytes()
     stored.write_bytes(good)
 
 
@@ -343,13 +341,13 @@ def test_precision_setting_is_validated(monkeypatch):
 
 
 def test_a_file_ref_finds_its_int8_sibling(exported, tmp_path):
-    from rnnops import refs
+    from rnnops.registry.resolve import resolve_ref
 
     _, kept, dropped = exported
-    m = refs.resolve_ref(str(kept.onnx_path))
+    m = resolve_ref(str(kept.onnx_path))
     assert m.int8_path == kept.int8_path and m.int8_sha256 == kept.int8_sha256
-    assert refs.resolve_ref(str(dropped.onnx_path)).int8_path is None
-    assert refs.resolve_ref(str(kept.int8_path)).int8_path is None  # the int8 file itself has no sibling
+    assert resolve_ref(str(dropped.onnx_path)).int8_path is None
+    assert resolve_ref(str(kept.int8_path)).int8_path is None  # the int8 file itself has no sibling
     lone = tmp_path / "m.onnx"
     shutil.copyfile(kept.onnx_path, lone)
-    assert refs.resolve_ref(str(lone)).int8_path is None
+    assert resolve_ref(str(lone)).int8_path is None

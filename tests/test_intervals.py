@@ -55,17 +55,18 @@ def test_intervals_flow_from_training_to_batch_jobs(trained, tmp_path):
     sample = mlflow.artifacts.load_dict(r.artifacts["sample.json"])
     assert sample["source"] == str(csv) and sample["features"] == ["a", "b", "OT"] and len(sample["rows"]) == 24 + 8
 
-    # the runtime: quantiles from the same call; the median is the forecast; old callers unchanged
+    # the runtime: quantiles from the same call; the median is the forecast; chunked calls give the same
     rt = Runtime(r.onnx_path)
     assert rt.info.quantiles == tuple(LEVELS) and rt.describe()["quantiles"] == LEVELS
     df = pd.read_csv(csv)
     feats = ["a", "b", "OT"]
     rows = df[feats].to_numpy(np.float32)
     windows = np.stack([rows[i:i + 24] for i in range(5)])
-    y, q = rt.forecast_bands(windows)
-    np.testing.assert_array_equal(rt.forecast(windows), y)
+    r1 = rt.run(windows)
+    y, q = r1.output, r1.quantiles
+    np.testing.assert_array_equal(rt.run(windows, max_batch=2).quantiles, q)
     assert q.shape == (5, 8, 3, 3) and np.array_equal(q[..., 1], y) and (q[..., 0] <= q[..., 2]).all()
-    y1, q1 = rt.forecast_bands(windows[2:3])  # batch invariance: alone == among others
+    q1 = rt.run(windows[2:3]).quantiles  # batch invariance: alone == among others
     np.testing.assert_array_equal(q1[0], q[2])
 
     # /forecast and sessions
@@ -76,7 +77,7 @@ def test_intervals_flow_from_training_to_batch_jobs(trained, tmp_path):
         with TestClient(create_app(Serving(cfg, manager, SessionStore()))) as c:
             one = c.post("/forecast", json={"context": rows[:30].tolist()}).json()
             assert set(one["quantiles"]) == {"0.1", "0.5", "0.9"}
-            np.testing.assert_allclose(one["quantiles"]["0.9"], rt.forecast_bands(rows[6:30][None])[1][0, :, :, 2],
+            np.testing.assert_allclose(one["quantiles"]["0.9"], rt.run(rows[6:30][None]).quantiles[0, :, :, 2],
                                        rtol=1e-6)  # a windowed model reads the last 24 rows
             assert one["quantiles"]["0.5"] == one["forecast"]
             many = c.post("/forecast", json={"contexts": [rows[:24].tolist(), rows[1:25].tolist()]}).json()
@@ -99,7 +100,7 @@ def test_intervals_flow_from_training_to_batch_jobs(trained, tmp_path):
     out = pd.read_csv(tmp_path / "out.csv")
     assert list(out.columns) == ["date", "step", "target", "forecast", "forecast_p10", "forecast_p50", "forecast_p90",
                                  "model", "model_version"]
-    _, qb = rt.forecast_bands(rows[36:60][None])
+    qb = rt.run(rows[36:60][None]).quantiles
     np.testing.assert_allclose(out["forecast_p90"].to_numpy(), qb[0, :, :, 2].reshape(-1), rtol=1e-6)
     np.testing.assert_array_equal(out["forecast_p50"].to_numpy(), out["forecast"].to_numpy())
     assert len(summary.plots) == 1 and summary.plots[0].stat().st_size > 0

@@ -291,7 +291,7 @@ def test_the_validation_sample_is_the_middle_window_with_its_timestamps(tmp_path
     assert sample.validation_sample(series, lookback=24, horizon=8) == s  # deterministic
     # embedded in an ONNX file: the runtime's contract metadata is untouched
     path, _ = export_forecaster(tmp_path / "fc.onnx", lookback=24, horizon=8, features=("a", "OT"))
-    from rnnops.registry.onnx_file import read_metadata
+    from rnnops.onnx_metadata import read_metadata
 
     before = read_metadata(path)
     sample.embed(path, s)

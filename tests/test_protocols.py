@@ -27,7 +27,7 @@ openai = pytest.importorskip("openai")
 httpclient = pytest.importorskip("tritonclient.http")
 schemathesis = pytest.importorskip("schemathesis")
 
-from servers import stop, tail  # noqa: E402
+from servers import sessions_open, stop, tail  # noqa: E402
 from serving_fixtures import Registry, Server, _launch, _wait_ready  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -284,7 +284,9 @@ def test_oip_sequences_step_one_observation_at_a_time(C, triton, registry):
             assert r.as_numpy("forecast") is None and r.get_response()["parameters"]["needs"] == 23 - i
     ref = C.post("/forecast", {"model": "fw", "context": w.tolist()}, headers=AUTH).json()["forecast"]
     np.testing.assert_allclose(r.as_numpy("forecast")[0], ref, atol=1e-5)
-    time.sleep(3.6)  # RNNOPS_SESSION_TTL=3: an idle sequence expires
+    deadline = time.monotonic() + 20  # RNNOPS_SESSION_TTL=3: the sweeper drops the idle sequence
+    while sessions_open(C, "fw", headers=AUTH) > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)  # reading the gauge does not touch the sequence
     with pytest.raises(httpclient.InferenceServerException, match="expired"):
         _infer(triton, "fw", w[:1][None], sequence_id=11)
 

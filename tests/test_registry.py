@@ -369,7 +369,8 @@ def test_a_version_carries_both_files_and_resolve_verifies_both(reg):
     assert v.int8_sha256 == run_tags[C.TAG_INT8_SHA256] and v.sha256 == run_tags[C.TAG_ONNX_SHA256]
     r = resolve.resolve("char-rnn/1")
     assert r.int8_sha256 == v.int8_sha256 and r.int8_path.name == C.INT8_FILE and r.int8_path.parent == r.path.parent
-    from rnnops.registry.onnx_file import read_metadata, sha256_file
+    from rnnops.onnx_metadata import read_metadata
+    from rnnops.util import sha256_file
 
     assert sha256_file(r.int8_path) == v.int8_sha256 and read_metadata(r.int8_path)["precision"] == "int8"
     shutil.rmtree(r.path.parent)  # cold cache: both fetched and verified
@@ -455,7 +456,7 @@ def test_pull_into_bentoml_store_without_torch(reg, tmp_path):
     tag = f"char-rnn:v1-{v.sha256[:12]}"
     assert lines[0].startswith(f"imported {tag}") and lines[1].startswith(f"already in the BentoML store: {tag}")
     folder = home / "models" / "char-rnn" / f"v1-{v.sha256[:12]}"
-    from rnnops.registry.onnx_file import sha256_file
+    from rnnops.util import sha256_file
 
     assert sha256_file(folder / "model.onnx") == v.sha256 and sha256_file(folder / C.INT8_FILE) == v.int8_sha256
     info = (folder / "model.yaml").read_text()

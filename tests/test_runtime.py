@@ -28,6 +28,12 @@ from rnnops.serving.generate.scheduler import GenerationRequest, StepScheduler  
 VOCAB = list("\n " + string.ascii_letters + ".,;:!?'-")
 
 
+def step(rt: Runtime, tokens, state):
+    """A char model's decode call, as the scheduler makes it: the last logits and the new state."""
+    r = rt.run(tokens, state, outputs="last")
+    return r.output, r.state
+
+
 class _Wrap(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
@@ -106,14 +112,14 @@ def test_char_runtime_matches_torch_and_steps_like_one_call(tmp_path, cell):
     rt = Runtime(path)
     assert rt.kind == "char" and rt.info.cell == cell and rt.vocab == tuple(VOCAB)
     ids = rt.encode("Hello, world")
-    logits, state = rt.step(ids[None], rt.zero_state(1))
+    logits, state = step(rt, ids[None], rt.zero_state(1))
     with torch.no_grad():
         ref, _ = model(torch.from_numpy(ids)[None])
     np.testing.assert_allclose(logits[0], ref[0, -1].numpy(), atol=1e-5)
     # one token at a time with carried state == one call over the sequence
     st = rt.zero_state(1)
     for t in ids:
-        step_logits, st = rt.step(np.array([[t]]), st)
+        step_logits, st = step(rt, np.array([[t]]), st)
     np.testing.assert_allclose(step_logits, logits, atol=1e-5)
     for a, b in zip(rt.state_numpy(st), rt.state_numpy(state)):
         np.testing.assert_allclose(a, b, atol=1e-5)
@@ -127,9 +133,9 @@ def test_batched_rows_equal_single_rows_exactly(char_lstm):
     state = tuple(rng.standard_normal((2, n, 32)).astype(np.float32) for _ in range(2))
     for T in (1, 5):
         toks = rng.integers(0, len(VOCAB), (n, T))
-        batch_logits, batch_state = rt.step(toks, state)
+        batch_logits, batch_state = step(rt, toks, state)
         for b in (0, 17, 63):
-            one, one_state = rt.step(toks[b:b + 1], rt.take(state, [b]))
+            one, one_state = step(rt, toks[b:b + 1], rt.take(state, [b]))
             assert np.array_equal(one[0], batch_logits[b])
             for x, y in zip(rt.state_numpy(one_state), rt.state_numpy(batch_state)):
                 assert np.array_equal(x[:, 0], y[:, b])
@@ -150,15 +156,15 @@ def test_iobinding_path_gives_the_same_results(char_lstm):
     bound = Runtime(char_lstm[0], iobinding="1")
     assert bound.iobinding and not plain.iobinding
     ids = plain.encode("To be, or not")
-    a, sa = plain.step(ids[None], plain.zero_state(1))
-    b, sb = bound.step(ids[None], bound.zero_state(1))
+    a, sa = step(plain, ids[None], plain.zero_state(1))
+    b, sb = step(bound, ids[None], bound.zero_state(1))
     import onnxruntime as ort
 
     assert isinstance(sb[0], ort.OrtValue)  # the state stays an OrtValue between steps
     np.testing.assert_array_equal(a, b)
     for _ in range(3):
-        a, sa = plain.step(np.array([[3]]), sa)
-        b, sb = bound.step(np.array([[3]]), sb)
+        a, sa = step(plain, np.array([[3]]), sa)
+        b, sb = step(bound, np.array([[3]]), sb)
     np.testing.assert_array_equal(a, b)
     merged = bound.concat([sb, bound.zero_state(2)])
     assert bound.batch_of(merged) == 3
@@ -230,26 +236,27 @@ def test_forecaster_runtime_matches_torch(tmp_path, norm):
     rt = Runtime(path)
     assert rt.kind == "forecaster" and rt.info.stateful == (norm == "fixed") and rt.info.lookback == 12
     x = np.random.default_rng(0).standard_normal((5, 12, 3)).astype(np.float32) * 3 + 1
-    y = rt.forecast(x)
+    y = rt.run(x).output
     with torch.no_grad():
         ref, _ = model(torch.from_numpy(x))
     assert y.shape == (5, 4, 1)
     np.testing.assert_allclose(y, ref.numpy(), atol=1e-4)
     with pytest.raises(ValueError, match="3"):
-        rt.forecast(x[:, :, :2])
+        rt.run(x[:, :, :2])
     # batch-invariant, bit for bit: alone, in pairs, in the full batch
     for i in range(5):
-        assert np.array_equal(rt.forecast(x[i:i + 1])[0], y[i])
-    assert np.array_equal(rt.forecast(x[1:3]), y[1:3])
+        assert np.array_equal(rt.run(x[i:i + 1]).output[0], y[i])
+    assert np.array_equal(rt.run(x[1:3]).output, y[1:3])
     if norm == "revin":
         # a longer window is cut to the last `lookback` rows; a shorter one is refused
         longer = np.concatenate([np.zeros((5, 7, 3), np.float32), x], axis=1)
-        np.testing.assert_allclose(rt.forecast(longer), y, atol=1e-6)
+        np.testing.assert_allclose(rt.run(longer).output, y, atol=1e-6)
         with pytest.raises(ValueError, match="needs 12 rows"):
-            rt.forecast(x[:, :5])
+            rt.run(x[:, :5])
     else:
         # stateful: stepping chunks of new observations with carried state == one call
         state = None
         for lo, hi in ((0, 5), (5, 6), (6, 12)):
-            out, state = rt.forecast_step(x[:, lo:hi], state)
+            r = rt.run(x[:, lo:hi], state)
+            out, state = r.output, r.state
         np.testing.assert_allclose(out, y, atol=1e-5)

@@ -17,6 +17,7 @@ from rnnops.serving.generate.sampling import SamplingParams, sample_batch
 from rnnops.serving.generate.naive import NaiveGenerator
 from rnnops.serving.generate.scheduler import GenerationRequest, Overloaded, StepScheduler, Stream
 from rnnops.serving.http.generate import wake_watchers, watch
+from rnnops.serving.runtime import RunResult
 
 VOCAB = list(string.ascii_lowercase + " .\n")
 
@@ -41,7 +42,9 @@ class FakeRuntime:
     def zero_state(self, batch):
         return (np.zeros((1, batch, len(self.vocab)), np.float32),)
 
-    def step(self, tokens, state):
+    def run(self, tokens, state=None, outputs="all"):  # the Runtime.run of a char model, as decoding calls it
+        if state is None:
+            state = self.zero_state(len(tokens))
         tokens = np.asarray(tokens)
         with self.lock:
             self.calls.append(tokens.shape)
@@ -50,7 +53,7 @@ class FakeRuntime:
         h = state[0][0]
         for t in range(tokens.shape[1]):
             h = np.tanh(0.9 * h + self.emb[tokens[:, t]])
-        return (3 * h).astype(np.float32), (h[None].copy(),)
+        return RunResult((3 * h).astype(np.float32), (h[None].copy(),))
 
     def take(self, state, idx):
         return (state[0][:, np.asarray(idx, dtype=np.int64)].copy(),)
@@ -382,10 +385,10 @@ class FlakyRuntime(FakeRuntime):
         super().__init__()
         self.ok = ok
 
-    def step(self, tokens, state):
+    def run(self, tokens, state=None, outputs="all"):
         if len(self.calls) >= self.ok:
             raise RuntimeError("device lost")
-        return super().step(tokens, state)
+        return super().run(tokens, state, outputs)
 
 
 def test_a_stream_that_fails_ends_with_an_error_event_not_a_silent_cut():

@@ -27,7 +27,7 @@ pytest.importorskip("bentoml")
 pytest.importorskip("torch")
 pytest.importorskip("rnnops.export.pipeline", reason="export stage not built")
 
-from servers import stop, tail  # noqa: E402
+from servers import sessions_open, stop, tail  # noqa: E402
 from serving_fixtures import TEXT, Registry, Server, _launch, _wait_ready  # noqa: E402  (registry: conftest.py)
 
 pytestmark = pytest.mark.slow
@@ -292,7 +292,8 @@ def test_metrics_expose_our_gauges_and_histograms(A):
     for name in ("rnnops_active_streams", "rnnops_queue_depth", "rnnops_step_batch_size_bucket",
                  "rnnops_step_seconds_bucket", "rnnops_generated_chars_total", "rnnops_chars_per_second",
                  "rnnops_time_to_first_char_seconds_bucket", "rnnops_forecast_batch_size_bucket",
-                 "rnnops_model_reloads_total", "rnnops_sessions_open", "bentoml_service_request"):
+                 "rnnops_model_reloads_total", "rnnops_sessions_open", "rnnops_session_step_batch_size_bucket",
+                 "bentoml_service_request"):
         assert name in m, name
 
 
@@ -365,7 +366,9 @@ def test_session_cap_and_idle_ttl(B):
     assert a.status_code == b.status_code == 201
     c = B.post("/sessions", {"context": rows})
     assert c.status_code == 429 and "RNNOPS_MAX_SESSIONS" in c.json()["error"] and "retry-after" in c.headers
-    time.sleep(1.6)  # TTL is 1 s
+    deadline = time.monotonic() + 15  # TTL is 1 s: the sweeper drops both within a second or two
+    while sessions_open(B, "fc") > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)  # reading the gauge does not touch the sessions
     r = B.post(f"/sessions/{a.json()['session_id']}", {"observations": rows})
     assert r.status_code == 404 and "expired" in r.json()["error"]
     assert B.post("/sessions", {"context": rows}).status_code == 201

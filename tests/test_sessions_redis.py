@@ -86,3 +86,86 @@ def test_a_session_survives_the_restart_of_the_replica_that_opened_it(setup):
     assert u["observations"] == 20
     whole = httpx.post(b + "/forecast", json={"model": "fc", "context": rows}).json()["forecast"]
     np.testing.assert_allclose(u["forecast"], whole, atol=1e-5)
+
+
+# ---------------------------------------------------------------- in process: the store on a real Redis
+
+
+@pytest.fixture(scope="module")
+def redis_store_parts(tmp_path_factory):
+    from test_sessions import BANDED
+
+    from rnnops.serving.config import ServeConfig
+    from rnnops.serving.models import ModelManager
+
+    root = tmp_path_factory.mktemp("redis-store")
+    manager = ModelManager(ServeConfig(models=f"fcq={BANDED}", poll_seconds=0))
+    asyncio.run(manager.start())
+    with start_redis(root / "redis") as r:
+        yield r, manager
+    asyncio.run(manager.stop())
+
+
+def test_redis_sessions_are_stepped_together_and_keep_their_quantiles(redis_store_parts):
+    from rnnops.serving.forecast.redis_store import RedisSessionStore
+
+    r, manager = redis_store_parts
+    m = manager.get("fcq", "forecaster")
+    rows = np.random.default_rng(3).normal(size=(8, 1, 3)).astype(np.float32)
+
+    async def go():
+        store = RedisSessionStore(r.url, manager, ttl_s=TTL)
+        ids = [(await store.open(m)).id for _ in rows]
+        inside, ready = [], asyncio.Event()
+
+        async def update(sid, x):
+            async with store.updating(sid) as sess:  # lock, read: Redis round trips, in any order
+                inside.append(sid)
+                if len(inside) == len(ids):
+                    ready.set()
+                await ready.wait()  # every update holds its session: they reach the stepper together
+                await sess.observe(x)
+            return await store.read(sid)  # as saved
+
+        before = m.stepper.calls
+        try:
+            return await asyncio.gather(*(update(s, x) for s, x in zip(ids, rows))), m.stepper.calls - before
+        finally:
+            await store.aclose()
+
+    saved, calls = asyncio.run(go())
+    assert calls == 1  # eight sessions, one runtime call
+    for sess, x in zip(saved, rows):
+        alone = m.runtime.run(x[None])
+        assert sess.observations == 1
+        np.testing.assert_array_equal(sess.last_forecast, alone.output[0])
+        np.testing.assert_array_equal(sess.last_quantiles, alone.quantiles[0])
+
+
+def test_the_redis_index_expires_on_the_stores_clock_and_the_key_on_redis(redis_store_parts):
+    from test_sessions import FakeClock
+
+    from rnnops.serving.errors import Overloaded
+    from rnnops.serving.forecast.redis_store import RedisSessionStore
+
+    r, manager = redis_store_parts
+    m = manager.get("fcq", "forecaster")
+    clock = FakeClock()
+
+    async def go():
+        store = RedisSessionStore(r.url, manager, max_sessions=1, ttl_s=30, clock=clock)
+        try:
+            await store.redis.delete("rnnops:sessions")  # this test's sessions only
+            sid = (await store.open(m)).id
+            ttl_ms = await store.redis.pttl(f"rnnops:session:{sid}")
+            with pytest.raises(Overloaded, match="RNNOPS_MAX_SESSIONS"):
+                await store.open(m)  # the cap counts it
+            clock.now += 31  # idle past the TTL on the store's clock: the index lets it go
+            assert await store.count() == 0
+            await store.open(m)
+            return ttl_ms
+        finally:
+            await store.aclose()
+
+    ttl_ms = asyncio.run(go())
+    assert 0 < ttl_ms <= 30_000  # the key's own expiry is Redis' (renewed on every use)

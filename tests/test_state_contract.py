@@ -18,6 +18,7 @@ from rnnops import contract  # noqa: E402
 from rnnops.serving.generate.sampling import SamplingParams  # noqa: E402
 from rnnops.serving.generate.scheduler import GenerationRequest, StepScheduler  # noqa: E402
 from rnnops.serving.runtime import Runtime  # noqa: E402
+from test_runtime import step  # noqa: E402
 
 VOCAB = list(" " + string.ascii_lowercase)
 
@@ -92,10 +93,10 @@ def test_stepwise_equals_whole_and_a_row_alone_equals_the_row_in_a_batch(odd_mod
     path, m = odd_model
     rt = Runtime(path)
     ids = rt.encode("the quick brown fox")
-    whole, s_whole = rt.step(ids[None], rt.zero_state(1))
+    whole, s_whole = step(rt, ids[None], rt.zero_state(1))
     state = rt.zero_state(1)
     for i in ids:
-        last, state = rt.step(np.array([[i]]), state)
+        last, state = step(rt, np.array([[i]]), state)
     np.testing.assert_allclose(last, whole, atol=1e-5)
     for a, b in zip(state, s_whole):
         np.testing.assert_allclose(a, b, atol=1e-5)
@@ -104,7 +105,7 @@ def test_stepwise_equals_whole_and_a_row_alone_equals_the_row_in_a_batch(odd_mod
     np.testing.assert_allclose(whole, ref, atol=1e-5)
     # batch invariance: the row alone (run as a pair) equals the same row among others
     batch = np.stack([ids, ids[::-1], ids])
-    many, _ = rt.step(batch, rt.zero_state(3))
+    many, _ = step(rt, batch, rt.zero_state(3))
     np.testing.assert_array_equal(many[0], whole[0])
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnops import settings
+from rnnops import contract, settings
 from rnnops.errors import RnnopsError
 from rnnops.util import sha256_file
 
@@ -263,6 +263,13 @@ def load_series(
     if target not in numeric:
         raise RnnopsError(f"target column {target!r} is not a numeric column of {path} ({', '.join(numeric)})")
     cols = numeric if features == "M" else [target]
+    # Column names travel into the model's metadata. Any printable name is kept as it is (HTML
+    # and quotes included: the data is the user's own, batch jobs match columns by name, and
+    # every reader shows names as text); one serving would refuse is refused now, not at load.
+    try:
+        contract.check_names(f"{path}: column names", [str(c) for c in cols])
+    except contract.MetadataError as exc:
+        raise RnnopsError(f"{exc}; rename the column") from None
     frame = df[cols]
     if frame.isna().any().any():
         if fill == "ffill":

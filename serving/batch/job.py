@@ -114,7 +114,7 @@ class JobSummary:
 def load_model(ref: str) -> ForecastModel:
     """Resolve ``ref`` (any reference :mod:`rnnops.refs` reads: ``name@alias``, ``name/3``,
     ``models:/...``, a ``.onnx`` file, ``bentoml:name[:version]``) and check that it is a forecaster."""
-    from rnnops.refs import resolve_ref
+    from rnnops.registry.resolve import resolve_ref
 
     # a reference that does not parse: refs' one message; batch jobs run model.onnx (fp32), so a
     # version's int8 file is neither fetched nor verified here

@@ -31,8 +31,8 @@ def make_runtime(model: ForecastModel, threads: int = 1):
 def predict(runtime, windows: np.ndarray, batch: int) -> np.ndarray:
     """Forecasts ``[m, H, T]``, or ``[m, H, T, 1 + levels]`` (forecast, then each quantile) for a model
     with prediction intervals: what the writer takes, from one onnxruntime call per chunk."""
-    y, q = runtime.forecast_bands(windows, max_batch=batch)
-    return y if q is None else np.concatenate([y[..., None], q], axis=-1)
+    r = runtime.run(windows, max_batch=batch)
+    return r.output if r.quantiles is None else np.concatenate([r.output[..., None], r.quantiles], axis=-1)
 
 
 def forecast_batches(runtime, prepared: Prepared, batch: int, workers: int) -> Iterator[tuple[slice, np.ndarray]]:

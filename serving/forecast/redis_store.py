@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -34,7 +35,6 @@ from rnnops.serving.forecast.sessions import ForecastSession, sessions_full
 
 PREFIX = "rnnops:session:"
 INDEX = "rnnops:sessions"
-LOCK_S = 30.0  # an update holding the lock longer than this loses it (a dead worker's lock frees itself)
 
 
 def encode(sess: ForecastSession, state_arrays: tuple[np.ndarray, ...] | None) -> dict[str, bytes]:
@@ -77,7 +77,8 @@ class RedisSessionStore:
 
     shared = True
 
-    def __init__(self, url: str, models, max_sessions: int = 1024, ttl_s: float = 600.0, metrics=None):
+    def __init__(self, url: str, models, max_sessions: int = 1024, ttl_s: float = 600.0, metrics=None,
+                 clock: Callable[[], float] = time.time, lock_s: float = 30.0):
         try:
             import redis.asyncio as aioredis
         except ImportError:
@@ -87,6 +88,10 @@ class RedisSessionStore:
         self.models = models  # the ModelManager: a session's model version is looked up there
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
+        # wall-clock seconds, shared by the replicas: the index's expiry scores (tests pass one they
+        # move). A session's own expiry is its key's, on the Redis server's clock.
+        self.clock = clock
+        self.lock_s = lock_s  # RNNOPS_SESSION_LOCK_S: the longest wait for, and hold of, a session's lock
         self._metrics = metrics
         self._open = 0  # as last counted (len() must not block)
         self.expired = 0
@@ -95,9 +100,8 @@ class RedisSessionStore:
         return self._open
 
     async def count(self) -> int:
-        now = time.time()
         async with self.redis.pipeline(transaction=True) as p:
-            p.zremrangebyscore(INDEX, "-inf", now)
+            p.zremrangebyscore(INDEX, "-inf", self.clock())
             p.zcard(INDEX)
             _, n = await p.execute()
         self._open = int(n)
@@ -105,7 +109,7 @@ class RedisSessionStore:
 
     async def _touch(self, p, sid: str) -> None:
         p.expire(PREFIX + sid, int(max(1, self.ttl_s)))
-        p.zadd(INDEX, {sid: time.time() + self.ttl_s})
+        p.zadd(INDEX, {sid: self.clock() + self.ttl_s})
 
     def _state(self, sess: ForecastSession):
         if sess.state is None:
@@ -147,9 +151,10 @@ class RedisSessionStore:
     async def updating(self, sid: str):
         """The session, exclusively (across every worker and replica), saved when the block ends
         without an error."""
-        lock = self.redis.lock(f"rnnops:lock:{sid}", timeout=LOCK_S, blocking_timeout=LOCK_S)
+        lock = self.redis.lock(f"rnnops:lock:{sid}", timeout=self.lock_s, blocking_timeout=self.lock_s)
         if not await lock.acquire():
-            raise Overloaded("session_busy", f"session {sid!r} is being updated elsewhere; retry", 1, status=503)
+            raise Overloaded("session_busy", f"session {sid!r} is being updated elsewhere (waited "
+                             f"RNNOPS_SESSION_LOCK_S={self.lock_s:g}s); retry", 1, status=503)
         try:
             sess = await self.get(sid)
             yield sess

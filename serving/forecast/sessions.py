@@ -15,7 +15,12 @@ model reads (at most ``lookback``), so its forecast's timestamps are those the b
 ``/forecast`` give for the same history (:mod:`rnnops.serving.timeseries`). :class:`SessionStore` keeps them
 in this worker's memory (the default); ``RNNOPS_SESSION_STORE=redis://...`` keeps them in Redis
 instead (:mod:`.redis_store`), where any worker or replica continues any session.
-Like Triton's ``max_sequence_idle_microseconds``, an idle session is dropped after the TTL.
+Like Triton's ``max_sequence_idle_microseconds``, an idle session is dropped after the TTL,
+measured on the store's clock (injectable: tests move it instead of sleeping).
+
+This module keeps sessions; it does not step them: every update, whichever store holds the
+session, goes through the :class:`~rnnops.serving.forecast.stepper.SessionStepper` of its
+version (:meth:`ForecastSession.observe`), batched with the other sessions' updates.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import asyncio
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -32,7 +38,9 @@ from rnnops.serving.errors import Overloaded, UnknownSession
 
 
 class ForecastSession:
-    def __init__(self, model, session_id: str, freq: str | None = None):
+    """One session's data; updates go through its model's stepper (:meth:`observe`)."""
+
+    def __init__(self, model, session_id: str, freq: str | None = None, now: float | None = None):
         self.id = session_id
         self.model = model  # the LoadedModel it was opened on (pinned)
         info = model.runtime.info
@@ -45,7 +53,7 @@ class ForecastSession:
         self.last_quantiles: np.ndarray | None = None  # [horizon, F_out, levels] for models with intervals
         self.freq = freq  # the client's explicit frequency, if any
         self.timestamps = np.zeros(0, np.int64)  # ns, of the last rows the model reads (oldest first)
-        self.created = self.last_used = time.monotonic()
+        self.created = self.last_used = time.monotonic() if now is None else now  # the store's clock
         self.created_wall = time.time()
         self.lock = asyncio.Lock()  # one update at a time per session
 
@@ -53,29 +61,15 @@ class ForecastSession:
         keep = max(self.lookback, 3)  # 3: enough for pandas to tell a calendar frequency
         self.timestamps = np.concatenate([self.timestamps, ts])[-keep:]
 
+    async def observe(self, rows: np.ndarray) -> np.ndarray | None:
+        """Take new rows ``[n, F]``; the forecast ``[horizon, F_out]`` (None: window not full yet),
+        stepped together with the other sessions of the version (hold the session exclusively)."""
+        return await self.model.stepper.observe(self, rows)
+
     @property
     def needs(self) -> int:
         """Rows still missing before a windowed session can forecast (0 when it can)."""
         return 0 if self.stateful else max(0, self.lookback - len(self.window))
-
-    def observe(self, rows: np.ndarray) -> np.ndarray | None:
-        """Take new rows ``[n, F]``; returns the forecast ``[horizon, F_out]`` (None: window not full yet).
-        Blocking (an ORT call): run it off the event loop."""
-        rt = self.model.runtime
-        q = None
-        if self.stateful:
-            y, q, self.state = rt.forecast_step_bands(rows[None], self.state)
-            out = y[0]
-        else:
-            self.window = np.concatenate([self.window, rows])[-self.lookback:]
-            out = None
-            if len(self.window) >= self.lookback:
-                y, q = rt.forecast_bands(self.window[None])
-                out = y[0]
-        self.observations += len(rows)
-        self.last_forecast = out
-        self.last_quantiles = None if q is None else q[0]
-        return out
 
 
 def sessions_full(open_now: int, limit: int, ttl_s: float, model: str, metrics=None) -> Overloaded:
@@ -97,9 +91,11 @@ class SessionStore:
 
     shared = False  # sessions are visible to this worker only
 
-    def __init__(self, max_sessions: int = 1024, ttl_s: float = 600.0, metrics=None):
+    def __init__(self, max_sessions: int = 1024, ttl_s: float = 600.0, metrics=None,
+                 clock: Callable[[], float] = time.monotonic):
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
+        self.clock = clock  # seconds; the idle TTL is measured on it (tests pass one they move)
         self._sessions: OrderedDict[str, ForecastSession] = OrderedDict()  # least recently used first
         self._metrics = metrics
         self._labels: set[str] = set()  # models whose gauge we have set (to zero them later)
@@ -116,7 +112,7 @@ class SessionStore:
             self._sessions.pop(session_id, None)
         if len(self._sessions) >= self.max_sessions:
             raise sessions_full(len(self._sessions), self.max_sessions, self.ttl_s, model.name, self._metrics)
-        s = ForecastSession(model, session_id or secrets.token_hex(12), freq)
+        s = ForecastSession(model, session_id or secrets.token_hex(12), freq, now=self.clock())
         self._sessions[s.id] = s
         self._gauge()
         return s
@@ -136,7 +132,7 @@ class SessionStore:
         s = self._sessions.get(session_id)
         if s is None:
             raise UnknownSession(session_id)
-        s.last_used = time.monotonic()
+        s.last_used = self.clock()
         self._sessions.move_to_end(session_id)
         return s
 
@@ -152,7 +148,7 @@ class SessionStore:
 
     def _sweep(self) -> int:
         """Drop sessions idle longer than the TTL (oldest first); returns how many."""
-        now = time.monotonic()
+        now = self.clock()
         n = 0
         while self._sessions:
             sid, s = next(iter(self._sessions.items()))

@@ -104,7 +104,8 @@ class NaiveGenerator:
             s.timing.admitted = time.monotonic()
             self.on_step([s])
             rt, req = self.runtime, s.request
-            logits, state = rt.step(req.prompt_ids[None, :], rt.zero_state(1))
+            r = rt.run(req.prompt_ids[None, :], outputs="last")
+            logits, state = r.output, r.state
             p = req.params
             temp, topk, topp = np.array([p.temperature]), np.array([p.top_k]), np.array([p.top_p])
             s.phase = "decode"
@@ -116,7 +117,8 @@ class NaiveGenerator:
                 self.on_step([s])
                 if finished:
                     break
-                logits, state = rt.step(np.array([[t]], np.int64), state)
+                r = rt.run(np.array([[t]], np.int64), state, "last")
+                logits, state = r.output, r.state
             if s.cancelled:
                 s.finish("cancelled")
         except Exception as exc:

@@ -34,7 +34,7 @@ with ``queue_timeout`` (503). Errors inside a model call fail only the streams i
 the loop carries on.
 
 The scheduler decides; the runtime executes; the transport reads. The runtime is anything with
-the :class:`~rnnops.serving.runtime.Runtime` char API (``zero_state``, ``step``, ``take``,
+the :class:`~rnnops.serving.runtime.Runtime` char API (``zero_state``, ``run``, ``take``,
 ``concat``, ``vocab``), so tests drive it with a fake. After each step the scheduler hands the
 streams it touched to ``on_step`` (the engine forwards them to the HTTP process, which wakes its
 consumers, see :mod:`rnnops.serving.http.generate`); it never sees an event loop.
@@ -52,6 +52,7 @@ from typing import Callable
 
 import numpy as np
 
+from rnnops.serving.batching import group_by
 from rnnops.serving.errors import Overloaded
 from rnnops.serving.generate.runner import Pending, Runner
 from rnnops.serving.generate.sampling import sample_batch
@@ -334,7 +335,7 @@ class StepScheduler:
                 touched.extend(self._collect(lane))
             self._fill(k, lane)
             if len(lane):
-                lane.pending = self._call(self.runtime.step, lane.tokens[:, None], lane.state)
+                lane.pending = self._call(self.runtime.run, lane.tokens[:, None], lane.state, "last")
         if self._prefill:
             touched.extend(self._prefill_step())
 
@@ -406,7 +407,8 @@ class StepScheduler:
         streams = lane.streams
         pending, lane.pending = lane.pending, None
         try:
-            logits, state = pending.result()
+            r = pending.result()
+            logits, state = r.output, r.state
         except Exception as exc:
             log.exception("scheduler %s: decode step failed for %d streams", self.name, len(streams))
             self._fail(streams, f"model step failed: {exc}", notify=False)
@@ -468,14 +470,14 @@ class StepScheduler:
             # way whoever else is prefilling, so its state is exactly the one it gets alone.
             # All go to the runner at once (after the lanes' calls), then are collected in order.
             groups, calls = [], []
-            for b in sorted(set(chunk.values())):
-                group = [s for s in self._prefill if chunk[s.id] == b]
+            for b, group in sorted(group_by(self._prefill, lambda s: chunk[s.id]).items()):
                 state = rt.concat([s.state if s.state is not None else rt.zero_state(1) for s in group])
                 toks = np.stack([s.request.prompt_ids[s.cursor: s.cursor + b] for s in group])
                 groups.append((b, group))
-                calls.append(self._call(rt.step, toks, state))
+                calls.append(self._call(rt.run, toks, state, "last"))
             for (b, group), call in zip(groups, calls):
-                logits, state = call.result()
+                r = call.result()
+                logits, state = r.output, r.state
                 for j, s in enumerate(group):
                     s.cursor += b
                     s.state = rt.take(state, [j]) if len(group) > 1 else state

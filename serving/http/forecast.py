@@ -2,7 +2,8 @@
 
 Transport only: check a body against the model and the server's limits, hand windows to the
 model's :class:`~rnnops.serving.forecast.batcher.ForecastBatcher` (which groups and cuts them)
-or observations to a :class:`~rnnops.serving.forecast.sessions.ForecastSession`, and answer.
+or observations to a session (applied by its version's
+:class:`~rnnops.serving.forecast.stepper.SessionStepper`, batched across sessions), and answer.
 Future timestamps come from :mod:`rnnops.serving.timeseries`, the same code the batch job uses,
 so the same history gives the same timestamps over HTTP, in a session and in a batch file.
 
@@ -13,8 +14,6 @@ path is not a second schema: a field added to the model is validated and default
 """
 
 from __future__ import annotations
-
-import asyncio
 
 import numpy as np
 import orjson
@@ -196,11 +195,11 @@ def session_view(serving, sess, forecast) -> dict:
     info = sess.model.runtime.info
     d = {"session_id": sess.id, "model": sess.model.name, "version": sess.model.version,
          "stateful": sess.stateful, "observations": sess.observations, "needs": sess.needs,
-         "targets": list(info.target_names), "forecast": None if forecast is None else forecast.tolist(),
+         "targets": list(info.target_names), "forecast": forecast,  # orjson writes arrays as they are
          "expires_in_s": serving.sessions.ttl_s}
     bands = getattr(sess, "last_quantiles", None)
     if forecast is not None and bands is not None:
-        d["quantiles"] = {k: v.tolist() for k, v in quantiles_view(info.quantiles, bands).items()}
+        d["quantiles"] = quantiles_view(info.quantiles, bands)
     if forecast is not None and len(sess.timestamps):
         try:
             d["timestamps"] = future_timestamps(sess.timestamps, info, "timestamps", sess.freq)
@@ -222,7 +221,7 @@ async def _observe(serving, sess, rows_raw, ts_raw, field: str):
         history = np.concatenate([sess.timestamps, ts])
         if len(history) >= 2:  # irregular spacing is refused before the observation is applied
             future_timestamps(history, info, "timestamps", sess.freq)
-    y = await asyncio.to_thread(sess.observe, rows)
+    y = await sess.observe(rows)  # the version's stepper: batched with the other sessions' updates
     if ts_raw is not None:
         sess.add_timestamps(ts)
     return y

@@ -9,8 +9,9 @@ and load generators can use a served model as it is.
   ``binary_data_size`` bytes in order; outputs go out binary when asked (an output's
   ``binary_data``, or the request's ``binary_data_output``, which tritonclient sets when it
   names no outputs). Errors are ``{"error": "..."}`` (tritonclient reads that key).
-- Forecasters: ``x`` FP32 ``[B, T, F]`` -> ``forecast`` FP32 ``[B, H, F_out]`` through the model's
-  :class:`ForecastBatcher`, batched with ``/forecast`` traffic. A windowed model declares
+- Forecasters: ``x`` FP32 ``[B, T, F]`` -> ``forecast`` FP32 ``[B, H, F_out]`` (with intervals also
+  ``quantiles`` ``[B, H, F_out, levels]``, the levels in the metadata's ``parameters``) through the
+  model's :class:`ForecastBatcher`, batched with ``/forecast`` traffic. A windowed model declares
   ``T = lookback`` (what it reads; longer windows are cut to it as on ``/forecast``).
 - Char models: ``x`` INT64 ``[B, T]`` -> ``logits`` ``[B, T, V]``, plus the state tensors as the
   model's ``rnnops.state`` names them: given as inputs they are the starting state (else zeros),
@@ -18,15 +19,16 @@ and load generators can use a served model as it is.
 - **Sequences** (Triton's sequence batcher over HTTP: request parameters ``sequence_id``,
   ``sequence_start``, ``sequence_end``) for forecasters: a sequence is a forecast session of the
   one :class:`SessionStore` under the id ``seq:<model>:<sequence_id>`` (same cap, idle TTL, and
-  version pinning), its state kept server-side and stepped together with the other sequences of
-  the model (:class:`SessionStepper`). ``sequence_end`` frees it; a request for an unknown or
-  expired sequence without ``sequence_start`` is a 400 saying so. Until a windowed sequence has
-  ``lookback`` rows its answer has no outputs and the parameter ``needs``.
+  version pinning), stepped with the version's other sessions (the one session path,
+  :mod:`rnnops.serving.forecast.stepper`). ``sequence_end`` frees it; an unknown or expired
+  sequence without ``sequence_start`` is a 400 saying so. Until a windowed sequence has ``lookback``
+  rows its answer has no outputs and the parameter ``needs``. Tensors: ``RNNOPS_OIP_MAX_ELEMENTS``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from typing import Any
 
@@ -38,7 +40,6 @@ from starlette.responses import Response
 
 from rnnops import __version__, contract
 from rnnops.serving.errors import UnknownModel, UnknownSession
-from rnnops.serving.forecast.stepper import SessionStepper
 from rnnops.serving.http.errors import ApiError, JSONResponse, validation_error
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -46,7 +47,6 @@ DTYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint3
           "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "FP16": "float16",
           "FP32": "float32", "FP64": "float64"}
 OIP_TYPE = {v: k for k, v in DTYPES.items()}
-MAX_ELEMENTS = 1 << 26  # per tensor: bounds what a header may claim before any data is read
 
 
 class Tensor(BaseModel):
@@ -142,10 +142,9 @@ def _state_meta(t: contract.StateTensor, end: str) -> dict:
 def model_metadata(m) -> dict:
     """The OIP model metadata of a loaded version (made once per version: every infer checks its
     inputs against it)."""
-    meta = getattr(m, "_oip_metadata", None)
-    if meta is None:
-        meta = m._oip_metadata = _model_metadata(m)
-    return meta
+    if m.oip_metadata is None:
+        m.oip_metadata = _model_metadata(m)
+    return m.oip_metadata
 
 
 def _model_metadata(m) -> dict:
@@ -160,9 +159,13 @@ def _model_metadata(m) -> dict:
         inputs = [{"name": contract.INPUT, "datatype": "FP32", "shape": [-1, t, len(i.feature_names)]}]
         outputs = [{"name": contract.FORECAST_OUTPUT, "datatype": "FP32",
                     "shape": [-1, i.horizon, len(i.target_names)]}]
-    # "parameters" is outside the protocol's required fields (clients ignore it): which file runs
+        if i.quantiles_output:
+            outputs.append({**outputs[0], "name": i.quantiles_output,
+                            "shape": [*outputs[0]["shape"], len(i.quantiles)]})
+    # "parameters" is outside the protocol's required fields (clients ignore it): which file runs, levels
+    params = {"precision": i.precision, **({"quantiles": list(i.quantiles)} if i.quantiles_output else {})}
     return {"name": m.name, "versions": [m.version], "platform": "onnxruntime_onnx", "inputs": inputs,
-            "outputs": outputs, "parameters": {"precision": i.precision}}
+            "outputs": outputs, "parameters": params}
 
 
 async def server_metadata(serving, request: Request) -> Response:
@@ -213,14 +216,18 @@ async def _read(request: Request) -> tuple[InferRequest, bytes]:
         raise validation_error(exc) from None
 
 
-def _tensors(body: InferRequest, blob: bytes) -> dict[str, np.ndarray]:
+def _tensors(body: InferRequest, blob: bytes, max_elements: int) -> dict[str, np.ndarray]:
     out, offset = {}, 0
     for t in body.inputs:
         where = f"input {t.name!r}"
         if t.datatype not in DTYPES:
             raise _bad(f"{where}: datatype {t.datatype!r} is not one of {', '.join(DTYPES)}", "datatype")
-        if any(d < 0 for d in t.shape) or math.prod(t.shape) > MAX_ELEMENTS:
-            raise _bad(f"{where}: shape {t.shape} must be non-negative, at most {MAX_ELEMENTS} elements", "shape")
+        # every dimension at least 1: an empty axis is no input, and a zero-length sequence aborts
+        # onnxruntime's recurrent kernels (the whole worker); a zero beside a huge dimension
+        # would also slip past the element bound into numpy's reshape (a 500)
+        if any(d < 1 for d in t.shape) or math.prod(t.shape) > max_elements:
+            raise _bad(f"{where}: shape {t.shape} must be positive, at most {max_elements} elements "
+                       "(RNNOPS_OIP_MAX_ELEMENTS)", "shape")
         dtype = np.dtype(DTYPES[t.datatype])
         count = math.prod(t.shape)
         size = (t.parameters or {}).get("binary_data_size")
@@ -310,18 +317,11 @@ def _answer(m, body: InferRequest, results: dict[str, np.ndarray], params: dict 
 
 # --------------------------------------------------------------------------------- infer
 
-def stepper(m) -> SessionStepper:
-    """The model version's stepper, kept on it (it goes when the version is unloaded)."""
-    s = getattr(m, "_stepper", None)
-    if s is None:
-        s = m._stepper = SessionStepper(m)
-    return s
-
 
 async def infer(serving, request: Request) -> Response:
     m = _model(serving, request)
     body, blob = await _read(request)
-    tensors = _tensors(body, blob)
+    tensors = _tensors(body, blob, serving.config.oip_max_elements)
     params = body.parameters or {}
     sequence = params.get("sequence_id") not in (None, 0, "")
     _check_inputs(m, tensors, sequence)
@@ -332,11 +332,17 @@ async def infer(serving, request: Request) -> Response:
         if len(x) > serving.config.forecast_max_windows:
             raise _bad(f"{len(x)} windows; the limit per request is {serving.config.forecast_max_windows} "
                        "(RNNOPS_FORECAST_MAX_WINDOWS)", "shape")
-        y = await m.batcher.forecast(list(x)) if len(x) else []
-        h, f = m.runtime.info.horizon, len(m.runtime.info.target_names)
-        out = np.stack(y) if len(y) else np.zeros((0, h, f), np.float32)
-        return _answer(m, body, {contract.FORECAST_OUTPUT: out})
+        bands = await m.batcher.forecast_bands(list(x))  # at least one window: _tensors refuses empty axes
+        return _answer(m, body, _forecasts(m.runtime.info, bands))
     return await _char(m, body, tensors)
+
+
+def _forecasts(info, bands: list) -> dict[str, np.ndarray]:
+    """The outputs of forecasts (at least one) and their quantiles (a model with intervals), batched."""
+    results = {contract.FORECAST_OUTPUT: np.stack([y for y, _ in bands])}
+    if info.quantiles_output:
+        results[info.quantiles_output] = np.stack([q for _, q in bands])
+    return results
 
 
 async def _char(m, body: InferRequest, tensors: dict[str, np.ndarray]) -> Response:
@@ -357,8 +363,8 @@ async def _char(m, body: InferRequest, tensors: dict[str, np.ndarray]) -> Respon
                 raise _bad(f"state input {t.input!r} has batch {s.shape[t.batch_axis]}, x has {x.shape[0]}", "shape")
     if x.shape[0] == 0:
         raise _bad("input 'x' has an empty batch", "shape")
-    logits, new = await asyncio.to_thread(m.runtime.run, x, state)
-    results = {contract.CHAR_OUTPUT: logits, **{t.output: s for t, s in zip(info.state, new)}}
+    r = await asyncio.to_thread(m.runtime.run, x, state)
+    results = {contract.CHAR_OUTPUT: r.output, **dict(zip(info.state_outputs, m.runtime.state_numpy(r.state)))}
     if not body.outputs:  # the state only when asked for (or when it was given: a caller that carries it)
         results = {k: v for k, v in results.items() if k == contract.CHAR_OUTPUT or all(given) and info.state}
     return _answer(m, body, results)
@@ -380,16 +386,14 @@ async def _sequence(serving, m, body: InferRequest, x: np.ndarray, params: dict)
     rows = np.ascontiguousarray(x[0], np.float32)
     try:
         async with store.updating(sid) as sess:  # exclusive, in whichever store holds it
-            y = await stepper(sess.model).observe(sess, rows)
+            y = await sess.observe(rows)  # the version's stepper: batched with the other sessions
     except UnknownSession:
         raise ApiError(400, "unknown_sequence", f"sequence {seq!r} of model {m.name!r} is not active: it ended, "
                        f"expired after RNNOPS_SESSION_TTL={store.ttl_s:g}s idle, or never started here; start it "
                        "with sequence_start", field="parameters.sequence_id") from None
     if params.get("sequence_end"):
-        try:
+        with contextlib.suppress(UnknownSession):  # expired meanwhile: ended all the same
             await store.close(sid)
-        except UnknownSession:
-            pass
     if y is None:
         return _answer(sess.model, body, {}, {"needs": sess.needs, "sequence_id": seq})
-    return _answer(sess.model, body, {contract.FORECAST_OUTPUT: y[None]}, None)
+    return _answer(sess.model, body, _forecasts(sess.model.runtime.info, [(y, sess.last_quantiles)]))

@@ -65,7 +65,7 @@ def _file(name: str, cache: str) -> Response:
         raise ApiError(404, "not_found", f"no playground file {name!r}")
     ext = os.path.splitext(name)[1]
     media = TYPES.get(ext) or mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return Response(data, media_type=media, headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff"})
+    return Response(data, media_type=media, headers={"Cache-Control": cache})  # nosniff + CSP: http/headers.py
 
 
 async def root(serving, request: Request) -> Response:
@@ -115,7 +115,12 @@ def model_sample(m) -> dict | None:
         raw = dict(m.runtime.session.get_modelmeta().custom_metadata_map).get(contract.META_SAMPLE)
     except AttributeError:  # a runtime without an onnxruntime session (tests' fakes)
         pass
-    sample = json.loads(raw) if raw else None
+    try:
+        sample = json.loads(raw) if raw else None
+    except ValueError:  # a model file is untrusted input: a malformed sample is no sample (404), not a 500
+        sample = None
+    if not isinstance(sample, dict):
+        sample = None
     try:
         m._playground_sample = sample
     except AttributeError:

@@ -5,6 +5,7 @@
 
 import { ApiError, getJSON, postJSON, request } from "./api.js";
 import { fit, forecastChart } from "./charts.js";
+import { el, show } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
 const fmt = (x, d = 0) => Number(x).toLocaleString("en-US", { maximumFractionDigits: d, minimumFractionDigits: d });
@@ -20,7 +21,7 @@ export function setModels(list, lim) {
   limits = lim || {};
   const sel = $("fc-model");
   const keep = sel.value;
-  sel.innerHTML = "";
+  sel.replaceChildren();
   for (const m of models) sel.add(new Option(`${m.name}  (v${m.version}, ${m.cell}, ${m.targets.length} target${m.targets.length > 1 ? "s" : ""})`, m.name));
   if (models.some((m) => m.name === keep)) sel.value = keep;
   $("fc-go").disabled = $("fc-session").disabled = !models.length;
@@ -34,12 +35,13 @@ function model() {
 
 function info() {
   const m = model();
-  if (!m) { $("fc-info").innerHTML = ""; return; }
+  if (!m) { $("fc-info").replaceChildren(); return; }
   const q = m.quantiles && m.quantiles.length ? `intervals at ${m.quantiles.join(", ")}` : "no intervals";
-  $("fc-info").innerHTML = `reads <b>${m.features.length}</b> feature${m.features.length > 1 ? "s" : ""} ` +
-    `(<code>${m.features.join(", ")}</code>) · forecasts <b>${m.horizon}</b> steps of <code>${m.targets.join(", ")}</code>` +
-    ` · ${m.stateful ? "stateful (any history length)" : `windowed: the last <b>${m.lookback}</b> rows`}` +
-    ` · lookback ${m.lookback}${m.freq ? ` · freq <code>${m.freq}</code>` : ""} · ${q}`;
+  show($("fc-info"), "reads ", el("b", {}, m.features.length), ` feature${m.features.length > 1 ? "s" : ""} (`,
+    el("code", {}, m.features.join(", ")), ") · forecasts ", el("b", {}, m.horizon), " steps of ",
+    el("code", {}, m.targets.join(", ")),
+    m.stateful ? " · stateful (any history length)" : [" · windowed: the last ", el("b", {}, m.lookback), " rows"],
+    ` · lookback ${m.lookback}`, m.freq ? [" · freq ", el("code", {}, m.freq)] : null, ` · ${q}`);
 }
 
 function showError(msg) {
@@ -47,11 +49,12 @@ function showError(msg) {
   $("fc-error").hidden = !msg;
 }
 
-function status(text, state = "info") {
-  const el = $("fc-status");
-  el.innerHTML = text;
-  el.dataset.state = state;
+/** The status line: a string, or a list of strings and nodes (built with dom.js). */
+function status(content, state = "info") {
+  show($("fc-status"), content).dataset.state = state;
 }
+
+const ok = (text) => el("span", { class: "ok" }, text);
 
 // ------------------------------------------------------------------------------ data
 
@@ -162,7 +165,7 @@ function draw(m, hist, resp) {
     c.time === data[i].time && c.band === Boolean(data[i].lo));
   if (!reuse) {
     for (const c of charts) c.chart.destroy();
-    box.innerHTML = "";
+    box.replaceChildren();
     charts = data.map((d) => {
       const fig = document.createElement("figure");
       fig.className = "chart";
@@ -185,8 +188,8 @@ function draw(m, hist, resp) {
     c.fig.dataset.historyPoints = String(nh);
     c.fig.dataset.forecastPoints = String(nf);
     c.fig.dataset.band = d.lo ? "yes" : "no";
-    c.cap.innerHTML = `<b>${d.target}</b> <span class="muted">· history ${fmt(nh)} points · forecast ${fmt(nf)} steps` +
-      `${d.bandLabel ? ` · shaded: ${d.bandLabel}` : ""}${d.actual ? " · dashed: what actually followed" : ""}</span>`;
+    show(c.cap, el("b", {}, d.target), " ", el("span", { class: "muted" }, `· history ${fmt(nh)} points · forecast ` +
+      `${fmt(nf)} steps${d.bandLabel ? ` · shaded: ${d.bandLabel}` : ""}${d.actual ? " · dashed: what actually followed" : ""}`));
   });
 }
 
@@ -215,8 +218,8 @@ async function forecast(ev) {
     const resp = await postJSON("/forecast", body);
     const ms = performance.now() - t;
     draw(m, hist, resp);
-    status(`<span class="ok">forecast</span> ${resp.horizon} steps of ${resp.targets.join(", ")} from ${hist.what} · ` +
-      `${fmt(ms, 1)} ms · ${resp.model} v${resp.version}${resp.quantiles ? " · with intervals" : ""}`, "done");
+    status([ok("forecast"), ` ${resp.horizon} steps of ${resp.targets.join(", ")} from ${hist.what} · ` +
+      `${fmt(ms, 1)} ms · ${resp.model} v${resp.version}${resp.quantiles ? " · with intervals" : ""}`], "done");
   } catch (e) {
     status("failed", "error");
     showError(e.message);
@@ -269,12 +272,13 @@ async function playSession() {
       seen.rows.push(feed[k]);
       if (seen.timestamps) seen.timestamps.push(feedTs[k]);
       show(resp, k + 1);
-      status(`<span class="ok">session</span> <code>${mine.id.slice(0, 8)}</code> · observation <b>${k + 1}</b>/${feed.length} ` +
-        `· ${resp.observations} seen · update ${fmt(ms, 1)} ms` + (resp.forecast ? "" : ` · needs ${resp.needs} more`), "session");
+      status([ok("session"), " ", el("code", {}, mine.id.slice(0, 8)), " · observation ", el("b", {}, k + 1),
+        `/${feed.length} · ${resp.observations} seen · update ${fmt(ms, 1)} ms` +
+        (resp.forecast ? "" : ` · needs ${resp.needs} more`)], "session");
       await new Promise((r) => setTimeout(r, Number($("fc-speed").value)));
     }
-    if (!mine.stopped) status(`<span class="ok">session done</span>: ${feed.length} observations fed one by one, ` +
-      "the forecast updated after each", "done");
+    if (!mine.stopped) status([ok("session done"), `: ${feed.length} observations fed one by one, ` +
+      "the forecast updated after each"], "done");
   } catch (e) {
     status("failed", "error");
     showError(e instanceof ApiError || e instanceof Error ? e.message : String(e));

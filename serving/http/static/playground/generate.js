@@ -11,6 +11,7 @@
 //   under the raw distribution when the text came from /generate.
 
 import { ApiError, getJSON, postJSON, postSSE, rawInt } from "./api.js";
+import { el, join, show } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
 const OIP_TYPES = { float32: "FP32", float16: "FP16", float64: "FP64" };
@@ -28,7 +29,7 @@ export function setModels(list) {
   models = list.filter((m) => m.kind === "char");
   const sel = $("gen-model");
   const keep = sel.value;
-  sel.innerHTML = "";
+  sel.replaceChildren();
   for (const m of models) sel.add(new Option(`${m.name}  (v${m.version}, ${m.cell} ${m.layers}×${m.hidden_size})`, m.name));
   if (models.some((m) => m.name === keep)) sel.value = keep;
   $("gen-go").disabled = !models.length;
@@ -48,7 +49,7 @@ function setupUnits() {
   const m = model();
   const sel = $("unit-tensor");
   const keep = sel.value;
-  sel.innerHTML = "";
+  sel.replaceChildren();
   if (!m || !m.state) return;
   for (const t of m.state) sel.add(new Option(`${t.output}  [${nonBatchDims(t).join("×")}]`, t.output));
   // default: the hidden state h (hn), else the first tensor
@@ -68,7 +69,7 @@ function setupLayers() {
   const dims = nonBatchDims(t);
   const layers = dims.length > 1 ? dims[0] : 1;
   const sel = $("unit-layer");
-  sel.innerHTML = "";
+  sel.replaceChildren();
   for (let i = 0; i < layers; i++) sel.add(new Option(String(i), String(i)));
   sel.value = String(layers - 1); // default: the last layer
   $("unit-layer-label").hidden = layers <= 1;
@@ -136,27 +137,27 @@ function liveFigures() {
   if (!run) return;
   const n = run.generated;
   const now = performance.now();
-  const parts = [`<b>${fmt(n)}</b> chars`];
+  const parts = [[el("b", {}, fmt(n)), " chars"]];
   if (run.tFirst) {
     const dt = (now - run.tFirst) / 1000;
-    if (n > 1 && dt > 0) parts.push(`<b>${fmt(n / dt)}</b> chars/s`);
-    parts.push(`first char after <b>${fmt(run.tFirst - run.t0, 1)}</b> ms`);
+    if (n > 1 && dt > 0) parts.push([el("b", {}, fmt(n / dt)), " chars/s"]);
+    parts.push(["first char after ", el("b", {}, fmt(run.tFirst - run.t0, 1)), " ms"]);
   }
-  $("gen-live").innerHTML = parts.join(" · ");
+  show($("gen-live"), join(parts, " · "));
 }
 
 function doneStats(d) {
-  const el = $("gen-stats");
-  el.dataset.state = "done";
+  const box = $("gen-stats");
+  box.dataset.state = "done";
   const srv = d.chars_per_s != null ? ` · server ${fmt(d.chars_per_s)} chars/s` : "";
   const ttfc = d.ttfc_ms != null ? ` · first char ${fmt(d.ttfc_ms, 1)} ms` : "";
-  el.innerHTML = `<span class="ok">done</span> ${fmt(d.chars)} chars · finish <b>${d.finish_reason}</b>` +
-    `${ttfc}${srv}${d.queue_ms != null ? ` · queue ${fmt(d.queue_ms, 1)} ms` : ""} · seed <code>${d.seed}</code> ` +
-    `<a href="#" class="replay" title="put this seed in the form: the same settings give the same text again">replay</a>` +
-    ` · <span class="muted">${d.model} v${d.version}${d.source ? " via " + d.source : ""}</span>`;
-  const replay = el.querySelector(".replay");
-  if (/^\d+$/.test(String(d.seed))) replay.onclick = (ev) => { ev.preventDefault(); $("gen-seed").value = String(d.seed); };
-  else replay.remove();
+  const replay = /^\d+$/.test(String(d.seed))
+    ? el("a", { href: "#", class: "replay", title: "put this seed in the form: the same settings give the same text again" }, "replay")
+    : null;
+  if (replay) replay.addEventListener("click", (ev) => { ev.preventDefault(); $("gen-seed").value = String(d.seed); });
+  show(box, el("span", { class: "ok" }, "done"), ` ${fmt(d.chars)} chars · finish `, el("b", {}, d.finish_reason),
+    `${ttfc}${srv}${d.queue_ms != null ? ` · queue ${fmt(d.queue_ms, 1)} ms` : ""} · seed `, el("code", {}, d.seed), " ",
+    replay, " · ", el("span", { class: "muted" }, `${d.model} v${d.version}${d.source ? " via " + d.source : ""}`));
 }
 
 async function streamGenerate(body, signal) {
@@ -207,9 +208,9 @@ function onText(text) {
   addChars(text, false);
   run.generated += [...text].length;
   run.lengths.push(run.generated);
-  const el = $("gen-stats");
-  el.dataset.state = "streaming";
-  el.textContent = "streaming…";
+  const stats = $("gen-stats");
+  stats.dataset.state = "streaming";
+  stats.textContent = "streaming…";
   liveFigures();
   if (run.tracer) run.tracer.wake();
 }
@@ -220,10 +221,10 @@ async function generate(ev) {
   const body = readForm();
   const endpoint = $("gen-endpoint").value;
   showError("");
-  $("gen-output").innerHTML = "";
+  $("gen-output").replaceChildren();
   $("gen-trace").textContent = "";
   $("gen-live").textContent = "";
-  $("unit-suggest").innerHTML = "";
+  $("unit-suggest").replaceChildren();
   const abort = new AbortController();
   run = { chars: [], spans: [], generated: 0, lengths: [], t0: performance.now(), tFirst: 0, abort, model: model(),
     endpoint, tracer: null, done: false };
@@ -514,17 +515,17 @@ function repaint() {
 }
 
 function legend(mode) {
-  const el = $("gen-legend");
+  const box = $("gen-legend");
+  const sw = (name) => el("span", { class: `sw sw-${name}` }); // colors in style.css (no inline style: CSP)
   if (mode === "prob") {
     const src = $("gen-endpoint").value === "completions" ? "logprobs of /v1/completions" : "the model's logits (via /v2 infer)";
-    el.innerHTML = `<span class="scale prob"></span> probability the model gave each character, from ${src}: ` +
-      `<span class="sw" style="background:hsl(0 75% 80%)"></span> unlikely <span class="sw" style="background:hsl(120 75% 80%)"></span> expected`;
+    show(box, el("span", { class: "scale prob" }), ` probability the model gave each character, from ${src}: `,
+      sw("unlikely"), " unlikely ", sw("expected"), " expected");
   } else if (mode === "unit") {
-    el.innerHTML = `activation after each character: <span class="sw" style="background:rgba(29,112,214,.9)"></span> negative ` +
-      `<span class="sw" style="background:#fff"></span> 0 <span class="sw" style="background:rgba(230,57,70,.9)"></span> positive` +
-      ` <span class="muted">(hover a character for its value)</span>`;
+    show(box, "activation after each character: ", sw("negative"), " negative ", sw("zero"), " 0 ", sw("positive"),
+      " positive ", el("span", { class: "muted" }, "(hover a character for its value)"));
   } else {
-    el.innerHTML = `<span class="muted">gray: your prompt · hover a character once colored for details</span>`;
+    show(box, el("span", { class: "muted" }, "gray: your prompt · hover a character once colored for details"));
   }
 }
 
@@ -548,14 +549,14 @@ function suggestUnits() {
     $("unit-value").textContent = `${scores[0][0]} of ${per}`;
   }
   const box = $("unit-suggest");
-  box.innerHTML = "<span class=\"muted\">most active here:</span> ";
+  show(box, el("span", { class: "muted" }, "most active here:"), " ");
   for (const [u, sd] of scores.slice(0, 6)) {
     const b = document.createElement("button");
     b.type = "button";
     b.className = "chip";
     b.textContent = `${u}`;
     b.title = `unit ${u}: standard deviation ${sd.toFixed(3)} over this text`;
-    b.onclick = () => { unitChosen = true; $("unit-index").value = String(u); onUnit(); };
+    b.addEventListener("click", () => { unitChosen = true; $("unit-index").value = String(u); onUnit(); });
     box.appendChild(b);
   }
 }
@@ -574,13 +575,14 @@ function tooltip(ev) {
   if (!s || !run) { tip.hidden = true; return; }
   const rec = run.chars[Number(s.dataset.i)];
   if (!rec) { tip.hidden = true; return; }
-  const show = (c) => (c === "\n" ? "↵" : c === " " ? "␣" : c === "\t" ? "⇥" : c);
-  const lines = [`<b class="big">${show(rec.ch)}</b> <span class="muted">#${s.dataset.i}${rec.prompt ? " (prompt)" : ""}</span>`];
-  if (rec.p != null) lines.push(`p = <b>${rec.p.toFixed(3)}</b>`);
-  if (rec.top) lines.push(rec.top.slice(0, 5).map(([c, p]) => `<code>${show(c)}</code> ${p.toFixed(2)}`).join(" "));
+  const visible = (c) => (c === "\n" ? "↵" : c === " " ? "␣" : c === "\t" ? "⇥" : c);
+  const lines = [[el("b", { class: "big" }, visible(rec.ch)), " ",
+    el("span", { class: "muted" }, `#${s.dataset.i}${rec.prompt ? " (prompt)" : ""}`)]];
+  if (rec.p != null) lines.push(["p = ", el("b", {}, rec.p.toFixed(3))]);
+  if (rec.top) lines.push(join(rec.top.slice(0, 5).map(([c, p]) => [el("code", {}, visible(c)), ` ${p.toFixed(2)}`]), " "));
   const v = unitValue(rec);
-  if (v != null && colorMode() === "unit") lines.push(`unit ${$("unit-index").value}: <b>${v.toFixed(3)}</b>`);
-  tip.innerHTML = lines.join("<br>");
+  if (v != null && colorMode() === "unit") lines.push([`unit ${$("unit-index").value}: `, el("b", {}, v.toFixed(3))]);
+  show(tip, join(lines, () => el("br")));
   tip.hidden = false;
   tip.style.left = `${ev.clientX + 14}px`;
   tip.style.top = `${ev.clientY + 14}px`;

@@ -5,6 +5,7 @@
 
 import { postJSON, request } from "./api.js";
 import { fit, sparkline } from "./charts.js";
+import { el } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
 const WINDOW_S = 60;
@@ -43,12 +44,10 @@ function build() {
   const grid = $("live-grid");
   if (grid.childElementCount) return;
   for (const f of FIGURES) {
-    const card = document.createElement("div");
-    card.className = "live-card";
-    card.dataset.metric = f.key;
-    card.innerHTML = `<div class="live-title">${f.title}</div><div class="live-value" id="live-${f.key}">–</div><div class="live-chart"></div>`;
-    grid.appendChild(card);
-    charts[f.key] = { chart: sparkline(card.querySelector(".live-chart"), f.title, f.color), el: card.querySelector(".live-chart") };
+    const chart = el("div", { class: "live-chart" });
+    grid.appendChild(el("div", { class: "live-card", "data-metric": f.key }, el("div", { class: "live-title" }, f.title),
+      el("div", { class: "live-value", id: `live-${f.key}` }, "–"), chart));
+    charts[f.key] = { chart: sparkline(chart, f.title, f.color), el: chart };
   }
 }
 

@@ -1,20 +1,25 @@
-"""The two things the registry needs from an ``.onnx`` file: its sha256 and its ``rnnops.*`` metadata.
+"""Reading an ``.onnx`` file's metadata: its raw ``metadata_props`` and the decoded ``rnnops.*`` entries.
 
-No torch, no MLflow. Metadata is read with onnxruntime (which serving has); the ``onnx`` package
-is the fallback for an install without it.
+The shared core, because several stages read it: the registry (what a version is, and what a
+resolved reference is: :mod:`rnnops.registry.resolve`), export (the playground's sample,
+:mod:`rnnops.export.sample`), tests.
+No torch, no MLflow. Read with onnxruntime (which serving has); the ``onnx`` package is the
+fallback for an install without it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from rnnops.contract import ONNX_FILE, decode_metadata  # noqa: F401  (ONNX_FILE: re-exported for the registry)
+from rnnops.contract import decode_metadata
 from rnnops.errors import RnnopsError
-from rnnops.util import sha256_file  # noqa: F401  (the registry's callers hash through here)
+from rnnops.model_file_checks import check_model_file
 
 
 def metadata_props(path: Path) -> dict[str, str]:
     """The raw ``metadata_props`` of an ONNX file (all keys, JSON strings as stored)."""
+    check_model_file(path)  # an untrusted file: verified before onnxruntime (or onnx) opens it
     try:
         import onnxruntime as ort
     except ImportError:
@@ -26,7 +31,9 @@ def metadata_props(path: Path) -> dict[str, str]:
         try:
             sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise RnnopsError(f"{path}: onnxruntime cannot load it (not a loadable ONNX model): {str(exc).splitlines()[0]}") from None
+            raise RnnopsError(
+                f"{path}: onnxruntime cannot load it (not a loadable ONNX model): {str(exc).splitlines()[0]}"
+            ) from None
         return dict(sess.get_modelmeta().custom_metadata_map)
     try:
         import onnx
@@ -39,7 +46,11 @@ def metadata_props(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def read_metadata(path: Path) -> dict:
+# The decoded ``rnnops.*`` metadata of a file: kind, cell, state, vocab, ... (rnnops.contract.META_KEYS)
+Metadata = dict[str, Any]
+
+
+def read_metadata(path: Path) -> Metadata:
     """The ``rnnops.*`` metadata of an ONNX file, decoded (prefix stripped, JSON values parsed)."""
     try:
         return decode_metadata(metadata_props(path))
