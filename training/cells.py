@@ -78,7 +78,7 @@ class Cell:
         if self.family == "modern":
             from rnnops.training.stack import CellStack
 
-            return CellStack(self.name, input_size, hidden_size, num_layers, heads, ff_mult, dropout)
+            return CellStack(self.name, self.block_cell, input_size, hidden_size, num_layers, heads, ff_mult, dropout)
         layer = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN}[self.onnx_op]
         kwargs = dict(batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
         if self.onnx_op == "RNN":

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
-from typing import ClassVar, Union
+from typing import ClassVar
 
 from rnnops.errors import RnnopsError
 from rnnops.training.trainer import TrainSettings
@@ -83,7 +83,7 @@ class ForecastJob:
     train: TrainSettings
 
 
-Job = Union[CharJob, ForecastJob]
+Job = CharJob | ForecastJob
 JOBS: dict[str, type] = {"char": CharJob, "forecast": ForecastJob}
 _SECTIONS = {"model", "train"}
 

@@ -96,7 +96,7 @@ class DataRecipe:
         return {"format": FORMAT, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DataRecipe":
+    def from_dict(cls, d: dict) -> DataRecipe:
         if d.get("format") != FORMAT:
             raise RnnopsError(f"data recipe format {d.get('format')!r} is not this version's ({FORMAT}): upgrade rnnops")
         parts = {"source": Source, "splits": Splits, "columns": Columns, "scaling": Scaling}

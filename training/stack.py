@@ -28,9 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnops.contract import BATCH_DIM, StateTensor
-from rnnops.training import cells, fused
-
-MODERN_CELLS = cells.names(family="modern")  # the cells this stack runs (training/cells.py)
+from rnnops.training import fused
 DEFAULT_HEADS = 4
 DEFAULT_FF_MULT = 4.0
 
@@ -60,10 +58,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cell: str, width: int, heads: int, ff_mult: float, dropout: float):
+    def __init__(self, cell: nn.Module, width: int, ff_mult: float, dropout: float):
         super().__init__()
         self.norm1 = RMSNorm(width)
-        self.cell = cells.get(cell).block_cell(width, heads)
+        self.cell = cell
         self.norm2 = RMSNorm(width) if ff_mult > 0 else None
         self.mlp = MLP(width, ff_mult) if ff_mult > 0 else None
         self.drop = nn.Dropout(dropout)
@@ -79,14 +77,15 @@ class Block(nn.Module):
 class CellStack(nn.Module):
     """``forward(x [B, T, input], state | None) -> (y [B, T, width], state)``; state as in the module doc."""
 
-    def __init__(self, cell: str, input_size: int, width: int, layers: int, heads: int | None = None,
+    def __init__(self, cell: str, make_cell, input_size: int, width: int, layers: int, heads: int | None = None,
                  ff_mult: float | None = None, dropout: float = 0.0):
+        """``make_cell(width, heads)``: one block's cell module (the registry entry's ``block_cell``)."""
         super().__init__()
         self.cell, self.width, self.layers = cell, width, layers
         self.heads = heads or DEFAULT_HEADS
         ff = DEFAULT_FF_MULT if ff_mult is None else float(ff_mult)
         self.proj = nn.Linear(input_size, width) if input_size != width else nn.Identity()
-        self.blocks = nn.ModuleList(Block(cell, width, self.heads, ff, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(make_cell(width, self.heads), width, ff, dropout) for _ in range(layers))
         self.norm = RMSNorm(width)
 
     def forward(self, x: Tensor, state: tuple[Tensor, ...] | None = None, recurrent: bool = False):

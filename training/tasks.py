@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from rnnops.training.models import CharModel, CharModelConfig, Forecaster, Forec
 from rnnops.training.recipe import DataRecipe, prepare_series, prepare_text
 from rnnops.training.sampling import generate
 from rnnops.training.segrnn import SegRNN
+
 
 @dataclass
 class TrainingSetup:
@@ -192,8 +194,10 @@ def setup_forecast(job: ForecastJob) -> TrainingSetup:
             pred, _ = model(x)
             err = (pred - y) / std_t
             rl = (x[:, -1:, tidx] - y) / std_t  # repeat-last baseline
-            sq += (err**2).sum().item(); ab += err.abs().sum().item()
-            rl_sq += (rl**2).sum().item(); rl_ab += rl.abs().sum().item()
+            sq += (err**2).sum().item()
+            ab += err.abs().sum().item()
+            rl_sq += (rl**2).sum().item()
+            rl_ab += rl.abs().sum().item()
             n += err.numel()
         return {f"{split}_mse": sq / n, f"{split}_mae": ab / n,
                 f"{split}_repeat_last_mse": rl_sq / n, f"{split}_repeat_last_mae": rl_ab / n}
