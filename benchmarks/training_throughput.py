@@ -56,36 +56,42 @@ class _NoCheckpoint:
         pass
 
 
-def _ours(job: dict, setup_fn, steps: int):
+def _ours(job, steps: int):
     """A closure running ``steps`` steps of our trainer on the job's setup; returns seconds."""
-    from rnnops.training.trainer import TrainSettings, train
+    from rnnops.training.trainer import train
 
-    setup = setup_fn(job)
-    val_key = setup["val_key"]
+    from dataclasses import replace
+
+    from rnnops.training.tasks import setup as task_setup
+
+    setup = task_setup(job)
+    val_key = setup.val_key
 
     def go(n: int) -> float:
-        s = TrainSettings(**{**job["train"], "steps": n, "eval_every": 10**9, "time_budget_s": 0.0, "patience": 10**9})
+        s = replace(job.train, steps=n, eval_every=10**9, time_budget_s=0.0, patience=10**9)
         t = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # the trainer's "step N: ..." lines are not results
-            train(setup["model"], s, setup["sample_batch"], setup["loss_fn"], lambda step: {val_key: 0.0},
-                  lambda m, step: None, _NoCheckpoint(), setup["items_per_batch"], setup["unit"], val_key)
+            train(setup.model, s, setup.sample_batch, setup.loss_fn, lambda step: {val_key: 0.0},
+                  lambda m, step: None, _NoCheckpoint(), setup.items_per_batch, setup.unit, val_key)
         return time.perf_counter() - t
 
-    return go, setup["items_per_batch"]
+    return go, setup.items_per_batch
 
 
 def ours_char(steps: int):
-    from rnnops.training.jobs import _setup_char, char_job
+    from rnnops.training.job_config import to_dict
+    from rnnops.training.jobs import char_job
 
     job = char_job("tinyshakespeare", "lstm", "quick", {})
-    return _ours(job, _setup_char, steps), job
+    return _ours(job, steps), to_dict(job)
 
 
 def ours_forecast(steps: int):
-    from rnnops.training.jobs import _setup_forecast, forecast_job
+    from rnnops.training.job_config import to_dict
+    from rnnops.training.jobs import forecast_job
 
     job = forecast_job("etth1", "gru", "quick", {})
-    return _ours(job, _setup_forecast, steps), job
+    return _ours(job, steps), to_dict(job)
 
 
 def reference_char(job: dict):

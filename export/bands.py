@@ -15,6 +15,7 @@ from typing import Tuple
 from torch import Tensor, nn
 
 from rnnops.export.wrappers import ForecastStep
+from rnnops.training import cells
 from rnnops.training.intervals import BUFFER
 
 
@@ -58,4 +59,5 @@ class ForecastStepModernBands(ForecastStepBands):
 def bands_module(model: nn.Module, modern: bool) -> nn.Module:
     if modern:
         return ForecastStepModernBands(model).eval()
-    return (ForecastStepLSTMBands(model) if model.config.cell == "lstm" else ForecastStepBands(model)).eval()
+    lstm = cells.get(model.config.cell).has_cell_state
+    return (ForecastStepLSTMBands(model) if lstm else ForecastStepBands(model)).eval()

@@ -61,28 +61,28 @@ def _(x, h0, weights):
 class CustomOpRecurrent(nn.Module):
     """Drop-in for a batch-first nn.LSTM / nn.GRU / nn.RNN(tanh) that calls the custom ops."""
 
-    def __init__(self, rnn: nn.Module, cell: str):
+    def __init__(self, rnn: nn.Module, onnx_op: str):
         super().__init__()
         self.rnn = rnn  # keeps the parameters (and their names) where they were
-        self.cell = cell
+        self.op = onnx_op  # "LSTM" | "GRU" | "RNN": the cell's export form (training/cells.py)
         self.names = [f"{w}_l{k}" for k in range(rnn.num_layers) for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
 
     def forward(self, x: Tensor, hx):
         weights = [getattr(self.rnn, n) for n in self.names]
-        if self.cell == "lstm":
+        if self.op == "LSTM":
             y, hn, cn = lstm(x, hx[0], hx[1], weights)
             return y, (hn, cn)
-        y, hn = (gru if self.cell == "gru" else rnn_tanh)(x, hx, weights)
+        y, hn = {"GRU": gru, "RNN": rnn_tanh}[self.op](x, hx, weights)
         return y, hn
 
 
-def with_custom_ops(step: nn.Module, cell: str) -> nn.Module:
+def with_custom_ops(step: nn.Module, onnx_op: str) -> nn.Module:
     """A shallow copy of an inference module whose recurrent layer goes through the custom ops."""
     import copy
 
     swapped = copy.copy(step)
     swapped._modules = dict(step._modules)
-    swapped._modules["rnn"] = CustomOpRecurrent(step.rnn, cell)
+    swapped._modules["rnn"] = CustomOpRecurrent(step.rnn, onnx_op)
     return swapped
 
 

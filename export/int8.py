@@ -53,7 +53,6 @@ H_ZERO = 128  # uint8 activations (onnxruntime's fast u8 x s8 kernels), zero at 
 W_MAX = 63
 MS_DOMAIN = "com.microsoft"
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
-CELLS = ("lstm", "gru", "rnn")  # the model cells whose exported op is one of those
 # The int8 form is made only for recurrent layers at least this wide. It pays where the recurrent
 # products dominate a step; below, the Scan's per-step cost outweighs their cheaper arithmetic and
 # RNNOPS_PRECISION=auto would trade fp32 for something slower. Measured at batch 64 (one thread,

@@ -32,7 +32,7 @@ import rnnops
 from rnnops import contract
 from rnnops.errors import RnnopsError
 from rnnops.export import wrappers
-from rnnops.training import intervals
+from rnnops.training import cells, intervals
 
 EXPORTERS = ("legacy", "dynamo")
 DEFAULT_OPSET = 18
@@ -97,7 +97,7 @@ def export_onnx(model: nn.Module, spec: dict, path: str | Path, *, opset: int = 
                 raise RnnopsError(f"the dynamo exporter cannot export {model.config.cell} yet (its recurrence is a "
                                   "scripted loop, which torch.export unrolls): use --exporter legacy")
             else:
-                _export_dynamo(step, model.config.cell, args, path, opset, names_in, names_out)
+                _export_dynamo(step, cells.get(model.config.cell).onnx_op, args, path, opset, names_in, names_out)
     except RnnopsError:
         raise
     except Exception as exc:  # exporters raise many types; the first line says what went wrong
@@ -153,7 +153,7 @@ def _export_legacy(step, args, path, opset, names_in, names_out, axes) -> None:
                       output_names=names_out, dynamic_axes=axes, do_constant_folding=True)
 
 
-def _export_dynamo(step, cell, args, path, opset, names_in, names_out) -> None:
+def _export_dynamo(step, onnx_op, args, path, opset, names_in, names_out) -> None:
     from rnnops.export import dynamo_ops
 
     batch, time = torch.export.Dim("batch", min=1), torch.export.Dim("time", min=1)
@@ -161,7 +161,7 @@ def _export_dynamo(step, cell, args, path, opset, names_in, names_out) -> None:
     for name in names_in[1:]:
         shapes[name] = {1: batch}
     program = torch.onnx.export(
-        dynamo_ops.with_custom_ops(step, cell), args, None, dynamo=True, opset_version=opset,
+        dynamo_ops.with_custom_ops(step, onnx_op), args, None, dynamo=True, opset_version=opset,
         input_names=names_in, output_names=names_out, dynamic_shapes=shapes,
         custom_translation_table=dynamo_ops.TRANSLATIONS, verbose=False, optimize=True,
     )

@@ -46,6 +46,7 @@ from rnnops.contract import INT8_FILE, ONNX_FILE
 from rnnops.errors import RnnopsError
 from rnnops.export import int8, onnx_export, ort_tools, parity, quality, sample, wrappers
 from rnnops.export.torchscript import export_torchscript, load_torchscript
+from rnnops.training import cells
 from rnnops.util import sha256_file
 
 FORMATS = ("onnx", "torchscript")
@@ -202,6 +203,7 @@ def export_run(ref: str, formats=FORMATS, opset: int | None = None, quantize: bo
         (folder / stale).unlink(missing_ok=True)  # only this export's files, never an older one's
     _started.start(folder)  # a full disk from here on: what this export wrote is removed
     result = ExportResult(run_id, model.kind, cell, folder)
+    recipe_of_run = _RunRecipe(run_id, spec)  # the run's data, rebuilt once if a stage needs it
 
     with parity.one_torch_thread():
         backends = {}
@@ -214,7 +216,7 @@ def export_run(ref: str, formats=FORMATS, opset: int | None = None, quantize: bo
                 result.onnx_path = onnx_export.export_onnx(model, spec, folder / ONNX_FILE, opset=opset,
                                                            exporter=exporter, source_run=run_id)
                 # a forecaster's window of validation data for the playground, in the file itself
-                note["done"] = sample.write(model, spec, _job(run_id), result.onnx_path, folder)
+                note["done"] = sample.write(model, recipe_of_run, result.onnx_path, folder)
                 backends["onnxruntime"] = parity.onnxruntime_backend(ort_tools.session(result.onnx_path))
             with p.stage("optimize", "onnxruntime-optimised graph (ORT_ENABLE_EXTENDED)"):
                 result.optimized_path = ort_tools.optimise(result.onnx_path, folder / OPT_FILE)
@@ -233,7 +235,7 @@ def export_run(ref: str, formats=FORMATS, opset: int | None = None, quantize: bo
             parity.check(report)  # raises ParityGateFailed naming the worst case
 
         if "onnx" in formats:
-            result.quantization = _int8(model, spec, run_id, result, quantize, p)
+            result.quantization = _int8(model, recipe_of_run, result, quantize, p)
         if result.quantization and not result.quantization.get("keep"):
             (folder / INT8_FILE).unlink(missing_ok=True)
             result.int8_path = None
@@ -258,16 +260,17 @@ def export_run(ref: str, formats=FORMATS, opset: int | None = None, quantize: bo
 # ----------------------------------------------------------------------------- int8
 
 
-def _int8(model, spec: dict, run_id: str | None, result: ExportResult, quantize: bool, p: Progress) -> dict:
+def _int8(model, recipe_of_run, result: ExportResult, quantize: bool, p: Progress) -> dict:
     """Make the fixed-scale int8 file, gate it, measure its quality; keep it only if all pass.
 
     A failure drops the int8 file, never the export: ``quantization.json`` says why."""
-    if wrappers.is_modern(model):
+    cell = cells.get(model.config.cell)
+    if cell.family == "modern":
         return {"made": False, "keep": False, "reason": f"{model.config.cell} stays fp32: its recurrence is "
                 "element-wise (no recurrent weight matrix to quantise), and the products that do the work read "
                 "normalised activations with no fixed bound, so fixed scales would need calibrating; a per-call "
                 "scale would break batch invariance"}
-    if model.config.cell not in int8.CELLS:
+    if not cell.int8:
         return {"made": False, "keep": False, "reason": f"{model.config.cell} stays fp32: no int8 form for it"}
     if not quantize:
         return {"made": False, "keep": False, "reason": "skipped (--skip-quantize)"}
@@ -285,7 +288,7 @@ def _int8(model, spec: dict, run_id: str | None, result: ExportResult, quantize:
                                     parity.onnxruntime_backend(ort_tools.session(path, threads=2)))
         data, why = None, None
         try:
-            data = quality.load_eval_data(model, spec, _job(run_id))
+            data = quality.load_eval_data(model, *recipe_of_run())
         except RnnopsError as exc:
             why = str(exc)
         q = {"made": True, "form": "fixed scales: h quantised at 1/127, int8 weights (7-bit range) per column "
@@ -310,16 +313,25 @@ def _int8(model, spec: dict, run_id: str | None, result: ExportResult, quantize:
     return q
 
 
-def _job(run_id: str | None) -> dict | None:
-    """The training job (data source and options) as the run logged it, if it did."""
-    if not run_id:
-        return None
-    import mlflow
+class _RunRecipe:
+    """``()`` -> the run's data recipe and data (:func:`rnnops.training.recipe.run_recipe`), read on
+    first use and kept, or the RnnopsError that says why they cannot be rebuilt."""
 
-    try:
-        return mlflow.artifacts.load_dict(f"runs:/{run_id}/config/job.json")
-    except Exception:  # an older or hand-made run without the job file: fall back to the spec
-        return None
+    def __init__(self, run_id: str | None, spec: dict):
+        self.run_id, self.spec = run_id, spec
+        self._done: tuple | RnnopsError | None = None
+
+    def __call__(self) -> tuple:
+        from rnnops.training.recipe import run_recipe
+
+        if self._done is None:
+            try:
+                self._done = run_recipe(self.run_id, self.spec)
+            except RnnopsError as exc:
+                self._done = exc
+        if isinstance(self._done, RnnopsError):
+            raise self._done
+        return self._done
 
 
 # ----------------------------------------------------------------------------- MLflow

@@ -1,11 +1,11 @@
 """Is the int8 variant (:mod:`rnnops.export.int8`) good enough? Validation quality and step latency,
 both through onnxruntime.
 
-Quality uses the training job's own evaluation protocol on the validation split (the job is
-read back from the run's ``config/job.json``):
+Quality uses the training job's own evaluation protocol on the validation split (the data is
+rebuilt from the run's data recipe, :func:`rnnops.training.recipe.run_recipe`):
 
 - char models: mean cross-entropy in nats/char over non-overlapping 256-character windows, each
-  from a zero state (``training.jobs.char_val_loss``);
+  from a zero state (``training.tasks.char_val_loss``);
 - forecasters: MSE on the z-scored scale over every stride-1 validation window (``val_mse``).
 
 The int8 file is kept only when its quality delta is within :data:`BOUNDS` of the fp32 ONNX
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from rnnops import contract
-from rnnops.errors import RnnopsError
 from rnnops.export import ort_tools, wrappers
+from rnnops.training.recipe import DataRecipe
 
 BOUNDS = {"char": ("val_loss", "abs", 0.02), "forecaster": ("val_mse", "rel", 0.02)}
 
@@ -38,31 +38,13 @@ class EvalData:
     scale: np.ndarray | None = None  # forecaster: target std (z-scored errors)
 
 
-def load_eval_data(model, spec: dict, job: dict | None) -> EvalData:
-    """The validation split the run was scored on; RnnopsError if it cannot be rebuilt exactly."""
-    from rnnops.training import data as D
-    from rnnops.training.jobs import EVAL_WINDOW, _val_windows
-
-    dataset = spec.get("dataset") or {}
-    source = (job or {}).get("data") or dataset.get("name")
-    if not source:
-        raise RnnopsError("the run records no dataset")
+def load_eval_data(model, recipe: DataRecipe, data=None) -> EvalData:
+    """The validation split the run was scored on, from its data recipe (``data``: the recipe's data,
+    already loaded; else it is read again and checked)."""
+    windows = recipe.windows("val", data)
     if model.kind == "char":
-        text = D.load_text(source)
-        _same_data(text.sha256, dataset, source)
-        return EvalData("char", _val_windows(text.val, EVAL_WINDOW).numpy())
-    c = model.config
-    job = job or {}
-    features = job.get("features") or ("S" if len(c.feature_names) == 1 else "M")
-    target = job.get("target") or (c.target_names[-1] if features == "S" and c.target_names else None)
-    series = D.load_series(source, features, target, job.get("date_column"), job.get("fill"))
-    _same_data(series.sha256, dataset, source)
-    L, H, tidx = c.lookback, c.horizon, series.target_indices
-    starts = series.window_starts("val", L, H)
-    x = series.values[starts[:, None] + np.arange(L)]
-    y = series.values[starts[:, None] + L + np.arange(H)][:, :, tidx]
-    _, std = series.scaler()
-    return EvalData("forecaster", x, y, std[tidx])
+        return EvalData("char", windows.x)
+    return EvalData("forecaster", windows.x, windows.y, recipe.target_scale())
 
 
 def val_metric(sess, data: EvalData, model, chunk: int = 64) -> float:
@@ -124,7 +106,3 @@ def _speed(model, fp32_path, int8_path, rounds: int = 3) -> dict:
         out[f"batch{batch}"] = {"fp32": a * 1e3, "int8": b * 1e3, "speedup": a / b}
     return out
 
-
-def _same_data(sha: str, dataset: dict, source: str) -> None:
-    if dataset.get("sha256") and dataset["sha256"] != sha:
-        raise RnnopsError(f"{source} is not the data the run was trained on (sha256 {sha[:12]}… vs {dataset['sha256'][:12]}…)")

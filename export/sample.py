@@ -48,25 +48,15 @@ def validation_sample(series, lookback: int, horizon: int, source: str | None = 
             "context_rows": int(lookback), "timestamps": stamps, "rows": _round(rows)}
 
 
-def for_model(model, spec: dict, job: dict | None) -> dict | None:
-    """The sample of a forecaster's validation data as the run trained on it (the same loading
-    as the int8 quality check); RnnopsError when the data cannot be rebuilt exactly."""
-    from rnnops.export import quality
-    from rnnops.training import data as D
-
-    dataset = spec.get("dataset") or {}
-    source = (job or {}).get("data") or dataset.get("name")
-    if not source:
-        raise RnnopsError("the run records no dataset")
+def for_model(model, recipe, data=None) -> dict | None:
+    """The sample of a forecaster's validation data as the run trained on it, from the run's data
+    recipe (:func:`rnnops.training.recipe.run_recipe`; ``data``: already loaded, else read again
+    and checked); RnnopsError when the data cannot be rebuilt exactly."""
     c = model.config
-    job = job or {}
-    features = job.get("features") or ("S" if len(c.feature_names) == 1 else "M")
-    target = job.get("target") or (c.target_names[-1] if features == "S" and c.target_names else None)
-    series = D.load_series(source, features, target, job.get("date_column"), job.get("fill"))
-    quality._same_data(series.sha256, dataset, source)
+    series = data if data is not None else recipe.load()
     if list(series.feature_names) != list(c.feature_names):
         raise RnnopsError(f"the data's columns {series.feature_names} are not the model's {c.feature_names}")
-    return validation_sample(series, c.lookback, c.horizon, source)
+    return validation_sample(series, c.lookback, c.horizon, recipe.source.uri)
 
 
 def embed(path: str | Path, sample: dict) -> None:
@@ -91,12 +81,13 @@ def read(path: str | Path) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-def write(model, spec: dict, job: dict | None, onnx_path: Path, folder: Path) -> str:
-    """Embed the sample in ``onnx_path`` and write ``folder/sample.json``; a one-line note of the result."""
+def write(model, recipe_of_run, onnx_path: Path, folder: Path) -> str:
+    """Embed the sample in ``onnx_path`` and write ``folder/sample.json``; a one-line note of the result.
+    ``recipe_of_run()`` gives the run's (recipe, data) or raises RnnopsError."""
     if model.kind != "forecaster":
         return "no sample (char model)"
     try:
-        s = for_model(model, spec, job)
+        s = for_model(model, *recipe_of_run())
     except RnnopsError as exc:
         return f"no sample: {exc}"
     if s is None:

@@ -33,8 +33,7 @@ from torch import Tensor, nn
 
 from rnnops import contract
 from rnnops.errors import RnnopsError
-from rnnops.training import intervals
-from rnnops.training.stack import MODERN_CELLS
+from rnnops.training import cells, intervals
 
 class CharStep(nn.Module):
     """embedding -> GRU | RNN -> head; ``forward(x, h0) -> (logits, hn)``."""
@@ -128,7 +127,7 @@ class ForecastStepModern(ForecastStep):
 
 
 def is_modern(model: nn.Module) -> bool:
-    return getattr(model.config, "cell", None) in MODERN_CELLS
+    return cells.modern(getattr(model.config, "cell", None))
 
 
 def is_segrnn(model: nn.Module) -> bool:
@@ -147,19 +146,21 @@ def inference_module(model: nn.Module) -> nn.Module:
         from rnnops.training.segrnn import SegRNNStep
 
         return SegRNNStep(model).eval()
+    task = {"char": "char", "forecaster": "forecast"}.get(kind)
+    entry = cells.CELLS.get(cell)
+    if task is None or entry is None or task not in entry.tasks:
+        raise RnnopsError(f"cannot export a {kind} model with cell {cell!r}: supported are char "
+                          f"{'/'.join(cells.names('char'))} and forecaster {'/'.join(cells.names('forecast'))}")
     if intervals.has_intervals(model):  # + the quantiles output (export/bands.py)
         from rnnops.export.bands import bands_module
 
-        return bands_module(model, modern=cell in MODERN_CELLS)
-    if kind in ("char", "forecaster") and cell in MODERN_CELLS:
+        return bands_module(model, modern=entry.family == "modern")
+    if entry.family == "modern":
         return (CharStepModern(model) if kind == "char" else ForecastStepModern(model)).eval()
-    if kind == "char" and cell in ("lstm", "gru", "rnn"):
-        step = CharStepLSTM(model) if cell == "lstm" else CharStep(model)
-    elif kind == "forecaster" and cell in ("lstm", "gru"):
-        step = ForecastStepLSTM(model) if cell == "lstm" else ForecastStep(model)
+    if kind == "char":
+        step = CharStepLSTM(model) if entry.has_cell_state else CharStep(model)
     else:
-        raise RnnopsError(f"cannot export a {kind} model with cell {cell!r}: supported are char lstm/gru/rnn, "
-                          f"forecaster lstm/gru, and both with {'/'.join(MODERN_CELLS)}")
+        step = ForecastStepLSTM(model) if entry.has_cell_state else ForecastStep(model)
     rnn = model.rnn
     if getattr(rnn, "bidirectional", False) or not getattr(rnn, "batch_first", True) or not getattr(rnn, "bias", True):
         raise RnnopsError("export supports unidirectional, batch-first recurrent layers with biases only")
@@ -188,9 +189,8 @@ def relative_outputs(model: nn.Module) -> list[str]:
     """State outputs without a fixed scale, gated relatively: mLSTM's memory C and n (sums over
     the sequence, kept divided by exp(m)); a forecaster's ``forecast`` is relative anyway."""
     bands = [contract.QUANTILES_OUTPUT] if intervals.has_intervals(model) else []  # raw units, as the forecast
-    if getattr(model.config, "cell", None) != "mlstm":
-        return bands
-    return [t.output for t in state_spec(model) if t.output.startswith(("Cn_", "nn_"))] + bands
+    prefixes = cells.get(model.config.cell).relative_state
+    return [t.output for t in state_spec(model) if prefixes and t.output.startswith(prefixes)] + bands
 
 
 def is_windowed(model: nn.Module) -> bool:

@@ -10,7 +10,7 @@ from rnnops.training import fused
 from rnnops.training import mingru as G
 from rnnops.training import mlstm as X
 from rnnops.training import scan as S
-from rnnops.training import stack
+from rnnops.training import cells
 from rnnops.training.models import CharModel, CharModelConfig, Forecaster, ForecasterConfig
 
 F64 = torch.float64
@@ -189,7 +189,7 @@ def test_min_cells_one_step_form_equals_sequential(cls):
     _close(h, ref_h)
 
 
-@pytest.mark.parametrize("cell", stack.MODERN_CELLS)
+@pytest.mark.parametrize("cell", cells.names(family="modern"))
 def test_gradients_flow_to_every_parameter(cell):
     torch.manual_seed(0)
     model = CharModel(CharModelConfig(vocab_size=11, cell=cell, hidden_size=16, num_layers=2, embed_dim=8, ff_mult=1.0))
@@ -201,7 +201,7 @@ def test_gradients_flow_to_every_parameter(cell):
     assert all(float(p.grad.abs().sum()) > 0 for n, p in model.named_parameters() if "gates.weight" not in n)
 
 
-@pytest.mark.parametrize("cell", stack.MODERN_CELLS)
+@pytest.mark.parametrize("cell", cells.names(family="modern"))
 def test_models_step_equals_whole_sequence_and_state_layout(cell):
     torch.manual_seed(0)
     model = CharModel(CharModelConfig(vocab_size=11, cell=cell, hidden_size=16, num_layers=2, embed_dim=8)).eval()
@@ -225,7 +225,7 @@ def test_models_step_equals_whole_sequence_and_state_layout(cell):
         _close(a, b)
 
 
-@pytest.mark.parametrize("cell", stack.MODERN_CELLS)
+@pytest.mark.parametrize("cell", cells.names(family="modern"))
 def test_stateful_forecaster_steps_like_the_window(cell):
     torch.manual_seed(0)
     cfg = ForecasterConfig(n_features=3, target_indices=[0, 2], lookback=12, horizon=5, cell=cell, hidden_size=16,
@@ -281,7 +281,7 @@ def test_cli_refuses_bad_cell_options_before_training(tmp_path):
 # ----------------------------------------------------------------------------- tiny runs
 
 
-@pytest.mark.parametrize("cell", stack.MODERN_CELLS)
+@pytest.mark.parametrize("cell", cells.names(family="modern"))
 def test_tiny_char_and_forecast_runs_per_cell(mlflow_env, small_text, small_csv, cell):
     import mlflow
 
@@ -308,3 +308,44 @@ def test_tiny_char_and_forecast_runs_per_cell(mlflow_env, small_text, small_csv,
     assert fc.spec["stateful"] is True
     y, state = fc.model(torch.zeros(2, 24, 3))
     assert y.shape == (2, 6, 3) and len(state) == len(fc.model.state_tensors())
+
+
+# ---------------------------------------------------------------- the cell registry (training/cells.py)
+
+
+def test_every_cli_cell_choice_has_a_registry_entry_and_back():
+    from rnnops.training import cli as T
+
+    assert [c.value for c in T.CharCell] == list(cells.names("char")) == ["lstm", "gru", "rnn", "mingru", "minlstm", "mlstm"]
+    assert [c.value for c in T.ForecastCell] == list(cells.names("forecast")) == ["lstm", "gru", "mingru", "minlstm", "mlstm"]
+    for name in cells.CELLS:
+        entry = cells.get(name)
+        assert entry.name == name and entry.family in ("classic", "modern")
+        assert (entry.onnx_op is not None) == (entry.family == "classic")  # a classic cell exports as a native op
+        assert entry.block is None or entry.family == "modern"
+        assert set(entry.presets) <= set(cells.TASKS)
+    assert cells.names(family="modern") == ("mingru", "minlstm", "mlstm")
+
+
+def test_an_unknown_cell_lists_the_valid_ones():
+    with pytest.raises(RnnopsError, match="unknown cell 'mamba': use one of lstm, gru, rnn, mingru, minlstm, mlstm"):
+        cells.get("mamba")
+    with pytest.raises(RnnopsError, match="unknown forecaster cell 'rnn': use one of lstm, gru, mingru, minlstm, mlstm"):
+        cells.for_task("rnn", "forecast")
+
+
+def test_int8_forms_exist_exactly_for_the_ops_the_rewrite_knows():
+    from rnnops.export import int8
+
+    for entry in cells.CELLS.values():
+        assert entry.int8 == (entry.onnx_op in int8.RECURRENT_OPS), entry.name
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "mingru", "minlstm", "mlstm"])
+def test_a_cells_declared_state_is_what_its_model_returns(cell):
+    model = CharModel(CharModelConfig(vocab_size=7, cell=cell, hidden_size=8, num_layers=2, embed_dim=4,
+                                      heads=2 if cell == "mlstm" else None)).eval()
+    with torch.no_grad():
+        _, state = model(torch.zeros(3, 5, dtype=torch.long))
+    spec = cells.get(cell).state_tensors(2, 8, 2 if cell == "mlstm" else None)
+    assert [tuple(s.shape) for s in state] == [t.shape_for(3) for t in spec]

@@ -100,3 +100,79 @@ def test_sine_is_generated_and_deterministic():
     a, b = D.make_sine(), D.make_sine()
     assert a.values.shape == (4000, 1)
     np.testing.assert_array_equal(a.values, b.values)
+
+
+# ---------------------------------------------------------------- the data recipe (training/recipe.py)
+
+
+def _old_windows(s: D.SeriesData, split: str, L: int, H: int):
+    """The windows as export's quality gate cut them before recipes: stride 1, targets only in y."""
+    starts = s.window_starts(split, L, H)
+    x = s.values[starts[:, None] + np.arange(L)]
+    y = s.values[starts[:, None] + L + np.arange(H)][:, :, s.target_indices]
+    return x, y
+
+
+@pytest.mark.parametrize("source", ["etth1", "csv"])
+def test_a_series_recipe_round_trips_loads_and_cuts_the_old_windows(source, data_dir, small_csv):
+    import json
+
+    from rnnops.training.recipe import DataRecipe, prepare_series, recipe_from_job
+
+    uri, L, H = ("etth1", 96, 24) if source == "etth1" else (str(small_csv), 24, 6)
+    recipe, series = prepare_series(uri, "M", None, None, None, L, H)
+    back = DataRecipe.from_dict(json.loads(json.dumps(recipe.to_dict())))
+    assert back == recipe
+    assert recipe.columns.target == series.target_names and recipe.columns.date == "date" and recipe.freq == "h"
+    assert recipe.splits.borders == list(series.borders) and recipe.splits.context == L
+    assert recipe.splits.rule == ("ETT 12/4/4 months" if source == "etth1" else "70/10/20")
+    mean, std = series.scaler()
+    assert recipe.scaling.mean == mean.tolist() and recipe.scaling.std == std.tolist()
+    loaded = back.load()
+    np.testing.assert_array_equal(loaded.values, series.values)
+    for split in ("train", "val", "test"):
+        w = back.windows(split)
+        x, y = _old_windows(series, split, L, H)
+        np.testing.assert_array_equal(w.x, x)
+        np.testing.assert_array_equal(w.y, y)
+    # a run logged before recipes: the recipe derived from its job.json and model spec is the same
+    spec = {"kind": "forecaster", "dataset": {"name": series.name, "sha256": series.sha256},
+            "config": {"lookback": L, "horizon": H, "feature_names": series.feature_names,
+                       "target_names": series.target_names}}
+    job = {"task": "forecast", "data": uri, "features": "M", "target": None, "date_column": None, "fill": None}
+    assert recipe_from_job(job, spec)[0] == recipe
+    assert recipe_from_job(None, {**spec, "dataset": {"name": uri, "sha256": series.sha256}})[0] == recipe
+
+
+def test_a_recipe_refuses_data_that_is_not_the_runs(tmp_path, small_csv):
+    import dataclasses
+
+    import pandas as pd
+
+    from rnnops.training.recipe import prepare_series, prepare_text, recipe_from_job
+
+    recipe, _ = prepare_series(str(small_csv), "S", "b", None, None, 24, 6)
+    assert recipe.columns.features == ["b"] and recipe.load().feature_names == ["b"]
+    df = pd.read_csv(small_csv)
+    df.loc[3, "b"] = 9.0
+    df.to_csv(small_csv, index=False)  # the same path, other values
+    with pytest.raises(RnnopsError, match="is not the data the run was trained on"):
+        recipe.load()
+    other = dataclasses.replace(recipe, splits=dataclasses.replace(recipe.splits, borders=[1, 2, 3]))
+    with pytest.raises(RnnopsError, match="splits at"):
+        dataclasses.replace(other, source=dataclasses.replace(other.source, sha256=recipe_sha(small_csv))).load()
+    with pytest.raises(RnnopsError, match="records no dataset"):
+        recipe_from_job({}, {"kind": "forecaster"})
+    text = tmp_path / "t.txt"
+    text.write_text("abcdefghij" * 100)
+    r, data = prepare_text(str(text))
+    assert r.splits.borders == [900, 1000] and r.eval_window == 256
+    w = r.windows("val")
+    assert w.x.shape == (1, 100) and (w.x[0] == data.val).all()  # a short split is one window
+    assert r.windows("train").x.shape == (3, 257)
+
+
+def recipe_sha(path):
+    from rnnops.util import sha256_file
+
+    return sha256_file(path)

@@ -25,21 +25,23 @@ def _toy_rank(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
     from rnnops.training import distributed
+    from rnnops.training.tasks import TrainingSetup
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
         model = torch.nn.Linear(3, 1)
-        setup = {"model": model, "loss_fn": lambda m, x, y: ((m(x) - y) ** 2).mean(),
-                 "evaluate": lambda step: {"val": 10.0 + rank}, "val_key": "val", "items_per_batch": 4}
+        setup = TrainingSetup(model=model, sample_batch=None, loss_fn=lambda m, x, y: ((m(x) - y) ** 2).mean(),
+                              evaluate=lambda step: {"val": 10.0 + rank}, finish=None, items_per_batch=4,
+                              unit="windows", val_key="val", spec={}, dataset=None, recipe=None)
         group = distributed.current()
         wrapped = group.wrap(setup, seed=0)
         x, y = _toy_batch(rank)
-        wrapped["loss_fn"](model, x, y).backward()
+        wrapped.loss_fn(model, x, y).backward()
         torch.save({"grads": [p.grad.clone() for p in model.parameters()],
-                    "val": wrapped["evaluate"](1)["val"], "clock": group.clock(),
-                    "items": wrapped["items_per_batch"], "run": group.share(f"run-from-{rank}")},
+                    "val": wrapped.evaluate(1)["val"], "clock": group.clock(),
+                    "items": wrapped.items_per_batch, "run": group.share(f"run-from-{rank}")},
                    Path(out) / f"rank{rank}.pt")
         # Both ranks are done: leave without gloo's teardown, which now and then aborted a rank
         # whose peer had closed first ("terminate called without an active exception", SIGABRT

@@ -49,6 +49,11 @@ def test_intervals_flow_from_training_to_batch_jobs(trained, tmp_path):
     assert 0.5 < m["val_coverage_80"] < 1.0
     cal = mlflow.artifacts.load_dict(f"runs:/{run_id}/intervals/calibration.json")
     assert cal["method"] == "split-conformal" and cal["levels"] == LEVELS
+    # the data recipe logged with the run is what export rebuilt the playground's sample from
+    recipe = mlflow.artifacts.load_dict(f"runs:/{run_id}/config/recipe.json")
+    assert recipe["columns"]["features"] == ["a", "b", "OT"] and recipe["lookback"] == 24 and recipe["horizon"] == 8
+    sample = mlflow.artifacts.load_dict(r.artifacts["sample.json"])
+    assert sample["source"] == str(csv) and sample["features"] == ["a", "b", "OT"] and len(sample["rows"]) == 24 + 8
 
     # the runtime: quantiles from the same call; the median is the forecast; chunked calls give the same
     rt = Runtime(r.onnx_path)

@@ -133,6 +133,7 @@ def test_bad_quantile_levels(text, msg):
 
 
 def test_bad_segrnn_flags_fail_before_training():
+    from rnnops.training.job_config import to_dict
     from rnnops.training.jobs import forecast_job
 
     with pytest.raises(RnnopsError, match="does not divide --lookback 96"):
@@ -144,14 +145,15 @@ def test_bad_segrnn_flags_fail_before_training():
     with pytest.raises(RnnopsError, match="given twice"):
         forecast_job("etth1", "gru", "tiny", {"model.quantiles": "0.1,0.9,0.9"}, arch="segrnn")
     job = forecast_job("etth1", "gru", "quick", {"model.quantiles": "0.1,0.5,0.9"}, arch="segrnn")
-    assert job["model"]["arch"] == "segrnn" and job["model"]["quantiles"] == [0.1, 0.5, 0.9]
-    json.dumps(job)  # the job stays JSON (params, config/job.json, --resume)
+    assert job.model.arch == "segrnn" and job.model.quantiles == [0.1, 0.5, 0.9]
+    json.dumps(to_dict(job))  # the job stays JSON (params, config/job.json, --resume)
 
 
 def test_a_horizon_longer_than_the_test_split_is_one_line(small_csv):
-    from rnnops.training.jobs import _setup_forecast, forecast_job
+    from rnnops.training.jobs import forecast_job
+    from rnnops.training.tasks import setup
 
     job = forecast_job(str(small_csv), "gru", "tiny", {"lookback": 24, "horizon": 200, "model.segment_length": 6},
                        arch="segrnn")
     with pytest.raises(RnnopsError, match="too few for lookback 24 \\+ horizon 200"):
-        _setup_forecast(job)
+        setup(job)

@@ -9,7 +9,9 @@ import mlflow
 import pytest
 import torch
 
-from rnnops.training import jobs, trainer
+from rnnops.training import jobs, tasks, trainer
+from rnnops.training.job_config import to_dict
+from rnnops.training.recipe import RECIPE_ARTIFACT, DataRecipe
 from rnnops.training.logged_model import load_model
 from rnnops.training.sampling import generate
 
@@ -34,15 +36,16 @@ def test_char_tiny_run_logs_everything_and_loads_back(mlflow_env, small_text):
     assert len(history) >= 4 and history[-1].value < history[0].value
     files = {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "samples")}
     assert files == {"samples/step_000020.txt", "samples/step_000040.txt"}
-    assert json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config/job.json")).read_text()) == job
+    assert json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config/job.json")).read_text()) == to_dict(job)
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest
 
     loaded = load_model(run_id)
     assert loaded.kind == "char" and loaded.spec["config"]["cell"] == "gru"
     assert loaded.spec["vocab"] == sorted(set(small_text.read_text()))
     # the loaded weights are the trained ones: same val loss through the logged model
-    text = jobs.D.load_text(str(small_text))
-    loss = jobs.char_val_loss(loaded.model, jobs._val_windows(text.val, jobs.EVAL_WINDOW))
+    recipe = DataRecipe.from_dict(mlflow.artifacts.load_dict(f"runs:/{run_id}/{RECIPE_ARTIFACT}"))
+    assert recipe.source.uri == str(small_text) and recipe.eval_window == 256
+    loss = tasks.char_val_loss(loaded.model, torch.from_numpy(recipe.windows("val").x))
     assert loss == pytest.approx(m["val_loss"], rel=1e-5)
     a = generate(loaded.model, loaded.spec["vocab"], "the ", 50, seed=3)
     b = generate(loaded.model, loaded.spec["vocab"], "the ", 50, seed=3)
@@ -113,7 +116,7 @@ def test_crash_marks_run_failed(mlflow_env, small_text, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(jobs, "char_val_loss", boom)
+    monkeypatch.setattr(tasks, "char_val_loss", boom)
     with pytest.raises(RuntimeError):
         _run(job)
     run = mlflow.search_runs(experiment_names=["rnnops-char"], output_format="list")[0]

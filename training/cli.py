@@ -7,24 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from rnnops.training import cells
+
 app = typer.Typer(help="Train char models and forecasters; every run is logged to MLflow.", no_args_is_help=True)
 
 
-class CharCell(str, Enum):
-    lstm = "lstm"
-    gru = "gru"
-    rnn = "rnn"
-    mingru = "mingru"
-    minlstm = "minlstm"
-    mlstm = "mlstm"
-
-
-class ForecastCell(str, Enum):
-    lstm = "lstm"
-    gru = "gru"
-    mingru = "mingru"
-    minlstm = "minlstm"
-    mlstm = "mlstm"
+# The --cell choices of each task, from the cell registry (training/cells.py: no torch at import).
+CharCell = Enum("CharCell", {name: name for name in cells.names("char")}, type=str)
+ForecastCell = Enum("ForecastCell", {name: name for name in cells.names("forecast")}, type=str)
 
 
 class Preset(str, Enum):
@@ -70,12 +60,13 @@ def _resume(run_id: str, nproc: int = 1) -> None:
     from rnnops import settings
     from rnnops.errors import RnnopsError
     from rnnops.training.distributed import launch
+    from rnnops.training.job_config import job_from_dict
     from rnnops.training.trainer import Checkpoint
 
     ckpt = Checkpoint(settings.checkpoint_dir() / run_id)
     if not ckpt.exists():
         raise RnnopsError(f"no checkpoint for run {run_id} in {ckpt.folder}; set RNNOPS_CHECKPOINTS to where the run saved it")
-    launch(ckpt.load_job(), resume_run=run_id, nproc=nproc)
+    launch(job_from_dict(ckpt.load_job()), resume_run=run_id, nproc=nproc)
 
 
 @app.command()

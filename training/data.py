@@ -195,6 +195,7 @@ class SeriesData:
     feature_names: list[str]
     target_names: list[str]
     borders: tuple[int, int, int]  # end of train, end of val, end of test (rows)
+    date_column: str | None = None  # the column the dates came from (given or detected)
 
     @property
     def target_indices(self) -> list[int]:
@@ -287,7 +288,8 @@ def load_series(
         borders = (int(n * 0.7), int(n * 0.8), n)
     sha = sha256_file(path)
     targets = [target] if features == "S" else list(cols)
-    return SeriesData(Path(path).stem if source not in DATASETS else source, path, sha, dates, values, list(cols), targets, borders)
+    return SeriesData(Path(path).stem if source not in DATASETS else source, path, sha, dates, values, list(cols), targets,
+                      borders, date_col)
 
 
 def _rows(idx: np.ndarray, most: int = 5) -> str:

@@ -33,13 +33,19 @@ import socket
 import sys
 import time
 import traceback
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from rnnops import settings
 from rnnops.errors import RnnopsError
-from rnnops.training.trainer import Checkpoint, TrainSettings, train
+from rnnops.training.trainer import Checkpoint, train
+
+if TYPE_CHECKING:
+    from rnnops.training.job_config import Job
+    from rnnops.training.tasks import TrainingSetup
 
 RANK_SEED_STRIDE = 1_000_003  # rank r's batch seed: seed + r * stride (a prime, past any step count)
 TIMEOUT = datetime.timedelta(minutes=30)  # a collective waiting longer than this fails the job
@@ -68,15 +74,14 @@ class Replicas:
         """Rank 0's ``perf_counter``: one clock for the time budget and the lr schedule."""
         return self.share_float(time.perf_counter())
 
-    def wrap(self, setup: dict, seed: int) -> dict:
-        """A job's setup (see ``jobs._setup_char``) adapted to this rank.
+    def wrap(self, setup: TrainingSetup, seed: int) -> TrainingSetup:
+        """A job's setup (:class:`rnnops.training.tasks.TrainingSetup`) adapted to this rank.
 
         The loss runs through DDP (gradients averaged); rank 0 evaluates and shares the score the
         loop stops on; the other ranks report that shared score and log nothing.
         """
-        model = setup["model"]
-        ddp = torch.nn.parallel.DistributedDataParallel(model)  # broadcasts rank 0's initial weights
-        loss_fn, evaluate, val_key = setup["loss_fn"], setup["evaluate"], setup["val_key"]
+        ddp = torch.nn.parallel.DistributedDataParallel(setup.model)  # broadcasts rank 0's initial weights
+        loss_fn, evaluate, val_key = setup.loss_fn, setup.evaluate, setup.val_key
         if not self.is_main:
             torch.manual_seed(seed + self.rank)  # own dropout masks
 
@@ -90,19 +95,19 @@ class Replicas:
                 return metrics
             return {val_key: self.share_float(0.0)}
 
-        return {**setup, "loss_fn": ddp_loss, "evaluate": shared_evaluate,
-                "items_per_batch": setup["items_per_batch"] * self.world_size}
+        return replace(setup, loss_fn=ddp_loss, evaluate=shared_evaluate,
+                       items_per_batch=setup.items_per_batch * self.world_size)
 
-    def follow(self, job: dict, setup: dict, resume_run: str | None) -> str:
+    def follow(self, job: Job, setup: TrainingSetup, resume_run: str | None) -> str:
         """Train as a replica (rank > 0): same loop, own batches, no logging, no files written."""
         run_id = self.share(None)
         ckpt = ReplicaCheckpoint(settings.checkpoint_dir() / run_id)
         if resume_run and not ckpt.exists():
             raise RnnopsError(f"rank {self.rank}: no checkpoint for run {run_id} in {ckpt.folder}; "
                               "across machines RNNOPS_CHECKPOINTS must be on shared storage")
-        s = TrainSettings(**{**job["train"], "seed": job["train"]["seed"] + self.rank * RANK_SEED_STRIDE})
-        train(setup["model"], s, setup["sample_batch"], setup["loss_fn"], setup["evaluate"], lambda m, step: None,
-              ckpt, setup["items_per_batch"], setup["unit"], setup["val_key"], resume=resume_run is not None,
+        s = replace(job.train, seed=job.train.seed + self.rank * RANK_SEED_STRIDE)
+        train(setup.model, s, setup.sample_batch, setup.loss_fn, setup.evaluate, lambda m, step: None,
+              ckpt, setup.items_per_batch, setup.unit, setup.val_key, resume=resume_run is not None,
               clock=self.clock, restore_rng=False)  # rank 0's random states are not this rank's
         return run_id
 
@@ -132,7 +137,7 @@ def _launched_as_a_rank() -> bool:
     return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def launch(job: dict, experiment: str | None = None, resume_run: str | None = None, nproc: int = 1) -> None:
+def launch(job: Job, experiment: str | None = None, resume_run: str | None = None, nproc: int = 1) -> None:
     """Run a training job in 1 process, N spawned processes, or as one rank under torchrun."""
     from rnnops.training.jobs import run_job
 
@@ -163,7 +168,7 @@ def launch(job: dict, experiment: str | None = None, resume_run: str | None = No
         raise RnnopsError(f"a training process failed:\n{exc}") from None
 
 
-def _worker(rank: int, world_size: int, port: int, job: dict, experiment: str | None, resume_run: str | None) -> None:
+def _worker(rank: int, world_size: int, port: int, job: Job, experiment: str | None, resume_run: str | None) -> None:
     """Entry point of a spawned rank."""
     from rnnops.training.jobs import run_job
 

@@ -1,40 +1,38 @@
 """Training jobs: char models and forecasters, each logged as one MLflow run.
 
-A job = data + model config + :class:`TrainSettings` + an evaluation protocol. The job dict
-(``task``, ``data``, ``model``, ``train``, ...) is the whole configuration: it is logged as
-params and as ``config/job.json``, and saved beside the checkpoint so ``--resume`` can rebuild it.
+A job (:mod:`rnnops.training.job_config`: typed, the whole configuration) is built here from a
+preset plus the flags that were given (:func:`char_job`, :func:`forecast_job`, :func:`sine_job`);
+its task (:mod:`rnnops.training.tasks`) loads the data and builds the model, the loss and the
+evaluation; :func:`run_job` trains it as one MLflow run: params and ``config/job.json`` from the
+job, the job saved beside the checkpoint so ``--resume`` can rebuild it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import rnnops
 from rnnops import settings
 from rnnops.errors import RnnopsError, Terminated
-from rnnops.training import data as D
-from rnnops.training import distributed
-from rnnops.training.logged_model import log_model
-from rnnops.training import intervals, runinfo
+from rnnops.training import cells, distributed, runinfo, tasks
 from rnnops.training.intervals import parse_levels
-from rnnops.training.models import CharModel, CharModelConfig, Forecaster, ForecasterConfig, check_config
-from rnnops.training.segrnn import DEFAULT_SEGMENT, SegRNN, check_segments
-from rnnops.training.sampling import generate
+from rnnops.training.job_config import (CharJob, CharModelOptions, ForecastJob, ForecastModelOptions, Job, flat_params,
+                                        job_from_dict, to_dict, with_overrides)
+from rnnops.training.logged_model import log_model
+from rnnops.training.recipe import RECIPE_ARTIFACT
+from rnnops.training.models import check_config
+from rnnops.training.segrnn import DEFAULT_SEGMENT, check_segments
 from rnnops.training.trainer import Checkpoint, TrainSettings, train
-
-EVAL_WINDOW = 256  # char protocol: validation cut into 256-char windows, each from a zero state
 
 CHAR_PRESETS = {
     "tiny": dict(model=dict(hidden_size=64, num_layers=1, embed_dim=16), seq_len=32,
@@ -60,24 +58,6 @@ FORECAST_PRESETS = {
                             time_budget_s=900.0, patience=6)),
 }
 
-# The modern cells (minGRU, minLSTM, mLSTM) run as residual stacks (training/stack.py): their
-# presets replace the model section of the ones above (and the listed train settings).
-_MODERN_CHAR = {
-    "tiny": dict(model=dict(hidden_size=64, num_layers=1, embed_dim=16, ff_mult=2.0)),
-    "quick": dict(model=dict(hidden_size=256, num_layers=2, embed_dim=64, ff_mult=2.0), train=dict(lr=2e-3)),
-    "full": dict(model=dict(hidden_size=384, num_layers=3, embed_dim=64, ff_mult=4.0, dropout=0.1), seq_len=128,
-                 train=dict(batch_size=32, lr=1.5e-3)),
-}
-_MODERN_FORECAST = {
-    "tiny": dict(model=dict(hidden_size=16, ff_mult=2.0)),
-    "quick": dict(model=dict(hidden_size=64, ff_mult=2.0, dropout=0.3)),
-    "full": dict(model=dict(hidden_size=128, num_layers=2, ff_mult=2.0, dropout=0.1)),
-}
-CELL_PRESETS = {
-    "char": {"mingru": _MODERN_CHAR, "minlstm": _MODERN_CHAR, "mlstm": _MODERN_CHAR},
-    "forecast": {"mingru": _MODERN_FORECAST, "minlstm": _MODERN_FORECAST, "mlstm": _MODERN_FORECAST},
-}
-
 # --arch segrnn (training/segrnn.py): the paper's shape (one GRU layer, segments of 24, dropout
 # 0.5 before the head) at a width and batch this CPU trains for enough epochs in the budget.
 # These replace the preset's model and train settings whatever the cell.
@@ -94,9 +74,10 @@ SEGRNN_PRESETS = {
 
 
 def _preset(presets: dict, task: str, cell: str, preset: str) -> dict:
-    """The preset's values, with the cell's own preset (if any) over them; a fresh copy."""
+    """The preset's values, with the cell's own preset (if any: training/cells.py) over them; a fresh copy."""
     p = json.loads(json.dumps(presets[preset]))
-    cell_p = CELL_PRESETS[task].get(cell, {}).get(preset)
+    entry = cells.CELLS.get(cell)  # an unknown cell is refused (one line) once the job is built
+    cell_p = entry.presets.get(task, {}).get(preset) if entry else None
     if cell_p:
         p["model"] = dict(cell_p.get("model", p["model"]))
         p["train"].update(cell_p.get("train", {}))
@@ -104,143 +85,132 @@ def _preset(presets: dict, task: str, cell: str, preset: str) -> dict:
     return p
 
 
-def _check_model(kind: str, m: dict) -> None:
-    check_config(kind, m["cell"], m.get("num_layers", 1), m.get("hidden_size", 1), m.get("heads"), m.get("ff_mult"))
+def _check_model(kind: str, m) -> None:
+    check_config(kind, m.cell, m.num_layers, m.hidden_size, m.heads, m.ff_mult)
 
 
 SINE_JOB = dict(model=dict(hidden_size=32, norm="fixed"), lookback=50, horizon=10,
                 train=dict(steps=300, batch_size=32, lr=5e-3, warmup_steps=10, eval_every=100))
 
 
-def char_job(data: str, cell: str, preset: str, overrides: dict) -> dict:
-    """The full job dict for a char model: preset values, then the flags that were given."""
+def char_job(data: str, cell: str, preset: str, overrides: dict) -> CharJob:
+    """The full job for a char model: preset values, then the flags that were given."""
     if preset not in CHAR_PRESETS:
         raise RnnopsError(f"unknown preset {preset!r}: use one of {', '.join(CHAR_PRESETS)}")
     p = _preset(CHAR_PRESETS, "char", cell, preset)
-    job = {"task": "char", "data": data, "preset": preset, "seq_len": p["seq_len"],
-           "model": {"cell": cell, "dropout": 0.0, **p["model"]}, "train": asdict(TrainSettings(**p["train"]))}
-    _apply(job, overrides)
-    _check_model("char", job["model"])
+    job = CharJob(data=data, preset=preset, seq_len=p["seq_len"], model=CharModelOptions(cell=cell, **p["model"]),
+                  train=TrainSettings(**p["train"]))
+    job = with_overrides(job, overrides)
+    _check_model("char", job.model)
     return job
 
 
-def forecast_job(data: str, cell: str, preset: str, overrides: dict, arch: str = "rnn") -> dict:
+def forecast_job(data: str, cell: str, preset: str, overrides: dict, arch: str = "rnn") -> ForecastJob:
     if preset not in FORECAST_PRESETS:
         raise RnnopsError(f"unknown preset {preset!r}: use one of {', '.join(FORECAST_PRESETS)}")
     if arch not in ("rnn", "segrnn"):
         raise RnnopsError(f"unknown --arch {arch!r}: use rnn or segrnn")
     p = _preset(FORECAST_PRESETS, "forecast", cell, preset)
+    model = ForecastModelOptions(cell=cell)
     if arch == "segrnn":
         p = {"model": dict(SEGRNN_PRESETS[preset]["model"]), "train": dict(SEGRNN_PRESETS[preset]["train"])}
-    job = {"task": "forecast", "data": data, "preset": preset, "features": "M", "target": None,
-           "date_column": None, "fill": None, "lookback": 96, "horizon": 96,
-           "model": {"cell": cell, "norm": "revin", "linear_skip": True, "num_layers": 1, "dropout": 0.0, **p["model"]},
-           "train": asdict(TrainSettings(**p["train"]))}
-    if arch == "segrnn":
-        job["model"].update(arch="segrnn", segment_length=DEFAULT_SEGMENT, linear_skip=False)
-    _apply(job, overrides)
-    _check_model("forecaster", job["model"])
-    _check_forecast(job)
-    return job
+        model = ForecastModelOptions(cell=cell, arch="segrnn", segment_length=DEFAULT_SEGMENT, linear_skip=False)
+    job = ForecastJob(data=data, preset=preset, features="M", target=None, date_column=None, fill=None,
+                      lookback=96, horizon=96, model=replace(model, **p["model"]), train=TrainSettings(**p["train"]))
+    job = with_overrides(job, overrides)
+    _check_model("forecaster", job.model)
+    return _check_forecast(job)
 
 
-def _check_forecast(job: dict) -> None:
+def _check_forecast(job: ForecastJob) -> ForecastJob:
     """What a forecast job's flags can get wrong, each one line before any data is read."""
-    m = job["model"]
-    m["quantiles"] = parse_levels(m.get("quantiles"))
-    if not m["quantiles"]:
-        m.pop("quantiles", None)
-    if m.get("arch", "rnn") == "segrnn":
-        if m.get("norm", "revin") != "revin":
+    m = replace(job.model, quantiles=parse_levels(job.model.quantiles) or None)
+    if (m.arch or "rnn") == "segrnn":
+        if m.norm != "revin":
             raise RnnopsError("--arch segrnn normalises each window by itself (instance normalisation): use --norm revin")
-        check_segments(int(job["lookback"]), int(job["horizon"]), int(m.get("segment_length", DEFAULT_SEGMENT)))
-    elif "segment_length" in m:
+        check_segments(int(job.lookback), int(job.horizon), int(m.segment_length or DEFAULT_SEGMENT))
+    elif m.segment_length is not None:
         raise RnnopsError("--segment-length applies to --arch segrnn only")
+    return replace(job, model=m)
 
 
-def sine_job(overrides: dict) -> dict:
+def sine_job(overrides: dict) -> ForecastJob:
     p = json.loads(json.dumps(SINE_JOB))
-    job = {"task": "forecast", "data": "sine", "preset": "sine", "features": "S", "target": None,
-           "date_column": None, "fill": None, "lookback": p["lookback"], "horizon": p["horizon"],
-           "model": {"cell": "gru", "num_layers": 1, "dropout": 0.0, "linear_skip": False, **p["model"]},
-           "train": asdict(TrainSettings(**p["train"]))}
-    _apply(job, overrides)
-    return job
-
-
-def _apply(job: dict, overrides: dict) -> None:
-    """Flags override preset values; ``model.x`` / ``train.x`` keys go to those sections."""
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        section, _, name = key.rpartition(".")
-        (job[section] if section else job)[name] = value
+    job = ForecastJob(data="sine", preset="sine", features="S", target=None, date_column=None, fill=None,
+                      lookback=p["lookback"], horizon=p["horizon"],
+                      model=ForecastModelOptions(cell="gru", linear_skip=False, **p["model"]),
+                      train=TrainSettings(**p["train"]))
+    return with_overrides(job, overrides)
 
 
 # ---------------------------------------------------------------- running
 
 
-def run_job(job: dict, experiment: str | None = None, resume_run: str | None = None, on_metrics=None) -> str:
+def run_job(job: Job | dict, experiment: str | None = None, resume_run: str | None = None, on_metrics=None) -> str:
     """Train ``job`` as an MLflow run (or continue ``resume_run``); returns the run id.
 
     Inside an active run (``rnnops tune``'s parent) the run is nested under it. ``on_metrics(m,
     step)`` sees every logged dict (tuning reports evaluations to its pruner; raising
-    :class:`runinfo.StopRun` there ends the run as KILLED)."""
+    :class:`runinfo.StopRun` there ends the run as KILLED). ``job`` may be the JSON form (a
+    checkpoint's job.json)."""
     import mlflow
 
     from rnnops.tracking import connect
 
     connect()
-    torch.manual_seed(job["train"]["seed"])
-    np.random.seed(job["train"]["seed"])
-    setup = _setup_char(job) if job["task"] == "char" else _setup_forecast(job)
+    if isinstance(job, dict):
+        job = job_from_dict(job)
+    logged = to_dict(job)  # config/job.json, the params, the checkpoint's job.json
+    torch.manual_seed(job.train.seed)
+    np.random.seed(job.train.seed)
+    setup = tasks.setup(job)
     group = distributed.current()  # None unless several processes train together (--nproc, torchrun)
     if group:
-        setup = group.wrap(setup, job["train"]["seed"])
+        setup = group.wrap(setup, job.train.seed)
         if not group.is_main:
             return group.follow(job, setup, resume_run)  # rank 0 alone logs, evaluates, checkpoints
-    experiment = experiment or f"rnnops-{job['task']}"
+    experiment = experiment or f"rnnops-{job.task}"
     if resume_run:
         run = mlflow.start_run(run_id=resume_run, log_system_metrics=runinfo.system_metrics())
     else:
         if mlflow.active_run() is None:
             mlflow.set_experiment(experiment)
-        run = mlflow.start_run(run_name=runinfo.run_name(job), nested=True, log_system_metrics=runinfo.system_metrics())
-        mlflow.log_params(_flatten(job))
+        run = mlflow.start_run(run_name=runinfo.run_name(logged), nested=True, log_system_metrics=runinfo.system_metrics())
+        mlflow.log_params(flat_params(job))
         # the size a table of runs compares (the job's settings only imply it)
-        mlflow.log_param("model.parameters", sum(p.numel() for p in setup["model"].parameters()))
-        mlflow.set_tags({"rnnops.version": rnnops.__version__, "rnnops.task": job["task"], **_git_tags(),
-                         runinfo.DESCRIPTION_TAG: f"training ({runinfo.run_name(job)})"})
-        mlflow.log_input(setup["dataset"], context="training")
-        mlflow.log_dict(job, "config/job.json")
+        mlflow.log_param("model.parameters", sum(p.numel() for p in setup.model.parameters()))
+        mlflow.set_tags({"rnnops.version": rnnops.__version__, "rnnops.task": job.task, **_git_tags(),
+                         runinfo.DESCRIPTION_TAG: f"training ({runinfo.run_name(logged)})"})
+        mlflow.log_input(setup.dataset, context="training")
+        mlflow.log_dict(logged, "config/job.json")
+        mlflow.log_dict(setup.recipe.to_dict(), RECIPE_ARTIFACT)  # how to rebuild the data (export reads it)
     run_id = run.info.run_id
     if group:
         group.share(run_id)
         mlflow.set_tag("rnnops.world_size", group.world_size)
     ckpt = Checkpoint(settings.checkpoint_dir() / run_id)
-    ckpt.save_job(job)
+    ckpt.save_job(logged)
     print(f"MLflow run {run_id} (experiment {experiment}); checkpoints in {ckpt.folder}", file=sys.stderr)
     status = "FAILED"
     try:
         state = train(
-            setup["model"], TrainSettings(**job["train"]), setup["sample_batch"], setup["loss_fn"],
-            setup["evaluate"], _logger(on_metrics), ckpt,
-            setup["items_per_batch"], setup["unit"], setup["val_key"], resume=resume_run is not None,
+            setup.model, job.train, setup.sample_batch, setup.loss_fn, setup.evaluate, _logger(on_metrics), ckpt,
+            setup.items_per_batch, setup.unit, setup.val_key, resume=resume_run is not None,
             clock=group.clock if group else time.perf_counter,
         )
-        final = setup["finish"](state)
+        final = setup.finish(state)
         # Logged at the last step so the run's summary shows these (best weights), not the last eval.
         mlflow.log_metrics({**final, "train_seconds": state["elapsed"], "steps": state["step"]}, step=state["step"])
-        mlflow.set_tags({"rnnops.stop_reason": state["stop"], runinfo.DESCRIPTION_TAG: runinfo.description(job, final, state)})
-        spec = {**setup["spec"], "run_id": run_id, "metrics": final, "rnnops_version": rnnops.__version__}
+        mlflow.set_tags({"rnnops.stop_reason": state["stop"], runinfo.DESCRIPTION_TAG: runinfo.description(logged, final, state)})
+        spec = {**setup.spec, "run_id": run_id, "metrics": final, "rnnops_version": rnnops.__version__}
         with tempfile.TemporaryDirectory() as tmp:
-            log_model(setup["model"], spec, Path(tmp))
+            log_model(setup.model, spec, Path(tmp))
         status = "FINISHED"
         _print_summary(job, final, state, run_id)
     except (KeyboardInterrupt, Terminated) as exc:  # Ctrl-C, or SIGTERM
         status = "KILLED"
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(f"\n{what}: checkpoint saved; continue with `rnnops train {job['task']} --resume {run_id}`", file=sys.stderr)
+        print(f"\n{what}: checkpoint saved; continue with `rnnops train {job.task} --resume {run_id}`", file=sys.stderr)
         raise
     except runinfo.StopRun as exc:  # ended on purpose (a pruned trial): not a failure
         status = exc.status
@@ -254,7 +224,7 @@ def run_job(job: dict, experiment: str | None = None, resume_run: str | None = N
         raise RnnopsError(
             f"MLflow tracking server {settings.tracking_uri()} stopped answering during training ({gone}); "
             f"the checkpoint (step {_checkpoint_step(ckpt)}) is kept in {ckpt.folder}: continue with "
-            f"`rnnops train {job['task']} --resume {run_id}` once the server is back"
+            f"`rnnops train {job.task} --resume {run_id}` once the server is back"
         ) from None
     finally:
         if status is None:
@@ -319,21 +289,10 @@ def _logger(on_metrics):
     return log
 
 
-def _print_summary(job: dict, final: dict, state: dict, run_id: str) -> None:
+def _print_summary(job: Job, final: dict, state: dict, run_id: str) -> None:
     shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
     print(f"done in {state['elapsed']:.0f}s ({state['step']} steps, {state['stop']}): {shown}")
     print(f"run id: {run_id}")
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _git_tags() -> dict:
@@ -345,216 +304,3 @@ def _git_tags() -> dict:
     return {}
 
 
-def _dataset_input(name: str, path: Path | None, sha: str):
-    from mlflow.data.meta_dataset import MetaDataset
-
-    if name in D.DATASETS:
-        from mlflow.data.http_dataset_source import HTTPDatasetSource
-
-        source = HTTPDatasetSource(D.DATASETS[name].url)
-    elif path is not None:
-        from mlflow.data.http_dataset_source import HTTPDatasetSource
-
-        source = HTTPDatasetSource(path.resolve().as_uri())
-    else:
-        from mlflow.data.code_dataset_source import CodeDatasetSource
-
-        source = CodeDatasetSource({"generator": "rnnops.training.data.make_sine"})
-    return MetaDataset(source=source, name=name, digest=sha[:16])
-
-
-# ---------------------------------------------------------------- char
-
-
-def _setup_char(job: dict) -> dict:
-    seq = int(job["seq_len"])
-    text = D.load_text(job["data"], min_chars=seq + 2)
-    if len(text.train) < seq + 1 or len(text.val) < 2:
-        raise RnnopsError(f"{text.path} is too short for a training window of {seq} characters plus a validation split; use a longer text or --seq-len")
-    config = CharModelConfig(vocab_size=len(text.vocab), **job["model"])
-    model = CharModel(config)
-    train_ids = torch.from_numpy(text.train)
-    bs = job["train"]["batch_size"]
-    offsets = torch.arange(seq + 1)
-
-    def sample_batch(gen):
-        starts = torch.randint(0, len(train_ids) - seq - 1 + 1, (bs,), generator=gen)
-        chunk = train_ids[starts[:, None] + offsets]
-        return chunk[:, :-1], chunk[:, 1:]
-
-    def loss_fn(m, x, y):
-        logits, _ = m(x)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-
-    val_windows = _val_windows(text.val, EVAL_WINDOW)
-    baselines = _ngram_baselines(text.train, text.val, len(text.vocab))
-
-    def evaluate(step):
-        import mlflow
-
-        loss = char_val_loss(model, val_windows)
-        sample = generate(model, text.vocab.chars, "\n", 300, temperature=0.8, seed=0)
-        mlflow.log_text(sample, f"samples/step_{step:06d}.txt")
-        return {"val_loss": loss, "val_bpc": loss / math.log(2)}
-
-    def finish(state):
-        loss = char_val_loss(model, val_windows)
-        return {"val_loss": loss, "val_bpc": loss / math.log(2), **baselines}
-
-    spec = {"kind": "char", "config": config.to_dict(), "vocab": text.vocab.chars,
-            "dataset": {"name": text.name, "sha256": text.sha256}}
-    return dict(model=model, sample_batch=sample_batch, loss_fn=loss_fn, evaluate=evaluate, finish=finish,
-                items_per_batch=bs * seq, unit="chars", val_key="val_loss", spec=spec,
-                dataset=_dataset_input(text.name, text.path, text.sha256))
-
-
-def _val_windows(val: np.ndarray, width: int) -> torch.Tensor:
-    """Non-overlapping windows of ``width`` inputs (+1 target); a short split is one window."""
-    width = min(width, len(val) - 1)
-    n = (len(val) - 1) // width
-    idx = np.arange(n)[:, None] * width + np.arange(width + 1)
-    return torch.from_numpy(val[idx])
-
-
-@torch.no_grad()
-def char_val_loss(model, windows: torch.Tensor, chunk: int = 64) -> float:
-    """Mean cross-entropy (nats/char) over all windows, each started from a zero state."""
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(windows), chunk):
-        w = windows[i : i + chunk]
-        logits, _ = model(w[:, :-1])
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="sum").item()
-        count += w[:, 1:].numel()
-    return total / count
-
-
-def _ngram_baselines(train: np.ndarray, val: np.ndarray, vocab: int) -> dict:
-    """Add-one-smoothed unigram and bigram cross-entropy on the validation split (nats/char)."""
-    uni = np.bincount(train, minlength=vocab).astype(np.float64) + 1
-    uni_ce = -np.log(uni / uni.sum())[val[1:]].mean()
-    big = np.ones((vocab, vocab))
-    np.add.at(big, (train[:-1], train[1:]), 1)
-    big /= big.sum(1, keepdims=True)
-    big_ce = -np.log(big[val[:-1], val[1:]]).mean()
-    return {"baseline_unigram_loss": float(uni_ce), "baseline_bigram_loss": float(big_ce)}
-
-
-# ---------------------------------------------------------------- forecast
-
-
-def _setup_forecast(job: dict) -> dict:
-    series = D.load_series(job["data"], job["features"], job["target"], job["date_column"], job["fill"])
-    L, H = int(job["lookback"]), int(job["horizon"])
-    if L < 1 or H < 1:
-        raise RnnopsError("--lookback and --horizon must be at least 1")
-    starts = {s: series.window_starts(s, L, H) for s in ("train", "val", "test")}
-    mean, std = series.scaler()
-    tidx = series.target_indices
-    config = ForecasterConfig(n_features=len(series.feature_names), target_indices=tidx, lookback=L, horizon=H,
-                              scaler_mean=mean.tolist(), scaler_std=std.tolist(),
-                              feature_names=series.feature_names, target_names=series.target_names, **job["model"])
-    model = SegRNN(config) if config.arch == "segrnn" else Forecaster(config)
-    values = torch.tensor(series.values)  # a copy: pandas may hand out a read-only array
-    std_t = torch.from_numpy(std[tidx])
-    bs = job["train"]["batch_size"]
-
-    def windows(idx: torch.Tensor):
-        x = values[idx[:, None] + torch.arange(L)]
-        y = values[idx[:, None] + L + torch.arange(H)][:, :, tidx]
-        return x, y
-
-    train_starts = torch.from_numpy(starts["train"])
-
-    def sample_batch(gen):
-        return windows(train_starts[torch.randint(0, len(train_starts), (bs,), generator=gen)])
-
-    def loss_fn(m, x, y):
-        pred, _ = m(x)
-        return (((pred - y) / std_t) ** 2).mean()
-
-    @torch.no_grad()
-    def scores(split: str) -> dict:
-        model.eval()
-        sq = ab = rl_sq = rl_ab = 0.0
-        n = 0
-        idx_all = torch.from_numpy(starts[split])
-        for i in range(0, len(idx_all), 512):
-            x, y = windows(idx_all[i : i + 512])
-            pred, _ = model(x)
-            err = (pred - y) / std_t
-            rl = (x[:, -1:, tidx] - y) / std_t  # repeat-last baseline
-            sq += (err**2).sum().item(); ab += err.abs().sum().item()
-            rl_sq += (rl**2).sum().item(); rl_ab += rl.abs().sum().item()
-            n += err.numel()
-        return {f"{split}_mse": sq / n, f"{split}_mae": ab / n,
-                f"{split}_repeat_last_mse": rl_sq / n, f"{split}_repeat_last_mae": rl_ab / n}
-
-    def evaluate(step):
-        m = scores("val")
-        return {"val_mse": m["val_mse"], "val_mae": m["val_mae"]}
-
-    def finish(state):
-        import mlflow
-
-        final = {**scores("val"), **scores("test")}
-        if intervals.has_intervals(model):  # calibrated on val after training, scored on val and test
-            calibration = intervals.calibrate(model, windows, starts["val"])
-            spec["intervals"] = calibration
-            mlflow.log_dict(calibration, "intervals/calibration.json")
-            for split in ("val", "test"):
-                final.update(intervals.scores(model, windows, starts[split], std_t, split))
-        with tempfile.TemporaryDirectory() as tmp:
-            png = Path(tmp) / "forecast_vs_actual.png"
-            _plot_forecasts(model, series, starts["test"], windows, png)
-            mlflow.log_artifact(str(png), "plots")
-        return final
-
-    spec = {"kind": "forecaster", "config": config.to_dict(), "stateful": config.stateful,
-            "dataset": {"name": series.name, "sha256": series.sha256},
-            "freq": _infer_freq(series.dates)}
-    return dict(model=model, sample_batch=sample_batch, loss_fn=loss_fn, evaluate=evaluate, finish=finish,
-                items_per_batch=bs, unit="windows", val_key="val_mse", spec=spec,
-                dataset=_dataset_input(series.name, series.path, series.sha256))
-
-
-def _infer_freq(dates) -> str | None:
-    if dates is None or len(dates) < 3:
-        return None
-    import pandas as pd
-
-    return pd.infer_freq(pd.DatetimeIndex(dates[:100]))
-
-
-@torch.no_grad()
-def _plot_forecasts(model, series: D.SeriesData, test_starts: np.ndarray, windows, path: Path, n: int = 3) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    L = model.config.lookback
-    picks = torch.from_numpy(test_starts[np.linspace(0, len(test_starts) - 1, n).astype(int)])
-    x, y = windows(picks)
-    pred, _ = model(x)
-    band = None
-    if intervals.has_intervals(model):  # the outermost levels, e.g. the 80 % interval of 0.1 / 0.9
-        q = intervals.bands(model, x, pred)
-        levels = model.config.quantiles
-        band = (q[..., 0], q[..., -1], f"{(levels[-1] - levels[0]) * 100:g} % interval")
-    t_in = series.feature_names.index(series.target_names[-1])
-    fig, axes = plt.subplots(n, 1, figsize=(10, 2.6 * n), squeeze=False)
-    for i, ax in enumerate(axes[:, 0]):
-        hist = np.arange(L)
-        fut = np.arange(L, L + y.shape[1])
-        ax.plot(hist, x[i, :, t_in], color="0.4", label="history")
-        ax.plot(fut, y[i, :, -1], color="tab:blue", label="actual")
-        ax.plot(fut, pred[i, :, -1], color="tab:orange", label="forecast")
-        if band is not None:
-            ax.fill_between(fut, band[0][i, :, -1], band[1][i, :, -1], color="tab:orange", alpha=0.25, lw=0,
-                            label=band[2])
-        ax.set_title(f"{series.name} {series.target_names[-1]}: test window starting at row {int(picks[i])}", fontsize=9)
-    axes[0, 0].legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)

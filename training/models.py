@@ -28,48 +28,24 @@ from torch import nn
 
 from rnnops import contract
 from rnnops.errors import RnnopsError
-from rnnops.training import intervals, stack
+from rnnops.training import cells, intervals
 
-CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-CHAR_CELLS = (*CELLS, *stack.MODERN_CELLS)
-FORECAST_CELLS = ("lstm", "gru", *stack.MODERN_CELLS)
 State = tuple[torch.Tensor, ...]
 
 
 def check_config(kind: str, cell: str, num_layers: int, hidden_size: int, heads=None, ff_mult=None) -> None:
     """One-line RnnopsError for a cell the model kind does not have or options the cell does not take."""
-    valid = CHAR_CELLS if kind == "char" else FORECAST_CELLS
-    if cell not in valid:
-        what = "cell" if kind == "char" else "forecaster cell"
-        raise RnnopsError(f"unknown {what} {cell!r}: use one of {', '.join(valid)}")
-    stack.check_options(cell, num_layers, hidden_size, heads, ff_mult)
+    cells.for_task(cell, "char" if kind == "char" else "forecast").check(num_layers, hidden_size, heads, ff_mult)
 
 
 def _make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float,
               heads=None, ff_mult=None) -> nn.Module:
-    if cell in stack.MODERN_CELLS:
-        return stack.CellStack(cell, input_size, hidden_size, num_layers, heads, ff_mult, dropout)
-    if cell not in CELLS:
-        raise RnnopsError(f"unknown cell {cell!r}: use one of {', '.join(CHAR_CELLS)}")
-    kwargs = dict(batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
-    if cell == "rnn":
-        kwargs["nonlinearity"] = "tanh"
-    return CELLS[cell](input_size, hidden_size, num_layers, **kwargs)
-
-
-def state_names(cell: str) -> list[str]:
-    return ["h", "c"] if cell == "lstm" else ["h"]
-
-
-def zero_state(cell: str, num_layers: int, batch: int, hidden: int, device=None) -> State:
-    return tuple(torch.zeros(num_layers, batch, hidden, device=device) for _ in state_names(cell))
+    return cells.get(cell).build(input_size, hidden_size, num_layers, dropout, heads, ff_mult)
 
 
 def state_tensors(cell: str, num_layers: int, hidden: int, heads=None) -> tuple[contract.StateTensor, ...]:
     """A model's state in the ONNX contract's terms: one entry per tensor (names, shape, dtype)."""
-    if cell in stack.MODERN_CELLS:
-        return stack.state_tensors(cell, num_layers, hidden, heads)
-    return contract.classic_state_spec(cell, num_layers, hidden)
+    return cells.get(cell).state_tensors(num_layers, hidden, heads)
 
 
 def _zero_state(config, batch: int, device=None) -> State:
@@ -79,15 +55,16 @@ def _zero_state(config, batch: int, device=None) -> State:
 
 def _rnn_step(rnn: nn.Module, cell: str, x: torch.Tensor, state: State | None):
     """Run the recurrent core; normalise LSTM's (h, c) and GRU/RNN's h to a tuple."""
-    if cell in stack.MODERN_CELLS:
+    c = cells.get(cell)
+    if c.family == "modern":
         return rnn(x, state)
     if state is None:
         out, new = rnn(x)
-    elif cell == "lstm":
+    elif c.has_cell_state:
         out, new = rnn(x, (state[0], state[1]))
     else:
         out, new = rnn(x, state[0])
-    return out, (tuple(new) if cell == "lstm" else (new,))
+    return out, (tuple(new) if c.has_cell_state else (new,))
 
 
 @dataclass

@@ -121,10 +121,10 @@ class SegRNN(nn.Module):
                      for s, t in zip(state, self._inner_spec()))
 
     def _core(self, x: Tensor, state, recurrent: bool):
+        from rnnops.training import cells
         from rnnops.training.models import _rnn_step
-        from rnnops.training.stack import MODERN_CELLS
 
-        if self.config.cell in MODERN_CELLS:
+        if cells.modern(self.config.cell):
             return self.rnn(x, state, recurrent=recurrent)
         return _rnn_step(self.rnn, self.config.cell, x, state)
 

@@ -28,13 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnops.contract import BATCH_DIM, StateTensor
-from rnnops.errors import RnnopsError
 from rnnops.training import fused
-from rnnops.training.mingru import MinGRU, MinLSTM
-from rnnops.training.mlstm import MLSTM
-
-MODERN_CELLS = ("mingru", "minlstm", "mlstm")
-MAX_LAYERS = 12
 DEFAULT_HEADS = 4
 DEFAULT_FF_MULT = 4.0
 
@@ -64,10 +58,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cell: str, width: int, heads: int, ff_mult: float, dropout: float):
+    def __init__(self, cell: nn.Module, width: int, ff_mult: float, dropout: float):
         super().__init__()
         self.norm1 = RMSNorm(width)
-        self.cell = MLSTM(width, heads) if cell == "mlstm" else (MinGRU(width) if cell == "mingru" else MinLSTM(width))
+        self.cell = cell
         self.norm2 = RMSNorm(width) if ff_mult > 0 else None
         self.mlp = MLP(width, ff_mult) if ff_mult > 0 else None
         self.drop = nn.Dropout(dropout)
@@ -83,14 +77,15 @@ class Block(nn.Module):
 class CellStack(nn.Module):
     """``forward(x [B, T, input], state | None) -> (y [B, T, width], state)``; state as in the module doc."""
 
-    def __init__(self, cell: str, input_size: int, width: int, layers: int, heads: int | None = None,
+    def __init__(self, cell: str, make_cell, input_size: int, width: int, layers: int, heads: int | None = None,
                  ff_mult: float | None = None, dropout: float = 0.0):
+        """``make_cell(width, heads)``: one block's cell module (the registry entry's ``block_cell``)."""
         super().__init__()
         self.cell, self.width, self.layers = cell, width, layers
         self.heads = heads or DEFAULT_HEADS
         ff = DEFAULT_FF_MULT if ff_mult is None else float(ff_mult)
         self.proj = nn.Linear(input_size, width) if input_size != width else nn.Identity()
-        self.blocks = nn.ModuleList(Block(cell, width, self.heads, ff, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(make_cell(width, self.heads), width, ff, dropout) for _ in range(layers))
         self.norm = RMSNorm(width)
 
     def forward(self, x: Tensor, state: tuple[Tensor, ...] | None = None, recurrent: bool = False):
@@ -124,21 +119,3 @@ def state_tensors(cell: str, layers: int, width: int, heads: int | None = None) 
                     StateTensor(f"m0_l{l}", f"mn_l{l}", (BATCH_DIM, h))]
         return tuple(out)
     return (StateTensor("h0", "hn", (int(layers), BATCH_DIM, int(width))),)
-
-
-def check_options(cell: str, layers: int, width: int, heads: int | None, ff_mult: float | None) -> None:
-    """Refuse, in one line, options a cell does not take (called before any training)."""
-    modern = cell in MODERN_CELLS
-    top = MAX_LAYERS if modern else 3
-    if not 1 <= int(layers) <= top:
-        raise RnnopsError(f"--layers {layers} is out of range for {cell}: use 1-{top}")
-    if heads is not None and cell != "mlstm":
-        raise RnnopsError(f"--heads applies to mlstm only, not {cell}")
-    if ff_mult is not None and not modern:
-        raise RnnopsError(f"--ff-mult applies to {', '.join(MODERN_CELLS)} only, not {cell}")
-    if ff_mult is not None and not 0 <= float(ff_mult) <= 16:
-        raise RnnopsError(f"--ff-mult {ff_mult} is out of range: use 0 (no MLP) to 16")
-    if cell == "mlstm":
-        h = heads or DEFAULT_HEADS
-        if h < 1 or width % h:
-            raise RnnopsError(f"--heads {h} does not divide --hidden-size {width} for mlstm: pick heads that divide the width")

@@ -29,9 +29,13 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rnnops import settings
 from rnnops.errors import RnnopsError
+
+if TYPE_CHECKING:
+    from rnnops.training.job_config import Job
 
 
 @dataclass(frozen=True)
@@ -151,28 +155,28 @@ def default_storage() -> str:
     return f"sqlite:///{folder / 'optuna.db'}"
 
 
-def default_study_name(job: dict) -> str:
-    m = job["model"]
-    data = os.path.basename(str(job["data"])).replace(" ", "_")
-    if job["task"] == "char":
-        return f"char-{m['cell']}-{data}-{job['preset']}"
-    return (f"forecast-{m.get('arch', 'rnn')}-{m['cell']}-{data}-{job['features']}-L{job['lookback']}-"
-            f"H{job['horizon']}-{job['preset']}")
+def default_study_name(job: Job) -> str:
+    m = job.model
+    data = os.path.basename(str(job.data)).replace(" ", "_")
+    if job.task == "char":
+        return f"char-{m.cell}-{data}-{job.preset}"
+    return (f"forecast-{m.arch or 'rnn'}-{m.cell}-{data}-{job.features}-L{job.lookback}-"
+            f"H{job.horizon}-{job.preset}")
 
 
 # ----------------------------------------------------------------------------- the command
 
 
-def command_for(job: dict, base_flags: list[str], params: dict) -> str:
+def command_for(job: Job, base_flags: list[str], params: dict) -> str:
     """The ready-to-run ``rnnops train`` command for the base flags plus a trial's params."""
     space = {p.name: p for ps in SPACES.values() for p in ps}
     flags = list(base_flags)
     for name, value in params.items():
         flags += [space[name].flag, f"{value:.6g}" if isinstance(value, float) else str(value)]
-    return "rnnops train " + job["task"] + " " + " ".join(shlex.quote(f) for f in flags)
+    return "rnnops train " + job.task + " " + " ".join(shlex.quote(f) for f in flags)
 
 
-def tune(job: dict, base_flags: list[str], space: list[Param], trials: int, timeout: float | None,
+def tune(job: Job, base_flags: list[str], space: list[Param], trials: int, timeout: float | None,
          storage: str | None, study_name: str | None, seed: int = 0, experiment: str | None = None) -> dict:
     """Run (or continue) the study; returns a summary (best value, params, command, parent run)."""
     try:
@@ -184,10 +188,11 @@ def tune(job: dict, base_flags: list[str], space: list[Param], trials: int, time
     from rnnops.contract import VAL_METRIC
     from rnnops.tracking import connect
     from rnnops.training import runinfo
-    from rnnops.training.jobs import _apply, run_job
+    from rnnops.training.job_config import to_dict, with_overrides
+    from rnnops.training.jobs import run_job
 
     connect()
-    metric = VAL_METRIC["char" if job["task"] == "char" else "forecaster"]
+    metric = VAL_METRIC["char" if job.task == "char" else "forecaster"]
     storage = storage or default_storage()
     name = study_name or default_study_name(job)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -197,7 +202,7 @@ def tune(job: dict, base_flags: list[str], space: list[Param], trials: int, time
                                     pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
     except Exception as exc:  # SQLAlchemy / Optuna storage errors: one line
         raise RnnopsError(f"cannot open the Optuna storage {storage}: {str(exc).splitlines()[0]}") from None
-    experiment = experiment or f"rnnops-{job['task']}"
+    experiment = experiment or f"rnnops-{job.task}"
     parent_id = study.user_attrs.get("mlflow_parent_run")
     if parent_id:  # resumed: the trials go where the parent is (nested runs take the current experiment)
         mlflow.set_experiment(experiment_id=mlflow.get_run(parent_id).info.experiment_id)
@@ -206,9 +211,9 @@ def tune(job: dict, base_flags: list[str], space: list[Param], trials: int, time
         mlflow.set_experiment(experiment)
         parent = mlflow.start_run(run_name=f"tune {name}")
         study.set_user_attr("mlflow_parent_run", parent.info.run_id)
-        mlflow.set_tags({"rnnops.task": job["task"], "rnnops.tune.study": name, "rnnops.tune.storage": storage,
+        mlflow.set_tags({"rnnops.task": job.task, "rnnops.tune.study": name, "rnnops.tune.storage": storage,
                          runinfo.DESCRIPTION_TAG: f"Optuna study {name}: tuning {', '.join(p.name for p in space)}"})
-        mlflow.log_dict({"base_job": job, "space": [p.__dict__ for p in space], "base_flags": base_flags},
+        mlflow.log_dict({"base_job": to_dict(job), "space": [p.__dict__ for p in space], "base_flags": base_flags},
                         "tune/study.json")
     done_before = len(study.trials)
     print(f"study {name} in {storage} ({done_before} trials so far); parent MLflow run {parent.info.run_id}",
@@ -219,7 +224,7 @@ def tune(job: dict, base_flags: list[str], space: list[Param], trials: int, time
 
     def objective(trial):
         params = {p.name: p.suggest(trial) for p in space}
-        t_job = _trial_job(job, params, _apply)
+        t_job = with_overrides(job, params)
         best = {"value": math.inf}
 
         def report(m: dict, step: int) -> None:
@@ -260,15 +265,7 @@ def tune(job: dict, base_flags: list[str], space: list[Param], trials: int, time
     return summary
 
 
-def _trial_job(job: dict, params: dict, apply) -> dict:
-    import json
-
-    t = json.loads(json.dumps(job))
-    apply(t, params)
-    return t
-
-
-def _log_parent(study, metric: str, job: dict, base_flags: list[str], storage: str) -> dict:
+def _log_parent(study, metric: str, job: Job, base_flags: list[str], storage: str) -> dict:
     import mlflow
     import optuna
 

@@ -37,11 +37,11 @@ def _flags(pairs: dict) -> list[str]:
     return out
 
 
-def _run(job: dict, flags: list[str], fixed: dict, params, space, trials, timeout, storage, study_name, sampler_seed,
+def _run(job, flags: list[str], fixed: dict, params, space, trials, timeout, storage, study_name, sampler_seed,
          experiment, arch: str) -> None:
     from rnnops.training.tune import space_for, tune
 
-    dims = space_for(job["task"], arch, fixed, params, space)
+    dims = space_for(job.task, arch, fixed, params, space)
     tune(job, flags, dims, trials, timeout, storage, study_name, seed=sampler_seed, experiment=experiment)
 
 
