@@ -114,31 +114,24 @@ def generate(series: int = 200, days: int = 365, seed: int = 0, stores: int = 10
 def write(path: Path, **kwargs) -> int:
     """Write the panel to ``path`` (Parquet, or CSV by suffix) block by block; returns the rows."""
     import pyarrow as pa
-
-    path = Path(path)
-    rows = 0
-    if path.suffix.lower() == ".csv":
-        import pyarrow.csv as pacsv
-
-        writer = None
-        for b in blocks(**kwargs):
-            table = pa.table(b)
-            writer = writer or pacsv.CSVWriter(str(path), table.schema)
-            writer.write_table(table)
-            rows += table.num_rows
-        if writer:
-            writer.close()
-        return rows
+    import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    writer = None
-    for b in blocks(**kwargs):
-        table = pa.table(b)
-        writer = writer or pq.ParquetWriter(str(path), table.schema)
-        writer.write_table(table)
-        rows += table.num_rows
-    if writer:
-        writer.close()
+    path = Path(path)
+    csv = path.suffix.lower() == ".csv"
+    writer_class = pacsv.CSVWriter if csv else pq.ParquetWriter
+    writer, rows = None, 0
+    try:
+        for b in blocks(**kwargs):
+            if csv:  # dates as 2023-01-02, not as nanosecond timestamps
+                b[DATE] = b[DATE].astype("datetime64[D]")
+            table = pa.table(b)
+            writer = writer or writer_class(str(path), table.schema)
+            writer.write_table(table)
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
     return rows
 
 

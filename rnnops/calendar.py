@@ -44,17 +44,33 @@ FORMULAS: dict[str, str] = {
 _DAILY = ("day_of_week", "day_of_month", "day_of_year")
 
 
-def features_for(freq: str) -> tuple[str, ...]:
-    """The calendar feature names of a pandas frequency (``h``, ``15min``, ``D``, ``B``, ``W``,
-    ``MS``, ``QE``, ``YS``...); a ValueError for a string pandas cannot read."""
+def offset_of(freq: str):
+    """A frequency string as a pandas offset (``pd.offsets.BaseOffset``), or a ValueError that
+    says what a frequency looks like."""
     import pandas as pd
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # deprecated aliases ("H", "T") still parse
-            offset = pd.tseries.frequencies.to_offset(freq)
+            return pd.tseries.frequencies.to_offset(freq)
     except (ValueError, TypeError):
         raise ValueError(f"frequency {freq!r} is not a pandas frequency (examples: h, 15min, D, W, MS)") from None
+
+
+def fixed_nanos(offset) -> int | None:
+    """The length of a fixed step (h, 15min, D) in nanoseconds; None for a calendar step (MS, B, W-MON)."""
+    try:
+        return int(offset.nanos)
+    except ValueError:
+        return None
+
+
+def features_for(freq: str) -> tuple[str, ...]:
+    """The calendar feature names of a pandas frequency (``h``, ``15min``, ``D``, ``B``, ``W``,
+    ``MS``, ``QE``, ``YS``...); a ValueError for a string pandas cannot read."""
+    import pandas as pd
+
+    offset = offset_of(freq)
     o = pd.offsets
     if isinstance(offset, (o.YearBegin, o.YearEnd)):
         return ()

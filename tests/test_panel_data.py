@@ -290,6 +290,12 @@ def test_retail_panel_is_seeded_and_its_covariates_matter(tmp_path):
     assert retail_panel.main(["--series", "15", "--days", "60", "--out", str(out)]) == 0
     p = read_panel(str(out), PanelSpec(**RETAIL, horizon=7, lookback=14, likelihood="negbin"))
     assert p.n_series == 15 and p.freq == "D" and p.season == 7
+    csv = tmp_path / "retail.csv"
+    assert retail_panel.main(["--series", "15", "--days", "60", "--out", str(csv)]) == 0
+    assert csv.read_text().splitlines()[1].split(",")[1] == "2023-01-02"  # plain dates in CSV
+    q = read_panel(str(csv), PanelSpec(**RETAIL, horizon=7, lookback=14))
+    np.testing.assert_array_equal(q.target, p.target)
+    np.testing.assert_array_equal(q.timestamps, p.timestamps)
 
 
 # --------------------------------------------------------------------------- M4 Hourly

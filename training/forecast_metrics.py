@@ -24,12 +24,13 @@ numpy and pandas only (no torch): benchmarks and serving-side tools import this 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
+
+from rnnops.calendar import offset_of
 
 MSIS_ALPHA = 0.05  # the M4 intervals: 95 %
 GLUONTS_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # GluonTS' Evaluator default
@@ -50,12 +51,7 @@ def season_length(freq: str | None) -> int:
         return 1
     import pandas as pd
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # deprecated aliases ("H") still parse
-            offset = pd.tseries.frequencies.to_offset(freq)
-    except (ValueError, TypeError):
-        raise ValueError(f"frequency {freq!r} is not a pandas frequency (examples: h, D, MS, QS)") from None
+    offset = offset_of(freq)
     n = max(1, int(getattr(offset, "n", 1)))
     per_cycle = {
         pd.offsets.Hour: 24,

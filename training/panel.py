@@ -371,16 +371,11 @@ def _grid_positions(dates: np.ndarray, offsets: np.ndarray, freq: str):
     the rows that are on no such grid (a timestamp between two steps)."""
     import pandas as pd
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        offset = pd.tseries.frequencies.to_offset(freq)
+    offset = calendar.offset_of(freq)
     t = dates.view(np.int64)
     lengths = np.diff(offsets)
     first = np.repeat(t[offsets[:-1]], lengths)
-    try:
-        nanos = int(offset.nanos)
-    except ValueError:
-        nanos = None
+    nanos = calendar.fixed_nanos(offset)
     if nanos is not None:  # a fixed step (h, 15min, D): arithmetic per series
         delta = t - first
         return delta // nanos, delta % nanos != 0
@@ -525,16 +520,15 @@ def _grid_times(first: np.ndarray, last: np.ndarray, within: np.ndarray, series:
     """Timestamps (int64 ns) of step ``within`` on the grid of series ``series`` (``first`` to ``last``)."""
     import pandas as pd
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        offset = pd.tseries.frequencies.to_offset(freq)
+    offset = calendar.offset_of(freq)
     f = first.view(np.int64)
-    try:
-        return f[series] + within * int(offset.nanos)
-    except ValueError:  # a calendar step: filled rows lie inside their series, so inside the panel's span
-        grid = pd.date_range(pd.Timestamp(int(f.min())), pd.Timestamp(int(last.view(np.int64).max())),
-                             freq=offset).as_unit("ns").asi8
-        return grid[np.searchsorted(grid, f)[series] + within]
+    nanos = calendar.fixed_nanos(offset)
+    if nanos is not None:
+        return f[series] + within * nanos
+    # A calendar step: filled rows lie inside their series, so inside the panel's span.
+    grid = pd.date_range(pd.Timestamp(int(f.min())), pd.Timestamp(int(last.view(np.int64).max())),
+                         freq=offset).as_unit("ns").asi8
+    return grid[np.searchsorted(grid, f)[series] + within]
 
 
 def _static_column(df, col: str, order: np.ndarray, offsets: np.ndarray, ids, name: str) -> StaticColumn:
