@@ -36,8 +36,10 @@ FREQ = "h"
 SEASON = 24
 M4_ORIGIN = np.datetime64("1970-01-01T00:00", "ns")
 
-# Published M4 Hourly results: (sMAPE, MASE, OWA, MSIS or None).
+# Published M4 Hourly results (the organisers' "Evaluation and Ranks.xlsx"): (sMAPE, MASE, OWA,
+# MSIS or None). Its OWA is computed from the rounded sMAPE and MASE.
 M4_HOURLY_ANCHORS: dict[str, tuple[float, float, float, float | None]] = {
+    "Naive": (43.003, 11.608, 3.593, 71.245),
     "Naive2": (18.383, 2.395, 1.000, None),
     "sNaive": (13.912, 1.193, 0.627, None),
     "Smyl (ES-RNN, M4 winner)": (9.328, 0.893, 0.440, 7.928),
