@@ -105,7 +105,7 @@ def test_duplicate_rows_say_how_many_and_the_first():
     df = hand_panel()
     df = pd.concat([df, df[df["id"] == "B"].head(2)], ignore_index=True)
     msg = one_line_error(df, spec())
-    assert msg.startswith("2 duplicate (id, day) rows") and "the first: 'B' at" in msg
+    assert msg.startswith("2 duplicate (id, day) rows") and "the first: 'B' at 2024-01-" in msg
 
 
 def test_a_target_that_is_not_numeric():
@@ -126,7 +126,7 @@ def test_a_future_covariate_missing_inside_the_data():
     df = hand_panel()
     df.loc[df.index[df["id"] == "B"][0], "promo"] = np.nan
     msg = one_line_error(df, spec())
-    assert "future covariate 'promo' is missing at 1 steps" in msg and "'B'" in msg
+    assert "future covariate 'promo' is missing at 1 step " in msg and "'B'" in msg
     # the same column as a past covariate may have holes
     p = read_panel(df, spec(future_covariates=(), past_covariates="temp,promo"))
     assert np.isnan(p.past).sum() == 1
@@ -141,7 +141,7 @@ def test_null_ids():
     df = hand_panel()
     df["id"] = df["id"].astype(object)
     df.loc[7, "id"] = None
-    assert one_line_error(df, spec()).startswith("1 rows of the panel have no id in 'id' (first at row 7)")
+    assert one_line_error(df, spec()).startswith("1 row of the panel has no id in 'id' (first at row 7)")
 
 
 def test_a_negative_target_under_negbin():
@@ -156,7 +156,7 @@ def test_timestamps_off_the_frequency_name_the_series():
     df = hand_panel()
     gap = df.index[(df["id"] == "B") & (df["day"] == "2024-01-10")]
     msg = one_line_error(df.drop(gap), spec())
-    assert "1 series of the panel skip timestamps of the panel's frequency D: series 'B' jumps from 2024-01-09" in msg
+    assert "1 series of the panel skips timestamps of the panel's frequency D: series 'B' jumps from 2024-01-09 to 2024-01-11" in msg
     assert "--freq D" in msg
     df2 = hand_panel()
     df2.loc[df2.index[df2["id"] == "A"][0], "day"] = "2024-01-03 06:00"
@@ -193,7 +193,7 @@ def test_other_bad_inputs_are_one_line():
     assert "column 'price' (--future-covariates) is not in the panel" in one_line_error(hand_panel(), spec(future_covariates="price"))
     df = hand_panel()
     df.loc[2, "day"] = "not a date"
-    assert "no valid date in 'day' (first at row 2: 'not a date')" in one_line_error(df, spec())
+    assert "1 row of the panel has no valid date in 'day' (first at row 2: 'not a date')" in one_line_error(df, spec())
     df = hand_panel()
     df.loc[df.index[df["id"] == "A"][4], "store"] = "s9"
     assert "static column 'store' changes within series 'A'" in one_line_error(df, spec())

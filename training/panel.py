@@ -300,9 +300,16 @@ def _check_columns(spec: PanelSpec, available: list[str], name: str) -> None:
 
 
 def _ts(value) -> str:
+    """A timestamp for messages: 2024-01-31, or 2024-01-31 13:00:00 when it has a time of day."""
     import pandas as pd
 
-    return str(pd.Timestamp(value))
+    t = pd.Timestamp(value)
+    return str(t.date()) if t == t.normalize() else str(t)
+
+
+def _n(count: int, noun: str, plural: str | None = None) -> str:
+    """'1 row', '3 rows' (``plural`` for nouns such as series)."""
+    return f"{count} {noun if count == 1 else (plural or noun + 's')}"
 
 
 def _numeric(df, col: str, what: str, name: str) -> np.ndarray:
@@ -317,12 +324,12 @@ def _numeric(df, col: str, what: str, name: str) -> np.ndarray:
         bad = np.flatnonzero((coerced.isna() & s.notna()).to_numpy())
         if len(bad):
             raise RnnopsError(f"{what} {col!r} in {name} is not numeric: row {int(bad[0])} holds {s.iloc[bad[0]]!r} "
-                              f"({len(bad)} such rows); give numbers (missing values may be empty)")
+                              f"({_n(len(bad), 'such row')}); give numbers (missing values may be empty)")
         s = coerced
     values = s.to_numpy(np.float64, na_value=np.nan)
     inf = np.flatnonzero(np.isinf(values))
     if len(inf):
-        raise RnnopsError(f"{what} {col!r} in {name} has {len(inf)} infinite values (first at row {int(inf[0])}); "
+        raise RnnopsError(f"{what} {col!r} in {name} has {_n(len(inf), 'infinite value')} (first at row {int(inf[0])}); "
                           "give finite numbers or leave them empty (missing)")
     return values
 
@@ -398,14 +405,14 @@ def check_panel(df, spec: PanelSpec, name: str = "the panel") -> Panel:
 
     null_ids = np.flatnonzero(df[idc].isna().to_numpy())
     if len(null_ids):
-        raise RnnopsError(f"{len(null_ids)} rows of {name} have no id in {idc!r} (first at row {int(null_ids[0])}); "
+        raise RnnopsError(f"{_n(len(null_ids), 'row')} of {name} {'has' if len(null_ids) == 1 else 'have'} no id in {idc!r} (first at row {int(null_ids[0])}); "
                           "fill or drop them")
 
     raw_dates = df[datec]
     dates = _parse_dates(raw_dates)
     bad = np.flatnonzero(dates.isna().to_numpy())
     if len(bad):
-        raise RnnopsError(f"{len(bad)} rows of {name} have no valid date in {datec!r} (first at row {int(bad[0])}: "
+        raise RnnopsError(f"{_n(len(bad), 'row')} of {name} {'has' if len(bad) == 1 else 'have'} no valid date in {datec!r} (first at row {int(bad[0])}: "
                           f"{raw_dates.iloc[bad[0]]!r}); give ISO dates like 2024-01-31 or 2024-01-31 13:00")
     if getattr(dates.dt, "tz", None) is not None:  # time zones: compared and stepped in UTC
         dates = dates.dt.tz_convert("UTC").dt.tz_localize(None)
@@ -414,7 +421,7 @@ def check_panel(df, spec: PanelSpec, name: str = "the panel") -> Panel:
     dup = pd.DataFrame({"id": ids_str, "date": dates}).duplicated(keep="first").to_numpy()
     if dup.any():
         first = int(np.flatnonzero(dup)[0])
-        raise RnnopsError(f"{int(dup.sum())} duplicate ({idc}, {datec}) rows in {name}; the first: "
+        raise RnnopsError(f"{_n(int(dup.sum()), f'duplicate ({idc}, {datec}) row')} in {name}; the first: "
                           f"{ids_str.iloc[first]!r} at {_ts(dates.iloc[first])} (row {first}); keep one row per series "
                           "and timestamp")
 
@@ -439,7 +446,7 @@ def check_panel(df, spec: PanelSpec, name: str = "the panel") -> Panel:
         neg = np.flatnonzero((targets < 0).any(axis=1))
         if len(neg):
             r = int(neg[0])
-            raise RnnopsError(f"{len(neg)} rows of {name} have a negative target (first: series {ids[codes[r]]!r} at "
+            raise RnnopsError(f"{_n(len(neg), 'row')} of {name} {'has' if len(neg) == 1 else 'have'} a negative target (first: series {ids[codes[r]]!r} at "
                               f"{_ts(date_ns[r])}), but --likelihood negbin models counts >= 0; use studentt or normal")
 
     freq = spec.freq or _infer_freq(date_ns, offsets)
@@ -452,7 +459,7 @@ def check_panel(df, spec: PanelSpec, name: str = "the panel") -> Panel:
     if off.any():
         r = int(np.flatnonzero(off)[0])
         n_series = len(np.unique(codes[off]))
-        raise RnnopsError(f"{n_series} series of {name} have timestamps off the {freq} steps from their first one: series "
+        raise RnnopsError(f"{_n(n_series, 'series', 'series')} of {name} {'has' if n_series == 1 else 'have'} timestamps off the {freq} steps from their first one: series "
                           f"{ids[codes[r]]!r} at {_ts(date_ns[r])} (starting {_ts(date_ns[offsets[codes[r]]])}); "
                           "fix the timestamps or give the right --freq")
     step = np.diff(pos)
@@ -465,7 +472,7 @@ def check_panel(df, spec: PanelSpec, name: str = "the panel") -> Panel:
         if spec.freq is None:
             r = int(gap[0])
             n_series = len(np.unique(codes[gap]))
-            raise RnnopsError(f"{n_series} series of {name} skip timestamps of the panel's frequency {freq}: series "
+            raise RnnopsError(f"{_n(n_series, 'series', 'series')} of {name} {'skips' if n_series == 1 else 'skip'} timestamps of the panel's frequency {freq}: series "
                               f"{ids[codes[r]]!r} jumps from {_ts(date_ns[r])} to {_ts(date_ns[r + 1])}; fill them, "
                               f"or pass --freq {freq} to treat the gaps as missing values")
         # --freq given: gaps become rows of missing values.
@@ -494,7 +501,7 @@ def check_panel(df, spec: PanelSpec, name: str = "the panel") -> Panel:
         if missing.any():
             r, k = (int(v) for v in np.argwhere(missing)[0])
             where = "" if was_read[r] else ", a timestamp missing from the file"
-            raise RnnopsError(f"future covariate {spec.future_covariates[k]!r} is missing at {int(missing[:, k].sum())} steps "
+            raise RnnopsError(f"future covariate {spec.future_covariates[k]!r} is missing at {_n(int(missing[:, k].sum()), 'step')} "
                               f"of {name} (first: series {ids[codes[r]]!r} at {_ts(date_ns[r])}{where}); future covariates "
                               "must be known at every step: fill them, or declare the column with --past-covariates")
 
