@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +180,11 @@ def test_m4_hourly_baselines_reproduce_the_published_results(m4_data):
     # Naive's 95 % random-walk interval: published MSIS 71.245 and ACD (|coverage - 0.95|) 0.011.
     assert round(scores["naive"].msis, 3) == 71.245
     assert round(abs(scores["naive"].coverage - 0.95), 3) == 0.011
+
+
+def test_metrics_panels_and_calendar_import_without_torch():
+    code = ("import sys\n"
+            "import rnnops.calendar, rnnops.training.forecast_metrics, rnnops.training.m4, rnnops.training.panel\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 0, p.stderr[-2000:]

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rnnops import calendar
 from rnnops.errors import RnnopsError
@@ -187,6 +189,30 @@ def test_calendar_freq_gaps_fill_on_month_starts():
     assert p.filled_gaps == 2 and p.lengths[0] == 24
     np.testing.assert_array_equal(p.timestamps[x], days.to_numpy("datetime64[ns]"))
     assert p.calendar_names == ("month_of_year",) and p.season == 12
+
+
+@settings(max_examples=40, deadline=None)
+@given(freq=st.sampled_from(["h", "15min", "D", "B", "W-MON", "MS", "QE"]),
+       lengths=st.lists(st.integers(2, 30), min_size=1, max_size=4), data=st.data())
+def test_freq_fills_any_gaps_back_to_the_full_grid(freq, lengths, data):
+    frames, full = [], []
+    for i, n in enumerate(lengths):
+        skip = data.draw(st.integers(0, 20), label="start offset")
+        grid = pd.date_range("2021-01-04", periods=skip + n, freq=freq)[skip:]  # 2021-01-04: a Monday
+        keep = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n), label="rows kept"))
+        keep[0] = keep[-1] = True  # the series' span stays
+        values = np.arange(n, dtype=np.float64) + 100 * i
+        frames.append(pd.DataFrame({"id": f"s{i}", "t": grid[keep], "y": values[keep]}))
+        full.append((grid, values, keep))
+    df = pd.concat(frames, ignore_index=True).sample(frac=1.0, random_state=0)
+    p = read_panel(df, PanelSpec("id", "t", "y", horizon=1, lookback=1, freq=freq))
+    for i, (grid, values, keep) in enumerate(full):
+        rows = p.rows(p.ids.index(f"s{i}"))
+        np.testing.assert_array_equal(p.timestamps[rows], grid.to_numpy("datetime64[ns]"))
+        got = p.target[rows, 0]
+        np.testing.assert_array_equal(np.isnan(got), ~keep)
+        np.testing.assert_array_equal(got[keep], values[keep])
+    assert p.filled_gaps == sum(int((~keep).sum()) for _, _, keep in full)
 
 
 def test_other_bad_inputs_are_one_line():
