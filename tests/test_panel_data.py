@@ -92,6 +92,39 @@ def test_csv_and_parquet_read_alike(tmp_path):
     assert a.freq == "D" and len(a.too_short) == 1  # the generator's one short history (3-6 weeks)
 
 
+def test_batches_of_any_size_give_the_same_panel_and_row_numbers(tmp_path, monkeypatch):
+    from rnnops.training import panel as panel_module
+
+    df = retail_panel.generate(series=12, days=70, seed=3)
+    df.to_csv(tmp_path / "p.csv", index=False)
+    df.to_parquet(tmp_path / "p.parquet", index=False)
+    s = PanelSpec(**RETAIL, horizon=7, lookback=42)
+    whole = read_panel(df, s)
+    monkeypatch.setattr(panel_module, "BATCH_ROWS", 50)  # ~15 batches
+    for source in (df, str(tmp_path / "p.csv"), str(tmp_path / "p.parquet")):
+        p = read_panel(source, s)
+        assert p.ids == whole.ids and p.too_short == whole.too_short
+        np.testing.assert_array_equal(p.offsets, whole.offsets)
+        np.testing.assert_array_equal(p.timestamps, whole.timestamps)
+        np.testing.assert_array_equal(p.target, whole.target)
+        np.testing.assert_allclose(p.future, whole.future)
+        for a, b in zip(p.static, whole.static):
+            assert a.vocabulary == b.vocabulary
+            np.testing.assert_array_equal(a.values, b.values)
+    monkeypatch.setattr(panel_module, "BATCH_ROWS", 7)
+    bad = hand_panel()
+    bad["id"] = bad["id"].astype(object)
+    bad.loc[[3, 40], "id"] = None
+    assert one_line_error(bad, spec()).startswith("2 rows of the panel have no id in 'id' (first at row 3)")
+    bad = hand_panel()
+    bad["sales"] = bad["sales"].astype(object)
+    bad.loc[44, "sales"] = "x"
+    assert "not numeric: row 44 holds 'x'" in one_line_error(bad, spec())
+    bad = hand_panel()
+    dup = pd.concat([bad, bad.iloc[[2]]], ignore_index=True)  # the copy lands in another batch
+    assert f"the first: {bad.loc[2, 'id']!r} at {bad.loc[2, 'day']} (row 61)" in one_line_error(dup, spec())
+
+
 def test_static_numeric_columns_stay_numbers():
     df = hand_panel()
     df["size"] = df["id"].map({"A": 1.5, "B": 2.0, "C": 3.0})
@@ -115,7 +148,7 @@ def test_a_target_that_is_not_numeric():
     df["sales"] = df["sales"].astype(object)
     df.loc[5, "sales"] = "n/a"
     msg = one_line_error(df, spec())
-    assert "target 'sales'" in msg and "not numeric: row 5 holds 'n/a'" in msg
+    assert msg == "target 'sales' in the panel is not numeric: row 5 holds 'n/a'; give numbers (missing values may be empty)"
 
 
 def test_a_column_given_two_roles():

@@ -23,8 +23,11 @@ Splits are per series and by time (the M4 protocol): the last ``horizon`` steps 
 are test, the ``horizon`` before them validation, the rest training (:meth:`Panel.splits`).
 :func:`backtest_cutoffs` gives rolling origins as NeuralForecast's ``cross_validation`` does.
 
-Parquet is read by Arrow record batches and only the columns that have a role; the checked panel
-is held in memory as flat arrays (rows of series i are ``offsets[i]:offsets[i + 1]``).
+Only the columns that have a role are read, batch by batch (Arrow record batches for Parquet,
+pandas chunks for CSV): each batch is checked and converted to compact arrays (series codes,
+int64 timestamps, float32 values), so Python objects never exceed one batch. The checked panel
+is held in memory as flat arrays (rows of series i are ``offsets[i]:offsets[i + 1]``); a panel
+larger than memory needs the streaming window sampler of the training stage (not built yet).
 
 No torch: batch jobs and tools can read and check panels without it.
 """
@@ -213,6 +216,8 @@ class Panel:
 
 # --------------------------------------------------------------------------- reading
 
+BATCH_ROWS = 1 << 16  # rows converted at a time: the file is never held as Python objects whole
+
 
 def _columns_of(path: Path) -> list[str]:
     if path.suffix.lower() in PARQUET_SUFFIXES:
@@ -224,20 +229,28 @@ def _columns_of(path: Path) -> list[str]:
     return [str(c) for c in pd.read_csv(path, nrows=0).columns]
 
 
-def _read_table(path: Path, columns: list[str]):
-    """The columns that have a role: Parquet by record batches, CSV through pandas."""
+def _frame_batches(df):
+    for start in range(0, len(df), BATCH_ROWS):
+        yield df.iloc[start: start + BATCH_ROWS]
+
+
+def _file_batches(path: Path, columns: list[str]):
+    """The role columns as pandas frames of up to BATCH_ROWS rows: Parquet by Arrow record
+    batches, CSV by pandas chunks (ids kept as text)."""
     import pandas as pd
 
     if path.suffix.lower() in PARQUET_SUFFIXES:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(path)
-        batches = list(pf.iter_batches(columns=columns, batch_size=1 << 16))
-        table = pa.Table.from_batches(batches) if batches else pf.read(columns=columns)
-        return table.to_pandas()
-    # Everything as read; types are checked column by column below, with row numbers.
-    return pd.read_csv(path, usecols=columns, dtype={columns[0]: str})
+        for batch in pq.ParquetFile(path).iter_batches(columns=columns, batch_size=BATCH_ROWS):
+            yield batch.to_pandas()
+    else:
+        yield from pd.read_csv(path, usecols=columns, dtype={columns[0]: str}, chunksize=BATCH_ROWS)
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def read_panel(source, spec: PanelSpec) -> Panel:
@@ -246,35 +259,35 @@ def read_panel(source, spec: PanelSpec) -> Panel:
     with one line for the first problem found."""
     import pandas as pd
 
-    name = "the panel"
-    if isinstance(source, pd.DataFrame):
-        df = source
-        available = [str(c) for c in df.columns]
-        _check_columns(spec, available, name)
-        df = df[[c for c, _ in _unique_roles(spec)]]
-    elif isinstance(source, str) and source in NAMED_PANELS:
-        from rnnops.training.m4 import load_m4_hourly
+    columns = [c for c, _ in _unique_roles(spec)]
+    if isinstance(source, pd.DataFrame) or (isinstance(source, str) and source in NAMED_PANELS):
+        if isinstance(source, pd.DataFrame):
+            name, df = "the panel", source
+        else:
+            from rnnops.training.m4 import load_m4_hourly
 
-        name = source
-        df = load_m4_hourly().frame
-        _check_columns(spec, list(df.columns), name)
-        df = df[[c for c, _ in _unique_roles(spec)]]
-    else:
-        path = Path(source).expanduser()
-        name = path.name
-        if not path.is_file():
-            raise RnnopsError(f"no panel file {source!r}: give a CSV or Parquet file (or one of {', '.join(NAMED_PANELS)})")
+            name, df = source, load_m4_hourly().frame
+        _check_columns(spec, [str(c) for c in df.columns], name)
+        return check_panel(_frame_batches(df[columns]), spec, name)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise RnnopsError(f"no panel file {source!r}: give a CSV or Parquet file (or one of {', '.join(NAMED_PANELS)})")
+    kind = "Parquet" if path.suffix.lower() in PARQUET_SUFFIXES else "CSV"
+    try:
+        available = _columns_of(path)
+    except Exception as exc:  # pandas / Arrow raise many types for unreadable files
+        raise RnnopsError(f"cannot read {path.name} as {kind}: {_one_line(exc)}") from None
+    _check_columns(spec, available, path.name)
+
+    def batches():
         try:
-            available = _columns_of(path)
-        except Exception as exc:  # pandas / Arrow raise many types for unreadable files
-            raise RnnopsError(f"cannot read {path.name} as {'Parquet' if path.suffix.lower() in PARQUET_SUFFIXES else 'CSV'}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-        _check_columns(spec, available, name)
-        try:
-            df = _read_table(path, [c for c, _ in _unique_roles(spec)])
+            yield from _file_batches(path, columns)
+        except RnnopsError:
+            raise
         except Exception as exc:
-            raise RnnopsError(f"cannot read {path.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    return check_panel(df, spec, name)
+            raise RnnopsError(f"cannot read {path.name} as {kind}: {_one_line(exc)}") from None
+
+    return check_panel(batches(), spec, path.name)
 
 
 def _unique_roles(spec: PanelSpec) -> list[tuple[str, str]]:
@@ -296,7 +309,7 @@ def _check_columns(spec: PanelSpec, available: list[str], name: str) -> None:
             raise RnnopsError(f"column {col!r} ({given[0]}) is not in {name} (columns: {', '.join(available)})")
 
 
-# --------------------------------------------------------------------------- checking
+# --------------------------------------------------------------------------- converting, batch by batch
 
 
 def _ts(value) -> str:
@@ -312,25 +325,29 @@ def _n(count: int, noun: str, plural: str | None = None) -> str:
     return f"{count} {noun if count == 1 else (plural or noun + 's')}"
 
 
-def _numeric(df, col: str, what: str, name: str) -> np.ndarray:
-    """A column as float64, or one line naming the first value that is not a number."""
+def _have(count: int) -> str:
+    return "has" if count == 1 else "have"
+
+
+def _numeric(s, col: str, what: str, name: str, row0: int) -> np.ndarray:
+    """A column batch as float64, or one line naming the first value that is not a number
+    (``row0``: the file row of the batch's first row)."""
     import pandas as pd
 
-    s = df[col]
     if pd.api.types.is_bool_dtype(s):
         s = s.astype(np.float64)
     if not pd.api.types.is_numeric_dtype(s):
         coerced = pd.to_numeric(s, errors="coerce")
         bad = np.flatnonzero((coerced.isna() & s.notna()).to_numpy())
         if len(bad):
-            raise RnnopsError(f"{what} {col!r} in {name} is not numeric: row {int(bad[0])} holds {s.iloc[bad[0]]!r} "
-                              f"({_n(len(bad), 'such row')}); give numbers (missing values may be empty)")
+            raise RnnopsError(f"{what} {col!r} in {name} is not numeric: row {row0 + int(bad[0])} holds "
+                              f"{s.iloc[bad[0]]!r}; give numbers (missing values may be empty)")
         s = coerced
     values = s.to_numpy(np.float64, na_value=np.nan)
     inf = np.flatnonzero(np.isinf(values))
     if len(inf):
-        raise RnnopsError(f"{what} {col!r} in {name} has {_n(len(inf), 'infinite value')} (first at row {int(inf[0])}); "
-                          "give finite numbers or leave them empty (missing)")
+        raise RnnopsError(f"{what} {col!r} in {name} has an infinite value at row {row0 + int(inf[0])}; give finite "
+                          "numbers or leave them empty (missing)")
     return values
 
 
@@ -351,8 +368,107 @@ def _parse_dates(raw):
     return dates
 
 
+class _Codes:
+    """Strings -> int64 codes in order of first appearance, across batches (ids, categories)."""
+
+    def __init__(self):
+        self.index: dict[str, int] = {}
+
+    def encode(self, s) -> np.ndarray:
+        """Codes of a batch; -1 for a missing value."""
+        import pandas as pd
+
+        local, uniques = pd.factorize(s, use_na_sentinel=True)
+        table = np.array([self.index.setdefault(str(u), len(self.index)) for u in uniques] + [-1], np.int64)
+        return table[local]  # local -1 (missing) picks the trailing -1
+
+    @property
+    def values(self) -> list[str]:
+        return list(self.index)
+
+
+@dataclass
+class _Rows:
+    """The role columns of the whole input as compact arrays, in file order."""
+
+    ids: _Codes
+    codes: np.ndarray  # int64 series code per row
+    dates: np.ndarray  # int64 ns
+    targets: np.ndarray  # float32 [rows, targets]
+    future: np.ndarray
+    past: np.ndarray
+    static_codes: list[np.ndarray]  # per static column: code of str(value) per row (-1 missing)
+    static_text: list[_Codes]
+    static_numbers: list[np.ndarray | None]  # per static column: float64 per row, None when not all numeric
+
+
+def _convert(batches, spec: PanelSpec, name: str) -> _Rows:
+    """Each batch checked (ids, dates, numbers: with file row numbers) and converted to compact
+    arrays; Python objects never exceed one batch."""
+    import pandas as pd
+
+    idc, datec = spec.id_column, spec.date_column
+    ids = _Codes()
+    static_text = [_Codes() for _ in spec.static_columns]
+    parts: dict[str, list] = {k: [] for k in ("codes", "dates", "targets", "future", "past")}
+    static_codes: list[list] = [[] for _ in spec.static_columns]
+    static_numbers: list[list | None] = [[] for _ in spec.static_columns]
+    # Rows without an id or a date are counted over the whole input before the one line is raised.
+    no_id: list = [0, None]  # count, first row
+    no_date: list = [0, None, None]  # count, first row, its value
+    row0 = 0
+    for df in batches:
+        n, first = len(df), row0
+        if not n:
+            continue
+        null_ids = np.flatnonzero(df[idc].isna().to_numpy())
+        dates = _parse_dates(df[datec])
+        bad = np.flatnonzero(dates.isna().to_numpy() & ~df[idc].isna().to_numpy())
+        if len(null_ids) and no_id[1] is None:
+            no_id[1] = first + int(null_ids[0])
+        if len(bad) and no_date[1] is None:
+            no_date[1:] = [first + int(bad[0]), df[datec].iloc[bad[0]]]
+        no_id[0] += len(null_ids)
+        no_date[0] += len(bad)
+        row0 += n
+        if no_id[0] or no_date[0]:
+            continue  # only counting from here on
+        parts["codes"].append(ids.encode(df[idc].astype(str)))
+        if getattr(dates.dt, "tz", None) is not None:  # time zones: compared and stepped in UTC
+            dates = dates.dt.tz_convert("UTC").dt.tz_localize(None)
+        parts["dates"].append(dates.to_numpy("datetime64[ns]").view(np.int64))
+        for key, cols, what in (("targets", spec.targets, "target"), ("future", spec.future_covariates, "future covariate"),
+                                ("past", spec.past_covariates, "past covariate")):
+            block = np.empty((n, len(cols)), np.float32)
+            for k, c in enumerate(cols):
+                block[:, k] = _numeric(df[c], c, what, name, first)
+            parts[key].append(block)
+        for k, c in enumerate(spec.static_columns):
+            s = df[c]
+            static_codes[k].append(static_text[k].encode(s.astype(str).where(s.notna(), None)))
+            if static_numbers[k] is not None:
+                numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+                static_numbers[k] = static_numbers[k] + [s.to_numpy(np.float64, na_value=np.nan)] if numeric else None
+    if not row0:
+        raise RnnopsError(f"{name} has no rows")
+    if no_id[0]:
+        raise RnnopsError(f"{_n(no_id[0], 'row')} of {name} {_have(no_id[0])} no id in {idc!r} (first at row {no_id[1]}); "
+                          "fill or drop them")
+    if no_date[0]:
+        raise RnnopsError(f"{_n(no_date[0], 'row')} of {name} {_have(no_date[0])} no valid date in {datec!r} (first at "
+                          f"row {no_date[1]}: {no_date[2]!r}); give ISO dates like 2024-01-31 or 2024-01-31 13:00")
+    widths = {"targets": len(spec.targets), "future": len(spec.future_covariates), "past": len(spec.past_covariates)}
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    for key, w in widths.items():
+        cat[key] = cat[key].reshape(row0, w)
+    return _Rows(ids, cat["codes"], cat["dates"], cat["targets"], cat["future"], cat["past"],
+                 [np.concatenate(c) for c in static_codes], static_text,
+                 [None if v is None else np.concatenate(v) for v in static_numbers])
+
+
 def _infer_freq(dates: np.ndarray, offsets: np.ndarray) -> str:
-    """The panel's frequency: pandas' inference on the longest series, else the most common step."""
+    """The panel's frequency (``dates``: int64 ns, sorted per series): pandas' inference on the
+    longest series, else the most common step."""
     import pandas as pd
 
     lengths = np.diff(offsets)
@@ -360,7 +476,7 @@ def _infer_freq(dates: np.ndarray, offsets: np.ndarray) -> str:
     if lengths[longest] >= 3:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            freq = pd.infer_freq(pd.DatetimeIndex(dates[offsets[longest]:offsets[longest + 1]]))
+            freq = pd.infer_freq(pd.DatetimeIndex(dates[offsets[longest]:offsets[longest + 1]].view("datetime64[ns]")))
         if freq is not None:
             return freq
     steps = np.diff(dates.view(np.int64))
@@ -393,136 +509,6 @@ def _grid_positions(dates: np.ndarray, offsets: np.ndarray, freq: str):
     return pos - np.repeat(pos[offsets[:-1]], lengths), off
 
 
-def check_panel(df, spec: PanelSpec, name: str = "the panel") -> Panel:
-    """Check a long-format frame holding (at least) the spec's columns; see :func:`read_panel`."""
-    import pandas as pd
-
-    _check_columns(spec, [str(c) for c in df.columns], name)
-    df = df.reset_index(drop=True)
-    idc, datec = spec.id_column, spec.date_column
-    if not len(df):
-        raise RnnopsError(f"{name} has no rows")
-
-    null_ids = np.flatnonzero(df[idc].isna().to_numpy())
-    if len(null_ids):
-        raise RnnopsError(f"{_n(len(null_ids), 'row')} of {name} {'has' if len(null_ids) == 1 else 'have'} no id in {idc!r} (first at row {int(null_ids[0])}); "
-                          "fill or drop them")
-
-    raw_dates = df[datec]
-    dates = _parse_dates(raw_dates)
-    bad = np.flatnonzero(dates.isna().to_numpy())
-    if len(bad):
-        raise RnnopsError(f"{_n(len(bad), 'row')} of {name} {'has' if len(bad) == 1 else 'have'} no valid date in {datec!r} (first at row {int(bad[0])}: "
-                          f"{raw_dates.iloc[bad[0]]!r}); give ISO dates like 2024-01-31 or 2024-01-31 13:00")
-    if getattr(dates.dt, "tz", None) is not None:  # time zones: compared and stepped in UTC
-        dates = dates.dt.tz_convert("UTC").dt.tz_localize(None)
-    ids_str = df[idc].astype(str)
-
-    dup = pd.DataFrame({"id": ids_str, "date": dates}).duplicated(keep="first").to_numpy()
-    if dup.any():
-        first = int(np.flatnonzero(dup)[0])
-        raise RnnopsError(f"{_n(int(dup.sum()), f'duplicate ({idc}, {datec}) row')} in {name}; the first: "
-                          f"{ids_str.iloc[first]!r} at {_ts(dates.iloc[first])} (row {first}); keep one row per series "
-                          "and timestamp")
-
-    targets = np.stack([_numeric(df, c, "target", name) for c in spec.targets], axis=1)
-    future = np.stack([_numeric(df, c, "future covariate", name) for c in spec.future_covariates], axis=1) \
-        if spec.future_covariates else np.zeros((len(df), 0))
-    past = np.stack([_numeric(df, c, "past covariate", name) for c in spec.past_covariates], axis=1) \
-        if spec.past_covariates else np.zeros((len(df), 0))
-
-    # Sort by series (in order of first appearance) then time.
-    codes, uniques = pd.factorize(ids_str, sort=False)
-    date_ns = dates.to_numpy("datetime64[ns]")
-    order = np.lexsort((date_ns.view(np.int64), codes))
-    codes, date_ns = codes[order], date_ns[order]
-    targets, future, past = targets[order], future[order], past[order]
-    counts = np.bincount(codes, minlength=len(uniques))
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    ids = tuple(str(u) for u in uniques)
-    read_offsets = offsets  # the rows as read (before gaps are filled): static columns are checked on them
-
-    if spec.likelihood == "negbin":
-        neg = np.flatnonzero((targets < 0).any(axis=1))
-        if len(neg):
-            r = int(neg[0])
-            raise RnnopsError(f"{_n(len(neg), 'row')} of {name} {'has' if len(neg) == 1 else 'have'} a negative target (first: series {ids[codes[r]]!r} at "
-                              f"{_ts(date_ns[r])}), but --likelihood negbin models counts >= 0; use studentt or normal")
-
-    freq = spec.freq or _infer_freq(date_ns, offsets)
-    try:
-        season = season_length(freq)
-        cal_names = calendar.features_for(freq) if spec.calendar_features else ()
-    except ValueError as exc:
-        raise RnnopsError(f"--freq: {exc}") from None
-    pos, off = _grid_positions(date_ns, offsets, freq)
-    if off.any():
-        r = int(np.flatnonzero(off)[0])
-        n_series = len(np.unique(codes[off]))
-        raise RnnopsError(f"{_n(n_series, 'series', 'series')} of {name} {'has' if n_series == 1 else 'have'} timestamps off the {freq} steps from their first one: series "
-                          f"{ids[codes[r]]!r} at {_ts(date_ns[r])} (starting {_ts(date_ns[offsets[codes[r]]])}); "
-                          "fix the timestamps or give the right --freq")
-    step = np.diff(pos)
-    same_series = np.ones(len(step), bool)
-    same_series[offsets[1:-1] - 1] = False
-    gap = np.flatnonzero((step > 1) & same_series)
-    filled = 0
-    was_read = np.ones(len(date_ns), bool)  # False: a row inserted for a gap (--freq)
-    if len(gap):
-        if spec.freq is None:
-            r = int(gap[0])
-            n_series = len(np.unique(codes[gap]))
-            raise RnnopsError(f"{_n(n_series, 'series', 'series')} of {name} {'skips' if n_series == 1 else 'skip'} timestamps of the panel's frequency {freq}: series "
-                              f"{ids[codes[r]]!r} jumps from {_ts(date_ns[r])} to {_ts(date_ns[r + 1])}; fill them, "
-                              f"or pass --freq {freq} to treat the gaps as missing values")
-        # --freq given: gaps become rows of missing values.
-        new_len = pos[offsets[1:] - 1] + 1
-        new_offsets = np.concatenate([[0], np.cumsum(new_len)]).astype(np.int64)
-        dest = np.repeat(new_offsets[:-1], counts) + pos
-        filled = int(new_offsets[-1] - offsets[-1])
-
-        def spread(a):
-            out = np.full((int(new_offsets[-1]), a.shape[1]), np.nan)
-            out[dest] = a
-            return out
-
-        was_read = np.zeros(int(new_offsets[-1]), bool)
-        was_read[dest] = True
-        targets, future, past = spread(targets), spread(future), spread(past)
-        t = np.empty(int(new_offsets[-1]), np.int64)
-        series_of_row = np.repeat(np.arange(len(ids)), new_len)
-        within = np.arange(int(new_offsets[-1])) - np.repeat(new_offsets[:-1], new_len)
-        t[:] = _grid_times(date_ns[offsets[:-1]], date_ns[offsets[1:] - 1], within, series_of_row, freq)
-        date_ns, offsets, counts = t.view("datetime64[ns]"), new_offsets, new_len
-        codes = series_of_row
-
-    if future.shape[1]:
-        missing = np.isnan(future)
-        if missing.any():
-            r, k = (int(v) for v in np.argwhere(missing)[0])
-            where = "" if was_read[r] else ", a timestamp missing from the file"
-            raise RnnopsError(f"future covariate {spec.future_covariates[k]!r} is missing at {_n(int(missing[:, k].sum()), 'step')} "
-                              f"of {name} (first: series {ids[codes[r]]!r} at {_ts(date_ns[r])}{where}); future covariates "
-                              "must be known at every step: fill them, or declare the column with --past-covariates")
-
-    static = tuple(_static_column(df, c, order, read_offsets, ids, name) for c in spec.static_columns)
-
-    lengths = np.diff(offsets)
-    need = spec.lookback + spec.horizon
-    short = lengths < need
-    if short.all():
-        longest = int(np.argmax(lengths))
-        raise RnnopsError(f"no series of {name} is long enough for lookback {spec.lookback} + horizon {spec.horizon} "
-                          f"({need} steps): the longest, {ids[longest]!r}, has {int(lengths[longest])}; use a shorter "
-                          "--lookback or --horizon")
-    return Panel(
-        spec=spec, freq=freq, season=season, ids=ids, offsets=offsets, timestamps=date_ns,
-        target=targets.astype(np.float32), future=future.astype(np.float32), past=past.astype(np.float32),
-        static=static, calendar_names=tuple(cal_names), too_short=tuple(np.array(ids, dtype=object)[short]),
-        filled_gaps=filled, missing_targets=int(np.isnan(targets).sum()), source=name,
-    )
-
-
 def _grid_times(first: np.ndarray, last: np.ndarray, within: np.ndarray, series: np.ndarray, freq: str) -> np.ndarray:
     """Timestamps (int64 ns) of step ``within`` on the grid of series ``series`` (``first`` to ``last``)."""
     import pandas as pd
@@ -538,29 +524,142 @@ def _grid_times(first: np.ndarray, last: np.ndarray, within: np.ndarray, series:
     return grid[np.searchsorted(grid, f)[series] + within]
 
 
-def _static_column(df, col: str, order: np.ndarray, offsets: np.ndarray, ids, name: str) -> StaticColumn:
-    """One value per series (checked), as category codes or numbers."""
-    import pandas as pd
+# --------------------------------------------------------------------------- checking the whole panel
 
-    s = df[col].iloc[order].reset_index(drop=True)
-    starts = offsets[:-1]
+
+def check_panel(batches, spec: PanelSpec, name: str = "the panel") -> Panel:
+    """Check a panel given as pandas frames (batches of rows in file order) holding the spec's
+    columns; see :func:`read_panel`."""
+    rows = _convert(batches, spec, name)
+    idc, datec = spec.id_column, spec.date_column
+    ids = tuple(rows.ids.values)
+
+    # Sort by series (in order of first appearance) then time; lexsort is stable, so of equal
+    # (id, date) rows the first in the file comes first.
+    order = np.lexsort((rows.dates, rows.codes))
+    codes, t = rows.codes[order], rows.dates[order]
+    dup = np.flatnonzero((codes[1:] == codes[:-1]) & (t[1:] == t[:-1])) + 1
+    if len(dup):
+        first = int(order[dup].min())  # the duplicate that comes first in the file
+        raise RnnopsError(f"{_n(len(dup), f'duplicate ({idc}, {datec}) row')} in {name}; the first: "
+                          f"{ids[rows.codes[first]]!r} at {_ts(rows.dates[first])} (row {first}); keep one row per "
+                          "series and timestamp")
+    targets, future, past = rows.targets[order], rows.future[order], rows.past[order]
+    counts = np.bincount(codes, minlength=len(ids))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    read_offsets = offsets  # the rows as read (before gaps are filled): static columns are checked on them
+
+    if spec.likelihood == "negbin":
+        neg = np.flatnonzero((targets < 0).any(axis=1))
+        if len(neg):
+            r = int(neg[0])
+            raise RnnopsError(f"{_n(len(neg), 'row')} of {name} {_have(len(neg))} a negative target (first: series "
+                              f"{ids[codes[r]]!r} at {_ts(t[r])}), but --likelihood negbin models counts >= 0; "
+                              "use studentt or normal")
+
+    freq = spec.freq or _infer_freq(t, offsets)
+    try:
+        season = season_length(freq)
+        cal_names = calendar.features_for(freq) if spec.calendar_features else ()
+    except ValueError as exc:
+        raise RnnopsError(f"--freq: {exc}") from None
+    pos, off = _grid_positions(t, offsets, freq)
+    if off.any():
+        r = int(np.flatnonzero(off)[0])
+        n_series = len(np.unique(codes[off]))
+        raise RnnopsError(f"{_n(n_series, 'series', 'series')} of {name} {_have(n_series)} timestamps off the {freq} "
+                          f"steps from their first one: series {ids[codes[r]]!r} at {_ts(t[r])} (starting "
+                          f"{_ts(t[offsets[codes[r]]])}); fix the timestamps or give the right --freq")
+    step = np.diff(pos)
+    same_series = np.ones(len(step), bool)
+    same_series[offsets[1:-1] - 1] = False
+    gap = np.flatnonzero((step > 1) & same_series)
+    filled = 0
+    was_read = np.ones(len(t), bool)  # False: a row inserted for a gap (--freq)
+    if len(gap):
+        if spec.freq is None:
+            r = int(gap[0])
+            n_series = len(np.unique(codes[gap]))
+            raise RnnopsError(f"{_n(n_series, 'series', 'series')} of {name} {'skips' if n_series == 1 else 'skip'} "
+                              f"timestamps of the panel's frequency {freq}: series {ids[codes[r]]!r} jumps from "
+                              f"{_ts(t[r])} to {_ts(t[r + 1])}; fill them, or pass --freq {freq} to treat the gaps as "
+                              "missing values")
+        # --freq given: gaps become rows of missing values.
+        new_len = pos[offsets[1:] - 1] + 1
+        new_offsets = np.concatenate([[0], np.cumsum(new_len)]).astype(np.int64)
+        total = int(new_offsets[-1])
+        dest = np.repeat(new_offsets[:-1], counts) + pos
+        filled = total - int(offsets[-1])
+
+        def spread(a):
+            out = np.full((total, a.shape[1]), np.nan, np.float32)
+            out[dest] = a
+            return out
+
+        was_read = np.zeros(total, bool)
+        was_read[dest] = True
+        targets, future, past = spread(targets), spread(future), spread(past)
+        series_of_row = np.repeat(np.arange(len(ids)), new_len)
+        within = np.arange(total) - np.repeat(new_offsets[:-1], new_len)
+        t = _grid_times(t[offsets[:-1]], t[offsets[1:] - 1], within, series_of_row, freq)
+        offsets, codes = new_offsets, series_of_row
+
+    if future.shape[1]:
+        missing = np.isnan(future)
+        if missing.any():
+            r, k = (int(v) for v in np.argwhere(missing)[0])
+            where = "" if was_read[r] else ", a timestamp missing from the file"
+            raise RnnopsError(f"future covariate {spec.future_covariates[k]!r} is missing at "
+                              f"{_n(int(missing[:, k].sum()), 'step')} of {name} (first: series {ids[codes[r]]!r} at "
+                              f"{_ts(t[r])}{where}); future covariates must be known at every step: fill them, or "
+                              "declare the column with --past-covariates")
+
+    static = tuple(_static_column(rows, k, c, order, read_offsets, ids, name) for k, c in enumerate(spec.static_columns))
+
+    lengths = np.diff(offsets)
+    need = spec.lookback + spec.horizon
+    short = lengths < need
+    if short.all():
+        longest = int(np.argmax(lengths))
+        raise RnnopsError(f"no series of {name} is long enough for lookback {spec.lookback} + horizon {spec.horizon} "
+                          f"({need} steps): the longest, {ids[longest]!r}, has {int(lengths[longest])}; use a shorter "
+                          "--lookback or --horizon")
+    return Panel(
+        spec=spec, freq=freq, season=season, ids=ids, offsets=offsets, timestamps=t.view("datetime64[ns]"),
+        target=targets, future=future, past=past, static=static, calendar_names=tuple(cal_names),
+        too_short=tuple(ids[i] for i in np.flatnonzero(short)), filled_gaps=filled,
+        missing_targets=int(np.isnan(targets).sum()), source=name,
+    )
+
+
+def _static_column(rows: _Rows, k: int, col: str, order: np.ndarray, offsets: np.ndarray, ids, name: str) -> StaticColumn:
+    """Static column ``k``: one value per series (checked), as category codes or numbers."""
+    codes = rows.static_codes[k][order]
+    first = codes[offsets[:-1]]
     series_of_row = np.repeat(np.arange(len(ids)), np.diff(offsets))
-    firsts = s.iloc[starts].reset_index(drop=True)
-    same = (s.astype(str).to_numpy() == firsts.astype(str).to_numpy()[series_of_row])
-    if not same.all():
-        r = int(np.flatnonzero(~same)[0])
-        k = int(series_of_row[r])
-        raise RnnopsError(f"static column {col!r} changes within series {ids[k]!r} of {name} ({firsts.iloc[k]!r}, then "
-                          f"{s.iloc[r]!r}); static columns hold one value per series (use a covariate for one that changes)")
-    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
-        values = firsts.to_numpy(np.float64, na_value=np.nan)
+    changed = np.flatnonzero(codes != first[series_of_row])
+    text = rows.static_text[k].values
+    if len(changed):
+        r = int(changed[0])
+        i = int(series_of_row[r])
+
+        def shown(c):
+            return repr(text[c]) if c >= 0 else "a missing value"
+
+        raise RnnopsError(f"static column {col!r} changes within series {ids[i]!r} of {name} ({shown(first[i])}, then "
+                          f"{shown(codes[r])}); static columns hold one value per series (use a covariate for one "
+                          "that changes)")
+    numbers = rows.static_numbers[k]
+    if numbers is not None:
+        values = numbers[order][offsets[:-1]]
         if np.isnan(values).any():
-            k = int(np.flatnonzero(np.isnan(values))[0])
-            raise RnnopsError(f"numeric static column {col!r} is missing for series {ids[k]!r} of {name}; give a value "
+            i = int(np.flatnonzero(np.isnan(values))[0])
+            raise RnnopsError(f"numeric static column {col!r} is missing for series {ids[i]!r} of {name}; give a value "
                               "for every series")
         return StaticColumn(col, "real", values.astype(np.float32))
-    text = firsts.where(firsts.notna(), None)
-    vocabulary = tuple(sorted({str(v) for v in text if v is not None}))
-    index = {c: i + 1 for i, c in enumerate(vocabulary)}
-    codes = np.array([0 if v is None else index[str(v)] for v in text], np.int64)  # missing: the unknown bucket
-    return StaticColumn(col, "categorical", codes, vocabulary)
+    vocabulary = tuple(sorted(text))
+    # first-appearance code -> 1 + position in the sorted vocabulary; missing (-1) -> 0, the unknown bucket
+    remap = np.zeros(len(text) + 1, np.int64)
+    for c, value in enumerate(text):
+        remap[c] = vocabulary.index(value) + 1
+    return StaticColumn(col, "categorical", remap[first], vocabulary)
