@@ -161,7 +161,8 @@ def evaluate(insample: Sequence[np.ndarray], actual, forecast, m: int, *,
     ``mean(Total_smape[i,,])``; for equal horizons without gaps that is the mean of per-series means.
     ``lower``/``upper`` (same shape): the (1 - alpha) interval -> MSIS and coverage.
     ``quantile_forecasts`` [series, horizon, len(quantiles)] -> WQL.
-    ``naive2``: the same panel's Naive2 scores -> OWA."""
+    ``naive2``: the same panel's Naive2 scores -> OWA. Several targets: score each on its own, or
+    stack them as more series (each with its own history)."""
     y, f = _panel(actual, forecast)
     if len(insample) != y.shape[0]:
         raise ValueError(f"{len(insample)} in-sample histories for {y.shape[0]} series")

@@ -35,7 +35,7 @@ No torch: batch jobs and tools can read and check panels without it.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -171,7 +171,6 @@ class Panel:
     filled_gaps: int = 0  # rows inserted as missing (with --freq)
     missing_targets: int = 0  # target values that are NaN (masked in the loss)
     source: str = ""
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def n_series(self) -> int:
@@ -210,7 +209,6 @@ class Panel:
             shown = ", ".join(self.too_short[:10]) + (" ..." if len(self.too_short) > 10 else "")
             lines.append(f"{len(self.too_short)} series shorter than lookback {self.spec.lookback} + horizon "
                          f"{self.spec.horizon}: {shown}")
-        lines.extend(self.notes)
         return "\n".join(lines)
 
 
@@ -446,9 +444,11 @@ def _convert(batches, spec: PanelSpec, name: str) -> _Rows:
         for k, c in enumerate(spec.static_columns):
             s = df[c]
             static_codes[k].append(static_text[k].encode(s.astype(str).where(s.notna(), None)))
-            if static_numbers[k] is not None:
-                numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
-                static_numbers[k] = static_numbers[k] + [s.to_numpy(np.float64, na_value=np.nan)] if numeric else None
+            if static_numbers[k] is not None:  # numbers as long as every batch holds numbers
+                if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+                    static_numbers[k].append(s.to_numpy(np.float64, na_value=np.nan))
+                else:
+                    static_numbers[k] = None
     if not row0:
         raise RnnopsError(f"{name} has no rows")
     if no_id[0]:
