@@ -375,3 +375,42 @@ def test_m4_hourly_is_a_long_panel_with_the_official_split(m4_data):
     start, end = p.splits().range("test")
     test = np.stack([p.target[p.offsets[i] + start[i]: p.offsets[i] + end[i], 0] for i in range(p.n_series)])
     np.testing.assert_allclose(test, panel.test_values(), rtol=1e-6)  # the split is the official one
+
+
+def test_m4_hourly_downloads_into_the_cache_with_its_sha256(m4_data, tmp_path, monkeypatch):
+    """No RNNOPS_DATA_DIR: both files come over HTTP (a local server holding the real files) into
+    the cache's m4/ folder, checked against the registered sha256; a wrong file is refused."""
+    import dataclasses
+    import functools
+    import http.server
+    import threading
+
+    from rnnops.training import data as D
+    from rnnops.training import m4
+
+    served = tmp_path / "served"
+    served.mkdir()
+    for name in ("Hourly-train.csv", "Hourly-test.csv"):
+        (served / name).write_bytes((m4_data / "m4" / name).read_bytes())
+    (served / "wrong.csv").write_text("V1,V2\nH1,1\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        for key, name in ((m4.TRAIN_DATASET, "Hourly-train.csv"), (m4.TEST_DATASET, "Hourly-test.csv")):
+            monkeypatch.setitem(D.DATASETS, key, dataclasses.replace(D.DATASETS[key], url=f"{base}/{name}"))
+        monkeypatch.delenv("RNNOPS_DATA_DIR")
+        monkeypatch.setenv("RNNOPS_CACHE", str(tmp_path / "cache"))
+        panel = m4.load_m4_hourly()
+        assert len(panel.ids) == 414
+        assert (tmp_path / "cache" / "data" / "m4" / "Hourly-train.csv").is_file()
+        assert (tmp_path / "cache" / "data" / "m4" / "Hourly-test.csv").is_file()
+        (tmp_path / "cache" / "data" / "m4" / "Hourly-test.csv").unlink()
+        monkeypatch.setitem(D.DATASETS, m4.TEST_DATASET, dataclasses.replace(D.DATASETS[m4.TEST_DATASET], url=f"{base}/wrong.csv"))
+        with pytest.raises(RnnopsError, match="sha256"):
+            m4.load_m4_hourly()
+        assert not (tmp_path / "cache" / "data" / "m4" / "Hourly-test.csv").exists()
+    finally:
+        server.shutdown()
+        server.server_close()
