@@ -11,7 +11,7 @@ How sales arise (so a model that reads the covariates can beat one that cannot):
 and ``sales ~ NegativeBinomial(mean, dispersion)`` (over-dispersed counts). Each item has its
 own level (log-normal), list price and elasticity; each category its own weekly profile; promotions
 run a few days at a time with a price cut. A share of the items (``short_fraction``, at least one
-in ten) start late, with 3 to 6 weeks of history: the cold-start case.
+in a panel of ten or more) start late, with 3 to 6 weeks of history: the cold-start case.
 
 Seeded (the same arguments give the same panel); rows are generated and written a block of items at
 a time, so a large panel (100,000 series x 1,000 days) streams to Parquet without being held whole.
