@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from rnnops import calendar
 from rnnops.errors import RnnopsError
+from rnnops.training import forecast_metrics as fm
 from rnnops.training.panel import PanelSpec, backtest_cutoffs, read_panel
 from test_forecast_metrics import m4_data  # noqa: F401  (the M4 files: skip locally, fail under CI)
 
@@ -291,6 +292,22 @@ def test_backtest_cutoffs_roll_back_from_the_test_window():
         backtest_cutoffs(np.array([20]), 3, 0)
 
 
+def test_a_window_gives_histories_and_actual_values_per_series():
+    p = read_panel(hand_panel(), spec())
+    a, c = p.ids.index("A"), p.ids.index("C")
+    series, histories, actual = p.window(p.splits().val_end)
+    assert series.tolist() == list(range(3))
+    rows = p.rows(a)
+    np.testing.assert_array_equal(histories[a], p.target[rows][:27, 0].astype(np.float64))
+    np.testing.assert_array_equal(actual[a], p.target[rows][27:30, 0])
+    cut = p.backtest(4)  # C (6 steps) has history before the test window only
+    assert cut[c].tolist() == [-1, -1, -1, 3] and cut[a].tolist() == [18, 21, 24, 27]
+    series, histories, actual = p.window(cut[:, 0])
+    assert c not in series.tolist() and actual.shape == (len(series), 3)
+    with pytest.raises(ValueError, match="less than one horizon"):
+        p.window(p.lengths)
+
+
 # --------------------------------------------------------------------------- calendar
 
 
@@ -375,6 +392,15 @@ def test_m4_hourly_is_a_long_panel_with_the_official_split(m4_data):
     start, end = p.splits().range("test")
     test = np.stack([p.target[p.offsets[i] + start[i]: p.offsets[i] + end[i], 0] for i in range(p.n_series)])
     np.testing.assert_allclose(test, panel.test_values(), rtol=1e-6)  # the split is the official one
+    # Backtest windows scored as the metrics module scores them: the last window is the M4 test.
+    cut = p.backtest(3)
+    scores = []
+    for w in range(3):
+        series, histories, actual = p.window(cut[:, w])
+        assert len(series) == 414
+        scores.append(fm.baseline_scores(histories, actual, p.season)["seasonal_naive"])
+    assert (round(scores[-1].smape, 3), round(scores[-1].mase, 3)) == (13.912, 1.193)
+    assert scores[0].smape != scores[-1].smape
 
 
 def test_m4_hourly_downloads_into_the_cache_with_its_sha256(m4_data, tmp_path, monkeypatch):

@@ -196,6 +196,22 @@ class Panel:
         """:func:`backtest_cutoffs` of this panel's series."""
         return backtest_cutoffs(self.lengths, self.spec.horizon, windows, step)
 
+    def window(self, cutoffs: np.ndarray, target: int = 0) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """One forecast origin per series -> ``(series, histories, actual)``: the indices of the
+        series scored (those whose cutoff is not -1), each one's values before its cutoff (float64,
+        lengths differ) and the ``horizon`` values from it, ``[len(series), horizon]``. ``cutoffs``:
+        a column of :meth:`backtest`, or ``splits().val_end`` for the test window (``train_end``
+        for validation). Histories and actual values feed ``forecast_metrics.evaluate``."""
+        cutoffs = np.asarray(cutoffs, np.int64)
+        series = np.flatnonzero(cutoffs >= 1)
+        start = self.offsets[series] + cutoffs[series]
+        if np.any(cutoffs[series] + self.spec.horizon > self.lengths[series]):
+            raise ValueError("a cutoff leaves less than one horizon of values after it")
+        values = self.target[:, target].astype(np.float64)
+        histories = [values[self.offsets[i]: s] for i, s in zip(series, start)]
+        actual = values[start[:, None] + np.arange(self.spec.horizon)]
+        return series, histories, actual
+
     def summary(self) -> str:
         """What was read, in a few lines (the CLI prints it; a run logs it)."""
         n = self.lengths
