@@ -43,6 +43,16 @@ def fresh_model(panel, config: PanelTrainConfig) -> PanelForecaster:
     return PanelForecaster(model_config(config, panel, PanelWindows(panel, config.lookback)))
 
 
+def random_model(panel, config: PanelTrainConfig) -> PanelForecaster:
+    """A model whose every weight is random (a fresh one's output layers start at zero, so its
+    forecast would not depend on its inputs)."""
+    model = fresh_model(panel, config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    return model
+
+
 def fixed_batch(panel, config: PanelTrainConfig, n: int = 64):
     series, low, high = training_origins(panel, config.lookback)
     rng = np.random.default_rng(123)
@@ -69,11 +79,11 @@ def test_missing_targets_do_not_contribute_to_the_loss(head):
     config = PanelModelConfig(lookback=14, horizon=7, segment_length=7, season=7, head=head)
     model = PanelForecaster(config)
     raw = torch.randn(4, 7, model.head.n_outputs, requires_grad=True)
-    scale = torch.full((4, 1, 1), 3.0)
+    loc, scale = torch.full((4, 1, 1), 1.0), torch.full((4, 1, 1), 3.0)
     y = torch.randint(0, 20, (4, 7)).float()
     y[0, :3] = float("nan")
     y[2, 5] = float("nan")
-    loss = model.head.loss(raw, scale, y)
+    loss = model.head.loss(raw, loc, scale, y)
     loss.backward()
     missing = torch.isnan(y)
     assert torch.isfinite(loss)
@@ -81,15 +91,15 @@ def test_missing_targets_do_not_contribute_to_the_loss(head):
     assert torch.all(raw.grad[~missing].abs().sum(-1) > 0)
     # the missing values' stand-ins are irrelevant: any value there gives another loss, NaN none
     y_filled = torch.where(missing, torch.full_like(y, 1e4), y)
-    assert not torch.isclose(model.head.loss(raw, scale, y_filled), loss)
+    assert not torch.isclose(model.head.loss(raw, loc, scale, y_filled), loss)
     all_missing = torch.full_like(y, float("nan"))
-    assert model.head.loss(raw, scale, all_missing).item() == 0.0
+    assert model.head.loss(raw, loc, scale, all_missing).item() == 0.0
 
 
 @pytest.mark.parametrize("likelihood", HEADS)
 def test_quantiles_are_ordered_and_in_raw_units(panel, likelihood):
     config = replace(TINY, likelihood=likelihood)
-    model = fresh_model(panel, config).eval()
+    model = random_model(panel, config)
     windows = PanelWindows(panel, config.lookback)
     fc = forecast(model, windows, panel.splits().val_end)
     assert fc.quantiles.shape == (panel.n_series, 7, len(config.quantiles))
@@ -102,7 +112,7 @@ def test_quantiles_are_ordered_and_in_raw_units(panel, likelihood):
 
 
 def test_an_unseen_static_category_maps_to_the_unknown_bucket(panel):
-    model = fresh_model(panel, TINY).eval()
+    model = random_model(panel, TINY)
     windows = PanelWindows(panel, TINY.lookback)
     store = next(s for s in panel.static if s.name == "store")
     code = int(store.encode(["store_that_opened_today"])[0])

@@ -73,6 +73,7 @@ class PanelModelConfig:
     decoder_hidden: int = 64
     dropout: float = 0.1
     head: str = "pinball"  # pinball | studentt | normal | negbin
+    scaling: str = "standard"  # standard (window mean and std) | mean_abs (window mean |y|; negbin's)
     quantiles: tuple[float, ...] = DEFAULT_QUANTILES
     # inputs (the panel's)
     n_past: int = 0  # past covariates (known up to now)
@@ -82,6 +83,7 @@ class PanelModelConfig:
     static_real_std: tuple[float, ...] = ()
     log_scale_mean: float = 0.0  # of log(scale) over the training panel's series
     log_scale_std: float = 1.0
+    seasonal_residual: bool = True  # the location starts at the seasonal lag: the head learns the change from it
     unknown_dropout: float = 0.05  # share of static codes replaced by the unknown bucket while training
     samples: int = 200  # draws per window for the quantiles of a likelihood head
 
@@ -91,6 +93,10 @@ class PanelModelConfig:
         if self.head not in HEADS:
             raise RnnopsError(f"head {self.head!r} is not one of {', '.join(HEADS)} (pinball, or --likelihood "
                               f"{'|'.join(LIKELIHOODS)})")
+        if self.scaling not in ("standard", "mean_abs"):
+            raise RnnopsError(f"scaling {self.scaling!r} is not one of standard, mean_abs")
+        if self.head == "negbin" and self.scaling != "mean_abs":
+            object.__setattr__(self, "scaling", "mean_abs")  # counts are scaled, never shifted
         if self.segment_length < 1 or self.lookback % self.segment_length:
             raise RnnopsError(f"--segment-length {self.segment_length} does not divide --lookback {self.lookback}; "
                               "segments must tile the lookback exactly (e.g. 24 for 336)")
@@ -143,6 +149,12 @@ class Head(nn.Module):
         self.register_buffer("q", torch.tensor(self.levels, dtype=torch.float32))
 
     @property
+    def location_index(self) -> int | None:
+        """The output that is the forecast's location in scaled units (the median's, the mean's), which
+        the seasonal residual is added to; None for negbin (its mean is a softplus in raw counts)."""
+        return {"pinball": self.median_index, "normal": 0, "studentt": 0}.get(self.kind)
+
+    @property
     def n_outputs(self) -> int:
         return len(self.levels) if self.kind == "pinball" else self.N_PARAMS[self.kind]
 
@@ -175,34 +187,35 @@ class Head(nn.Module):
 
     # ---- the two things a head does
 
-    def loss(self, raw: Tensor, scale: Tensor, y: Tensor) -> Tensor:
-        """Mean loss over the observed target values (``y`` raw [B, H], NaN = missing, masked out)."""
+    def loss(self, raw: Tensor, loc: Tensor, scale: Tensor, y: Tensor) -> Tensor:
+        """Mean loss over the observed target values (``y`` raw [B, H], NaN = missing, masked out);
+        ``loc``, ``scale`` [B, 1, 1]: the window's scaling (scaled = (raw - loc) / scale)."""
         observed = torch.isfinite(y)
         if not observed.any():
             return raw.sum() * 0.0
         y0 = torch.where(observed, y, torch.zeros_like(y))
         if self.kind == "pinball":
             pred = self._monotone(raw)  # scaled
-            diff = (y0 / scale[..., 0]).unsqueeze(-1) - pred
+            diff = ((y0 - loc[..., 0]) / scale[..., 0]).unsqueeze(-1) - pred
             per = torch.maximum(self.q * diff, (self.q - 1) * diff).mean(-1)
         elif self.kind == "negbin":
             per = -self.distribution(raw, scale).log_prob(y0.clamp(min=0).round())
         else:
-            per = -self.distribution(raw, scale).log_prob(y0 / scale[..., 0])
+            per = -self.distribution(raw, scale).log_prob((y0 - loc[..., 0]) / scale[..., 0])
         return per[observed].mean()
 
-    def quantiles(self, raw: Tensor, scale: Tensor) -> Tensor:
+    def quantiles(self, raw: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
         """Forecast quantiles at ``levels`` in raw units, [B, H, Q], ordered along the last axis."""
         if self.kind == "pinball":
-            return self._monotone(raw) * scale
+            return self._monotone(raw) * scale + loc
         dist = self.distribution(raw, scale)
         if self.kind == "normal":
-            return (dist.loc.unsqueeze(-1) + dist.scale.unsqueeze(-1) * torch.special.ndtri(self.q)) * scale
+            return (dist.loc.unsqueeze(-1) + dist.scale.unsqueeze(-1) * torch.special.ndtri(self.q)) * scale + loc
         draws = dist.sample((self.samples,))  # [S, B, H]
         # counts keep integer quantiles (the empirical inverse CDF); sorted by construction either way
         how = "lower" if self.kind == "negbin" else "linear"
         qs = torch.quantile(draws.float(), self.q, dim=0, interpolation=how).permute(1, 2, 0)  # [B, H, Q]
-        return qs if self.kind == "negbin" else qs * scale
+        return qs if self.kind == "negbin" else qs * scale + loc
 
 
 @dataclass
@@ -221,7 +234,7 @@ class PanelBatch:
 
 
 class PanelForecaster(nn.Module):
-    """``forward(batch) -> (raw head outputs [B, H, n_outputs], scale [B, 1, 1])``;
+    """``forward(batch) -> (raw head outputs [B, H, n_outputs], loc, scale [B, 1, 1])``;
     :meth:`loss` and :meth:`quantiles` read those through the :class:`Head`."""
 
     def __init__(self, config: PanelModelConfig):
@@ -241,6 +254,8 @@ class PanelForecaster(nn.Module):
         self.global_mlp = nn.Linear(d + n_static, (h + 1) * k)
         local_in = 2 * k + c.n_known + (1 if c.seasonal_lags else 0)
         self.head = Head(c)
+        # the direct multi-step readout (the calibration run's head): each step's outputs from the last state
+        self.direct = nn.Linear(d + n_static, h * self.head.n_outputs)
         self.local_mlp = nn.Sequential(nn.Linear(local_in, c.decoder_hidden), nn.ReLU(),
                                        nn.Linear(c.decoder_hidden, self.head.n_outputs))
         if c.seasonal_lags:
@@ -248,19 +263,32 @@ class PanelForecaster(nn.Module):
             # step j of the horizon reads the lookback position one (or more) whole seasons back
             lag_index = [L + j - m * (j // m + 1) for j in range(h)]
             self.register_buffer("lag_index", torch.tensor(lag_index, dtype=torch.long))
+        # The output layers start at zero: an untrained model forecasts the seasonal lag (with the
+        # seasonal residual) or the window's location, not noise of the size of the series' spread.
+        for layer in (self.direct, self.local_mlp[-1]):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     # ---------------------------------------------------------------- pieces
 
-    def window_scale(self, past_target: Tensor) -> Tensor:
-        """Mean |y| over the observed lookback, per window: [B, 1, 1]."""
+    def window_scaling(self, past_target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(loc, scale, level)`` of each window's observed lookback, each [B, 1, 1]: ``level`` is
+        the mean |y|; ``standard`` scaling is (mean, std), ``mean_abs`` is (0, level). The std is
+        floored at a thousandth of the level, so a flat window does not blow up."""
         observed = torch.isfinite(past_target)
         y = torch.where(observed, past_target, torch.zeros_like(past_target))
         count = observed.sum(1, keepdim=True).clamp(min=1)
-        return (y.abs().sum(1, keepdim=True) / count).clamp(min=SCALE_EPS).unsqueeze(-1)
+        level = (y.abs().sum(1, keepdim=True) / count).clamp(min=SCALE_EPS)
+        if self.config.scaling == "mean_abs":
+            return torch.zeros_like(level).unsqueeze(-1), level.unsqueeze(-1), level.unsqueeze(-1)
+        mean = y.sum(1, keepdim=True) / count
+        var = (torch.where(observed, y - mean, torch.zeros_like(y)) ** 2).sum(1, keepdim=True) / count
+        std = torch.maximum(torch.sqrt(var), 1e-3 * level)
+        return mean.unsqueeze(-1), std.unsqueeze(-1), level.unsqueeze(-1)
 
-    def static_vector(self, static_cat: Tensor, static_real: Tensor, scale: Tensor) -> Tensor:
+    def static_vector(self, static_cat: Tensor, static_real: Tensor, level: Tensor) -> Tensor:
         """[B, n_static]: embeddings (unknown and out-of-range codes -> row 0), standardised
-        numbers, standardised log(scale)."""
+        numbers, standardised log(level)."""
         c = self.config
         parts = []
         for k, emb in enumerate(self.embeddings):
@@ -272,16 +300,16 @@ class PanelForecaster(nn.Module):
             parts.append(emb(codes))
         if len(self.real_mean):
             parts.append(torch.nan_to_num((static_real - self.real_mean) / self.real_std))
-        parts.append((torch.log(scale[:, 0]) - c.log_scale_mean) / c.log_scale_std)
+        parts.append((torch.log(level[:, 0]) - c.log_scale_mean) / c.log_scale_std)
         return torch.cat(parts, dim=-1)
 
     def forward(self, batch: PanelBatch) -> tuple[Tensor, Tensor]:
         c = self.config
         b, L, w = batch.past_target.shape[0], c.lookback, c.segment_length
-        scale = self.window_scale(batch.past_target)
+        loc, scale, level = self.window_scaling(batch.past_target)
         observed = torch.isfinite(batch.past_target)
-        z = torch.where(observed, batch.past_target, torch.zeros_like(batch.past_target)) / scale[..., 0]
-        static = self.static_vector(batch.static_cat, batch.static_real, scale)
+        z = torch.where(observed, (batch.past_target - loc[..., 0]) / scale[..., 0], torch.zeros_like(batch.past_target))
+        static = self.static_vector(batch.static_cat, batch.static_real, level)
         steps = torch.cat([z.unsqueeze(-1), observed.float().unsqueeze(-1),
                            torch.nan_to_num(batch.past_covariates), batch.known_past], dim=-1)  # [B, L, per_step]
         segments = steps.reshape(b, c.segments, w * steps.shape[-1])
@@ -290,18 +318,24 @@ class PanelForecaster(nn.Module):
         last = self.drop(out[:, -1])
         ctx = torch.relu(self.global_mlp(torch.cat([last, static], dim=-1))).reshape(b, c.horizon + 1, c.context_size)
         local = [ctx[:, :-1], ctx[:, -1:].expand(b, c.horizon, -1), batch.known_future]
-        if c.seasonal_lags:
-            local.append(z[:, self.lag_index].unsqueeze(-1))
-        return self.local_mlp(torch.cat(local, dim=-1)), scale
+        direct = self.direct(torch.cat([last, static], dim=-1)).reshape(b, c.horizon, self.head.n_outputs)
+        if not c.seasonal_lags:
+            return direct + self.local_mlp(torch.cat(local, dim=-1)), loc, scale
+        lag = z[:, self.lag_index].unsqueeze(-1)  # [B, H, 1] scaled
+        raw = direct + self.local_mlp(torch.cat(local + [lag], dim=-1))
+        i = self.head.location_index
+        if c.seasonal_residual and i is not None:
+            raw = torch.cat([raw[..., :i], raw[..., i: i + 1] + lag, raw[..., i + 1:]], dim=-1)
+        return raw, loc, scale
 
     # ---------------------------------------------------------------- what training and forecasting use
 
     def loss(self, batch: PanelBatch) -> Tensor:
-        raw, scale = self(batch)
-        return self.head.loss(raw, scale, batch.future_target)
+        raw, loc, scale = self(batch)
+        return self.head.loss(raw, loc, scale, batch.future_target)
 
     @torch.no_grad()
     def quantiles(self, batch: PanelBatch) -> Tensor:
         """[B, H, Q] raw-unit quantiles at ``config.quantiles``."""
-        raw, scale = self(batch)
-        return self.head.quantiles(raw, scale)
+        raw, loc, scale = self(batch)
+        return self.head.quantiles(raw, loc, scale)

@@ -48,7 +48,7 @@ class PanelTrainConfig:
     num_layers: int = 2
     context_size: int = 16
     decoder_hidden: int = 64
-    dropout: float = 0.1
+    dropout: float = 0.0
     likelihood: str | None = None  # None: the pinball loss over `quantiles`; else studentt | normal | negbin
     quantiles: tuple[float, ...] = DEFAULT_QUANTILES
     batch_size: int = 256
