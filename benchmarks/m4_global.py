@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="fit a distribution by likelihood instead of the pinball loss over quantiles")
     ap.add_argument("--quantiles", default=",".join(map(str, QUICK.quantiles)),
                     help="levels of the pinball loss (must include 0.5; 0.025 and 0.975 give MSIS)")
+    ap.add_argument("--scaling", choices=("standard", "mean_abs"), default=QUICK.scaling,
+                    help="per-window scaling inside the model (ablation: mean_abs is the issue's calibration run's)")
+    ap.add_argument("--no-seasonal-residual", action="store_true", help="ablation: the location does not start at the seasonal lag")
+    ap.add_argument("--no-calendar", action="store_true", help="ablation: no calendar features")
     ap.add_argument("--hidden-size", type=int, default=QUICK.hidden_size)
     ap.add_argument("--batch-size", type=int, default=QUICK.batch_size)
     ap.add_argument("--lr", type=float, default=QUICK.lr)
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the raw scores here")
     args = ap.parse_args(argv)
-    spec = PanelSpec("id", "timestamp", ("value",), horizon=HORIZON, lookback=QUICK.lookback, likelihood=args.likelihood)
+    spec = PanelSpec("id", "timestamp", ("value",), horizon=HORIZON, lookback=QUICK.lookback, likelihood=args.likelihood,
+                     calendar_features=not args.no_calendar)
     panel = read_panel("m4-hourly", spec)
     print(panel.summary(), file=sys.stderr)
     load_before = os.getloadavg()
@@ -102,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in (int(s) for s in args.seeds.split(",")):
         config = replace(QUICK, budget_s=args.budget_s, seed=seed, likelihood=args.likelihood,
                          quantiles=tuple(float(q) for q in args.quantiles.split(",")),
+                         scaling=args.scaling, seasonal_residual=not args.no_seasonal_residual,
                          hidden_size=args.hidden_size, batch_size=args.batch_size, lr=args.lr,
                          progress=not args.no_progress, threads=args.threads)
         runs.append(score(train_panel(config, panel), panel))

@@ -1,15 +1,17 @@
 """The global panel forecaster (issue 25, section 3): one encoder-decoder trained over every series
 of a panel, read top to bottom.
 
-1. **Scaling inside the model.** Each window is divided by its own mean absolute value over the
-   observed lookback (``scale = mean |y| + eps``, per window; DeepAR's mean-absolute scaling
-   taken over the window rather than the series). Chosen over z-scoring (SegRNN's instance
-   normalisation) and over a per-series fitted scaler because: the exported model takes raw
-   values and a new series needs no fitted scaler; zero stays zero and the sign is kept, so the
-   negative binomial head still sees counts (DeepAR's reason); and the issue's calibration run on
-   M4 Hourly (two-layer GRU over 24-hour segments, this scaling, a direct head, MAE) reached OWA
-   0.487 in three minutes here. ``log(scale)`` is also fed in as a static input, so the model
-   can tell a series of 10 units from one of 10,000 (DeepAR does the same).
+1. **Scaling inside the model, per window.** ``standard`` (the default): each window is shifted
+   by the mean and divided by the standard deviation of its observed lookback, and the forecast
+   is mapped back with them (SegRNN's instance normalisation); ``mean_abs``: divided by the
+   mean |y| (DeepAR's mean-absolute scaling, taken over the window), forced for ``negbin``, whose
+   counts must stay counts. Per window rather than a fitted per-series scaler, so the exported
+   model takes raw values and a new series needs no fitted scaler. Standardising won over
+   mean-absolute scaling on M4 Hourly (60 s runs here: validation MASE 1.37 against 1.64, test
+   OWA 0.650 against 0.683, MSIS 23 against 80): under mean-absolute scaling a smooth series of
+   level 10,000 moves by a few hundredths of its scale, finer than the network's output noise,
+   while MASE measures errors against exactly that movement. The level ``log(mean |y|)`` is fed
+   in as a static input, so the model can still tell a series of 10 units from one of 10,000.
 2. **Segments over the lookback** (SegRNN): the lookback of ``L`` steps is cut into ``L / w``
    segments of ``w`` steps; each segment's per-step features (scaled target, an "observed" flag,
    past covariates, known covariates and calendar features) are flattened and embedded by
@@ -20,14 +22,19 @@ of a panel, read top to bottom.
 3. **Static inputs**: categorical columns through embeddings whose row 0 is the unknown bucket
    (categories first seen at prediction time, and any out-of-range code, map there; during
    training a small share of codes is replaced by 0 so that row is trained), numeric columns
-   standardised by the training panel's mean and std (buffers), plus ``log(scale)``. The static
+   standardised by the training panel's mean and std (buffers), plus the window's log level. The static
    vector joins every encoder segment and every decoder step.
-4. **Decoder** (MQ-RNN's, Wen et al. 2017): from the encoder's last state a global MLP makes one
-   context per horizon step plus a shared one; a local MLP, shared over the horizon, reads each
-   step's context with that step's known covariates (future covariates, calendar features) and
-   the **seasonal lag** (the scaled value one season back, or two for steps past the first
-   season, taken from the lookback) and emits that step's distribution parameters or quantiles.
-   All steps are decoded at once (direct multi-step: nothing is fed back).
+4. **Decoder**, direct multi-step (all steps at once, nothing fed back): a linear readout of the
+   encoder's last state (and the static vector) gives every horizon step its outputs (the issue's
+   calibration head), and a small MLP shared over the horizon adds each step's part from that
+   step's known covariates (future covariates, calendar features), a context from the last state
+   (MQ-RNN's local MLP, Wen et al. 2017) and the **seasonal lag**: the scaled value one season
+   back (two for steps past the first season), taken from the lookback. With
+   ``seasonal_residual`` (the default) the location output (the median, or the mean of normal
+   and studentt) is *added to* that lag, and the output layers start at zero: an untrained
+   model is the seasonal naive, and the network learns the change from it (M4 Hourly, 60 s runs
+   here, validation MASE: 2.44 without the residual, 1.50 with it; with standardising, 1.37 with
+   output layers initialised at random and 1.19 with them at zero; the seasonal naive's is 1.23).
 5. **Probabilistic head** (:class:`Head`): ``pinball`` over ``quantiles`` (the default), or a
    distribution fitted by likelihood: ``studentt``, ``normal``, ``negbin`` (counts, DeepAR's
    parametrisation). The point forecast is the median.

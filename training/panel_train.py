@@ -49,6 +49,8 @@ class PanelTrainConfig:
     context_size: int = 16
     decoder_hidden: int = 64
     dropout: float = 0.0
+    scaling: str = "standard"  # standard | mean_abs (negbin always mean_abs); see panel_model
+    seasonal_residual: bool = True  # the location starts at the seasonal lag
     likelihood: str | None = None  # None: the pinball loss over `quantiles`; else studentt | normal | negbin
     quantiles: tuple[float, ...] = DEFAULT_QUANTILES
     batch_size: int = 256
@@ -149,7 +151,8 @@ def model_config(config: PanelTrainConfig, panel: Panel, windows: PanelWindows) 
         lookback=config.lookback, horizon=panel.spec.horizon, segment_length=config.segment_length,
         season=panel.season, cell=config.cell, hidden_size=config.hidden_size, num_layers=config.num_layers,
         context_size=config.context_size, decoder_hidden=config.decoder_hidden, dropout=config.dropout,
-        head=config.head, quantiles=config.quantiles, n_past=panel.past.shape[1], n_known=windows.n_known,
+        head=config.head, quantiles=config.quantiles, scaling=config.scaling,
+        seasonal_residual=config.seasonal_residual, n_past=panel.past.shape[1], n_known=windows.n_known,
         static_cardinalities=windows.cardinalities,
         static_real_mean=tuple(float(v) for v in np.nanmean(real, 0)) if real.shape[1] else (),
         static_real_std=tuple(float(v) for v in np.nanstd(real, 0)) if real.shape[1] else (),
