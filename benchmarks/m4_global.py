@@ -35,20 +35,12 @@ QUICK = PanelTrainConfig(lookback=336, segment_length=24, cell="gru", hidden_siz
 def score(result, panel) -> dict:
     """The trained model's test forecast, scored (and the baselines on the same windows)."""
     cut = panel.splits().val_end
-    series, histories, actual = panel.window(cut)
+    _, histories, actual = panel.window(cut)
     t0 = time.perf_counter()
     fc = forecast(result.model, PanelWindows(panel, result.config.lookback), cut)
     predict_s = time.perf_counter() - t0
     base = fm.baseline_scores(histories, actual, panel.season)
-    levels = list(fc.levels)
-    wql_idx = [levels.index(q) for q in fm.GLUONTS_QUANTILES if q in levels]
-    lower_upper = fc.interval()
-    kwargs = {}
-    if lower_upper is not None:
-        kwargs.update(lower=lower_upper[0], upper=lower_upper[1])
-    if len(wql_idx) == len(fm.GLUONTS_QUANTILES):
-        kwargs.update(quantile_forecasts=fc.quantiles[..., wql_idx])
-    model = fm.evaluate(histories, actual, fc.point, panel.season, naive2=base["naive2"], **kwargs)
+    model = fc.scores(histories, actual, panel.season, naive2=base["naive2"])
     return {"model": model.as_dict(), "baselines": {k: v.as_dict() for k, v in base.items()},
             "predict_s": predict_s, "train": result.summary(), "history": result.history}
 

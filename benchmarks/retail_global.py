@@ -45,21 +45,17 @@ def run(df, head: str, covariates: bool, config: PanelTrainConfig) -> dict:
     cut = panel.splits().val_end
     series, histories, actual = panel.window(cut)
     fc = forecast(result.model, PanelWindows(panel, config.lookback), cut)
-    levels = list(fc.levels)
-    lower, upper = fc.interval()
     base = fm.baseline_scores(histories, actual, panel.season)
-    scores = fm.evaluate(histories, actual, fc.point, panel.season, lower=lower, upper=upper,
-                         quantile_forecasts=fc.quantiles[..., [levels.index(q) for q in fm.GLUONTS_QUANTILES]],
-                         naive2=base["naive2"])
-    short = np.isin(np.array(panel.ids)[series], panel.too_short)
-    short_mase = fm.evaluate([h for h, s in zip(histories, short) if s], actual[short], fc.point[short],
-                             panel.season).mase if short.any() else math.nan
-    snaive_short = fm.evaluate([h for h, s in zip(histories, short) if s], actual[short],
-                               np.stack([fm.seasonal_naive(h, HORIZON, panel.season)
-                                         for h, s in zip(histories, short) if s]), panel.season).mase \
-        if short.any() else math.nan
+    scores = fc.scores(histories, actual, panel.season, naive2=base["naive2"])
+    short = np.isin(np.array(panel.ids)[series], panel.too_short)  # the few-weeks histories
+    short_scores = (0, math.nan, math.nan)
+    if short.any():
+        hist = [h for h, s in zip(histories, short) if s]
+        snaive = np.stack([fm.seasonal_naive(h, HORIZON, panel.season) for h in hist])
+        short_scores = (int(short.sum()), fm.evaluate(hist, actual[short], fc.point[short], panel.season).mase,
+                        fm.evaluate(hist, actual[short], snaive, panel.season).mase)
     return {"head": head, "covariates": covariates, "scores": scores, "snaive": base["seasonal_naive"],
-            "short": (int(short.sum()), short_mase, snaive_short), "steps": result.steps, "seconds": result.seconds}
+            "short": short_scores, "steps": result.steps, "seconds": result.seconds}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,6 +107,9 @@ def test_quantiles_are_ordered_and_in_raw_units(panel, likelihood):
     assert np.all(np.diff(fc.quantiles, axis=-1) >= 0)
     lo, hi = fc.interval()
     assert np.all(lo <= fc.point) and np.all(fc.point <= hi)
+    _, histories, actual = panel.window(panel.splits().val_end)
+    scores = fc.scores(histories, actual, panel.season)
+    assert np.isfinite([scores.mase, scores.msis, scores.coverage, scores.wql]).all()
     if likelihood == "negbin":
         assert np.all(fc.quantiles >= 0) and np.all(fc.quantiles == np.round(fc.quantiles))
 

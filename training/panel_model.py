@@ -49,7 +49,7 @@ Inputs are raw values with NaN for a missing target; missing values are masked o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -237,7 +237,6 @@ class PanelBatch:
     static_cat: Tensor  # [B, n_cat] int64 codes (0 = unknown)
     static_real: Tensor  # [B, n_real]
     future_target: Tensor | None = None  # [B, H]
-    extra: dict = field(default_factory=dict)
 
 
 class PanelForecaster(nn.Module):

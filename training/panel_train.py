@@ -189,6 +189,18 @@ class PanelForecast:
         found = [i for q in (lo, hi) for i, level in enumerate(self.levels) if math.isclose(level, q)]
         return (self.quantiles[..., found[0]], self.quantiles[..., found[1]]) if len(found) == 2 else None
 
+    def scores(self, histories, actual, season: int, naive2: fm.Scores | None = None) -> fm.Scores:
+        """M4 scores of the median against ``actual`` (``Panel.window``'s histories and values of the
+        same series); MSIS and coverage where the 95 % levels were forecast, WQL where GluonTS'
+        nine were, OWA given the same window's Naive2 scores."""
+        kwargs = {}
+        bounds = self.interval()
+        if bounds is not None:
+            kwargs.update(lower=bounds[0], upper=bounds[1])
+        if all(q in self.levels for q in fm.GLUONTS_QUANTILES):
+            kwargs.update(quantile_forecasts=self.quantiles[..., [self.levels.index(q) for q in fm.GLUONTS_QUANTILES]])
+        return fm.evaluate(histories, actual, self.point, season, naive2=naive2, **kwargs)
+
 
 def forecast(model: PanelForecaster, windows: PanelWindows, cutoffs: np.ndarray, batch_size: int = 1024) -> PanelForecast:
     """Forecast every series whose cutoff is >= 1 (``cutoffs`` per series, e.g. ``splits().val_end``
@@ -209,8 +221,8 @@ def forecast(model: PanelForecaster, windows: PanelWindows, cutoffs: np.ndarray,
 def validation_mase(model: PanelForecaster, windows: PanelWindows, panel: Panel) -> float:
     """MASE of the validation split (the horizon before the test split), M4-style."""
     cut = panel.splits().train_end
-    series, histories, actual = panel.window(cut)
-    fc = forecast(model, windows, np.where(np.isin(np.arange(panel.n_series), series), cut, -1))
+    _, histories, actual = panel.window(cut)
+    fc = forecast(model, windows, cut)  # the same series as the window: those with a cutoff >= 1
     return fm.evaluate(histories, actual, fc.point, panel.season).mase
 
 
