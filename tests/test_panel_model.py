@@ -17,7 +17,7 @@ from rnnops.errors import RnnopsError
 from rnnops.training.panel import PanelSpec, read_panel
 from rnnops.training.panel_model import UNKNOWN, PanelForecaster, PanelModelConfig
 from rnnops.training.panel_train import (PanelTrainConfig, PanelWindows, forecast, model_config, train_panel,
-                                         training_origins)
+                                         training_origins, validation_mase)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -142,6 +142,20 @@ def test_training_never_reads_the_test_split(panel):
     assert a.best_val_mase == b.best_val_mase
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(va, vb), k
+
+
+def test_early_stopping_keeps_the_best_validation_state(panel):
+    config = replace(TINY, max_steps=40, eval_every=2, patience=2)
+    result = train_panel(config, panel)
+    scores = [h["val_mase"] for h in result.history]
+    best = int(np.argmin(scores))
+    assert result.history[best]["step"] == result.best_step and scores[best] == result.best_val_mase
+    # the model handed back is the best one, not the last one
+    assert validation_mase(result.model, PanelWindows(panel, config.lookback), panel) == pytest.approx(result.best_val_mase)
+    if result.stopped_early:
+        assert len(scores) - 1 - best == config.patience and result.steps < config.max_steps
+    else:
+        assert result.steps == config.max_steps and len(scores) - 1 - best < config.patience
 
 
 def test_bad_configs_are_one_line():
