@@ -78,7 +78,7 @@ class PanelModelConfig:
     num_layers: int = 2
     context_size: int = 16  # per-step context of the decoder
     decoder_hidden: int = 64
-    dropout: float = 0.1
+    dropout: float = 0.0
     head: str = "pinball"  # pinball | studentt | normal | negbin
     scaling: str = "standard"  # standard (window mean and std) | mean_abs (window mean |y|; negbin's)
     quantiles: tuple[float, ...] = DEFAULT_QUANTILES
@@ -88,8 +88,14 @@ class PanelModelConfig:
     static_cardinalities: tuple[int, ...] = ()  # per categorical static column: vocabulary size (without the unknown bucket)
     static_real_mean: tuple[float, ...] = ()  # per numeric static column: the training panel's mean
     static_real_std: tuple[float, ...] = ()
-    log_scale_mean: float = 0.0  # of log(scale) over the training panel's series
-    log_scale_std: float = 1.0
+    log_level_mean: float = 0.0  # of log(mean |y|) over the training panel's series
+    log_level_std: float = 1.0
+    # the covariates' mean and std over the training panel (past ones; future ones, then the
+    # calendar features, which are already in [-0.5, 0.5] and pass unchanged)
+    past_mean: tuple[float, ...] = ()
+    past_std: tuple[float, ...] = ()
+    future_mean: tuple[float, ...] = ()
+    future_std: tuple[float, ...] = ()
     seasonal_residual: bool = True  # the location starts at the seasonal lag: the head learns the change from it
     unknown_dropout: float = 0.05  # share of static codes replaced by the unknown bucket while training
     samples: int = 200  # draws per window for the quantiles of a likelihood head
@@ -111,8 +117,11 @@ class PanelModelConfig:
         if not qs or any(not 0 < q < 1 for q in qs) or list(qs) != sorted(set(qs)) or 0.5 not in qs:
             raise RnnopsError(f"--quantiles {','.join(map(str, qs))}: give increasing levels in (0, 1) that "
                               "include 0.5 (the point forecast is the median)")
-        if len(self.static_real_mean) != len(self.static_real_std):
-            raise ValueError("static_real_mean and static_real_std must have one entry per numeric static column")
+        for a, b in (("static_real_mean", "static_real_std"), ("past_mean", "past_std"), ("future_mean", "future_std")):
+            if len(getattr(self, a)) != len(getattr(self, b)):
+                raise ValueError(f"{a} and {b} must have one entry per column")
+        if len(self.past_mean) not in (0, self.n_past) or len(self.future_mean) > self.n_known:
+            raise ValueError("past_mean/future_mean must describe the past covariates and the first known inputs")
 
     @property
     def segments(self) -> int:
@@ -123,6 +132,11 @@ class PanelModelConfig:
         """Whether the decoder gets the seasonal lag: a season > 1 whose lag for the whole horizon
         (ceil(H / m) seasons back) lies inside the lookback."""
         return self.season > 1 and math.ceil(self.horizon / self.season) * self.season <= self.lookback
+
+
+def _std(values) -> Tensor:
+    """Standard deviations as a buffer, a constant column's 0 replaced by 1."""
+    return torch.tensor([v if v > 1e-6 else 1.0 for v in values], dtype=torch.float32)
 
 
 def make_cell(name: str, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
@@ -249,8 +263,14 @@ class PanelForecaster(nn.Module):
         d, w = c.hidden_size, c.segment_length
         self.embeddings = nn.ModuleList(nn.Embedding(n + 1, min(16, (n + 2) // 2 + 1)) for n in c.static_cardinalities)
         self.register_buffer("real_mean", torch.tensor(c.static_real_mean, dtype=torch.float32))
-        self.register_buffer("real_std", torch.tensor([max(s, 1e-6) for s in c.static_real_std], dtype=torch.float32))
-        n_static = sum(e.embedding_dim for e in self.embeddings) + len(c.static_real_mean) + 1  # + log(scale)
+        self.register_buffer("real_std", _std(c.static_real_std))
+        # covariates standardised inside the model, so the exported file takes them raw
+        self.register_buffer("past_mean", torch.tensor(c.past_mean or [0.0] * c.n_past, dtype=torch.float32))
+        self.register_buffer("past_std", _std(c.past_std or [1.0] * c.n_past))
+        calendar = c.n_known - len(c.future_mean)
+        self.register_buffer("known_mean", torch.tensor(list(c.future_mean) + [0.0] * calendar, dtype=torch.float32))
+        self.register_buffer("known_std", _std(list(c.future_std) + [1.0] * calendar))
+        n_static = sum(e.embedding_dim for e in self.embeddings) + len(c.static_real_mean) + 1  # + log level
         self.n_static = n_static
         per_step = 2 + c.n_past + c.n_known  # scaled target, observed flag, covariates
         self.embed = nn.Sequential(nn.Linear(w * per_step + n_static, d), nn.ReLU())
@@ -306,24 +326,26 @@ class PanelForecaster(nn.Module):
             parts.append(emb(codes))
         if len(self.real_mean):
             parts.append(torch.nan_to_num((static_real - self.real_mean) / self.real_std))
-        parts.append((torch.log(level[:, 0]) - c.log_scale_mean) / c.log_scale_std)
+        parts.append((torch.log(level[:, 0]) - c.log_level_mean) / c.log_level_std)
         return torch.cat(parts, dim=-1)
 
-    def forward(self, batch: PanelBatch) -> tuple[Tensor, Tensor]:
+    def forward(self, batch: PanelBatch) -> tuple[Tensor, Tensor, Tensor]:
         c = self.config
         b, L, w = batch.past_target.shape[0], c.lookback, c.segment_length
         loc, scale, level = self.window_scaling(batch.past_target)
         observed = torch.isfinite(batch.past_target)
         z = torch.where(observed, (batch.past_target - loc[..., 0]) / scale[..., 0], torch.zeros_like(batch.past_target))
         static = self.static_vector(batch.static_cat, batch.static_real, level)
-        steps = torch.cat([z.unsqueeze(-1), observed.float().unsqueeze(-1),
-                           torch.nan_to_num(batch.past_covariates), batch.known_past], dim=-1)  # [B, L, per_step]
+        past = torch.nan_to_num((batch.past_covariates - self.past_mean) / self.past_std)  # missing -> the mean
+        known_past = (batch.known_past - self.known_mean) / self.known_std
+        known_future = (batch.known_future - self.known_mean) / self.known_std
+        steps = torch.cat([z.unsqueeze(-1), observed.float().unsqueeze(-1), past, known_past], dim=-1)  # [B, L, per_step]
         segments = steps.reshape(b, c.segments, w * steps.shape[-1])
         segments = torch.cat([segments, static.unsqueeze(1).expand(b, c.segments, -1)], dim=-1)
         out, _ = self.cell(self.embed(segments))
         last = self.drop(out[:, -1])
         ctx = torch.relu(self.global_mlp(torch.cat([last, static], dim=-1))).reshape(b, c.horizon + 1, c.context_size)
-        local = [ctx[:, :-1], ctx[:, -1:].expand(b, c.horizon, -1), batch.known_future]
+        local = [ctx[:, :-1], ctx[:, -1:].expand(b, c.horizon, -1), known_future]
         direct = self.direct(torch.cat([last, static], dim=-1)).reshape(b, c.horizon, self.head.n_outputs)
         if not c.seasonal_lags:
             return direct + self.local_mlp(torch.cat(local, dim=-1)), loc, scale

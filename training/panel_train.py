@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -147,6 +148,9 @@ def model_config(config: PanelTrainConfig, panel: Panel, windows: PanelWindows) 
             level.append(np.log(max(float(np.abs(y).mean()), 1e-3)))
     level = np.array(level or [0.0])
     real = windows.static_real
+    # rows of the training split (series end to end), for the covariates' statistics
+    within = np.arange(len(panel.target)) - np.repeat(panel.offsets[:-1], panel.lengths)
+    train_rows = within < np.repeat(splits.train_end, panel.lengths)
     return PanelModelConfig(
         lookback=config.lookback, horizon=panel.spec.horizon, segment_length=config.segment_length,
         season=panel.season, cell=config.cell, hidden_size=config.hidden_size, num_layers=config.num_layers,
@@ -156,8 +160,21 @@ def model_config(config: PanelTrainConfig, panel: Panel, windows: PanelWindows) 
         static_cardinalities=windows.cardinalities,
         static_real_mean=tuple(float(v) for v in np.nanmean(real, 0)) if real.shape[1] else (),
         static_real_std=tuple(float(v) for v in np.nanstd(real, 0)) if real.shape[1] else (),
-        log_scale_mean=float(level.mean()), log_scale_std=float(max(level.std(), 1e-3)),
+        log_level_mean=float(level.mean()), log_level_std=float(max(level.std(), 1e-3)),
+        past_mean=_stats(panel.past, train_rows, np.nanmean), past_std=_stats(panel.past, train_rows, np.nanstd),
+        future_mean=_stats(panel.future, train_rows, np.nanmean),
+        future_std=_stats(panel.future, train_rows, np.nanstd),
     )
+
+
+def _stats(values: np.ndarray, rows: np.ndarray, how) -> tuple[float, ...]:
+    """A per-column statistic over the training rows (0 where a column has no value there)."""
+    if not values.shape[1]:
+        return ()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column: its statistic is NaN -> 0
+        out = how(values[rows], axis=0) if rows.any() else np.zeros(values.shape[1])
+    return tuple(float(v) if np.isfinite(v) else 0.0 for v in out)
 
 
 def training_origins(panel: Panel, lookback: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
