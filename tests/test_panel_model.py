@@ -131,6 +131,17 @@ def test_an_unseen_static_category_maps_to_the_unknown_bucket(panel):
     assert not torch.allclose(model.quantiles(batch), out["unknown"])
 
 
+def test_covariates_are_standardised_inside_so_their_units_do_not_matter(panel):
+    k = panel.spec.future_covariates.index("price")
+    future = panel.future.copy()
+    future[:, k] = future[:, k] * 1000 + 50  # the same prices in other units
+    other = replace(panel, future=future)
+    cut = panel.splits().val_end
+    a = forecast(random_model(panel, TINY), PanelWindows(panel, TINY.lookback), cut).quantiles
+    b = forecast(random_model(other, TINY), PanelWindows(other, TINY.lookback), cut).quantiles
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
 def test_training_never_reads_the_test_split(panel):
     config = replace(TINY, max_steps=10, eval_every=5)
     a = train_panel(config, panel)
