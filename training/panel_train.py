@@ -135,7 +135,7 @@ class PanelWindows:
 
 def model_config(config: PanelTrainConfig, panel: Panel, windows: PanelWindows) -> PanelModelConfig:
     """The model's contract from the run's config and the panel (inputs and fitted statistics:
-    numeric statics' mean/std and log(scale)'s, over the training split)."""
+    numeric statics' mean and std, the series' log level's, the covariates' over the training split)."""
     if len(panel.spec.targets) != 1:
         raise RnnopsError(f"panel models forecast one target for now; --target names {len(panel.spec.targets)} "
                           f"({', '.join(panel.spec.targets)}): give one, or stack them as more series")
