@@ -32,7 +32,7 @@ class NamedDataset:
     filename: str
     url: str
     sha256: str
-    kind: str  # "text" | "series"
+    kind: str  # "text" | "series" | "panel"
 
 
 DATASETS: dict[str, NamedDataset] = {
@@ -58,6 +58,21 @@ DATASETS: dict[str, NamedDataset] = {
             "https://raw.githubusercontent.com/zhouhaoyi/ETDataset/main/ETT-small/ETTh2.csv",
             "a3dc2c597b9218c7ce1cd55eb77b283fd459a1d09d753063f944967dd6b9218b",
             "series",
+        ),
+        # M4 Hourly's two halves (wide CSVs); training/m4.py reads them as the panel `m4-hourly`.
+        NamedDataset(
+            "m4-hourly-train",
+            "m4/Hourly-train.csv",
+            "https://raw.githubusercontent.com/Mcompetitions/M4-methods/master/Dataset/Train/Hourly-train.csv",
+            "ea59b7783573c49077a835ab6465c7d66f1474783360f310988a9a737fbca62f",
+            "panel",
+        ),
+        NamedDataset(
+            "m4-hourly-test",
+            "m4/Hourly-test.csv",
+            "https://raw.githubusercontent.com/Mcompetitions/M4-methods/master/Dataset/Test/Hourly-test.csv",
+            "71a57fccb15e534d973626ada4fb87febf789e9317715b7cc6dd3b5f90db6f42",
+            "panel",
         ),
     ]
 }
