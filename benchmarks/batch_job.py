@@ -44,8 +44,21 @@ def rnnops_cli() -> list[str]:
 
 
 def forecast_cmd(champ: C.Champion, data: Path, out: Path, log: Path, timeout: float, engine: str = "local") -> dict:
-    argv = [*rnnops_cli(), "forecast", "--model", f"{champ.name}@champion", "--input", str(data), "--output", str(out),
-            "--id-column", "id", "--engine", engine, "--no-progress"]
+    argv = [
+        *rnnops_cli(),
+        "forecast",
+        "--model",
+        f"{champ.name}@champion",
+        "--input",
+        str(data),
+        "--output",
+        str(out),
+        "--id-column",
+        "id",
+        "--engine",
+        engine,
+        "--no-progress",
+    ]
     res = C.run_measured(argv, {**champ.env, "PYTHONWARNINGS": "ignore"}, log, timeout)
     if res["rc"] != 0:
         raise RuntimeError(f"`rnnops forecast --engine {engine}` failed ({res['rc']}):\n{C.tail(log)}")
@@ -56,8 +69,17 @@ def forecast_cmd(champ: C.Champion, data: Path, out: Path, log: Path, timeout: f
 
 
 def eager_cmd(champ: C.Champion, data: Path, out: Path, log: Path, timeout: float) -> dict:
-    argv = [sys.executable, str(Path(__file__).resolve()), "_eager", "--run", champ.run_id, "--input", str(data),
-            "--output", str(out)]
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "_eager",
+        "--run",
+        champ.run_id,
+        "--input",
+        str(data),
+        "--output",
+        str(out),
+    ]
     res = C.run_measured(argv, {**champ.env, "PYTHONWARNINGS": "ignore"}, log, timeout)
     if res["rc"] != 0:
         raise RuntimeError(f"the eager loop failed ({res['rc']}):\n{C.tail(log)}")
@@ -106,7 +128,11 @@ def compare(local: Path, other: Path, exact: bool) -> dict:
     fa = a.select(["id", "step", "target", "forecast"]).to_pandas().sort_values(["id", "step", "target"])
     fb = b.select(["id", "step", "target", "forecast"]).to_pandas().sort_values(["id", "step", "target"])
     same_rows = len(fa) == len(fb) and (fa["id"].to_numpy() == fb["id"].to_numpy()).all()
-    diff = float(np.abs(fa["forecast"].to_numpy(np.float64) - fb["forecast"].to_numpy(np.float64)).max()) if same_rows else None
+    diff = (
+        float(np.abs(fa["forecast"].to_numpy(np.float64) - fb["forecast"].to_numpy(np.float64)).max())
+        if same_rows
+        else None
+    )
     return {"same_rows": bool(same_rows), "max_abs_diff": diff, "rows": a.num_rows}
 
 
@@ -119,11 +145,19 @@ def run(quick: bool, work: Path, rss_rows: int = 0, spark: bool = True) -> dict:
     if not data.is_file() or data.stat().st_size == 0:
         C.generate_long_csv(data, series, rows)
     n = series * rows
-    out: dict = {"quick": quick, "series": series, "rows_per_series": rows, "rows": n,
-                 "file_mb": data.stat().st_size / 1e6, "model": {k: champ.metadata[k] for k in ("cell", "hidden_size", "lookback", "horizon")},
-                 "jobs": {}}
-    jobs = [("rnnops local", lambda o, lg: forecast_cmd(champ, data, o, lg, timeout)),
-            ("PyTorch eager loop", lambda o, lg: eager_cmd(champ, data, o, lg, timeout))]
+    out: dict = {
+        "quick": quick,
+        "series": series,
+        "rows_per_series": rows,
+        "rows": n,
+        "file_mb": data.stat().st_size / 1e6,
+        "model": {k: champ.metadata[k] for k in ("cell", "hidden_size", "lookback", "horizon")},
+        "jobs": {},
+    }
+    jobs = [
+        ("rnnops local", lambda o, lg: forecast_cmd(champ, data, o, lg, timeout)),
+        ("PyTorch eager loop", lambda o, lg: eager_cmd(champ, data, o, lg, timeout)),
+    ]
     if spark:
         jobs.append(("rnnops spark", lambda o, lg: forecast_cmd(champ, data, o, lg, timeout, engine="spark")))
     outputs = {}
@@ -140,11 +174,15 @@ def run(quick: bool, work: Path, rss_rows: int = 0, spark: bool = True) -> dict:
             continue
         res["rows_per_s"] = n / res["seconds"]
         res["engine_rows_per_s"] = res.get("engine_rows_per_s_reported") or (
-            n / res["engine_seconds"] if res.get("engine_seconds") else None)
+            n / res["engine_seconds"] if res.get("engine_seconds") else None
+        )
         out["jobs"][name] = res
         outputs[key] = o
-        print(f"  {res['seconds']:.1f} s, {res['rows_per_s']:,.0f} rows/s (engine {C.fmt(res['engine_rows_per_s'])}), "
-              f"peak RSS {res['peak_rss_mb']:.0f} MB", file=sys.stderr)
+        print(
+            f"  {res['seconds']:.1f} s, {res['rows_per_s']:,.0f} rows/s (engine {C.fmt(res['engine_rows_per_s'])}), "
+            f"peak RSS {res['peak_rss_mb']:.0f} MB",
+            file=sys.stderr,
+        )
     if "local" in outputs and "loop" in outputs:
         out["local_vs_eager"] = compare(outputs["local"], outputs["loop"], exact=False)
     if "local" in outputs and "spark" in outputs:
@@ -157,10 +195,17 @@ def run(quick: bool, work: Path, rss_rows: int = 0, spark: bool = True) -> dict:
         size = big.stat().st_size / 1e6
         try:
             res = forecast_cmd(champ, big, work / "out_big.parquet", work / "big.log", timeout * 3)
-            out["big_file"] = {"rows": (rss_rows // per) * per, "series": rss_rows // per, "file_mb": size,
-                               "seconds": res["seconds"], "rows_per_s": (rss_rows // per) * per / res["seconds"],
-                               "peak_rss_mb": res["peak_rss_mb"]}
-            print(f"  {size:,.0f} MB file: {res['seconds']:.1f} s, peak RSS {res['peak_rss_mb']:.0f} MB", file=sys.stderr)
+            out["big_file"] = {
+                "rows": (rss_rows // per) * per,
+                "series": rss_rows // per,
+                "file_mb": size,
+                "seconds": res["seconds"],
+                "rows_per_s": (rss_rows // per) * per / res["seconds"],
+                "peak_rss_mb": res["peak_rss_mb"],
+            }
+            print(
+                f"  {size:,.0f} MB file: {res['seconds']:.1f} s, peak RSS {res['peak_rss_mb']:.0f} MB", file=sys.stderr
+            )
         finally:
             big.unlink(missing_ok=True)
             (work / "out_big.parquet").unlink(missing_ok=True)
@@ -174,30 +219,49 @@ def markdown(res: dict) -> str:
         if "error" in r:
             rows.append([name, "failed", "-", "-", "-", "-", r["error"][:80]])
             continue
-        rows.append([name, f"{r['seconds']:.1f}", C.fmt(r["rows_per_s"]), C.fmt(r.get("engine_rows_per_s")),
-                     C.ratio(r["rows_per_s"], base), f"{r['peak_rss_mb']:.0f}", ""])
+        rows.append(
+            [
+                name,
+                f"{r['seconds']:.1f}",
+                C.fmt(r["rows_per_s"]),
+                C.fmt(r.get("engine_rows_per_s")),
+                C.ratio(r["rows_per_s"], base),
+                f"{r['peak_rss_mb']:.0f}",
+                "",
+            ]
+        )
     m = res["model"]
     lines = [
         f"Input: {res['rows']:,} rows ({res['series']:,} series x {res['rows_per_series']:,} rows, 7 features, "
         f"{res['file_mb']:.0f} MB CSV); model GRU 1x{m['hidden_size']}, lookback {m['lookback']}, horizon {m['horizon']}, "
         f"7 targets -> {res['series'] * m['horizon'] * 7:,} output rows" + (" (--quick)" if res["quick"] else "") + ".",
         "",
-        C.md_table(["job", "wall s", "rows/s (whole command)", "rows/s (engine)", "vs eager loop", "peak RSS MB", "note"], rows),
+        C.md_table(
+            ["job", "wall s", "rows/s (whole command)", "rows/s (engine)", "vs eager loop", "peak RSS MB", "note"], rows
+        ),
         "",
     ]
     lv = res.get("local_vs_eager")
     if lv:
-        lines.append(f"Local engine vs eager loop: same rows {'yes' if lv['same_rows'] else 'NO'}, max abs difference "
-                     f"{C.fmt(lv['max_abs_diff'], 6) if lv['max_abs_diff'] is not None else '-'} (onnxruntime vs PyTorch).")
+        lines.append(
+            f"Local engine vs eager loop: same rows {'yes' if lv['same_rows'] else 'NO'}, max abs difference "
+            f"{C.fmt(lv['max_abs_diff'], 6) if lv['max_abs_diff'] is not None else '-'} (onnxruntime vs PyTorch)."
+        )
     ls = res.get("local_vs_spark")
     if ls:
-        lines.append(f"Local engine vs Spark engine: {'identical output tables' if ls['identical'] else 'outputs DIFFER'}.")
+        lines.append(
+            f"Local engine vs Spark engine: {'identical output tables' if ls['identical'] else 'outputs DIFFER'}."
+        )
     big = res.get("big_file")
     if big:
-        lines.append(f"Memory on a large file: {big['rows']:,} rows ({big['file_mb']:,.0f} MB CSV, {big['series']:,} series): "
-                     f"peak RSS **{big['peak_rss_mb']:.0f} MB**, {big['seconds']:.0f} s ({big['rows_per_s']:,.0f} rows/s).")
-    lines.append("\nWhole-command times include interpreter start, imports and resolving the model (a few seconds); "
-                 "Spark's include starting the JVM and its Python workers.")
+        lines.append(
+            f"Memory on a large file: {big['rows']:,} rows ({big['file_mb']:,.0f} MB CSV, {big['series']:,} series): "
+            f"peak RSS **{big['peak_rss_mb']:.0f} MB**, {big['seconds']:.0f} s ({big['rows_per_s']:,.0f} rows/s)."
+        )
+    lines.append(
+        "\nWhole-command times include interpreter start, imports and resolving the model (a few seconds); "
+        "Spark's include starting the JVM and its Python workers."
+    )
     return "\n".join(lines)
 
 
@@ -235,8 +299,13 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="200 series x 1000 rows instead of 2000 x 1000")
     ap.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
-    ap.add_argument("--rss-rows", type=int, default=None, help="also run the local engine on a file this many rows "
-                    "long and report its peak RSS (default: 10,000,000 in a full run, 0 with --quick)")
+    ap.add_argument(
+        "--rss-rows",
+        type=int,
+        default=None,
+        help="also run the local engine on a file this many rows "
+        "long and report its peak RSS (default: 10,000,000 in a full run, 0 with --quick)",
+    )
     ap.add_argument("--no-spark", action="store_true", help="skip the Spark engine")
     ap.add_argument("--work", type=Path, help="working folder (default: a new temporary one)")
     args = ap.parse_args(argv)

@@ -65,9 +65,24 @@ def loop_only():
     from rnnops.training import mlstm as X
 
     @torch.jit.script
-    def mlstm_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, logf: torch.Tensor,
-                   C: torch.Tensor, n: torch.Tensor, m: torch.Tensor, eps: float = 1e-6):
-        q, k, v, i, logf = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), i.transpose(0, 1), logf.transpose(0, 1)
+    def mlstm_loop(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        i: torch.Tensor,
+        logf: torch.Tensor,
+        C: torch.Tensor,
+        n: torch.Tensor,
+        m: torch.Tensor,
+        eps: float = 1e-6,
+    ):
+        q, k, v, i, logf = (
+            q.transpose(0, 1),
+            k.transpose(0, 1),
+            v.transpose(0, 1),
+            i.transpose(0, 1),
+            logf.transpose(0, 1),
+        )
         outs: list[torch.Tensor] = []
         for t in range(q.size(0)):
             h, C, n, m = X.mlstm_step(q[t], k[t], v[t], i[t], logf[t], C, n, m, eps)
@@ -113,8 +128,10 @@ def run(cells: list[str], quick: bool, streams: int, alternate: int, threads: in
     files = {c: export_cell(c, work / f"{c}.onnx") for c in cells}
     with loop_only():
         loops = {c: export_cell(c, work / f"{c}.loop.onnx") for c in cells if c in BRANCHED}
-    print(f"{len(cells)} cells exported to {work}; {C.cpus()} CPUs, {threads} ORT thread(s); load {C.machine()['load_avg_1m']}",
-          file=sys.stderr)
+    print(
+        f"{len(cells)} cells exported to {work}; {C.cpus()} CPUs, {threads} ORT thread(s); load {C.machine()['load_avg_1m']}",
+        file=sys.stderr,
+    )
 
     kernel = step_times(files, threads, BATCHES, seconds, alternate)
     loop = step_times({c: p for c, p in loops.items()}, threads, (1, 64), seconds, alternate) if loops else {}
@@ -127,14 +144,25 @@ def run(cells: list[str], quick: bool, streams: int, alternate: int, threads: in
             for c, (proc, port) in servers.items():
                 row = asyncio.run(streaming.run_level(port, streams, chars, rounds, level_s, proc.pid))
                 served[c].append(row)
-                print(f"{c:8s} {streams} streams: {row['chars_per_s']:8.0f} chars/s ({row['requests']} requests, "
-                      f"{row['errors']} errors, server CPU {row['server_cpu_ms_per_1k_chars']} ms/1k chars)", file=sys.stderr)
+                print(
+                    f"{c:8s} {streams} streams: {row['chars_per_s']:8.0f} chars/s ({row['requests']} requests, "
+                    f"{row['errors']} errors, server CPU {row['server_cpu_ms_per_1k_chars']} ms/1k chars)",
+                    file=sys.stderr,
+                )
     finally:
         for proc, _ in servers.values():
             streaming.stop_server(proc)
 
-    out = {"machine": C.machine(), "threads": threads, "streams": streams, "chars_per_request": chars,
-           "requests_per_stream": rounds, "alternate": alternate, "quick": quick, "cells": {}}
+    out = {
+        "machine": C.machine(),
+        "threads": threads,
+        "streams": streams,
+        "chars_per_request": chars,
+        "requests_per_stream": rounds,
+        "alternate": alternate,
+        "quick": quick,
+        "cells": {},
+    }
     for c in cells:
         row = sorted(served[c], key=lambda r: r["chars_per_s"])[(len(served[c]) - 1) // 2]
         out["cells"][c] = {
@@ -142,7 +170,8 @@ def run(cells: list[str], quick: bool, streams: int, alternate: int, threads: in
             "kernel_step_ms": {str(b): round(ms, 4) for b, ms in kernel[c].items()},
             "kernel_chars_per_s": {str(b): round(b * 1e3 / ms, 1) for b, ms in kernel[c].items()},
             "loop_step_ms": {str(b): round(ms, 4) for b, ms in loop.get(c, {}).items()} or None,
-            "served_chars_per_s": row["chars_per_s"], "served_runs": [r["chars_per_s"] for r in served[c]],
+            "served_chars_per_s": row["chars_per_s"],
+            "served_runs": [r["chars_per_s"] for r in served[c]],
             "served": row,
         }
     return out
@@ -161,27 +190,45 @@ def markdown(res: dict) -> str:
         row = [c]
         for b in map(str, BATCHES):
             row.append(f"{C.fmt(k[b])}{vs(k[b], base and base['kernel_chars_per_s'][b])}")
-        row.append(f"{r['kernel_step_ms']['1']:.3f}" + (f" / {r['loop_step_ms']['1']:.3f}" if r["loop_step_ms"] else ""))
-        row.append(f"{C.fmt(r['served_chars_per_s'])}{vs(r['served_chars_per_s'], base and base['served_chars_per_s'])}")
+        row.append(
+            f"{r['kernel_step_ms']['1']:.3f}" + (f" / {r['loop_step_ms']['1']:.3f}" if r["loop_step_ms"] else "")
+        )
+        row.append(
+            f"{C.fmt(r['served_chars_per_s'])}{vs(r['served_chars_per_s'], base and base['served_chars_per_s'])}"
+        )
         rows.append(row)
     m = res["machine"]
-    return "\n".join([
-        f"{m['cpu']}, {m['cpus']} CPUs, load {m['load_avg_1m']} at start; {res['threads']} ORT thread(s) (the service's "
-        f"choice); medians of {res['alternate']} alternating run(s)" + (" (--quick)" if res["quick"] else "") + ".",
-        "",
-        C.md_table(["cell", "kernel batch 1 chars/s (vs LSTM)", "batch 64", "batch 256",
+    return "\n".join(
+        [
+            f"{m['cpu']}, {m['cpus']} CPUs, load {m['load_avg_1m']} at start; {res['threads']} ORT thread(s) (the service's "
+            f"choice); medians of {res['alternate']} alternating run(s)" + (" (--quick)" if res["quick"] else "") + ".",
+            "",
+            C.md_table(
+                [
+                    "cell",
+                    "kernel batch 1 chars/s (vs LSTM)",
+                    "batch 64",
+                    "batch 256",
                     "T=1 step ms, batch 1 (mLSTM: If branch / Loop only)",
-                    f"served, {res['streams']} streams, chars/s (vs LSTM)"],
-                   rows),
-    ])
+                    f"served, {res['streams']} streams, chars/s (vs LSTM)",
+                ],
+                rows,
+            ),
+        ]
+    )
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated, from {', '.join(CELLS)}")
     ap.add_argument("--streams", type=int, default=64, help="concurrent streams for the served figure")
-    ap.add_argument("--alternate", type=int, default=None, metavar="N", help="measure every cell N times in turn "
-                    "(default 2, --quick 1)")
+    ap.add_argument(
+        "--alternate",
+        type=int,
+        default=None,
+        metavar="N",
+        help="measure every cell N times in turn (default 2, --quick 1)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="ORT threads (default: what the service picks)")
     ap.add_argument("--quick", action="store_true", help="short timings and requests")
     ap.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")

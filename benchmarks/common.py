@@ -63,7 +63,18 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for dist in ("rnnops", "numpy", "torch", "onnxruntime", "mlflow", "bentoml", "pyarrow", "pandas", "pyspark", "httpx"):
+    for dist in (
+        "rnnops",
+        "numpy",
+        "torch",
+        "onnxruntime",
+        "mlflow",
+        "bentoml",
+        "pyarrow",
+        "pandas",
+        "pyspark",
+        "httpx",
+    ):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
@@ -78,19 +89,27 @@ def versions() -> dict[str, str]:
 
 def machine() -> dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {"cpu": cpu_model(), "cpus": cpus(), "ram_gb": round(ram_gb(), 1), "os": platform.platform(),
-            "load_avg_1m": round(load[0], 2), "versions": versions(),
-            "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    return {
+        "cpu": cpu_model(),
+        "cpus": cpus(),
+        "ram_gb": round(ram_gb(), 1),
+        "os": platform.platform(),
+        "load_avg_1m": round(load[0], 2),
+        "versions": versions(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
 
 
 def machine_markdown(m: dict) -> str:
     v = m["versions"]
-    return "\n".join([
-        f"- **CPU**: {m['cpu']}, {m['cpus']} cores available to the benchmark; **RAM** {m['ram_gb']} GiB; {m['os']}",
-        f"- **Load** at start: {m['load_avg_1m']} (1-min average; above {m['cpus']} means other work shared the cores)",
-        "- **Versions**: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-        f"- **Run at** {m['when']}",
-    ])
+    return "\n".join(
+        [
+            f"- **CPU**: {m['cpu']}, {m['cpus']} cores available to the benchmark; **RAM** {m['ram_gb']} GiB; {m['os']}",
+            f"- **Load** at start: {m['load_avg_1m']} (1-min average; above {m['cpus']} means other work shared the cores)",
+            "- **Versions**: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+            f"- **Run at** {m['when']}",
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------- statistics + markdown
@@ -151,14 +170,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_process(argv: list[str], env: dict, log: Path, cwd: Path | None = None,
-                  cpus_allowed: set[int] | None = None) -> subprocess.Popen:
+def start_process(
+    argv: list[str], env: dict, log: Path, cwd: Path | None = None, cpus_allowed: set[int] | None = None
+) -> subprocess.Popen:
     """Start ``argv`` in its own process group (so stopping it stops its workers too),
     optionally pinned to ``cpus_allowed`` (inherited by its children)."""
     out = open(log, "ab")
     pin = (lambda: os.sched_setaffinity(0, cpus_allowed)) if cpus_allowed else None
-    return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, cwd=cwd, preexec_fn=pin)
+    return subprocess.Popen(
+        argv,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=cwd,
+        preexec_fn=pin,
+    )
 
 
 def split_cpus() -> tuple[set[int], set[int]] | None:
@@ -270,7 +298,9 @@ class Champion:
     metadata: dict
 
 
-def champion_forecaster(work: Path, hidden: int = 64, steps: int = 20, lookback: int = 96, horizon: int = 96) -> Champion:
+def champion_forecaster(
+    work: Path, hidden: int = 64, steps: int = 20, lookback: int = 96, horizon: int = 96
+) -> Champion:
     """Train (a few steps: speed does not depend on what the weights learnt) -> export ->
     register -> promote ``forecaster@champion`` in an MLflow store under ``work``.
 
@@ -280,15 +310,28 @@ def champion_forecaster(work: Path, hidden: int = 64, steps: int = 20, lookback:
     """
     work.mkdir(parents=True, exist_ok=True)
     saved = work / "champion.json"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "RNNOPS_CACHE": str(work / "cache"),
-           "RNNOPS_CHECKPOINTS": str(work / "checkpoints"), "BENTOML_DO_NOT_TRACK": "true",
-           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "RNNOPS_CACHE": str(work / "cache"),
+        "RNNOPS_CHECKPOINTS": str(work / "checkpoints"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "TQDM_DISABLE": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
     if saved.is_file():  # made earlier in this working folder (run_all shares one between benchmarks)
         info = json.loads(saved.read_text())
         if Path(info["onnx"]).is_file():
             env.update(info["env"])
-            return Champion(env=env, run_id=info["run_id"], name=info["name"], version=info["version"],
-                            onnx=Path(info["onnx"]), metadata=info["metadata"])
+            return Champion(
+                env=env,
+                run_id=info["run_id"],
+                name=info["name"],
+                version=info["version"],
+                onnx=Path(info["onnx"]),
+                metadata=info["metadata"],
+            )
     data_dir = os.environ.get("RNNOPS_DATA_DIR") or str(REPO.parent / "shared" / "data")
     if (Path(data_dir) / "ETTh1.csv").is_file():
         env["RNNOPS_DATA_DIR"] = data_dir
@@ -317,15 +360,28 @@ print("CHAMPION " + json.dumps({{"run_id": run_id, "name": r.name, "version": r.
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("CHAMPION ")), None)
     if res.returncode != 0 or line is None:
         raise RuntimeError(f"building the champion forecaster failed ({res.returncode}):\n{tail(log)}")
-    info = json.loads(line[len("CHAMPION "):])
+    info = json.loads(line[len("CHAMPION ") :])
     keep = ("MLFLOW_TRACKING_URI", "RNNOPS_CACHE", "RNNOPS_CHECKPOINTS", "RNNOPS_DATA_DIR")
     saved.write_text(json.dumps({**info, "env": {k: env[k] for k in keep if k in env}}, indent=1))
-    return Champion(env=env, run_id=info["run_id"], name=info["name"], version=info["version"], onnx=Path(info["onnx"]),
-                    metadata=info["metadata"])
+    return Champion(
+        env=env,
+        run_id=info["run_id"],
+        name=info["name"],
+        version=info["version"],
+        onnx=Path(info["onnx"]),
+        metadata=info["metadata"],
+    )
 
 
-def generate_long_csv(path: Path, series: int, rows: int, features=ETT_FEATURES, id_column: str | None = "id",
-                      seed: int = 0, chunk_series: int = 200) -> Path:
+def generate_long_csv(
+    path: Path,
+    series: int,
+    rows: int,
+    features=ETT_FEATURES,
+    id_column: str | None = "id",
+    seed: int = 0,
+    chunk_series: int = 200,
+) -> Path:
     """A long-format CSV (id, date, features...): ``series`` hourly series of ``rows`` rows each,
     sines plus noise, written in chunks (memory stays small for files of any size)."""
     import numpy as np
@@ -334,8 +390,11 @@ def generate_long_csv(path: Path, series: int, rows: int, features=ETT_FEATURES,
 
     rng = np.random.default_rng(seed)
     base = np.datetime64("2020-01-01T00:00:00", "s")
-    fields = ([(id_column, pa.string())] if id_column else []) + [("date", pa.string())] + \
-        [(f, pa.float64()) for f in features]
+    fields = (
+        ([(id_column, pa.string())] if id_column else [])
+        + [("date", pa.string())]
+        + [(f, pa.float64()) for f in features]
+    )
     with pcsv.CSVWriter(str(path), pa.schema(fields)) as w:
         for lo in range(0, series, chunk_series):
             k = min(chunk_series, series - lo)

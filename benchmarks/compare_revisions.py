@@ -65,21 +65,26 @@ def streaming(pythons: dict[str, str], work: Path, rounds: int, streams: int, se
     from rnnops.serving.config import ServeConfig
 
     threads = ServeConfig().ort_threads
-    servers = {name: ST.start_server(onnx, "batched", threads, 256, work / f"stream-{name}.log", python=py)
-               for name, py in pythons.items()}
+    servers = {
+        name: ST.start_server(onnx, "batched", threads, 256, work / f"stream-{name}.log", python=py)
+        for name, py in pythons.items()
+    }
     raw: dict[str, list[dict]] = {name: [] for name in pythons}
     try:
-        for name, (proc, port) in servers.items():  # warm-up
+        for proc, port in servers.values():  # warm-up
             asyncio.run(ST.run_level(port, 8, 50, 1, 10, proc.pid))
         order = list(pythons)
         for k in range(rounds):
-            for name in (order if k % 2 == 0 else order[::-1]):
+            for name in order if k % 2 == 0 else order[::-1]:
                 proc, port = servers[name]
                 row = asyncio.run(ST.run_level(port, streams, 400, 2, seconds, proc.pid))
                 raw[name].append(row)
-                print(f"  streaming {name:6s} round {k + 1}/{rounds}: {row['chars_per_s']:9.1f} chars/s  TTFC p99 "
-                      f"{row['ttfc_ms_p99']} ms  server CPU {row['server_cpu_ms_per_1k_chars']} ms/1k chars "
-                      f"({row['errors']} errors)", file=sys.stderr)
+                print(
+                    f"  streaming {name:6s} round {k + 1}/{rounds}: {row['chars_per_s']:9.1f} chars/s  TTFC p99 "
+                    f"{row['ttfc_ms_p99']} ms  server CPU {row['server_cpu_ms_per_1k_chars']} ms/1k chars "
+                    f"({row['errors']} errors)",
+                    file=sys.stderr,
+                )
     finally:
         for proc, _ in servers.values():
             ST.stop_server(proc)
@@ -111,12 +116,14 @@ def forecast(pythons: dict[str, str], work: Path, rounds: int, concurrency: int,
             FH.wrk_load(urls[name], files, 4, 10**6, 2.0, None, script)
         order = list(pythons)
         for k in range(rounds):
-            for name in (order if k % 2 == 0 else order[::-1]):
+            for name in order if k % 2 == 0 else order[::-1]:
                 row = FH.wrk_load(urls[name], files, concurrency, 10**6, seconds, procs[name].pid, script)
                 raw[name].append(row)
-                print(f"  forecast  {name:6s} round {k + 1}/{rounds}: {row['rps']:8.1f} req/s  p99 {row['p99_ms']:7.1f} ms  "
-                      f"server CPU {C.fmt(row['server_cpu_ms_per_request'], 3)} ms/req ({row['errors']} errors)",
-                      file=sys.stderr)
+                print(
+                    f"  forecast  {name:6s} round {k + 1}/{rounds}: {row['rps']:8.1f} req/s  p99 {row['p99_ms']:7.1f} ms  "
+                    f"server CPU {C.fmt(row['server_cpu_ms_per_request'], 3)} ms/req ({row['errors']} errors)",
+                    file=sys.stderr,
+                )
     finally:
         for proc in procs.values():
             C.stop_process(proc)
@@ -124,18 +131,21 @@ def forecast(pythons: dict[str, str], work: Path, rounds: int, concurrency: int,
 
 
 # wrk's side for /sessions: the forecast script with one request per session (their paths differ)
-SESSIONS_LUA = FH.WRK_LUA.replace("""  reqs = {}
+SESSIONS_LUA = FH.WRK_LUA.replace(
+    """  reqs = {}
   for k = 2, #args do
     local f = assert(io.open(args[k], "rb"))
     reqs[#reqs + 1] = wrk.format("POST", nil, {["Content-Type"] = "application/json"}, f:read("*a"))
     f:close()
-  end""", """  reqs = {}
+  end""",
+    """  reqs = {}
   local f = assert(io.open(args[2], "rb"))
   local body = f:read("*a")
   f:close()
   for k = 3, #args do
     reqs[#reqs + 1] = wrk.format("POST", "/sessions/" .. args[k], {["Content-Type"] = "application/json"}, body)
-  end""")
+  end""",
+)
 
 
 def sessions(pythons: dict[str, str], work: Path, rounds: int, concurrency: int, seconds: float) -> dict:
@@ -160,37 +170,58 @@ def sessions(pythons: dict[str, str], work: Path, rounds: int, concurrency: int,
     raw: dict[str, dict[str, list[dict]]] = {name: {mode: [] for mode in modes} for name in pythons}
     try:
         for name, py in pythons.items():
-            proc, port = servers[name] = ST.start_server(fc, "batched", 0, 256, work / f"sessions-{name}.log", python=py)
+            proc, port = servers[name] = ST.start_server(
+                fc, "batched", 0, 256, work / f"sessions-{name}.log", python=py
+            )
             ids[name] = []
             for i in range(concurrency):  # open the sessions and the sequences
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/sessions", data=b"{}", method="POST",
-                                             headers={"Content-Type": "application/json"})
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/sessions",
+                    data=b"{}",
+                    method="POST",
+                    headers={"Content-Type": "application/json"},
+                )
                 ids[name].append(json.loads(urllib.request.urlopen(req, timeout=30).read())["session_id"])
                 body, hdr = PR.oip_binary(obs[i][None], {"sequence_id": i + 1, "sequence_start": True})
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/bench/infer", data=body, method="POST",
-                                             headers={"Inference-Header-Content-Length": hdr.split(b": ")[1].strip().decode()})
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/v2/models/bench/infer",
+                    data=body,
+                    method="POST",
+                    headers={"Inference-Header-Content-Length": hdr.split(b": ")[1].strip().decode()},
+                )
                 urllib.request.urlopen(req, timeout=30).read()
         clients = {
-            "sessions": lambda name: (lambda i, k: (f"/sessions/{ids[name][i]}", updates[i])),
-            "oip_sequences": lambda name: (lambda i, k: ("/v2/models/bench/infer",
-                                                         *PR.oip_binary(obs[i][None], {"sequence_id": i + 1}))),
+            "sessions": lambda name: lambda i, k: (f"/sessions/{ids[name][i]}", updates[i]),
+            "oip_sequences": lambda name: (
+                lambda i, k: ("/v2/models/bench/infer", *PR.oip_binary(obs[i][None], {"sequence_id": i + 1}))
+            ),
         }
         order = list(pythons)
         for k in range(rounds):
-            for name in (order if k % 2 == 0 else order[::-1]):
+            for name in order if k % 2 == 0 else order[::-1]:
                 proc, port = servers[name]
                 for mode in modes:
                     if mode == "sessions_wrk":
-                        w = FH.wrk_load(f"http://127.0.0.1:{port}", [one_obs, *ids[name]], concurrency, 10**6,
-                                        seconds, proc.pid, script)
+                        w = FH.wrk_load(
+                            f"http://127.0.0.1:{port}",
+                            [one_obs, *ids[name]],
+                            concurrency,
+                            10**6,
+                            seconds,
+                            proc.pid,
+                            script,
+                        )
                         row = {"requests_per_s": w["rps"], "cpu_ms_per_request": w["server_cpu_ms_per_request"]}
                         if w["errors"]:
                             print(f"  {w['errors']} errors, first: {w['first_error']}", file=sys.stderr)
                     else:
                         row = asyncio.run(PR.requests(port, concurrency, seconds, proc.pid, clients[mode](name)))
                     raw[name][mode].append(row)
-                    print(f"  {mode:13s} {name:6s} round {k + 1}/{rounds}: {row['requests_per_s']:8.1f} updates/s  "
-                          f"server CPU {row['cpu_ms_per_request']:.3f} ms/update", file=sys.stderr)
+                    print(
+                        f"  {mode:13s} {name:6s} round {k + 1}/{rounds}: {row['requests_per_s']:8.1f} updates/s  "
+                        f"server CPU {row['cpu_ms_per_request']:.3f} ms/update",
+                        file=sys.stderr,
+                    )
     finally:
         for proc, _ in servers.values():
             ST.stop_server(proc)
@@ -200,15 +231,34 @@ def sessions(pythons: dict[str, str], work: Path, rounds: int, concurrency: int,
 def report(raw_s: dict, raw_f: dict, streams: int, concurrency: int, raw_q: dict | None = None) -> str:
     lines = []
     if raw_s:
-        rows = [[name, _spread([r["chars_per_s"] for r in rs]), _spread([r["ttfc_ms_p99"] for r in rs]),
-                 _spread([r["server_cpu_ms_per_1k_chars"] for r in rs])] for name, rs in raw_s.items()]
-        lines += [f"streaming, {streams} streams, 400 chars/request (median (min-max) over rounds):",
-                  C.md_table(["tree", "chars/s", "TTFC p99 ms", "server CPU ms / 1k chars"], rows, "lrrr")]
+        rows = [
+            [
+                name,
+                _spread([r["chars_per_s"] for r in rs]),
+                _spread([r["ttfc_ms_p99"] for r in rs]),
+                _spread([r["server_cpu_ms_per_1k_chars"] for r in rs]),
+            ]
+            for name, rs in raw_s.items()
+        ]
+        lines += [
+            f"streaming, {streams} streams, 400 chars/request (median (min-max) over rounds):",
+            C.md_table(["tree", "chars/s", "TTFC p99 ms", "server CPU ms / 1k chars"], rows, "lrrr"),
+        ]
     if raw_f:
-        rows = [[name, _spread([r["rps"] for r in rs]), _spread([r["p99_ms"] for r in rs]),
-                 _spread([1e3 * r["server_cpu_ms_per_request"] for r in rs])] for name, rs in raw_f.items()]
-        lines += ["", f"/forecast, wrk at concurrency {concurrency} (median (min-max) over rounds):",
-                  C.md_table(["tree", "requests/s", "p99 ms", "server CPU µs / request"], rows, "lrrr")]
+        rows = [
+            [
+                name,
+                _spread([r["rps"] for r in rs]),
+                _spread([r["p99_ms"] for r in rs]),
+                _spread([1e3 * r["server_cpu_ms_per_request"] for r in rs]),
+            ]
+            for name, rs in raw_f.items()
+        ]
+        lines += [
+            "",
+            f"/forecast, wrk at concurrency {concurrency} (median (min-max) over rounds):",
+            C.md_table(["tree", "requests/s", "p99 ms", "server CPU µs / request"], rows, "lrrr"),
+        ]
     if raw_s and len(raw_s) == 2:
         a, b = (C.median([r["chars_per_s"] for r in rs]) for rs in raw_s.values())
         lines.append(f"\nstreaming after / before: {b / a:.3f}x chars/s" if a else "")
@@ -216,10 +266,19 @@ def report(raw_s: dict, raw_f: dict, streams: int, concurrency: int, raw_q: dict
         a, b = (C.median([r["rps"] for r in rs]) for rs in raw_f.values())
         lines.append(f"forecast after / before: {b / a:.3f}x requests/s" if a else "")
     for mode in next(iter(raw_q.values())) if raw_q else ():
-        rows = [[name, _spread([r["requests_per_s"] for r in rs[mode]]), _spread([r["cpu_ms_per_request"] for r in rs[mode]])]
-                for name, rs in raw_q.items()]
-        lines += ["", f"{mode}, {concurrency} sessions, one observation per request (median (min-max) over rounds):",
-                  C.md_table(["tree", "updates/s", "server CPU ms / update"], rows, "lrr")]
+        rows = [
+            [
+                name,
+                _spread([r["requests_per_s"] for r in rs[mode]]),
+                _spread([r["cpu_ms_per_request"] for r in rs[mode]]),
+            ]
+            for name, rs in raw_q.items()
+        ]
+        lines += [
+            "",
+            f"{mode}, {concurrency} sessions, one observation per request (median (min-max) over rounds):",
+            C.md_table(["tree", "updates/s", "server CPU ms / update"], rows, "lrr"),
+        ]
         if len(raw_q) == 2:
             a, b = (C.median([r["requests_per_s"] for r in rs[mode]]) for rs in raw_q.values())
             lines.append(f"{mode} after / before: {b / a:.3f}x updates/s" if a else "")
@@ -232,7 +291,9 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--streams", type=int, default=64)
     ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--seconds", type=float, default=15.0, help="per forecast round (streaming rounds: 4x this at most)")
+    ap.add_argument(
+        "--seconds", type=float, default=15.0, help="per forecast round (streaming rounds: 4x this at most)"
+    )
     ap.add_argument("--only", choices=("streaming", "forecast", "sessions"), help="run one of the three")
     ap.add_argument("--json", type=Path, help="write the raw rounds as JSON")
     args = ap.parse_args(argv)
@@ -242,8 +303,10 @@ def main(argv=None) -> None:
     machine = C.machine()  # before the forecast section pins this process to the client's CPUs
     trees = {name: _version_of(py) for name, py in pythons.items()}
     if len(set(trees.values())) < 2:
-        raise SystemExit(f"error: both Pythons import rnnops from {trees['after']}; point --baseline-python at "
-                         "an environment with the other checkout installed")
+        raise SystemExit(
+            f"error: both Pythons import rnnops from {trees['after']}; point --baseline-python at "
+            "an environment with the other checkout installed"
+        )
     print(f"before: {trees['before']}\nafter:  {trees['after']}", file=sys.stderr)
     run = lambda part: args.only in (None, part)  # noqa: E731
     raw_s = streaming(pythons, work, args.rounds, args.streams, 4 * args.seconds) if run("streaming") else {}
@@ -252,8 +315,9 @@ def main(argv=None) -> None:
     print(C.machine_markdown(machine))
     print(report(raw_s, raw_f, args.streams, args.concurrency, raw_q))
     if args.json:
-        args.json.write_text(json.dumps({"trees": trees, "streaming": raw_s, "forecast": raw_f, "sessions": raw_q},
-                                        indent=1))
+        args.json.write_text(
+            json.dumps({"trees": trees, "streaming": raw_s, "forecast": raw_f, "sessions": raw_q}, indent=1)
+        )
 
 
 if __name__ == "__main__":

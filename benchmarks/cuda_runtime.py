@@ -8,24 +8,38 @@ What ran on the lent H200 (figures: docs/device/h200-2026-11-28.json, docs/servi
 Weights are re-randomised (seeded) on load: timings don't depend on values, and zeroed files
 gzip to a few hundred KB for the trip. Needs onnxruntime-gpu with CUDA 13 libraries.
 """
-import argparse
 
-import gzip, json, os, platform, shutil, statistics, sys, time
+import argparse
+import gzip
+import json
+import os
+import shutil
+import statistics
+import time
 from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 
+
 def make_models(folder: str) -> None:
-    import gzip, shutil, string, os
+    import gzip
+    import os
+    import shutil
+    import string
+
     import onnx
     from onnx import numpy_helper
+
     from rnnops.export.onnx_export import export_onnx
     from rnnops.training.models import CharModel, CharModelConfig
 
     Path(folder).mkdir(parents=True, exist_ok=True)
     vocab = sorted(set(string.ascii_letters + string.digits + " \n.,;:!?'-&$3"))[:65]
     for name, hidden, layers, embed in (("lstm2x512", 512, 2, 64), ("quick1x384", 384, 1, 64)):
-        cfg = CharModelConfig(vocab_size=len(vocab), cell="lstm", hidden_size=hidden, num_layers=layers, embed_dim=embed)
+        cfg = CharModelConfig(
+            vocab_size=len(vocab), cell="lstm", hidden_size=hidden, num_layers=layers, embed_dim=embed
+        )
         path = f"{folder}/{name}.onnx"
         export_onnx(CharModel(cfg).eval(), {"kind": "char", "config": cfg.to_dict(), "vocab": vocab}, path)
         p = onnx.load(path)
@@ -56,6 +70,7 @@ except Exception as exc:
 print(res, flush=True)
 import onnx
 from onnx import numpy_helper
+
 rng = np.random.default_rng(0)
 models = {}
 for gz in sorted(Path(ARGS.models).glob("*.onnx.gz")):
@@ -70,10 +85,11 @@ for gz in sorted(Path(ARGS.models).glob("*.onnx.gz")):
     onnx.save(p, str(path))
     models[path.stem] = path
 
-from rnnops.serving.runtime import Runtime
 from rnnops.serving.generate.naive import NaiveGenerator
-from rnnops.serving.generate.scheduler import GenerationRequest, StepScheduler
 from rnnops.serving.generate.sampling import SamplingParams
+from rnnops.serving.generate.scheduler import GenerationRequest, StepScheduler
+from rnnops.serving.runtime import Runtime
+
 
 def lat(rt, batch, budget=1.0, min_runs=20):
     state = rt.zero_state(batch)
@@ -83,8 +99,11 @@ def lat(rt, batch, budget=1.0, min_runs=20):
     ts = []
     t_end = time.perf_counter() + budget
     while len(ts) < min_runs or time.perf_counter() < t_end:
-        t = time.perf_counter(); state = rt.run(tok, state, "last").state; ts.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        state = rt.run(tok, state, "last").state
+        ts.append(time.perf_counter() - t)
     return statistics.median(ts)
+
 
 kernel = []
 parity = {}
@@ -99,7 +118,8 @@ for name, path in models.items():
     sc, sg = cpu2.zero_state(8), cuda.zero_state(8)
     worst = 0.0
     for t in range(64):
-        rc = cpu2.run(toks[:, t:t+1], sc, "last"); rg = cuda.run(toks[:, t:t+1], sg, "last")
+        rc = cpu2.run(toks[:, t : t + 1], sc, "last")
+        rg = cuda.run(toks[:, t : t + 1], sg, "last")
         (lc, sc), (lg, sg) = (rc.output, rc.state), (rg.output, rg.state)
         worst = max(worst, float(np.abs(lc - lg).max()))
     parity[name] = worst
@@ -107,12 +127,18 @@ for name, path in models.items():
         row = {"model": name, "batch": b}
         for label, rt in (("cpu2", cpu2), ("cpu16", cpu16), ("cuda_iobinding", cuda), ("cuda_copy", cuda_nobind)):
             row[label + "_ms"] = lat(rt, b) * 1e3
-        kernel.append(row); print(row, flush=True)
-res["kernel"] = kernel; res["parity_max_abs_logit_diff_cuda_vs_cpu"] = parity
+        kernel.append(row)
+        print(row, flush=True)
+res["kernel"] = kernel
+res["parity_max_abs_logit_diff_cuda_vs_cpu"] = parity
+
 
 def sched_run(gen, n, chars=200):
     gen.start()
-    reqs = [GenerationRequest(prompt_ids=np.array([1, 2, 3, 4], np.int64), max_chars=chars, params=SamplingParams(), seed=i) for i in range(n)]
+    reqs = [
+        GenerationRequest(prompt_ids=np.array([1, 2, 3, 4], np.int64), max_chars=chars, params=SamplingParams(), seed=i)
+        for i in range(n)
+    ]
     t = time.perf_counter()
     streams = [gen.submit(r) for r in reqs]
     texts = [s.result(timeout=600) for s in streams]
@@ -120,13 +146,22 @@ def sched_run(gen, n, chars=200):
     gen.stop()
     return sum(len(x) for x in texts) / dt, texts
 
+
 sched = []
 path = models["quick1x384"]
 for n in (1, 8, 64, 256):
     row = {"streams": n}
-    for label, mk in (("cuda_scheduler", lambda: StepScheduler(Runtime(path, providers="cuda"), max_active=256, max_queue=1024)),
-                      ("cpu2_scheduler", lambda: StepScheduler(Runtime(path, providers="cpu", threads=2), max_active=256, max_queue=1024)),
-                      ("cpu2_naive", lambda: NaiveGenerator(Runtime(path, providers="cpu", threads=2), max_active=256, max_queue=1024))):
+    for label, mk in (
+        ("cuda_scheduler", lambda: StepScheduler(Runtime(path, providers="cuda"), max_active=256, max_queue=1024)),
+        (
+            "cpu2_scheduler",
+            lambda: StepScheduler(Runtime(path, providers="cpu", threads=2), max_active=256, max_queue=1024),
+        ),
+        (
+            "cpu2_naive",
+            lambda: NaiveGenerator(Runtime(path, providers="cpu", threads=2), max_active=256, max_queue=1024),
+        ),
+    ):
         if label == "cpu2_naive" and n == 256:
             continue
         cps, texts = sched_run(mk(), n)
@@ -134,9 +169,12 @@ for n in (1, 8, 64, 256):
         if label == "cuda_scheduler":
             solo = sched_run(StepScheduler(Runtime(path, providers="cuda")), 1)[1][0]
             row["cuda_seed0_same_alone_and_batched"] = solo == texts[0]
-    print(row, flush=True); sched.append(row)
+    print(row, flush=True)
+    sched.append(row)
 res["scheduler"] = sched
 (OUT / "gpu.json").write_text(json.dumps(res, indent=1))
 print("## kernel (ms per step, T=1)")
-for r in kernel: print(r)
-print("## scheduler"); [print(r) for r in sched]
+for r in kernel:
+    print(r)
+print("## scheduler")
+[print(r) for r in sched]

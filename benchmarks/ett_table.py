@@ -39,27 +39,73 @@ MARK_START, MARK_END = "<!-- ett-table:start -->", "<!-- ett-table:end -->"
 # TimeMixer: its paper (Wang et al., ICLR 2024), unified L = 96. DLinear and PatchTST: the
 # iTransformer paper's table (L = 96), as quoted by SegRNN's README.
 PUBLISHED = {
-    "SegRNN (README, L 96)": {("etth1", 96): (0.368, 0.395), ("etth1", 192): (0.408, 0.419), ("etth1", 336): (0.444, 0.440),
-                              ("etth1", 720): (0.446, 0.457), ("etth2", 96): (0.278, 0.335), ("etth2", 192): (0.359, 0.389),
-                              ("etth2", 336): (0.421, 0.436), ("etth2", 720): (0.432, 0.455)},
-    "TimeMixer (paper, L 96)": {("etth1", 96): (0.375, 0.400), ("etth1", 192): (0.429, 0.421), ("etth1", 336): (0.484, 0.458),
-                                ("etth1", 720): (0.498, 0.482), ("etth2", 96): (0.289, 0.341), ("etth2", 192): (0.372, 0.392),
-                                ("etth2", 336): (0.386, 0.414), ("etth2", 720): (0.412, 0.434)},
-    "DLinear (iTransformer, L 96)": {("etth1", 96): (0.386, 0.400), ("etth1", 192): (0.437, 0.432), ("etth1", 336): (0.481, 0.459),
-                                     ("etth1", 720): (0.519, 0.516), ("etth2", 96): (0.333, 0.387), ("etth2", 192): (0.477, 0.476),
-                                     ("etth2", 336): (0.594, 0.541), ("etth2", 720): (0.831, 0.657)},
-    "PatchTST (iTransformer, L 96)": {("etth1", 96): (0.414, 0.419), ("etth1", 192): (0.460, 0.445), ("etth1", 336): (0.501, 0.466),
-                                      ("etth1", 720): (0.500, 0.488), ("etth2", 96): (0.302, 0.348), ("etth2", 192): (0.388, 0.400),
-                                      ("etth2", 336): (0.426, 0.433), ("etth2", 720): (0.431, 0.446)},
+    "SegRNN (README, L 96)": {
+        ("etth1", 96): (0.368, 0.395),
+        ("etth1", 192): (0.408, 0.419),
+        ("etth1", 336): (0.444, 0.440),
+        ("etth1", 720): (0.446, 0.457),
+        ("etth2", 96): (0.278, 0.335),
+        ("etth2", 192): (0.359, 0.389),
+        ("etth2", 336): (0.421, 0.436),
+        ("etth2", 720): (0.432, 0.455),
+    },
+    "TimeMixer (paper, L 96)": {
+        ("etth1", 96): (0.375, 0.400),
+        ("etth1", 192): (0.429, 0.421),
+        ("etth1", 336): (0.484, 0.458),
+        ("etth1", 720): (0.498, 0.482),
+        ("etth2", 96): (0.289, 0.341),
+        ("etth2", 192): (0.372, 0.392),
+        ("etth2", 336): (0.386, 0.414),
+        ("etth2", 720): (0.412, 0.434),
+    },
+    "DLinear (iTransformer, L 96)": {
+        ("etth1", 96): (0.386, 0.400),
+        ("etth1", 192): (0.437, 0.432),
+        ("etth1", 336): (0.481, 0.459),
+        ("etth1", 720): (0.519, 0.516),
+        ("etth2", 96): (0.333, 0.387),
+        ("etth2", 192): (0.477, 0.476),
+        ("etth2", 336): (0.594, 0.541),
+        ("etth2", 720): (0.831, 0.657),
+    },
+    "PatchTST (iTransformer, L 96)": {
+        ("etth1", 96): (0.414, 0.419),
+        ("etth1", 192): (0.460, 0.445),
+        ("etth1", 336): (0.501, 0.466),
+        ("etth1", 720): (0.500, 0.488),
+        ("etth2", 96): (0.302, 0.348),
+        ("etth2", 192): (0.388, 0.400),
+        ("etth2", 336): (0.426, 0.433),
+        ("etth2", 720): (0.431, 0.446),
+    },
 }
 # The univariate cell (ETTh1 S, OT, L 336, H 96): NLinear from the DLinear paper (L 336).
 PUBLISHED_S = {"NLinear (DLinear paper, L 336)": (0.053, 0.177)}
 
 
 def cell_command(dataset: str, horizon: int, seed: int, args, features: str = "M", lookback: int = 96) -> list[str]:
-    cmd = ["rnnops", "train", "forecast", "--data", dataset, "--features", features, "--lookback", str(lookback),
-           "--horizon", str(horizon), "--arch", args.arch, "--preset", args.preset, "--seed", str(seed),
-           "--experiment", args.experiment]
+    cmd = [
+        "rnnops",
+        "train",
+        "forecast",
+        "--data",
+        dataset,
+        "--features",
+        features,
+        "--lookback",
+        str(lookback),
+        "--horizon",
+        str(horizon),
+        "--arch",
+        args.arch,
+        "--preset",
+        args.preset,
+        "--seed",
+        str(seed),
+        "--experiment",
+        args.experiment,
+    ]
     if args.time_budget is not None:
         cmd += ["--time-budget", f"{args.time_budget:g}"]
     if args.quantiles:
@@ -99,9 +145,12 @@ def _has(tool: str) -> bool:
 
 def summarise(results: dict, args) -> str:
     """The markdown table: one row per dataset x horizon; ours as median [min-max] over seeds."""
-    lines = ["| data | H | ours: test MSE (median [min-max] of seeds) | test MAE | repeat-last MSE / MAE | "
-             + " | ".join(PUBLISHED) + " | gap to SegRNN (MSE) |",
-             "|---|---:|---|---|---|" + "---|" * len(PUBLISHED) + "---:|"]
+    lines = [
+        "| data | H | ours: test MSE (median [min-max] of seeds) | test MAE | repeat-last MSE / MAE | "
+        + " | ".join(PUBLISHED)
+        + " | gap to SegRNN (MSE) |",
+        "|---|---:|---|---|---|" + "---|" * len(PUBLISHED) + "---:|",
+    ]
     cmds = []
     for ds in args.datasets:
         for h in args.horizons:
@@ -115,9 +164,11 @@ def summarise(results: dict, args) -> str:
             mae = [r["test_mae"] for r in runs]
             seg = PUBLISHED["SegRNN (README, L 96)"].get((ds, h))
             gap = f"{statistics.median(mse) - seg[0]:+.3f}" if seg else "-"
-            lines.append(f"| {ds} | {h} | **{statistics.median(mse):.3f}** [{min(mse):.3f}-{max(mse):.3f}] "
-                         f"(n={len(runs)}) | {statistics.median(mae):.3f} | {runs[0]['test_repeat_last_mse']:.3f} / "
-                         f"{runs[0]['test_repeat_last_mae']:.3f} | {pub_txt} | {gap} |")
+            lines.append(
+                f"| {ds} | {h} | **{statistics.median(mse):.3f}** [{min(mse):.3f}-{max(mse):.3f}] "
+                f"(n={len(runs)}) | {statistics.median(mae):.3f} | {runs[0]['test_repeat_last_mse']:.3f} / "
+                f"{runs[0]['test_repeat_last_mae']:.3f} | {pub_txt} | {gap} |"
+            )
             seeds = sorted(k.rsplit("-s", 1)[1] for k in results if k.startswith(f"{ds}-M-H{h}-s"))
             cmds.append(f"{ds} H {h}: `{runs[0]['command']}` (seeds {', '.join(seeds)})")
     s_runs = [r for k, r in results.items() if k.startswith("etth1-S-")]
@@ -125,22 +176,34 @@ def summarise(results: dict, args) -> str:
         mse = [r["test_mse"] for r in s_runs]
         mae = [r["test_mae"] for r in s_runs]
         name, (pm, pa) = next(iter(PUBLISHED_S.items()))
-        lines += ["", "| data | H | ours: test MSE | test MAE | repeat-last | " + name + " |", "|---|---:|---|---|---|---|",
-                  f"| etth1 S (OT), L 336 | 96 | **{statistics.median(mse):.4f}** [{min(mse):.4f}-{max(mse):.4f}] "
-                  f"(n={len(s_runs)}) | {statistics.median(mae):.4f} | {s_runs[0]['test_repeat_last_mse']:.4f} | "
-                  f"{pm:.3f} / {pa:.3f} |"]
+        lines += [
+            "",
+            "| data | H | ours: test MSE | test MAE | repeat-last | " + name + " |",
+            "|---|---:|---|---|---|---|",
+            f"| etth1 S (OT), L 336 | 96 | **{statistics.median(mse):.4f}** [{min(mse):.4f}-{max(mse):.4f}] "
+            f"(n={len(s_runs)}) | {statistics.median(mae):.4f} | {s_runs[0]['test_repeat_last_mse']:.4f} | "
+            f"{pm:.3f} / {pa:.3f} |",
+        ]
         cmds.append(f"etth1 S: `{s_runs[0]['command']}`")
     cover = [(k, r) for k, r in results.items() if "test_coverage_80" in r]
     if cover:
-        lines += ["", "80 % interval coverage on test (steps in quarters of the horizon, pooled over channels; "
-                  "goal 0.77-0.83 each):", "", "| cell | whole | q1 | q2 | q3 | q4 | width (z) | pinball |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "80 % interval coverage on test (steps in quarters of the horizon, pooled over channels; "
+            "goal 0.77-0.83 each):",
+            "",
+            "| cell | whole | q1 | q2 | q3 | q4 | width (z) | pinball |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for k, r in sorted(cover):
-            lines.append(f"| {k} | {r['test_coverage_80']:.3f} | " + " | ".join(
-                f"{r.get(f'test_coverage_80_q{q}', float('nan')):.3f}" for q in range(1, 5))
-                + f" | {r.get('test_interval_width_80', float('nan')):.3f} | {r.get('test_pinball', float('nan')):.4f} |")
-    return "\n".join(lines + ["", "Commands (one seed shown; the others differ only in `--seed`):", ""]
-                     + [f"- {c}" for c in cmds])
+            lines.append(
+                f"| {k} | {r['test_coverage_80']:.3f} | "
+                + " | ".join(f"{r.get(f'test_coverage_80_q{q}', float('nan')):.3f}" for q in range(1, 5))
+                + f" | {r.get('test_interval_width_80', float('nan')):.3f} | {r.get('test_pinball', float('nan')):.4f} |"
+            )
+    return "\n".join(
+        lines + ["", "Commands (one seed shown; the others differ only in `--seed`):", ""] + [f"- {c}" for c in cmds]
+    )
 
 
 def write_docs(table: str, header: str) -> None:
@@ -173,16 +236,28 @@ def main() -> None:
     (args.out / "logs").mkdir(exist_ok=True)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    cells = [(f"{ds}-M-H{h}-s{1337 + s}", cell_command(ds, h, 1337 + s, args))
-             for ds in args.datasets for h in args.horizons for s in range(args.seeds)]
+    cells = [
+        (f"{ds}-M-H{h}-s{1337 + s}", cell_command(ds, h, 1337 + s, args))
+        for ds in args.datasets
+        for h in args.horizons
+        for s in range(args.seeds)
+    ]
     if not args.no_univariate and "etth1" in args.datasets:
-        cells += [(f"etth1-S-L336-H96-s{1337 + s}", cell_command("etth1", 96, 1337 + s, args, "S", 336))
-                  for s in range(args.seeds)]
+        cells += [
+            (f"etth1-S-L336-H96-s{1337 + s}", cell_command("etth1", 96, 1337 + s, args, "S", 336))
+            for s in range(args.seeds)
+        ]
     todo = [(k, c) for k, c in cells if k not in results]
-    print(f"{len(cells)} runs, {len(cells) - len(todo)} already in {results_path}; running {len(todo)}", file=sys.stderr)
+    print(
+        f"{len(cells)} runs, {len(cells) - len(todo)} already in {results_path}; running {len(todo)}", file=sys.stderr
+    )
     ncpu = len(os.sched_getaffinity(0))
     per = max(1, ncpu // max(1, args.jobs))
-    cores = [list(range(i * per, (i + 1) * per)) for i in range(args.jobs)] if args.jobs > 1 and ncpu >= 2 * args.jobs else [None] * args.jobs
+    cores = (
+        [list(range(i * per, (i + 1) * per)) for i in range(args.jobs)]
+        if args.jobs > 1 and ncpu >= 2 * args.jobs
+        else [None] * args.jobs
+    )
 
     def work(i, key, cmd):
         r = run_cell(key, cmd, cores[i % args.jobs], args.out / "logs")
@@ -194,9 +269,12 @@ def main() -> None:
             results[key] = r
             results_path.write_text(json.dumps(results, indent=1))
     table = summarise(results, args)
-    header = (f"Generated by `python benchmarks/ett_table.py` ({args.arch}, preset {args.preset}"
-              + (f", time budget {args.time_budget:g} s" if args.time_budget else "") + f", {args.seeds} seeds) on "
-              f"{ncpu} CPUs, {time.strftime('%Y-%m-%d')}.")
+    header = (
+        f"Generated by `python benchmarks/ett_table.py` ({args.arch}, preset {args.preset}"
+        + (f", time budget {args.time_budget:g} s" if args.time_budget else "")
+        + f", {args.seeds} seeds) on "
+        f"{ncpu} CPUs, {time.strftime('%Y-%m-%d')}."
+    )
     (args.out / "table.md").write_text(header + "\n\n" + table + "\n")
     print(table)
     if args.write_docs:

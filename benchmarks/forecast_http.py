@@ -103,7 +103,7 @@ def windows_pool(meta: dict, n: int = 32, seed: int = 0) -> np.ndarray:
         t = np.arange(20_000)[:, None]
         values = (np.sin(t / (8.0 + np.arange(F))) * 3 + 5).astype(np.float32)
     starts = rng.integers(0, len(values) - L, n)
-    return np.stack([values[s:s + L] for s in starts])
+    return np.stack([values[s : s + L] for s in starts])
 
 
 def payloads(server: str, windows: np.ndarray, meta: dict) -> list[bytes]:
@@ -121,8 +121,9 @@ def forecast_of(server: str, body: dict) -> np.ndarray:
     return np.asarray(body["forecast"], np.float32).reshape(-1)
 
 
-def start(server: str, champ: C.Champion, work: Path, cpus_allowed: set[int] | None = None,
-          python: str = sys.executable):
+def start(
+    server: str, champ: C.Champion, work: Path, cpus_allowed: set[int] | None = None, python: str = sys.executable
+):
     """``server`` (mlflow | rnnops) from ``python``'s environment, serving the champion."""
     port = C.free_port()
     log = work / f"{server}-{abs(hash(python)) % 10**6}.log"
@@ -130,16 +131,39 @@ def start(server: str, champ: C.Champion, work: Path, cpus_allowed: set[int] | N
     # `mlflow models serve` execs `uvicorn` from PATH: the one next to this interpreter
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if server == "mlflow":
-        argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{champ.name}@champion",
-                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+        argv = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{champ.name}@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ]
         ready = f"http://127.0.0.1:{port}/ping"
         path = "/invocations"
     else:
         env.update(RNNOPS_POLL_SECONDS="0", BENTOML_HOME=str(work / "bentoml"))
         cli = Path(python).parent / "rnnops"  # the command users run
         head = [str(cli)] if cli.is_file() else [python, "-c", "from rnnops.cli import main; main()"]
-        argv = [*head, "serve", "--host", "127.0.0.1", "--port", str(port), "--models", f"{champ.name}@champion",
-                "--poll-seconds", "0"]
+        argv = [
+            *head,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--models",
+            f"{champ.name}@champion",
+            "--poll-seconds",
+            "0",
+        ]
         ready = f"http://127.0.0.1:{port}/readyz"
         path = "/forecast"
     proc = C.start_process(argv, env, log, cwd=work, cpus_allowed=cpus_allowed)
@@ -147,16 +171,34 @@ def start(server: str, champ: C.Champion, work: Path, cpus_allowed: set[int] | N
     return proc, f"http://127.0.0.1:{port}{path}"
 
 
-def _row(concurrency: int, requests: int, errors: int, first_error, wall: float, lat_p50: float, lat_p99: float,
-         server_cpu: float, client_cpu: float) -> dict:
-    return {"concurrency": concurrency, "requests": requests, "errors": errors, "first_error": first_error,
-            "wall_s": round(wall, 3), "rps": requests / wall if wall else 0.0, "p50_ms": lat_p50, "p99_ms": lat_p99,
-            "server_cpu_ms_per_request": 1e3 * server_cpu / requests if requests else None,
-            "client_cpu_ms_per_request": 1e3 * client_cpu / requests if requests else None}
+def _row(
+    concurrency: int,
+    requests: int,
+    errors: int,
+    first_error,
+    wall: float,
+    lat_p50: float,
+    lat_p99: float,
+    server_cpu: float,
+    client_cpu: float,
+) -> dict:
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "errors": errors,
+        "first_error": first_error,
+        "wall_s": round(wall, 3),
+        "rps": requests / wall if wall else 0.0,
+        "p50_ms": lat_p50,
+        "p99_ms": lat_p99,
+        "server_cpu_ms_per_request": 1e3 * server_cpu / requests if requests else None,
+        "client_cpu_ms_per_request": 1e3 * client_cpu / requests if requests else None,
+    }
 
 
-async def httpx_load(url: str, bodies: list[bytes], concurrency: int, max_requests: int, seconds: float,
-                     server_pid: int | None = None) -> dict:
+async def httpx_load(
+    url: str, bodies: list[bytes], concurrency: int, max_requests: int, seconds: float, server_pid: int | None = None
+) -> dict:
     """The fallback client: ``httpx.AsyncClient`` in this process (a core's worth of Python)."""
     import httpx
 
@@ -192,8 +234,17 @@ async def httpx_load(url: str, bodies: list[bytes], concurrency: int, max_reques
         wall = time.perf_counter() - t0
         client = time.process_time() - client0
         cpu = (C.tree_cpu_s(server_pid) - cpu0) if server_pid else float("nan")
-    return _row(concurrency, len(lat), len(errors), errors[0] if errors else None, wall, 1e3 * C.pct(lat, 50),
-                1e3 * C.pct(lat, 99), cpu, client)
+    return _row(
+        concurrency,
+        len(lat),
+        len(errors),
+        errors[0] if errors else None,
+        wall,
+        1e3 * C.pct(lat, 50),
+        1e3 * C.pct(lat, 99),
+        cpu,
+        client,
+    )
 
 
 def wrk_version() -> str | None:
@@ -204,11 +255,30 @@ def wrk_version() -> str | None:
     return out[0].split(" Copyright")[0] if out else "wrk"  # "wrk debian/4.1.0-3+b2 [epoll]"
 
 
-def wrk_load(url: str, body_files: list[Path], concurrency: int, max_requests: int, seconds: float,
-             server_pid: int | None, script: Path) -> dict:
+def wrk_load(
+    url: str,
+    body_files: list[Path],
+    concurrency: int,
+    max_requests: int,
+    seconds: float,
+    server_pid: int | None,
+    script: Path,
+) -> dict:
     """One level with ``wrk`` (one thread; it inherits this process's CPU affinity)."""
-    argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "60s", "-s", str(script),
-            url, "--", str(max_requests), *map(str, body_files)]
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "60s",
+        "-s",
+        str(script),
+        url,
+        "--",
+        str(max_requests),
+        *map(str, body_files),
+    ]
     cpu0 = C.tree_cpu_s(server_pid) if server_pid else 0.0
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
@@ -217,30 +287,49 @@ def wrk_load(url: str, body_files: list[Path], concurrency: int, max_requests: i
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if res.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}")
-    r = json.loads(line[len("RESULT "):])
-    first = next((ln[len("FIRST_ERROR "):] for ln in res.stdout.splitlines() if ln.startswith("FIRST_ERROR ")), None)
+    r = json.loads(line[len("RESULT ") :])
+    first = next((ln[len("FIRST_ERROR ") :] for ln in res.stdout.splitlines() if ln.startswith("FIRST_ERROR ")), None)
     errors = r["non_200"] + r["socket_errors"] + r["timeouts"]
     if r["requests"] >= max_requests:
-        print(f"    warning: {url} reached the {max_requests}-request bound before {seconds:.0f} s: requests/s is "
-              "understated; raise the bound", file=sys.stderr)
+        print(
+            f"    warning: {url} reached the {max_requests}-request bound before {seconds:.0f} s: requests/s is "
+            "understated; raise the bound",
+            file=sys.stderr,
+        )
     client = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
-    return _row(concurrency, r["requests"] - r["non_200"], errors, first, r["duration_us"] / 1e6, r["p50_us"] / 1e3,
-                r["p99_us"] / 1e3, cpu, client)
+    return _row(
+        concurrency,
+        r["requests"] - r["non_200"],
+        errors,
+        first,
+        r["duration_us"] / 1e6,
+        r["p50_us"] / 1e3,
+        r["p99_us"] / 1e3,
+        cpu,
+        client,
+    )
 
 
 def median_row(rows: list[dict]) -> dict:
     """The per-level figure: medians over rounds, each round's requests/s kept for the record."""
     keys = ("rps", "p50_ms", "p99_ms", "server_cpu_ms_per_request", "client_cpu_ms_per_request")
-    out = {k: C.median([r[k] for r in rows if r[k] is not None]) if any(r[k] is not None for r in rows) else None
-           for k in keys}
-    return {"concurrency": rows[0]["concurrency"], **out, "requests": sum(r["requests"] for r in rows),
-            "errors": sum(r["errors"] for r in rows), "first_error": next((r["first_error"] for r in rows
-                                                                           if r["first_error"]), None),
-            "rounds_rps": [round(r["rps"], 1) for r in rows]}
+    out = {
+        k: C.median([r[k] for r in rows if r[k] is not None]) if any(r[k] is not None for r in rows) else None
+        for k in keys
+    }
+    return {
+        "concurrency": rows[0]["concurrency"],
+        **out,
+        "requests": sum(r["requests"] for r in rows),
+        "errors": sum(r["errors"] for r in rows),
+        "first_error": next((r["first_error"] for r in rows if r["first_error"]), None),
+        "rounds_rps": [round(r["rps"], 1) for r in rows],
+    }
 
 
-def run(quick: bool, work: Path, levels=LEVELS, pin: bool = True, rounds: int | None = None,
-        client: str = "auto") -> dict:
+def run(
+    quick: bool, work: Path, levels=LEVELS, pin: bool = True, rounds: int | None = None, client: str = "auto"
+) -> dict:
     import httpx
 
     # a safety bound: with wrk the time bound is the one that ends a level (wrk's clock runs for
@@ -256,14 +345,30 @@ def run(quick: bool, work: Path, levels=LEVELS, pin: bool = True, rounds: int | 
     champ = C.champion_forecaster(work / "registry")
     meta = champ.metadata
     windows = windows_pool(meta)
-    out = {"quick": quick, "model": {"name": champ.name, "version": champ.version, "cell": meta["cell"],
-                                     "hidden_size": meta["hidden_size"], "lookback": meta["lookback"],
-                                     "horizon": meta["horizon"], "features": len(meta["feature_names"])},
-           "levels": list(levels), "max_requests": max_requests, "seconds_per_level": seconds, "rounds": rounds,
-           "client": wrk_version() if client == "wrk" else f"httpx {httpx.__version__} (Python)", "servers": {}}
+    out = {
+        "quick": quick,
+        "model": {
+            "name": champ.name,
+            "version": champ.version,
+            "cell": meta["cell"],
+            "hidden_size": meta["hidden_size"],
+            "lookback": meta["lookback"],
+            "horizon": meta["horizon"],
+            "features": len(meta["feature_names"]),
+        },
+        "levels": list(levels),
+        "max_requests": max_requests,
+        "seconds_per_level": seconds,
+        "rounds": rounds,
+        "client": wrk_version() if client == "wrk" else f"httpx {httpx.__version__} (Python)",
+        "servers": {},
+    }
     split = C.split_cpus() if pin else None
     server_cpus, client_cpus = split if split else (None, None)
-    out["cpus"] = {"server": sorted(server_cpus) if server_cpus else "all", "client": sorted(client_cpus) if client_cpus else "all"}
+    out["cpus"] = {
+        "server": sorted(server_cpus) if server_cpus else "all",
+        "client": sorted(client_cpus) if client_cpus else "all",
+    }
     script = work / "wrk_forecast.lua"
     script.write_text(WRK_LUA)
     procs, urls, bodies, files, answers = {}, {}, {}, {}, {}
@@ -277,8 +382,13 @@ def run(quick: bool, work: Path, levels=LEVELS, pin: bool = True, rounds: int | 
                 f = work / f"body_{server}_{i:02d}.json"
                 f.write_bytes(b)
                 files[server].append(f)
-            r = httpx.post(urls[server], content=bodies[server][0], headers={"content-type": "application/json"},
-                           timeout=60, trust_env=False)
+            r = httpx.post(
+                urls[server],
+                content=bodies[server][0],
+                headers={"content-type": "application/json"},
+                timeout=60,
+                trust_env=False,
+            )
             r.raise_for_status()
             answers[server] = forecast_of(server, r.json())
         if client_cpus:
@@ -294,14 +404,16 @@ def run(quick: bool, work: Path, levels=LEVELS, pin: bool = True, rounds: int | 
         raw: dict[str, dict[int, list[dict]]] = {s: {c: [] for c in levels} for s in SERVERS}
         for c in levels:
             for k in range(rounds):
-                for server in (SERVERS if k % 2 == 0 else SERVERS[::-1]):
+                for server in SERVERS if k % 2 == 0 else SERVERS[::-1]:
                     row = level(server, c, max_requests.get(c, 500 * c), seconds, procs[server].pid)
                     raw[server][c].append(row)
-                    print(f"  {server:6s} c={c:3d} round {k + 1}/{rounds}: {row['rps']:8.1f} req/s  p50 "
-                          f"{row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  server cpu "
-                          f"{C.fmt(row['server_cpu_ms_per_request'], 2)} ms/req, client "
-                          f"{C.fmt(row['client_cpu_ms_per_request'], 2)}  ({row['requests']} ok, {row['errors']} errors)",
-                          file=sys.stderr)
+                    print(
+                        f"  {server:6s} c={c:3d} round {k + 1}/{rounds}: {row['rps']:8.1f} req/s  p50 "
+                        f"{row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  server cpu "
+                        f"{C.fmt(row['server_cpu_ms_per_request'], 2)} ms/req, client "
+                        f"{C.fmt(row['client_cpu_ms_per_request'], 2)}  ({row['requests']} ok, {row['errors']} errors)",
+                        file=sys.stderr,
+                    )
                     if row["first_error"]:
                         print(f"    first error: {row['first_error']}", file=sys.stderr)
         out["servers"] = {s: [median_row(raw[s][c]) for c in levels] for s in SERVERS}
@@ -314,9 +426,12 @@ def run(quick: bool, work: Path, levels=LEVELS, pin: bool = True, rounds: int | 
     by = {s: {r["concurrency"]: r for r in rows} for s, rows in out["servers"].items()}
     top = max(levels)
     m, o = by["mlflow"][top], by["rnnops"][top]
-    out["goal"] = {"concurrency": top, "rps_ratio": o["rps"] / m["rps"] if m["rps"] else None,
-                   "p99_lower": o["p99_ms"] < m["p99_ms"],
-                   "met": bool(m["rps"] and o["rps"] / m["rps"] >= 5 and o["p99_ms"] < m["p99_ms"])}
+    out["goal"] = {
+        "concurrency": top,
+        "rps_ratio": o["rps"] / m["rps"] if m["rps"] else None,
+        "p99_lower": o["p99_ms"] < m["p99_ms"],
+        "met": bool(m["rps"] and o["rps"] / m["rps"] >= 5 and o["p99_ms"] < m["p99_ms"]),
+    }
     return out
 
 
@@ -336,14 +451,29 @@ def markdown(res: dict) -> str:
         a, b = by["mlflow"][c], by["rnnops"][c]
         use = {}
         for name, r in (("mlflow", a), ("rnnops", b)):
-            sv, cl = busy(r, "server_cpu_ms_per_request", cpus.get("server")), busy(r, "client_cpu_ms_per_request", cpus.get("client"))
-            use[name] = f"{C.fmt(100 * sv, 0) if sv is not None else '-'}% / {C.fmt(100 * cl, 0) if cl is not None else '-'}%"
+            sv, cl = (
+                busy(r, "server_cpu_ms_per_request", cpus.get("server")),
+                busy(r, "client_cpu_ms_per_request", cpus.get("client")),
+            )
+            use[name] = (
+                f"{C.fmt(100 * sv, 0) if sv is not None else '-'}% / {C.fmt(100 * cl, 0) if cl is not None else '-'}%"
+            )
             if sv is not None and cl is not None and cl > 0.6 and sv < 0.7 and c == max(res["levels"]):
                 client_bound.append(name)
-        rows.append([c, C.fmt(a["rps"]), C.fmt(b["rps"]), C.ratio(b["rps"], a["rps"]),
-                     f"{C.fmt(a['p50_ms'])} / {C.fmt(a['p99_ms'])}", f"{C.fmt(b['p50_ms'])} / {C.fmt(b['p99_ms'])}",
-                     f"{C.fmt(a['server_cpu_ms_per_request'], 2)} / {C.fmt(b['server_cpu_ms_per_request'], 2)}",
-                     use["mlflow"], use["rnnops"], f"{a['errors']} / {b['errors']}"])
+        rows.append(
+            [
+                c,
+                C.fmt(a["rps"]),
+                C.fmt(b["rps"]),
+                C.ratio(b["rps"], a["rps"]),
+                f"{C.fmt(a['p50_ms'])} / {C.fmt(a['p99_ms'])}",
+                f"{C.fmt(b['p50_ms'])} / {C.fmt(b['p99_ms'])}",
+                f"{C.fmt(a['server_cpu_ms_per_request'], 2)} / {C.fmt(b['server_cpu_ms_per_request'], 2)}",
+                use["mlflow"],
+                use["rnnops"],
+                f"{a['errors']} / {b['errors']}",
+            ]
+        )
     g = res["goal"]
     diff = res.get("same_forecast_max_abs_diff")
     rounds = res.get("rounds", 1)
@@ -353,19 +483,38 @@ def markdown(res: dict) -> str:
         f"client: {res.get('client', 'httpx').split(' Copyright')[0]}, at most {'/'.join(str(v) for v in res['max_requests'].values())} "
         f"requests (concurrency {'/'.join(str(k) for k in res['max_requests'])}) or {res['seconds_per_level']:.0f} s "
         f"per level and round; {rounds} round{'s' if rounds > 1 else ''} per level, the servers alternating"
-        + (", medians shown" if rounds > 1 else "") + (" (--quick)" if res["quick"] else "") + "."
-        + (f" Server pinned to CPUs {res['cpus']['server']}, client to {res['cpus']['client']}."
-           if isinstance(res.get("cpus", {}).get("server"), list) else ""),
+        + (", medians shown" if rounds > 1 else "")
+        + (" (--quick)" if res["quick"] else "")
+        + "."
+        + (
+            f" Server pinned to CPUs {res['cpus']['server']}, client to {res['cpus']['client']}."
+            if isinstance(res.get("cpus", {}).get("server"), list)
+            else ""
+        ),
         "",
-        C.md_table(["concurrency", "MLflow req/s", "rnnops req/s", "rnnops / MLflow", "MLflow p50 / p99 ms",
-                    "rnnops p50 / p99 ms", "server CPU ms/req (MLflow / rnnops)", "MLflow busy (server / client)",
-                    "rnnops busy (server / client)", "errors (MLflow / rnnops)"], rows),
+        C.md_table(
+            [
+                "concurrency",
+                "MLflow req/s",
+                "rnnops req/s",
+                "rnnops / MLflow",
+                "MLflow p50 / p99 ms",
+                "rnnops p50 / p99 ms",
+                "server CPU ms/req (MLflow / rnnops)",
+                "MLflow busy (server / client)",
+                "rnnops busy (server / client)",
+                "errors (MLflow / rnnops)",
+            ],
+            rows,
+        ),
         "",
         "Server CPU per request is the CPU time of the server's processes divided by the requests answered: unlike "
         "requests/s it holds when other work shares the cores. Busy = CPU per request x requests/s, as a share of "
         "that side's CPUs (from /proc tick accounting: approximate, a VM can read a little above 100%). The client "
         "(same machine) used "
-        + ", ".join(f"{C.fmt(by[s][max(res['levels'])]['client_cpu_ms_per_request'], 2)} ms" for s in ("mlflow", "rnnops"))
+        + ", ".join(
+            f"{C.fmt(by[s][max(res['levels'])]['client_cpu_ms_per_request'], 2)} ms" for s in ("mlflow", "rnnops")
+        )
         + f" of CPU per request at concurrency {max(res['levels'])} (MLflow, rnnops runs).",
         "",
         f"Goal at concurrency {g['concurrency']}: rnnops >= 5x MLflow's requests/s with a lower p99: "
@@ -377,19 +526,33 @@ def markdown(res: dict) -> str:
     top = max(res["levels"])
     over = busy(by["mlflow"][top], "server_cpu_ms_per_request", cpus.get("server"))
     if isinstance(cpus.get("server"), list) and over is not None and over > 1.1:
-        lines += ["", f"MLflow's server kept {C.fmt(100 * over, 0)}% of its pinned CPU{'s' if len(cpus['server']) > 1 else ''} "
-                  "busy: its onnxruntime session keeps onnxruntime's default thread pool, whose threads set their own "
-                  "CPU affinity, so one of them ran on the client's CPU (seen in /proc/PID/task/*/status). Left as "
-                  "MLflow's default: it gives MLflow more CPU than rnnops, whose sessions set their thread count."]
+        lines += [
+            "",
+            f"MLflow's server kept {C.fmt(100 * over, 0)}% of its pinned CPU{'s' if len(cpus['server']) > 1 else ''} "
+            "busy: its onnxruntime session keeps onnxruntime's default thread pool, whose threads set their own "
+            "CPU affinity, so one of them ran on the client's CPU (seen in /proc/PID/task/*/status). Left as "
+            "MLflow's default: it gives MLflow more CPU than rnnops, whose sessions set their thread count.",
+        ]
     if rounds > 1:
-        lines += ["", "Requests/s of each round at concurrency " + str(max(res["levels"])) + ": " + "; ".join(
-            f"{s} {', '.join(C.fmt(v) for v in by[s][max(res['levels'])].get('rounds_rps', []))}" for s in by) + "."]
+        lines += [
+            "",
+            "Requests/s of each round at concurrency "
+            + str(max(res["levels"]))
+            + ": "
+            + "; ".join(
+                f"{s} {', '.join(C.fmt(v) for v in by[s][max(res['levels'])].get('rounds_rps', []))}" for s in by
+            )
+            + ".",
+        ]
     if client_bound:
-        lines += ["", f"**Client-bound at concurrency {max(res['levels'])}** ({', '.join(client_bound)} run): the load "
-                  "generator kept its CPUs busy while the server's were not, so requests/s there is the client's "
-                  "limit, not the server's; the server CPU per request is the comparison that holds. Install wrk "
-                  "(scripts/install_wrk.sh; ~0.1 ms of CPU per request against httpx's ~5-10) or use a machine with "
-                  "more cores (the client gets a quarter of them) for the requests/s goal."]
+        lines += [
+            "",
+            f"**Client-bound at concurrency {max(res['levels'])}** ({', '.join(client_bound)} run): the load "
+            "generator kept its CPUs busy while the server's were not, so requests/s there is the client's "
+            "limit, not the server's; the server CPU per request is the comparison that holds. Install wrk "
+            "(scripts/install_wrk.sh; ~0.1 ms of CPU per request against httpx's ~5-10) or use a machine with "
+            "more cores (the client gets a quarter of them) for the requests/s goal.",
+        ]
     return "\n".join(lines)
 
 
@@ -411,8 +574,10 @@ def plot(res: dict, path: Path) -> Path:
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
     ax2.set_yscale("log")
-    fig.suptitle(f"Forecast over HTTP: same ONNX forecaster, same client ({res.get('client', 'httpx').split(' [')[0]})",
-                 fontsize=10)
+    fig.suptitle(
+        f"Forecast over HTTP: same ONNX forecaster, same client ({res.get('client', 'httpx').split(' [')[0]})",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -424,17 +589,32 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="fewer requests per level (a smoke run)")
     ap.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
     ap.add_argument("--levels", default=",".join(map(str, LEVELS)), help="concurrency levels (default 1,16,64)")
-    ap.add_argument("--rounds", type=int, help="rounds per level, servers alternating; medians reported "
-                    "(default 3, 1 with --quick)")
-    ap.add_argument("--client", choices=("auto", "wrk", "httpx"), default="auto",
-                    help="load generator (default: wrk when on PATH, else httpx; scripts/install_wrk.sh installs wrk)")
+    ap.add_argument(
+        "--rounds", type=int, help="rounds per level, servers alternating; medians reported (default 3, 1 with --quick)"
+    )
+    ap.add_argument(
+        "--client",
+        choices=("auto", "wrk", "httpx"),
+        default="auto",
+        help="load generator (default: wrk when on PATH, else httpx; scripts/install_wrk.sh installs wrk)",
+    )
     ap.add_argument("--work", type=Path, help="working folder (default: a new temporary one)")
-    ap.add_argument("--no-pin", action="store_true", help="let server and client share all CPUs (default: the client "
-                    "gets a quarter of them, at least one, the server the rest)")
+    ap.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let server and client share all CPUs (default: the client "
+        "gets a quarter of them, at least one, the server the rest)",
+    )
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="rnnops-bench-http-"))
-    res = run(args.quick, work, tuple(int(x) for x in args.levels.split(",")), pin=not args.no_pin,
-              rounds=args.rounds, client=args.client)
+    res = run(
+        args.quick,
+        work,
+        tuple(int(x) for x in args.levels.split(",")),
+        pin=not args.no_pin,
+        rounds=args.rounds,
+        client=args.client,
+    )
     print(markdown(res))
     C.write_json(args.json, res)
 

@@ -42,7 +42,10 @@ from pathlib import Path
 import numpy as np
 
 BATCHES = (1, 8, 64, 256)
-MODELS = {"2x512": dict(num_layers=2, hidden_size=512, embed_dim=64), "quick": dict(num_layers=1, hidden_size=384, embed_dim=64)}
+MODELS = {
+    "2x512": dict(num_layers=2, hidden_size=512, embed_dim=64),
+    "quick": dict(num_layers=1, hidden_size=384, embed_dim=64),
+}
 VOCAB = 65
 
 
@@ -134,7 +137,12 @@ def feeds(cfg: dict, batch: int) -> dict:
     shape = (cfg["num_layers"], batch, cfg["hidden_size"])
     x = rng.integers(0, VOCAB, (batch, 1), dtype=np.int64)
     h0, c0 = (rng.standard_normal(shape).astype(np.float32) * 0.5 for _ in range(2))
-    return {"np": {"x": x, "h0": h0, "c0": c0}, "tx": torch.from_numpy(x), "th0": torch.from_numpy(h0), "tc0": torch.from_numpy(c0)}
+    return {
+        "np": {"x": x, "h0": h0, "c0": c0},
+        "tx": torch.from_numpy(x),
+        "th0": torch.from_numpy(h0),
+        "tc0": torch.from_numpy(c0),
+    }
 
 
 def median_latency(step, f, budget_s: float, min_runs: int) -> float:
@@ -158,9 +166,17 @@ def run(quick: bool, threads: int, models: list[str]) -> dict:
     print("measuring memory bandwidth and peak GEMM throughput…", file=sys.stderr)
     bw = memory_bandwidth(128 if quick else 512, 3 if quick else 7)
     peak = peak_flops(1024 if quick else 2048, 3 if quick else 7)
-    out = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                       "threads": threads, "memory_bandwidth_GBps": bw / 1e9, "peak_gemm_GFLOPs": peak / 1e9},
-           "quick": quick, "rows": []}
+    out = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "threads": threads,
+            "memory_bandwidth_GBps": bw / 1e9,
+            "peak_gemm_GFLOPs": peak / 1e9,
+        },
+        "quick": quick,
+        "rows": [],
+    }
     for name in models:
         cfg = MODELS[name]
         with tempfile.TemporaryDirectory() as tmp:
@@ -171,11 +187,22 @@ def run(quick: bool, threads: int, models: list[str]) -> dict:
                 lat = {b: median_latency(step, f, budget, min_runs) for b, step in backends.items()}
                 wbytes, flops = step_cost(cfg, batch)
                 roof = max(wbytes / bw, flops / peak)
-                out["rows"].append({"model": name, "batch": batch, "latency_ms": {k: v * 1e3 for k, v in lat.items()},
-                                    "tokens_per_s": {k: batch / v for k, v in lat.items()},
-                                    "weight_MB": wbytes / 1e6, "GFLOP_per_step": flops / 1e9,
-                                    "roofline_ms": roof * 1e3, "bound": "memory" if wbytes / bw >= flops / peak else "compute"})
-                print(f"  {name} batch {batch}: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in lat.items()), file=sys.stderr)
+                out["rows"].append(
+                    {
+                        "model": name,
+                        "batch": batch,
+                        "latency_ms": {k: v * 1e3 for k, v in lat.items()},
+                        "tokens_per_s": {k: batch / v for k, v in lat.items()},
+                        "weight_MB": wbytes / 1e6,
+                        "GFLOP_per_step": flops / 1e9,
+                        "roofline_ms": roof * 1e3,
+                        "bound": "memory" if wbytes / bw >= flops / peak else "compute",
+                    }
+                )
+                print(
+                    f"  {name} batch {batch}: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in lat.items()),
+                    file=sys.stderr,
+                )
     return out
 
 
@@ -194,9 +221,13 @@ def markdown(res: dict) -> str:
         lines.append(
             f"| {r['model']} | {r['batch']} | {L['eager']:.3f} | {L['torchscript']:.3f} | {L['ort']:.3f} | {L['ort_int8']:.3f} "
             f"| {L['eager'] / L['ort']:.1f}x | {L['ort'] / L['ort_int8']:.2f}x | {r['tokens_per_s']['ort']:,.0f} "
-            f"| {r['roofline_ms']:.3f} ({r['bound']}) | {L['ort'] / r['roofline_ms']:.2f}x |")
-    lines += ["", "Roofline: fp32 weights read once per step (bytes / bandwidth) vs 2 x batch x weights FLOPs / peak; "
-              "the larger is the bound. Below 1x means the weights were served from cache, faster than DRAM."]
+            f"| {r['roofline_ms']:.3f} ({r['bound']}) | {L['ort'] / r['roofline_ms']:.2f}x |"
+        )
+    lines += [
+        "",
+        "Roofline: fp32 weights read once per step (bytes / bandwidth) vs 2 x batch x weights FLOPs / peak; "
+        "the larger is the bound. Below 1x means the weights were served from cache, faster than DRAM.",
+    ]
     return "\n".join(lines)
 
 

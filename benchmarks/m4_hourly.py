@@ -30,8 +30,13 @@ def run() -> dict:
     panel = load_m4_hourly()
     insample, actual = panel.insample(), panel.test_values()
     scores = fm.baseline_scores(insample, actual, panel.season)
-    return {"seconds": time.perf_counter() - t0, "n_series": len(insample), "horizon": panel.horizon,
-            "season": panel.season, "scores": {k: v.as_dict() for k, v in scores.items()}}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "n_series": len(insample),
+        "horizon": panel.horizon,
+        "season": panel.season,
+        "scores": {k: v.as_dict() for k, v in scores.items()},
+    }
 
 
 def _f(v: float | None, digits: int = 3) -> str:
@@ -40,16 +45,23 @@ def _f(v: float | None, digits: int = 3) -> str:
 
 def table(result: dict) -> str:
     published = M4_HOURLY_ANCHORS
-    lines = ["| method | sMAPE | MASE | OWA | MSIS | published sMAPE / MASE / OWA / MSIS |",
-             "|---|---:|---:|---:|---:|---|"]
+    lines = [
+        "| method | sMAPE | MASE | OWA | MSIS | published sMAPE / MASE / OWA / MSIS |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for name, s in result["scores"].items():
         pub = published[PUBLISHED_NAME[name]]
-        lines.append(f"| {name} (this run) | {_f(s['smape'])} | {_f(s['mase'])} | {_f(s['owa'])} | {_f(s['msis'])} | "
-                     + " / ".join(_f(v) or "-" for v in pub) + " |")
+        lines.append(
+            f"| {name} (this run) | {_f(s['smape'])} | {_f(s['mase'])} | {_f(s['owa'])} | {_f(s['msis'])} | "
+            + " / ".join(_f(v) or "-" for v in pub)
+            + " |"
+        )
     for name in ("Smyl (ES-RNN, M4 winner)", "Doornik et al. (best hourly)"):
         lines.append(f"| {name} | | | | | " + " / ".join(_f(v) or "-" for v in published[name]) + " |")
-    lines.append("\nThe published OWA is computed from the rounded sMAPE and MASE (sNaive: 0.62745); "
-                 "from the unrounded ones it is 0.62750.")
+    lines.append(
+        "\nThe published OWA is computed from the rounded sMAPE and MASE (sNaive: 0.62745); "
+        "from the unrounded ones it is 0.62750."
+    )
     return "\n".join(lines)
 
 
@@ -58,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the raw scores here")
     args = ap.parse_args(argv)
     result = run()
-    print(f"M4 Hourly: {result['n_series']} series, horizon {result['horizon']}, season {result['season']} "
-          f"({result['seconds']:.1f} s)\n")
+    print(
+        f"M4 Hourly: {result['n_series']} series, horizon {result['horizon']}, season {result['season']} "
+        f"({result['seconds']:.1f} s)\n"
+    )
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

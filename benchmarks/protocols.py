@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -47,10 +46,19 @@ def build_forecaster(path: Path, hidden: int = 64) -> Path:
 
     torch.manual_seed(0)
     names = [f"f{i}" for i in range(FEATURES)]
-    cfg = ForecasterConfig(n_features=FEATURES, target_indices=list(range(FEATURES)), lookback=LOOKBACK,
-                           horizon=HORIZON, cell="gru", hidden_size=hidden, norm="fixed",
-                           scaler_mean=[0.0] * FEATURES, scaler_std=[1.0] * FEATURES, feature_names=names,
-                           target_names=names)
+    cfg = ForecasterConfig(
+        n_features=FEATURES,
+        target_indices=list(range(FEATURES)),
+        lookback=LOOKBACK,
+        horizon=HORIZON,
+        cell="gru",
+        hidden_size=hidden,
+        norm="fixed",
+        scaler_mean=[0.0] * FEATURES,
+        scaler_std=[1.0] * FEATURES,
+        feature_names=names,
+        target_names=names,
+    )
     m = Forecaster(cfg).eval()
 
     class Wrap(torch.nn.Module):
@@ -64,14 +72,33 @@ def build_forecaster(path: Path, hidden: int = 64) -> Path:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Wrap(), (torch.zeros(2, LOOKBACK, FEATURES), *m.init_state(2)), str(path),
-                          input_names=["x", "h0"], output_names=["forecast", "hn"],
-                          dynamic_axes={"x": {0: "B", 1: "T"}, "forecast": {0: "B"}, "h0": {1: "B"}, "hn": {1: "B"}},
-                          dynamo=False, opset_version=17)
+        torch.onnx.export(
+            Wrap(),
+            (torch.zeros(2, LOOKBACK, FEATURES), *m.init_state(2)),
+            str(path),
+            input_names=["x", "h0"],
+            output_names=["forecast", "hn"],
+            dynamic_axes={"x": {0: "B", 1: "T"}, "forecast": {0: "B"}, "h0": {1: "B"}, "hn": {1: "B"}},
+            dynamo=False,
+            opset_version=17,
+        )
     proto = onnx.load(str(path))
-    meta = {"kind": "forecaster", "cell": "gru", "layers": 1, "hidden_size": hidden, "state_inputs": ["h0"],
-            "state_outputs": ["hn"], "stateful": True, "feature_names": names, "target_names": names,
-            "lookback": LOOKBACK, "horizon": HORIZON, "freq": "h", "source_run": None, "version": "benchmark"}
+    meta = {
+        "kind": "forecaster",
+        "cell": "gru",
+        "layers": 1,
+        "hidden_size": hidden,
+        "state_inputs": ["h0"],
+        "state_outputs": ["hn"],
+        "stateful": True,
+        "feature_names": names,
+        "target_names": names,
+        "lookback": LOOKBACK,
+        "horizon": HORIZON,
+        "freq": "h",
+        "source_run": None,
+        "version": "benchmark",
+    }
     for k, v in contract.encode_metadata(meta).items():
         p = proto.metadata_props.add()
         p.key, p.value = k, v
@@ -93,8 +120,16 @@ class Conn:
         self.r, self.w = await asyncio.open_connection("127.0.0.1", self.port)
 
     async def post(self, path: str, body: bytes, headers: bytes = b"") -> tuple[int, bytes]:
-        self.w.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-                     + headers + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        self.w.write(
+            b"POST "
+            + path.encode()
+            + b" HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            + headers
+            + b"Content-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
         status = int((await self.r.readline()).split()[1])
         length = 0
         while (line := await self.r.readline()) not in (b"\r\n", b""):
@@ -111,12 +146,14 @@ async def sse_chars(port: int, path: str, body: dict) -> int:
     """Characters received by one streamed generation (/generate or /v1/completions)."""
     r, w = await asyncio.open_connection("127.0.0.1", port)
     payload = json.dumps(body).encode()
-    w.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-            b"Content-Length: " + str(len(payload)).encode() + b"\r\nConnection: close\r\n\r\n" + payload)
+    w.write(
+        b"POST " + path.encode() + b" HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(payload)).encode() + b"\r\nConnection: close\r\n\r\n" + payload
+    )
     status = await r.readline()
     if b" 200 " not in status:
         raise RuntimeError(status.decode().strip() + repr((await r.read())[-200:]))
-    while (line := await r.readline()) not in (b"\r\n", b""):
+    while await r.readline() not in (b"\r\n", b""):
         pass
     chars, buf = 0, b""
     while True:
@@ -147,9 +184,18 @@ async def streams(port: int, path: str, n: int, chars: int, seconds: float, pid:
         k = 0
         while time.perf_counter() < deadline:
             p = prompts[(i + k) % 4]
-            body = ({"prompt": p, "max_chars": chars, "seed": i * 1000 + k, "temperature": 0.8} if path == "/generate"
-                    else {"model": "bench", "prompt": p, "max_tokens": chars, "seed": i * 1000 + k, "temperature": 0.8,
-                          "stream": True})
+            body = (
+                {"prompt": p, "max_chars": chars, "seed": i * 1000 + k, "temperature": 0.8}
+                if path == "/generate"
+                else {
+                    "model": "bench",
+                    "prompt": p,
+                    "max_tokens": chars,
+                    "seed": i * 1000 + k,
+                    "temperature": 0.8,
+                    "stream": True,
+                }
+            )
             got = await sse_chars(port, path, body)  # (not `total += await ...`: it would read total first)
             total += got
             k += 1
@@ -186,9 +232,12 @@ async def requests(port: int, n: int, seconds: float, pid: int, make) -> dict:
 
 
 def oip_binary(x: np.ndarray, params: dict | None = None) -> tuple[bytes, bytes]:
-    head = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
-                        "parameters": {"binary_data_size": x.nbytes}}], "parameters": {"binary_data_output": True,
-                                                                                        **(params or {})}}
+    head = {
+        "inputs": [
+            {"name": "x", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
+        ],
+        "parameters": {"binary_data_output": True, **(params or {})},
+    }
     h = json.dumps(head).encode()
     return h + x.tobytes(), b"Inference-Header-Content-Length: " + str(len(h)).encode() + b"\r\n"
 
@@ -221,17 +270,27 @@ def main(argv=None) -> None:
 
         for i in range(n):  # open the sequences
             body, hdr = oip_binary(obs[i], {"sequence_id": i + 1, "sequence_start": True})
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/fc/infer", data=body, method="POST",
-                                         headers={"Inference-Header-Content-Length": hdr.split(b": ")[1].strip().decode()})
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v2/models/fc/infer",
+                data=body,
+                method="POST",
+                headers={"Inference-Header-Content-Length": hdr.split(b": ")[1].strip().decode()},
+            )
             urllib.request.urlopen(req, timeout=30).read()
         modes = {
             "generate": lambda: streams(port, "/generate", n, a.chars, seconds, proc.pid),
             "v1_completions": lambda: streams(port, "/v1/completions", n, a.chars, seconds, proc.pid),
             "forecast": lambda: requests(port, n, seconds, proc.pid, lambda i, k: ("/forecast", fjson[(i + k) % 32])),
-            "oip_infer_binary": lambda: requests(port, n, seconds, proc.pid,
-                                                 lambda i, k: ("/v2/models/fc/infer", *fbin[(i + k) % 32])),
-            "oip_sequences_1_obs": lambda: requests(port, n, seconds, proc.pid, lambda i, k: (
-                "/v2/models/fc/infer", *oip_binary(obs[i], {"sequence_id": i + 1}))),
+            "oip_infer_binary": lambda: requests(
+                port, n, seconds, proc.pid, lambda i, k: ("/v2/models/fc/infer", *fbin[(i + k) % 32])
+            ),
+            "oip_sequences_1_obs": lambda: requests(
+                port,
+                n,
+                seconds,
+                proc.pid,
+                lambda i, k: ("/v2/models/fc/infer", *oip_binary(obs[i], {"sequence_id": i + 1})),
+            ),
         }
         for r in range(rounds):
             for name, run in modes.items():
@@ -243,12 +302,16 @@ def main(argv=None) -> None:
     med = {name: {k: round(statistics.median(x[k] for x in rs), 2) for k in rs[0]} for name, rs in results.items()}
     med["ratios"] = {
         "v1_vs_generate_chars_per_s": round(med["v1_completions"]["chars_per_s"] / med["generate"]["chars_per_s"], 3),
-        "oip_vs_forecast_requests_per_s": round(med["oip_infer_binary"]["requests_per_s"]
-                                                / med["forecast"]["requests_per_s"], 3),
-        "sequences_vs_forecast_requests_per_s": round(med["oip_sequences_1_obs"]["requests_per_s"]
-                                                      / med["forecast"]["requests_per_s"], 3),
-        "sequences_vs_forecast_cpu_per_update": round(med["oip_sequences_1_obs"]["cpu_ms_per_request"]
-                                                      / med["forecast"]["cpu_ms_per_request"], 3)}
+        "oip_vs_forecast_requests_per_s": round(
+            med["oip_infer_binary"]["requests_per_s"] / med["forecast"]["requests_per_s"], 3
+        ),
+        "sequences_vs_forecast_requests_per_s": round(
+            med["oip_sequences_1_obs"]["requests_per_s"] / med["forecast"]["requests_per_s"], 3
+        ),
+        "sequences_vs_forecast_cpu_per_update": round(
+            med["oip_sequences_1_obs"]["cpu_ms_per_request"] / med["forecast"]["cpu_ms_per_request"], 3
+        ),
+    }
     print(json.dumps(med, indent=1))
     if a.out:
         a.out.write_text(json.dumps({"concurrency": n, "rounds": rounds, "seconds": seconds, "results": med}, indent=1))

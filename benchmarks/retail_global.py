@@ -33,9 +33,17 @@ CONFIG = PanelTrainConfig(lookback=LOOKBACK, segment_length=7, hidden_size=64, b
 
 
 def spec(covariates: bool, likelihood: str | None) -> PanelSpec:
-    return PanelSpec(retail_panel.ID, retail_panel.DATE, retail_panel.TARGET, horizon=HORIZON, lookback=LOOKBACK,
-                     static_columns=retail_panel.STATIC if covariates else (),
-                     future_covariates=retail_panel.FUTURE if covariates else (), freq="D", likelihood=likelihood)
+    return PanelSpec(
+        retail_panel.ID,
+        retail_panel.DATE,
+        retail_panel.TARGET,
+        horizon=HORIZON,
+        lookback=LOOKBACK,
+        static_columns=retail_panel.STATIC if covariates else (),
+        future_covariates=retail_panel.FUTURE if covariates else (),
+        freq="D",
+        likelihood=likelihood,
+    )
 
 
 def run(df, head: str, covariates: bool, config: PanelTrainConfig) -> dict:
@@ -52,14 +60,26 @@ def run(df, head: str, covariates: bool, config: PanelTrainConfig) -> dict:
     if short.any():
         hist = [h for h, s in zip(histories, short) if s]
         snaive = np.stack([fm.seasonal_naive(h, HORIZON, panel.season) for h in hist])
-        short_scores = (int(short.sum()), fm.evaluate(hist, actual[short], fc.point[short], panel.season).mase,
-                        fm.evaluate(hist, actual[short], snaive, panel.season).mase)
-    return {"head": head, "covariates": covariates, "scores": scores, "snaive": base["seasonal_naive"],
-            "short": short_scores, "steps": result.steps, "seconds": result.seconds}
+        short_scores = (
+            int(short.sum()),
+            fm.evaluate(hist, actual[short], fc.point[short], panel.season).mase,
+            fm.evaluate(hist, actual[short], snaive, panel.season).mase,
+        )
+    return {
+        "head": head,
+        "covariates": covariates,
+        "scores": scores,
+        "snaive": base["seasonal_naive"],
+        "short": short_scores,
+        "steps": result.steps,
+        "seconds": result.seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--series", type=int, default=100)
     ap.add_argument("--days", type=int, default=240)
     ap.add_argument("--heads", default="pinball,studentt,negbin", help="pinball and/or likelihoods, comma-separated")
@@ -74,14 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     for head in args.heads.split(","):
         for covariates in (True, False) if args.without_covariates else (True,):
             rows.append(run(df, head.strip(), covariates, config))
-    print(f"retail panel: {args.series} items x {args.days} days, horizon {HORIZON}; {args.budget_s:.0f} s per "
-          f"training, 1 torch thread; load average {load[0]:.1f} at the start\n")
-    print("| head | covariates | sMAPE | MASE | WQL | MSIS | coverage (95 %) | short histories: MASE (seasonal naive) | steps |")
+    print(
+        f"retail panel: {args.series} items x {args.days} days, horizon {HORIZON}; {args.budget_s:.0f} s per "
+        f"training, 1 torch thread; load average {load[0]:.1f} at the start\n"
+    )
+    print(
+        "| head | covariates | sMAPE | MASE | WQL | MSIS | coverage (95 %) | short histories: MASE (seasonal naive) | steps |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---|---:|")
     for r in rows:
         s, (n, m, sn) = r["scores"], r["short"]
-        print(f"| {r['head']} | {'yes' if r['covariates'] else 'no'} | {s.smape:.2f} | {s.mase:.3f} | {s.wql:.4f} | "
-              f"{s.msis:.2f} | {s.coverage:.3f} | {n} items: {m:.3f} ({sn:.3f}) | {r['steps']} |")
+        print(
+            f"| {r['head']} | {'yes' if r['covariates'] else 'no'} | {s.smape:.2f} | {s.mase:.3f} | {s.wql:.4f} | "
+            f"{s.msis:.2f} | {s.coverage:.3f} | {n} items: {m:.3f} ({sn:.3f}) | {r['steps']} |"
+        )
     sn = rows[0]["snaive"]
     print(f"| seasonal naive | | {sn.smape:.2f} | {sn.mase:.3f} | | | | | |")
     return 0

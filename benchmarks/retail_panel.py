@@ -45,8 +45,16 @@ def _weekly_profiles(rng: np.random.Generator) -> np.ndarray:
     return prof / prof.mean(axis=1, keepdims=True)
 
 
-def _block(rng: np.random.Generator, first: int, n: int, days: int, n_stores: int, weekly: np.ndarray,
-           short_fraction: float, dispersion: float) -> dict[str, np.ndarray]:
+def _block(
+    rng: np.random.Generator,
+    first: int,
+    n: int,
+    days: int,
+    n_stores: int,
+    weekly: np.ndarray,
+    short_fraction: float,
+    dispersion: float,
+) -> dict[str, np.ndarray]:
     """Columns for items ``first .. first + n`` (each a flat array over item x day, items' rows in order)."""
     store = rng.integers(0, n_stores, n)
     category = rng.integers(0, len(CATEGORIES), n)
@@ -62,11 +70,17 @@ def _block(rng: np.random.Generator, first: int, n: int, days: int, n_stores: in
         promo[:, k:] |= starts[:, : days - k] & (length[:, : days - k] > k)
     cut = rng.uniform(0.1, 0.4, (n, 1))
     # Shelf price drifts slowly around the list price (+-5 %), and drops during promotions.
-    drift = 1 + 0.05 * np.sin(2 * np.pi * (np.arange(days)[None, :] / rng.uniform(60, 180, (n, 1)) + rng.random((n, 1))))
+    drift = 1 + 0.05 * np.sin(
+        2 * np.pi * (np.arange(days)[None, :] / rng.uniform(60, 180, (n, 1)) + rng.random((n, 1)))
+    )
     price = np.round(list_price[:, None] * drift * np.where(promo, 1 - cut, 1.0), 2)
     weekday = (np.arange(days) + 0) % 7  # START is a Monday: day 0 is weekday 0
-    mean = (level[:, None] * weekly[category][:, weekday] * (price / list_price[:, None]) ** -elasticity[:, None]
-            * (1 + lift[:, None] * promo))
+    mean = (
+        level[:, None]
+        * weekly[category][:, weekday]
+        * (price / list_price[:, None]) ** -elasticity[:, None]
+        * (1 + lift[:, None] * promo)
+    )
     # Negative binomial with mean `mean` and shape `dispersion` (variance mean + mean^2 / dispersion).
     sales = rng.negative_binomial(dispersion, dispersion / (dispersion + mean))
     # Short histories: a few items start 3-6 weeks before the end.
@@ -90,8 +104,15 @@ def _block(rng: np.random.Generator, first: int, n: int, days: int, n_stores: in
     }
 
 
-def blocks(series: int = 200, days: int = 365, seed: int = 0, stores: int = 10, short_fraction: float = 0.05,
-           dispersion: float = 5.0, block: int = 2000):
+def blocks(
+    series: int = 200,
+    days: int = 365,
+    seed: int = 0,
+    stores: int = 10,
+    short_fraction: float = 0.05,
+    dispersion: float = 5.0,
+    block: int = 2000,
+):
     """Yield the panel as column dicts of up to ``block`` items each. Each block has its own
     random stream (seeded by ``seed`` and its first item), so the panel is fixed by the arguments,
     ``block`` included."""
@@ -102,13 +123,20 @@ def blocks(series: int = 200, days: int = 365, seed: int = 0, stores: int = 10, 
         yield _block(np.random.default_rng([seed, first]), first, n, days, stores, weekly, short_fraction, dispersion)
 
 
-def generate(series: int = 200, days: int = 365, seed: int = 0, stores: int = 10, short_fraction: float = 0.05,
-             dispersion: float = 5.0):
+def generate(
+    series: int = 200,
+    days: int = 365,
+    seed: int = 0,
+    stores: int = 10,
+    short_fraction: float = 0.05,
+    dispersion: float = 5.0,
+):
     """The whole panel as a pandas DataFrame (for tests and small benchmarks)."""
     import pandas as pd
 
-    return pd.concat([pd.DataFrame(b) for b in blocks(series, days, seed, stores, short_fraction, dispersion)],
-                     ignore_index=True)
+    return pd.concat(
+        [pd.DataFrame(b) for b in blocks(series, days, seed, stores, short_fraction, dispersion)], ignore_index=True
+    )
 
 
 def write(path: Path, **kwargs) -> int:
@@ -136,7 +164,9 @@ def write(path: Path, **kwargs) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--series", type=int, default=200, help="items (series)")
     ap.add_argument("--days", type=int, default=365, help="days per full-length series")
     ap.add_argument("--seed", type=int, default=0)
@@ -146,8 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.series < 1 or args.days < 1:
         ap.error("--series and --days must be at least 1")
-    rows = write(args.out, series=args.series, days=args.days, seed=args.seed, stores=args.stores,
-                 short_fraction=args.short_fraction)
+    rows = write(
+        args.out,
+        series=args.series,
+        days=args.days,
+        seed=args.seed,
+        stores=args.stores,
+        short_fraction=args.short_fraction,
+    )
     print(f"{args.out}: {rows} rows, {args.series} series", file=sys.stderr)
     return 0
 

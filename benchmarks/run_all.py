@@ -92,7 +92,9 @@ def run_figure(fig: str, quick: bool, work: Path, timeout: float) -> tuple[dict 
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         try:
-            proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=C.REPO, start_new_session=True)
+            proc = subprocess.Popen(
+                argv, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=C.REPO, start_new_session=True
+            )
             rc = proc.wait(timeout)
         except subprocess.TimeoutExpired:
             C.stop_process(proc)
@@ -114,17 +116,24 @@ def kernel_section(res: dict) -> tuple[str, dict]:
     b1 = [r for r in rows if r["batch"] == 1]
     big = [r for r in rows if r["batch"] == top]
     head = {
-        "ORT vs eager at batch 1": ", ".join(f"{r['model']} {r['latency_ms']['eager'] / r['latency_ms']['ort']:.1f}x" for r in b1),
+        "ORT vs eager at batch 1": ", ".join(
+            f"{r['model']} {r['latency_ms']['eager'] / r['latency_ms']['ort']:.1f}x" for r in b1
+        ),
         "goal_1": "ORT >= 5x eager at batch 1",
         "met_1": all(r["latency_ms"]["eager"] / r["latency_ms"]["ort"] >= 5 for r in b1),
-        f"ORT / roofline at batch {top}": ", ".join(f"{r['model']} {r['latency_ms']['ort'] / r['roofline_ms']:.2f}x" for r in big),
+        f"ORT / roofline at batch {top}": ", ".join(
+            f"{r['model']} {r['latency_ms']['ort'] / r['roofline_ms']:.2f}x" for r in big
+        ),
         "goal_2": f"ORT within 2x of the roofline at batch {top}",
         "met_2": all(r["latency_ms"]["ort"] / r["roofline_ms"] <= 2 for r in big),
     }
-    summary = {"figure": "kernel", "headline": f"ORT vs eager at batch 1: {head['ORT vs eager at batch 1']}; "
-               f"ORT / roofline at batch {top}: {head[f'ORT / roofline at batch {top}']}",
-               "goal": f"{head['goal_1']}; {head['goal_2']}",
-               "met": "yes" if head["met_1"] and head["met_2"] else ("partly" if head["met_1"] or head["met_2"] else "no")}
+    summary = {
+        "figure": "kernel",
+        "headline": f"ORT vs eager at batch 1: {head['ORT vs eager at batch 1']}; "
+        f"ORT / roofline at batch {top}: {head[f'ORT / roofline at batch {top}']}",
+        "goal": f"{head['goal_1']}; {head['goal_2']}",
+        "met": "yes" if head["met_1"] and head["met_2"] else ("partly" if head["met_1"] or head["met_2"] else "no"),
+    }
     return kernel.markdown(res), summary
 
 
@@ -164,39 +173,74 @@ def streaming_section(res: dict) -> tuple[str, dict]:
     modes = res.get("modes", {})
     for mode, levels in modes.items():
         for r in levels:
-            rows.append([mode, r["concurrency"], C.fmt(r["chars_per_s"]), f"{C.fmt(r['ttfc_ms_p50'])} / {C.fmt(r['ttfc_ms_p99'])}",
-                         f"{C.fmt(r['inter_chunk_ms_p50'])} / {C.fmt(r['inter_chunk_ms_p99'])}",
-                         C.fmt(r.get("server_cpu_ms_per_1k_chars")), r["requests"], r["errors"]])
+            rows.append(
+                [
+                    mode,
+                    r["concurrency"],
+                    C.fmt(r["chars_per_s"]),
+                    f"{C.fmt(r['ttfc_ms_p50'])} / {C.fmt(r['ttfc_ms_p99'])}",
+                    f"{C.fmt(r['inter_chunk_ms_p50'])} / {C.fmt(r['inter_chunk_ms_p99'])}",
+                    C.fmt(r.get("server_cpu_ms_per_1k_chars")),
+                    r["requests"],
+                    r["errors"],
+                ]
+            )
     by = {m: {r["concurrency"]: r for r in levels} for m, levels in modes.items()}
     ratio_lines = []
     for c in res.get("levels", []):
         if "batched" in by and "naive" in by and c in by["batched"] and c in by["naive"]:
             ratio_lines.append(f"{c} streams {C.ratio(by['batched'][c]['chars_per_s'], by['naive'][c]['chars_per_s'])}")
     kern = res.get("kernel", {})
-    text = "\n".join([
-        f"{res.get('chars_per_request', '?')} characters per request; {res.get('cpus', '?')} CPUs.",
-        "",
-        C.md_table(["mode", "streams", "chars/s", "time to first chunk p50 / p99 ms", "inter-chunk p50 / p99 ms",
-                    "server CPU ms / 1k chars", "requests", "errors"], rows),
-        "",
-        "Batched / naive chars/s: " + (", ".join(ratio_lines) or "-") + ".",
-        "Raw ORT kernel in one process (T=1 steps): " + ("; ".join(
-            f"{p}: " + ", ".join(f"batch {b}: {C.fmt(k['chars_per_s'])} chars/s" for b, k in ks.items())
-            for p, ks in (res.get("kernels") or {"fp32": kern}).items()) or "-") + ".",
-        f"Goals: batched >= 8x naive at 64 streams: **{res.get('batched_over_naive_at_64', '-')}x**; served >= 90% of "
-        f"the raw kernel at batch 64, each precision against its own: fp32 **{pct(res.get('served_over_kernel_at_64'))}**, "
-        f"int8 **{pct(res.get('int8_served_over_kernel_at_64'))}**; int8 >= 1.5x fp32's chars/s served at 64 streams: "
-        f"**{res.get('int8_over_fp32_served_at_64', '-')}x** (raw kernels: {res.get('int8_over_fp32_kernel_at_64', '-')}x).",
-    ])
+    text = "\n".join(
+        [
+            f"{res.get('chars_per_request', '?')} characters per request; {res.get('cpus', '?')} CPUs.",
+            "",
+            C.md_table(
+                [
+                    "mode",
+                    "streams",
+                    "chars/s",
+                    "time to first chunk p50 / p99 ms",
+                    "inter-chunk p50 / p99 ms",
+                    "server CPU ms / 1k chars",
+                    "requests",
+                    "errors",
+                ],
+                rows,
+            ),
+            "",
+            "Batched / naive chars/s: " + (", ".join(ratio_lines) or "-") + ".",
+            "Raw ORT kernel in one process (T=1 steps): "
+            + (
+                "; ".join(
+                    f"{p}: " + ", ".join(f"batch {b}: {C.fmt(k['chars_per_s'])} chars/s" for b, k in ks.items())
+                    for p, ks in (res.get("kernels") or {"fp32": kern}).items()
+                )
+                or "-"
+            )
+            + ".",
+            f"Goals: batched >= 8x naive at 64 streams: **{res.get('batched_over_naive_at_64', '-')}x**; served >= 90% of "
+            f"the raw kernel at batch 64, each precision against its own: fp32 **{pct(res.get('served_over_kernel_at_64'))}**, "
+            f"int8 **{pct(res.get('int8_served_over_kernel_at_64'))}**; int8 >= 1.5x fp32's chars/s served at 64 streams: "
+            f"**{res.get('int8_over_fp32_served_at_64', '-')}x** (raw kernels: {res.get('int8_over_fp32_kernel_at_64', '-')}x).",
+        ]
+    )
     r64 = res.get("batched_over_naive_at_64")
     frac, frac8 = res.get("served_over_kernel_at_64"), res.get("int8_served_over_kernel_at_64")
     i8 = res.get("int8_over_fp32_served_at_64")
-    met = [r64 is not None and r64 >= 8, frac is not None and frac >= 0.9, frac8 is not None and frac8 >= 0.9,
-           i8 is not None and i8 >= 1.5]
-    summary = {"figure": "streaming", "headline": f"batched / naive at 64 streams: {r64}x; served / kernel: fp32 "
-               f"{pct(frac)}, int8 {pct(frac8)}; int8 / fp32 served: {i8}x",
-               "goal": "batched >= 8x naive at 64; served >= 90% of the kernel (each precision); int8 >= 1.5x fp32",
-               "met": "yes" if all(met) else ("partly" if any(met) else "no")}
+    met = [
+        r64 is not None and r64 >= 8,
+        frac is not None and frac >= 0.9,
+        frac8 is not None and frac8 >= 0.9,
+        i8 is not None and i8 >= 1.5,
+    ]
+    summary = {
+        "figure": "streaming",
+        "headline": f"batched / naive at 64 streams: {r64}x; served / kernel: fp32 "
+        f"{pct(frac)}, int8 {pct(frac8)}; int8 / fp32 served: {i8}x",
+        "goal": "batched >= 8x naive at 64; served >= 90% of the kernel (each precision); int8 >= 1.5x fp32",
+        "met": "yes" if all(met) else ("partly" if any(met) else "no"),
+    }
     return text, summary
 
 
@@ -224,9 +268,13 @@ def streaming_plot(res: dict, path: Path) -> Path:
 
 def http_summary(res: dict) -> dict:
     g = res["goal"]
-    return {"figure": "http", "headline": f"rnnops / MLflow requests/s at concurrency {g['concurrency']}: "
-            f"{C.ratio(g['rps_ratio'], 1) if g['rps_ratio'] else '-'}; p99 {'lower' if g['p99_lower'] else 'not lower'}",
-            "goal": ">= 5x MLflow's requests/s at concurrency 64, lower p99", "met": "yes" if g["met"] else "no"}
+    return {
+        "figure": "http",
+        "headline": f"rnnops / MLflow requests/s at concurrency {g['concurrency']}: "
+        f"{C.ratio(g['rps_ratio'], 1) if g['rps_ratio'] else '-'}; p99 {'lower' if g['p99_lower'] else 'not lower'}",
+        "goal": ">= 5x MLflow's requests/s at concurrency 64, lower p99",
+        "met": "yes" if g["met"] else "no",
+    }
 
 
 def batch_summary(res: dict) -> dict:
@@ -239,9 +287,15 @@ def batch_summary(res: dict) -> dict:
         head += ", output identical" if res["local_vs_spark"]["identical"] else ", output DIFFERS"
     if res.get("big_file"):
         head += f"; {res['big_file']['rows']:,} rows in {res['big_file']['peak_rss_mb']:.0f} MB peak RSS"
-    return {"figure": "batch", "headline": head, "goal": "(no numeric goal) faster than the eager loop; Spark == local",
-            "met": "yes" if (local.get("rows_per_s") or 0) > (eager.get("rows_per_s") or 0) and
-            (not res.get("local_vs_spark") or res["local_vs_spark"]["identical"]) else "no"}
+    return {
+        "figure": "batch",
+        "headline": head,
+        "goal": "(no numeric goal) faster than the eager loop; Spark == local",
+        "met": "yes"
+        if (local.get("rows_per_s") or 0) > (eager.get("rows_per_s") or 0)
+        and (not res.get("local_vs_spark") or res["local_vs_spark"]["identical"])
+        else "no",
+    }
 
 
 def ray_summary(res: dict) -> dict:
@@ -251,9 +305,14 @@ def ray_summary(res: dict) -> dict:
         return {"figure": "ray", "headline": "64 streams not run (--quick runs 8)", "goal": goal, "met": "-"}
     by = {s: {r["streams"]: r for r in rows} for s, rows in res["servers"].items()}
     cpu = C.ratio(by["ray"][64].get("server_cpu_s_per_1k_chars"), by["rnnops"][64].get("server_cpu_s_per_1k_chars"))
-    return {"figure": "ray", "headline": f"rnnops / Ray Serve chars/s at 64 streams (max_chars 50-800): "
-            f"{C.ratio(g['chars_per_s_ratio'], 1)}; TTFC p99 {'lower' if g['ttfc_p99_lower'] else 'not lower'}; "
-            f"server CPU per char {cpu} less", "goal": goal, "met": "yes" if g["met"] else "no"}
+    return {
+        "figure": "ray",
+        "headline": f"rnnops / Ray Serve chars/s at 64 streams (max_chars 50-800): "
+        f"{C.ratio(g['chars_per_s_ratio'], 1)}; TTFC p99 {'lower' if g['ttfc_p99_lower'] else 'not lower'}; "
+        f"server CPU per char {cpu} less",
+        "goal": goal,
+        "met": "yes" if g["met"] else "no",
+    }
 
 
 def peer_summary(fig: str, res: dict, peer: str, unit: str) -> dict:
@@ -265,23 +324,38 @@ def peer_summary(fig: str, res: dict, peer: str, unit: str) -> dict:
     other = next(s for s in by if s != "rnnops")
     # CPU per request holds when neighbours share the cores; requests/s does not
     cpu = C.ratio(by[other][64].get("server_cpu_ms_per_request"), by["rnnops"][64].get("server_cpu_ms_per_request"))
-    return {"figure": fig, "headline": f"rnnops / {peer} {unit} at concurrency 64: {C.ratio(g['rps_ratio'], 1)}; "
-            f"p99 {'lower' if g['p99_lower'] else 'not lower'}; server CPU per request {cpu} less", "goal": goal,
-            "met": "yes" if g["met"] else "no"}
+    return {
+        "figure": fig,
+        "headline": f"rnnops / {peer} {unit} at concurrency 64: {C.ratio(g['rps_ratio'], 1)}; "
+        f"p99 {'lower' if g['p99_lower'] else 'not lower'}; server CPU per request {cpu} less",
+        "goal": goal,
+        "met": "yes" if g["met"] else "no",
+    }
 
 
 def workers_summary(res: dict) -> dict:
     by = {r["workers"]: r for r in res["rows"]}
-    head = "; ".join(f"{n} worker(s): {C.fmt(r['chars_per_s'], 0)} chars/s at 64 streams, {C.fmt(r['forecast_rps'], 0)} "
-                     f"forecasts/s at 64" for n, r in sorted(by.items()))
-    return {"figure": "workers", "headline": head, "goal": "(no numeric goal) requests/s and chars/s at 1 and 2 workers",
-            "met": "-"}
+    head = "; ".join(
+        f"{n} worker(s): {C.fmt(r['chars_per_s'], 0)} chars/s at 64 streams, {C.fmt(r['forecast_rps'], 0)} "
+        f"forecasts/s at 64"
+        for n, r in sorted(by.items())
+    )
+    return {
+        "figure": "workers",
+        "headline": head,
+        "goal": "(no numeric goal) requests/s and chars/s at 1 and 2 workers",
+        "met": "-",
+    }
 
 
 def training_summary(res: dict) -> dict:
     parts = [f"{t} {C.ratio(r['ours']['median'], r['reference']['median'])}" for t, r in res["tasks"].items()]
-    return {"figure": "training", "headline": "rnnops loop / reference loop: " + ", ".join(parts),
-            "goal": "(no numeric goal) same model size and batch", "met": "-"}
+    return {
+        "figure": "training",
+        "headline": "rnnops loop / reference loop: " + ", ".join(parts),
+        "goal": "(no numeric goal) same model size and batch",
+        "met": "-",
+    }
 
 
 # ----------------------------------------------------------------------------- page
@@ -338,12 +412,18 @@ def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick:
                 text, summary = workers.markdown(res), workers_summary(res)
                 workers.plot(res, png)
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:  # a script changed its JSON
-            sections.append(f"## {title}\n\n**Could not be summarised** ({type(exc).__name__}: {exc}); raw results: "
-                            f"`{work / (fig + '.json')}`.\n")
+            sections.append(
+                f"## {title}\n\n**Could not be summarised** ({type(exc).__name__}: {exc}); raw results: "
+                f"`{work / (fig + '.json')}`.\n"
+            )
             summaries.append({"figure": fig, "headline": "unreadable results", "goal": "-", "met": "-"})
             continue
         summaries.append(summary)
-        ran = f"Ran in {seconds[fig]:.0f} s." if seconds[fig] == seconds[fig] else "From an earlier run in the same --work folder."
+        ran = (
+            f"Ran in {seconds[fig]:.0f} s."
+            if seconds[fig] == seconds[fig]
+            else "From an earlier run in the same --work folder."
+        )
         sections.append(f"## {title}\n\n![{fig}](img/{fig}.png)\n\n{text}\n\n_{ran}_\n")
     rows = [[s["figure"], s["headline"], s["goal"], s["met"]] for s in summaries]
     head = [
@@ -355,16 +435,33 @@ def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick:
         "",
     ]
     if quick:
-        head += ["> **--quick run**: short timings on a possibly busy machine; a smoke test of the suite, not figures "
-                 "to quote.", ""]
-    head += ["## Machine", "", C.machine_markdown(machine), "", "## Summary", "",
-             C.md_table(["figure", "headline", "goal", "met"], rows, "llll"), ""]
-    tail = ["## Reproduce", "", "```bash", "make bench                              # set up, install wrk, all figures",
-            "python benchmarks/run_all.py            # all figures (the HTTP one uses wrk when on PATH)",
-            "python benchmarks/run_all.py --only batch --work DIR  # one figure again; the others from DIR's last run",
-            "python benchmarks/batch_job.py --quick    # any script alone; each takes --json OUT",
-            "python benchmarks/peers/mlserver_oip.py --quick  # a peer alone (its virtualenv is made on first use)",
-            "```", ""]
+        head += [
+            "> **--quick run**: short timings on a possibly busy machine; a smoke test of the suite, not figures "
+            "to quote.",
+            "",
+        ]
+    head += [
+        "## Machine",
+        "",
+        C.machine_markdown(machine),
+        "",
+        "## Summary",
+        "",
+        C.md_table(["figure", "headline", "goal", "met"], rows, "llll"),
+        "",
+    ]
+    tail = [
+        "## Reproduce",
+        "",
+        "```bash",
+        "make bench                              # set up, install wrk, all figures",
+        "python benchmarks/run_all.py            # all figures (the HTTP one uses wrk when on PATH)",
+        "python benchmarks/run_all.py --only batch --work DIR  # one figure again; the others from DIR's last run",
+        "python benchmarks/batch_job.py --quick    # any script alone; each takes --json OUT",
+        "python benchmarks/peers/mlserver_oip.py --quick  # a peer alone (its virtualenv is made on first use)",
+        "```",
+        "",
+    ]
     return "\n".join(head + sections + tail)
 
 
@@ -374,8 +471,11 @@ def main(argv=None) -> None:
     ap.add_argument("--only", default=",".join(FIGURES), help=f"comma-separated figures ({', '.join(FIGURES)})")
     ap.add_argument("--work", type=Path, help="where raw results and logs go (default: a new temporary folder)")
     ap.add_argument("--output", type=Path, default=DOCS / "benchmarks.md", help="the page to write")
-    ap.add_argument("--report-only", action="store_true", help="run nothing: rebuild the page and plots from the "
-                    "results already in --work")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rebuild the page and plots from the results already in --work",
+    )
     args = ap.parse_args(argv)
     if args.report_only and not args.work:
         ap.error("--report-only needs --work (the folder of an earlier run)")

@@ -37,8 +37,8 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -75,8 +75,12 @@ async def _stream(port: int, body: dict, drop_after: int | None, log: Log) -> No
         return
     try:
         payload = json.dumps(body).encode()
-        writer.write(b"POST /generate HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\nContent-Length: "
-                     + str(len(payload)).encode() + b"\r\nConnection: close\r\n\r\n" + payload)
+        writer.write(
+            b"POST /generate HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(payload)).encode()
+            + b"\r\nConnection: close\r\n\r\n"
+            + payload
+        )
         await writer.drain()
         status_line = await reader.readline()
         status = int(status_line.split()[1]) if status_line else 0
@@ -133,8 +137,12 @@ async def _forecasters(client, n: int, windows: list[list], deadline: float, log
             t0 = time.monotonic()
             try:
                 r = await client.post("/forecast", json={"context": rng.choice(windows)})
-                log.add("forecast", str(r.status_code) + ("" if r.status_code < 400 else " " + r.json().get("type", "")),
-                        time.monotonic() - t0, r.text if r.status_code >= 400 else "")
+                log.add(
+                    "forecast",
+                    str(r.status_code) + ("" if r.status_code < 400 else " " + r.json().get("type", "")),
+                    time.monotonic() - t0,
+                    r.text if r.status_code >= 400 else "",
+                )
             except Exception as exc:  # counted as unexpected
                 log.add("forecast", type(exc).__name__, detail=str(exc))
 
@@ -163,8 +171,12 @@ async def _sessions(client, ids: list[str], rows: list[list], deadline: float, l
             t0 = time.monotonic()
             try:
                 r = await client.post(f"/sessions/{sid}", json={"observations": [rng.choice(rows)]})
-                log.add("sessions", str(r.status_code) + ("" if r.status_code < 400 else " " + r.json().get("type", "")),
-                        time.monotonic() - t0, r.text if r.status_code >= 400 else "")
+                log.add(
+                    "sessions",
+                    str(r.status_code) + ("" if r.status_code < 400 else " " + r.json().get("type", "")),
+                    time.monotonic() - t0,
+                    r.text if r.status_code >= 400 else "",
+                )
             except Exception as exc:
                 log.add("sessions", type(exc).__name__, detail=str(exc))
             await asyncio.sleep(rng.random() * 0.05)
@@ -172,9 +184,20 @@ async def _sessions(client, ids: list[str], rows: list[list], deadline: float, l
     await asyncio.gather(*(loop(k) for k in range(min(8, max(1, len(ids) // 25)))))
 
 
-async def soak(port: int, server_pid: int, seconds: float, reload: Callable[[], None], reload_every: float,
-               streams: int = 256, forecast_clients: int = 64, sessions: int = 200, windows: list | None = None,
-               rows: list | None = None, seed: int = 0, bucket_s: float = 60.0) -> dict:
+async def soak(
+    port: int,
+    server_pid: int,
+    seconds: float,
+    reload: Callable[[], None],
+    reload_every: float,
+    streams: int = 256,
+    forecast_clients: int = 64,
+    sessions: int = 200,
+    windows: list | None = None,
+    rows: list | None = None,
+    seed: int = 0,
+    bucket_s: float = 60.0,
+) -> dict:
     """Run the mixed load for ``seconds`` against the server on ``port``; returns the figures."""
     import httpx
 
@@ -183,10 +206,12 @@ async def soak(port: int, server_pid: int, seconds: float, reload: Callable[[], 
     reloads = 0
     # keep-alive connections are dropped by the client before the server's keep-alive timeout
     # (uvicorn: 5 s) could close them under a request in flight
-    limits = httpx.Limits(max_connections=forecast_clients + 16, max_keepalive_connections=forecast_clients + 16,
-                          keepalive_expiry=2.0)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60, limits=limits,
-                                 trust_env=False) as client:
+    limits = httpx.Limits(
+        max_connections=forecast_clients + 16, max_keepalive_connections=forecast_clients + 16, keepalive_expiry=2.0
+    )
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=60, limits=limits, trust_env=False
+    ) as client:
         log = Log(time.monotonic(), bucket_s)
         ids = await _open_sessions(client, sessions, rows, log)
         t0 = time.monotonic()
@@ -207,9 +232,11 @@ async def soak(port: int, server_pid: int, seconds: float, reload: Callable[[], 
                 await asyncio.sleep(min(2.0, bucket_s / 6))
 
         await asyncio.gather(
-            watch(), _generators(port, streams, deadline, log, rng),
+            watch(),
+            _generators(port, streams, deadline, log, rng),
             _forecasters(client, forecast_clients, windows, deadline, log, rng),
-            _sessions(client, ids, rows, deadline, log, rng))
+            _sessions(client, ids, rows, deadline, log, rng),
+        )
         for sid in ids:
             r = await client.delete(f"/sessions/{sid}")
             if r.status_code != 200:
@@ -218,32 +245,63 @@ async def soak(port: int, server_pid: int, seconds: float, reload: Callable[[], 
         settle = time.monotonic() + 15
         while True:
             d = (await client.get("/models")).json()
-            active = sum(m.get("scheduler", {}).get("active", 0) + m.get("scheduler", {}).get("queued", 0)
-                         for m in d["models"] + d["draining"])
+            active = sum(
+                m.get("scheduler", {}).get("active", 0) + m.get("scheduler", {}).get("queued", 0)
+                for m in d["models"] + d["draining"]
+            )
             if active == 0 or time.monotonic() > settle:
                 break
             await asyncio.sleep(0.2)
     minutes = sorted({k for lat in log.latency.values() for k in lat})
-    per_minute = {ep: {m: {"n": len(lat[m]), "p50_ms": round(1e3 * float(np.percentile(lat[m], 50)), 1),
-                           "p99_ms": round(1e3 * float(np.percentile(lat[m], 99)), 1)}
-                       for m in minutes if lat.get(m)} for ep, lat in log.latency.items()}
+    per_minute = {
+        ep: {
+            m: {
+                "n": len(lat[m]),
+                "p50_ms": round(1e3 * float(np.percentile(lat[m], 50)), 1),
+                "p99_ms": round(1e3 * float(np.percentile(lat[m], 99)), 1),
+            }
+            for m in minutes
+            if lat.get(m)
+        }
+        for ep, lat in log.latency.items()
+    }
     rss_by_min: dict[int, float] = {}
     for t, mb in rss:
         k = int(t // bucket_s)
         rss_by_min[k] = max(rss_by_min.get(k, 0.0), mb)
-    unexpected = sum(n for ep in log.outcomes.values() for o, n in ep.items()
-                     if not o.startswith(("200", "201", "429", "503", "dropped")))
+    unexpected = sum(
+        n
+        for ep in log.outcomes.values()
+        for o, n in ep.items()
+        if not o.startswith(("200", "201", "429", "503", "dropped"))
+    )
     first, last = (min(rss_by_min), max(rss_by_min)) if rss_by_min else (0, 0)
     growth = (rss_by_min[last] / rss_by_min[first] - 1) if len(rss_by_min) > 1 and rss_by_min[first] else 0.0
-    p99_ratio = {ep: round(pm[max(pm)]["p99_ms"] / pm[min(pm)]["p99_ms"], 2)
-                 for ep, pm in per_minute.items() if len(pm) > 1 and pm[min(pm)]["p99_ms"]}
-    return {"seconds": seconds, "reloads": reloads, "outcomes": {k: dict(v) for k, v in log.outcomes.items()},
-            "unexpected": unexpected, "unexpected_examples": log.unexpected, "per_minute": per_minute,
-            "rss_mb_per_minute": rss_by_min, "rss_growth_after_first_minute": round(growth, 4),
-            "p99_last_over_first": p99_ratio, "active_after": active, "sessions_open_after": d["sessions_open"],
-            "goals": {"no_unexpected": unexpected == 0, "no_leaked_slots": active == 0,
-                      "no_leaked_sessions": d["sessions_open"] == 0, "rss_growth_le_10pct": growth <= 0.10,
-                      "p99_flat_2x": all(v <= 2.0 for v in p99_ratio.values())}}
+    p99_ratio = {
+        ep: round(pm[max(pm)]["p99_ms"] / pm[min(pm)]["p99_ms"], 2)
+        for ep, pm in per_minute.items()
+        if len(pm) > 1 and pm[min(pm)]["p99_ms"]
+    }
+    return {
+        "seconds": seconds,
+        "reloads": reloads,
+        "outcomes": {k: dict(v) for k, v in log.outcomes.items()},
+        "unexpected": unexpected,
+        "unexpected_examples": log.unexpected,
+        "per_minute": per_minute,
+        "rss_mb_per_minute": rss_by_min,
+        "rss_growth_after_first_minute": round(growth, 4),
+        "p99_last_over_first": p99_ratio,
+        "active_after": active,
+        "sessions_open_after": d["sessions_open"],
+        "goals": {
+            "no_unexpected": unexpected == 0,
+            "no_leaked_slots": active == 0,
+            "no_leaked_sessions": d["sessions_open"] == 0,
+            "rss_growth_le_10pct": growth <= 0.10,
+            "p99_flat_2x": all(v <= 2.0 for v in p99_ratio.values()),
+        },
+    }
 
 
 def markdown(res: dict) -> str:
@@ -257,11 +315,15 @@ def markdown(res: dict) -> str:
             lines.append(f"| {ep} | {int(m) + 1} | {r['n']:,} | {r['p50_ms']} | {r['p99_ms']} |")
     lines += ["", "| minute | server RSS MB |", "| ---: | ---: |"]
     lines += [f"| {int(m) + 1} | {mb:.1f} |" for m, mb in sorted(res["rss_mb_per_minute"].items())]
-    lines += ["", f"Reloads: {res['reloads']}. After the load: {res['active_after']} active or queued streams, "
-              f"{res['sessions_open_after']} open sessions. Unexpected outcomes: {res['unexpected']}. RSS growth after "
-              f"the first minute: {100 * res['rss_growth_after_first_minute']:.1f} %. p99 last / first minute: "
-              + ", ".join(f"{ep} {v}x" for ep, v in res["p99_last_over_first"].items()) + ".",
-              "Goals: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in res["goals"].items()) + "."]
+    lines += [
+        "",
+        f"Reloads: {res['reloads']}. After the load: {res['active_after']} active or queued streams, "
+        f"{res['sessions_open_after']} open sessions. Unexpected outcomes: {res['unexpected']}. RSS growth after "
+        f"the first minute: {100 * res['rss_growth_after_first_minute']:.1f} %. p99 last / first minute: "
+        + ", ".join(f"{ep} {v}x" for ep, v in res["p99_last_over_first"].items())
+        + ".",
+        "Goals: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in res["goals"].items()) + ".",
+    ]
     return "\n".join(lines)
 
 
@@ -298,8 +360,13 @@ def prepare(work: Path) -> tuple[dict, Callable[[], None], list, list]:
         install(state["v"])
 
     install(0)
-    env = {"RNNOPS_MODELS": f"char={served['char']},fc={served['fc']}", "RNNOPS_POLL_SECONDS": "1",
-           "RNNOPS_MAX_STREAMS": "256", "RNNOPS_MAX_QUEUE": "256", "RNNOPS_MAX_SESSIONS": "1024"}
+    env = {
+        "RNNOPS_MODELS": f"char={served['char']},fc={served['fc']}",
+        "RNNOPS_POLL_SECONDS": "1",
+        "RNNOPS_MAX_STREAMS": "256",
+        "RNNOPS_MAX_QUEUE": "256",
+        "RNNOPS_MAX_SESSIONS": "1024",
+    }
     rng = np.random.default_rng(0)
     rows = rng.normal(size=(64, 3)).round(3).tolist()
     windows = [rng.normal(size=(24, 3)).round(3).tolist() for _ in range(16)]
@@ -319,16 +386,43 @@ def main(argv=None) -> None:
     env, reload, windows, rows = prepare(work)
     port = C.free_port()
     log = work / "server.log"
-    proc = C.start_process([sys.executable, "-m", "bentoml", "serve", "rnnops.serving.service:RnnopsService",
-                            "--host", "127.0.0.1", "--port", str(port)],
-                           {**os.environ, **env, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"},
-                           log, cwd=work)
+    proc = C.start_process(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "rnnops.serving.service:RnnopsService",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        {**os.environ, **env, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"},
+        log,
+        cwd=work,
+    )
     try:
         C.wait_http(f"http://127.0.0.1:{port}/readyz", proc, log)
-        print(f"soak: {args.minutes:g} min, {args.streams} streams, {args.forecast_clients} forecast clients, "
-              f"{args.sessions} sessions, reload every {args.reload_every:g} s; server log {log}", file=sys.stderr)
-        res = asyncio.run(soak(port, proc.pid, 60 * args.minutes, reload, args.reload_every, args.streams,
-                               args.forecast_clients, args.sessions, windows, rows))
+        print(
+            f"soak: {args.minutes:g} min, {args.streams} streams, {args.forecast_clients} forecast clients, "
+            f"{args.sessions} sessions, reload every {args.reload_every:g} s; server log {log}",
+            file=sys.stderr,
+        )
+        res = asyncio.run(
+            soak(
+                port,
+                proc.pid,
+                60 * args.minutes,
+                reload,
+                args.reload_every,
+                args.streams,
+                args.forecast_clients,
+                args.sessions,
+                windows,
+                rows,
+            )
+        )
     finally:
         C.stop_process(proc)
     print(C.machine_markdown(C.machine()))

@@ -76,8 +76,9 @@ def build_model(path: Path, hidden: int, layers: int, cell: str) -> Path:
     from rnnops.training.models import CharModel, CharModelConfig
 
     torch.manual_seed(0)
-    m = CharModel(CharModelConfig(vocab_size=len(VOCAB), cell=cell, hidden_size=hidden, num_layers=layers,
-                                  embed_dim=64)).eval()
+    m = CharModel(
+        CharModelConfig(vocab_size=len(VOCAB), cell=cell, hidden_size=hidden, num_layers=layers, embed_dim=64)
+    ).eval()
 
     class Wrap(torch.nn.Module):
         def __init__(self):
@@ -92,12 +93,29 @@ def build_model(path: Path, hidden: int, layers: int, cell: str) -> Path:
     axes = {"x": {0: "B", 1: "T"}, "logits": {0: "B", 1: "T"}, **{n: {1: "B"} for n in ins + outs}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Wrap(), (torch.zeros(2, 3, dtype=torch.long), *m.init_state(2)), str(path),
-                          input_names=["x", *ins], output_names=["logits", *outs], dynamic_axes=axes,
-                          dynamo=False, opset_version=17)
+        torch.onnx.export(
+            Wrap(),
+            (torch.zeros(2, 3, dtype=torch.long), *m.init_state(2)),
+            str(path),
+            input_names=["x", *ins],
+            output_names=["logits", *outs],
+            dynamic_axes=axes,
+            dynamo=False,
+            opset_version=17,
+        )
     proto = onnx.load(str(path))
-    meta = {"kind": "char", "cell": cell, "layers": layers, "hidden_size": hidden, "state_inputs": ins,
-            "state_outputs": outs, "stateful": True, "vocab": VOCAB, "source_run": None, "version": "benchmark"}
+    meta = {
+        "kind": "char",
+        "cell": cell,
+        "layers": layers,
+        "hidden_size": hidden,
+        "state_inputs": ins,
+        "state_outputs": outs,
+        "stateful": True,
+        "vocab": VOCAB,
+        "source_run": None,
+        "version": "benchmark",
+    }
     for k, v in contract.encode_metadata(meta).items():
         p = proto.metadata_props.add()
         p.key, p.value = k, v
@@ -147,19 +165,39 @@ def served_precision(port: int) -> str:
         return json.load(r)["models"][0].get("precision", "fp32")
 
 
-def start_server(onnx: Path, mode: str, threads: int, max_streams: int, log: Path,
-                 python: str = sys.executable, precision: str = "fp32") -> tuple[subprocess.Popen, int]:
+def start_server(
+    onnx: Path,
+    mode: str,
+    threads: int,
+    max_streams: int,
+    log: Path,
+    python: str = sys.executable,
+    precision: str = "fp32",
+) -> tuple[subprocess.Popen, int]:
     """``bentoml serve`` of the rnnops service that ``python``'s environment has installed."""
     port = free_port()
-    env = {**os.environ, "RNNOPS_MODELS": f"bench={onnx}", "RNNOPS_SCHEDULER": mode, "RNNOPS_POLL_SECONDS": "0",
-           "RNNOPS_PRECISION": precision,
-           "RNNOPS_THREADS": str(threads), "RNNOPS_MAX_STREAMS": str(max_streams),
-           "RNNOPS_MAX_QUEUE": str(max_streams), "RNNOPS_MAX_CHARS": "100000", "BENTOML_DO_NOT_TRACK": "true",
-           "BENTOML_HOME": str(log.parent / "bentoml")}
+    env = {
+        **os.environ,
+        "RNNOPS_MODELS": f"bench={onnx}",
+        "RNNOPS_SCHEDULER": mode,
+        "RNNOPS_POLL_SECONDS": "0",
+        "RNNOPS_PRECISION": precision,
+        "RNNOPS_THREADS": str(threads),
+        "RNNOPS_MAX_STREAMS": str(max_streams),
+        "RNNOPS_MAX_QUEUE": str(max_streams),
+        "RNNOPS_MAX_CHARS": "100000",
+        "BENTOML_DO_NOT_TRACK": "true",
+        "BENTOML_HOME": str(log.parent / "bentoml"),
+    }
     out = open(log, "ab")
-    proc = subprocess.Popen([python, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1", "--port",
-                             str(port)], env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [python, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -193,8 +231,10 @@ async def sse_request(port: int, body: dict) -> tuple[float | None, list[float],
     t0 = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     payload = json.dumps(body).encode()
-    writer.write(b"POST /generate HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: " + str(len(payload)).encode() + b"\r\nConnection: close\r\n\r\n" + payload)
+    writer.write(
+        b"POST /generate HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(payload)).encode() + b"\r\nConnection: close\r\n\r\n" + payload
+    )
     await writer.drain()
     status = await reader.readline()
     if b" 200 " not in status:
@@ -237,8 +277,9 @@ async def sse_request(port: int, body: dict) -> tuple[float | None, list[float],
     return ttfc, arrivals, chars
 
 
-async def run_level(port: int, concurrency: int, chars: int, rounds: int, time_limit: float,
-                    server_pid: int, rss: bool = False) -> dict:
+async def run_level(
+    port: int, concurrency: int, chars: int, rounds: int, time_limit: float, server_pid: int, rss: bool = False
+) -> dict:
     ttfc: list[float] = []
     gaps: list[float] = []
     total = 0
@@ -252,8 +293,12 @@ async def run_level(port: int, concurrency: int, chars: int, rounds: int, time_l
         for r in range(rounds):
             if time.perf_counter() > deadline:
                 return
-            body = {"prompt": prompts[(i + r) % len(prompts)], "max_chars": chars,
-                    "seed": random.randrange(2**31), "temperature": 0.8}
+            body = {
+                "prompt": prompts[(i + r) % len(prompts)],
+                "max_chars": chars,
+                "seed": random.randrange(2**31),
+                "temperature": 0.8,
+            }
             try:
                 first, arrivals, n = await sse_request(port, body)
             except Exception as exc:  # counted, never fatal: overload answers are a result too
@@ -284,12 +329,20 @@ async def run_level(port: int, concurrency: int, chars: int, rounds: int, time_l
     def pct(xs, q):
         return round(1e3 * float(np.percentile(xs, q)), 2) if xs else None
 
-    return {"concurrency": concurrency, "requests": len(ttfc), "errors": errors, "chars": total,
-            "wall_s": round(wall, 2), "chars_per_s": round(total / wall, 1),
-            "ttfc_ms_p50": pct(ttfc, 50), "ttfc_ms_p99": pct(ttfc, 99),
-            "inter_chunk_ms_p50": pct(gaps, 50), "inter_chunk_ms_p99": pct(gaps, 99),
-            "server_cpu_ms_per_1k_chars": round(1e6 * cpu / total, 1) if total else None,
-            "rss_mb": rss_mb or None}
+    return {
+        "concurrency": concurrency,
+        "requests": len(ttfc),
+        "errors": errors,
+        "chars": total,
+        "wall_s": round(wall, 2),
+        "chars_per_s": round(total / wall, 1),
+        "ttfc_ms_p50": pct(ttfc, 50),
+        "ttfc_ms_p99": pct(ttfc, 99),
+        "inter_chunk_ms_p50": pct(gaps, 50),
+        "inter_chunk_ms_p99": pct(gaps, 99),
+        "server_cpu_ms_per_1k_chars": round(1e6 * cpu / total, 1) if total else None,
+        "rss_mb": rss_mb or None,
+    }
 
 
 # ----------------------------------------------------------------------------- main
@@ -311,13 +364,26 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="requests per client per level")
     ap.add_argument("--level-seconds", type=float, default=None, help="time bound per level")
     ap.add_argument("--modes", default="batched,naive")
-    ap.add_argument("--precisions", default="fp32", help="fp32, int8 or fp32,int8: the batched server at each "
-                    "(the naive mode runs at fp32)")
-    ap.add_argument("--alternate", type=int, default=1, metavar="N", help="measure every level N times, the "
-                    "servers taking turns, and report the median (for a shared machine)")
-    ap.add_argument("--threads", type=int, default=0, help="ORT threads for the batched server and the kernel "
-                    "(default: the server's default, CPUs - 1, at most 8); the naive server uses 1 per request "
-                    "(its best setting)")
+    ap.add_argument(
+        "--precisions",
+        default="fp32",
+        help="fp32, int8 or fp32,int8: the batched server at each (the naive mode runs at fp32)",
+    )
+    ap.add_argument(
+        "--alternate",
+        type=int,
+        default=1,
+        metavar="N",
+        help="measure every level N times, the servers taking turns, and report the median (for a shared machine)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="ORT threads for the batched server and the kernel "
+        "(default: the server's default, CPUs - 1, at most 8); the naive server uses 1 per request "
+        "(its best setting)",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: levels 1,8,64, short requests")
     ap.add_argument("--out", type=Path, help="write the results as JSON")
     args = ap.parse_args()
@@ -326,22 +392,30 @@ def main() -> None:
     chars = args.chars or (100 if args.quick else 400)
     rounds = args.rounds or (1 if args.quick else 2)
     level_s = args.level_seconds or (30 if args.quick else 120)
-    from rnnops.util import available_cpus
-
     from rnnops.serving.config import ServeConfig
+    from rnnops.util import available_cpus
 
     threads = args.threads or ServeConfig().ort_threads
     work = Path(tempfile.mkdtemp(prefix="rnnops-bench-"))
     onnx = args.onnx or build_model(work / "bench.onnx", args.hidden, args.layers, args.cell)
-    print(f"model {onnx} ({args.cell} {args.layers}x{args.hidden} unless --onnx); {available_cpus()} CPUs; "
-          f"levels {levels}; {chars} chars/request; {rounds} request(s)/client; logs in {work}", flush=True)
+    print(
+        f"model {onnx} ({args.cell} {args.layers}x{args.hidden} unless --onnx); {available_cpus()} CPUs; "
+        f"levels {levels}; {chars} chars/request; {rounds} request(s)/client; logs in {work}",
+        flush=True,
+    )
 
     precisions = [x.strip() for x in args.precisions.split(",") if x.strip()]
     if not precisions or set(precisions) - {"fp32", "int8"}:
         ap.error(f"--precisions: fp32, int8 or both, not {args.precisions!r}")
     files = {"fp32": onnx, **({"int8": int8_file(onnx)} if "int8" in precisions else {})}
-    results: dict = {"levels": levels, "chars_per_request": chars, "cpus": available_cpus(), "threads": threads,
-                     "modes": {}, "precisions": precisions}
+    results: dict = {
+        "levels": levels,
+        "chars_per_request": chars,
+        "cpus": available_cpus(),
+        "threads": threads,
+        "modes": {},
+        "precisions": precisions,
+    }
     runs = [(mode, p) for mode in args.modes.split(",") for p in (precisions if mode == "batched" else ["fp32"])]
     repeats = max(1, args.alternate)
     servers: dict[str, tuple[subprocess.Popen, int]] = {}
@@ -352,8 +426,9 @@ def main() -> None:
         # every server alike instead of on whichever ran during a busy minute.
         for mode, precision in runs:
             key = mode if precision == "fp32" else f"{mode}-{precision}"
-            servers[key] = start_server(onnx, mode, threads if mode == "batched" else 1, max(levels),
-                                        work / f"{key}.log", precision=precision)
+            servers[key] = start_server(
+                onnx, mode, threads if mode == "batched" else 1, max(levels), work / f"{key}.log", precision=precision
+            )
             live = served_precision(servers[key][1])
             if live != precision:
                 raise RuntimeError(f"asked for {precision}, the server runs {live}; see {work / f'{key}.log'}")
@@ -363,21 +438,35 @@ def main() -> None:
                 for key, (proc, port) in servers.items():
                     row = asyncio.run(run_level(port, c, chars, rounds, level_s, proc.pid, rss=c == max(levels)))
                     measured[key][c].append(row)
-                    print(f"{key:12s} {c:4d} streams: {row['chars_per_s']:9.1f} chars/s  TTFC p50 {row['ttfc_ms_p50']} "
-                          f"p99 {row['ttfc_ms_p99']} ms  inter-chunk p50 {row['inter_chunk_ms_p50']} p99 "
-                          f"{row['inter_chunk_ms_p99']} ms  server CPU {row['server_cpu_ms_per_1k_chars']} ms/1k chars  "
-                          f"({row['requests']} req, {row['errors']} errors"
-                          + (f", RSS {row['rss_mb']} MB" if row["rss_mb"] else "") + ")", flush=True)
+                    print(
+                        f"{key:12s} {c:4d} streams: {row['chars_per_s']:9.1f} chars/s  TTFC p50 {row['ttfc_ms_p50']} "
+                        f"p99 {row['ttfc_ms_p99']} ms  inter-chunk p50 {row['inter_chunk_ms_p50']} p99 "
+                        f"{row['inter_chunk_ms_p99']} ms  server CPU {row['server_cpu_ms_per_1k_chars']} ms/1k chars  "
+                        f"({row['requests']} req, {row['errors']} errors"
+                        + (f", RSS {row['rss_mb']} MB" if row["rss_mb"] else "")
+                        + ")",
+                        flush=True,
+                    )
     finally:
         for proc, _ in servers.values():
             stop_server(proc)
-    results["modes"] = {key: [_median(rows, "chars_per_s") for rows in by_level.values()] for key, by_level in measured.items()}
+    results["modes"] = {
+        key: [_median(rows, "chars_per_s") for rows in by_level.values()] for key, by_level in measured.items()
+    }
     if repeats > 1:
         results["repeats"] = {key: {str(c): rows for c, rows in by_level.items()} for key, by_level in measured.items()}
         print(f"medians of {repeats} alternating repeats:")
         for key, rows in results["modes"].items():
-            print("  " + key + ": " + ", ".join(f"{r['concurrency']} streams {r['chars_per_s']:.0f} chars/s "
-                                                 f"({r['server_cpu_ms_per_1k_chars']} ms CPU/1k)" for r in rows))
+            print(
+                "  "
+                + key
+                + ": "
+                + ", ".join(
+                    f"{r['concurrency']} streams {r['chars_per_s']:.0f} chars/s "
+                    f"({r['server_cpu_ms_per_1k_chars']} ms CPU/1k)"
+                    for r in rows
+                )
+            )
 
     batches = sorted({1, 64, max(levels)})
     runs_k: dict[str, list[dict]] = {p: [] for p in files}
@@ -388,8 +477,10 @@ def main() -> None:
     kernel = kernels.get("fp32") or kernels["int8"]
     results["kernel"], results["kernels"] = kernel, kernels
     for p, k in kernels.items():
-        print(f"raw ORT kernel, {p} (T=1 steps, this process, {threads} thread(s)): " +
-              ", ".join(f"batch {b}: {x['chars_per_s']:.0f} chars/s ({x['step_ms']} ms/step)" for b, x in k.items()))
+        print(
+            f"raw ORT kernel, {p} (T=1 steps, this process, {threads} thread(s)): "
+            + ", ".join(f"batch {b}: {x['chars_per_s']:.0f} chars/s ({x['step_ms']} ms/step)" for b, x in k.items())
+        )
     by = {m: {r["concurrency"]: r for r in rows} for m, rows in results["modes"].items()}
     if 64 in levels and "batched" in by:
         served = by["batched"][64]["chars_per_s"]
@@ -425,11 +516,16 @@ def main() -> None:
             cpu8, cpu32 = i8["server_cpu_ms_per_1k_chars"], by["batched"][64]["server_cpu_ms_per_1k_chars"]
             if cpu8 and cpu32:
                 results["fp32_cpu_over_int8_at_64"] = round(cpu32 / cpu8, 2)
-            print(f"int8 / fp32 at 64 streams: served {served_ratio:.2f}x (goal >= 1.5x), raw kernel at batch 64 "
-                  f"{kernel_ratio:.2f}x" + (f"; server CPU per character {cpu32 / cpu8:.2f}x less" if cpu8 and cpu32 else ""))
+            print(
+                f"int8 / fp32 at 64 streams: served {served_ratio:.2f}x (goal >= 1.5x), raw kernel at batch 64 "
+                f"{kernel_ratio:.2f}x"
+                + (f"; server CPU per character {cpu32 / cpu8:.2f}x less" if cpu8 and cpu32 else "")
+            )
             if repeats > 1:  # each turn's own ratio (the servers measured back to back)
-                each = [round(a["chars_per_s"] / b["chars_per_s"], 2)
-                        for a, b in zip(measured["batched-int8"][64], measured["batched"][64])]
+                each = [
+                    round(a["chars_per_s"] / b["chars_per_s"], 2)
+                    for a, b in zip(measured["batched-int8"][64], measured["batched"][64])
+                ]
                 results["int8_over_fp32_served_at_64_each"] = each
                 print(f"  per turn: {', '.join(f'{r:.2f}x' for r in each)}")
     if args.out:

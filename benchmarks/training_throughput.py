@@ -58,11 +58,10 @@ class _NoCheckpoint:
 
 def _ours(job, steps: int):
     """A closure running ``steps`` steps of our trainer on the job's setup; returns seconds."""
-    from rnnops.training.trainer import train
-
     from dataclasses import replace
 
     from rnnops.training.tasks import setup as task_setup
+    from rnnops.training.trainer import train
 
     setup = task_setup(job)
     val_key = setup.val_key
@@ -71,8 +70,18 @@ def _ours(job, steps: int):
         s = replace(job.train, steps=n, eval_every=10**9, time_budget_s=0.0, patience=10**9)
         t = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # the trainer's "step N: ..." lines are not results
-            train(setup.model, s, setup.sample_batch, setup.loss_fn, lambda step: {val_key: 0.0},
-                  lambda m, step: None, _NoCheckpoint(), setup.items_per_batch, setup.unit, val_key)
+            train(
+                setup.model,
+                s,
+                setup.sample_batch,
+                setup.loss_fn,
+                lambda step: {val_key: 0.0},
+                lambda m, step: None,
+                _NoCheckpoint(),
+                setup.items_per_batch,
+                setup.unit,
+                val_key,
+            )
         return time.perf_counter() - t
 
     return go, setup.items_per_batch
@@ -129,7 +138,7 @@ def reference_char(job: dict):
             xs, ys = [], []
             for _ in range(B):
                 i = rng.randint(0, len(data) - T - 2)
-                chunk = data[i:i + T + 1]
+                chunk = data[i : i + T + 1]
                 xs.append([stoi[c] for c in chunk[:-1]])
                 ys.append([stoi[c] for c in chunk[1:]])
             x = F.one_hot(torch.tensor(xs), V).float()
@@ -178,8 +187,8 @@ def reference_forecast(job: dict):
         t = time.perf_counter()
         for _ in range(n):
             idx = rng.integers(0, 8640 - L - Hz, B)
-            x = torch.tensor(np.stack([data[i:i + L] for i in idx]))
-            y = torch.tensor(np.stack([data[i + L:i + L + Hz] for i in idx]))
+            x = torch.tensor(np.stack([data[i : i + L] for i in idx]))
+            y = torch.tensor(np.stack([data[i + L : i + L + Hz] for i in idx]))
             loss = ((model(x) - y) ** 2).mean()
             opt.zero_grad()
             loss.backward()
@@ -193,7 +202,7 @@ def reference_forecast(job: dict):
 def measure(pairs: dict, steps: int, reps: int, warmup: int) -> dict:
     """Interleaved reps of every loop; items/s medians."""
     rates = {k: [] for k in pairs}
-    for name, (go, _) in pairs.items():
+    for go, _ in pairs.values():
         go(warmup)
     for _ in range(reps):
         for name, (go, items) in pairs.items():
@@ -210,14 +219,27 @@ def run(quick: bool, steps: dict | None = None, reps: int | None = None) -> dict
     out = {"quick": quick, "threads": torch.get_num_threads(), "steps": steps, "reps": reps, "tasks": {}}
     (go_c, items_c), job_c = ours_char(steps["char"])
     r = measure({"ours": (go_c, items_c), "reference": reference_char(job_c)}, steps["char"], reps, warmup=2)
-    out["tasks"]["char"] = {"unit": "chars/s", "model": f"LSTM {job_c['model']['num_layers']}x{job_c['model']['hidden_size']}",
-                            "batch": job_c["train"]["batch_size"], "seq_len": job_c["seq_len"], **r}
+    out["tasks"]["char"] = {
+        "unit": "chars/s",
+        "model": f"LSTM {job_c['model']['num_layers']}x{job_c['model']['hidden_size']}",
+        "batch": job_c["train"]["batch_size"],
+        "seq_len": job_c["seq_len"],
+        **r,
+    }
     print(f"char: ours {r['ours']['median']:,.0f} chars/s, reference {r['reference']['median']:,.0f}", file=sys.stderr)
     (go_f, items_f), job_f = ours_forecast(steps["forecast"])
     r = measure({"ours": (go_f, items_f), "reference": reference_forecast(job_f)}, steps["forecast"], reps, warmup=3)
-    out["tasks"]["forecast"] = {"unit": "windows/s", "model": f"GRU 1x{job_f['model']['hidden_size']}",
-                                "batch": job_f["train"]["batch_size"], "seq_len": job_f["lookback"], **r}
-    print(f"forecast: ours {r['ours']['median']:,.0f} windows/s, reference {r['reference']['median']:,.0f}", file=sys.stderr)
+    out["tasks"]["forecast"] = {
+        "unit": "windows/s",
+        "model": f"GRU 1x{job_f['model']['hidden_size']}",
+        "batch": job_f["train"]["batch_size"],
+        "seq_len": job_f["lookback"],
+        **r,
+    }
+    print(
+        f"forecast: ours {r['ours']['median']:,.0f} windows/s, reference {r['reference']['median']:,.0f}",
+        file=sys.stderr,
+    )
     return out
 
 
@@ -297,8 +319,11 @@ def cells_throughput(cells: list[str], batch: int = 32, seq: int = 256, steps: i
     torch.set_num_threads(C.cpus())
     load_start = round(os.getloadavg()[0], 2)
     peak = torch_matmul_flops()
-    print(f"matmul: {peak / 1e9:.1f} GFLOP/s (torch float32, 2048^2, {torch.get_num_threads()} threads); "
-          f"load {load_start}", file=sys.stderr)
+    print(
+        f"matmul: {peak / 1e9:.1f} GFLOP/s (torch float32, 2048^2, {torch.get_num_threads()} threads); "
+        f"load {load_start}",
+        file=sys.stderr,
+    )
     runs, flops_per_char = {}, {}
     for cell in cells:
         torch.manual_seed(0)
@@ -328,35 +353,68 @@ def cells_throughput(cells: list[str], batch: int = 32, seq: int = 256, steps: i
     # burst during one measurement would otherwise flatter every cell's share of the roofline)
     peak = max(peak, torch_matmul_flops())
     base = C.median(rates["lstm"]) if "lstm" in rates else None
-    out = {"batch": batch, "seq_len": seq, "steps": steps, "reps": reps, "threads": torch.get_num_threads(),
-           "matmul_flops": peak, "machine": C.machine(), "load_avg_1m_start": load_start,
-           "others_cpu_share": others.share, "cells": {}}
+    out = {
+        "batch": batch,
+        "seq_len": seq,
+        "steps": steps,
+        "reps": reps,
+        "threads": torch.get_num_threads(),
+        "matmul_flops": peak,
+        "machine": C.machine(),
+        "load_avg_1m_start": load_start,
+        "others_cpu_share": others.share,
+        "cells": {},
+    }
     for cell in cells:
         med = C.median(rates[cell])
         roofline = peak / flops_per_char[cell]
-        out["cells"][cell] = {"config": CELL_CONFIGS[cell], "params": runs[cell][1], "chars_per_s": med,
-                              "runs": rates[cell], "vs_lstm": med / base if base else None,
-                              "flops_per_char": flops_per_char[cell], "roofline_chars_per_s": roofline,
-                              "of_roofline": med / roofline}
-        print(f"{cell}: {runs[cell][1] / 1e6:.2f}M params, {med:,.0f} chars/s, {med / roofline:.0%} of the roofline"
-              + (f" ({med / base:.2f}x lstm)" if base else ""), file=sys.stderr)
+        out["cells"][cell] = {
+            "config": CELL_CONFIGS[cell],
+            "params": runs[cell][1],
+            "chars_per_s": med,
+            "runs": rates[cell],
+            "vs_lstm": med / base if base else None,
+            "flops_per_char": flops_per_char[cell],
+            "roofline_chars_per_s": roofline,
+            "of_roofline": med / roofline,
+        }
+        print(
+            f"{cell}: {runs[cell][1] / 1e6:.2f}M params, {med:,.0f} chars/s, {med / roofline:.0%} of the roofline"
+            + (f" ({med / base:.2f}x lstm)" if base else ""),
+            file=sys.stderr,
+        )
     return out
 
 
 def markdown(res: dict) -> str:
     rows = []
     for task, r in res["tasks"].items():
-        rows.append([task, r["model"], r["batch"], r["seq_len"], r["unit"], C.fmt(r["ours"]["median"]),
-                     C.fmt(r["reference"]["median"]), C.ratio(r["ours"]["median"], r["reference"]["median"])])
-    return "\n".join([
-        f"{res['threads']} torch threads; {res['steps']['char']} (char) / {res['steps']['forecast']} (forecast) optimizer "
-        f"steps per run, median of {res['reps']} interleaved runs" + (" (--quick)" if res["quick"] else "") + ".",
-        "",
-        C.md_table(["task", "model", "batch", "sequence", "unit", "rnnops loop", "reference loop", "rnnops / reference"], rows),
-        "",
-        "The reference loops are the seed tutorials' kind: one-hot inputs (char) and batches sliced with Python per "
-        "step; same sizes, same optimizer steps, same threads.",
-    ])
+        rows.append(
+            [
+                task,
+                r["model"],
+                r["batch"],
+                r["seq_len"],
+                r["unit"],
+                C.fmt(r["ours"]["median"]),
+                C.fmt(r["reference"]["median"]),
+                C.ratio(r["ours"]["median"], r["reference"]["median"]),
+            ]
+        )
+    return "\n".join(
+        [
+            f"{res['threads']} torch threads; {res['steps']['char']} (char) / {res['steps']['forecast']} (forecast) optimizer "
+            f"steps per run, median of {res['reps']} interleaved runs" + (" (--quick)" if res["quick"] else "") + ".",
+            "",
+            C.md_table(
+                ["task", "model", "batch", "sequence", "unit", "rnnops loop", "reference loop", "rnnops / reference"],
+                rows,
+            ),
+            "",
+            "The reference loops are the seed tutorials' kind: one-hot inputs (char) and batches sliced with Python per "
+            "step; same sizes, same optimizer steps, same threads.",
+        ]
+    )
 
 
 def plot(res: dict, path: Path) -> Path:
@@ -389,16 +447,27 @@ def main(argv=None) -> None:
     ap.add_argument("--cells", metavar="LIST", help=f"compare cells instead ({','.join(CELL_CONFIGS)}): batch 32 x 256")
     args = ap.parse_args(argv)
     if args.cells:
-        res = cells_throughput([c.strip() for c in args.cells.split(",") if c.strip()], steps=args.steps or 2,
-                               reps=args.reps or 3)
-        rows = [[c, C.fmt(r["params"]), C.fmt(r["chars_per_s"]), C.fmt(r["roofline_chars_per_s"]),
-                 f"{r['of_roofline']:.0%}", f"{r['vs_lstm']:.2f}x" if r["vs_lstm"] else "-"]
-                for c, r in res["cells"].items()]
-        print(f"matmul {res['matmul_flops'] / 1e9:.1f} GFLOP/s; batch {res['batch']} x {res['seq_len']}, "
-              f"median of {res['reps']} interleaved runs of {res['steps']} steps; other processes used "
-              + (f"{res['others_cpu_share']:.0%}" if res["others_cpu_share"] is not None else "?")
-              + f" of the {res['machine']['cpus']} CPUs meanwhile (load average {res['load_avg_1m_start']} at the "
-              f"start, {res['machine']['load_avg_1m']} at the end, this run's threads included)\n")
+        res = cells_throughput(
+            [c.strip() for c in args.cells.split(",") if c.strip()], steps=args.steps or 2, reps=args.reps or 3
+        )
+        rows = [
+            [
+                c,
+                C.fmt(r["params"]),
+                C.fmt(r["chars_per_s"]),
+                C.fmt(r["roofline_chars_per_s"]),
+                f"{r['of_roofline']:.0%}",
+                f"{r['vs_lstm']:.2f}x" if r["vs_lstm"] else "-",
+            ]
+            for c, r in res["cells"].items()
+        ]
+        print(
+            f"matmul {res['matmul_flops'] / 1e9:.1f} GFLOP/s; batch {res['batch']} x {res['seq_len']}, "
+            f"median of {res['reps']} interleaved runs of {res['steps']} steps; other processes used "
+            + (f"{res['others_cpu_share']:.0%}" if res["others_cpu_share"] is not None else "?")
+            + f" of the {res['machine']['cpus']} CPUs meanwhile (load average {res['load_avg_1m_start']} at the "
+            f"start, {res['machine']['load_avg_1m']} at the end, this run's threads included)\n"
+        )
         print(C.md_table(["cell", "parameters", "chars/s", "roofline chars/s", "of roofline", "vs LSTM"], rows))
         C.write_json(args.json, res)
         return

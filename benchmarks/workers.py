@@ -29,11 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -46,12 +43,30 @@ from streaming import build_model, run_level  # noqa: E402
 def start(workers: int, champ: C.Champion, char_onnx: Path, work: Path):
     port = C.free_port()
     log = work / f"workers-{workers}.log"
-    env = {**champ.env, "PYTHONUNBUFFERED": "1", "RNNOPS_POLL_SECONDS": "0", "BENTOML_HOME": str(work / "bentoml"),
-           "RNNOPS_MAX_CHARS": "100000", "RNNOPS_PRECISION": "fp32"}
+    env = {
+        **champ.env,
+        "PYTHONUNBUFFERED": "1",
+        "RNNOPS_POLL_SECONDS": "0",
+        "BENTOML_HOME": str(work / "bentoml"),
+        "RNNOPS_MAX_CHARS": "100000",
+        "RNNOPS_PRECISION": "fp32",
+    }
     cli = Path(sys.executable).parent / "rnnops"
     head = [str(cli)] if cli.is_file() else [sys.executable, "-c", "from rnnops.cli import main; main()"]
-    argv = [*head, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-            "--models", f"{champ.name}@champion,char={char_onnx}", "--poll-seconds", "0"]
+    argv = [
+        *head,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--models",
+        f"{champ.name}@champion,char={char_onnx}",
+        "--poll-seconds",
+        "0",
+    ]
     proc = C.start_process(argv, env, log, cwd=work)
     C.wait_http(f"http://127.0.0.1:{port}/readyz", proc, log, timeout=240)
     return proc, port, log
@@ -63,8 +78,9 @@ def ort_threads(workers: int) -> int:
     return ServeConfig(workers=workers).ort_threads
 
 
-def measure(workers: int, champ: C.Champion, char_onnx: Path, work: Path, seconds: float, files: list[Path],
-            script: Path) -> dict:
+def measure(
+    workers: int, champ: C.Champion, char_onnx: Path, work: Path, seconds: float, files: list[Path], script: Path
+) -> dict:
     import resource
 
     proc, port, log = start(workers, champ, char_onnx, work)
@@ -77,18 +93,33 @@ def measure(workers: int, champ: C.Champion, char_onnx: Path, work: Path, second
         client = (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / stream["wall_s"]
         fc = FH.wrk_load(f"http://127.0.0.1:{port}/forecast", files, 64, 10**7, seconds, proc.pid, script)
         pids = C.process_tree(proc.pid)
-        engines = sum("rnnops.serving.generate.engine" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
-                      for p in pids if Path(f"/proc/{p}/cmdline").exists())
+        engines = sum(
+            "rnnops.serving.generate.engine" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
+            for p in pids
+            if Path(f"/proc/{p}/cmdline").exists()
+        )
     finally:
         C.stop_process(proc)
-    row = {"workers": workers, "ort_threads": ort_threads(workers), "engine_processes": engines,
-           "chars_per_s": stream["chars_per_s"], "ttfc_ms_p99": stream["ttfc_ms_p99"],
-           "stream_client_cpu": round(client, 2), "stream_errors": stream["errors"],
-           "forecast_rps": round(fc["rps"], 1), "forecast_p50_ms": fc["p50_ms"], "forecast_p99_ms": fc["p99_ms"],
-           "forecast_errors": fc["errors"]}
-    print(f"  {workers} worker(s): {row['chars_per_s']:,.0f} chars/s at 64 streams (TTFC p99 {row['ttfc_ms_p99']} ms); "
-          f"{row['forecast_rps']:,.0f} forecasts/s at 64 (p99 {row['forecast_p99_ms']:.1f} ms); "
-          f"{engines} engine process(es)", file=sys.stderr, flush=True)
+    row = {
+        "workers": workers,
+        "ort_threads": ort_threads(workers),
+        "engine_processes": engines,
+        "chars_per_s": stream["chars_per_s"],
+        "ttfc_ms_p99": stream["ttfc_ms_p99"],
+        "stream_client_cpu": round(client, 2),
+        "stream_errors": stream["errors"],
+        "forecast_rps": round(fc["rps"], 1),
+        "forecast_p50_ms": fc["p50_ms"],
+        "forecast_p99_ms": fc["p99_ms"],
+        "forecast_errors": fc["errors"],
+    }
+    print(
+        f"  {workers} worker(s): {row['chars_per_s']:,.0f} chars/s at 64 streams (TTFC p99 {row['ttfc_ms_p99']} ms); "
+        f"{row['forecast_rps']:,.0f} forecasts/s at 64 (p99 {row['forecast_p99_ms']:.1f} ms); "
+        f"{engines} engine process(es)",
+        file=sys.stderr,
+        flush=True,
+    )
     return row
 
 
@@ -106,24 +137,54 @@ def run(quick: bool, work: Path, counts: list[int], seconds: float) -> dict:
     script = work / "wrk_bodies.lua"
     script.write_text(FH.WRK_LUA)
     rows = [measure(n, champ, char_onnx, work, seconds, files, script) for n in counts]
-    return {"quick": quick, "seconds": seconds, "cpus": C.cpus(), "rows": rows, "machine": C.machine(),
-            "client": FH.wrk_version()}
+    return {
+        "quick": quick,
+        "seconds": seconds,
+        "cpus": C.cpus(),
+        "rows": rows,
+        "machine": C.machine(),
+        "client": FH.wrk_version(),
+    }
 
 
 def markdown(res: dict) -> str:
-    head = ["workers", "ORT threads / worker", "engine processes", "chars/s at 64 streams", "TTFC p99 ms",
-            "forecasts/s at 64", "forecast p50 / p99 ms"]
-    rows = [[r["workers"], r["ort_threads"], r["engine_processes"], C.fmt(r["chars_per_s"], 0), C.fmt(r["ttfc_ms_p99"]),
-             C.fmt(r["forecast_rps"], 0), f"{C.fmt(r['forecast_p50_ms'])} / {C.fmt(r['forecast_p99_ms'])}"]
-            for r in res["rows"]]
+    head = [
+        "workers",
+        "ORT threads / worker",
+        "engine processes",
+        "chars/s at 64 streams",
+        "TTFC p99 ms",
+        "forecasts/s at 64",
+        "forecast p50 / p99 ms",
+    ]
+    rows = [
+        [
+            r["workers"],
+            r["ort_threads"],
+            r["engine_processes"],
+            C.fmt(r["chars_per_s"], 0),
+            C.fmt(r["ttfc_ms_p99"]),
+            C.fmt(r["forecast_rps"], 0),
+            f"{C.fmt(r['forecast_p50_ms'])} / {C.fmt(r['forecast_p99_ms'])}",
+        ]
+        for r in res["rows"]
+    ]
     by = {r["workers"]: r for r in res["rows"]}
-    lines = [f"One server per row (`rnnops serve --workers N`) serving a char LSTM 1x384 (random weights) and "
-             f"forecaster@champion (GRU 1x64) on {res['cpus']} CPUs, nothing pinned; {res['seconds']:.0f} s per load"
-             + (" (--quick)" if res["quick"] else "") + "; streaming: 64 SSE clients, 400 chars a request; forecasts: "
-             f"{(res.get('client') or 'wrk')}, 64 connections.", "", C.md_table(head, rows)]
+    lines = [
+        f"One server per row (`rnnops serve --workers N`) serving a char LSTM 1x384 (random weights) and "
+        f"forecaster@champion (GRU 1x64) on {res['cpus']} CPUs, nothing pinned; {res['seconds']:.0f} s per load"
+        + (" (--quick)" if res["quick"] else "")
+        + "; streaming: 64 SSE clients, 400 chars a request; forecasts: "
+        f"{(res.get('client') or 'wrk')}, 64 connections.",
+        "",
+        C.md_table(head, rows),
+    ]
     if 1 in by and 2 in by:
-        lines += ["", f"2 workers / 1 worker: streaming {C.ratio(by[2]['chars_per_s'], by[1]['chars_per_s'])}, "
-                  f"forecasts {C.ratio(by[2]['forecast_rps'], by[1]['forecast_rps'])}."]
+        lines += [
+            "",
+            f"2 workers / 1 worker: streaming {C.ratio(by[2]['chars_per_s'], by[1]['chars_per_s'])}, "
+            f"forecasts {C.ratio(by[2]['forecast_rps'], by[1]['forecast_rps'])}.",
+        ]
     return "\n".join(lines)
 
 

@@ -10,8 +10,6 @@ SegRNN's own wrapper (:class:`rnnops.training.segrnn.SegRNNStep`) appends it the
 
 from __future__ import annotations
 
-from typing import Tuple
-
 from torch import Tensor, nn
 
 from rnnops.export.wrappers import ForecastStep
@@ -29,7 +27,7 @@ class ForecastStepBands(ForecastStep):
     def _bands(self, y: Tensor, std: Tensor) -> Tensor:
         return y.unsqueeze(-1) + std.index_select(2, self.targets).unsqueeze(-1) * self.offsets
 
-    def forward(self, x: Tensor, h0: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, h0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         z, mean, std = self._normalise(x)
         out, hn = self.rnn(z, h0)
         y = self._forecast(out, z, mean, std)
@@ -39,7 +37,7 @@ class ForecastStepBands(ForecastStep):
 class ForecastStepLSTMBands(ForecastStepBands):
     """LSTM: ``forward(x, h0, c0) -> (forecast, hn, cn, quantiles)``."""
 
-    def forward(self, x: Tensor, h0: Tensor, c0: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         z, mean, std = self._normalise(x)
         out, (hn, cn) = self.rnn(z, (h0, c0))
         y = self._forecast(out, z, mean, std)

@@ -20,7 +20,6 @@ import torch
 from onnxscript import opset18 as op
 from torch import Tensor, nn
 
-
 # ------------------------------------------------------------------ custom ops (eager + fake)
 
 
@@ -65,7 +64,9 @@ class CustomOpRecurrent(nn.Module):
         super().__init__()
         self.rnn = rnn  # keeps the parameters (and their names) where they were
         self.op = onnx_op  # "LSTM" | "GRU" | "RNN": the cell's export form (training/cells.py)
-        self.names = [f"{w}_l{k}" for k in range(rnn.num_layers) for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        self.names = [
+            f"{w}_l{k}" for k in range(rnn.num_layers) for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        ]
 
     def forward(self, x: Tensor, hx):
         weights = [getattr(self.rnn, n) for n in self.names]
@@ -123,7 +124,10 @@ def _layers(x, h0, c0, weights, cell: str):
             y, yh = op.RNN(cur, W, R, B, None, h, hidden_size=hidden, activations=["Tanh"])
         hs.append(yh)
         cur = op.Squeeze(y, [1])  # [T, 1, B, H] -> [T, B, H]
-    cat = (lambda xs: xs[0] if len(xs) == 1 else op.Concat(*xs, axis=0))
+
+    def cat(xs):
+        return xs[0] if len(xs) == 1 else op.Concat(*xs, axis=0)
+
     return op.Transpose(cur, perm=[1, 0, 2]), cat(hs), (cat(cs) if cs else None)
 
 

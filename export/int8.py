@@ -91,7 +91,7 @@ def quantize_file(src: str | Path, dst: str | Path, h_inputs: bool = True) -> Pa
     g.initializer.extend(kept)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    (key, value), = encode_metadata({"precision": "int8"}).items()  # what the file computes in
+    ((key, value),) = encode_metadata({"precision": "int8"}).items()  # what the file computes in
     entry = next((p for p in model.metadata_props if p.key == key), None) or model.metadata_props.add(key=key)
     entry.value = value
     onnx.checker.check_model(model)
@@ -153,12 +153,17 @@ class _Rewriter:
         from onnx import helper
 
         wq, ws = int8_columns(w_t.astype(np.float32))
-        hs, hz = self.const(p + "h_scale", np.array(H_SCALE, np.float32)), self.const(p + "h_zero", np.array(H_ZERO, np.uint8))
+        hs, hz = (
+            self.const(p + "h_scale", np.array(H_SCALE, np.float32)),
+            self.const(p + "h_zero", np.array(H_ZERO, np.uint8)),
+        )
         ins = [p + "aq", self.const(p + "w_q", wq), hs, self.const(p + "w_scale", ws), hz]
         if bias is not None:
             ins += ["", self.const(p + "bias", bias.astype(np.float32))]
-        return [helper.make_node("QuantizeLinear", [a, hs, hz], [p + "aq"]),
-                helper.make_node("MatMulIntegerToFloat", ins, [out], domain=MS_DOMAIN)]
+        return [
+            helper.make_node("QuantizeLinear", [a, hs, hz], [p + "aq"]),
+            helper.make_node("MatMulIntegerToFloat", ins, [out], domain=MS_DOMAIN),
+        ]
 
     def _product(self, node) -> bool:
         """A ``MatMul`` / ``Gemm`` reading ``h`` with constant 2-D weights -> the int8 product."""
@@ -209,9 +214,13 @@ class _Rewriter:
         if op == "LSTM" and attrs.get("input_forget"):
             raise ValueError("an LSTM with input_forget is not quantised")
         if op == "GRU" and not attrs.get("linear_before_reset"):
-            raise ValueError("a GRU with linear_before_reset=0 is not quantised (PyTorch's GRU is linear_before_reset=1)")
+            raise ValueError(
+                "a GRU with linear_before_reset=0 is not quantised (PyTorch's GRU is linear_before_reset=1)"
+            )
         if op != "LSTM" and [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])] not in (
-                [], ["Sigmoid", "Tanh"] if op == "GRU" else ["Tanh"]):
+            [],
+            ["Sigmoid", "Tanh"] if op == "GRU" else ["Tanh"],
+        ):
             raise ValueError(f"only the default activations of {op} are quantised (h must stay in (-1, 1))")
         ins = list(node.input) + [""] * (8 - len(node.input))
         x_name, w_name, r_name, b_name, seq_lens, h0_name = ins[:6]
@@ -225,8 +234,14 @@ class _Rewriter:
         B = np.zeros(2 * gates * H, np.float32) if not b_name else self.weight(b_name)[0].astype(np.float32)
         wb, rb = B[: gates * H], B[gates * H :]
         # Biases: all into the input projection, except GRU's recurrent "h" block, which the reset gate scales.
-        x_bias, r_bias = (wb + rb, None) if op != "GRU" else (wb + np.concatenate([rb[: 2 * H], np.zeros(H, np.float32)]),
-                                                             np.concatenate([np.zeros(2 * H, np.float32), rb[2 * H :]]))
+        x_bias, r_bias = (
+            (wb + rb, None)
+            if op != "GRU"
+            else (
+                wb + np.concatenate([rb[: 2 * H], np.zeros(H, np.float32)]),
+                np.concatenate([np.zeros(2 * H, np.float32), rb[2 * H :]]),
+            )
+        )
         p = f"int8_{op.lower()}{self.recurrent}/"
         nodes = []
 
@@ -236,41 +251,59 @@ class _Rewriter:
             emb_name, ids = table_src
             E = self.weight(emb_name).astype(np.float64)
             table = self.const(p + "xw_table", (E @ W.T.astype(np.float64) + x_bias).astype(np.float32))
-            nodes += [helper.make_node("Gather", [table, ids], [p + "xw_bt"]),
-                      helper.make_node("Transpose", [p + "xw_bt"], [p + "xw"], perm=[1, 0, 2])]
+            nodes += [
+                helper.make_node("Gather", [table, ids], [p + "xw_bt"]),
+                helper.make_node("Transpose", [p + "xw_bt"], [p + "xw"], perm=[1, 0, 2]),
+            ]
         elif self.h_inputs and x_name in self.bounded:  # a stacked layer: its input is the previous layer's h
             nodes += self.int8_matmul(p + "x_", x_name, W.T, p + "xw", x_bias)
         else:
-            nodes += [helper.make_node("MatMul", [x_name, self.const(p + "w_t", np.ascontiguousarray(W.T))], [p + "xw_nb"]),
-                      helper.make_node("Add", [p + "xw_nb", self.const(p + "x_bias", x_bias)], [p + "xw"])]
+            nodes += [
+                helper.make_node("MatMul", [x_name, self.const(p + "w_t", np.ascontiguousarray(W.T))], [p + "xw_nb"]),
+                helper.make_node("Add", [p + "xw_nb", self.const(p + "x_bias", x_bias)], [p + "xw"]),
+            ]
 
         # Recurrent weights: int8, one scale per output column; h quantised with the fixed scale.
         rq, rs = int8_columns(R.T)
-        hs, hz = self.const(p + "h_scale", np.array(H_SCALE, np.float32)), self.const(p + "h_zero", np.array(H_ZERO, np.uint8))
+        hs, hz = (
+            self.const(p + "h_scale", np.array(H_SCALE, np.float32)),
+            self.const(p + "h_zero", np.array(H_ZERO, np.uint8)),
+        )
         rec_ins = [p + "hq", self.const(p + "r_q", rq), hs, self.const(p + "r_scale", rs), hz]
         if r_bias is not None:
             rec_ins += ["", self.const(p + "r_bias", r_bias)]
         split = lambda *sizes: self.const(p + "split_" + "_".join(map(str, sizes)), np.array(sizes, np.int64))  # noqa: E731
         b = "body/"
-        body = [helper.make_node("QuantizeLinear", ["h", hs, hz], [p + "hq"]),
-                helper.make_node("MatMulIntegerToFloat", rec_ins, [b + "rec"], domain=MS_DOMAIN)]
+        body = [
+            helper.make_node("QuantizeLinear", ["h", hs, hz], [p + "hq"]),
+            helper.make_node("MatMulIntegerToFloat", rec_ins, [b + "rec"], domain=MS_DOMAIN),
+        ]
         body += _CELL_BODIES[op](b, H, split)
         body.append(helper.make_node("Identity", ["h_out"], ["y_t"]))
         f32 = TensorProto.FLOAT
         state = ["h", "c"] if op == "LSTM" else ["h"]
         graph = helper.make_graph(
-            body, f"{p}step",
-            [*(helper.make_tensor_value_info(s, f32, ["B", H]) for s in state),
-             helper.make_tensor_value_info("xw_t", f32, ["B", gates * H])],
-            [*(helper.make_tensor_value_info(s + "_out", f32, ["B", H]) for s in state),
-             helper.make_tensor_value_info("y_t", f32, ["B", H])])
+            body,
+            f"{p}step",
+            [
+                *(helper.make_tensor_value_info(s, f32, ["B", H]) for s in state),
+                helper.make_tensor_value_info("xw_t", f32, ["B", gates * H]),
+            ],
+            [
+                *(helper.make_tensor_value_info(s + "_out", f32, ["B", H]) for s in state),
+                helper.make_tensor_value_info("y_t", f32, ["B", H]),
+            ],
+        )
         zero = self.const(p + "axis0", np.array([0], np.int64))
         one = self.const(p + "axis1", np.array([1], np.int64))
         inits = [h0_name] + ([c0_name] if op == "LSTM" else [])
         finals = [p + s + "T" for s in state]
         nodes += [helper.make_node("Squeeze", [n, zero], [p + s + "0"]) for n, s in zip(inits, state)]
-        nodes.append(helper.make_node("Scan", [p + s + "0" for s in state] + [p + "xw"], finals + [p + "ys"],
-                                      body=graph, num_scan_inputs=1))
+        nodes.append(
+            helper.make_node(
+                "Scan", [p + s + "0" for s in state] + [p + "xw"], finals + [p + "ys"], body=graph, num_scan_inputs=1
+            )
+        )
         outs = (list(node.output) + ["", "", ""])[: 1 + len(state)]
         if outs[0]:
             nodes.append(helper.make_node("Unsqueeze", [p + "ys", one], [outs[0]]))  # [T, 1, B, H] as the op's Y
@@ -339,7 +372,11 @@ def _inputs_with_subgraphs(node) -> list[str]:
     for a in node.attribute:
         graphs = [a.g] if a.type == a.GRAPH else list(a.graphs) if a.type == a.GRAPHS else []
         for sub in graphs:
-            local = {i.name for i in sub.input} | {t.name for t in sub.initializer} | {o for n in sub.node for o in n.output}
+            local = (
+                {i.name for i in sub.input}
+                | {t.name for t in sub.initializer}
+                | {o for n in sub.node for o in n.output}
+            )
             names += [i for n in sub.node for i in _inputs_with_subgraphs(n) if i and i not in local]
     return names
 

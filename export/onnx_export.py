@@ -63,8 +63,15 @@ def metadata_for(model: nn.Module, spec: dict, source_run: str | None) -> dict:
         "horizon": int(c.horizon) if kind == "forecaster" else None,
         "freq": spec.get("freq") if kind == "forecaster" else None,
         "arch": getattr(c, "arch", "rnn") if kind == "forecaster" else None,
-        "quantiles": ({"output": contract.QUANTILES_OUTPUT, "levels": [float(v) for v in c.quantiles],
-                       "calibration": spec.get("intervals")} if intervals.has_intervals(model) else None),
+        "quantiles": (
+            {
+                "output": contract.QUANTILES_OUTPUT,
+                "levels": [float(v) for v in c.quantiles],
+                "calibration": spec.get("intervals"),
+            }
+            if intervals.has_intervals(model)
+            else None
+        ),
         "precision": "fp32",  # the int8 variant says "int8" (rnnops.export.int8)
         "source_run": source_run,
         "version": rnnops.__version__,
@@ -73,8 +80,15 @@ def metadata_for(model: nn.Module, spec: dict, source_run: str | None) -> dict:
     return meta
 
 
-def export_onnx(model: nn.Module, spec: dict, path: str | Path, *, opset: int = DEFAULT_OPSET,
-                exporter: str = "legacy", source_run: str | None = None) -> Path:
+def export_onnx(
+    model: nn.Module,
+    spec: dict,
+    path: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "legacy",
+    source_run: str | None = None,
+) -> Path:
     """Export ``model`` (CharModel or Forecaster) to ``path`` per the ONNX contract; returns the path."""
     import onnx
 
@@ -94,20 +108,26 @@ def export_onnx(model: nn.Module, spec: dict, path: str | Path, *, opset: int = 
             elif wrappers.is_segrnn(model):
                 raise RnnopsError("the dynamo exporter does not take --arch segrnn yet: use --exporter legacy")
             elif wrappers.is_modern(model):
-                raise RnnopsError(f"the dynamo exporter cannot export {model.config.cell} yet (its recurrence is a "
-                                  "scripted loop, which torch.export unrolls): use --exporter legacy")
+                raise RnnopsError(
+                    f"the dynamo exporter cannot export {model.config.cell} yet (its recurrence is a "
+                    "scripted loop, which torch.export unrolls): use --exporter legacy"
+                )
             else:
                 _export_dynamo(step, cells.get(model.config.cell).onnx_op, args, path, opset, names_in, names_out)
     except RnnopsError:
         raise
     except Exception as exc:  # exporters raise many types; the first line says what went wrong
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RnnopsError(f"the {exporter} ONNX exporter failed at opset {opset} for a {model.kind} "
-                          f"{model.config.cell} model: {first[:300]}") from exc
+        raise RnnopsError(
+            f"the {exporter} ONNX exporter failed at opset {opset} for a {model.kind} "
+            f"{model.config.cell} model: {first[:300]}"
+        ) from exc
     proto = onnx.load(str(path))
     _name_dims(proto, model)
     set_metadata(proto, metadata_for(model, spec, source_run))
-    proto.doc_string = f"rnnops {rnnops.__version__} {model.kind} model ({model.config.cell}), exported with the {exporter} exporter"
+    proto.doc_string = (
+        f"rnnops {rnnops.__version__} {model.kind} model ({model.config.cell}), exported with the {exporter} exporter"
+    )
     onnx.checker.check_model(proto, full_check=True)
     onnx.save_model(proto, str(path), save_as_external_data=False)
     return path
@@ -119,8 +139,10 @@ def check_exporter(exporter: str, opset: int) -> None:
         raise RnnopsError(f"unknown exporter {exporter!r}: use one of {', '.join(EXPORTERS)}")
     if opset not in OPSETS[exporter]:
         r = OPSETS[exporter]
-        raise RnnopsError(f"the {exporter} exporter cannot write opset {opset} (it supports {r.start}-{r.stop - 1}); "
-                          f"use --opset {DEFAULT_OPSET}" + ("" if exporter == "dynamo" else " or --exporter dynamo for newer opsets"))
+        raise RnnopsError(
+            f"the {exporter} exporter cannot write opset {opset} (it supports {r.start}-{r.stop - 1}); "
+            f"use --opset {DEFAULT_OPSET}" + ("" if exporter == "dynamo" else " or --exporter dynamo for newer opsets")
+        )
 
 
 def set_metadata(proto, meta: dict) -> None:
@@ -130,8 +152,6 @@ def set_metadata(proto, meta: dict) -> None:
     for key, value in keep + sorted(contract.encode_metadata(meta).items()):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-
-
 
 
 # ----------------------------------------------------------------------------- exporters
@@ -149,8 +169,17 @@ def _dynamic_axes(model: nn.Module) -> dict:
 
 
 def _export_legacy(step, args, path, opset, names_in, names_out, axes) -> None:
-    torch.onnx.export(step, args, str(path), dynamo=False, opset_version=opset, input_names=names_in,
-                      output_names=names_out, dynamic_axes=axes, do_constant_folding=True)
+    torch.onnx.export(
+        step,
+        args,
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=names_in,
+        output_names=names_out,
+        dynamic_axes=axes,
+        do_constant_folding=True,
+    )
 
 
 def _export_dynamo(step, onnx_op, args, path, opset, names_in, names_out) -> None:
@@ -161,9 +190,17 @@ def _export_dynamo(step, onnx_op, args, path, opset, names_in, names_out) -> Non
     for name in names_in[1:]:
         shapes[name] = {1: batch}
     program = torch.onnx.export(
-        dynamo_ops.with_custom_ops(step, onnx_op), args, None, dynamo=True, opset_version=opset,
-        input_names=names_in, output_names=names_out, dynamic_shapes=shapes,
-        custom_translation_table=dynamo_ops.TRANSLATIONS, verbose=False, optimize=True,
+        dynamo_ops.with_custom_ops(step, onnx_op),
+        args,
+        None,
+        dynamo=True,
+        opset_version=opset,
+        input_names=names_in,
+        output_names=names_out,
+        dynamic_shapes=shapes,
+        custom_translation_table=dynamo_ops.TRANSLATIONS,
+        verbose=False,
+        optimize=True,
     )
     program.save(str(path), external_data=False)
 

@@ -65,8 +65,12 @@ def _level(name: str):
     import onnxruntime as ort
 
     G = ort.GraphOptimizationLevel
-    return {"disable": G.ORT_DISABLE_ALL, "basic": G.ORT_ENABLE_BASIC, "extended": G.ORT_ENABLE_EXTENDED,
-            "all": G.ORT_ENABLE_ALL}[name]
+    return {
+        "disable": G.ORT_DISABLE_ALL,
+        "basic": G.ORT_ENABLE_BASIC,
+        "extended": G.ORT_ENABLE_EXTENDED,
+        "all": G.ORT_ENABLE_ALL,
+    }[name]
 
 
 def _copy_metadata(src: str | Path, dst: str | Path) -> None:

@@ -28,8 +28,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -109,8 +109,15 @@ def onnxruntime_backend(sess) -> Backend:
 # ----------------------------------------------------------------------------- the gate
 
 
-def run_gate(model: nn.Module, backends: dict[str, Backend], tol: Tolerance | None = None,
-             batches=BATCHES, times=TIMES, seed: int = 0, long_time: int | None = LONG_TIME) -> dict:
+def run_gate(
+    model: nn.Module,
+    backends: dict[str, Backend],
+    tol: Tolerance | None = None,
+    batches=BATCHES,
+    times=TIMES,
+    seed: int = 0,
+    long_time: int | None = LONG_TIME,
+) -> dict:
     """Compare every backend with eager on the case grid; returns the report (see module doc).
 
     ``long_time``: the long-sequence cases of the modern cells (None or 0: skipped).
@@ -150,8 +157,13 @@ def _run(model, backends, tol, batches, times, seed, long_time) -> dict:
                     got = _stepwise(backend, feeds, model.kind)
                     cases.append(_compare(name, "stepwise", batch, t, init, outs, ref, got, tol))
     else:
-        skipped.append({"mode": "stepwise", "reason": "windowed forecaster (rnnops.stateful=false): it normalises "
-                        "each window by that window's statistics, so stepping with carried state is not its contract"})
+        skipped.append(
+            {
+                "mode": "stepwise",
+                "reason": "windowed forecaster (rnnops.stateful=false): it normalises "
+                "each window by that window's statistics, so stepping with carried state is not its contract",
+            }
+        )
     if stateful and wrappers.is_modern(model) and long_time:
         for init in INITS:
             feeds = wrappers.make_inputs(model, LONG_BATCH, long_time, rng, init == "random")
@@ -160,7 +172,9 @@ def _run(model, backends, tol, batches, times, seed, long_time) -> dict:
                 cases.append(_compare(name, "whole", LONG_BATCH, long_time, init, outs, ref, backend(feeds), tol))
             for name, backend in {"eager": eager, **backends}.items():
                 got = _stepwise(backend, feeds, model.kind, LONG_CHUNK)
-                cases.append(_compare(name, f"chunks of {LONG_CHUNK}", LONG_BATCH, long_time, init, outs, ref, got, tol))
+                cases.append(
+                    _compare(name, f"chunks of {LONG_CHUNK}", LONG_BATCH, long_time, init, outs, ref, got, tol)
+                )
     return _summarise(cases, skipped, tol, list(backends), model)
 
 
@@ -183,7 +197,9 @@ def check(report: dict) -> None:
     raise ParityGateFailed(
         f"parity gate failed: {report['failures']} of {len(report['cases'])} cases out of tolerance; worst: "
         f"{w['case']}, output {w['output']!r} max abs diff {w['max_abs_diff']:.3g} "
-        f"(atol {report['tolerance']['atol']:g}); nothing was logged as passed or registered", report)
+        f"(atol {report['tolerance']['atol']:g}); nothing was logged as passed or registered",
+        report,
+    )
 
 
 def _stepwise(backend: Backend, feeds: dict[str, np.ndarray], kind: str, chunk: int = 1) -> list[np.ndarray]:
@@ -214,8 +230,17 @@ def _compare_one(backend, mode, batch, time, init, outs, ref, got, tol: Toleranc
         diffs[name] = float(d.max()) if finite else math.inf
         ratios[name] = float((d / np.maximum(bound, 1e-30)).max()) if finite else math.inf
         ok = ok and passed
-    return {"case": f"{backend} {mode} batch={batch} time={time} state={init}", "backend": backend, "mode": mode,
-            "batch": batch, "time": time, "init": init, "passed": ok, "max_abs_diff": diffs, "_ratio": ratios}
+    return {
+        "case": f"{backend} {mode} batch={batch} time={time} state={init}",
+        "backend": backend,
+        "mode": mode,
+        "batch": batch,
+        "time": time,
+        "init": init,
+        "passed": ok,
+        "max_abs_diff": diffs,
+        "_ratio": ratios,
+    }
 
 
 def _summarise(cases, skipped, tol: Tolerance, backends, model) -> dict:
@@ -236,12 +261,21 @@ def _summarise(cases, skipped, tol: Tolerance, backends, model) -> dict:
         "kind": model.kind,
         "cell": model.config.cell,
         "stateful": not wrappers.is_windowed(model),
-        "tolerance": {**asdict(tol), "rule": "|backend - eager| <= atol + rtol * |eager| element-wise; "
-                      "rtol applies to the forecaster's raw-unit 'forecast' output and mLSTM's memory (C, n) only"},
+        "tolerance": {
+            **asdict(tol),
+            "rule": "|backend - eager| <= atol + rtol * |eager| element-wise; "
+            "rtol applies to the forecaster's raw-unit 'forecast' output and mLSTM's memory (C, n) only",
+        },
         "max_abs_diff": max(by_output.values(), default=0.0),
         "max_abs_diff_by_output": by_output,
-        "worst_case": {"case": worst_case["case"], "output": worst_out, "passed": worst_case["passed"],
-                       "max_abs_diff": worst_case["max_abs_diff"][worst_out]} if worst_case else None,
+        "worst_case": {
+            "case": worst_case["case"],
+            "output": worst_out,
+            "passed": worst_case["passed"],
+            "max_abs_diff": worst_case["max_abs_diff"][worst_out],
+        }
+        if worst_case
+        else None,
         "skipped": skipped,
         "cases": cases,
     }
@@ -294,11 +328,21 @@ def run_int8_gate(model: nn.Module, fp32: Backend, int8: Backend, seed: int = 0)
         full = int8(feeds)
         for rows in INT8_COMPOSITIONS:
             idx = np.asarray(rows)
-            sub = {contract.INPUT: feeds[contract.INPUT][idx],
-                   **{s.input: np.take(feeds[s.input], idx, axis=s.batch_axis) for s in spec}}
+            sub = {
+                contract.INPUT: feeds[contract.INPUT][idx],
+                **{s.input: np.take(feeds[s.input], idx, axis=s.batch_axis) for s in spec},
+            }
             ref = [np.take(o, idx, axis=a) for o, a in zip(full, axes)]
-            compare("batch_invariance", f"rows {list(rows)} of 8", len(rows), t + offset, "random", ref, int8(sub),
-                    INT8_INVARIANCE)
+            compare(
+                "batch_invariance",
+                f"rows {list(rows)} of 8",
+                len(rows),
+                t + offset,
+                "random",
+                ref,
+                int8(sub),
+                INT8_INVARIANCE,
+            )
     if not windowed:
         for batch in (2, 8):
             feeds = _int8_inputs(model, batch, max(TIMES), rng, True)
@@ -311,19 +355,24 @@ def run_int8_gate(model: nn.Module, fp32: Backend, int8: Backend, seed: int = 0)
         for c in cases:
             c.pop("_ratio", None)
         worst = max(cases, key=lambda c: max(c["max_abs_diff"].values()), default=None)
-        summary[name] = {"passed": all(c["passed"] for c in cases), "cases": len(cases),
-                         "max_abs_diff": max((max(c["max_abs_diff"].values()) for c in cases), default=0.0),
-                         "max_abs_diff_by_output": {o: max(c["max_abs_diff"][o] for c in cases) for o in outs} if cases else {},
-                         "worst_case": worst["case"] if worst else None}
+        summary[name] = {
+            "passed": all(c["passed"] for c in cases),
+            "cases": len(cases),
+            "max_abs_diff": max((max(c["max_abs_diff"].values()) for c in cases), default=0.0),
+            "max_abs_diff_by_output": {o: max(c["max_abs_diff"][o] for c in cases) for o in outs} if cases else {},
+            "worst_case": worst["case"] if worst else None,
+        }
     skipped = [] if not windowed else [{"check": "chunked", "reason": "windowed forecaster (rnnops.stateful=false)"}]
     failed = [n for n, s in summary.items() if not s["passed"]]
     return {
         "passed": not failed,
         "failed": failed,
         "reference": "the fp32 ONNX file in onnxruntime (which passed the parity gate against eager)",
-        "tolerance": {"batch_invariance": "bitwise (0.0)",
-                      "chunked": asdict(INT8_CHUNKED) | {"chunks": [1, INT8_CHUNK]},
-                      "fp32": asdict(INT8_CLOSE) | {"rule": "|int8 - fp32| <= atol + rtol * |fp32| on every output"}},
+        "tolerance": {
+            "batch_invariance": "bitwise (0.0)",
+            "chunked": asdict(INT8_CHUNKED) | {"chunks": [1, INT8_CHUNK]},
+            "fp32": asdict(INT8_CLOSE) | {"rule": "|int8 - fp32| <= atol + rtol * |fp32| on every output"},
+        },
         "checks": summary,
         "skipped": skipped,
         "cases": [c for cases in checks.values() for c in cases],

@@ -141,9 +141,11 @@ def _complete_or_nothing(export):
                         shutil.rmtree(path, ignore_errors=True)
                     else:
                         path.unlink(missing_ok=True)
-            raise RnnopsError(f"no space left on device while exporting ({why}); the export is not complete: its files "
-                              f"were removed from {folder} and nothing was logged as exported. Free some space, or "
-                              "export elsewhere with --out DIR") from None
+            raise RnnopsError(
+                f"no space left on device while exporting ({why}); the export is not complete: its files "
+                f"were removed from {folder} and nothing was logged as exported. Free some space, or "
+                "export elsewhere with --out DIR"
+            ) from None
         finally:
             _started.folder = None
 
@@ -175,9 +177,17 @@ def _no_space(exc: BaseException, folder: Path | None) -> str | None:
 
 
 @_complete_or_nothing
-def export_run(ref: str, formats=FORMATS, opset: int | None = None, quantize: bool = True,
-               out_dir: str | Path | None = None, exporter: str = "legacy", tolerance=None,
-               log: bool = True, progress: bool = True) -> ExportResult:
+def export_run(
+    ref: str,
+    formats=FORMATS,
+    opset: int | None = None,
+    quantize: bool = True,
+    out_dir: str | Path | None = None,
+    exporter: str = "legacy",
+    tolerance=None,
+    log: bool = True,
+    progress: bool = True,
+) -> ExportResult:
     """Export the model of ``ref`` (run id, ``runs:/``, ``models:/`` URI or folder); see the module doc.
 
     ``tolerance``: a :class:`rnnops.export.parity.Tolerance` (default atol 1e-4).
@@ -195,7 +205,8 @@ def export_run(ref: str, formats=FORMATS, opset: int | None = None, quantize: bo
         model, spec, run_id = loaded.model.eval(), loaded.spec, loaded.run_id
         cell = model.config.cell
         note["done"] = f"{model.kind} {cell}, {model.config.num_layers}x{model.config.hidden_size}" + (
-            f", run {run_id}" if run_id else "")
+            f", run {run_id}" if run_id else ""
+        )
     log = log and run_id is not None and not Path(ref).is_dir()  # a local folder is not linked to a run here
     folder = Path(out_dir) if out_dir else settings.cache_dir() / "exports" / (run_id or _digest(str(ref)))
     folder.mkdir(parents=True, exist_ok=True)
@@ -213,8 +224,9 @@ def export_run(ref: str, formats=FORMATS, opset: int | None = None, quantize: bo
                 backends["torchscript"] = parity.torchscript_backend(load_torchscript(result.torchscript_path))
         if "onnx" in formats:
             with p.stage("onnx", f"ONNX ({exporter} exporter, opset {opset})") as note:
-                result.onnx_path = onnx_export.export_onnx(model, spec, folder / ONNX_FILE, opset=opset,
-                                                           exporter=exporter, source_run=run_id)
+                result.onnx_path = onnx_export.export_onnx(
+                    model, spec, folder / ONNX_FILE, opset=opset, exporter=exporter, source_run=run_id
+                )
                 # a forecaster's window of validation data for the playground, in the file itself
                 note["done"] = sample.write(model, recipe_of_run, result.onnx_path, folder)
                 backends["onnxruntime"] = parity.onnxruntime_backend(ort_tools.session(result.onnx_path))
@@ -227,8 +239,10 @@ def export_run(ref: str, formats=FORMATS, opset: int | None = None, quantize: bo
             result.parity = report
             (folder / PARITY_FILE).write_text(json.dumps(report, indent=1))
             w = report["worst_case"]
-            note["done"] = (f"{'passed' if report['passed'] else 'FAILED'}, {len(report['cases'])} cases, "
-                            f"max abs diff {report['max_abs_diff']:.2g} (worst: {w['case']}, {w['output']})")
+            note["done"] = (
+                f"{'passed' if report['passed'] else 'FAILED'}, {len(report['cases'])} cases, "
+                f"max abs diff {report['max_abs_diff']:.2g} (worst: {w['case']}, {w['output']})"
+            )
         if not report["passed"]:
             if log:
                 _log_failed_gate(run_id, folder / PARITY_FILE, report, tags="onnx" in formats)
@@ -266,48 +280,69 @@ def _int8(model, recipe_of_run, result: ExportResult, quantize: bool, p: Progres
     A failure drops the int8 file, never the export: ``quantization.json`` says why."""
     cell = cells.get(model.config.cell)
     if cell.family == "modern":
-        return {"made": False, "keep": False, "reason": f"{model.config.cell} stays fp32: its recurrence is "
-                "element-wise (no recurrent weight matrix to quantise), and the products that do the work read "
-                "normalised activations with no fixed bound, so fixed scales would need calibrating; a per-call "
-                "scale would break batch invariance"}
+        return {
+            "made": False,
+            "keep": False,
+            "reason": f"{model.config.cell} stays fp32: its recurrence is "
+            "element-wise (no recurrent weight matrix to quantise), and the products that do the work read "
+            "normalised activations with no fixed bound, so fixed scales would need calibrating; a per-call "
+            "scale would break batch invariance",
+        }
     if not cell.int8:
         return {"made": False, "keep": False, "reason": f"{model.config.cell} stays fp32: no int8 form for it"}
     if not quantize:
         return {"made": False, "keep": False, "reason": "skipped (--skip-quantize)"}
     if model.config.hidden_size < int8.MIN_HIDDEN:
-        return {"made": False, "keep": False, "reason": f"{model.config.hidden_size} hidden units: stays fp32 (int8 "
-                f"pays from {int8.MIN_HIDDEN}: below, the int8 form's per-step cost outweighs its cheaper products; "
-                "rnnops.export.int8.MIN_HIDDEN)"}
+        return {
+            "made": False,
+            "keep": False,
+            "reason": f"{model.config.hidden_size} hidden units: stays fp32 (int8 "
+            f"pays from {int8.MIN_HIDDEN}: below, the int8 form's per-step cost outweighs its cheaper products; "
+            "rnnops.export.int8.MIN_HIDDEN)",
+        }
     with p.stage("int8", "int8 (fixed scales): its gate + validation quality through onnxruntime") as note:
         try:
             path = int8.quantize_file(result.onnx_path, result.folder / INT8_FILE)
         except ValueError as exc:  # a graph the rewrite does not know (see rnnops.export.int8)
             note["done"] = f"not made: {exc}"
             return {"made": False, "keep": False, "reason": f"{model.config.cell} stays fp32: {exc}"}
-        gate = parity.run_int8_gate(model, parity.onnxruntime_backend(ort_tools.session(result.onnx_path)),
-                                    parity.onnxruntime_backend(ort_tools.session(path, threads=2)))
+        gate = parity.run_int8_gate(
+            model,
+            parity.onnxruntime_backend(ort_tools.session(result.onnx_path)),
+            parity.onnxruntime_backend(ort_tools.session(path, threads=2)),
+        )
         data, why = None, None
         try:
             data = quality.load_eval_data(model, *recipe_of_run())
         except RnnopsError as exc:
             why = str(exc)
-        q = {"made": True, "form": "fixed scales: h quantised at 1/127, int8 weights (7-bit range) per column "
-                                   "(rnnops.export.int8)", **quality.compare_int8(model, result.onnx_path, path, data, why)}
+        q = {
+            "made": True,
+            "form": "fixed scales: h quantised at 1/127, int8 weights (7-bit range) per column (rnnops.export.int8)",
+            **quality.compare_int8(model, result.onnx_path, path, data, why),
+        }
         q["gate"] = {k: v for k, v in gate.items() if k != "cases"}
         q["gate_cases"] = gate["cases"]
         if not gate["passed"]:
             checks = gate["checks"]
-            q.update(keep=False, reason="int8 gate failed: " + "; ".join(
-                f"{name} max abs diff {checks[name]['max_abs_diff']:.3g} ({checks[name]['worst_case']})"
-                for name in gate["failed"]))
+            q.update(
+                keep=False,
+                reason="int8 gate failed: "
+                + "; ".join(
+                    f"{name} max abs diff {checks[name]['max_abs_diff']:.3g} ({checks[name]['worst_case']})"
+                    for name in gate["failed"]
+                ),
+            )
         if q["keep"]:
             result.int8_path = path
         speed = q["latency_ms"]["batch64"]["speedup"]
         gate_line = "gate passed" if gate["passed"] else f"gate FAILED ({', '.join(gate['failed'])})"
         if "delta" in q:
             delta = f"{q['delta']:+.2%}" if q["bound"]["mode"] == "rel" else f"{q['delta']:+.4f}"
-            note["done"] = (f"{gate_line}; {q['metric']} fp32 {q['fp32']:.4f} -> int8 {q['int8']:.4f} (delta {delta}), "
-                            f"{speed:.2f}x at batch 64: " + ("kept" if q["keep"] else f"dropped ({q['reason']})"))
+            note["done"] = (
+                f"{gate_line}; {q['metric']} fp32 {q['fp32']:.4f} -> int8 {q['int8']:.4f} (delta {delta}), "
+                f"{speed:.2f}x at batch 64: " + ("kept" if q["keep"] else f"dropped ({q['reason']})")
+            )
         else:
             note["done"] = f"{gate_line}; dropped: {q['reason']}"
     return q
@@ -364,8 +399,12 @@ def _log(result: ExportResult, model) -> None:
             client.log_artifact(run_id, str(result.folder / name), reports)
             result.artifacts[name] = f"runs:/{run_id}/{reports}/{name}"
     if result.onnx_uri:
-        tags = {contract.TAG_ONNX_URI: result.onnx_uri, contract.TAG_ONNX_SHA256: result.sha256,
-                contract.TAG_PARITY_PASSED: "true", contract.TAG_PARITY_MAX_DIFF: repr(float(result.parity["max_abs_diff"]))}
+        tags = {
+            contract.TAG_ONNX_URI: result.onnx_uri,
+            contract.TAG_ONNX_SHA256: result.sha256,
+            contract.TAG_PARITY_PASSED: "true",
+            contract.TAG_PARITY_MAX_DIFF: repr(float(result.parity["max_abs_diff"])),
+        }
         if result.int8_sha256:
             tags[contract.TAG_INT8_SHA256] = result.int8_sha256
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
@@ -378,31 +417,48 @@ def _log_onnx(result: ExportResult, model, run) -> tuple[str, str, str | None]:
     import onnx
 
     signature, example = _signature(model)
-    logged = mlflow.initialize_logged_model(name="onnx", source_run_id=run.info.run_id,
-                                            experiment_id=run.info.experiment_id, model_type="onnx",
-                                            tags={"rnnops.kind": model.kind, "rnnops.cell": model.config.cell})
+    logged = mlflow.initialize_logged_model(
+        name="onnx",
+        source_run_id=run.info.run_id,
+        experiment_id=run.info.experiment_id,
+        model_type="onnx",
+        tags={"rnnops.kind": model.kind, "rnnops.cell": model.config.cell},
+    )
     try:
         info = mlflow.onnx.log_model(
-            onnx.load(str(result.onnx_path)), name="onnx", model_id=logged.model_id, run_id=run.info.run_id,
-            signature=signature, input_example=example, save_as_external_data=False,
+            onnx.load(str(result.onnx_path)),
+            name="onnx",
+            model_id=logged.model_id,
+            run_id=run.info.run_id,
+            signature=signature,
+            input_example=example,
+            save_as_external_data=False,
             onnx_execution_providers=["CPUExecutionProvider"],
             pip_requirements=[f"onnxruntime>={_version('onnxruntime')}", f"onnx>={_version('onnx')}"],
         )
         # mlflow.onnx re-serialises the graph: hash the file exactly as stored, and keep that copy.
         location = mlflow.get_logged_model(logged.model_id).artifact_location
-        stored = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/{ONNX_FILE}",
-                                                          dst_path=str(result.folder / ".stored")))
+        stored = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{location.rstrip('/')}/{ONNX_FILE}", dst_path=str(result.folder / ".stored")
+            )
+        )
         if stored.read_bytes() != result.onnx_path.read_bytes():
             shutil.copyfile(stored, result.onnx_path)
         int8_sha = None
         if result.int8_path:
             mlflow.MlflowClient().log_model_artifact(logged.model_id, str(result.int8_path))
-            stored = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/{INT8_FILE}",
-                                                              dst_path=str(result.folder / ".stored")))
+            stored = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{location.rstrip('/')}/{INT8_FILE}", dst_path=str(result.folder / ".stored")
+                )
+            )
             int8_sha = sha256_file(stored)
             if int8_sha != sha256_file(result.int8_path):
-                raise RnnopsError(f"the logged {INT8_FILE} does not hash like the local one: the artifact store "
-                                  "changed it; export again")
+                raise RnnopsError(
+                    f"the logged {INT8_FILE} does not hash like the local one: the artifact store "
+                    "changed it; export again"
+                )
     except BaseException:  # e.g. a full disk: the logged model says FAILED, not READY
         with suppress(Exception):
             mlflow.MlflowClient().finalize_logged_model(logged.model_id, "FAILED")
@@ -422,14 +478,26 @@ def _signature(model):
     if model.kind == "char":
         x, main = TensorSpec(np.dtype(np.int64), (-1, -1), contract.INPUT), (-1, -1, c.vocab_size)
     else:
-        x, main = TensorSpec(np.dtype(np.float32), (-1, -1, c.n_features), contract.INPUT), (-1, c.horizon, len(c.target_indices))
+        x, main = (
+            TensorSpec(np.dtype(np.float32), (-1, -1, c.n_features), contract.INPUT),
+            (-1, c.horizon, len(c.target_indices)),
+        )
     f32 = np.dtype(np.float32)
     spec = wrappers.state_spec(model)
     shape = lambda t: tuple(-1 if d == contract.BATCH_DIM else int(d) for d in t.shape)  # noqa: E731
     inputs = Schema([x, *(TensorSpec(f32, shape(t), t.input) for t in spec)])
-    bands = [TensorSpec(f32, (*main, len(c.quantiles)), contract.QUANTILES_OUTPUT)] if wrappers.intervals.has_intervals(model) else []
-    outputs = Schema([TensorSpec(f32, main, wrappers.output_names(model)[0]),
-                      *(TensorSpec(f32, shape(t), t.output) for t in spec), *bands])
+    bands = (
+        [TensorSpec(f32, (*main, len(c.quantiles)), contract.QUANTILES_OUTPUT)]
+        if wrappers.intervals.has_intervals(model)
+        else []
+    )
+    outputs = Schema(
+        [
+            TensorSpec(f32, main, wrappers.output_names(model)[0]),
+            *(TensorSpec(f32, shape(t), t.output) for t in spec),
+            *bands,
+        ]
+    )
     t = wrappers.min_time(model) if wrappers.is_windowed(model) else 8
     example = wrappers.make_inputs(model, 2, t, np.random.default_rng(0), random_state=False)
     return ModelSignature(inputs=inputs, outputs=outputs), example
@@ -448,14 +516,24 @@ def _log_failed_gate(run_id: str, report_path: Path, report: dict, tags: bool) -
     if not tags:
         return
     _clear_export_tags(client, run_id)
-    client.log_batch(run_id, tags=[RunTag(contract.TAG_PARITY_PASSED, "false"),
-                                   RunTag(contract.TAG_PARITY_MAX_DIFF, repr(float(report["max_abs_diff"])))])
+    client.log_batch(
+        run_id,
+        tags=[
+            RunTag(contract.TAG_PARITY_PASSED, "false"),
+            RunTag(contract.TAG_PARITY_MAX_DIFF, repr(float(report["max_abs_diff"]))),
+        ],
+    )
 
 
 def _clear_export_tags(client, run_id: str) -> None:
     tags = client.get_run(run_id).data.tags
-    for key in (contract.TAG_ONNX_URI, contract.TAG_ONNX_SHA256, contract.TAG_PARITY_PASSED, contract.TAG_PARITY_MAX_DIFF,
-                contract.TAG_INT8_SHA256):
+    for key in (
+        contract.TAG_ONNX_URI,
+        contract.TAG_ONNX_SHA256,
+        contract.TAG_PARITY_PASSED,
+        contract.TAG_PARITY_MAX_DIFF,
+        contract.TAG_INT8_SHA256,
+    ):
         if key in tags:
             client.delete_tag(run_id, key)
 
@@ -469,7 +547,9 @@ def _check_formats(formats) -> tuple[str, ...]:
     formats = tuple(dict.fromkeys(f.strip().lower() for f in formats if f.strip()))
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise RnnopsError(f"unknown export format(s) {', '.join(bad) or '(none)'}: use one or more of {', '.join(FORMATS)}")
+        raise RnnopsError(
+            f"unknown export format(s) {', '.join(bad) or '(none)'}: use one or more of {', '.join(FORMATS)}"
+        )
     return formats
 
 

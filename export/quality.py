@@ -74,21 +74,33 @@ def val_metric(sess, data: EvalData, model, chunk: int = 64) -> float:
 def compare_int8(model, fp32_path, int8_path, data: EvalData | None, skip_reason: str | None = None) -> dict:
     """Quality delta and speed-up of the int8 file against the fp32 ONNX; ``keep`` says which wins."""
     metric, mode, bound = BOUNDS[model.kind]
-    report = {"metric": metric, "bound": {"mode": mode, "value": bound,
-                                          "rule": f"int8 {metric} - fp32 {metric} <= {bound}" if mode == "abs"
-                                          else f"int8 {metric} / fp32 {metric} - 1 <= {bound:.0%}"},
-              "speed_shape": "one T=1 step" if model.kind == "char" else "one window"}
+    report = {
+        "metric": metric,
+        "bound": {
+            "mode": mode,
+            "value": bound,
+            "rule": f"int8 {metric} - fp32 {metric} <= {bound}"
+            if mode == "abs"
+            else f"int8 {metric} / fp32 {metric} - 1 <= {bound:.0%}",
+        },
+        "speed_shape": "one T=1 step" if model.kind == "char" else "one window",
+    }
     fp32 = ort_tools.session(fp32_path, threads=2)
     int8 = ort_tools.session(int8_path, threads=2)
-    report["latency_ms"] = speed = _speed(model, fp32_path, int8_path)
+    report["latency_ms"] = _speed(model, fp32_path, int8_path)
     if data is None:
         report.update(keep=False, reason=f"quality not measured ({skip_reason}); int8 not kept unverified")
     else:
         q32, q8 = val_metric(fp32, data, model), val_metric(int8, data, model)
         delta = q8 - q32 if mode == "abs" else q8 / q32 - 1.0
         ok = bool(delta <= bound)
-        report.update(fp32=q32, int8=q8, delta=delta, keep=ok,
-                      reason="within bound" if ok else f"quality delta {delta:.4g} exceeds the bound {bound:g}")
+        report.update(
+            fp32=q32,
+            int8=q8,
+            delta=delta,
+            keep=ok,
+            reason="within bound" if ok else f"quality delta {delta:.4g} exceeds the bound {bound:g}",
+        )
     return report
 
 
@@ -101,8 +113,9 @@ def _speed(model, fp32_path, int8_path, rounds: int = 3) -> dict:
     s32, s8 = ort_tools.session(fp32_path, threads=1), ort_tools.session(int8_path, threads=1)
     for batch in (1, 64):
         feeds = wrappers.make_inputs(model, batch, t, rng, random_state=True)
-        times = [(ort_tools.step_latency(s32, feeds, 0.1), ort_tools.step_latency(s8, feeds, 0.1)) for _ in range(rounds)]
+        times = [
+            (ort_tools.step_latency(s32, feeds, 0.1), ort_tools.step_latency(s8, feeds, 0.1)) for _ in range(rounds)
+        ]
         a, b = statistics.median(x for x, _ in times), statistics.median(y for _, y in times)
         out[f"batch{batch}"] = {"fp32": a * 1e3, "int8": b * 1e3, "speedup": a / b}
     return out
-

@@ -37,15 +37,24 @@ def validation_sample(series, lookback: int, horizon: int, source: str | None = 
     sample dict, or None when it would exceed :data:`MAX_VALUES` values."""
     starts = series.window_starts("val", lookback, horizon)
     start = int(starts[len(starts) // 2])
-    rows = series.values[start:start + lookback + horizon]
+    rows = series.values[start : start + lookback + horizon]
     if rows.size > MAX_VALUES:
         return None
     stamps = None
     if series.dates is not None:
-        stamps = [str(t) for t in np.datetime_as_string(series.dates[start:start + lookback + horizon], unit="s")]
-    return {"split": "val", "source": source or series.name, "start_row": start, "features": list(series.feature_names),
-            "targets": list(series.target_names), "lookback": int(lookback), "horizon": int(horizon),
-            "context_rows": int(lookback), "timestamps": stamps, "rows": _round(rows)}
+        stamps = [str(t) for t in np.datetime_as_string(series.dates[start : start + lookback + horizon], unit="s")]
+    return {
+        "split": "val",
+        "source": source or series.name,
+        "start_row": start,
+        "features": list(series.feature_names),
+        "targets": list(series.target_names),
+        "lookback": int(lookback),
+        "horizon": int(horizon),
+        "context_rows": int(lookback),
+        "timestamps": stamps,
+        "rows": _round(rows),
+    }
 
 
 def for_model(model, recipe, data=None) -> dict | None:

@@ -25,8 +25,6 @@ their state arity depends on the layer count.
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -34,6 +32,7 @@ from torch import Tensor, nn
 from rnnops import contract
 from rnnops.errors import RnnopsError
 from rnnops.training import cells, intervals
+
 
 class CharStep(nn.Module):
     """embedding -> GRU | RNN -> head; ``forward(x, h0) -> (logits, hn)``."""
@@ -44,7 +43,7 @@ class CharStep(nn.Module):
         self.rnn = model.rnn
         self.head = model.head
 
-    def forward(self, x: Tensor, h0: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
         out, hn = self.rnn(self.embed(x), h0)
         return self.head(out), hn
 
@@ -52,7 +51,7 @@ class CharStep(nn.Module):
 class CharStepLSTM(CharStep):
     """embedding -> LSTM -> head; ``forward(x, h0, c0) -> (logits, hn, cn)``."""
 
-    def forward(self, x: Tensor, h0: Tensor, c0: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         out, (hn, cn) = self.rnn(self.embed(x), (h0, c0))
         return self.head(out), hn, cn
 
@@ -78,7 +77,7 @@ class ForecastStep(nn.Module):
         # A placeholder keeps the attribute a module in both cases; use_skip prunes the call.
         self.skip = model.skip if model.skip is not None else nn.Identity()
 
-    def _normalise(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def _normalise(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.revin:
             x = x[:, -self.lookback :]
             mean = x.mean(dim=1, keepdim=True)
@@ -94,14 +93,14 @@ class ForecastStep(nn.Module):
             y = y + self.skip(zt.transpose(1, 2)).transpose(1, 2)
         return y * std.index_select(2, self.targets) + mean.index_select(2, self.targets)
 
-    def forward(self, x: Tensor, h0: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
         z, mean, std = self._normalise(x)
         out, hn = self.rnn(z, h0)
         return self._forecast(out, z, mean, std), hn
 
 
 class ForecastStepLSTM(ForecastStep):
-    def forward(self, x: Tensor, h0: Tensor, c0: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         z, mean, std = self._normalise(x)
         out, (hn, cn) = self.rnn(z, (h0, c0))
         return self._forecast(out, z, mean, std), hn, cn
@@ -149,8 +148,10 @@ def inference_module(model: nn.Module) -> nn.Module:
     task = {"char": "char", "forecaster": "forecast"}.get(kind)
     entry = cells.CELLS.get(cell)
     if task is None or entry is None or task not in entry.tasks:
-        raise RnnopsError(f"cannot export a {kind} model with cell {cell!r}: supported are char "
-                          f"{'/'.join(cells.names('char'))} and forecaster {'/'.join(cells.names('forecast'))}")
+        raise RnnopsError(
+            f"cannot export a {kind} model with cell {cell!r}: supported are char "
+            f"{'/'.join(cells.names('char'))} and forecaster {'/'.join(cells.names('forecast'))}"
+        )
     if intervals.has_intervals(model):  # + the quantiles output (export/bands.py)
         from rnnops.export.bands import bands_module
 
@@ -203,7 +204,9 @@ def min_time(model: nn.Module) -> int:
     return int(model.config.lookback) if is_windowed(model) else 1
 
 
-def make_inputs(model: nn.Module, batch: int, time: int, rng: np.random.Generator, random_state: bool) -> dict[str, np.ndarray]:
+def make_inputs(
+    model: nn.Module, batch: int, time: int, rng: np.random.Generator, random_state: bool
+) -> dict[str, np.ndarray]:
     """Realistic numpy inputs by contract name: token ids, or raw values around the training scale."""
     c = model.config
     if model.kind == "char":
@@ -215,7 +218,9 @@ def make_inputs(model: nn.Module, batch: int, time: int, rng: np.random.Generato
     feeds = {contract.INPUT: x}
     for t in state_spec(model):
         shape = t.shape_for(batch)
-        feeds[t.input] = (0.5 * rng.standard_normal(shape)).astype(np.float32) if random_state else np.zeros(shape, np.float32)
+        feeds[t.input] = (
+            (0.5 * rng.standard_normal(shape)).astype(np.float32) if random_state else np.zeros(shape, np.float32)
+        )
     return feeds
 
 

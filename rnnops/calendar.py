@@ -26,8 +26,12 @@ No torch; numpy only for the computation (pandas is used to read the frequency).
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pandas.tseries.offsets import BaseOffset
 
 # name -> (how it is computed from a timestamp, as documentation and metadata)
 FORMULAS: dict[str, str] = {
@@ -44,7 +48,7 @@ FORMULAS: dict[str, str] = {
 _DAILY = ("day_of_week", "day_of_month", "day_of_year")
 
 
-def offset_of(freq: str):
+def offset_of(freq: str) -> BaseOffset:
     """A frequency string as a pandas offset (``pd.offsets.BaseOffset``), or a ValueError that
     says what a frequency looks like."""
     import pandas as pd
@@ -57,7 +61,7 @@ def offset_of(freq: str):
         raise ValueError(f"frequency {freq!r} is not a pandas frequency (examples: h, 15min, D, W, MS)") from None
 
 
-def fixed_nanos(offset) -> int | None:
+def fixed_nanos(offset: BaseOffset) -> int | None:
     """The length of a fixed step (h, 15min, D) in nanoseconds; None for a calendar step (MS, B, W-MON)."""
     try:
         return int(offset.nanos)
@@ -86,11 +90,13 @@ def features_for(freq: str) -> tuple[str, ...]:
         return ("minute_of_hour", "hour_of_day") + _DAILY
     if isinstance(offset, (o.Second, o.Milli, o.Micro, o.Nano)):
         return ("second_of_minute", "minute_of_hour", "hour_of_day") + _DAILY
-    raise ValueError(f"no calendar features are defined for frequency {freq!r}; use one of h, min, s, D, B, W, MS, QS, YS "
-                     "or turn calendar features off")
+    raise ValueError(
+        f"no calendar features are defined for frequency {freq!r}; use one of h, min, s, D, B, W, MS, QS, YS "
+        "or turn calendar features off"
+    )
 
 
-def compute(names: tuple[str, ...] | list[str], timestamps) -> np.ndarray:
+def compute(names: tuple[str, ...] | list[str], timestamps: Any) -> np.ndarray:
     """The features ``names`` of ``timestamps`` (datetime64 or int64 nanoseconds, any shape ``S``):
     float32 ``[*S, len(names)]``."""
     t = np.asarray(timestamps)

@@ -63,13 +63,14 @@ class StateTensor:
         return {"input": self.input, "output": self.output, "shape": list(self.shape), "dtype": self.dtype}
 
     @classmethod
-    def from_json(cls, d: dict) -> "StateTensor":
+    def from_json(cls, d: dict) -> StateTensor:
         try:
             shape = tuple(BATCH_DIM if v == BATCH_DIM else int(v) for v in d["shape"])
             t = cls(str(d["input"]), str(d["output"]), shape, str(d.get("dtype", "float32")))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"rnnops.state entry {d!r} is malformed ({exc}); want "
-                             "{input, output, shape with one 'batch', dtype}") from None
+            raise ValueError(
+                f"rnnops.state entry {d!r} is malformed ({exc}); want {{input, output, shape with one 'batch', dtype}}"
+            ) from None
         if shape.count(BATCH_DIM) != 1:
             raise ValueError(f"rnnops.state entry {t.input}: shape {list(shape)} must name '{BATCH_DIM}' exactly once")
         return t
@@ -77,8 +78,10 @@ class StateTensor:
 
 def classic_state_spec(cell: str, layers: int, hidden_size: int) -> tuple[StateTensor, ...]:
     """LSTM/GRU/RNN state as the general contract describes it: [layers, batch, hidden] each."""
-    return tuple(StateTensor(i, o, (int(layers), BATCH_DIM, int(hidden_size)))
-                 for i, o in zip(state_inputs(cell), state_outputs(cell)))
+    return tuple(
+        StateTensor(i, o, (int(layers), BATCH_DIM, int(hidden_size)))
+        for i, o in zip(state_inputs(cell), state_outputs(cell))
+    )
 
 
 def state_spec(meta: dict) -> tuple[StateTensor, ...]:
@@ -140,7 +143,7 @@ def encode_metadata(meta: dict) -> dict[str, str]:
 
 
 def decode_metadata(props: dict[str, str]) -> dict:
-    return {k[len(META_PREFIX):]: json.loads(v) for k, v in props.items() if k.startswith(META_PREFIX)}
+    return {k[len(META_PREFIX) :]: json.loads(v) for k, v in props.items() if k.startswith(META_PREFIX)}
 
 
 # --- MLflow run tags written by export on the source run -----------------------------------
@@ -204,8 +207,10 @@ def _shown(value) -> str:
 def check_name(field: str, value) -> str:
     """``value`` if it is a printable string of 1..MAX_NAME_CHARS characters, else MetadataError."""
     if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_CHARS or not value.isprintable():
-        raise MetadataError(f"{field} must be a printable string of 1-{MAX_NAME_CHARS} characters (no control "
-                            f"characters), not {_shown(value)}")
+        raise MetadataError(
+            f"{field} must be a printable string of 1-{MAX_NAME_CHARS} characters (no control "
+            f"characters), not {_shown(value)}"
+        )
     return value
 
 
@@ -260,8 +265,9 @@ def check_metadata(meta: dict, where: str = "model") -> None:
                         _size(f"{field}.shape", d)
                         elements *= d
                 if elements > MAX_STATE_ELEMENTS:
-                    raise MetadataError(f"{field}.shape {shape} holds {elements} values per row, more than "
-                                        f"{MAX_STATE_ELEMENTS}")
+                    raise MetadataError(
+                        f"{field}.shape {shape} holds {elements} values per row, more than {MAX_STATE_ELEMENTS}"
+                    )
         q = meta.get("quantiles")
         if isinstance(q, dict) and q.get("output") is not None:
             check_name("rnnops.quantiles.output", q["output"])

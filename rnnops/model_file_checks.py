@@ -95,7 +95,7 @@ def _entry(buf, span) -> tuple[str, str]:
     key = value = ""
     for field, wire, v in _fields(buf, *span):
         if wire == 2 and field in (1, 2):
-            text = bytes(buf[v[0]:v[1]]).decode("utf-8", "replace")
+            text = bytes(buf[v[0] : v[1]]).decode("utf-8", "replace")
             key, value = (text, value) if field == 1 else (key, text)
     return key, value
 
@@ -149,7 +149,9 @@ def _scan(buf, size: int, path: Path) -> tuple[dict[str, str], list[str]]:
     try:
         walk(_MODEL, (0, size), 0)
     except _Malformed as exc:
-        raise ModelFileError(f"{path}: cannot load it, not an ONNX model (its bytes are not an ONNX protobuf: {exc})") from None
+        raise ModelFileError(
+            f"{path}: cannot load it, not an ONNX model (its bytes are not an ONNX protobuf: {exc})"
+        ) from None
     if not (seen["ir_version"] and seen["graph"]):
         raise ModelFileError(f"{path}: cannot load it, not an ONNX model (no IR version or no graph)")
     return meta, locations
@@ -161,14 +163,18 @@ def check_external_data(path: Path, locations: list[str]) -> None:
     for where in locations:
         shown = where if len(where) <= 80 else where[:77] + "..."
         if os.path.isabs(where) or where.startswith(("/", "\\")) or (len(where) > 1 and where[1] == ":"):
-            raise ModelFileError(f"{path}: external data at the absolute path {shown!r}; a model may only "
-                                 "reference files inside its own folder")
+            raise ModelFileError(
+                f"{path}: external data at the absolute path {shown!r}; a model may only "
+                "reference files inside its own folder"
+            )
         if "\0" in where:
             raise ModelFileError(f"{path}: an external-data location holds a NUL byte: {shown!r}")
         target = (folder / where).resolve()
         if not target.is_relative_to(folder):
-            raise ModelFileError(f"{path}: external data at {shown!r} points outside the model's folder; a model "
-                                 "may only reference files inside it")
+            raise ModelFileError(
+                f"{path}: external data at {shown!r} points outside the model's folder; a model "
+                "may only reference files inside it"
+            )
 
 
 def size_bound(meta: dict) -> int:
@@ -179,6 +185,7 @@ def size_bound(meta: dict) -> int:
     head and a forecaster's linear skip; 4 bytes each (fp32; int8 files are smaller), times 4
     for exporter duplication, plus 16 MiB for the graph itself. "Far larger" means past this.
     """
+
     def number(key: str, default: int = 0) -> int:
         try:
             return max(0, int(meta.get(key) or default))
@@ -191,8 +198,13 @@ def size_bound(meta: dict) -> int:
     targets = len(meta.get("target_names") or ())
     lookback, horizon = number("lookback"), number("horizon")
     width = hidden + max(vocab, features, 1)
-    params = (32 * hidden * width * layers + 2 * hidden * max(vocab, 1) + hidden * horizon * max(targets, 1) * 8
-              + lookback * horizon + 4 * lookback * features * hidden)
+    params = (
+        32 * hidden * width * layers
+        + 2 * hidden * max(vocab, 1)
+        + hidden * horizon * max(targets, 1) * 8
+        + lookback * horizon
+        + 4 * lookback * features * hidden
+    )
     return 4 * 4 * params + (16 << 20)
 
 
@@ -206,13 +218,15 @@ def check_model_file(path: Path) -> dict[str, str]:
     for k, v in props.items():
         if k.startswith(META_PREFIX):
             try:
-                meta[k[len(META_PREFIX):]] = json.loads(v)
+                meta[k[len(META_PREFIX) :]] = json.loads(v)
             except ValueError:
                 raise ModelFileError(f"{path}: metadata {k} is not JSON") from None
     extra = sum(len(k) + len(v) for k, v in props.items())  # a forecaster's embedded sample, say
     size, bound = path.stat().st_size, size_bound(meta) + extra
     if size > bound:
-        raise ModelFileError(f"{path}: {size / 2**20:.1f} MiB, far more than its metadata describes (a "
-                             f"{meta.get('layers', '?')}-layer, {meta.get('hidden_size', '?')}-unit model: at most "
-                             f"{bound / 2**20:.1f} MiB); refusing it")
+        raise ModelFileError(
+            f"{path}: {size / 2**20:.1f} MiB, far more than its metadata describes (a "
+            f"{meta.get('layers', '?')}-layer, {meta.get('hidden_size', '?')}-unit model: at most "
+            f"{bound / 2**20:.1f} MiB); refusing it"
+        )
     return props

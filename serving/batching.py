@@ -56,8 +56,15 @@ class BatchQueue(Generic[T, R]):
     ``on_call(n, seconds)``, if given, hears of every call that succeeded (metrics).
     """
 
-    def __init__(self, call: Callable[[list[T]], Sequence[R]], *, key: Callable[[T], Hashable], max_batch: int,
-                 name: str, on_call: Callable[[int, float], None] | None = None):
+    def __init__(
+        self,
+        call: Callable[[list[T]], Sequence[R]],
+        *,
+        key: Callable[[T], Hashable],
+        max_batch: int,
+        name: str,
+        on_call: Callable[[int, float], None] | None = None,
+    ):
         self._run = call
         self._key = key
         self.max_batch = max_batch
@@ -85,7 +92,7 @@ class BatchQueue(Generic[T, R]):
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self._pending:
-            take, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+            take, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             for group in group_by(take, lambda p: self._key(p[0])).values():
                 items = [item for item, _ in group]
                 t0 = time.perf_counter()

@@ -131,7 +131,7 @@ class ServeConfig:
         return "cuda" in [p.strip().lower() for p in self.providers.split(",")]
 
     @classmethod
-    def from_env(cls) -> "ServeConfig":
+    def from_env(cls) -> ServeConfig:
         env = {
             "models": ("RNNOPS_MODELS", str),
             "poll_seconds": ("RNNOPS_POLL_SECONDS", float),
@@ -195,22 +195,41 @@ class ServeConfig:
         unknown = [p for p in self.providers.split(",") if p.strip().lower() not in ("cpu", "cuda")]
         if unknown:
             raise RnnopsError(f"RNNOPS_PROVIDERS: unknown provider(s) {unknown}; use cpu or cuda")
-        for name in ("max_streams", "max_prompt_chars", "max_chars", "prefill_chunk", "forecast_max_batch",
-                     "forecast_max_windows", "max_context_rows", "max_sessions", "workers", "decode_lanes",
-                     "openai_max_n", "openai_max_prompts", "oip_max_elements"):
+        for name in (
+            "max_streams",
+            "max_prompt_chars",
+            "max_chars",
+            "prefill_chunk",
+            "forecast_max_batch",
+            "forecast_max_windows",
+            "max_context_rows",
+            "max_sessions",
+            "workers",
+            "decode_lanes",
+            "openai_max_n",
+            "openai_max_prompts",
+            "oip_max_elements",
+        ):
             if getattr(self, name) < 1:
                 raise RnnopsError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.max_queue < 0:
             raise RnnopsError("RNNOPS_MAX_QUEUE must be 0 or more")
         if self.session_store != "memory" and not self.session_store.startswith(("redis://", "rediss://", "unix://")):
-            raise RnnopsError(f"RNNOPS_SESSION_STORE must be memory or a Redis URL (redis://host:6379/0), not "
-                              f"{self.session_store!r}")
-        for name, var in (("request_deadline_s", "RNNOPS_REQUEST_DEADLINE_S"), ("stall_s", "RNNOPS_STALL_S"),
-                          ("drain_s", "RNNOPS_DRAIN_S"), ("session_lock_s", "RNNOPS_SESSION_LOCK_S")):
+            raise RnnopsError(
+                f"RNNOPS_SESSION_STORE must be memory or a Redis URL (redis://host:6379/0), not {self.session_store!r}"
+            )
+        for name, var in (
+            ("request_deadline_s", "RNNOPS_REQUEST_DEADLINE_S"),
+            ("stall_s", "RNNOPS_STALL_S"),
+            ("drain_s", "RNNOPS_DRAIN_S"),
+            ("session_lock_s", "RNNOPS_SESSION_LOCK_S"),
+        ):
             if getattr(self, name) <= 0:
                 raise RnnopsError(f"{var} must be more than 0 seconds, not {getattr(self, name)}")
         if self.send_buffer_bytes < 0:
-            raise RnnopsError(f"RNNOPS_SEND_BUFFER_BYTES must be 0 (the kernel's default) or more, not {self.send_buffer_bytes}")
+            raise RnnopsError(
+                f"RNNOPS_SEND_BUFFER_BYTES must be 0 (the kernel's default) or more, not {self.send_buffer_bytes}"
+            )
         if self.max_body_bytes < 1024:
             raise RnnopsError(f"RNNOPS_MAX_BODY_BYTES must be at least 1024, not {self.max_body_bytes}")
         if self.max_streams_per_key < 0:

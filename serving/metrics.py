@@ -17,7 +17,7 @@ import time
 from rnnops.serving.generate.scheduler import SchedulerMetrics, Stream  # noqa: F401 (Stream: type of finished())
 
 _lock = threading.Lock()
-_metrics: "Metrics | None" = None
+_metrics: Metrics | None = None
 
 STEP_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -33,35 +33,54 @@ class Metrics:
 
         self.active = gauge("rnnops_active_streams", "Streams generating (prefill or decode)", ["model", "version"])
         self.queue = gauge("rnnops_queue_depth", "Streams waiting for a slot", ["model", "version"])
-        self.chars_per_s = gauge("rnnops_chars_per_second", "Characters generated per second (last second)",
-                                 ["model", "version"])
-        self.batch = Histogram("rnnops_step_batch_size", "Streams in each decode step", ["model"],
-                               buckets=BATCH_BUCKETS)
-        self.step = Histogram("rnnops_step_seconds", "Duration of a scheduler step (decode + prefill + sampling)",
-                              ["model"], buckets=STEP_BUCKETS)
+        self.chars_per_s = gauge(
+            "rnnops_chars_per_second", "Characters generated per second (last second)", ["model", "version"]
+        )
+        self.batch = Histogram(
+            "rnnops_step_batch_size", "Streams in each decode step", ["model"], buckets=BATCH_BUCKETS
+        )
+        self.step = Histogram(
+            "rnnops_step_seconds",
+            "Duration of a scheduler step (decode + prefill + sampling)",
+            ["model"],
+            buckets=STEP_BUCKETS,
+        )
         self.chars = Counter("rnnops_generated_chars", "Characters generated", ["model"])
-        self.ttfc = Histogram("rnnops_time_to_first_char_seconds", "Queue + prefill until the first character",
-                              ["model"], buckets=LATENCY_BUCKETS)
+        self.ttfc = Histogram(
+            "rnnops_time_to_first_char_seconds",
+            "Queue + prefill until the first character",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+        )
         self.streams = Counter("rnnops_streams", "Finished streams by reason", ["model", "finish_reason"])
-        self.rejected = Counter("rnnops_rejected", "Requests turned away (queue full, queue timeout, sessions full)",
-                                ["model", "reason"])
+        self.rejected = Counter(
+            "rnnops_rejected", "Requests turned away (queue full, queue timeout, sessions full)", ["model", "reason"]
+        )
         self.sessions = gauge("rnnops_sessions_open", "Open forecast sessions", ["model"])
-        self.forecast_batch = Histogram("rnnops_forecast_batch_size", "Windows in each forecast call", ["model"],
-                                        buckets=BATCH_BUCKETS)
-        self.forecast_seconds = Histogram("rnnops_forecast_seconds", "Duration of each batched forecast call",
-                                          ["model"], buckets=STEP_BUCKETS)
-        self.session_batch = Histogram("rnnops_session_step_batch_size",
-                                       "Session updates (/sessions, OIP sequences) in each batched step", ["model"],
-                                       buckets=BATCH_BUCKETS)
-        self.session_seconds = Histogram("rnnops_session_step_seconds", "Duration of each batched session step",
-                                         ["model"], buckets=STEP_BUCKETS)
+        self.forecast_batch = Histogram(
+            "rnnops_forecast_batch_size", "Windows in each forecast call", ["model"], buckets=BATCH_BUCKETS
+        )
+        self.forecast_seconds = Histogram(
+            "rnnops_forecast_seconds", "Duration of each batched forecast call", ["model"], buckets=STEP_BUCKETS
+        )
+        self.session_batch = Histogram(
+            "rnnops_session_step_batch_size",
+            "Session updates (/sessions, OIP sequences) in each batched step",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+        )
+        self.session_seconds = Histogram(
+            "rnnops_session_step_seconds", "Duration of each batched session step", ["model"], buckets=STEP_BUCKETS
+        )
         self.reloads = Counter("rnnops_model_reloads", "Model (re)loads by result", ["model", "result"])
-        self.registry_up = gauge("rnnops_registry_up", "1 while alias polls reach the model registry, 0 while they fail",
-                                 [], mode="livemin")
-        self.version = gauge("rnnops_served_version", "Registry version being served (new requests)", ["model"],
-                             mode="livemax")
+        self.registry_up = gauge(
+            "rnnops_registry_up", "1 while alias polls reach the model registry, 0 while they fail", [], mode="livemin"
+        )
+        self.version = gauge(
+            "rnnops_served_version", "Registry version being served (new requests)", ["model"], mode="livemax"
+        )
 
-    def for_scheduler(self, model: str, version: str) -> "SchedulerPrometheus":
+    def for_scheduler(self, model: str, version: str) -> SchedulerPrometheus:
         return SchedulerPrometheus(self, model, str(version))
 
 

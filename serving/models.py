@@ -45,9 +45,9 @@ from rnnops.serving.config import ServeConfig
 from rnnops.serving.errors import Overloaded, UnknownModel
 from rnnops.serving.forecast.batcher import ForecastBatcher
 from rnnops.serving.forecast.stepper import SessionStepper
+from rnnops.serving.generate.client import GenerationClient, OnStep, SchedulerMetrics
 from rnnops.serving.generate.engine import EngineClient, EngineSpec
 from rnnops.serving.generate.naive import NaiveGenerator
-from rnnops.serving.generate.client import GenerationClient, OnStep, SchedulerMetrics
 from rnnops.serving.generate.scheduler import StepScheduler
 from rnnops.serving.runtime import Runtime
 from rnnops.util import return_free_memory, sha256_file
@@ -112,9 +112,11 @@ def choose_file(res: Resolved, cfg: ServeConfig, served: str) -> tuple[Path, str
         return res.path, "RNNOPS_PRECISION=fp32"
     if res.int8_path is None:
         if cfg.precision == "int8":
-            raise RnnopsError(f"RNNOPS_PRECISION=int8 but {served} version {res.version} has no int8 file (its export "
-                              "did not keep one: see the run's export/quantization.json for why); serve it with "
-                              "RNNOPS_PRECISION=auto or fp32")
+            raise RnnopsError(
+                f"RNNOPS_PRECISION=int8 but {served} version {res.version} has no int8 file (its export "
+                "did not keep one: see the run's export/quantization.json for why); serve it with "
+                "RNNOPS_PRECISION=auto or fp32"
+            )
         return res.path, "auto: this version has no int8 file (its export did not keep one)"
     if cfg.precision == "auto" and cfg.use_cuda:
         return res.path, "auto: the int8 file is gated for the CPU provider, and RNNOPS_PROVIDERS asks for cuda"
@@ -162,12 +164,19 @@ class LoadedModel:
 
     def describe(self) -> dict:
         r = self.resolved
-        d = {"name": self.name, "version": self.version, "alias": r.alias, "source": self.ref.source,
-             "ref": self.ref.target, "sha256": r.sha256, "path": str(self.runtime.path),
-             **self.runtime.describe(),  # its "precision": what the loaded file computes in
-             "precision_reason": self.precision_reason,
-             "files": {"fp32": r.sha256, "int8": r.int8_sha256},  # sha256 of each verified file (None: none)
-             "loaded_at": round(self.loaded_at, 3)}
+        d = {
+            "name": self.name,
+            "version": self.version,
+            "alias": r.alias,
+            "source": self.ref.source,
+            "ref": self.ref.target,
+            "sha256": r.sha256,
+            "path": str(self.runtime.path),
+            **self.runtime.describe(),  # its "precision": what the loaded file computes in
+            "precision_reason": self.precision_reason,
+            "files": {"fp32": r.sha256, "int8": r.int8_sha256},  # sha256 of each verified file (None: none)
+            "loaded_at": round(self.loaded_at, 3),
+        }
         if self.resolved.source_run and not d.get("source_run"):
             d["source_run"] = self.resolved.source_run
         if self.scheduler is not None:
@@ -248,22 +257,36 @@ class ModelManager:
         cfg = self.config
         res = self._resolve(ref)
         path, why = choose_file(res, cfg, ref.served)
-        rt = Runtime(path, providers=cfg.providers, threads=cfg.ort_threads, iobinding=cfg.iobinding,
-                     name=ref.served)
+        rt = Runtime(path, providers=cfg.providers, threads=cfg.ort_threads, iobinding=cfg.iobinding, name=ref.served)
         m = LoadedModel(ref, res.version, res, rt, precision_reason=why)
         if rt.kind == "char":
             sm = self.metrics.for_scheduler(ref.served, res.version) if self.metrics else SchedulerMetrics()
-            limits = dict(max_active=cfg.max_streams, max_queue=cfg.max_queue, queue_timeout=cfg.queue_timeout_s,
-                          prefill_chunk=cfg.prefill_chunk, metrics=sm, name=f"{ref.served}-v{res.version}",
-                          on_step=self.on_step)
+            limits = dict(
+                max_active=cfg.max_streams,
+                max_queue=cfg.max_queue,
+                queue_timeout=cfg.queue_timeout_s,
+                prefill_chunk=cfg.prefill_chunk,
+                metrics=sm,
+                name=f"{ref.served}-v{res.version}",
+                on_step=self.on_step,
+            )
             if cfg.scheduler == "naive":
                 m.scheduler = NaiveGenerator(rt, **limits).start()
             elif cfg.engine == "thread":
                 m.scheduler = StepScheduler(rt, lanes=cfg.decode_lanes, **limits).start()
             else:  # the scheduler and a session of its own in an engine process (generate/engine.py)
-                spec = EngineSpec(str(rt.path), cfg.providers, cfg.ort_threads, cfg.iobinding, limits["name"],
-                                  cfg.max_streams, cfg.max_queue, cfg.queue_timeout_s, cfg.prefill_chunk,
-                                  cfg.decode_lanes)
+                spec = EngineSpec(
+                    str(rt.path),
+                    cfg.providers,
+                    cfg.ort_threads,
+                    cfg.iobinding,
+                    limits["name"],
+                    cfg.max_streams,
+                    cfg.max_queue,
+                    cfg.queue_timeout_s,
+                    cfg.prefill_chunk,
+                    cfg.decode_lanes,
+                )
                 m.scheduler = EngineClient(spec, sm, self.on_step).start()
         else:
             m.batcher = ForecastBatcher(rt, cfg.forecast_max_batch, self.metrics, ref.served)
@@ -284,14 +307,25 @@ class ModelManager:
         except Exception as exc:
             msg = str(exc) if isinstance(exc, RnnopsError) else f"{type(exc).__name__}: {exc}"
             self._failed[ref.served] = (version, time.monotonic())
-            self.errors[ref.served] = {"model": ref.served, "ref": ref.target, "version": version, "error": msg,
-                                       "at": round(time.time(), 3),
-                                       "serving": self.current[ref.served].version if ref.served in self.current else None}
+            self.errors[ref.served] = {
+                "model": ref.served,
+                "ref": ref.target,
+                "version": version,
+                "error": msg,
+                "at": round(time.time(), 3),
+                "serving": self.current[ref.served].version if ref.served in self.current else None,
+            }
             if self.metrics:
                 self.metrics.reloads.labels(ref.served, "failed").inc()
             old = self.current.get(ref.served)
-            log.error("model %s (%s, version %s) failed to load: %s%s", ref.served, ref.target, version or "?", msg,
-                      f"; still serving version {old.version}" if old else "")
+            log.error(
+                "model %s (%s, version %s) failed to load: %s%s",
+                ref.served,
+                ref.target,
+                version or "?",
+                msg,
+                f"; still serving version {old.version}" if old else "",
+            )
             return False
         old = self.current.get(ref.served)
         self.current[ref.served] = new
@@ -304,11 +338,20 @@ class ModelManager:
         if old is not None:
             old.close()
             self.draining.append(old)
-            log.warning("model %s: now serving version %s (was %s; in-flight streams finish on it)",
-                        ref.served, new.version, old.version)
+            log.warning(
+                "model %s: now serving version %s (was %s; in-flight streams finish on it)",
+                ref.served,
+                new.version,
+                old.version,
+            )
         else:
-            log.info("model %s: serving version %s (%s, %s)", ref.served, new.version, new.kind,
-                     ", ".join(new.runtime.providers))
+            log.info(
+                "model %s: serving version %s (%s, %s)",
+                ref.served,
+                new.version,
+                new.kind,
+                ", ".join(new.runtime.providers),
+            )
         return True
 
     async def poll_once(self) -> None:
@@ -385,7 +428,7 @@ class ModelManager:
         for m in [*self.current.values(), *self.draining]:
             await asyncio.to_thread(m.stop)
 
-    def version_of(self, name: str, version: str) -> "LoadedModel | None":
+    def version_of(self, name: str, version: str) -> LoadedModel | None:
         """The loaded model ``name`` at ``version`` (serving or draining), if this worker has it."""
         for m in [self.current.get(name), *self.draining]:
             if m is not None and m.name == name and m.version == version:
@@ -426,11 +469,14 @@ class ModelManager:
         m = self.current.get(name)
         if m is None:
             if any(r.served == name for r in self.refs):
-                raise Overloaded("not_ready", f"model {name!r} is not loaded yet ({self.not_ready_reason()})", 5,
-                                 status=503)
+                raise Overloaded(
+                    "not_ready", f"model {name!r} is not loaded yet ({self.not_ready_reason()})", 5, status=503
+                )
             raise UnknownModel(f"unknown model {name!r}; this server serves {self._listing()}")
         if m.kind != kind:
-            raise UnknownModel(f"model {name!r} is a {m.kind} model, not a {label}; this server serves {self._listing()}")
+            raise UnknownModel(
+                f"model {name!r} is a {m.kind} model, not a {label}; this server serves {self._listing()}"
+            )
         return m
 
     def _listing(self) -> str:
@@ -439,12 +485,14 @@ class ModelManager:
     def describe(self) -> dict:
         self._reap()
         return {
-            "models": [self.current[r.served].describe() | {"status": "serving"}
-                       for r in self.refs if r.served in self.current],
+            "models": [
+                self.current[r.served].describe() | {"status": "serving"} for r in self.refs if r.served in self.current
+            ],
             "draining": [m.describe() | {"status": "draining"} for m in self.draining],
             "errors": list(self.errors.values()),
-            "configured": [{"name": r.served, "ref": r.target, "source": r.source, "watched": r.watched}
-                           for r in self.refs],
+            "configured": [
+                {"name": r.served, "ref": r.target, "source": r.source, "watched": r.watched} for r in self.refs
+            ],
             "poll_seconds": self.config.poll_seconds,
             "last_poll": self.last_poll,
             "registry": {**self.registry, "next_poll_in_s": self.poll_interval()},

@@ -53,6 +53,7 @@ class RunResult:
     state: State  # the new state, where the runtime keeps it (host arrays, or OrtValues with IOBinding)
     quantiles: np.ndarray | None = None  # host, [B, horizon, F_out, levels]: a forecaster with intervals; else None
 
+
 _REQUIRED = {
     "char": ("kind", "cell", "layers", "hidden_size", "vocab"),
     "forecaster": ("kind", "cell", "layers", "hidden_size", "feature_names", "target_names", "lookback", "horizon"),
@@ -94,11 +95,13 @@ class ModelInfo:
         return contract.CHAR_OUTPUT if self.kind == "char" else contract.FORECAST_OUTPUT
 
     @classmethod
-    def from_metadata(cls, meta: dict, where: str = "model") -> "ModelInfo":
+    def from_metadata(cls, meta: dict, where: str = "model") -> ModelInfo:
         kind = meta.get("kind")
         if kind not in _REQUIRED:
-            raise RnnopsError(f"{where}: metadata rnnops.kind is {kind!r}; serving needs 'char' or 'forecaster' "
-                              "(was it exported with `rnnops export`?)")
+            raise RnnopsError(
+                f"{where}: metadata rnnops.kind is {kind!r}; serving needs 'char' or 'forecaster' "
+                "(was it exported with `rnnops export`?)"
+            )
         missing = [k for k in _REQUIRED[kind] if meta.get(k) in (None, "", [])]
         if missing:
             raise RnnopsError(f"{where}: ONNX metadata lacks {', '.join('rnnops.' + k for k in missing)}")
@@ -135,18 +138,30 @@ def choose_providers(requested: str) -> tuple[list[str], str, str | None]:
         available = ort.get_available_providers()
         if "CUDAExecutionProvider" in available:
             return ["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda", None
-        return ["CPUExecutionProvider"], "cpu", (
-            f"RNNOPS_PROVIDERS={requested} but this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider "
-            f"(available: {', '.join(available)}); serving on CPU. For GPU serving install onnxruntime-gpu "
-            "with a matching CUDA runtime.")
+        return (
+            ["CPUExecutionProvider"],
+            "cpu",
+            (
+                f"RNNOPS_PROVIDERS={requested} but this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider "
+                f"(available: {', '.join(available)}); serving on CPU. For GPU serving install onnxruntime-gpu "
+                "with a matching CUDA runtime."
+            ),
+        )
     return ["CPUExecutionProvider"], "cpu", None
 
 
 class Runtime:
     """An onnxruntime session for one model version plus what its metadata says."""
 
-    def __init__(self, path: str | Path, *, providers: str = "cpu", threads: int = 1, iobinding: str = "auto",
-                 name: str | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        providers: str = "cpu",
+        threads: int = 1,
+        iobinding: str = "auto",
+        name: str | None = None,
+    ):
         self.path = Path(path)
         self.name = name or self.path.stem
         wanted, device, warning = choose_providers(providers)
@@ -171,8 +186,12 @@ class Runtime:
             raise RnnopsError(f"{self.path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from None
         self.providers = list(self.session.get_providers())
         if device == "cuda" and self.providers[0] != "CUDAExecutionProvider":
-            log.warning("RNNOPS_PROVIDERS=%s: onnxruntime could not start CUDA for %s (no GPU or CUDA libraries?); "
-                        "serving on CPU", providers, self.path)
+            log.warning(
+                "RNNOPS_PROVIDERS=%s: onnxruntime could not start CUDA for %s (no GPU or CUDA libraries?); "
+                "serving on CPU",
+                providers,
+                self.path,
+            )
             device = "cpu"
         self.device = device
         self.threads = opts.intra_op_num_threads
@@ -195,14 +214,30 @@ class Runtime:
 
     def describe(self) -> dict:
         i = self.info
-        d = {"kind": i.kind, "cell": i.cell, "layers": i.layers, "hidden_size": i.hidden_size, "precision": i.precision,
-             "state": [t.to_json() for t in i.state], "stateful": i.stateful, "providers": self.providers, "device": self.device,
-             "iobinding": self.iobinding, "threads": self.threads, "source_run": i.source_run}
+        d = {
+            "kind": i.kind,
+            "cell": i.cell,
+            "layers": i.layers,
+            "hidden_size": i.hidden_size,
+            "precision": i.precision,
+            "state": [t.to_json() for t in i.state],
+            "stateful": i.stateful,
+            "providers": self.providers,
+            "device": self.device,
+            "iobinding": self.iobinding,
+            "threads": self.threads,
+            "source_run": i.source_run,
+        }
         if i.kind == "char":
             d["vocab_size"] = len(i.vocab)
         else:
-            d.update(features=list(i.feature_names), targets=list(i.target_names), lookback=i.lookback,
-                     horizon=i.horizon, freq=i.freq)
+            d.update(
+                features=list(i.feature_names),
+                targets=list(i.target_names),
+                lookback=i.lookback,
+                horizon=i.horizon,
+                freq=i.freq,
+            )
             if i.quantiles:
                 d["quantiles"] = list(i.quantiles)
         return d
@@ -217,16 +252,19 @@ class Runtime:
             want_out = [*want_out, i.quantiles_output]
         missing = [n for n in want_in if n not in inputs] + [n for n in want_out if n not in outputs]
         if missing:
-            raise RnnopsError(f"{self.path}: graph lacks {', '.join(missing)} (inputs {inputs}, outputs {outputs}); "
-                              "it does not follow the rnnops ONNX contract")
+            raise RnnopsError(
+                f"{self.path}: graph lacks {', '.join(missing)} (inputs {inputs}, outputs {outputs}); "
+                "it does not follow the rnnops ONNX contract"
+            )
         # what every call fetches: the main output and the quantiles (read on the host), the state
         self._host_outputs = 2 if i.quantiles_output else 1
         self._outputs = [i.main_output, *([i.quantiles_output] if i.quantiles_output else []), *i.state_outputs]
 
     # ------------------------------------------------------------------ running
 
-    def run(self, inputs: np.ndarray, state: State | None = None, outputs: Outputs = "all",
-            max_batch: int | None = None) -> RunResult:
+    def run(
+        self, inputs: np.ndarray, state: State | None = None, outputs: Outputs = "all", max_batch: int | None = None
+    ) -> RunResult:
         """The one way to call the model: ``inputs`` from ``state`` (None = zeros) -> a :class:`RunResult`.
 
         ``inputs``: a char model's token ids ``[B, T]``; a forecaster's windows ``[B, T, F]`` (raw
@@ -296,7 +334,7 @@ class Runtime:
 
     def _session_call(self, x: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray | None, State]:
         names = self.info.state_inputs
-        host = self._outputs[:self._host_outputs]  # main (+ quantiles): read on the host
+        host = self._outputs[: self._host_outputs]  # main (+ quantiles): read on the host
         if not self.iobinding:
             feeds = {contract.INPUT: x, **{n: s for n, s in zip(names, state)}}
             out = self.session.run(self._outputs, feeds)
@@ -310,13 +348,13 @@ class Runtime:
                     binding.bind_cpu_input(n, np.ascontiguousarray(s))
             for n in host:
                 binding.bind_output(n, "cpu")
-            for n in self._outputs[len(host):]:
+            for n in self._outputs[len(host) :]:
                 binding.bind_output(n, self.device)  # stays on the device for the next step
             self.session.run_with_iobinding(binding)
             out = binding.get_outputs()
-            out = [o.numpy() for o in out[:len(host)]] + list(out[len(host):])
+            out = [o.numpy() for o in out[: len(host)]] + list(out[len(host) :])
         q = out[1] if len(host) == 2 else None
-        return out[0], q, tuple(out[len(host):])
+        return out[0], q, tuple(out[len(host) :])
 
     def zero_state(self, batch: int) -> State:
         return tuple(self.to_device(np.zeros(t.shape_for(batch), np.dtype(t.dtype))) for t in self.info.state)
@@ -333,8 +371,10 @@ class Runtime:
     def take(self, state: State, index) -> State:
         """The states of the streams at ``index`` (a list or array of batch positions)."""
         idx = np.asarray(index, dtype=np.int64)
-        return tuple(self.to_device(np.ascontiguousarray(np.take(s, idx, axis=t.batch_axis)))
-                     for s, t in zip(self.state_numpy(state), self.info.state))
+        return tuple(
+            self.to_device(np.ascontiguousarray(np.take(s, idx, axis=t.batch_axis)))
+            for s, t in zip(self.state_numpy(state), self.info.state)
+        )
 
     def concat(self, states: list[State]) -> State:
         """One batched state from several (streams joining), in order."""
@@ -344,8 +384,10 @@ class Runtime:
         if len(states) == 1:
             return states[0]
         parts = [self.state_numpy(s) for s in states]
-        return tuple(self.to_device(np.concatenate([p[k] for p in parts], axis=t.batch_axis))
-                     for k, t in enumerate(self.info.state))
+        return tuple(
+            self.to_device(np.concatenate([p[k] for p in parts], axis=t.batch_axis))
+            for k, t in enumerate(self.info.state)
+        )
 
     def batch_of(self, state: State) -> int:
         s, axis = state[0], self.info.state[0].batch_axis
@@ -370,7 +412,7 @@ class Runtime:
             return window
         if window.shape[-2] < i.lookback:
             raise ValueError(f"this windowed model needs {i.lookback} rows per window, got {window.shape[-2]}")
-        return window[..., -i.lookback:, :]
+        return window[..., -i.lookback :, :]
 
     def _window(self, windows: np.ndarray) -> np.ndarray:
         i = self.info

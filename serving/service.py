@@ -71,13 +71,15 @@ def session_store(config: ServeConfig, models: ModelManager, metrics):
         return SessionStore(config.max_sessions, config.session_ttl_s, metrics)
     from rnnops.serving.forecast.redis_store import RedisSessionStore
 
-    return RedisSessionStore(config.session_store, models, config.max_sessions, config.session_ttl_s, metrics,
-                             lock_s=config.session_lock_s)
+    return RedisSessionStore(
+        config.session_store, models, config.max_sessions, config.session_ttl_s, metrics, lock_s=config.session_lock_s
+    )
 
 
 @bentoml.asgi_app(app, path="/")
-@bentoml.service(name="rnnops", workers=CONFIG.workers, traffic={"timeout": CONFIG.request_timeout_s}, **_TRACING,
-                 **_LOGGING)
+@bentoml.service(
+    name="rnnops", workers=CONFIG.workers, traffic={"timeout": CONFIG.request_timeout_s}, **_TRACING, **_LOGGING
+)
 class RnnopsService:
     def __init__(self) -> None:
         from rnnops.serving.metrics import get_metrics  # after BentoML set up multiprocess metrics
@@ -88,8 +90,11 @@ class RnnopsService:
         # add up to 5 ms to every step.
         sys.setswitchinterval(CONFIG.gil_switch_ms / 1000.0)
         if not CONFIG.trace_hot_paths and _tracing_sample_rate() > 0:
-            log.warning("BentoML tracing is on (tracing.sample_rate > 0) but %s are not traced; set "
-                        "RNNOPS_TRACE_HOT_PATHS=1 to trace them too (it costs CPU per request)", " and ".join(HOT_PATHS))
+            log.warning(
+                "BentoML tracing is on (tracing.sample_rate > 0) but %s are not traced; set "
+                "RNNOPS_TRACE_HOT_PATHS=1 to trace them too (it costs CPU per request)",
+                " and ".join(HOT_PATHS),
+            )
         metrics = get_metrics()
         models = ModelManager(CONFIG, metrics, on_step=wake_watchers)
         self.serving = Serving(CONFIG, models, session_store(CONFIG, models, metrics))
@@ -114,8 +119,10 @@ class RnnopsService:
         Drainer(self.serving, CONFIG.drain_s).install()
         # a connection's unsent backlog bounded, so a client that stops reading is noticed in seconds
         if CONFIG.send_buffer_bytes and not bound_send_buffers(CONFIG.send_buffer_bytes):
-            log.warning("RNNOPS_SEND_BUFFER_BYTES: no listening socket found to bound; a stalled SSE client is "
-                        "noticed only once the kernel's buffers fill")
+            log.warning(
+                "RNNOPS_SEND_BUFFER_BYTES: no listening socket found to bound; a stalled SSE client is "
+                "noticed only once the kernel's buffers fill"
+            )
 
     async def _sweep_sessions(self) -> None:
         every = max(1.0, min(30.0, self.serving.sessions.ttl_s / 4))

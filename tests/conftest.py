@@ -17,10 +17,10 @@ import os
 from pathlib import Path
 
 import pytest
+from servers import missing
 
 # The tiny registry (trained, exported, registered once per session) every serving test uses
 from serving_fixtures import registry  # noqa: F401
-from servers import missing
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -28,22 +28,27 @@ DATASETS = ("tinyshakespeare.txt", "ETTh1.csv")
 
 # The fast serving tests: modules that import no torch (not even through a fixture) and need no
 # dataset, service or network; `make check` runs them with `--fast` in its serve-only venv.
-FAST = frozenset({
-    "test_batch_tails.py",
-    "test_dependency_rule.py",
-    "test_refs.py",
-    "test_routes.py",
-    "test_scheduler.py",
-    "test_security_static.py",
-    "test_serve_assets.py",
-    "test_sessions.py",
-    "test_timeseries.py",
-})
+FAST = frozenset(
+    {
+        "test_batch_tails.py",
+        "test_dependency_rule.py",
+        "test_refs.py",
+        "test_routes.py",
+        "test_scheduler.py",
+        "test_security_static.py",
+        "test_serve_assets.py",
+        "test_sessions.py",
+        "test_timeseries.py",
+    }
+)
 
 
 def pytest_addoption(parser):
-    parser.addoption("--fast", action="store_true",
-                     help="run only the fast serving tests (torch-free; what `make check` runs in its serve-only venv)")
+    parser.addoption(
+        "--fast",
+        action="store_true",
+        help="run only the fast serving tests (torch-free; what `make check` runs in its serve-only venv)",
+    )
 
 
 def pytest_configure(config):
@@ -153,12 +158,14 @@ def small_csv(tmp_path) -> Path:
 
     n = 600
     t = np.arange(n)
-    df = pd.DataFrame({
-        "date": pd.date_range("2024-01-01", periods=n, freq="h").strftime("%Y-%m-%d %H:%M:%S"),
-        "a": np.sin(t / 8.0),
-        "b": np.cos(t / 13.0) + 0.001 * t,
-        "OT": np.sin(t / 8.0 + 1.0) * 2 + 5,
-    })
+    df = pd.DataFrame(
+        {
+            "date": pd.date_range("2024-01-01", periods=n, freq="h").strftime("%Y-%m-%d %H:%M:%S"),
+            "a": np.sin(t / 8.0),
+            "b": np.cos(t / 13.0) + 0.001 * t,
+            "OT": np.sin(t / 8.0 + 1.0) * 2 + 5,
+        }
+    )
     path = tmp_path / "small.csv"
     df.to_csv(path, index=False)
     return path

@@ -34,9 +34,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -131,7 +131,9 @@ def sessions_open(client, model: str, **kw) -> float:
 
 def postgres_bindir() -> Path | None:
     """The newest Debian PostgreSQL server bin dir (``/usr/lib/postgresql/<major>/bin``)."""
-    candidates = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "initdb").exists() and (p / "postgres").exists()]
+    candidates = [
+        p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "initdb").exists() and (p / "postgres").exists()
+    ]
     if candidates:
         return max(candidates, key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0))
     initdb = shutil.which("initdb")
@@ -157,8 +159,13 @@ class Postgres:
 
     def client(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run a client tool (psql, createdb, pg_isready) over TCP as the database superuser."""
-        return subprocess.run([str(self.bindir / tool), "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, *args],
-                              capture_output=True, text=True, timeout=60, check=check)
+        return subprocess.run(
+            [str(self.bindir / tool), "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=check,
+        )
 
     def query(self, sql: str, database: str = "mlflow") -> list[list[str]]:
         """Rows of ``sql`` as lists of strings (psql unaligned, tuples only)."""
@@ -174,7 +181,12 @@ def _run_as(user: str | None) -> dict:
     if user is None:
         return {}
     pw = pwd.getpwnam(user)
-    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": [], "env": {**os.environ, "HOME": pw.pw_dir, "USER": user}}
+    return {
+        "user": pw.pw_uid,
+        "group": pw.pw_gid,
+        "extra_groups": [],
+        "env": {**os.environ, "HOME": pw.pw_dir, "USER": user},
+    }
 
 
 @contextlib.contextmanager
@@ -188,7 +200,9 @@ def start_postgres(base: Path | None = None, timeout: float = 60.0) -> Iterator[
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            missing("running as root but there is no `postgres` OS user to run the server as (run `bash scripts/install_postgres.sh`)")
+            missing(
+                "running as root but there is no `postgres` OS user to run the server as (run `bash scripts/install_postgres.sh`)"
+            )
         user = "postgres"
     as_user = _run_as(user)
 
@@ -207,19 +221,57 @@ def start_postgres(base: Path | None = None, timeout: float = 60.0) -> Iterator[
         sock = root / "sock"
         sock.mkdir()
         own(sock)
-        init = subprocess.run([str(bindir / "initdb"), "-D", str(root / "data"), "-U", PG_USER, "-A", "trust",
-                               "-E", "UTF8", "--locale=C", "--no-sync"],
-                              capture_output=True, text=True, timeout=120, cwd=root, **as_user)
+        init = subprocess.run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(root / "data"),
+                "-U",
+                PG_USER,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=root,
+            **as_user,
+        )
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed ({init.returncode}):\n{init.stdout}\n{init.stderr}")
         pg.log.touch()
         own(pg.log)
         with open(pg.log, "ab") as log:
             pg.proc = subprocess.Popen(
-                [str(bindir / "postgres"), "-D", str(root / "data"), "-p", str(pg.port), "-k", str(sock),
-                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-                 "-c", "full_page_writes=off", "-c", "max_connections=60"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root, **as_user)
+                [
+                    str(bindir / "postgres"),
+                    "-D",
+                    str(root / "data"),
+                    "-p",
+                    str(pg.port),
+                    "-k",
+                    str(sock),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=60",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=root,
+                **as_user,
+            )
         deadline = time.monotonic() + timeout
         while pg.client("pg_isready", "-d", "postgres", check=False).returncode != 0:
             if pg.proc.poll() is not None:
@@ -265,22 +317,44 @@ def start_mlflow_server(pg: Postgres, base: Path, timeout: float = 240.0) -> Ite
     port = free_port()
     log = base / "mlflow-server.log"
     backend = pg.uri("mlflow")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-           "--serve-artifacts", "--artifacts-destination", str(artifacts),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     # No server-side job runner (GenAI scorers): it forks eight more Python processes.
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=base,
-                                env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=base,
+            env=env,
+            start_new_session=True,
+        )
     cleanup = lambda: stop(proc, signal.SIGTERM, group=True)  # noqa: E731 (uvicorn + its worker)
     atexit.register(cleanup)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/health", proc, log, timeout)
-        yield MlflowServer(url=url, artifacts=artifacts, log=log, proc=proc, backend_uri=backend,
-                           env={"MLFLOW_TRACKING_URI": url})
+        yield MlflowServer(
+            url=url, artifacts=artifacts, log=log, proc=proc, backend_uri=backend, env={"MLFLOW_TRACKING_URI": url}
+        )
     finally:
         cleanup()
         atexit.unregister(cleanup)
@@ -305,9 +379,28 @@ def start_redis(base: Path, port: int | None = None, timeout: float = 20.0) -> I
     port = port or free_port()
     log = base / "redis.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(base), "--save", "",
-                                 "--appendonly", "no", "--protected-mode", "yes"], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=base, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                exe,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(base),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=base,
+            start_new_session=True,
+        )
     cleanup = lambda: stop(proc, signal.SIGTERM)  # noqa: E731
     atexit.register(cleanup)
     try:
@@ -335,12 +428,35 @@ def serve_bentoml(tmp: Path, env: dict, name: str = "server", timeout: float = 1
     ``(process, base URL, log)`` once ``/readyz`` answers, and stops the whole tree after."""
     port = free_port()
     log = tmp / f"{name}.log"
-    full = {**os.environ, "BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-            "RNNOPS_POLL_SECONDS": "0", "RNNOPS_THREADS": "1", "RNNOPS_MAX_CHARS": "1000000", **env}
+    full = {
+        **os.environ,
+        "BENTOML_HOME": str(tmp / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "RNNOPS_POLL_SECONDS": "0",
+        "RNNOPS_THREADS": "1",
+        "RNNOPS_MAX_CHARS": "1000000",
+        **env,
+    }
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "rnnops.serving.service:RnnopsService",
-                                 "--host", "127.0.0.1", "--port", str(port)], env=full, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                "rnnops.serving.service:RnnopsService",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=tmp,
+            start_new_session=True,
+        )
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", proc, log, timeout)
         yield proc, f"http://127.0.0.1:{port}", log

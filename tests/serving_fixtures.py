@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from servers import free_port, tail
 
 REPO = Path(__file__).resolve().parents[1]
-TEXT = "\n".join(f"{['the quick brown fox', 'jumps over', 'the lazy dog', 'and runs away'][i % 4]} {i % 7}"
-                 for i in range(400))
+TEXT = "\n".join(
+    f"{['the quick brown fox', 'jumps over', 'the lazy dog', 'and runs away'][i % 4]} {i % 7}" for i in range(400)
+)
 
 
 # ---------------------------------------------------------------- models: train, export, register
@@ -52,9 +52,13 @@ def registry(tmp_path_factory) -> Registry:
 
     root = tmp_path_factory.mktemp("serving")
     # Both URIs pinned: earlier test modules in this process pointed MLflow at other stores.
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "MLFLOW_REGISTRY_URI": f"sqlite:///{root / 'mlflow.db'}",
-           "RNNOPS_CACHE": str(root / "cache"),
-           "RNNOPS_CHECKPOINTS": str(root / "checkpoints"), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    env = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "MLFLOW_REGISTRY_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "RNNOPS_CACHE": str(root / "cache"),
+        "RNNOPS_CHECKPOINTS": str(root / "checkpoints"),
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    }
     mp = pytest.MonkeyPatch()
     for k, v in env.items():
         mp.setenv(k, v)
@@ -66,15 +70,23 @@ def registry(tmp_path_factory) -> Registry:
         n = 600
         t = np.arange(n)
         csv = root / "small.csv"
-        pd.DataFrame({"date": pd.date_range("2024-01-01", periods=n, freq="h").strftime("%Y-%m-%d %H:%M:%S"),
-                      "a": np.sin(t / 8.0), "b": np.cos(t / 13.0) + 0.001 * t,
-                      "OT": np.sin(t / 8.0 + 1.0) * 2 + 5}).to_csv(csv, index=False)
+        pd.DataFrame(
+            {
+                "date": pd.date_range("2024-01-01", periods=n, freq="h").strftime("%Y-%m-%d %H:%M:%S"),
+                "a": np.sin(t / 8.0),
+                "b": np.cos(t / 13.0) + 0.001 * t,
+                "OT": np.sin(t / 8.0 + 1.0) * 2 + 5,
+            }
+        ).to_csv(csv, index=False)
         quick = {"train.steps": 4, "train.eval_every": 4}
         char1 = jobs.run_job(jobs.char_job(str(text), "lstm", "tiny", {**quick, "model.hidden_size": 32}))
-        char2 = jobs.run_job(jobs.char_job(str(text), "gru", "tiny", {**quick, "model.hidden_size": 32, "train.seed": 2}))
+        char2 = jobs.run_job(
+            jobs.char_job(str(text), "gru", "tiny", {**quick, "model.hidden_size": 32, "train.seed": 2})
+        )
         fw = jobs.run_job(jobs.forecast_job(str(csv), "gru", "tiny", {**quick, "lookback": 24, "horizon": 6}))
-        fs = jobs.run_job(jobs.forecast_job(str(csv), "gru", "tiny", {**quick, "lookback": 24, "horizon": 6,
-                                                                       "model.norm": "fixed"}))
+        fs = jobs.run_job(
+            jobs.forecast_job(str(csv), "gru", "tiny", {**quick, "lookback": 24, "horizon": 6, "model.norm": "fixed"})
+        )
         for r in (char1, char2, fw, fs):
             export(r)
         for run, name in ((char1, "char-rnn"), (fw, "forecaster"), (fs, "forecaster-stateful")):
@@ -120,13 +132,35 @@ class Server:
 def _launch(name: str, env: dict, root: Path) -> Server:
     port = free_port()
     log = root / f"serve-{name}.log"
-    full = {**os.environ, **env, "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-            "PYTHONUNBUFFERED": "1", "RNNOPS_THREADS": "1"}
-    cmd = [sys.executable, "-m", "bentoml", "serve", "rnnops.serving.service:RnnopsService",
-           "--host", "127.0.0.1", "--port", str(port)]
+    full = {
+        **os.environ,
+        **env,
+        "BENTOML_HOME": str(root / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PYTHONUNBUFFERED": "1",
+        "RNNOPS_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "rnnops.serving.service:RnnopsService",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, env=full, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=root, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=root,
+            start_new_session=True,
+        )
     return Server(f"http://127.0.0.1:{port}", proc, log)
 
 
@@ -142,4 +176,3 @@ def _wait_ready(server: Server, timeout: float = 120.0) -> None:
                 return
         time.sleep(0.3)
     raise TimeoutError(f"{server.url} not ready after {timeout:.0f}s\n{tail(server.log)}")
-

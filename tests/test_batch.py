@@ -39,9 +39,14 @@ def champion(tmp_path_factory):
     n = 600
     t = np.arange(n)
     train_csv = root / "train.csv"
-    pd.DataFrame({"date": pd.date_range("2024-01-01", periods=n, freq="h").strftime("%Y-%m-%d %H:%M:%S"),
-                  "a": np.sin(t / 8.0), "b": np.cos(t / 13.0) + 0.001 * t,
-                  "OT": np.sin(t / 8.0 + 1.0) * 2 + 5}).to_csv(train_csv, index=False)
+    pd.DataFrame(
+        {
+            "date": pd.date_range("2024-01-01", periods=n, freq="h").strftime("%Y-%m-%d %H:%M:%S"),
+            "a": np.sin(t / 8.0),
+            "b": np.cos(t / 13.0) + 0.001 * t,
+            "OT": np.sin(t / 8.0 + 1.0) * 2 + 5,
+        }
+    ).to_csv(train_csv, index=False)
     with pytest.MonkeyPatch.context() as mp:
         uri = f"sqlite:///{root / 'mlflow.db'}"
         mp.setenv("MLFLOW_TRACKING_URI", uri)
@@ -75,10 +80,17 @@ def long_frame(series: dict[str, tuple[int, str]], seed: int = 0) -> pd.DataFram
     for k, (sid, (rows, freq)) in enumerate(series.items()):
         t = np.arange(rows)
         dates = pd.date_range("2024-03-01", periods=rows, freq=freq)
-        parts.append(pd.DataFrame({
-            "store": sid, "date": dates.strftime("%Y-%m-%d %H:%M:%S"),
-            "a": np.sin(t / 8.0 + k), "b": np.cos(t / 13.0) + 0.01 * k,
-            "OT": np.sin(t / 8.0 + 1 + k) * 2 + 5 + 0.1 * rng.standard_normal(rows)}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "store": sid,
+                    "date": dates.strftime("%Y-%m-%d %H:%M:%S"),
+                    "a": np.sin(t / 8.0 + k),
+                    "b": np.cos(t / 13.0) + 0.01 * k,
+                    "OT": np.sin(t / 8.0 + 1 + k) * 2 + 5 + 0.1 * rng.standard_normal(rows),
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -112,7 +124,11 @@ def read(path: Path) -> pd.DataFrame:
 
 def test_local_output_schema_timestamps_and_numbers(champion, good_csv, tmp_path):
     summary = run_job(job(tmp_path, good_csv))
-    assert summary.failed == 0 and summary.series == len(SERIES) and summary.rows_read == sum(n for n, _ in SERIES.values())
+    assert (
+        summary.failed == 0
+        and summary.series == len(SERIES)
+        and summary.rows_read == sum(n for n, _ in SERIES.values())
+    )
     assert summary.errors_path is None and not (tmp_path / "out.errors.csv").exists()
     out = read(tmp_path / "out.csv")
     assert list(out.columns) == ["store", "date", "step", "target", "forecast", "model", "model_version"]
@@ -127,7 +143,7 @@ def test_local_output_schema_timestamps_and_numbers(champion, good_csv, tmp_path
     rt = Runtime(champion.path)
     windows = np.stack([frame[frame.store == s][FEATURES].to_numpy(np.float32)[-LOOKBACK:] for s in SERIES])
     want = rt.run(windows).output
-    for k, (sid, (rows, freq)) in enumerate(SERIES.items()):
+    for k, (sid, (_rows, freq)) in enumerate(SERIES.items()):
         got = out[out.store == sid]
         last = pd.Timestamp(frame[frame.store == sid]["date"].iloc[-1])
         expected_dates = pd.date_range(last, periods=HORIZON + 1, freq=freq)[1:]
@@ -159,8 +175,9 @@ def test_chunk_boundaries_and_interleaved_series_give_the_same_output(champion, 
     # rows of different series interleaved (sorted by time, as a table dump often is)
     frame = long_frame(SERIES)
     inter = tmp_path / "interleaved.csv"
-    frame.assign(_t=pd.to_datetime(frame["date"])).sort_values(["_t", "store"], kind="stable").drop(columns="_t") \
-        .to_csv(inter, index=False)
+    frame.assign(_t=pd.to_datetime(frame["date"])).sort_values(["_t", "store"], kind="stable").drop(
+        columns="_t"
+    ).to_csv(inter, index=False)
     run_job(job(tmp_path, inter, "inter.csv", chunk_rows=11))
     a = read(tmp_path / "big.csv").sort_values(["store", "step", "target"]).reset_index(drop=True)
     b = read(tmp_path / "inter.csv").sort_values(["store", "step", "target"]).reset_index(drop=True)
@@ -170,8 +187,14 @@ def test_chunk_boundaries_and_interleaved_series_give_the_same_output(champion, 
 def test_single_series_without_id_column_and_plots(champion, tmp_path):
     one = long_frame({"x": (50, "h")}).drop(columns="store")
     one.to_csv(tmp_path / "one.csv", index=False)
-    j = B.ForecastJob(model="forecaster@champion", input=tmp_path / "one.csv", output=tmp_path / "one_out.csv",
-                      progress=False, plot_dir=tmp_path / "plots", plot_max=1)
+    j = B.ForecastJob(
+        model="forecaster@champion",
+        input=tmp_path / "one.csv",
+        output=tmp_path / "one_out.csv",
+        progress=False,
+        plot_dir=tmp_path / "plots",
+        plot_max=1,
+    )
     summary = B.run(j)
     out = read(tmp_path / "one_out.csv")
     assert list(out.columns) == ["date", "step", "target", "forecast", "model", "model_version"]
@@ -232,8 +255,19 @@ def test_bad_series_are_reported_and_the_rest_written(champion, bad_csv, tmp_pat
 
     from rnnops.cli import app
 
-    res = CliRunner().invoke(app, ["forecast", "--input", str(bad_csv), "--output", str(tmp_path / "out.csv"),
-                                   "--id-column", "store", "--no-progress"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "forecast",
+            "--input",
+            str(bad_csv),
+            "--output",
+            str(tmp_path / "out.csv"),
+            "--id-column",
+            "store",
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == B.EXIT_SERIES_FAILED, res.output
     assert "7 series failed" in res.output and "out.errors.csv" in res.output
     out = read(tmp_path / "out.csv")
@@ -323,7 +357,9 @@ def test_bentoml_store_reference(champion, good_csv, tmp_path):
     assert f"TAG forecaster:v{champion.version}-{champion.sha256[:12]}" in proc.stdout
     run_job(job(tmp_path, good_csv, "registry.csv"))
     a, b = read(out), read(tmp_path / "registry.csv")
-    assert (a["model"] == "forecaster").all() and a["model_version"].isna().all()  # a store model has no registry version
+    assert (a["model"] == "forecaster").all() and a[
+        "model_version"
+    ].isna().all()  # a store model has no registry version
     cols = ["store", "date", "step", "target", "forecast"]
     pd.testing.assert_frame_equal(a[cols], b[cols])
 
@@ -384,10 +420,14 @@ def test_spark_engine_matches_local(champion, bad_csv, good_csv, tmp_path):
     both = pd.concat([long_frame(SERIES), bad_frame()], ignore_index=True)
     both.to_csv(tmp_path / "both.csv", index=False)
     local = run_job(job(tmp_path, tmp_path / "both.csv", "local.parquet", chunk_rows=50))
-    spark = run_job(job(tmp_path, tmp_path / "both.csv", "spark.parquet", plot_dir=tmp_path / "plots", plot_max=2),
-                    engine="spark")
-    assert (spark.series, spark.failed, spark.output_rows, spark.rows_read) == \
-        (local.series, local.failed, local.output_rows, local.rows_read) == (15, 7, 8 * HORIZON * 3, len(both))
+    spark = run_job(
+        job(tmp_path, tmp_path / "both.csv", "spark.parquet", plot_dir=tmp_path / "plots", plot_max=2), engine="spark"
+    )
+    assert (
+        (spark.series, spark.failed, spark.output_rows, spark.rows_read)
+        == (local.series, local.failed, local.output_rows, local.rows_read)
+        == (15, 7, 8 * HORIZON * 3, len(both))
+    )
     a, b = pq.read_table(tmp_path / "local.parquet"), pq.read_table(tmp_path / "spark.parquet")
     assert a.schema == b.schema and a.equals(b)
     assert (tmp_path / "local.errors.csv").read_text() == (tmp_path / "spark.errors.csv").read_text()

@@ -23,8 +23,16 @@ HOUR = 3600 * 10**9
 
 def layout(id_column: str | None = "id", lookback: int = L, **kw) -> Layout:
     kw = {"freq": None, "date_format": None, "model_freq": "h", **kw}
-    return Layout(fmt="csv", id_column=id_column, date_column="date", features=("a", "b"), targets=("b",),
-                  lookback=lookback, horizon=H, **kw)
+    return Layout(
+        fmt="csv",
+        id_column=id_column,
+        date_column="date",
+        features=("a", "b"),
+        targets=("b",),
+        lookback=lookback,
+        horizon=H,
+        **kw,
+    )
 
 
 def frame(series: dict[str, int], start: str = "2024-03-01", freq: str = "h") -> pd.DataFrame:
@@ -32,8 +40,9 @@ def frame(series: dict[str, int], start: str = "2024-03-01", freq: str = "h") ->
     parts = []
     for k, (sid, n) in enumerate(series.items()):
         dates = pd.date_range(start, periods=n, freq=freq).strftime("%Y-%m-%d %H:%M:%S")
-        parts.append(pd.DataFrame({"id": sid, "date": dates, "a": 100.0 * k + np.arange(n),
-                                   "b": -(100.0 * k + np.arange(n))}))
+        parts.append(
+            pd.DataFrame({"id": sid, "date": dates, "a": 100.0 * k + np.arange(n), "b": -(100.0 * k + np.arange(n))})
+        )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -54,7 +63,7 @@ def feed(lay: Layout, df: pd.DataFrame, sizes=(10**9,), positions=None, capacity
     pos = np.arange(len(df), dtype=np.int64) if positions is None else np.asarray(positions, np.int64)
     lo = 0
     for b in batches(df, sizes):
-        tails.feed(b, pos[lo:lo + b.num_rows])
+        tails.feed(b, pos[lo : lo + b.num_rows])
         lo += b.num_rows
     return tails
 
@@ -167,17 +176,22 @@ def test_backwards_and_repeated_timestamps_also_across_chunks():
         errors = by_id(p.errors)
         assert errors["dup"].message == "timestamp 2024-03-01 02:00:00 repeats (one row per series and timestamp)"
         assert errors["dup_edge"].message.startswith("timestamp 2024-03-01 02:00:00 repeats")
-        assert errors["back"].message == ("timestamps go back: 2024-03-01 00:30:00 comes after 2024-03-01 03:00:00 "
-                                          "(sort the rows of each series by time)")
-        assert errors["back_edge"].message.startswith("timestamps go back: 2024-02-01 00:00:00 comes after "
-                                                      "2024-03-01 02:00:00")
+        assert errors["back"].message == (
+            "timestamps go back: 2024-03-01 00:30:00 comes after 2024-03-01 03:00:00 "
+            "(sort the rows of each series by time)"
+        )
+        assert errors["back_edge"].message.startswith(
+            "timestamps go back: 2024-02-01 00:00:00 comes after 2024-03-01 02:00:00"
+        )
         assert errors["back"] == SeriesError("back", 6, errors["back"].message, int(rows("back")[0]))
 
 
 def test_disorder_without_id_column_suggests_one():
     df = pd.concat([frame({"a": 5}), frame({"b": 5})], ignore_index=True).drop(columns="id")
     p = feed(layout(id_column=None), df).finish()
-    assert p.ids == [] and p.errors[0].message.endswith("; or is this several series? name the id column with --id-column)")
+    assert p.ids == [] and p.errors[0].message.endswith(
+        "; or is this several series? name the id column with --id-column)"
+    )
     assert p.errors[0].series_id is None and p.errors[0].rows == 10
 
 
@@ -191,8 +205,9 @@ def test_nan_inside_the_window_fails_outside_it_does_not():
         p = feed(layout(), df, sizes).finish()
         assert p.ids == ["outside"]
         errors = by_id(p.errors)
-        assert errors["inside"].message == ("b is missing (NaN) at 2024-03-01 06:00:00, within the last 4 rows that "
-                                            "the model reads")
+        assert errors["inside"].message == (
+            "b is missing (NaN) at 2024-03-01 06:00:00, within the last 4 rows that the model reads"
+        )
         assert errors["inf"].message.startswith("a is inf at 2024-03-01 07:00:00")
         check_windows(p, df)
 
@@ -220,8 +235,10 @@ def test_irregular_window_and_a_given_freq():
     df = df.drop(df.index[df.id == "gap"][-2]).reset_index(drop=True)  # an hour missing inside the window
     p = feed(layout(), df).finish()
     assert p.ids == ["ok"]
-    assert p.errors[0].message.startswith("irregular timestamps: a step of 2h from 2024-03-01 04:00:00 to "
-                                          "2024-03-01 06:00:00 where most are 1h, within the last 4 rows")
+    assert p.errors[0].message.startswith(
+        "irregular timestamps: a step of 2h from 2024-03-01 04:00:00 to "
+        "2024-03-01 06:00:00 where most are 1h, within the last 4 rows"
+    )
     p = feed(layout(freq="15min"), df).finish()
     assert p.ids == [] and all(e.message.startswith("timestamps are not 15min apart") for e in p.errors)
 

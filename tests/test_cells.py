@@ -6,11 +6,10 @@ import pytest
 import torch
 
 from rnnops.errors import RnnopsError
-from rnnops.training import fused
+from rnnops.training import cells, fused
 from rnnops.training import mingru as G
 from rnnops.training import mlstm as X
 from rnnops.training import scan as S
-from rnnops.training import cells
 from rnnops.training.models import CharModel, CharModelConfig, Forecaster, ForecasterConfig
 
 F64 = torch.float64
@@ -23,7 +22,9 @@ def _close(a, b, tol=1e-5):
 
 def _inputs(width, batch=3, time=150, seed=0, scale=2.0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, time, width, generator=g, dtype=F64) * scale, torch.randn(batch, width, generator=g, dtype=F64)
+    return torch.randn(batch, time, width, generator=g, dtype=F64) * scale, torch.randn(
+        batch, width, generator=g, dtype=F64
+    )
 
 
 @pytest.mark.parametrize("cls", [G.MinGRU, G.MinLSTM])
@@ -110,7 +111,9 @@ def test_mlstm_fused_kernel_equals_the_recurrence_values_and_gradients(with_stat
     torch.manual_seed(0)
     layer = _mlstm()
     x, _ = _inputs(16, batch=2, time=time)
-    state = tuple(0.5 * torch.randn_like(t) for t in layer.zero_state(2, F64)) if with_state else layer.zero_state(2, F64)
+    state = (
+        tuple(0.5 * torch.randn_like(t) for t in layer.zero_state(2, F64)) if with_state else layer.zero_state(2, F64)
+    )
 
     def loss(out, C, n, m):  # every output, the state included, feeds the loss
         return (out * torch.cos(out)).sum() + (0.3 * C).sum() + n.sin().sum() + (0.7 * m).sum()
@@ -228,8 +231,18 @@ def test_models_step_equals_whole_sequence_and_state_layout(cell):
 @pytest.mark.parametrize("cell", cells.names(family="modern"))
 def test_stateful_forecaster_steps_like_the_window(cell):
     torch.manual_seed(0)
-    cfg = ForecasterConfig(n_features=3, target_indices=[0, 2], lookback=12, horizon=5, cell=cell, hidden_size=16,
-                           num_layers=2, norm="fixed", scaler_mean=[1.0, -2.0, 10.0], scaler_std=[2.0, 0.5, 3.0])
+    cfg = ForecasterConfig(
+        n_features=3,
+        target_indices=[0, 2],
+        lookback=12,
+        horizon=5,
+        cell=cell,
+        hidden_size=16,
+        num_layers=2,
+        norm="fixed",
+        scaler_mean=[1.0, -2.0, 10.0],
+        scaler_std=[2.0, 0.5, 3.0],
+    )
     model = Forecaster(cfg).eval()
     x = torch.randn(4, 12, 3) * 3 + 5
     with torch.no_grad():
@@ -264,8 +277,14 @@ def test_cli_refuses_bad_cell_options_before_training(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "RNNOPS_CACHE": str(tmp_path)}
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-c", "from rnnops.cli import main; main()", "train", *args],
-                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-c", "from rnnops.cli import main; main()", "train", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+        )
 
     r = cli("char", "--cell", "mlstm", "--hidden-size", "30", "--heads", "4", "--data", "nope.txt")
     assert r.returncode == 2 and r.stderr.strip().startswith("error: --heads 4 does not divide --hidden-size 30")
@@ -299,8 +318,9 @@ def test_tiny_char_and_forecast_runs_per_cell(mlflow_env, small_text, small_csv,
     size = sum(p.numel() for p in loaded.model.parameters())
     assert mlflow.get_run(run_id).data.params["model.parameters"] == str(size)
 
-    job = jobs.forecast_job(str(small_csv), cell, "tiny", {"lookback": 24, "horizon": 6, "train.steps": 15,
-                                                           "model.norm": "fixed"})
+    job = jobs.forecast_job(
+        str(small_csv), cell, "tiny", {"lookback": 24, "horizon": 6, "train.steps": 15, "model.norm": "fixed"}
+    )
     run_id = jobs.run_job(job)
     m = mlflow.get_run(run_id).data.metrics
     assert m["val_mse"] == m["val_mse"] and "test_mse" in m  # finite
@@ -316,8 +336,16 @@ def test_tiny_char_and_forecast_runs_per_cell(mlflow_env, small_text, small_csv,
 def test_every_cli_cell_choice_has_a_registry_entry_and_back():
     from rnnops.training import cli as T
 
-    assert [c.value for c in T.CharCell] == list(cells.names("char")) == ["lstm", "gru", "rnn", "mingru", "minlstm", "mlstm"]
-    assert [c.value for c in T.ForecastCell] == list(cells.names("forecast")) == ["lstm", "gru", "mingru", "minlstm", "mlstm"]
+    assert (
+        [c.value for c in T.CharCell]
+        == list(cells.names("char"))
+        == ["lstm", "gru", "rnn", "mingru", "minlstm", "mlstm"]
+    )
+    assert (
+        [c.value for c in T.ForecastCell]
+        == list(cells.names("forecast"))
+        == ["lstm", "gru", "mingru", "minlstm", "mlstm"]
+    )
     for name in cells.CELLS:
         entry = cells.get(name)
         assert entry.name == name and entry.family in ("classic", "modern")
@@ -330,7 +358,9 @@ def test_every_cli_cell_choice_has_a_registry_entry_and_back():
 def test_an_unknown_cell_lists_the_valid_ones():
     with pytest.raises(RnnopsError, match="unknown cell 'mamba': use one of lstm, gru, rnn, mingru, minlstm, mlstm"):
         cells.get("mamba")
-    with pytest.raises(RnnopsError, match="unknown forecaster cell 'rnn': use one of lstm, gru, mingru, minlstm, mlstm"):
+    with pytest.raises(
+        RnnopsError, match="unknown forecaster cell 'rnn': use one of lstm, gru, mingru, minlstm, mlstm"
+    ):
         cells.for_task("rnn", "forecast")
 
 
@@ -343,8 +373,11 @@ def test_int8_forms_exist_exactly_for_the_ops_the_rewrite_knows():
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "mingru", "minlstm", "mlstm"])
 def test_a_cells_declared_state_is_what_its_model_returns(cell):
-    model = CharModel(CharModelConfig(vocab_size=7, cell=cell, hidden_size=8, num_layers=2, embed_dim=4,
-                                      heads=2 if cell == "mlstm" else None)).eval()
+    model = CharModel(
+        CharModelConfig(
+            vocab_size=7, cell=cell, hidden_size=8, num_layers=2, embed_dim=4, heads=2 if cell == "mlstm" else None
+        )
+    ).eval()
     with torch.no_grad():
         _, state = model(torch.zeros(3, 5, dtype=torch.long))
     spec = cells.get(cell).state_tensors(2, 8, 2 if cell == "mlstm" else None)

@@ -64,7 +64,7 @@ def final_stage(path: Path) -> list[str]:
     text = re.sub(r"\\\n", " ", path.read_text())
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     starts = [i for i, ln in enumerate(lines) if ln.upper().startswith("FROM ")]
-    return lines[starts[-1]:]
+    return lines[starts[-1] :]
 
 
 def env_of(svc: dict) -> dict:
@@ -97,7 +97,11 @@ def package_file(package: str, relative: str) -> str:
 
 def rnnops_services(services: dict) -> dict:
     """Services that run rnnops code (built from docker/Dockerfile.serving or .training)."""
-    return {n: s for n, s in services.items() if dockerfile(s) and dockerfile(s).name in ("Dockerfile.serving", "Dockerfile.training")}
+    return {
+        n: s
+        for n, s in services.items()
+        if dockerfile(s) and dockerfile(s).name in ("Dockerfile.serving", "Dockerfile.training")
+    }
 
 
 def healthcheck_url(svc: dict) -> str:
@@ -136,7 +140,9 @@ def test_every_service_has_an_image_or_a_build(services):
 
 
 def test_build_contexts_dockerfiles_and_copy_sources_exist(services):
-    ignored = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
+    ignored = [
+        p.strip() for p in (REPO / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")
+    ]
     seen = set()
     for name, svc in services.items():
         path = dockerfile(svc)
@@ -161,7 +167,7 @@ def test_build_contexts_dockerfiles_and_copy_sources_exist(services):
         args = set(re.findall(r"^ARG (\w+)", text, re.M))
         for svc2 in services.values():
             if dockerfile(svc2) == path:
-                for arg in (svc2["build"].get("args") or {}):
+                for arg in svc2["build"].get("args") or {}:
                     assert arg in args, f"{path.name} has no ARG {arg} (build arg of a service)"
 
 
@@ -285,7 +291,7 @@ def test_serving_port_health_and_readiness(services):
 def test_dependencies_exist_and_wait_for_health(services):
     for name, svc in services.items():
         deps = svc.get("depends_on") or {}
-        for dep, how in (deps.items() if isinstance(deps, dict) else ((d, {}) for d in deps)):
+        for dep, how in deps.items() if isinstance(deps, dict) else ((d, {}) for d in deps):
             assert dep in services, f"{name} depends on unknown {dep}"
             if how.get("condition") == "service_healthy":
                 assert "healthcheck" in services[dep] or dockerfile(services[dep]), f"{dep} has no healthcheck"
@@ -348,11 +354,15 @@ def test_bentofile_names_the_service_and_registry_models():
 
     refs = parse_refs(env["RNNOPS_MODELS"])
     assert [(r.served, r.source, r.target) for r in refs] == [
-        ("char-rnn", "bentoml", "char-rnn:latest"), ("forecaster", "bentoml", "forecaster:latest")]
+        ("char-rnn", "bentoml", "char-rnn:latest"),
+        ("forecaster", "bentoml", "forecaster:latest"),
+    ]
     # its packages are rnnops' core + serve dependencies, at the versions constraints.txt pins
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    wanted = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower()
-              for d in project["dependencies"] + project["optional-dependencies"]["serve"]}
+    wanted = {
+        re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower()
+        for d in project["dependencies"] + project["optional-dependencies"]["serve"]
+    }
     pins = dict(ln.lower().split("==", 1) for ln in (REPO / "constraints.txt").read_text().split() if "==" in ln)
     packages = dict(p.lower().split("==", 1) for p in bento["python"]["packages"])
     assert set(packages) == wanted
@@ -382,7 +392,10 @@ def test_ci_override_only_swaps_the_third_party_images(services):
         stand_in = svc["image"]
         assert stand_in.startswith("localhost/rnnops-"), stand_in
         # the same major version and Debian release as the image it stands in for
-        assert stand_in.rsplit(":", 1)[1] == services[name]["image"].rsplit(":", 1)[1], (stand_in, services[name]["image"])
+        assert stand_in.rsplit(":", 1)[1] == services[name]["image"].rsplit(":", 1)[1], (
+            stand_in,
+            services[name]["image"],
+        )
         assert name in (REPO / "scripts" / "base_images.sh").read_text()
 
 
@@ -413,7 +426,11 @@ def test_compose_variables_are_documented():
 
 
 def test_ci_builds_the_images_and_runs_the_stack_after_the_unit_suite():
-    ci = [ln.strip() for ln in (REPO / ".ci" / "run").read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    ci = [
+        ln.strip()
+        for ln in (REPO / ".ci" / "run").read_text().splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
     calls = [ln for ln in ci if ln.startswith(("make ", "time make "))]
     targets = [ln.split("make ", 1)[1].split()[0] for ln in calls]
     assert targets[:1] == ["test"] and "stack-test" in targets, calls

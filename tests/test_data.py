@@ -136,9 +136,16 @@ def test_a_series_recipe_round_trips_loads_and_cuts_the_old_windows(source, data
         np.testing.assert_array_equal(w.x, x)
         np.testing.assert_array_equal(w.y, y)
     # a run logged before recipes: the recipe derived from its job.json and model spec is the same
-    spec = {"kind": "forecaster", "dataset": {"name": series.name, "sha256": series.sha256},
-            "config": {"lookback": L, "horizon": H, "feature_names": series.feature_names,
-                       "target_names": series.target_names}}
+    spec = {
+        "kind": "forecaster",
+        "dataset": {"name": series.name, "sha256": series.sha256},
+        "config": {
+            "lookback": L,
+            "horizon": H,
+            "feature_names": series.feature_names,
+            "target_names": series.target_names,
+        },
+    }
     job = {"task": "forecast", "data": uri, "features": "M", "target": None, "date_column": None, "fill": None}
     assert recipe_from_job(job, spec)[0] == recipe
     assert recipe_from_job(None, {**spec, "dataset": {"name": uri, "sha256": series.sha256}})[0] == recipe

@@ -44,7 +44,12 @@ KNOWN_CYCLES = {
     frozenset({"rnnops.training.distributed", "rnnops.training.jobs"}),
     frozenset({"rnnops.export.bands", "rnnops.export.wrappers"}),
     # spark.py imports the package facade (`from rnnops.serving import batch as B`), which imports its modules
-    frozenset({"rnnops.serving.batch", *(f"rnnops.serving.batch.{m}" for m in ("job", "local", "read", "spark", "tails", "write"))}),
+    frozenset(
+        {
+            "rnnops.serving.batch",
+            *(f"rnnops.serving.batch.{m}" for m in ("job", "local", "read", "spark", "tails", "write")),
+        }
+    ),
 }
 
 
@@ -72,8 +77,12 @@ def _modules_in(folder: Path, package: str) -> dict[str, Path]:
 
 def _is_main_block(node: ast.AST) -> bool:
     """``if __name__ == "__main__":``: a script's entry point (it may call the root command)."""
-    return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and isinstance(node.test.left, ast.Name)
-            and node.test.left.id == "__name__")
+    return (
+        isinstance(node, ast.If)
+        and isinstance(node.test, ast.Compare)
+        and isinstance(node.test.left, ast.Name)
+        and node.test.left.id == "__name__"
+    )
 
 
 @cache
@@ -129,9 +138,14 @@ def test_the_walk_finds_every_stage_and_the_imports_it_must():
 
 
 def test_no_module_imports_what_its_part_of_the_code_must_not():
-    broken = sorted(f"{name} imports {imp} ({key} must not import {prefix})"
-                    for name in modules() for key in part_of(name) for imp in imports_of(name)
-                    for prefix in FORBIDDEN[key] if _matches(imp, prefix))
+    broken = sorted(
+        f"{name} imports {imp} ({key} must not import {prefix})"
+        for name in modules()
+        for key in part_of(name)
+        for imp in imports_of(name)
+        for prefix in FORBIDDEN[key]
+        if _matches(imp, prefix)
+    )
     assert not broken, "the dependency rule (docs/architecture.md) is broken:\n" + "\n".join(broken)
 
 

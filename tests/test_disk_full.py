@@ -34,8 +34,9 @@ def _unshare() -> tuple[str, ...]:
         missing("unshare (util-linux) is not installed")
     with tempfile.TemporaryDirectory() as probe_dir:
         for prefix in (("unshare", "--user", "--map-root-user", "--mount"), ("unshare", "--mount")):
-            probe = subprocess.run([*prefix, "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", probe_dir],
-                                   capture_output=True, timeout=30)
+            probe = subprocess.run(
+                [*prefix, "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", probe_dir], capture_output=True, timeout=30
+            )
             if probe.returncode == 0:
                 return prefix
     missing("cannot mount a tmpfs in a private namespace here (no user namespaces and not root)")
@@ -46,11 +47,14 @@ def _in_small_fs(size: str, mount: Path, cmd: list[str], env: dict, cwd: Path, t
     the tmpfs as {relative path: size})."""
     mount.mkdir(parents=True, exist_ok=True)
     listing = cwd / f"{mount.name}.left"
-    script = (f"mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(mount))} || exit 99; "
-              f'"$@"; rc=$?; find {shlex.quote(str(mount))} -mindepth 1 -printf "%P\\t%s\\n" '
-              f"> {shlex.quote(str(listing))}; exit $rc")
-    p = subprocess.run([*_unshare(), "sh", "-c", script, "sh", *cmd], env=env, cwd=cwd, capture_output=True,
-                       text=True, timeout=timeout)
+    script = (
+        f"mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(mount))} || exit 99; "
+        f'"$@"; rc=$?; find {shlex.quote(str(mount))} -mindepth 1 -printf "%P\\t%s\\n" '
+        f"> {shlex.quote(str(listing))}; exit $rc"
+    )
+    p = subprocess.run(
+        [*_unshare(), "sh", "-c", script, "sh", *cmd], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
     assert p.returncode != 99, p.stderr
     left = {}
     for line in listing.read_text().splitlines():
@@ -91,8 +95,9 @@ def test_export_into_a_full_disk_fails_in_one_line_and_leaves_nothing_exported(c
 
     env = {**os.environ, "TQDM_DISABLE": "1"}
     small = mlflow_env / "small"
-    rc, out, left = _in_small_fs(size, small, [*CLI, "export", char_run, "--out", str(small / "export")], env,
-                                 mlflow_env)
+    rc, out, left = _in_small_fs(
+        size, small, [*CLI, "export", char_run, "--out", str(small / "export")], env, mlflow_env
+    )
     assert rc == 2, out[-4000:]
     line = _one_error_line(out)
     started = [ln for ln in out.splitlines() if ln.startswith("[export] ") and ln.endswith("…")]
@@ -101,7 +106,9 @@ def test_export_into_a_full_disk_fails_in_one_line_and_leaves_nothing_exported(c
     tags = mlflow.MlflowClient().get_run(char_run).data.tags
     assert not [k for k in tags if k.startswith("rnnops.export.")], tags
     assert contract.TAG_ONNX_URI not in tags
-    models = mlflow.search_logged_models(experiment_ids=[mlflow.get_run(char_run).info.experiment_id], output_format="list")
+    models = mlflow.search_logged_models(
+        experiment_ids=[mlflow.get_run(char_run).info.experiment_id], output_format="list"
+    )
     assert all(m.status != "READY" for m in models if m.name == "onnx"), [(m.name, m.status) for m in models]
     print(f"export into {size} (full at: {started[-1]}): rc {rc}; {line}")
 
@@ -110,24 +117,43 @@ def test_export_into_a_full_disk_fails_in_one_line_and_leaves_nothing_exported(c
 def test_batch_forecast_into_a_full_disk_fails_in_one_line_and_leaves_no_output(tmp_path):
     import numpy as np
     import pandas as pd
-
     from test_runtime import export_forecaster
 
     model, _ = export_forecaster(tmp_path / "fc.onnx", norm="fixed", lookback=12, horizon=4)
     series, rows = 20_000, 12
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame({
-        "id": np.repeat([f"s{i:05d}" for i in range(series)], rows),
-        "date": np.tile(pd.date_range("2024-01-01", periods=rows, freq="h").strftime("%Y-%m-%d %H:%M:%S"), series),
-        "a": rng.standard_normal(series * rows), "b": rng.standard_normal(series * rows),
-        "OT": rng.standard_normal(series * rows)})
+    frame = pd.DataFrame(
+        {
+            "id": np.repeat([f"s{i:05d}" for i in range(series)], rows),
+            "date": np.tile(pd.date_range("2024-01-01", periods=rows, freq="h").strftime("%Y-%m-%d %H:%M:%S"), series),
+            "a": rng.standard_normal(series * rows),
+            "b": rng.standard_normal(series * rows),
+            "OT": rng.standard_normal(series * rows),
+        }
+    )
     data = tmp_path / "in.csv"
     frame.to_csv(data, index=False)
     small = tmp_path / "small"
     env = {**os.environ, "RNNOPS_CACHE": str(tmp_path / "cache")}
-    rc, out, left = _in_small_fs("128k", small, [*CLI, "forecast", "--model", str(model), "--input", str(data),
-                                                 "--output", str(small / "out.parquet"), "--id-column", "id",
-                                                 "--no-progress"], env, tmp_path)
+    rc, out, left = _in_small_fs(
+        "128k",
+        small,
+        [
+            *CLI,
+            "forecast",
+            "--model",
+            str(model),
+            "--input",
+            str(data),
+            "--output",
+            str(small / "out.parquet"),
+            "--id-column",
+            "id",
+            "--no-progress",
+        ],
+        env,
+        tmp_path,
+    )
     assert rc == 2, out[-4000:]
     line = _one_error_line(out)
     assert left == {}, left  # neither out.parquet nor .out.parquet.<pid>.tmp

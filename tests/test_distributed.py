@@ -32,17 +32,33 @@ def _toy_rank(rank: int, world: int, port: int, out: str) -> None:
     try:
         torch.manual_seed(0)
         model = torch.nn.Linear(3, 1)
-        setup = TrainingSetup(model=model, sample_batch=None, loss_fn=lambda m, x, y: ((m(x) - y) ** 2).mean(),
-                              evaluate=lambda step: {"val": 10.0 + rank}, finish=None, items_per_batch=4,
-                              unit="windows", val_key="val", spec={}, dataset=None, recipe=None)
+        setup = TrainingSetup(
+            model=model,
+            sample_batch=None,
+            loss_fn=lambda m, x, y: ((m(x) - y) ** 2).mean(),
+            evaluate=lambda step: {"val": 10.0 + rank},
+            finish=None,
+            items_per_batch=4,
+            unit="windows",
+            val_key="val",
+            spec={},
+            dataset=None,
+            recipe=None,
+        )
         group = distributed.current()
         wrapped = group.wrap(setup, seed=0)
         x, y = _toy_batch(rank)
         wrapped.loss_fn(model, x, y).backward()
-        torch.save({"grads": [p.grad.clone() for p in model.parameters()],
-                    "val": wrapped.evaluate(1)["val"], "clock": group.clock(),
-                    "items": wrapped.items_per_batch, "run": group.share(f"run-from-{rank}")},
-                   Path(out) / f"rank{rank}.pt")
+        torch.save(
+            {
+                "grads": [p.grad.clone() for p in model.parameters()],
+                "val": wrapped.evaluate(1)["val"],
+                "clock": group.clock(),
+                "items": wrapped.items_per_batch,
+                "run": group.share(f"run-from-{rank}"),
+            },
+            Path(out) / f"rank{rank}.pt",
+        )
         # Both ranks are done: leave without gloo's teardown, which now and then aborted a rank
         # whose peer had closed first ("terminate called without an active exception", SIGABRT
         # after the results were saved). The end-to-end test below still tears down as training does.
@@ -103,10 +119,27 @@ def test_train_char_two_processes_logs_one_run_and_learns(tmp_path, small_text):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "RNNOPS_CHECKPOINTS": str(tmp_path / "ckpt"),
-           "RNNOPS_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-c", "from rnnops.cli import main; main()", "train", "char", "--preset", "tiny",
-           "--data", str(small_text), "--experiment", "ddp", "--nproc", "2"]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "RNNOPS_CHECKPOINTS": str(tmp_path / "ckpt"),
+        "RNNOPS_CACHE": str(tmp_path / "cache"),
+    }
+    cmd = [
+        sys.executable,
+        "-c",
+        "from rnnops.cli import main; main()",
+        "train",
+        "char",
+        "--preset",
+        "tiny",
+        "--data",
+        str(small_text),
+        "--experiment",
+        "ddp",
+        "--nproc",
+        "2",
+    ]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "training in 2 processes" in proc.stderr
@@ -119,6 +152,7 @@ def test_train_char_two_processes_logs_one_run_and_learns(tmp_path, small_text):
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.tags["rnnops.world_size"] == "2"
+
     def history(key):
         return [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
 

@@ -10,13 +10,14 @@ import pytest
 
 pytest.importorskip("torch")
 
+from test_runtime import export_char  # noqa: E402
+
 from rnnops.serving.errors import Overloaded  # noqa: E402
 from rnnops.serving.generate import engine as E  # noqa: E402
 from rnnops.serving.generate.sampling import SamplingParams  # noqa: E402
 from rnnops.serving.generate.scheduler import StepScheduler  # noqa: E402
 from rnnops.serving.generate.stream import GenerationRequest  # noqa: E402
 from rnnops.serving.runtime import Runtime  # noqa: E402
-from test_runtime import export_char  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,9 @@ def model(tmp_path_factory):
 
 
 def _req(rt, prompt: str, n: int, seed: int, **kw) -> GenerationRequest:
-    return GenerationRequest(rt.encode(prompt), n, SamplingParams(kw.pop("temperature", 0.9), kw.pop("top_k", 0)),
-                             seed, **kw)
+    return GenerationRequest(
+        rt.encode(prompt), n, SamplingParams(kw.pop("temperature", 0.9), kw.pop("top_k", 0)), seed, **kw
+    )
 
 
 @pytest.fixture
@@ -39,8 +41,15 @@ def engine(model):
 
 def test_the_engine_gives_the_in_process_schedulers_texts(model, engine):
     rt = Runtime(model)
-    reqs = [_req(rt, p, n, seed, stop=stop) for p, n, seed, stop in
-            [("ab", 40, 1, ()), ("the cat", 25, 2, ()), ("x", 60, 3, ("ab",)), ("hello there", 33, 4, ())]]
+    reqs = [
+        _req(rt, p, n, seed, stop=stop)
+        for p, n, seed, stop in [
+            ("ab", 40, 1, ()),
+            ("the cat", 25, 2, ()),
+            ("x", 60, 3, ("ab",)),
+            ("hello there", 33, 4, ()),
+        ]
+    ]
     local = StepScheduler(rt)
     expected = [local.submit(r) for r in reqs]
     local.run_until_idle()

@@ -23,7 +23,6 @@ import mlflow  # noqa: E402
 from rnnops import contract as C  # noqa: E402
 from rnnops.errors import RnnopsError  # noqa: E402
 
-
 # ----------------------------------------------------------------------------- fixtures (export tests only)
 
 CONFIGS = {  # name -> (kind, cell, norm, layers)
@@ -79,22 +78,49 @@ def make_run(kind: str, cell: str, norm: str | None = None, layers: int = 1, hid
         torch.manual_seed(1)
     if kind == "char":
         text = D.load_text("tinyshakespeare")
-        cfg = CharModelConfig(vocab_size=len(text.vocab), cell=cell, hidden_size=hidden, num_layers=layers, embed_dim=8,
-                              ff_mult=1.0 if cell in MODERN else None)
+        cfg = CharModelConfig(
+            vocab_size=len(text.vocab),
+            cell=cell,
+            hidden_size=hidden,
+            num_layers=layers,
+            embed_dim=8,
+            ff_mult=1.0 if cell in MODERN else None,
+        )
         model = CharModel(cfg)
-        spec = {"kind": "char", "config": cfg.to_dict(), "vocab": text.vocab.chars,
-                "dataset": {"name": "tinyshakespeare", "sha256": text.sha256}}
+        spec = {
+            "kind": "char",
+            "config": cfg.to_dict(),
+            "vocab": text.vocab.chars,
+            "dataset": {"name": "tinyshakespeare", "sha256": text.sha256},
+        }
         job, metrics = {"task": "char", "data": "tinyshakespeare"}, {"val_loss": 4.17}
     else:
         s = D.load_series("etth1")
         mean, std = s.scaler()
-        cfg = ForecasterConfig(n_features=len(s.feature_names), target_indices=s.target_indices, lookback=24, horizon=12,
-                               cell=cell, hidden_size=hidden, num_layers=layers, norm=norm, linear_skip=norm == "revin",
-                               scaler_mean=mean.tolist(), scaler_std=std.tolist(), feature_names=s.feature_names,
-                               target_names=s.target_names, ff_mult=1.0 if cell in MODERN else None)
+        cfg = ForecasterConfig(
+            n_features=len(s.feature_names),
+            target_indices=s.target_indices,
+            lookback=24,
+            horizon=12,
+            cell=cell,
+            hidden_size=hidden,
+            num_layers=layers,
+            norm=norm,
+            linear_skip=norm == "revin",
+            scaler_mean=mean.tolist(),
+            scaler_std=std.tolist(),
+            feature_names=s.feature_names,
+            target_names=s.target_names,
+            ff_mult=1.0 if cell in MODERN else None,
+        )
         model = Forecaster(cfg)
-        spec = {"kind": "forecaster", "config": cfg.to_dict(), "stateful": cfg.stateful, "freq": "h",
-                "dataset": {"name": "etth1", "sha256": s.sha256}}
+        spec = {
+            "kind": "forecaster",
+            "config": cfg.to_dict(),
+            "stateful": cfg.stateful,
+            "freq": "h",
+            "dataset": {"name": "etth1", "sha256": s.sha256},
+        }
         job = {"task": "forecast", "data": "etth1", "features": "M", "target": None, "date_column": None, "fill": None}
         metrics = {"val_mse": 1.0}
     with mlflow.start_run() as run:
@@ -218,8 +244,9 @@ def test_model_uri_ref_and_a_torchscript_only_export_leave_the_onnx_tags(exports
     assert again.parity["passed"] and again.parity["backends"] == ["torchscript"]
     assert again.artifacts["parity_report.json"].endswith("/export/torchscript/parity_report.json")
     after = mlflow.get_run(r.run_id).data.tags
-    assert {k: after.get(k) for k in (C.TAG_ONNX_URI, C.TAG_ONNX_SHA256, C.TAG_PARITY_PASSED)} == \
-        {k: before.get(k) for k in (C.TAG_ONNX_URI, C.TAG_ONNX_SHA256, C.TAG_PARITY_PASSED)}
+    assert {k: after.get(k) for k in (C.TAG_ONNX_URI, C.TAG_ONNX_SHA256, C.TAG_PARITY_PASSED)} == {
+        k: before.get(k) for k in (C.TAG_ONNX_URI, C.TAG_ONNX_SHA256, C.TAG_PARITY_PASSED)
+    }
 
 
 def test_metadata_round_trip_and_contract_names(exports):
@@ -237,8 +264,10 @@ def test_metadata_round_trip_and_contract_names(exports):
         assert meta["source_run"] == r.run_id and meta["cell"] == r.cell and meta["kind"] == r.kind
         assert meta["state_inputs"] == C.state_inputs(r.cell) and meta["state_outputs"] == C.state_outputs(r.cell)
         proto = onnx.load(str(r.onnx_path))
-        dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-                for v in list(proto.graph.input) + list(proto.graph.output)}
+        dims = {
+            v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(proto.graph.input) + list(proto.graph.output)
+        }
         assert [i.name for i in proto.graph.input] == [C.INPUT, *C.state_inputs(r.cell)]
         if r.kind == "char":
             assert meta["stateful"] is True and len(meta["vocab"]) == 65 and meta["feature_names"] is None
@@ -261,7 +290,7 @@ def _op_types(graph) -> set[str]:
     for n in graph.node:
         out.add(n.op_type)
         for a in n.attribute:
-            for g in ([a.g] if a.type == a.GRAPH else list(a.graphs)):
+            for g in [a.g] if a.type == a.GRAPH else list(a.graphs):
                 out |= _op_types(g)
     return out
 
@@ -274,19 +303,25 @@ def test_modern_cells_metadata_describes_the_graph_state_exactly(exports):
     want = {
         "char-mingru": [{"input": "h0", "output": "hn", "shape": [2, "batch", 16], "dtype": "float32"}],
         "fc-minlstm-fixed": [{"input": "h0", "output": "hn", "shape": [2, "batch", 16], "dtype": "float32"}],
-        "char-mlstm": [{"input": f"{v}0_l{l}", "output": f"{v}n_l{l}", "shape": shape, "dtype": "float32"}
-                       for l in range(2) for v, shape in (("C", ["batch", 4, 4, 4]), ("n", ["batch", 4, 4]),
-                                                          ("m", ["batch", 4]))],
+        "char-mlstm": [
+            {"input": f"{v}0_l{l}", "output": f"{v}n_l{l}", "shape": shape, "dtype": "float32"}
+            for l in range(2)
+            for v, shape in (("C", ["batch", 4, 4, 4]), ("n", ["batch", 4, 4]), ("m", ["batch", 4]))
+        ],
     }
     for name, state in want.items():
         r = exports(name)
         meta = read_metadata(r.onnx_path)
         assert meta["state"] == state and meta["cell"] == r.cell and meta["hidden_size"] == 16
         assert meta["layers"] == CONFIGS[name][3]
-        assert meta["state_inputs"] == [t["input"] for t in state] and meta["state_outputs"] == [t["output"] for t in state]
+        assert meta["state_inputs"] == [t["input"] for t in state] and meta["state_outputs"] == [
+            t["output"] for t in state
+        ]
         proto = onnx.load(str(r.onnx_path))
-        dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-                for v in list(proto.graph.input) + list(proto.graph.output)}
+        dims = {
+            v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(proto.graph.input) + list(proto.graph.output)
+        }
         assert [i.name for i in proto.graph.input] == [C.INPUT, *meta["state_inputs"]]
         assert [o.name for o in proto.graph.output][1:] == meta["state_outputs"]
         for t in state:
@@ -372,7 +407,9 @@ def test_a_corrupted_onnx_fails_the_gate_naming_the_worst_case(exports, tmp_path
     assert not report["passed"] and report["failures"] > 0
     worst = report["worst_case"]
     assert not worst["passed"] and worst["max_abs_diff"] > 1e-4
-    with pytest.raises(parity.ParityGateFailed, match=r"worst: onnxruntime \w+ batch=\d time=\d+ state=\w+, output") as exc:
+    with pytest.raises(
+        parity.ParityGateFailed, match=r"worst: onnxruntime \w+ batch=\d time=\d+ state=\w+, output"
+    ) as exc:
         parity.check(report)
     assert exc.value.report is report
 
@@ -403,8 +440,23 @@ def test_cli_export_register_promote(exports, monkeypatch, capsys, tmp_path):
     from rnnops import cli
 
     rid = exports("fc-gru-fixed").run_id  # already exported: exporting again replaces the tags
-    monkeypatch.setattr(sys, "argv", ["rnnops", "export", rid, "--formats", "onnx", "--promote", "--name", "fc-test",
-                                      "--json", "--out", str(tmp_path)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "rnnops",
+            "export",
+            rid,
+            "--formats",
+            "onnx",
+            "--promote",
+            "--name",
+            "fc-test",
+            "--json",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     with pytest.raises(SystemExit) as exc:
         cli.main()
     assert exc.value.code in (0, None)
@@ -430,9 +482,23 @@ def test_dynamo_exporter_keeps_time_dynamic_and_passes_parity(tmp_path, kind, ce
     if kind == "char":
         model = CharModel(CharModelConfig(vocab_size=11, cell=cell, hidden_size=8, num_layers=2, embed_dim=4))
     else:
-        model = Forecaster(ForecasterConfig(n_features=3, target_indices=[2], lookback=6, horizon=4, cell=cell, hidden_size=8,
-                                            num_layers=2, norm=norm, scaler_mean=[1.0, 2.0, 30.0], scaler_std=[1.0, 2.0, 10.0]))
-    path = export_onnx(model.eval(), {"vocab": list("abcdefghij\n")}, tmp_path / "m.onnx", exporter="dynamo", source_run=None)
+        model = Forecaster(
+            ForecasterConfig(
+                n_features=3,
+                target_indices=[2],
+                lookback=6,
+                horizon=4,
+                cell=cell,
+                hidden_size=8,
+                num_layers=2,
+                norm=norm,
+                scaler_mean=[1.0, 2.0, 30.0],
+                scaler_std=[1.0, 2.0, 10.0],
+            )
+        )
+    path = export_onnx(
+        model.eval(), {"vocab": list("abcdefghij\n")}, tmp_path / "m.onnx", exporter="dynamo", source_run=None
+    )
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert cell.upper() in ops and "Loop" not in ops and "Scan" not in ops
     sess = _session(path)
@@ -486,13 +552,12 @@ def test_every_new_char_cell_is_served_by_the_same_code(exports, name):
         warnings.simplefilter("ignore")
         from starlette.testclient import TestClient
 
+    from rnnops.registry import api
     from rnnops.serving.config import ServeConfig
     from rnnops.serving.forecast.sessions import SessionStore
     from rnnops.serving.http.app import Serving, create_app
     from rnnops.serving.http.generate import wake_watchers
     from rnnops.serving.models import ModelManager
-
-    from rnnops.registry import api
 
     r = exports(name)
     v = api.register_run(r.run_id, name=f"cells-{name}")

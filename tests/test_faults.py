@@ -20,8 +20,10 @@ import pytest
 pytest.importorskip("torch")
 httpx = pytest.importorskip("httpx")
 
-from servers import free_port, serve_bentoml as serve, stop, tail, wait_http  # noqa: E402
+from servers import free_port, stop, tail, wait_http  # noqa: E402
+from servers import serve_bentoml as serve  # noqa: E402
 from test_runtime import export_char, export_forecaster  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
@@ -141,11 +143,31 @@ def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     out = open(root / "mlflow.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                             f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts", "--artifacts-destination",
-                             str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=root,
+        env=env,
+        start_new_session=True,
+    )
     wait_http(f"http://127.0.0.1:{port}/health", proc, root / "mlflow.log", 180)
     return proc
 
@@ -184,9 +206,15 @@ def test_serving_outlives_the_registry_and_polls_back_off_and_recover(files, tmp
         # Both URIs pinned, and MLflow's retry settings as a fresh serving process sets them:
         # other tests in this pytest process may have left a registry URI (then the polls ask
         # another, live registry) or training's longer retries in the environment passed on
-        env = {"RNNOPS_MODELS": "char-rnn@champion", "RNNOPS_POLL_SECONDS": "0.5", "MLFLOW_TRACKING_URI": url,
-               "MLFLOW_REGISTRY_URI": url, "RNNOPS_CACHE": str(tmp_path / "cache"),
-               "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+        env = {
+            "RNNOPS_MODELS": "char-rnn@champion",
+            "RNNOPS_POLL_SECONDS": "0.5",
+            "MLFLOW_TRACKING_URI": url,
+            "MLFLOW_REGISTRY_URI": url,
+            "RNNOPS_CACHE": str(tmp_path / "cache"),
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+        }
         with serve(tmp_path, env) as (_, api, log):
             assert httpx.get(api + "/models").json()["registry"]["reachable"] is True
             stop(mlflow_proc, signal.SIGTERM, group=True)
@@ -230,8 +258,10 @@ def test_sigterm_drains_in_flight_streams_and_refuses_new_requests(files, tmp_pa
             # the clients hold their streams (stop reading) until the signal has been answered: the
             # streams are in flight then on any machine (a fast one generated 8000 chars in a second)
             hold = asyncio.Event()
-            tasks = [asyncio.create_task(_stream(url, {"prompt": "ab", "max_chars": 20000, "seed": i}, hold))
-                     for i in range(8)]
+            tasks = [
+                asyncio.create_task(_stream(url, {"prompt": "ab", "max_chars": 20000, "seed": i}, hold))
+                for i in range(8)
+            ]
             await asyncio.sleep(1.0)
             # a keep-alive connection, idle when the signal comes (used just now: well inside
             # uvicorn's keep-alive timeout, which would close it on a slow machine otherwise)
@@ -280,8 +310,12 @@ def test_sigterm_ends_what_outlasts_the_drain_bound_with_an_error_event(files, t
 @pytest.fixture(scope="module")
 def limited(files, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("limited")
-    env = {"RNNOPS_MODELS": f"char={files / 'char.onnx'},fc={files / 'fc.onnx'}", "RNNOPS_MAX_BODY_BYTES": "65536",
-           "RNNOPS_STALL_S": "1", "RNNOPS_COALESCE_MS": "0"}
+    env = {
+        "RNNOPS_MODELS": f"char={files / 'char.onnx'},fc={files / 'fc.onnx'}",
+        "RNNOPS_MAX_BODY_BYTES": "65536",
+        "RNNOPS_STALL_S": "1",
+        "RNNOPS_COALESCE_MS": "0",
+    }
     with serve(tmp, env) as (proc, url, log):
         yield url, log
 
@@ -308,8 +342,9 @@ def _raw(url: str, head: bytes, body: bytes = b"", rcvbuf: int | None = None) ->
 
 def test_a_body_announced_too_big_is_refused_before_it_is_sent(limited):
     url, _ = limited
-    s = _raw(url, b"POST /forecast HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 50000000\r\n\r\n")  # and not a byte of it
+    s = _raw(
+        url, b"POST /forecast HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 50000000\r\n\r\n"
+    )  # and not a byte of it
     t0 = time.monotonic()
     answer = _answer(s)
     assert answer.startswith(b"HTTP/1.1 413") and b"RNNOPS_MAX_BODY_BYTES" in answer, answer
@@ -321,8 +356,11 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit(limited):
     chunk = b"x" * 8192
     # just past the limit, and no end: the server must answer without waiting for more
     body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(9))
-    s = _raw(url, b"POST /forecast HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                  b"Transfer-Encoding: chunked\r\n\r\n", body)
+    s = _raw(
+        url,
+        b"POST /forecast HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        body,
+    )
     answer = _answer(s)
     assert answer.startswith(b"HTTP/1.1 413") and b"body_too_large" in answer, answer
     ok = httpx.post(url + "/forecast", json={"context": [[1.0, 2.0, 3.0]] * 12}, timeout=10)
@@ -332,8 +370,14 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit(limited):
 def test_a_client_that_stops_reading_loses_its_stream_and_slot(limited):
     url, log = limited
     payload = json.dumps({"model": "char", "prompt": "ab", "max_chars": 900000, "seed": 3}).encode()
-    s = _raw(url, b"POST /generate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: "
-             + str(len(payload)).encode() + b"\r\n\r\n", payload, rcvbuf=4096)  # then never reads
+    s = _raw(
+        url,
+        b"POST /generate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: "
+        + str(len(payload)).encode()
+        + b"\r\n\r\n",
+        payload,
+        rcvbuf=4096,
+    )  # then never reads
 
     def active() -> int:
         d = httpx.get(url + "/models", timeout=10).json()

@@ -127,8 +127,23 @@ def test_seasonality_test_follows_the_m4_rules():
     assert fm.naive2(noise + 100, 5, 24).tolist() == [noise[-1] + 100] * 5
 
 
-@pytest.mark.parametrize("freq, m", [("h", 24), ("2h", 12), ("5h", 1), ("D", 7), ("B", 5), ("W", 1),
-                                     ("MS", 12), ("ME", 12), ("QS", 4), ("YS", 1), ("15min", 1), (None, 1)])
+@pytest.mark.parametrize(
+    "freq, m",
+    [
+        ("h", 24),
+        ("2h", 12),
+        ("5h", 1),
+        ("D", 7),
+        ("B", 5),
+        ("W", 1),
+        ("MS", 12),
+        ("ME", 12),
+        ("QS", 4),
+        ("YS", 1),
+        ("15min", 1),
+        (None, 1),
+    ],
+)
 def test_season_length_from_frequency(freq, m):
     assert fm.season_length(freq) == m
 
@@ -183,8 +198,10 @@ def test_m4_hourly_baselines_reproduce_the_published_results(m4_data):
 
 
 def test_metrics_panels_and_calendar_import_without_torch():
-    code = ("import sys\n"
-            "import rnnops.calendar, rnnops.training.forecast_metrics, rnnops.training.m4, rnnops.training.panel\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys\n"
+        "import rnnops.calendar, rnnops.training.forecast_metrics, rnnops.training.m4, rnnops.training.panel\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stderr[-2000:]

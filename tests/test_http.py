@@ -26,8 +26,7 @@ FREQS = ["h", "D", "B", "W-SUN", "W-MON", "MS", "ME"]
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("http")
     windowed, _ = export_forecaster(root / "windowed.onnx", norm="revin", lookback=LOOKBACK, horizon=HORIZON)
-    stateful, _ = export_forecaster(root / "stateful.onnx", norm="fixed", lookback=LOOKBACK, horizon=HORIZON,
-                                    freq=None)
+    stateful, _ = export_forecaster(root / "stateful.onnx", norm="fixed", lookback=LOOKBACK, horizon=HORIZON, freq=None)
     return root, windowed, stateful
 
 
@@ -74,8 +73,9 @@ def test_forecast_and_session_continue_the_calendar(client, freq):
         assert r.status_code == 200, r.text
         assert r.json()["timestamps"] == want, (model, freq)
     # a session fed the same history in three pieces ends with the same timestamps
-    s = client.post("/sessions", json={"model": "stateful", "context": rows[:5].tolist(),
-                                       "timestamps": _iso(dates[:5])}).json()
+    s = client.post(
+        "/sessions", json={"model": "stateful", "context": rows[:5].tolist(), "timestamps": _iso(dates[:5])}
+    ).json()
     sid = s["session_id"]
     client.post(f"/sessions/{sid}", json={"observations": rows[5:9].tolist(), "timestamps": _iso(dates[5:9])})
     u = client.post(f"/sessions/{sid}", json={"observations": rows[9:].tolist(), "timestamps": _iso(dates[9:])})
@@ -89,15 +89,33 @@ def test_the_batch_job_gives_the_same_timestamps(client, files, tmp_path):
     frames, http = [], {}
     for k, freq in enumerate(FREQS):
         dates, rows = _series(freq, seed=k)
-        frames.append(pd.DataFrame({"id": freq, "date": _iso(dates), "a": rows[:, 0], "b": rows[:, 1],
-                                    "OT": rows[:, 2]}))
+        frames.append(
+            pd.DataFrame({"id": freq, "date": _iso(dates), "a": rows[:, 0], "b": rows[:, 1], "OT": rows[:, 2]})
+        )
         r = client.post("/forecast", json={"model": "windowed", "context": rows.tolist(), "timestamps": _iso(dates)})
         http[freq] = r.json()["timestamps"]
     data = tmp_path / "series.csv"
     pd.concat(frames).to_csv(data, index=False)
     out = tmp_path / "out.csv"
-    p = subprocess.run([sys.executable, "-c", "from rnnops.cli import main; main()", "forecast", "--model", str(windowed), "--input", str(data),
-                        "--output", str(out), "--id-column", "id", "--no-progress"], capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from rnnops.cli import main; main()",
+            "forecast",
+            "--model",
+            str(windowed),
+            "--input",
+            str(data),
+            "--output",
+            str(out),
+            "--id-column",
+            "id",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     got = pd.read_csv(out)
     for freq in FREQS:
@@ -121,8 +139,9 @@ def test_irregular_timestamps_get_a_clear_error_and_freq_is_the_way_out(client):
     r = client.post("/forecast", json={**body, "freq": "fortnightly"})
     assert r.status_code == 400 and "not a pandas frequency" in r.json()["error"]
     # a session refuses an irregular update before applying it: nothing is lost
-    s = client.post("/sessions", json={"model": "stateful", "context": rows[:5].tolist(),
-                                       "timestamps": _iso(dates[:5])}).json()
+    s = client.post(
+        "/sessions", json={"model": "stateful", "context": rows[:5].tolist(), "timestamps": _iso(dates[:5])}
+    ).json()
     late = _iso([dates[5] + pd.Timedelta(minutes=5)])
     r = client.post(f"/sessions/{s['session_id']}", json={"observations": rows[5:6].tolist(), "timestamps": late})
     assert r.status_code == 400 and "irregular" in r.json()["error"]

@@ -24,32 +24,51 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 mlflow = pytest.importorskip("mlflow")
 
+from test_runtime import step  # noqa: E402
+
 from rnnops import contract as C  # noqa: E402
 from rnnops.errors import RnnopsError  # noqa: E402
 from rnnops.export import int8, parity  # noqa: E402
 from rnnops.export.onnx_export import export_onnx  # noqa: E402
 from rnnops.training.models import CharModel, CharModelConfig, Forecaster, ForecasterConfig  # noqa: E402
-from test_runtime import step  # noqa: E402
 
 VOCAB = [chr(32 + i) for i in range(40)]
 
 
 def _char(cell: str, layers: int = 2, hidden: int = 24):
     torch.manual_seed(0)
-    return CharModel(CharModelConfig(vocab_size=len(VOCAB), cell=cell, hidden_size=hidden, num_layers=layers,
-                                     embed_dim=8)).eval()
+    return CharModel(
+        CharModelConfig(vocab_size=len(VOCAB), cell=cell, hidden_size=hidden, num_layers=layers, embed_dim=8)
+    ).eval()
 
 
 def _forecaster(cell: str):
     torch.manual_seed(0)
-    return Forecaster(ForecasterConfig(n_features=3, target_indices=[0, 2], lookback=12, horizon=4, cell=cell,
-                                       hidden_size=16, num_layers=2, norm="fixed", scaler_mean=[1.0, -2.0, 10.0],
-                                       scaler_std=[2.0, 0.5, 3.0], feature_names=["a", "b", "OT"],
-                                       target_names=["a", "OT"])).eval()
+    return Forecaster(
+        ForecasterConfig(
+            n_features=3,
+            target_indices=[0, 2],
+            lookback=12,
+            horizon=4,
+            cell=cell,
+            hidden_size=16,
+            num_layers=2,
+            norm="fixed",
+            scaler_mean=[1.0, -2.0, 10.0],
+            scaler_std=[2.0, 0.5, 3.0],
+            feature_names=["a", "b", "OT"],
+            target_names=["a", "OT"],
+        )
+    ).eval()
 
 
-MODELS = {"char-lstm": lambda: _char("lstm"), "char-gru": lambda: _char("gru"), "char-rnn": lambda: _char("rnn", 1),
-          "fc-lstm": lambda: _forecaster("lstm"), "fc-gru": lambda: _forecaster("gru")}
+MODELS = {
+    "char-lstm": lambda: _char("lstm"),
+    "char-gru": lambda: _char("gru"),
+    "char-rnn": lambda: _char("rnn", 1),
+    "fc-lstm": lambda: _forecaster("lstm"),
+    "fc-gru": lambda: _forecaster("gru"),
+}
 
 
 def _files(model, folder: Path) -> tuple[Path, Path]:
@@ -84,8 +103,12 @@ def test_int8_file_keeps_chunked_equal_whole_and_batch_invariance(name, tmp_path
     rng = np.random.default_rng(1)
     B, T = 6, 17
     x = rng.integers(0, len(VOCAB), (B, T)) if model.kind == "char" else rng.normal(3, 2, (B, T, 3)).astype(np.float32)
-    state = [np.tanh(rng.normal(0, 1, (2 if name != "char-rnn" else 1, B, 24 if model.kind == "char" else 16)))
-             .astype(np.float32) for _ in names[1:]]
+    state = [
+        np.tanh(rng.normal(0, 1, (2 if name != "char-rnn" else 1, B, 24 if model.kind == "char" else 16))).astype(
+            np.float32
+        )
+        for _ in names[1:]
+    ]
     whole = sess.run(None, {"x": x, **dict(zip(names[1:], state))})
     # one step at a time, carrying the state == one call: exactly (the issue measured 0.137 for dynamic int8)
     s, mains = state, []
@@ -163,8 +186,9 @@ def test_the_int8_gate_passes_the_rewrite_and_catches_a_wrong_one(tmp_path):
         for name, w in model.named_parameters():
             w.mul_(30.0 if name.startswith("head") else 4.0)
     fp32, q = _files(model, tmp_path)
-    report = parity.run_int8_gate(model, parity.onnxruntime_backend(_session(fp32, 1)),
-                                  parity.onnxruntime_backend(_session(q)))
+    report = parity.run_int8_gate(
+        model, parity.onnxruntime_backend(_session(fp32, 1)), parity.onnxruntime_backend(_session(q))
+    )
     assert report["passed"] and not report["failed"]
     checks = report["checks"]
     assert checks["batch_invariance"]["max_abs_diff"] == 0.0 and checks["chunked"]["max_abs_diff"] == 0.0
@@ -177,8 +201,11 @@ def test_the_int8_gate_passes_the_rewrite_and_catches_a_wrong_one(tmp_path):
     w[:, :H], w[:, 2 * H : 3 * H] = w[:, 2 * H : 3 * H].copy(), w[:, :H].copy()
     init.CopyFrom(numpy_helper.from_array(w, init.name))
     onnx.save(proto, str(tmp_path / "bad.onnx"))
-    bad = parity.run_int8_gate(model, parity.onnxruntime_backend(_session(fp32, 1)),
-                               parity.onnxruntime_backend(_session(tmp_path / "bad.onnx")))
+    bad = parity.run_int8_gate(
+        model,
+        parity.onnxruntime_backend(_session(fp32, 1)),
+        parity.onnxruntime_backend(_session(tmp_path / "bad.onnx")),
+    )
     assert not bad["passed"] and bad["failed"] == ["fp32"]  # still batch-invariant, just wrong
 
 
@@ -221,12 +248,17 @@ def exported(tmp_path_factory, shared_data):
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         mlflow.set_experiment("int8-tests")
-        kept = pipeline.export_run(make_run("char", "gru", hidden=256), formats=("onnx",), out_dir=root / "kept",
-                                   progress=False)
+        kept = pipeline.export_run(
+            make_run("char", "gru", hidden=256), formats=("onnx",), out_dir=root / "kept", progress=False
+        )
         with pytest.MonkeyPatch.context() as bound:
             bound.setitem(quality.BOUNDS, "char", ("val_loss", "abs", -1.0))  # no delta can meet it
-            dropped = pipeline.export_run(make_run("char", "lstm", layers=1, hidden=128), formats=("onnx",),
-                                          out_dir=root / "dropped", progress=False)
+            dropped = pipeline.export_run(
+                make_run("char", "lstm", layers=1, hidden=128),
+                formats=("onnx",),
+                out_dir=root / "dropped",
+                progress=False,
+            )
         yield root, kept, dropped
 
 
@@ -315,7 +347,8 @@ def test_serving_picks_the_file_by_precision_and_says_which_is_live(exported, pr
             live = {m["name"]: m for m in d["models"]}
             want = "fp32" if precision == "fp32" else "int8"
             assert live["kept"]["precision"] == want and live["kept"]["files"]["int8"] == (
-                None if precision == "fp32" else kept.int8_sha256)
+                None if precision == "fp32" else kept.int8_sha256
+            )
             assert live["kept"]["path"] == str(kept.int8_path if want == "int8" else kept.onnx_path)
             assert c.get("/v2/models/kept").json()["parameters"] == {"precision": want}
             cards = {m["id"]: m for m in c.get("/v1/models").json()["data"]}

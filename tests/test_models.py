@@ -24,8 +24,18 @@ def test_char_model_stepwise_equals_whole_sequence(cell, layers):
 
 
 def _forecaster(norm, cell="gru", **kw):
-    cfg = ForecasterConfig(n_features=3, target_indices=[0, 2], lookback=12, horizon=5, cell=cell, hidden_size=16,
-                           norm=norm, scaler_mean=[1.0, -2.0, 10.0], scaler_std=[2.0, 0.5, 3.0], **kw)
+    cfg = ForecasterConfig(
+        n_features=3,
+        target_indices=[0, 2],
+        lookback=12,
+        horizon=5,
+        cell=cell,
+        hidden_size=16,
+        norm=norm,
+        scaler_mean=[1.0, -2.0, 10.0],
+        scaler_std=[2.0, 0.5, 3.0],
+        **kw,
+    )
     return Forecaster(cfg).eval()
 
 

@@ -12,36 +12,61 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_forecast_metrics import m4_data  # noqa: F401  (the M4 files: skip locally, fail under CI)
 
 from rnnops import calendar
 from rnnops.errors import RnnopsError
 from rnnops.training import forecast_metrics as fm
 from rnnops.training.panel import PanelSpec, backtest_cutoffs, read_panel
-from test_forecast_metrics import m4_data  # noqa: F401  (the M4 files: skip locally, fail under CI)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import retail_panel  # noqa: E402
 
-RETAIL = dict(id_column="item_id", date_column="date", targets="sales", static_columns="store,category",
-              future_covariates="promo,price")
+RETAIL = dict(
+    id_column="item_id",
+    date_column="date",
+    targets="sales",
+    static_columns="store,category",
+    future_covariates="promo,price",
+)
 
 
 def hand_panel() -> pd.DataFrame:
     """Three daily series: A 30 days, B 25 days starting later, C 6 days (short); one missing sales."""
     rows = []
-    for sid, start, n, store in (("A", "2024-01-01", 30, "s1"), ("B", "2024-01-06", 25, "s2"), ("C", "2024-01-25", 6, "s1")):
+    for sid, start, n, store in (
+        ("A", "2024-01-01", 30, "s1"),
+        ("B", "2024-01-06", 25, "s2"),
+        ("C", "2024-01-25", 6, "s1"),
+    ):
         for k, day in enumerate(pd.date_range(start, periods=n, freq="D")):
-            rows.append({"id": sid, "day": day.strftime("%Y-%m-%d"), "sales": float(k % 7 + (sid == "B") * 10),
-                         "promo": float(k % 5 == 0), "store": store, "temp": 20.0 + k})
+            rows.append(
+                {
+                    "id": sid,
+                    "day": day.strftime("%Y-%m-%d"),
+                    "sales": float(k % 7 + (sid == "B") * 10),
+                    "promo": float(k % 5 == 0),
+                    "store": store,
+                    "temp": 20.0 + k,
+                }
+            )
     df = pd.DataFrame(rows)
     df.loc[3, "sales"] = np.nan
     return df.sample(frac=1.0, random_state=0).reset_index(drop=True)  # any row order
 
 
 def spec(**kw) -> PanelSpec:
-    base = dict(id_column="id", date_column="day", targets="sales", horizon=3, lookback=7, static_columns="store",
-                future_covariates="promo", past_covariates="temp")
+    base = dict(
+        id_column="id",
+        date_column="day",
+        targets="sales",
+        horizon=3,
+        lookback=7,
+        static_columns="store",
+        future_covariates="promo",
+        past_covariates="temp",
+    )
     base.update(kw)
     return PanelSpec(**base)
 
@@ -149,7 +174,10 @@ def test_a_target_that_is_not_numeric():
     df["sales"] = df["sales"].astype(object)
     df.loc[5, "sales"] = "n/a"
     msg = one_line_error(df, spec())
-    assert msg == "target 'sales' in the panel is not numeric: row 5 holds 'n/a'; give numbers (missing values may be empty)"
+    assert (
+        msg
+        == "target 'sales' in the panel is not numeric: row 5 holds 'n/a'; give numbers (missing values may be empty)"
+    )
 
 
 def test_a_column_given_two_roles():
@@ -192,7 +220,10 @@ def test_timestamps_off_the_frequency_name_the_series():
     df = hand_panel()
     gap = df.index[(df["id"] == "B") & (df["day"] == "2024-01-10")]
     msg = one_line_error(df.drop(gap), spec())
-    assert "1 series of the panel skips timestamps of the panel's frequency D: series 'B' jumps from 2024-01-09 to 2024-01-11" in msg
+    assert (
+        "1 series of the panel skips timestamps of the panel's frequency D: series 'B' jumps from 2024-01-09 to 2024-01-11"
+        in msg
+    )
     assert "--freq D" in msg
     df2 = hand_panel()
     df2.loc[df2.index[df2["id"] == "A"][0], "day"] = "2024-01-03 06:00"
@@ -226,8 +257,11 @@ def test_calendar_freq_gaps_fill_on_month_starts():
 
 
 @settings(max_examples=40, deadline=None)
-@given(freq=st.sampled_from(["h", "15min", "D", "B", "W-MON", "MS", "QE"]),
-       lengths=st.lists(st.integers(2, 30), min_size=1, max_size=4), data=st.data())
+@given(
+    freq=st.sampled_from(["h", "15min", "D", "B", "W-MON", "MS", "QE"]),
+    lengths=st.lists(st.integers(2, 30), min_size=1, max_size=4),
+    data=st.data(),
+)
 def test_freq_fills_any_gaps_back_to_the_full_grid(freq, lengths, data):
     frames, full = [], []
     for i, n in enumerate(lengths):
@@ -250,7 +284,9 @@ def test_freq_fills_any_gaps_back_to_the_full_grid(freq, lengths, data):
 
 
 def test_other_bad_inputs_are_one_line():
-    assert "column 'price' (--future-covariates) is not in the panel" in one_line_error(hand_panel(), spec(future_covariates="price"))
+    assert "column 'price' (--future-covariates) is not in the panel" in one_line_error(
+        hand_panel(), spec(future_covariates="price")
+    )
     df = hand_panel()
     df.loc[2, "day"] = "not a date"
     assert "1 row of the panel has no valid date in 'day' (first at row 2: 'not a date')" in one_line_error(df, spec())
@@ -311,14 +347,19 @@ def test_a_window_gives_histories_and_actual_values_per_series():
 # --------------------------------------------------------------------------- calendar
 
 
-@pytest.mark.parametrize("freq, names", [
-    ("h", ("hour_of_day", "day_of_week", "day_of_month", "day_of_year")),
-    ("15min", ("minute_of_hour", "hour_of_day", "day_of_week", "day_of_month", "day_of_year")),
-    ("D", ("day_of_week", "day_of_month", "day_of_year")),
-    ("B", ("day_of_week", "day_of_month", "day_of_year")),
-    ("W-MON", ("day_of_month", "week_of_year")),
-    ("MS", ("month_of_year",)), ("QE", ("month_of_year",)), ("YS", ()),
-])
+@pytest.mark.parametrize(
+    "freq, names",
+    [
+        ("h", ("hour_of_day", "day_of_week", "day_of_month", "day_of_year")),
+        ("15min", ("minute_of_hour", "hour_of_day", "day_of_week", "day_of_month", "day_of_year")),
+        ("D", ("day_of_week", "day_of_month", "day_of_year")),
+        ("B", ("day_of_week", "day_of_month", "day_of_year")),
+        ("W-MON", ("day_of_month", "week_of_year")),
+        ("MS", ("month_of_year",)),
+        ("QE", ("month_of_year",)),
+        ("YS", ()),
+    ],
+)
 def test_calendar_features_follow_the_frequency(freq, names):
     assert calendar.features_for(freq) == names
 
@@ -326,14 +367,19 @@ def test_calendar_features_follow_the_frequency(freq, names):
 def test_calendar_features_match_pandas():
     rng = np.random.default_rng(0)
     ns = np.sort(rng.integers(pd.Timestamp("1999-12-25").value, pd.Timestamp("2031-01-07").value, 2000))
-    ns = np.concatenate([ns, [pd.Timestamp(d).value for d in ("2020-12-31", "2021-01-03", "2021-01-04", "2026-12-31 23:59:59")]])
+    ns = np.concatenate(
+        [ns, [pd.Timestamp(d).value for d in ("2020-12-31", "2021-01-03", "2021-01-04", "2026-12-31 23:59:59")]]
+    )
     idx = pd.DatetimeIndex(ns)
     names = tuple(calendar.FORMULAS)
     got = calendar.compute(names, ns)
     want = {
-        "second_of_minute": idx.second / 59 - 0.5, "minute_of_hour": idx.minute / 59 - 0.5,
-        "hour_of_day": idx.hour / 23 - 0.5, "day_of_week": idx.dayofweek / 6 - 0.5,
-        "day_of_month": (idx.day - 1) / 30 - 0.5, "day_of_year": (idx.dayofyear - 1) / 365 - 0.5,
+        "second_of_minute": idx.second / 59 - 0.5,
+        "minute_of_hour": idx.minute / 59 - 0.5,
+        "hour_of_day": idx.hour / 23 - 0.5,
+        "day_of_week": idx.dayofweek / 6 - 0.5,
+        "day_of_month": (idx.day - 1) / 30 - 0.5,
+        "day_of_year": (idx.dayofyear - 1) / 365 - 0.5,
         "month_of_year": (idx.month - 1) / 11 - 0.5,
         "week_of_year": (idx.isocalendar().week.to_numpy(np.float64) - 1) / 52 - 0.5,
     }
@@ -390,7 +436,7 @@ def test_m4_hourly_is_a_long_panel_with_the_official_split(m4_data):
     assert p.n_series == 414 and p.freq == "h" and p.season == 24 and p.too_short == ()
     assert sorted(set(p.lengths.tolist())) == [748, 1008]
     start, end = p.splits().range("test")
-    test = np.stack([p.target[p.offsets[i] + start[i]: p.offsets[i] + end[i], 0] for i in range(p.n_series)])
+    test = np.stack([p.target[p.offsets[i] + start[i] : p.offsets[i] + end[i], 0] for i in range(p.n_series)])
     np.testing.assert_allclose(test, panel.test_values(), rtol=1e-6)  # the split is the official one
     # Backtest windows scored as the metrics module scores them: the last window is the M4 test.
     cut = p.backtest(3)
@@ -433,7 +479,9 @@ def test_m4_hourly_downloads_into_the_cache_with_its_sha256(m4_data, tmp_path, m
         assert (tmp_path / "cache" / "data" / "m4" / "Hourly-train.csv").is_file()
         assert (tmp_path / "cache" / "data" / "m4" / "Hourly-test.csv").is_file()
         (tmp_path / "cache" / "data" / "m4" / "Hourly-test.csv").unlink()
-        monkeypatch.setitem(D.DATASETS, m4.TEST_DATASET, dataclasses.replace(D.DATASETS[m4.TEST_DATASET], url=f"{base}/wrong.csv"))
+        monkeypatch.setitem(
+            D.DATASETS, m4.TEST_DATASET, dataclasses.replace(D.DATASETS[m4.TEST_DATASET], url=f"{base}/wrong.csv")
+        )
         with pytest.raises(RnnopsError, match="sha256"):
             m4.load_m4_hourly()
         assert not (tmp_path / "cache" / "data" / "m4" / "Hourly-test.csv").exists()

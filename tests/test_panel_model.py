@@ -16,24 +16,52 @@ import torch
 from rnnops.errors import RnnopsError
 from rnnops.training.panel import PanelSpec, read_panel
 from rnnops.training.panel_model import UNKNOWN, PanelForecaster, PanelModelConfig
-from rnnops.training.panel_train import (PanelTrainConfig, PanelWindows, forecast, model_config, train_panel,
-                                         training_origins, validation_mase)
+from rnnops.training.panel_train import (
+    PanelTrainConfig,
+    PanelWindows,
+    forecast,
+    model_config,
+    train_panel,
+    training_origins,
+    validation_mase,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import retail_panel  # noqa: E402
 
 HEADS = (None, "normal", "studentt", "negbin")
-TINY = PanelTrainConfig(lookback=14, segment_length=7, hidden_size=16, num_layers=1, context_size=4,
-                        decoder_hidden=8, dropout=0.0, batch_size=16, lr=1e-2, budget_s=0, max_steps=30,
-                        eval_every=15, patience=100, progress=False)
+TINY = PanelTrainConfig(
+    lookback=14,
+    segment_length=7,
+    hidden_size=16,
+    num_layers=1,
+    context_size=4,
+    decoder_hidden=8,
+    dropout=0.0,
+    batch_size=16,
+    lr=1e-2,
+    budget_s=0,
+    max_steps=30,
+    eval_every=15,
+    patience=100,
+    progress=False,
+)
 
 
 @pytest.fixture(scope="module")
 def panel():
     df = retail_panel.generate(series=12, days=60, seed=5)
-    spec = PanelSpec("item_id", "date", "sales", horizon=7, lookback=14, static_columns="store,category",
-                     future_covariates="promo,price", freq="D")
+    spec = PanelSpec(
+        "item_id",
+        "date",
+        "sales",
+        horizon=7,
+        lookback=14,
+        static_columns="store,category",
+        future_covariates="promo,price",
+        freq="D",
+    )
     return read_panel(df, spec)
 
 
@@ -148,7 +176,7 @@ def test_training_never_reads_the_test_split(panel):
     spoiled = panel.target.copy()
     splits = panel.splits()
     for i in range(panel.n_series):  # the test values of every series, replaced by garbage
-        spoiled[panel.offsets[i] + splits.val_end[i]: panel.offsets[i + 1]] = 1e6
+        spoiled[panel.offsets[i] + splits.val_end[i] : panel.offsets[i + 1]] = 1e6
     b = train_panel(config, replace(panel, target=spoiled))
     assert a.best_val_mase == b.best_val_mase
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
@@ -162,7 +190,9 @@ def test_early_stopping_keeps_the_best_validation_state(panel):
     best = int(np.argmin(scores))
     assert result.history[best]["step"] == result.best_step and scores[best] == result.best_val_mase
     # the model handed back is the best one, not the last one
-    assert validation_mase(result.model, PanelWindows(panel, config.lookback), panel) == pytest.approx(result.best_val_mase)
+    assert validation_mase(result.model, PanelWindows(panel, config.lookback), panel) == pytest.approx(
+        result.best_val_mase
+    )
     if result.stopped_early:
         assert len(scores) - 1 - best == config.patience and result.steps < config.max_steps
     else:

@@ -24,7 +24,6 @@ webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
 from servers import missing, serve_bentoml  # noqa: E402
 from test_runtime import export_char, export_forecaster  # noqa: E402
 
@@ -46,10 +45,21 @@ def server(tmp_path_factory):
     t = np.arange(LOOKBACK + HORIZON)
     rows = np.stack([np.sin(t / 3), np.cos(t / 5), 10 + 3 * np.sin(t / 4)], 1).round(4)
     stamps = np.datetime_as_string(np.datetime64("2024-01-01T00:00") + t * np.timedelta64(1, "h"), unit="s")
-    sample.embed(root / "fc.onnx", {"split": "val", "source": "synthetic", "start_row": 100,
-                                    "features": ["a", "b", "OT"], "targets": ["OT"], "lookback": LOOKBACK,
-                                    "horizon": HORIZON, "context_rows": LOOKBACK,
-                                    "timestamps": [str(s) for s in stamps], "rows": rows.tolist()})
+    sample.embed(
+        root / "fc.onnx",
+        {
+            "split": "val",
+            "source": "synthetic",
+            "start_row": 100,
+            "features": ["a", "b", "OT"],
+            "targets": ["OT"],
+            "lookback": LOOKBACK,
+            "horizon": HORIZON,
+            "context_rows": LOOKBACK,
+            "timestamps": [str(s) for s in stamps],
+            "rows": rows.tolist(),
+        },
+    )
     assert sample.read(root / "fc.onnx")["rows"] == rows.tolist()
     env = {"RNNOPS_MODELS": f"char={root / 'char.onnx'},forecaster={root / 'fc.onnx'}", "RNNOPS_API_KEYS": KEY}
     with serve_bentoml(root, env, "playground") as (_, url, _):
@@ -81,8 +91,15 @@ def browser():
         missing("no Debian chromium + chromium-driver (bash scripts/install_chromium.sh)")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,900",
-                "--hide-scrollbars", "--force-device-scale-factor=1"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,900",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+    ):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)  # never a browser download
@@ -97,8 +114,11 @@ def _wait(driver, cond, timeout: float = 20.0, what: str = ""):
 
 
 def _severe(driver, allow: tuple[str, ...] = ()) -> list[str]:
-    return [e["message"] for e in driver.get_log("browser")
-            if e["level"] == "SEVERE" and not any(a in e["message"] for a in allow)]
+    return [
+        e["message"]
+        for e in driver.get_log("browser")
+        if e["level"] == "SEVERE" and not any(a in e["message"] for a in allow)
+    ]
 
 
 def _by(driver, css: str):
@@ -119,8 +139,12 @@ def page(server, browser):
     assert "API key" in _by(browser, "#key-reason").text
     _by(browser, "#key-input").send_keys(KEY)
     _by(browser, "#key-form button.primary").click()
-    _wait(browser, lambda d: d.execute_script("return window.__playground && window.__playground.ready"), 30,
-          "the page never became ready")
+    _wait(
+        browser,
+        lambda d: d.execute_script("return window.__playground && window.__playground.ready"),
+        30,
+        "the page never became ready",
+    )
     assert browser.execute_script("return sessionStorage.getItem('rnnops.apiKey')") == KEY
     assert KEY not in browser.current_url
     return browser
@@ -174,11 +198,17 @@ def test_the_hidden_unit_view_colors_every_character(page, shots):
     assert _by(page, "#unit-tensor").get_attribute("value") == "hn"
     assert _by(page, "#unit-layer").get_attribute("value") == "1"
     _by(page, "#gen-go").click()
-    _wait(page, lambda d: _by(d, "#gen-output").get_attribute("data-traced") == str(7 + 120), 40,
-          "the state trace did not finish")
+    _wait(
+        page,
+        lambda d: _by(d, "#gen-output").get_attribute("data-traced") == str(7 + 120),
+        40,
+        "the state trace did not finish",
+    )
     spans = page.find_elements(By.CSS_SELECTOR, "#gen-output .ch")
     assert len(spans) == 127
-    colors = page.execute_script("return [...document.querySelectorAll('#gen-output .ch')].map(s => s.style.background)")
+    colors = page.execute_script(
+        "return [...document.querySelectorAll('#gen-output .ch')].map(s => s.style.background)"
+    )
     assert all(c.startswith("rgba(") for c in colors), colors[:5]
     assert len(set(colors)) > 10  # the activation varies
     # the state the page traced is the model's: one unit's values, checked against a direct call
@@ -193,8 +223,14 @@ def test_the_hidden_unit_view_colors_every_character(page, shots):
     for i in ids[:40]:  # one step per character, carrying the state (what the page did in batches)
         inputs = [{"name": "x", "shape": [1, 1], "datatype": "INT64", "data": [i]}]
         if state:
-            inputs += [{"name": n, "shape": [2, 1, 32], "datatype": "FP32", "data": state[k]} for k, n in enumerate(("h0", "c0"))]
-        o = {t["name"]: t["data"] for t in c.post(url, json={"inputs": inputs, "outputs": [{"name": "hn"}, {"name": "cn"}]}).json()["outputs"]}
+            inputs += [
+                {"name": n, "shape": [2, 1, 32], "datatype": "FP32", "data": state[k]}
+                for k, n in enumerate(("h0", "c0"))
+            ]
+        o = {
+            t["name"]: t["data"]
+            for t in c.post(url, json={"inputs": inputs, "outputs": [{"name": "hn"}, {"name": "cn"}]}).json()["outputs"]
+        }
         state = [o["hn"], o["cn"]]
         direct.append(o["hn"][32 + 5])
     np.testing.assert_allclose(values[:40], direct, atol=1e-4)
@@ -218,7 +254,9 @@ def test_a_forecast_plots_history_and_horizon_and_a_session_animates(page, shots
     assert fig.find_elements(By.CSS_SELECTOR, "canvas")  # uPlot drew it
     shots(page, "playground-forecast")
     # a session: the sample's context opens it, the following rows go one by one
-    page.execute_script("const r = document.getElementById('fc-speed'); r.value = r.min; r.dispatchEvent(new Event('input'));")
+    page.execute_script(
+        "const r = document.getElementById('fc-speed'); r.value = r.min; r.dispatchEvent(new Event('input'));"
+    )
     _by(page, "#fc-session").click()
     _wait(page, lambda d: "session done" in _by(d, "#fc-status").text, 30, "the session did not finish")
     assert f"{HORIZON} observations fed one by one" in _by(page, "#fc-status").text
@@ -241,11 +279,15 @@ def test_the_live_view_reads_the_metrics_every_second(page, shots):
     try:
         _wait(page, lambda d: seen("active") >= 1 and seen("cps") > 0 and seen("batch") >= 1, 20)
     except Exception:
-        raise AssertionError(f"the live figures did not follow the burst: {page.execute_script('return window.__playground.live')}, "
-                             f"{_by(page, '#live-error').text!r}") from None
+        raise AssertionError(
+            f"the live figures did not follow the burst: {page.execute_script('return window.__playground.live')}, "
+            f"{_by(page, '#live-error').text!r}"
+        ) from None
     assert _severe(page) == []
     shots(page, "playground-live")
-    _wait(page, lambda d: _by(d, "#load-go").is_enabled(), 120, "the burst did not finish")  # the next tests get a quiet server
+    _wait(
+        page, lambda d: _by(d, "#load-go").is_enabled(), 120, "the burst did not finish"
+    )  # the next tests get a quiet server
     _by(page, "[data-tab=models]").click()
     _wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#models-list .card")) == 2, 10)
     shots(page, "playground-models")
@@ -286,7 +328,7 @@ def test_the_validation_sample_is_the_middle_window_with_its_timestamps(tmp_path
     start = int(starts[len(starts) // 2])
     assert s["start_row"] == start and s["context_rows"] == 24 and len(s["rows"]) == 32
     assert s["features"] == ["a", "OT"] and s["targets"] == ["OT"]
-    np.testing.assert_allclose(s["rows"], values[start:start + 32], rtol=1e-6)
+    np.testing.assert_allclose(s["rows"], values[start : start + 32], rtol=1e-6)
     assert s["timestamps"][0] == str(np.datetime_as_string(dates[start], unit="s"))
     assert sample.validation_sample(series, lookback=24, horizon=8) == s  # deterministic
     # embedded in an ONNX file: the runtime's contract metadata is untouched
@@ -301,6 +343,14 @@ def test_the_validation_sample_is_the_middle_window_with_its_timestamps(tmp_path
 
     assert [p.key for p in onnx.load(str(path)).metadata_props].count("rnnops_sample") == 1
     # too large a window is not embedded
-    wide = SeriesData("wide", None, "0" * 64, None, np.zeros((6000, 8), np.float32), [f"f{i}" for i in range(8)],
-                      ["f7"], (3000, 5000, 6000))
+    wide = SeriesData(
+        "wide",
+        None,
+        "0" * 64,
+        None,
+        np.zeros((6000, 8), np.float32),
+        [f"f{i}" for i in range(8)],
+        ["f7"],
+        (3000, 5000, 6000),
+    )
     assert sample.validation_sample(wide, lookback=2800, horizon=96) is None  # 2,896 x 8 values

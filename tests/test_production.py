@@ -34,7 +34,9 @@ def rnnops(*args: str, env: dict, cwd: Path, timeout: float = 600) -> str:
     """Run the ``rnnops`` CLI; return stdout, or fail with both streams."""
     cmd = [sys.executable, "-c", "from rnnops.cli import main; main()", *args]
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"rnnops {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, (
+        f"rnnops {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
     return proc.stdout
 
 
@@ -47,9 +49,14 @@ def run_id_of(stdout: str) -> str:
 def client_env(server, tmp_path: Path) -> dict:
     """What a user sets to use the server: MLFLOW_TRACKING_URI (and their own cache dirs)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    return {**env, **server.env, "RNNOPS_CACHE": str(tmp_path / "cache"),
-            "RNNOPS_CHECKPOINTS": str(tmp_path / "checkpoints"), "BENTOML_HOME": str(tmp_path / "bentoml"),
-            "BENTOML_DO_NOT_TRACK": "true"}
+    return {
+        **env,
+        **server.env,
+        "RNNOPS_CACHE": str(tmp_path / "cache"),
+        "RNNOPS_CHECKPOINTS": str(tmp_path / "checkpoints"),
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
 
 
 def get(url: str, timeout: float = 30) -> tuple[int, str, str]:
@@ -58,8 +65,9 @@ def get(url: str, timeout: float = 30) -> tuple[int, str, str]:
 
 
 def post(url: str, body: dict, timeout: float = 60) -> tuple[int, str, str]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"content-type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return resp.status, resp.headers.get("content-type", ""), resp.read().decode()
 
@@ -99,11 +107,25 @@ def bentoml_serve(tmp_path):
     def start(env: dict) -> str:
         port = free_port()
         log = tmp_path / "bentoml.log"
-        cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "rnnops.serving.service:RnnopsService",
-               "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [
+            str(Path(sys.executable).parent / "bentoml"),
+            "serve",
+            "rnnops.serving.service:RnnopsService",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         with open(log, "ab") as out:
-            proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                env=env,
+                cwd=tmp_path,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/readyz", proc, log, timeout=240)  # ready = both models resolved and loaded
@@ -114,19 +136,39 @@ def bentoml_serve(tmp_path):
         stop(proc, signal.SIGTERM, group=True)
 
 
-def test_train_export_register_promote_then_serve_through_the_server(mlflow_server, tmp_path, small_text, small_csv,
-                                                                     bentoml_serve):
+def test_train_export_register_promote_then_serve_through_the_server(
+    mlflow_server, tmp_path, small_text, small_csv, bentoml_serve
+):
     env = client_env(mlflow_server, tmp_path)
     # the char model through docker/pipeline.sh, the script the compose `train` job runs ...
     bindir = str(Path(sys.executable).parent)
-    proc = subprocess.run(["bash", str(REPO / "docker" / "pipeline.sh"), "char", "--preset", "tiny", "--data", str(small_text)],
-                          env={**env, "PATH": bindir + os.pathsep + env.get("PATH", "")}, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        ["bash", str(REPO / "docker" / "pipeline.sh"), "char", "--preset", "tiny", "--data", str(small_text)],
+        env={**env, "PATH": bindir + os.pathsep + env.get("PATH", "")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     char_run = run_id_of(proc.stdout)
     # ... the forecaster step by step
-    fc_run = run_id_of(rnnops("train", "forecast", "--preset", "tiny", "--data", str(small_csv), "--lookback", "24",
-                              "--horizon", "6", env=env, cwd=tmp_path))
+    fc_run = run_id_of(
+        rnnops(
+            "train",
+            "forecast",
+            "--preset",
+            "tiny",
+            "--data",
+            str(small_csv),
+            "--lookback",
+            "24",
+            "--horizon",
+            "6",
+            env=env,
+            cwd=tmp_path,
+        )
+    )
     rnnops("export", fc_run, "--register", "--promote", env=env, cwd=tmp_path)
 
     from mlflow import MlflowClient
@@ -136,8 +178,14 @@ def test_train_export_register_promote_then_serve_through_the_server(mlflow_serv
         champion = client.get_model_version_by_alias(name, "champion")
         assert champion.run_id == run, (name, champion.run_id, run)
 
-    url = bentoml_serve({**env, "RNNOPS_MODELS": "char-rnn@champion,forecaster@champion", "RNNOPS_WORKERS": "1",
-                         "RNNOPS_POLL_SECONDS": "0"})
+    url = bentoml_serve(
+        {
+            **env,
+            "RNNOPS_MODELS": "char-rnn@champion,forecaster@champion",
+            "RNNOPS_WORKERS": "1",
+            "RNNOPS_POLL_SECONDS": "0",
+        }
+    )
 
     status, _, body = get(url + "/models")
     served = json.dumps(json.loads(body))
@@ -151,7 +199,9 @@ def test_train_export_register_promote_then_serve_through_the_server(mlflow_serv
     assert status == 200 and "text/event-stream" in ctype
     events = re.findall(r"^event: (\w+)$", body, re.M)
     assert events[-1] == "done" and "chunk" in events, body[-500:]
-    streamed = "".join(json.loads(d)["text"] for e, d in re.findall(r"^event: (\w+)\ndata: (.*)$", body, re.M) if e == "chunk")
+    streamed = "".join(
+        json.loads(d)["text"] for e, d in re.findall(r"^event: (\w+)\ndata: (.*)$", body, re.M) if e == "chunk"
+    )
     assert len(streamed) == 20, body[-500:]
 
     import numpy as np

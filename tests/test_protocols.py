@@ -47,13 +47,24 @@ def C(registry: Registry):
         shutil.copy(cache / src / "1" / "model.onnx", files / f"{name}.onnx")
     keys = files / "keys.txt"
     keys.write_text(f"# API keys, one a line\n{KEY}\n{OTHER}\n")
-    server = _launch("C", {**registry.env,
-                           "RNNOPS_MODELS": ",".join(f"{n}={files / (n + '.onnx')}" for n in ("char", "fc", "fw")),
-                           "RNNOPS_POLL_SECONDS": "0", "RNNOPS_API_KEYS": f"@{keys}", "RNNOPS_METRICS_AUTH": "1",
-                           "RNNOPS_MAX_STREAMS_PER_KEY": str(PER_KEY), "RNNOPS_CORS_ORIGINS": ORIGIN,
-                           "RNNOPS_MAX_CHARS": "100000", "RNNOPS_MAX_PROMPT_CHARS": "64",
-                           "RNNOPS_MAX_CONTEXT_ROWS": "64", "RNNOPS_FORECAST_MAX_WINDOWS": "8",
-                           "RNNOPS_SESSION_TTL": "3"}, registry.root)
+    server = _launch(
+        "C",
+        {
+            **registry.env,
+            "RNNOPS_MODELS": ",".join(f"{n}={files / (n + '.onnx')}" for n in ("char", "fc", "fw")),
+            "RNNOPS_POLL_SECONDS": "0",
+            "RNNOPS_API_KEYS": f"@{keys}",
+            "RNNOPS_METRICS_AUTH": "1",
+            "RNNOPS_MAX_STREAMS_PER_KEY": str(PER_KEY),
+            "RNNOPS_CORS_ORIGINS": ORIGIN,
+            "RNNOPS_MAX_CHARS": "100000",
+            "RNNOPS_MAX_PROMPT_CHARS": "64",
+            "RNNOPS_MAX_CONTEXT_ROWS": "64",
+            "RNNOPS_FORECAST_MAX_WINDOWS": "8",
+            "RNNOPS_SESSION_TTL": "3",
+        },
+        registry.root,
+    )
     try:
         _wait_ready(server)
         yield server
@@ -64,7 +75,7 @@ def C(registry: Registry):
 def _rows(csv: Path, start: int, n: int) -> np.ndarray:
     import pandas as pd
 
-    return pd.read_csv(csv).iloc[start:start + n][["a", "b", "OT"]].to_numpy(np.float32)
+    return pd.read_csv(csv).iloc[start : start + n][["a", "b", "OT"]].to_numpy(np.float32)
 
 
 def _complete(C: Server, body: dict) -> dict:
@@ -77,8 +88,15 @@ def _complete(C: Server, body: dict) -> dict:
 
 
 def test_keys_guard_every_route_but_health_docs(C):
-    for path in ("/livez", "/readyz", "/v2/health/live", "/v2/health/ready", "/docs", "/docs.json",
-                 "/static_content/swagger-ui-bundle.js"):
+    for path in (
+        "/livez",
+        "/readyz",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/docs",
+        "/docs.json",
+        "/static_content/swagger-ui-bundle.js",
+    ):
         assert C.get(path).status_code == 200, path
     for path in ("/models", "/metrics", "/v1/models", "/v2", "/v2/models/fc"):
         r = C.get(path)
@@ -90,11 +108,18 @@ def test_keys_guard_every_route_but_health_docs(C):
     r = C.post("/v1/completions", {"model": "char", "prompt": "the"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"  # OpenAI's shape under /v1
     assert KEY not in C.log.read_text(errors="replace")  # never logged
-    pre = httpx.options(C.url + "/v1/completions", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
-                                                             "Access-Control-Request-Headers": "authorization"})
+    pre = httpx.options(
+        C.url + "/v1/completions",
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
     assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == ORIGIN
-    other = httpx.options(C.url + "/generate", headers={"Origin": "http://evil.test",
-                                                        "Access-Control-Request-Method": "POST"})
+    other = httpx.options(
+        C.url + "/generate", headers={"Origin": "http://evil.test", "Access-Control-Request-Method": "POST"}
+    )
     assert "access-control-allow-origin" not in other.headers
 
 
@@ -109,8 +134,12 @@ def test_one_key_cannot_take_every_slot(C):
             lines = r.iter_lines()
             next(line for line in lines if line.startswith("data: "))
             held.append((client, ctx, lines))
-        r = httpx.post(C.url + "/complete", json={"prompt": "the", "max_chars": 5}, timeout=30,
-                       headers={"Authorization": f"Bearer {OTHER}"})
+        r = httpx.post(
+            C.url + "/complete",
+            json={"prompt": "the", "max_chars": 5},
+            timeout=30,
+            headers={"Authorization": f"Bearer {OTHER}"},
+        )
         assert r.status_code == 429 and "RNNOPS_MAX_STREAMS_PER_KEY" in r.json()["error"] and r.headers["retry-after"]
         oa = openai.OpenAI(base_url=C.url + "/v1", api_key=OTHER, max_retries=0)
         with pytest.raises(openai.RateLimitError):
@@ -137,11 +166,21 @@ def test_openai_models_and_completion_match_generate(C, oa):
     native = _complete(C, {"prompt": "the ", "max_chars": 60, "seed": 7, "temperature": 0.9, "top_p": 1.0})
     assert c.object == "text_completion" and c.choices[0].text == native["text"]
     assert c.choices[0].finish_reason == "length" and c.usage.completion_tokens == 60 and c.usage.prompt_tokens == 4
-    again = oa.completions.create(model="char@" + native["version"], prompt="the ", max_tokens=60, seed=7,
-                                  temperature=0.9)
+    again = oa.completions.create(
+        model="char@" + native["version"], prompt="the ", max_tokens=60, seed=7, temperature=0.9
+    )
     assert again.choices[0].text == c.choices[0].text  # name@version, same seed, same text
-    chunks = list(oa.completions.create(model="char", prompt="the ", max_tokens=60, seed=7, temperature=0.9,
-                                        stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        oa.completions.create(
+            model="char",
+            prompt="the ",
+            max_tokens=60,
+            seed=7,
+            temperature=0.9,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == c.choices[0].text
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
     assert chunks[-1].usage.completion_tokens == 60 and 1 < len(chunks) < 60  # coalesced, usage last
@@ -151,8 +190,10 @@ def test_openai_n_choices_use_seed_plus_i_and_echo(C, oa):
     c = oa.completions.create(model="char", prompt="the", max_tokens=30, n=3, seed=100, echo=True)
     assert [ch.index for ch in c.choices] == [0, 1, 2]
     for i, ch in enumerate(c.choices):
-        assert ch.text == "the" + _complete(C, {"prompt": "the", "max_chars": 30, "seed": 100 + i,
-                                                "temperature": 1.0})["text"]
+        assert (
+            ch.text
+            == "the" + _complete(C, {"prompt": "the", "max_chars": 30, "seed": 100 + i, "temperature": 1.0})["text"]
+        )
     streamed = list(oa.completions.create(model="char", prompt=["the", "a"], max_tokens=20, n=2, seed=5, stream=True))
     texts = {}
     for ch in streamed:
@@ -165,7 +206,7 @@ def test_openai_stop_and_logprobs(oa):
     full = oa.completions.create(model="char", prompt="the", max_tokens=120, temperature=0).choices[0].text
     stop = full[40:43]
     cut = oa.completions.create(model="char", prompt="the", max_tokens=120, temperature=0, stop=stop).choices[0]
-    assert cut.finish_reason == "stop" and cut.text == full[:full.find(stop)]
+    assert cut.finish_reason == "stop" and cut.text == full[: full.find(stop)]
     lp = oa.completions.create(model="char", prompt="the", max_tokens=25, temperature=0, logprobs=3).choices[0].logprobs
     assert lp.tokens == list(full[:25]) and len(lp.token_logprobs) == 25 and lp.text_offset == list(range(25))
     for tok, p, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
@@ -178,16 +219,22 @@ def test_openai_errors_are_the_clients_exceptions(C):
         oa.completions.create(model="nope", prompt="the")
     with pytest.raises(openai.NotFoundError):
         oa.completions.create(model="char@999", prompt="the")
-    for kw, param in (({"best_of": 3}, "best_of"), ({"logit_bias": {"1": 2}}, "logit_bias"),
-                      ({"suffix": "x"}, "suffix"), ({"max_tokens": 10 ** 6}, "max_tokens"),
-                      ({"temperature": 3}, "temperature")):
+    for kw, param in (
+        ({"best_of": 3}, "best_of"),
+        ({"logit_bias": {"1": 2}}, "logit_bias"),
+        ({"suffix": "x"}, "suffix"),
+        ({"max_tokens": 10**6}, "max_tokens"),
+        ({"temperature": 3}, "temperature"),
+    ):
         with pytest.raises(openai.BadRequestError) as e:
             oa.completions.create(model="char", prompt="the", **kw)
         assert e.value.param == param or param in str(e.value), (kw, e.value)
     with pytest.raises(openai.BadRequestError, match="vocabulary"):
         oa.completions.create(model="char", prompt="the Zebra")
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=C.url + "/v1", api_key="wrong", max_retries=0).completions.create(model="char", prompt="a")
+        openai.OpenAI(base_url=C.url + "/v1", api_key="wrong", max_retries=0).completions.create(
+            model="char", prompt="a"
+        )
 
 
 # ---------------------------------------------------------------- Open Inference Protocol
@@ -220,8 +267,10 @@ def test_oip_health_metadata_and_forecasts_binary_and_json(C, triton, registry):
 
     x = np.stack([_rows(registry.csv, 100, 30), _rows(registry.csv, 200, 30)])
     for model in ("fc", "fw"):
-        ref = np.array([C.post("/forecast", {"model": model, "context": w.tolist()}, headers=AUTH).json()["forecast"]
-                        for w in x], np.float32)
+        ref = np.array(
+            [C.post("/forecast", {"model": model, "context": w.tolist()}, headers=AUTH).json()["forecast"] for w in x],
+            np.float32,
+        )
         y = _infer(triton, model, x).as_numpy("forecast")  # binary in, binary out (no outputs named)
         np.testing.assert_allclose(y, ref, atol=1e-5)
         out = httpclient.InferRequestedOutput("forecast", binary_data=False)
@@ -260,8 +309,14 @@ def test_oip_sequences_step_one_observation_at_a_time(C, triton, registry):
         own = httpclient.InferenceServerClient(C.url.removeprefix("http://"))  # a client is not thread-safe
         try:
             for i, row in enumerate(rows):
-                r = _infer(own, "fc", row[None, None], sequence_id=seq_id, sequence_start=i == 0,
-                           sequence_end=i == len(rows) - 1)
+                r = _infer(
+                    own,
+                    "fc",
+                    row[None, None],
+                    sequence_id=seq_id,
+                    sequence_start=i == 0,
+                    sequence_end=i == len(rows) - 1,
+                )
             np.testing.assert_allclose(r.as_numpy("forecast")[0], whole, atol=1e-5)
         except Exception as exc:  # noqa: BLE001 (reported below)
             errors.append(exc)
@@ -320,8 +375,13 @@ def _contract_schema(C):
     return schemathesis.openapi.from_dict(doc)
 
 
-CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance", "response_schema_conformance",
-          "response_headers_conformance")
+CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "response_headers_conformance",
+)
 
 
 @pytest.mark.parametrize("mode", ["positive", "negative"])
@@ -329,7 +389,6 @@ def test_contract_no_server_error_and_conformance(C, mode):
     """schemathesis over every operation of /docs.json, a few examples each (bounded, so fast)."""
     from hypothesis import given
     from hypothesis.errors import Unsatisfiable
-
     from schemathesis import checks as core
     from schemathesis.specs.openapi import checks as oas
 
@@ -339,8 +398,14 @@ def test_contract_no_server_error_and_conformance(C, mode):
     assert len(ops) >= 20
     failures = []
     for op in ops:
-        @settings(max_examples=6 if mode == "positive" else 3, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck), derandomize=True)
+
+        @settings(
+            max_examples=6 if mode == "positive" else 3,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+        )
         @given(case=op.as_strategy(generation_mode=schemathesis.GenerationMode(mode)))
         def run(case):
             case.call_and_validate(base_url=C.url, headers=dict(AUTH), timeout=30, checks=checks)

@@ -13,16 +13,19 @@ from rnnops import refs
 from rnnops.errors import RnnopsError
 
 
-@pytest.mark.parametrize("text,source,target,watched", [
-    ("char-rnn@champion", "registry", "char-rnn@champion", True),
-    ("models:/char-rnn@challenger", "registry", "char-rnn@challenger", True),
-    ("char-rnn", "registry", "char-rnn@champion", True),
-    ("char-rnn/3", "registry", "char-rnn/3", False),
-    ("models:/char-rnn/3", "registry", "char-rnn/3", False),
-    ("char-rnn@3", "registry", "char-rnn/3", False),
-    ("bentoml:char-rnn:v3-abc", "bentoml", "char-rnn:v3-abc", False),
-    ("bentoml:forecaster", "bentoml", "forecaster", False),
-])
+@pytest.mark.parametrize(
+    "text,source,target,watched",
+    [
+        ("char-rnn@champion", "registry", "char-rnn@champion", True),
+        ("models:/char-rnn@challenger", "registry", "char-rnn@challenger", True),
+        ("char-rnn", "registry", "char-rnn@champion", True),
+        ("char-rnn/3", "registry", "char-rnn/3", False),
+        ("models:/char-rnn/3", "registry", "char-rnn/3", False),
+        ("char-rnn@3", "registry", "char-rnn/3", False),
+        ("bentoml:char-rnn:v3-abc", "bentoml", "char-rnn:v3-abc", False),
+        ("bentoml:forecaster", "bentoml", "forecaster", False),
+    ],
+)
 def test_every_form_parses(text, source, target, watched):
     r = refs.parse_ref(text)
     assert (r.source, r.target, r.watched) == (source, target, watched)
@@ -53,8 +56,12 @@ def test_served_names_and_duplicates():
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from rnnops.cli import main; main()", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", "from rnnops.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_serve_forecast_and_the_registry_say_the_same(tmp_path):

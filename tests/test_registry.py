@@ -54,8 +54,8 @@ def reg(tmp_path, monkeypatch, template_db) -> Path:
 
 def tiny_onnx(meta: dict, bias: float):
     """y = x + bias: a valid graph whose bytes differ with ``bias``, carrying rnnops metadata."""
-    from onnx import TensorProto, helper, numpy_helper
     import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T"])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "T"])
@@ -67,8 +67,16 @@ def tiny_onnx(meta: dict, bias: float):
     return model
 
 
-def exported_run(kind: str = "char", val: float = 1.5, parity: bool | None = True, cell: str = "lstm",
-                 sha: str | None = None, export: bool = True, int8: bool = False, int8_sha: str | None = None) -> str:
+def exported_run(
+    kind: str = "char",
+    val: float = 1.5,
+    parity: bool | None = True,
+    cell: str = "lstm",
+    sha: str | None = None,
+    export: bool = True,
+    int8: bool = False,
+    int8_sha: str | None = None,
+) -> str:
     """A finished run as training + export leave it: val metric, rnnops.task, export tags (and with
     ``int8``, a model.int8.onnx beside model.onnx in the logged model, with its sha256 tag)."""
     import hashlib
@@ -83,14 +91,25 @@ def exported_run(kind: str = "char", val: float = 1.5, parity: bool | None = Tru
         mlflow.log_metric(C.VAL_METRIC[kind], val)
         if not export:
             return rid
-        meta = {"kind": kind, "cell": cell, "layers": 1, "hidden_size": 4, "source_run": rid, "version": "0.1.0",
-                "state_inputs": C.state_inputs(cell), "state_outputs": C.state_outputs(cell),
-                "stateful": True, "vocab": ["a", "b", "\n"] if kind == "char" else None}
+        meta = {
+            "kind": kind,
+            "cell": cell,
+            "layers": 1,
+            "hidden_size": 4,
+            "source_run": rid,
+            "version": "0.1.0",
+            "state_inputs": C.state_inputs(cell),
+            "state_outputs": C.state_outputs(cell),
+            "stateful": True,
+            "vocab": ["a", "b", "\n"] if kind == "char" else None,
+        }
         model = tiny_onnx(meta, val)
         info = mlflow.onnx.log_model(model, name="onnx", pip_requirements=["onnxruntime"], save_as_external_data=False)
-        tags = {C.TAG_ONNX_URI: info.model_uri,
-                C.TAG_ONNX_SHA256: sha or hashlib.sha256(model.SerializeToString()).hexdigest(),
-                C.TAG_PARITY_MAX_DIFF: "3.1e-06"}
+        tags = {
+            C.TAG_ONNX_URI: info.model_uri,
+            C.TAG_ONNX_SHA256: sha or hashlib.sha256(model.SerializeToString()).hexdigest(),
+            C.TAG_PARITY_MAX_DIFF: "3.1e-06",
+        }
         if parity is not None:
             tags[C.TAG_PARITY_PASSED] = "true" if parity else "false"
         if int8:
@@ -179,8 +198,9 @@ def test_register_is_all_or_nothing(reg, monkeypatch):
 
     # a store that drops tags on create (some remote registries): the missing ones are set after
     create = mlflow.MlflowClient.create_model_version
-    monkeypatch.setattr(mlflow.MlflowClient, "create_model_version",
-                        lambda self, *a, tags=None, **k: create(self, *a, **k))
+    monkeypatch.setattr(
+        mlflow.MlflowClient, "create_model_version", lambda self, *a, tags=None, **k: create(self, *a, **k)
+    )
     v = api.register_run(exported_run(val=1.1))
     assert client.get_model_version("char-rnn", str(v.version)).tags[C.VTAG_ONNX_SHA256] == v.sha256
 
@@ -197,7 +217,9 @@ def test_promote_gate_force_history_and_rollback(reg):
     assert api.promote("char-rnn", v2).previous == v1  # 1.4 <= 1.5
     assert not api.promote("char-rnn", v2).changed
 
-    with pytest.raises(RnnopsError, match=r"refused: char-rnn version 3 val_loss 1.6 is worse than champion version 2's 1.4.*--force"):
+    with pytest.raises(
+        RnnopsError, match=r"refused: char-rnn version 3 val_loss 1.6 is worse than champion version 2's 1.4.*--force"
+    ):
         api.promote("char-rnn", v3)
     assert resolve.current_version("char-rnn") == v2
     assert "rnnops.forced_promotion" not in api.get_version("char-rnn", v3).tags
@@ -286,22 +308,31 @@ def test_resolve_forms_verify_and_cache(reg, monkeypatch):
     rid = exported_run(val=1.2, cell="lstm")
     v = api.register_run(rid)
     api.promote("char-rnn", v.version)
-    refs = ["char-rnn@champion", "char-rnn@1", "models:/char-rnn@champion", "models:/char-rnn/1", "char-rnn",
-            "char-rnn@latest"]
+    refs = [
+        "char-rnn@champion",
+        "char-rnn@1",
+        "models:/char-rnn@champion",
+        "models:/char-rnn/1",
+        "char-rnn",
+        "char-rnn@latest",
+    ]
     # register put the verified file in the cache, so none of these downloads anything
     monkeypatch.setattr(store, "download_onnx", lambda *a, **k: pytest.fail("cache hit expected"))
     got = [resolve.resolve(r) for r in refs]
-    assert {(g.name, g.version, g.path, g.sha256, g.source_run) for g in got} == \
-        {("char-rnn", 1, reg / "cache" / "models" / "char-rnn" / "1" / "model.onnx", v.sha256, rid)}
+    assert {(g.name, g.version, g.path, g.sha256, g.source_run) for g in got} == {
+        ("char-rnn", 1, reg / "cache" / "models" / "char-rnn" / "1" / "model.onnx", v.sha256, rid)
+    }
     assert [g.alias for g in got] == ["champion", None, "champion", None, "champion", "latest"]
     r = got[0]
     assert r.metadata["kind"] == "char" and r.metadata["cell"] == "lstm" and r.metadata["vocab"] == ["a", "b", "\n"]
     assert r.metadata["state_inputs"] == ["h0", "c0"] and r.uri == "models:/char-rnn/1"
 
-    import onnxruntime as ort
     import numpy as np
+    import onnxruntime as ort
 
-    out = ort.InferenceSession(str(r.path), providers=["CPUExecutionProvider"]).run(None, {"x": np.zeros((1, 2), np.float32)})
+    out = ort.InferenceSession(str(r.path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.zeros((1, 2), np.float32)}
+    )
     assert out[0][0, 0] == pytest.approx(1.2)
 
 
@@ -405,7 +436,11 @@ def test_cli_register_promote_rollback_and_errors(reg, monkeypatch, capsys):
     code, out, _ = _cli(monkeypatch, capsys, "registry", "promote", "char-rnn", "1")
     assert code == 0 and "char-rnn@champion -> version 1" in out
     code, out, err = _cli(monkeypatch, capsys, "registry", "promote", "char-rnn", "2")
-    assert code == 2 and err.count("\n") == 1 and err.startswith("error: refused: char-rnn version 2 val_loss 1.7 is worse")
+    assert (
+        code == 2
+        and err.count("\n") == 1
+        and err.startswith("error: refused: char-rnn version 2 val_loss 1.7 is worse")
+    )
     code, out, _ = _cli(monkeypatch, capsys, "registry", "promote", "char-rnn", "2", "--force")
     assert code == 0 and "FORCED" in out
     code, out, _ = _cli(monkeypatch, capsys, "registry", "show", "char-rnn")
@@ -416,10 +451,12 @@ def test_cli_register_promote_rollback_and_errors(reg, monkeypatch, capsys):
     assert json.loads(out)[0]["aliases"] == {"champion": 1}
     code, out, _ = _cli(monkeypatch, capsys, "registry", "resolve", "char-rnn@champion", "--json")
     assert json.loads(out)["version"] == 1
-    for args, msg in ((("promote", "nope", "1"), "error: no registered model 'nope'"),
-                      (("promote", "char-rnn", "7"), "error: char-rnn has no version 7 (versions: 1, 2)"),
-                      (("pull", "char-rnn@challenger"), "error: char-rnn has no alias 'challenger'"),
-                      (("register", exported_run(parity=False)), "error: run ")):
+    for args, msg in (
+        (("promote", "nope", "1"), "error: no registered model 'nope'"),
+        (("promote", "char-rnn", "7"), "error: char-rnn has no version 7 (versions: 1, 2)"),
+        (("pull", "char-rnn@challenger"), "error: char-rnn has no alias 'challenger'"),
+        (("register", exported_run(parity=False)), "error: run "),
+    ):
         code, out, err = _cli(monkeypatch, capsys, "registry", *args)
         assert code == 2 and err.startswith(msg) and err.count("\n") == 1, (args, err)
 
@@ -480,7 +517,9 @@ def _trained_run(model, spec: dict, task: str, metric: str, value: float, tmp: P
 
 def test_end_to_end_with_the_real_export(reg):
     """logged model -> the real export_run -> register -> promote -> resolve, for both kinds."""
-    pipeline = pytest.importorskip("rnnops.export.pipeline", reason="export stage (rnnops.export.pipeline) not built yet")
+    pipeline = pytest.importorskip(
+        "rnnops.export.pipeline", reason="export stage (rnnops.export.pipeline) not built yet"
+    )
     torch = pytest.importorskip("torch")
     from rnnops.registry import api, resolve
     from rnnops.training.models import CharModel, CharModelConfig, Forecaster, ForecasterConfig
@@ -488,18 +527,37 @@ def test_end_to_end_with_the_real_export(reg):
     torch.manual_seed(0)
     vocab = list("\n abcdefgh")
     char = CharModel(CharModelConfig(vocab_size=len(vocab), cell="lstm", hidden_size=8, embed_dim=4))
-    fc = Forecaster(ForecasterConfig(n_features=2, target_indices=[1], lookback=6, horizon=3, cell="gru", hidden_size=8,
-                                     norm="fixed", linear_skip=False, scaler_mean=[0.0, 1.0], scaler_std=[1.0, 2.0],
-                                     feature_names=["a", "OT"], target_names=["OT"]))
-    runs = {"char": _trained_run(char, {"kind": "char", "config": char.config.to_dict(), "vocab": vocab}, "char",
-                                 "val_loss", 2.3, reg),
-            "forecaster": _trained_run(fc, {"kind": "forecaster", "config": fc.config.to_dict(), "stateful": True},
-                                       "forecast", "val_mse", 0.7, reg)}
+    fc = Forecaster(
+        ForecasterConfig(
+            n_features=2,
+            target_indices=[1],
+            lookback=6,
+            horizon=3,
+            cell="gru",
+            hidden_size=8,
+            norm="fixed",
+            linear_skip=False,
+            scaler_mean=[0.0, 1.0],
+            scaler_std=[1.0, 2.0],
+            feature_names=["a", "OT"],
+            target_names=["OT"],
+        )
+    )
+    runs = {
+        "char": _trained_run(
+            char, {"kind": "char", "config": char.config.to_dict(), "vocab": vocab}, "char", "val_loss", 2.3, reg
+        ),
+        "forecaster": _trained_run(
+            fc, {"kind": "forecaster", "config": fc.config.to_dict(), "stateful": True}, "forecast", "val_mse", 0.7, reg
+        ),
+    }
     for kind, run_id in runs.items():
         exported = pipeline.export_run(run_id, formats=("onnx",), quantize=False, progress=False)
         v = api.register_run(run_id)
         assert (v.name, v.kind, v.parity_passed) == (C.DEFAULT_NAMES[kind], kind, True)
-        assert v.val_metric == C.VAL_METRIC[kind] and v.sha256 == exported.sha256 and v.tags[C.VTAG_SOURCE_RUN] == run_id
+        assert (
+            v.val_metric == C.VAL_METRIC[kind] and v.sha256 == exported.sha256 and v.tags[C.VTAG_SOURCE_RUN] == run_id
+        )
         api.promote(v.name, v.version)
         r = resolve.resolve(f"{v.name}@champion")
         assert r.path.read_bytes() == exported.onnx_path.read_bytes()

@@ -28,8 +28,13 @@ STEPS = 60
 
 def _env(root: Path, tracking: str | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k != "RNNOPS_DEBUG"}
-    env.update(MLFLOW_TRACKING_URI=tracking or f"sqlite:///{root / 'mlflow.db'}", RNNOPS_CACHE=str(root / "cache"),
-               RNNOPS_CHECKPOINTS=str(root / "checkpoints"), TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
+    env.update(
+        MLFLOW_TRACKING_URI=tracking or f"sqlite:///{root / 'mlflow.db'}",
+        RNNOPS_CACHE=str(root / "cache"),
+        RNNOPS_CHECKPOINTS=str(root / "checkpoints"),
+        TQDM_DISABLE="1",
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
@@ -37,8 +42,9 @@ def _start(args: list[str], root: Path, env: dict, name: str) -> tuple[subproces
     root.mkdir(parents=True, exist_ok=True)
     log = root / f"{name}.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen([*CLI, *args], env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*CLI, *args], env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
     return proc, log
 
 
@@ -94,11 +100,21 @@ def _final_state(root: Path, run_id: str, monkeypatch) -> dict:
     for key in ("train_loss", "lr", "val_loss", "val_mse", "val_mae"):
         for m in client.get_metric_history(run_id, key):
             history.setdefault((key, m.step), set()).add(m.value)
-    return {"last": load_file(str(folder / "model.safetensors")), "best": load_file(str(folder / "best.safetensors")),
-            "logged": logged, "optimizer": saved["optimizer"], "trainer": saved["trainer"], "status": run.info.status,
-            "metrics": {k: v for k, v in run.data.metrics.items()  # less what measures time or the machine
-                        if not (k.endswith("_per_s") or k == "train_seconds" or k.startswith("system/"))},
-            "stop": run.data.tags.get("rnnops.stop_reason"), "history": history}
+    return {
+        "last": load_file(str(folder / "model.safetensors")),
+        "best": load_file(str(folder / "best.safetensors")),
+        "logged": logged,
+        "optimizer": saved["optimizer"],
+        "trainer": saved["trainer"],
+        "status": run.info.status,
+        "metrics": {
+            k: v
+            for k, v in run.data.metrics.items()  # less what measures time or the machine
+            if not (k.endswith("_per_s") or k == "train_seconds" or k.startswith("system/"))
+        },
+        "stop": run.data.tags.get("rnnops.stop_reason"),
+        "history": history,
+    }
 
 
 def _assert_same_tensors(a, b, where: str) -> int:
@@ -119,18 +135,60 @@ def _assert_same_tensors(a, b, where: str) -> int:
 
 def _char_job(small_text: Path) -> list[str]:
     # dropout before the head: the masks come from torch's global generator, which must resume too
-    return ["train", "char", "--data", str(small_text), "--preset", "tiny", "--steps", str(STEPS), "--eval-every", "5",
-            "--dropout", "0.2", "--time-budget", "0", "--patience", "1000", "--seed", "7"]
+    return [
+        "train",
+        "char",
+        "--data",
+        str(small_text),
+        "--preset",
+        "tiny",
+        "--steps",
+        str(STEPS),
+        "--eval-every",
+        "5",
+        "--dropout",
+        "0.2",
+        "--time-budget",
+        "0",
+        "--patience",
+        "1000",
+        "--seed",
+        "7",
+    ]
 
 
 def _forecast_job(small_csv: Path) -> list[str]:
-    return ["train", "forecast", "--data", str(small_csv), "--preset", "tiny", "--lookback", "24", "--horizon", "6",
-            "--steps", str(STEPS), "--eval-every", "5", "--dropout", "0.3", "--time-budget", "0", "--patience", "1000",
-            "--seed", "7"]
+    return [
+        "train",
+        "forecast",
+        "--data",
+        str(small_csv),
+        "--preset",
+        "tiny",
+        "--lookback",
+        "24",
+        "--horizon",
+        "6",
+        "--steps",
+        str(STEPS),
+        "--eval-every",
+        "5",
+        "--dropout",
+        "0.3",
+        "--time-budget",
+        "0",
+        "--patience",
+        "1000",
+        "--seed",
+        "7",
+    ]
 
 
-@pytest.mark.parametrize("task,sig", [("char", signal.SIGKILL), ("forecast", signal.SIGKILL), ("char", signal.SIGTERM)],
-                         ids=["char-sigkill", "forecast-sigkill", "char-sigterm"])
+@pytest.mark.parametrize(
+    "task,sig",
+    [("char", signal.SIGKILL), ("forecast", signal.SIGKILL), ("char", signal.SIGTERM)],
+    ids=["char-sigkill", "forecast-sigkill", "char-sigterm"],
+)
 def test_killed_run_resumes_to_the_same_bits(task, sig, tmp_path, small_text, small_csv, monkeypatch):
     """SIGKILL loses the steps since the last checkpoint; SIGTERM (``docker stop``) saves one where
     it lands and exits 143. Either way ``--resume`` ends bitwise where the uninterrupted run does."""
@@ -191,11 +249,31 @@ def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job runner (it forks eight more processes)
     with open(root / "mlflow-server.log", "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                                 f"sqlite:///{root / 'server.db'}", "--serve-artifacts", "--artifacts-destination",
-                                 str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{root / 'server.db'}",
+                "--serve-artifacts",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=root,
+            env=env,
+            start_new_session=True,
+        )
     wait_http(f"http://127.0.0.1:{port}/health", proc, root / "mlflow-server.log", 180)
     return proc
 
@@ -208,8 +286,24 @@ def test_tracking_server_down_mid_training_keeps_the_checkpoint_and_resume_finis
     url = f"http://127.0.0.1:{port}"
     server = _mlflow_server(tmp_path, port)
     env = _env(tmp_path, url)
-    args = ["train", "char", "--data", str(small_text), "--preset", "tiny", "--steps", "400", "--eval-every", "10",
-            "--time-budget", "0", "--patience", "1000", "--seed", "3"]
+    args = [
+        "train",
+        "char",
+        "--data",
+        str(small_text),
+        "--preset",
+        "tiny",
+        "--steps",
+        "400",
+        "--eval-every",
+        "10",
+        "--time-budget",
+        "0",
+        "--patience",
+        "1000",
+        "--seed",
+        "3",
+    ]
     proc, log = _start(args, tmp_path, env, "train")
     try:
         deadline = time.monotonic() + 300

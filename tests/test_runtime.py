@@ -21,9 +21,9 @@ pytest.importorskip("onnx")
 
 from rnnops import contract  # noqa: E402
 from rnnops.errors import RnnopsError  # noqa: E402
-from rnnops.serving.runtime import Runtime  # noqa: E402
 from rnnops.serving.generate.sampling import SamplingParams  # noqa: E402
 from rnnops.serving.generate.scheduler import GenerationRequest, StepScheduler  # noqa: E402
+from rnnops.serving.runtime import Runtime  # noqa: E402
 
 VOCAB = list("\n " + string.ascii_letters + ".,;:!?'-")
 
@@ -57,8 +57,16 @@ def _export(model, example, n_state: int, path: Path, meta: dict, main_output: s
         axes[n] = {1: "B"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Wrap(model), example, str(path), input_names=ins, output_names=outs,
-                          dynamic_axes=axes, dynamo=False, opset_version=17)
+        torch.onnx.export(
+            _Wrap(model),
+            example,
+            str(path),
+            input_names=ins,
+            output_names=outs,
+            dynamic_axes=axes,
+            dynamo=False,
+            opset_version=17,
+        )
     proto = onnx.load(str(path))
     for k, v in contract.encode_metadata(meta).items():
         p = proto.metadata_props.add()
@@ -75,29 +83,69 @@ def export_char(path: Path, cell: str = "lstm", hidden: int = 32, layers: int = 
     m = CharModel(CharModelConfig(vocab_size=len(vocab), cell=cell, hidden_size=hidden, num_layers=layers, embed_dim=8))
     n = 2 if cell == "lstm" else 1
     example = (torch.zeros(2, 3, dtype=torch.long), *m.init_state(2))
-    meta = {"kind": "char", "cell": cell, "layers": layers, "hidden_size": hidden,
-            "state_inputs": contract.state_inputs(cell), "state_outputs": contract.state_outputs(cell),
-            "stateful": True, "vocab": list(vocab), "source_run": None, "version": "test"}
+    meta = {
+        "kind": "char",
+        "cell": cell,
+        "layers": layers,
+        "hidden_size": hidden,
+        "state_inputs": contract.state_inputs(cell),
+        "state_outputs": contract.state_outputs(cell),
+        "stateful": True,
+        "vocab": list(vocab),
+        "source_run": None,
+        "version": "test",
+    }
     return _export(m, example, n, path, meta, contract.CHAR_OUTPUT), m.eval()
 
 
-def export_forecaster(path: Path, norm: str = "revin", cell: str = "gru", features=("a", "b", "OT"),
-                      lookback: int = 12, horizon: int = 4, hidden: int = 16, seed: int = 0, freq: str | None = "h"):
+def export_forecaster(
+    path: Path,
+    norm: str = "revin",
+    cell: str = "gru",
+    features=("a", "b", "OT"),
+    lookback: int = 12,
+    horizon: int = 4,
+    hidden: int = 16,
+    seed: int = 0,
+    freq: str | None = "h",
+):
     """A randomly initialised Forecaster (windowed revin or stateful fixed) as contract ONNX."""
     from rnnops.training.models import Forecaster, ForecasterConfig
 
     torch.manual_seed(seed)
     f = len(features)
-    cfg = ForecasterConfig(n_features=f, target_indices=[f - 1], lookback=lookback, horizon=horizon, cell=cell,
-                           hidden_size=hidden, norm=norm, scaler_mean=[1.0] * f, scaler_std=[2.0] * f,
-                           feature_names=list(features), target_names=[features[-1]])
+    cfg = ForecasterConfig(
+        n_features=f,
+        target_indices=[f - 1],
+        lookback=lookback,
+        horizon=horizon,
+        cell=cell,
+        hidden_size=hidden,
+        norm=norm,
+        scaler_mean=[1.0] * f,
+        scaler_std=[2.0] * f,
+        feature_names=list(features),
+        target_names=[features[-1]],
+    )
     m = Forecaster(cfg)
     n = 2 if cell == "lstm" else 1
     example = (torch.zeros(2, lookback, f), *m.init_state(2))
-    meta = {"kind": "forecaster", "cell": cell, "layers": 1, "hidden_size": hidden,
-            "state_inputs": contract.state_inputs(cell), "state_outputs": contract.state_outputs(cell),
-            "stateful": cfg.stateful, "feature_names": list(features), "target_names": [features[-1]],
-            "lookback": lookback, "horizon": horizon, "freq": freq, "source_run": None, "version": "test"}
+    meta = {
+        "kind": "forecaster",
+        "cell": cell,
+        "layers": 1,
+        "hidden_size": hidden,
+        "state_inputs": contract.state_inputs(cell),
+        "state_outputs": contract.state_outputs(cell),
+        "stateful": cfg.stateful,
+        "feature_names": list(features),
+        "target_names": [features[-1]],
+        "lookback": lookback,
+        "horizon": horizon,
+        "freq": freq,
+        "source_run": None,
+        "version": "test",
+    }
     return _export(m, example, n, path, meta, contract.FORECAST_OUTPUT), m.eval()
 
 
@@ -135,7 +183,7 @@ def test_batched_rows_equal_single_rows_exactly(char_lstm):
         toks = rng.integers(0, len(VOCAB), (n, T))
         batch_logits, batch_state = step(rt, toks, state)
         for b in (0, 17, 63):
-            one, one_state = step(rt, toks[b:b + 1], rt.take(state, [b]))
+            one, one_state = step(rt, toks[b : b + 1], rt.take(state, [b]))
             assert np.array_equal(one[0], batch_logits[b])
             for x, y in zip(rt.state_numpy(one_state), rt.state_numpy(batch_state)):
                 assert np.array_equal(x[:, 0], y[:, b])
@@ -245,7 +293,7 @@ def test_forecaster_runtime_matches_torch(tmp_path, norm):
         rt.run(x[:, :, :2])
     # batch-invariant, bit for bit: alone, in pairs, in the full batch
     for i in range(5):
-        assert np.array_equal(rt.run(x[i:i + 1]).output[0], y[i])
+        assert np.array_equal(rt.run(x[i : i + 1]).output[0], y[i])
     assert np.array_equal(rt.run(x[1:3]).output, y[1:3])
     if norm == "revin":
         # a longer window is cut to the last `lookback` rows; a shorter one is refused

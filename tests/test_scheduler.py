@@ -13,8 +13,8 @@ import threading
 import numpy as np
 import pytest
 
-from rnnops.serving.generate.sampling import SamplingParams, sample_batch
 from rnnops.serving.generate.naive import NaiveGenerator
+from rnnops.serving.generate.sampling import SamplingParams, sample_batch
 from rnnops.serving.generate.scheduler import GenerationRequest, Overloaded, StepScheduler, Stream
 from rnnops.serving.http.generate import wake_watchers, watch
 from rnnops.serving.runtime import RunResult
@@ -97,8 +97,16 @@ def test_single_stream_generates_max_chars_and_stats():
 def test_same_seed_same_text_alone_or_among_64():
     rng = np.random.default_rng(7)
     prompts = ["".join(rng.choice(VOCAB[:27], size=int(rng.integers(1, 40)))) for _ in range(64)]
-    configs = [dict(seed=i, n=30 + i % 7, temperature=[0.0, 0.5, 1.0, 1.3][i % 4], top_k=[0, 5][i % 2],
-                    top_p=[1.0, 0.9, 0.5][i % 3]) for i in range(64)]
+    configs = [
+        dict(
+            seed=i,
+            n=30 + i % 7,
+            temperature=[0.0, 0.5, 1.0, 1.3][i % 4],
+            top_k=[0, 5][i % 2],
+            top_p=[1.0, 0.9, 0.5][i % 3],
+        )
+        for i in range(64)
+    ]
     expected = [alone(p, **c) for p, c in zip(prompts, configs)]
     rt = FakeRuntime()
     s = StepScheduler(rt, max_active=64, prefill_chunk=16)
@@ -160,8 +168,11 @@ def test_bounds_queue_full_is_429_with_retry_after():
     assert all(st.finish_reason == "length" for st in a)
 
 
-@pytest.mark.parametrize("make", [lambda rt: StepScheduler(rt, max_active=1, max_queue=0),
-                                  lambda rt: NaiveGenerator(rt, max_active=1, max_queue=0)], ids=["step", "naive"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda rt: StepScheduler(rt, max_active=1, max_queue=0), lambda rt: NaiveGenerator(rt, max_active=1, max_queue=0)],
+    ids=["step", "naive"],
+)
 def test_every_generator_refuses_with_the_one_admission_rule(make):
     """The same bounds, message and Retry-After whichever generator runs (generate/client.py)."""
     rt = FakeRuntime()
@@ -276,6 +287,7 @@ def test_threaded_loop_and_async_consumers():
     rt = FakeRuntime()
     s = StepScheduler(rt, max_active=16, on_step=wake_watchers).start()
     try:
+
         async def consume(i):
             st = Stream(req(rt, "ab" * (i + 1), n=40, seed=i))
             w = watch(st)  # the HTTP layer's waiter: woken by the scheduler's on_step hook
@@ -305,8 +317,16 @@ def test_two_lanes_give_the_same_texts_and_split_the_batch(threaded):
     join, leave and move between lanes as lengths differ, and every text is the one it gets alone."""
     rng = np.random.default_rng(3)
     prompts = ["".join(rng.choice(VOCAB[:27], size=int(rng.integers(1, 30)))) for _ in range(80)]
-    configs = [dict(seed=100 + i, n=int(rng.integers(5, 150)), temperature=[0.0, 0.7, 1.2][i % 3], top_k=[0, 4][i % 2],
-                    stop=["xyz"] if i % 11 == 0 else ()) for i in range(80)]
+    configs = [
+        dict(
+            seed=100 + i,
+            n=int(rng.integers(5, 150)),
+            temperature=[0.0, 0.7, 1.2][i % 3],
+            top_k=[0, 4][i % 2],
+            stop=["xyz"] if i % 11 == 0 else (),
+        )
+        for i in range(80)
+    ]
     expected = [alone(p, **c) for p, c in zip(prompts, configs)]
     rt = FakeRuntime()
     s = StepScheduler(rt, max_active=64, prefill_chunk=8, lanes=2)
@@ -367,7 +387,9 @@ def test_sampling_greedy_topk_topp():
     assert sample_batch(logits, np.ones(2), np.zeros(2, int), np.full(2, 1e-6), u).tolist() == [1, 0]
     # top_k=2 never picks outside the two best
     rng = np.random.default_rng(0)
-    picks = {int(sample_batch(logits[:1], np.array([5.0]), np.array([2]), np.ones(1), rng.random(1))[0]) for _ in range(200)}
+    picks = {
+        int(sample_batch(logits[:1], np.array([5.0]), np.array([2]), np.ones(1), rng.random(1))[0]) for _ in range(200)
+    }
     assert picks == {1, 3}
 
 
@@ -385,7 +407,10 @@ def test_sampling_rows_are_independent_of_the_batch():
     logits = rng.standard_normal((64, 65)).astype(np.float32)
     t, k, p, u = rng.random(64) * 1.5, rng.integers(0, 10, 64), rng.random(64), rng.random(64)
     batch = sample_batch(logits, t, k, p, u)
-    rows = [int(sample_batch(logits[i:i + 1], t[i:i + 1], k[i:i + 1], p[i:i + 1], u[i:i + 1])[0]) for i in range(64)]
+    rows = [
+        int(sample_batch(logits[i : i + 1], t[i : i + 1], k[i : i + 1], p[i : i + 1], u[i : i + 1])[0])
+        for i in range(64)
+    ]
     assert batch.tolist() == rows
 
 
@@ -395,11 +420,18 @@ def test_sampling_rows_are_independent_of_the_batch():
 def test_importing_the_service_never_imports_torch():
     """serving/ runs on onnxruntime + numpy: the service module (what `bentoml serve` imports) and
     the CLI must not pull torch in, directly or through another stage."""
-    code = ("import sys; import rnnops.serving.service, rnnops.serving.cli, rnnops.serving.models; "
-            "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
-            "assert not bad, bad; print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "RNNOPS_MODELS": "char-rnn@champion"})
+    code = (
+        "import sys; import rnnops.serving.service, rnnops.serving.cli, rnnops.serving.models; "
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
+        "assert not bad, bad; print('ok')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RNNOPS_MODELS": "char-rnn@champion"},
+    )
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
@@ -437,8 +469,13 @@ def test_a_stream_that_fails_ends_with_an_error_event_not_a_silent_cut():
     sched = StepScheduler(rt, name="flaky", on_step=wake_watchers).start()
     cfg = ServeConfig(models="fake=/nowhere/fake.onnx", poll_seconds=0)
     manager = ModelManager(cfg)
-    manager.current["fake"] = LoadedModel(ServedRef("fake", parse_ref("/nowhere/fake.onnx")), "1",
-                                          Resolved("1", Path("/nowhere/fake.onnx"), None, None), rt, scheduler=sched)
+    manager.current["fake"] = LoadedModel(
+        ServedRef("fake", parse_ref("/nowhere/fake.onnx")),
+        "1",
+        Resolved("1", Path("/nowhere/fake.onnx"), None, None),
+        rt,
+        scheduler=sched,
+    )
     app = create_app(Serving(cfg, manager, SessionStore()))
     try:
         with TestClient(app) as client:

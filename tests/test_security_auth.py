@@ -27,8 +27,19 @@ CSP = "default-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'
 # What answers without a key, on purpose: health, the API contract and its Swagger UI, the
 # playground's page and files (the page then asks for a key), and /metrics (RNNOPS_METRICS_AUTH=1
 # closes it). Everything else needs one.
-OPEN = {"/livez", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/docs", "/docs.json", "/",
-        "/playground", "/playground/", "/metrics"}
+OPEN = {
+    "/livez",
+    "/healthz",
+    "/readyz",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/docs",
+    "/docs.json",
+    "/",
+    "/playground",
+    "/playground/",
+    "/metrics",
+}
 OPEN_PREFIXES = ("/playground/static/", "/static_content/")
 
 ROUTE_TABLE = r"""
@@ -68,8 +79,14 @@ def served(tmp_path_factory):
     export_char(root / "char.onnx", "gru", hidden=16)
     export_forecaster(root / "fc.onnx", norm="fixed")
     env = {"RNNOPS_MODELS": f"char={root / 'char.onnx'},fc={root / 'fc.onnx'}", "RNNOPS_API_KEYS": KEY}
-    table = subprocess.run([sys.executable, "-c", ROUTE_TABLE], env={**__import__("os").environ, **env},
-                           capture_output=True, text=True, timeout=120, cwd=root)
+    table = subprocess.run(
+        [sys.executable, "-c", ROUTE_TABLE],
+        env={**__import__("os").environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+    )
     assert table.returncode == 0, table.stderr[-2000:]
     with serve_bentoml(root, env, "security-auth") as (_, url, _):
         yield url, json.loads(table.stdout.strip().splitlines()[-1])
@@ -103,8 +120,16 @@ def test_every_route_and_static_file_needs_a_key_unless_open_on_purpose(served):
     todo = requests_of(table)
     paths = {p for _, p in todo}
     # the table is the real one: BentoML's routes, ours, every playground file and Swagger UI's
-    assert {"/metrics", "/schema.json", "/readyz", "/models", "/v2/models/char/infer", "/v1/completions",
-            "/playground/static/app.js", "/playground/static/dom.js"} <= paths, sorted(paths)
+    assert {
+        "/metrics",
+        "/schema.json",
+        "/readyz",
+        "/models",
+        "/v2/models/char/infer",
+        "/v1/completions",
+        "/playground/static/app.js",
+        "/playground/static/dom.js",
+    } <= paths, sorted(paths)
     assert sum(p.startswith("/static_content/") for p in paths) >= 3 and len(todo) > 50
     wrong = {"authorization": "Bearer not-the-key"}
     failures = []
@@ -127,11 +152,16 @@ def test_every_answer_carries_the_security_headers(served):
     url, table = served
     key = {"authorization": f"Bearer {KEY}"}
     with httpx.Client(base_url=url, timeout=30) as c:
-        answers = {"page": c.get("/playground"), "module": c.get("/playground/static/dom.js"),
-                   "401": c.get("/models"), "keyed": c.get("/models", headers=key),
-                   "404": c.get("/no/such/route", headers=key), "bentoml": c.get("/readyz"),
-                   "413": c.post("/forecast", content=b"x" * (9 << 20), headers=key),
-                   "oip-400": c.post("/v2/models/char/infer", content=b"{", headers=key)}
+        answers = {
+            "page": c.get("/playground"),
+            "module": c.get("/playground/static/dom.js"),
+            "401": c.get("/models"),
+            "keyed": c.get("/models", headers=key),
+            "404": c.get("/no/such/route", headers=key),
+            "bentoml": c.get("/readyz"),
+            "413": c.post("/forecast", content=b"x" * (9 << 20), headers=key),
+            "oip-400": c.post("/v2/models/char/infer", content=b"{", headers=key),
+        }
         for what, r in answers.items():
             assert r.headers.get("x-content-type-options") == "nosniff", what
             assert r.headers.get("referrer-policy") == "no-referrer", what

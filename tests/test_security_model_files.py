@@ -16,12 +16,13 @@ import pytest
 pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
+from test_runtime import export_char, export_forecaster  # noqa: E402
+
 from rnnops import contract  # noqa: E402
 from rnnops.contract import MetadataError, check_metadata  # noqa: E402
 from rnnops.errors import RnnopsError  # noqa: E402
 from rnnops.model_file_checks import ModelFileError, check_model_file  # noqa: E402
 from rnnops.onnx_metadata import read_metadata  # noqa: E402
-from test_runtime import export_char, export_forecaster  # noqa: E402
 
 HOSTILE = "<img src=x onerror=\"document.title='XSS-'+document.title\"> & 'quotes'"
 
@@ -49,8 +50,11 @@ def test_honest_files_pass_and_their_metadata_is_read(files):
     assert read_metadata(fc)["feature_names"][0] == HOSTILE  # printable: kept as it is, shown as text
 
 
-@pytest.mark.parametrize("content", [b"", b"# not a model\nat all\n", bytes(range(256)) * 8, b"PK\x03\x04zipfile"],
-                         ids=["empty", "text", "binary", "zip"])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"# not a model\nat all\n", bytes(range(256)) * 8, b"PK\x03\x04zipfile"],
+    ids=["empty", "text", "binary", "zip"],
+)
 def test_a_file_that_is_not_onnx_fails_in_one_line(tmp_path, content):
     path = tmp_path / "model.onnx"
     path.write_bytes(content)
@@ -83,8 +87,15 @@ def _with_external(src: Path, dst: Path, location: str) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("location,why", [("/etc/passwd", "absolute path"), ("../../secret.bin", "outside"),
-                                          ("sub/../../x.bin", "outside"), ("w\0.bin", "NUL byte")])
+@pytest.mark.parametrize(
+    "location,why",
+    [
+        ("/etc/passwd", "absolute path"),
+        ("../../secret.bin", "outside"),
+        ("sub/../../x.bin", "outside"),
+        ("w\0.bin", "NUL byte"),
+    ],
+)
 def test_external_data_outside_the_folder_is_refused_before_onnxruntime_opens_it(files, tmp_path, location, why):
     path = _with_external(files[1], tmp_path / "model.onnx", location)
     with pytest.raises(ModelFileError) as e:
@@ -121,19 +132,22 @@ def test_a_file_far_larger_than_its_metadata_describes_fails_verification(files,
     assert "far more than its metadata describes" in one_line_error(e)
 
 
-@pytest.mark.parametrize("meta,field", [
-    ({"feature_names": ["ok", "bell\x07"]}, "rnnops.feature_names[1]"),
-    ({"target_names": ["x" * 201]}, "rnnops.target_names[0]"),
-    ({"covariate_names": [3]}, "rnnops.covariate_names[0]"),
-    ({"feature_names": "not-a-list"}, "rnnops.feature_names"),
-    ({"state_inputs": ["h0\n"]}, "rnnops.state_inputs[0]"),
-    ({"state": [{"input": "h0", "output": "hn\r", "shape": [1, "batch", 8]}]}, "rnnops.state[0].output"),
-    ({"state": [{"input": "h0", "output": "hn", "shape": [1 << 14, "batch", 1 << 14]}]}, "rnnops.state[0].shape"),
-    ({"hidden_size": 10**9}, "rnnops.hidden_size"),
-    ({"freq": "h\x00"}, "rnnops.freq"),
-    ({"vocab": ["a", "bc"]}, "rnnops.vocab[1]"),
-    ({"quantiles": {"output": "q\x1b[2J", "levels": [0.1, 0.9]}}, "rnnops.quantiles.output"),
-])
+@pytest.mark.parametrize(
+    "meta,field",
+    [
+        ({"feature_names": ["ok", "bell\x07"]}, "rnnops.feature_names[1]"),
+        ({"target_names": ["x" * 201]}, "rnnops.target_names[0]"),
+        ({"covariate_names": [3]}, "rnnops.covariate_names[0]"),
+        ({"feature_names": "not-a-list"}, "rnnops.feature_names"),
+        ({"state_inputs": ["h0\n"]}, "rnnops.state_inputs[0]"),
+        ({"state": [{"input": "h0", "output": "hn\r", "shape": [1, "batch", 8]}]}, "rnnops.state[0].output"),
+        ({"state": [{"input": "h0", "output": "hn", "shape": [1 << 14, "batch", 1 << 14]}]}, "rnnops.state[0].shape"),
+        ({"hidden_size": 10**9}, "rnnops.hidden_size"),
+        ({"freq": "h\x00"}, "rnnops.freq"),
+        ({"vocab": ["a", "bc"]}, "rnnops.vocab[1]"),
+        ({"quantiles": {"output": "q\x1b[2J", "levels": [0.1, 0.9]}}, "rnnops.quantiles.output"),
+    ],
+)
 def test_metadata_that_breaks_the_contract_is_refused_naming_the_field(meta, field):
     with pytest.raises(MetadataError) as e:
         check_metadata({"kind": "forecaster", **meta}, "fc version 2")
@@ -142,8 +156,14 @@ def test_metadata_that_breaks_the_contract_is_refused_naming_the_field(meta, fie
 
 
 def test_printable_markup_and_quotes_are_valid_names():
-    check_metadata({"feature_names": [HOSTILE, "température", "日本"], "vocab": list("<>\"'&\n\t ab"),
-                    "freq": "15min", "source_run": HOSTILE[:40]})
+    check_metadata(
+        {
+            "feature_names": [HOSTILE, "température", "日本"],
+            "vocab": list("<>\"'&\n\t ab"),
+            "freq": "15min",
+            "source_run": HOSTILE[:40],
+        }
+    )
 
 
 def test_training_keeps_printable_column_names_and_refuses_control_characters(tmp_path):

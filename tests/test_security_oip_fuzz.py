@@ -21,7 +21,6 @@ httpx = pytest.importorskip("httpx")
 import psutil  # noqa: E402  (BentoML depends on it)
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
 from servers import descendants, serve_bentoml  # noqa: E402
 from test_runtime import export_char, export_forecaster  # noqa: E402
 
@@ -36,8 +35,11 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("oip-fuzz")
     export_char(root / "char.onnx", "lstm", hidden=16)
     export_forecaster(root / "fc.onnx", norm="fixed", lookback=12, horizon=4)
-    env = {"RNNOPS_MODELS": f"char={root / 'char.onnx'},fc={root / 'fc.onnx'}",
-           "RNNOPS_MAX_BODY_BYTES": str(MAX_BODY), "RNNOPS_WORKERS": "1"}
+    env = {
+        "RNNOPS_MODELS": f"char={root / 'char.onnx'},fc={root / 'fc.onnx'}",
+        "RNNOPS_MAX_BODY_BYTES": str(MAX_BODY),
+        "RNNOPS_WORKERS": "1",
+    }
     with serve_bentoml(root, env, "oip-fuzz") as (proc, url, log):
         with httpx.Client(base_url=url, timeout=30) as client:
             yield proc, url, client, log
@@ -49,8 +51,14 @@ def rss_mb(proc) -> float:
 
 
 dims = st.one_of(st.integers(1, 16), st.integers(-3, 0), st.sampled_from([2**31, 2**32 + 1, 2**62, 10**30]))
-sizes = st.one_of(st.none(), st.integers(-8, 4096), st.sampled_from([2**31, 2**63, 10**20]), st.booleans(),
-                  st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=4))
+sizes = st.one_of(
+    st.none(),
+    st.integers(-8, 4096),
+    st.sampled_from([2**31, 2**63, 10**20]),
+    st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=4),
+)
 
 
 @st.composite
@@ -67,7 +75,9 @@ def tensors(draw):
     if size is not None:
         t["parameters"] = {"binary_data_size": size}
     if draw(st.integers(0, 5)) == 0:
-        t["data"] = draw(st.lists(st.one_of(st.integers(-2, 70), st.floats(), st.text(max_size=2), st.none()), max_size=8))
+        t["data"] = draw(
+            st.lists(st.one_of(st.integers(-2, 70), st.floats(), st.text(max_size=2), st.none()), max_size=8)
+        )
     return t
 
 
@@ -79,25 +89,42 @@ def requests(draw):
     else:
         body = {"inputs": draw(st.lists(tensors(), max_size=3))}
         if draw(st.booleans()):
-            body["parameters"] = draw(st.fixed_dictionaries({}, optional={
-                "binary_data_output": st.one_of(st.booleans(), st.text(max_size=3)),
-                "sequence_id": st.one_of(st.integers(-5, 2**70), st.text(max_size=5), st.lists(st.integers(), max_size=2)),
-                "sequence_start": st.one_of(st.booleans(), st.integers())}))
+            body["parameters"] = draw(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "binary_data_output": st.one_of(st.booleans(), st.text(max_size=3)),
+                        "sequence_id": st.one_of(
+                            st.integers(-5, 2**70), st.text(max_size=5), st.lists(st.integers(), max_size=2)
+                        ),
+                        "sequence_start": st.one_of(st.booleans(), st.integers()),
+                    },
+                )
+            )
         if draw(st.booleans()):
-            body["outputs"] = [{"name": n} for n in draw(st.lists(st.sampled_from(["logits", "hn", "forecast", "zz"]),
-                                                                  max_size=2))]
+            body["outputs"] = [
+                {"name": n} for n in draw(st.lists(st.sampled_from(["logits", "hn", "forecast", "zz"]), max_size=2))
+            ]
         head = json.dumps(body).encode()
     # the bytes after the header: what the sizes claim (often), or any
     need = 0
     try:
-        need = sum(t.get("parameters", {}).get("binary_data_size") or 0 for t in json.loads(head)["inputs"]
-                   if isinstance(t.get("parameters", {}).get("binary_data_size"), int))
+        need = sum(
+            t.get("parameters", {}).get("binary_data_size") or 0
+            for t in json.loads(head)["inputs"]
+            if isinstance(t.get("parameters", {}).get("binary_data_size"), int)
+        )
     except Exception:
         pass
     blob = bytes(min(max(need, 0), 8192)) if draw(st.booleans()) else draw(st.binary(max_size=256))
-    length = draw(st.one_of(st.just(str(len(head))), st.integers(-5, len(head) + len(blob) + 5).map(str),
-                            st.sampled_from(["", "abc", "1e3", "0x10", str(2**64), "9" * 50, "+" + str(len(head)), "1_0"]),
-                            st.none()))
+    length = draw(
+        st.one_of(
+            st.just(str(len(head))),
+            st.integers(-5, len(head) + len(blob) + 5).map(str),
+            st.sampled_from(["", "abc", "1e3", "0x10", str(2**64), "9" * 50, "+" + str(len(head)), "1_0"]),
+            st.none(),
+        )
+    )
     return head, blob, length
 
 
@@ -128,21 +155,51 @@ def test_the_binary_extension_answers_any_request_with_a_4xx_or_a_result(server)
     assert rss_mb(proc) - before < 150, "memory grew by more than the fuzzed requests could explain"
 
 
-@pytest.mark.parametrize("head,blob,length,status", [
-    (b'{"inputs":[]}', b"", "1000000000000000", 400),  # header length past the body
-    (b'{"inputs":[]}', b"", "-1", 400),  # negative
-    (b'{"inputs":[]}', b"", "twelve", 400),  # not a number
-    (b'{"inputs":[{"name":"x","shape":[1,12,3],"datatype":"FP32","parameters":{"binary_data_size":4611686018427387904}}]}',
-     bytes(144), None, 400),  # binary size far past the data
-    (b'not json', b"", None, 400),
-    (b'{"inputs":[{"name":"x","shape":[4294967296,4294967296,3],"datatype":"FP32","parameters":{"binary_data_size":0}}]}',
-     b"", None, 400),  # a shape whose product overflows
-    (b'{"inputs":[{"name":"x","shape":[1,12,3],"datatype":"INT64","parameters":{"binary_data_size":288}}]}',
-     bytes(288), None, 400),  # a datatype the model does not take
-    (b'{"inputs":[{"name":"x","shape":[1,2],"datatype":"BYTES","parameters":{"binary_data_size":2}}]}', b"ab", None, 400),
-    (b'{"inputs":[{"name":"x","shape":[1,0,3],"datatype":"FP32","parameters":{"binary_data_size":0}}]}', b"", None, 400),
-    (b'{"inputs":[{"name":"x","shape":[0,1000000000000000000000000000000],"datatype":"FP32","data":[]}]}', b"", None, 400),
-])
+@pytest.mark.parametrize(
+    "head,blob,length,status",
+    [
+        (b'{"inputs":[]}', b"", "1000000000000000", 400),  # header length past the body
+        (b'{"inputs":[]}', b"", "-1", 400),  # negative
+        (b'{"inputs":[]}', b"", "twelve", 400),  # not a number
+        (
+            b'{"inputs":[{"name":"x","shape":[1,12,3],"datatype":"FP32","parameters":{"binary_data_size":4611686018427387904}}]}',
+            bytes(144),
+            None,
+            400,
+        ),  # binary size far past the data
+        (b"not json", b"", None, 400),
+        (
+            b'{"inputs":[{"name":"x","shape":[4294967296,4294967296,3],"datatype":"FP32","parameters":{"binary_data_size":0}}]}',
+            b"",
+            None,
+            400,
+        ),  # a shape whose product overflows
+        (
+            b'{"inputs":[{"name":"x","shape":[1,12,3],"datatype":"INT64","parameters":{"binary_data_size":288}}]}',
+            bytes(288),
+            None,
+            400,
+        ),  # a datatype the model does not take
+        (
+            b'{"inputs":[{"name":"x","shape":[1,2],"datatype":"BYTES","parameters":{"binary_data_size":2}}]}',
+            b"ab",
+            None,
+            400,
+        ),
+        (
+            b'{"inputs":[{"name":"x","shape":[1,0,3],"datatype":"FP32","parameters":{"binary_data_size":0}}]}',
+            b"",
+            None,
+            400,
+        ),
+        (
+            b'{"inputs":[{"name":"x","shape":[0,1000000000000000000000000000000],"datatype":"FP32","data":[]}]}',
+            b"",
+            None,
+            400,
+        ),
+    ],
+)
 def test_the_malformed_requests_of_issue_24_each_get_a_4xx(server, head, blob, length, status):
     proc, url, client, log = server
     headers = {HEADER: length if length is not None else str(len(head))} if length is not None or blob else {}
@@ -157,8 +214,10 @@ def test_a_declared_body_past_the_limit_is_refused_before_it_is_read(server):
     before = rss_mb(proc)
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"POST /v2/models/fc/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
-                  b"Inference-Header-Content-Length: 13\r\nContent-Length: 1000000000000\r\n\r\n{\"inputs\":[]}")
+        s.sendall(
+            b"POST /v2/models/fc/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+            b'Inference-Header-Content-Length: 13\r\nContent-Length: 1000000000000\r\n\r\n{"inputs":[]}'
+        )
         answer = s.recv(4096)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     # a body that streams past the limit without declaring it is cut off too

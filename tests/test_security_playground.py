@@ -26,7 +26,6 @@ pytest.importorskip("selenium.webdriver")
 
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-
 from servers import serve_bentoml  # noqa: E402
 from test_playground import _by, _set, _wait, browser  # noqa: E402,F401  (the Chromium fixture and helpers)
 
@@ -37,8 +36,8 @@ IMG = "<img src=x onerror=\"window.__pwned=1;document.title='XSS-'+document.titl
 QUOTES = "\"dq\" & 'sq' <b>bold</b>"
 SCRIPT = "<script>window.__pwned=2</script>"
 SVG = "<svg onload=window.__pwned=3>"  # the CSV's file name: the validation sample's `source`
-PROMPT = "<img src=x onerror=\"window.__pwned=4\"> & 'x' \""
-LINES = ["<b>bold</b> & more", "say \"hi\" to <i>them</i>", PROMPT, SCRIPT]
+PROMPT = '<img src=x onerror="window.__pwned=4"> & \'x\' "'
+LINES = ["<b>bold</b> & more", 'say "hi" to <i>them</i>', PROMPT, SCRIPT]
 CHAR_TEXT = "\n".join(f"{LINES[i % 4]} {i % 5}" for i in range(300))
 
 
@@ -63,27 +62,39 @@ def hostile_server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("hostile")
     mp = pytest.MonkeyPatch()
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "RNNOPS_CACHE": str(root / "cache"),
-           "RNNOPS_CHECKPOINTS": str(root / "checkpoints"), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    env = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "RNNOPS_CACHE": str(root / "cache"),
+        "RNNOPS_CHECKPOINTS": str(root / "checkpoints"),
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    }
     for k, v in env.items():
         mp.setenv(k, v)
     mp.chdir(root)
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     try:
-        n, t = 400, np.arange(400)
+        t = np.arange(400)
         csv = root / f"{SVG}.csv"
         pd.DataFrame({IMG: np.sin(t / 8.0), QUOTES: np.cos(t / 13.0), SCRIPT: np.sin(t / 8.0 + 1) * 2 + 5}).to_csv(
-            csv, index=False)
+            csv, index=False
+        )
         text = root / "markup.txt"
         text.write_text(CHAR_TEXT, encoding="utf-8")
         quick = {"train.steps": 3, "train.eval_every": 3}
-        fc_run = jobs.run_job(jobs.forecast_job(str(csv), "gru", "tiny", {**quick, "lookback": 16, "horizon": 4,
-                                                                          "model.norm": "fixed", "model.hidden_size": 16}))
+        fc_run = jobs.run_job(
+            jobs.forecast_job(
+                str(csv),
+                "gru",
+                "tiny",
+                {**quick, "lookback": 16, "horizon": 4, "model.norm": "fixed", "model.hidden_size": 16},
+            )
+        )
         char_run = jobs.run_job(jobs.char_job(str(text), "gru", "tiny", {**quick, "model.hidden_size": 16}))
         files = {}
         for name, run in (("fc", fc_run), ("char", char_run)):
-            out = export_run(run, formats=("onnx",), quantize=False, progress=False, log=False,
-                             out_dir=root / f"export-{name}")
+            out = export_run(
+                run, formats=("onnx",), quantize=False, progress=False, log=False, out_dir=root / f"export-{name}"
+            )
             files[name] = root / f"{name}.onnx"
             shutil.copy(out.onnx_path, files[name])
             _hostile_metadata(files[name], source_run=QUOTES, version=IMG)

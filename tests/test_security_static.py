@@ -37,14 +37,14 @@ def sink_lines(text: str) -> list[tuple[int, str]]:
 
 def test_the_checker_catches_what_it_is_for():
     # the patterns the playground used before (issue 24) are caught; constants and text are not
-    assert sink_lines('el.innerHTML = `<b>${m.features}</b>`;')
+    assert sink_lines("el.innerHTML = `<b>${m.features}</b>`;")
     assert sink_lines('tip.innerHTML = lines.join("<br>");')
     assert sink_lines("box.insertAdjacentHTML('beforeend', html);")
     assert sink_lines('el.innerHTML = "<b>" + name + "</b>";')
-    assert sink_lines('document.write(x);')
+    assert sink_lines("document.write(x);")
     assert not sink_lines('el.innerHTML = "";')
     assert not sink_lines("el.textContent = name; // not innerHTML = name")
-    assert not sink_lines('el.replaceChildren();')
+    assert not sink_lines("el.replaceChildren();")
 
 
 @pytest.mark.parametrize("path", OWN_JS, ids=[p.name for p in OWN_JS])
@@ -66,13 +66,17 @@ def test_no_inline_style_or_handler_is_written_from_script(path):
 def test_the_page_and_its_css_need_no_unsafe_inline():
     html = (STATIC / "index.html").read_text(encoding="utf-8")
     scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", html, re.S | re.I)
-    assert scripts and all("src=" in attrs and not body.strip() for attrs, body in scripts), "inline <script> in index.html"
+    assert scripts and all("src=" in attrs and not body.strip() for attrs, body in scripts), (
+        "inline <script> in index.html"
+    )
     assert not re.search(r"<style\b", html, re.I), "inline <style> in index.html"
     assert not re.search(r"\sstyle\s*=", html, re.I), "style attribute in index.html"
     assert not re.search(r"\son[a-z]+\s*=", html, re.I), "inline event handler in index.html"
     assert not re.search(r"""(href|src)\s*=\s*["']\s*(data|javascript):""", html, re.I), "data:/javascript: URL"
     for css in [STATIC / "style.css", *STATIC.glob("vendor/**/*.css")]:
-        assert "url(data:" not in css.read_text(encoding="utf-8").replace(" ", ""), f"{css.name}: data: URL (img-src 'self')"
+        assert "url(data:" not in css.read_text(encoding="utf-8").replace(" ", ""), (
+            f"{css.name}: data: URL (img-src 'self')"
+        )
 
 
 def test_the_vendored_plotting_library_builds_no_markup_from_strings():

@@ -16,11 +16,25 @@ from rnnops.training.models import ForecasterConfig, build_model
 
 
 def config(cell="gru", arch="segrnn", quantiles=(0.1, 0.5, 0.9), norm="revin", **kw) -> ForecasterConfig:
-    base = dict(n_features=3, target_indices=[0, 2], lookback=24, horizon=10, cell=cell, hidden_size=16, arch=arch,
-                segment_length=6, quantiles=list(quantiles), norm=norm, scaler_mean=[1.0, 2.0, 3.0],
-                scaler_std=[2.0, 1.0, 0.5], feature_names=["a", "b", "c"], target_names=["a", "c"],
-                heads=4 if cell == "mlstm" else None, ff_mult=1.0 if cell in ("mingru", "minlstm", "mlstm") else None,
-                linear_skip=arch == "rnn")
+    base = dict(
+        n_features=3,
+        target_indices=[0, 2],
+        lookback=24,
+        horizon=10,
+        cell=cell,
+        hidden_size=16,
+        arch=arch,
+        segment_length=6,
+        quantiles=list(quantiles),
+        norm=norm,
+        scaler_mean=[1.0, 2.0, 3.0],
+        scaler_std=[2.0, 1.0, 0.5],
+        feature_names=["a", "b", "c"],
+        target_names=["a", "c"],
+        heads=4 if cell == "mlstm" else None,
+        ff_mult=1.0 if cell in ("mingru", "minlstm", "mlstm") else None,
+        linear_skip=arch == "rnn",
+    )
     base.update(kw)
     return ForecasterConfig(**base)
 
@@ -82,8 +96,10 @@ def test_conformal_offsets_cover_fresh_draws():
     assert 0.78 < cover < 0.82
 
 
-@pytest.mark.parametrize("cell,arch,norm", [("gru", "segrnn", "revin"), ("lstm", "segrnn", "revin"),
-                                            ("mingru", "segrnn", "revin"), ("gru", "rnn", "fixed")])
+@pytest.mark.parametrize(
+    "cell,arch,norm",
+    [("gru", "segrnn", "revin"), ("lstm", "segrnn", "revin"), ("mingru", "segrnn", "revin"), ("gru", "rnn", "fixed")],
+)
 def test_export_passes_the_parity_gate_with_the_quantiles_output(cell, arch, norm, tmp_path):
     import onnx
     import onnxruntime as ort
@@ -94,10 +110,24 @@ def test_export_passes_the_parity_gate_with_the_quantiles_output(cell, arch, nor
 
     m = tiny(cell, arch=arch, norm=norm)
     c = m.config
-    save_model_files(m, {"kind": "forecaster", "config": c.to_dict(), "stateful": norm == "fixed",
-                         "intervals": {"method": "split-conformal"}}, tmp_path / "m")
-    r = export_run(str(tmp_path / "m"), formats=("onnx", "torchscript"), quantize=False, out_dir=tmp_path / "out",
-                   progress=False, log=False)
+    save_model_files(
+        m,
+        {
+            "kind": "forecaster",
+            "config": c.to_dict(),
+            "stateful": norm == "fixed",
+            "intervals": {"method": "split-conformal"},
+        },
+        tmp_path / "m",
+    )
+    r = export_run(
+        str(tmp_path / "m"),
+        formats=("onnx", "torchscript"),
+        quantize=False,
+        out_dir=tmp_path / "out",
+        progress=False,
+        log=False,
+    )
     assert r.parity["passed"], r.parity["worst_case"]
     assert contract.QUANTILES_OUTPUT in r.parity["max_abs_diff_by_output"]
     assert bool(r.parity["skipped"]) == (norm == "revin")  # windowed: no stepwise case; fixed: stepwise gated
@@ -123,10 +153,17 @@ def test_a_model_without_intervals_exports_as_before(tmp_path):
 # ----------------------------------------------------------------------------- bad input: one line each
 
 
-@pytest.mark.parametrize("text,msg", [
-    ("0.1,1.2", "outside (0, 1)"), ("0,0.5,0.9", "outside (0, 1)"), ("0.9,0.5,0.1", "increasing order"),
-    ("0.1,0.1,0.9", "given twice"), ("0.6,0.9", "below 0.5 and one above"), ("a,b", "comma-separated numbers"),
-])
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        ("0.1,1.2", "outside (0, 1)"),
+        ("0,0.5,0.9", "outside (0, 1)"),
+        ("0.9,0.5,0.1", "increasing order"),
+        ("0.1,0.1,0.9", "given twice"),
+        ("0.6,0.9", "below 0.5 and one above"),
+        ("a,b", "comma-separated numbers"),
+    ],
+)
 def test_bad_quantile_levels(text, msg):
     with pytest.raises(RnnopsError, match=msg.replace("(", r"\(").replace(")", r"\)")):
         intervals.parse_levels(text)
@@ -153,7 +190,8 @@ def test_a_horizon_longer_than_the_test_split_is_one_line(small_csv):
     from rnnops.training.jobs import forecast_job
     from rnnops.training.tasks import setup
 
-    job = forecast_job(str(small_csv), "gru", "tiny", {"lookback": 24, "horizon": 200, "model.segment_length": 6},
-                       arch="segrnn")
+    job = forecast_job(
+        str(small_csv), "gru", "tiny", {"lookback": 24, "horizon": 200, "model.segment_length": 6}, arch="segrnn"
+    )
     with pytest.raises(RnnopsError, match="too few for lookback 24 \\+ horizon 200"):
         setup(job)

@@ -65,8 +65,9 @@ def test_seeded_generation_is_the_same_on_every_text_endpoint(server):
     text = first.json()["text"]
     assert len(text) == 40 and first.json()["finish_reason"] == "length"
     assert server.post("/complete", body).json()["text"] == text  # same seed, same text
-    openai = server.post("/v1/completions", {"model": "char", "prompt": "the ", "max_tokens": 40, "seed": 7,
-                                              "temperature": 1.0})
+    openai = server.post(
+        "/v1/completions", {"model": "char", "prompt": "the ", "max_tokens": 40, "seed": 7, "temperature": 1.0}
+    )
     assert openai.status_code == 200, openai.text
     assert openai.json()["choices"][0]["text"] == text
 

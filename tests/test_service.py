@@ -43,13 +43,32 @@ def servers(registry: Registry):
     cache = Path(registry.env["RNNOPS_CACHE"]) / "models"
     shutil.copy(cache / "char-rnn" / "1" / "model.onnx", files / "small.onnx")
     shutil.copy(cache / "forecaster-stateful" / "1" / "model.onnx", files / "fc.onnx")
-    a = _launch("A", {**registry.env, "RNNOPS_MODELS": "char-rnn@champion,forecaster@champion,forecaster-stateful@champion",
-                      "RNNOPS_POLL_SECONDS": "1", "RNNOPS_MAX_CHARS": "300000", "RNNOPS_MAX_STREAMS": "128"},
-                registry.root)
-    b = _launch("B", {**registry.env, "RNNOPS_MODELS": f"small={files / 'small.onnx'},fc={files / 'fc.onnx'}",
-                      "RNNOPS_POLL_SECONDS": "0.5", "RNNOPS_MAX_STREAMS": "2", "RNNOPS_MAX_QUEUE": "1",
-                      "RNNOPS_QUEUE_TIMEOUT": "1", "RNNOPS_MAX_CHARS": "1000000", "RNNOPS_MAX_SESSIONS": "2",
-                      "RNNOPS_SESSION_TTL": "1"}, registry.root)
+    a = _launch(
+        "A",
+        {
+            **registry.env,
+            "RNNOPS_MODELS": "char-rnn@champion,forecaster@champion,forecaster-stateful@champion",
+            "RNNOPS_POLL_SECONDS": "1",
+            "RNNOPS_MAX_CHARS": "300000",
+            "RNNOPS_MAX_STREAMS": "128",
+        },
+        registry.root,
+    )
+    b = _launch(
+        "B",
+        {
+            **registry.env,
+            "RNNOPS_MODELS": f"small={files / 'small.onnx'},fc={files / 'fc.onnx'}",
+            "RNNOPS_POLL_SECONDS": "0.5",
+            "RNNOPS_MAX_STREAMS": "2",
+            "RNNOPS_MAX_QUEUE": "1",
+            "RNNOPS_QUEUE_TIMEOUT": "1",
+            "RNNOPS_MAX_CHARS": "1000000",
+            "RNNOPS_MAX_SESSIONS": "2",
+            "RNNOPS_SESSION_TTL": "1",
+        },
+        registry.root,
+    )
     try:
         _wait_ready(a)
         _wait_ready(b)
@@ -73,9 +92,9 @@ def sse(lines) -> list[tuple[str, dict]]:
     events, name = [], None
     for line in lines:
         if line.startswith("event: "):
-            name = line[len("event: "):]
+            name = line[len("event: ") :]
         elif line.startswith("data: "):
-            events.append((name, json.loads(line[len("data: "):])))
+            events.append((name, json.loads(line[len("data: ") :])))
     return events
 
 
@@ -121,19 +140,28 @@ def test_stop_strings_and_greedy(A):
     full = A.post("/complete", {"prompt": "the", "max_chars": 200, "temperature": 0}).json()["text"]
     stop = full[30:33]
     cut = A.post("/complete", {"prompt": "the", "max_chars": 200, "temperature": 0, "stop": [stop]}).json()
-    assert cut["finish_reason"] == "stop" and cut["text"] == full[:full.find(stop)]
+    assert cut["finish_reason"] == "stop" and cut["text"] == full[: full.find(stop)]
 
 
 @pytest.mark.parametrize("n", [64])
 def test_same_seed_same_text_alone_or_among_concurrent_streams(A, n):
     words = TEXT.split()
-    bodies = [{"prompt": " ".join(words[i:i + 1 + i % 5]), "max_chars": 150, "seed": 1000 + i,
-               "temperature": [0.6, 1.0, 1.4][i % 3], "top_k": [0, 8][i % 2], "top_p": [1.0, 0.9][i % 2]}
-              for i in range(n)]
+    bodies = [
+        {
+            "prompt": " ".join(words[i : i + 1 + i % 5]),
+            "max_chars": 150,
+            "seed": 1000 + i,
+            "temperature": [0.6, 1.0, 1.4][i % 3],
+            "top_k": [0, 8][i % 2],
+            "top_p": [1.0, 0.9][i % 2],
+        }
+        for i in range(n)
+    ]
     alone = [A.post("/complete", b).json()["text"] for b in bodies]
 
     async def together():
         async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=n + 8)) as client:
+
             async def one(b, i):
                 if i % 2:  # half of them stream
                     async with client.stream("POST", A.url + "/generate", json=b) as r:
@@ -160,7 +188,7 @@ def _metric(text: str, name: str, label: str) -> str:
 BAD_GENERATE = [
     ({"prompt": ""}, 400, "prompt"),
     ({"prompt": "the", "max_chars": 0}, 400, "max_chars"),
-    ({"prompt": "the", "max_chars": 10 ** 7}, 400, "RNNOPS_MAX_CHARS"),
+    ({"prompt": "the", "max_chars": 10**7}, 400, "RNNOPS_MAX_CHARS"),
     ({"prompt": "t" * 5000}, 400, "RNNOPS_MAX_PROMPT_CHARS"),
     ({"prompt": "the Zebra é"}, 400, "'Z' (U+005A)"),
     ({"prompt": "the", "temperature": -0.1}, 400, "temperature"),
@@ -196,7 +224,7 @@ def test_out_of_vocabulary_lists_the_characters(A):
 def _rows(csv: Path, start: int, n: int) -> tuple[list[list[float]], list[str]]:
     import pandas as pd
 
-    df = pd.read_csv(csv).iloc[start:start + n]
+    df = pd.read_csv(csv).iloc[start : start + n]
     return df[["a", "b", "OT"]].values.tolist(), df["date"].tolist()
 
 
@@ -240,8 +268,11 @@ BAD_FORECAST = [
     ('{"context": [[1, 2, Infinity]]}', 400, "finite"),
     ({"context": [[1.0, 2.0, 1e39]] * 30}, 400, "not a finite float32"),
     ({"context": [[1.0, 2.0, 3.0]] * 30, "timestamps": ["2024-01-01T00:00:00"] * 2}, 400, "2 timestamps for 30 rows"),
-    ({"context": [[1.0, 2.0, 3.0]] * 2, "timestamps": ["yesterday", "today"], "model": "forecaster-stateful"}, 400,
-     "ISO 8601"),
+    (
+        {"context": [[1.0, 2.0, 3.0]] * 2, "timestamps": ["yesterday", "today"], "model": "forecaster-stateful"},
+        400,
+        "ISO 8601",
+    ),
     ({"context": [["a", 2.0, 3.0]] * 30}, 400, "context.0.0"),
     ({"context": [[1.0, 2.0, 3.0]] * 30, "model": "char-rnn"}, 404, "not a forecaster"),
     ({"context": [[1.0, 2.0, 3.0]] * 30, "model": "nope"}, 404, "unknown model"),
@@ -289,11 +320,20 @@ def test_windowed_session_keeps_the_last_lookback_rows(A, registry):
 
 def test_metrics_expose_our_gauges_and_histograms(A):
     m = A.get("/metrics").text
-    for name in ("rnnops_active_streams", "rnnops_queue_depth", "rnnops_step_batch_size_bucket",
-                 "rnnops_step_seconds_bucket", "rnnops_generated_chars_total", "rnnops_chars_per_second",
-                 "rnnops_time_to_first_char_seconds_bucket", "rnnops_forecast_batch_size_bucket",
-                 "rnnops_model_reloads_total", "rnnops_sessions_open", "rnnops_session_step_batch_size_bucket",
-                 "bentoml_service_request"):
+    for name in (
+        "rnnops_active_streams",
+        "rnnops_queue_depth",
+        "rnnops_step_batch_size_bucket",
+        "rnnops_step_seconds_bucket",
+        "rnnops_generated_chars_total",
+        "rnnops_chars_per_second",
+        "rnnops_time_to_first_char_seconds_bucket",
+        "rnnops_forecast_batch_size_bucket",
+        "rnnops_model_reloads_total",
+        "rnnops_sessions_open",
+        "rnnops_session_step_batch_size_bucket",
+        "bentoml_service_request",
+    ):
         assert name in m, name
 
 

@@ -69,7 +69,7 @@ def test_concurrent_updates_of_many_sessions_share_one_runtime_call(manager):
 
         rt.run = counting
         try:
-            ys = await asyncio.gather(*(update(s, rows[k:k + 1]) for k, s in enumerate(sessions)))
+            ys = await asyncio.gather(*(update(s, rows[k : k + 1]) for k, s in enumerate(sessions)))
         finally:
             del rt.run
         return sessions, ys
@@ -79,7 +79,7 @@ def test_concurrent_updates_of_many_sessions_share_one_runtime_call(manager):
     assert calls == [16]  # sixteen sessions, one call
     assert m.stepper.calls == steps_before + 1 and m.describe()["session_steps"]["updates"] >= 16
     for k, (s, y) in enumerate(zip(sessions, ys)):
-        alone = rt.run(rows[k:k + 1][None])  # batch invariance: each row as it is alone, bit for bit
+        alone = rt.run(rows[k : k + 1][None])  # batch invariance: each row as it is alone, bit for bit
         assert np.array_equal(y, alone.output[0]) and np.array_equal(s.last_quantiles, alone.quantiles[0])
         assert s.observations == 1 and rt.batch_of(s.state) == 1
 
@@ -124,17 +124,22 @@ def test_sessions_and_oip_sequences_give_the_quantiles(manager):
         assert {"name": "quantiles", "datatype": "FP32", "shape": [-1, HORIZON, 1, 3]} in meta["outputs"]
         assert meta["parameters"]["quantiles"] == LEVELS
         for i, chunk in enumerate((rows[:6], rows[6:])):
-            body = {"inputs": [{"name": "x", "shape": [1, len(chunk), 3], "datatype": "FP32",
-                                "data": chunk.ravel().tolist()}],
-                    "parameters": {"sequence_id": 5, "sequence_start": i == 0}}
+            body = {
+                "inputs": [
+                    {"name": "x", "shape": [1, len(chunk), 3], "datatype": "FP32", "data": chunk.ravel().tolist()}
+                ],
+                "parameters": {"sequence_id": 5, "sequence_start": i == 0},
+            }
             r = c.post("/v2/models/fc/infer", json=body)
             assert r.status_code == 200, r.text
         out = {o["name"]: o for o in r.json()["outputs"]}
         assert out["quantiles"]["shape"] == [1, HORIZON, 1, 3]
-        np.testing.assert_allclose(np.reshape(out["quantiles"]["data"], (HORIZON, 1, 3)), want.quantiles[0],
-                                   rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(np.reshape(out["forecast"]["data"], (HORIZON, 1)), want.output[0],
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            np.reshape(out["quantiles"]["data"], (HORIZON, 1, 3)), want.quantiles[0], rtol=1e-5, atol=1e-5
+        )
+        np.testing.assert_allclose(
+            np.reshape(out["forecast"]["data"], (HORIZON, 1)), want.output[0], rtol=1e-5, atol=1e-5
+        )
 
 
 def test_the_memory_store_expires_idle_sessions_on_its_clock(manager):

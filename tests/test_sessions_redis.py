@@ -26,8 +26,11 @@ def setup(tmp_path_factory):
     export_forecaster(root / "stateful.onnx", norm="fixed", lookback=12, horizon=4)
     export_forecaster(root / "windowed.onnx", norm="revin", lookback=12, horizon=4)
     with start_redis(root / "redis") as r:
-        env = {"RNNOPS_MODELS": f"fc={root / 'stateful.onnx'},fcw={root / 'windowed.onnx'}",
-               "RNNOPS_SESSION_STORE": r.url, "RNNOPS_SESSION_TTL": str(TTL)}
+        env = {
+            "RNNOPS_MODELS": f"fc={root / 'stateful.onnx'},fcw={root / 'windowed.onnx'}",
+            "RNNOPS_SESSION_STORE": r.url,
+            "RNNOPS_SESSION_TTL": str(TTL),
+        }
         with serve_bentoml(root, env, "a") as a, serve_bentoml(root, env, "b") as b:
             yield root, r, env, a, b
 
@@ -63,8 +66,9 @@ def test_concurrent_updates_are_applied_exactly_once_each(setup):
 
     async def race():
         async with httpx.AsyncClient(timeout=60) as c:
-            return await asyncio.gather(*(c.post((a, b)[i % 2] + f"/sessions/{sid}", json={"observations": [rows[1 + i]]})
-                                          for i in range(40)))
+            return await asyncio.gather(
+                *(c.post((a, b)[i % 2] + f"/sessions/{sid}", json={"observations": [rows[1 + i]]}) for i in range(40))
+            )
 
     answers = asyncio.run(race())
     assert all(x.status_code == 200 for x in answers), [x.text for x in answers if x.status_code != 200][:3]

@@ -27,14 +27,45 @@ def test_sixty_seconds_of_mixed_load_with_reloads(tmp_path):
     env, reload, windows, rows = soak.prepare(tmp_path)
     port = C.free_port()
     log = tmp_path / "server.log"
-    proc = C.start_process([sys.executable, "-m", "bentoml", "serve", "rnnops.serving.service:RnnopsService",
-                            "--host", "127.0.0.1", "--port", str(port)],
-                           {**os.environ, **env, "BENTOML_HOME": str(tmp_path / "bentoml"),
-                            "BENTOML_DO_NOT_TRACK": "true", "RNNOPS_THREADS": "1"}, log, cwd=tmp_path)
+    proc = C.start_process(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "rnnops.serving.service:RnnopsService",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        {
+            **os.environ,
+            **env,
+            "BENTOML_HOME": str(tmp_path / "bentoml"),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "RNNOPS_THREADS": "1",
+        },
+        log,
+        cwd=tmp_path,
+    )
     try:
         C.wait_http(f"http://127.0.0.1:{port}/readyz", proc, log)
-        res = asyncio.run(soak.soak(port, proc.pid, 60, reload, 20, streams=32, forecast_clients=8, sessions=20,
-                                    windows=windows, rows=rows, bucket_s=20))
+        res = asyncio.run(
+            soak.soak(
+                port,
+                proc.pid,
+                60,
+                reload,
+                20,
+                streams=32,
+                forecast_clients=8,
+                sessions=20,
+                windows=windows,
+                rows=rows,
+                bucket_s=20,
+            )
+        )
     finally:
         C.stop_process(proc)
     detail = soak.markdown(res) + "\n" + "\n".join(res["unexpected_examples"]) + "\n" + C.tail(log)

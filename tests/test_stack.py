@@ -48,21 +48,26 @@ TIMINGS: dict[str, float | str] = {}
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not os.environ.get("RNNOPS_STACK_TEST"),
-                       reason="the compose stack test runs under `make stack-test` (RNNOPS_STACK_TEST=1)"),
+    pytest.mark.skipif(
+        not os.environ.get("RNNOPS_STACK_TEST"),
+        reason="the compose stack test runs under `make stack-test` (RNNOPS_STACK_TEST=1)",
+    ),
 ]
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def run(cmd: list[str], *, env: dict | None = None, timeout: float = 600, check: bool = True,
-        cwd: Path = REPO) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+def run(
+    cmd: list[str], *, env: dict | None = None, timeout: float = 600, check: bool = True, cwd: Path = REPO
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
     if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}",
-                    pytrace=False)
+        pytest.fail(
+            f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}", pytrace=False
+        )
     return proc
 
 
@@ -93,8 +98,9 @@ def http(method: str, url: str, body: dict | None = None, timeout: float = 60) -
 
 
 def sse_text(body: str) -> str:
-    return "".join(json.loads(d)["text"] for e, d in re.findall(r"^event: (\w+)\ndata: (.*)$", body, re.M)
-                   if e == "chunk")
+    return "".join(
+        json.loads(d)["text"] for e, d in re.findall(r"^event: (\w+)\ndata: (.*)$", body, re.M) if e == "chunk"
+    )
 
 
 class Stack:
@@ -105,12 +111,17 @@ class Stack:
         self.mlflow = f"http://127.0.0.1:{self.mlflow_port}"
         self.serving = f"http://127.0.0.1:{self.serving_port}"
         # what compose interpolates: free loopback ports, a quick alias poll, a password of our own
-        self.env = {**os.environ, "RNNOPS_PORT": str(self.serving_port), "RNNOPS_MLFLOW_PORT": str(self.mlflow_port),
-                    "RNNOPS_POLL_SECONDS": "2", "POSTGRES_PASSWORD": "ci-" + os.urandom(6).hex(), "RNNOPS_TAG": TAG}
+        self.env = {
+            **os.environ,
+            "RNNOPS_PORT": str(self.serving_port),
+            "RNNOPS_MLFLOW_PORT": str(self.mlflow_port),
+            "RNNOPS_POLL_SECONDS": "2",
+            "POSTGRES_PASSWORD": "ci-" + os.urandom(6).hex(),
+            "RNNOPS_TAG": TAG,
+        }
 
     def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-        return run(["podman-compose", "-p", PROJECT, *COMPOSE_FILES, *args], env=self.env, timeout=timeout,
-                   check=check)
+        return run(["podman-compose", "-p", PROJECT, *COMPOSE_FILES, *args], env=self.env, timeout=timeout, check=check)
 
     def container(self, service: str) -> str:
         return f"{PROJECT}_{service}_1"
@@ -147,17 +158,23 @@ class Stack:
 
     def client_env(self) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        return {**env, "MLFLOW_TRACKING_URI": self.mlflow, "RNNOPS_CACHE": str(self.tmp / "cache"),
-                "RNNOPS_CHECKPOINTS": str(self.tmp / "checkpoints"), "BENTOML_HOME": str(self.tmp / "bentoml"),
-                "BENTOML_DO_NOT_TRACK": "true",
-                "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+        return {
+            **env,
+            "MLFLOW_TRACKING_URI": self.mlflow,
+            "RNNOPS_CACHE": str(self.tmp / "cache"),
+            "RNNOPS_CHECKPOINTS": str(self.tmp / "checkpoints"),
+            "BENTOML_HOME": str(self.tmp / "bentoml"),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+        }
 
     def leftovers(self) -> dict[str, list[str]]:
         label = f"label=io.podman.compose.project={PROJECT}"
         return {
             "containers": podman("ps", "-a", "--filter", label, "--format", "{{.Names}}").stdout.split(),
-            "volumes": [v for v in podman("volume", "ls", "--format", "{{.Name}}").stdout.split()
-                        if v.startswith(PROJECT + "_")],
+            "volumes": [
+                v for v in podman("volume", "ls", "--format", "{{.Name}}").stdout.split() if v.startswith(PROJECT + "_")
+            ],
         }
 
     def down(self) -> None:
@@ -212,8 +229,12 @@ def report() -> None:
 
 
 def rnnops(stack: Stack, *args: str, timeout: float = 900) -> str:
-    proc = run([sys.executable, "-c", "from rnnops.cli import main; main()", *args], env=stack.client_env(),
-               cwd=stack.tmp, timeout=timeout)
+    proc = run(
+        [sys.executable, "-c", "from rnnops.cli import main; main()", *args],
+        env=stack.client_env(),
+        cwd=stack.tmp,
+        timeout=timeout,
+    )
     return proc.stdout
 
 
@@ -230,19 +251,37 @@ def test_serving_image_has_no_torch_and_imports_the_service():
     image = f"rnnops-serving:{TAG}"
     proc = podman("run", "--rm", "--network", "none", image, "python", "-c", "import torch", check=False)
     assert proc.returncode != 0 and "No module named 'torch'" in proc.stderr, proc.stdout + proc.stderr
-    proc = podman("run", "--rm", "--network", "none", image, "python", "-c",
-                  "import onnxruntime, bentoml, rnnops.serving.service; print(onnxruntime.__version__)")
+    proc = podman(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        image,
+        "python",
+        "-c",
+        "import onnxruntime, bentoml, rnnops.serving.service; print(onnxruntime.__version__)",
+    )
     assert re.fullmatch(r"1\.\d+\.\d+", proc.stdout.strip()), proc.stdout
 
 
 def test_training_image_has_torch_cpu_build():
-    proc = podman("run", "--rm", "--network", "none", "--entrypoint", "python", f"rnnops-training:{TAG}", "-c",
-                  "import torch, onnx, rnnops.training.jobs; print(torch.__version__, torch.version.cuda)")
+    proc = podman(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "python",
+        f"rnnops-training:{TAG}",
+        "-c",
+        "import torch, onnx, rnnops.training.jobs; print(torch.__version__, torch.version.cuda)",
+    )
     assert proc.stdout.split() == ["2.13.0+cpu", "None"], proc.stdout
 
 
-@pytest.mark.parametrize("name, port_path", [("serving", ":3000/readyz"), ("mlflow", ":5000/health"),
-                                             ("training", None)])
+@pytest.mark.parametrize(
+    "name, port_path", [("serving", ":3000/readyz"), ("mlflow", ":5000/health"), ("training", None)]
+)
 def test_images_are_non_root_and_keep_their_healthcheck(name, port_path):
     info = json.loads(podman("image", "inspect", f"rnnops-{name}:{TAG}").stdout)[0]
     user = info["Config"].get("User", "")
@@ -261,14 +300,19 @@ def test_images_are_non_root_and_keep_their_healthcheck(name, port_path):
 
 def test_ports_are_published_on_loopback_only(stack):
     for service, port in (("mlflow", stack.mlflow_port), ("serving", stack.serving_port)):
-        ports = json.loads(podman("inspect", "--format", "{{json .HostConfig.PortBindings}}",
-                                  stack.container(service)).stdout)
+        ports = json.loads(
+            podman("inspect", "--format", "{{json .HostConfig.PortBindings}}", stack.container(service)).stdout
+        )
         hosts = {b["HostIp"] for bindings in ports.values() for b in bindings or []}
         assert hosts == {"127.0.0.1"}, (service, ports)
         assert port_open(port), (service, port)
     for service in ("postgres", "redis"):
-        ports = json.loads(podman("inspect", "--format", "{{json .HostConfig.PortBindings}}",
-                                  stack.container(service)).stdout) or {}
+        ports = (
+            json.loads(
+                podman("inspect", "--format", "{{json .HostConfig.PortBindings}}", stack.container(service)).stdout
+            )
+            or {}
+        )
         published = {k: v for k, v in ports.items() if v}  # an EXPOSEd port without a binding shows as null
         assert not published, f"{service} publishes {published}"
 
@@ -276,9 +320,18 @@ def test_ports_are_published_on_loopback_only(stack):
 def test_mlflow_server_is_on_postgres(stack):
     status, _, body = http("GET", stack.mlflow + "/health")
     assert status == 200 and body.strip() == "OK", body
-    tables = podman("exec", stack.container("postgres"), "psql", "-U", "mlflow", "-d", "mlflow", "-tAc",
-                    "SELECT count(*) FROM information_schema.tables WHERE table_name IN "
-                    "('experiments', 'runs', 'registered_models', 'model_versions')").stdout.strip()
+    tables = podman(
+        "exec",
+        stack.container("postgres"),
+        "psql",
+        "-U",
+        "mlflow",
+        "-d",
+        "mlflow",
+        "-tAc",
+        "SELECT count(*) FROM information_schema.tables WHERE table_name IN "
+        "('experiments', 'runs', 'registered_models', 'model_versions')",
+    ).stdout.strip()
     assert tables == "4", tables  # MLflow's migrations ran on the PostgreSQL container
 
 
@@ -303,15 +356,25 @@ def champions(stack):
 
     t = np.arange(600)
     csv = stack.tmp / "small.csv"
-    pd.DataFrame({"date": pd.date_range("2024-01-01", periods=600, freq="h").strftime("%Y-%m-%d %H:%M:%S"),
-                  "a": np.sin(t / 8.0), "b": np.cos(t / 13.0) + 0.001 * t, "OT": np.sin(t / 8.0 + 1.0) * 2 + 5,
-                  }).to_csv(csv, index=False)
+    pd.DataFrame(
+        {
+            "date": pd.date_range("2024-01-01", periods=600, freq="h").strftime("%Y-%m-%d %H:%M:%S"),
+            "a": np.sin(t / 8.0),
+            "b": np.cos(t / 13.0) + 0.001 * t,
+            "OT": np.sin(t / 8.0 + 1.0) * 2 + 5,
+        }
+    ).to_csv(csv, index=False)
     start = time.monotonic()
-    proc = run(["bash", str(REPO / "docker" / "pipeline.sh"), "char", "--preset", "tiny", "--data", str(small)],
-               env=stack.client_env(), cwd=stack.tmp, timeout=900)
+    proc = run(
+        ["bash", str(REPO / "docker" / "pipeline.sh"), "char", "--preset", "tiny", "--data", str(small)],
+        env=stack.client_env(),
+        cwd=stack.tmp,
+        timeout=900,
+    )
     char_run = run_id_of(proc.stdout)
-    fc_run = run_id_of(rnnops(stack, "train", "forecast", "--preset", "tiny", "--data", str(csv),
-                              "--lookback", "24", "--horizon", "6"))
+    fc_run = run_id_of(
+        rnnops(stack, "train", "forecast", "--preset", "tiny", "--data", str(csv), "--lookback", "24", "--horizon", "6")
+    )
     rnnops(stack, "export", fc_run, "--register", "--promote")
     promoted = time.monotonic()
     TIMINGS["host: train+export+register+promote both (s)"] = round(promoted - start, 1)
@@ -326,11 +389,21 @@ def test_champions_are_registered_on_the_server(stack, champions):
         v = client.get_model_version_by_alias(name, "champion")
         assert v.run_id == champions[name], (name, v.run_id)
         # the run is a row in the PostgreSQL container, its artifacts in the MLflow container's volume
-        status = podman("exec", stack.container("postgres"), "psql", "-U", "mlflow", "-d", "mlflow", "-tAc",
-                        f"SELECT status FROM runs WHERE run_uuid = '{v.run_id}'").stdout.strip()
+        status = podman(
+            "exec",
+            stack.container("postgres"),
+            "psql",
+            "-U",
+            "mlflow",
+            "-d",
+            "mlflow",
+            "-tAc",
+            f"SELECT status FROM runs WHERE run_uuid = '{v.run_id}'",
+        ).stdout.strip()
         assert status == "FINISHED"
-        files = podman("exec", stack.container("mlflow"), "find", "/mlartifacts", "-path", f"*{v.run_id}*",
-                       "-name", "*.onnx").stdout.split()
+        files = podman(
+            "exec", stack.container("mlflow"), "find", "/mlartifacts", "-path", f"*{v.run_id}*", "-name", "*.onnx"
+        ).stdout.split()
         assert files, f"no ONNX of run {v.run_id} in the mlflow container's /mlartifacts"
 
 
@@ -360,13 +433,15 @@ def test_serving_loads_the_champions_and_passes_its_healthcheck(ready, champions
 
 
 def test_serving_answers_generate_complete_and_forecast(ready, champions):
-    status, ctype, body = http("POST", ready.serving + "/generate",
-                               {"model": "char-rnn", "prompt": "the ", "max_chars": 30, "seed": 7})
+    status, ctype, body = http(
+        "POST", ready.serving + "/generate", {"model": "char-rnn", "prompt": "the ", "max_chars": 30, "seed": 7}
+    )
     assert status == 200 and "text/event-stream" in ctype, body[-500:]
     assert re.findall(r"^event: (\w+)$", body, re.M)[-1] == "done", body[-500:]
     assert len(sse_text(body)) == 30, body[-500:]
-    status, _, body = http("POST", ready.serving + "/complete",
-                           {"model": "char-rnn", "prompt": "the ", "max_chars": 30, "seed": 7})
+    status, _, body = http(
+        "POST", ready.serving + "/complete", {"model": "char-rnn", "prompt": "the ", "max_chars": 30, "seed": 7}
+    )
     assert status == 200 and json.loads(body)["text"] == sse_text(_generate(ready.serving)), body
     import numpy as np
 
@@ -375,7 +450,9 @@ def test_serving_answers_generate_complete_and_forecast(ready, champions):
 
 
 def _generate(url: str) -> str:
-    status, _, body = http("POST", url + "/generate", {"model": "char-rnn", "prompt": "the ", "max_chars": 30, "seed": 7})
+    status, _, body = http(
+        "POST", url + "/generate", {"model": "char-rnn", "prompt": "the ", "max_chars": 30, "seed": 7}
+    )
     assert status == 200, body
     return body
 
@@ -407,8 +484,9 @@ def test_forecast_sessions_live_in_the_redis_container(ready, champions):
 def test_training_image_runs_a_job_against_the_server(ready):
     """`rnnops train sine` in the training container, on the compose network, logs to mlflow:5000."""
     start = time.monotonic()
-    proc = ready.compose("run", "--rm", "--no-deps", "--entrypoint", "rnnops", "train", "train", "sine",
-                         "--steps", "30", timeout=900)
+    proc = ready.compose(
+        "run", "--rm", "--no-deps", "--entrypoint", "rnnops", "train", "train", "sine", "--steps", "30", timeout=900
+    )
     TIMINGS["training container: train sine (s)"] = round(time.monotonic() - start, 1)
     run_id = run_id_of(proc.stdout)
     from mlflow import MlflowClient
@@ -445,9 +523,18 @@ def test_bento_containerized_with_podman_serves_the_same_model(ready, champions,
     # pip and uv in BentoML's generated Dockerfile trust this machine's CA file (mounted over the
     # image's own bundle during the RUN steps only)
     ca = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt"
-    opts = ["--opt", f"volume={ca}:/etc/ssl/certs/ca-certificates.crt:ro",
-            "--opt", "env=SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
-            "--opt", "env=PIP_CERT=/etc/ssl/certs/ca-certificates.crt"] if Path(ca).is_file() else []
+    opts = (
+        [
+            "--opt",
+            f"volume={ca}:/etc/ssl/certs/ca-certificates.crt:ro",
+            "--opt",
+            "env=SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
+            "--opt",
+            "env=PIP_CERT=/etc/ssl/certs/ca-certificates.crt",
+        ]
+        if Path(ca).is_file()
+        else []
+    )
     run([bentoml, "containerize", "--backend", "podman", tag, "-t", image, *opts], env=env, timeout=1500)
     TIMINGS["bento: wheel+pull+build+containerize (s)"] = round(time.monotonic() - start, 1)
     info = json.loads(podman("image", "inspect", image).stdout)[0]
@@ -464,16 +551,20 @@ def test_bento_containerized_with_podman_serves_the_same_model(ready, champions,
                 if http("GET", url + "/readyz", timeout=5)[0] == 200:
                     break
             if time.monotonic() - t > 240:
-                pytest.fail("the Bento container never turned ready\n"
-                            + podman("logs", "--tail", "60", name, check=False).stdout, pytrace=False)
+                pytest.fail(
+                    "the Bento container never turned ready\n"
+                    + podman("logs", "--tail", "60", name, check=False).stdout,
+                    pytrace=False,
+                )
             time.sleep(1)
         TIMINGS["bento container ready after (s)"] = round(time.monotonic() - t, 1)
         # the same models: the same seeded text and the same forecast as the compose service
         assert sse_text(_generate(url)) == sse_text(_generate(ready.serving))
         import numpy as np
 
-        np.testing.assert_allclose(_forecast(url, champions["csv"]), _forecast(ready.serving, champions["csv"]),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            _forecast(url, champions["csv"]), _forecast(ready.serving, champions["csv"]), rtol=1e-5, atol=1e-6
+        )
     finally:
         podman("rm", "-f", "-t", "10", name, check=False)
 

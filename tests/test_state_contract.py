@@ -14,11 +14,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
+from test_runtime import step  # noqa: E402
+
 from rnnops import contract  # noqa: E402
 from rnnops.serving.generate.sampling import SamplingParams  # noqa: E402
 from rnnops.serving.generate.scheduler import GenerationRequest, StepScheduler  # noqa: E402
 from rnnops.serving.runtime import Runtime  # noqa: E402
-from test_runtime import step  # noqa: E402
 
 VOCAB = list(" " + string.ascii_lowercase)
 
@@ -44,8 +45,10 @@ class OddStateModel(torch.nn.Module):
         return logits, S[:, -1], k[:, -1].t().contiguous()
 
 
-STATE = [{"input": "S0", "output": "Sn", "shape": ["batch", 4, 3], "dtype": "float32"},
-         {"input": "k0", "output": "kn", "shape": [2, "batch"], "dtype": "float32"}]
+STATE = [
+    {"input": "S0", "output": "Sn", "shape": ["batch", 4, 3], "dtype": "float32"},
+    {"input": "k0", "output": "kn", "shape": [2, "batch"], "dtype": "float32"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +58,40 @@ def odd_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("state") / "odd.onnx"
     m = OddStateModel(len(VOCAB)).eval()
     example = (torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 4, 3), torch.zeros(2, 2))
-    axes = {"x": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}, "S0": {0: "batch"},
-            "Sn": {0: "batch"}, "k0": {1: "batch"}, "kn": {1: "batch"}}
+    axes = {
+        "x": {0: "batch", 1: "time"},
+        "logits": {0: "batch", 1: "time"},
+        "S0": {0: "batch"},
+        "Sn": {0: "batch"},
+        "k0": {1: "batch"},
+        "kn": {1: "batch"},
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(m, example, str(path), input_names=["x", "S0", "k0"], output_names=["logits", "Sn", "kn"],
-                          dynamic_axes=axes, dynamo=False, opset_version=17)
+        torch.onnx.export(
+            m,
+            example,
+            str(path),
+            input_names=["x", "S0", "k0"],
+            output_names=["logits", "Sn", "kn"],
+            dynamic_axes=axes,
+            dynamo=False,
+            opset_version=17,
+        )
     proto = onnx.load(str(path))
-    meta = {"kind": "char", "cell": "odd", "layers": 1, "hidden_size": 12, "state": STATE,
-            "state_inputs": ["S0", "k0"], "state_outputs": ["Sn", "kn"], "stateful": True, "vocab": VOCAB,
-            "source_run": None, "version": "test"}
+    meta = {
+        "kind": "char",
+        "cell": "odd",
+        "layers": 1,
+        "hidden_size": 12,
+        "state": STATE,
+        "state_inputs": ["S0", "k0"],
+        "state_outputs": ["Sn", "kn"],
+        "stateful": True,
+        "vocab": VOCAB,
+        "source_run": None,
+        "version": "test",
+    }
     for k, v in contract.encode_metadata(meta).items():
         p = proto.metadata_props.add()
         p.key, p.value = k, v
@@ -132,12 +159,20 @@ def test_old_files_read_as_the_classic_layout_and_bad_entries_are_refused():
     from rnnops.errors import RnnopsError
     from rnnops.serving.runtime import ModelInfo
 
-    old = {"kind": "char", "cell": "lstm", "layers": 2, "hidden_size": 8, "vocab": ["a", "b"],
-           "state_inputs": ["h0", "c0"], "state_outputs": ["hn", "cn"]}
+    old = {
+        "kind": "char",
+        "cell": "lstm",
+        "layers": 2,
+        "hidden_size": 8,
+        "vocab": ["a", "b"],
+        "state_inputs": ["h0", "c0"],
+        "state_outputs": ["hn", "cn"],
+    }
     info = ModelInfo.from_metadata(old)
     assert [t.to_json() for t in info.state] == [
         {"input": "h0", "output": "hn", "shape": [2, "batch", 8], "dtype": "float32"},
-        {"input": "c0", "output": "cn", "shape": [2, "batch", 8], "dtype": "float32"}]
+        {"input": "c0", "output": "cn", "shape": [2, "batch", 8], "dtype": "float32"},
+    ]
     with pytest.raises(RnnopsError, match="must name 'batch' exactly once"):
         ModelInfo.from_metadata({**old, "state": [{"input": "h0", "output": "hn", "shape": [2, 8]}]})
 

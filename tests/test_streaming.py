@@ -22,7 +22,6 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from servers import serve_bentoml, tail
 
 # the tiny char LSTM of tests/assets (scripts/make_test_assets.py): no torch needed here
@@ -75,8 +74,11 @@ def _raw_post(url: str, path: str, body: dict, rcvbuf: int = 4096) -> socket.soc
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     s.connect((host, int(port)))
-    s.sendall(f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: "
-              f"{len(payload)}\r\n\r\n".encode() + payload)
+    s.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: "
+        f"{len(payload)}\r\n\r\n".encode()
+        + payload
+    )
     return s
 
 
@@ -109,12 +111,12 @@ def test_a_client_that_goes_away_frees_its_slot(server, endpoint):
 @pytest.fixture(scope="module")
 def manager(char_file):
     from rnnops.serving.config import ServeConfig
+    from rnnops.serving.http.streaming import wake_watchers
     from rnnops.serving.models import ModelManager
 
-    from rnnops.serving.http.streaming import wake_watchers
-
-    cfg = ServeConfig(models=f"char={char_file}", poll_seconds=0, engine="thread", max_streams=2, max_queue=4,
-                      threads=1)
+    cfg = ServeConfig(
+        models=f"char={char_file}", poll_seconds=0, engine="thread", max_streams=2, max_queue=4, threads=1
+    )
     m = ModelManager(cfg, on_step=wake_watchers)
     asyncio.run(m.start())
     yield m
@@ -137,7 +139,7 @@ def _client(manager, **config):
     return serving, TestClient(create_app(serving), base_url="http://testserver")
 
 
-def _oa(client) -> "openai.OpenAI":
+def _oa(client) -> openai.OpenAI:
     return openai.OpenAI(base_url="http://testserver/v1", api_key="none", max_retries=0, http_client=client)
 
 
@@ -199,7 +201,7 @@ def test_the_deadline_answers_504_and_frees_the_queued_stream(manager, endpoint)
 
     sched = manager.current["char"].scheduler
     rt = manager.current["char"].runtime
-    hogs = [sched.submit(GenerationRequest(rt.encode("ab"), 10 ** 8)) for _ in range(sched.max_active)]
+    hogs = [sched.submit(GenerationRequest(rt.encode("ab"), 10**8)) for _ in range(sched.max_active)]
     try:
         assert _until(lambda: sched.active == sched.max_active, 10)
         _, client = _client(manager, request_deadline_s=1.0)

@@ -28,10 +28,19 @@ def pandas_future(h: np.ndarray, freq: str, horizon: int = H) -> np.ndarray:
 
 
 CALENDAR = [  # (start, freq): a weekend, a leap day and month ends of every length inside
-    ("2024-01-01 00:00", "h"), ("2024-02-27 13:00", "15min"), ("2024-02-20", "D"),
-    ("2024-02-21", "B"), ("2024-02-23 09:30", "B"), ("2024-01-07", "W-SUN"), ("2024-01-01", "W-MON"),
-    ("2023-10-01", "MS"), ("2023-11-01 06:00", "MS"), ("2023-10-31", "ME"), ("2024-01-31 23:00", "ME"),
-    ("2023-01-01", "QS"), ("2020-12-31", "YE"),
+    ("2024-01-01 00:00", "h"),
+    ("2024-02-27 13:00", "15min"),
+    ("2024-02-20", "D"),
+    ("2024-02-21", "B"),
+    ("2024-02-23 09:30", "B"),
+    ("2024-01-07", "W-SUN"),
+    ("2024-01-01", "W-MON"),
+    ("2023-10-01", "MS"),
+    ("2023-11-01 06:00", "MS"),
+    ("2023-10-31", "ME"),
+    ("2024-01-31 23:00", "ME"),
+    ("2023-01-01", "QS"),
+    ("2020-12-31", "YE"),
 ]
 
 
@@ -59,7 +68,10 @@ def test_monthly_steps_are_calendar_months_not_the_last_gap():
     got = T.iso(T.future(h, 3))
     assert got == ["2026-01-01T00:00:00", "2026-02-01T00:00:00", "2026-03-01T00:00:00"]
     assert T.iso(T.future(hist("2023-11-30", 3, "ME"), 3)) == [
-        "2024-02-29T00:00:00", "2024-03-31T00:00:00", "2024-04-30T00:00:00"]
+        "2024-02-29T00:00:00",
+        "2024-03-31T00:00:00",
+        "2024-04-30T00:00:00",
+    ]
     # equal gaps are not always a fixed step: month starts 31 days apart, year ends 365 days apart
     for start, freq in (("2024-07-01", "MS"), ("2023-12-01", "MS"), ("2021-12-31", "YE"), ("2023-06-30", "ME")):
         h = hist(start, 3, freq)
@@ -88,28 +100,38 @@ def test_calendar_range_fast_paths_match_pandas(freq):
 
 def test_irregular_history_is_a_clear_error_and_an_explicit_freq_fixes_it():
     h = hist("2024-01-01", 8, "SMS")  # 1st and 15th: pandas cannot infer it
-    with pytest.raises(T.TimestampError, match=r"irregular timestamps: a step of \d+D from 2024-01-\d\d.*"
-                                               r"within the last 8 rows that the model reads \(give --freq for a "
-                                               r"calendar frequency\)"):
+    with pytest.raises(
+        T.TimestampError,
+        match=r"irregular timestamps: a step of \d+D from 2024-01-\d\d.*"
+        r"within the last 8 rows that the model reads \(give --freq for a "
+        r"calendar frequency\)",
+    ):
         T.future(h, H)
     with pytest.raises(T.TimestampError, match=r"\(give freq for a calendar frequency\)"):
         T.future(h, H, flag="freq")
     np.testing.assert_array_equal(T.future(h, H, freq="SMS"), pandas_future(h, "SMS"))
 
     gap = np.delete(hist("2024-03-01", 40, "h"), 30)
-    with pytest.raises(T.TimestampError, match="irregular timestamps: a step of 2h from 2024-03-02 05:00:00 to "
-                                               "2024-03-02 07:00:00 where most are 1h"):
+    with pytest.raises(
+        T.TimestampError,
+        match="irregular timestamps: a step of 2h from 2024-03-02 05:00:00 to 2024-03-02 07:00:00 where most are 1h",
+    ):
         T.future(gap, H)
 
 
 def test_given_freq_is_checked():
     q = hist("2024-03-01", 10, "15min")
-    with pytest.raises(T.TimestampError, match="timestamps are not h apart: 15min from 2024-03-01 00:00:00 to "
-                                               "2024-03-01 00:15:00, within the last 10 rows"):
+    with pytest.raises(
+        T.TimestampError,
+        match="timestamps are not h apart: 15min from 2024-03-01 00:00:00 to "
+        "2024-03-01 00:15:00, within the last 10 rows",
+    ):
         T.future(q, H, freq="h")
     m = hist("2024-01-15", 6, "D")
-    with pytest.raises(T.TimestampError, match="timestamps do not follow --freq MS: 2024-01-15 00:00:00 where "
-                                               "2024-02-01 00:00:00 was due"):
+    with pytest.raises(
+        T.TimestampError,
+        match="timestamps do not follow --freq MS: 2024-01-15 00:00:00 where 2024-02-01 00:00:00 was due",
+    ):
         T.future(m, H, freq="MS")
     with pytest.raises(T.TimestampError, match="do not follow freq MS"):
         T.future(m, H, freq="MS", flag="freq")
@@ -118,8 +140,11 @@ def test_given_freq_is_checked():
 def test_check_freq():
     assert T.check_freq("MS") is T.check_freq("MS")  # cached
     assert T.check_freq("15min").nanos == 15 * 60 * 10**9
-    with pytest.raises(T.TimestampError, match=r"^--freq 'fortnightly' is not a pandas frequency \(examples: h, "
-                                               r"15min, D, W, MS\)$"):
+    with pytest.raises(
+        T.TimestampError,
+        match=r"^--freq 'fortnightly' is not a pandas frequency \(examples: h, "
+        r"15min, D, W, MS\)$",
+    ):
         T.check_freq("fortnightly")
     with pytest.raises(T.TimestampError, match=r"^freq '' is not a pandas frequency"):
         T.check_freq("", flag="freq")
@@ -132,7 +157,9 @@ def test_single_row_takes_the_model_frequency():
     np.testing.assert_array_equal(T.future(one, H, model_freq="h"), pandas_future(one, "h"))
     np.testing.assert_array_equal(T.future(one, H, model_freq="ME"), pandas_future(one, "ME"))
     np.testing.assert_array_equal(T.future(one, H, freq="D"), pandas_future(one, "D"))
-    with pytest.raises(T.TimestampError, match="^one row cannot tell the frequency and the model has none: give --freq$"):
+    with pytest.raises(
+        T.TimestampError, match="^one row cannot tell the frequency and the model has none: give --freq$"
+    ):
         T.future(one, H)
     with pytest.raises(T.TimestampError, match="give freq$"):
         T.future(one, H, model_freq="not-a-freq", flag="freq")  # unreadable model metadata: as if none
@@ -145,9 +172,17 @@ def test_single_row_takes_the_model_frequency():
 
 def test_future_many_equals_future_row_by_row():
     L = 24
-    rows = [hist("2024-01-01", L, "h"), hist("2024-02-01", L, "15min"), hist("2023-01-01", L, "MS"),
-            hist("2023-01-31", L, "ME"), hist("2024-02-20", L, "B"), hist("2024-01-01", L, "SMS"),
-            np.delete(hist("2024-03-01", L + 1, "h"), 5), hist("2024-01-07", L, "W-SUN"), hist("2024-01-05", L, "D")]
+    rows = [
+        hist("2024-01-01", L, "h"),
+        hist("2024-02-01", L, "15min"),
+        hist("2023-01-01", L, "MS"),
+        hist("2023-01-31", L, "ME"),
+        hist("2024-02-20", L, "B"),
+        hist("2024-01-01", L, "SMS"),
+        np.delete(hist("2024-03-01", L + 1, "h"), 5),
+        hist("2024-01-07", L, "W-SUN"),
+        hist("2024-01-05", L, "D"),
+    ]
     hs = np.stack(rows)
     for kw in ({}, {"model_freq": "h"}, {"freq": "h"}, {"freq": "MS"}, {"freq": "SMS", "flag": "freq"}):
         fut, ok, messages, mismatch = T.future_many(hs, H, **kw)
@@ -174,22 +209,41 @@ def test_future_many_equals_future_row_by_row():
 
 
 def test_parse_iso_forms_and_errors():
-    got = T.parse_iso(["2024-01-31T13:00:00", "2024-01-31 14:00", "2024-01-31T15:00:00Z", " 2024-01-31T16:00:00.5 ",
-                       "2024-02-01"])
-    assert T.iso(got) == ["2024-01-31T13:00:00.000", "2024-01-31T14:00:00.000", "2024-01-31T15:00:00.000",
-                          "2024-01-31T16:00:00.500", "2024-02-01T00:00:00.000"]
+    got = T.parse_iso(
+        ["2024-01-31T13:00:00", "2024-01-31 14:00", "2024-01-31T15:00:00Z", " 2024-01-31T16:00:00.5 ", "2024-02-01"]
+    )
+    assert T.iso(got) == [
+        "2024-01-31T13:00:00.000",
+        "2024-01-31T14:00:00.000",
+        "2024-01-31T15:00:00.000",
+        "2024-01-31T16:00:00.500",
+        "2024-02-01T00:00:00.000",
+    ]
     assert T.iso(T.parse_iso(["2024-01-31T13:00:00Z", "2024-01-31T14:00:00Z"])) == [
-        "2024-01-31T13:00:00", "2024-01-31T14:00:00"]
+        "2024-01-31T13:00:00",
+        "2024-01-31T14:00:00",
+    ]
     assert T.parse_iso([]).dtype == np.int64 and len(T.parse_iso([])) == 0
-    for values, index in ((["2024-01-31T13:00:00+01:00"], 0), (["2024-01-01", "2024-01-31T13:00:00-01:00"], 1),
-                          (["2024-01-01", "now"], 1), (["NaT"], 0), ([""], 0), (["20240105"], 0),
-                          (["-2024-01-01"], 0), (["2024-01-01", "2024-02-30"], 1), (["2024-01-01T25:00"], 0),
-                          (["2024-01-01", 5], 1), (["31/01/2024"], 0), (["2024-01-01\n2024-01-02"], 0)):
+    for values, index in (
+        (["2024-01-31T13:00:00+01:00"], 0),
+        (["2024-01-01", "2024-01-31T13:00:00-01:00"], 1),
+        (["2024-01-01", "now"], 1),
+        (["NaT"], 0),
+        ([""], 0),
+        (["20240105"], 0),
+        (["-2024-01-01"], 0),
+        (["2024-01-01", "2024-02-30"], 1),
+        (["2024-01-01T25:00"], 0),
+        (["2024-01-01", 5], 1),
+        (["31/01/2024"], 0),
+        (["2024-01-01\n2024-01-02"], 0),
+    ):
         with pytest.raises(T.TimestampError) as info:
             T.parse_iso(values)
         assert info.value.index == index, values
-        assert str(info.value) == (f"[{index}] = {values[index]!r} is not an ISO 8601 timestamp like "
-                                   "2024-01-31T13:00:00 (no time zone offset)")
+        assert str(info.value) == (
+            f"[{index}] = {values[index]!r} is not an ISO 8601 timestamp like 2024-01-31T13:00:00 (no time zone offset)"
+        )
     for values, index in ((["2024-01-02", "2024-01-01"], 1), (["2024-01-01", "2024-01-02", "2024-01-02"], 2)):
         with pytest.raises(T.TimestampError, match="^must increase strictly$") as info:
             T.parse_iso(values)

@@ -11,8 +11,8 @@ import torch
 
 from rnnops.training import jobs, tasks, trainer
 from rnnops.training.job_config import to_dict
-from rnnops.training.recipe import RECIPE_ARTIFACT, DataRecipe
 from rnnops.training.logged_model import load_model
+from rnnops.training.recipe import RECIPE_ARTIFACT, DataRecipe
 from rnnops.training.sampling import generate
 
 
@@ -27,7 +27,15 @@ def test_char_tiny_run_logs_everything_and_loads_back(mlflow_env, small_text):
     assert run.info.status == "FINISHED"
     assert run.data.params["model.cell"] == "gru" and run.data.params["train.steps"] == "40"
     m = run.data.metrics
-    for key in ("val_loss", "val_bpc", "baseline_unigram_loss", "baseline_bigram_loss", "train_loss", "lr", "chars_per_s"):
+    for key in (
+        "val_loss",
+        "val_bpc",
+        "baseline_unigram_loss",
+        "baseline_bigram_loss",
+        "train_loss",
+        "lr",
+        "chars_per_s",
+    ):
         assert key in m, key
     assert m["val_loss"] < m["baseline_unigram_loss"]  # it learned something in 40 steps
     assert abs(m["val_bpc"] - m["val_loss"] / 0.6931471805599453) < 1e-6
@@ -36,7 +44,9 @@ def test_char_tiny_run_logs_everything_and_loads_back(mlflow_env, small_text):
     assert len(history) >= 4 and history[-1].value < history[0].value
     files = {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "samples")}
     assert files == {"samples/step_000020.txt", "samples/step_000040.txt"}
-    assert json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config/job.json")).read_text()) == to_dict(job)
+    assert json.loads(
+        Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config/job.json")).read_text()
+    ) == to_dict(job)
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest
 
     loaded = load_model(run_id)
@@ -125,8 +135,14 @@ def test_crash_marks_run_failed(mlflow_env, small_text, monkeypatch):
 
 
 def _cli(*args, env=None, cwd=None):
-    return subprocess.run([sys.executable, "-c", "from rnnops.cli import main; main()", *args],
-                          capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", "from rnnops.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def test_cli_bad_inputs_are_one_clear_line(tmp_path):

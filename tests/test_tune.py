@@ -40,8 +40,9 @@ def test_a_study_nests_its_trials_resumes_and_prints_the_best_command(mlflow_env
     again = tune(job, flags, space, trials=1, timeout=None, storage=None, study_name=None)  # same storage + name
     assert again["parent_run"] == first["parent_run"] and again["trials"] == 3
     assert (mlflow_env / "optuna.db").is_file()  # beside the local sqlite MLflow store
-    kids = mlflow.search_runs(experiment_names=["rnnops-forecast"],
-                              filter_string=f"tags.mlflow.parentRunId = '{first['parent_run']}'")
+    kids = mlflow.search_runs(
+        experiment_names=["rnnops-forecast"], filter_string=f"tags.mlflow.parentRunId = '{first['parent_run']}'"
+    )
     assert len(kids) == 3 and set(kids["tags.rnnops.tune.trial"]) == {"0", "1", "2"}
     parent = mlflow.get_run(first["parent_run"])
     assert parent.info.status == "FINISHED" and "best_val_mse" in parent.data.metrics

@@ -38,8 +38,11 @@ _MODERN_PRESETS = {
     "char": {
         "tiny": dict(model=dict(hidden_size=64, num_layers=1, embed_dim=16, ff_mult=2.0)),
         "quick": dict(model=dict(hidden_size=256, num_layers=2, embed_dim=64, ff_mult=2.0), train=dict(lr=2e-3)),
-        "full": dict(model=dict(hidden_size=384, num_layers=3, embed_dim=64, ff_mult=4.0, dropout=0.1), seq_len=128,
-                     train=dict(batch_size=32, lr=1.5e-3)),
+        "full": dict(
+            model=dict(hidden_size=384, num_layers=3, embed_dim=64, ff_mult=4.0, dropout=0.1),
+            seq_len=128,
+            train=dict(batch_size=32, lr=1.5e-3),
+        ),
     },
     "forecast": {
         "tiny": dict(model=dict(hidden_size=16, ff_mult=2.0)),
@@ -108,11 +111,14 @@ class Cell:
         if not 1 <= int(num_layers) <= self.max_layers:
             raise RnnopsError(f"--layers {num_layers} is out of range for {self.name}: use 1-{self.max_layers}")
         if heads is not None and not self.takes_heads:
-            raise RnnopsError(f"--heads applies to {', '.join(c.name for c in CELLS.values() if c.takes_heads)} only, "
-                              f"not {self.name}")
+            raise RnnopsError(
+                f"--heads applies to {', '.join(c.name for c in CELLS.values() if c.takes_heads)} only, not {self.name}"
+            )
         if ff_mult is not None and not self.takes_ff_mult:
-            raise RnnopsError(f"--ff-mult applies to {', '.join(c.name for c in CELLS.values() if c.takes_ff_mult)} "
-                              f"only, not {self.name}")
+            raise RnnopsError(
+                f"--ff-mult applies to {', '.join(c.name for c in CELLS.values() if c.takes_ff_mult)} "
+                f"only, not {self.name}"
+            )
         if ff_mult is not None and not 0 <= float(ff_mult) <= 16:
             raise RnnopsError(f"--ff-mult {ff_mult} is out of range: use 0 (no MLP) to 16")
         if self.takes_heads:
@@ -120,22 +126,50 @@ class Cell:
 
             h = heads or DEFAULT_HEADS
             if h < 1 or hidden_size % h:
-                raise RnnopsError(f"--heads {h} does not divide --hidden-size {hidden_size} for {self.name}: "
-                                  "pick heads that divide the width")
+                raise RnnopsError(
+                    f"--heads {h} does not divide --hidden-size {hidden_size} for {self.name}: "
+                    "pick heads that divide the width"
+                )
 
 
-CELLS: dict[str, Cell] = {c.name: c for c in [
-    Cell("lstm", "classic", TASKS, onnx_op="LSTM", int8=True),
-    Cell("gru", "classic", TASKS, onnx_op="GRU", int8=True),
-    Cell("rnn", "classic", ("char",), onnx_op="RNN", int8=True),  # vanilla tanh RNN (min-char-rnn)
-    Cell("mingru", "modern", TASKS, max_layers=12, takes_ff_mult=True, presets=_MODERN_PRESETS,
-         block="rnnops.training.mingru:MinGRU"),
-    Cell("minlstm", "modern", TASKS, max_layers=12, takes_ff_mult=True, presets=_MODERN_PRESETS,
-         block="rnnops.training.mingru:MinLSTM"),
-    # mLSTM's memory C and normaliser n are sums over the sequence (kept divided by exp(m)): no fixed scale
-    Cell("mlstm", "modern", TASKS, max_layers=12, takes_heads=True, takes_ff_mult=True,
-         relative_state=("Cn_", "nn_"), presets=_MODERN_PRESETS, block="rnnops.training.mlstm:MLSTM"),
-]}
+CELLS: dict[str, Cell] = {
+    c.name: c
+    for c in [
+        Cell("lstm", "classic", TASKS, onnx_op="LSTM", int8=True),
+        Cell("gru", "classic", TASKS, onnx_op="GRU", int8=True),
+        Cell("rnn", "classic", ("char",), onnx_op="RNN", int8=True),  # vanilla tanh RNN (min-char-rnn)
+        Cell(
+            "mingru",
+            "modern",
+            TASKS,
+            max_layers=12,
+            takes_ff_mult=True,
+            presets=_MODERN_PRESETS,
+            block="rnnops.training.mingru:MinGRU",
+        ),
+        Cell(
+            "minlstm",
+            "modern",
+            TASKS,
+            max_layers=12,
+            takes_ff_mult=True,
+            presets=_MODERN_PRESETS,
+            block="rnnops.training.mingru:MinLSTM",
+        ),
+        # mLSTM's memory C and normaliser n are sums over the sequence (kept divided by exp(m)): no fixed scale
+        Cell(
+            "mlstm",
+            "modern",
+            TASKS,
+            max_layers=12,
+            takes_heads=True,
+            takes_ff_mult=True,
+            relative_state=("Cn_", "nn_"),
+            presets=_MODERN_PRESETS,
+            block="rnnops.training.mlstm:MLSTM",
+        ),
+    ]
+}
 
 
 def get(name: str) -> Cell:
@@ -157,8 +191,9 @@ def for_task(name: str, task: str) -> Cell:
 
 def names(task: str | None = None, family: str | None = None) -> tuple[str, ...]:
     """The cells of a task and/or family, in registry order (the CLI's choices)."""
-    return tuple(c.name for c in CELLS.values() if (task is None or task in c.tasks)
-                 and (family is None or c.family == family))
+    return tuple(
+        c.name for c in CELLS.values() if (task is None or task in c.tasks) and (family is None or c.family == family)
+    )
 
 
 def modern(name: str) -> bool:

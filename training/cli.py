@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -34,26 +34,54 @@ class Arch(str, Enum):
 
 
 Opt = typer.Option
-Experiment = Annotated[Optional[str], Opt(help="MLflow experiment (default rnnops-char / rnnops-forecast).")]
-Resume = Annotated[Optional[str], Opt(help="Continue a killed or interrupted run from its last checkpoint (run id); other flags are ignored.")]
-Hidden = Annotated[Optional[int], Opt("--hidden-size", min=1, help="Hidden units per layer.")]
-Layers = Annotated[Optional[int], Opt("--layers", help="Recurrent layers: 1-3 for lstm/gru/rnn, 1-12 blocks for mingru/minlstm/mlstm.")]
-Heads = Annotated[Optional[int], Opt("--heads", help="mlstm only: memory heads (default 4); must divide --hidden-size.")]
-FFMult = Annotated[Optional[float], Opt("--ff-mult", help="mingru/minlstm/mlstm only: MLP width per block as a multiple of the model width (0 = no MLP).")]
-Dropout = Annotated[Optional[float], Opt(min=0.0, max=0.9, help="Dropout between layers and before the head.")]
-Steps = Annotated[Optional[int], Opt(min=1, help="Optimizer steps (upper bound).")]
-Batch = Annotated[Optional[int], Opt("--batch-size", min=1, help="Sequences (char) or windows (forecast) per step.")]
-Lr = Annotated[Optional[float], Opt(min=0.0, help="Peak learning rate (AdamW; warm-up then cosine).")]
-EvalEvery = Annotated[Optional[int], Opt(min=1, help="Evaluate on the validation split every N steps.")]
-Patience = Annotated[Optional[int], Opt(min=1, help="Stop after N evaluations without improvement.")]
-Budget = Annotated[Optional[float], Opt("--time-budget", min=0.0, help="Seconds of training at most (0 = none); the lr schedule follows it.")]
-Seed = Annotated[Optional[int], Opt(help="Random seed.")]
-NProc = Annotated[int, Opt("--nproc", min=1, help="Train in N processes on this machine (PyTorch DDP; --batch-size is per process). Across machines use torchrun: docs/production.md.")]
+Experiment = Annotated[str | None, Opt(help="MLflow experiment (default rnnops-char / rnnops-forecast).")]
+Resume = Annotated[
+    str | None,
+    Opt(help="Continue a killed or interrupted run from its last checkpoint (run id); other flags are ignored."),
+]
+Hidden = Annotated[int | None, Opt("--hidden-size", min=1, help="Hidden units per layer.")]
+Layers = Annotated[
+    int | None, Opt("--layers", help="Recurrent layers: 1-3 for lstm/gru/rnn, 1-12 blocks for mingru/minlstm/mlstm.")
+]
+Heads = Annotated[int | None, Opt("--heads", help="mlstm only: memory heads (default 4); must divide --hidden-size.")]
+FFMult = Annotated[
+    float | None,
+    Opt(
+        "--ff-mult",
+        help="mingru/minlstm/mlstm only: MLP width per block as a multiple of the model width (0 = no MLP).",
+    ),
+]
+Dropout = Annotated[float | None, Opt(min=0.0, max=0.9, help="Dropout between layers and before the head.")]
+Steps = Annotated[int | None, Opt(min=1, help="Optimizer steps (upper bound).")]
+Batch = Annotated[int | None, Opt("--batch-size", min=1, help="Sequences (char) or windows (forecast) per step.")]
+Lr = Annotated[float | None, Opt(min=0.0, help="Peak learning rate (AdamW; warm-up then cosine).")]
+EvalEvery = Annotated[int | None, Opt(min=1, help="Evaluate on the validation split every N steps.")]
+Patience = Annotated[int | None, Opt(min=1, help="Stop after N evaluations without improvement.")]
+Budget = Annotated[
+    float | None,
+    Opt("--time-budget", min=0.0, help="Seconds of training at most (0 = none); the lr schedule follows it."),
+]
+Seed = Annotated[int | None, Opt(help="Random seed.")]
+NProc = Annotated[
+    int,
+    Opt(
+        "--nproc",
+        min=1,
+        help="Train in N processes on this machine (PyTorch DDP; --batch-size is per process). Across machines use torchrun: docs/production.md.",
+    ),
+]
 
 
 def _train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed) -> dict:
-    return {"train.steps": steps, "train.batch_size": batch_size, "train.lr": lr, "train.eval_every": eval_every,
-            "train.patience": patience, "train.time_budget_s": time_budget, "train.seed": seed}
+    return {
+        "train.steps": steps,
+        "train.batch_size": batch_size,
+        "train.lr": lr,
+        "train.eval_every": eval_every,
+        "train.patience": patience,
+        "train.time_budget_s": time_budget,
+        "train.seed": seed,
+    }
 
 
 def _resume(run_id: str, nproc: int = 1) -> None:
@@ -65,22 +93,31 @@ def _resume(run_id: str, nproc: int = 1) -> None:
 
     ckpt = Checkpoint(settings.checkpoint_dir() / run_id)
     if not ckpt.exists():
-        raise RnnopsError(f"no checkpoint for run {run_id} in {ckpt.folder}; set RNNOPS_CHECKPOINTS to where the run saved it")
+        raise RnnopsError(
+            f"no checkpoint for run {run_id} in {ckpt.folder}; set RNNOPS_CHECKPOINTS to where the run saved it"
+        )
     launch(job_from_dict(ckpt.load_job()), resume_run=run_id, nproc=nproc)
 
 
 @app.command()
 def char(
-    data: Annotated[str, Opt(help="Named dataset (tinyshakespeare) or a path to a UTF-8 text file.")] = "tinyshakespeare",
-    cell: Annotated[CharCell, Opt(help="Recurrent cell: lstm, gru, vanilla rnn, or the parallel-trained mingru, minlstm, mlstm (docs/training.md).")] = CharCell.lstm,
+    data: Annotated[
+        str, Opt(help="Named dataset (tinyshakespeare) or a path to a UTF-8 text file.")
+    ] = "tinyshakespeare",
+    cell: Annotated[
+        CharCell,
+        Opt(
+            help="Recurrent cell: lstm, gru, vanilla rnn, or the parallel-trained mingru, minlstm, mlstm (docs/training.md)."
+        ),
+    ] = CharCell.lstm,
     preset: Annotated[Preset, Opt(help="tiny (seconds, tests), quick (~3 min), full (~30 min).")] = Preset.quick,
     hidden_size: Hidden = None,
     layers: Layers = None,
     heads: Heads = None,
     ff_mult: FFMult = None,
-    embed_dim: Annotated[Optional[int], Opt(min=1, help="Character embedding size.")] = None,
+    embed_dim: Annotated[int | None, Opt(min=1, help="Character embedding size.")] = None,
     dropout: Dropout = None,
-    seq_len: Annotated[Optional[int], Opt(min=2, help="Characters per training sequence.")] = None,
+    seq_len: Annotated[int | None, Opt(min=2, help="Characters per training sequence.")] = None,
     steps: Steps = None,
     batch_size: Batch = None,
     lr: Lr = None,
@@ -102,9 +139,16 @@ def char(
     from rnnops.training.distributed import launch
     from rnnops.training.jobs import char_job
 
-    overrides = {"model.hidden_size": hidden_size, "model.num_layers": layers, "model.embed_dim": embed_dim,
-                 "model.heads": heads, "model.ff_mult": ff_mult, "model.dropout": dropout, "seq_len": seq_len,
-                 **_train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed)}
+    overrides = {
+        "model.hidden_size": hidden_size,
+        "model.num_layers": layers,
+        "model.embed_dim": embed_dim,
+        "model.heads": heads,
+        "model.ff_mult": ff_mult,
+        "model.dropout": dropout,
+        "seq_len": seq_len,
+        **_train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed),
+    }
     launch(char_job(data, cell.value, preset.value, overrides), experiment, nproc=nproc)
 
 
@@ -112,20 +156,35 @@ def char(
 def forecast(
     data: Annotated[str, Opt(help="Named dataset (etth1, etth2), a CSV path, or sine.")] = "etth1",
     features: Annotated[str, Opt(help="M: all numeric columns in and out; S: the target column only.")] = "M",
-    target: Annotated[Optional[str], Opt(help="Target column (default OT, else the last numeric column).")] = None,
-    date_column: Annotated[Optional[str], Opt(help="Date column (default: detected).")] = None,
-    fill: Annotated[Optional[str], Opt(help="ffill: fill missing values forward instead of failing.")] = None,
-    lookback: Annotated[Optional[int], Opt(min=1, help="Input window length L.")] = None,
-    horizon: Annotated[Optional[int], Opt(min=1, help="Forecast steps H.")] = None,
+    target: Annotated[str | None, Opt(help="Target column (default OT, else the last numeric column).")] = None,
+    date_column: Annotated[str | None, Opt(help="Date column (default: detected).")] = None,
+    fill: Annotated[str | None, Opt(help="ffill: fill missing values forward instead of failing.")] = None,
+    lookback: Annotated[int | None, Opt(min=1, help="Input window length L.")] = None,
+    horizon: Annotated[int | None, Opt(min=1, help="Forecast steps H.")] = None,
     cell: Annotated[ForecastCell, Opt(help="Recurrent cell.")] = ForecastCell.gru,
-    arch: Annotated[Arch, Opt(help="rnn: the cell over every observation; segrnn: SegRNN, the cell over segments "
-                                   "of the lookback, channel-independent, all horizon segments decoded at once.")] = Arch.rnn,
-    segment_length: Annotated[Optional[int], Opt("--segment-length", help="segrnn: observations per segment "
-                                                 "(default 24; must divide --lookback).")] = None,
-    quantiles: Annotated[Optional[str], Opt(help="Prediction intervals at these levels, e.g. 0.1,0.5,0.9: "
-                                                 "split-conformal per horizon step, calibrated on the validation split.")] = None,
-    norm: Annotated[Optional[Norm], Opt(help="revin: per-window normalisation (windowed model); fixed: train-split scaler (stateful model).")] = None,
-    linear_skip: Annotated[Optional[bool], Opt(help="Add an NLinear-style linear map of the window (revin only).")] = None,
+    arch: Annotated[
+        Arch,
+        Opt(
+            help="rnn: the cell over every observation; segrnn: SegRNN, the cell over segments "
+            "of the lookback, channel-independent, all horizon segments decoded at once."
+        ),
+    ] = Arch.rnn,
+    segment_length: Annotated[
+        int | None,
+        Opt("--segment-length", help="segrnn: observations per segment (default 24; must divide --lookback)."),
+    ] = None,
+    quantiles: Annotated[
+        str | None,
+        Opt(
+            help="Prediction intervals at these levels, e.g. 0.1,0.5,0.9: "
+            "split-conformal per horizon step, calibrated on the validation split."
+        ),
+    ] = None,
+    norm: Annotated[
+        Norm | None,
+        Opt(help="revin: per-window normalisation (windowed model); fixed: train-split scaler (stateful model)."),
+    ] = None,
+    linear_skip: Annotated[bool | None, Opt(help="Add an NLinear-style linear map of the window (revin only).")] = None,
     preset: Annotated[Preset, Opt(help="tiny (seconds, tests), quick (~2.5 min), full (~15 min).")] = Preset.quick,
     hidden_size: Hidden = None,
     layers: Layers = None,
@@ -153,12 +212,24 @@ def forecast(
     from rnnops.training.distributed import launch
     from rnnops.training.jobs import forecast_job
 
-    overrides = {"features": features, "target": target, "date_column": date_column, "fill": fill,
-                 "lookback": lookback, "horizon": horizon, "model.norm": norm.value if norm else None,
-                 "model.linear_skip": linear_skip, "model.hidden_size": hidden_size, "model.num_layers": layers,
-                 "model.heads": heads, "model.ff_mult": ff_mult, "model.dropout": dropout,
-                 "model.segment_length": segment_length, "model.quantiles": quantiles,
-                 **_train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed)}
+    overrides = {
+        "features": features,
+        "target": target,
+        "date_column": date_column,
+        "fill": fill,
+        "lookback": lookback,
+        "horizon": horizon,
+        "model.norm": norm.value if norm else None,
+        "model.linear_skip": linear_skip,
+        "model.hidden_size": hidden_size,
+        "model.num_layers": layers,
+        "model.heads": heads,
+        "model.ff_mult": ff_mult,
+        "model.dropout": dropout,
+        "model.segment_length": segment_length,
+        "model.quantiles": quantiles,
+        **_train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed),
+    }
     launch(forecast_job(data, cell.value, preset.value, overrides, arch=arch.value), experiment, nproc=nproc)
 
 
@@ -176,12 +247,14 @@ def sine(
 
 
 def sample(
-    model: Annotated[str, typer.Argument(help="Run id, runs:/ or models:/ URI, or a folder with config.json + model.safetensors.")],
+    model: Annotated[
+        str, typer.Argument(help="Run id, runs:/ or models:/ URI, or a folder with config.json + model.safetensors.")
+    ],
     prompt: Annotated[str, Opt(help="Text to start from.")] = "\n",
     chars: Annotated[int, Opt(min=1, help="Characters to generate.")] = 300,
     temperature: Annotated[float, Opt(min=0.0, help="Sampling temperature (0 = greedy).")] = 0.8,
-    top_k: Annotated[Optional[int], Opt(min=1, help="Sample from the k most likely characters only.")] = None,
-    seed: Annotated[Optional[int], Opt(help="Random seed (same seed, same text).")] = None,
+    top_k: Annotated[int | None, Opt(min=1, help="Sample from the k most likely characters only.")] = None,
+    seed: Annotated[int | None, Opt(help="Random seed (same seed, same text).")] = None,
 ):
     """Generate text from a logged char model with PyTorch (a first look at a run)."""
     from rnnops.errors import RnnopsError

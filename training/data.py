@@ -85,8 +85,7 @@ def fetch(name: str) -> Path:
     """Path to a named dataset: from ``RNNOPS_DATA_DIR``, else the cache, else downloaded."""
     if name not in DATASETS:
         raise RnnopsError(
-            f"unknown dataset {name!r}: use one of {', '.join(sorted(DATASETS))}, "
-            "or a path to a local file"
+            f"unknown dataset {name!r}: use one of {', '.join(sorted(DATASETS))}, or a path to a local file"
         )
     ds = DATASETS[name]
     local = settings.data_dir()
@@ -136,8 +135,7 @@ def resolve_source(source: str, kind: str) -> tuple[Path, str]:
     path = Path(source).expanduser()
     if not path.is_file():
         raise RnnopsError(
-            f"no dataset {source!r}: not a named dataset ({', '.join(sorted(DATASETS))}) "
-            "and no such file"
+            f"no dataset {source!r}: not a named dataset ({', '.join(sorted(DATASETS))}) and no such file"
         )
     return path, path.name
 
@@ -153,7 +151,7 @@ class CharVocab:
         self.index = {c: i for i, c in enumerate(self.chars)}
 
     @classmethod
-    def from_text(cls, text: str) -> "CharVocab":
+    def from_text(cls, text: str) -> CharVocab:
         return cls(sorted(set(text)))
 
     def __len__(self) -> int:
@@ -186,7 +184,9 @@ def load_text(source: str, min_chars: int = 2) -> TextData:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise RnnopsError(f"{path} is not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start+1]!r}); convert it to UTF-8") from None
+        raise RnnopsError(
+            f"{path} is not UTF-8 text (byte {exc.start}: {raw[exc.start : exc.start + 1]!r}); convert it to UTF-8"
+        ) from None
     if not text:
         raise RnnopsError(f"{path} is empty")
     if len(text) < min_chars:
@@ -303,8 +303,17 @@ def load_series(
         borders = (int(n * 0.7), int(n * 0.8), n)
     sha = sha256_file(path)
     targets = [target] if features == "S" else list(cols)
-    return SeriesData(Path(path).stem if source not in DATASETS else source, path, sha, dates, values, list(cols), targets,
-                      borders, date_col)
+    return SeriesData(
+        Path(path).stem if source not in DATASETS else source,
+        path,
+        sha,
+        dates,
+        values,
+        list(cols),
+        targets,
+        borders,
+        date_col,
+    )
 
 
 def _rows(idx: np.ndarray, most: int = 5) -> str:

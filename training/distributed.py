@@ -95,20 +95,35 @@ class Replicas:
                 return metrics
             return {val_key: self.share_float(0.0)}
 
-        return replace(setup, loss_fn=ddp_loss, evaluate=shared_evaluate,
-                       items_per_batch=setup.items_per_batch * self.world_size)
+        return replace(
+            setup, loss_fn=ddp_loss, evaluate=shared_evaluate, items_per_batch=setup.items_per_batch * self.world_size
+        )
 
     def follow(self, job: Job, setup: TrainingSetup, resume_run: str | None) -> str:
         """Train as a replica (rank > 0): same loop, own batches, no logging, no files written."""
         run_id = self.share(None)
         ckpt = ReplicaCheckpoint(settings.checkpoint_dir() / run_id)
         if resume_run and not ckpt.exists():
-            raise RnnopsError(f"rank {self.rank}: no checkpoint for run {run_id} in {ckpt.folder}; "
-                              "across machines RNNOPS_CHECKPOINTS must be on shared storage")
+            raise RnnopsError(
+                f"rank {self.rank}: no checkpoint for run {run_id} in {ckpt.folder}; "
+                "across machines RNNOPS_CHECKPOINTS must be on shared storage"
+            )
         s = replace(job.train, seed=job.train.seed + self.rank * RANK_SEED_STRIDE)
-        train(setup.model, s, setup.sample_batch, setup.loss_fn, setup.evaluate, lambda m, step: None,
-              ckpt, setup.items_per_batch, setup.unit, setup.val_key, resume=resume_run is not None,
-              clock=self.clock, restore_rng=False)  # rank 0's random states are not this rank's
+        train(
+            setup.model,
+            s,
+            setup.sample_batch,
+            setup.loss_fn,
+            setup.evaluate,
+            lambda m, step: None,
+            ckpt,
+            setup.items_per_batch,
+            setup.unit,
+            setup.val_key,
+            resume=resume_run is not None,
+            clock=self.clock,
+            restore_rng=False,
+        )  # rank 0's random states are not this rank's
         return run_id
 
 
@@ -143,8 +158,9 @@ def launch(job: Job, experiment: str | None = None, resume_run: str | None = Non
 
     if _launched_as_a_rank():
         if nproc > 1:
-            raise RnnopsError("started by torchrun, which already made the processes: drop --nproc "
-                              "(use torchrun's --nproc-per-node)")
+            raise RnnopsError(
+                "started by torchrun, which already made the processes: drop --nproc (use torchrun's --nproc-per-node)"
+            )
         _join()
         try:
             run_job(job, experiment, resume_run)
@@ -159,11 +175,11 @@ def launch(job: Job, experiment: str | None = None, resume_run: str | None = Non
     port = _free_port()
     print(f"training in {nproc} processes (DDP, {_backend()}, 127.0.0.1:{port})", file=sys.stderr)
     try:
-        mp.start_processes(_worker, args=(nproc, port, job, experiment, resume_run), nprocs=nproc,
-                           start_method="spawn")
+        mp.start_processes(_worker, args=(nproc, port, job, experiment, resume_run), nprocs=nproc, start_method="spawn")
     except mp.ProcessExitedException as exc:
-        raise RnnopsError(f"training process {exc.error_index} exited with code {exc.exit_code}; "
-                          "its error is printed above") from None
+        raise RnnopsError(
+            f"training process {exc.error_index} exited with code {exc.exit_code}; its error is printed above"
+        ) from None
     except mp.ProcessRaisedException as exc:
         raise RnnopsError(f"a training process failed:\n{exc}") from None
 
@@ -172,8 +188,9 @@ def _worker(rank: int, world_size: int, port: int, job: Job, experiment: str | N
     """Entry point of a spawned rank."""
     from rnnops.training.jobs import run_job
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     _join()
     try:
         run_job(job, experiment, resume_run)

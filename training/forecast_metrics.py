@@ -24,9 +24,9 @@ numpy and pandas only (no torch): benchmarks and serving-side tools import this 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
-from typing import Sequence
 
 import numpy as np
 
@@ -100,8 +100,9 @@ def quantile_loss_terms(actual: np.ndarray, forecast_q: np.ndarray, q: float) ->
     return 2.0 * np.abs((f - y) * ((y <= f).astype(np.float64) - q))
 
 
-def interval_score_terms(actual: np.ndarray, lower: np.ndarray, upper: np.ndarray,
-                         alpha: float = MSIS_ALPHA) -> np.ndarray:
+def interval_score_terms(
+    actual: np.ndarray, lower: np.ndarray, upper: np.ndarray, alpha: float = MSIS_ALPHA
+) -> np.ndarray:
     """The M4 interval score per element (not yet scaled): width plus 2/alpha times the miss."""
     y = np.asarray(actual, np.float64)
     lo, hi = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
@@ -150,10 +151,19 @@ def owa(smape: float, mase: float, smape_naive2: float, mase_naive2: float) -> f
     return 0.5 * (smape / smape_naive2 + mase / mase_naive2)
 
 
-def evaluate(insample: Sequence[np.ndarray], actual, forecast, m: int, *,
-             lower=None, upper=None, alpha: float = MSIS_ALPHA,
-             quantile_forecasts=None, quantiles: Sequence[float] = GLUONTS_QUANTILES,
-             naive2: Scores | None = None) -> Scores:
+def evaluate(
+    insample: Sequence[np.ndarray],
+    actual,
+    forecast,
+    m: int,
+    *,
+    lower=None,
+    upper=None,
+    alpha: float = MSIS_ALPHA,
+    quantile_forecasts=None,
+    quantiles: Sequence[float] = GLUONTS_QUANTILES,
+    naive2: Scores | None = None,
+) -> Scores:
     """Scores of a point forecast ``forecast`` [series, horizon] against ``actual`` (same shape),
     each series scaled by its own ``insample`` history (a list: series differ in length).
 
@@ -193,8 +203,10 @@ def wql(actual, quantile_forecasts, quantiles: Sequence[float] = GLUONTS_QUANTIL
     qf = np.asarray(quantile_forecasts, np.float64)
     qf = qf[None] if qf.ndim == 2 else qf
     if qf.shape != (*y.shape, len(quantiles)):
-        raise ValueError(f"quantile forecasts {list(qf.shape)} must be [series, horizon, {len(quantiles)}] "
-                         f"for actual values {list(y.shape)} and quantiles {list(quantiles)}")
+        raise ValueError(
+            f"quantile forecasts {list(qf.shape)} must be [series, horizon, {len(quantiles)}] "
+            f"for actual values {list(y.shape)} and quantiles {list(quantiles)}"
+        )
     ok = np.isfinite(y)
     denom = float(np.abs(y[ok]).sum())
     losses = [float(quantile_loss_terms(y[ok], qf[..., i][ok], q).sum()) for i, q in enumerate(quantiles)]
@@ -228,7 +240,7 @@ def seasonal_naive(insample: np.ndarray, horizon: int, m: int) -> np.ndarray:
         return naive(x, horizon)
     last = x[-m:].copy()
     for j in np.flatnonzero(~np.isfinite(last)):
-        earlier = x[len(x) - m + j:: -m]
+        earlier = x[len(x) - m + j :: -m]
         earlier = earlier[np.isfinite(earlier)]
         last[j] = earlier[0] if len(earlier) else x[-1]
     return np.resize(last, horizon)
@@ -286,7 +298,7 @@ def multiplicative_seasonal(x: np.ndarray, m: int) -> np.ndarray:
         weights = np.ones(m) / m
     half = len(weights) // 2
     trend = np.full(n, np.nan)
-    trend[half: n - half] = np.convolve(x, weights, mode="valid")
+    trend[half : n - half] = np.convolve(x, weights, mode="valid")
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = x / trend
     figure = np.array([np.nanmean(ratio[i::m]) for i in range(m)])
@@ -305,7 +317,7 @@ def naive2(insample: np.ndarray, horizon: int, m: int) -> np.ndarray:
         x = np.interp(idx, idx[good], x[good])
     if m > 1 and seasonality_test(x, m):
         seasonal = multiplicative_seasonal(x, m)
-        season_out = np.resize(seasonal[len(x) - m:], horizon)
+        season_out = np.resize(seasonal[len(x) - m :], horizon)
         return (x[-1] / seasonal[-1]) * season_out
     return np.full(horizon, x[-1])
 

@@ -57,8 +57,12 @@ def _workers(items: int) -> int:
 
 def enabled(x: Tensor) -> bool:
     """Whether the fused kernels take ``x``: a CPU float tensor, numba installed, not turned off."""
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and os.environ.get("RNNOPS_SCAN", "fused") != "torch" and numba_module() is not None)
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and os.environ.get("RNNOPS_SCAN", "fused") != "torch"
+        and numba_module() is not None
+    )
 
 
 def _get(name: str):
@@ -101,20 +105,27 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 class _MLSTM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qkvo: Tensor, gates: Tensor, C0: Tensor, n0: Tensor, m0: Tensor, weight: Tensor,
-                eps: float, chunk: int):
+    def forward(
+        ctx, qkvo: Tensor, gates: Tensor, C0: Tensor, n0: Tensor, m0: Tensor, weight: Tensor, eps: float, chunk: int
+    ):
         fwd, _ = _get("mlstm")
         qkvo, gates, w = (z.detach().contiguous() for z in (qkvo, gates, weight))
         C0, n0, m0 = (z.detach().contiguous() for z in (C0, n0, m0))
-        og = torch.sigmoid(qkvo[..., 3 * (qkvo.shape[-1] // 4):])  # the output gate, vectorised by torch
+        og = torch.sigmoid(qkvo[..., 3 * (qkvo.shape[-1] // 4) :])  # the output gate, vectorised by torch
         B, T, D4 = qkvo.shape
         H, d = C0.shape[1], C0.shape[2]
         nc = -(-T // chunk)
         y, hs = qkvo.new_empty(B, T, D4 // 4), qkvo.new_empty(B, T, D4 // 4)
         Ck, nk, mk = qkvo.new_empty(B, H, nc, d, d), qkvo.new_empty(B, H, nc, d), qkvo.new_empty(B, H, nc)
         Cn, nn_, mn_ = torch.empty_like(C0), torch.empty_like(n0), torch.empty_like(m0)
-        fwd(*(z.numpy() for z in (qkvo, gates, og, C0, n0, m0, w)), 1.0 / math.sqrt(d), eps, chunk, _workers(B * H),
-            *(z.numpy() for z in (y, hs, Ck, nk, mk, Cn, nn_, mn_)))
+        fwd(
+            *(z.numpy() for z in (qkvo, gates, og, C0, n0, m0, w)),
+            1.0 / math.sqrt(d),
+            eps,
+            chunk,
+            _workers(B * H),
+            *(z.numpy() for z in (y, hs, Ck, nk, mk, Cn, nn_, mn_)),
+        )
         ctx.save_for_backward(qkvo, gates, og, w, hs, Ck, nk, mk)
         ctx.eps, ctx.chunk = eps, chunk
         return y, Cn, nn_, mn_
@@ -127,9 +138,15 @@ class _MLSTM(torch.autograd.Function):
         gqkvo, ggates = torch.empty_like(qkvo), torch.empty_like(gates)
         gC0, gn0, gm0 = qkvo.new_empty(B, H, d, d), qkvo.new_empty(B, H, d), qkvo.new_empty(B, H)
         gw = qkvo.new_zeros(B, w.shape[0])
-        bwd(*(z.numpy() for z in (qkvo, gates, og, w)), 1.0 / math.sqrt(d), ctx.eps, ctx.chunk, _workers(B * H),
+        bwd(
+            *(z.numpy() for z in (qkvo, gates, og, w)),
+            1.0 / math.sqrt(d),
+            ctx.eps,
+            ctx.chunk,
+            _workers(B * H),
             *(z.detach().contiguous().numpy() for z in (hs, Ck, nk, mk, gy, gCn, gnn, gmn)),
-            *(z.numpy() for z in (gqkvo, ggates, gC0, gn0, gm0, gw)))
+            *(z.numpy() for z in (gqkvo, ggates, gC0, gn0, gm0, gw)),
+        )
         return gqkvo, ggates, gC0, gn0, gm0, gw.sum(0), None, None
 
 

@@ -112,7 +112,11 @@ def _forward_one(b, h, qkvo, gates, og, C0, n0, m0, w, scale, eps, L, y, hs, Ck,
     for t in range(T):
         if t % L == 0:
             Ck[b, h, t // L], nk[b, h, t // L], mk[b, h, t // L] = C, n, m
-        q, k, v = qkvo[b, t, h * d:(h + 1) * d], qkvo[b, t, D + h * d:D + (h + 1) * d], qkvo[b, t, 2 * D + h * d:2 * D + (h + 1) * d]
+        q, k, v = (
+            qkvo[b, t, h * d : (h + 1) * d],
+            qkvo[b, t, D + h * d : D + (h + 1) * d],
+            qkvo[b, t, 2 * D + h * d : 2 * D + (h + 1) * d],
+        )
         m, f, a, _ = _gates(gates, b, t, h, H, m, C)
         acc[:] = 0.0
         for kk in range(d):  # C = f C + a k v^T and acc = C^T q in one pass over C
@@ -123,7 +127,7 @@ def _forward_one(b, h, qkvo, gates, og, C0, n0, m0, w, scale, eps, L, y, hs, Ck,
                 C[kk, j] = c
                 acc[j] += qk * c
         den, _ = _den(n, q, m, scale, eps)
-        hv, out, g = hs[b, t, h * d:(h + 1) * d], y[b, t, h * d:(h + 1) * d], og[b, t, h * d:(h + 1) * d]
+        hv, out, g = hs[b, t, h * d : (h + 1) * d], y[b, t, h * d : (h + 1) * d], og[b, t, h * d : (h + 1) * d]
         for j in range(d):
             hv[j] = acc[j] / den
         mu, inv = _layer_norm(hv)
@@ -143,13 +147,46 @@ def mlstm_forward(qkvo, gates, og, C0, n0, m0, w, scale, eps, L, workers, y, hs,
     for worker in numba.prange(workers):
         acc = np.empty(d, qkvo.dtype)
         for bh in range(worker, B * H, workers):
-            _forward_one(bh // H, bh % H, qkvo, gates, og, C0, n0, m0, w, scale, eps, L, y, hs, Ck, nk, mk,
-                         Cn, nn_, mn_, acc)
+            _forward_one(
+                bh // H, bh % H, qkvo, gates, og, C0, n0, m0, w, scale, eps, L, y, hs, Ck, nk, mk, Cn, nn_, mn_, acc
+            )
 
 
 @numba.njit(cache=True, nogil=True, fastmath=REASSOC)
-def _backward_one(b, h, qkvo, gates, og, w, scale, eps, L, hs, Ck, nk, mk, gy, gCn, gnn, gmn,
-                  gqkvo, ggates, gC0, gn0, gm0, gw, Cs, ns, ms, fs, as_, lfs, dh, dnum, dv):
+def _backward_one(
+    b,
+    h,
+    qkvo,
+    gates,
+    og,
+    w,
+    scale,
+    eps,
+    L,
+    hs,
+    Ck,
+    nk,
+    mk,
+    gy,
+    gCn,
+    gnn,
+    gmn,
+    gqkvo,
+    ggates,
+    gC0,
+    gn0,
+    gm0,
+    gw,
+    Cs,
+    ns,
+    ms,
+    fs,
+    as_,
+    lfs,
+    dh,
+    dnum,
+    dv,
+):
     T, H, d = qkvo.shape[1], gC0.shape[1], gC0.shape[2]
     D = H * d
     dC, dn, dm = gCn[b, h].copy(), gnn[b, h].copy(), gmn[b, h]
@@ -159,15 +196,35 @@ def _backward_one(b, h, qkvo, gates, og, w, scale, eps, L, hs, Ck, nk, mk, gy, g
         for s in range(min(L, T - t0)):  # recompute the chunk's states: Cs[s + 1] is C after step t0 + s
             t = t0 + s
             ms[s + 1], fs[s], as_[s], lfs[s] = _gates(gates, b, t, h, H, ms[s], dC)
-            _advance(Cs[s], ns[s], Cs[s + 1], ns[s + 1], fs[s], as_[s], qkvo[b, t, D + h * d:D + (h + 1) * d],
-                     qkvo[b, t, 2 * D + h * d:2 * D + (h + 1) * d])
+            _advance(
+                Cs[s],
+                ns[s],
+                Cs[s + 1],
+                ns[s + 1],
+                fs[s],
+                as_[s],
+                qkvo[b, t, D + h * d : D + (h + 1) * d],
+                qkvo[b, t, 2 * D + h * d : 2 * D + (h + 1) * d],
+            )
         for s in range(min(L, T - t0) - 1, -1, -1):
             t = t0 + s
             f, a, mn = fs[s], as_[s], ms[s + 1]
-            q, k, v = qkvo[b, t, h * d:(h + 1) * d], qkvo[b, t, D + h * d:D + (h + 1) * d], qkvo[b, t, 2 * D + h * d:2 * D + (h + 1) * d]
-            gq, gk, gv = gqkvo[b, t, h * d:(h + 1) * d], gqkvo[b, t, D + h * d:D + (h + 1) * d], gqkvo[b, t, 2 * D + h * d:2 * D + (h + 1) * d]
-            go, g, hv = gqkvo[b, t, 3 * D + h * d:3 * D + (h + 1) * d], og[b, t, h * d:(h + 1) * d], hs[b, t, h * d:(h + 1) * d]
-            g_y, g_w = gy[b, t, h * d:(h + 1) * d], gw[b, h * d:(h + 1) * d]
+            q, k, v = (
+                qkvo[b, t, h * d : (h + 1) * d],
+                qkvo[b, t, D + h * d : D + (h + 1) * d],
+                qkvo[b, t, 2 * D + h * d : 2 * D + (h + 1) * d],
+            )
+            gq, gk, gv = (
+                gqkvo[b, t, h * d : (h + 1) * d],
+                gqkvo[b, t, D + h * d : D + (h + 1) * d],
+                gqkvo[b, t, 2 * D + h * d : 2 * D + (h + 1) * d],
+            )
+            go, g, hv = (
+                gqkvo[b, t, 3 * D + h * d : 3 * D + (h + 1) * d],
+                og[b, t, h * d : (h + 1) * d],
+                hs[b, t, h * d : (h + 1) * d],
+            )
+            g_y, g_w = gy[b, t, h * d : (h + 1) * d], gw[b, h * d : (h + 1) * d]
             # the read-out y = z w g, z the per-head layer norm of h: dh, and o's gradient
             mu, inv = _layer_norm(hv)
             mdz, mdzz = _as(0.0, hv), _as(0.0, hv)
@@ -239,8 +296,9 @@ def _backward_one(b, h, qkvo, gates, og, w, scale, eps, L, hs, Ck, nk, mk, gy, g
 
 
 @numba.njit(cache=True, nogil=True, fastmath=REASSOC, parallel=True)
-def mlstm_backward(qkvo, gates, og, w, scale, eps, L, workers, hs, Ck, nk, mk, gy, gCn, gnn, gmn,
-                   gqkvo, ggates, gC0, gn0, gm0, gw):
+def mlstm_backward(
+    qkvo, gates, og, w, scale, eps, L, workers, hs, Ck, nk, mk, gy, gCn, gnn, gmn, gqkvo, ggates, gC0, gn0, gm0, gw
+):
     # gw [B, D]: each batch row's share of the norm weight's gradient (summed by the caller)
     B, H, d = qkvo.shape[0], gC0.shape[1], gC0.shape[2]
     scale, eps = _as(scale, qkvo), _as(eps, qkvo)
@@ -250,8 +308,40 @@ def mlstm_backward(qkvo, gates, og, w, scale, eps, L, workers, hs, Ck, nk, mk, g
         fs, as_, lfs = np.empty(L, qkvo.dtype), np.empty(L, qkvo.dtype), np.empty(L)
         dh, dnum, dv = np.empty(d, qkvo.dtype), np.empty(d, qkvo.dtype), np.empty(d, qkvo.dtype)
         for bh in range(worker, B * H, workers):
-            _backward_one(bh // H, bh % H, qkvo, gates, og, w, scale, eps, L, hs, Ck, nk, mk, gy, gCn, gnn, gmn,
-                          gqkvo, ggates, gC0, gn0, gm0, gw, Cs, ns, ms, fs, as_, lfs, dh, dnum, dv)
+            _backward_one(
+                bh // H,
+                bh % H,
+                qkvo,
+                gates,
+                og,
+                w,
+                scale,
+                eps,
+                L,
+                hs,
+                Ck,
+                nk,
+                mk,
+                gy,
+                gCn,
+                gnn,
+                gmn,
+                gqkvo,
+                ggates,
+                gC0,
+                gn0,
+                gm0,
+                gw,
+                Cs,
+                ns,
+                ms,
+                fs,
+                as_,
+                lfs,
+                dh,
+                dnum,
+                dv,
+            )
 
 
 # ------------------------------------------------------------- the minGRU / minLSTM scan

@@ -47,21 +47,27 @@ def parse_levels(text) -> list[float]:
         try:
             levels = [float(p) for p in parts]
         except ValueError:
-            raise RnnopsError(f"--quantiles {text!r}: give comma-separated numbers in (0, 1), e.g. 0.1,0.5,0.9") from None
+            raise RnnopsError(
+                f"--quantiles {text!r}: give comma-separated numbers in (0, 1), e.g. 0.1,0.5,0.9"
+            ) from None
     else:
         levels = [float(v) for v in text]
     if not levels:
         return []
     bad = [v for v in levels if not 0.0 < v < 1.0 or not math.isfinite(v)]
     if bad:
-        raise RnnopsError(f"--quantiles: {', '.join(f'{v:g}' for v in bad)} outside (0, 1); levels are probabilities, "
-                          "e.g. 0.1,0.5,0.9")
+        raise RnnopsError(
+            f"--quantiles: {', '.join(f'{v:g}' for v in bad)} outside (0, 1); levels are probabilities, "
+            "e.g. 0.1,0.5,0.9"
+        )
     if len(set(levels)) != len(levels):
         dup = sorted({v for v in levels if levels.count(v) > 1})
         raise RnnopsError(f"--quantiles: {', '.join(f'{v:g}' for v in dup)} given twice; list each level once")
     if levels != sorted(levels):
-        raise RnnopsError(f"--quantiles {','.join(f'{v:g}' for v in levels)}: list the levels in increasing order "
-                          f"({','.join(f'{v:g}' for v in sorted(levels))})")
+        raise RnnopsError(
+            f"--quantiles {','.join(f'{v:g}' for v in levels)}: list the levels in increasing order "
+            f"({','.join(f'{v:g}' for v in sorted(levels))})"
+        )
     if len(levels) < 2 or levels[0] >= 0.5 or levels[-1] <= 0.5:
         raise RnnopsError("--quantiles: an interval needs a level below 0.5 and one above (e.g. 0.1,0.5,0.9)")
     return levels
@@ -92,7 +98,7 @@ def window_scale(model, x: Tensor) -> Tensor:
     training split's std (fixed scaler)."""
     c = model.config
     if c.norm == "revin":
-        w = x[:, -c.lookback:]
+        w = x[:, -c.lookback :]
         std = torch.sqrt(w.var(dim=1, keepdim=True, unbiased=False) + 1e-5)
     else:  # one per window too, so that batches of windows concatenate (calibrate, scores)
         std = model.std.view(1, 1, -1).expand(x.shape[0], 1, -1)
@@ -126,7 +132,7 @@ def predict(model, windows, idx: np.ndarray, chunk: int = 512):
     model.eval()
     preds, scales, ys = [], [], []
     for i in range(0, len(idx), chunk):
-        x, y = windows(torch.from_numpy(idx[i:i + chunk]))
+        x, y = windows(torch.from_numpy(idx[i : i + chunk]))
         p, _ = model(x)
         preds.append(p)
         scales.append(window_scale(model, x))
@@ -142,10 +148,16 @@ def calibrate(model, windows, val_starts: np.ndarray) -> dict:
     scores = ((y - pred) / scale).numpy().astype(np.float64)
     offsets = conformal_offsets(scores, levels)
     getattr(model, BUFFER).copy_(torch.from_numpy(offsets))
-    return {"method": "split-conformal", "split": "val", "windows": int(len(val_starts)),
-            "per": "horizon step x target", "score": "(actual - forecast) / scale",
-            "scale": "window std of the target (RevIN)" if model.config.norm == "revin" else "training-split std",
-            "median": "the point forecast (offset 0)" if 0.5 in levels else None, "levels": levels}
+    return {
+        "method": "split-conformal",
+        "split": "val",
+        "windows": int(len(val_starts)),
+        "per": "horizon step x target",
+        "score": "(actual - forecast) / scale",
+        "scale": "window std of the target (RevIN)" if model.config.norm == "revin" else "training-split std",
+        "median": "the point forecast (offset 0)" if 0.5 in levels else None,
+        "levels": levels,
+    }
 
 
 def interval_pair(levels) -> tuple[int, int]:
@@ -164,8 +176,10 @@ def scores(model, windows, starts: np.ndarray, std_t: Tensor, split: str) -> dic
     lo, hi = q[..., lo_i], q[..., hi_i]
     inside = ((y >= lo) & (y <= hi)).float()
     pct = round((levels[hi_i] - levels[lo_i]) * 100)
-    out = {f"{split}_coverage_{pct}": inside.mean().item(),
-           f"{split}_interval_width_{pct}": ((hi - lo) / std_t).mean().item()}
+    out = {
+        f"{split}_coverage_{pct}": inside.mean().item(),
+        f"{split}_interval_width_{pct}": ((hi - lo) / std_t).mean().item(),
+    }
     H = y.shape[1]
     for k in range(4):
         a, b = (k * H) // 4, ((k + 1) * H) // 4

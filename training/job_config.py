@@ -153,8 +153,9 @@ def with_overrides(job: Job, overrides: dict) -> Job:
         valid = {f.name for f in fields(current)}
         bad = sorted(set(values) - valid)
         if bad:
-            raise RnnopsError(f"unknown {name} option(s) {', '.join(bad)} for a {job.task} job: use one of "
-                              f"{', '.join(sorted(valid))}")
+            raise RnnopsError(
+                f"unknown {name} option(s) {', '.join(bad)} for a {job.task} job: use one of {', '.join(sorted(valid))}"
+            )
         top[name] = dataclasses.replace(current, **values)
     return dataclasses.replace(job, **top)
 
@@ -163,5 +164,7 @@ def _build(cls, values: dict, section: str):
     valid = {f.name for f in fields(cls)}
     bad = sorted(set(values) - valid)
     if bad:
-        raise RnnopsError(f"unknown {section} option(s) {', '.join(bad)} in the job: use one of {', '.join(sorted(valid))}")
+        raise RnnopsError(
+            f"unknown {section} option(s) {', '.join(bad)} in the job: use one of {', '.join(sorted(valid))}"
+        )
     return cls(**values)

@@ -26,50 +26,87 @@ from rnnops import settings
 from rnnops.errors import RnnopsError, Terminated
 from rnnops.training import cells, distributed, runinfo, tasks
 from rnnops.training.intervals import parse_levels
-from rnnops.training.job_config import (CharJob, CharModelOptions, ForecastJob, ForecastModelOptions, Job, flat_params,
-                                        job_from_dict, to_dict, with_overrides)
+from rnnops.training.job_config import (
+    CharJob,
+    CharModelOptions,
+    ForecastJob,
+    ForecastModelOptions,
+    Job,
+    flat_params,
+    job_from_dict,
+    to_dict,
+    with_overrides,
+)
 from rnnops.training.logged_model import log_model
-from rnnops.training.recipe import RECIPE_ARTIFACT
 from rnnops.training.models import check_config
+from rnnops.training.recipe import RECIPE_ARTIFACT
 from rnnops.training.segrnn import DEFAULT_SEGMENT, check_segments
 from rnnops.training.trainer import Checkpoint, TrainSettings, train
 
 CHAR_PRESETS = {
-    "tiny": dict(model=dict(hidden_size=64, num_layers=1, embed_dim=16), seq_len=32,
-                 train=dict(steps=30, batch_size=16, lr=3e-3, warmup_steps=5, eval_every=15)),
+    "tiny": dict(
+        model=dict(hidden_size=64, num_layers=1, embed_dim=16),
+        seq_len=32,
+        train=dict(steps=30, batch_size=16, lr=3e-3, warmup_steps=5, eval_every=15),
+    ),
     # Small batches win in a fixed CPU budget: more updates, and this machine runs a 16x64
     # LSTM step 4.5x faster than a 32x100 one (docs/training.md).
-    "quick": dict(model=dict(hidden_size=384, num_layers=1, embed_dim=64), seq_len=64,
-                  train=dict(steps=10000, batch_size=16, lr=3e-3, warmup_steps=50, eval_every=500,
-                             time_budget_s=170.0, patience=100)),
-    "full": dict(model=dict(hidden_size=512, num_layers=2, embed_dim=64, dropout=0.2), seq_len=128,
-                 train=dict(steps=20000, batch_size=64, lr=3e-3, warmup_steps=100, eval_every=250,
-                            time_budget_s=1800.0, patience=8)),
+    "quick": dict(
+        model=dict(hidden_size=384, num_layers=1, embed_dim=64),
+        seq_len=64,
+        train=dict(
+            steps=10000, batch_size=16, lr=3e-3, warmup_steps=50, eval_every=500, time_budget_s=170.0, patience=100
+        ),
+    ),
+    "full": dict(
+        model=dict(hidden_size=512, num_layers=2, embed_dim=64, dropout=0.2),
+        seq_len=128,
+        train=dict(
+            steps=20000, batch_size=64, lr=3e-3, warmup_steps=100, eval_every=250, time_budget_s=1800.0, patience=8
+        ),
+    ),
 }
 
 FORECAST_PRESETS = {
-    "tiny": dict(model=dict(hidden_size=16), train=dict(steps=20, batch_size=32, lr=3e-3, warmup_steps=2, eval_every=10)),
+    "tiny": dict(
+        model=dict(hidden_size=16), train=dict(steps=20, batch_size=32, lr=3e-3, warmup_steps=2, eval_every=10)
+    ),
     # ETT overfits quickly: a small GRU, dropout before the head, small batches and early
     # stopping on val MSE win (docs/training.md).
-    "quick": dict(model=dict(hidden_size=64, dropout=0.3), train=dict(steps=3000, batch_size=32, lr=1e-3, warmup_steps=50,
-                                                         eval_every=150, time_budget_s=150.0, patience=4)),
-    "full": dict(model=dict(hidden_size=256, num_layers=2, dropout=0.1),
-                 train=dict(steps=10000, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=250,
-                            time_budget_s=900.0, patience=6)),
+    "quick": dict(
+        model=dict(hidden_size=64, dropout=0.3),
+        train=dict(
+            steps=3000, batch_size=32, lr=1e-3, warmup_steps=50, eval_every=150, time_budget_s=150.0, patience=4
+        ),
+    ),
+    "full": dict(
+        model=dict(hidden_size=256, num_layers=2, dropout=0.1),
+        train=dict(
+            steps=10000, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=250, time_budget_s=900.0, patience=6
+        ),
+    ),
 }
 
 # --arch segrnn (training/segrnn.py): the paper's shape (one GRU layer, segments of 24, dropout
 # 0.5 before the head) at a width and batch this CPU trains for enough epochs in the budget.
 # These replace the preset's model and train settings whatever the cell.
 SEGRNN_PRESETS = {
-    "tiny": dict(model=dict(hidden_size=16, dropout=0.0), train=dict(steps=20, batch_size=32, lr=3e-3, warmup_steps=2,
-                                                                       eval_every=10)),
-    "quick": dict(model=dict(hidden_size=256, dropout=0.5),
-                  train=dict(steps=6000, batch_size=64, lr=1e-3, warmup_steps=50, eval_every=150, time_budget_s=150.0,
-                             patience=6)),
-    "full": dict(model=dict(hidden_size=512, dropout=0.5),
-                 train=dict(steps=20000, batch_size=256, lr=1e-3, warmup_steps=100, eval_every=100, time_budget_s=900.0,
-                            patience=10)),
+    "tiny": dict(
+        model=dict(hidden_size=16, dropout=0.0),
+        train=dict(steps=20, batch_size=32, lr=3e-3, warmup_steps=2, eval_every=10),
+    ),
+    "quick": dict(
+        model=dict(hidden_size=256, dropout=0.5),
+        train=dict(
+            steps=6000, batch_size=64, lr=1e-3, warmup_steps=50, eval_every=150, time_budget_s=150.0, patience=6
+        ),
+    ),
+    "full": dict(
+        model=dict(hidden_size=512, dropout=0.5),
+        train=dict(
+            steps=20000, batch_size=256, lr=1e-3, warmup_steps=100, eval_every=100, time_budget_s=900.0, patience=10
+        ),
+    ),
 }
 
 
@@ -89,8 +126,12 @@ def _check_model(kind: str, m) -> None:
     check_config(kind, m.cell, m.num_layers, m.hidden_size, m.heads, m.ff_mult)
 
 
-SINE_JOB = dict(model=dict(hidden_size=32, norm="fixed"), lookback=50, horizon=10,
-                train=dict(steps=300, batch_size=32, lr=5e-3, warmup_steps=10, eval_every=100))
+SINE_JOB = dict(
+    model=dict(hidden_size=32, norm="fixed"),
+    lookback=50,
+    horizon=10,
+    train=dict(steps=300, batch_size=32, lr=5e-3, warmup_steps=10, eval_every=100),
+)
 
 
 def char_job(data: str, cell: str, preset: str, overrides: dict) -> CharJob:
@@ -98,8 +139,13 @@ def char_job(data: str, cell: str, preset: str, overrides: dict) -> CharJob:
     if preset not in CHAR_PRESETS:
         raise RnnopsError(f"unknown preset {preset!r}: use one of {', '.join(CHAR_PRESETS)}")
     p = _preset(CHAR_PRESETS, "char", cell, preset)
-    job = CharJob(data=data, preset=preset, seq_len=p["seq_len"], model=CharModelOptions(cell=cell, **p["model"]),
-                  train=TrainSettings(**p["train"]))
+    job = CharJob(
+        data=data,
+        preset=preset,
+        seq_len=p["seq_len"],
+        model=CharModelOptions(cell=cell, **p["model"]),
+        train=TrainSettings(**p["train"]),
+    )
     job = with_overrides(job, overrides)
     _check_model("char", job.model)
     return job
@@ -115,8 +161,18 @@ def forecast_job(data: str, cell: str, preset: str, overrides: dict, arch: str =
     if arch == "segrnn":
         p = {"model": dict(SEGRNN_PRESETS[preset]["model"]), "train": dict(SEGRNN_PRESETS[preset]["train"])}
         model = ForecastModelOptions(cell=cell, arch="segrnn", segment_length=DEFAULT_SEGMENT, linear_skip=False)
-    job = ForecastJob(data=data, preset=preset, features="M", target=None, date_column=None, fill=None,
-                      lookback=96, horizon=96, model=replace(model, **p["model"]), train=TrainSettings(**p["train"]))
+    job = ForecastJob(
+        data=data,
+        preset=preset,
+        features="M",
+        target=None,
+        date_column=None,
+        fill=None,
+        lookback=96,
+        horizon=96,
+        model=replace(model, **p["model"]),
+        train=TrainSettings(**p["train"]),
+    )
     job = with_overrides(job, overrides)
     _check_model("forecaster", job.model)
     return _check_forecast(job)
@@ -127,7 +183,9 @@ def _check_forecast(job: ForecastJob) -> ForecastJob:
     m = replace(job.model, quantiles=parse_levels(job.model.quantiles) or None)
     if (m.arch or "rnn") == "segrnn":
         if m.norm != "revin":
-            raise RnnopsError("--arch segrnn normalises each window by itself (instance normalisation): use --norm revin")
+            raise RnnopsError(
+                "--arch segrnn normalises each window by itself (instance normalisation): use --norm revin"
+            )
         check_segments(int(job.lookback), int(job.horizon), int(m.segment_length or DEFAULT_SEGMENT))
     elif m.segment_length is not None:
         raise RnnopsError("--segment-length applies to --arch segrnn only")
@@ -136,10 +194,18 @@ def _check_forecast(job: ForecastJob) -> ForecastJob:
 
 def sine_job(overrides: dict) -> ForecastJob:
     p = json.loads(json.dumps(SINE_JOB))
-    job = ForecastJob(data="sine", preset="sine", features="S", target=None, date_column=None, fill=None,
-                      lookback=p["lookback"], horizon=p["horizon"],
-                      model=ForecastModelOptions(cell="gru", linear_skip=False, **p["model"]),
-                      train=TrainSettings(**p["train"]))
+    job = ForecastJob(
+        data="sine",
+        preset="sine",
+        features="S",
+        target=None,
+        date_column=None,
+        fill=None,
+        lookback=p["lookback"],
+        horizon=p["horizon"],
+        model=ForecastModelOptions(cell="gru", linear_skip=False, **p["model"]),
+        train=TrainSettings(**p["train"]),
+    )
     return with_overrides(job, overrides)
 
 
@@ -175,12 +241,20 @@ def run_job(job: Job | dict, experiment: str | None = None, resume_run: str | No
     else:
         if mlflow.active_run() is None:
             mlflow.set_experiment(experiment)
-        run = mlflow.start_run(run_name=runinfo.run_name(logged), nested=True, log_system_metrics=runinfo.system_metrics())
+        run = mlflow.start_run(
+            run_name=runinfo.run_name(logged), nested=True, log_system_metrics=runinfo.system_metrics()
+        )
         mlflow.log_params(flat_params(job))
         # the size a table of runs compares (the job's settings only imply it)
         mlflow.log_param("model.parameters", sum(p.numel() for p in setup.model.parameters()))
-        mlflow.set_tags({"rnnops.version": rnnops.__version__, "rnnops.task": job.task, **_git_tags(),
-                         runinfo.DESCRIPTION_TAG: f"training ({runinfo.run_name(logged)})"})
+        mlflow.set_tags(
+            {
+                "rnnops.version": rnnops.__version__,
+                "rnnops.task": job.task,
+                **_git_tags(),
+                runinfo.DESCRIPTION_TAG: f"training ({runinfo.run_name(logged)})",
+            }
+        )
         mlflow.log_input(setup.dataset, context="training")
         mlflow.log_dict(logged, "config/job.json")
         mlflow.log_dict(setup.recipe.to_dict(), RECIPE_ARTIFACT)  # how to rebuild the data (export reads it)
@@ -194,14 +268,25 @@ def run_job(job: Job | dict, experiment: str | None = None, resume_run: str | No
     status = "FAILED"
     try:
         state = train(
-            setup.model, job.train, setup.sample_batch, setup.loss_fn, setup.evaluate, _logger(on_metrics), ckpt,
-            setup.items_per_batch, setup.unit, setup.val_key, resume=resume_run is not None,
+            setup.model,
+            job.train,
+            setup.sample_batch,
+            setup.loss_fn,
+            setup.evaluate,
+            _logger(on_metrics),
+            ckpt,
+            setup.items_per_batch,
+            setup.unit,
+            setup.val_key,
+            resume=resume_run is not None,
             clock=group.clock if group else time.perf_counter,
         )
         final = setup.finish(state)
         # Logged at the last step so the run's summary shows these (best weights), not the last eval.
         mlflow.log_metrics({**final, "train_seconds": state["elapsed"], "steps": state["step"]}, step=state["step"])
-        mlflow.set_tags({"rnnops.stop_reason": state["stop"], runinfo.DESCRIPTION_TAG: runinfo.description(logged, final, state)})
+        mlflow.set_tags(
+            {"rnnops.stop_reason": state["stop"], runinfo.DESCRIPTION_TAG: runinfo.description(logged, final, state)}
+        )
         spec = {**setup.spec, "run_id": run_id, "metrics": final, "rnnops_version": rnnops.__version__}
         with tempfile.TemporaryDirectory() as tmp:
             log_model(setup.model, spec, Path(tmp))
@@ -297,10 +382,9 @@ def _print_summary(job: Job, final: dict, state: dict, run_id: str) -> None:
 
 def _git_tags() -> dict:
     with contextlib.suppress(Exception):
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        ).stdout.strip()
         if sha:
             return {"mlflow.source.git.commit": sha}
     return {}
-
-

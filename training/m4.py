@@ -54,7 +54,7 @@ class M4Panel:
     ``frame``: columns ``id`` (str), ``timestamp`` (datetime64[ns], synthetic: see the module
     docstring), ``value`` (float64), ``split`` (``train`` | ``test``)."""
 
-    frame: "object"  # pandas.DataFrame (pandas is imported lazily)
+    frame: object  # pandas.DataFrame (pandas is imported lazily)
     ids: tuple[str, ...]
     horizon: int = HORIZON
     freq: str = FREQ
@@ -104,20 +104,24 @@ def from_wide(train_path: Path, test_path: Path) -> M4Panel:
         raise RnnopsError(f"{train_path} and {test_path} list different series; use the two files of one M4 subset")
     bad = [sid for sid, t in zip(test_ids, test) if len(t) != HORIZON]
     if bad:
-        raise RnnopsError(f"{test_path}: series {bad[0]} has {len(test[test_ids.index(bad[0])])} test values, "
-                          f"not {HORIZON} ({len(bad)} such series)")
+        raise RnnopsError(
+            f"{test_path}: series {bad[0]} has {len(test[test_ids.index(bad[0])])} test values, "
+            f"not {HORIZON} ({len(bad)} such series)"
+        )
     lengths = np.array([len(a) + len(b) for a, b in zip(train, test)])
     n_train = np.array([len(a) for a in train])
     # Position within each series, 0 at its first value (vectorised: no Python loop per row).
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
     position = np.arange(int(lengths.sum())) - starts
     values = np.concatenate([np.concatenate([a, b]) for a, b in zip(train, test)])
-    frame = pd.DataFrame({
-        "id": np.repeat(np.array(train_ids, dtype=object), lengths),
-        "timestamp": M4_ORIGIN + position.astype("timedelta64[h]"),
-        "value": values,
-        "split": np.where(position < np.repeat(n_train, lengths), "train", "test"),
-    })
+    frame = pd.DataFrame(
+        {
+            "id": np.repeat(np.array(train_ids, dtype=object), lengths),
+            "timestamp": M4_ORIGIN + position.astype("timedelta64[h]"),
+            "value": values,
+            "split": np.where(position < np.repeat(n_train, lengths), "train", "test"),
+        }
+    )
     return M4Panel(frame, tuple(train_ids))
 
 

@@ -36,7 +36,6 @@ each head's output layer-normalised, scaled, gated by ``sigmoid(o)`` and project
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +48,9 @@ EPS = 1e-6
 
 
 @torch.jit.script
-def mlstm_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, logf: Tensor, C: Tensor, n: Tensor, m: Tensor,
-               eps: float = 1e-6) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def mlstm_step(
+    q: Tensor, k: Tensor, v: Tensor, i: Tensor, logf: Tensor, C: Tensor, n: Tensor, m: Tensor, eps: float = 1e-6
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One step: q, k [B, H, d_k], v [B, H, d_v], i, logf [B, H]; returns h [B, H, d_v], C, n, m."""
     m_new = torch.maximum(logf + m, i)
     f = torch.exp(logf + m - m_new).unsqueeze(-1)  # [B, H, 1]
@@ -63,14 +63,15 @@ def mlstm_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, logf: Tensor, C: Tens
 
 
 @torch.jit.script
-def mlstm_loop(q: Tensor, k: Tensor, v: Tensor, i: Tensor, logf: Tensor, C: Tensor, n: Tensor, m: Tensor,
-               eps: float = 1e-6) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def mlstm_loop(
+    q: Tensor, k: Tensor, v: Tensor, i: Tensor, logf: Tensor, C: Tensor, n: Tensor, m: Tensor, eps: float = 1e-6
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The recurrence over time: q, k, v [B, T, H, d], i, logf [B, T, H] -> h [B, T, H, d_v], C, n, m."""
     if q.size(1) == 1:  # one step (served generation): an If branch in ONNX, 6 % faster than the Loop at batch 1
         h, C, n, m = mlstm_step(q[:, 0], k[:, 0], v[:, 0], i[:, 0], logf[:, 0], C, n, m, eps)
         return h.unsqueeze(1), C, n, m
     q, k, v, i, logf = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), i.transpose(0, 1), logf.transpose(0, 1)
-    outs: List[Tensor] = []
+    outs: list[Tensor] = []
     for t in range(q.size(0)):
         h, C, n, m = mlstm_step(q[t], k[t], v[t], i[t], logf[t], C, n, m, eps)
         outs.append(h)
@@ -130,8 +131,11 @@ class MLSTM(nn.Module):
 
     def zero_state(self, batch: int, dtype=torch.float32, device=None) -> tuple[Tensor, Tensor, Tensor]:
         H, d = self.heads, self.head_dim
-        return (torch.zeros(batch, H, d, d, dtype=dtype, device=device), torch.zeros(batch, H, d, dtype=dtype, device=device),
-                torch.zeros(batch, H, dtype=dtype, device=device))
+        return (
+            torch.zeros(batch, H, d, d, dtype=dtype, device=device),
+            torch.zeros(batch, H, d, dtype=dtype, device=device),
+            torch.zeros(batch, H, dtype=dtype, device=device),
+        )
 
     def projections(self, x: Tensor):
         B, T = x.shape[0], x.shape[1]

@@ -38,8 +38,9 @@ def check_config(kind: str, cell: str, num_layers: int, hidden_size: int, heads=
     cells.for_task(cell, "char" if kind == "char" else "forecast").check(num_layers, hidden_size, heads, ff_mult)
 
 
-def _make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float,
-              heads=None, ff_mult=None) -> nn.Module:
+def _make_rnn(
+    cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float, heads=None, ff_mult=None
+) -> nn.Module:
     return cells.get(cell).build(input_size, hidden_size, num_layers, dropout, heads, ff_mult)
 
 
@@ -90,8 +91,15 @@ class CharModel(nn.Module):
         check_config("char", config.cell, config.num_layers, config.hidden_size, config.heads, config.ff_mult)
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
-        self.rnn = _make_rnn(config.cell, config.embed_dim, config.hidden_size, config.num_layers, config.dropout,
-                             config.heads, config.ff_mult)
+        self.rnn = _make_rnn(
+            config.cell,
+            config.embed_dim,
+            config.hidden_size,
+            config.num_layers,
+            config.dropout,
+            config.heads,
+            config.ff_mult,
+        )
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
 
@@ -153,11 +161,14 @@ class Forecaster(nn.Module):
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
         self.register_buffer("targets", torch.tensor(config.target_indices, dtype=torch.long))
-        self.rnn = _make_rnn(config.cell, f, config.hidden_size, config.num_layers, config.dropout,
-                             config.heads, config.ff_mult)
+        self.rnn = _make_rnn(
+            config.cell, f, config.hidden_size, config.num_layers, config.dropout, config.heads, config.ff_mult
+        )
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, config.horizon * n_out)
-        self.skip = nn.Linear(config.lookback, config.horizon) if (config.norm == "revin" and config.linear_skip) else None
+        self.skip = (
+            nn.Linear(config.lookback, config.horizon) if (config.norm == "revin" and config.linear_skip) else None
+        )
         intervals.add_buffer(self)
 
     def init_state(self, batch: int, device=None) -> State:

@@ -35,9 +35,10 @@ No torch: batch jobs and tools can read and check panels without it.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -125,8 +126,11 @@ class Splits:
     def range(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(start, end) positions of ``split`` (train | val | test) for every series."""
         zero = np.zeros_like(self.length)
-        ranges = {"train": (zero, self.train_end), "val": (self.train_end, self.val_end),
-                  "test": (self.val_end, self.length)}
+        ranges = {
+            "train": (zero, self.train_end),
+            "val": (self.train_end, self.val_end),
+            "test": (self.val_end, self.length),
+        }
         if split not in ranges:
             raise ValueError(f"split must be train, val or test, not {split!r}")
         return ranges[split]
@@ -208,23 +212,27 @@ class Panel:
         if np.any(cutoffs[series] + self.spec.horizon > self.lengths[series]):
             raise ValueError("a cutoff leaves less than one horizon of values after it")
         values = self.target[:, target].astype(np.float64)
-        histories = [values[self.offsets[i]: s] for i, s in zip(series, start)]
+        histories = [values[self.offsets[i] : s] for i, s in zip(series, start)]
         actual = values[start[:, None] + np.arange(self.spec.horizon)]
         return series, histories, actual
 
     def summary(self) -> str:
         """What was read, in a few lines (the CLI prints it; a run logs it)."""
         n = self.lengths
-        lines = [f"{self.n_series} series, {int(n.sum())} rows, frequency {self.freq} (season {self.season}), "
-                 f"lengths {int(n.min())}..{int(n.max())}"]
+        lines = [
+            f"{self.n_series} series, {int(n.sum())} rows, frequency {self.freq} (season {self.season}), "
+            f"lengths {int(n.min())}..{int(n.max())}"
+        ]
         if self.filled_gaps:
             lines.append(f"{self.filled_gaps} missing timestamps filled as missing values (--freq {self.freq})")
         if self.missing_targets:
             lines.append(f"{self.missing_targets} target values missing (kept as missing, masked in the loss)")
         if self.too_short:
             shown = ", ".join(self.too_short[:10]) + (" ..." if len(self.too_short) > 10 else "")
-            lines.append(f"{len(self.too_short)} series shorter than lookback {self.spec.lookback} + horizon "
-                         f"{self.spec.horizon}: {shown}")
+            lines.append(
+                f"{len(self.too_short)} series shorter than lookback {self.spec.lookback} + horizon "
+                f"{self.spec.horizon}: {shown}"
+            )
         return "\n".join(lines)
 
 
@@ -245,7 +253,7 @@ def _columns_of(path: Path) -> list[str]:
 
 def _frame_batches(df):
     for start in range(0, len(df), BATCH_ROWS):
-        yield df.iloc[start: start + BATCH_ROWS]
+        yield df.iloc[start : start + BATCH_ROWS]
 
 
 def _file_batches(path: Path, columns: list[str]):
@@ -354,14 +362,18 @@ def _numeric(s, col: str, what: str, name: str, row0: int) -> np.ndarray:
         coerced = pd.to_numeric(s, errors="coerce")
         bad = np.flatnonzero((coerced.isna() & s.notna()).to_numpy())
         if len(bad):
-            raise RnnopsError(f"{what} {col!r} in {name} is not numeric: row {row0 + int(bad[0])} holds "
-                              f"{s.iloc[bad[0]]!r}; give numbers (missing values may be empty)")
+            raise RnnopsError(
+                f"{what} {col!r} in {name} is not numeric: row {row0 + int(bad[0])} holds "
+                f"{s.iloc[bad[0]]!r}; give numbers (missing values may be empty)"
+            )
         s = coerced
     values = s.to_numpy(np.float64, na_value=np.nan)
     inf = np.flatnonzero(np.isinf(values))
     if len(inf):
-        raise RnnopsError(f"{what} {col!r} in {name} has an infinite value at row {row0 + int(inf[0])}; give finite "
-                          "numbers or leave them empty (missing)")
+        raise RnnopsError(
+            f"{what} {col!r} in {name} has an infinite value at row {row0 + int(inf[0])}; give finite "
+            "numbers or leave them empty (missing)"
+        )
     return values
 
 
@@ -451,8 +463,11 @@ def _convert(batches, spec: PanelSpec, name: str) -> _Rows:
         if getattr(dates.dt, "tz", None) is not None:  # time zones: compared and stepped in UTC
             dates = dates.dt.tz_convert("UTC").dt.tz_localize(None)
         parts["dates"].append(dates.to_numpy("datetime64[ns]").view(np.int64))
-        for key, cols, what in (("targets", spec.targets, "target"), ("future", spec.future_covariates, "future covariate"),
-                                ("past", spec.past_covariates, "past covariate")):
+        for key, cols, what in (
+            ("targets", spec.targets, "target"),
+            ("future", spec.future_covariates, "future covariate"),
+            ("past", spec.past_covariates, "past covariate"),
+        ):
             block = np.empty((n, len(cols)), np.float32)
             for k, c in enumerate(cols):
                 block[:, k] = _numeric(df[c], c, what, name, first)
@@ -468,18 +483,30 @@ def _convert(batches, spec: PanelSpec, name: str) -> _Rows:
     if not row0:
         raise RnnopsError(f"{name} has no rows")
     if no_id[0]:
-        raise RnnopsError(f"{_n(no_id[0], 'row')} of {name} {_have(no_id[0])} no id in {idc!r} (first at row {no_id[1]}); "
-                          "fill or drop them")
+        raise RnnopsError(
+            f"{_n(no_id[0], 'row')} of {name} {_have(no_id[0])} no id in {idc!r} (first at row {no_id[1]}); "
+            "fill or drop them"
+        )
     if no_date[0]:
-        raise RnnopsError(f"{_n(no_date[0], 'row')} of {name} {_have(no_date[0])} no valid date in {datec!r} (first at "
-                          f"row {no_date[1]}: {no_date[2]!r}); give ISO dates like 2024-01-31 or 2024-01-31 13:00")
+        raise RnnopsError(
+            f"{_n(no_date[0], 'row')} of {name} {_have(no_date[0])} no valid date in {datec!r} (first at "
+            f"row {no_date[1]}: {no_date[2]!r}); give ISO dates like 2024-01-31 or 2024-01-31 13:00"
+        )
     widths = {"targets": len(spec.targets), "future": len(spec.future_covariates), "past": len(spec.past_covariates)}
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     for key, w in widths.items():
         cat[key] = cat[key].reshape(row0, w)
-    return _Rows(ids, cat["codes"], cat["dates"], cat["targets"], cat["future"], cat["past"],
-                 [np.concatenate(c) for c in static_codes], static_text,
-                 [None if v is None else np.concatenate(v) for v in static_numbers])
+    return _Rows(
+        ids,
+        cat["codes"],
+        cat["dates"],
+        cat["targets"],
+        cat["future"],
+        cat["past"],
+        [np.concatenate(c) for c in static_codes],
+        static_text,
+        [None if v is None else np.concatenate(v) for v in static_numbers],
+    )
 
 
 def _infer_freq(dates: np.ndarray, offsets: np.ndarray) -> str:
@@ -492,7 +519,9 @@ def _infer_freq(dates: np.ndarray, offsets: np.ndarray) -> str:
     if lengths[longest] >= 3:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            freq = pd.infer_freq(pd.DatetimeIndex(dates[offsets[longest]:offsets[longest + 1]].view("datetime64[ns]")))
+            freq = pd.infer_freq(
+                pd.DatetimeIndex(dates[offsets[longest] : offsets[longest + 1]].view("datetime64[ns]"))
+            )
         if freq is not None:
             return freq
     steps = np.diff(dates.view(np.int64))
@@ -500,7 +529,9 @@ def _infer_freq(dates: np.ndarray, offsets: np.ndarray) -> str:
     same[offsets[1:-1] - 1] = False  # a step across two series is no step
     steps = steps[same]
     if not len(steps):
-        raise RnnopsError("no series has two timestamps, so the frequency cannot be inferred; give --freq (e.g. h, D, MS)")
+        raise RnnopsError(
+            "no series has two timestamps, so the frequency cannot be inferred; give --freq (e.g. h, D, MS)"
+        )
     values, counts = np.unique(steps, return_counts=True)
     return pd.tseries.frequencies.to_offset(pd.Timedelta(int(values[np.argmax(counts)]))).freqstr
 
@@ -535,8 +566,11 @@ def _grid_times(first: np.ndarray, last: np.ndarray, within: np.ndarray, series:
     if nanos is not None:
         return f[series] + within * nanos
     # A calendar step: filled rows lie inside their series, so inside the panel's span.
-    grid = pd.date_range(pd.Timestamp(int(f.min())), pd.Timestamp(int(last.view(np.int64).max())),
-                         freq=offset).as_unit("ns").asi8
+    grid = (
+        pd.date_range(pd.Timestamp(int(f.min())), pd.Timestamp(int(last.view(np.int64).max())), freq=offset)
+        .as_unit("ns")
+        .asi8
+    )
     return grid[np.searchsorted(grid, f)[series] + within]
 
 
@@ -557,9 +591,11 @@ def check_panel(batches, spec: PanelSpec, name: str = "the panel") -> Panel:
     dup = np.flatnonzero((codes[1:] == codes[:-1]) & (t[1:] == t[:-1])) + 1
     if len(dup):
         first = int(order[dup].min())  # the duplicate that comes first in the file
-        raise RnnopsError(f"{_n(len(dup), f'duplicate ({idc}, {datec}) row')} in {name}; the first: "
-                          f"{ids[rows.codes[first]]!r} at {_ts(rows.dates[first])} (row {first}); keep one row per "
-                          "series and timestamp")
+        raise RnnopsError(
+            f"{_n(len(dup), f'duplicate ({idc}, {datec}) row')} in {name}; the first: "
+            f"{ids[rows.codes[first]]!r} at {_ts(rows.dates[first])} (row {first}); keep one row per "
+            "series and timestamp"
+        )
     targets, future, past = rows.targets[order], rows.future[order], rows.past[order]
     counts = np.bincount(codes, minlength=len(ids))
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -569,9 +605,11 @@ def check_panel(batches, spec: PanelSpec, name: str = "the panel") -> Panel:
         neg = np.flatnonzero((targets < 0).any(axis=1))
         if len(neg):
             r = int(neg[0])
-            raise RnnopsError(f"{_n(len(neg), 'row')} of {name} {_have(len(neg))} a negative target (first: series "
-                              f"{ids[codes[r]]!r} at {_ts(t[r])}), but --likelihood negbin models counts >= 0; "
-                              "use studentt or normal")
+            raise RnnopsError(
+                f"{_n(len(neg), 'row')} of {name} {_have(len(neg))} a negative target (first: series "
+                f"{ids[codes[r]]!r} at {_ts(t[r])}), but --likelihood negbin models counts >= 0; "
+                "use studentt or normal"
+            )
 
     freq = spec.freq or _infer_freq(t, offsets)
     try:
@@ -583,9 +621,11 @@ def check_panel(batches, spec: PanelSpec, name: str = "the panel") -> Panel:
     if off.any():
         r = int(np.flatnonzero(off)[0])
         n_series = len(np.unique(codes[off]))
-        raise RnnopsError(f"{_n(n_series, 'series', 'series')} of {name} {_have(n_series)} timestamps off the {freq} "
-                          f"steps from their first one: series {ids[codes[r]]!r} at {_ts(t[r])} (starting "
-                          f"{_ts(t[offsets[codes[r]]])}); fix the timestamps or give the right --freq")
+        raise RnnopsError(
+            f"{_n(n_series, 'series', 'series')} of {name} {_have(n_series)} timestamps off the {freq} "
+            f"steps from their first one: series {ids[codes[r]]!r} at {_ts(t[r])} (starting "
+            f"{_ts(t[offsets[codes[r]]])}); fix the timestamps or give the right --freq"
+        )
     step = np.diff(pos)
     same_series = np.ones(len(step), bool)
     same_series[offsets[1:-1] - 1] = False
@@ -596,10 +636,12 @@ def check_panel(batches, spec: PanelSpec, name: str = "the panel") -> Panel:
         if spec.freq is None:
             r = int(gap[0])
             n_series = len(np.unique(codes[gap]))
-            raise RnnopsError(f"{_n(n_series, 'series', 'series')} of {name} {'skips' if n_series == 1 else 'skip'} "
-                              f"timestamps of the panel's frequency {freq}: series {ids[codes[r]]!r} jumps from "
-                              f"{_ts(t[r])} to {_ts(t[r + 1])}; fill them, or pass --freq {freq} to treat the gaps as "
-                              "missing values")
+            raise RnnopsError(
+                f"{_n(n_series, 'series', 'series')} of {name} {'skips' if n_series == 1 else 'skip'} "
+                f"timestamps of the panel's frequency {freq}: series {ids[codes[r]]!r} jumps from "
+                f"{_ts(t[r])} to {_ts(t[r + 1])}; fill them, or pass --freq {freq} to treat the gaps as "
+                "missing values"
+            )
         # --freq given: gaps become rows of missing values.
         new_len = pos[offsets[1:] - 1] + 1
         new_offsets = np.concatenate([[0], np.cumsum(new_len)]).astype(np.int64)
@@ -625,30 +667,49 @@ def check_panel(batches, spec: PanelSpec, name: str = "the panel") -> Panel:
         if missing.any():
             r, k = (int(v) for v in np.argwhere(missing)[0])
             where = "" if was_read[r] else ", a timestamp missing from the file"
-            raise RnnopsError(f"future covariate {spec.future_covariates[k]!r} is missing at "
-                              f"{_n(int(missing[:, k].sum()), 'step')} of {name} (first: series {ids[codes[r]]!r} at "
-                              f"{_ts(t[r])}{where}); future covariates must be known at every step: fill them, or "
-                              "declare the column with --past-covariates")
+            raise RnnopsError(
+                f"future covariate {spec.future_covariates[k]!r} is missing at "
+                f"{_n(int(missing[:, k].sum()), 'step')} of {name} (first: series {ids[codes[r]]!r} at "
+                f"{_ts(t[r])}{where}); future covariates must be known at every step: fill them, or "
+                "declare the column with --past-covariates"
+            )
 
-    static = tuple(_static_column(rows, k, c, order, read_offsets, ids, name) for k, c in enumerate(spec.static_columns))
+    static = tuple(
+        _static_column(rows, k, c, order, read_offsets, ids, name) for k, c in enumerate(spec.static_columns)
+    )
 
     lengths = np.diff(offsets)
     need = spec.lookback + spec.horizon
     short = lengths < need
     if short.all():
         longest = int(np.argmax(lengths))
-        raise RnnopsError(f"no series of {name} is long enough for lookback {spec.lookback} + horizon {spec.horizon} "
-                          f"({need} steps): the longest, {ids[longest]!r}, has {int(lengths[longest])}; use a shorter "
-                          "--lookback or --horizon")
+        raise RnnopsError(
+            f"no series of {name} is long enough for lookback {spec.lookback} + horizon {spec.horizon} "
+            f"({need} steps): the longest, {ids[longest]!r}, has {int(lengths[longest])}; use a shorter "
+            "--lookback or --horizon"
+        )
     return Panel(
-        spec=spec, freq=freq, season=season, ids=ids, offsets=offsets, timestamps=t.view("datetime64[ns]"),
-        target=targets, future=future, past=past, static=static, calendar_names=tuple(cal_names),
-        too_short=tuple(ids[i] for i in np.flatnonzero(short)), filled_gaps=filled,
-        missing_targets=int(np.isnan(targets).sum()), source=name,
+        spec=spec,
+        freq=freq,
+        season=season,
+        ids=ids,
+        offsets=offsets,
+        timestamps=t.view("datetime64[ns]"),
+        target=targets,
+        future=future,
+        past=past,
+        static=static,
+        calendar_names=tuple(cal_names),
+        too_short=tuple(ids[i] for i in np.flatnonzero(short)),
+        filled_gaps=filled,
+        missing_targets=int(np.isnan(targets).sum()),
+        source=name,
     )
 
 
-def _static_column(rows: _Rows, k: int, col: str, order: np.ndarray, offsets: np.ndarray, ids, name: str) -> StaticColumn:
+def _static_column(
+    rows: _Rows, k: int, col: str, order: np.ndarray, offsets: np.ndarray, ids, name: str
+) -> StaticColumn:
     """Static column ``k``: one value per series (checked), as category codes or numbers."""
     codes = rows.static_codes[k][order]
     first = codes[offsets[:-1]]
@@ -662,16 +723,20 @@ def _static_column(rows: _Rows, k: int, col: str, order: np.ndarray, offsets: np
         def shown(c):
             return repr(text[c]) if c >= 0 else "a missing value"
 
-        raise RnnopsError(f"static column {col!r} changes within series {ids[i]!r} of {name} ({shown(first[i])}, then "
-                          f"{shown(codes[r])}); static columns hold one value per series (use a covariate for one "
-                          "that changes)")
+        raise RnnopsError(
+            f"static column {col!r} changes within series {ids[i]!r} of {name} ({shown(first[i])}, then "
+            f"{shown(codes[r])}); static columns hold one value per series (use a covariate for one "
+            "that changes)"
+        )
     numbers = rows.static_numbers[k]
     if numbers is not None:
         values = numbers[order][offsets[:-1]]
         if np.isnan(values).any():
             i = int(np.flatnonzero(np.isnan(values))[0])
-            raise RnnopsError(f"numeric static column {col!r} is missing for series {ids[i]!r} of {name}; give a value "
-                              "for every series")
+            raise RnnopsError(
+                f"numeric static column {col!r} is missing for series {ids[i]!r} of {name}; give a value "
+                "for every series"
+            )
         return StaticColumn(col, "real", values.astype(np.float32))
     vocabulary = tuple(sorted(text))
     # first-appearance code -> 1 + position in the sorted vocabulary; missing (-1) -> 0, the unknown bucket

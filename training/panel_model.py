@@ -85,7 +85,9 @@ class PanelModelConfig:
     # inputs (the panel's)
     n_past: int = 0  # past covariates (known up to now)
     n_known: int = 0  # future covariates + calendar features (known for the horizon too)
-    static_cardinalities: tuple[int, ...] = ()  # per categorical static column: vocabulary size (without the unknown bucket)
+    static_cardinalities: tuple[
+        int, ...
+    ] = ()  # per categorical static column: vocabulary size (without the unknown bucket)
     static_real_mean: tuple[float, ...] = ()  # per numeric static column: the training panel's mean
     static_real_std: tuple[float, ...] = ()
     log_level_mean: float = 0.0  # of log(mean |y|) over the training panel's series
@@ -104,19 +106,25 @@ class PanelModelConfig:
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))
         object.__setattr__(self, "static_cardinalities", tuple(int(v) for v in self.static_cardinalities))
         if self.head not in HEADS:
-            raise RnnopsError(f"head {self.head!r} is not one of {', '.join(HEADS)} (pinball, or --likelihood "
-                              f"{'|'.join(LIKELIHOODS)})")
+            raise RnnopsError(
+                f"head {self.head!r} is not one of {', '.join(HEADS)} (pinball, or --likelihood "
+                f"{'|'.join(LIKELIHOODS)})"
+            )
         if self.scaling not in ("standard", "mean_abs"):
             raise RnnopsError(f"scaling {self.scaling!r} is not one of standard, mean_abs")
         if self.head == "negbin" and self.scaling != "mean_abs":
             object.__setattr__(self, "scaling", "mean_abs")  # counts are scaled, never shifted
         if self.segment_length < 1 or self.lookback % self.segment_length:
-            raise RnnopsError(f"--segment-length {self.segment_length} does not divide --lookback {self.lookback}; "
-                              "segments must tile the lookback exactly (e.g. 24 for 336)")
+            raise RnnopsError(
+                f"--segment-length {self.segment_length} does not divide --lookback {self.lookback}; "
+                "segments must tile the lookback exactly (e.g. 24 for 336)"
+            )
         qs = self.quantiles
         if not qs or any(not 0 < q < 1 for q in qs) or list(qs) != sorted(set(qs)) or 0.5 not in qs:
-            raise RnnopsError(f"--quantiles {','.join(map(str, qs))}: give increasing levels in (0, 1) that "
-                              "include 0.5 (the point forecast is the median)")
+            raise RnnopsError(
+                f"--quantiles {','.join(map(str, qs))}: give increasing levels in (0, 1) that "
+                "include 0.5 (the point forecast is the median)"
+            )
         for a, b in (("static_real_mean", "static_real_std"), ("past_mean", "past_std"), ("future_mean", "future_std")):
             if len(getattr(self, a)) != len(getattr(self, b)):
                 raise ValueError(f"{a} and {b} must have one entry per column")
@@ -145,8 +153,9 @@ def make_cell(name: str, input_size: int, hidden_size: int, num_layers: int, dro
     cells = {"gru": nn.GRU, "lstm": nn.LSTM}
     if name not in cells:
         raise RnnopsError(f"--cell {name!r} is not available for panel models yet; use one of {', '.join(cells)}")
-    return cells[name](input_size, hidden_size, num_layers, batch_first=True,
-                       dropout=dropout if num_layers > 1 else 0.0)
+    return cells[name](
+        input_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
+    )
 
 
 class Head(nn.Module):
@@ -184,8 +193,8 @@ class Head(nn.Module):
     def _monotone(self, raw: Tensor) -> Tensor:
         """[..., Q] unconstrained -> ordered quantiles (scaled units)."""
         k = self.median_index
-        mid = raw[..., k: k + 1]
-        up = mid + torch.cumsum(F.softplus(raw[..., k + 1:]), dim=-1)
+        mid = raw[..., k : k + 1]
+        up = mid + torch.cumsum(F.softplus(raw[..., k + 1 :]), dim=-1)
         down = mid - torch.cumsum(F.softplus(raw[..., :k]).flip(-1), dim=-1).flip(-1)
         return torch.cat([down, mid, up], dim=-1)
 
@@ -197,7 +206,9 @@ class Head(nn.Module):
         if self.kind == "normal":
             return torch.distributions.Normal(raw[..., 0], F.softplus(raw[..., 1]) + 1e-4)
         if self.kind == "studentt":
-            return torch.distributions.StudentT(2.0 + F.softplus(raw[..., 2]), raw[..., 0], F.softplus(raw[..., 1]) + 1e-4)
+            return torch.distributions.StudentT(
+                2.0 + F.softplus(raw[..., 2]), raw[..., 0], F.softplus(raw[..., 1]) + 1e-4
+            )
         if self.kind == "negbin":
             s = scale[..., 0]
             mean = s * F.softplus(raw[..., 0]) + 1e-6
@@ -282,8 +293,9 @@ class PanelForecaster(nn.Module):
         self.head = Head(c)
         # the direct multi-step readout (the calibration run's head): each step's outputs from the last state
         self.direct = nn.Linear(d + n_static, h * self.head.n_outputs)
-        self.local_mlp = nn.Sequential(nn.Linear(local_in, c.decoder_hidden), nn.ReLU(),
-                                       nn.Linear(c.decoder_hidden, self.head.n_outputs))
+        self.local_mlp = nn.Sequential(
+            nn.Linear(local_in, c.decoder_hidden), nn.ReLU(), nn.Linear(c.decoder_hidden, self.head.n_outputs)
+        )
         if c.seasonal_lags:
             m, L = c.season, c.lookback
             # step j of the horizon reads the lookback position one (or more) whole seasons back
@@ -331,15 +343,19 @@ class PanelForecaster(nn.Module):
 
     def forward(self, batch: PanelBatch) -> tuple[Tensor, Tensor, Tensor]:
         c = self.config
-        b, L, w = batch.past_target.shape[0], c.lookback, c.segment_length
+        b, w = batch.past_target.shape[0], c.segment_length
         loc, scale, level = self.window_scaling(batch.past_target)
         observed = torch.isfinite(batch.past_target)
-        z = torch.where(observed, (batch.past_target - loc[..., 0]) / scale[..., 0], torch.zeros_like(batch.past_target))
+        z = torch.where(
+            observed, (batch.past_target - loc[..., 0]) / scale[..., 0], torch.zeros_like(batch.past_target)
+        )
         static = self.static_vector(batch.static_cat, batch.static_real, level)
         past = torch.nan_to_num((batch.past_covariates - self.past_mean) / self.past_std)  # missing -> the mean
         known_past = (batch.known_past - self.known_mean) / self.known_std
         known_future = (batch.known_future - self.known_mean) / self.known_std
-        steps = torch.cat([z.unsqueeze(-1), observed.float().unsqueeze(-1), past, known_past], dim=-1)  # [B, L, per_step]
+        steps = torch.cat(
+            [z.unsqueeze(-1), observed.float().unsqueeze(-1), past, known_past], dim=-1
+        )  # [B, L, per_step]
         segments = steps.reshape(b, c.segments, w * steps.shape[-1])
         segments = torch.cat([segments, static.unsqueeze(1).expand(b, c.segments, -1)], dim=-1)
         out, _ = self.cell(self.embed(segments))
@@ -353,7 +369,7 @@ class PanelForecaster(nn.Module):
         raw = direct + self.local_mlp(torch.cat(local + [lag], dim=-1))
         i = self.head.location_index
         if c.seasonal_residual and i is not None:
-            raw = torch.cat([raw[..., :i], raw[..., i: i + 1] + lag, raw[..., i + 1:]], dim=-1)
+            raw = torch.cat([raw[..., :i], raw[..., i : i + 1] + lag, raw[..., i + 1 :]], dim=-1)
         return raw, loc, scale
 
     # ---------------------------------------------------------------- what training and forecasting use

@@ -89,9 +89,16 @@ class PanelTrainResult:
     too_short: tuple[str, ...] = ()
 
     def summary(self) -> dict:
-        return {"steps": self.steps, "seconds": round(self.seconds, 1), "windows_per_s": round(self.windows_per_s, 1),
-                "best_step": self.best_step, "best_val_mase": self.best_val_mase, "stopped_early": self.stopped_early,
-                "too_short": len(self.too_short), "config": asdict(self.config)}
+        return {
+            "steps": self.steps,
+            "seconds": round(self.seconds, 1),
+            "windows_per_s": round(self.windows_per_s, 1),
+            "best_step": self.best_step,
+            "best_val_mase": self.best_val_mase,
+            "stopped_early": self.stopped_early,
+            "too_short": len(self.too_short),
+            "config": asdict(self.config),
+        }
 
 
 class PanelWindows:
@@ -109,7 +116,9 @@ class PanelWindows:
         reals = [s for s in panel.static if s.kind == "real"]
         n = panel.n_series
         self.static_cat = np.stack([s.values for s in cats], 1).astype(np.int64) if cats else np.zeros((n, 0), np.int64)
-        self.static_real = np.stack([s.values for s in reals], 1).astype(np.float32) if reals else np.zeros((n, 0), np.float32)
+        self.static_real = (
+            np.stack([s.values for s in reals], 1).astype(np.float32) if reals else np.zeros((n, 0), np.float32)
+        )
         self.cardinalities = tuple(len(s.vocabulary) for s in cats)
 
     @property
@@ -128,21 +137,29 @@ class PanelWindows:
         known = np.where(inside[..., None], self.known[rows], 0.0).astype(np.float32)
         past = np.where(inside[:, :L, None], self.panel.past[rows[:, :L]], np.nan).astype(np.float32)
         t = torch.from_numpy
-        return PanelBatch(past_target=t(target[:, :L]), past_covariates=t(past), known_past=t(known[:, :L]),
-                          known_future=t(known[:, L:]), static_cat=t(self.static_cat[series]),
-                          static_real=t(self.static_real[series]), future_target=t(target[:, L:]))
+        return PanelBatch(
+            past_target=t(target[:, :L]),
+            past_covariates=t(past),
+            known_past=t(known[:, :L]),
+            known_future=t(known[:, L:]),
+            static_cat=t(self.static_cat[series]),
+            static_real=t(self.static_real[series]),
+            future_target=t(target[:, L:]),
+        )
 
 
 def model_config(config: PanelTrainConfig, panel: Panel, windows: PanelWindows) -> PanelModelConfig:
     """The model's contract from the run's config and the panel (inputs and fitted statistics:
     numeric statics' mean and std, the series' log level's, the covariates' over the training split)."""
     if len(panel.spec.targets) != 1:
-        raise RnnopsError(f"panel models forecast one target for now; --target names {len(panel.spec.targets)} "
-                          f"({', '.join(panel.spec.targets)}): give one, or stack them as more series")
+        raise RnnopsError(
+            f"panel models forecast one target for now; --target names {len(panel.spec.targets)} "
+            f"({', '.join(panel.spec.targets)}): give one, or stack them as more series"
+        )
     splits = panel.splits()
     level = []
     for i in range(panel.n_series):
-        y = panel.target[panel.offsets[i]: panel.offsets[i] + max(int(splits.train_end[i]), 1), 0]
+        y = panel.target[panel.offsets[i] : panel.offsets[i] + max(int(splits.train_end[i]), 1), 0]
         y = y[np.isfinite(y)]
         if len(y):
             level.append(np.log(max(float(np.abs(y).mean()), 1e-3)))
@@ -152,16 +169,29 @@ def model_config(config: PanelTrainConfig, panel: Panel, windows: PanelWindows) 
     within = np.arange(len(panel.target)) - np.repeat(panel.offsets[:-1], panel.lengths)
     train_rows = within < np.repeat(splits.train_end, panel.lengths)
     return PanelModelConfig(
-        lookback=config.lookback, horizon=panel.spec.horizon, segment_length=config.segment_length,
-        season=panel.season, cell=config.cell, hidden_size=config.hidden_size, num_layers=config.num_layers,
-        context_size=config.context_size, decoder_hidden=config.decoder_hidden, dropout=config.dropout,
-        head=config.head, quantiles=config.quantiles, scaling=config.scaling,
-        seasonal_residual=config.seasonal_residual, n_past=panel.past.shape[1], n_known=windows.n_known,
+        lookback=config.lookback,
+        horizon=panel.spec.horizon,
+        segment_length=config.segment_length,
+        season=panel.season,
+        cell=config.cell,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        context_size=config.context_size,
+        decoder_hidden=config.decoder_hidden,
+        dropout=config.dropout,
+        head=config.head,
+        quantiles=config.quantiles,
+        scaling=config.scaling,
+        seasonal_residual=config.seasonal_residual,
+        n_past=panel.past.shape[1],
+        n_known=windows.n_known,
         static_cardinalities=windows.cardinalities,
         static_real_mean=tuple(float(v) for v in np.nanmean(real, 0)) if real.shape[1] else (),
         static_real_std=tuple(float(v) for v in np.nanstd(real, 0)) if real.shape[1] else (),
-        log_level_mean=float(level.mean()), log_level_std=float(max(level.std(), 1e-3)),
-        past_mean=_stats(panel.past, train_rows, np.nanmean), past_std=_stats(panel.past, train_rows, np.nanstd),
+        log_level_mean=float(level.mean()),
+        log_level_std=float(max(level.std(), 1e-3)),
+        past_mean=_stats(panel.past, train_rows, np.nanmean),
+        past_std=_stats(panel.past, train_rows, np.nanstd),
         future_mean=_stats(panel.future, train_rows, np.nanmean),
         future_std=_stats(panel.future, train_rows, np.nanstd),
     )
@@ -219,7 +249,9 @@ class PanelForecast:
         return fm.evaluate(histories, actual, self.point, season, naive2=naive2, **kwargs)
 
 
-def forecast(model: PanelForecaster, windows: PanelWindows, cutoffs: np.ndarray, batch_size: int = 1024) -> PanelForecast:
+def forecast(
+    model: PanelForecaster, windows: PanelWindows, cutoffs: np.ndarray, batch_size: int = 1024
+) -> PanelForecast:
     """Forecast every series whose cutoff is >= 1 (``cutoffs`` per series, e.g. ``splits().val_end``
     for the test window); the model in eval mode."""
     cutoffs = np.asarray(cutoffs, np.int64)
@@ -228,7 +260,7 @@ def forecast(model: PanelForecaster, windows: PanelWindows, cutoffs: np.ndarray,
     model.eval()
     out = []
     for start in range(0, len(series), batch_size):
-        s = series[start: start + batch_size]
+        s = series[start : start + batch_size]
         out.append(model.quantiles(windows.batch(s, cutoffs[s])).numpy())
     model.train(was_training)
     q = np.concatenate(out) if out else np.zeros((0, windows.horizon, len(model.config.quantiles)), np.float32)
@@ -264,9 +296,11 @@ def train_panel(config: PanelTrainConfig, panel: Panel) -> PanelTrainResult:
     model = PanelForecaster(mcfg)
     series, low, high = training_origins(panel, config.lookback)
     if not len(series):
-        raise RnnopsError(f"no series of {panel.source or 'the panel'} has a training window: each needs more than "
-                          f"3 horizons ({3 * panel.spec.horizon} steps: training, validation and test); "
-                          "use a shorter --horizon")
+        raise RnnopsError(
+            f"no series of {panel.source or 'the panel'} has a training window: each needs more than "
+            f"3 horizons ({3 * panel.spec.horizon} steps: training, validation and test); "
+            "use a shorter --horizon"
+        )
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     budget = float(config.budget_s or 0.0)
     bar = None
@@ -319,5 +353,16 @@ def train_panel(config: PanelTrainConfig, panel: Panel) -> PanelTrainResult:
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return PanelTrainResult(model, config, mcfg, step, seconds, step * config.batch_size / max(seconds, 1e-9),
-                            best_step, best, stopped, history, panel.too_short)
+    return PanelTrainResult(
+        model,
+        config,
+        mcfg,
+        step,
+        seconds,
+        step * config.batch_size / max(seconds, 1e-9),
+        best_step,
+        best,
+        stopped,
+        history,
+        panel.too_short,
+    )

@@ -19,10 +19,15 @@ class TrainBar:
         self._postfix: dict = {}
         if self.budget:
             total = round(self.budget)
-            self.bar = tqdm(total=total, initial=min(total, round(initial_progress * total)), desc="train", unit="s",
-                            dynamic_ncols=True,
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} s of the time budget "
-                                       "[{elapsed}<{remaining}{postfix}]")
+            self.bar = tqdm(
+                total=total,
+                initial=min(total, round(initial_progress * total)),
+                desc="train",
+                unit="s",
+                dynamic_ncols=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} s of the time budget "
+                "[{elapsed}<{remaining}{postfix}]",
+            )
         else:
             self.bar = tqdm(total=steps, initial=initial_step, desc="train", unit="step", dynamic_ncols=True)
 

@@ -98,7 +98,9 @@ class DataRecipe:
     @classmethod
     def from_dict(cls, d: dict) -> DataRecipe:
         if d.get("format") != FORMAT:
-            raise RnnopsError(f"data recipe format {d.get('format')!r} is not this version's ({FORMAT}): upgrade rnnops")
+            raise RnnopsError(
+                f"data recipe format {d.get('format')!r} is not this version's ({FORMAT}): upgrade rnnops"
+            )
         parts = {"source": Source, "splits": Splits, "columns": Columns, "scaling": Scaling}
         values = {k: v for k, v in d.items() if k != "format"}
         for key, typ in parts.items():
@@ -119,8 +121,10 @@ class DataRecipe:
             if list(data.feature_names) != list(c.features):
                 raise RnnopsError(f"the data's columns {data.feature_names} are not the run's {c.features}")
         if data.sha256 != self.source.sha256:
-            raise RnnopsError(f"{self.source.uri} is not the data the run was trained on "
-                              f"(sha256 {data.sha256[:12]}… vs {self.source.sha256[:12]}…)")
+            raise RnnopsError(
+                f"{self.source.uri} is not the data the run was trained on "
+                f"(sha256 {data.sha256[:12]}… vs {self.source.sha256[:12]}…)"
+            )
         borders = _text_borders(data) if self.kind == "text" else list(data.borders)
         if borders != list(self.splits.borders):
             raise RnnopsError(f"{self.source.uri} splits at {borders}, the run at {self.splits.borders}")
@@ -156,25 +160,39 @@ class DataRecipe:
 def prepare_text(uri: str, min_chars: int = 2, eval_window: int = EVAL_WINDOW) -> tuple[DataRecipe, D.TextData]:
     """Load a text (a named dataset or a file) and describe it: (recipe, data)."""
     text = D.load_text(uri, min_chars=min_chars)
-    recipe = DataRecipe(kind="text", source=Source(text.name, uri, text.sha256),
-                        splits=Splits(f"first {TEXT_TRAIN_FRACTION:.0%} train, the rest val", _text_borders(text)),
-                        eval_window=eval_window)
+    recipe = DataRecipe(
+        kind="text",
+        source=Source(text.name, uri, text.sha256),
+        splits=Splits(f"first {TEXT_TRAIN_FRACTION:.0%} train, the rest val", _text_borders(text)),
+        eval_window=eval_window,
+    )
     return recipe, text
 
 
-def prepare_series(uri: str, features: str = "M", target: str | None = None, date_column: str | None = None,
-                   fill: str | None = None, lookback: int = 96, horizon: int = 96) -> tuple[DataRecipe, D.SeriesData]:
+def prepare_series(
+    uri: str,
+    features: str = "M",
+    target: str | None = None,
+    date_column: str | None = None,
+    fill: str | None = None,
+    lookback: int = 96,
+    horizon: int = 96,
+) -> tuple[DataRecipe, D.SeriesData]:
     """Load a series (a named dataset, a CSV or ``sine``) and describe it: (recipe, data)."""
     series = D.load_series(uri, features, target, date_column, fill)
     mean, std = series.scaler()
     ett = tuple(series.borders) == D.ETT_BORDERS
     recipe = DataRecipe(
-        kind="series", source=Source(series.name, uri, series.sha256),
+        kind="series",
+        source=Source(series.name, uri, series.sha256),
         splits=Splits("ETT 12/4/4 months" if ett else "70/10/20", list(series.borders), context=int(lookback)),
-        columns=Columns(target=list(series.target_names), features=list(series.feature_names),
-                        date=series.date_column),
-        freq=infer_freq(series.dates), fill=fill, scaling=Scaling("zscore", mean.tolist(), std.tolist()),
-        lookback=int(lookback), horizon=int(horizon))
+        columns=Columns(target=list(series.target_names), features=list(series.feature_names), date=series.date_column),
+        freq=infer_freq(series.dates),
+        fill=fill,
+        scaling=Scaling("zscore", mean.tolist(), std.tolist()),
+        lookback=int(lookback),
+        horizon=int(horizon),
+    )
     return recipe, series
 
 
@@ -195,13 +213,21 @@ def recipe_from_job(job: dict | None, spec: dict) -> tuple[DataRecipe, D.TextDat
         features = job.get("features") or ("S" if len(names) == 1 else "M")
         targets = c.get("target_names") or []
         target = job.get("target") or (targets[-1] if features == "S" and targets else None)
-        recipe, data = prepare_series(uri, features, target, job.get("date_column"), job.get("fill"),
-                                      int(c.get("lookback", 96)), int(c.get("horizon", 96)))
+        recipe, data = prepare_series(
+            uri,
+            features,
+            target,
+            job.get("date_column"),
+            job.get("fill"),
+            int(c.get("lookback", 96)),
+            int(c.get("horizon", 96)),
+        )
         if names and list(data.feature_names) != list(names):
             raise RnnopsError(f"the data's columns {data.feature_names} are not the model's {names}")
     if dataset.get("sha256") and dataset["sha256"] != data.sha256:
-        raise RnnopsError(f"{uri} is not the data the run was trained on "
-                          f"(sha256 {data.sha256[:12]}… vs {dataset['sha256'][:12]}…)")
+        raise RnnopsError(
+            f"{uri} is not the data the run was trained on (sha256 {data.sha256[:12]}… vs {dataset['sha256'][:12]}…)"
+        )
     return recipe, data
 
 
@@ -248,4 +274,3 @@ def _artifact(run_id: str, path: str) -> dict | None:
         return mlflow.artifacts.load_dict(f"runs:/{run_id}/{path}")
     except Exception:  # absent (an older or hand-made run), or unreadable: the caller falls back
         return None
-

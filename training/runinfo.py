@@ -42,11 +42,15 @@ def run_name(job: dict) -> str:
 def description(job: dict, final: dict, state: dict) -> str:
     took = f"{state.get('elapsed', 0):.0f} s, {state.get('step', 0):,} steps"
     if job["task"] == "char":
-        return (f"{os.path.basename(str(job['data']))}: val {final['val_loss']:.4f} nats/char "
-                f"({final['val_bpc']:.3f} bits/char; bigram {final.get('baseline_bigram_loss', float('nan')):.3f}), {took}")
-    head = (f"{os.path.basename(str(job['data']))} {job.get('features', 'M')}, lookback {job['lookback']} -> "
-            f"{job['horizon']}: test MSE {final['test_mse']:.4f} / MAE {final['test_mae']:.4f} "
-            f"(repeat-last {final['test_repeat_last_mse']:.4f})")
+        return (
+            f"{os.path.basename(str(job['data']))}: val {final['val_loss']:.4f} nats/char "
+            f"({final['val_bpc']:.3f} bits/char; bigram {final.get('baseline_bigram_loss', float('nan')):.3f}), {took}"
+        )
+    head = (
+        f"{os.path.basename(str(job['data']))} {job.get('features', 'M')}, lookback {job['lookback']} -> "
+        f"{job['horizon']}: test MSE {final['test_mse']:.4f} / MAE {final['test_mae']:.4f} "
+        f"(repeat-last {final['test_repeat_last_mse']:.4f})"
+    )
     cover = next(((k, v) for k, v in final.items() if k.startswith("test_coverage_") and k.count("_") == 2), None)
     if cover:
         head += f", {cover[0].rsplit('_', 1)[1]} % interval coverage {cover[1]:.3f}"

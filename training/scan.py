@@ -30,8 +30,6 @@ carried linearly, ``h_t = A_t h0 + (scan from zero)_t``, never through a logarit
 
 from __future__ import annotations
 
-from typing import List, Tuple
-
 import torch
 from torch import Tensor
 
@@ -83,8 +81,15 @@ class _FusedScan(torch.autograd.Function):
         pre, sig, h0, h = ctx.saved_tensors
         grad_pre, grad_h0 = torch.empty_like(pre), torch.empty_like(h0)
         fused.threads(fused.numba_module())
-        bwd(pre.numpy(), sig.numpy(), h0.numpy(), h.numpy(), grad_h.detach().contiguous().numpy(),
-            grad_pre.numpy(), grad_h0.numpy())
+        bwd(
+            pre.numpy(),
+            sig.numpy(),
+            h0.numpy(),
+            h.numpy(),
+            grad_h.detach().contiguous().numpy(),
+            grad_pre.numpy(),
+            grad_h0.numpy(),
+        )
         return None, grad_pre, grad_h0
 
 
@@ -113,13 +118,13 @@ def scan_log_space(log_a: Tensor, log_b: Tensor, h0: Tensor, chunk: int = CHUNK)
 
 
 @torch.jit.script
-def scan_loop(a: Tensor, b: Tensor, h: Tensor) -> Tuple[Tensor, Tensor]:
+def scan_loop(a: Tensor, b: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
     """The recurrence stepped over time (what inference and the ONNX ``Loop`` run).
 
     ``a``, ``b`` [B, T, D] in linear space, ``h`` [B, D]; returns all ``h_t`` [B, T, D] and the last.
     """
     a, b = a.transpose(0, 1), b.transpose(0, 1)  # time-major: one Gather per step in the Loop body
-    outs: List[Tensor] = []
+    outs: list[Tensor] = []
     for t in range(a.size(0)):
         h = a[t] * h + b[t]
         outs.append(h)

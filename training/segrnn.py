@@ -53,8 +53,10 @@ def check_segments(lookback: int, horizon: int, segment_length: int) -> None:
         raise RnnopsError(f"--segment-length {w}: must be at least 1")
     if w > lookback or lookback % w:
         divisors = [d for d in range(2, lookback + 1) if lookback % d == 0 and d <= 96][-6:]
-        raise RnnopsError(f"--segment-length {w} does not divide --lookback {lookback}: segments must tile the "
-                          f"lookback exactly; use one of {', '.join(map(str, divisors))}")
+        raise RnnopsError(
+            f"--segment-length {w} does not divide --lookback {lookback}: segments must tile the "
+            f"lookback exactly; use one of {', '.join(map(str, divisors))}"
+        )
 
 
 class SegRNN(nn.Module):
@@ -70,8 +72,9 @@ class SegRNN(nn.Module):
         check_config("forecaster", c.cell, c.num_layers, c.hidden_size, c.heads, c.ff_mult)
         check_segments(c.lookback, c.horizon, c.segment_length)
         if c.norm != "revin":
-            raise RnnopsError("--arch segrnn normalises each window by itself (instance normalisation): "
-                              "it takes --norm revin only")
+            raise RnnopsError(
+                "--arch segrnn normalises each window by itself (instance normalisation): it takes --norm revin only"
+            )
         if c.hidden_size < 2:
             raise RnnopsError("--arch segrnn needs --hidden-size of at least 2 (half position, half channel embedding)")
         self.config = c
@@ -105,20 +108,28 @@ class SegRNN(nn.Module):
         out = []
         for t in self._inner_spec():
             a = t.batch_axis
-            out.append(contract.StateTensor(t.input, t.output, (*t.shape[:a], contract.BATCH_DIM, f, *t.shape[a + 1:]), t.dtype))
+            out.append(
+                contract.StateTensor(
+                    t.input, t.output, (*t.shape[:a], contract.BATCH_DIM, f, *t.shape[a + 1 :]), t.dtype
+                )
+            )
         return tuple(out)
 
     def init_state(self, batch: int, device=None):
         return tuple(torch.zeros(t.shape_for(batch), device=device) for t in self.state_tensors())
 
     def _to_inner(self, state):
-        return tuple(s.reshape(*s.shape[:t.batch_axis], -1, *s.shape[t.batch_axis + 2:])
-                     for s, t in zip(state, self._inner_spec()))
+        return tuple(
+            s.reshape(*s.shape[: t.batch_axis], -1, *s.shape[t.batch_axis + 2 :])
+            for s, t in zip(state, self._inner_spec())
+        )
 
     def _to_outer(self, state, batch: int):
         f = self.config.n_features
-        return tuple(s.reshape(*s.shape[:t.batch_axis], batch, f, *s.shape[t.batch_axis + 1:])
-                     for s, t in zip(state, self._inner_spec()))
+        return tuple(
+            s.reshape(*s.shape[: t.batch_axis], batch, f, *s.shape[t.batch_axis + 1 :])
+            for s, t in zip(state, self._inner_spec())
+        )
 
     def _core(self, x: Tensor, state, recurrent: bool):
         from rnnops.training import cells
@@ -133,15 +144,16 @@ class SegRNN(nn.Module):
     def forward(self, x: Tensor, state=None, recurrent: bool = False):
         c = self.config
         batch, f, w, m = x.shape[0], c.n_features, c.segment_length, self.segments_out
-        x = x[:, -c.lookback:]
+        x = x[:, -c.lookback :]
         mean = x.mean(dim=1, keepdim=True)
         std = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + 1e-5)
         z = (x - mean) / std  # [B, L, F]
         segments = z.transpose(1, 2).reshape(batch * f, self.segments_in, w)  # channel-independent
         _, enc = self._core(self.embed(segments), None if state is None else self._to_inner(state), recurrent)
         # every (channel, horizon segment) pair decodes in one step from the encoder's state
-        queries = torch.cat([self.pos_emb.unsqueeze(0).expand(f, m, -1),
-                             self.channel_emb.unsqueeze(1).expand(f, m, -1)], dim=-1)  # [F, m, d]
+        queries = torch.cat(
+            [self.pos_emb.unsqueeze(0).expand(f, m, -1), self.channel_emb.unsqueeze(1).expand(f, m, -1)], dim=-1
+        )  # [F, m, d]
         queries = queries.unsqueeze(0).expand(batch, f, m, c.hidden_size).reshape(batch * f * m, 1, c.hidden_size)
         dec_state = tuple(s.repeat_interleave(m, dim=t.batch_axis) for s, t in zip(enc, self._inner_spec()))
         out, _ = self._core(queries, dec_state, recurrent)

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from rnnops.contract import BATCH_DIM, StateTensor
 from rnnops.training import fused
+
 DEFAULT_HEADS = 4
 DEFAULT_FF_MULT = 4.0
 
@@ -77,8 +78,17 @@ class Block(nn.Module):
 class CellStack(nn.Module):
     """``forward(x [B, T, input], state | None) -> (y [B, T, width], state)``; state as in the module doc."""
 
-    def __init__(self, cell: str, make_cell, input_size: int, width: int, layers: int, heads: int | None = None,
-                 ff_mult: float | None = None, dropout: float = 0.0):
+    def __init__(
+        self,
+        cell: str,
+        make_cell,
+        input_size: int,
+        width: int,
+        layers: int,
+        heads: int | None = None,
+        ff_mult: float | None = None,
+        dropout: float = 0.0,
+    ):
         """``make_cell(width, heads)``: one block's cell module (the registry entry's ``block_cell``)."""
         super().__init__()
         self.cell, self.width, self.layers = cell, width, layers
@@ -114,8 +124,10 @@ def state_tensors(cell: str, layers: int, width: int, heads: int | None = None) 
         d = width // h
         out = []
         for l in range(layers):
-            out += [StateTensor(f"C0_l{l}", f"Cn_l{l}", (BATCH_DIM, h, d, d)),
-                    StateTensor(f"n0_l{l}", f"nn_l{l}", (BATCH_DIM, h, d)),
-                    StateTensor(f"m0_l{l}", f"mn_l{l}", (BATCH_DIM, h))]
+            out += [
+                StateTensor(f"C0_l{l}", f"Cn_l{l}", (BATCH_DIM, h, d, d)),
+                StateTensor(f"n0_l{l}", f"nn_l{l}", (BATCH_DIM, h, d)),
+                StateTensor(f"m0_l{l}", f"mn_l{l}", (BATCH_DIM, h)),
+            ]
         return tuple(out)
     return (StateTensor("h0", "hn", (int(layers), BATCH_DIM, int(width))),)

@@ -86,7 +86,9 @@ def setup_char(job: CharJob) -> TrainingSetup:
     seq = int(job.seq_len)
     recipe, text = prepare_text(job.data, min_chars=seq + 2)
     if len(text.train) < seq + 1 or len(text.val) < 2:
-        raise RnnopsError(f"{text.path} is too short for a training window of {seq} characters plus a validation split; use a longer text or --seq-len")
+        raise RnnopsError(
+            f"{text.path} is too short for a training window of {seq} characters plus a validation split; use a longer text or --seq-len"
+        )
     config = CharModelConfig(vocab_size=len(text.vocab), **_options(job))
     model = CharModel(config)
     train_ids = torch.from_numpy(text.train)
@@ -117,11 +119,25 @@ def setup_char(job: CharJob) -> TrainingSetup:
         loss = char_val_loss(model, val_windows)
         return {"val_loss": loss, "val_bpc": loss / math.log(2), **baselines}
 
-    spec = {"kind": "char", "config": config.to_dict(), "vocab": text.vocab.chars,
-            "dataset": {"name": text.name, "sha256": text.sha256}}
-    return TrainingSetup(model=model, sample_batch=sample_batch, loss_fn=loss_fn, evaluate=evaluate, finish=finish,
-                         items_per_batch=bs * seq, unit="chars", val_key="val_loss", spec=spec,
-                         dataset=_dataset_input(text.name, text.path, text.sha256), recipe=recipe)
+    spec = {
+        "kind": "char",
+        "config": config.to_dict(),
+        "vocab": text.vocab.chars,
+        "dataset": {"name": text.name, "sha256": text.sha256},
+    }
+    return TrainingSetup(
+        model=model,
+        sample_batch=sample_batch,
+        loss_fn=loss_fn,
+        evaluate=evaluate,
+        finish=finish,
+        items_per_batch=bs * seq,
+        unit="chars",
+        val_key="val_loss",
+        spec=spec,
+        dataset=_dataset_input(text.name, text.path, text.sha256),
+        recipe=recipe,
+    )
 
 
 @torch.no_grad()
@@ -152,8 +168,9 @@ def _ngram_baselines(train: np.ndarray, val: np.ndarray, vocab: int) -> dict:
 
 
 def setup_forecast(job: ForecastJob) -> TrainingSetup:
-    recipe, series = prepare_series(job.data, job.features, job.target, job.date_column, job.fill, job.lookback,
-                                    job.horizon)
+    recipe, series = prepare_series(
+        job.data, job.features, job.target, job.date_column, job.fill, job.lookback, job.horizon
+    )
     L, H = int(job.lookback), int(job.horizon)
     if L < 1 or H < 1:
         raise RnnopsError("--lookback and --horizon must be at least 1")
@@ -161,9 +178,17 @@ def setup_forecast(job: ForecastJob) -> TrainingSetup:
     mean = np.asarray(recipe.scaling.mean, np.float32)
     std = np.asarray(recipe.scaling.std, np.float32)
     tidx = series.target_indices
-    config = ForecasterConfig(n_features=len(series.feature_names), target_indices=tidx, lookback=L, horizon=H,
-                              scaler_mean=mean.tolist(), scaler_std=std.tolist(),
-                              feature_names=series.feature_names, target_names=series.target_names, **_options(job))
+    config = ForecasterConfig(
+        n_features=len(series.feature_names),
+        target_indices=tidx,
+        lookback=L,
+        horizon=H,
+        scaler_mean=mean.tolist(),
+        scaler_std=std.tolist(),
+        feature_names=series.feature_names,
+        target_names=series.target_names,
+        **_options(job),
+    )
     model = SegRNN(config) if config.arch == "segrnn" else Forecaster(config)
     values = torch.tensor(series.values)  # a copy: pandas may hand out a read-only array
     std_t = torch.from_numpy(std[tidx])
@@ -199,8 +224,12 @@ def setup_forecast(job: ForecastJob) -> TrainingSetup:
             rl_sq += (rl**2).sum().item()
             rl_ab += rl.abs().sum().item()
             n += err.numel()
-        return {f"{split}_mse": sq / n, f"{split}_mae": ab / n,
-                f"{split}_repeat_last_mse": rl_sq / n, f"{split}_repeat_last_mae": rl_ab / n}
+        return {
+            f"{split}_mse": sq / n,
+            f"{split}_mae": ab / n,
+            f"{split}_repeat_last_mse": rl_sq / n,
+            f"{split}_repeat_last_mae": rl_ab / n,
+        }
 
     def evaluate(step):
         m = scores("val")
@@ -222,12 +251,26 @@ def setup_forecast(job: ForecastJob) -> TrainingSetup:
             mlflow.log_artifact(str(png), "plots")
         return final
 
-    spec = {"kind": "forecaster", "config": config.to_dict(), "stateful": config.stateful,
-            "dataset": {"name": series.name, "sha256": series.sha256},
-            "freq": recipe.freq}
-    return TrainingSetup(model=model, sample_batch=sample_batch, loss_fn=loss_fn, evaluate=evaluate, finish=finish,
-                         items_per_batch=bs, unit="windows", val_key="val_mse", spec=spec,
-                         dataset=_dataset_input(series.name, series.path, series.sha256), recipe=recipe)
+    spec = {
+        "kind": "forecaster",
+        "config": config.to_dict(),
+        "stateful": config.stateful,
+        "dataset": {"name": series.name, "sha256": series.sha256},
+        "freq": recipe.freq,
+    }
+    return TrainingSetup(
+        model=model,
+        sample_batch=sample_batch,
+        loss_fn=loss_fn,
+        evaluate=evaluate,
+        finish=finish,
+        items_per_batch=bs,
+        unit="windows",
+        val_key="val_mse",
+        spec=spec,
+        dataset=_dataset_input(series.name, series.path, series.sha256),
+        recipe=recipe,
+    )
 
 
 @torch.no_grad()
@@ -255,9 +298,12 @@ def _plot_forecasts(model, series: D.SeriesData, test_starts: np.ndarray, window
         ax.plot(fut, y[i, :, -1], color="tab:blue", label="actual")
         ax.plot(fut, pred[i, :, -1], color="tab:orange", label="forecast")
         if band is not None:
-            ax.fill_between(fut, band[0][i, :, -1], band[1][i, :, -1], color="tab:orange", alpha=0.25, lw=0,
-                            label=band[2])
-        ax.set_title(f"{series.name} {series.target_names[-1]}: test window starting at row {int(picks[i])}", fontsize=9)
+            ax.fill_between(
+                fut, band[0][i, :, -1], band[1][i, :, -1], color="tab:orange", alpha=0.25, lw=0, label=band[2]
+            )
+        ax.set_title(
+            f"{series.name} {series.target_names[-1]}: test window starting at row {int(picks[i])}", fontsize=9
+        )
     axes[0, 0].legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -24,13 +24,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
 from rnnops.errors import Terminated
 from rnnops.training.progress import TrainBar
 
@@ -69,8 +70,13 @@ def _snapshot(batches: torch.Generator, full: bool = True) -> tuple:
     ~90 us) leaves out numpy's and Python's, which the loop and the jobs never draw from while
     training (batches come from ``batches``, dropout from torch's global generator)."""
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    return (batches.get_state(), torch.get_rng_state(), np.random.get_state() if full else None,
-            random.getstate() if full else None, cuda)
+    return (
+        batches.get_state(),
+        torch.get_rng_state(),
+        np.random.get_state() if full else None,
+        random.getstate() if full else None,
+        cuda,
+    )
 
 
 def _restore(snap: tuple, batches: torch.Generator) -> None:
@@ -91,10 +97,17 @@ def rng_state(batches: torch.Generator) -> dict:
     gen, cpu, _, _, cuda = _snapshot(batches, full=False)
     _, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    state = {"batches": gen, "torch": cpu,
-             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                       "gauss": float(gauss)},
-             "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next}}
+    state = {
+        "batches": gen,
+        "torch": cpu,
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+    }
     if cuda is not None:
         state["cuda"] = cuda
     return state
@@ -102,10 +115,16 @@ def rng_state(batches: torch.Generator) -> dict:
 
 def set_rng_state(state: dict, batches: torch.Generator) -> None:
     n, p = state["numpy"], state["python"]
-    _restore((state["batches"], state["torch"],
-              ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]),
-              (p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]),
-              state["cuda"] if "cuda" in state and torch.cuda.is_available() else None), batches)
+    _restore(
+        (
+            state["batches"],
+            state["torch"],
+            ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]),
+            (p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]),
+            state["cuda"] if "cuda" in state and torch.cuda.is_available() else None,
+        ),
+        batches,
+    )
 
 
 def _raise_terminated(signum, frame):
@@ -177,8 +196,15 @@ class Checkpoint:
     def load_job(self) -> dict:
         return json.loads((self.folder / "job.json").read_text())
 
-    def save(self, model, optimizer, trainer_state: dict, best: bool = False, rng: dict | None = None,
-             best_weights: dict | None = None) -> None:
+    def save(
+        self,
+        model,
+        optimizer,
+        trainer_state: dict,
+        best: bool = False,
+        rng: dict | None = None,
+        best_weights: dict | None = None,
+    ) -> None:
         """``best``: these weights are the best so far; ``best_weights`` (else the current weights
         when ``best``) are kept as the best in trainer.pt."""
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -188,9 +214,14 @@ class Checkpoint:
         _atomic(self.folder / "model.safetensors", lambda p: save_file(weights, str(p)))
         if best:
             _atomic(self.folder / "best.safetensors", lambda p: save_file(weights, str(p)))
-        state = {"format": CHECKPOINT_FORMAT, "model": weights,
-                 "best_model": None if best_weights is None else _cpu(best_weights),
-                 "optimizer": optimizer.state_dict(), "trainer": dict(trainer_state), "rng": rng}
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "model": weights,
+            "best_model": None if best_weights is None else _cpu(best_weights),
+            "optimizer": optimizer.state_dict(),
+            "trainer": dict(trainer_state),
+            "rng": rng,
+        }
         _atomic(self.folder / "trainer.pt", lambda p: _save_synced(state, p))
 
     def load(self, model, optimizer) -> dict:
@@ -273,8 +304,15 @@ def train(
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=s.lr
     )
-    state = {"step": 0, "best": math.inf, "best_step": 0, "bad_evals": 0, "elapsed": 0.0, "stop": "",
-             "eval_pending": False}
+    state = {
+        "step": 0,
+        "best": math.inf,
+        "best_step": 0,
+        "bad_evals": 0,
+        "elapsed": 0.0,
+        "stop": "",
+        "eval_pending": False,
+    }
     gen = torch.Generator().manual_seed(s.seed)
     best_weights = None
     if resume and ckpt.exists():
@@ -287,8 +325,12 @@ def train(
             gen.manual_seed(s.seed + state["step"])
             if not restore_rng:
                 torch.manual_seed(s.seed + state["step"])
-        print(f"resuming at step {state['step']} of {s.steps}" + (" (its evaluation first)" if state["eval_pending"] else "")
-              + f" from {ckpt.folder}", file=sys.stderr)
+        print(
+            f"resuming at step {state['step']} of {s.steps}"
+            + (" (its evaluation first)" if state["eval_pending"] else "")
+            + f" from {ckpt.folder}",
+            file=sys.stderr,
+        )
     start = clock() - state["elapsed"]
 
     def progress() -> float:
@@ -322,7 +364,9 @@ def train(
                     optimizer.step()
                     state["step"] += 1
                     rewind = None
-                    state["eval_pending"] = state["step"] % s.eval_every == 0 or state["step"] >= s.steps or progress() >= 1.0
+                    state["eval_pending"] = (
+                        state["step"] % s.eval_every == 0 or state["step"] >= s.steps or progress() >= 1.0
+                    )
                 window_items += items_per_batch
                 bar.advance(state["step"], progress())
                 if state["step"] % 10 == 0:

@@ -69,14 +69,18 @@ COMMON_FORECAST = [
 ]
 SPACES = {
     ("forecast", "rnn"): [_p("model.hidden_size", "--hidden-size", choices=(32, 64, 96, 128)), *COMMON_FORECAST],
-    ("forecast", "segrnn"): [_p("model.hidden_size", "--hidden-size", choices=(128, 256, 384, 512)),
-                             _p("model.segment_length", "--segment-length", choices=(8, 12, 16, 24, 32, 48)),
-                             *COMMON_FORECAST],
-    ("char", "rnn"): [_p("model.hidden_size", "--hidden-size", choices=(256, 384, 512)),
-                      _p("train.lr", "--lr", 1e-3, 6e-3, log=True),
-                      _p("seq_len", "--seq-len", choices=(64, 100, 128)),
-                      _p("train.batch_size", "--batch-size", choices=(16, 32)),
-                      _p("model.dropout", "--dropout", 0.0, 0.3)],
+    ("forecast", "segrnn"): [
+        _p("model.hidden_size", "--hidden-size", choices=(128, 256, 384, 512)),
+        _p("model.segment_length", "--segment-length", choices=(8, 12, 16, 24, 32, 48)),
+        *COMMON_FORECAST,
+    ],
+    ("char", "rnn"): [
+        _p("model.hidden_size", "--hidden-size", choices=(256, 384, 512)),
+        _p("train.lr", "--lr", 1e-3, 6e-3, log=True),
+        _p("seq_len", "--seq-len", choices=(64, 100, 128)),
+        _p("train.batch_size", "--batch-size", choices=(16, 32)),
+        _p("model.dropout", "--dropout", 0.0, 0.3),
+    ],
 }
 
 
@@ -97,10 +101,14 @@ def space_for(task: str, arch: str, fixed: dict, params: str | None, overrides: 
     for name in given:
         del space[name]
     if not space:
-        why = (f"every parameter of it is fixed by a flag ({', '.join(short_name(n) for n in given)})" if given
-               else "--params selects nothing")
-        raise RnnopsError(f"the search space is empty: {why}; drop a flag, or name what to tune with --params "
-                          f"({', '.join(short)})")
+        why = (
+            f"every parameter of it is fixed by a flag ({', '.join(short_name(n) for n in given)})"
+            if given
+            else "--params selects nothing"
+        )
+        raise RnnopsError(
+            f"the search space is empty: {why}; drop a flag, or name what to tune with --params ({', '.join(short)})"
+        )
     return list(space.values())
 
 
@@ -114,8 +122,9 @@ def _parse_space(text: str, space: dict) -> Param:
     key = key.strip().replace("-", "_")
     by_short = {short_name(n): p for n, p in space.items()}
     if key not in by_short or not spec.strip():
-        raise RnnopsError(f"--space {text!r}: want NAME=LOW:HIGH[:log] or NAME=A|B|C with NAME one of "
-                          f"{', '.join(by_short)}")
+        raise RnnopsError(
+            f"--space {text!r}: want NAME=LOW:HIGH[:log] or NAME=A|B|C with NAME one of {', '.join(by_short)}"
+        )
     base = by_short[key]
     if "|" in spec or (":" not in spec):
         items = [v.strip() for v in spec.split("|") if v.strip()]
@@ -128,7 +137,9 @@ def _parse_space(text: str, space: dict) -> Param:
     low, high = _number(parts[0], text), _number(parts[1], text)
     log = len(parts) == 3
     if not low < high or (log and low <= 0):
-        raise RnnopsError(f"--space {text!r}: the range is empty (need LOW < HIGH{', both > 0 for log' if log else ''})")
+        raise RnnopsError(
+            f"--space {text!r}: the range is empty (need LOW < HIGH{', both > 0 for log' if log else ''})"
+        )
     integer = isinstance(low, int) and isinstance(high, int) and key != "dropout"
     return Param(base.name, base.flag, low, high, log, integer=integer)
 
@@ -148,7 +159,7 @@ def default_storage() -> str:
     """sqlite beside a local sqlite MLflow store, else in the cache folder."""
     uri = settings.tracking_uri()
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):]).expanduser()
+        path = Path(uri[len("sqlite:///") :]).expanduser()
         return f"sqlite:///{path.with_name('optuna.db')}"
     folder = settings.cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -160,8 +171,7 @@ def default_study_name(job: Job) -> str:
     data = os.path.basename(str(job.data)).replace(" ", "_")
     if job.task == "char":
         return f"char-{m.cell}-{data}-{job.preset}"
-    return (f"forecast-{m.arch or 'rnn'}-{m.cell}-{data}-{job.features}-L{job.lookback}-"
-            f"H{job.horizon}-{job.preset}")
+    return f"forecast-{m.arch or 'rnn'}-{m.cell}-{data}-{job.features}-L{job.lookback}-H{job.horizon}-{job.preset}"
 
 
 # ----------------------------------------------------------------------------- the command
@@ -176,8 +186,17 @@ def command_for(job: Job, base_flags: list[str], params: dict) -> str:
     return "rnnops train " + job.task + " " + " ".join(shlex.quote(f) for f in flags)
 
 
-def tune(job: Job, base_flags: list[str], space: list[Param], trials: int, timeout: float | None,
-         storage: str | None, study_name: str | None, seed: int = 0, experiment: str | None = None) -> dict:
+def tune(
+    job: Job,
+    base_flags: list[str],
+    space: list[Param],
+    trials: int,
+    timeout: float | None,
+    storage: str | None,
+    study_name: str | None,
+    seed: int = 0,
+    experiment: str | None = None,
+) -> dict:
     """Run (or continue) the study; returns a summary (best value, params, command, parent run)."""
     try:
         import optuna
@@ -197,9 +216,14 @@ def tune(job: Job, base_flags: list[str], space: list[Param], trials: int, timeo
     name = study_name or default_study_name(job)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="minimize",
-                                    sampler=optuna.samplers.TPESampler(seed=seed),
-                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            load_if_exists=True,
+            direction="minimize",
+            sampler=optuna.samplers.TPESampler(seed=seed),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+        )
     except Exception as exc:  # SQLAlchemy / Optuna storage errors: one line
         raise RnnopsError(f"cannot open the Optuna storage {storage}: {str(exc).splitlines()[0]}") from None
     experiment = experiment or f"rnnops-{job.task}"
@@ -211,13 +235,23 @@ def tune(job: Job, base_flags: list[str], space: list[Param], trials: int, timeo
         mlflow.set_experiment(experiment)
         parent = mlflow.start_run(run_name=f"tune {name}")
         study.set_user_attr("mlflow_parent_run", parent.info.run_id)
-        mlflow.set_tags({"rnnops.task": job.task, "rnnops.tune.study": name, "rnnops.tune.storage": storage,
-                         runinfo.DESCRIPTION_TAG: f"Optuna study {name}: tuning {', '.join(p.name for p in space)}"})
-        mlflow.log_dict({"base_job": to_dict(job), "space": [p.__dict__ for p in space], "base_flags": base_flags},
-                        "tune/study.json")
+        mlflow.set_tags(
+            {
+                "rnnops.task": job.task,
+                "rnnops.tune.study": name,
+                "rnnops.tune.storage": storage,
+                runinfo.DESCRIPTION_TAG: f"Optuna study {name}: tuning {', '.join(p.name for p in space)}",
+            }
+        )
+        mlflow.log_dict(
+            {"base_job": to_dict(job), "space": [p.__dict__ for p in space], "base_flags": base_flags},
+            "tune/study.json",
+        )
     done_before = len(study.trials)
-    print(f"study {name} in {storage} ({done_before} trials so far); parent MLflow run {parent.info.run_id}",
-          file=sys.stderr)
+    print(
+        f"study {name} in {storage} ({done_before} trials so far); parent MLflow run {parent.info.run_id}",
+        file=sys.stderr,
+    )
 
     class Pruned(optuna.TrialPruned, runinfo.StopRun):
         pass
@@ -236,8 +270,9 @@ def tune(job: Job, base_flags: list[str], space: list[Param], trials: int, timeo
             best["value"] = min(best["value"], m[metric])
             trial.report(m[metric], step)
             if trial.should_prune():
-                raise Pruned(f"pruned by Optuna at step {step}: {metric} {m[metric]:.4f} trails the median of "
-                             f"earlier trials")
+                raise Pruned(
+                    f"pruned by Optuna at step {step}: {metric} {m[metric]:.4f} trails the median of earlier trials"
+                )
 
         trial.set_user_attr("command", command_for(job, base_flags, params))
         try:
@@ -254,8 +289,10 @@ def tune(job: Job, base_flags: list[str], space: list[Param], trials: int, timeo
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
-        print(f"\ninterrupted: the study is saved in {storage}; run the same command again to continue it",
-              file=sys.stderr)
+        print(
+            f"\ninterrupted: the study is saved in {storage}; run the same command again to continue it",
+            file=sys.stderr,
+        )
         raise
     finally:
         try:
@@ -273,26 +310,44 @@ def _log_parent(study, metric: str, job: Job, base_flags: list[str], storage: st
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
-    summary = {"study": study.study_name, "storage": storage, "trials": len(study.trials), "complete": len(done),
-               "pruned": pruned, "parent_run": mlflow.active_run().info.run_id if mlflow.active_run() else None}
+    summary = {
+        "study": study.study_name,
+        "storage": storage,
+        "trials": len(study.trials),
+        "complete": len(done),
+        "pruned": pruned,
+        "parent_run": mlflow.active_run().info.run_id if mlflow.active_run() else None,
+    }
     if not done:
         print("no trial completed yet: nothing to report", file=sys.stderr)
         return summary
     best = study.best_trial
     command = best.user_attrs.get("command") or command_for(job, base_flags, best.params)
-    summary.update(best_value=best.value, best_params=best.params, best_trial=best.number, command=command,
-                   best_run=best.user_attrs.get("mlflow_run"))
+    summary.update(
+        best_value=best.value,
+        best_params=best.params,
+        best_trial=best.number,
+        command=command,
+        best_run=best.user_attrs.get("mlflow_run"),
+    )
     mlflow.log_metrics({f"best_{metric}": best.value, "trials_complete": len(done), "trials_pruned": pruned})
-    mlflow.set_tags({"rnnops.tune.best_command": command, "rnnops.tune.best_run": best.user_attrs.get("mlflow_run", ""),
-                     runinfo.DESCRIPTION_TAG: f"best {metric} {best.value:.4f} (trial {best.number} of "
-                                              f"{len(study.trials)}, {pruned} pruned): {command}"})
+    mlflow.set_tags(
+        {
+            "rnnops.tune.best_command": command,
+            "rnnops.tune.best_run": best.user_attrs.get("mlflow_run", ""),
+            runinfo.DESCRIPTION_TAG: f"best {metric} {best.value:.4f} (trial {best.number} of "
+            f"{len(study.trials)}, {pruned} pruned): {command}",
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "best_command.txt").write_text(command + "\n")
         mlflow.log_artifact(str(Path(tmp) / "best_command.txt"), "tune")
         for path in _plots(study, Path(tmp)):
             mlflow.log_artifact(str(path), "tune")
-    print(f"best {metric} {best.value:.4f} (trial {best.number}; {len(done)} complete, {pruned} pruned); "
-          f"train it with:\n  {command}")
+    print(
+        f"best {metric} {best.value:.4f} (trial {best.number}; {len(done)} complete, {pruned} pruned); "
+        f"train it with:\n  {command}"
+    )
     return summary
 
 

@@ -5,7 +5,7 @@ the study's (``--trials``, ``--timeout``, ``--storage``, ``--study-name``, ``--p
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,12 +15,19 @@ app = typer.Typer(help="Tune hyperparameters with Optuna; every trial is a neste
 Opt = typer.Option
 
 Trials = Annotated[int, Opt("--trials", min=1, help="Trials to run now (a resumed study adds these).")]
-Timeout = Annotated[Optional[float], Opt("--timeout", min=1.0, help="Stop starting trials after this many seconds.")]
-Storage = Annotated[Optional[str], Opt(help="Optuna storage URL (default: optuna.db beside a local sqlite MLflow store, "
-                                            "else in the cache folder). Same storage + study name = resume.")]
-Study = Annotated[Optional[str], Opt("--study-name", help="Study name (default: made from the task, data and flags).")]
-Params = Annotated[Optional[str], Opt("--params", help="Tune only these, comma-separated (e.g. lr,dropout).")]
-Space = Annotated[Optional[list[str]], Opt("--space", help="Change a range: NAME=LOW:HIGH[:log] or NAME=A|B|C (repeatable).")]
+Timeout = Annotated[float | None, Opt("--timeout", min=1.0, help="Stop starting trials after this many seconds.")]
+Storage = Annotated[
+    str | None,
+    Opt(
+        help="Optuna storage URL (default: optuna.db beside a local sqlite MLflow store, "
+        "else in the cache folder). Same storage + study name = resume."
+    ),
+]
+Study = Annotated[str | None, Opt("--study-name", help="Study name (default: made from the task, data and flags).")]
+Params = Annotated[str | None, Opt("--params", help="Tune only these, comma-separated (e.g. lr,dropout).")]
+Space = Annotated[
+    list[str] | None, Opt("--space", help="Change a range: NAME=LOW:HIGH[:log] or NAME=A|B|C (repeatable).")
+]
 TuneSeed = Annotated[int, Opt("--sampler-seed", help="Seed of Optuna's TPE sampler.")]
 
 
@@ -37,8 +44,20 @@ def _flags(pairs: dict) -> list[str]:
     return out
 
 
-def _run(job, flags: list[str], fixed: dict, params, space, trials, timeout, storage, study_name, sampler_seed,
-         experiment, arch: str) -> None:
+def _run(
+    job,
+    flags: list[str],
+    fixed: dict,
+    params,
+    space,
+    trials,
+    timeout,
+    storage,
+    study_name,
+    sampler_seed,
+    experiment,
+    arch: str,
+) -> None:
     from rnnops.training.tune import space_for, tune
 
     dims = space_for(job.task, arch, fixed, params, space)
@@ -49,16 +68,16 @@ def _run(job, flags: list[str], fixed: dict, params, space, trials, timeout, sto
 def forecast(
     data: Annotated[str, Opt(help="Named dataset (etth1, etth2), a CSV path, or sine.")] = "etth1",
     features: Annotated[str, Opt(help="M or S.")] = "M",
-    target: Annotated[Optional[str], Opt(help="Target column.")] = None,
-    date_column: Annotated[Optional[str], Opt(help="Date column.")] = None,
-    fill: Annotated[Optional[str], Opt(help="ffill.")] = None,
-    lookback: Annotated[Optional[int], Opt(min=1, help="Input window length L.")] = None,
-    horizon: Annotated[Optional[int], Opt(min=1, help="Forecast steps H.")] = None,
+    target: Annotated[str | None, Opt(help="Target column.")] = None,
+    date_column: Annotated[str | None, Opt(help="Date column.")] = None,
+    fill: Annotated[str | None, Opt(help="ffill.")] = None,
+    lookback: Annotated[int | None, Opt(min=1, help="Input window length L.")] = None,
+    horizon: Annotated[int | None, Opt(min=1, help="Forecast steps H.")] = None,
     cell: Annotated[T.ForecastCell, Opt(help="Recurrent cell.")] = T.ForecastCell.gru,
     arch: Annotated[T.Arch, Opt(help="rnn or segrnn.")] = T.Arch.rnn,
-    segment_length: Annotated[Optional[int], Opt("--segment-length", help="segrnn: observations per segment.")] = None,
-    quantiles: Annotated[Optional[str], Opt(help="Prediction-interval levels, e.g. 0.1,0.5,0.9.")] = None,
-    norm: Annotated[Optional[T.Norm], Opt(help="revin or fixed.")] = None,
+    segment_length: Annotated[int | None, Opt("--segment-length", help="segrnn: observations per segment.")] = None,
+    quantiles: Annotated[str | None, Opt(help="Prediction-interval levels, e.g. 0.1,0.5,0.9.")] = None,
+    norm: Annotated[T.Norm | None, Opt(help="revin or fixed.")] = None,
     preset: Annotated[T.Preset, Opt(help="tiny, quick, full: each trial trains with it.")] = T.Preset.quick,
     hidden_size: T.Hidden = None,
     layers: T.Layers = None,
@@ -82,21 +101,52 @@ def forecast(
     """Tune a forecaster on its validation MSE (the test split is never used to choose)."""
     from rnnops.training.jobs import forecast_job
 
-    overrides = {"features": features, "target": target, "date_column": date_column, "fill": fill,
-                 "lookback": lookback, "horizon": horizon, "model.norm": norm.value if norm else None,
-                 "model.hidden_size": hidden_size, "model.num_layers": layers, "model.dropout": dropout,
-                 "model.segment_length": segment_length, "model.quantiles": quantiles,
-                 **T._train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed)}
+    overrides = {
+        "features": features,
+        "target": target,
+        "date_column": date_column,
+        "fill": fill,
+        "lookback": lookback,
+        "horizon": horizon,
+        "model.norm": norm.value if norm else None,
+        "model.hidden_size": hidden_size,
+        "model.num_layers": layers,
+        "model.dropout": dropout,
+        "model.segment_length": segment_length,
+        "model.quantiles": quantiles,
+        **T._train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed),
+    }
     job = forecast_job(data, cell.value, preset.value, overrides, arch=arch.value)
-    flags = _flags({"--data": data, "--features": features if features != "M" else None, "--target": target,
-                    "--date-column": date_column, "--fill": fill, "--lookback": lookback, "--horizon": horizon,
-                    "--cell": cell if cell != T.ForecastCell.gru else None,
-                    "--arch": arch if arch != T.Arch.rnn else None, "--segment-length": segment_length,
-                    "--quantiles": quantiles, "--norm": norm, "--preset": preset, "--hidden-size": hidden_size,
-                    "--layers": layers, "--dropout": dropout, "--steps": steps, "--batch-size": batch_size,
-                    "--lr": lr, "--eval-every": eval_every, "--patience": patience, "--time-budget": time_budget,
-                    "--seed": seed})
-    _run(job, flags, overrides, params, space, trials, timeout, storage, study_name, sampler_seed, experiment, arch.value)
+    flags = _flags(
+        {
+            "--data": data,
+            "--features": features if features != "M" else None,
+            "--target": target,
+            "--date-column": date_column,
+            "--fill": fill,
+            "--lookback": lookback,
+            "--horizon": horizon,
+            "--cell": cell if cell != T.ForecastCell.gru else None,
+            "--arch": arch if arch != T.Arch.rnn else None,
+            "--segment-length": segment_length,
+            "--quantiles": quantiles,
+            "--norm": norm,
+            "--preset": preset,
+            "--hidden-size": hidden_size,
+            "--layers": layers,
+            "--dropout": dropout,
+            "--steps": steps,
+            "--batch-size": batch_size,
+            "--lr": lr,
+            "--eval-every": eval_every,
+            "--patience": patience,
+            "--time-budget": time_budget,
+            "--seed": seed,
+        }
+    )
+    _run(
+        job, flags, overrides, params, space, trials, timeout, storage, study_name, sampler_seed, experiment, arch.value
+    )
 
 
 @app.command()
@@ -106,9 +156,9 @@ def char(
     preset: Annotated[T.Preset, Opt(help="tiny, quick, full: each trial trains with it.")] = T.Preset.quick,
     hidden_size: T.Hidden = None,
     layers: T.Layers = None,
-    embed_dim: Annotated[Optional[int], Opt(min=1, help="Character embedding size.")] = None,
+    embed_dim: Annotated[int | None, Opt(min=1, help="Character embedding size.")] = None,
     dropout: T.Dropout = None,
-    seq_len: Annotated[Optional[int], Opt(min=2, help="Characters per training sequence.")] = None,
+    seq_len: Annotated[int | None, Opt(min=2, help="Characters per training sequence.")] = None,
     steps: T.Steps = None,
     batch_size: T.Batch = None,
     lr: T.Lr = None,
@@ -128,14 +178,34 @@ def char(
     """Tune a char model on its validation loss (nats/char)."""
     from rnnops.training.jobs import char_job
 
-    overrides = {"model.hidden_size": hidden_size, "model.num_layers": layers, "model.embed_dim": embed_dim,
-                 "model.dropout": dropout, "seq_len": seq_len,
-                 **T._train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed)}
+    overrides = {
+        "model.hidden_size": hidden_size,
+        "model.num_layers": layers,
+        "model.embed_dim": embed_dim,
+        "model.dropout": dropout,
+        "seq_len": seq_len,
+        **T._train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed),
+    }
     job = char_job(data, cell.value, preset.value, overrides)
-    flags = _flags({"--data": data, "--cell": cell if cell != T.CharCell.lstm else None, "--preset": preset,
-                    "--hidden-size": hidden_size, "--layers": layers, "--embed-dim": embed_dim, "--dropout": dropout,
-                    "--seq-len": seq_len, "--steps": steps, "--batch-size": batch_size, "--lr": lr,
-                    "--eval-every": eval_every, "--patience": patience, "--time-budget": time_budget, "--seed": seed})
+    flags = _flags(
+        {
+            "--data": data,
+            "--cell": cell if cell != T.CharCell.lstm else None,
+            "--preset": preset,
+            "--hidden-size": hidden_size,
+            "--layers": layers,
+            "--embed-dim": embed_dim,
+            "--dropout": dropout,
+            "--seq-len": seq_len,
+            "--steps": steps,
+            "--batch-size": batch_size,
+            "--lr": lr,
+            "--eval-every": eval_every,
+            "--patience": patience,
+            "--time-budget": time_budget,
+            "--seed": seed,
+        }
+    )
     _run(job, flags, overrides, params, space, trials, timeout, storage, study_name, sampler_seed, experiment, "rnn")
 
 

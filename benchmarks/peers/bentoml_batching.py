@@ -43,9 +43,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import peerlib as P  # noqa: E402  (puts benchmarks/ on sys.path)
 import common as C  # noqa: E402
 import forecast_http as FH  # noqa: E402
+import peerlib as P  # noqa: E402  (puts benchmarks/ on sys.path)
 
 NAMES = ("rnnops", "bentoml-batching")
 # the BentoML our service runs, in a virtualenv of its own (the issue's rule for every peer)
@@ -55,11 +55,26 @@ BENTOML_PINS = [f"bentoml=={version('bentoml')}", f"onnxruntime=={P.ORT}", f"num
 def start_peer(py: Path, champ: C.Champion, work: Path, threads: int, cpus: set[int] | None):
     port = C.free_port()
     log = work / "bentoml-batching.log"
-    env = {"PATH": f"{py.parent}:/usr/bin:/bin", "HOME": str(Path.home()), "PEER_ONNX": str(champ.onnx),
-           "PEER_THREADS": str(threads), "PYTHONUNBUFFERED": "1", "BENTOML_HOME": str(work / "bentoml-peer"),
-           "BENTOML_DO_NOT_TRACK": "true"}
-    argv = [str(py), "-m", "bentoml", "serve", "bentoml_peer_service:Forecaster", "--host", "127.0.0.1",
-            "--port", str(port)]
+    env = {
+        "PATH": f"{py.parent}:/usr/bin:/bin",
+        "HOME": str(Path.home()),
+        "PEER_ONNX": str(champ.onnx),
+        "PEER_THREADS": str(threads),
+        "PYTHONUNBUFFERED": "1",
+        "BENTOML_HOME": str(work / "bentoml-peer"),
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    argv = [
+        str(py),
+        "-m",
+        "bentoml",
+        "serve",
+        "bentoml_peer_service:Forecaster",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     proc = C.start_process(argv, env, log, cwd=HERE, cpus_allowed=cpus)
     C.wait_http(f"http://127.0.0.1:{port}/readyz", proc, log, timeout=240)
     return proc, f"http://127.0.0.1:{port}/forecast"
@@ -83,17 +98,34 @@ def run(quick: bool, work: Path, levels, rounds: int, seconds: float, pin: bool,
     meta = champ.metadata
     bodies = [json.dumps({"contexts": [w.tolist()]}).encode() for w in FH.windows_pool(meta)]
     files = P.write_bodies(work, "contexts", bodies)
-    out = {"quick": quick, "model": {"name": champ.name, "version": champ.version, "cell": meta["cell"],
-                                     "hidden_size": meta["hidden_size"], "lookback": meta["lookback"],
-                                     "horizon": meta["horizon"], "features": len(meta["feature_names"]),
-                                     "onnx": str(champ.onnx)},
-           "levels": list(levels), "rounds": rounds, "seconds_per_level": seconds, "ort_threads": threads,
-           "client": FH.wrk_version(), "cpus": {"server": sorted(server_cpus) if server_cpus else "all",
-                                                 "client": sorted(client_cpus) if client_cpus else "all"},
-           "peer": {"decorator": "@bentoml.api(batchable=True, batch_dim=0, max_batch_size=256, max_latency_ms=1000)",
-                    "workers": 1, "versions": P.venv_versions(py, ["bentoml", "onnxruntime", "numpy", "starlette",
-                                                                   "uvicorn"])},
-           "machine": C.machine()}
+    out = {
+        "quick": quick,
+        "model": {
+            "name": champ.name,
+            "version": champ.version,
+            "cell": meta["cell"],
+            "hidden_size": meta["hidden_size"],
+            "lookback": meta["lookback"],
+            "horizon": meta["horizon"],
+            "features": len(meta["feature_names"]),
+            "onnx": str(champ.onnx),
+        },
+        "levels": list(levels),
+        "rounds": rounds,
+        "seconds_per_level": seconds,
+        "ort_threads": threads,
+        "client": FH.wrk_version(),
+        "cpus": {
+            "server": sorted(server_cpus) if server_cpus else "all",
+            "client": sorted(client_cpus) if client_cpus else "all",
+        },
+        "peer": {
+            "decorator": "@bentoml.api(batchable=True, batch_dim=0, max_batch_size=256, max_latency_ms=1000)",
+            "workers": 1,
+            "versions": P.venv_versions(py, ["bentoml", "onnxruntime", "numpy", "starlette", "uvicorn"]),
+        },
+        "machine": C.machine(),
+    }
     procs, urls, answers = {}, {}, {}
     try:
         for name in NAMES:
@@ -102,8 +134,9 @@ def run(quick: bool, work: Path, levels, rounds: int, seconds: float, pin: bool,
                 procs[name], urls[name] = FH.start("rnnops", champ, work, server_cpus)
             else:
                 procs[name], urls[name] = start_peer(py, champ, work, threads, server_cpus)
-            r = httpx.post(urls[name], content=bodies[0], headers={"content-type": "application/json"}, timeout=60,
-                           trust_env=False)
+            r = httpx.post(
+                urls[name], content=bodies[0], headers={"content-type": "application/json"}, timeout=60, trust_env=False
+            )
             r.raise_for_status()
             answers[name] = answer(name, r.json())
         out["same_forecast_max_abs_diff"] = float(np.abs(answers[NAMES[0]] - answers[NAMES[1]]).max())
@@ -122,31 +155,39 @@ def run(quick: bool, work: Path, levels, rounds: int, seconds: float, pin: bool,
 def markdown(res: dict) -> str:
     m = res["model"]
     by = {s: {r["concurrency"]: r for r in rows} for s, rows in res["servers"].items()}
-    return "\n".join([
-        f"Model: `{m['name']}` v{m['version']} ({m['cell'].upper()} {m['hidden_size']} hidden, {m['features']} "
-        f"features, lookback {m['lookback']}, horizon {m['horizon']}), the same ONNX file in both; one window per "
-        f"request, the same bytes (`{{\"contexts\": [window]}}` on /forecast); {res['ort_threads']} ORT thread(s) "
-        f"and one worker each; server CPUs {res['cpus']['server']}, client CPUs {res['cpus']['client']}; "
-        f"{(res.get('client') or 'wrk').split(' Copyright')[0]}; {res['seconds_per_level']:.0f} s per level and round, "
-        f"{res['rounds']} round(s), medians" + (" (--quick)" if res["quick"] else "") + ". Peer: "
-        f"`{res['peer']['decorator']}`. Same forecast from both: max abs difference "
-        f"{res['same_forecast_max_abs_diff']:.2g}.",
-        "",
-        P.side_by_side("concurrency", res["levels"], by["rnnops"], by["bentoml-batching"], P.REQ_METRICS, "BentoML"),
-        "",
-        "x: how many times better rnnops is (rnnops/BentoML for req/s, BentoML/rnnops for the rest). RSS after the "
-        "load: " + ", ".join(f"{k} {v:.0f} MB" for k, v in res["rss_mb"].items()) + ".",
-        "",
-        P.rounds_note(res, {"rnnops": "rnnops", "bentoml-batching": "BentoML"}),
-        "",
-        P.goal_line(res["goal"], 2.0, "BentoML adaptive batching"),
-    ])
+    return "\n".join(
+        [
+            f"Model: `{m['name']}` v{m['version']} ({m['cell'].upper()} {m['hidden_size']} hidden, {m['features']} "
+            f"features, lookback {m['lookback']}, horizon {m['horizon']}), the same ONNX file in both; one window per "
+            f'request, the same bytes (`{{"contexts": [window]}}` on /forecast); {res["ort_threads"]} ORT thread(s) '
+            f"and one worker each; server CPUs {res['cpus']['server']}, client CPUs {res['cpus']['client']}; "
+            f"{(res.get('client') or 'wrk').split(' Copyright')[0]}; {res['seconds_per_level']:.0f} s per level and round, "
+            f"{res['rounds']} round(s), medians" + (" (--quick)" if res["quick"] else "") + ". Peer: "
+            f"`{res['peer']['decorator']}`. Same forecast from both: max abs difference "
+            f"{res['same_forecast_max_abs_diff']:.2g}.",
+            "",
+            P.side_by_side(
+                "concurrency", res["levels"], by["rnnops"], by["bentoml-batching"], P.REQ_METRICS, "BentoML"
+            ),
+            "",
+            "x: how many times better rnnops is (rnnops/BentoML for req/s, BentoML/rnnops for the rest). RSS after the "
+            "load: " + ", ".join(f"{k} {v:.0f} MB" for k, v in res["rss_mb"].items()) + ".",
+            "",
+            P.rounds_note(res, {"rnnops": "rnnops", "bentoml-batching": "BentoML"}),
+            "",
+            P.goal_line(res["goal"], 2.0, "BentoML adaptive batching"),
+        ]
+    )
 
 
 def plot(res: dict, path: Path) -> Path:
-    return P.plot_requests(res, path, "bentoml-batching", "BentoML @bentoml.api(batchable=True)",
-                           "Forecast over HTTP: rnnops /forecast vs BentoML adaptive batching "
-                           "(same ONNX file, same bytes, wrk)")
+    return P.plot_requests(
+        res,
+        path,
+        "bentoml-batching",
+        "BentoML @bentoml.api(batchable=True)",
+        "Forecast over HTTP: rnnops /forecast vs BentoML adaptive batching (same ONNX file, same bytes, wrk)",
+    )
 
 
 def main(argv=None) -> None:
@@ -163,8 +204,15 @@ def main(argv=None) -> None:
     levels = tuple(int(x) for x in (a.levels or ("64" if a.quick else "1,16,64")).split(","))
     work = a.work or Path(tempfile.mkdtemp(prefix="rnnops-bench-bentoml-"))
     work.mkdir(parents=True, exist_ok=True)
-    res = run(a.quick, work, levels, a.rounds or (1 if a.quick else 3), a.seconds or (5.0 if a.quick else 15.0),
-              not a.no_pin, a.threads)
+    res = run(
+        a.quick,
+        work,
+        levels,
+        a.rounds or (1 if a.quick else 3),
+        a.seconds or (5.0 if a.quick else 15.0),
+        not a.no_pin,
+        a.threads,
+    )
     print(markdown(res))
     C.write_json(a.json, res)
 

@@ -50,5 +50,9 @@ class OnnxForecaster(MLModel):
         x = np.ascontiguousarray(self.decode(payload.inputs[0], default_codec=NumpyCodec), dtype=np.float32)
         feeds = {"x": x, **{n: np.zeros((s[0], len(x), s[2]), np.float32) for n, s in self.states}}
         y = self.sess.run([self.output], feeds)[0]
-        return InferenceResponse(model_name=self.name, model_version=self.version, id=payload.id,
-                                 outputs=[NumpyCodec.encode_output(name=self.output, payload=y)])
+        return InferenceResponse(
+            model_name=self.name,
+            model_version=self.version,
+            id=payload.id,
+            outputs=[NumpyCodec.encode_output(name=self.output, payload=y)],
+        )

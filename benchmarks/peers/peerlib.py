@@ -59,8 +59,11 @@ def ensure_venv(peer: str, pins: list[str], constraints: Path | None = None, tim
     base = getattr(sys, "_base_executable", sys.executable)
     pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     with open(log, "w") as fh:
-        for argv in ([base, "-m", "venv", "--clear", str(venv)], [*pip, "--upgrade", "pip"],
-                     [*pip, *pins, *(["-c", str(constraints)] if constraints else [])]):
+        for argv in (
+            [base, "-m", "venv", "--clear", str(venv)],
+            [*pip, "--upgrade", "pip"],
+            [*pip, *pins, *(["-c", str(constraints)] if constraints else [])],
+        ):
             fh.write("$ " + " ".join(argv) + "\n")
             fh.flush()
             rc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout).returncode
@@ -76,8 +79,10 @@ def ensure_venv(peer: str, pins: list[str], constraints: Path | None = None, tim
 
 def venv_versions(py: Path, dists: list[str]) -> dict[str, str]:
     """Installed versions of ``dists`` in the environment of ``py``."""
-    code = ("import json, importlib.metadata as m\nout = {}\nfor d in %r:\n    try: out[d] = m.version(d)\n"
-            "    except m.PackageNotFoundError: out[d] = '-'\nprint(json.dumps(out))") % (dists,)
+    code = (
+        f"import json, importlib.metadata as m\nout = {{}}\nfor d in {dists!r}:\n    try: out[d] = m.version(d)\n"
+        "    except m.PackageNotFoundError: out[d] = '-'\nprint(json.dumps(out))"
+    )
     res = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=120)
     import json
 
@@ -132,8 +137,14 @@ def tree_usage(root: int) -> dict[str, dict]:
         try:
             name = Path(f"/proc/{pid}/comm").read_text().strip()
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            rss = next((int(ln.split()[1]) for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
-                        if ln.startswith("VmRSS:")), 0)
+            rss = next(
+                (
+                    int(ln.split()[1])
+                    for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if ln.startswith("VmRSS:")
+                ),
+                0,
+            )
         except (OSError, IndexError, ValueError):
             continue
         u = out.setdefault(name, {"processes": 0, "cpu_s": 0.0, "rss_mb": 0.0})
@@ -146,9 +157,16 @@ def tree_usage(root: int) -> dict[str, dict]:
 def usage_delta(before: dict, after: dict, wall_s: float) -> dict[str, dict]:
     """Per process name: the share of one CPU used between two :func:`tree_usage` calls, and the
     resident MB at the second."""
-    return {name: {"processes": a["processes"], "cpu_pct": round(100 * (a["cpu_s"] - before.get(name, {}).get("cpu_s", 0.0))
-                                                                 / wall_s, 1) if wall_s else None,
-                   "rss_mb": round(a["rss_mb"], 1)} for name, a in sorted(after.items())}
+    return {
+        name: {
+            "processes": a["processes"],
+            "cpu_pct": round(100 * (a["cpu_s"] - before.get(name, {}).get("cpu_s", 0.0)) / wall_s, 1)
+            if wall_s
+            else None,
+            "rss_mb": round(a["rss_mb"], 1),
+        }
+        for name, a in sorted(after.items())
+    }
 
 
 def tree_affinity(root: int) -> list[int]:
@@ -190,7 +208,7 @@ class StallMeter:
             time.sleep(self.every_s)
             self.max_ms = max(self.max_ms, 1e3 * (time.perf_counter() - t - self.every_s))
 
-    def __enter__(self) -> "StallMeter":
+    def __enter__(self) -> StallMeter:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -215,8 +233,9 @@ def wait_until(pred, timeout: float, what: str, proc=None, log: Path | None = No
     raise TimeoutError(f"{what}: not ready within {timeout:.0f} s:\n{C.tail(log) if log else ''}")
 
 
-def side_by_side(level_key: str, levels, ours: dict, peer: dict, metrics: list[tuple[str, str, bool, int]],
-                 peer_name: str) -> str:
+def side_by_side(
+    level_key: str, levels, ours: dict, peer: dict, metrics: list[tuple[str, str, bool, int]], peer_name: str
+) -> str:
     """One row per level: for each metric (key, label, higher_is_better, digits) ours, the peer's,
     and the ratio that reads "how many times better ours is" (ours/peer when higher is better,
     peer/ours when lower is better)."""
@@ -237,8 +256,15 @@ def side_by_side(level_key: str, levels, ours: dict, peer: dict, metrics: list[t
 # ----------------------------------------------------------------------------- request/response load (wrk)
 
 
-def wrk_compare(targets: dict, levels, rounds: int, seconds: float, work: Path,
-                client_cpus: set[int] | None, max_requests: int = 10**7) -> tuple[dict, dict]:
+def wrk_compare(
+    targets: dict,
+    levels,
+    rounds: int,
+    seconds: float,
+    work: Path,
+    client_cpus: set[int] | None,
+    max_requests: int = 10**7,
+) -> tuple[dict, dict]:
     """Each target (name -> (url, server pid, body files)) under ``forecast_http.py``'s wrk load
     (its Lua script: cycles the bodies, counts non-200 answers), one at a time: a short warm-up
     each, then at each concurrency level ``rounds`` rounds, the targets' order alternating. The
@@ -260,7 +286,7 @@ def wrk_compare(targets: dict, levels, rounds: int, seconds: float, work: Path,
         raw = {n: {c: [] for c in levels} for n in names}
         for c in levels:
             for k in range(rounds):
-                for name in (names if k % 2 == 0 else names[::-1]):
+                for name in names if k % 2 == 0 else names[::-1]:
                     url, pid, files = targets[name]
                     use0 = tree_usage(pid)
                     with StallMeter() as stall:
@@ -269,18 +295,27 @@ def wrk_compare(targets: dict, levels, rounds: int, seconds: float, work: Path,
                     # CPU ms per request of each of the server's processes (MLServer's HTTP process and its
                     # inference worker; BentoML's supervisor and worker): where a server's cost goes
                     row["cpu_ms_per_request_by_process"] = {
-                        name: round(1e3 * (u["cpu_s"] - use0.get(name, {}).get("cpu_s", 0.0)) / max(1, row["requests"]), 3)
-                        for name, u in tree_usage(pid).items()}
+                        name: round(
+                            1e3 * (u["cpu_s"] - use0.get(name, {}).get("cpu_s", 0.0)) / max(1, row["requests"]), 3
+                        )
+                        for name, u in tree_usage(pid).items()
+                    }
                     raw[name][c].append(row)
-                    print(f"  {name:16s} c={c:3d} round {k + 1}/{rounds}: {row['rps']:8.1f} req/s  p50 "
-                          f"{row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  server CPU "
-                          f"{C.fmt(row['server_cpu_ms_per_request'], 2)} ms/req  ({row['requests']} ok, "
-                          f"{row['errors']} errors; longest stall of this process {row['stall_ms']:.0f} ms)",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"  {name:16s} c={c:3d} round {k + 1}/{rounds}: {row['rps']:8.1f} req/s  p50 "
+                        f"{row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  server CPU "
+                        f"{C.fmt(row['server_cpu_ms_per_request'], 2)} ms/req  ({row['requests']} ok, "
+                        f"{row['errors']} errors; longest stall of this process {row['stall_ms']:.0f} ms)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     if row["stall_ms"] > 1000:
-                        print(f"    warning: this process went {row['stall_ms'] / 1e3:.1f} s unscheduled during the "
-                              "round: the machine was frozen or overloaded, and the round measures that",
-                              file=sys.stderr, flush=True)
+                        print(
+                            f"    warning: this process went {row['stall_ms'] / 1e3:.1f} s unscheduled during the "
+                            "round: the machine was frozen or overloaded, and the round measures that",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     if row["first_error"]:
                         print(f"    first error: {row['first_error']}", file=sys.stderr)
     rows = {n: [FH.median_row(raw[n][c]) for c in levels] for n in names}
@@ -311,14 +346,23 @@ def goal(ours: dict, peer: dict, at: int, factor: float) -> dict:
 
 def goal_line(g: dict, factor: float, peer: str, unit: str = "requests/s") -> str:
     if g["met"] is None:
-        return f"Goal (at concurrency {g['concurrency']}: rnnops >= {factor:g}x {peer}'s {unit}): not run at that level."
-    return (f"Goal at concurrency {g['concurrency']}: rnnops >= {factor:g}x {peer}'s {unit} with a lower p99: "
-            f"**{C.ratio(g['rps_ratio'], 1)}**, p99 {'lower' if g['p99_lower'] else 'NOT lower'} -> "
-            f"**{'met' if g['met'] else 'not met'}**.")
+        return (
+            f"Goal (at concurrency {g['concurrency']}: rnnops >= {factor:g}x {peer}'s {unit}): not run at that level."
+        )
+    return (
+        f"Goal at concurrency {g['concurrency']}: rnnops >= {factor:g}x {peer}'s {unit} with a lower p99: "
+        f"**{C.ratio(g['rps_ratio'], 1)}**, p99 {'lower' if g['p99_lower'] else 'NOT lower'} -> "
+        f"**{'met' if g['met'] else 'not met'}**."
+    )
 
 
-REQ_METRICS = [("rps", "req/s", True, 1), ("p50_ms", "p50 ms", False, 1), ("p99_ms", "p99 ms", False, 1),
-               ("server_cpu_ms_per_request", "server CPU ms/req", False, 2), ("errors", "errors", False, 0)]
+REQ_METRICS = [
+    ("rps", "req/s", True, 1),
+    ("p50_ms", "p50 ms", False, 1),
+    ("p99_ms", "p99 ms", False, 1),
+    ("server_cpu_ms_per_request", "server CPU ms/req", False, 2),
+    ("errors", "errors", False, 0),
+]
 
 
 def rounds_note(res: dict, names: dict[str, str]) -> str:
@@ -326,11 +370,20 @@ def rounds_note(res: dict, names: dict[str, str]) -> str:
     process over the rounds: what a reader needs to judge a median on a shared machine."""
     top = max(res["levels"])
     by = {s: {r["concurrency"]: r for r in rows} for s, rows in res["servers"].items()}
-    parts = [f"{label} {', '.join(C.fmt(v) for v in by[key][top].get('rounds_rps', []))}" for key, label in names.items()]
+    parts = [
+        f"{label} {', '.join(C.fmt(v) for v in by[key][top].get('rounds_rps', []))}" for key, label in names.items()
+    ]
     stall = max((by[key][top].get("stall_ms_max") or 0) for key in names)
-    return (f"Requests/s of each round at concurrency {top}: " + "; ".join(parts) + f". Longest stall of the load "
-            f"generator's process in a round: {C.fmt(stall, 0)} ms" + (" (**the machine froze or was overloaded "
-            "during a round: compare the other rounds**)" if stall > 1000 else "") + ".")
+    return (
+        f"Requests/s of each round at concurrency {top}: " + "; ".join(parts) + f". Longest stall of the load "
+        f"generator's process in a round: {C.fmt(stall, 0)} ms"
+        + (
+            " (**the machine froze or was overloaded during a round: compare the other rounds**)"
+            if stall > 1000
+            else ""
+        )
+        + "."
+    )
 
 
 def plot_requests(res: dict, path: Path, peer: str, peer_label: str, title: str, unit: str = "requests/s") -> Path:

@@ -32,23 +32,23 @@ import os
 import signal
 import sys
 import threading
-from typing import AsyncGenerator, List, Union
+from collections.abc import AsyncGenerator
 
 import numpy as np
 import onnxruntime as ort
-from starlette.requests import Request
-from starlette.responses import StreamingResponse
-
 import ray
 from ray import serve
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
 
 
 def sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def make_deployment(max_batch_size: int, batch_wait_timeout_s: float, max_concurrent_batches: int,
-                    max_ongoing_requests: int):
+def make_deployment(
+    max_batch_size: int, batch_wait_timeout_s: float, max_concurrent_batches: int, max_ongoing_requests: int
+):
     @serve.deployment(num_replicas=1, max_ongoing_requests=max_ongoing_requests)
     class CharGenerator:
         def __init__(self, onnx_path: str, threads: int):
@@ -89,9 +89,12 @@ def make_deployment(max_batch_size: int, batch_wait_timeout_s: float, max_concur
             u = self.rng.random((len(p), 1))
             return np.minimum((p.cumsum(axis=1) < u).sum(axis=1), len(self.vocab) - 1)
 
-        @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
-                     max_concurrent_batches=max_concurrent_batches)
-        async def generate(self, bodies: List[dict]) -> AsyncGenerator[List[Union[str, StopIteration]], None]:
+        @serve.batch(
+            max_batch_size=max_batch_size,
+            batch_wait_timeout_s=batch_wait_timeout_s,
+            max_concurrent_batches=max_concurrent_batches,
+        )
+        async def generate(self, bodies: list[dict]) -> AsyncGenerator[list[str | StopIteration], None]:
             limits = [int(b.get("max_chars", 256)) for b in bodies]
             temperature = np.array([float(b.get("temperature", 1.0)) or 1e-6 for b in bodies], np.float32)
             logits, state = await asyncio.to_thread(self._prefill, [b.get("prompt", "") for b in bodies])
@@ -109,8 +112,10 @@ def make_deployment(max_batch_size: int, batch_wait_timeout_s: float, max_concur
                 if i + 1 < max(limits):
                     logits, state = await asyncio.to_thread(self._run, tok[:, None].astype(np.int64), state)
                     logits = logits[:, -1]
-            yield [sse("done", {"chars": n, "finish_reason": "length"}) if n == max(limits) else StopIteration
-                   for n in limits]
+            yield [
+                sse("done", {"chars": n, "finish_reason": "length"}) if n == max(limits) else StopIteration
+                for n in limits
+            ]
 
         async def __call__(self, request: Request) -> StreamingResponse:
             body = await request.json()
@@ -133,8 +138,12 @@ def main() -> None:
     # descendants, so the benchmark can count their CPU and memory; the dashboard is left off
     ray.init(num_cpus=a.num_cpus, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": a.port})
-    dep = make_deployment(a.max_batch_size, a.batch_wait_timeout_s, a.max_concurrent_batches,
-                          max_ongoing_requests=max(a.max_batch_size, 256) * 2)
+    dep = make_deployment(
+        a.max_batch_size,
+        a.batch_wait_timeout_s,
+        a.max_concurrent_batches,
+        max_ongoing_requests=max(a.max_batch_size, 256) * 2,
+    )
     serve.run(dep.bind(os.path.abspath(a.onnx), a.threads), name="chars", route_prefix="/", blocking=False)
     print(f"READY {a.port}", flush=True)
     stop = threading.Event()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,29 +20,75 @@ class Engine(str, Enum):
 
 
 def forecast(
-    model: Annotated[str, Opt(help="Forecaster to run: name@alias, name/version, models:/..., a local .onnx file or "
-                                            "bentoml:name[:version] (as `rnnops serve` takes).")] = "forecaster@champion",
-    input: Annotated[Path, Opt("--input", "-i", help="Long-format .csv (.csv.gz) or .parquet: one row per series and timestamp, "
-                                                   "with the model's feature columns.")] = ...,
-    output: Annotated[Path, Opt("--output", "-o", help="Where to write the forecasts (.csv or .parquet); written under a "
-                                                     "temporary name and renamed when complete.")] = ...,
-    id_column: Annotated[Optional[str], Opt(help="Column naming the series (omit when the file is one series).")] = None,
-    date_column: Annotated[Optional[str], Opt(help="Timestamp column (default: date, datetime, timestamp, time or ds).")] = None,
-    horizon: Annotated[Optional[int], Opt(min=1, help="Steps to forecast (at most the model's horizon; default: all of them).")] = None,
-    freq: Annotated[Optional[str], Opt(help="Frequency of the series (pandas: h, 15min, D, W, MS...); default: inferred "
-                                            "from each series' timestamps.")] = None,
-    date_format: Annotated[Optional[str], Opt(help="strptime format of the dates (default: ISO 8601, else pandas' inference).")] = None,
-    engine: Annotated[Engine, Opt(help="local: this machine, streaming; spark: Apache Spark (pyspark + Java 17).")] = Engine.local,
-    spark_master: Annotated[Optional[str], Opt(help="Spark master URL (default local[*], or RNNOPS_SPARK_MASTER).")] = None,
-    strict: Annotated[bool, Opt("--strict", help="Fail the whole job (nothing written) when any series cannot be forecast, "
-                                                 "instead of reporting it and writing the rest.")] = False,
-    errors: Annotated[Optional[Path], Opt("--errors", help="Per-series error report (CSV; default: OUTPUT's name + .errors.csv).")] = None,
-    plot: Annotated[Optional[Path], Opt("--plot", help="Write a PNG of history + forecast per series into this folder.")] = None,
+    model: Annotated[
+        str,
+        Opt(
+            help="Forecaster to run: name@alias, name/version, models:/..., a local .onnx file or "
+            "bentoml:name[:version] (as `rnnops serve` takes)."
+        ),
+    ] = "forecaster@champion",
+    input: Annotated[
+        Path,
+        Opt(
+            "--input",
+            "-i",
+            help="Long-format .csv (.csv.gz) or .parquet: one row per series and timestamp, "
+            "with the model's feature columns.",
+        ),
+    ] = ...,
+    output: Annotated[
+        Path,
+        Opt(
+            "--output",
+            "-o",
+            help="Where to write the forecasts (.csv or .parquet); written under a "
+            "temporary name and renamed when complete.",
+        ),
+    ] = ...,
+    id_column: Annotated[str | None, Opt(help="Column naming the series (omit when the file is one series).")] = None,
+    date_column: Annotated[
+        str | None, Opt(help="Timestamp column (default: date, datetime, timestamp, time or ds).")
+    ] = None,
+    horizon: Annotated[
+        int | None, Opt(min=1, help="Steps to forecast (at most the model's horizon; default: all of them).")
+    ] = None,
+    freq: Annotated[
+        str | None,
+        Opt(
+            help="Frequency of the series (pandas: h, 15min, D, W, MS...); default: inferred "
+            "from each series' timestamps."
+        ),
+    ] = None,
+    date_format: Annotated[
+        str | None, Opt(help="strptime format of the dates (default: ISO 8601, else pandas' inference).")
+    ] = None,
+    engine: Annotated[
+        Engine, Opt(help="local: this machine, streaming; spark: Apache Spark (pyspark + Java 17).")
+    ] = Engine.local,
+    spark_master: Annotated[
+        str | None, Opt(help="Spark master URL (default local[*], or RNNOPS_SPARK_MASTER).")
+    ] = None,
+    strict: Annotated[
+        bool,
+        Opt(
+            "--strict",
+            help="Fail the whole job (nothing written) when any series cannot be forecast, "
+            "instead of reporting it and writing the rest.",
+        ),
+    ] = False,
+    errors: Annotated[
+        Path | None, Opt("--errors", help="Per-series error report (CSV; default: OUTPUT's name + .errors.csv).")
+    ] = None,
+    plot: Annotated[
+        Path | None, Opt("--plot", help="Write a PNG of history + forecast per series into this folder.")
+    ] = None,
     plot_max: Annotated[int, Opt(min=0, help="Plot at most this many series (the first ones).")] = 20,
     workers: Annotated[int, Opt(min=0, help="Threads running the model (local engine; 0 = all CPUs).")] = 0,
     batch_size: Annotated[int, Opt("--batch-size", min=1, help="Windows per onnxruntime call.")] = 256,
     chunk_rows: Annotated[int, Opt(min=1, help="Rows read per chunk (local engine; memory vs. overhead).")] = 65_536,
-    progress: Annotated[Optional[bool], Opt("--progress/--no-progress", help="Progress bars (default: when stderr is a terminal).")] = None,
+    progress: Annotated[
+        bool | None, Opt("--progress/--no-progress", help="Progress bars (default: when stderr is a terminal).")
+    ] = None,
 ):
     """Forecast every series of a long-format file with a registered forecaster.
 
@@ -52,10 +98,24 @@ def forecast(
     """
     from rnnops.serving.batch import EXIT_SERIES_FAILED, ForecastJob, describe, run
 
-    job = ForecastJob(model=model, input=input, output=output, id_column=id_column, date_column=date_column,
-                      horizon=horizon, freq=freq, date_format=date_format, strict=strict, errors_path=errors,
-                      chunk_rows=chunk_rows, batch_windows=batch_size, workers=workers, progress=progress,
-                      plot_dir=plot, plot_max=plot_max)
+    job = ForecastJob(
+        model=model,
+        input=input,
+        output=output,
+        id_column=id_column,
+        date_column=date_column,
+        horizon=horizon,
+        freq=freq,
+        date_format=date_format,
+        strict=strict,
+        errors_path=errors,
+        chunk_rows=chunk_rows,
+        batch_windows=batch_size,
+        workers=workers,
+        progress=progress,
+        plot_dir=plot,
+        plot_max=plot_max,
+    )
     summary = run(job, engine=engine.value, spark_master=spark_master)
     typer.echo(describe(summary), err=True)
     if summary.failed:

@@ -35,6 +35,8 @@ DATE_NAMES = ("date", "datetime", "timestamp", "time", "ds")
 def quantile_column(level: float) -> str:
     """The output column of a prediction-interval level: 0.1 -> forecast_p10, 0.025 -> forecast_p2.5."""
     return f"{FORECAST}_p{level * 100:g}"
+
+
 EXIT_SERIES_FAILED = 3  # CLI exit status when some series failed and the rest were written
 
 
@@ -121,11 +123,14 @@ def load_model(ref: str) -> ForecastModel:
     local = resolve_ref(ref, int8=False)
     meta = local.metadata
     if meta.get("kind") != "forecaster":
-        raise RnnopsError(f"{ref} is a {meta.get('kind') or 'model without rnnops metadata'}, not a forecaster: "
-                          "`rnnops forecast` needs a model trained with `rnnops train forecast` (or `sine`)")
+        raise RnnopsError(
+            f"{ref} is a {meta.get('kind') or 'model without rnnops metadata'}, not a forecaster: "
+            "`rnnops forecast` needs a model trained with `rnnops train forecast` (or `sine`)"
+        )
     info = ModelInfo.from_metadata(meta, where=str(ref))
-    return ForecastModel(name=local.name, version=local.registry_version, path=Path(local.path), sha256=local.sha256,
-                         info=info)
+    return ForecastModel(
+        name=local.name, version=local.registry_version, path=Path(local.path), sha256=local.sha256, info=info
+    )
 
 
 def plan(job: ForecastJob, model: ForecastModel) -> Layout:
@@ -146,16 +151,23 @@ def plan(job: ForecastJob, model: ForecastModel) -> Layout:
     if date_col is None:
         date_col = next((c for c in header if c.lower() in DATE_NAMES), None)
         if date_col is None:
-            raise RnnopsError(f"{job.input}: no date column found (looked for {', '.join(DATE_NAMES)}); "
-                              f"name it with --date-column (columns: {_list(header)})")
-    needed = {"--date-column": [date_col], "--id-column": [job.id_column] if job.id_column else [],
-              "the model's features": list(info.feature_names)}
+            raise RnnopsError(
+                f"{job.input}: no date column found (looked for {', '.join(DATE_NAMES)}); "
+                f"name it with --date-column (columns: {_list(header)})"
+            )
+    needed = {
+        "--date-column": [date_col],
+        "--id-column": [job.id_column] if job.id_column else [],
+        "the model's features": list(info.feature_names),
+    }
     missing = {what: [c for c in cols if c not in have] for what, cols in needed.items()}
     missing = {k: v for k, v in missing.items() if v}
     if missing:
         detail = "; ".join(f"{what}: {_list(cols)}" for what, cols in missing.items())
-        raise RnnopsError(f"{job.input} lacks columns ({detail}); it has {_list(header)}. The model "
-                          f"{model.name} reads {_list(info.feature_names)} (one row per series and timestamp)")
+        raise RnnopsError(
+            f"{job.input} lacks columns ({detail}); it has {_list(header)}. The model "
+            f"{model.name} reads {_list(info.feature_names)} (one row per series and timestamp)"
+        )
     if job.id_column is not None and job.id_column in info.feature_names:
         raise RnnopsError(f"--id-column {job.id_column} is one of the model's features")
     if date_col in info.feature_names:
@@ -163,8 +175,10 @@ def plan(job: ForecastJob, model: ForecastModel) -> Layout:
     taken = {STEP, TARGET, FORECAST, MODEL, MODEL_VERSION, *map(quantile_column, info.quantiles)}
     clash = [c for c in (job.id_column, date_col) if c in taken]
     if clash or job.id_column == date_col and job.id_column is not None:
-        raise RnnopsError(f"input column name(s) {_list(clash or [date_col])} clash with the output columns "
-                          f"({_list(sorted(taken))}) or each other; rename them")
+        raise RnnopsError(
+            f"input column name(s) {_list(clash or [date_col])} clash with the output columns "
+            f"({_list(sorted(taken))}) or each other; rename them"
+        )
     horizon = info.horizon if job.horizon is None else int(job.horizon)
     if not 1 <= horizon <= info.horizon:
         raise RnnopsError(f"--horizon {job.horizon}: this model forecasts 1 to {info.horizon} steps")
@@ -182,9 +196,20 @@ def plan(job: ForecastJob, model: ForecastModel) -> Layout:
             id_type = id_type.value_type
         if pa.types.is_large_string(id_type):
             id_type = pa.string()
-    return Layout(fmt=fmt, id_column=job.id_column, date_column=date_col, features=tuple(info.feature_names),
-                  targets=tuple(info.target_names), lookback=info.lookback, horizon=horizon, freq=job.freq,
-                  date_format=job.date_format, model_freq=info.freq, id_type=id_type, quantiles=tuple(info.quantiles))
+    return Layout(
+        fmt=fmt,
+        id_column=job.id_column,
+        date_column=date_col,
+        features=tuple(info.feature_names),
+        targets=tuple(info.target_names),
+        lookback=info.lookback,
+        horizon=horizon,
+        freq=job.freq,
+        date_format=job.date_format,
+        model_freq=info.freq,
+        id_type=id_type,
+        quantiles=tuple(info.quantiles),
+    )
 
 
 def _list(cols, most: int = 12) -> str:
@@ -216,16 +241,19 @@ def _progress(job: ForecastJob, **kw):
 
 def describe(summary: JobSummary) -> str:
     s = summary
-    line = (f"{s.engine}: {s.rows_read:,} rows, {s.series:,} series -> {s.output_rows:,} forecast rows for "
-            f"{s.forecasted:,} series in {s.output} ({s.seconds:.1f} s, {s.rows_per_s:,.0f} rows/s)")
+    line = (
+        f"{s.engine}: {s.rows_read:,} rows, {s.series:,} series -> {s.output_rows:,} forecast rows for "
+        f"{s.forecasted:,} series in {s.output} ({s.seconds:.1f} s, {s.rows_per_s:,.0f} rows/s)"
+    )
     if s.failed:
         line += f"; {s.failed:,} series failed: see {s.errors_path}"
         for e in s.first_errors[:3]:
             line += f"\n  {e.series_id!r} ({e.rows} rows): {e.message}"
     if s.freq_mismatch:
-        line += (f"\nwarning: {s.freq_mismatch:,} series are spaced unlike the model's training data; "
-                 "their forecasts use the model at a frequency it was not trained on")
+        line += (
+            f"\nwarning: {s.freq_mismatch:,} series are spaced unlike the model's training data; "
+            "their forecasts use the model at a frequency it was not trained on"
+        )
     if s.plots:
         line += f"\nplots: {len(s.plots)} PNG in {s.plots[0].parent}"
     return line
-

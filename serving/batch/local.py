@@ -6,8 +6,8 @@ calls at a time, and write the results. No torch: onnxruntime, numpy, pyarrow an
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import numpy as np
 
@@ -24,8 +24,13 @@ def make_runtime(model: ForecastModel, threads: int = 1):
     from rnnops.serving.runtime import Runtime
 
     config = ServeConfig.from_env()
-    return Runtime(model.path, providers=config.providers, iobinding=config.iobinding, threads=threads,
-                   name=f"{model.name}/{model.version}")
+    return Runtime(
+        model.path,
+        providers=config.providers,
+        iobinding=config.iobinding,
+        threads=threads,
+        name=f"{model.name}/{model.version}",
+    )
 
 
 def predict(runtime, windows: np.ndarray, batch: int) -> np.ndarray:
@@ -80,8 +85,12 @@ def run_local(job: ForecastJob, model: ForecastModel, layout: Layout) -> JobSumm
             bar.update(done - done_prev)
             done_prev = done
             elapsed = time.perf_counter() - t0
-            bar.set_postfix(rows=f"{tails.rows:,}", series=f"{tails.series:,}",
-                            rows_s=f"{tails.rows / max(elapsed, 1e-9):,.0f}", refresh=False)
+            bar.set_postfix(
+                rows=f"{tails.rows:,}",
+                series=f"{tails.series:,}",
+                rows_s=f"{tails.rows / max(elapsed, 1e-9):,.0f}",
+                refresh=False,
+            )
             if job.strict and tails.has_errors:
                 raise strict_error(tails.errors(), layout)
     finally:
@@ -90,6 +99,14 @@ def run_local(job: ForecastJob, model: ForecastModel, layout: Layout) -> JobSumm
     if job.strict and prepared.errors:
         raise strict_error(prepared.errors, layout)
     runtime = make_runtime(model, threads=1)
-    return write_results(job, model, layout, prepared, forecast_batches(runtime, prepared, job.batch_windows, workers),
-                         engine="local", rows_read=tails.rows, series=tails.series, started=t0)
-
+    return write_results(
+        job,
+        model,
+        layout,
+        prepared,
+        forecast_batches(runtime, prepared, job.batch_windows, workers),
+        engine="local",
+        rows_read=tails.rows,
+        series=tails.series,
+        started=t0,
+    )

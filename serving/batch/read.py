@@ -8,8 +8,9 @@ import contextlib
 import queue
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -47,8 +48,11 @@ def read_header(path: Path, fmt: str) -> pa.Schema:
 
     try:
         with pa.input_stream(str(path), compression="detect") as stream:
-            reader = pcsv.open_csv(stream, read_options=pcsv.ReadOptions(block_size=1 << 20),
-                                   convert_options=pcsv.ConvertOptions(column_types={}))
+            reader = pcsv.open_csv(
+                stream,
+                read_options=pcsv.ReadOptions(block_size=1 << 20),
+                convert_options=pcsv.ConvertOptions(column_types={}),
+            )
             return pa.schema([(name, pa.string()) for name in reader.schema.names])
     except (OSError, pa.ArrowException) as exc:
         raise RnnopsError(f"cannot read {path} as CSV: {str(exc).splitlines()[0]}") from None
@@ -76,8 +80,13 @@ def iter_input(path: Path, layout: Layout, chunk_rows: int) -> Iterator[tuple[pa
     types[layout.date_column] = pa.string()
     if layout.id_column:
         types[layout.id_column] = pa.string()  # ids are labels: "007" stays "007"
-    convert = pcsv.ConvertOptions(column_types=types, include_columns=cols, null_values=[""],
-                                  strings_can_be_null=True, quoted_strings_can_be_null=True)
+    convert = pcsv.ConvertOptions(
+        column_types=types,
+        include_columns=cols,
+        null_values=[""],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=True,
+    )
     raw = pa.OSFile(str(path), "rb")
     compression = pa.Codec.detect(str(path)).name if not str(path).lower().endswith(".csv") else None
     stream = pa.CompressedInputStream(raw, compression) if compression else raw
@@ -102,8 +111,10 @@ def iter_input(path: Path, layout: Layout, chunk_rows: int) -> Iterator[tuple[pa
         if pending:
             yield _combine(pending), raw.tell()
     except pa.ArrowInvalid as exc:
-        raise RnnopsError(f"cannot read {path}: {str(exc).splitlines()[0]} (feature columns must hold numbers; "
-                          "an empty cell is a missing value)") from None
+        raise RnnopsError(
+            f"cannot read {path}: {str(exc).splitlines()[0]} (feature columns must hold numbers; "
+            "an empty cell is a missing value)"
+        ) from None
     finally:
         stream.close()
 
@@ -201,4 +212,3 @@ def feature_matrix(batch: pa.RecordBatch, features) -> np.ndarray:
         except (TypeError, ValueError):
             raise RnnopsError(f"column {name} holds {col.type}, not numbers") from None
     return np.column_stack(cols) if cols else np.zeros((batch.num_rows, 0), np.float32)
-

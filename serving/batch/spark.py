@@ -41,7 +41,6 @@ import pyarrow.compute as pc
 from rnnops.errors import RnnopsError
 from rnnops.serving import batch as B
 
-
 POS = "_rnnops_pos"
 BUCKET = "_rnnops_bucket"
 BUCKET_BYTES = 64 << 20  # about this much input per group (a group is held in a worker's memory)
@@ -62,13 +61,20 @@ class GroupTask:
 def result_schema(layout: B.Layout, with_windows: bool):
     from pyspark.sql import types as T
 
-    fields = [T.StructField("id", _spark_type(layout.id_type) if layout.id_column else T.StringType()),
-              T.StructField("first", T.LongType()), T.StructField("rows", T.LongType()),
-              T.StructField("error", T.StringType()), T.StructField("mismatch", T.BooleanType()),
-              T.StructField("future", T.ArrayType(T.LongType())), T.StructField("forecast", T.ArrayType(T.FloatType()))]
+    fields = [
+        T.StructField("id", _spark_type(layout.id_type) if layout.id_column else T.StringType()),
+        T.StructField("first", T.LongType()),
+        T.StructField("rows", T.LongType()),
+        T.StructField("error", T.StringType()),
+        T.StructField("mismatch", T.BooleanType()),
+        T.StructField("future", T.ArrayType(T.LongType())),
+        T.StructField("forecast", T.ArrayType(T.FloatType())),
+    ]
     if with_windows:
-        fields += [T.StructField("window", T.ArrayType(T.FloatType())),
-                   T.StructField("window_dates", T.ArrayType(T.LongType()))]
+        fields += [
+            T.StructField("window", T.ArrayType(T.FloatType())),
+            T.StructField("window_dates", T.ArrayType(T.LongType())),
+        ]
     return T.StructType(fields)
 
 
@@ -141,8 +147,15 @@ def forecast_group(task: GroupTask, table: pa.Table) -> pa.Table:
 
 def _arrow_schema(layout: B.Layout, with_windows: bool) -> pa.Schema:
     id_type = pa.int64() if layout.id_type is not None and pa.types.is_integer(layout.id_type) else pa.string()
-    fields = [("id", id_type), ("first", pa.int64()), ("rows", pa.int64()), ("error", pa.string()),
-              ("mismatch", pa.bool_()), ("future", pa.list_(pa.int64())), ("forecast", pa.list_(pa.float32()))]
+    fields = [
+        ("id", id_type),
+        ("first", pa.int64()),
+        ("rows", pa.int64()),
+        ("error", pa.string()),
+        ("mismatch", pa.bool_()),
+        ("future", pa.list_(pa.int64())),
+        ("forecast", pa.list_(pa.float32())),
+    ]
     if with_windows:
         fields += [("window", pa.list_(pa.float32())), ("window_dates", pa.list_(pa.int64()))]
     return pa.schema(fields)
@@ -183,21 +196,25 @@ def session(master: str | None, progress: bool):
     # Workers must run this interpreter (its site-packages hold rnnops and onnxruntime).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    builder = (SparkSession.builder.master(master or os.environ.get("RNNOPS_SPARK_MASTER") or "local[*]")
-               .appName("rnnops-forecast")
-               .config("spark.ui.enabled", "false")
-               .config("spark.ui.showConsoleProgress", "true" if progress else "false")
-               .config("spark.sql.session.timeZone", "UTC")
-               .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-               .config("spark.python.worker.reuse", "true"))
+    builder = (
+        SparkSession.builder.master(master or os.environ.get("RNNOPS_SPARK_MASTER") or "local[*]")
+        .appName("rnnops-forecast")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "true" if progress else "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.python.worker.reuse", "true")
+    )
     try:
         existing = SparkSession.getActiveSession()
         spark = builder.getOrCreate()
         spark._rnnops_owned = existing is None  # stop it at the end only if this job started it
     except Exception as exc:  # py4j / Java launch failures
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RnnopsError(f"cannot start Spark ({first}); the Spark engine needs Java 17 or later "
-                          "(`java -version`; on Debian/Ubuntu: apt-get install -y openjdk-17-jre-headless)") from None
+        raise RnnopsError(
+            f"cannot start Spark ({first}); the Spark engine needs Java 17 or later "
+            "(`java -version`; on Debian/Ubuntu: apt-get install -y openjdk-17-jre-headless)"
+        ) from None
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 
@@ -213,11 +230,18 @@ def read_input(spark, job: B.ForecastJob, layout: B.Layout):
         df = spark.read.parquet(path).select(*cols)
     else:
         header = list(B.read_header(job.input, "csv").names)
-        schema = T.StructType([T.StructField(c, T.DoubleType() if c in layout.features else T.StringType())
-                               for c in header])
+        schema = T.StructType(
+            [T.StructField(c, T.DoubleType() if c in layout.features else T.StringType()) for c in header]
+        )
         # RFC 4180 quoting like Arrow's reader; a malformed row stops the job, as it does locally
-        df = (spark.read.schema(schema).option("header", True).option("mode", "FAILFAST").option("escape", '"')
-              .csv(path).select(*cols))
+        df = (
+            spark.read.schema(schema)
+            .option("header", True)
+            .option("mode", "FAILFAST")
+            .option("escape", '"')
+            .csv(path)
+            .select(*cols)
+        )
     for c in layout.features:
         df = df.withColumn(c, F.col(c).cast("double"))
     return df.withColumn(POS, F.monotonically_increasing_id())
@@ -240,10 +264,19 @@ def run_spark(job: B.ForecastJob, model: B.ForecastModel, layout: B.Layout, mast
         df = read_input(spark, job, layout)
         key = F.pmod(F.xxhash64(F.col(layout.id_column)), F.lit(buckets)) if layout.id_column else F.lit(0)
         plots = job.plot_dir is not None
-        task = GroupTask(layout=layout, model_file=model.path.name, local_path=str(model.path.resolve()),
-                         sha256=model.sha256, batch_windows=job.batch_windows, with_windows=plots)
-        res = (df.withColumn(BUCKET, key).groupBy(BUCKET)
-               .applyInArrow(group_function(task), schema=result_schema(layout, plots)))
+        task = GroupTask(
+            layout=layout,
+            model_file=model.path.name,
+            local_path=str(model.path.resolve()),
+            sha256=model.sha256,
+            batch_windows=job.batch_windows,
+            with_windows=plots,
+        )
+        res = (
+            df.withColumn(BUCKET, key)
+            .groupBy(BUCKET)
+            .applyInArrow(group_function(task), schema=result_schema(layout, plots))
+        )
         try:
             table = res.toArrow()
         except Exception as exc:
@@ -280,17 +313,37 @@ def _write(job: B.ForecastJob, model: B.ForecastModel, layout: B.Layout, table: 
         wdates = _matrix(ok["window_dates"], m, L, np.int64)
     else:
         windows, wdates = np.zeros((m, 0, F), np.float32), np.zeros((m, 0), np.int64)
-    errors = [B.SeriesError(sid, rows, message, first) for sid, rows, message, first in
-              zip(bad["id"].to_pylist(), bad["rows"].to_pylist(), bad["error"].to_pylist(), bad["first"].to_pylist())]
-    prepared = B.Prepared(ids=ids, first_pos=ok["first"].to_numpy(), rows=ok["rows"].to_numpy(), windows=windows,
-                          window_dates=wdates, future=future, errors=errors,
-                          mismatch=np.asarray(ok["mismatch"].to_numpy(zero_copy_only=False), dtype=bool))
+    errors = [
+        B.SeriesError(sid, rows, message, first)
+        for sid, rows, message, first in zip(
+            bad["id"].to_pylist(), bad["rows"].to_pylist(), bad["error"].to_pylist(), bad["first"].to_pylist()
+        )
+    ]
+    prepared = B.Prepared(
+        ids=ids,
+        first_pos=ok["first"].to_numpy(),
+        rows=ok["rows"].to_numpy(),
+        windows=windows,
+        window_dates=wdates,
+        future=future,
+        errors=errors,
+        mismatch=np.asarray(ok["mismatch"].to_numpy(zero_copy_only=False), dtype=bool),
+    )
     if job.strict and errors:
         raise B.strict_error(errors, layout)
     step = max(1, job.batch_windows)
     slices = (slice(lo, min(m, lo + step)) for lo in range(0, m, step))
-    return B.write_results(job, model, layout, prepared, ((s, y[s]) for s in slices), engine="spark",
-                           rows_read=int(pc.sum(table["rows"]).as_py() or 0), series=table.num_rows, started=t0)
+    return B.write_results(
+        job,
+        model,
+        layout,
+        prepared,
+        ((s, y[s]) for s in slices),
+        engine="spark",
+        rows_read=int(pc.sum(table["rows"]).as_py() or 0),
+        series=table.num_rows,
+        started=t0,
+    )
 
 
 def _matrix(col, m: int, k: int, dtype) -> np.ndarray:
@@ -298,4 +351,3 @@ def _matrix(col, m: int, k: int, dtype) -> np.ndarray:
         return np.zeros((0, k), dtype)
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     return np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=dtype).reshape(m, k)
-

@@ -114,8 +114,10 @@ class SeriesTails:
             arr = arr.dictionary_decode()
         enc = pc.dictionary_encode(arr, null_encoding="encode")
         local = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        lookup = np.array([self._index[u] if u in self._index else self._new_gid(u)
-                           for u in enc.dictionary.to_pylist()], dtype=np.int64)
+        lookup = np.array(
+            [self._index[u] if u in self._index else self._new_gid(u) for u in enc.dictionary.to_pylist()],
+            dtype=np.int64,
+        )
         return lookup[local] if len(lookup) else local
 
     def _new_gid(self, key) -> int:
@@ -166,9 +168,16 @@ class SeriesTails:
                 elif d[r] == prev[r]:
                     msg = f"timestamp {ts(d[r])} repeats (one row per series and timestamp)"
                 else:
-                    msg = (f"timestamps go back: {ts(d[r])} comes after {ts(prev[r])} (sort the rows of each "
-                           "series by time" + ("" if self.layout.id_column else "; or is this several series? "
-                                               "name the id column with --id-column") + ")")
+                    msg = (
+                        f"timestamps go back: {ts(d[r])} comes after {ts(prev[r])} (sort the rows of each "
+                        "series by time"
+                        + (
+                            ""
+                            if self.layout.id_column
+                            else "; or is this several series? name the id column with --id-column"
+                        )
+                        + ")"
+                    )
                 self._messages[gid] = msg
                 self._failed[gid] = True
 
@@ -182,7 +191,9 @@ class SeriesTails:
         owner = np.repeat(gids_a, take)
         j = rows - np.repeat(ends_a - take, take)
         slot = (self._wptr[owner] + j) % self.L
-        vals = feature_matrix(batch.select(list(self.layout.features)).take(pa.array(order[rows])), self.layout.features)
+        vals = feature_matrix(
+            batch.select(list(self.layout.features)).take(pa.array(order[rows])), self.layout.features
+        )
         self._tails[owner, slot] = vals
         self._tdates[owner, slot] = d[rows]
         self._wptr[gids_a] = (self._wptr[gids_a] + take) % self.L
@@ -199,7 +210,9 @@ class SeriesTails:
         return self._error_list(self._messages)
 
     def _error_list(self, messages: dict[int, str]) -> list[SeriesError]:
-        return [SeriesError(self._ids[g], int(self._count[g]), m, int(self._first[g])) for g, m in sorted(messages.items())]
+        return [
+            SeriesError(self._ids[g], int(self._count[g]), m, int(self._first[g])) for g, m in sorted(messages.items())
+        ]
 
     def finish(self) -> Prepared:
         """Check each series' window (length, NaN, spacing) and build windows + future timestamps."""
@@ -221,8 +234,9 @@ class SeriesTails:
         for k in np.flatnonzero(~finite):
             t, f = np.argwhere(~np.isfinite(windows[k]))[0]
             what = "missing (NaN)" if np.isnan(windows[k, t, f]) else f"{windows[k, t, f]}"
-            messages[int(alive[k])] = (f"{lay.features[f]} is {what} at {ts(wdates[k, t])}, within the last {L} rows "
-                                       "that the model reads")
+            messages[int(alive[k])] = (
+                f"{lay.features[f]} is {what} at {ts(wdates[k, t])}, within the last {L} rows that the model reads"
+            )
 
         # Future timestamps of the complete windows (serving/timeseries.py: the same rules as /forecast).
         ok = finite.copy()
@@ -230,15 +244,22 @@ class SeriesTails:
         mismatch = np.zeros(len(alive), bool)
         fin = np.flatnonzero(finite)
         future[fin], ok[fin], time_errors, mismatch[fin] = timeseries.future_many(
-            wdates[fin], lay.horizon, freq=lay.freq, model_freq=lay.model_freq)
+            wdates[fin], lay.horizon, freq=lay.freq, model_freq=lay.model_freq
+        )
         for k, message in time_errors.items():
             messages[int(alive[fin[k]])] = message
 
         keep = alive[ok]
-        return Prepared(ids=[self._ids[g] for g in keep], first_pos=self._first[keep].copy(),
-                        rows=self._count[keep].copy(), windows=np.ascontiguousarray(windows[ok]),
-                        window_dates=wdates[ok], future=future[ok], errors=self._error_list(messages),
-                        mismatch=mismatch[ok])
+        return Prepared(
+            ids=[self._ids[g] for g in keep],
+            first_pos=self._first[keep].copy(),
+            rows=self._count[keep].copy(),
+            windows=np.ascontiguousarray(windows[ok]),
+            window_dates=wdates[ok],
+            future=future[ok],
+            errors=self._error_list(messages),
+            mismatch=mismatch[ok],
+        )
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -11,15 +11,26 @@ import errno
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 
 from rnnops.errors import RnnopsError
-from rnnops.serving.batch.job import (FORECAST, MODEL, MODEL_VERSION, STEP, TARGET, ForecastJob, ForecastModel,
-                                      JobSummary, Layout, _progress, quantile_column)
+from rnnops.serving.batch.job import (
+    FORECAST,
+    MODEL,
+    MODEL_VERSION,
+    STEP,
+    TARGET,
+    ForecastJob,
+    ForecastModel,
+    JobSummary,
+    Layout,
+    _progress,
+    quantile_column,
+)
 from rnnops.serving.batch.read import CSV_SUFFIXES, PARQUET_SUFFIXES, file_format
 from rnnops.serving.batch.tails import Prepared, SeriesError
 
@@ -28,9 +39,15 @@ def output_schema(layout: Layout, date_type: pa.DataType) -> pa.Schema:
     fields = []
     if layout.id_column is not None:
         fields.append(pa.field(layout.id_column, layout.id_type or pa.string()))
-    fields += [pa.field(layout.date_column, date_type), pa.field(STEP, pa.int32()), pa.field(TARGET, pa.string()),
-               pa.field(FORECAST, pa.float32()), *(pa.field(quantile_column(q), pa.float32()) for q in layout.quantiles),
-               pa.field(MODEL, pa.string()), pa.field(MODEL_VERSION, pa.int64())]
+    fields += [
+        pa.field(layout.date_column, date_type),
+        pa.field(STEP, pa.int32()),
+        pa.field(TARGET, pa.string()),
+        pa.field(FORECAST, pa.float32()),
+        *(pa.field(quantile_column(q), pa.float32()) for q in layout.quantiles),
+        pa.field(MODEL, pa.string()),
+        pa.field(MODEL_VERSION, pa.int64()),
+    ]
     return pa.schema(fields)
 
 
@@ -39,8 +56,9 @@ def date_type_for(future: np.ndarray) -> pa.DataType:
     return pa.timestamp("s") if (future % 1_000_000_000 == 0).all() else pa.timestamp("ns")
 
 
-def output_table(schema: pa.Schema, layout: Layout, ids: list, future: np.ndarray, y: np.ndarray,
-                 model: str, version: int | None) -> pa.Table:
+def output_table(
+    schema: pa.Schema, layout: Layout, ids: list, future: np.ndarray, y: np.ndarray, model: str, version: int | None
+) -> pa.Table:
     """Rows for ``len(ids)`` series: for each series, each step, each target (in that order).
     ``y``: forecasts ``[m, H, T]``, or ``[m, H, T, 1 + levels]`` (the forecast, then each quantile)
     for a model with prediction intervals."""
@@ -62,8 +80,9 @@ def output_table(schema: pa.Schema, layout: Layout, ids: list, future: np.ndarra
     for k in range(len(layout.quantiles)):
         cols.append(pa.array(np.ascontiguousarray(bands[..., k]).reshape(-1)))
     cols.append(pa.array([model], type=pa.string()).take(pa.array(np.zeros(m * per, np.int64))))
-    cols.append(pa.nulls(m * per, pa.int64()) if version is None else
-                pa.array(np.full(m * per, int(version), np.int64)))
+    cols.append(
+        pa.nulls(m * per, pa.int64()) if version is None else pa.array(np.full(m * per, int(version), np.int64))
+    )
     return pa.Table.from_arrays(cols, schema=schema)
 
 
@@ -81,7 +100,9 @@ class AtomicWriter:
             import pyarrow.csv as pcsv
 
             compression = None if path.name.lower().endswith(".csv") else pa.Codec.detect(str(path)).name
-            self._sink = pa.CompressedOutputStream(str(self.tmp), compression) if compression else pa.OSFile(str(self.tmp), "wb")
+            self._sink = (
+                pa.CompressedOutputStream(str(self.tmp), compression) if compression else pa.OSFile(str(self.tmp), "wb")
+            )
             self._writer = pcsv.CSVWriter(self._sink, schema)
         else:
             import pyarrow.parquet as pq
@@ -167,9 +188,18 @@ def _label(sid, layout: Layout) -> str:
     return f"series {sid!r}" if sid is not None else "rows without an id"
 
 
-def write_results(job: ForecastJob, model: ForecastModel, layout: Layout, prepared: Prepared,
-                  forecasts: Iterator[tuple[slice, np.ndarray]], *, engine: str, rows_read: int, series: int,
-                  started: float) -> JobSummary:
+def write_results(
+    job: ForecastJob,
+    model: ForecastModel,
+    layout: Layout,
+    prepared: Prepared,
+    forecasts: Iterator[tuple[slice, np.ndarray]],
+    *,
+    engine: str,
+    rows_read: int,
+    series: int,
+    started: float,
+) -> JobSummary:
     """Write the output (atomically), the error report and the plots, and sum the job up;
     both engines end here. ``started``: the job's ``time.perf_counter()`` at its start."""
     schema = output_schema(layout, date_type_for(prepared.future))
@@ -178,7 +208,9 @@ def write_results(job: ForecastJob, model: ForecastModel, layout: Layout, prepar
     bar = _progress(job, total=len(prepared.ids), unit="series", desc="forecasting")
     try:
         for s, y in forecasts:
-            writer.write(output_table(schema, layout, prepared.ids[s], prepared.future[s], y, model.name, model.version))
+            writer.write(
+                output_table(schema, layout, prepared.ids[s], prepared.future[s], y, model.name, model.version)
+            )
             bar.update(s.stop - s.start)
             if job.plot_dir is not None and s.start < job.plot_max:
                 plots += plot_series(job.plot_dir, layout, prepared, y, s, job.plot_max)
@@ -190,15 +222,27 @@ def write_results(job: ForecastJob, model: ForecastModel, layout: Layout, prepar
         if why is None:
             raise
         kept = f"; the older {job.output.name} is left as it was" if job.output.exists() else ""
-        raise RnnopsError(f"{why} while writing {job.output} (after {writer.rows:,} rows): the job is not complete, "
-                          f"so nothing was written (the temporary {writer.tmp.name} was removed){kept}. Free some "
-                          "space on that disk or write the output elsewhere") from None
+        raise RnnopsError(
+            f"{why} while writing {job.output} (after {writer.rows:,} rows): the job is not complete, "
+            f"so nothing was written (the temporary {writer.tmp.name} was removed){kept}. Free some "
+            "space on that disk or write the output elsewhere"
+        ) from None
     finally:
         bar.close()
-    return JobSummary(engine=engine, output=job.output, errors_path=errors_path, rows_read=rows_read, series=series,
-                      forecasted=len(prepared.ids), failed=len(prepared.errors), output_rows=writer.rows,
-                      seconds=time.perf_counter() - started, freq_mismatch=prepared.freq_mismatch,
-                      plots=tuple(plots), first_errors=tuple(prepared.errors[:5]))
+    return JobSummary(
+        engine=engine,
+        output=job.output,
+        errors_path=errors_path,
+        rows_read=rows_read,
+        series=series,
+        forecasted=len(prepared.ids),
+        failed=len(prepared.errors),
+        output_rows=writer.rows,
+        seconds=time.perf_counter() - started,
+        freq_mismatch=prepared.freq_mismatch,
+        plots=tuple(plots),
+        first_errors=tuple(prepared.errors[:5]),
+    )
 
 
 def plot_series(folder: Path, layout: Layout, prepared: Prepared, y: np.ndarray, s: slice, most: int) -> list[Path]:
@@ -230,8 +274,15 @@ def plot_series(folder: Path, layout: Layout, prepared: Prepared, y: np.ndarray,
                 fx, fy = np.r_[hist[-1:], fut], np.r_[prepared.windows[k, -1:, f_in], fy]  # joined to the last point
             if y.ndim == 4:  # the outermost levels' band, e.g. 0.1-0.9
                 lv = layout.quantiles
-                ax.fill_between(fut, y[i, : layout.horizon, t, 1], y[i, : layout.horizon, t, -1], color="tab:orange",
-                                alpha=0.25, lw=0, label=f"p{lv[0] * 100:g}-p{lv[-1] * 100:g}")
+                ax.fill_between(
+                    fut,
+                    y[i, : layout.horizon, t, 1],
+                    y[i, : layout.horizon, t, -1],
+                    color="tab:orange",
+                    alpha=0.25,
+                    lw=0,
+                    label=f"p{lv[0] * 100:g}-p{lv[-1] * 100:g}",
+                )
             ax.plot(fx, fy, color="tab:orange", lw=1.4, label="forecast")
             ax.set_ylabel(name, fontsize=8)
             ax.tick_params(labelsize=7)
@@ -246,4 +297,3 @@ def plot_series(folder: Path, layout: Layout, prepared: Prepared, y: np.ndarray,
         plt.close(fig)
         written.append(path)
     return written
-

@@ -26,7 +26,8 @@ class ForecastBatcher:
         self.max_batch = max_batch
         on_call = metrics and observer(metrics.forecast_batch.labels(model), metrics.forecast_seconds.labels(model))
         self._queue: BatchQueue[np.ndarray, Bands] = BatchQueue(
-            self._forecast, key=len, max_batch=max_batch, name=f"rnnops-forecast-{model}", on_call=on_call)
+            self._forecast, key=len, max_batch=max_batch, name=f"rnnops-forecast-{model}", on_call=on_call
+        )
 
     @property
     def calls(self) -> int:

@@ -45,10 +45,16 @@ def encode(sess: ForecastSession, state_arrays: tuple[np.ndarray, ...] | None) -
         arrays["last_forecast"] = sess.last_forecast
     if getattr(sess, "last_quantiles", None) is not None:
         arrays["last_quantiles"] = sess.last_quantiles
-    meta = {"model": sess.model.name, "version": sess.model.version, "freq": sess.freq,
-            "observations": sess.observations, "created": sess.created_wall, "stateful": sess.stateful,
-            "n_state": 0 if state_arrays is None else len(state_arrays),
-            "arrays": {k: [str(a.dtype), list(a.shape)] for k, a in arrays.items()}}
+    meta = {
+        "model": sess.model.name,
+        "version": sess.model.version,
+        "freq": sess.freq,
+        "observations": sess.observations,
+        "created": sess.created_wall,
+        "stateful": sess.stateful,
+        "n_state": 0 if state_arrays is None else len(state_arrays),
+        "arrays": {k: [str(a.dtype), list(a.shape)] for k, a in arrays.items()},
+    }
     out = {"meta": json.dumps(meta).encode()}
     out.update({f"a:{k}": np.ascontiguousarray(a).tobytes() for k, a in arrays.items()})
     return out
@@ -56,8 +62,10 @@ def encode(sess: ForecastSession, state_arrays: tuple[np.ndarray, ...] | None) -
 
 def decode(sid: str, fields: dict[bytes, bytes], model) -> ForecastSession:
     meta = json.loads(fields[b"meta"])
-    arrays = {k: np.frombuffer(fields[f"a:{k}".encode()], dtype=dt).reshape(shape).copy()
-              for k, (dt, shape) in meta["arrays"].items()}
+    arrays = {
+        k: np.frombuffer(fields[f"a:{k}".encode()], dtype=dt).reshape(shape).copy()
+        for k, (dt, shape) in meta["arrays"].items()
+    }
     sess = ForecastSession(model, sid, meta["freq"])
     sess.window = arrays["window"]
     sess.timestamps = arrays["timestamps"]
@@ -77,8 +85,16 @@ class RedisSessionStore:
 
     shared = True
 
-    def __init__(self, url: str, models, max_sessions: int = 1024, ttl_s: float = 600.0, metrics=None,
-                 clock: Callable[[], float] = time.time, lock_s: float = 30.0):
+    def __init__(
+        self,
+        url: str,
+        models,
+        max_sessions: int = 1024,
+        ttl_s: float = 600.0,
+        metrics=None,
+        clock: Callable[[], float] = time.time,
+        lock_s: float = 30.0,
+    ):
         try:
             import redis.asyncio as aioredis
         except ImportError:
@@ -136,8 +152,10 @@ class RedisSessionStore:
         meta = json.loads(fields[b"meta"])
         model = self.models.version_of(meta["model"], str(meta["version"]))
         if model is None:
-            raise SessionModelGone(f"session {sid!r} was opened on {meta['model']} version {meta['version']}, which "
-                                   "this server no longer serves; open a new session (POST /sessions)")
+            raise SessionModelGone(
+                f"session {sid!r} was opened on {meta['model']} version {meta['version']}, which "
+                "this server no longer serves; open a new session (POST /sessions)"
+            )
         async with self.redis.pipeline(transaction=True) as p:
             await self._touch(p, sid)
             await p.execute()
@@ -153,8 +171,12 @@ class RedisSessionStore:
         without an error."""
         lock = self.redis.lock(f"rnnops:lock:{sid}", timeout=self.lock_s, blocking_timeout=self.lock_s)
         if not await lock.acquire():
-            raise Overloaded("session_busy", f"session {sid!r} is being updated elsewhere (waited "
-                             f"RNNOPS_SESSION_LOCK_S={self.lock_s:g}s); retry", 1, status=503)
+            raise Overloaded(
+                "session_busy",
+                f"session {sid!r} is being updated elsewhere (waited RNNOPS_SESSION_LOCK_S={self.lock_s:g}s); retry",
+                1,
+                status=503,
+            )
         try:
             sess = await self.get(sid)
             yield sess

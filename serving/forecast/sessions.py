@@ -76,9 +76,13 @@ def sessions_full(open_now: int, limit: int, ttl_s: float, model: str, metrics=N
     """The 429 of a full store (every store's cap), counted in the metrics."""
     if metrics:
         metrics.rejected.labels(model, "sessions_full").inc()
-    return Overloaded("sessions_full", f"{open_now} forecast sessions are open (limit RNNOPS_MAX_SESSIONS={limit}); "
-                      f"close unused ones (DELETE /sessions/ID) or wait for idle ones to expire ({ttl_s:g}s)",
-                      retry_after=int(min(60, max(1, ttl_s / 10))), status=429)
+    return Overloaded(
+        "sessions_full",
+        f"{open_now} forecast sessions are open (limit RNNOPS_MAX_SESSIONS={limit}); "
+        f"close unused ones (DELETE /sessions/ID) or wait for idle ones to expire ({ttl_s:g}s)",
+        retry_after=int(min(60, max(1, ttl_s / 10))),
+        status=429,
+    )
 
 
 class SessionStore:
@@ -91,8 +95,9 @@ class SessionStore:
 
     shared = False  # sessions are visible to this worker only
 
-    def __init__(self, max_sessions: int = 1024, ttl_s: float = 600.0, metrics=None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, max_sessions: int = 1024, ttl_s: float = 600.0, metrics=None, clock: Callable[[], float] = time.monotonic
+    ):
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
         self.clock = clock  # seconds; the idle TTL is measured on it (tests pass one they move)

@@ -37,7 +37,8 @@ class SessionStepper:
         self.batcher = batcher  # the version's ForecastBatcher (windowed sessions)
         on_call = metrics and observer(metrics.session_batch.labels(model), metrics.session_seconds.labels(model))
         self._queue: BatchQueue[Update, Stepped] = BatchQueue(
-            self._step, key=lambda u: len(u[1]), max_batch=max_batch, name=f"rnnops-steps-{model}", on_call=on_call)
+            self._step, key=lambda u: len(u[1]), max_batch=max_batch, name=f"rnnops-steps-{model}", on_call=on_call
+        )
 
     @property
     def calls(self) -> int:
@@ -55,7 +56,7 @@ class SessionStepper:
         if sess.stateful:
             y, q, sess.state = (await self._queue.submit([(sess.state, rows)]))[0]
         else:
-            window = np.concatenate([sess.window, rows])[-sess.lookback:]
+            window = np.concatenate([sess.window, rows])[-sess.lookback :]
             if len(window) >= sess.lookback:
                 y, q = (await self.batcher.forecast_bands([window]))[0]
             sess.window = window

@@ -16,8 +16,9 @@ with :meth:`Stream.cancel`, which calls the generator's :meth:`GenerationClient.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from rnnops.serving.errors import Overloaded
 from rnnops.serving.generate.stream import GenerationRequest, Stream
@@ -107,7 +108,9 @@ class Admission:
                 "queue_full",
                 f"{active} streams are generating and {queued} are waiting (limits "
                 f"RNNOPS_MAX_STREAMS={self.max_active}, RNNOPS_MAX_QUEUE={self.max_queue}); retry later",
-                self.retry_after(queued), status=429)
+                self.retry_after(queued),
+                status=429,
+            )
 
     def retry_after(self, queued: int) -> int:
         """Seconds a rejected client should wait: the queue ahead of it, drained at the current pace."""

@@ -100,19 +100,28 @@ class EngineClient:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> "EngineClient":
+    def start(self) -> EngineClient:
         """Start the engine process and wait until its model is loaded (blocking: call it off the
         event loop). Raises RuntimeError with the engine's own message when it cannot start."""
         ours, theirs = _socketpair()
-        argv = [sys.executable, "-m", "rnnops.serving.generate.engine_process", str(theirs.fileno()), json.dumps(asdict(self.spec))]
-        self._proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), start_new_session=True,
-                                      stdin=subprocess.DEVNULL)
+        argv = [
+            sys.executable,
+            "-m",
+            "rnnops.serving.generate.engine_process",
+            str(theirs.fileno()),
+            json.dumps(asdict(self.spec)),
+        ]
+        self._proc = subprocess.Popen(
+            argv, pass_fds=(theirs.fileno(),), start_new_session=True, stdin=subprocess.DEVNULL
+        )
         theirs.close()
         self._conn = ours
         self.pid = self._proc.pid
         try:
             if not ours.poll(READY_TIMEOUT_S):
-                raise RuntimeError(f"the engine process for {self.name} did not load its model in {READY_TIMEOUT_S:.0f}s")
+                raise RuntimeError(
+                    f"the engine process for {self.name} did not load its model in {READY_TIMEOUT_S:.0f}s"
+                )
             msg = pickle.loads(ours.recv_bytes())
         except (EOFError, OSError):
             msg = wire.Failed(f"the engine process exited ({self._proc.wait(10)}) before loading the model")
@@ -179,8 +188,12 @@ class EngineClient:
         s.scheduler = self
         with self._lock:
             if not self._closed and not self.running:
-                raise Overloaded("engine_down", f"the generation engine of {self.name} is not running "
-                                 f"({self.last_error or 'it exited'}); retry", 5, status=503)
+                raise Overloaded(
+                    "engine_down",
+                    f"the generation engine of {self.name} is not running ({self.last_error or 'it exited'}); retry",
+                    5,
+                    status=503,
+                )
             self.admission.check(self._active, len(self._queued), self._closed)
             self._streams[s.id] = s
             self._queued.add(s.id)
@@ -192,12 +205,22 @@ class EngineClient:
         """A stream's client went away (:meth:`Stream.cancel`): the engine frees its slot."""
         self._send(wire.Cancel(stream.id))
 
-
     def describe(self) -> dict:
-        return {"mode": "batched", "engine": "process", "pid": self.pid, "running": self.running,
-                "active": self.active, "queued": self.queued, "steps": self.steps, "chars": self.chars,
-                "max_streams": self.max_active, "max_queue": self.max_queue, "lanes": self.lanes,
-                "closed": self._closed, "last_error": self.last_error}
+        return {
+            "mode": "batched",
+            "engine": "process",
+            "pid": self.pid,
+            "running": self.running,
+            "active": self.active,
+            "queued": self.queued,
+            "steps": self.steps,
+            "chars": self.chars,
+            "max_streams": self.max_active,
+            "max_queue": self.max_queue,
+            "lanes": self.lanes,
+            "closed": self._closed,
+            "last_error": self.last_error,
+        }
 
     # ------------------------------------------------------------------ the pipe
 

@@ -46,13 +46,22 @@ class Engine:
         from rnnops.serving.runtime import Runtime
 
         self.conn = conn
-        self.runtime = Runtime(spec.path, providers=spec.providers, threads=spec.threads, iobinding=spec.iobinding,
-                               name=spec.name)
+        self.runtime = Runtime(
+            spec.path, providers=spec.providers, threads=spec.threads, iobinding=spec.iobinding, name=spec.name
+        )
         self.metrics = _Buffered()
         self.touched: dict[int, Stream] = {}
-        self.sched = StepScheduler(self.runtime, max_active=spec.max_active, max_queue=spec.max_queue + spec.max_active,
-                                   queue_timeout=spec.queue_timeout, prefill_chunk=spec.prefill_chunk,
-                                   metrics=self.metrics, name=spec.name, on_step=self._touched, lanes=spec.lanes)
+        self.sched = StepScheduler(
+            self.runtime,
+            max_active=spec.max_active,
+            max_queue=spec.max_queue + spec.max_active,
+            queue_timeout=spec.queue_timeout,
+            prefill_chunk=spec.prefill_chunk,
+            metrics=self.metrics,
+            name=spec.name,
+            on_step=self._touched,
+            lanes=spec.lanes,
+        )
         self.sched.executor.start()
         self.streams: dict[int, Stream] = {}  # by the worker's stream id
         self.wid: dict[int, int] = {}  # our stream id -> the worker's

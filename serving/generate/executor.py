@@ -84,7 +84,7 @@ class Executor:
         calls = []
         for b, group in chunks.items():
             state = rt.concat([s.state if s.state is not None else rt.zero_state(1) for s, _ in group])
-            toks = np.stack([s.request.prompt_ids[c: c + b] for s, c in group])
+            toks = np.stack([s.request.prompt_ids[c : c + b] for s, c in group])
             calls.append((b, group, self._call(lanes, rt.run, toks, state, "last")))
         out = []
         for b, group, call in calls:
@@ -92,16 +92,22 @@ class Executor:
             logits, state = r.output, r.state
             for j, (s, c) in enumerate(group):
                 last = c + b == len(s.request.prompt_ids)
-                out.append(PrefillOutput(s, b, rt.take(state, [j]) if len(group) > 1 else state,
-                                         logits[j] if last else None))
+                out.append(
+                    PrefillOutput(s, b, rt.take(state, [j]) if len(group) > 1 else state, logits[j] if last else None)
+                )
         return out
 
     def first_tokens(self, streams: list[Stream], logits: list[np.ndarray]) -> np.ndarray:
         """Sample the first character of streams whose prompt is done, from the prefill logits."""
         ps = [s.request.params for s in streams]
         u = np.array([s.rng.random() for s in streams])
-        return sample_batch(np.stack(logits), np.array([p.temperature for p in ps]), np.array([p.top_k for p in ps]),
-                            np.array([p.top_p for p in ps]), u)
+        return sample_batch(
+            np.stack(logits),
+            np.array([p.temperature for p in ps]),
+            np.array([p.top_k for p in ps]),
+            np.array([p.top_p for p in ps]),
+            u,
+        )
 
     def start(self) -> None:
         self.runner.start()

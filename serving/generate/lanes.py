@@ -49,7 +49,7 @@ class DecodeBatch:
         self.top_p = np.array([p.top_p for p in ps], dtype=np.float64)
         self.logprobs = any(s.request.logprobs is not None for s in self.streams)
 
-    def add(self, rows: list["Row"]) -> None:
+    def add(self, rows: list[Row]) -> None:
         """Rows joining the lane (after their prefill, or moved from another lane)."""
         if not rows:
             return
@@ -74,10 +74,18 @@ class DecodeBatch:
         self.cursor = self.cursor[rows]
         self._params()
 
-    def remove(self, rows: list[int]) -> list["Row"]:
+    def remove(self, rows: list[int]) -> list[Row]:
         """Take ``rows`` out of the lane, with everything they carry (to join another lane)."""
-        out = [Row(self.streams[j], self.runtime.take(self.state, [j]), int(self.tokens[j]), self.uniforms[j],
-                   int(self.cursor[j])) for j in rows]
+        out = [
+            Row(
+                self.streams[j],
+                self.runtime.take(self.state, [j]),
+                int(self.tokens[j]),
+                self.uniforms[j],
+                int(self.cursor[j]),
+            )
+            for j in rows
+        ]
         gone = set(rows)
         self.keep([j for j in range(len(self.streams)) if j not in gone])
         return out

@@ -14,17 +14,26 @@ import time
 
 import numpy as np
 
-from rnnops.serving.generate.sampling import sample_batch
 from rnnops.serving.generate.client import Admission, OnStep, SchedulerMetrics, no_one
+from rnnops.serving.generate.sampling import sample_batch
 from rnnops.serving.generate.stream import GenerationRequest, Stream
 
 log = logging.getLogger("rnnops.serving")
 
 
 class NaiveGenerator:
-    def __init__(self, runtime, *, max_active: int = 256, max_queue: int = 256, queue_timeout: float = 30.0,
-                 prefill_chunk: int = 256, metrics: SchedulerMetrics | None = None, name: str = "char",
-                 on_step: OnStep | None = None):
+    def __init__(
+        self,
+        runtime,
+        *,
+        max_active: int = 256,
+        max_queue: int = 256,
+        queue_timeout: float = 30.0,
+        prefill_chunk: int = 256,
+        metrics: SchedulerMetrics | None = None,
+        name: str = "char",
+        on_step: OnStep | None = None,
+    ):
         self.runtime = runtime
         self.vocab = list(runtime.vocab)
         self.max_active = max_active
@@ -56,9 +65,8 @@ class NaiveGenerator:
     def retry_after(self) -> int:
         return self.admission.retry_after(self._waiting)
 
-    def start(self) -> "NaiveGenerator":
+    def start(self) -> NaiveGenerator:
         return self
-
 
     def cancel(self, stream: Stream) -> None:  # its thread sees the flag at the next character
         pass
@@ -125,5 +133,12 @@ class NaiveGenerator:
             self.on_step([s])
 
     def describe(self) -> dict:
-        return {"mode": "naive", "active": self._running, "queued": self._waiting, "chars": self.chars,
-                "max_streams": self.max_active, "max_queue": self.max_queue, "closed": self._closed}
+        return {
+            "mode": "naive",
+            "active": self._running,
+            "queued": self._waiting,
+            "chars": self.chars,
+            "max_streams": self.max_active,
+            "max_queue": self.max_queue,
+            "closed": self._closed,
+        }

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class Pending:
@@ -69,7 +70,7 @@ class Runner:
     def threaded(self) -> bool:
         return self._thread is not None
 
-    def start(self) -> "Runner":
+    def start(self) -> Runner:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()

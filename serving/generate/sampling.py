@@ -34,8 +34,9 @@ def _inverse_cdf(p: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.minimum((cdf <= target[:, None]).sum(axis=1), p.shape[1] - 1)
 
 
-def sample_batch(logits: np.ndarray, temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray,
-                 uniforms: np.ndarray) -> np.ndarray:
+def sample_batch(
+    logits: np.ndarray, temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray, uniforms: np.ndarray
+) -> np.ndarray:
     """Next token per row.
 
     logits ``[B, V]``; temperature, top_p ``[B]`` float; top_k ``[B]`` int (0 = all);

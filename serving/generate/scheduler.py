@@ -65,12 +65,23 @@ log = logging.getLogger("rnnops.serving")
 
 __all__ = ["DecodeBatch", "GenerationRequest", "Overloaded", "SchedulerMetrics", "StepScheduler", "Stream"]
 
+
 class StepScheduler:
     """Continuous batching for one char-model runtime (see the module docstring)."""
 
-    def __init__(self, runtime, *, max_active: int = 256, max_queue: int = 256, queue_timeout: float = 30.0,
-                 prefill_chunk: int = 256, metrics: SchedulerMetrics | None = None, name: str = "char",
-                 on_step: OnStep | None = None, lanes: int = 1):
+    def __init__(
+        self,
+        runtime,
+        *,
+        max_active: int = 256,
+        max_queue: int = 256,
+        queue_timeout: float = 30.0,
+        prefill_chunk: int = 256,
+        metrics: SchedulerMetrics | None = None,
+        name: str = "char",
+        on_step: OnStep | None = None,
+        lanes: int = 1,
+    ):
         self.runtime = runtime
         self.vocab = list(runtime.vocab)
         self.max_active = max_active
@@ -138,7 +149,7 @@ class StepScheduler:
         """A stream's client went away: it leaves at the next step boundary."""
         self.wakeup()
 
-    def start(self) -> "StepScheduler":
+    def start(self) -> StepScheduler:
         if self._thread is None:
             self.executor.start()
             self._thread = threading.Thread(target=self._run, name=f"rnnops-scheduler-{self.name}", daemon=True)
@@ -381,6 +392,15 @@ class StepScheduler:
             self.on_step(streams)
 
     def describe(self) -> dict:
-        return {"mode": "batched", "active": self.active, "queued": self.queued, "steps": self.steps,
-                "chars": self.chars, "max_streams": self.max_active, "max_queue": self.max_queue,
-                "lanes": self.lane_sizes, "closed": self._closed, "last_error": self.last_error}
+        return {
+            "mode": "batched",
+            "active": self.active,
+            "queued": self.queued,
+            "steps": self.steps,
+            "chars": self.chars,
+            "max_streams": self.max_active,
+            "max_queue": self.max_queue,
+            "lanes": self.lane_sizes,
+            "closed": self._closed,
+            "last_error": self.last_error,
+        }

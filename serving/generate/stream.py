@@ -55,7 +55,7 @@ class StopStrings:
         """Length of the text before a stop string that ``generated`` now ends with, else None."""
         if not self.stops:
             return None
-        text = "".join(generated[-self.longest:])
+        text = "".join(generated[-self.longest :])
         for s in self.stops:
             if text.endswith(s):
                 return len(generated) - len(s)
@@ -206,7 +206,7 @@ class Stream:
 
     def _release(self, upto: int) -> None:
         if upto > self._released:
-            self._out.extend(self.generated[self._released:upto])
+            self._out.extend(self.generated[self._released : upto])
             self._released = upto
 
     def finish(self, reason: str, error: str | None = None) -> None:

@@ -34,13 +34,20 @@ class Submit:
     logprobs: int | None
 
     @classmethod
-    def of(cls, sid: int, r: GenerationRequest, seed: int) -> "Submit":
-        return cls(sid, np.asarray(r.prompt_ids, np.int64).tobytes(), r.max_chars, r.params, seed, tuple(r.stop),
-                   r.logprobs)
+    def of(cls, sid: int, r: GenerationRequest, seed: int) -> Submit:
+        return cls(
+            sid, np.asarray(r.prompt_ids, np.int64).tobytes(), r.max_chars, r.params, seed, tuple(r.stop), r.logprobs
+        )
 
     def request(self) -> GenerationRequest:
-        return GenerationRequest(np.frombuffer(self.prompt_ids, np.int64).copy(), self.max_chars, self.params,
-                                 self.seed, self.stop, self.logprobs)
+        return GenerationRequest(
+            np.frombuffer(self.prompt_ids, np.int64).copy(),
+            self.max_chars,
+            self.params,
+            self.seed,
+            self.stop,
+            self.logprobs,
+        )
 
 
 @dataclass(frozen=True)

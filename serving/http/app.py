@@ -21,8 +21,8 @@ requests get a 503. Errors map to answers in :mod:`.errors`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -58,10 +58,17 @@ class Serving:
 async def models(serving: Serving, request: Request) -> Response:
     c = serving.config
     d = serving.models.describe()
-    d["limits"] = {"max_streams": c.max_streams, "max_queue": c.max_queue, "queue_timeout_s": c.queue_timeout_s,
-                   "max_prompt_chars": c.max_prompt_chars, "max_chars": c.max_chars,
-                   "max_sessions": c.max_sessions, "session_ttl_s": c.session_ttl_s,
-                   "forecast_max_windows": c.forecast_max_windows, "max_context_rows": c.max_context_rows}
+    d["limits"] = {
+        "max_streams": c.max_streams,
+        "max_queue": c.max_queue,
+        "queue_timeout_s": c.queue_timeout_s,
+        "max_prompt_chars": c.max_prompt_chars,
+        "max_chars": c.max_chars,
+        "max_sessions": c.max_sessions,
+        "session_ttl_s": c.session_ttl_s,
+        "forecast_max_windows": c.forecast_max_windows,
+        "max_context_rows": c.max_context_rows,
+    }
     d["sessions_open"] = len(serving.sessions)
     d["scheduler"] = c.scheduler
     return JSONResponse(d)
@@ -85,9 +92,15 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v2", OIP.server_metadata),
     ("GET", "/v2/health/live", OIP.live),
     ("GET", "/v2/health/ready", OIP.ready),
-    *((method, prefix + tail, handler) for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
-      for method, tail, handler in (("GET", "", OIP.metadata), ("GET", "/ready", OIP.model_ready),
-                                    ("POST", "/infer", OIP.infer))),
+    *(
+        (method, prefix + tail, handler)
+        for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+        for method, tail, handler in (
+            ("GET", "", OIP.metadata),
+            ("GET", "/ready", OIP.model_ready),
+            ("POST", "/infer", OIP.infer),
+        )
+    ),
     ("GET", "/docs.json", DOCS.docs_json),
     ("GET", "/docs", DOCS.docs_page),
     ("GET", "/static_content/{file}", DOCS.asset),
@@ -105,7 +118,9 @@ class RnnopsApp(Router):
 
     def __init__(self, serving: Serving | None = None):
         self.serving = serving
-        super().__init__(routes=[Route(path, self._bind(handler), methods=[method]) for method, path, handler in ROUTES])
+        super().__init__(
+            routes=[Route(path, self._bind(handler), methods=[method]) for method, path, handler in ROUTES]
+        )
 
     def _bind(self, handler: Handler):
         async def endpoint(request: Request) -> Response:
@@ -114,8 +129,9 @@ class RnnopsApp(Router):
                 if serving is None:
                     raise Overloaded("not_ready", "the worker is starting; retry", 1, status=503)
                 if serving.draining and not request.url.path.startswith(HEALTH_PREFIX):
-                    raise Overloaded("draining", "this server is shutting down; retry (another replica will "
-                                     "answer)", 1, status=503)
+                    raise Overloaded(
+                        "draining", "this server is shutting down; retry (another replica will answer)", 1, status=503
+                    )
                 serving.requests += 1
                 try:
                     # a streaming handler returns once its stream is admitted: the deadline bounds
@@ -123,8 +139,11 @@ class RnnopsApp(Router):
                     async with asyncio.timeout(serving.config.request_deadline_s):
                         return await handler(serving, request)
                 except TimeoutError:
-                    raise ApiError(504, "deadline", f"no answer within {serving.config.request_deadline_s:g}s "
-                                   "(RNNOPS_REQUEST_DEADLINE_S)") from None
+                    raise ApiError(
+                        504,
+                        "deadline",
+                        f"no answer within {serving.config.request_deadline_s:g}s (RNNOPS_REQUEST_DEADLINE_S)",
+                    ) from None
                 finally:
                     serving.requests -= 1
             except Exception as exc:  # every failure becomes a JSON answer; none reaches the server loop

@@ -29,8 +29,20 @@ import orjson
 
 from rnnops.errors import RnnopsError
 
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/v2/health/live", "/v2/health/ready", "/docs",
-                        "/docs.json", "/", "/playground", "/playground/"})
+OPEN_PATHS = frozenset(
+    {
+        "/livez",
+        "/readyz",
+        "/healthz",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/docs",
+        "/docs.json",
+        "/",
+        "/playground",
+        "/playground/",
+    }
+)
 # the playground's page and static files are open (the page then asks for a key: its requests need one)
 OPEN_PREFIXES = ("/static_content/", "/playground/static/")
 STREAM_PATHS = frozenset({"/generate", "/complete", "/v1/completions"})
@@ -66,8 +78,13 @@ class KeyBudget:
         from rnnops.serving.errors import Overloaded
 
         if self.limit and self.held + n > self.limit:
-            raise Overloaded("key_streams", f"this API key holds {self.held} streams; the limit is {self.limit} per "
-                             "key per worker (RNNOPS_MAX_STREAMS_PER_KEY)", 1, status=429)
+            raise Overloaded(
+                "key_streams",
+                f"this API key holds {self.held} streams; the limit is {self.limit} per "
+                "key per worker (RNNOPS_MAX_STREAMS_PER_KEY)",
+                1,
+                status=429,
+            )
         self.held += n
 
     def give(self, n: int = 1) -> None:
@@ -76,8 +93,16 @@ class KeyBudget:
 
 def _error_body(path: str, status: int, kind: str, message: str) -> bytes:
     if path.startswith("/v1/"):
-        return orjson.dumps({"error": {"message": message, "type": "invalid_request_error" if status == 401 else
-                                       "rate_limit_exceeded", "param": None, "code": kind}})
+        return orjson.dumps(
+            {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error" if status == 401 else "rate_limit_exceeded",
+                    "param": None,
+                    "code": kind,
+                }
+            }
+        )
     return orjson.dumps({"error": message, "type": kind})
 
 
@@ -120,9 +145,14 @@ class ApiKeyMiddleware:
         if self.keys and not self._open(path):
             key = self._key(scope)
             if key is None:
-                await _reply(send, path, 401, "invalid_api_key", "missing or unknown API key: send "
-                             "`Authorization: Bearer <key>` (one of RNNOPS_API_KEYS)",
-                             {b"www-authenticate": b'Bearer realm="rnnops"'})
+                await _reply(
+                    send,
+                    path,
+                    401,
+                    "invalid_api_key",
+                    "missing or unknown API key: send `Authorization: Bearer <key>` (one of RNNOPS_API_KEYS)",
+                    {b"www-authenticate": b'Bearer realm="rnnops"'},
+                )
                 return
         budget = None
         if self.max_streams and path in STREAM_PATHS:
@@ -142,9 +172,17 @@ class ApiKeyMiddleware:
 
 async def _reply(send, path: str, status: int, kind: str, message: str, headers: dict[bytes, bytes]) -> None:
     body = _error_body(path, status, kind, message)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers.items()]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers.items(),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -156,13 +194,24 @@ def middlewares(config) -> list[tuple[type, dict]]:
     if origins:
         from starlette.middleware.cors import CORSMiddleware
 
-        out.append((CORSMiddleware, {
-            "allow_origins": origins, "allow_methods": ["GET", "POST", "DELETE", "OPTIONS"],
-            "allow_headers": ["authorization", "content-type", "inference-header-content-length"],
-            "expose_headers": ["retry-after", "x-model", "x-model-version", "inference-header-content-length"],
-            "max_age": 600}))
+        out.append(
+            (
+                CORSMiddleware,
+                {
+                    "allow_origins": origins,
+                    "allow_methods": ["GET", "POST", "DELETE", "OPTIONS"],
+                    "allow_headers": ["authorization", "content-type", "inference-header-content-length"],
+                    "expose_headers": ["retry-after", "x-model", "x-model-version", "inference-header-content-length"],
+                    "max_age": 600,
+                },
+            )
+        )
     keys = load_keys(config.api_keys)
     if keys or config.max_streams_per_key:
-        out.append((ApiKeyMiddleware, {"keys": keys, "metrics_auth": config.metrics_auth,
-                                       "max_streams_per_key": config.max_streams_per_key}))
+        out.append(
+            (
+                ApiKeyMiddleware,
+                {"keys": keys, "metrics_auth": config.metrics_auth, "max_streams_per_key": config.max_streams_per_key},
+            )
+        )
     return out

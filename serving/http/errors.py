@@ -50,22 +50,33 @@ def to_response(request: Request, exc: Exception) -> Response:
     if isinstance(exc, InputError):
         return error_response(400, "invalid_input", str(exc), field=exc.field)
     if isinstance(exc, Overloaded):
-        return error_response(exc.status, exc.reason, exc.message, headers={"Retry-After": str(exc.retry_after)},
-                              retry_after=exc.retry_after)
+        return error_response(
+            exc.status,
+            exc.reason,
+            exc.message,
+            headers={"Retry-After": str(exc.retry_after)},
+            retry_after=exc.retry_after,
+        )
     if isinstance(exc, UnknownModel):
         return error_response(404, "unknown_model", str(exc.args[0]))
     if isinstance(exc, SessionModelGone):
         return error_response(409, "session_model_gone", str(exc))
     if isinstance(exc, UnknownSession):
-        return error_response(404, "unknown_session", f"unknown session {exc.args[0]!r}: it was closed, expired "
-                              "after RNNOPS_SESSION_TTL idle, or never opened on this server; open one with POST /sessions")
+        return error_response(
+            404,
+            "unknown_session",
+            f"unknown session {exc.args[0]!r}: it was closed, expired "
+            "after RNNOPS_SESSION_TTL idle, or never opened on this server; open one with POST /sessions",
+        )
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
 
 
 def validation_error(exc: ValidationError) -> ApiError:
-    details = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
-               for e in exc.errors(include_url=False, include_input=False)[:20]]
+    details = [
+        {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
+        for e in exc.errors(include_url=False, include_input=False)[:20]
+    ]
     text = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
     return ApiError(400, "invalid_request", text, details=details)
 

@@ -88,16 +88,22 @@ def check_rows(rows: list[list[float]] | np.ndarray, info, field: str, min_rows:
     :class:`InputError` naming what to change."""
     f = len(info.feature_names)
     if len(rows) < min_rows:
-        need = (f"this windowed model needs at least {min_rows} rows (its lookback)" if not info.stateful
-                else f"at least {min_rows} row is needed")
+        need = (
+            f"this windowed model needs at least {min_rows} rows (its lookback)"
+            if not info.stateful
+            else f"at least {min_rows} row is needed"
+        )
         raise InputError(f"{field} has {len(rows)} rows; {need}", field)
     if len(rows) > max_rows:
         raise InputError(f"{field} has {len(rows)} rows; the limit is {max_rows} (RNNOPS_MAX_CONTEXT_ROWS)", field)
     if not (isinstance(rows, np.ndarray) and rows.ndim == 2 and rows.shape[1] == f):
         for i, r in enumerate(rows):
             if len(r) != f:
-                raise InputError(f"{field}[{i}] has {len(r)} values; the model expects {f} features "
-                                 f"({', '.join(info.feature_names)}) in that order", field)
+                raise InputError(
+                    f"{field}[{i}] has {len(r)} values; the model expects {f} features "
+                    f"({', '.join(info.feature_names)}) in that order",
+                    field,
+                )
     x = np.asarray(rows, dtype=np.float64).reshape(len(rows), f)
     x32 = x.astype(np.float32)
     if not np.isfinite(x32).all():
@@ -122,10 +128,9 @@ def future_timestamps(history: np.ndarray, info, field: str, freq: str | None) -
     """The forecast's timestamps after ``history`` (the rows the model reads), as the batch job
     computes them; a 400 when they cannot be told (irregular spacing and no ``freq``)."""
     if info.lookback:
-        history = history[-info.lookback:]
+        history = history[-info.lookback :]
     try:
-        return timeseries.iso(timeseries.future(history, info.horizon, freq=freq, model_freq=info.freq,
-                                                flag="freq"))
+        return timeseries.iso(timeseries.future(history, info.horizon, freq=freq, model_freq=info.freq, flag="freq"))
     except timeseries.TimestampError as exc:
         raise InputError(f"{field}: {exc}", field) from None
 
@@ -151,8 +156,10 @@ async def forecast(serving, request: Request) -> Response:
     if not raw:
         raise InputError("contexts is empty", "contexts")
     if len(raw) > cfg.forecast_max_windows:
-        raise InputError(f"{len(raw)} windows; the limit per request is {cfg.forecast_max_windows} "
-                         "(RNNOPS_FORECAST_MAX_WINDOWS)", "contexts")
+        raise InputError(
+            f"{len(raw)} windows; the limit per request is {cfg.forecast_max_windows} (RNNOPS_FORECAST_MAX_WINDOWS)",
+            "contexts",
+        )
     min_rows = 1 if info.stateful else info.lookback
     names = ["context"] if single else [f"contexts[{i}]" for i in range(len(raw))]
     windows = [check_rows(w, info, n, min_rows, cfg.max_context_rows) for w, n in zip(raw, names)]
@@ -163,12 +170,13 @@ async def forecast(serving, request: Request) -> Response:
             raise InputError("timestamps must be a list of strings, one per context row", "timestamps")
         if not single and (len(ts) != len(windows) or any(not isinstance(t, list) for t in ts)):
             raise InputError("timestamps must hold one list per window in contexts", "timestamps")
-        stamps = [_stamps_for(t, w, info, "timestamps" if single else f"timestamps[{i}]", body.freq)
-                  for i, (t, w) in enumerate(zip(ts, windows))]
+        stamps = [
+            _stamps_for(t, w, info, "timestamps" if single else f"timestamps[{i}]", body.freq)
+            for i, (t, w) in enumerate(zip(ts, windows))
+        ]
     bands = await model.batcher.forecast_bands(windows)  # [horizon, F_out] float32 each, serialised by orjson as is
     y = [f for f, _ in bands]
-    resp = {"model": model.name, "version": model.version, "targets": list(info.target_names),
-            "horizon": info.horizon}
+    resp = {"model": model.name, "version": model.version, "targets": list(info.target_names), "horizon": info.horizon}
     if single:
         resp["forecast"] = y[0]
         if stamps:
@@ -193,10 +201,17 @@ def quantiles_view(levels, q: np.ndarray) -> dict:
 
 def session_view(serving, sess, forecast) -> dict:
     info = sess.model.runtime.info
-    d = {"session_id": sess.id, "model": sess.model.name, "version": sess.model.version,
-         "stateful": sess.stateful, "observations": sess.observations, "needs": sess.needs,
-         "targets": list(info.target_names), "forecast": forecast,  # orjson writes arrays as they are
-         "expires_in_s": serving.sessions.ttl_s}
+    d = {
+        "session_id": sess.id,
+        "model": sess.model.name,
+        "version": sess.model.version,
+        "stateful": sess.stateful,
+        "observations": sess.observations,
+        "needs": sess.needs,
+        "targets": list(info.target_names),
+        "forecast": forecast,  # orjson writes arrays as they are
+        "expires_in_s": serving.sessions.ttl_s,
+    }
     bands = getattr(sess, "last_quantiles", None)
     if forecast is not None and bands is not None:
         d["quantiles"] = quantiles_view(info.quantiles, bands)

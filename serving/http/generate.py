@@ -34,27 +34,44 @@ def _show(chars: list[str]) -> str:
 def generation_request(body: GenerateBody, model, cfg) -> GenerationRequest:
     """Check a body against the server's limits and the model's vocabulary."""
     if len(body.prompt) > cfg.max_prompt_chars:
-        raise ApiError(400, "invalid_request", f"prompt has {len(body.prompt)} characters; the limit is "
-                       f"{cfg.max_prompt_chars} (RNNOPS_MAX_PROMPT_CHARS)", field="prompt")
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"prompt has {len(body.prompt)} characters; the limit is {cfg.max_prompt_chars} (RNNOPS_MAX_PROMPT_CHARS)",
+            field="prompt",
+        )
     if body.max_chars > cfg.max_chars:
-        raise ApiError(400, "invalid_request", f"max_chars is {body.max_chars}; the limit is {cfg.max_chars} "
-                       "(RNNOPS_MAX_CHARS)", field="max_chars")
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"max_chars is {body.max_chars}; the limit is {cfg.max_chars} (RNNOPS_MAX_CHARS)",
+            field="max_chars",
+        )
     try:
         ids = model.runtime.encode(body.prompt)
     except ValueError as exc:
         unknown = exc.args[0]
-        raise ApiError(400, "out_of_vocabulary", f"prompt has characters outside the vocabulary of model "
-                       f"{model.name!r} (version {model.version}): {_show(unknown)}; remove or replace them",
-                       field="prompt", characters=unknown) from None
-    return GenerationRequest(ids, body.max_chars, SamplingParams(body.temperature, body.top_k, body.top_p),
-                             body.seed, tuple(body.stop))
+        raise ApiError(
+            400,
+            "out_of_vocabulary",
+            f"prompt has characters outside the vocabulary of model "
+            f"{model.name!r} (version {model.version}): {_show(unknown)}; remove or replace them",
+            field="prompt",
+            characters=unknown,
+        ) from None
+    return GenerationRequest(
+        ids, body.max_chars, SamplingParams(body.temperature, body.top_k, body.top_p), body.seed, tuple(body.stop)
+    )
 
 
 async def start(serving, request: Request):
     """Parse, submit, and wait until the stream has a slot (429/503 before any byte is sent)."""
     body = await parse_body(request, GenerateBody)
-    return await Generation.start(request, lambda: serving.models.get(body.model, "char"),
-                                  lambda model: [generation_request(body, model, serving.config)])
+    return await Generation.start(
+        request,
+        lambda: serving.models.get(body.model, "char"),
+        lambda model: [generation_request(body, model, serving.config)],
+    )
 
 
 def final_stats(stream: Stream, model) -> dict:
@@ -82,8 +99,9 @@ async def generate(serving, request: Request) -> Response:
             if stream.finish_reason in ("length", "stop"):
                 yield sse("done", info)
             else:
-                yield sse("error", {"error": stream.error or stream.finish_reason, "type": stream.finish_reason,
-                                    **info})
+                yield sse(
+                    "error", {"error": stream.error or stream.finish_reason, "type": stream.finish_reason, **info}
+                )
         except Exception as exc:  # never a silent cut
             log.exception("stream %s failed", stream.id)
             yield sse("error", {"error": f"internal error: {exc}", "type": "internal"})

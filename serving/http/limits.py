@@ -19,14 +19,26 @@ import orjson
 
 def _too_large(limit: int, got: int | None) -> bytes:
     seen = f"{got:,} bytes" if got is not None else "more than that"
-    return orjson.dumps({"error": f"request body is {seen}; the limit is {limit:,} bytes (RNNOPS_MAX_BODY_BYTES)",
-                         "type": "body_too_large"})
+    return orjson.dumps(
+        {
+            "error": f"request body is {seen}; the limit is {limit:,} bytes (RNNOPS_MAX_BODY_BYTES)",
+            "type": "body_too_large",
+        }
+    )
 
 
 async def _reply_413(send, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

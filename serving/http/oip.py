@@ -43,9 +43,20 @@ from rnnops.serving.errors import UnknownModel, UnknownSession
 from rnnops.serving.http.errors import ApiError, JSONResponse, validation_error
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-DTYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
-          "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "FP16": "float16",
-          "FP32": "float32", "FP64": "float64"}
+DTYPES = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+}
 OIP_TYPE = {v: k for k, v in DTYPES.items()}
 
 
@@ -106,8 +117,11 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
-    parameters: dict[str, Any] | None = Field(None, description="rnnops: {\"precision\": \"fp32\" | \"int8\"}, the "
-                                             "arithmetic of the file this version runs (RNNOPS_PRECISION)")
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description='rnnops: {"precision": "fp32" | "int8"}, the '
+        "arithmetic of the file this version runs (RNNOPS_PRECISION)",
+    )
 
 
 class ServerMetadata(BaseModel):
@@ -150,22 +164,34 @@ def model_metadata(m) -> dict:
 def _model_metadata(m) -> dict:
     i = m.runtime.info
     if i.kind == "char":
-        inputs = [{"name": contract.INPUT, "datatype": "INT64", "shape": [-1, -1]},
-                  *(_state_meta(t, "input") for t in i.state)]
-        outputs = [{"name": contract.CHAR_OUTPUT, "datatype": "FP32", "shape": [-1, -1, len(i.vocab)]},
-                   *(_state_meta(t, "output") for t in i.state)]
+        inputs = [
+            {"name": contract.INPUT, "datatype": "INT64", "shape": [-1, -1]},
+            *(_state_meta(t, "input") for t in i.state),
+        ]
+        outputs = [
+            {"name": contract.CHAR_OUTPUT, "datatype": "FP32", "shape": [-1, -1, len(i.vocab)]},
+            *(_state_meta(t, "output") for t in i.state),
+        ]
     else:
         t = -1 if i.stateful else i.lookback  # what runs: a windowed model reads exactly its lookback
         inputs = [{"name": contract.INPUT, "datatype": "FP32", "shape": [-1, t, len(i.feature_names)]}]
-        outputs = [{"name": contract.FORECAST_OUTPUT, "datatype": "FP32",
-                    "shape": [-1, i.horizon, len(i.target_names)]}]
+        outputs = [
+            {"name": contract.FORECAST_OUTPUT, "datatype": "FP32", "shape": [-1, i.horizon, len(i.target_names)]}
+        ]
         if i.quantiles_output:
-            outputs.append({**outputs[0], "name": i.quantiles_output,
-                            "shape": [*outputs[0]["shape"], len(i.quantiles)]})
+            outputs.append(
+                {**outputs[0], "name": i.quantiles_output, "shape": [*outputs[0]["shape"], len(i.quantiles)]}
+            )
     # "parameters" is outside the protocol's required fields (clients ignore it): which file runs, levels
     params = {"precision": i.precision, **({"quantiles": list(i.quantiles)} if i.quantiles_output else {})}
-    return {"name": m.name, "versions": [m.version], "platform": "onnxruntime_onnx", "inputs": inputs,
-            "outputs": outputs, "parameters": params}
+    return {
+        "name": m.name,
+        "versions": [m.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": inputs,
+        "outputs": outputs,
+        "parameters": params,
+    }
 
 
 async def server_metadata(serving, request: Request) -> Response:
@@ -226,8 +252,10 @@ def _tensors(body: InferRequest, blob: bytes, max_elements: int) -> dict[str, np
         # onnxruntime's recurrent kernels (the whole worker); a zero beside a huge dimension
         # would also slip past the element bound into numpy's reshape (a 500)
         if any(d < 1 for d in t.shape) or math.prod(t.shape) > max_elements:
-            raise _bad(f"{where}: shape {t.shape} must be positive, at most {max_elements} elements "
-                       "(RNNOPS_OIP_MAX_ELEMENTS)", "shape")
+            raise _bad(
+                f"{where}: shape {t.shape} must be positive, at most {max_elements} elements (RNNOPS_OIP_MAX_ELEMENTS)",
+                "shape",
+            )
         dtype = np.dtype(DTYPES[t.datatype])
         count = math.prod(t.shape)
         size = (t.parameters or {}).get("binary_data_size")
@@ -235,8 +263,11 @@ def _tensors(body: InferRequest, blob: bytes, max_elements: int) -> dict[str, np
             if t.data is not None:
                 raise _bad(f"{where} has both data and binary_data_size", "data")
             if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(blob):
-                raise _bad(f"{where}: binary_data_size {size!r} does not fit shape {t.shape} {t.datatype} "
-                           f"({count * dtype.itemsize} bytes) or the {len(blob) - offset} bytes left", "binary_data_size")
+                raise _bad(
+                    f"{where}: binary_data_size {size!r} does not fit shape {t.shape} {t.datatype} "
+                    f"({count * dtype.itemsize} bytes) or the {len(blob) - offset} bytes left",
+                    "binary_data_size",
+                )
             a = np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(t.shape)
             offset += size
         elif t.data is not None:
@@ -266,12 +297,19 @@ def _check_inputs(m, tensors: dict[str, np.ndarray], sequence: bool = False) -> 
         if t is None:
             raise _bad(f"model {m.name!r} has no input {name!r}; its inputs: {', '.join(spec)}", "inputs")
         if OIP_TYPE.get(a.dtype.name) != t["datatype"]:
-            raise _bad(f"input {name!r} is {OIP_TYPE.get(a.dtype.name, a.dtype.name)}; the model takes {t['datatype']}",
-                       "datatype")
+            raise _bad(
+                f"input {name!r} is {OIP_TYPE.get(a.dtype.name, a.dtype.name)}; the model takes {t['datatype']}",
+                "datatype",
+            )
         want = t["shape"]
         if a.ndim != len(want) or any(w != -1 and w != d for w, d in zip(want, a.shape)):
-            if not (name == contract.INPUT and m.kind == "forecaster" and a.ndim == 3 and a.shape[2] == want[2]
-                    and a.shape[1] >= want[1]):  # a windowed model cuts longer windows to its lookback
+            if not (
+                name == contract.INPUT
+                and m.kind == "forecaster"
+                and a.ndim == 3
+                and a.shape[2] == want[2]
+                and a.shape[1] >= want[1]
+            ):  # a windowed model cuts longer windows to its lookback
                 raise _bad(f"input {name!r} has shape {list(a.shape)}; the model takes {want} (-1: any)", "shape")
     if contract.INPUT not in tensors:
         raise _bad(f"input {contract.INPUT!r} is missing", "inputs")
@@ -287,8 +325,10 @@ def _answer(m, body: InferRequest, results: dict[str, np.ndarray], params: dict 
     elif body.outputs:
         unknown = [o.name for o in body.outputs if o.name not in results]
         if unknown:
-            raise _bad(f"model {m.name!r} has no output {', '.join(map(repr, unknown))}; it gives "
-                       f"{', '.join(results)}", "outputs")
+            raise _bad(
+                f"model {m.name!r} has no output {', '.join(map(repr, unknown))}; it gives {', '.join(results)}",
+                "outputs",
+            )
         wanted = [(o.name, bool((o.parameters or {}).get("binary_data", default_binary))) for o in body.outputs]
     else:
         wanted = [(name, default_binary) for name in results]
@@ -311,8 +351,9 @@ def _answer(m, body: InferRequest, results: dict[str, np.ndarray], params: dict 
     if not blobs:
         return JSONResponse(resp)
     head = orjson.dumps(resp, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Response(b"".join([head, *blobs]), media_type="application/octet-stream",
-                    headers={HEADER_LENGTH: str(len(head))})
+    return Response(
+        b"".join([head, *blobs]), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(head))}
+    )
 
 
 # --------------------------------------------------------------------------------- infer
@@ -330,8 +371,11 @@ async def infer(serving, request: Request) -> Response:
     if m.kind == "forecaster":
         x = tensors[contract.INPUT]
         if len(x) > serving.config.forecast_max_windows:
-            raise _bad(f"{len(x)} windows; the limit per request is {serving.config.forecast_max_windows} "
-                       "(RNNOPS_FORECAST_MAX_WINDOWS)", "shape")
+            raise _bad(
+                f"{len(x)} windows; the limit per request is {serving.config.forecast_max_windows} "
+                "(RNNOPS_FORECAST_MAX_WINDOWS)",
+                "shape",
+            )
         bands = await m.batcher.forecast_bands(list(x))  # at least one window: _tensors refuses empty axes
         return _answer(m, body, _forecasts(m.runtime.info, bands))
     return await _char(m, body, tensors)
@@ -375,8 +419,11 @@ async def _sequence(serving, m, body: InferRequest, x: np.ndarray, params: dict)
     if not isinstance(seq, (int, str)) or isinstance(seq, bool):
         raise _bad(f"sequence_id must be an integer or a string, not {seq!r}", "parameters.sequence_id")
     if m.kind != "forecaster":
-        raise _bad(f"sequences are served for forecasters; {m.name!r} is a {m.kind} model (pass its state "
-                   "tensors as inputs and outputs instead)", "parameters.sequence_id")
+        raise _bad(
+            f"sequences are served for forecasters; {m.name!r} is a {m.kind} model (pass its state "
+            "tensors as inputs and outputs instead)",
+            "parameters.sequence_id",
+        )
     if x.shape[0] != 1:
         raise _bad(f"a sequence request carries one series: x must be [1, T, F], not {list(x.shape)}", "shape")
     store = serving.sessions
@@ -388,9 +435,14 @@ async def _sequence(serving, m, body: InferRequest, x: np.ndarray, params: dict)
         async with store.updating(sid) as sess:  # exclusive, in whichever store holds it
             y = await sess.observe(rows)  # the version's stepper: batched with the other sessions
     except UnknownSession:
-        raise ApiError(400, "unknown_sequence", f"sequence {seq!r} of model {m.name!r} is not active: it ended, "
-                       f"expired after RNNOPS_SESSION_TTL={store.ttl_s:g}s idle, or never started here; start it "
-                       "with sequence_start", field="parameters.sequence_id") from None
+        raise ApiError(
+            400,
+            "unknown_sequence",
+            f"sequence {seq!r} of model {m.name!r} is not active: it ended, "
+            f"expired after RNNOPS_SESSION_TTL={store.ttl_s:g}s idle, or never started here; start it "
+            "with sequence_start",
+            field="parameters.sequence_id",
+        ) from None
     if params.get("sequence_end"):
         with contextlib.suppress(UnknownSession):  # expired meanwhile: ended all the same
             await store.close(sid)

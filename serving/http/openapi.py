@@ -34,10 +34,33 @@ from rnnops.serving.http.errors import JSONResponse
 from rnnops.serving.http.schemas import ForecastBody, GenerateBody, ObserveBody, OpenSessionBody
 
 REF = "#/components/schemas/{model}"
-MODELS = [GenerateBody, ForecastBody, OpenSessionBody, ObserveBody, openai.CompletionBody, oip.InferRequest,
-          A.ErrorBody, A.Chunk, A.Done, A.StreamError, A.Completed, A.Forecast, A.Session, A.SessionClosed,
-          A.Models, openai.Completion, openai.ModelList, openai.OpenAIError, oip.InferResponse,
-          oip.ModelMetadata, oip.ServerMetadata, oip.OIPError, A.Live, A.Ready, A.ModelReady]
+MODELS = [
+    GenerateBody,
+    ForecastBody,
+    OpenSessionBody,
+    ObserveBody,
+    openai.CompletionBody,
+    oip.InferRequest,
+    A.ErrorBody,
+    A.Chunk,
+    A.Done,
+    A.StreamError,
+    A.Completed,
+    A.Forecast,
+    A.Session,
+    A.SessionClosed,
+    A.Models,
+    openai.Completion,
+    openai.ModelList,
+    openai.OpenAIError,
+    oip.InferResponse,
+    oip.ModelMetadata,
+    oip.ServerMetadata,
+    oip.OIPError,
+    A.Live,
+    A.Ready,
+    A.ModelReady,
+]
 
 
 def _ref(model) -> dict:
@@ -52,22 +75,34 @@ def _sse(events: list[tuple[str | None, dict]]) -> dict:
     """A ``text/event-stream`` answer: each event's ``data`` is JSON (or the literal ``[DONE]``)."""
     alts = []
     for name, data in events:
-        ev = {"type": "object", "required": ["data"], "properties": {
-            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data}
-            if data else {"const": "[DONE]"}}}
+        ev = {
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data}
+                if data
+                else {"const": "[DONE]"}
+            },
+        }
         if name:
             ev["properties"]["event"] = {"const": name}
         alts.append(ev)
     return {"text/event-stream": {"schema": {"oneOf": alts} if len(alts) > 1 else alts[0]}}
 
 
-RETRY = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}}}
+RETRY = {
+    "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}}
+}
 
 
 def _errors(error_model, codes: tuple[int, ...], auth: bool) -> dict:
-    text = {400: "Bad input (each bad field named).", 401: "Missing or unknown API key.",
-            404: "Unknown model, version, session or sequence.", 429: "A queue, a cap or this key's streams are full.",
-            503: "Not loaded yet, queue timeout, draining or shutting down."}
+    text = {
+        400: "Bad input (each bad field named).",
+        401: "Missing or unknown API key.",
+        404: "Unknown model, version, session or sequence.",
+        429: "A queue, a cap or this key's streams are full.",
+        503: "Not loaded yet, queue timeout, draining or shutting down.",
+    }
     out = {}
     for c in (*codes, *((401,) if auth else ())):
         r = {"description": text[c], "content": _json(error_model)}
@@ -81,8 +116,16 @@ def _errors(error_model, codes: tuple[int, ...], auth: bool) -> dict:
     return out
 
 
-def _op(summary: str, ok: dict, errors: dict, body=None, params=None, open_route: bool = False, tag: str = "rnnops",
-        body_types: dict | None = None) -> dict:
+def _op(
+    summary: str,
+    ok: dict,
+    errors: dict,
+    body=None,
+    params=None,
+    open_route: bool = False,
+    tag: str = "rnnops",
+    body_types: dict | None = None,
+) -> dict:
     op = {"summary": summary, "tags": [tag], "responses": {**ok, **errors}}
     if body is not None:
         op["requestBody"] = {"required": True, "content": body_types or _json(body)}
@@ -154,9 +197,17 @@ def _limited(components: dict, serving) -> None:
         s["maxLength"] = cfg.max_prompt_chars
         if vocab:
             s["pattern"] = _class(vocab)
-    c["model"]["enum"] = sorted({spec for m in chars for spec in
-                                 (m.name, f"{m.name}@{m.version}", *([f"{m.name}@{m.resolved.alias}"]
-                                                                     if m.resolved.alias else []))})
+    c["model"]["enum"] = sorted(
+        {
+            spec
+            for m in chars
+            for spec in (
+                m.name,
+                f"{m.name}@{m.version}",
+                *([f"{m.name}@{m.resolved.alias}"] if m.resolved.alias else []),
+            )
+        }
+    )
     widths = {len(m.runtime.info.feature_names) for m in fcs}
     width = widths.pop() if len(widths) == 1 else None
     min_rows = max([1] + [m.runtime.info.lookback for m in fcs if not m.runtime.info.stateful])
@@ -177,92 +228,220 @@ def _limited(components: dict, serving) -> None:
 
 
 def document(serving) -> dict:
-    _, defs = models_json_schema([(m, "validation" if m in (GenerateBody, ForecastBody, OpenSessionBody, ObserveBody,
-                                                            openai.CompletionBody, oip.InferRequest)
-                                   else "serialization") for m in MODELS], ref_template=REF)
+    _, defs = models_json_schema(
+        [
+            (
+                m,
+                "validation"
+                if m
+                in (GenerateBody, ForecastBody, OpenSessionBody, ObserveBody, openai.CompletionBody, oip.InferRequest)
+                else "serialization",
+            )
+            for m in MODELS
+        ],
+        ref_template=REF,
+    )
     components = copy.deepcopy(defs["$defs"])
     _limited(components, serving)
     auth = bool(serving.config.api_keys)
     names = sorted(getattr(serving.models, "current", {}).keys())
     std = (400, 404, 429, 503)
     E, O, K = A.ErrorBody, openai.OpenAIError, oip.OIPError
-    ok = lambda model, code="200", text="OK", headers=None: {code: {"description": text, "content": _json(model),  # noqa: E731
-                                                                    **({"headers": headers} if headers else {})}}
+
+    def ok(model, code="200", text="OK", headers=None):
+        return {code: {"description": text, "content": _json(model), **({"headers": headers} if headers else {})}}
+
     model_headers = {"X-Model": {"schema": {"type": "string"}}, "X-Model-Version": {"schema": {"type": "string"}}}
-    sse_generate = {"200": {"description": "Server-Sent Events: `chunk` events, then one `done` or `error`.",
-                            "headers": model_headers,
-                            "content": _sse([("chunk", _ref(A.Chunk)), ("done", _ref(A.Done)),
-                                             ("error", _ref(A.StreamError))])}}
+    sse_generate = {
+        "200": {
+            "description": "Server-Sent Events: `chunk` events, then one `done` or `error`.",
+            "headers": model_headers,
+            "content": _sse([("chunk", _ref(A.Chunk)), ("done", _ref(A.Done)), ("error", _ref(A.StreamError))]),
+        }
+    }
     chunk = {"allOf": [_ref(openai.Completion)]}
-    sse_openai = {"description": "JSON (`stream` false) or Server-Sent Events `data:` chunks ending with "
-                                 "`data: [DONE]` (`stream` true).", "headers": model_headers,
-                  "content": {**_json(openai.Completion),
-                              **_sse([(None, chunk), (None, {"type": "object", "required": ["error"], "properties": {
-                                  "error": {"$ref": REF.format(model="ErrorDetail")}}}), (None, None)])}}
+    sse_openai = {
+        "description": "JSON (`stream` false) or Server-Sent Events `data:` chunks ending with "
+        "`data: [DONE]` (`stream` true).",
+        "headers": model_headers,
+        "content": {
+            **_json(openai.Completion),
+            **_sse(
+                [
+                    (None, chunk),
+                    (
+                        None,
+                        {
+                            "type": "object",
+                            "required": ["error"],
+                            "properties": {"error": {"$ref": REF.format(model="ErrorDetail")}},
+                        },
+                    ),
+                    (None, None),
+                ]
+            ),
+        },
+    }
     seq = _path_param("name", names)
     ver = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
     sid = {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
     binary = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
-    infer_ok = {"200": {"description": "Output tensors (JSON, or binary after a JSON header of "
-                                       "`Inference-Header-Content-Length` bytes when binary outputs were asked for).",
-                        "content": {**_json(oip.InferResponse), **binary}}}
+    infer_ok = {
+        "200": {
+            "description": "Output tensors (JSON, or binary after a JSON header of "
+            "`Inference-Header-Content-Length` bytes when binary outputs were asked for).",
+            "content": {**_json(oip.InferResponse), **binary},
+        }
+    }
     infer_body = {**_json(oip.InferRequest), **binary}
     paths = {
         "/generate": {"post": _op("Stream generated text (SSE)", sse_generate, _errors(E, std, auth), GenerateBody)},
-        "/complete": {"post": _op("Generate text (one JSON answer)", ok(A.Completed), _errors(E, std, auth), GenerateBody)},
-        "/forecast": {"post": _op("Forecast one window or several", ok(A.Forecast), _errors(E, std, auth), ForecastBody)},
-        "/sessions": {"post": _op("Open a forecast session", ok(A.Session, "201", "Created"),
-                                  _errors(E, std, auth), OpenSessionBody)},
+        "/complete": {
+            "post": _op("Generate text (one JSON answer)", ok(A.Completed), _errors(E, std, auth), GenerateBody)
+        },
+        "/forecast": {
+            "post": _op("Forecast one window or several", ok(A.Forecast), _errors(E, std, auth), ForecastBody)
+        },
+        "/sessions": {
+            "post": _op(
+                "Open a forecast session", ok(A.Session, "201", "Created"), _errors(E, std, auth), OpenSessionBody
+            )
+        },
         "/sessions/{session_id}": {
-            "post": _op("Add observations; the updated forecast", ok(A.Session), _errors(E, std, auth), ObserveBody,
-                        [sid]),
+            "post": _op(
+                "Add observations; the updated forecast", ok(A.Session), _errors(E, std, auth), ObserveBody, [sid]
+            ),
             "get": _op("A session and its last forecast", ok(A.Session), _errors(E, (404, 503), auth), params=[sid]),
-            "delete": _op("Close a session", ok(A.SessionClosed), _errors(E, (404, 503), auth), params=[sid])},
-        "/models": {"get": _op("What is served, draining and failed; the limits", ok(A.Models),
-                               _errors(E, (503,), auth))},
-        "/v1/models": {"get": _op("OpenAI: the char models", ok(openai.ModelList), _errors(O, (503,), auth),
-                                  tag="openai")},
-        "/v1/completions": {"post": _op("OpenAI: completions (a character is a token)", {"200": sse_openai},
-                                        _errors(O, std, auth), openai.CompletionBody, tag="openai")},
+            "delete": _op("Close a session", ok(A.SessionClosed), _errors(E, (404, 503), auth), params=[sid]),
+        },
+        "/models": {
+            "get": _op("What is served, draining and failed; the limits", ok(A.Models), _errors(E, (503,), auth))
+        },
+        "/v1/models": {
+            "get": _op("OpenAI: the char models", ok(openai.ModelList), _errors(O, (503,), auth), tag="openai")
+        },
+        "/v1/completions": {
+            "post": _op(
+                "OpenAI: completions (a character is a token)",
+                {"200": sse_openai},
+                _errors(O, std, auth),
+                openai.CompletionBody,
+                tag="openai",
+            )
+        },
         "/v2": {"get": _op("OIP: server metadata", ok(oip.ServerMetadata), _errors(K, (503,), auth), tag="oip")},
         "/v2/health/live": {"get": _op("OIP: liveness", ok(A.Live), {}, open_route=True, tag="oip")},
-        "/v2/health/ready": {"get": _op("OIP: readiness", {**ok(A.Ready), "503": {
-            "description": "Not ready", "headers": RETRY, "content": _json(A.Ready)}}, {}, open_route=True, tag="oip")},
-        "/v2/models/{name}": {"get": _op("OIP: model metadata", ok(oip.ModelMetadata), _errors(K, (404, 503), auth),
-                                         params=[seq], tag="oip")},
-        "/v2/models/{name}/versions/{version}": {"get": _op("OIP: model metadata (one version)", ok(oip.ModelMetadata),
-                                                            _errors(K, (404, 503), auth), params=[seq, ver], tag="oip")},
-        "/v2/models/{name}/ready": {"get": _op("OIP: model readiness", ok(A.ModelReady), _errors(K, (404, 503), auth),
-                                               params=[seq], tag="oip")},
-        "/v2/models/{name}/versions/{version}/ready": {"get": _op(
-            "OIP: model readiness (one version)", ok(A.ModelReady), _errors(K, (404, 503), auth), params=[seq, ver],
-            tag="oip")},
-        "/v2/models/{name}/infer": {"post": _op("OIP: inference (JSON or binary tensors; sequences)", infer_ok,
-                                                _errors(K, std, auth), oip.InferRequest, [seq], tag="oip",
-                                                body_types=infer_body)},
-        "/v2/models/{name}/versions/{version}/infer": {"post": _op(
-            "OIP: inference (one version)", infer_ok, _errors(K, std, auth), oip.InferRequest, [seq, ver], tag="oip",
-            body_types=infer_body)},
-        "/docs.json": {"get": _op("This document", {"200": {"description": "OpenAPI 3.1", "content": _json(
-            {"type": "object"})}}, {}, open_route=True, tag="meta")},
-        "/docs": {"get": _op("Swagger UI", {"200": {"description": "HTML", "content": {
-            "text/html": {"schema": {"type": "string"}}}}}, {}, open_route=True, tag="meta")},
+        "/v2/health/ready": {
+            "get": _op(
+                "OIP: readiness",
+                {**ok(A.Ready), "503": {"description": "Not ready", "headers": RETRY, "content": _json(A.Ready)}},
+                {},
+                open_route=True,
+                tag="oip",
+            )
+        },
+        "/v2/models/{name}": {
+            "get": _op(
+                "OIP: model metadata", ok(oip.ModelMetadata), _errors(K, (404, 503), auth), params=[seq], tag="oip"
+            )
+        },
+        "/v2/models/{name}/versions/{version}": {
+            "get": _op(
+                "OIP: model metadata (one version)",
+                ok(oip.ModelMetadata),
+                _errors(K, (404, 503), auth),
+                params=[seq, ver],
+                tag="oip",
+            )
+        },
+        "/v2/models/{name}/ready": {
+            "get": _op("OIP: model readiness", ok(A.ModelReady), _errors(K, (404, 503), auth), params=[seq], tag="oip")
+        },
+        "/v2/models/{name}/versions/{version}/ready": {
+            "get": _op(
+                "OIP: model readiness (one version)",
+                ok(A.ModelReady),
+                _errors(K, (404, 503), auth),
+                params=[seq, ver],
+                tag="oip",
+            )
+        },
+        "/v2/models/{name}/infer": {
+            "post": _op(
+                "OIP: inference (JSON or binary tensors; sequences)",
+                infer_ok,
+                _errors(K, std, auth),
+                oip.InferRequest,
+                [seq],
+                tag="oip",
+                body_types=infer_body,
+            )
+        },
+        "/v2/models/{name}/versions/{version}/infer": {
+            "post": _op(
+                "OIP: inference (one version)",
+                infer_ok,
+                _errors(K, std, auth),
+                oip.InferRequest,
+                [seq, ver],
+                tag="oip",
+                body_types=infer_body,
+            )
+        },
+        "/docs.json": {
+            "get": _op(
+                "This document",
+                {"200": {"description": "OpenAPI 3.1", "content": _json({"type": "object"})}},
+                {},
+                open_route=True,
+                tag="meta",
+            )
+        },
+        "/docs": {
+            "get": _op(
+                "Swagger UI",
+                {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
+                {},
+                open_route=True,
+                tag="meta",
+            )
+        },
         "/livez": {"get": _op("Liveness (BentoML)", {"200": {"description": "live"}}, {}, open_route=True, tag="meta")},
-        "/readyz": {"get": _op("Readiness (BentoML): every configured model loaded once", {
-            "200": {"description": "ready"}, "503": {"description": "not ready"}}, {}, open_route=True, tag="meta")},
-        "/metrics": {"get": _op("Prometheus metrics (BentoML's and ours)", {"200": {"description": "metrics", "content": {
-            "text/plain": {"schema": {"type": "string"}}}}}, _errors(E, (), auth and serving.config.metrics_auth),
-            open_route=not serving.config.metrics_auth, tag="meta")},
+        "/readyz": {
+            "get": _op(
+                "Readiness (BentoML): every configured model loaded once",
+                {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+                {},
+                open_route=True,
+                tag="meta",
+            )
+        },
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics (BentoML's and ours)",
+                {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                _errors(E, (), auth and serving.config.metrics_auth),
+                open_route=not serving.config.metrics_auth,
+                tag="meta",
+            )
+        },
     }
     paths.update(playground.openapi_paths(serving, _op, _errors, _path_param, E, auth))
-    doc = {"openapi": "3.1.0",
-           "info": {"title": "rnnops", "version": __version__,
-                    "description": "Char models and forecasters on onnxruntime: native endpoints, OpenAI-compatible "
-                                   "completions (/v1) and the Open Inference Protocol (/v2)."},
-           "paths": paths, "components": {"schemas": components}}
+    doc = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "rnnops",
+            "version": __version__,
+            "description": "Char models and forecasters on onnxruntime: native endpoints, OpenAI-compatible "
+            "completions (/v1) and the Open Inference Protocol (/v2).",
+        },
+        "paths": paths,
+        "components": {"schemas": components},
+    }
     if auth:
-        doc["components"]["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer",
-                                                           "description": "One of RNNOPS_API_KEYS."}}
+        doc["components"]["securitySchemes"] = {
+            "apiKey": {"type": "http", "scheme": "bearer", "description": "One of RNNOPS_API_KEYS."}
+        }
         doc["security"] = [{"apiKey": []}]
     return doc
 

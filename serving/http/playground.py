@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import mimetypes
 import os
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 from starlette.requests import Request
@@ -35,12 +35,17 @@ from rnnops.serving.http.errors import ApiError, JSONResponse
 
 PACKAGE = "rnnops.serving.http"
 STATIC = ("static", "playground")
-TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
-         ".html": "text/html; charset=utf-8", ".svg": "image/svg+xml", ".txt": "text/plain; charset=utf-8",
-         ".json": "application/json"}
+TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".txt": "text/plain; charset=utf-8",
+    ".json": "application/json",
+}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _files() -> dict[str, bytes]:
     """Every static file of the page by its path under ``static/playground/`` (read once)."""
     out: dict[str, bytes] = {}
@@ -132,9 +137,13 @@ async def sample(serving, request: Request) -> Response:
     m = _model(serving, request, "forecaster")
     s = model_sample(m)
     if s is None:
-        raise ApiError(404, "no_sample", f"model {m.name!r} (version {m.version}) carries no validation sample: "
-                       "it was exported before `rnnops export` embedded one, or its data could not be read "
-                       "at export; paste or upload a CSV instead")
+        raise ApiError(
+            404,
+            "no_sample",
+            f"model {m.name!r} (version {m.version}) carries no validation sample: "
+            "it was exported before `rnnops export` embedded one, or its data could not be read "
+            "at export; paste or upload a CSV instead",
+        )
     return JSONResponse({"model": m.name, "version": m.version, **s})
 
 
@@ -160,39 +169,93 @@ def openapi_paths(serving, op, errors, path_param, error_model, auth: bool) -> d
     chars = sorted(n for n, m in current.items() if m.kind == "char")
     fcs = sorted(n for n, m in current.items() if m.kind == "forecaster")
     html = {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}
-    static = {"200": {"description": "A file of the page (JavaScript, CSS, license)",
-                      "content": {"*/*": {"schema": {"type": "string"}}}}}
+    static = {
+        "200": {
+            "description": "A file of the page (JavaScript, CSS, license)",
+            "content": {"*/*": {"schema": {"type": "string"}}},
+        }
+    }
     names = sorted(_files())
     top = path_param("file", [n for n in names if "/" not in n])
     vendor = path_param("file", [n.rsplit("/", 1)[1] for n in names if n.startswith("vendor/uplot/")])
     obj = lambda props, required: {"type": "object", "required": required, "properties": props}  # noqa: E731
     strings = {"type": "array", "items": {"type": "string"}}
-    vocab_answer = obj({"model": {"type": "string"}, "version": {"type": "string"},
-                        "vocab": {**strings, "description": "id = position"}}, ["model", "version", "vocab"])
+    vocab_answer = obj(
+        {
+            "model": {"type": "string"},
+            "version": {"type": "string"},
+            "vocab": {**strings, "description": "id = position"},
+        },
+        ["model", "version", "vocab"],
+    )
     rows = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
-    sample_answer = obj({"model": {"type": "string"}, "version": {"type": "string"}, "features": strings,
-                         "targets": strings, "lookback": {"type": "integer"}, "horizon": {"type": "integer"},
-                         "context_rows": {"type": "integer"}, "rows": rows,
-                         "timestamps": {"anyOf": [strings, {"type": "null"}]}},
-                        ["model", "version", "features", "targets", "context_rows", "rows"])
+    sample_answer = obj(
+        {
+            "model": {"type": "string"},
+            "version": {"type": "string"},
+            "features": strings,
+            "targets": strings,
+            "lookback": {"type": "integer"},
+            "horizon": {"type": "integer"},
+            "context_rows": {"type": "integer"},
+            "rows": rows,
+            "timestamps": {"anyOf": [strings, {"type": "null"}]},
+        },
+        ["model", "version", "features", "targets", "context_rows", "rows"],
+    )
     ok = lambda schema: {"200": {"description": "OK", "content": {"application/json": {"schema": schema}}}}  # noqa: E731
     t = "playground"
     return {
-        "/": {"get": op("Redirects to the playground", {"307": {"description": "to /playground"}}, {},
-                        open_route=True, tag=t)},
+        "/": {
+            "get": op(
+                "Redirects to the playground", {"307": {"description": "to /playground"}}, {}, open_route=True, tag=t
+            )
+        },
         "/playground": {"get": op("The browser playground", html, {}, open_route=True, tag=t)},
         "/playground/": {"get": op("The browser playground", html, {}, open_route=True, tag=t)},
-        "/playground/config.json": {"get": op("What the page links to (the MLflow UI)", ok(obj({
-            "mlflow_ui": {"type": ["string", "null"]}, "rnnops_version": {"type": "string"}}, ["mlflow_ui"])),
-            errors(error_model, (503,), auth), tag=t)},
-        "/playground/static/{file}": {"get": op("The page's files", static, errors(error_model, (404,), False),
-                                                params=[top], open_route=True, tag=t)},
-        "/playground/static/vendor/uplot/{file}": {"get": op("uPlot (vendored, pinned, MIT)", static, errors(
-            error_model, (404,), False), params=[vendor], open_route=True, tag=t)},
-        "/models/{name}/vocab": {"get": op("A char model's vocabulary (to encode text for /v2 infer)", ok(vocab_answer),
-                                           errors(error_model, (404, 503), auth), params=[path_param("name", chars)],
-                                           tag=t)},
-        "/models/{name}/sample": {"get": op("A forecaster's window of validation data (embedded at export)",
-                                            ok(sample_answer), errors(error_model, (404, 503), auth),
-                                            params=[path_param("name", fcs)], tag=t)},
+        "/playground/config.json": {
+            "get": op(
+                "What the page links to (the MLflow UI)",
+                ok(
+                    obj(
+                        {"mlflow_ui": {"type": ["string", "null"]}, "rnnops_version": {"type": "string"}}, ["mlflow_ui"]
+                    )
+                ),
+                errors(error_model, (503,), auth),
+                tag=t,
+            )
+        },
+        "/playground/static/{file}": {
+            "get": op(
+                "The page's files", static, errors(error_model, (404,), False), params=[top], open_route=True, tag=t
+            )
+        },
+        "/playground/static/vendor/uplot/{file}": {
+            "get": op(
+                "uPlot (vendored, pinned, MIT)",
+                static,
+                errors(error_model, (404,), False),
+                params=[vendor],
+                open_route=True,
+                tag=t,
+            )
+        },
+        "/models/{name}/vocab": {
+            "get": op(
+                "A char model's vocabulary (to encode text for /v2 infer)",
+                ok(vocab_answer),
+                errors(error_model, (404, 503), auth),
+                params=[path_param("name", chars)],
+                tag=t,
+            )
+        },
+        "/models/{name}/sample": {
+            "get": op(
+                "A forecaster's window of validation data (embedded at export)",
+                ok(sample_answer),
+                errors(error_model, (404, 503), auth),
+                params=[path_param("name", fcs)],
+                tag=t,
+            )
+        },
     }

@@ -23,14 +23,23 @@ class GenerateBody(_Body):
     """POST /generate (SSE) and POST /complete."""
 
     model: str | None = Field(None, description="Served model name (GET /models); default: the first char model.")
-    prompt: str = Field(..., min_length=1, description="Text to continue; every character must be in the model's vocabulary.")
+    prompt: str = Field(
+        ..., min_length=1, description="Text to continue; every character must be in the model's vocabulary."
+    )
     max_chars: int = Field(200, ge=1, description="Characters to generate (at most RNNOPS_MAX_CHARS).")
     temperature: float = Field(0.8, ge=0.0, le=5.0, description="0 = greedy.")
     top_k: int = Field(0, ge=0, le=100_000, description="Sample among the k most likely characters (0 = all).")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling: the smallest set with this probability mass.")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Same seed, same text (default: random, returned in the stats).")
+    top_p: float = Field(
+        1.0, gt=0.0, le=1.0, description="Nucleus sampling: the smallest set with this probability mass."
+    )
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="Same seed, same text (default: random, returned in the stats)."
+    )
     stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
-        default_factory=list, max_length=8, description="Stop when one of these strings is generated (it is not returned).")
+        default_factory=list,
+        max_length=8,
+        description="Stop when one of these strings is generated (it is not returned).",
+    )
 
 
 class ForecastBody(_Body):
@@ -40,10 +49,14 @@ class ForecastBody(_Body):
     context: list[Row] | None = Field(None, description="One window: T rows of F raw feature values, oldest first.")
     contexts: list[list[Row]] | None = Field(None, description="Several windows (each T_i x F).")
     timestamps: list[str] | list[list[str]] | None = Field(
-        None, description="ISO timestamps of the context rows (per window for `contexts`); the forecast gets its own.")
+        None, description="ISO timestamps of the context rows (per window for `contexts`); the forecast gets its own."
+    )
     freq: str | None = Field(
-        None, max_length=32, description="pandas frequency of the timestamps (h, D, B, W-SUN, MS...); default: "
-        "told from the timestamps, as batch jobs do (needed when they are irregular).")
+        None,
+        max_length=32,
+        description="pandas frequency of the timestamps (h, D, B, W-SUN, MS...); default: "
+        "told from the timestamps, as batch jobs do (needed when they are irregular).",
+    )
 
 
 class OpenSessionBody(_Body):

@@ -30,7 +30,7 @@ import contextlib
 import logging
 import time
 import weakref
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
@@ -76,15 +76,19 @@ class StreamWatch:
 
     def due(self, now: float) -> bool:
         s = self.stream
-        return s.done or s.phase != self.seen_phase or (
-            self.output and s.has_output and now - self.last_wake >= self.window)
+        return (
+            s.done
+            or s.phase != self.seen_phase
+            or (self.output and s.has_output and now - self.last_wake >= self.window)
+        )
 
     async def wait(self, timeout: float | None = None, output: bool = True, window: float = 0.0) -> None:
         await wait_any([self], timeout, output, window)
 
 
-async def wait_any(watches: list[StreamWatch], timeout: float | None = None, output: bool = True,
-                   window: float = 0.0) -> None:
+async def wait_any(
+    watches: list[StreamWatch], timeout: float | None = None, output: bool = True, window: float = 0.0
+) -> None:
     """Until one of ``watches`` (sharing one event) has something new, or ``timeout``: admission,
     the end, or characters (unless ``output`` is False), the latter at most once per ``window``."""
     event = watches[0].event
@@ -155,7 +159,7 @@ class Generation:
         return self.streams[0].id
 
     @classmethod
-    async def start(cls, request: Request, lookup: Callable, build: Callable) -> "Generation":
+    async def start(cls, request: Request, lookup: Callable, build: Callable) -> Generation:
         """``lookup()`` -> the model version now served; ``build(model)`` -> its generation
         requests (validated against its vocabulary). Returns once every stream has a slot;
         raises :class:`Overloaded` (429/503) or :class:`ClientGone` before any byte is sent."""
@@ -200,8 +204,9 @@ class Generation:
                 raise ClientGone
         bad = next((s for s in self.streams if s.finish_reason in ("queue_timeout", "shutdown")), None)
         if bad is not None:
-            raise Overloaded(bad.finish_reason, bad.error or bad.finish_reason, self.model.scheduler.retry_after(),
-                             status=503)
+            raise Overloaded(
+                bad.finish_reason, bad.error or bad.finish_reason, self.model.scheduler.retry_after(), status=503
+            )
 
     async def deltas(self, coalesce_s: float, events_per_s: float) -> AsyncIterator[list[Delta]]:
         """The streams' output as it comes, coalesced; each stream's last delta has its finish
@@ -217,8 +222,10 @@ class Generation:
                 done = s.done  # read before draining: what came before the end is all drained now
                 text = s.drain()
                 if text or done:
-                    lp = s.logprobs[sent[i]:sent[i] + len(text)] if s.request.logprobs is not None else []
-                    out.append(Delta(i, text, sent[i], lp, s.finish_reason if done else None, s.error if done else None))
+                    lp = s.logprobs[sent[i] : sent[i] + len(text)] if s.request.logprobs is not None else []
+                    out.append(
+                        Delta(i, text, sent[i], lp, s.finish_reason if done else None, s.error if done else None)
+                    )
                     sent[i] += len(text)
                 if not done:
                     still.append(i)
@@ -228,12 +235,14 @@ class Generation:
                     return
             open_ = still
             if open_:
-                await wait_any([self.watches[i] for i in open_], None, output=True,
-                               window=max(coalesce_s, client.active / rate))
+                await wait_any(
+                    [self.watches[i] for i in open_], None, output=True, window=max(coalesce_s, client.active / rate)
+                )
 
     async def finished(self) -> bool:
         """Until every stream ended (woken at the end, not per character); False when the client
         went away first (its streams are cancelled)."""
+
         def open_() -> list[StreamWatch]:
             return [w for w in self.watches if not w.stream.done]
 
@@ -274,8 +283,11 @@ class SSEResponse(StreamingResponse):
     """
 
     def __init__(self, content, generation, stall_s: float, headers: dict | None = None):
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
+        )
         self.generation = generation
         self.stall_s = stall_s
 
@@ -293,5 +305,8 @@ class SSEResponse(StreamingResponse):
             self.generation.cancel()
             with contextlib.suppress(Exception):
                 await self.body_iterator.aclose()  # its `finally` runs now, not at garbage collection
-            log.warning("stream %s: the client read nothing for %gs (RNNOPS_STALL_S); cancelled", self.generation.id,
-                        self.stall_s)
+            log.warning(
+                "stream %s: the client read nothing for %gs (RNNOPS_STALL_S); cancelled",
+                self.generation.id,
+                self.stall_s,
+            )
