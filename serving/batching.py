@@ -72,11 +72,18 @@ class BatchQueue(Generic[T, R]):
         self._pending: list[tuple[T, asyncio.Future]] = []
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._closed = False
         self.calls = 0  # calls that succeeded
         self.items = 0  # items they carried
 
     async def submit(self, items: Sequence[T]) -> list[R]:
-        """The results of ``items``, batched with whatever else is pending."""
+        """The results of ``items``, batched with whatever else is pending.
+
+        After :meth:`close` (its version was reaped after a hot reload) stragglers are still
+        answered, one call per submit on asyncio's default threads: a forecast session stays
+        pinned to the version that opened it, and a reload must not break it."""
+        if self._closed:
+            return list(await asyncio.to_thread(self._run, list(items)))
         loop = asyncio.get_running_loop()
         futures = []
         for item in items:
@@ -116,4 +123,5 @@ class BatchQueue(Generic[T, R]):
         return bool(self._pending) or (self._task is not None and not self._task.done())
 
     def close(self) -> None:
+        self._closed = True
         self._executor.shutdown(wait=False)

@@ -102,6 +102,35 @@ def test_a_failed_step_leaves_the_session_as_it_was(manager):
     asyncio.run(go())
 
 
+def test_a_session_keeps_its_version_after_the_version_is_reaped():
+    """A hot reload reaps the old version (its stepper closed) while sessions pinned to it are
+    still open: their next update is answered, the same as before (the soak test's reload once
+    made it 'cannot schedule new futures after shutdown', a 500)."""
+    cfg = ServeConfig(models=f"fc={BANDED}", poll_seconds=0)
+    mgr = ModelManager(cfg)
+
+    async def go():
+        await mgr.start()
+        try:
+            m = mgr.get("fc", "forecaster")
+            store = SessionStore()
+            a, b = await store.open(m), await store.open(m)
+            for s in (a, b):
+                async with store.updating(s.id) as sess:
+                    await sess.observe(_rows(3))
+            async with store.updating(a.id) as sess:
+                want = await sess.observe(_rows(1, seed=5))
+            m.stop()  # what _reap does to a drained version
+            async with store.updating(b.id) as sess:
+                got = await sess.observe(_rows(1, seed=5))
+            np.testing.assert_array_equal(got, want)
+            assert sess.last_quantiles is not None
+        finally:
+            await mgr.stop()
+
+    asyncio.run(go())
+
+
 def test_sessions_and_oip_sequences_give_the_quantiles(manager):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # starlette's notice about httpx
