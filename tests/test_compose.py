@@ -433,7 +433,9 @@ def test_ci_builds_the_images_and_runs_the_stack_after_the_unit_suite():
     ]
     calls = [ln for ln in ci if ln.startswith(("make ", "time make "))]
     targets = [ln.split("make ", 1)[1].split()[0] for ln in calls]
-    assert targets[:1] == ["test"] and "stack-test" in targets, calls
+    # the fast checks first (lint, types, torch-free serving tests: a minute), then the README's test
+    # command, then the images and the stack
+    assert targets[:2] == ["check", "test"] and "stack-test" in targets, calls
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^images:", makefile, re.M) and re.search(r"^stack-test:.*\bimages\b", makefile, re.M)
     assert "tests/test_stack.py" in (REPO / "scripts" / "stack_test.sh").read_text()
