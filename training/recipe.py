@@ -142,6 +142,11 @@ class DataRecipe:
     def windows(self, split: str, data: D.TextData | D.SeriesData | None = None) -> Windows:
         """Every window of ``split`` as the run scores it: non-overlapping ``eval_window``-character
         windows (text; a short split is one window), or every stride-1 window (series)."""
+        if self.kind == "panel":  # series differ in length: one window per series and origin
+            raise RnnopsError(
+                "a panel recipe has no stride-1 windows: cut them with training.panel.Panel.window and "
+                "training.panel_train.PanelWindows (one origin per series)"
+            )
         data = data if data is not None else self.load()
         if self.kind == "text":
             ids = {"train": data.train, "val": data.val}.get(split)
