@@ -57,6 +57,7 @@ class CharJob:
     """Train a char-level language model on a text (nanoGPT's 90/10 split)."""
 
     task: ClassVar[str] = "char"
+    command: ClassVar[str] = "char"  # `rnnops train char`; runs go to the experiment rnnops-char
     model_options: ClassVar[type] = CharModelOptions
     data: str  # a named dataset (tinyshakespeare) or a path to a UTF-8 text file
     preset: str | None
@@ -70,6 +71,7 @@ class ForecastJob:
     """Train a multi-step forecaster on a series (ETT's 12/4/4 split, else 70/10/20)."""
 
     task: ClassVar[str] = "forecast"
+    command: ClassVar[str] = "forecast"
     model_options: ClassVar[type] = ForecastModelOptions
     data: str  # a named dataset (etth1, etth2), a CSV path, or "sine"
     preset: str | None
@@ -108,6 +110,7 @@ class PanelJob:
     ``rnnops-forecast`` experiment like the single-series forecasters."""
 
     task: ClassVar[str] = "panel"
+    command: ClassVar[str] = "forecast"  # `rnnops train forecast --id-column …`, experiment rnnops-forecast
     model_options: ClassVar[type] = PanelModelOptions
     data: str  # a CSV or Parquet path, or a named panel (m4-hourly)
     preset: str | None
@@ -129,8 +132,6 @@ class PanelJob:
 
 Job = CharJob | ForecastJob | PanelJob
 JOBS: dict[str, type] = {"char": CharJob, "forecast": ForecastJob, "panel": PanelJob}
-# The MLflow experiment a task's runs go to by default: panel runs are forecasters too.
-EXPERIMENTS: dict[str, str] = {"char": "rnnops-char", "forecast": "rnnops-forecast", "panel": "rnnops-forecast"}
 _SECTIONS = {"model", "train"}
 
 

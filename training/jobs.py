@@ -27,7 +27,6 @@ from rnnops.errors import RnnopsError, Terminated
 from rnnops.training import cells, distributed, runinfo, tasks
 from rnnops.training.intervals import parse_levels
 from rnnops.training.job_config import (
-    EXPERIMENTS,
     CharJob,
     CharModelOptions,
     ForecastJob,
@@ -359,7 +358,7 @@ def run_job(job: Job | dict, experiment: str | None = None, resume_run: str | No
         setup = group.wrap(setup, job.train.seed)
         if not group.is_main:
             return group.follow(job, setup, resume_run)  # rank 0 alone logs, evaluates, checkpoints
-    experiment = experiment or EXPERIMENTS[job.task]
+    experiment = experiment or f"rnnops-{job.command}"
     if resume_run:
         run = mlflow.start_run(run_id=resume_run, log_system_metrics=runinfo.system_metrics())
     else:
@@ -419,7 +418,9 @@ def run_job(job: Job | dict, experiment: str | None = None, resume_run: str | No
     except (KeyboardInterrupt, Terminated) as exc:  # Ctrl-C, or SIGTERM
         status = "KILLED"
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(f"\n{what}: checkpoint saved; continue with `rnnops train {job.task} --resume {run_id}`", file=sys.stderr)
+        print(
+            f"\n{what}: checkpoint saved; continue with `rnnops train {job.command} --resume {run_id}`", file=sys.stderr
+        )
         raise
     except runinfo.StopRun as exc:  # ended on purpose (a pruned trial): not a failure
         status = exc.status
@@ -433,7 +434,7 @@ def run_job(job: Job | dict, experiment: str | None = None, resume_run: str | No
         raise RnnopsError(
             f"MLflow tracking server {settings.tracking_uri()} stopped answering during training ({gone}); "
             f"the checkpoint (step {_checkpoint_step(ckpt)}) is kept in {ckpt.folder}: continue with "
-            f"`rnnops train {job.task} --resume {run_id}` once the server is back"
+            f"`rnnops train {job.command} --resume {run_id}` once the server is back"
         ) from None
     finally:
         if status is None:
