@@ -197,3 +197,13 @@ def test_single_series_jobs_are_unchanged():
     }
     assert json.loads(json.dumps(now)) == before
     assert not jobs.is_panel("etth1", None) and jobs.is_panel("m4-hourly", None) and jobs.is_panel("x.csv", "id")
+
+
+def test_m4_hourly_is_a_panel_with_its_columns_and_the_benchmarks_quick_preset():
+    job = jobs.panel_job("m4-hourly", "quick", {"train.seed": 3})
+    assert (job.id_column, job.date_column, job.targets, job.horizon) == ("id", "timestamp", ["value"], 48)
+    # benchmarks/m4_global.py's configuration
+    assert (job.lookback, job.model.segment_length, job.model.hidden_size, job.model.num_layers) == (336, 24, 128, 2)
+    assert (job.train.batch_size, job.train.lr, job.train.time_budget_s, job.train.seed) == (256, 3e-3, 300.0, 3)
+    assert job_from_dict(json.loads(json.dumps(to_dict(job)))) == job
+    assert type(job).command == "forecast"
