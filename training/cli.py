@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from rnnops.errors import RnnopsError
 from rnnops.training import cells
 
 app = typer.Typer(help="Train char models and forecasters; every run is logged to MLflow.", no_args_is_help=True)
@@ -31,6 +32,12 @@ class Norm(str, Enum):
 class Arch(str, Enum):
     rnn = "rnn"
     segrnn = "segrnn"
+
+
+class Likelihood(str, Enum):
+    studentt = "studentt"
+    normal = "normal"
+    negbin = "negbin"
 
 
 Opt = typer.Option
@@ -86,7 +93,6 @@ def _train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, s
 
 def _resume(run_id: str, nproc: int = 1) -> None:
     from rnnops import settings
-    from rnnops.errors import RnnopsError
     from rnnops.training.distributed import launch
     from rnnops.training.job_config import job_from_dict
     from rnnops.training.trainer import Checkpoint
@@ -152,16 +158,25 @@ def char(
     launch(char_job(data, cell.value, preset.value, overrides), experiment, nproc=nproc)
 
 
+PANEL = "Panels"  # the --help section of the panel flags
+
+
 @app.command()
 def forecast(
-    data: Annotated[str, Opt(help="Named dataset (etth1, etth2), a CSV path, or sine.")] = "etth1",
+    data: Annotated[
+        str,
+        Opt(help="Named dataset (etth1, etth2, or the panel m4-hourly), a CSV path, a Parquet panel, or sine."),
+    ] = "etth1",
     features: Annotated[str, Opt(help="M: all numeric columns in and out; S: the target column only.")] = "M",
-    target: Annotated[str | None, Opt(help="Target column (default OT, else the last numeric column).")] = None,
-    date_column: Annotated[str | None, Opt(help="Date column (default: detected).")] = None,
+    target: Annotated[
+        str | None,
+        Opt(help="Target column (default OT, else the last numeric column); panels: the column to forecast."),
+    ] = None,
+    date_column: Annotated[str | None, Opt(help="Date column (default: detected; panels: required).")] = None,
     fill: Annotated[str | None, Opt(help="ffill: fill missing values forward instead of failing.")] = None,
-    lookback: Annotated[int | None, Opt(min=1, help="Input window length L.")] = None,
-    horizon: Annotated[int | None, Opt(min=1, help="Forecast steps H.")] = None,
-    cell: Annotated[ForecastCell, Opt(help="Recurrent cell.")] = ForecastCell.gru,
+    lookback: Annotated[int | None, Opt(min=1, help="Input window length L (panels: default 7 x horizon).")] = None,
+    horizon: Annotated[int | None, Opt(min=1, help="Forecast steps H (panels: required, but m4-hourly's 48).")] = None,
+    cell: Annotated[ForecastCell, Opt(help="Recurrent cell (panels: gru or lstm).")] = ForecastCell.gru,
     arch: Annotated[
         Arch,
         Opt(
@@ -171,13 +186,19 @@ def forecast(
     ] = Arch.rnn,
     segment_length: Annotated[
         int | None,
-        Opt("--segment-length", help="segrnn: observations per segment (default 24; must divide --lookback)."),
+        Opt(
+            "--segment-length",
+            help="segrnn and panels: observations per segment (must divide --lookback; default 24, panels: "
+            "the largest divisor of the lookback up to 24).",
+        ),
     ] = None,
     quantiles: Annotated[
         str | None,
         Opt(
             help="Prediction intervals at these levels, e.g. 0.1,0.5,0.9: "
-            "split-conformal per horizon step, calibrated on the validation split."
+            "split-conformal per horizon step, calibrated on the validation split. Panels: the levels "
+            "forecast (pinball loss, or the likelihood's quantiles); must include 0.5; default "
+            "0.025,0.1,...,0.9,0.975."
         ),
     ] = None,
     norm: Annotated[
@@ -185,7 +206,81 @@ def forecast(
         Opt(help="revin: per-window normalisation (windowed model); fixed: train-split scaler (stateful model)."),
     ] = None,
     linear_skip: Annotated[bool | None, Opt(help="Add an NLinear-style linear map of the window (revin only).")] = None,
-    preset: Annotated[Preset, Opt(help="tiny (seconds, tests), quick (~2.5 min), full (~15 min).")] = Preset.quick,
+    id_column: Annotated[
+        str | None,
+        Opt(
+            "--id-column",
+            help="Train one global model over a panel: a long-format CSV or Parquet file, one row per "
+            "series x timestamp, this column naming the series (docs/forecasting.md).",
+            rich_help_panel=PANEL,
+        ),
+    ] = None,
+    static_columns: Annotated[
+        str | None,
+        Opt(
+            "--static-columns",
+            help="Columns with one value per series, comma-separated: strings become categories "
+            "(embeddings, with an unknown bucket), numbers stay numbers.",
+            rich_help_panel=PANEL,
+        ),
+    ] = None,
+    future_covariates: Annotated[
+        str | None,
+        Opt(
+            "--future-covariates",
+            help="Numeric columns known in advance (promotions, prices, holidays), comma-separated: "
+            "present at every step, and needed for the horizon when forecasting.",
+            rich_help_panel=PANEL,
+        ),
+    ] = None,
+    past_covariates: Annotated[
+        str | None,
+        Opt(
+            "--past-covariates",
+            help="Numeric columns known only up to now, comma-separated (may be missing).",
+            rich_help_panel=PANEL,
+        ),
+    ] = None,
+    freq: Annotated[
+        str | None,
+        Opt(
+            help="The panel's pandas frequency (h, D, W-MON, MS, ...): gaps are filled as missing values. "
+            "Default: inferred, and a series off it is an error.",
+            rich_help_panel=PANEL,
+        ),
+    ] = None,
+    calendar: Annotated[
+        bool | None,
+        Opt(
+            "--calendar/--no-calendar",
+            help="Calendar features from the frequency (hour of day, day of week, ...); on by default.",
+            rich_help_panel=PANEL,
+        ),
+    ] = None,
+    likelihood: Annotated[
+        Likelihood | None,
+        Opt(
+            help="Fit a distribution by likelihood (negbin: counts >= 0) instead of the default, the "
+            "pinball loss over --quantiles.",
+            rich_help_panel=PANEL,
+        ),
+    ] = None,
+    backtest: Annotated[
+        int | None,
+        Opt(
+            min=1,
+            help="Score N rolling origins (the last is the test window) as backtest_<i>/<metric>; the model "
+            "trains on what precedes the first.",
+            rich_help_panel=PANEL,
+        ),
+    ] = None,
+    step: Annotated[
+        int | None,
+        Opt(min=1, help="Steps between --backtest origins (default: the horizon).", rich_help_panel=PANEL),
+    ] = None,
+    preset: Annotated[
+        Preset, Opt(help="tiny (seconds, tests), quick (~2.5 min; panels 5 min), full (~15 min; panels 30 min).")
+    ] = Preset.quick,
     hidden_size: Hidden = None,
     layers: Layers = None,
     heads: Heads = None,
@@ -202,14 +297,67 @@ def forecast(
     resume: Resume = None,
     nproc: NProc = 1,
 ):
-    """Train a multivariate, multi-step forecaster and log it to MLflow.
+    """Train a multivariate, multi-step forecaster, or one global forecaster over a panel, and log it to MLflow.
 
-    Reports val and test MSE/MAE on the z-scored scale (ETT's 12/4/4 split, every stride-1
-    window) beside the repeat-last baseline, with a forecast-vs-actual plot.
+    One series (ETT): val and test MSE/MAE on the z-scored scale (ETT's 12/4/4 split, every
+    stride-1 window) beside the repeat-last baseline, with a forecast-vs-actual plot.
+
+    A panel (--id-column, or --data m4-hourly): one model over every series, with static columns
+    and covariates; per-series splits by time (the last --horizon steps test, the ones before them
+    validation) scored with the M4 metrics (sMAPE, MASE, OWA, MSIS, coverage, WQL) beside the
+    naive, seasonal-naive and Naive2 baselines. Example:
+    rnnops train forecast --data sales.parquet --id-column item_id --date-column date --target sales
+    --static-columns store,category --future-covariates promo,price --horizon 14
     """
     if resume:
         return _resume(resume, nproc)
     from rnnops.training.distributed import launch
+    from rnnops.training.jobs import is_panel
+
+    train = _train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed)
+    if is_panel(data, id_column):
+        from rnnops.training.jobs import panel_job
+
+        _refuse("a panel", {"--fill": fill, "--norm": norm, "--linear-skip": linear_skip, "--heads": heads})
+        _refuse("a panel", {"--ff-mult": ff_mult, "--arch segrnn": arch == Arch.segrnn or None})
+        if nproc > 1:
+            raise RnnopsError("panels train in one process for now: drop --nproc")
+        overrides = {
+            "id_column": id_column,
+            "date_column": date_column,
+            "targets": target,
+            "static_columns": static_columns,
+            "future_covariates": future_covariates,
+            "past_covariates": past_covariates,
+            "freq": freq,
+            "calendar": calendar,
+            "lookback": lookback,
+            "horizon": horizon,
+            "backtest": backtest,
+            "backtest_step": step,
+            "model.cell": cell.value,
+            "model.hidden_size": hidden_size,
+            "model.num_layers": layers,
+            "model.dropout": dropout,
+            "model.segment_length": segment_length,
+            "model.likelihood": likelihood.value if likelihood else None,
+            "model.quantiles": quantiles,
+            **train,
+        }
+        return launch(panel_job(data, preset.value, overrides), experiment)
+    _refuse(
+        "a panel only (give --id-column)",
+        {
+            "--static-columns": static_columns,
+            "--future-covariates": future_covariates,
+            "--past-covariates": past_covariates,
+            "--freq": freq,
+            "--calendar": calendar,
+            "--likelihood": likelihood,
+            "--backtest": backtest,
+            "--step": step,
+        },
+    )
     from rnnops.training.jobs import forecast_job
 
     overrides = {
@@ -228,9 +376,16 @@ def forecast(
         "model.dropout": dropout,
         "model.segment_length": segment_length,
         "model.quantiles": quantiles,
-        **_train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed),
+        **train,
     }
     launch(forecast_job(data, cell.value, preset.value, overrides, arch=arch.value), experiment, nproc=nproc)
+
+
+def _refuse(what: str, flags: dict) -> None:
+    """One line for a flag given where it does not apply (None: not given)."""
+    given = [flag for flag, value in flags.items() if value is not None]
+    if given:
+        raise RnnopsError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to {what}")
 
 
 @app.command()
@@ -257,7 +412,6 @@ def sample(
     seed: Annotated[int | None, Opt(help="Random seed (same seed, same text).")] = None,
 ):
     """Generate text from a logged char model with PyTorch (a first look at a run)."""
-    from rnnops.errors import RnnopsError
     from rnnops.training.logged_model import load_model
     from rnnops.training.sampling import generate
 

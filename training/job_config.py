@@ -57,6 +57,7 @@ class CharJob:
     """Train a char-level language model on a text (nanoGPT's 90/10 split)."""
 
     task: ClassVar[str] = "char"
+    command: ClassVar[str] = "char"  # `rnnops train char`; runs go to the experiment rnnops-char
     model_options: ClassVar[type] = CharModelOptions
     data: str  # a named dataset (tinyshakespeare) or a path to a UTF-8 text file
     preset: str | None
@@ -70,6 +71,7 @@ class ForecastJob:
     """Train a multi-step forecaster on a series (ETT's 12/4/4 split, else 70/10/20)."""
 
     task: ClassVar[str] = "forecast"
+    command: ClassVar[str] = "forecast"
     model_options: ClassVar[type] = ForecastModelOptions
     data: str  # a named dataset (etth1, etth2), a CSV path, or "sine"
     preset: str | None
@@ -83,8 +85,53 @@ class ForecastJob:
     train: TrainSettings
 
 
-Job = CharJob | ForecastJob
-JOBS: dict[str, type] = {"char": CharJob, "forecast": ForecastJob}
+@dataclass
+class PanelModelOptions:
+    """A global panel forecaster's options (``PanelModelConfig`` less what the panel decides:
+    horizon, season, inputs and their fitted statistics). See ``training/panel_model.py``."""
+
+    cell: str = "gru"
+    hidden_size: int = 128
+    num_layers: int = 2
+    segment_length: int = 24  # lookback steps per recurrent step; must divide the lookback
+    context_size: int = 16
+    decoder_hidden: int = 64
+    dropout: float = 0.0
+    scaling: str = "standard"  # per window inside the model: standard | mean_abs (negbin's)
+    seasonal_residual: bool = True
+    likelihood: str | None = None  # None: the pinball loss over `quantiles`; else studentt | normal | negbin
+    quantiles: list[float] | None = None  # None: panel_model.DEFAULT_QUANTILES
+
+
+@dataclass
+class PanelJob:
+    """Train one global forecaster over a panel (long format: one row per series x timestamp);
+    per-series splits by time (the M4 protocol), scored with the M4 metrics. Logged in the
+    ``rnnops-forecast`` experiment like the single-series forecasters."""
+
+    task: ClassVar[str] = "panel"
+    command: ClassVar[str] = "forecast"  # `rnnops train forecast --id-column …`, experiment rnnops-forecast
+    model_options: ClassVar[type] = PanelModelOptions
+    data: str  # a CSV or Parquet path, or a named panel (m4-hourly)
+    preset: str | None
+    id_column: str
+    date_column: str
+    targets: list[str]
+    static_columns: list[str]
+    future_covariates: list[str]
+    past_covariates: list[str]
+    freq: str | None  # None: inferred (a series off it is an error); given: gaps filled as missing
+    calendar: bool  # calendar features from the frequency (rnnops.calendar)
+    lookback: int
+    horizon: int
+    backtest: int  # rolling origins scored (0: none); the last is the test window
+    backtest_step: int | None  # stride between origins (None: the horizon)
+    model: PanelModelOptions
+    train: TrainSettings
+
+
+Job = CharJob | ForecastJob | PanelJob
+JOBS: dict[str, type] = {"char": CharJob, "forecast": ForecastJob, "panel": PanelJob}
 _SECTIONS = {"model", "train"}
 
 

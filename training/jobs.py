@@ -32,6 +32,8 @@ from rnnops.training.job_config import (
     ForecastJob,
     ForecastModelOptions,
     Job,
+    PanelJob,
+    PanelModelOptions,
     flat_params,
     job_from_dict,
     to_dict,
@@ -39,6 +41,7 @@ from rnnops.training.job_config import (
 )
 from rnnops.training.logged_model import log_model
 from rnnops.training.models import check_config
+from rnnops.training.panel import split_list
 from rnnops.training.recipe import RECIPE_ARTIFACT
 from rnnops.training.segrnn import DEFAULT_SEGMENT, check_segments
 from rnnops.training.trainer import Checkpoint, TrainSettings, train
@@ -209,6 +212,126 @@ def sine_job(overrides: dict) -> ForecastJob:
     return with_overrides(job, overrides)
 
 
+# Global panel forecasters (training/panel_model.py). `quick` is benchmarks/m4_global.py's
+# configuration (a 2-layer GRU over 24-step segments of a 336-step window, batch 256, lr 3e-3,
+# 300 s; its validation every ~15 s there is every 100 steps here); `tiny` trains in seconds (tests).
+PANEL_PRESETS = {
+    "tiny": dict(
+        model=dict(hidden_size=16, num_layers=1, context_size=4, decoder_hidden=8),
+        train=dict(steps=20, batch_size=16, lr=1e-2, warmup_steps=2, eval_every=10, patience=100),
+    ),
+    "quick": dict(
+        model=dict(hidden_size=128, num_layers=2),
+        train=dict(
+            steps=100_000,
+            batch_size=256,
+            lr=3e-3,
+            min_lr_ratio=0.05,
+            warmup_steps=50,
+            weight_decay=1e-4,
+            eval_every=100,
+            patience=8,
+            time_budget_s=300.0,
+        ),
+    ),
+    "full": dict(
+        model=dict(hidden_size=256, num_layers=2),
+        train=dict(
+            steps=1_000_000,
+            batch_size=256,
+            lr=3e-3,
+            min_lr_ratio=0.05,
+            warmup_steps=100,
+            weight_decay=1e-4,
+            eval_every=200,
+            patience=10,
+            time_budget_s=1800.0,
+        ),
+    ),
+}
+# The columns and horizon a named panel comes with (flags may still override them).
+NAMED_PANEL_COLUMNS = {"m4-hourly": dict(id_column="id", date_column="timestamp", targets=["value"], horizon=48)}
+
+
+def is_panel(data: str, id_column: str | None) -> bool:
+    """Whether ``rnnops train forecast`` takes the panel path: an id column, or a named panel."""
+    return id_column is not None or data in NAMED_PANEL_COLUMNS
+
+
+def default_segment(lookback: int, most: int = 24) -> int:
+    """The largest divisor of the lookback up to ``most`` steps (336 -> 24, 98 -> 14, 28 -> 14)."""
+    return max(d for d in range(1, min(most, lookback) + 1) if lookback % d == 0)
+
+
+def panel_job(data: str, preset: str, overrides: dict) -> PanelJob:
+    """The full job for a global panel forecaster: preset, the named panel's columns (m4-hourly),
+    then the flags that were given. Without --lookback the window is 7 horizons (M4 Hourly: 336);
+    without --segment-length a segment is the lookback's largest divisor up to 24 steps."""
+    if preset not in PANEL_PRESETS:
+        raise RnnopsError(f"unknown preset {preset!r}: use one of {', '.join(PANEL_PRESETS)}")
+    p = json.loads(json.dumps(PANEL_PRESETS[preset]))
+    named = NAMED_PANEL_COLUMNS.get(data, {})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    columns = {k: given.pop(k, named.get(k)) for k in ("id_column", "date_column", "targets", "horizon")}
+    for flag, key in (("--id-column", "id_column"), ("--date-column", "date_column"), ("--target", "targets")):
+        if not columns[key]:
+            raise RnnopsError(f"a panel needs {flag}: give the column of the file that holds it")
+    if not columns["horizon"]:
+        raise RnnopsError("a panel needs --horizon: the number of steps to forecast")
+    horizon = int(columns["horizon"])
+    lookback = int(given.pop("lookback", None) or 7 * horizon)
+    job = PanelJob(
+        data=data,
+        preset=preset,
+        id_column=columns["id_column"],
+        date_column=columns["date_column"],
+        targets=list(split_list(columns["targets"])),
+        static_columns=[],
+        future_covariates=[],
+        past_covariates=[],
+        freq=None,
+        calendar=True,
+        lookback=lookback,
+        horizon=horizon,
+        backtest=0,
+        backtest_step=None,
+        model=PanelModelOptions(segment_length=default_segment(lookback), **p["model"]),
+        train=TrainSettings(**p["train"]),
+    )
+    lists = ("static_columns", "future_covariates", "past_covariates")
+    job = with_overrides(job, {k: list(split_list(v)) if k in lists else v for k, v in given.items()})
+    return _check_panel(job)
+
+
+def _check_panel(job: PanelJob) -> PanelJob:
+    """What a panel job's flags can get wrong, each one line before any data is read: the model's
+    own checks (head, scaling, segments, quantile levels) on a config with the job's sizes; the
+    panel's checks (a column given two roles, duplicates, ...) follow when it is read."""
+    from rnnops.training.panel_model import PanelModelConfig, make_cell
+
+    m = job.model
+    quantiles = m.quantiles
+    if isinstance(quantiles, str):  # the flag's form, "0.1,0.5,0.9"
+        quantiles = [float(q) for q in split_list(quantiles)]
+    if job.lookback < 1 or job.horizon < 1:
+        raise RnnopsError(f"--horizon ({job.horizon}) and --lookback ({job.lookback}) must be at least 1")
+    if job.backtest < 0 or (job.backtest_step is not None and job.backtest_step < 1):
+        raise RnnopsError("--backtest must be 0 or more windows and --step at least 1")
+    if job.backtest_step is not None and not job.backtest:
+        raise RnnopsError("--step applies to --backtest N only")
+    make_cell(m.cell, 1, 1, 1, 0.0)  # one line for a cell panel models do not take yet
+    kwargs = {"quantiles": tuple(quantiles)} if quantiles is not None else {}
+    PanelModelConfig(
+        lookback=job.lookback,
+        horizon=job.horizon,
+        segment_length=m.segment_length,
+        head=m.likelihood or "pinball",
+        scaling=m.scaling,
+        **kwargs,
+    )
+    return replace(job, model=replace(m, quantiles=quantiles))
+
+
 # ---------------------------------------------------------------- running
 
 
@@ -235,7 +358,7 @@ def run_job(job: Job | dict, experiment: str | None = None, resume_run: str | No
         setup = group.wrap(setup, job.train.seed)
         if not group.is_main:
             return group.follow(job, setup, resume_run)  # rank 0 alone logs, evaluates, checkpoints
-    experiment = experiment or f"rnnops-{job.task}"
+    experiment = experiment or f"rnnops-{job.command}"
     if resume_run:
         run = mlflow.start_run(run_id=resume_run, log_system_metrics=runinfo.system_metrics())
     else:
@@ -295,7 +418,9 @@ def run_job(job: Job | dict, experiment: str | None = None, resume_run: str | No
     except (KeyboardInterrupt, Terminated) as exc:  # Ctrl-C, or SIGTERM
         status = "KILLED"
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(f"\n{what}: checkpoint saved; continue with `rnnops train {job.task} --resume {run_id}`", file=sys.stderr)
+        print(
+            f"\n{what}: checkpoint saved; continue with `rnnops train {job.command} --resume {run_id}`", file=sys.stderr
+        )
         raise
     except runinfo.StopRun as exc:  # ended on purpose (a pruned trial): not a failure
         status = exc.status
@@ -309,7 +434,7 @@ def run_job(job: Job | dict, experiment: str | None = None, resume_run: str | No
         raise RnnopsError(
             f"MLflow tracking server {settings.tracking_uri()} stopped answering during training ({gone}); "
             f"the checkpoint (step {_checkpoint_step(ckpt)}) is kept in {ckpt.folder}: continue with "
-            f"`rnnops train {job.task} --resume {run_id}` once the server is back"
+            f"`rnnops train {job.command} --resume {run_id}` once the server is back"
         ) from None
     finally:
         if status is None:
@@ -374,7 +499,21 @@ def _logger(on_metrics):
     return log
 
 
+# A panel run logs about 20 metrics per split and backtest window: the summary shows the headline ones.
+PANEL_SUMMARY = (
+    "test_smape",
+    "test_mase",
+    "test_owa",
+    "test_msis",
+    "test_coverage",
+    "test_wql",
+    "test_seasonal_naive_owa",
+)
+
+
 def _print_summary(job: Job, final: dict, state: dict, run_id: str) -> None:
+    if job.task == "panel":
+        final = {k: v for k, v in final.items() if k in PANEL_SUMMARY or k.endswith("/owa") and "naive" not in k}
     shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
     print(f"done in {state['elapsed']:.0f}s ({state['step']} steps, {state['stop']}): {shown}")
     print(f"run id: {run_id}")

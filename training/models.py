@@ -212,4 +212,8 @@ def build_model(kind: str, config: dict) -> nn.Module:
         if fc.arch != "rnn":
             raise RnnopsError(f"unknown forecaster architecture {fc.arch!r}: use rnn or segrnn")
         return Forecaster(fc)
+    if kind == "panel":  # a global forecaster over a panel (training/panel_model.py)
+        from rnnops.training.panel_model import PanelForecaster, PanelModelConfig
+
+        return PanelForecaster(PanelModelConfig(**config))
     raise RnnopsError(f"unknown model kind {kind!r}")

@@ -207,12 +207,23 @@ def _stats(values: np.ndarray, rows: np.ndarray, how) -> tuple[float, ...]:
     return tuple(float(v) if np.isfinite(v) else 0.0 for v in out)
 
 
-def training_origins(panel: Panel, lookback: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_origins(
+    panel: Panel, lookback: int, end: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(series, low, high)``: the series that have a training window and, per series, the
-    inclusive range of cutoffs to draw from (a full lookback where the series allows it)."""
+    inclusive range of cutoffs to draw from (a full lookback where the series allows it).
+    Training windows end by ``end`` (positions per series; default the training split's end);
+    RnnopsError when no series has one."""
     h = panel.spec.horizon
-    high = panel.splits().train_end - h  # the horizon ends inside the training split
+    end = panel.splits().train_end if end is None else np.minimum(end, panel.splits().train_end)
+    high = end - h  # the horizon ends inside the training part
     series = np.flatnonzero(high >= 1)
+    if not len(series):
+        raise RnnopsError(
+            f"no series of {panel.source or 'the panel'} has a training window: each needs more than "
+            f"3 horizons ({3 * h} steps: training, validation and test) before any backtest window; "
+            "use a shorter --horizon or fewer --backtest windows"
+        )
     high = high[series]
     low = np.minimum(lookback, high)
     return series, low, high
@@ -295,12 +306,6 @@ def train_panel(config: PanelTrainConfig, panel: Panel) -> PanelTrainResult:
     mcfg = model_config(config, panel, windows)
     model = PanelForecaster(mcfg)
     series, low, high = training_origins(panel, config.lookback)
-    if not len(series):
-        raise RnnopsError(
-            f"no series of {panel.source or 'the panel'} has a training window: each needs more than "
-            f"3 horizons ({3 * panel.spec.horizon} steps: training, validation and test); "
-            "use a shorter --horizon"
-        )
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     budget = float(config.budget_s or 0.0)
     bar = None

@@ -30,6 +30,11 @@ class RnnopsModel(PythonModel):
                 generate(self.model, self.spec["vocab"], r["prompt"], int(r.get("max_chars") or 200), seed=0)
                 for r in rows
             ]
+        if self.spec["kind"] == "panel":
+            raise ValueError(
+                "a panel model forecasts windows of a panel: use rnnops.training.panel_train.forecast "
+                "(the pyfunc predict takes single-series forecasters)"
+            )
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))[None]
         with torch.no_grad():
             y, _ = self.model(x)

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from rnnops.errors import RnnopsError
 from rnnops.training import data as D
+from rnnops.training.panel import NAMED_PANELS, Panel, PanelSpec, read_panel
 
 RECIPE_ARTIFACT = "config/recipe.json"
 FORMAT = 1
@@ -59,6 +61,9 @@ class Splits:
     rule: str  # how the borders were chosen, in words (e.g. "ETT 12/4/4 months", "70/10/20")
     borders: list[int]  # where train, val (and test) end: characters (text) or rows (series)
     context: int = 0  # series: rows val and test start early so their first window has a full lookback
+    # panels: per series (in the panel's order) its id, length and where train and val end (positions
+    # within the series); test is the rest. Borders are empty: each series splits on its own.
+    series: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ class Windows:
 
 @dataclass(frozen=True)
 class DataRecipe:
-    kind: str  # "text" | "series"
+    kind: str  # "text" | "series" | "panel"
     source: Source
     splits: Splits
     columns: Columns | None = None  # series
@@ -89,6 +94,8 @@ class DataRecipe:
     lookback: int | None = None  # series windows
     horizon: int | None = None
     eval_window: int | None = None  # text: characters per evaluation window
+    calendar: list[str] | None = None  # panels: the calendar features computed from freq (rnnops.calendar)
+    backtest: dict | None = None  # panels: {"windows": N, "step": S} rolling origins scored, or None
 
     # ------------------------------------------------------------------ JSON
 
@@ -110,8 +117,10 @@ class DataRecipe:
 
     # ------------------------------------------------------------------ data
 
-    def load(self) -> D.TextData | D.SeriesData:
+    def load(self) -> D.TextData | D.SeriesData | Panel:
         """The data, read again; RnnopsError when it is not the data this recipe describes."""
+        if self.kind == "panel":
+            return self._load_panel()
         if self.kind == "text":
             data = D.load_text(self.source.uri)
         else:
@@ -133,6 +142,11 @@ class DataRecipe:
     def windows(self, split: str, data: D.TextData | D.SeriesData | None = None) -> Windows:
         """Every window of ``split`` as the run scores it: non-overlapping ``eval_window``-character
         windows (text; a short split is one window), or every stride-1 window (series)."""
+        if self.kind == "panel":  # series differ in length: one window per series and origin
+            raise RnnopsError(
+                "a panel recipe has no stride-1 windows: cut them with training.panel.Panel.window and "
+                "training.panel_train.PanelWindows (one origin per series)"
+            )
         data = data if data is not None else self.load()
         if self.kind == "text":
             ids = {"train": data.train, "val": data.val}.get(split)
@@ -146,6 +160,32 @@ class DataRecipe:
         x = data.values[starts[:, None] + np.arange(L)]
         y = data.values[starts[:, None] + L + np.arange(H)][:, :, tidx]
         return Windows(x, y, starts)
+
+    def panel_spec(self) -> PanelSpec:
+        """Panels: the reader's spec for this recipe's columns, frequency and windows."""
+        c = self.columns
+        return PanelSpec(
+            c.id,
+            c.date,
+            tuple(c.target),
+            horizon=int(self.horizon),
+            lookback=int(self.lookback),
+            static_columns=tuple(c.static),
+            future_covariates=tuple(c.future_covariates),
+            past_covariates=tuple(c.past_covariates),
+            freq=self.freq,
+            calendar_features=bool(self.calendar),
+        )
+
+    def _load_panel(self) -> Panel:
+        panel = read_panel(self.source.uri, self.panel_spec())
+        sha = panel_sha256(self.source.uri)
+        if sha != self.source.sha256:
+            raise RnnopsError(
+                f"{self.source.uri} is not the panel the run was trained on (sha256 {sha[:12]}… vs "
+                f"{self.source.sha256[:12]}…)"
+            )
+        return panel
 
     def target_scale(self) -> np.ndarray:
         """Series: the training split's std of each target (errors are scored on the z-scored scale)."""
@@ -194,6 +234,57 @@ def prepare_series(
         horizon=int(horizon),
     )
     return recipe, series
+
+
+def panel_sha256(uri: str) -> str:
+    """The sha256 a panel run records: of the file, or for a named panel of its files' sha256s."""
+    import hashlib
+
+    from rnnops.util import sha256_file
+
+    if uri in NAMED_PANELS:
+        from rnnops.training.m4 import TEST_DATASET, TRAIN_DATASET
+
+        return hashlib.sha256((D.DATASETS[TRAIN_DATASET].sha256 + D.DATASETS[TEST_DATASET].sha256).encode()).hexdigest()
+    return sha256_file(Path(uri).expanduser())
+
+
+def prepare_panel(uri: str, spec: PanelSpec, backtest: int = 0, step: int | None = None) -> tuple[DataRecipe, Panel]:
+    """Read and check a panel (a CSV or Parquet file, or a named panel) and describe it: (recipe,
+    panel). Every problem in the input is one RnnopsError line (:func:`read_panel`)."""
+    panel = read_panel(uri, spec)
+    splits = panel.splits()
+    name = uri if uri in NAMED_PANELS else Path(uri).stem
+    recipe = DataRecipe(
+        kind="panel",
+        source=Source(name, uri, panel_sha256(uri)),
+        splits=Splits(
+            f"per series by time (M4): the last {spec.horizon} steps test, the {spec.horizon} before validation",
+            [],
+            series={
+                "ids": list(panel.ids),
+                "length": panel.lengths.tolist(),
+                "train_end": splits.train_end.tolist(),
+                "val_end": splits.val_end.tolist(),
+            },
+        ),
+        columns=Columns(
+            target=list(spec.targets),
+            features=list(spec.targets) + list(spec.past_covariates) + list(spec.future_covariates),
+            date=spec.date_column,
+            id=spec.id_column,
+            static=list(spec.static_columns),
+            past_covariates=list(spec.past_covariates),
+            future_covariates=list(spec.future_covariates),
+        ),
+        freq=panel.freq,
+        scaling=Scaling("per window, inside the model (panel_model.PanelForecaster.window_scaling)", [], []),
+        lookback=int(spec.lookback),
+        horizon=int(spec.horizon),
+        calendar=list(panel.calendar_names),
+        backtest={"windows": int(backtest), "step": int(step or spec.horizon)} if backtest else None,
+    )
+    return recipe, panel
 
 
 def recipe_from_job(job: dict | None, spec: dict) -> tuple[DataRecipe, D.TextData | D.SeriesData]:

@@ -31,6 +31,12 @@ def run_name(job: dict) -> str:
     preset = job.get("preset") or ""
     if job["task"] == "char":
         return f"{m['cell']}-{m.get('num_layers', 1)}x{m.get('hidden_size')} {data} {preset}".strip()
+    if job["task"] == "panel":  # global-gru-2x128 m4-hourly L336-H48 quick studentt
+        head = m.get("likelihood") or "pinball"
+        return (
+            f"global-{m['cell']}-{m.get('num_layers')}x{m.get('hidden_size')} {data} "
+            f"L{job['lookback']}-H{job['horizon']} {preset} {head}"
+        ).strip()
     arch = m.get("arch", "rnn")
     model = f"segrnn-{m['cell']}" if arch == "segrnn" else m["cell"]
     layers = m.get("num_layers", 1)
@@ -45,6 +51,13 @@ def description(job: dict, final: dict, state: dict) -> str:
         return (
             f"{os.path.basename(str(job['data']))}: val {final['val_loss']:.4f} nats/char "
             f"({final['val_bpc']:.3f} bits/char; bigram {final.get('baseline_bigram_loss', float('nan')):.3f}), {took}"
+        )
+    if job["task"] == "panel":
+        return (
+            f"{os.path.basename(str(job['data']))}, {final.get('test_n_series', 0):.0f} series, lookback "
+            f"{job['lookback']} -> {job['horizon']}: test OWA {final.get('test_owa', float('nan')):.3f}, "
+            f"sMAPE {final.get('test_smape', float('nan')):.2f}, MASE {final.get('test_mase', float('nan')):.3f} "
+            f"(seasonal naive OWA {final.get('test_seasonal_naive_owa', float('nan')):.3f}), {took}"
         )
     head = (
         f"{os.path.basename(str(job['data']))} {job.get('features', 'M')}, lookback {job['lookback']} -> "

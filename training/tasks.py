@@ -14,6 +14,9 @@ training loop (:mod:`rnnops.training.trainer`) and the run around it
 - ``forecast``: MSE on the z-scored scale over random training windows; scored as val and test
   MSE/MAE over every stride-1 window beside the repeat-last baseline, with intervals calibrated
   on the validation split when the model has quantile levels.
+- ``panel``: a global forecaster over a panel (:mod:`rnnops.training.panel_task`): the pinball
+  loss or a likelihood over windows of random series; scored with the M4 metrics per split and
+  per backtest origin beside the naive baselines.
 """
 
 from __future__ import annotations
@@ -21,9 +24,7 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,49 +35,15 @@ from rnnops.training import data as D
 from rnnops.training import intervals
 from rnnops.training.job_config import CharJob, ForecastJob, Job
 from rnnops.training.models import CharModel, CharModelConfig, Forecaster, ForecasterConfig
-from rnnops.training.recipe import DataRecipe, prepare_series, prepare_text
+from rnnops.training.recipe import prepare_series, prepare_text
 from rnnops.training.sampling import generate
 from rnnops.training.segrnn import SegRNN
-
-
-@dataclass
-class TrainingSetup:
-    """What the training loop and the run need from a task (see the module doc)."""
-
-    model: torch.nn.Module
-    sample_batch: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]]
-    loss_fn: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-    evaluate: Callable[[int], dict]  # step -> validation metrics (``val_key`` among them)
-    finish: Callable[[dict], dict]  # the loop's final state -> the run's final metrics
-    items_per_batch: int  # what one step trains on, in ``unit``
-    unit: str  # "chars" | "windows"
-    val_key: str  # the metric early stopping and best weights follow (lower is better)
-    spec: dict  # the logged model's config.json, less run id and metrics
-    dataset: Any  # the MLflow dataset input (mlflow.data.Dataset)
-    recipe: DataRecipe  # how the data was made (logged as config/recipe.json)
+from rnnops.training.task_setup import TrainingSetup, dataset_input
 
 
 def setup(job: Job) -> TrainingSetup:
     """The task's setup for ``job`` (loads its data and builds its model)."""
     return TASKS[job.task](job)
-
-
-def _dataset_input(name: str, path: Path | None, sha: str):
-    from mlflow.data.meta_dataset import MetaDataset
-
-    if name in D.DATASETS:
-        from mlflow.data.http_dataset_source import HTTPDatasetSource
-
-        source = HTTPDatasetSource(D.DATASETS[name].url)
-    elif path is not None:
-        from mlflow.data.http_dataset_source import HTTPDatasetSource
-
-        source = HTTPDatasetSource(path.resolve().as_uri())
-    else:
-        from mlflow.data.code_dataset_source import CodeDatasetSource
-
-        source = CodeDatasetSource({"generator": "rnnops.training.data.make_sine"})
-    return MetaDataset(source=source, name=name, digest=sha[:16])
 
 
 # ---------------------------------------------------------------- char
@@ -135,7 +102,7 @@ def setup_char(job: CharJob) -> TrainingSetup:
         unit="chars",
         val_key="val_loss",
         spec=spec,
-        dataset=_dataset_input(text.name, text.path, text.sha256),
+        dataset=dataset_input(text.name, text.path, text.sha256),
         recipe=recipe,
     )
 
@@ -268,7 +235,7 @@ def setup_forecast(job: ForecastJob) -> TrainingSetup:
         unit="windows",
         val_key="val_mse",
         spec=spec,
-        dataset=_dataset_input(series.name, series.path, series.sha256),
+        dataset=dataset_input(series.name, series.path, series.sha256),
         recipe=recipe,
     )
 
@@ -317,4 +284,16 @@ def _options(job: Job) -> dict:
     return {k: v for k, v in asdict(job.model).items() if v is not None}
 
 
-TASKS: dict[str, Callable[[Job], TrainingSetup]] = {"char": setup_char, "forecast": setup_forecast}
+def setup_panel(job) -> TrainingSetup:
+    """A global forecaster over a panel: :mod:`rnnops.training.panel_task` (imported here, so the
+    other tasks do not load the panel model)."""
+    from rnnops.training.panel_task import setup_panel as setup
+
+    return setup(job)
+
+
+TASKS: dict[str, Callable[[Job], TrainingSetup]] = {
+    "char": setup_char,
+    "forecast": setup_forecast,
+    "panel": setup_panel,
+}

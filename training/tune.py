@@ -226,7 +226,7 @@ def tune(
         )
     except Exception as exc:  # SQLAlchemy / Optuna storage errors: one line
         raise RnnopsError(f"cannot open the Optuna storage {storage}: {str(exc).splitlines()[0]}") from None
-    experiment = experiment or f"rnnops-{job.task}"
+    experiment = experiment or f"rnnops-{job.command}"
     parent_id = study.user_attrs.get("mlflow_parent_run")
     if parent_id:  # resumed: the trials go where the parent is (nested runs take the current experiment)
         mlflow.set_experiment(experiment_id=mlflow.get_run(parent_id).info.experiment_id)
