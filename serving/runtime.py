@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -41,7 +41,7 @@ from rnnops.errors import RnnopsError
 
 log = logging.getLogger("rnnops.serving")
 
-State = tuple  # tuple[np.ndarray, ...] or tuple[ort.OrtValue, ...]
+State = tuple[Any, ...]  # np.ndarray or ort.OrtValue (untyped) items
 Outputs = Literal["all", "last"]  # Runtime.run: the main output in full, or a char model's last position only
 
 
