@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -39,13 +40,16 @@ from rnnops.serving.http import openapi as DOCS
 from rnnops.serving.http import playground as PLAY
 from rnnops.serving.http.errors import ApiError, JSONResponse, to_response
 
+if TYPE_CHECKING:
+    from rnnops.serving.models import ModelManager
+
 
 @dataclass
 class Serving:
     """Everything a request needs: limits, models, sessions."""
 
     config: ServeConfig
-    models: object  # a ModelManager, or anything with its get/describe API (tests)
+    models: ModelManager  # or, in tests, anything with its get/describe API
     sessions: SessionStore
     draining: bool = False  # SIGTERM received (drain.py): new requests get 503
     requests: int = 0  # requests inside a handler now
