@@ -41,6 +41,7 @@ from rnnops.serving.http import playground as PLAY
 from rnnops.serving.http.errors import ApiError, JSONResponse, to_response
 
 if TYPE_CHECKING:
+    from rnnops.serving.forecast.redis_store import RedisSessionStore
     from rnnops.serving.models import ModelManager
 
 
@@ -50,7 +51,7 @@ class Serving:
 
     config: ServeConfig
     models: ModelManager  # or, in tests, anything with its get/describe API
-    sessions: SessionStore
+    sessions: SessionStore | RedisSessionStore
     draining: bool = False  # SIGTERM received (drain.py): new requests get 503
     requests: int = 0  # requests inside a handler now
 
