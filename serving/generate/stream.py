@@ -7,6 +7,7 @@ transports: the HTTP layer attaches its own ``watcher`` to be woken (see
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 import threading
@@ -14,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -23,6 +24,17 @@ from rnnops.serving.generate.sampling import SamplingParams, new_rng
 if TYPE_CHECKING:
     from rnnops.serving.generate.client import GenerationClient
     from rnnops.serving.runtime import State
+
+
+class Watcher(Protocol):
+    """What a transport attaches to a stream to be woken (http/streaming.py's StreamWatch)."""
+
+    waiting: bool  # its consumer is blocked, waiting for a wake-up
+    loop: asyncio.AbstractEventLoop  # the consumer's event loop
+    event: asyncio.Event  # set (on that loop) to wake it
+
+    def due(self, now: float) -> bool: ...
+
 
 # one character's log-probability and the top k alternatives' (OpenAI ``logprobs``)
 Logprob = tuple[float, dict[str, float]]
@@ -101,7 +113,7 @@ class Stream:
         self.error: str | None = None
         self.cancelled = False
         self._done = threading.Event()
-        self.watcher = None  # the consumer's wake-up hook, set by the transport (opaque here)
+        self.watcher: Watcher | None = None  # the consumer's wake-up hook, set by the transport
         self.scheduler: GenerationClient | None = None  # the GenerationClient that runs it (told on cancel)
         # per sampled character (aligned with ``generated``), when the request asks for them:
         # (its log-probability, {character: log-probability} of the top ``logprobs`` ones)

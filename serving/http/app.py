@@ -127,7 +127,7 @@ class RnnopsApp(Router):
             routes=[Route(path, self._bind(handler), methods=[method]) for method, path, handler in ROUTES]
         )
 
-    def _bind(self, handler: Handler):
+    def _bind(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             serving = self.serving
             try:
