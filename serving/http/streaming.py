@@ -301,7 +301,7 @@ class SSEResponse(StreamingResponse):
 
     def __init__(
         self,
-        content: AsyncGenerator[str, None],
+        content: AsyncGenerator[str | bytes, None],
         generation: Generation | Stream,
         stall_s: float,
         headers: dict[str, str] | None = None,
