@@ -29,6 +29,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -176,7 +177,7 @@ def openapi_paths(
     op: Callable[..., dict[str, Any]],
     errors: Callable[..., dict[str, Any]],
     path_param: Callable[..., dict[str, Any]],
-    error_model: dict[str, Any],
+    error_model: type[BaseModel],
     auth: bool,
 ) -> dict[str, Any]:
     """The playground's routes in ``/docs.json`` (built by :mod:`.openapi` with its helpers)."""
