@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from rnnops.errors import RnnopsError
 
@@ -49,7 +50,7 @@ BATCH_DIM = "batch"
 class StateTensor:
     input: str  # graph input name, e.g. "h0"
     output: str  # graph output name, e.g. "hn"
-    shape: tuple  # ints, with BATCH_DIM once: e.g. (2, "batch", 384) or ("batch", 4, 32, 32)
+    shape: tuple[int | str, ...]  # ints, with BATCH_DIM once: e.g. (2, "batch", 384) or ("batch", 4, 32, 32)
     dtype: str = "float32"
 
     @property
@@ -59,11 +60,11 @@ class StateTensor:
     def shape_for(self, batch: int) -> tuple[int, ...]:
         return tuple(batch if d == BATCH_DIM else int(d) for d in self.shape)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"input": self.input, "output": self.output, "shape": list(self.shape), "dtype": self.dtype}
 
     @classmethod
-    def from_json(cls, d: dict) -> StateTensor:
+    def from_json(cls, d: dict[str, Any]) -> StateTensor:
         try:
             shape = tuple(BATCH_DIM if v == BATCH_DIM else int(v) for v in d["shape"])
             t = cls(str(d["input"]), str(d["output"]), shape, str(d.get("dtype", "float32")))
@@ -84,7 +85,7 @@ def classic_state_spec(cell: str, layers: int, hidden_size: int) -> tuple[StateT
     )
 
 
-def state_spec(meta: dict) -> tuple[StateTensor, ...]:
+def state_spec(meta: dict[str, Any]) -> tuple[StateTensor, ...]:
     """The state description of a decoded metadata dict: ``rnnops.state``, or for files exported
     before it existed, the classic layout rebuilt from cell/layers/hidden_size."""
     if meta.get("state"):
@@ -125,7 +126,7 @@ META_KEYS = (
 META_SAMPLE = "rnnops_sample"
 
 
-def quantiles_of(meta: dict) -> tuple[str, tuple[float, ...]] | None:
+def quantiles_of(meta: dict[str, Any]) -> tuple[str, tuple[float, ...]] | None:
     """(output name, levels) of a decoded metadata dict's prediction intervals, or None (files
     exported before the key existed, and models without intervals)."""
     q = meta.get("quantiles")
@@ -138,11 +139,11 @@ def quantiles_of(meta: dict) -> tuple[str, tuple[float, ...]] | None:
         raise ValueError(f"rnnops.quantiles {q!r} is malformed ({exc}); want {{output, levels, calibration}}") from None
 
 
-def encode_metadata(meta: dict) -> dict[str, str]:
+def encode_metadata(meta: dict[str, Any]) -> dict[str, str]:
     return {META_PREFIX + k: json.dumps(v) for k, v in meta.items()}
 
 
-def decode_metadata(props: dict[str, str]) -> dict:
+def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
     return {k[len(META_PREFIX) :]: json.loads(v) for k, v in props.items() if k.startswith(META_PREFIX)}
 
 
@@ -199,12 +200,12 @@ class MetadataError(RnnopsError):
     """Model metadata that breaks the contract; the message names the field, in one line."""
 
 
-def _shown(value) -> str:
+def _shown(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_name(field: str, value) -> str:
+def check_name(field: str, value: object) -> str:
     """``value`` if it is a printable string of 1..MAX_NAME_CHARS characters, else MetadataError."""
     if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_CHARS or not value.isprintable():
         raise MetadataError(
@@ -214,18 +215,18 @@ def check_name(field: str, value) -> str:
     return value
 
 
-def check_names(field: str, values) -> list[str]:
+def check_names(field: str, values: object) -> list[str]:
     if not isinstance(values, (list, tuple)) or len(values) > MAX_NAMES:
         raise MetadataError(f"{field} must be a list of at most {MAX_NAMES} names, not {_shown(values)}")
     return [check_name(f"{field}[{i}]", v) for i, v in enumerate(values)]
 
 
-def _size(field: str, value, low: int = 1) -> None:
+def _size(field: str, value: object, low: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_DIM:
         raise MetadataError(f"{field} must be an integer in {low}..{MAX_DIM}, not {_shown(value)}")
 
 
-def check_metadata(meta: dict, where: str = "model") -> None:
+def check_metadata(meta: dict[str, Any], where: str = "model") -> None:
     """Raise :class:`MetadataError` (one line, naming the field) unless the decoded ``rnnops.*``
     metadata keeps the bounds above. Keys it does not know are left to their readers."""
     try:

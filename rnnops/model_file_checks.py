@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 import mmap
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from rnnops.errors import RnnopsError
 
@@ -52,7 +54,7 @@ class _Malformed(Exception):
     pass
 
 
-def _varint(buf, i: int, end: int) -> tuple[int, int]:
+def _varint(buf: mmap.mmap | bytes, i: int, end: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if i >= end or shift > 63:
@@ -65,7 +67,9 @@ def _varint(buf, i: int, end: int) -> tuple[int, int]:
             return value, i
 
 
-def _fields(buf, start: int, end: int):
+# The value is an int (varint), None (fixed width) or the (start, end) span of a payload, by wire type:
+# Any, as the callers test the wire type before they use it.
+def _fields(buf: mmap.mmap | bytes, start: int, end: int) -> Iterator[tuple[int, int, Any]]:
     """(field number, wire type, value or (start, end) of a length-delimited payload) of one message."""
     i = start
     while i < end:
@@ -91,7 +95,7 @@ def _fields(buf, start: int, end: int):
             raise _Malformed(f"wire type {wire}")
 
 
-def _entry(buf, span) -> tuple[str, str]:
+def _entry(buf: mmap.mmap | bytes, span: tuple[int, int]) -> tuple[str, str]:
     key = value = ""
     for field, wire, v in _fields(buf, *span):
         if wire == 2 and field in (1, 2):
@@ -114,7 +118,7 @@ def scan(path: Path) -> tuple[dict[str, str], list[str]]:
         raise ModelFileError(f"{path}: cannot read the model file ({exc.strerror or exc})") from None
 
 
-def _scan(buf, size: int, path: Path) -> tuple[dict[str, str], list[str]]:
+def _scan(buf: mmap.mmap | bytes, size: int, path: Path) -> tuple[dict[str, str], list[str]]:
     meta: dict[str, str] = {}
     locations: list[str] = []
     seen = {"ir_version": False, "graph": False}
@@ -177,7 +181,7 @@ def check_external_data(path: Path, locations: list[str]) -> None:
             )
 
 
-def size_bound(meta: dict) -> int:
+def size_bound(meta: dict[str, Any]) -> int:
     """The most bytes a model with these ``rnnops.*`` metadata (decoded) may take, generously.
 
     Parameters of any cell this project exports are under 32 x hidden x (hidden + inputs) per

@@ -21,14 +21,15 @@ import asyncio
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 K = TypeVar("K", bound=Hashable)
 
 
-def observer(batch_hist, seconds_hist) -> Callable[[int, float], None] | None:
+# the histograms are prometheus_client's labelled children (anything with observe(float))
+def observer(batch_hist: Any, seconds_hist: Any) -> Callable[[int, float], None] | None:
     """An ``on_call`` that records each call's size and duration in two histograms (None: no metrics)."""
     if batch_hist is None:
         return None
@@ -64,13 +65,13 @@ class BatchQueue(Generic[T, R]):
         max_batch: int,
         name: str,
         on_call: Callable[[int, float], None] | None = None,
-    ):
+    ) -> None:
         self._run = call
         self._key = key
         self.max_batch = max_batch
         self._on_call = on_call
-        self._pending: list[tuple[T, asyncio.Future]] = []
-        self._task: asyncio.Task | None = None
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
         self._closed = False
         self.calls = 0  # calls that succeeded

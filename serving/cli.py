@@ -45,7 +45,7 @@ def serve(
     scheduler: Annotated[
         str | None, Opt(help="batched (continuous batching) or naive (per-request; benchmarks only).")
     ] = None,
-):
+) -> None:
     """Serve char models (streamed generation) and forecasters over HTTP with BentoML + onnxruntime."""
     env = {
         "RNNOPS_WORKERS": str(workers),

@@ -8,7 +8,9 @@ error message can say which variable raises it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 from rnnops.errors import RnnopsError
 from rnnops.util import available_cpus
@@ -17,7 +19,8 @@ DEFAULT_MODELS = "char-rnn@champion,forecaster@champion"
 PRECISIONS = ("auto", "fp32", "int8")  # RNNOPS_PRECISION (see ServeConfig.precision)
 
 
-def _env(name: str, default, cast):
+# Any: the settings are of several types, each cast by its own function (ServeConfig's fields type them)
+def _env(name: str, default: Any, cast: Callable[[str], Any]) -> Any:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -132,7 +135,7 @@ class ServeConfig:
 
     @classmethod
     def from_env(cls) -> ServeConfig:
-        env = {
+        env: dict[str, tuple[str, Callable[[str], Any]]] = {
             "models": ("RNNOPS_MODELS", str),
             "poll_seconds": ("RNNOPS_POLL_SECONDS", float),
             "reload_retry_s": ("RNNOPS_RELOAD_RETRY_S", float),

@@ -22,17 +22,22 @@ import asyncio
 import logging
 import signal
 import time
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rnnops.serving.http.app import Serving
 
 log = logging.getLogger("rnnops.serving")
 
 
 class Drainer:
-    def __init__(self, serving, drain_s: float):
+    def __init__(self, serving: Serving, drain_s: float) -> None:
         self.serving = serving
         self.drain_s = drain_s
-        self._previous = None
+        self._previous: Any = None  # signal.getsignal's: a handler, SIG_DFL/SIG_IGN, or None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
 
     def install(self) -> None:
         """Put the handler in front of the current SIGTERM handler (call on the event loop, in the
@@ -41,18 +46,20 @@ class Drainer:
         self._previous = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
-    def _on_sigterm(self, signum, frame) -> None:
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         if self.serving.draining:  # asked twice: stop waiting
             self._hand_over(signum, frame)
             return
         self.serving.draining = True
         log.warning("SIGTERM: draining (unready now; in-flight work gets up to %gs, RNNOPS_DRAIN_S)", self.drain_s)
+        assert self._loop is not None, "install() sets the loop before the handler can run"
         self._loop.call_soon_threadsafe(self._start, signum, frame)
 
-    def _start(self, signum, frame) -> None:
+    def _start(self, signum: int, frame: FrameType | None) -> None:
+        assert self._loop is not None, "install() sets the loop before the handler can run"
         self.task = self._loop.create_task(self._drain(signum, frame))
 
-    async def _drain(self, signum, frame) -> None:
+    async def _drain(self, signum: int, frame: FrameType | None) -> None:
         deadline = time.monotonic() + self.drain_s
         models = self.serving.models
         while self.serving.in_flight() and time.monotonic() < deadline:
@@ -64,7 +71,7 @@ class Drainer:
         await asyncio.sleep(0.05)  # let their last events go out
         self._hand_over(signum, frame)
 
-    def _hand_over(self, signum, frame) -> None:
+    def _hand_over(self, signum: int, frame: FrameType | None) -> None:
         prev = self._previous
         if callable(prev):
             prev(signum, frame)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Literal
 
 from rnnops.serving.generate.scheduler import SchedulerMetrics, Stream  # noqa: F401 (Stream: type of finished())
 
@@ -24,11 +25,15 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 LATENCY_BUCKETS = (1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+# prometheus_client's multiprocess modes that we use (how the workers' values combine)
+GaugeMode = Literal["livesum", "livemin", "livemax"]
+
+
 class Metrics:
-    def __init__(self):
+    def __init__(self) -> None:
         from prometheus_client import Counter, Gauge, Histogram
 
-        def gauge(name, doc, labels, mode="livesum"):
+        def gauge(name: str, doc: str, labels: list[str], mode: GaugeMode = "livesum") -> Gauge:
             return Gauge(name, doc, labels, multiprocess_mode=mode)
 
         self.active = gauge("rnnops_active_streams", "Streams generating (prefill or decode)", ["model", "version"])
@@ -87,7 +92,7 @@ class Metrics:
 class SchedulerPrometheus(SchedulerMetrics):
     """The scheduler's reports, bound to one model version."""
 
-    def __init__(self, m: Metrics, model: str, version: str):
+    def __init__(self, m: Metrics, model: str, version: str) -> None:
         self.m, self.model, self.version = m, model, version
         self._active = m.active.labels(model, version)
         self._queue = m.queue.labels(model, version)

@@ -34,6 +34,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from rnnops import refs
 from rnnops.contract import check_metadata
@@ -51,6 +52,9 @@ from rnnops.serving.generate.naive import NaiveGenerator
 from rnnops.serving.generate.scheduler import StepScheduler
 from rnnops.serving.runtime import Runtime
 from rnnops.util import return_free_memory, sha256_file
+
+if TYPE_CHECKING:
+    from rnnops.serving.metrics import Metrics
 
 log = logging.getLogger("rnnops.serving")
 
@@ -126,8 +130,8 @@ def choose_file(res: Resolved, cfg: ServeConfig, served: str) -> tuple[Path, str
 class _FileWatch:
     """A file's version = its sha256 (prefix), re-hashed only when its size or mtime change."""
 
-    def __init__(self):
-        self._stat: dict[str, tuple] = {}
+    def __init__(self) -> None:
+        self._stat: dict[str, tuple[int, int]] = {}  # path -> (mtime ns, size)
         self._sha: dict[str, str] = {}
 
     def sha(self, path: str) -> str:
@@ -137,6 +141,27 @@ class _FileWatch:
             self._sha[path] = sha256_file(path)
             self._stat[path] = key
         return self._sha[path]
+
+
+class RegistryHealth(TypedDict):
+    """The registry as the alias polls see it (GET /models shows it)."""
+
+    reachable: bool
+    error: str | None  # the last failure's first line
+    since: float | None  # when it became unreachable (epoch seconds)
+    failed_polls: int
+
+
+class SchedulerLimits(TypedDict):
+    """What every char model's generator takes (the naive one, the scheduler, the engine's)."""
+
+    max_active: int
+    max_queue: int
+    queue_timeout: float
+    prefill_chunk: int
+    metrics: SchedulerMetrics
+    name: str
+    on_step: OnStep | None
 
 
 @dataclass
@@ -152,7 +177,7 @@ class LoadedModel:
     precision_reason: str = ""  # why this file runs (choose_file)
     # the Open Inference Protocol's metadata of this version, made on first use by http/oip.py
     # (every infer checks its inputs against it) and released with the version
-    oip_metadata: dict | None = field(default=None, repr=False)
+    oip_metadata: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -162,9 +187,9 @@ class LoadedModel:
     def kind(self) -> str:
         return self.runtime.kind
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         r = self.resolved
-        d = {
+        d: dict[str, Any] = {
             "name": self.name,
             "version": self.version,
             "alias": r.alias,
@@ -208,21 +233,21 @@ class LoadedModel:
 
 
 class ModelManager:
-    def __init__(self, config: ServeConfig, metrics=None, on_step: OnStep | None = None):
+    def __init__(self, config: ServeConfig, metrics: Metrics | None = None, on_step: OnStep | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self.on_step = on_step  # the transport's wake-up hook, handed to every scheduler
         self.refs = parse_refs(config.models)
         self.current: dict[str, LoadedModel] = {}
         self.draining: list[LoadedModel] = []
-        self.errors: dict[str, dict] = {}  # served name -> last failure (cleared by a success)
+        self.errors: dict[str, dict[str, Any]] = {}  # served name -> last failure (cleared by a success)
         self._failed: dict[str, tuple[str | None, float]] = {}
         self._files = _FileWatch()
-        self._poller: asyncio.Task | None = None
+        self._poller: asyncio.Task[None] | None = None
         self.last_poll: float | None = None
         # The registry as the alias polls see it: while it cannot be reached, what is loaded keeps
         # serving, readiness holds, and the polls back off (doubling, at most RNNOPS_POLL_MAX_BACKOFF_S).
-        self.registry = {"reachable": True, "error": None, "since": None, "failed_polls": 0}
+        self.registry = RegistryHealth(reachable=True, error=None, since=None, failed_polls=0)
         # The poller is the retry loop: MLflow's own HTTP retries (several, with exponential
         # backoff, by default) would only delay noticing that the registry is down by minutes.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -261,7 +286,7 @@ class ModelManager:
         m = LoadedModel(ref, res.version, res, rt, precision_reason=why)
         if rt.kind == "char":
             sm = self.metrics.for_scheduler(ref.served, res.version) if self.metrics else SchedulerMetrics()
-            limits = dict(
+            limits = SchedulerLimits(
                 max_active=cfg.max_streams,
                 max_queue=cfg.max_queue,
                 queue_timeout=cfg.queue_timeout_s,
@@ -372,7 +397,7 @@ class ModelManager:
             if ref.source == "registry":
                 self._registry_up()
             if cur is not None and (version is None or version == cur.version):
-                if version is not None and self._failed.pop(ref.served, None):
+                if version is not None and self._failed.pop(ref.served, None) is not None:
                     self.errors.pop(ref.served, None)  # it points back at what is served
                 continue
             failed = self._failed.get(ref.served)
@@ -394,7 +419,7 @@ class ModelManager:
     def _registry_down(self, exc: Exception) -> None:
         r = self.registry
         first = r["reachable"]
-        r.update(reachable=False, error=str(exc).splitlines()[0][:300], failed_polls=r["failed_polls"] + 1)
+        r.update({"reachable": False, "error": str(exc).splitlines()[0][:300], "failed_polls": r["failed_polls"] + 1})
         if first:
             r["since"] = round(time.time(), 3)
             log.warning("registry unreachable (%s): the loaded versions keep serving; polls back off", r["error"])
@@ -405,14 +430,15 @@ class ModelManager:
         r = self.registry
         if not r["reachable"]:
             log.warning("registry reachable again after %d failed polls", r["failed_polls"])
-        r.update(reachable=True, error=None, since=None, failed_polls=0)
+        r.update({"reachable": True, "error": None, "since": None, "failed_polls": 0})
         if self.metrics:
             self.metrics.registry_up.set(1)
 
     def poll_interval(self) -> float:
         """The poll period, doubled per failed poll while the registry is unreachable."""
         base = self.config.poll_seconds
-        return min(base * 2 ** self.registry["failed_polls"], max(base, self.config.poll_max_backoff_s))
+        doubled: float = base * 2 ** self.registry["failed_polls"]
+        return min(doubled, max(base, self.config.poll_max_backoff_s))
 
     async def _poll_forever(self) -> None:
         while True:
@@ -482,7 +508,7 @@ class ModelManager:
     def _listing(self) -> str:
         return ", ".join(f"{m.name} ({m.kind})" for m in self.current.values()) or "nothing yet"
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         self._reap()
         return {
             "models": [

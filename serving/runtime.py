@@ -29,9 +29,10 @@ No torch here (serving images don't have it): only onnxruntime and numpy.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -41,7 +42,7 @@ from rnnops.errors import RnnopsError
 
 log = logging.getLogger("rnnops.serving")
 
-State = tuple  # tuple[np.ndarray, ...] or tuple[ort.OrtValue, ...]
+State = tuple[Any, ...]  # np.ndarray or ort.OrtValue (untyped) items
 Outputs = Literal["all", "last"]  # Runtime.run: the main output in full, or a char model's last position only
 
 
@@ -95,7 +96,7 @@ class ModelInfo:
         return contract.CHAR_OUTPUT if self.kind == "char" else contract.FORECAST_OUTPUT
 
     @classmethod
-    def from_metadata(cls, meta: dict, where: str = "model") -> ModelInfo:
+    def from_metadata(cls, meta: dict[str, Any], where: str = "model") -> ModelInfo:
         kind = meta.get("kind")
         if kind not in _REQUIRED:
             raise RnnopsError(
@@ -212,7 +213,7 @@ class Runtime:
     def vocab(self) -> tuple[str, ...]:
         return self.info.vocab
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         i = self.info
         d = {
             "kind": i.kind,
@@ -359,7 +360,7 @@ class Runtime:
     def zero_state(self, batch: int) -> State:
         return tuple(self.to_device(np.zeros(t.shape_for(batch), np.dtype(t.dtype))) for t in self.info.state)
 
-    def to_device(self, a: np.ndarray):
+    def to_device(self, a: np.ndarray) -> Any:  # np.ndarray, or an ort.OrtValue (untyped)
         """A host array as the runtime keeps state: as is, or an OrtValue on the device (IOBinding)."""
         if not self.iobinding:
             return a
@@ -368,7 +369,7 @@ class Runtime:
     def state_numpy(self, state: State) -> tuple[np.ndarray, ...]:
         return tuple(s.numpy() if isinstance(s, ort.OrtValue) else s for s in state)
 
-    def take(self, state: State, index) -> State:
+    def take(self, state: State, index: Sequence[int] | np.ndarray) -> State:
         """The states of the streams at ``index`` (a list or array of batch positions)."""
         idx = np.asarray(index, dtype=np.int64)
         return tuple(

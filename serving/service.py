@@ -17,6 +17,7 @@ import contextlib
 import gc
 import logging
 import sys
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 
@@ -25,10 +26,14 @@ from rnnops.serving.drain import Drainer
 from rnnops.serving.forecast.sessions import SessionStore
 from rnnops.serving.http.app import Serving, create_app
 from rnnops.serving.http.auth import middlewares as access_middlewares
-from rnnops.serving.http.generate import wake_watchers
 from rnnops.serving.http.headers import SecurityHeadersMiddleware
 from rnnops.serving.http.limits import BodyLimitMiddleware, bound_send_buffers
+from rnnops.serving.http.streaming import wake_watchers
 from rnnops.serving.models import ModelManager
+
+if TYPE_CHECKING:
+    from rnnops.serving.forecast.redis_store import RedisSessionStore
+    from rnnops.serving.metrics import Metrics
 
 CONFIG = ServeConfig.from_env()
 log = logging.getLogger("rnnops.serving")
@@ -65,7 +70,7 @@ HOT_PATH_PREFIXES = ["/generate", "/complete", "/forecast", "/v1/completions", "
 _LOGGING = {} if CONFIG.log_hot_paths else {"logging": {"access": {"skip_paths": HOT_PATH_PREFIXES}}}
 
 
-def session_store(config: ServeConfig, models: ModelManager, metrics):
+def session_store(config: ServeConfig, models: ModelManager, metrics: Metrics) -> SessionStore | RedisSessionStore:
     """In this worker's memory (the default), or shared in Redis (RNNOPS_SESSION_STORE=redis://...)."""
     if config.session_store == "memory":
         return SessionStore(config.max_sessions, config.session_ttl_s, metrics)
@@ -99,7 +104,7 @@ class RnnopsService:
         models = ModelManager(CONFIG, metrics, on_step=wake_watchers)
         self.serving = Serving(CONFIG, models, session_store(CONFIG, models, metrics))
         app.serving = self.serving
-        self._sweeper: asyncio.Task | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     @bentoml.on_startup
     async def start_models(self) -> None:
@@ -145,15 +150,18 @@ class RnnopsService:
         return self.serving.models.ready and not self.serving.draining
 
 
+# @bentoml.service made the class a bentoml Service, which mypy cannot see (bentoml is untyped)
+_service: Any = RnnopsService
+
 # Security headers (nosniff, no referrer, the CSP, no-store for keyed answers) on every answer:
 # added first, so outermost of ours: the 413 and 401 below carry them too (see http/headers.py).
-RnnopsService.add_asgi_middleware(SecurityHeadersMiddleware)
+_service.add_asgi_middleware(SecurityHeadersMiddleware)
 
 # The body limit on BentoML's outer app: a request announcing too big a body is refused before
 # any of it is read, on every route (see http/limits.py).
-RnnopsService.add_asgi_middleware(BodyLimitMiddleware, max_bytes=CONFIG.max_body_bytes)
+_service.add_asgi_middleware(BodyLimitMiddleware, max_bytes=CONFIG.max_body_bytes)
 
 # API keys, per-key stream bounds and CORS on BentoML's outer app, so that they cover its own
 # routes (/metrics) too, not only our mounted router (see http/auth.py).
 for _cls, _options in access_middlewares(CONFIG):
-    RnnopsService.add_asgi_middleware(_cls, **_options)
+    _service.add_asgi_middleware(_cls, **_options)

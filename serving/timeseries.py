@@ -30,8 +30,16 @@ from __future__ import annotations
 import re
 import warnings
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any, SupportsInt, overload
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:  # pandas is imported where it is used (the fast paths never load it)
+    from pandas.tseries.offsets import BaseOffset
+
+# a parsed frequency: its offset, and its length in nanoseconds (None: a calendar offset, MS, B, W...)
+Step = tuple["BaseOffset", "int | None"]
 
 NS_PER_S = 1_000_000_000
 DAY_NS = 86_400 * NS_PER_S
@@ -61,7 +69,7 @@ _USUAL_ALL = re.compile(rf"(?:{_USUAL}\n)*{_USUAL}", re.ASCII)
 _ONE_ALL = re.compile(rf"(?:{_ONE}\n)*{_ONE}", re.ASCII)
 
 
-def _bad_iso(i: int, v) -> TimestampError:
+def _bad_iso(i: int, v: object) -> TimestampError:
     return TimestampError(
         f"[{i}] = {v!r} is not an ISO 8601 timestamp like 2024-01-31T13:00:00 (no time zone offset)", index=i
     )
@@ -125,14 +133,14 @@ def iso(ns: np.ndarray) -> list[str]:
     return np.datetime_as_string(a.view("datetime64[ns]").astype(f"datetime64[{unit}]")).tolist()
 
 
-def ts(ns) -> str:
+def ts(ns: SupportsInt) -> str:
     """A timestamp for messages: 2024-01-31 13:00:00."""
     import pandas as pd
 
     return str(pd.Timestamp(int(ns)))
 
 
-def span(ns) -> str:
+def span(ns: SupportsInt) -> str:
     """A duration for messages: 2h, 15min, 1D, 17D."""
     import pandas as pd
 
@@ -149,7 +157,7 @@ def span(ns) -> str:
 
 
 @lru_cache(maxsize=256)
-def _parse_freq(freq: str):
+def _parse_freq(freq: str) -> Step | None:
     """(offset, nanoseconds of a fixed offset or None), or None when pandas cannot read ``freq``."""
     import pandas as pd
 
@@ -166,7 +174,7 @@ def _parse_freq(freq: str):
     return offset, nanos
 
 
-def check_freq(freq: str, flag: str = "--freq"):
+def check_freq(freq: str, flag: str = "--freq") -> BaseOffset:
     """``freq`` as a pandas offset (``pd.offsets.BaseOffset``; cached), or a :class:`TimestampError`."""
     parsed = _parse_freq(freq) if isinstance(freq, str) and freq.strip() else None
     if parsed is None:
@@ -174,12 +182,14 @@ def check_freq(freq: str, flag: str = "--freq"):
     return parsed[0]
 
 
-def _freq_step(freq: str, flag: str):
+def _freq_step(freq: str, flag: str) -> Step:
     check_freq(freq, flag)
-    return _parse_freq(freq)
+    step = _parse_freq(freq)
+    assert step is not None, "check_freq raised otherwise"
+    return step
 
 
-def _model_step(model_freq: str | None):
+def _model_step(model_freq: str | None) -> Step | tuple[None, None]:
     """The model's training frequency as (offset, nanos); (None, None) when absent or unreadable
     (model metadata is not user input: an odd value only disables what depends on it)."""
     parsed = _parse_freq(model_freq) if isinstance(model_freq, str) and model_freq.strip() else None
@@ -189,7 +199,7 @@ def _model_step(model_freq: str | None):
 # --------------------------------------------------------------------------- calendar ranges
 
 
-def calendar_range(start_ns: int, periods: int, offset) -> np.ndarray:
+def calendar_range(start_ns: int, periods: int, offset: BaseOffset) -> np.ndarray:
     """``pd.date_range(Timestamp(start_ns), periods=periods, freq=offset)`` as int64 ns (read-only),
     fast for month starts/ends, business days and weeks anchored on a weekday, cached for the rest."""
     start_ns, periods = int(start_ns), int(periods)
@@ -201,7 +211,7 @@ def calendar_range(start_ns: int, periods: int, offset) -> np.ndarray:
     return _pandas_range(start_ns, periods, offset)
 
 
-def _numpy_range(start: int, periods: int, offset) -> np.ndarray | None:
+def _numpy_range(start: int, periods: int, offset: BaseOffset) -> np.ndarray | None:
     """The same as date_range for MonthBegin, MonthEnd, BusinessDay and Week(weekday=w) with n = 1
     and a start on the offset (time of day kept, as pandas' offsets keep it); None otherwise."""
     import pandas as pd
@@ -212,11 +222,13 @@ def _numpy_range(start: int, periods: int, offset) -> np.ndarray | None:
     day = np.int64(start).view("datetime64[ns]").astype("datetime64[D]")
     tod = start - int(day.astype("datetime64[ns]").view(np.int64))
     if kind is pd.offsets.Week:
-        if offset.weekday is None or (int(day.view(np.int64)) + 3) % 7 != offset.weekday:  # 1970-01-01: a Thursday
+        weekday = offset.weekday  # type: ignore[attr-defined]  # pandas-stubs omit Week.weekday
+        if weekday is None or (int(day.view(np.int64)) + 3) % 7 != weekday:  # 1970-01-01: a Thursday
             return None
         out = start + WEEK_NS * np.arange(periods, dtype=np.int64)
     elif kind is pd.offsets.BusinessDay:
-        if offset.offset or not np.is_busday(day):  # Mon-Fri, no holidays: numpy's default calendar
+        # Mon-Fri, no holidays: numpy's default calendar
+        if offset.offset or not np.is_busday(day):  # type: ignore[attr-defined]  # pandas-stubs omit BusinessDay.offset
             return None
         days = np.busday_offset(day, np.arange(periods), roll="raise")
         out = days.astype("datetime64[ns]").view(np.int64) + tod
@@ -239,7 +251,7 @@ def _numpy_range(start: int, periods: int, offset) -> np.ndarray | None:
 
 
 @lru_cache(maxsize=256)
-def _pandas_range(start: int, periods: int, offset) -> np.ndarray:
+def _pandas_range(start: int, periods: int, offset: BaseOffset) -> np.ndarray:
     import pandas as pd
 
     out = pd.date_range(pd.Timestamp(start), periods=periods, freq=offset).as_unit("ns").asi8.copy()
@@ -247,16 +259,17 @@ def _pandas_range(start: int, periods: int, offset) -> np.ndarray:
     return out
 
 
-def _continue(last_ns: int, offset, horizon: int) -> np.ndarray:
+def _continue(last_ns: int, offset: BaseOffset, horizon: int) -> np.ndarray:
     return calendar_range(last_ns, horizon + 1, offset)[1:]
 
 
-def _cached(fn, key: bytes, *args):
+# fn: an lru_cache'd function of a history's bytes (its __wrapped__ skips the cache)
+def _cached(fn: Any, key: bytes, *args: Any) -> Any:
     return fn(key, *args) if len(key) <= 8 * CACHE_MAX_ROWS else fn.__wrapped__(key, *args)
 
 
 @lru_cache(maxsize=128)
-def _infer(key: bytes):
+def _infer(key: bytes) -> BaseOffset | None:
     """pandas.infer_freq of a history (int64 ns bytes) as an offset, None when it has none."""
     import pandas as pd
 
@@ -289,12 +302,15 @@ def _irregular(dk: np.ndarray, dates: np.ndarray, flag: str) -> str:
 
 
 @lru_cache(maxsize=512)
-def _slow(key: bytes, horizon: int, freq: str | None, model_freq: str | None, flag: str):
+def _slow(
+    key: bytes, horizon: int, freq: str | None, model_freq: str | None, flag: str
+) -> tuple[np.ndarray, None] | tuple[None, str]:
     """Everything but a regular history: (future read-only, None) or (None, message). Cached by
     the history's bytes (a calendar history costs pandas' inference and ranges once)."""
     h = np.frombuffer(key, dtype=np.int64)
     L = len(h)
     dk = np.diff(h)
+    offset: BaseOffset | None
     if freq:
         offset, nanos = _freq_step(freq, flag)
         if nanos is not None:
@@ -340,14 +356,18 @@ def _steps(horizon: int) -> np.ndarray:
     return out
 
 
-def _calendar_like(step):
+@overload
+def _calendar_like(step: int) -> bool: ...
+@overload
+def _calendar_like(step: np.ndarray) -> np.ndarray: ...
+def _calendar_like(step: int | np.ndarray) -> bool | np.ndarray:
     """Equal gaps that may be calendar steps in disguise: whole days, 28 or more (three month
     starts Jul 1, Aug 1, Sep 1 are 31 days apart, and so are three year ends without a leap
     day). pandas' inference decides those (MS, YE-DEC...), as it prefers calendar rules itself."""
     return (step >= 28 * DAY_NS) & (step % DAY_NS == 0)
 
 
-def _history(history) -> np.ndarray:
+def _history(history: npt.ArrayLike) -> np.ndarray:
     h = history
     if not (isinstance(h, np.ndarray) and h.dtype == np.int64 and h.ndim == 1):
         h = np.ascontiguousarray(history, dtype=np.int64).reshape(-1)

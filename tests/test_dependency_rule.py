@@ -47,7 +47,7 @@ KNOWN_CYCLES = {
     frozenset(
         {
             "rnnops.serving.batch",
-            *(f"rnnops.serving.batch.{m}" for m in ("job", "local", "read", "spark", "tails", "write")),
+            *(f"rnnops.serving.batch.{m}" for m in ("job", "local", "spark", "write")),
         }
     ),
 }
@@ -85,17 +85,23 @@ def _is_main_block(node: ast.AST) -> bool:
     )
 
 
+def _is_type_checking_block(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:``: imports for the type checker alone, never run."""
+    return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
 @cache
-def imports_of(name: str) -> frozenset[str]:
-    """What module ``name`` imports, anywhere in it but a ``__main__`` block: modules of this
-    distribution by their full name, others by their top-level package."""
+def imports_of(name: str, types_too: bool = True) -> frozenset[str]:
+    """What module ``name`` imports, anywhere in it but a ``__main__`` block (and, unless
+    ``types_too``, an ``if TYPE_CHECKING:`` block): modules of this distribution by their full
+    name, others by their top-level package."""
     path = modules()[name]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     stack: list[ast.AST] = [ast.parse(path.read_text(), str(path))]
     while stack:
         node = stack.pop()
-        if _is_main_block(node):
+        if _is_main_block(node) or (not types_too and _is_type_checking_block(node)):
             continue
         stack.extend(ast.iter_child_nodes(node))
         if isinstance(node, ast.Import):
@@ -135,6 +141,9 @@ def test_the_walk_finds_every_stage_and_the_imports_it_must():
     # the walk sees function-level imports: the root command wires every stage inside a function
     assert {"rnnops.export.cli", "rnnops.registry.cli"} <= imports_of(SHELL)
     assert "torch" in imports_of("rnnops.training.models")
+    # an `if TYPE_CHECKING:` import counts for the rule, not for cycles
+    assert "rnnops.serving.models" in imports_of("rnnops.serving.forecast.sessions")
+    assert "rnnops.serving.models" not in imports_of("rnnops.serving.forecast.sessions", types_too=False)
 
 
 def test_no_module_imports_what_its_part_of_the_code_must_not():
@@ -151,7 +160,8 @@ def test_no_module_imports_what_its_part_of_the_code_must_not():
 
 def _cycles() -> list[frozenset[str]]:
     """The strongly connected groups of modules (Tarjan), those of more than one module."""
-    graph = {n: sorted(i for i in imports_of(n) if i in modules()) for n in modules()}
+    # type-only imports are not cycles: nothing runs them (a session's annotations name its LoadedModel)
+    graph = {n: sorted(i for i in imports_of(n, types_too=False) if i in modules()) for n in modules()}
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []

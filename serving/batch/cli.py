@@ -35,7 +35,7 @@ def forecast(
             help="Long-format .csv (.csv.gz) or .parquet: one row per series and timestamp, "
             "with the model's feature columns.",
         ),
-    ] = ...,
+    ] = ...,  # type: ignore[assignment]  # Typer's mark of a required option
     output: Annotated[
         Path,
         Opt(
@@ -44,7 +44,7 @@ def forecast(
             help="Where to write the forecasts (.csv or .parquet); written under a "
             "temporary name and renamed when complete.",
         ),
-    ] = ...,
+    ] = ...,  # type: ignore[assignment]  # Typer's mark of a required option
     id_column: Annotated[str | None, Opt(help="Column naming the series (omit when the file is one series).")] = None,
     date_column: Annotated[
         str | None, Opt(help="Timestamp column (default: date, datetime, timestamp, time or ds).")
@@ -89,7 +89,7 @@ def forecast(
     progress: Annotated[
         bool | None, Opt("--progress/--no-progress", help="Progress bars (default: when stderr is a terminal).")
     ] = None,
-):
+) -> None:
     """Forecast every series of a long-format file with a registered forecaster.
 
     Output: one row per series x future timestamp x target, with the id column (as named in the input), the date column, step (1..horizon), target, forecast (raw units), model and model_version.

@@ -13,9 +13,10 @@ exits with status 3. ``--strict`` turns a series error into a job error (nothing
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -212,9 +213,9 @@ def plan(job: ForecastJob, model: ForecastModel) -> Layout:
     )
 
 
-def _list(cols, most: int = 12) -> str:
-    cols = [str(c) for c in cols]
-    return ", ".join(cols[:most]) + (f" (+{len(cols) - most} more)" if len(cols) > most else "")
+def _list(cols: Iterable[object], most: int = 12) -> str:
+    names = [str(c) for c in cols]
+    return ", ".join(names[:most]) + (f" (+{len(names) - most} more)" if len(names) > most else "")
 
 
 def run(job: ForecastJob, engine: str = "local", spark_master: str | None = None) -> JobSummary:
@@ -232,7 +233,7 @@ def run(job: ForecastJob, engine: str = "local", spark_master: str | None = None
     return run_local(job, model, layout)
 
 
-def _progress(job: ForecastJob, **kw):
+def _progress(job: ForecastJob, **kw: Any) -> Any:  # a tqdm bar (tqdm is untyped)
     from tqdm.auto import tqdm
 
     enabled = job.progress if job.progress is not None else sys.stderr.isatty()

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,8 +18,11 @@ from rnnops.serving.batch.tails import Prepared, SeriesTails
 from rnnops.serving.batch.write import strict_error, write_results
 from rnnops.util import available_cpus
 
+if TYPE_CHECKING:
+    from rnnops.serving.runtime import Runtime
 
-def make_runtime(model: ForecastModel, threads: int = 1):
+
+def make_runtime(model: ForecastModel, threads: int = 1) -> Runtime:
     """An onnxruntime session for the job, on the providers the serving config names (RNNOPS_PROVIDERS)."""
     from rnnops.serving.config import ServeConfig
     from rnnops.serving.runtime import Runtime
@@ -33,14 +37,16 @@ def make_runtime(model: ForecastModel, threads: int = 1):
     )
 
 
-def predict(runtime, windows: np.ndarray, batch: int) -> np.ndarray:
+def predict(runtime: Runtime, windows: np.ndarray, batch: int) -> np.ndarray:
     """Forecasts ``[m, H, T]``, or ``[m, H, T, 1 + levels]`` (forecast, then each quantile) for a model
     with prediction intervals: what the writer takes, from one onnxruntime call per chunk."""
     r = runtime.run(windows, max_batch=batch)
     return r.output if r.quantiles is None else np.concatenate([r.output[..., None], r.quantiles], axis=-1)
 
 
-def forecast_batches(runtime, prepared: Prepared, batch: int, workers: int) -> Iterator[tuple[slice, np.ndarray]]:
+def forecast_batches(
+    runtime: Runtime, prepared: Prepared, batch: int, workers: int
+) -> Iterator[tuple[slice, np.ndarray]]:
     """Forecasts for ``prepared.windows`` in slices of ``batch`` windows, ``workers`` onnxruntime
     calls at a time (one session, called from several threads; each call single-threaded:
     for small recurrent nets parallel batches scale better than intra-op threads).
@@ -56,7 +62,7 @@ def forecast_batches(runtime, prepared: Prepared, batch: int, workers: int) -> I
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="rnnops-forecast") as pool:
         # bounded look-ahead keeps memory flat: at most 2 x workers batches in flight
-        pending: list = []
+        pending: list[tuple[slice, Future[np.ndarray]]] = []
         it = iter(slices)
         for s in it:
             pending.append((s, pool.submit(predict, runtime, prepared.windows[s], batch)))

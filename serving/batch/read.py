@@ -8,9 +8,9 @@ import contextlib
 import queue
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +20,8 @@ from rnnops.errors import RnnopsError
 
 if TYPE_CHECKING:
     from rnnops.serving.batch.job import Layout
+
+T = TypeVar("T")
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -119,20 +121,20 @@ def iter_input(path: Path, layout: Layout, chunk_rows: int) -> Iterator[tuple[pa
         stream.close()
 
 
-def _combine(batches: list) -> pa.RecordBatch:
+def _combine(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
     if len(batches) == 1:
         return batches[0]
     return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
 
 
-def prefetch(it: Iterator, depth: int = 2) -> Iterator:
+def prefetch(it: Iterator[T], depth: int = 2) -> Iterator[T]:
     """Run ``it`` in a thread, ``depth`` items ahead: Arrow parses the next chunk (without the
     GIL) while this thread processes the current one."""
-    q: queue.Queue = queue.Queue(depth)
+    q: queue.Queue[Any] = queue.Queue(depth)  # items, then the end marker or an exception
     done = object()
     stop = threading.Event()
 
-    def pump():
+    def pump() -> None:
         try:
             for item in it:
                 while not stop.is_set():
@@ -202,7 +204,7 @@ def _pandas_dates(arr: pa.Array) -> pa.Array:
     return pa.array(parsed.dt.tz_localize(None).astype("datetime64[ns]"), type=pa.timestamp("ns"))
 
 
-def feature_matrix(batch: pa.RecordBatch, features) -> np.ndarray:
+def feature_matrix(batch: pa.RecordBatch, features: Sequence[str]) -> np.ndarray:
     """float32 ``[rows, F]`` of the feature columns; nulls become NaN."""
     cols = []
     for name in features:

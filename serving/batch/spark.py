@@ -31,15 +31,24 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from rnnops.errors import RnnopsError
 from rnnops.serving import batch as B
+
+if TYPE_CHECKING:  # pyspark is untyped (these are Any to mypy); they name what a function returns
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import DataType, StructType
+
+    from rnnops.serving.runtime import Runtime
 
 POS = "_rnnops_pos"
 BUCKET = "_rnnops_bucket"
@@ -58,7 +67,7 @@ class GroupTask:
     with_windows: bool  # return the windows too (for --plot)
 
 
-def result_schema(layout: B.Layout, with_windows: bool):
+def result_schema(layout: B.Layout, with_windows: bool) -> StructType:
     from pyspark.sql import types as T
 
     fields = [
@@ -78,7 +87,7 @@ def result_schema(layout: B.Layout, with_windows: bool):
     return T.StructType(fields)
 
 
-def _spark_type(t: pa.DataType | None):
+def _spark_type(t: pa.DataType | None) -> DataType:
     from pyspark.sql import types as T
 
     if t is None or pa.types.is_string(t) or pa.types.is_large_string(t):
@@ -90,10 +99,10 @@ def _spark_type(t: pa.DataType | None):
 
 # ------------------------------------------------------------------------------- worker side
 
-_RUNTIMES: dict = {}  # sha256 -> Runtime, one per Python worker process
+_RUNTIMES: dict[str, Runtime] = {}  # sha256 -> Runtime, one per Python worker process
 
 
-def _runtime(task: GroupTask):
+def _runtime(task: GroupTask) -> Runtime:
     rt = _RUNTIMES.get(task.sha256)
     if rt is None:
         from rnnops.serving.runtime import Runtime
@@ -161,7 +170,7 @@ def _arrow_schema(layout: B.Layout, with_windows: bool) -> pa.Schema:
     return pa.schema(fields)
 
 
-def group_function(task: GroupTask):
+def group_function(task: GroupTask) -> Callable[[pa.Table], pa.Table]:
     """``forecast_group`` bound to ``task``, with the type hints pyspark reads to pick the
     ``pyarrow.Table -> pyarrow.Table`` form (it cannot read them through functools.partial)."""
 
@@ -185,7 +194,7 @@ def _lists(values: np.ndarray, typ: pa.DataType, nulls: int) -> pa.Array:
 # ------------------------------------------------------------------------------- driver side
 
 
-def session(master: str | None, progress: bool):
+def session(master: str | None, progress: bool) -> SparkSession:
     """A SparkSession for the job (``local[*]`` unless told otherwise); quiet, UTC, no web UI."""
     try:
         from pyspark.sql import SparkSession
@@ -219,7 +228,7 @@ def session(master: str | None, progress: bool):
     return spark
 
 
-def read_input(spark, job: B.ForecastJob, layout: B.Layout):
+def read_input(spark: SparkSession, job: B.ForecastJob, layout: B.Layout) -> DataFrame:
     """The needed columns as a DataFrame: ids and dates as the file has them, features as doubles."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -346,7 +355,7 @@ def _write(job: B.ForecastJob, model: B.ForecastModel, layout: B.Layout, table: 
     )
 
 
-def _matrix(col, m: int, k: int, dtype) -> np.ndarray:
+def _matrix(col: pa.Array | pa.ChunkedArray, m: int, k: int, dtype: npt.DTypeLike) -> np.ndarray:
     if m == 0:
         return np.zeros((0, k), dtype)
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col

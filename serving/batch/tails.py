@@ -12,6 +12,7 @@ the same rows, the same errors and the same order.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,7 +46,7 @@ class Prepared:
     """What :meth:`SeriesTails.finish` hands to the forecasting step: the series that can be
     forecast (one row each in the arrays) and the errors of the others."""
 
-    ids: list  # valid series, in order of first appearance
+    ids: list[Hashable]  # valid series, in order of first appearance
     first_pos: np.ndarray  # int64 position of each valid series' first row (the output order)
     rows: np.ndarray  # int64 rows of each valid series in the input
     windows: np.ndarray  # float32 [m, lookback, F] (Spark without --plot: [m, 0, F])
@@ -69,12 +70,22 @@ class SeriesTails:
     grow by doubling and hold ring buffers).
     """
 
-    def __init__(self, layout: Layout, capacity: int = 1024):
+    # the per-series arrays, indexed by gid (set by _alloc, which grows them by doubling)
+    _tails: np.ndarray  # float32 [cap, L, F]: ring buffers of the last L rows
+    _tdates: np.ndarray  # int64 ns [cap, L]: their timestamps
+    _wptr: np.ndarray  # int64 [cap]: next write position in the ring
+    _count: np.ndarray  # int64 [cap]: rows seen
+    _last: np.ndarray  # int64 ns [cap]: the last timestamp (NONE before the first row)
+    _failed: np.ndarray  # bool [cap]: the series has an error
+    _first: np.ndarray  # int64 [cap]: position of its first row
+    _cap: int
+
+    def __init__(self, layout: Layout, capacity: int = 1024) -> None:
         self.layout = layout
         self.L = layout.lookback
         self.F = len(layout.features)
-        self._index: dict = {}  # series id -> gid (position of first appearance)
-        self._ids: list = []
+        self._index: dict[Hashable, int] = {}  # series id -> gid (position of first appearance)
+        self._ids: list[Hashable] = []
         self._alloc(capacity)
         self._messages: dict[int, str] = {}  # gid -> the series' error
         self.rows = 0  # rows fed
@@ -82,7 +93,7 @@ class SeriesTails:
     def _alloc(self, cap: int) -> None:
         L, F = self.L, self.F
         old = getattr(self, "_cap", 0)
-        new = {
+        new: dict[str, np.ndarray] = {
             "_tails": np.zeros((cap, L, F), np.float32),
             "_tdates": np.zeros((cap, L), np.int64),
             "_wptr": np.zeros(cap, np.int64),
@@ -120,7 +131,7 @@ class SeriesTails:
         )
         return lookup[local] if len(lookup) else local
 
-    def _new_gid(self, key) -> int:
+    def _new_gid(self, key: Hashable) -> int:
         gid = len(self._ids)
         if gid >= self._cap:
             self._alloc(self._cap * 2)
@@ -246,8 +257,8 @@ class SeriesTails:
         future[fin], ok[fin], time_errors, mismatch[fin] = timeseries.future_many(
             wdates[fin], lay.horizon, freq=lay.freq, model_freq=lay.model_freq
         )
-        for k, message in time_errors.items():
-            messages[int(alive[fin[k]])] = message
+        for j, message in time_errors.items():
+            messages[int(alive[fin[j]])] = message
 
         keep = alive[ok]
         return Prepared(

@@ -11,7 +11,7 @@ import errno
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,13 @@ def date_type_for(future: np.ndarray) -> pa.DataType:
 
 
 def output_table(
-    schema: pa.Schema, layout: Layout, ids: list, future: np.ndarray, y: np.ndarray, model: str, version: int | None
+    schema: pa.Schema,
+    layout: Layout,
+    ids: list[Hashable],
+    future: np.ndarray,
+    y: np.ndarray,
+    model: str,
+    version: int | None,
 ) -> pa.Table:
     """Rows for ``len(ids)`` series: for each series, each step, each target (in that order).
     ``y``: forecasts ``[m, H, T]``, or ``[m, H, T, 1 + levels]`` (the forecast, then each quantile)
@@ -78,6 +84,7 @@ def output_table(
     cols.append(targets.take(pa.array(np.tile(np.arange(T), m * H))))
     cols.append(pa.array(y.reshape(-1)))
     for k in range(len(layout.quantiles)):
+        assert bands is not None, "a model with quantiles gives a 4-d y"
         cols.append(pa.array(np.ascontiguousarray(bands[..., k]).reshape(-1)))
     cols.append(pa.array([model], type=pa.string()).take(pa.array(np.zeros(m * per, np.int64))))
     cols.append(
@@ -165,7 +172,8 @@ def write_errors(path: Path, layout: Layout, errors: list[SeriesError]) -> Path 
 def no_space(exc: BaseException) -> str | None:
     """The reason, when ``exc`` (or what caused it) is a full disk (ENOSPC / EDQUOT); else None.
     pyarrow's writers raise OSError with errno set and the C library's text in the message."""
-    seen, e = set(), exc
+    seen: set[int] = set()
+    e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -182,7 +190,7 @@ def strict_error(errors: list[SeriesError], layout: Layout) -> RnnopsError:
     return RnnopsError(f"--strict: {len(errors)} series cannot be forecast: {shown}{more}; nothing was written")
 
 
-def _label(sid, layout: Layout) -> str:
+def _label(sid: Hashable, layout: Layout) -> str:
     if layout.id_column is None:
         return "the series"
     return f"series {sid!r}" if sid is not None else "rows without an id"

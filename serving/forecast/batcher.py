@@ -13,18 +13,30 @@ load brings.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from rnnops.serving.batching import BatchQueue, observer
+
+if TYPE_CHECKING:
+    from rnnops.serving.metrics import Metrics
+    from rnnops.serving.runtime import Runtime
 
 Bands = tuple[np.ndarray, "np.ndarray | None"]  # a forecast [horizon, F_out] and its quantiles (None: no intervals)
 
 
 class ForecastBatcher:
-    def __init__(self, runtime, max_batch: int = 256, metrics=None, model: str = "forecaster"):
+    def __init__(
+        self, runtime: Runtime, max_batch: int = 256, metrics: Metrics | None = None, model: str = "forecaster"
+    ) -> None:
         self.runtime = runtime
         self.max_batch = max_batch
-        on_call = metrics and observer(metrics.forecast_batch.labels(model), metrics.forecast_seconds.labels(model))
+        on_call = (
+            None
+            if metrics is None
+            else observer(metrics.forecast_batch.labels(model), metrics.forecast_seconds.labels(model))
+        )
         self._queue: BatchQueue[np.ndarray, Bands] = BatchQueue(
             self._forecast, key=len, max_batch=max_batch, name=f"rnnops-forecast-{model}", on_call=on_call
         )

@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,17 +34,21 @@ from rnnops.errors import RnnopsError
 from rnnops.serving.errors import Overloaded, SessionModelGone, UnknownSession
 from rnnops.serving.forecast.sessions import ForecastSession, sessions_full
 
+if TYPE_CHECKING:
+    from rnnops.serving.metrics import Metrics
+    from rnnops.serving.models import LoadedModel, ModelManager
+
 PREFIX = "rnnops:session:"
 INDEX = "rnnops:sessions"
 
 
 def encode(sess: ForecastSession, state_arrays: tuple[np.ndarray, ...] | None) -> dict[str, bytes]:
-    arrays = {"window": sess.window, "timestamps": sess.timestamps}
+    arrays: dict[str, np.ndarray] = {"window": sess.window, "timestamps": sess.timestamps}
     if state_arrays is not None:
         arrays.update({f"state{k}": a for k, a in enumerate(state_arrays)})
     if sess.last_forecast is not None:
         arrays["last_forecast"] = sess.last_forecast
-    if getattr(sess, "last_quantiles", None) is not None:
+    if sess.last_quantiles is not None:
         arrays["last_quantiles"] = sess.last_quantiles
     meta = {
         "model": sess.model.name,
@@ -60,7 +65,7 @@ def encode(sess: ForecastSession, state_arrays: tuple[np.ndarray, ...] | None) -
     return out
 
 
-def decode(sid: str, fields: dict[bytes, bytes], model) -> ForecastSession:
+def decode(sid: str, fields: dict[bytes, bytes], model: LoadedModel) -> ForecastSession:
     meta = json.loads(fields[b"meta"])
     arrays = {
         k: np.frombuffer(fields[f"a:{k}".encode()], dtype=dt).reshape(shape).copy()
@@ -88,13 +93,13 @@ class RedisSessionStore:
     def __init__(
         self,
         url: str,
-        models,
+        models: ModelManager,
         max_sessions: int = 1024,
         ttl_s: float = 600.0,
-        metrics=None,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         lock_s: float = 30.0,
-    ):
+    ) -> None:
         try:
             import redis.asyncio as aioredis
         except ImportError:
@@ -123,11 +128,11 @@ class RedisSessionStore:
         self._open = int(n)
         return self._open
 
-    async def _touch(self, p, sid: str) -> None:
+    async def _touch(self, p: Any, sid: str) -> None:  # p: a redis pipeline (the client is untyped)
         p.expire(PREFIX + sid, int(max(1, self.ttl_s)))
         p.zadd(INDEX, {sid: self.clock() + self.ttl_s})
 
-    def _state(self, sess: ForecastSession):
+    def _state(self, sess: ForecastSession) -> tuple[np.ndarray, ...] | None:
         if sess.state is None:
             return None
         return tuple(np.asarray(a) for a in sess.model.runtime.state_numpy(sess.state))
@@ -138,7 +143,7 @@ class RedisSessionStore:
             await self._touch(p, sess.id)
             await p.execute()
 
-    async def open(self, model, freq: str | None = None, session_id: str | None = None) -> ForecastSession:
+    async def open(self, model: LoadedModel, freq: str | None = None, session_id: str | None = None) -> ForecastSession:
         if await self.count() >= self.max_sessions:
             raise sessions_full(self._open, self.max_sessions, self.ttl_s, model.name, self._metrics)
         sess = ForecastSession(model, session_id or secrets.token_hex(12), freq)
@@ -166,7 +171,7 @@ class RedisSessionStore:
         return await self.get(sid)
 
     @asynccontextmanager
-    async def updating(self, sid: str):
+    async def updating(self, sid: str) -> AsyncIterator[ForecastSession]:
         """The session, exclusively (across every worker and replica), saved when the block ends
         without an error."""
         lock = self.redis.lock(f"rnnops:lock:{sid}", timeout=self.lock_s, blocking_timeout=self.lock_s)

@@ -29,24 +29,30 @@ import asyncio
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rnnops.serving.errors import Overloaded, UnknownSession
 
+if TYPE_CHECKING:
+    from rnnops.serving.metrics import Metrics
+    from rnnops.serving.models import LoadedModel
+    from rnnops.serving.runtime import State
+
 
 class ForecastSession:
     """One session's data; updates go through its model's stepper (:meth:`observe`)."""
 
-    def __init__(self, model, session_id: str, freq: str | None = None, now: float | None = None):
+    def __init__(self, model: LoadedModel, session_id: str, freq: str | None = None, now: float | None = None) -> None:
         self.id = session_id
         self.model = model  # the LoadedModel it was opened on (pinned)
         info = model.runtime.info
         self.stateful = info.stateful
         self.lookback = info.lookback
-        self.state = None
+        self.state: State | None = None  # None: zeros (a stateful session that has seen no rows)
         self.window = np.zeros((0, len(info.feature_names)), np.float32)
         self.observations = 0
         self.last_forecast: np.ndarray | None = None
@@ -64,7 +70,9 @@ class ForecastSession:
     async def observe(self, rows: np.ndarray) -> np.ndarray | None:
         """Take new rows ``[n, F]``; the forecast ``[horizon, F_out]`` (None: window not full yet),
         stepped together with the other sessions of the version (hold the session exclusively)."""
-        return await self.model.stepper.observe(self, rows)
+        stepper = self.model.stepper
+        assert stepper is not None, "sessions are opened on forecasters, which all have a stepper"
+        return await stepper.observe(self, rows)
 
     @property
     def needs(self) -> int:
@@ -72,7 +80,7 @@ class ForecastSession:
         return 0 if self.stateful else max(0, self.lookback - len(self.window))
 
 
-def sessions_full(open_now: int, limit: int, ttl_s: float, model: str, metrics=None) -> Overloaded:
+def sessions_full(open_now: int, limit: int, ttl_s: float, model: str, metrics: Metrics | None = None) -> Overloaded:
     """The 429 of a full store (every store's cap), counted in the metrics."""
     if metrics:
         metrics.rejected.labels(model, "sessions_full").inc()
@@ -96,8 +104,12 @@ class SessionStore:
     shared = False  # sessions are visible to this worker only
 
     def __init__(
-        self, max_sessions: int = 1024, ttl_s: float = 600.0, metrics=None, clock: Callable[[], float] = time.monotonic
-    ):
+        self,
+        max_sessions: int = 1024,
+        ttl_s: float = 600.0,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
         self.clock = clock  # seconds; the idle TTL is measured on it (tests pass one they move)
@@ -109,7 +121,7 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    async def open(self, model, freq: str | None = None, session_id: str | None = None) -> ForecastSession:
+    async def open(self, model: LoadedModel, freq: str | None = None, session_id: str | None = None) -> ForecastSession:
         """A new session; ``session_id`` names it (an OIP sequence: ``seq:<model>:<id>``), replacing
         an open one of that name, otherwise a random id is drawn."""
         self._sweep()
@@ -126,7 +138,7 @@ class SessionStore:
         return self._get(session_id)
 
     @asynccontextmanager
-    async def updating(self, session_id: str):
+    async def updating(self, session_id: str) -> AsyncIterator[ForecastSession]:
         """The session, one update at a time (its lock held while the block runs)."""
         s = self._get(session_id)
         async with s.lock:

@@ -23,19 +23,38 @@ leaves it as it was.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from rnnops.serving.batching import BatchQueue, observer
 
-Update = tuple["tuple | None", np.ndarray]  # a session's carried state (None: zeros) and its new rows [n, F]
-Stepped = tuple[np.ndarray, "np.ndarray | None", tuple]  # forecast [horizon, F_out], quantiles or None, new state
+if TYPE_CHECKING:
+    from rnnops.serving.forecast.batcher import ForecastBatcher
+    from rnnops.serving.forecast.sessions import ForecastSession
+    from rnnops.serving.metrics import Metrics
+    from rnnops.serving.runtime import Runtime, State
+
+Update = tuple["State | None", np.ndarray]  # a session's carried state (None: zeros) and its new rows [n, F]
+Stepped = tuple[np.ndarray, "np.ndarray | None", "State"]  # forecast [horizon, F_out], quantiles or None, new state
 
 
 class SessionStepper:
-    def __init__(self, runtime, batcher, max_batch: int = 256, model: str = "forecaster", metrics=None):
+    def __init__(
+        self,
+        runtime: Runtime,
+        batcher: ForecastBatcher,
+        max_batch: int = 256,
+        model: str = "forecaster",
+        metrics: Metrics | None = None,
+    ) -> None:
         self.runtime = runtime
         self.batcher = batcher  # the version's ForecastBatcher (windowed sessions)
-        on_call = metrics and observer(metrics.session_batch.labels(model), metrics.session_seconds.labels(model))
+        on_call = (
+            None
+            if metrics is None
+            else observer(metrics.session_batch.labels(model), metrics.session_seconds.labels(model))
+        )
         self._queue: BatchQueue[Update, Stepped] = BatchQueue(
             self._step, key=lambda u: len(u[1]), max_batch=max_batch, name=f"rnnops-steps-{model}", on_call=on_call
         )
@@ -48,7 +67,7 @@ class SessionStepper:
     def updates(self) -> int:
         return self._queue.items
 
-    async def observe(self, sess, rows: np.ndarray) -> np.ndarray | None:
+    async def observe(self, sess: ForecastSession, rows: np.ndarray) -> np.ndarray | None:
         """Apply ``rows`` ``[n, F]`` (float32) to ``sess``; its new forecast ``[horizon, F_out]``
         (None: a windowed session without ``lookback`` rows yet). Its quantiles, if the model has
         them, go to ``sess.last_quantiles``."""

@@ -18,10 +18,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from rnnops.serving.errors import Overloaded
-from rnnops.serving.generate.stream import GenerationRequest, Stream
+from rnnops.serving.generate.stream import GenerationRequest, Logprob, Stream
 
 OnStep = Callable[[list[Stream]], None]  # the streams a step touched (the transport wakes their consumers)
 
@@ -46,7 +46,7 @@ class Delta:
     index: int  # the stream's position in the request (OpenAI's choice index)
     text: str
     offset: int  # characters of this stream delivered before ``text``
-    logprobs: list  # per character of ``text`` (empty unless the request asked for them)
+    logprobs: list[Logprob]  # per character of ``text`` (empty unless the request asked for them)
     finish_reason: str | None  # set on a stream's last delta: length | stop | cancelled | error | ...
     error: str | None = None
 
@@ -79,7 +79,7 @@ class GenerationClient(Protocol):
         ...
 
     def retry_after(self) -> int: ...
-    def describe(self) -> dict: ...
+    def describe(self) -> dict[str, Any]: ...
     def close(self) -> None: ...  # take no new streams; finish the ones in flight (hot reload)
     def stop(self, timeout: float = 5.0) -> None: ...  # end now: what is unfinished ends with `shutdown`
 

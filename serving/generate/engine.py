@@ -39,10 +39,11 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
+from typing import Any
 
 from rnnops.serving.errors import Overloaded
 from rnnops.serving.generate import wire
-from rnnops.serving.generate.client import Admission, SchedulerMetrics, no_one
+from rnnops.serving.generate.client import Admission, OnStep, SchedulerMetrics, no_one
 from rnnops.serving.generate.stream import GenerationRequest, Stream
 
 log = logging.getLogger("rnnops.serving")
@@ -74,14 +75,16 @@ class EngineSpec:
 class EngineClient:
     """A :class:`StepScheduler` in an engine process, as a :class:`GenerationClient` (the worker side)."""
 
-    def __init__(self, spec: EngineSpec, metrics: SchedulerMetrics | None = None, on_step=None):
+    def __init__(
+        self, spec: EngineSpec, metrics: SchedulerMetrics | None = None, on_step: OnStep | None = None
+    ) -> None:
         self.spec = spec
         self.name = spec.name
         self.max_active = spec.max_active
         self.max_queue = spec.max_queue
         self.metrics = metrics or SchedulerMetrics()
         self.on_step = on_step or no_one
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()  # the stream table and counters (event loop vs reader thread)
@@ -205,7 +208,7 @@ class EngineClient:
         """A stream's client went away (:meth:`Stream.cancel`): the engine frees its slot."""
         self._send(wire.Cancel(stream.id))
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {
             "mode": "batched",
             "engine": "process",
@@ -224,7 +227,7 @@ class EngineClient:
 
     # ------------------------------------------------------------------ the pipe
 
-    def _send(self, msg) -> None:
+    def _send(self, msg: wire.ToEngine) -> None:
         conn = self._conn
         if conn is None or self._ended.is_set():
             return
@@ -238,6 +241,7 @@ class EngineClient:
     def _read(self) -> None:
         """The reader thread: apply the engine's updates until it exits."""
         conn = self._conn
+        assert conn is not None, "start() connects before the reader runs"
         try:
             while True:
                 msg = pickle.loads(conn.recv_bytes())

@@ -28,7 +28,7 @@ from rnnops.serving.generate.stream import Stream
 class _Buffered(SchedulerMetrics):
     """The engine's scheduler metrics, kept until the next update carries them to the worker."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.samples: list[tuple[int, float, int]] = []
         self.rejections: list[str] = []
 
@@ -42,7 +42,7 @@ class _Buffered(SchedulerMetrics):
 class Engine:
     """The engine process's loop: commands in, scheduler steps, updates out."""
 
-    def __init__(self, conn: Connection, spec: EngineSpec):
+    def __init__(self, conn: Connection, spec: EngineSpec) -> None:
         from rnnops.serving.runtime import Runtime
 
         self.conn = conn
@@ -70,7 +70,7 @@ class Engine:
         self.closing = False
         self.last_flush = time.monotonic()
 
-    def _send(self, msg) -> None:
+    def _send(self, msg: wire.FromEngine) -> None:
         self.conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
 
     def _touched(self, streams: list[Stream]) -> None:
@@ -102,7 +102,7 @@ class Engine:
             if time.monotonic() - self.last_flush >= FLUSH_S:
                 self._flush()
 
-    def _command(self, msg) -> bool:
+    def _command(self, msg: wire.ToEngine) -> bool:
         if isinstance(msg, wire.Submit):
             req = msg.request()
             s = Stream(req)
@@ -114,9 +114,9 @@ class Engine:
                 s.finish("queue_full" if exc.reason == "queue_full" else "error", exc.message)
                 self._touched([s])
         elif isinstance(msg, wire.Cancel):
-            s = self.streams.get(msg.id)
-            if s is not None:
-                s.cancel()
+            cancelled = self.streams.get(msg.id)
+            if cancelled is not None:
+                cancelled.cancel()
         elif isinstance(msg, wire.Close):
             self.closing = True
             self.sched.close()
@@ -141,6 +141,7 @@ class Engine:
             u.texts.append(s.drain())
             t = s.timing
             if s.done:
+                assert s.finish_reason is not None, "a finished stream has its reason"
                 u.ended[wid] = wire.Ended(s.finish_reason, s.error, t.admitted, t.first_char, t.finished)
                 self.streams.pop(wid, None)
                 self.wid.pop(s.id, None)

@@ -17,7 +17,9 @@ thread samples meanwhile), else at once on the calling thread.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +27,9 @@ from rnnops.serving.generate.lanes import DecodeBatch
 from rnnops.serving.generate.runner import Pending, Runner
 from rnnops.serving.generate.sampling import sample_batch
 from rnnops.serving.generate.stream import Stream
+
+if TYPE_CHECKING:
+    from rnnops.serving.runtime import RunResult, Runtime, State
 
 
 @dataclass
@@ -42,18 +47,18 @@ class PrefillOutput:
 
     stream: Stream
     chars: int  # prompt characters this chunk advanced
-    state: object
+    state: State
     logits: np.ndarray | None
 
 
 class Executor:
     """Runs a char model's decode and prefill calls (see the module docstring)."""
 
-    def __init__(self, runtime, name: str):
+    def __init__(self, runtime: Runtime, name: str) -> None:
         self.runtime = runtime
         self.runner = Runner(f"rnnops-runner-{name}")
 
-    def _call(self, lanes: list[DecodeBatch], fn, *args) -> Pending:
+    def _call(self, lanes: list[DecodeBatch], fn: Callable[..., RunResult], *args: Any) -> Pending[RunResult]:
         """A model call: on the runner while another lane's call may be running there, else now."""
         if any(lane.pending is not None and not lane.pending.done for lane in lanes):
             return self.runner.submit(fn, *args)
@@ -69,6 +74,7 @@ class Executor:
         """The lane's step in flight: wait for it, sample each row with its own uniforms, and
         advance the lane's state and last tokens. Raises what the model call raised."""
         pending, lane.pending = lane.pending, None
+        assert pending is not None, "collect() follows launch()"
         r = pending.result()
         ids = sample_batch(r.output, lane.temperature, lane.top_k, lane.top_p, lane.draw())
         lane.state, lane.tokens = r.state, ids

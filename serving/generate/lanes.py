@@ -7,10 +7,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rnnops.serving.generate.runner import Pending
+
+if TYPE_CHECKING:
+    from rnnops.serving.runtime import RunResult, Runtime, State
 from rnnops.serving.generate.stream import Stream
 
 UNIFORM_BLOCK = 64  # uniforms drawn at once per stream (the same sequence as one at a time)
@@ -26,9 +30,9 @@ class DecodeBatch:
     between lanes only at the lane's turn, after its result was collected.
     """
 
-    def __init__(self, runtime):
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.pending: Pending | None = None
+        self.pending: Pending[RunResult] | None = None
         self.clear()
 
     def clear(self) -> None:
@@ -106,7 +110,7 @@ class Row:
     """A stream on its way into a lane: its state (batch of one), last token and unused uniforms."""
 
     stream: Stream
-    state: object
+    state: State
     token: int
     uniforms: np.ndarray
     cursor: int

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,13 +19,16 @@ from rnnops.serving.generate.client import Admission, OnStep, SchedulerMetrics, 
 from rnnops.serving.generate.sampling import sample_batch
 from rnnops.serving.generate.stream import GenerationRequest, Stream
 
+if TYPE_CHECKING:
+    from rnnops.serving.runtime import Runtime
+
 log = logging.getLogger("rnnops.serving")
 
 
 class NaiveGenerator:
     def __init__(
         self,
-        runtime,
+        runtime: Runtime,
         *,
         max_active: int = 256,
         max_queue: int = 256,
@@ -33,7 +37,7 @@ class NaiveGenerator:
         metrics: SchedulerMetrics | None = None,
         name: str = "char",
         on_step: OnStep | None = None,
-    ):
+    ) -> None:
         self.runtime = runtime
         self.vocab = list(runtime.vocab)
         self.max_active = max_active
@@ -132,7 +136,7 @@ class NaiveGenerator:
             self.admission.finished(s)
             self.on_step([s])
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {
             "mode": "naive",
             "active": self._running,

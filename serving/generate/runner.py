@@ -19,15 +19,19 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
 
 
-class Pending:
+class Pending(Generic[T]):
     """The result of one submitted call, when it is ready (:meth:`result` blocks until then)."""
 
     __slots__ = ("_fn", "_args", "_value", "_error", "_ready")
 
-    def __init__(self, fn: Callable, args: tuple):
+    def __init__(self, fn: Callable[..., T], args: tuple[Any, ...]) -> None:
+        self._fn: Callable[..., T] | None
+        self._args: tuple[Any, ...] | None
         self._fn, self._args = fn, args
         self._value: Any = None
         self._error: BaseException | None = None
@@ -37,6 +41,7 @@ class Pending:
         self._ready.acquire()
 
     def _execute(self) -> None:
+        assert self._fn is not None and self._args is not None, "a call runs once"
         try:
             self._value = self._fn(*self._args)
         except BaseException as exc:  # handed to whoever waits for the result
@@ -49,21 +54,22 @@ class Pending:
         """The call ran (its result is ready)."""
         return not self._ready.locked()
 
-    def result(self):
+    def result(self) -> T:
         """The call's return value (blocks until it ran); re-raises what the call raised."""
         self._ready.acquire()
         self._ready.release()  # stays readable: a second result() returns at once
         if self._error is not None:
             raise self._error
-        return self._value
+        value: T = self._value
+        return value
 
 
 class Runner:
     """Runs submitted calls one at a time, in order, on its own thread once started."""
 
-    def __init__(self, name: str = "rnnops-runner"):
+    def __init__(self, name: str = "rnnops-runner") -> None:
         self.name = name
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Pending[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     @property
@@ -76,7 +82,7 @@ class Runner:
             self._thread.start()
         return self
 
-    def submit(self, fn: Callable, *args) -> Pending:
+    def submit(self, fn: Callable[..., T], *args: Any) -> Pending[T]:
         """Queue ``fn(*args)``; without a thread it runs now, on the caller's thread."""
         p = Pending(fn, args)
         if self._thread is None:
@@ -85,7 +91,7 @@ class Runner:
             self._queue.put(p)
         return p
 
-    def run_now(self, fn: Callable, *args) -> Pending:
+    def run_now(self, fn: Callable[..., T], *args: Any) -> Pending[T]:
         """Run ``fn(*args)`` on the caller's thread, now: for a call with nothing to overlap, a
         hand-off to the thread and back would only add two thread wake-ups (tens of microseconds
         each). The caller makes sure no submitted call is still running."""

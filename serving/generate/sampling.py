@@ -31,7 +31,8 @@ def _inverse_cdf(p: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Index per row where the cumulative (unnormalised) mass first exceeds u * total."""
     cdf = np.cumsum(p, axis=1)
     target = u * cdf[:, -1]
-    return np.minimum((cdf <= target[:, None]).sum(axis=1), p.shape[1] - 1)
+    out: np.ndarray = np.minimum((cdf <= target[:, None]).sum(axis=1), p.shape[1] - 1)
+    return out
 
 
 def sample_batch(

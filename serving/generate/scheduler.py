@@ -53,6 +53,7 @@ import logging
 import threading
 import time
 from collections import deque
+from typing import TYPE_CHECKING, Any
 
 from rnnops.serving.batching import group_by
 from rnnops.serving.errors import Overloaded
@@ -60,6 +61,10 @@ from rnnops.serving.generate.client import Admission, OnStep, SchedulerMetrics, 
 from rnnops.serving.generate.executor import DecodeOutput, Executor, PrefillOutput
 from rnnops.serving.generate.lanes import LANE_MIN_ROWS, UNIFORM_BLOCK, DecodeBatch, Row
 from rnnops.serving.generate.stream import GenerationRequest, Stream
+
+if TYPE_CHECKING:
+    from rnnops.serving.generate.runner import Runner
+    from rnnops.serving.runtime import Runtime
 
 log = logging.getLogger("rnnops.serving")
 
@@ -71,7 +76,7 @@ class StepScheduler:
 
     def __init__(
         self,
-        runtime,
+        runtime: Runtime,
         *,
         max_active: int = 256,
         max_queue: int = 256,
@@ -81,7 +86,7 @@ class StepScheduler:
         name: str = "char",
         on_step: OnStep | None = None,
         lanes: int = 1,
-    ):
+    ) -> None:
         self.runtime = runtime
         self.vocab = list(runtime.vocab)
         self.max_active = max_active
@@ -108,7 +113,7 @@ class StepScheduler:
     # ------------------------------------------------------------------ public API
 
     @property
-    def runner(self):
+    def runner(self) -> Runner:
         return self.executor.runner
 
     @property
@@ -377,6 +382,7 @@ class StepScheduler:
         for (s, row), t in zip(ready, ids.tolist()):
             self._prefill.remove(s)
             state, s.state = s.state, None
+            assert state is not None, "its prefill set it"
             s.note_logprobs(row, t, self.vocab)
             if not s.push(self.vocab[t]):
                 s.phase = "decode"
@@ -391,7 +397,7 @@ class StepScheduler:
         if notify:
             self.on_step(streams)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {
             "mode": "batched",
             "active": self.active,

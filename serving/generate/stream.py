@@ -7,16 +7,37 @@ transports: the HTTP layer attaches its own ``watcher`` to be woken (see
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from rnnops.serving.generate.sampling import SamplingParams, new_rng
+
+if TYPE_CHECKING:
+    from rnnops.serving.generate.client import GenerationClient
+    from rnnops.serving.runtime import State
+
+
+class Watcher(Protocol):
+    """What a transport attaches to a stream to be woken (http/streaming.py's StreamWatch)."""
+
+    waiting: bool  # its consumer is blocked, waiting for a wake-up
+    loop: asyncio.AbstractEventLoop  # the consumer's event loop
+    event: asyncio.Event  # set (on that loop) to wake it
+
+    def due(self, now: float) -> bool: ...
+
+
+# one character's log-probability and the top k alternatives' (OpenAI ``logprobs``)
+Logprob = tuple[float, dict[str, float]]
 
 _ids = itertools.count(1)
 
@@ -84,7 +105,7 @@ class Stream:
         self.phase = "queued"  # queued -> prefill -> decode -> done
         self.timing = Timing()
         self.cursor = 0  # prompt characters prefilled so far
-        self.state = None  # this stream's state while it prefills (batch of one)
+        self.state: State | None = None  # this stream's state while it prefills (batch of one)
         self.generated: list[str] = []  # every sampled character (stop string included)
         self._released = 0  # characters handed to the output queue
         self._out: deque[str] = deque()
@@ -92,11 +113,11 @@ class Stream:
         self.error: str | None = None
         self.cancelled = False
         self._done = threading.Event()
-        self.watcher = None  # the consumer's wake-up hook, set by the transport (opaque here)
-        self.scheduler = None  # the GenerationClient that runs it (told on cancel)
+        self.watcher: Watcher | None = None  # the consumer's wake-up hook, set by the transport
+        self.scheduler: GenerationClient | None = None  # the GenerationClient that runs it (told on cancel)
         # per sampled character (aligned with ``generated``), when the request asks for them:
         # (its log-probability, {character: log-probability} of the top ``logprobs`` ones)
-        self.logprobs: list[tuple[float, dict[str, float]]] = []
+        self.logprobs: list[Logprob] = []
 
     # ---- consumer side ---------------------------------------------------------------
 
@@ -138,7 +159,7 @@ class Stream:
         """What was delivered (a pending stop-string prefix is not)."""
         return "".join(self.generated[: self._released])
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         t = self.timing
         end = t.finished or time.monotonic()
         n = len(self.text)
@@ -157,7 +178,7 @@ class Stream:
 
     # ---- scheduler side ----------------------------------------------------------------
 
-    def note_logprobs(self, logits: np.ndarray, token: int, vocab) -> None:
+    def note_logprobs(self, logits: np.ndarray, token: int, vocab: Sequence[str]) -> None:
         """Record the model's log-probabilities (raw logits, before temperature and top-k/p)
         for the character about to be pushed; only for requests that asked (OpenAI ``logprobs``)."""
         k = self.request.logprobs
@@ -193,7 +214,7 @@ class Stream:
         self._release(len(self.generated) - self.stops.held_back(self.generated))
         return False
 
-    def receive(self, text: str, logprobs: list | None = None) -> None:
+    def receive(self, text: str, logprobs: list[Logprob] | None = None) -> None:
         """Characters released by a stream elsewhere (the engine process: stop strings already
         handled there), with their log-probabilities; those first, since a consumer on the event
         loop reads them for the text it drains (OpenAI ``logprobs``)."""

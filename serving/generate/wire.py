@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rnnops.serving.generate.sampling import SamplingParams
-from rnnops.serving.generate.stream import GenerationRequest
+from rnnops.serving.generate.stream import GenerationRequest, Logprob
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class Update:
     texts: list[str] = field(default_factory=list)  # each one's text released since the last update
     phases: dict[int, Phase] = field(default_factory=dict)  # streams whose phase changed
     ended: dict[int, Ended] = field(default_factory=dict)  # streams that finished
-    logprobs: dict[int, list] = field(default_factory=dict)  # new entries, for streams that asked
+    logprobs: dict[int, list[Logprob]] = field(default_factory=dict)  # new entries, for streams that asked
     # the scheduler's counters and what its metrics saw since the last update
     steps: int = 0
     chars: int = 0
@@ -118,3 +118,7 @@ class Update:
     last_error: str | None = None
     samples: list[tuple[int, float, int]] = field(default_factory=list)  # (batch, seconds, chars) per step
     rejections: list[str] = field(default_factory=list)
+
+
+ToEngine = Submit | Cancel | Close | Stop  # what the worker sends
+FromEngine = Ready | Failed | Update | Exit  # what the engine sends

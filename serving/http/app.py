@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -39,14 +40,18 @@ from rnnops.serving.http import openapi as DOCS
 from rnnops.serving.http import playground as PLAY
 from rnnops.serving.http.errors import ApiError, JSONResponse, to_response
 
+if TYPE_CHECKING:
+    from rnnops.serving.forecast.redis_store import RedisSessionStore
+    from rnnops.serving.models import ModelManager
+
 
 @dataclass
 class Serving:
     """Everything a request needs: limits, models, sessions."""
 
     config: ServeConfig
-    models: object  # a ModelManager, or anything with its get/describe API (tests)
-    sessions: SessionStore
+    models: ModelManager  # or, in tests, anything with its get/describe API
+    sessions: SessionStore | RedisSessionStore
     draining: bool = False  # SIGTERM received (drain.py): new requests get 503
     requests: int = 0  # requests inside a handler now
 
@@ -122,7 +127,7 @@ class RnnopsApp(Router):
             routes=[Route(path, self._bind(handler), methods=[method]) for method, path, handler in ROUTES]
         )
 
-    def _bind(self, handler: Handler):
+    def _bind(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             serving = self.serving
             try:

@@ -24,10 +24,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rnnops.errors import RnnopsError
+
+if TYPE_CHECKING:
+    from rnnops.serving.config import ServeConfig
 
 OPEN_PATHS = frozenset(
     {
@@ -109,7 +114,9 @@ def _error_body(path: str, status: int, kind: str, message: str) -> bytes:
 class ApiKeyMiddleware:
     """Bearer keys and the per-key stream bound (see the module docstring)."""
 
-    def __init__(self, app, keys: list[bytes], metrics_auth: bool = False, max_streams_per_key: int = 0):
+    def __init__(
+        self, app: ASGIApp, keys: list[bytes], metrics_auth: bool = False, max_streams_per_key: int = 0
+    ) -> None:
         self.app = app
         self.keys = keys
         self.metrics_auth = metrics_auth
@@ -121,7 +128,7 @@ class ApiKeyMiddleware:
             return True
         return path == "/metrics" and not self.metrics_auth
 
-    def _key(self, scope) -> bytes | None:
+    def _key(self, scope: Scope) -> bytes | None:
         """The digest of the presented key when it is one of ours, else None (constant time over all keys)."""
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
@@ -136,7 +143,7 @@ class ApiKeyMiddleware:
                 return found
         return None
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") == "OPTIONS":
             await self.app(scope, receive, send)
             return
@@ -170,7 +177,7 @@ class ApiKeyMiddleware:
                 budget.give(1)
 
 
-async def _reply(send, path: str, status: int, kind: str, message: str, headers: dict[bytes, bytes]) -> None:
+async def _reply(send: Send, path: str, status: int, kind: str, message: str, headers: dict[bytes, bytes]) -> None:
     body = _error_body(path, status, kind, message)
     await send(
         {
@@ -186,10 +193,10 @@ async def _reply(send, path: str, status: int, kind: str, message: str, headers:
     await send({"type": "http.response.body", "body": body})
 
 
-def middlewares(config) -> list[tuple[type, dict]]:
+def middlewares(config: ServeConfig) -> list[tuple[type, dict[str, Any]]]:
     """What the service adds to BentoML's app, outermost first: CORS (when origins are set),
     then keys and the per-key bound (when either is configured)."""
-    out: list[tuple[type, dict]] = []
+    out: list[tuple[type, dict[str, Any]]] = []
     origins = [o.strip() for o in (config.cors_origins or "").split(",") if o.strip()]
     if origins:
         from starlette.middleware.cors import CORSMiddleware

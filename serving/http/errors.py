@@ -7,6 +7,7 @@ or not loaded (both with ``Retry-After``), 500 anything unexpected (logged with 
 from __future__ import annotations
 
 import logging
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -15,13 +16,15 @@ from starlette.responses import Response
 
 from rnnops.serving.errors import InputError, Overloaded, SessionModelGone, UnknownModel, UnknownSession
 
+M = TypeVar("M", bound=BaseModel)
+
 log = logging.getLogger("rnnops.serving")
 
 
 class ApiError(Exception):
     """An answer decided by a handler: status, error type, message and extra body fields."""
 
-    def __init__(self, status: int, kind: str, message: str, **extra):
+    def __init__(self, status: int, kind: str, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.status, self.kind, self.message, self.extra = status, kind, message, extra
 
@@ -36,11 +39,13 @@ class JSONResponse(Response):
 
     media_type = "application/json"
 
-    def render(self, content) -> bytes:
+    def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def error_response(status: int, kind: str, message: str, headers: dict | None = None, **extra) -> JSONResponse:
+def error_response(
+    status: int, kind: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     return JSONResponse({"error": message, "type": kind, **extra}, status_code=status, headers=headers)
 
 
@@ -81,7 +86,7 @@ def validation_error(exc: ValidationError) -> ApiError:
     return ApiError(400, "invalid_request", text, details=details)
 
 
-async def parse_body(request: Request, model: type[BaseModel]):
+async def parse_body(request: Request, model: type[M]) -> M:
     """The request body validated by ``model``; a 400 naming each bad field otherwise."""
     raw = await request.body()
     try:

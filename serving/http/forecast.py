@@ -15,6 +15,9 @@ path is not a second schema: a field added to the model is validated and default
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
+
 import numpy as np
 import orjson
 from pydantic import ValidationError
@@ -26,13 +29,18 @@ from rnnops.serving.errors import InputError
 from rnnops.serving.http.errors import JSONResponse, parse_body, validation_error
 from rnnops.serving.http.schemas import ForecastBody, ObserveBody, OpenSessionBody
 
+if TYPE_CHECKING:
+    from rnnops.serving.forecast.sessions import ForecastSession
+    from rnnops.serving.http.app import Serving
+    from rnnops.serving.runtime import ModelInfo
+
 ARRAY_FIELDS = ("context", "contexts")  # what forecast_body reads itself; pydantic checks the rest
 
 
 # --------------------------------------------------------------------------------- bodies
 
 
-def _window_array(rows) -> np.ndarray | None:
+def _window_array(rows: object) -> np.ndarray | None:
     """A JSON window (T rows of F numbers) as an array, or None if it is anything else."""
     if type(rows) is not list:
         return None
@@ -52,7 +60,7 @@ def _fast_forecast_body(raw: bytes) -> ForecastBody | None:
         return None
     if type(d) is not dict:
         return None
-    arrays = {}
+    arrays: dict[str, Any] = {}  # the windows as arrays, by field (`contexts`: a list of them)
     context = d.pop("context", None)
     if context is not None:
         arrays["context"] = _window_array(context)
@@ -83,7 +91,9 @@ async def forecast_body(request: Request) -> ForecastBody:
         raise validation_error(exc) from None
 
 
-def check_rows(rows: list[list[float]] | np.ndarray, info, field: str, min_rows: int, max_rows: int) -> np.ndarray:
+def check_rows(
+    rows: list[list[float]] | np.ndarray, info: ModelInfo, field: str, min_rows: int, max_rows: int
+) -> np.ndarray:
     """``rows`` (T lists of F raw values, or a ``[T, F]`` array) -> float32 ``[T, F]``, or an
     :class:`InputError` naming what to change."""
     f = len(info.feature_names)
@@ -124,7 +134,7 @@ def parse_timestamps(values: list[str], field: str) -> np.ndarray:
         raise InputError(f"{field}{text}" if text.startswith("[") else f"{field} {text}", field) from None
 
 
-def future_timestamps(history: np.ndarray, info, field: str, freq: str | None) -> list[str]:
+def future_timestamps(history: np.ndarray, info: ModelInfo, field: str, freq: str | None) -> list[str]:
     """The forecast's timestamps after ``history`` (the rows the model reads), as the batch job
     computes them; a 400 when they cannot be told (irregular spacing and no ``freq``)."""
     if info.lookback:
@@ -135,7 +145,7 @@ def future_timestamps(history: np.ndarray, info, field: str, freq: str | None) -
         raise InputError(f"{field}: {exc}", field) from None
 
 
-def _stamps_for(ts_list, rows: np.ndarray, info, field: str, freq: str | None) -> list[str]:
+def _stamps_for(ts_list: list[str], rows: np.ndarray, info: ModelInfo, field: str, freq: str | None) -> list[str]:
     if len(ts_list) != len(rows):
         raise InputError(f"{field} has {len(ts_list)} timestamps for {len(rows)} rows", field)
     return future_timestamps(parse_timestamps(ts_list, field), info, field, freq)
@@ -144,7 +154,7 @@ def _stamps_for(ts_list, rows: np.ndarray, info, field: str, freq: str | None) -
 # --------------------------------------------------------------------------------- /forecast
 
 
-async def forecast(serving, request: Request) -> Response:
+async def forecast(serving: Serving, request: Request) -> Response:
     cfg = serving.config
     body = await forecast_body(request)
     model = serving.models.get(body.model, "forecaster")
@@ -152,7 +162,7 @@ async def forecast(serving, request: Request) -> Response:
     if (body.context is None) == (body.contexts is None):
         raise InputError("give exactly one of `context` (T rows of F values) or `contexts` (a list of them)")
     single = body.context is not None
-    raw = [body.context] if single else body.contexts
+    raw = [body.context] if body.context is not None else body.contexts
     if not raw:
         raise InputError("contexts is empty", "contexts")
     if len(raw) > cfg.forecast_max_windows:
@@ -170,11 +180,14 @@ async def forecast(serving, request: Request) -> Response:
             raise InputError("timestamps must be a list of strings, one per context row", "timestamps")
         if not single and (len(ts) != len(windows) or any(not isinstance(t, list) for t in ts)):
             raise InputError("timestamps must hold one list per window in contexts", "timestamps")
+        per_window = cast("list[list[str]]", ts)  # checked above: one list of strings per window
         stamps = [
             _stamps_for(t, w, info, "timestamps" if single else f"timestamps[{i}]", body.freq)
-            for i, (t, w) in enumerate(zip(ts, windows))
+            for i, (t, w) in enumerate(zip(per_window, windows))
         ]
-    bands = await model.batcher.forecast_bands(windows)  # [horizon, F_out] float32 each, serialised by orjson as is
+    batcher = model.batcher
+    assert batcher is not None, "every forecaster has its batcher"
+    bands = await batcher.forecast_bands(windows)  # [horizon, F_out] float32 each, serialised by orjson as is
     y = [f for f, _ in bands]
     resp = {"model": model.name, "version": model.version, "targets": list(info.target_names), "horizon": info.horizon}
     if single:
@@ -186,12 +199,13 @@ async def forecast(serving, request: Request) -> Response:
         if stamps:
             resp["timestamps"] = stamps
     if info.quantiles:  # prediction intervals: {"0.1": [horizon x F_out], ...} beside each forecast
-        per = [quantiles_view(info.quantiles, q) for _, q in bands]
+        # a model with quantiles gives them for every window
+        per = [quantiles_view(info.quantiles, cast(np.ndarray, q)) for _, q in bands]
         resp["quantiles"] = per[0] if single else per
     return JSONResponse(resp)
 
 
-def quantiles_view(levels, q: np.ndarray) -> dict:
+def quantiles_view(levels: Sequence[float], q: np.ndarray) -> dict[str, np.ndarray]:
     """``q [horizon, F_out, levels]`` -> ``{"0.1": [horizon x F_out], ...}`` (keys: the levels)."""
     return {f"{level:g}": np.ascontiguousarray(q[..., k]) for k, level in enumerate(levels)}
 
@@ -199,9 +213,9 @@ def quantiles_view(levels, q: np.ndarray) -> dict:
 # --------------------------------------------------------------------------------- sessions
 
 
-def session_view(serving, sess, forecast) -> dict:
+def session_view(serving: Serving, sess: ForecastSession, forecast: np.ndarray | None) -> dict[str, Any]:
     info = sess.model.runtime.info
-    d = {
+    d: dict[str, Any] = {
         "session_id": sess.id,
         "model": sess.model.name,
         "version": sess.model.version,
@@ -223,7 +237,13 @@ def session_view(serving, sess, forecast) -> dict:
     return d
 
 
-async def _observe(serving, sess, rows_raw, ts_raw, field: str):
+async def _observe(
+    serving: Serving,
+    sess: ForecastSession,
+    rows_raw: list[list[float]],
+    ts_raw: list[str] | None,
+    field: str,
+) -> np.ndarray | None:
     info = sess.model.runtime.info
     rows = check_rows(rows_raw, info, field, 1, serving.config.max_context_rows)
     if ts_raw is not None:
@@ -242,7 +262,7 @@ async def _observe(serving, sess, rows_raw, ts_raw, field: str):
     return y
 
 
-async def open_session(serving, request: Request) -> Response:
+async def open_session(serving: Serving, request: Request) -> Response:
     body = await parse_body(request, OpenSessionBody)
     model = serving.models.get(body.model, "forecaster")
     if body.freq is not None:
@@ -263,7 +283,7 @@ async def open_session(serving, request: Request) -> Response:
     return JSONResponse(session_view(serving, sess, y), status_code=201)
 
 
-async def update_session(serving, request: Request) -> Response:
+async def update_session(serving: Serving, request: Request) -> Response:
     sid = request.path_params["session_id"]
     body = await parse_body(request, ObserveBody)
     async with serving.sessions.updating(sid) as sess:  # exclusive, in whichever store holds it
@@ -271,11 +291,11 @@ async def update_session(serving, request: Request) -> Response:
     return JSONResponse(session_view(serving, sess, y))
 
 
-async def get_session(serving, request: Request) -> Response:
+async def get_session(serving: Serving, request: Request) -> Response:
     sess = await serving.sessions.read(request.path_params["session_id"])
     return JSONResponse(session_view(serving, sess, sess.last_forecast))
 
 
-async def close_session(serving, request: Request) -> Response:
+async def close_session(serving: Serving, request: Request) -> Response:
     sess = await serving.sessions.close(request.path_params["session_id"])
     return JSONResponse({"session_id": sess.id, "closed": True, "observations": sess.observations})

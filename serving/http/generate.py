@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,6 +22,11 @@ from rnnops.serving.generate.stream import GenerationRequest, Stream
 from rnnops.serving.http.errors import ApiError, ClientGone, JSONResponse, error_response, parse_body
 from rnnops.serving.http.schemas import GenerateBody
 from rnnops.serving.http.streaming import Generation, SSEResponse, StreamWatch, wake_watchers, watch  # noqa: F401
+
+if TYPE_CHECKING:
+    from rnnops.serving.config import ServeConfig
+    from rnnops.serving.http.app import Serving
+    from rnnops.serving.models import LoadedModel
 
 log = logging.getLogger("rnnops.serving")
 
@@ -31,7 +38,7 @@ def _show(chars: list[str]) -> str:
     return ", ".join(f"{c!r} (U+{ord(c):04X})" for c in chars[:20]) + (" ..." if len(chars) > 20 else "")
 
 
-def generation_request(body: GenerateBody, model, cfg) -> GenerationRequest:
+def generation_request(body: GenerateBody, model: LoadedModel, cfg: ServeConfig) -> GenerationRequest:
     """Check a body against the server's limits and the model's vocabulary."""
     if len(body.prompt) > cfg.max_prompt_chars:
         raise ApiError(
@@ -64,7 +71,7 @@ def generation_request(body: GenerateBody, model, cfg) -> GenerationRequest:
     )
 
 
-async def start(serving, request: Request):
+async def start(serving: Serving, request: Request) -> Generation:
     """Parse, submit, and wait until the stream has a slot (429/503 before any byte is sent)."""
     body = await parse_body(request, GenerateBody)
     return await Generation.start(
@@ -74,22 +81,22 @@ async def start(serving, request: Request):
     )
 
 
-def final_stats(stream: Stream, model) -> dict:
+def final_stats(stream: Stream, model: LoadedModel) -> dict[str, Any]:
     return {**stream.stats(), "model": model.name, "version": model.version}
 
 
-def sse(event: str, data: dict) -> str:
+def sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def generate(serving, request: Request) -> Response:
+async def generate(serving: Serving, request: Request) -> Response:
     try:
         g = await start(serving, request)
     except ClientGone:
         return Response(status_code=499)
     cfg, model, stream = serving.config, g.model, g.streams[0]
 
-    async def events():
+    async def events() -> AsyncGenerator[str, None]:
         try:
             async for deltas in g.deltas(cfg.coalesce_ms / 1000.0, cfg.sse_events_per_s):
                 (d,) = deltas
@@ -112,7 +119,7 @@ async def generate(serving, request: Request) -> Response:
     return SSEResponse(events(), g, cfg.stall_s, headers=headers)
 
 
-async def complete(serving, request: Request) -> Response:
+async def complete(serving: Serving, request: Request) -> Response:
     try:
         g = await start(serving, request)
     except ClientGone:
@@ -124,6 +131,7 @@ async def complete(serving, request: Request) -> Response:
         g.cancel()
     stream = g.streams[0]
     info = final_stats(stream, g.model)
+    assert stream.finish_reason is not None, "finished() waited for its end"
     if stream.finish_reason not in ("length", "stop"):
         status = 503 if stream.finish_reason == "shutdown" else 500
         return error_response(status, stream.finish_reason, stream.error or stream.finish_reason, **info)

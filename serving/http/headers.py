@@ -15,6 +15,8 @@ BentoML's own routes as well as ours; docs/security.md).
 
 from __future__ import annotations
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 CSP = "default-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 NO_CSP_PATHS = frozenset({"/docs"})  # Swagger UI: its page bootstraps with an inline script
 NO_CSP_PREFIXES = ("/static_content/",)
@@ -34,10 +36,10 @@ def headers_for(path: str, authenticated: bool) -> list[tuple[bytes, bytes]]:
 class SecurityHeadersMiddleware:
     """Adds :func:`headers_for` to every HTTP response start, replacing any same-named header."""
 
-    def __init__(self, app):
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -45,7 +47,7 @@ class SecurityHeadersMiddleware:
         extra = headers_for(scope.get("path", ""), authenticated)
         names = {name for name, _ in extra}
 
-        async def send_with_headers(message):
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 kept = [(n, v) for n, v in message.get("headers", ()) if n.lower() not in names]
                 message = {**message, "headers": kept + extra}

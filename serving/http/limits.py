@@ -15,6 +15,7 @@ covers every route, BentoML's own included.
 from __future__ import annotations
 
 import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 def _too_large(limit: int, got: int | None) -> bytes:
@@ -27,7 +28,7 @@ def _too_large(limit: int, got: int | None) -> bytes:
     )
 
 
-async def _reply_413(send, body: bytes) -> None:
+async def _reply_413(send: Send, body: bytes) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -43,11 +44,11 @@ async def _reply_413(send, body: bytes) -> None:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = int(max_bytes)
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self.max_bytes <= 0:
             await self.app(scope, receive, send)
             return
@@ -68,7 +69,7 @@ class BodyLimitMiddleware:
 
         limit, seen, refused = self.max_bytes, 0, False
 
-        async def counted_receive():
+        async def counted_receive() -> Message:
             nonlocal seen, refused
             message = await receive()
             if message["type"] == "http.request" and not refused:
@@ -79,7 +80,7 @@ class BodyLimitMiddleware:
                     return {"type": "http.disconnect"}
             return message
 
-        async def guarded_send(message):
+        async def guarded_send(message: Message) -> None:
             if not refused:
                 await send(message)
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import orjson
@@ -41,6 +41,12 @@ from starlette.responses import Response
 from rnnops import __version__, contract
 from rnnops.serving.errors import UnknownModel, UnknownSession
 from rnnops.serving.http.errors import ApiError, JSONResponse, validation_error
+
+if TYPE_CHECKING:
+    from rnnops.serving.forecast.batcher import Bands
+    from rnnops.serving.http.app import Serving
+    from rnnops.serving.models import LoadedModel
+    from rnnops.serving.runtime import ModelInfo
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DTYPES = {
@@ -137,7 +143,7 @@ class OIPError(BaseModel):
 # --------------------------------------------------------------------------------- models
 
 
-def _model(serving, request: Request):
+def _model(serving: Serving, request: Request) -> LoadedModel:
     name = request.path_params["name"]
     m = serving.models.current.get(name)
     if m is None:  # 503 while a configured model loads, else UnknownModel (404)
@@ -148,12 +154,12 @@ def _model(serving, request: Request):
     return m
 
 
-def _state_meta(t: contract.StateTensor, end: str) -> dict:
+def _state_meta(t: contract.StateTensor, end: str) -> dict[str, Any]:
     shape = [-1 if d == contract.BATCH_DIM else int(d) for d in t.shape]
     return {"name": t.input if end == "input" else t.output, "datatype": OIP_TYPE[t.dtype], "shape": shape}
 
 
-def model_metadata(m) -> dict:
+def model_metadata(m: LoadedModel) -> dict[str, Any]:
     """The OIP model metadata of a loaded version (made once per version: every infer checks its
     inputs against it)."""
     if m.oip_metadata is None:
@@ -161,7 +167,7 @@ def model_metadata(m) -> dict:
     return m.oip_metadata
 
 
-def _model_metadata(m) -> dict:
+def _model_metadata(m: LoadedModel) -> dict[str, Any]:
     i = m.runtime.info
     if i.kind == "char":
         inputs = [
@@ -194,24 +200,24 @@ def _model_metadata(m) -> dict:
     }
 
 
-async def server_metadata(serving, request: Request) -> Response:
+async def server_metadata(serving: Serving, request: Request) -> Response:
     return JSONResponse({"name": "rnnops", "version": __version__, "extensions": ["binary_tensor_data", "sequence"]})
 
 
-async def live(serving, request: Request) -> Response:
+async def live(serving: Serving, request: Request) -> Response:
     return JSONResponse({"live": True})
 
 
-async def ready(serving, request: Request) -> Response:
+async def ready(serving: Serving, request: Request) -> Response:
     ok = bool(serving.models.ready)
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503, headers=None if ok else {"Retry-After": "5"})
 
 
-async def metadata(serving, request: Request) -> Response:
+async def metadata(serving: Serving, request: Request) -> Response:
     return JSONResponse(model_metadata(_model(serving, request)))
 
 
-async def model_ready(serving, request: Request) -> Response:
+async def model_ready(serving: Serving, request: Request) -> Response:
     m = _model(serving, request)
     return JSONResponse({"name": m.name, "ready": True})
 
@@ -288,7 +294,7 @@ def _tensors(body: InferRequest, blob: bytes, max_elements: int) -> dict[str, np
     return out
 
 
-def _check_inputs(m, tensors: dict[str, np.ndarray], sequence: bool = False) -> None:
+def _check_inputs(m: LoadedModel, tensors: dict[str, np.ndarray], sequence: bool = False) -> None:
     spec = {t["name"]: t for t in model_metadata(m)["inputs"]}
     if sequence and m.kind == "forecaster":  # a sequence takes any number of new rows at a time
         spec[contract.INPUT] = {**spec[contract.INPUT], "shape": [-1, -1, spec[contract.INPUT]["shape"][2]]}
@@ -317,7 +323,9 @@ def _check_inputs(m, tensors: dict[str, np.ndarray], sequence: bool = False) -> 
         raise _bad(f"input {contract.INPUT!r} has NaN or infinite values", "data")
 
 
-def _answer(m, body: InferRequest, results: dict[str, np.ndarray], params: dict | None = None) -> Response:
+def _answer(
+    m: LoadedModel, body: InferRequest, results: dict[str, np.ndarray], params: dict[str, Any] | None = None
+) -> Response:
     req_params = body.parameters or {}
     default_binary = bool(req_params.get("binary_data_output", False))
     if not results:  # a windowed sequence still filling its window: nothing to give yet
@@ -335,7 +343,7 @@ def _answer(m, body: InferRequest, results: dict[str, np.ndarray], params: dict 
     outputs, blobs = [], []
     for name, binary in wanted:
         a = np.ascontiguousarray(results[name])
-        t = {"name": name, "datatype": OIP_TYPE[a.dtype.name], "shape": list(a.shape)}
+        t: dict[str, Any] = {"name": name, "datatype": OIP_TYPE[a.dtype.name], "shape": list(a.shape)}
         if binary:
             data = a.tobytes()
             t["parameters"] = {"binary_data_size": len(data)}
@@ -343,7 +351,7 @@ def _answer(m, body: InferRequest, results: dict[str, np.ndarray], params: dict 
         else:
             t["data"] = a.ravel()
         outputs.append(t)
-    resp = {"model_name": m.name, "model_version": m.version, "outputs": outputs}
+    resp: dict[str, Any] = {"model_name": m.name, "model_version": m.version, "outputs": outputs}
     if body.id is not None:
         resp["id"] = body.id
     if params:
@@ -359,7 +367,7 @@ def _answer(m, body: InferRequest, results: dict[str, np.ndarray], params: dict 
 # --------------------------------------------------------------------------------- infer
 
 
-async def infer(serving, request: Request) -> Response:
+async def infer(serving: Serving, request: Request) -> Response:
     m = _model(serving, request)
     body, blob = await _read(request)
     tensors = _tensors(body, blob, serving.config.oip_max_elements)
@@ -376,20 +384,23 @@ async def infer(serving, request: Request) -> Response:
                 "(RNNOPS_FORECAST_MAX_WINDOWS)",
                 "shape",
             )
-        bands = await m.batcher.forecast_bands(list(x))  # at least one window: _tensors refuses empty axes
+        batcher = m.batcher
+        assert batcher is not None, "every forecaster has its batcher"
+        bands = await batcher.forecast_bands(list(x))  # at least one window: _tensors refuses empty axes
         return _answer(m, body, _forecasts(m.runtime.info, bands))
     return await _char(m, body, tensors)
 
 
-def _forecasts(info, bands: list) -> dict[str, np.ndarray]:
+def _forecasts(info: ModelInfo, bands: list[Bands]) -> dict[str, np.ndarray]:
     """The outputs of forecasts (at least one) and their quantiles (a model with intervals), batched."""
     results = {contract.FORECAST_OUTPUT: np.stack([y for y, _ in bands])}
     if info.quantiles_output:
-        results[info.quantiles_output] = np.stack([q for _, q in bands])
+        # a model with quantiles gives them for every window
+        results[info.quantiles_output] = np.stack([cast(np.ndarray, q) for _, q in bands])
     return results
 
 
-async def _char(m, body: InferRequest, tensors: dict[str, np.ndarray]) -> Response:
+async def _char(m: LoadedModel, body: InferRequest, tensors: dict[str, np.ndarray]) -> Response:
     info = m.runtime.info
     given = [t.input in tensors for t in info.state]
     if any(given) and not all(given):
@@ -414,7 +425,9 @@ async def _char(m, body: InferRequest, tensors: dict[str, np.ndarray]) -> Respon
     return _answer(m, body, results)
 
 
-async def _sequence(serving, m, body: InferRequest, x: np.ndarray, params: dict) -> Response:
+async def _sequence(
+    serving: Serving, m: LoadedModel, body: InferRequest, x: np.ndarray, params: dict[str, Any]
+) -> Response:
     seq = params["sequence_id"]
     if not isinstance(seq, (int, str)) or isinstance(seq, bool):
         raise _bad(f"sequence_id must be an integer or a string, not {seq!r}", "parameters.sequence_id")

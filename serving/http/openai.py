@@ -20,7 +20,8 @@ import dataclasses
 import logging
 import secrets
 import time
-from typing import Annotated, Literal
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -34,6 +35,12 @@ from rnnops.serving.http import generate as G
 from rnnops.serving.http.errors import ApiError, ClientGone, JSONResponse, validation_error
 from rnnops.serving.http.schemas import GenerateBody
 from rnnops.serving.http.streaming import Generation, SSEResponse
+
+if TYPE_CHECKING:
+    from rnnops.serving.config import ServeConfig
+    from rnnops.serving.generate.stream import GenerationRequest, Logprob
+    from rnnops.serving.http.app import Handler, Serving
+    from rnnops.serving.models import LoadedModel
 
 log = logging.getLogger("rnnops.serving")
 
@@ -156,7 +163,7 @@ def error(
     kind: str = "invalid_request_error",
     param: str | None = None,
     code: str | None = None,
-    headers: dict | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(
         {"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status, headers=headers
@@ -178,10 +185,10 @@ def to_openai(request: Request, exc: Exception) -> Response:
     return error(500, f"internal error: {type(exc).__name__}: {exc}", "server_error", code="internal")
 
 
-def openai_errors(handler):
+def openai_errors(handler: Handler) -> Handler:
     """Answer every failure of ``handler`` in OpenAI's error shape."""
 
-    async def wrapped(serving, request: Request) -> Response:
+    async def wrapped(serving: Serving, request: Request) -> Response:
         try:
             return await handler(serving, request)
         except ClientGone:
@@ -196,11 +203,11 @@ def openai_errors(handler):
 # --------------------------------------------------------------------------------- models
 
 
-def char_models(serving) -> list:
+def char_models(serving: Serving) -> list[LoadedModel]:
     return [m for m in serving.models.current.values() if m.kind == "char"]
 
 
-def resolve(serving, spec: str):
+def resolve(serving: Serving, spec: str) -> LoadedModel:
     """``name``, ``name@alias`` or ``name@version`` (also ``name/version``: the one grammar of
     :mod:`rnnops.refs`) -> the loaded model; a 404 listing the loaded char models when it is not
     one of them."""
@@ -233,7 +240,7 @@ def resolve(serving, spec: str):
 
 
 @openai_errors
-async def list_models(serving, request: Request) -> Response:
+async def list_models(serving: Serving, request: Request) -> Response:
     data = [
         {
             "id": m.name,
@@ -275,7 +282,7 @@ def _unsupported(body: CompletionBody) -> None:
         )
 
 
-def _requests(body: CompletionBody, model, cfg) -> list:
+def _requests(body: CompletionBody, model: LoadedModel, cfg: ServeConfig) -> list[GenerationRequest]:
     """The generation requests, in choice order (prompt-major): choice j of a prompt uses seed + j."""
     prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
     if len(prompts) > cfg.openai_max_prompts:
@@ -319,7 +326,7 @@ def _requests(body: CompletionBody, model, cfg) -> list:
     return reqs
 
 
-def _logprobs(got: list, text: str, offset: int) -> dict:
+def _logprobs(got: list[Logprob], text: str, offset: int) -> dict[str, Any]:
     """OpenAI's logprobs object for ``text`` (its characters' entries in ``got``, from ``offset``)."""
     return {
         "tokens": list(text),
@@ -329,14 +336,14 @@ def _logprobs(got: list, text: str, offset: int) -> dict:
     }
 
 
-def _usage(prompts: list[str], n: int, g: Generation) -> dict:
+def _usage(prompts: list[str], n: int, g: Generation) -> dict[str, int]:
     p = sum(len(t) for t in prompts[::n])
     gen = sum(len(s.text) for s in g.streams)
     return {"prompt_tokens": p, "completion_tokens": gen, "total_tokens": p + gen}
 
 
 @openai_errors
-async def completions(serving, request: Request) -> Response:
+async def completions(serving: Serving, request: Request) -> Response:
     try:
         body = CompletionBody.model_validate_json((await request.body()) or b"{}")
     except ValidationError as exc:
@@ -365,6 +372,7 @@ async def completions(serving, request: Request) -> Response:
         g.cancel()
     bad = g.failed()
     if bad is not None:
+        assert bad.finish_reason is not None, "a failed stream has ended"
         status = 503 if bad.finish_reason == "shutdown" else 500
         return error(status, bad.error or bad.finish_reason, "server_error", code=bad.finish_reason)
     choices = []
@@ -377,11 +385,13 @@ async def completions(serving, request: Request) -> Response:
     return JSONResponse({**head, "seed": seed, "choices": choices, "usage": _usage(prompts, n, g)}, headers=headers)
 
 
-def _data(obj) -> bytes:
+def _data(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-async def _events(serving, body: CompletionBody, g: Generation, head: dict, prompts: list[str], n: int):
+async def _events(
+    serving: Serving, body: CompletionBody, g: Generation, head: dict[str, Any], prompts: list[str], n: int
+) -> AsyncGenerator[bytes, None]:
     cfg = serving.config
     try:
         if body.echo:

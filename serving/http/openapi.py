@@ -21,8 +21,11 @@ from __future__ import annotations
 import copy
 import importlib.util
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
@@ -33,8 +36,13 @@ from rnnops.serving.http import oip, openai, playground
 from rnnops.serving.http.errors import JSONResponse
 from rnnops.serving.http.schemas import ForecastBody, GenerateBody, ObserveBody, OpenSessionBody
 
+if TYPE_CHECKING:
+    from rnnops.serving.http.app import Serving
+
+Json = dict[str, Any]  # a piece of the OpenAPI document
+
 REF = "#/components/schemas/{model}"
-MODELS = [
+MODELS: list[type[BaseModel]] = [
     GenerateBody,
     ForecastBody,
     OpenSessionBody,
@@ -63,19 +71,19 @@ MODELS = [
 ]
 
 
-def _ref(model) -> dict:
+def _ref(model: type[BaseModel]) -> Json:
     return {"$ref": REF.format(model=model.__name__)}
 
 
-def _json(schema) -> dict:
+def _json(schema: Json | type[BaseModel]) -> Json:
     return {"application/json": {"schema": schema if isinstance(schema, dict) else _ref(schema)}}
 
 
-def _sse(events: list[tuple[str | None, dict]]) -> dict:
+def _sse(events: list[tuple[str | None, Json | None]]) -> Json:
     """A ``text/event-stream`` answer: each event's ``data`` is JSON (or the literal ``[DONE]``)."""
     alts = []
     for name, data in events:
-        ev = {
+        ev: Json = {
             "type": "object",
             "required": ["data"],
             "properties": {
@@ -95,7 +103,7 @@ RETRY = {
 }
 
 
-def _errors(error_model, codes: tuple[int, ...], auth: bool) -> dict:
+def _errors(error_model: type[BaseModel], codes: tuple[int, ...], auth: bool) -> Json:
     text = {
         400: "Bad input (each bad field named).",
         401: "Missing or unknown API key.",
@@ -105,7 +113,7 @@ def _errors(error_model, codes: tuple[int, ...], auth: bool) -> dict:
     }
     out = {}
     for c in (*codes, *((401,) if auth else ())):
-        r = {"description": text[c], "content": _json(error_model)}
+        r: Json = {"description": text[c], "content": _json(error_model)}
         if c == 429:
             r["headers"] = {"Retry-After": {**RETRY["Retry-After"], "required": True}}
         elif c == 503:
@@ -118,15 +126,15 @@ def _errors(error_model, codes: tuple[int, ...], auth: bool) -> dict:
 
 def _op(
     summary: str,
-    ok: dict,
-    errors: dict,
-    body=None,
-    params=None,
+    ok: Json,
+    errors: Json,
+    body: type[BaseModel] | None = None,
+    params: list[Json] | None = None,
     open_route: bool = False,
     tag: str = "rnnops",
-    body_types: dict | None = None,
-) -> dict:
-    op = {"summary": summary, "tags": [tag], "responses": {**ok, **errors}}
+    body_types: Json | None = None,
+) -> Json:
+    op: Json = {"summary": summary, "tags": [tag], "responses": {**ok, **errors}}
     if body is not None:
         op["requestBody"] = {"required": True, "content": body_types or _json(body)}
     if params:
@@ -136,8 +144,8 @@ def _op(
     return op
 
 
-def _path_param(name: str, enum: list[str] | None = None) -> dict:
-    schema = {"type": "string", "minLength": 1}
+def _path_param(name: str, enum: list[str] | None = None) -> Json:
+    schema: Json = {"type": "string", "minLength": 1}
     if enum:
         schema["enum"] = enum
     return {"name": name, "in": "path", "required": True, "schema": schema}
@@ -146,7 +154,7 @@ def _path_param(name: str, enum: list[str] | None = None) -> dict:
 # --------------------------------------------------------------------------------- limits
 
 
-def _strings(schema: dict):
+def _strings(schema: Json) -> Iterator[Json]:
     """The string sub-schemas of a property (itself, its anyOf branches, their array items)."""
     for s in schema.get("anyOf", [schema]):
         if s.get("type") == "string":
@@ -155,17 +163,17 @@ def _strings(schema: dict):
             yield s["items"]
 
 
-def _class(chars) -> str:
+def _class(chars: set[str]) -> str:
     return "^[" + "".join("\\" + c if c in "\\]^-[" else c for c in sorted(chars)) + "]+$"
 
 
-def _set_model(schema: dict, names: list[str]) -> None:
+def _set_model(schema: Json, names: list[str]) -> None:
     for s in _strings(schema):
         if names:
             s["enum"] = names
 
 
-def _rows(schema: dict, max_rows: int, min_rows: int, width: int | None, depth: int) -> None:
+def _rows(schema: Json, max_rows: int, min_rows: int, width: int | None, depth: int) -> None:
     """Bound the rows of a window property (``depth`` 1: a window, 2: a list of windows)."""
     for s in schema.get("anyOf", [schema]):
         if s.get("type") != "array":
@@ -176,7 +184,7 @@ def _rows(schema: dict, max_rows: int, min_rows: int, width: int | None, depth: 
             window.get("items", {}).update(minItems=width, maxItems=width)
 
 
-def _limited(components: dict, serving) -> None:
+def _limited(components: Json, serving: Serving) -> None:
     cfg = serving.config
     current = list(getattr(serving.models, "current", {}).values())
     chars = [m for m in current if m.kind == "char"]
@@ -227,7 +235,7 @@ def _limited(components: dict, serving) -> None:
 # --------------------------------------------------------------------------------- the document
 
 
-def document(serving) -> dict:
+def document(serving: Serving) -> Json:
     _, defs = models_json_schema(
         [
             (
@@ -248,7 +256,7 @@ def document(serving) -> dict:
     std = (400, 404, 429, 503)
     E, O, K = A.ErrorBody, openai.OpenAIError, oip.OIPError
 
-    def ok(model, code="200", text="OK", headers=None):
+    def ok(model: Json | type[BaseModel], code: str = "200", text: str = "OK", headers: Json | None = None) -> Json:
         return {code: {"description": text, "content": _json(model), **({"headers": headers} if headers else {})}}
 
     model_headers = {"X-Model": {"schema": {"type": "string"}}, "X-Model-Version": {"schema": {"type": "string"}}}
@@ -427,7 +435,7 @@ def document(serving) -> dict:
         },
     }
     paths.update(playground.openapi_paths(serving, _op, _errors, _path_param, E, auth))
-    doc = {
+    doc: Json = {
         "openapi": "3.1.0",
         "info": {
             "title": "rnnops",
@@ -446,10 +454,10 @@ def document(serving) -> dict:
     return doc
 
 
-_cache: dict = {}
+_cache: Json = {}  # the document, and the loaded versions it was made for ("key")
 
 
-async def docs_json(serving, request: Request) -> Response:
+async def docs_json(serving: Serving, request: Request) -> Response:
     current = getattr(serving.models, "current", {})
     key = tuple((n, m.version) for n, m in current.items())
     if _cache.get("key") != key:
@@ -478,14 +486,14 @@ PAGE = """<!DOCTYPE html>
 """
 
 
-async def docs_page(serving, request: Request) -> Response:
+async def docs_page(serving: Serving, request: Request) -> Response:
     return HTMLResponse(PAGE)
 
 
 _ASSET = re.compile(r"^[A-Za-z0-9_.-]+\.(js|css|png)$")
 
 
-async def asset(serving, request: Request) -> Response:
+async def asset(serving: Serving, request: Request) -> Response:
     name = request.path_params["file"]
     d = assets_dir()
     if d is None or not _ASSET.match(name) or not (d / name).is_file():

@@ -23,15 +23,23 @@ from __future__ import annotations
 import json
 import mimetypes
 import os
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
+from importlib.resources.abc import Traversable
+from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from rnnops import __version__, contract
 from rnnops.serving.errors import UnknownModel
 from rnnops.serving.http.errors import ApiError, JSONResponse
+
+if TYPE_CHECKING:
+    from rnnops.serving.http.app import Serving
+    from rnnops.serving.models import LoadedModel
 
 PACKAGE = "rnnops.serving.http"
 STATIC = ("static", "playground")
@@ -50,7 +58,7 @@ def _files() -> dict[str, bytes]:
     """Every static file of the page by its path under ``static/playground/`` (read once)."""
     out: dict[str, bytes] = {}
 
-    def walk(node, prefix: str) -> None:
+    def walk(node: Traversable, prefix: str) -> None:
         for child in node.iterdir():
             name = f"{prefix}{child.name}"
             if child.is_dir():
@@ -73,15 +81,15 @@ def _file(name: str, cache: str) -> Response:
     return Response(data, media_type=media, headers={"Cache-Control": cache})  # nosniff + CSP: http/headers.py
 
 
-async def root(serving, request: Request) -> Response:
+async def root(serving: Serving, request: Request) -> Response:
     return RedirectResponse("/playground", status_code=307)
 
 
-async def page(serving, request: Request) -> Response:
+async def page(serving: Serving, request: Request) -> Response:
     return _file("index.html", "no-cache")
 
 
-async def asset(serving, request: Request) -> Response:
+async def asset(serving: Serving, request: Request) -> Response:
     # no-cache: the browser revalidates, so a new release's files are picked up at once
     return _file(request.path_params["file"], "no-cache")
 
@@ -91,11 +99,11 @@ def mlflow_ui() -> str | None:
     return url.rstrip("/") if url.startswith(("http://", "https://")) else None
 
 
-async def config(serving, request: Request) -> Response:
+async def config(serving: Serving, request: Request) -> Response:
     return JSONResponse({"mlflow_ui": mlflow_ui(), "rnnops_version": __version__})
 
 
-def _model(serving, request: Request, kind: str):
+def _model(serving: Serving, request: Request, kind: str) -> LoadedModel:
     name = request.path_params["name"]
     m = serving.models.current.get(name)
     if m is None:
@@ -105,16 +113,16 @@ def _model(serving, request: Request, kind: str):
     return m
 
 
-async def vocab(serving, request: Request) -> Response:
+async def vocab(serving: Serving, request: Request) -> Response:
     m = _model(serving, request, "char")
     return JSONResponse({"model": m.name, "version": m.version, "vocab": list(m.runtime.vocab)})
 
 
-def model_sample(m) -> dict | None:
+def model_sample(m: LoadedModel) -> dict[str, Any] | None:
     """The validation window embedded in the model's ONNX file (decoded once per version)."""
-    cached = getattr(m, "_playground_sample", False)
+    cached: dict[str, Any] | None | bool = getattr(m, "_playground_sample", False)
     if cached is not False:
-        return cached
+        return cached  # type: ignore[return-value]  # a dict or None: what the branch below stored
     raw = None
     try:
         raw = dict(m.runtime.session.get_modelmeta().custom_metadata_map).get(contract.META_SAMPLE)
@@ -127,13 +135,13 @@ def model_sample(m) -> dict | None:
     if not isinstance(sample, dict):
         sample = None
     try:
-        m._playground_sample = sample
+        m._playground_sample = sample  # type: ignore[attr-defined]  # a per-version cache kept on the model
     except AttributeError:
         pass
     return sample
 
 
-async def sample(serving, request: Request) -> Response:
+async def sample(serving: Serving, request: Request) -> Response:
     m = _model(serving, request, "forecaster")
     s = model_sample(m)
     if s is None:
@@ -147,7 +155,7 @@ async def sample(serving, request: Request) -> Response:
     return JSONResponse({"model": m.name, "version": m.version, **s})
 
 
-async def vendor_asset(serving, request: Request) -> Response:
+async def vendor_asset(serving: Serving, request: Request) -> Response:
     return _file(f"vendor/uplot/{request.path_params['file']}", "no-cache")
 
 
@@ -163,7 +171,15 @@ ROUTES = [
 ]
 
 
-def openapi_paths(serving, op, errors, path_param, error_model, auth: bool) -> dict:
+# op, errors and path_param: openapi.py's builders of an operation, its error answers and a path parameter
+def openapi_paths(
+    serving: Serving,
+    op: Callable[..., dict[str, Any]],
+    errors: Callable[..., dict[str, Any]],
+    path_param: Callable[..., dict[str, Any]],
+    error_model: type[BaseModel],
+    auth: bool,
+) -> dict[str, Any]:
     """The playground's routes in ``/docs.json`` (built by :mod:`.openapi` with its helpers)."""
     current = getattr(serving.models, "current", {})
     chars = sorted(n for n, m in current.items() if m.kind == "char")
@@ -178,7 +194,10 @@ def openapi_paths(serving, op, errors, path_param, error_model, auth: bool) -> d
     names = sorted(_files())
     top = path_param("file", [n for n in names if "/" not in n])
     vendor = path_param("file", [n.rsplit("/", 1)[1] for n in names if n.startswith("vendor/uplot/")])
-    obj = lambda props, required: {"type": "object", "required": required, "properties": props}  # noqa: E731
+
+    def obj(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
+        return {"type": "object", "required": required, "properties": props}
+
     strings = {"type": "array", "items": {"type": "string"}}
     vocab_answer = obj(
         {
@@ -203,7 +222,10 @@ def openapi_paths(serving, op, errors, path_param, error_model, auth: bool) -> d
         },
         ["model", "version", "features", "targets", "context_rows", "rows"],
     )
-    ok = lambda schema: {"200": {"description": "OK", "content": {"application/json": {"schema": schema}}}}  # noqa: E731
+
+    def ok(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"200": {"description": "OK", "content": {"application/json": {"schema": schema}}}}
+
     t = "playground"
     return {
         "/": {

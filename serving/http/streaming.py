@@ -30,15 +30,20 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
+from starlette.types import Message, Send
 
 from rnnops.serving.errors import Overloaded
-from rnnops.serving.generate.client import Delta
+from rnnops.serving.generate.client import Delta, GenerationClient
 from rnnops.serving.generate.stream import GenerationRequest, Stream
 from rnnops.serving.http.errors import ClientGone
+
+if TYPE_CHECKING:
+    from rnnops.serving.models import LoadedModel
 
 log = logging.getLogger("rnnops.serving")
 
@@ -72,7 +77,9 @@ class StreamWatch:
 
     @property
     def stream(self) -> Stream:
-        return self._stream()
+        s = self._stream()
+        assert s is not None, "a stream outlives its watch"
+        return s
 
     def due(self, now: float) -> bool:
         s = self.stream
@@ -118,7 +125,7 @@ def watch(stream: Stream, event: asyncio.Event | None = None) -> StreamWatch:
 
 def wake_watchers(streams: list[Stream]) -> None:
     """The clients' ``on_step`` hook (runs on their thread): wake the consumers that are due."""
-    by_loop: dict = {}
+    by_loop: dict[asyncio.AbstractEventLoop, set[asyncio.Event]] = {}
     now = time.monotonic()
     for s in streams:
         w = s.watcher
@@ -134,7 +141,7 @@ def wake_watchers(streams: list[Stream]) -> None:
             pass
 
 
-def _set_all(events) -> None:
+def _set_all(events: set[asyncio.Event]) -> None:
     for e in events:
         e.set()
 
@@ -145,7 +152,7 @@ def _set_all(events) -> None:
 class Generation:
     """One request's streams on one model version (see the module docstring)."""
 
-    def __init__(self, request: Request, model, requests: list[GenerationRequest]):
+    def __init__(self, request: Request, model: LoadedModel, requests: list[GenerationRequest]) -> None:
         self.request = request
         self.model = model
         self.streams = [Stream(r) for r in requests]
@@ -158,8 +165,20 @@ class Generation:
     def id(self) -> int:
         return self.streams[0].id
 
+    @property
+    def client(self) -> GenerationClient:
+        """The version's generator (every char model has one)."""
+        client = self.model.scheduler
+        assert client is not None, "a char model without its generator"
+        return client
+
     @classmethod
-    async def start(cls, request: Request, lookup: Callable, build: Callable) -> Generation:
+    async def start(
+        cls,
+        request: Request,
+        lookup: Callable[[], LoadedModel],
+        build: Callable[[LoadedModel], list[GenerationRequest]],
+    ) -> Generation:
         """``lookup()`` -> the model version now served; ``build(model)`` -> its generation
         requests (validated against its vocabulary). Returns once every stream has a slot;
         raises :class:`Overloaded` (429/503) or :class:`ClientGone` before any byte is sent."""
@@ -190,7 +209,7 @@ class Generation:
             self.extra = len(self.streams) - 1
 
     def _submit(self) -> None:
-        client = self.model.scheduler
+        client = self.client
         for s in self.streams:
             client.submit(s.request, s)  # Overloaded -> 429/503
 
@@ -203,17 +222,15 @@ class Generation:
             if waiting() and await self.request.is_disconnected():
                 raise ClientGone
         bad = next((s for s in self.streams if s.finish_reason in ("queue_timeout", "shutdown")), None)
-        if bad is not None:
-            raise Overloaded(
-                bad.finish_reason, bad.error or bad.finish_reason, self.model.scheduler.retry_after(), status=503
-            )
+        if bad is not None and bad.finish_reason is not None:
+            raise Overloaded(bad.finish_reason, bad.error or bad.finish_reason, self.client.retry_after(), status=503)
 
     async def deltas(self, coalesce_s: float, events_per_s: float) -> AsyncIterator[list[Delta]]:
         """The streams' output as it comes, coalesced; each stream's last delta has its finish
         reason (a failed one stops the iteration after it: the answer ends with its error)."""
         sent = [0] * len(self.streams)
         open_ = list(range(len(self.streams)))
-        client = self.model.scheduler
+        client = self.client
         rate = max(1.0, events_per_s)
         while open_:
             out, still = [], []
@@ -282,17 +299,24 @@ class SSEResponse(StreamingResponse):
     ``id`` (a :class:`Generation` or one :class:`Stream`).
     """
 
-    def __init__(self, content, generation, stall_s: float, headers: dict | None = None):
+    def __init__(
+        self,
+        content: AsyncGenerator[str | bytes, None],
+        generation: Generation | Stream,
+        stall_s: float,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(
             content,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
         )
+        self.events = content  # the body_iterator, typed: closed at once on a stall
         self.generation = generation
         self.stall_s = stall_s
 
-    async def stream_response(self, send) -> None:
-        async def bounded_send(message) -> None:
+    async def stream_response(self, send: Send) -> None:
+        async def bounded_send(message: Message) -> None:
             try:
                 async with asyncio.timeout(self.stall_s):
                     await send(message)
@@ -304,7 +328,7 @@ class SSEResponse(StreamingResponse):
         except ClientStalled:
             self.generation.cancel()
             with contextlib.suppress(Exception):
-                await self.body_iterator.aclose()  # its `finally` runs now, not at garbage collection
+                await self.events.aclose()  # its `finally` runs now, not at garbage collection
             log.warning(
                 "stream %s: the client read nothing for %gs (RNNOPS_STALL_S); cancelled",
                 self.generation.id,
