@@ -24,6 +24,10 @@ the same code. Rearranging the batch (a stream joins or leaves) goes through the
 a few hundred KB at a step boundary, not per step.
 
 No torch here (serving images don't have it): only onnxruntime and numpy.
+
+Over 400 lines on purpose: the one model call (``Runtime.run``) and what it must get right
+once (IOBinding, the lone-row pairing, chunking, the state layout it reads) are one idea;
+splitting them would put the state layout away from its only reader.
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ history is cached by the history's bytes (series of one file or one client usual
 timestamps).
 
 No torch; pandas is imported only on the calendar and error paths.
+
+Over 400 lines on purpose: one time system (frequencies, the regular-history check, future
+timestamps for fixed steps in numpy and for each calendar offset family as pandas'
+``date_range`` would continue it) is one job, used by /forecast, sessions and batch jobs.
 """
 
 from __future__ import annotations

@@ -45,6 +45,10 @@ Admission (the queue bound, ``Retry-After``) is the shared
 ``concat``, ``vocab``), so tests drive it with a fake. After each step the scheduler hands the
 streams it touched to ``on_step`` (the engine forwards them to the HTTP process, which wakes its
 consumers, see :mod:`rnnops.serving.http.streaming`); it never sees an event loop.
+
+Over 400 lines on purpose: a step's three parts (decide, hand the calls to the executor,
+update from the output) are one loop a reader follows top to bottom; the lanes' data
+(lanes.py), the execution (executor.py) and admission (client.py) already live apart.
 """
 
 from __future__ import annotations

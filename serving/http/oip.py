@@ -23,6 +23,10 @@ and load generators can use a served model as it is.
   :mod:`rnnops.serving.forecast.stepper`). ``sequence_end`` frees it; an unknown or expired
   sequence without ``sequence_start`` is a 400 saying so. Until a windowed sequence has ``lookback``
   rows its answer has no outputs and the parameter ``needs``. Tensors: ``RNNOPS_OIP_MAX_ELEMENTS``.
+
+Over 400 lines on purpose: the Open Inference Protocol's model metadata, JSON and binary
+tensors (each length checked before anything is allocated from it) and sequences are one
+protocol; the session path underneath is ``forecast/stepper.py``.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ into their own exception classes.
 Parameters this server does not implement (``best_of`` other than ``n``, ``suffix``,
 ``logit_bias``, frequency/presence penalties, ``logprobs`` together with ``echo``) get a 400
 naming the parameter: a client must never believe something was honoured that was not.
+
+Over 400 lines on purpose: this is the completions protocol itself (its request fields,
+the refusals of what rnnops does not do, the stream and whole answer shapes); the streaming
+underneath is ``http/streaming.py``.
 """
 
 from __future__ import annotations
