@@ -34,7 +34,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from rnnops import refs
 from rnnops.contract import check_metadata
@@ -178,6 +178,9 @@ class LoadedModel:
     # the Open Inference Protocol's metadata of this version, made on first use by http/oip.py
     # (every infer checks its inputs against it) and released with the version
     oip_metadata: dict[str, Any] | None = field(default=None, repr=False)
+    # the validation window embedded in a forecaster's file, for the playground: decoded on first
+    # use by http/playground.py ("unread" until then; None when the file has none or a bad one)
+    playground_sample: dict[str, Any] | None | Literal["unread"] = field(default="unread", repr=False)
 
     @property
     def name(self) -> str:

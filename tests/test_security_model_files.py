@@ -216,4 +216,6 @@ def test_a_malformed_embedded_sample_is_no_sample_not_a_500(files, tmp_path, raw
     p.key, p.value = contract.META_SAMPLE, raw
     path = tmp_path / "model.onnx"
     onnx.save(proto, str(path))
-    assert model_sample(SimpleNamespace(runtime=Runtime(path))) is None  # GET /models/{name}/sample: 404
+    assert (
+        model_sample(SimpleNamespace(runtime=Runtime(path), playground_sample="unread")) is None
+    )  # GET /models/{name}/sample: 404

@@ -120,9 +120,9 @@ async def vocab(serving: Serving, request: Request) -> Response:
 
 def model_sample(m: LoadedModel) -> dict[str, Any] | None:
     """The validation window embedded in the model's ONNX file (decoded once per version)."""
-    cached: dict[str, Any] | None | bool = getattr(m, "_playground_sample", False)
-    if cached is not False:
-        return cached  # type: ignore[return-value]  # a dict or None: what the branch below stored
+    cached = m.playground_sample
+    if not isinstance(cached, str):  # "unread" is the one string it holds
+        return cached
     raw = None
     try:
         raw = dict(m.runtime.session.get_modelmeta().custom_metadata_map).get(contract.META_SAMPLE)
@@ -134,10 +134,7 @@ def model_sample(m: LoadedModel) -> dict[str, Any] | None:
         sample = None
     if not isinstance(sample, dict):
         sample = None
-    try:
-        m._playground_sample = sample  # type: ignore[attr-defined]  # a per-version cache kept on the model
-    except AttributeError:
-        pass
+    m.playground_sample = sample
     return sample
 
 
