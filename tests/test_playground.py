@@ -271,9 +271,11 @@ def test_the_live_view_reads_the_metrics_every_second(page, shots):
     _wait(page, lambda d: int(_by(d, "#live-grid").get_attribute("data-reads") or 0) >= 2, 10, "no /metrics reads")
     cards = page.find_elements(By.CSS_SELECTOR, "#live-grid .live-card")
     assert [c.get_attribute("data-metric") for c in cards] == ["cps", "active", "queue", "batch"]
-    # 128 streams: several waves through the browser's 6 connections, so the burst outlasts the
-    # one-second reads (8 streams of 3,000 chars finished between two reads on CI: active stayed 0)
-    _set(page, "#load-n", "128")
+    # 256 streams (the page's most): four waves of 64, so the burst outlasts several one-second
+    # reads. The active-streams gauge is read at an instant, unlike chars/s and the batch size: 8
+    # streams once finished between two reads on CI, and 128 (two waves of about a second each on
+    # a quiet machine) left it at 0 in one run of two
+    _set(page, "#load-n", "256")
     _by(page, "#load-go").click()
     seen = lambda k: page.execute_script(f"return Math.max(0, ...window.__playground.live.{k})")  # noqa: E731
     try:
