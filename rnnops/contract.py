@@ -100,7 +100,7 @@ def state_spec(meta: dict[str, Any]) -> tuple[StateTensor, ...]:
 # --- ONNX metadata_props: keys prefixed "rnnops.", values JSON-encoded ----------------------
 META_PREFIX = "rnnops."
 META_KEYS = (
-    "kind",  # "char" | "forecaster"
+    "kind",  # "char" | "forecaster" | "panel"
     "cell",  # "lstm" | "gru" | "rnn"
     "layers",
     "hidden_size",
@@ -119,6 +119,7 @@ META_KEYS = (
     "precision",  # "fp32" | "int8" (the arithmetic of this file); files without the key are fp32
     "source_run",  # MLflow run id the weights came from
     "version",  # rnnops version that exported it
+    "panel",  # a global panel forecaster's covariate contract (rnnops.panel_contract)
 )
 # A forecaster's window of validation data (lookback + horizon rows, raw units), for the
 # playground: outside META_PREFIX on purpose, as it is no part of what serving needs (the
@@ -272,5 +273,8 @@ def check_metadata(meta: dict[str, Any], where: str = "model") -> None:
         q = meta.get("quantiles")
         if isinstance(q, dict) and q.get("output") is not None:
             check_name("rnnops.quantiles.output", q["output"])
+        from rnnops.panel_contract import panel_contract  # it builds on this module
+
+        panel_contract(meta)
     except MetadataError as exc:
         raise MetadataError(f"{where}: metadata {exc}") from None
