@@ -23,7 +23,7 @@ import pyarrow as pa
 from rnnops.errors import RnnopsError
 from rnnops.serving.batch.read import file_format, read_header
 from rnnops.serving.runtime import ModelInfo
-from rnnops.serving.timeseries import TimestampError, check_freq
+from rnnops.timeseries import TimestampError, check_freq
 
 if TYPE_CHECKING:
     from rnnops.serving.batch.tails import SeriesError

@@ -12,7 +12,7 @@ model (its ``rnnops.stateful`` metadata):
 A session is pinned to the model version that opened it (its state means nothing to another
 version), so a hot reload never breaks open sessions. It keeps the timestamps of the rows the
 model reads (at most ``lookback``), so its forecast's timestamps are those the batch job and
-``/forecast`` give for the same history (:mod:`rnnops.serving.timeseries`). :class:`SessionStore` keeps them
+``/forecast`` give for the same history (:mod:`rnnops.timeseries`). :class:`SessionStore` keeps them
 in this worker's memory (the default); ``RNNOPS_SESSION_STORE=redis://...`` keeps them in Redis
 instead (:mod:`.redis_store`), where any worker or replica continues any session.
 Like Triton's ``max_sequence_idle_microseconds``, an idle session is dropped after the TTL,

@@ -4,7 +4,7 @@ Transport only: check a body against the model and the server's limits, hand win
 model's :class:`~rnnops.serving.forecast.batcher.ForecastBatcher` (which groups and cuts them)
 or observations to a session (applied by its version's
 :class:`~rnnops.serving.forecast.stepper.SessionStepper`, batched across sessions), and answer.
-Future timestamps come from :mod:`rnnops.serving.timeseries`, the same code the batch job uses,
+Future timestamps come from :mod:`rnnops.timeseries`, the same code the batch job uses,
 so the same history gives the same timestamps over HTTP, in a session and in a batch file.
 
 The ``/forecast`` body is decoded by :func:`forecast_body`: orjson reads the windows straight
@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from rnnops.serving import timeseries
+from rnnops import timeseries
 from rnnops.serving.errors import InputError
 from rnnops.serving.http.errors import JSONResponse, parse_body, validation_error
 from rnnops.serving.http.schemas import ForecastBody, ObserveBody, OpenSessionBody
