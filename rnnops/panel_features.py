@@ -318,11 +318,11 @@ def stack(features: Sequence[SeriesFeatures], contract: PanelContract) -> dict[s
         if features:
             out[name] = np.stack([f.inputs[name] for f in features]).astype(dtype, copy=False)
         else:
-            out[name] = np.zeros((0, *shape[1:]), dtype)
+            out[name] = np.zeros((0, *(int(d) for d in shape[1:])), dtype)
     return out
 
 
-def check_ids(ids: Sequence[str]) -> None:
+def check_ids(ids: Sequence[object]) -> None:
     """A :class:`SeriesError` for an id given twice in one request (its answers would be ambiguous)."""
     seen: dict[str, int] = {}
     for i, sid in enumerate(ids):

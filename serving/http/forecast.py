@@ -11,6 +11,11 @@ The ``/forecast`` body is decoded by :func:`forecast_body`: orjson reads the win
 into arrays (pydantic would build and check a Python float per value: ~0.4 ms for a 96x7
 window) and pydantic validates every other field of :class:`ForecastBody` as usual, so the fast
 path is not a second schema: a field added to the model is validated and defaulted there too.
+
+A panel model is asked by series (``series``: each with its id, history, covariates and statics):
+:mod:`rnnops.panel_features` turns each entry into the model's graph inputs (the one
+implementation batch jobs use too), the batcher runs them with other requests' series, and the
+answer gives per series its forecast timestamps, forecast, quantiles and warnings.
 """
 
 from __future__ import annotations
@@ -24,10 +29,10 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from rnnops import timeseries
+from rnnops import panel_features, timeseries
 from rnnops.serving.errors import InputError
 from rnnops.serving.http.errors import JSONResponse, parse_body, validation_error
-from rnnops.serving.http.schemas import ForecastBody, ObserveBody, OpenSessionBody
+from rnnops.serving.http.schemas import ForecastBody, ObserveBody, OpenSessionBody, SeriesItem
 
 if TYPE_CHECKING:
     from rnnops.serving.forecast.sessions import ForecastSession
@@ -157,6 +162,8 @@ def _stamps_for(ts_list: list[str], rows: np.ndarray, info: ModelInfo, field: st
 async def forecast(serving: Serving, request: Request) -> Response:
     cfg = serving.config
     body = await forecast_body(request)
+    if body.series is not None:
+        return await forecast_series(serving, body)
     model = serving.models.get(body.model, "forecaster")
     info = model.runtime.info
     if (body.context is None) == (body.contexts is None):
@@ -203,6 +210,65 @@ async def forecast(serving: Serving, request: Request) -> Response:
         per = [quantiles_view(info.quantiles, cast(np.ndarray, q)) for _, q in bands]
         resp["quantiles"] = per[0] if single else per
     return JSONResponse(resp)
+
+
+async def forecast_series(serving: Serving, body: ForecastBody) -> Response:
+    """``/forecast`` with ``series``: a panel model's forecast per series."""
+    cfg = serving.config
+    others = [f for f in ("context", "contexts", "timestamps", "freq") if getattr(body, f) is not None]
+    if others:
+        raise InputError(
+            f"give either `series` (a panel model) or `context`/`contexts`, not both (this body also has "
+            f"`{others[0]}`; a series' timestamps go inside its entry)",
+            others[0],
+        )
+    model = serving.models.get(body.model, "panel")
+    contract = model.runtime.info.panel
+    assert contract is not None and model.batcher is not None, "a panel model has its contract and batcher"
+    series = cast("list[SeriesItem]", body.series)
+    if not series:
+        raise InputError("series is empty: give at least one series", "series")
+    if len(series) > cfg.forecast_max_windows:
+        raise InputError(
+            f"{len(series)} series; the limit per request is {cfg.forecast_max_windows} (RNNOPS_FORECAST_MAX_WINDOWS)",
+            "series",
+        )
+    try:
+        panel_features.check_ids([s.id for s in series])
+        features = []
+        for k, s in enumerate(series):
+            if len(s.context) > cfg.max_context_rows:
+                raise InputError(
+                    f"series {s.id!r} has {len(s.context)} context values; the limit is {cfg.max_context_rows} "
+                    f"(RNNOPS_MAX_CONTEXT_ROWS; the model reads the last {contract.lookback})",
+                    f"series[{k}].context",
+                )
+            entry = panel_features.SeriesEntry(
+                s.id, s.timestamps, s.context, s.past_covariates, s.future_covariates, s.static, s.start
+            )
+            features.append(panel_features.series_features(entry, contract))
+    except panel_features.SeriesError as exc:
+        raise InputError(str(exc), "series") from None
+    bands = await model.batcher.forecast_series([f.inputs for f in features])
+    target = contract.target
+    answers = []
+    for f, (y, q) in zip(features, bands):
+        answer: dict[str, Any] = {"id": f.id, "timestamps": timeseries.iso(f.future), "forecast": {target: y[:, 0]}}
+        if q is not None:
+            answer["quantiles"] = {
+                f"{level:g}": {target: np.ascontiguousarray(q[:, 0, k])} for k, level in enumerate(contract.quantiles)
+            }
+        answer["warnings"] = list(f.warnings)
+        answers.append(answer)
+    return JSONResponse(
+        {
+            "model": model.name,
+            "version": model.version,
+            "targets": [target],
+            "horizon": contract.horizon,
+            "series": answers,
+        }
+    )
 
 
 def quantiles_view(levels: Sequence[float], q: np.ndarray) -> dict[str, np.ndarray]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 Row = list[float]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]  # a covariate or static column
+MAX_COLUMNS = 256  # covariates or static columns in one series entry (a model's contract has fewer)
 
 
 class _Body(BaseModel):
@@ -42,6 +44,41 @@ class GenerateBody(_Body):
     )
 
 
+class SeriesItem(_Body):
+    """One series of a panel model's request (`/forecast` with `series`); the model's contract
+    (GET /models: `panel`) says which covariates and static columns it reads."""
+
+    id: str = Field(..., min_length=1, max_length=200, description="The series' id (unique in the request).")
+    timestamps: list[str] = Field(
+        default_factory=list, description="ISO timestamps of the context steps, at the model's frequency."
+    )
+    context: list[float] | list[Row] = Field(
+        default_factory=list,
+        description="Target values, oldest first (or rows of one value); the model reads the last `lookback`.",
+    )
+    past_covariates: dict[Name, list[float | None]] = Field(
+        default_factory=dict,
+        max_length=MAX_COLUMNS,
+        description="Covariates known up to now: one value per context step (null where unknown).",
+    )
+    future_covariates: dict[Name, list[float]] = Field(
+        default_factory=dict,
+        max_length=MAX_COLUMNS,
+        description="Covariates known ahead: one value per context step, then one per forecast step (T + H).",
+    )
+    static: dict[Name, Annotated[str, StringConstraints(max_length=200)] | float] = Field(
+        default_factory=dict,
+        max_length=MAX_COLUMNS,
+        description="Static attributes: a category (string) or a number per column; an unknown category "
+        "is forecast with the model's unknown category and a warning.",
+    )
+    start: str | None = Field(
+        None,
+        max_length=64,
+        description="The first forecast timestamp of a series with no history (cold start, when the model allows it).",
+    )
+
+
 class ForecastBody(_Body):
     """POST /forecast: one context window or several."""
 
@@ -56,6 +93,9 @@ class ForecastBody(_Body):
         max_length=32,
         description="pandas frequency of the timestamps (h, D, B, W-SUN, MS...); default: "
         "told from the timestamps, as batch jobs do (needed when they are irregular).",
+    )
+    series: list[SeriesItem] | None = Field(
+        None, description="A panel model's series, each with its covariates and statics (instead of `context`)."
     )
 
 

@@ -1,0 +1,213 @@
+"""Serving a panel model (issue 26, section 1): the runtime runs a graph whose inputs are the
+contract's, and ``/forecast`` with ``series`` over a real ``bentoml serve``: per-series forecasts,
+timestamps, quantiles and warnings, batched across clients, every bad entry a one-line 400.
+
+The model is tests/panel_fixtures.py's hand-written graph (a formula recomputed here in numpy),
+so a wrong input, order or shape anywhere between the request and the graph shows."""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from panel_fixtures import H, expected, tiny_contract, write_tiny_panel_model  # noqa: E402
+from servers import serve_bentoml  # noqa: E402
+
+from rnnops import panel_contract as pc  # noqa: E402
+from rnnops import timeseries  # noqa: E402
+from rnnops.errors import RnnopsError  # noqa: E402
+from rnnops.panel_features import SeriesEntry, build_feeds  # noqa: E402
+from rnnops.serving.runtime import ModelInfo, Runtime  # noqa: E402
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def series(sid: str, n: int, start: str = "2024-03-01", store: str = "north", size: float = 2.0, k: int = 0) -> dict:
+    """A request entry of ``n`` daily steps (values depend on ``k``, so entries differ)."""
+    days = timeseries.iso(timeseries.parse_iso([start])[0] + timeseries.DAY_NS * np.arange(n + H, dtype=np.int64))
+    return {
+        "id": sid,
+        "timestamps": days[:n],
+        "context": [float((i * 3 + k) % 7) for i in range(n)],
+        "past_covariates": {"temp": [10.0 + (i + k) % 5 for i in range(n)]},
+        "future_covariates": {"promo": [float((i + k) % 3 == 0) for i in range(n + H)]},
+        "static": {"store": store, "size": size},
+    }
+
+
+def entry(d: dict) -> SeriesEntry:
+    return SeriesEntry(
+        d["id"], d["timestamps"], d["context"], d["past_covariates"], d["future_covariates"], d["static"]
+    )
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    return write_tiny_panel_model(tmp_path_factory.mktemp("panel") / "retail.onnx")
+
+
+# ------------------------------------------------------------------------------ the runtime
+
+
+def test_runtime_runs_the_contracts_inputs(model_file):
+    rt = Runtime(model_file)
+    assert rt.kind == "panel" and rt.info.graph_inputs == tuple(tiny_contract().inputs)
+    assert rt.describe()["panel"]["target"] == "sales" and rt.describe()["quantiles"] == [0.1, 0.5, 0.9]
+    feeds = build_feeds([entry(series(f"s{k}", 3 + 2 * k, k=k)) for k in range(5)], tiny_contract()).feeds
+    r = rt.run(feeds)
+    f, q = expected(feeds)
+    assert r.output.shape == (5, H, 1) and r.quantiles is not None and r.quantiles.shape == (5, H, 1, 3)
+    np.testing.assert_allclose(r.output[:, :, 0], f, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(r.quantiles[:, :, 0, :], q, rtol=1e-5, atol=1e-5)
+    # batch invariance: a row alone (run as a pair) and in chunks is bitwise the row in the batch
+    alone = rt.run({k: v[2:3] for k, v in feeds.items()})
+    np.testing.assert_array_equal(alone.output[0], r.output[2])
+    np.testing.assert_array_equal(rt.run(feeds, max_batch=2).output, r.output)
+    assert rt.run({k: v[:0] for k, v in feeds.items()}).output.shape == (0, H, 1)
+    with pytest.raises(ValueError, match="a panel model takes the feeds"):
+        rt.run({pc.PAST_TARGET: feeds[pc.PAST_TARGET]})
+    with pytest.raises(ValueError, match=r"known_future must be \[B, 3, 2\], got \[5, 2, 2\]"):
+        rt.run({**feeds, pc.KNOWN_FUTURE: feeds[pc.KNOWN_FUTURE][:, :2]})
+
+
+def test_panel_metadata_is_checked():
+    with pytest.raises(RnnopsError, match="lacks rnnops.panel"):
+        ModelInfo.from_metadata({"kind": "panel"}, "m.onnx")
+    bad = tiny_contract().to_json() | {"lookback": 0}
+    with pytest.raises(RnnopsError, match=r"m.onnx: rnnops.panel.lookback must be an integer"):
+        ModelInfo.from_metadata({"kind": "panel", "panel": bad}, "m.onnx")
+
+
+# ------------------------------------------------------------------------------ over HTTP
+
+
+@pytest.fixture(scope="module")
+def served(model_file, tmp_path_factory):
+    root = tmp_path_factory.mktemp("panel-serve")
+    env = {"RNNOPS_MODELS": f"retail={model_file},fc={ASSETS / 'forecaster-fixed.onnx'}"}
+    with serve_bentoml(root, env, "panel") as (_, url, _):
+        yield url
+
+
+def test_forecast_by_series(served):
+    import httpx
+
+    body = {
+        "model": "retail",
+        "series": [
+            series("item042", 10, k=1),
+            series("short", 2, start="2024-03-05", store="south", size=0.5, k=2),  # padded: 2 of 6 steps
+            series("newshop", 7, store="east", k=3),  # a category the model never saw
+        ],
+    }
+    r = httpx.post(f"{served}/forecast", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["model"] == "retail" and got["targets"] == ["sales"] and got["horizon"] == H
+    assert [s["id"] for s in got["series"]] == ["item042", "short", "newshop"]
+    feeds = build_feeds([entry(s) for s in body["series"]], tiny_contract())
+    f, q = expected(feeds.feeds)
+    for k, s in enumerate(got["series"]):
+        np.testing.assert_allclose(s["forecast"]["sales"], f[k], rtol=1e-5, atol=1e-5)
+        for j, level in enumerate(("0.1", "0.5", "0.9")):
+            np.testing.assert_allclose(s["quantiles"][level]["sales"], q[k, :, j], rtol=1e-5, atol=1e-5)
+        assert s["timestamps"] == timeseries.iso(feeds.future[k])
+    assert got["series"][0]["timestamps"][0] == "2024-03-11T00:00:00"  # the day after the last of 10
+    assert got["series"][0]["warnings"] == [] and got["series"][1]["warnings"] == []
+    assert "'store' = 'east'" in got["series"][2]["warnings"][0]
+    assert feeds.feeds[pc.STATIC_CAT][2, 0] == 0  # the unknown bucket
+
+
+def test_series_are_batched_across_clients(served):
+    import httpx
+
+    before = httpx.get(f"{served}/models", timeout=10).json()["models"][0]["batching"]
+    bodies = [{"model": "retail", "series": [series(f"c{k}", 4 + k % 5, k=k)]} for k in range(48)]
+    with httpx.Client(timeout=30) as client, ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda b: client.post(f"{served}/forecast", json=b), bodies))
+    assert all(a.status_code == 200 for a in answers), answers[0].text
+    for b, a in zip(bodies, answers):  # each client got its own series' forecast
+        f, _ = expected(build_feeds([entry(b["series"][0])], tiny_contract()).feeds)
+        np.testing.assert_allclose(a.json()["series"][0]["forecast"]["sales"], f[0], rtol=1e-5, atol=1e-5)
+    after = httpx.get(f"{served}/models", timeout=10).json()["models"][0]["batching"]
+    assert after["windows"] - before["windows"] == 48
+    assert after["calls"] - before["calls"] < 48  # some calls carried several clients' series
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda b: b["series"].append(dict(b["series"][0])),
+            "series id 'a' is given twice (entries 0 and 1); give each series once",
+        ),
+        (
+            lambda b: b["series"][0]["future_covariates"].update(promo=[0.0] * 5),
+            "series 'a': future covariate 'promo' has 5 values; it needs 8 values: one per context step (5) "
+            "and per forecast step (3)",
+        ),
+        (
+            lambda b: b["series"][0]["future_covariates"].update(price=[1.0] * 8),
+            "series 'a': future_covariates 'price' is not one the model knows (it takes promo)",
+        ),
+        (
+            lambda b: b["series"][0].update(
+                timestamps=[t[:10] + "T01:00:00" if i == 4 else t for i, t in enumerate(b["series"][0]["timestamps"])]
+            ),
+            "series 'a': timestamps are not D apart: 25h from 2024-03-04 00:00:00 to 2024-03-05 01:00:00, "
+            "within the last 5 rows that the model reads",
+        ),
+        (
+            lambda b: b["series"][0].update(context=[]),
+            "series 'a': 5 timestamps for 0 context values",
+        ),
+        (
+            lambda b: b["series"][0].update(
+                context=[], timestamps=[], past_covariates={"temp": []}, future_covariates={"promo": [0.0] * 3}
+            ),
+            "series 'a' has 0 observed values in the last 6 steps; the model needs at least one observed value "
+            "(it was not trained to forecast a series from its statics alone)",
+        ),
+        (
+            lambda b: b.update(model="fc"),
+            "model 'fc' is a forecaster model (a forecaster takes `context`), not a "
+            "panel forecaster; this server serves retail (panel), fc (forecaster)",
+        ),
+        (
+            lambda b: b.update(context=[[1.0, 2.0, 3.0]]),
+            "give either `series` (a panel model) or "
+            "`context`/`contexts`, not both (this body also has `context`; a series' timestamps go inside its entry)",
+        ),
+    ],
+)
+def test_bad_series_are_one_line_400s(served, change, message):
+    import httpx
+
+    body = {"model": "retail", "series": [series("a", 5)]}
+    change(body)
+    r = httpx.post(f"{served}/forecast", json=body, timeout=30)
+    assert r.status_code in (400, 404), r.text
+    assert r.json()["error"] == message
+
+
+def test_context_form_to_a_panel_model_and_openapi(served):
+    import httpx
+
+    r = httpx.post(f"{served}/forecast", json={"model": "retail", "context": [[1.0, 2.0, 3.0]]}, timeout=30)
+    assert (
+        r.status_code == 404 and "model 'retail' is a panel model (a panel model takes `series`)" in r.json()["error"]
+    )
+    r = httpx.post(f"{served}/forecast", json={"model": "retail", "series": [{"id": "a", "context": [1, None]}]})
+    assert r.status_code == 400  # null is no number (pydantic, before the model sees it)
+    doc = httpx.get(f"{served}/docs.json", timeout=30).json()
+    schemas = doc["components"]["schemas"]
+    assert (
+        "series" in schemas["ForecastBody"]["properties"] and "future_covariates" in schemas["SeriesItem"]["properties"]
+    )
+    assert "retail" in schemas["ForecastBody"]["properties"]["model"]["anyOf"][0]["enum"]
+    assert "SeriesForecast" in schemas
