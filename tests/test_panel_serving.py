@@ -2,7 +2,7 @@
 contract's, and ``/forecast`` with ``series`` over a real ``bentoml serve``: per-series forecasts,
 timestamps, quantiles and warnings, batched across clients, every bad entry a one-line 400.
 
-The model is tests/panel_fixtures.py's hand-written graph (a formula recomputed here in numpy),
+The model is tests/panel_graph.py's hand-written graph (a formula recomputed here in numpy),
 so a wrong input, order or shape anywhere between the request and the graph shows."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from panel_fixtures import H, expected, tiny_contract, write_tiny_panel_model  # noqa: E402
+from panel_graph import H, expected, tiny_contract, write_tiny_panel_model  # noqa: E402
 from servers import serve_bentoml  # noqa: E402
 
 from rnnops import panel_contract as pc  # noqa: E402
