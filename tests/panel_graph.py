@@ -114,3 +114,30 @@ def write_tiny_panel_model(path: Path, c: PanelContract | None = None) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def request_entry(panel, i: int, cutoff: int) -> dict:
+    """Series ``i`` of a training panel (rnnops.training.panel.Panel) as a ``/forecast`` entry at
+    ``cutoff``: its history before it, its future covariates up to cutoff + horizon, its statics."""
+    from rnnops import timeseries
+
+    r = panel.rows(i)
+    h = panel.spec.horizon
+    static = {}
+    for s in panel.static:
+        v = s.values[i]
+        static[s.name] = s.vocabulary[int(v) - 1] if s.kind == "categorical" else float(v)
+
+    def values(a: np.ndarray) -> list:
+        return [None if np.isnan(v) else float(v) for v in a]
+
+    return {
+        "id": panel.ids[i],
+        "timestamps": timeseries.iso(panel.timestamps[r][:cutoff].view(np.int64)),
+        "context": values(panel.target[r][:cutoff, 0]),
+        "past_covariates": {c: values(panel.past[r][:cutoff, k]) for k, c in enumerate(panel.spec.past_covariates)},
+        "future_covariates": {
+            c: values(panel.future[r][: cutoff + h, k]) for k, c in enumerate(panel.spec.future_covariates)
+        },
+        "static": static,
+    }

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from panel_graph import H, expected, tiny_contract, write_tiny_panel_model  # noqa: E402
+from panel_fixtures import tiny_panel  # noqa: E402
+from panel_graph import H, expected, request_entry, tiny_contract, write_tiny_panel_model  # noqa: E402
 from servers import serve_bentoml  # noqa: E402
 
 from rnnops import panel_contract as pc  # noqa: E402
@@ -87,11 +88,54 @@ def test_panel_metadata_is_checked():
 
 
 @pytest.fixture(scope="module")
-def served(model_file, tmp_path_factory):
+def exported(tmp_path_factory) -> Path:
+    """The exporter's tiny panel model (export/panel_export.py; tests/panel_fixtures.py)."""
+    from panel_fixtures import export_tiny_panel
+
+    return export_tiny_panel(tmp_path_factory.mktemp("panel-export") / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def served(model_file, exported, tmp_path_factory):
     root = tmp_path_factory.mktemp("panel-serve")
-    env = {"RNNOPS_MODELS": f"retail={model_file},fc={ASSETS / 'forecaster-fixed.onnx'}"}
+    env = {"RNNOPS_MODELS": f"retail={model_file},fc={ASSETS / 'forecaster-fixed.onnx'},tiny={exported}"}
     with serve_bentoml(root, env, "panel") as (_, url, _):
         yield url
+
+
+def test_an_exported_model_serves_what_it_computes_in_torch(served):
+    """The exporter's model, trained-network and all: /forecast by series, built from the panel's
+    own rows, equals the eager PyTorch graph on training's windows at the same cutoffs (the
+    test split's origin of each series, and a short history of one)."""
+    import httpx
+    import torch
+    from panel_fixtures import LOOKBACK, tiny_panel_model
+
+    from rnnops.export.panel_export import PanelGraph, eager
+    from rnnops.training.panel_train import PanelWindows
+
+    model, _ = tiny_panel_model()
+    panel = tiny_panel()
+    info = httpx.get(f"{served}/models", timeout=10).json()["models"]
+    contract = pc.PanelContract.from_json(next(m for m in info if m["name"] == "tiny")["panel"])
+    series_ix = np.arange(panel.n_series)
+    cutoffs = panel.lengths - panel.spec.horizon
+    cutoffs[1] = 5  # a history shorter than the lookback: padded as training pads it
+    body = {"model": "tiny", "series": [request_entry(panel, int(i), int(c)) for i, c in zip(series_ix, cutoffs)]}
+    r = httpx.post(f"{served}/forecast", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    batch = PanelWindows(panel, LOOKBACK).batch(series_ix, cutoffs)
+    feeds = {name: getattr(batch, name).numpy() for name in contract.inputs}
+    with torch.no_grad():
+        want_f, want_q = eager(PanelGraph(model, contract), feeds)
+    got = r.json()["series"]
+    for k, s in enumerate(got):
+        assert s["id"] == panel.ids[k]
+        np.testing.assert_allclose(s["forecast"]["sales"], want_f[k], rtol=1e-4, atol=1e-3)
+        for j, level in enumerate(contract.quantiles):
+            np.testing.assert_allclose(s["quantiles"][f"{level:g}"]["sales"], want_q[k, :, j], rtol=1e-4, atol=1e-3)
+        want_t = panel.timestamps[panel.rows(k)][cutoffs[k] : cutoffs[k] + panel.spec.horizon]
+        assert s["timestamps"] == timeseries.iso(want_t.view(np.int64))
 
 
 def test_forecast_by_series(served):
@@ -126,7 +170,11 @@ def test_forecast_by_series(served):
 def test_series_are_batched_across_clients(served):
     import httpx
 
-    before = httpx.get(f"{served}/models", timeout=10).json()["models"][0]["batching"]
+    def batching() -> dict:
+        models = httpx.get(f"{served}/models", timeout=10).json()["models"]
+        return next(m for m in models if m["name"] == "retail")["batching"]
+
+    before = batching()
     bodies = [{"model": "retail", "series": [series(f"c{k}", 4 + k % 5, k=k)]} for k in range(48)]
     with httpx.Client(timeout=30) as client, ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda b: client.post(f"{served}/forecast", json=b), bodies))
@@ -134,7 +182,7 @@ def test_series_are_batched_across_clients(served):
     for b, a in zip(bodies, answers):  # each client got its own series' forecast
         f, _ = expected(build_feeds([entry(b["series"][0])], tiny_contract()).feeds)
         np.testing.assert_allclose(a.json()["series"][0]["forecast"]["sales"], f[0], rtol=1e-5, atol=1e-5)
-    after = httpx.get(f"{served}/models", timeout=10).json()["models"][0]["batching"]
+    after = batching()
     assert after["windows"] - before["windows"] == 48
     assert after["calls"] - before["calls"] < 48  # some calls carried several clients' series
 
@@ -176,7 +224,7 @@ def test_series_are_batched_across_clients(served):
         (
             lambda b: b.update(model="fc"),
             "model 'fc' is a forecaster model (a forecaster takes `context`), not a "
-            "panel forecaster; this server serves retail (panel), fc (forecaster)",
+            "panel forecaster; this server serves retail (panel), fc (forecaster), tiny (panel)",
         ),
         (
             lambda b: b.update(context=[[1.0, 2.0, 3.0]]),
