@@ -259,3 +259,58 @@ def test_context_form_to_a_panel_model_and_openapi(served):
     )
     assert "retail" in schemas["ForecastBody"]["properties"]["model"]["anyOf"][0]["enum"]
     assert "SeriesForecast" in schemas
+
+
+# ------------------------------------------------------------------------------ Open Inference Protocol
+
+
+def test_oip_metadata_and_infer(served):
+    """/v2/models/{name}: the contract's inputs with their datatypes and shapes; infer takes them
+    (binary tensors through tritonclient, and JSON) and answers the graph's outputs, the same
+    numbers as /forecast's series form for the same series."""
+    import httpx
+
+    httpclient = pytest.importorskip("tritonclient.http")
+    meta = httpx.get(f"{served}/v2/models/retail", timeout=10).json()
+    c = tiny_contract()
+    assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [
+        (name, {"float32": "FP32", "int64": "INT64"}[dtype], [-1, *shape[1:]])
+        for name, (shape, dtype) in c.inputs.items()
+    ]
+    assert [t["name"] for t in meta["outputs"]] == ["forecast", "quantiles"]
+    assert meta["parameters"]["panel"]["static_categorical"][0]["vocabulary"] == ["north", "south"]
+
+    body = {"model": "retail", "series": [series("a", 9, k=1), series("b", 3, store="south", k=4)]}
+    over_http = httpx.post(f"{served}/forecast", json=body, timeout=30).json()["series"]
+    feeds = build_feeds([entry(s) for s in body["series"]], c).feeds
+    client = httpclient.InferenceServerClient(served.removeprefix("http://"))
+    inputs = []
+    for name, a in feeds.items():
+        t = httpclient.InferInput(name, list(a.shape), "FP32" if a.dtype == np.float32 else "INT64")
+        t.set_data_from_numpy(a, binary_data=True)
+        inputs.append(t)
+    result = client.infer("retail", inputs)
+    np.testing.assert_array_equal(result.as_numpy("forecast")[0], np.float32(over_http[0]["forecast"]["sales"]))
+    np.testing.assert_array_equal(
+        result.as_numpy("quantiles")[1, :, 2], np.float32(over_http[1]["quantiles"]["0.9"]["sales"])
+    )
+
+    def infer_json(tensors: dict, parameters: dict | None = None) -> httpx.Response:
+        inputs = [
+            {"name": n, "datatype": "FP32" if a.dtype == np.float32 else "INT64", "shape": list(a.shape),
+             "data": np.where(np.isnan(a), 0, a).ravel().tolist()}
+            for n, a in tensors.items()
+        ]  # fmt: skip
+        body = {"inputs": inputs, **({"parameters": parameters} if parameters else {})}
+        return httpx.post(f"{served}/v2/models/retail/infer", json=body, timeout=30)
+
+    r = infer_json(feeds)
+    assert r.status_code == 200, r.text
+    assert [o["shape"] for o in r.json()["outputs"]] == [[2, H], [2, H, 3]]
+    # bad tensors: a missing input, an unknown category code, a NaN where none may be
+    r = infer_json({k: v for k, v in feeds.items() if k != pc.STATIC_REAL})
+    assert r.status_code == 400 and "input 'static_real' is missing" in r.json()["error"]
+    r = infer_json({**feeds, pc.STATIC_CAT: np.array([[3], [1]], np.int64)})
+    assert r.status_code == 400 and "codes outside 0..2" in r.json()["error"]
+    r = infer_json(feeds, {"sequence_id": 7})
+    assert r.status_code == 400 and "sequences of panel models are not served yet" in r.json()["error"]
