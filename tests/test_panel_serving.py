@@ -314,3 +314,85 @@ def test_oip_metadata_and_infer(served):
     assert r.status_code == 400 and "codes outside 0..2" in r.json()["error"]
     r = infer_json(feeds, {"sequence_id": 7})
     assert r.status_code == 400 and "sequences of panel models are not served yet" in r.json()["error"]
+
+
+# ------------------------------------------------------------------------------ sessions by series id
+
+
+@pytest.fixture(scope="module")
+def served_redis(model_file, tmp_path_factory):
+    """The panel model served with its sessions in a real Redis."""
+    from servers import start_redis
+
+    root = tmp_path_factory.mktemp("panel-redis")
+    with start_redis(root / "redis") as r:
+        env = {"RNNOPS_MODELS": f"retail={model_file}", "RNNOPS_SESSION_STORE": r.url}
+        with serve_bentoml(root, env, "panel-redis") as (_, url, _):
+            yield url
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_sessions_by_series_id(request, store):
+    """Open by the series' id, update with observations and the next horizon's covariates: each
+    answer equals /forecast over the same history and covariates; a bad update changes nothing."""
+    import httpx
+
+    url = request.getfixturevalue("served" if store == "memory" else "served_redis")
+    whole = series(f"sess-{store}", 10, k=5)  # the series' first 6 steps open it, 2 + 2 arrive later
+    n0 = 6
+
+    def upto(n: int) -> dict:
+        """/forecast's entry for the first n steps (future covariates: n + H)."""
+        return {
+            **whole,
+            "timestamps": whole["timestamps"][:n],
+            "context": whole["context"][:n],
+            "past_covariates": {"temp": whole["past_covariates"]["temp"][:n]},
+            "future_covariates": {"promo": whole["future_covariates"]["promo"][: n + H]},
+        }
+
+    def forecast(n: int) -> dict:
+        r = httpx.post(f"{url}/forecast", json={"model": "retail", "series": [upto(n)]}, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["series"][0]
+
+    with httpx.Client(base_url=url, timeout=30) as client:
+        opened = client.post("/sessions", json={"model": "retail", **upto(n0)})
+        assert opened.status_code == 201, opened.text
+        sid = opened.json()["session_id"]
+        assert sid == whole["id"] and opened.json()["observations"] == n0
+        want = forecast(n0)
+        assert opened.json()["forecast"] == want["forecast"] and opened.json()["timestamps"] == want["timestamps"]
+        assert opened.json()["quantiles"] == want["quantiles"]
+
+        for n in (n0 + 2, n0 + 4):
+
+            def update(n: int = n, **change) -> httpx.Response:
+                new = slice(n - 2, n)
+                body = {
+                    "observations": whole["context"][new],
+                    "timestamps": whole["timestamps"][new],
+                    "past_covariates": {"temp": whole["past_covariates"]["temp"][new]},
+                    "future_covariates": {"promo": whole["future_covariates"]["promo"][n : n + H]},
+                    **change,
+                }
+                return client.post(f"/sessions/{sid}", json=body)
+
+            before = client.get(f"/sessions/{sid}").json()
+            bad = update(future_covariates={"promo": [1.0]})
+            assert bad.status_code == 400
+            assert bad.json()["error"] == (
+                f"series '{sid}': future covariate 'promo' has 1 values; it needs {H}, one per step after the last "
+                "observation"
+            )
+            late = update(timestamps=whole["timestamps"][n - 3 : n - 1])  # a step the session has
+            assert late.status_code == 400 and "the observations must continue the series" in late.json()["error"]
+            assert client.get(f"/sessions/{sid}").json() == before  # nothing half-applied
+            r = update()
+            assert r.status_code == 200, r.text
+            want = forecast(n)
+            got = r.json()
+            assert got["observations"] == n and got["forecast"] == want["forecast"]
+            assert got["timestamps"] == want["timestamps"] and got["quantiles"] == want["quantiles"]
+        assert client.get(f"/sessions/{sid}").json()["forecast"] == want["forecast"]
+        assert client.delete(f"/sessions/{sid}").status_code == 200

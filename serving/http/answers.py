@@ -97,9 +97,12 @@ class Session(_Answer):
     observations: int
     needs: int
     targets: list[str]
-    forecast: list[list[float | None]] | None
+    # a panel session's forecast is per target, as /forecast's series answers
+    forecast: list[list[float | None]] | dict[str, list[float | None]] | None
     expires_in_s: float
     timestamps: list[str] | None = None
+    id: str | None = None  # a panel session: the series id
+    warnings: list[str] | None = None
 
 
 class SessionClosed(_Answer):

@@ -20,7 +20,8 @@ answer gives per series its forecast timestamps, forecast, quantiles and warning
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -31,6 +32,7 @@ from starlette.responses import Response
 
 from rnnops import panel_features, timeseries
 from rnnops.serving.errors import InputError
+from rnnops.serving.forecast.sessions import PanelSeries
 from rnnops.serving.http.errors import JSONResponse, parse_body, validation_error
 from rnnops.serving.http.schemas import ForecastBody, ObserveBody, OpenSessionBody, SeriesItem
 
@@ -281,6 +283,8 @@ def quantiles_view(levels: Sequence[float], q: np.ndarray) -> dict[str, np.ndarr
 
 def session_view(serving: Serving, sess: ForecastSession, forecast: np.ndarray | None) -> dict[str, Any]:
     info = sess.model.runtime.info
+    if sess.panel is not None:
+        return _series_session_view(serving, sess, forecast)
     d: dict[str, Any] = {
         "session_id": sess.id,
         "model": sess.model.name,
@@ -328,8 +332,151 @@ async def _observe(
     return y
 
 
+PANEL_FIELDS = ("static", "past_covariates", "future_covariates", "start")  # a panel session's own
+
+
+def _rows_only(rows: list[Any] | None, field: str) -> None:
+    """A forecaster's rows are lists of F values; a flat list is a panel session's form."""
+    if rows and not isinstance(rows[0], list):
+        raise InputError(f"{field} must be rows of the model's feature values (a flat list is a panel series')", field)
+
+
+def _series_session_view(serving: Serving, sess: ForecastSession, y: np.ndarray | None) -> dict[str, Any]:
+    p, c = sess.panel, sess.model.runtime.info.panel
+    assert p is not None and c is not None
+    d: dict[str, Any] = {
+        "session_id": sess.id,
+        "id": p.id,
+        "model": sess.model.name,
+        "version": sess.model.version,
+        "stateful": False,
+        "observations": sess.observations,
+        "needs": 0,
+        "targets": [c.target],
+        "forecast": None if y is None else {c.target: np.ascontiguousarray(y[:, 0])},
+        "expires_in_s": serving.sessions.ttl_s,
+    }
+    q = sess.last_quantiles
+    if y is not None:
+        d["timestamps"] = timeseries.iso(p.future)
+        if q is not None:
+            d["quantiles"] = {
+                f"{lv:g}": {c.target: np.ascontiguousarray(q[:, 0, k])} for k, lv in enumerate(c.quantiles)
+            }
+        d["warnings"] = list(sess.warnings)
+    return d
+
+
+async def _forecast_series(sess: ForecastSession, series: PanelSeries) -> np.ndarray:
+    """Forecast ``series`` as /forecast would (its version's batcher) and, only then, make it the
+    session's: a failed update leaves the session as it was."""
+    c = sess.model.runtime.info.panel
+    assert c is not None and sess.model.batcher is not None
+    try:
+        f = panel_features.series_features(series.entry(), c)
+    except panel_features.SeriesError as exc:
+        raise InputError(str(exc), exc.field) from None
+    ((y, q),) = await sess.model.batcher.forecast_series([f.inputs])
+    sess.panel = dataclasses.replace(series, future=f.future)
+    sess.last_forecast, sess.last_quantiles, sess.warnings = y, q, f.warnings
+    return y
+
+
+def _values(columns: Mapping[str, Sequence[float | None]] | None) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, np.float64) for k, v in (columns or {}).items()}
+
+
+def _targets(values: list[Any], field: str) -> np.ndarray:
+    """A panel session's target values: a flat list, or rows of one value."""
+    a = np.asarray(values, np.float64) if values else np.zeros(0)
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise InputError(f"{field} must be the target's values, one per step (a panel model forecasts one)", field)
+    return a
+
+
+async def open_series_session(serving: Serving, body: OpenSessionBody) -> Response:
+    """POST /sessions with ``id``: a panel model's session for that series (replacing an open
+    one of the same id), forecast at once."""
+    assert body.id is not None
+    if body.freq is not None:
+        raise InputError("a panel session follows its model's frequency: leave out `freq`", "freq")
+    model = serving.models.get(body.model, "panel")
+    c = model.runtime.info.panel
+    assert c is not None
+    context = body.context or []
+    if len(context) > serving.config.max_context_rows:
+        raise InputError(
+            f"context has {len(context)} values; the limit is {serving.config.max_context_rows}", "context"
+        )
+    entry = panel_features.SeriesEntry(
+        body.id,
+        body.timestamps or [],
+        context,
+        body.past_covariates or {},
+        body.future_covariates or {},
+        body.static or {},
+        body.start,
+    )
+    try:  # every check of a /forecast entry, one line each, before anything is kept
+        panel_features.series_features(entry, c)
+    except panel_features.SeriesError as exc:
+        raise InputError(str(exc), exc.field) from None
+    y = _targets(context, "context")
+    n, L = len(y), c.lookback
+    ts = parse_timestamps(body.timestamps or [], "timestamps")
+    future = _values(body.future_covariates)
+    series = PanelSeries(
+        id=body.id,
+        static=dict(body.static or {}),
+        timestamps=ts[-L:],
+        context=y[-L:],
+        past={k: v[-L:] for k, v in _values(body.past_covariates).items()},
+        known={k: future[k][:n][-L:] for k in c.future_covariates},
+        ahead={k: future[k][n:] for k in c.future_covariates},
+        start=None if n or body.start is None else int(parse_timestamps([body.start], "start")[0]),
+    )
+    store = serving.sessions
+    sess = await store.open(model, session_id=body.id)
+    try:
+        async with store.updating(sess.id) as sess:
+            sess.observations = n
+            y_out = await _forecast_series(sess, series)
+    except BaseException:
+        await store.close(sess.id)
+        raise
+    return JSONResponse(session_view(serving, sess, y_out), status_code=201)
+
+
+async def _observe_series(serving: Serving, sess: ForecastSession, body: ObserveBody) -> np.ndarray:
+    c = sess.model.runtime.info.panel
+    assert c is not None and sess.panel is not None
+    if body.timestamps is None:
+        raise InputError("a panel session's observations need their `timestamps`", "timestamps")
+    if len(body.observations) > serving.config.max_context_rows:
+        raise InputError(f"{len(body.observations)} observations; the limit is {serving.config.max_context_rows}")
+    obs = _targets(body.observations, "observations")
+    ts = parse_timestamps(body.timestamps, "timestamps")
+    try:
+        series = sess.panel.advanced(
+            c.lookback, ts, obs, _values(body.past_covariates), _values(body.future_covariates)
+        )
+    except panel_features.SeriesError as exc:
+        raise InputError(str(exc), exc.field) from None
+    y = await _forecast_series(sess, series)
+    sess.observations += len(obs)
+    return y
+
+
 async def open_session(serving: Serving, request: Request) -> Response:
     body = await parse_body(request, OpenSessionBody)
+    if body.id is not None:
+        return await open_series_session(serving, body)
+    given = [f for f in PANEL_FIELDS if getattr(body, f) is not None]
+    if given:
+        raise InputError(f"`{given[0]}` is for a panel model's session, which is named by the series' `id`", given[0])
+    _rows_only(body.context, "context")
     model = serving.models.get(body.model, "forecaster")
     if body.freq is not None:
         try:
@@ -342,7 +489,8 @@ async def open_session(serving: Serving, request: Request) -> Response:
     try:
         if body.context:
             async with store.updating(sess.id) as sess:
-                y = await _observe(serving, sess, body.context, body.timestamps, "context")
+                rows = cast("list[list[float]]", body.context)  # rows: _rows_only checked it
+                y = await _observe(serving, sess, rows, body.timestamps, "context")
     except BaseException:
         await store.close(sess.id)
         raise
@@ -352,8 +500,18 @@ async def open_session(serving: Serving, request: Request) -> Response:
 async def update_session(serving: Serving, request: Request) -> Response:
     sid = request.path_params["session_id"]
     body = await parse_body(request, ObserveBody)
+    y: np.ndarray | None
     async with serving.sessions.updating(sid) as sess:  # exclusive, in whichever store holds it
-        y = await _observe(serving, sess, body.observations, body.timestamps, "observations")
+        if sess.panel is not None:
+            y = await _observe_series(serving, sess, body)
+        else:
+            for f in ("past_covariates", "future_covariates"):
+                if getattr(body, f) is not None:
+                    raise InputError(f"`{f}` is for a panel model's session; this one is a forecaster's", f)
+            _rows_only(body.observations, "observations")
+            y = await _observe(
+                serving, sess, cast("list[list[float]]", body.observations), body.timestamps, "observations"
+            )
     return JSONResponse(session_view(serving, sess, y))
 
 

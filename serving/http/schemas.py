@@ -100,16 +100,40 @@ class ForecastBody(_Body):
 
 
 class OpenSessionBody(_Body):
-    """POST /sessions."""
+    """POST /sessions. A panel model's session is named by the series' `id` and takes the fields
+    of a `/forecast` series entry (`static`, `past_covariates`, `future_covariates` for the
+    context and the H steps ahead, `start`)."""
 
     model: str | None = None
-    context: list[Row] | None = Field(None, description="Observations so far (optional).")
+    context: list[Row] | list[float] | None = Field(
+        None, description="Observations so far (optional; a panel session: the target's values)."
+    )
     timestamps: list[str] | None = None
     freq: str | None = Field(None, max_length=32, description="pandas frequency of the timestamps (see /forecast).")
+    id: str | None = Field(
+        None, min_length=1, max_length=200, description="A panel model's series id: the session's id."
+    )
+    static: dict[Name, Annotated[str, StringConstraints(max_length=200)] | float] | None = Field(
+        None, max_length=MAX_COLUMNS, description="A panel session's static attributes (as in a series entry)."
+    )
+    past_covariates: dict[Name, list[float | None]] | None = Field(
+        None, max_length=MAX_COLUMNS, description="A panel session's past covariates (one value per context step)."
+    )
+    future_covariates: dict[Name, list[float]] | None = Field(
+        None,
+        max_length=MAX_COLUMNS,
+        description="A panel session's future covariates: one value per context step, then the H steps ahead.",
+    )
+    start: str | None = Field(None, max_length=64, description="A panel session without history: its first step.")
 
 
 class ObserveBody(_Body):
-    """POST /sessions/{id}: new observations, oldest first."""
+    """POST /sessions/{id}: new observations, oldest first (a panel session: the target's values,
+    their past covariates, and the future covariates of the H steps after the last of them)."""
 
-    observations: list[Row] = Field(..., min_length=1)
+    observations: list[Row] | list[float] = Field(..., min_length=1)
     timestamps: list[str] | None = None
+    past_covariates: dict[Name, list[float | None]] | None = Field(None, max_length=MAX_COLUMNS)
+    future_covariates: dict[Name, list[float]] | None = Field(
+        None, max_length=MAX_COLUMNS, description="A panel session: the H steps after the last observation."
+    )
