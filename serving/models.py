@@ -318,7 +318,7 @@ class ModelManager:
                 m.scheduler = EngineClient(spec, sm, self.on_step).start()
         else:
             m.batcher = ForecastBatcher(rt, cfg.forecast_max_batch, self.metrics, ref.served)
-            if rt.info.panel is None:  # sessions of panel models are not served yet (issue 26, section 2)
+            if rt.info.panel is None:  # panel sessions forecast through the batcher (http/forecast.py)
                 m.stepper = SessionStepper(rt, m.batcher, cfg.forecast_max_batch, ref.served, self.metrics)
         return m
 
