@@ -163,6 +163,7 @@ PANEL = "Panels"  # the --help section of the panel flags
 
 @app.command()
 def forecast(
+    ctx: typer.Context,
     data: Annotated[
         str,
         Opt(help="Named dataset (etth1, etth2, or the panel m4-hourly), a CSV path, a Parquet panel, or sine."),
@@ -278,6 +279,16 @@ def forecast(
         int | None,
         Opt(min=1, help="Steps between --backtest origins (default: the horizon).", rich_help_panel=PANEL),
     ] = None,
+    init_from: Annotated[
+        str | None,
+        Opt(
+            "--init-from",
+            help="Fine-tune: start from the model of this run (RUN_ID) or registered version (NAME@ALIAS, "
+            "NAME/VERSION) and train it on --data as a new run; its columns, windows and architecture are "
+            "the parent's (docs/forecasting.md).",
+            rich_help_panel=PANEL,
+        ),
+    ] = None,
     preset: Annotated[
         Preset, Opt(help="tiny (seconds, tests), quick (~2.5 min; panels 5 min), full (~15 min; panels 30 min).")
     ] = Preset.quick,
@@ -315,7 +326,7 @@ def forecast(
     from rnnops.training.jobs import is_panel
 
     train = _train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed)
-    if is_panel(data, id_column):
+    if is_panel(data, id_column) or init_from:
         from rnnops.training.jobs import panel_job
 
         _refuse("a panel", {"--fill": fill, "--norm": norm, "--linear-skip": linear_skip, "--heads": heads})
@@ -344,6 +355,14 @@ def forecast(
             "model.quantiles": quantiles,
             **train,
         }
+        if init_from:  # the parent's columns, windows and model, under the flags given
+            from click.core import ParameterSource
+
+            from rnnops.training.init_from import fine_tune_overrides
+
+            if ctx.get_parameter_source("cell") == ParameterSource.DEFAULT:
+                overrides["model.cell"] = None
+            overrides = fine_tune_overrides(init_from, overrides, ctx.obj)  # ctx.obj: the registry's lookup
         return launch(panel_job(data, preset.value, overrides), experiment)
     _refuse(
         "a panel only (give --id-column)",

@@ -93,11 +93,17 @@ def train_config(job: PanelJob) -> PanelTrainConfig:
 
 def setup_panel(job: PanelJob) -> TrainingSetup:
     recipe, panel = prepare_panel(job.data, panel_spec(job), job.backtest, job.backtest_step)
-    print(panel.summary(), file=sys.stderr)
     config = train_config(job)
+    start = None
+    if job.parent_run:  # --init-from: the parent's model, its vocabularies grown by the new categories
+        from rnnops.training.init_from import start_panel
+
+        start = start_panel(job.init_from or job.parent_run, job.parent_run, panel, job.model.dropout)
+        panel = start.panel
+    print(panel.summary(), file=sys.stderr)
     windows = PanelWindows(panel, config.lookback)
-    mcfg = model_config(config, panel, windows)
-    model = PanelForecaster(mcfg)
+    mcfg = start.model.config if start else model_config(config, panel, windows)
+    model = start.model if start else PanelForecaster(mcfg)
     splits = panel.splits()
     backtest = panel.backtest(job.backtest, job.backtest_step) if job.backtest else None
     end = None
@@ -142,6 +148,10 @@ def setup_panel(job: PanelJob) -> TrainingSetup:
             for w in range(backtest.shape[1]):
                 final.update(scores(f"backtest_{w}/", backtest[:, w])[0])
         final["too_short_series"] = len(panel.too_short)
+        if start is not None:
+            from rnnops.training.init_from import INIT_ARTIFACT
+
+            mlflow.log_dict(start.record(), INIT_ARTIFACT)
         mlflow.log_dict(short_series(panel), SHORT_SERIES_ARTIFACT)
         mlflow.log_text(panel.summary() + "\n", "data/summary.txt")
         with tempfile.TemporaryDirectory() as tmp:
