@@ -137,7 +137,7 @@ def space_for(
 
 def panel_segments(lookback: int, most: int = 48, steps: int = 64) -> Param:
     """Segment lengths that tile the lookback: its divisors up to ``most`` steps that leave the
-    encoder at most ``steps`` recurrent steps (2 .. 48 for 336: 7 to 168 steps)."""
+    encoder at most ``steps`` recurrent steps (6 .. 48 for 336: 56 down to 7 steps)."""
     divisors = [d for d in range(2, min(most, lookback) + 1) if lookback % d == 0 and lookback // d <= steps]
     return Param("model.segment_length", "--segment-length", choices=tuple(divisors or [lookback]))
 
