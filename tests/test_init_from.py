@@ -159,3 +159,49 @@ def test_what_the_parent_cannot_take_is_one_line_before_any_run(mlflow_env, pane
         assert code == 2 and message in err, err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == 1  # the parent alone
+
+
+def test_a_single_series_forecaster_is_fine_tuned_too(mlflow_env, small_csv, monkeypatch, capsys, tmp_path):
+    parent = train(
+        monkeypatch,
+        capsys,
+        "--data",
+        str(small_csv),
+        "--lookback",
+        "24",
+        "--horizon",
+        "8",
+        "--hidden-size",
+        "8",
+        "--norm",
+        "fixed",
+        "--preset",
+        "tiny",
+    )
+    pid = parent.info.run_id
+    df = pd.read_csv(small_csv)
+    shifted = tmp_path / "shifted.csv"
+    df.assign(OT=df["OT"] * 1.5 + 1).to_csv(shifted, index=False)
+    child = train(monkeypatch, capsys, "--data", str(shifted), "--init-from", pid, *FROZEN)
+    assert child.data.tags["rnnops.parent_run"] == pid
+    p = child.data.params
+    assert (p["lookback"], p["model.hidden_size"], p["model.norm"]) == ("24", "8", "fixed")  # the parent's
+    before, after = weights(pid), weights(child.info.run_id)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    from rnnops.training.logged_model import load_model
+
+    # the parent's scaler (a stateful model's): its weights were trained on that scale
+    assert load_model(child.info.run_id).spec["config"]["scaler_mean"] == load_model(pid).spec["config"]["scaler_mean"]
+
+    fewer = tmp_path / "fewer.csv"
+    df.drop(columns="b").to_csv(fewer, index=False)
+    cases = [
+        ([str(fewer)], "feature names: the new series has a,OT, the parent run"),
+        ([str(shifted), "--arch", "segrnn"], "--arch segrnn differs from the parent run's rnn"),
+        ([str(shifted), *COLUMNS[:2]], "trained a single-series forecaster, and this is a panel model"),
+    ]
+    for (data, *extra), message in cases:
+        code, err = rnnops(monkeypatch, capsys, "train", "forecast", "--data", data, "--init-from", pid, *extra)
+        assert code == 2 and message in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == 2

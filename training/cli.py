@@ -326,7 +326,12 @@ def forecast(
     from rnnops.training.jobs import is_panel
 
     train = _train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed)
-    if is_panel(data, id_column) or init_from:
+    parent = None
+    if init_from:  # fine-tuning: the parent's job gives the columns, windows and model
+        from rnnops.training.init_from import find_parent, fine_tune_overrides
+
+        parent = find_parent(init_from, ctx.obj)  # ctx.obj: the registry's lookup (rnnops/cli.py)
+    if is_panel(data, id_column) or (parent and parent.task == "panel"):
         from rnnops.training.jobs import panel_job
 
         _refuse("a panel", {"--fill": fill, "--norm": norm, "--linear-skip": linear_skip, "--heads": heads})
@@ -355,14 +360,9 @@ def forecast(
             "model.quantiles": quantiles,
             **train,
         }
-        if init_from:  # the parent's columns, windows and model, under the flags given
-            from click.core import ParameterSource
-
-            from rnnops.training.init_from import fine_tune_overrides
-
-            if ctx.get_parameter_source("cell") == ParameterSource.DEFAULT:
-                overrides["model.cell"] = None
-            overrides = fine_tune_overrides(init_from, overrides, ctx.obj)  # ctx.obj: the registry's lookup
+        if parent:
+            overrides["model.cell"] = _given(ctx, "cell", cell.value)
+            overrides = fine_tune_overrides(parent, overrides, "panel")
         return launch(panel_job(data, preset.value, overrides), experiment)
     _refuse(
         "a panel only (give --id-column)",
@@ -397,7 +397,22 @@ def forecast(
         "model.quantiles": quantiles,
         **train,
     }
-    launch(forecast_job(data, cell.value, preset.value, overrides, arch=arch.value), experiment, nproc=nproc)
+    cell_name, arch_name = cell.value, arch.value
+    if parent:
+        overrides["features"] = _given(ctx, "features", features)
+        overrides["model.cell"] = _given(ctx, "cell", cell.value)
+        overrides["model.arch"] = _given(ctx, "arch", arch.value)
+        overrides = fine_tune_overrides(parent, overrides, "forecast")
+        cell_name, arch_name = overrides.pop("model.cell"), overrides.pop("model.arch")
+    launch(forecast_job(data, cell_name, preset.value, overrides, arch=arch_name), experiment, nproc=nproc)
+
+
+def _given(ctx: typer.Context, name: str, value):
+    """``value`` if the flag was given on the command line, else None (a default is not a choice:
+    --init-from takes the parent's)."""
+    from click.core import ParameterSource
+
+    return None if ctx.get_parameter_source(name) == ParameterSource.DEFAULT else value
 
 
 def _refuse(what: str, flags: dict) -> None:

@@ -54,26 +54,71 @@ TAG_INIT_FROM = "rnnops.init_from"
 # A registry reference -> the run id its version came from (the registry stage's lookup).
 SourceRun = Callable[[str], str]
 
-# The panel job keys the child takes from its parent, with their flags: a flag given with another
-# value is refused. Model options not listed here are the parent's too (no flag sets them).
+# The job keys a child takes from its parent, per task, with their flags: a flag given with
+# another value is refused. Model options not listed are the parent's too (no flag sets them).
 INHERITED = {
-    "targets": "--target",
-    "static_columns": "--static-columns",
-    "future_covariates": "--future-covariates",
-    "past_covariates": "--past-covariates",
-    "freq": "--freq",
-    "calendar": "--calendar/--no-calendar",
-    "lookback": "--lookback",
-    "horizon": "--horizon",
-    "model.cell": "--cell",
-    "model.hidden_size": "--hidden-size",
-    "model.num_layers": "--layers",
-    "model.segment_length": "--segment-length",
-    "model.likelihood": "--likelihood",
-    "model.quantiles": "--quantiles",
+    "panel": {
+        "targets": "--target",
+        "static_columns": "--static-columns",
+        "future_covariates": "--future-covariates",
+        "past_covariates": "--past-covariates",
+        "freq": "--freq",
+        "calendar": "--calendar/--no-calendar",
+        "lookback": "--lookback",
+        "horizon": "--horizon",
+        "model.cell": "--cell",
+        "model.hidden_size": "--hidden-size",
+        "model.num_layers": "--layers",
+        "model.segment_length": "--segment-length",
+        "model.likelihood": "--likelihood",
+        "model.quantiles": "--quantiles",
+    },
+    "forecast": {
+        "features": "--features",
+        "target": "--target",
+        "lookback": "--lookback",
+        "horizon": "--horizon",
+        "model.cell": "--cell",
+        "model.arch": "--arch",
+        "model.hidden_size": "--hidden-size",
+        "model.num_layers": "--layers",
+        "model.heads": "--heads",
+        "model.ff_mult": "--ff-mult",
+        "model.norm": "--norm",
+        "model.linear_skip": "--linear-skip",
+        "model.segment_length": "--segment-length",
+        "model.quantiles": "--quantiles",
+    },
 }
-RENAMABLE = ("id_column", "date_column")  # the new file's key columns may have other names
+# the new file's key columns may have other names
+RENAMABLE = {"panel": ("id_column", "date_column"), "forecast": ("date_column",)}
 OWN_MODEL_OPTIONS = ("dropout",)  # a training setting: the child's own
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The run a fine-tuning run starts from: the reference as given, its run id, its job."""
+
+    ref: str
+    run_id: str
+    job: dict  # its config/job.json
+
+    @property
+    def task(self) -> str:
+        return self.job.get("task", "?")
+
+
+def find_parent(ref: str, source_run: SourceRun | None) -> Parent:
+    """The parent ``ref`` names (a run id, ``runs:/…``, or a registry reference) and its job;
+    one line for a run that cannot be fine-tuned."""
+    run_id = parent_run_of(ref, source_run)
+    parent = Parent(ref, run_id, parent_job(run_id))
+    if parent.task not in INHERITED:
+        raise RnnopsError(
+            f"--init-from {ref}: run {run_id} trained a {parent.task} model; fine-tuning takes forecasters "
+            "(`rnnops train forecast`, panels or one series) for now"
+        )
+    return parent
 
 
 def parent_run_of(ref: str, source_run: SourceRun | None) -> str:
@@ -119,28 +164,31 @@ def parent_job(run_id: str) -> dict:
         ) from None
 
 
-def fine_tune_overrides(ref: str, overrides: dict, source_run: SourceRun | None) -> dict:
-    """The new panel job's overrides: the parent's columns, windows and model under the flags that
-    were given (``None``: not given); one line for a flag that contradicts the parent."""
-    run_id = parent_run_of(ref, source_run)
-    parent = parent_job(run_id)
-    if parent.get("task") != "panel":
+def fine_tune_overrides(parent: Parent, overrides: dict, task: str) -> dict:
+    """The new ``task`` job's overrides: the parent's columns, windows and model under the flags
+    that were given (``None``: not given); one line for a flag that contradicts the parent."""
+    job, ref = parent.job, parent.ref
+    if parent.task != task:
+        kinds = {"panel": "a panel model (--id-column)", "forecast": "a single-series forecaster"}
         raise RnnopsError(
-            f"--init-from {ref}: run {run_id} trained a {parent.get('task')} model; fine-tuning takes "
-            "panel runs (`rnnops train forecast --id-column …`) for now"
+            f"--init-from {ref}: run {parent.run_id} trained {kinds[parent.task]}, and this is "
+            f"{kinds[task]}; give data of the parent's kind"
         )
     merged = {k: v for k, v in overrides.items() if v is not None}
-    for key in RENAMABLE:
-        merged.setdefault(key, parent[key])
-    model = parent["model"]
-    keys = dict.fromkeys(list(INHERITED) + [f"model.{k}" for k in model if k not in OWN_MODEL_OPTIONS])
+    for key in RENAMABLE[parent.task]:
+        merged.setdefault(key, job[key])
+    model = job["model"]
+    flags = INHERITED[parent.task]
+    keys = dict.fromkeys(list(flags) + [f"model.{k}" for k in model if k not in OWN_MODEL_OPTIONS])
     for key in keys:
         section, _, name = key.rpartition(".")
-        theirs = model.get(name) if section else parent.get(name)
+        theirs = model.get(name) if section else job.get(name)
+        if key == "model.arch":
+            theirs = theirs or "rnn"  # the JSON form leaves the default out
         if key == "freq" and theirs is None:  # the parent's was inferred: checked once the panel is read
             continue
         if key in merged and not _same(merged[key], theirs):
-            flag = INHERITED.get(key, key)
+            flag = flags.get(key, key)
             raise RnnopsError(
                 f"--init-from {ref}: {flag} {_shown(merged[key])} differs from the parent run's "
                 f"{_shown(theirs)}; a fine-tuned model keeps its parent's inputs, windows and architecture: "
@@ -148,7 +196,7 @@ def fine_tune_overrides(ref: str, overrides: dict, source_run: SourceRun | None)
             )
         if theirs is not None or not section:
             merged[key] = theirs
-    return {**merged, "init_from": ref, "parent_run": run_id}
+    return {**merged, "init_from": ref, "parent_run": parent.run_id}
 
 
 def _same(given, theirs) -> bool:
@@ -288,3 +336,30 @@ def _check_panel(ref: str, run_id: str, spec: dict, parent, panel: Panel) -> Non
                 f"--init-from {ref}: {what}: the new panel has {_shown(new)}, the parent run {run_id} was "
                 f"trained on {_shown(old)}; {fix or 'give data with the same columns in the same roles'}"
             )
+
+
+def start_forecaster(ref: str, run_id: str, config):
+    """A single-series forecaster with its parent's weights: the parent's config (its scaler
+    too: the weights were trained on that scale) with the child's dropout, after checking that the
+    new series has the parent's columns and windows (``config``: the child's, built from its data)."""
+    from dataclasses import asdict
+
+    from rnnops.training.logged_model import load_model
+    from rnnops.training.models import ForecasterConfig, build_model
+
+    loaded = load_model(run_id)
+    if loaded.kind != "forecaster":
+        raise RnnopsError(f"--init-from {ref}: run {run_id} logged a {loaded.kind} model, not a forecaster")
+    parent = ForecasterConfig(**loaded.spec["config"])
+    for what in ("feature_names", "target_names", "lookback", "horizon"):
+        new, old = getattr(config, what), getattr(parent, what)
+        if new != old:
+            raise RnnopsError(
+                f"--init-from {ref}: {what.replace('_', ' ')}: the new series has {_shown(new)}, the parent run "
+                f"{run_id} was trained on {_shown(old)}; give data with the same columns"
+            )
+    child = replace(parent, dropout=config.dropout)
+    model = build_model("forecaster", asdict(child))
+    model.load_state_dict(loaded.model.state_dict())
+    print(f"fine-tuning run {run_id} ({ref})", file=sys.stderr)
+    return model

@@ -83,6 +83,8 @@ class ForecastJob:
     horizon: int
     model: ForecastModelOptions
     train: TrainSettings
+    init_from: str | None = None  # --init-from, as PanelJob's
+    parent_run: str | None = None
 
 
 @dataclass
