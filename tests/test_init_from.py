@@ -20,6 +20,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import retail_panel  # noqa: E402
+from test_panel_cli import rnnops  # noqa: E402  (the root command as a user runs it: exit code, stderr)
 
 COLUMNS = ["--id-column", "item_id", "--date-column", "date", "--target", "sales"]
 COVARIATES = ["--static-columns", "store,category", "--future-covariates", "promo,price", "--freq", "D"]
@@ -37,18 +38,6 @@ def panels(tmp_path_factory):
     new["sales"] = new["sales"] * 2
     new.to_parquet(shifted, index=False)
     return parent, shifted
-
-
-def rnnops(monkeypatch, capsys, *args) -> tuple[int, str]:
-    from rnnops.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["rnnops", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    return code, capsys.readouterr().err
 
 
 def train(monkeypatch, capsys, *args) -> mlflow.entities.Run:

@@ -1,4 +1,5 @@
-"""Fine-tuning: ``rnnops train forecast --init-from RUN_ID|NAME@ALIAS --data NEW.parquet``.
+"""Fine-tuning: ``rnnops train forecast --init-from RUN_ID|NAME@ALIAS --data NEW.parquet``, for
+panel models and single-series forecasters (char models are refused).
 
 A new MLflow run trains its parent's model further on new data. The **parent** is a run's logged
 model (the weights and ``config.json`` of :mod:`rnnops.training.logged_model`); a registry reference
