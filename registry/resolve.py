@@ -134,7 +134,7 @@ def source_run(ref: str, default_alias: str = C.ALIAS_CHAMPION) -> str:
     ``rnnops train forecast --init-from`` fine-tunes. One registry request; nothing is downloaded."""
     name, version, alias = parse_ref(ref, default_alias)
     mv = _lookup(store.client(), name, version, alias)
-    run = (mv.tags or {}).get(C.VTAG_SOURCE_RUN) or mv.run_id
+    run: str | None = (mv.tags or {}).get(C.VTAG_SOURCE_RUN) or mv.run_id
     if not run:
         raise RnnopsError(f"{name} version {mv.version} names no source run; give the training run's id instead")
     return run
