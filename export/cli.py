@@ -59,7 +59,9 @@ def export(
     promote: Annotated[
         bool, Opt("--promote", help="Register, then promote to --alias through the registry gate.")
     ] = False,
-    name: Annotated[str | None, Opt(help="Registered model name (default char-rnn / forecaster).")] = None,
+    name: Annotated[
+        str | None, Opt(help="Registered model name (default char-rnn / forecaster / panel-forecaster).")
+    ] = None,
     alias: Annotated[str, Opt(help="Alias for --promote.")] = "champion",
     force: Annotated[bool, Opt("--force", help="With --promote: skip the metric comparison (recorded).")] = False,
     as_json: Annotated[bool, Opt("--json", help="Print the result as JSON.")] = False,
