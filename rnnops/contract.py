@@ -159,11 +159,14 @@ TAG_PARITY_MAX_DIFF = "rnnops.export.parity_max_diff"
 TAG_INT8_SHA256 = "rnnops.export.int8_sha256"
 
 # --- Model Registry -------------------------------------------------------------------------
-DEFAULT_NAMES = {"char": "char-rnn", "forecaster": "forecaster"}
+DEFAULT_NAMES = {"char": "char-rnn", "forecaster": "forecaster", "panel": "panel-forecaster"}
 ALIAS_CHAMPION = "champion"
 ALIAS_CHALLENGER = "challenger"
-# The validation metric the promotion gate compares (lower is better), per model kind.
-VAL_METRIC = {"char": "val_loss", "forecaster": "val_mse"}
+# The validation metric the promotion gate compares (lower is better), per model kind, by default.
+VAL_METRIC = {"char": "val_loss", "forecaster": "val_mse", "panel": "val_mase"}
+# The metrics a version of each kind may be gated on (`rnnops registry register --metric`): a panel
+# model by its point forecast (MASE, M4's) or by its quantiles (the mean weighted quantile loss).
+VAL_METRICS = {"char": ("val_loss",), "forecaster": ("val_mse",), "panel": ("val_mase", "val_wql")}
 
 # --- Model version tags written by the registry (``rnnops registry register``) -------------
 VTAG_KIND = "rnnops.kind"
