@@ -203,3 +203,27 @@ def test_a_file_that_does_not_score_what_the_run_logged_fails_the_gate(panel_run
     assert json.loads((folder / CONFIG_FILE).read_text())["run_id"] == panel_run
     with pytest.raises(ParityGateFailed, match="quality gate failed: the ONNX file's validation MASE"):
         export_run(str(folder), out_dir=tmp_path / "out", progress=False)
+
+
+def test_the_committed_panel_asset_follows_the_contract():
+    """tests/assets/panel-retail.onnx (scripts/make_test_assets.py), what the torch-free serving
+    tests can load: the current contract, and onnxruntime answers ordered quantiles."""
+    from panel_fixtures import REPO
+
+    from rnnops import contract as C
+
+    path = REPO / "tests" / "assets" / "panel-retail.onnx"
+    meta = decode_metadata(check_model_file(path))
+    assert set(meta) == set(C.META_KEYS), "regenerate it: .venv/bin/python scripts/make_test_assets.py"
+    contract = P.panel_contract(meta)
+    assert set(contract.inputs) == {
+        P.PAST_TARGET,
+        P.PAST_COVARIATES,
+        P.KNOWN_PAST,
+        P.KNOWN_FUTURE,
+        P.STATIC_CAT,
+        P.STATIC_REAL,
+    }
+    forecast, quantiles = ort_tools.session(path).run(None, PE.make_inputs(contract, 4, np.random.default_rng(0)))
+    assert forecast.shape == (4, 7) and quantiles.shape == (4, 7, 3)
+    assert np.isfinite(quantiles).all() and (np.diff(quantiles, axis=-1) >= 0).all()
