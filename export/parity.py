@@ -311,7 +311,7 @@ def run_panel_gate(graph, backends: dict[str, Backend], tol: Tolerance | None = 
     counts = graph.kind == "negbin"
     if counts:
         tol = Tolerance(atol=max(tol.atol, 1.0), rtol_forecast=tol.rtol_forecast)
-    outs = [contract_name for contract_name in contract.outputs]
+    outs = list(contract.outputs)  # forecast, quantiles: the graph's order
     rng = np.random.default_rng(seed)
     shortest = contract.min_history or 1
     histories = {"full": contract.lookback, "mixed": None, "shortest": shortest}
