@@ -4,9 +4,12 @@
 sample ``rnnops export`` writes (export/sample.py ``panel_sample``): the page lists the sample's
 series, plots one's history, forecast, band and covariates with its promotion days marked, gives
 the numbers the server gives for that series, and plays it as a session named by the series id
-whose last answer is that same forecast. One series id is hostile markup: it shows as text."""
+whose last answer is that same forecast. One series id is hostile markup: it shows as text. A
+panel file without a sample (tests/assets/panel-retail.onnx) gets the server's one-line reason."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,7 +40,9 @@ def served(tmp_path_factory):
     assert s is not None and len(s["series"]) >= 3
     s["series"][0]["id"] = HOSTILE  # the sample is the file's metadata: untrusted text
     sample.embed(path, s)
-    with serve_bentoml(root, {"RNNOPS_MODELS": f"retail={path}"}, "playground-panel") as (_, url, _):
+    bare = Path(__file__).parent / "assets" / "panel-retail.onnx"  # a panel file without a sample
+    models = f"retail={path},bare={bare}"
+    with serve_bentoml(root, {"RNNOPS_MODELS": models}, "playground-panel") as (_, url, _):
         yield url, s
 
 
@@ -133,3 +138,12 @@ def test_a_hostile_series_id_shows_as_text(page, served):
     assert HOSTILE in _by(page, "#fc-status").text
     assert page.find_elements(By.CSS_SELECTOR, "#tab-forecast img") == []
     assert page.execute_script("return window.__pwned === undefined")
+
+
+def test_a_panel_model_without_a_sample_says_why(page):
+    Select(_by(page, "#fc-model")).select_by_value("bare")
+    err = _by(page, "#fc-error")
+    _wait(page, lambda d: err.is_displayed(), 10, "no error shown")
+    assert "carries no validation sample" in err.text and "export it again" in err.text, err.text
+    assert page.find_elements(By.CSS_SELECTOR, "#fc-series option") == []
+    assert _severe(page, allow=("status of 404",)) == []

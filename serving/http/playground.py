@@ -150,7 +150,12 @@ async def sample(serving: Serving, request: Request) -> Response:
             "no_sample",
             f"model {m.name!r} (version {m.version}) carries no validation sample: "
             "it was exported before `rnnops export` embedded one, or its data could not be read "
-            "at export; paste or upload a CSV instead",
+            "at export; "
+            + (
+                "export it again to embed one, or ask /forecast with your own series"
+                if m.kind == "panel"
+                else "paste or upload a CSV instead"
+            ),
         )
     return JSONResponse({"model": m.name, "version": m.version, **s})
 
