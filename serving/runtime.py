@@ -44,6 +44,7 @@ import onnxruntime as ort
 from rnnops import contract
 from rnnops import panel_contract as pc
 from rnnops.errors import RnnopsError
+from rnnops.metadata_limits import MetadataError
 from rnnops.panel_contract import PanelContract
 
 log = logging.getLogger("rnnops.serving")
@@ -155,7 +156,7 @@ class ModelInfo:
         """A panel model: windowed (no state), one target, its sizes and levels from rnnops.panel."""
         try:
             p = pc.panel_contract(meta)
-        except contract.MetadataError as exc:
+        except MetadataError as exc:
             raise RnnopsError(f"{where}: {exc}") from None
         assert p is not None, "kind is panel"
         return cls(

@@ -55,7 +55,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class PanelSeries:
     """A panel session's series: the last ``lookback`` steps the model reads (timestamps int64 ns,
-    target and past covariates float64, NaN where missing; the future covariates' values at those
+    target and covariates float32, what the graph reads, so a stored session is half the size
+    and forecasts exactly as the request would; NaN where missing; the future covariates' values at those
     steps), its statics, and the future covariates of the ``horizon`` steps ahead. Immutable: an
     update makes a new one (:meth:`advanced`), kept only once it has been forecast."""
 
@@ -145,7 +146,7 @@ class PanelSeries:
             context=keep(self.context, observations),
             past={k: keep(v, past[k]) for k, v in self.past.items()},
             known={k: keep(v, self.ahead[k][:n]) for k, v in self.known.items()},
-            ahead={k: np.asarray(v, np.float64) for k, v in ahead.items()},
+            ahead={k: np.asarray(v, np.float32) for k, v in ahead.items()},
             start=None,
             future=self.future,
         )

@@ -423,14 +423,15 @@ async def open_series_session(serving: Serving, body: OpenSessionBody) -> Respon
     n, L = len(y), c.lookback
     ts = parse_timestamps(body.timestamps or [], "timestamps")
     future = _values(body.future_covariates)
+    f32 = np.float32  # what the graph reads (checked above: every value fits)
     series = PanelSeries(
         id=body.id,
         static=dict(body.static or {}),
         timestamps=ts[-L:],
-        context=y[-L:],
-        past={k: v[-L:] for k, v in _values(body.past_covariates).items()},
-        known={k: future[k][:n][-L:] for k in c.future_covariates},
-        ahead={k: future[k][n:] for k in c.future_covariates},
+        context=y[-L:].astype(f32),
+        past={k: v[-L:].astype(f32) for k, v in _values(body.past_covariates).items()},
+        known={k: future[k][:n][-L:].astype(f32) for k in c.future_covariates},
+        ahead={k: future[k][n:].astype(f32) for k in c.future_covariates},
         start=None if n or body.start is None else int(parse_timestamps([body.start], "start")[0]),
     )
     store = serving.sessions
