@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from rnnops.contract import MAX_DIM, MAX_NAMES, MAX_VOCAB, MetadataError, check_name, check_names
+from rnnops.metadata_limits import MAX_DIM, MAX_NAMES, MAX_VOCAB, MetadataError, check_name, check_names
 
 KIND = "panel"  # rnnops.kind of a global panel forecaster
 META_KEY = "panel"  # the metadata entry: "rnnops.panel"
