@@ -155,6 +155,24 @@ def choose_providers(requested: str) -> tuple[list[str], str, str | None]:
     return ["CPUExecutionProvider"], "cpu", None
 
 
+def session_options(threads: int) -> ort.SessionOptions:
+    """The options of every serving session (the model's, and its decode graph's)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, int(threads))
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    # A server shares its cores with the event loop and the sampler: threads that spin
+    # between ORT calls would steal them.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # No CPU arena: ORT's arena grows by doubling to the largest batch x prefill it has seen
+    # and never gives memory back, so a server's RSS crept up with each new peak shape (the
+    # soak, docs/reliability.md). Plain malloc measured no slower for these graphs (a step at
+    # batch 64/256 and a 128-character prefill within 2 %, batch 1 15 % faster).
+    opts.enable_cpu_mem_arena = False
+    return opts
+
+
 class Runtime:
     """An onnxruntime session for one model version plus what its metadata says."""
 
@@ -172,19 +190,7 @@ class Runtime:
         wanted, device, warning = choose_providers(providers)
         if warning:
             log.warning(warning)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, int(threads))
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        # A server shares its cores with the event loop and the sampler: threads that spin
-        # between ORT calls would steal them.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # No CPU arena: ORT's arena grows by doubling to the largest batch x prefill it has seen
-        # and never gives memory back, so a server's RSS crept up with each new peak shape (the
-        # soak, docs/reliability.md). Plain malloc measured no slower for these graphs (a step at
-        # batch 64/256 and a 128-character prefill within 2 %, batch 1 15 % faster).
-        opts.enable_cpu_mem_arena = False
+        opts = session_options(threads)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -206,6 +212,10 @@ class Runtime:
         self.info = ModelInfo.from_metadata(meta, where=str(self.path))
         self._check_graph()
         self._index = {c: i for i, c in enumerate(self.info.vocab)}
+
+    def session_options(self) -> ort.SessionOptions:
+        """Options for another session of this model's (its decode graph, generate/decode_graph.py)."""
+        return session_options(self.threads)
 
     # ------------------------------------------------------------------ description
 
