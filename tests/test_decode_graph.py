@@ -138,7 +138,7 @@ def test_stop_strings_on_a_chunk_drop_the_text_after_the_stop_as_the_numpy_path(
 
 def test_steps_per_call_run_until_a_stream_could_join_or_reaches_its_length(files):
     rt = Runtime(files["gru", "int8"])
-    sched = StepScheduler(rt, decode_steps=16)
+    sched = StepScheduler(rt, decode_steps=16, call_budget_s=1e9)  # the step count alone decides here
     launched: list[int] = []
     launch = sched.executor.launch
     sched.executor.launch = lambda lane, lanes, steps=1: (launched.append(steps), launch(lane, lanes, steps))[1]  # type: ignore[method-assign]
@@ -152,6 +152,20 @@ def test_steps_per_call_run_until_a_stream_could_join_or_reaches_its_length(file
     # after its first character) bounds the call after it joined; then a alone again
     assert launched[0] == 16 and 1 in launched and 4 in launched
     assert sum(launched) == 39  # every character after the first of a (the rest came from the calls)
+    assert sched.executor.step_s is not None and sched.executor.step_s > 0
+
+
+def test_a_call_stays_within_its_time_budget(files):
+    rt = Runtime(files["lstm", "fp32"])
+    sched = StepScheduler(rt, decode_steps=16, call_budget_s=1e9)
+    s = sched.submit(GenerationRequest(np.array([1, 2], np.int64), 40, seed=1))
+    sched.run_until_idle()
+    step_s = sched.executor.step_s
+    assert step_s is not None and sched.steps == 2 + 3  # prefill, launch, then calls of 16 + 16 + 7
+    sched.call_budget_s = 4.5 * step_s  # about four steps' worth
+    t = sched.submit(GenerationRequest(np.array([1, 2], np.int64), 40, seed=1))
+    sched.run_until_idle()
+    assert t.text == s.text and sched.steps - 5 >= 2 + 8  # calls of about 4 (at most 5) steps; the same text
 
 
 def test_logprobs_through_the_graph_are_the_numpy_paths(files):
@@ -195,3 +209,19 @@ def test_the_decode_graph_on_the_cuda_provider(files):
     assert all(len(t) > 0 for t, _ in texts)
     # on the GPU a seed reproduces a text at the same concurrency (cuBLAS picks kernels by batch)
     assert _generate(rt, requests, steps=8) == texts
+
+
+def test_the_engine_process_decodes_through_the_graph_with_the_numpy_paths_texts(files):
+    from rnnops.serving.generate import engine as E
+
+    path = files["rnn", "int8"]
+    rt = Runtime(path)
+    requests = _requests(12, stop=("k.",))
+    client = E.EngineClient(E.EngineSpec(str(path), name="graph", decode_steps=8)).start()
+    try:
+        assert client.describe()["decode"].startswith("graph:"), client.describe()
+        streams = [client.submit(r) for r in requests]
+        got = [(s.result(60), s.finish_reason) for s in streams]
+    finally:
+        client.stop()
+    assert got == _generate(rt, requests, steps=0)

@@ -22,6 +22,7 @@ thread samples meanwhile), else at once on the calling thread.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -68,6 +69,9 @@ class Executor:
         # at most this many steps per decode call (RNNOPS_DECODE_STEPS; 0: the Python sampler)
         self.decode_steps = min(int(decode_steps), UNIFORM_BLOCK)
         self.graph: decode_graph.DecodeGraph | None = None
+        # seconds per decode step of the graph's recent calls (a moving average; None: no call yet),
+        # so the scheduler can keep a call within its time budget
+        self.step_s: float | None = None
         self.decode_path = "python: RNNOPS_DECODE_STEPS=0 (sampling in numpy, one step per call)"
         if self.decode_steps > 0:
             self.graph, why = decode_graph.build(runtime)
@@ -92,9 +96,17 @@ class Executor:
         if self.graph is None:
             lane.pending = self._call(lanes, self.runtime.run, lane.tokens[:, None], lane.state, "last")
             return
-        g = self.graph
         args = (lane.tokens, lane.state, lane.temperature, lane.top_k, lane.top_p, lane.draw(steps), lane.logprobs)
-        lane.pending = self._call(lanes, g.run, *args)
+        lane.pending = self._call(lanes, self._decode, *args)
+
+    def _decode(self, *args: Any) -> DecodeResult:
+        """The decode graph's call, timed per step (on whichever thread runs it)."""
+        assert self.graph is not None, "launch() calls it only with a graph"
+        t0 = time.perf_counter()
+        r = self.graph.run(*args)
+        per_step = (time.perf_counter() - t0) / r.tokens.shape[0]
+        self.step_s = per_step if self.step_s is None else 0.8 * self.step_s + 0.2 * per_step
+        return r
 
     def collect(self, lane: DecodeBatch) -> DecodeOutput:
         """The lane's call in flight: wait for it (sample each row with its own uniforms when the

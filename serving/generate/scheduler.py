@@ -74,6 +74,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rnnops.serving")
 
+# A decode-graph call runs at most about this long (its steps x the measured time per step): a
+# stream that arrives during a call waits for its end to join, and a stream's characters come one
+# call apart, so K adapts to the step time (fewer steps for a big batch or a busy machine).
+CALL_BUDGET_S = 0.02
+
 __all__ = ["DecodeBatch", "GenerationRequest", "Overloaded", "SchedulerMetrics", "StepScheduler", "Stream"]
 
 
@@ -93,6 +98,7 @@ class StepScheduler:
         on_step: OnStep | None = None,
         lanes: int = 1,
         decode_steps: int = 0,
+        call_budget_s: float = CALL_BUDGET_S,
     ) -> None:
         self.runtime = runtime
         self.vocab = list(runtime.vocab)
@@ -105,6 +111,7 @@ class StepScheduler:
         self.name = name
         self.on_step = on_step or no_one
         self.executor = Executor(runtime, name, decode_steps)
+        self.call_budget_s = call_budget_s
         # characters by token id, for turning a call's [steps, rows] ids into one string per row
         # at once (numpy's fixed-width strings drop trailing NULs: a vocabulary with one keeps the
         # plain join)
@@ -337,9 +344,12 @@ class StepScheduler:
         """How many decode steps the lane's next call runs: up to the executor's cap, but only
         until the next stream could join (none is prefilling, waiting to join a lane, or queued
         for a free slot: else one step, so it joins as soon as it would today) or the first
-        stream in the lane reaches its length. A stream that ends on a stop string within the
-        call frees its slot at the call's end."""
-        cap = self.executor.max_steps
+        stream in the lane reaches its length, and within :data:`CALL_BUDGET_S` at the measured time
+        per step. A stream that ends on a stop string within the call frees its slot at the call's
+        end."""
+        cap, step_s = self.executor.max_steps, self.executor.step_s
+        if step_s:
+            cap = min(cap, int(self.call_budget_s / step_s))
         if cap <= 1 or self._prefill or self._joining or (self._queue and self.active < self.max_active):
             return 1
         left = min(s.request.max_chars - len(s.generated) for s in lane.streams)
