@@ -33,10 +33,10 @@ minute then falls on both precisions alike.
     python benchmarks/streaming.py --hidden 384 --modes batched --precisions fp32,int8 --levels 64,256 \
         --decode-steps 0,16 --alternate 2             # today's decode path vs the decode graph (issue 27)
 
-``--decode-steps`` (``RNNOPS_DECODE_STEPS``) runs a batched server per value side by side: ``0`` is
-the numpy sampler, one model step per call (key ``batched``, ``batched-int8``); ``K`` >= 1 the
-decode graph, sampling and up to K steps in one onnxruntime call (key ``batched-kK``,
-``batched-int8-kK``). Each is reported against its precision's raw kernel, and each graph server
+``--decode-steps`` (``RNNOPS_DECODE_STEPS``, default: the service's, 16) runs a batched server per
+value side by side: ``0`` is the numpy sampler, one model step per call; ``K`` >= 1 the decode
+graph, sampling and up to K steps in one onnxruntime call. The service's default keeps the plain
+keys (``batched``, ``batched-int8``); another value is suffixed (``batched-k0``, ``batched-int8-k8``). Each is reported against its precision's raw kernel, and each graph server
 against the numpy one of its precision (chars/s, server CPU per character, TTFC p99), measured in
 the same run. The raw decode graph (K steps per call, sampling included, no server) is measured
 beside the raw kernel. The load average is printed with every level: on a shared machine the
@@ -434,9 +434,9 @@ def main() -> None:
     )
     ap.add_argument(
         "--decode-steps",
-        default="0",
-        help="RNNOPS_DECODE_STEPS of the batched servers, e.g. 0,16: 0 = the numpy sampler, one step "
-        "per call; K = the decode graph, up to K steps per call; one server per value, side by side",
+        default=None,
+        help="RNNOPS_DECODE_STEPS of the batched servers, e.g. 0,16 (default: the service's): 0 = the numpy "
+        "sampler, one step per call; K = the decode graph, up to K steps per call; one server per value, side by side",
     )
     ap.add_argument(
         "--seed-check",
@@ -493,7 +493,8 @@ def main() -> None:
         "modes": {},
         "precisions": precisions,
     }
-    decode = [int(x) for x in args.decode_steps.split(",") if x.strip()]
+    default_steps = ServeConfig().decode_steps
+    decode = [int(x) for x in (args.decode_steps or str(default_steps)).split(",") if x.strip()]
     results["decode_steps"] = decode
     if args.seed_check:
         k = max(decode) or 16
@@ -507,7 +508,7 @@ def main() -> None:
         (mode, p, d)
         for mode in args.modes.split(",")
         for p in (precisions if mode == "batched" else ["fp32"])
-        for d in (decode if mode == "batched" else [0])
+        for d in (decode if mode == "batched" else [default_steps])
     ]
     repeats = max(1, args.alternate)
     servers: dict[str, tuple[subprocess.Popen, int]] = {}
@@ -517,7 +518,7 @@ def main() -> None:
         # each in turn, `repeats` times: on a shared machine the neighbours' load then falls on
         # every server alike instead of on whichever ran during a busy minute.
         for mode, precision, steps in runs:
-            key = (mode if precision == "fp32" else f"{mode}-{precision}") + (f"-k{steps}" if steps else "")
+            key = _key(mode, precision, steps, default_steps)
             servers[key] = start_server(
                 onnx,
                 mode,
@@ -651,22 +652,27 @@ def main() -> None:
                 f"raw decode graph, {key} (sampling included, this process): "
                 + ", ".join(f"batch {b}: {x['chars_per_s']:.0f} chars/s ({x['call_ms']} ms/call)" for b, x in g.items())
             )
-        results["decode_graph"] = _decode_summary(by, kernels, levels, decode)
+        results["decode_graph"] = _decode_summary(by, kernels, levels, decode, default_steps)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
         print(f"wrote {args.out}")
 
 
-def _decode_summary(by: dict, kernels: dict, levels: list[int], decode: list[int]) -> dict:
+def _key(mode: str, precision: str, steps: int, default_steps: int) -> str:
+    """A server's name in the results: the mode, its precision unless fp32, its K unless the service's."""
+    return (mode if precision == "fp32" else f"{mode}-{precision}") + ("" if steps == default_steps else f"-k{steps}")
+
+
+def _decode_summary(by: dict, kernels: dict, levels: list[int], decode: list[int], default_steps: int) -> dict:
     """Issue 27's ratios, per precision, level and K: served / raw kernel at the level's batch, the
     decode graph's server over the numpy one (chars/s, CPU per character), and TTFC p99 of both."""
     out: dict = {}
     for p, kernel in kernels.items():
-        base_key = "batched" if p == "fp32" else f"batched-{p}"
+        base_key = _key("batched", p, 0, default_steps)  # the numpy path
         for d in decode:
             if not d:
                 continue
-            key = f"{base_key}-k{d}"
+            key = _key("batched", p, d, default_steps)
             for c in levels:
                 new, old = by.get(key, {}).get(c), by.get(base_key, {}).get(c)
                 if new is None:

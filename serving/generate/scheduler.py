@@ -77,7 +77,7 @@ log = logging.getLogger("rnnops.serving")
 # A decode-graph call runs at most about this long (its steps x the measured time per step): a
 # stream that arrives during a call waits for its end to join, and a stream's characters come one
 # call apart, so K adapts to the step time (fewer steps for a big batch or a busy machine).
-CALL_BUDGET_S = 0.02
+CALL_BUDGET_S = 0.04
 
 __all__ = ["DecodeBatch", "GenerationRequest", "Overloaded", "SchedulerMetrics", "StepScheduler", "Stream"]
 
