@@ -160,12 +160,18 @@ def test_a_call_stays_within_its_time_budget(files):
     sched = StepScheduler(rt, decode_steps=16, call_budget_s=1e9)
     s = sched.submit(GenerationRequest(np.array([1, 2], np.int64), 40, seed=1))
     sched.run_until_idle()
-    step_s = sched.executor.step_s
-    assert step_s is not None and sched.steps == 2 + 3  # prefill, launch, then calls of 16 + 16 + 7
-    sched.call_budget_s = 4.5 * step_s  # about four steps' worth
+    assert sched.executor.step_s is not None and sched.steps == 2 + 3  # prefill, launch, calls of 16 + 16 + 7
+    # the decision alone, at a given time per step: as many steps as fit in the budget
+    lane = sched._lanes[0]
     t = sched.submit(GenerationRequest(np.array([1, 2], np.int64), 40, seed=1))
+    sched.step()  # prefill
+    sched.step()  # joins the lane (and its first call runs)
+    sched.executor.step_s, sched.call_budget_s = 0.001, 0.0045
+    assert sched._steps(lane) == 4
+    sched.call_budget_s = 1e-12  # less than a step: one step per call, whatever the measurement
+    before = sched.steps
     sched.run_until_idle()
-    assert t.text == s.text and sched.steps - 5 >= 2 + 8  # calls of about 4 (at most 5) steps; the same text
+    assert t.text == s.text and sched.steps - before >= 39 - 16  # the same text, from one-step calls
 
 
 def test_logprobs_through_the_graph_are_the_numpy_paths(files):
