@@ -109,10 +109,17 @@ def _requests(n: int, stop: tuple[str, ...] = ()) -> list[GenerationRequest]:
     return out
 
 
-def _generate(rt: Runtime, requests: list[GenerationRequest], steps: int) -> list[tuple[str, str | None]]:
-    sched = StepScheduler(rt, decode_steps=steps)
+def _generate(
+    rt: Runtime, requests: list[GenerationRequest], steps: int, lanes: int = 1
+) -> list[tuple[str, str | None]]:
+    sched = StepScheduler(rt, decode_steps=steps, lanes=lanes)
+    if lanes > 1:
+        sched.executor.start()  # the runner thread: one lane's call overlaps the other's Python
     streams = [sched.submit(r) for r in requests]
-    sched.run_until_idle()
+    try:
+        sched.run_until_idle()
+    finally:
+        sched.executor.stop()
     return [(s.text, s.finish_reason) for s in streams]
 
 
@@ -188,6 +195,18 @@ def test_logprobs_through_the_graph_are_the_numpy_paths(files):
         runs[steps] = [(s.text, s.logprobs) for s in streams]
     assert runs[0] == runs[8]
     assert all(len(lp) == len(text) for text, lp in runs[8][:5])
+
+
+def test_two_lanes_and_iobinding_give_the_same_texts(files):
+    """The graph's call on the runner thread (two lanes), and through IOBinding (the state bound as
+    OrtValues between calls: the CUDA provider's path, run here on the CPU)."""
+    path = files["gru", "fp32"]
+    requests = _requests(64)
+    expected = _generate(Runtime(path), requests, steps=0)
+    assert _generate(Runtime(path), requests, steps=8, lanes=2) == expected
+    bound = Runtime(path, iobinding="1")
+    assert bound.iobinding and D.build(bound)[0] is not None
+    assert _generate(bound, requests, steps=8) == expected
 
 
 def test_a_file_the_graph_cannot_wrap_keeps_the_numpy_path(tmp_path):
