@@ -260,9 +260,9 @@ def _inverse_cdf(n: _Nodes, p: str, ucol: str) -> str:
 def _body(model_graph: bytes, state: tuple[contract.StateTensor, ...], vocab: int, opset: int) -> bytes:
     """One step: the model's graph at T=1 from the carried token and state, then the sampler.
 
-    The top-k / top-p part (a sort of every row, a second ``exp``) runs only in a call where some
-    row asks for it (an ``If`` on a flag of the outer graph): in a plain call it would cost as
-    much as the rest of the sampler."""
+    The greedy and top-k / top-p parts (an argmax, a sort of every row, a second ``exp``) run only
+    in a call where some row asks for them (an ``If`` on a flag of the outer graph): in a call of
+    plain temperature rows they would cost as much as the rest of the sampler."""
     n = _Nodes("step")
     it, cond, tok = PREFIX + "iter", PREFIX + "cond", PREFIX + "token"
     o = PREFIX + "outer/"
@@ -277,7 +277,7 @@ def _body(model_graph: bytes, state: tuple[contract.StateTensor, ...], vocab: in
         zmax = n("ReduceMax", z, axes=[1], keepdims=1)
     plain = _inverse_cdf(n, n("Exp", n("Sub", z, zmax)), ucol)
 
-    f = _Nodes("filtered")  # the top-k / top-p rows, in sorted order (as sample_batch's)
+    f = _Nodes("special")  # the top-k / top-p rows in sorted order (as sample_batch's), and greedy ones
     zs, order = f.outputs("TopK", [z, _c("k_vocab")], 2, axis=-1, largest=1, sorted=1)
     p = f("Exp", f("Sub", zs, zmax))
     keep = f("Or", o + "k_off", f("Less", _c("ranks"), o + "kcol"))
@@ -288,24 +288,22 @@ def _body(model_graph: bytes, state: tuple[contract.StateTensor, ...], vocab: in
     keep = f("And", keep, f("Or", o + "p_off", f("Less", before, bound)))
     pick = _inverse_cdf(f, f("Mul", p, f("Cast", keep, to=P.DOUBLE)), ucol)
     chosen = f("Reshape", f("GatherElements", order, f("Reshape", pick, _c("col")), axis=1), _c("flat"))
-    mixed = f("Where", o + "filtered", chosen, plain)
-    then = P.graph(PREFIX + "filtered", f.nodes, [], [P.value_info(mixed, P.INT64, [contract.BATCH_DIM])])
+    mixed = f("Where", o + "greedy", f("ArgMax", logits, axis=1, keepdims=0), f("Where", o + "filtered", chosen, plain))
+    then = P.graph(PREFIX + "special", f.nodes, [], [P.value_info(mixed, P.INT64, [contract.BATCH_DIM])])
     e = _Nodes("plain")
     only_plain = e("Identity", plain)
     otherwise = P.graph(PREFIX + "plain", e.nodes, [], [P.value_info(only_plain, P.INT64, [contract.BATCH_DIM])])
-    sampled = PREFIX + "sampled"
+    nxt = PREFIX + "next"
     n.nodes.append(
         P.node(
             "If",
-            [o + "any_filtered"],
-            [sampled],
-            PREFIX + "step/if_filtered",
+            [o + "any_special"],
+            [nxt],
+            PREFIX + "step/if_special",
             then_branch=P.Graph(then),
             else_branch=P.Graph(otherwise),
         )
     )
-    greedy = n("ArgMax", logits, axis=1, keepdims=0)
-    nxt = n("Where", o + "greedy", greedy, sampled, out=PREFIX + "next")
     n("Identity", cond, out=PREFIX + "cond_out")
     n("Identity", nxt, out=PREFIX + "scan_token")
     inputs = [
@@ -333,8 +331,8 @@ def _outer(body: bytes, state: tuple[contract.StateTensor, ...], vocab: int) -> 
     k_on = n("And", n("Greater", TOP_K, _c("zero_i64")), n("Less", TOP_K, _c("vocab_i64")))
     p_on = n("Less", TOP_P, _c("one_f64"))
     filtered = n("And", n("Not", greedy), n("Or", k_on, p_on), out=o + "filtered")
-    some = n("ReduceSum", n("Cast", filtered, to=P.INT64), keepdims=0)  # all axes: a scalar
-    n("Greater", some, _c("zero_i64"), out=o + "any_filtered")
+    some = n("ReduceSum", n("Cast", n("Or", greedy, filtered), to=P.INT64), keepdims=0)  # all axes: a scalar
+    n("Greater", some, _c("zero_i64"), out=o + "any_special")
     # the uniforms step-major, [K, B, 1]: step i's column is one Gather in the body
     n("Reshape", n("Transpose", UNIFORMS, perm=[1, 0]), _c("steps_rows_1"), out=o + "uniforms")
     kcol = n("Reshape", TOP_K, _c("col"), out=o + "kcol")
