@@ -173,6 +173,27 @@ def session_options(threads: int) -> ort.SessionOptions:
     return opts
 
 
+def run_bound(
+    session: ort.InferenceSession, feeds: dict[str, Any], host: list[str], kept: list[str], device: str
+) -> list[Any]:
+    """One call through IOBinding: host arrays and ``OrtValue``s in; the ``host`` outputs come back
+    as numpy arrays, the ``kept`` ones (the state) stay on ``device`` as ``OrtValue``s for the next
+    call. Returns the outputs in that order (the model's session and its decode graph's)."""
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        if isinstance(value, ort.OrtValue):
+            binding.bind_ortvalue_input(name, value)
+        else:
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    for name in host:
+        binding.bind_output(name, "cpu")
+    for name in kept:
+        binding.bind_output(name, device)  # stays on the device for the next call
+    session.run_with_iobinding(binding)
+    out = binding.get_outputs()
+    return [o.numpy() for o in out[: len(host)]] + list(out[len(host) :])
+
+
 class Runtime:
     """An onnxruntime session for one model version plus what its metadata says."""
 
@@ -354,20 +375,8 @@ class Runtime:
             feeds = {contract.INPUT: x, **{n: s for n, s in zip(names, state)}}
             out = self.session.run(self._outputs, feeds)
         else:
-            binding = self.session.io_binding()
-            binding.bind_cpu_input(contract.INPUT, np.ascontiguousarray(x))
-            for n, s in zip(names, state):
-                if isinstance(s, ort.OrtValue):
-                    binding.bind_ortvalue_input(n, s)
-                else:
-                    binding.bind_cpu_input(n, np.ascontiguousarray(s))
-            for n in host:
-                binding.bind_output(n, "cpu")
-            for n in self._outputs[len(host) :]:
-                binding.bind_output(n, self.device)  # stays on the device for the next step
-            self.session.run_with_iobinding(binding)
-            out = binding.get_outputs()
-            out = [o.numpy() for o in out[: len(host)]] + list(out[len(host) :])
+            feeds = {contract.INPUT: x, **dict(zip(names, state))}
+            out = run_bound(self.session, feeds, host, self._outputs[len(host) :], self.device)
         q = out[1] if len(host) == 2 else None
         return out[0], q, tuple(out[len(host) :])
 

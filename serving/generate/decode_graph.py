@@ -45,6 +45,7 @@ import onnxruntime as ort
 
 from rnnops import contract
 from rnnops.serving.generate import onnx_proto as P
+from rnnops.serving.runtime import run_bound
 
 if TYPE_CHECKING:
     from rnnops.serving.runtime import Runtime, State
@@ -108,22 +109,10 @@ class DecodeGraph:
         host = [STEP_TOKENS, STEP_LOGITS] if logits else [STEP_TOKENS]
         if not self.iobinding:
             out = self.session.run(host + self.state_out, {**feeds, **dict(zip(self.state_in, state))})
-        else:
-            binding = self.session.io_binding()
-            for name, value in feeds.items():
-                binding.bind_cpu_input(name, value)
-            for name, s in zip(self.state_in, state):
-                if isinstance(s, ort.OrtValue):
-                    binding.bind_ortvalue_input(name, s)
-                else:
-                    binding.bind_cpu_input(name, np.ascontiguousarray(s))
-            for name in host:
-                binding.bind_output(name, "cpu")
-            for name in self.state_out:
-                binding.bind_output(name, rt.device)  # stays on the device for the next call
-            self.session.run_with_iobinding(binding)
-            values = binding.get_outputs()
-            out = [v.numpy() for v in values[: len(host)]] + list(values[len(host) :])
+        else:  # the state stays on the device between calls
+            out = run_bound(
+                self.session, {**feeds, **dict(zip(self.state_in, state))}, host, self.state_out, self.device
+            )
         toks, lg, new = out[0], out[1] if logits else None, tuple(out[len(host) :])
         if lone:
             toks, lg, new = toks[:, :1], None if lg is None else lg[:, :1], rt.take(new, [0])
