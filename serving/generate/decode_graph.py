@@ -10,8 +10,9 @@ weights copied as they are) followed by the sampler, so one call and one Python 
 
 **Built when the model loads**, not exported: it is derived from the verified ``model.onnx`` or
 ``model.int8.onnx`` itself, so every char model exported so far gets it, and there is no new file
-to log, register, hash or download. The serving image has no ``onnx`` package, so the few
-messages are written with :mod:`rnnops.serving.generate.onnx_proto`. A file the wrap cannot take
+to log, register, hash or download. The model's graph is read and the wrap written with the
+``onnx`` package (its protobuf classes and ``onnx.helper``): the model's nodes and weights become
+the ``Loop`` body as they are, with the sampler's nodes appended. A file the wrap cannot take
 (an opset below 13, a graph that is not the contract's) keeps today's path: :func:`build` returns
 None and says why, and the scheduler samples in Python as before.
 
@@ -42,9 +43,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
+from onnx import GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto, helper, numpy_helper
 
 from rnnops import contract
-from rnnops.serving.generate import onnx_proto as P
 from rnnops.serving.runtime import run_bound
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ def build(runtime: Runtime) -> tuple[DecodeGraph | None, str]:
     try:
         model = wrap(path.read_bytes(), info.state, len(info.vocab))
         return DecodeGraph(runtime, model), "the decode graph (sampling and steps in one onnxruntime call)"
-    except (P.ProtoError, ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:
         why = str(exc)
     except Exception as exc:  # onnxruntime refused the wrap: its own exception types
         why = (
@@ -146,34 +147,21 @@ def build(runtime: Runtime) -> tuple[DecodeGraph | None, str]:
 
 def wrap(model: bytes, state: tuple[contract.StateTensor, ...], vocab: int) -> bytes:
     """The decode graph (a serialised ModelProto) of a char model file's bytes. Raises ValueError
-    (or :class:`onnx_proto.ProtoError`) when the file is not one it can wrap."""
-    opsets = P.opsets(model)
+    when the file is not one it can wrap."""
+    proto = ModelProto()
+    try:
+        proto.ParseFromString(model)
+    except Exception as exc:  # protobuf's DecodeError (its module has no type stubs)
+        raise ValueError(f"the file is not an ONNX model ({exc})") from None
+    opsets = {o.domain: o.version for o in proto.opset_import}
     if opsets.get("", 0) < MIN_OPSET:
         raise ValueError(f"opset {opsets.get('', 0)} is below {MIN_OPSET}: the decode graph needs {MIN_OPSET}+")
     if vocab < 1:
         raise ValueError("the model has no vocabulary")
-    ir_version, graph_bytes, kept = 0, None, []
-    for number, _, value, raw in P.fields(model):
-        if number == P.M_IR_VERSION:
-            assert isinstance(value, int)
-            ir_version = value
-        elif number == P.M_GRAPH:
-            assert isinstance(value, bytes)
-            graph_bytes = value
-        elif number in (P.M_OPSET_IMPORT, P.M_FUNCTIONS):  # what the model's nodes need, as they are
-            kept.append(raw)
-    if graph_bytes is None:
+    if not proto.HasField("graph"):
         raise ValueError("the file holds no graph")
-    body_keep: list[bytes] = []
-    names_in: set[str] = set()
-    names_out: set[str] = set()
-    for number, _, value, raw in P.fields(graph_bytes):
-        if number == P.G_INPUT or number == P.G_OUTPUT:
-            assert isinstance(value, bytes)
-            name = next((v for n, _, v, _ in P.fields(value) if n == 1), b"")
-            (names_in if number == P.G_INPUT else names_out).add(bytes(name).decode())
-        elif number != P.G_NAME:  # nodes, weights, value infos: the body's, byte for byte
-            body_keep.append(raw)
+    names_in = {v.name for v in proto.graph.input}
+    names_out = {v.name for v in proto.graph.output}
     want_in = {contract.INPUT, *(t.input for t in state)}
     want_out = {contract.CHAR_OUTPUT, *(t.output for t in state)}
     if not want_in <= names_in or not want_out <= names_out:
@@ -182,14 +170,12 @@ def wrap(model: bytes, state: tuple[contract.StateTensor, ...], vocab: int) -> b
         )
     if any(n.startswith(PREFIX) for n in names_in | names_out):
         raise ValueError(f"the graph already uses names starting with {PREFIX!r}")
-    body = _body(b"".join(body_keep), state, vocab, opsets[""])
+    body = _body(proto.graph, state, vocab, opsets[""])
     outer = _outer(body, state, vocab)
-    return (
-        P.field_varint(P.M_IR_VERSION, max(ir_version, 7))
-        + P.field_bytes(2, "rnnops.decode_graph")
-        + b"".join(kept)
-        + P.field_bytes(P.M_GRAPH, outer)
-    )
+    wrapped = helper.make_model(outer, opset_imports=list(proto.opset_import), producer_name="rnnops.decode_graph")
+    wrapped.ir_version = max(proto.ir_version, 7)
+    wrapped.functions.extend(proto.functions)  # what the model's nodes need, as they are
+    return bytes(wrapped.SerializeToString())
 
 
 class _Nodes:
@@ -197,19 +183,19 @@ class _Nodes:
 
     def __init__(self, scope: str) -> None:
         self.scope = PREFIX + scope + "/"
-        self.nodes: list[bytes] = []
+        self.nodes: list[NodeProto] = []
         self.n = 0
 
     def __call__(self, op: str, *inputs: str, out: str | None = None, **attrs: object) -> str:
         self.n += 1
         name = out or f"{self.scope}{op}_{self.n}"
-        self.nodes.append(P.node(op, inputs, [name], f"{self.scope}{op}_{self.n}", **attrs))
+        self.nodes.append(helper.make_node(op, inputs, [name], f"{self.scope}{op}_{self.n}", **attrs))
         return name
 
     def outputs(self, op: str, inputs: list[str], count: int, **attrs: object) -> list[str]:
         self.n += 1
         names = [f"{self.scope}{op}_{self.n}_{k}" for k in range(count)]
-        self.nodes.append(P.node(op, inputs, names, f"{self.scope}{op}_{self.n}", **attrs))
+        self.nodes.append(helper.make_node(op, inputs, names, f"{self.scope}{op}_{self.n}", **attrs))
         return names
 
 
@@ -233,6 +219,13 @@ def _constants(vocab: int) -> dict[str, np.ndarray]:
     }
 
 
+_DTYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE, "int64": TensorProto.INT64}
+
+
+def _info(name: str, elem_type: int, shape: list[int | str]) -> ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem_type, shape)
+
+
 def _c(name: str) -> str:
     return PREFIX + "const/" + name
 
@@ -242,11 +235,11 @@ def _inverse_cdf(n: _Nodes, p: str, ucol: str) -> str:
     :func:`sampling._inverse_cdf`: the count of running sums <= the target, at most V - 1)."""
     cdf = n("CumSum", p, _c("axis1"))
     target = n("Mul", ucol, n("Gather", cdf, _c("last_col"), axis=1))
-    count = n("ReduceSum", n("Cast", n("LessOrEqual", cdf, target), to=P.INT64), _c("axis1"), keepdims=0)
+    count = n("ReduceSum", n("Cast", n("LessOrEqual", cdf, target), to=TensorProto.INT64), _c("axis1"), keepdims=0)
     return n("Min", count, _c("last_i64"))
 
 
-def _body(model_graph: bytes, state: tuple[contract.StateTensor, ...], vocab: int, opset: int) -> bytes:
+def _body(model_graph: GraphProto, state: tuple[contract.StateTensor, ...], vocab: int, opset: int) -> GraphProto:
     """One step: the model's graph at T=1 from the carried token and state, then the sampler.
 
     The greedy and top-k / top-p parts (an argmax, a sort of every row, a second ``exp``) run only
@@ -256,10 +249,10 @@ def _body(model_graph: bytes, state: tuple[contract.StateTensor, ...], vocab: in
     it, cond, tok = PREFIX + "iter", PREFIX + "cond", PREFIX + "token"
     o = PREFIX + "outer/"
     # first, before the model's nodes (a graph's nodes are in topological order): [B] -> x [B, 1]
-    first = P.field_bytes(P.G_NODE, P.node("Reshape", [tok, _c("col")], [contract.INPUT], PREFIX + "step/x"))
+    first = helper.make_node("Reshape", [tok, _c("col")], [contract.INPUT], PREFIX + "step/x")
     logits = n("Gather", contract.CHAR_OUTPUT, _c("zero_i64"), axis=1, out=PREFIX + "logits")  # [B, 1, V] -> [B, V]
     ucol = n("Gather", o + "uniforms", it, axis=0)  # this step's uniform per row [B, 1]
-    z = n("Div", n("Cast", logits, to=P.DOUBLE), o + "tcol")
+    z = n("Div", n("Cast", logits, to=TensorProto.DOUBLE), o + "tcol")
     if opset >= 18:  # the row maximum [B, 1]
         zmax = n("ReduceMax", z, _c("axis1"), keepdims=1)
     else:
@@ -270,48 +263,60 @@ def _body(model_graph: bytes, state: tuple[contract.StateTensor, ...], vocab: in
     zs, order = f.outputs("TopK", [z, _c("k_vocab")], 2, axis=-1, largest=1, sorted=1)
     p = f("Exp", f("Sub", zs, zmax))
     keep = f("Or", o + "k_off", f("Less", _c("ranks"), o + "kcol"))
-    p = f("Mul", p, f("Cast", keep, to=P.DOUBLE))
+    p = f("Mul", p, f("Cast", keep, to=TensorProto.DOUBLE))
     cum = f("CumSum", p, _c("axis1"))
     before = f("Sub", cum, p)
     bound = f("Mul", o + "pcol", f("Gather", cum, _c("last_col"), axis=1))
     keep = f("And", keep, f("Or", o + "p_off", f("Less", before, bound)))
-    pick = _inverse_cdf(f, f("Mul", p, f("Cast", keep, to=P.DOUBLE)), ucol)
+    pick = _inverse_cdf(f, f("Mul", p, f("Cast", keep, to=TensorProto.DOUBLE)), ucol)
     chosen = f("Reshape", f("GatherElements", order, f("Reshape", pick, _c("col")), axis=1), _c("flat"))
     mixed = f("Where", o + "greedy", f("ArgMax", logits, axis=1, keepdims=0), f("Where", o + "filtered", chosen, plain))
-    then = P.graph(PREFIX + "special", f.nodes, [], [P.value_info(mixed, P.INT64, [contract.BATCH_DIM])])
+    then = helper.make_graph(f.nodes, PREFIX + "special", [], [_info(mixed, TensorProto.INT64, [contract.BATCH_DIM])])
     e = _Nodes("plain")
     only_plain = e("Identity", plain)
-    otherwise = P.graph(PREFIX + "plain", e.nodes, [], [P.value_info(only_plain, P.INT64, [contract.BATCH_DIM])])
+    otherwise = helper.make_graph(
+        e.nodes, PREFIX + "plain", [], [_info(only_plain, TensorProto.INT64, [contract.BATCH_DIM])]
+    )
     nxt = PREFIX + "next"
     n.nodes.append(
-        P.node(
+        helper.make_node(
             "If",
             [o + "any_special"],
             [nxt],
             PREFIX + "step/if_special",
-            then_branch=P.Graph(then),
-            else_branch=P.Graph(otherwise),
+            then_branch=then,
+            else_branch=otherwise,
         )
     )
     n("Identity", cond, out=PREFIX + "cond_out")
     n("Identity", nxt, out=PREFIX + "scan_token")
     inputs = [
-        P.value_info(it, P.INT64, []),
-        P.value_info(cond, P.BOOL, []),
-        P.value_info(tok, P.INT64, [contract.BATCH_DIM]),
-        *(P.value_info(t.input, P.DTYPES[t.dtype], list(t.shape)) for t in state),
+        _info(it, TensorProto.INT64, []),
+        _info(cond, TensorProto.BOOL, []),
+        _info(tok, TensorProto.INT64, [contract.BATCH_DIM]),
+        *(_info(t.input, _DTYPES[t.dtype], list(t.shape)) for t in state),
     ]
     outputs = [
-        P.value_info(PREFIX + "cond_out", P.BOOL, []),
-        P.value_info(nxt, P.INT64, [contract.BATCH_DIM]),
-        *(P.value_info(t.output, P.DTYPES[t.dtype], list(t.shape)) for t in state),
-        P.value_info(PREFIX + "scan_token", P.INT64, [contract.BATCH_DIM]),
-        P.value_info(logits, P.FLOAT, [contract.BATCH_DIM, vocab]),
+        _info(PREFIX + "cond_out", TensorProto.BOOL, []),
+        _info(nxt, TensorProto.INT64, [contract.BATCH_DIM]),
+        *(_info(t.output, _DTYPES[t.dtype], list(t.shape)) for t in state),
+        _info(PREFIX + "scan_token", TensorProto.INT64, [contract.BATCH_DIM]),
+        _info(logits, TensorProto.FLOAT, [contract.BATCH_DIM, vocab]),
     ]
-    return P.graph(PREFIX + "step", n.nodes, inputs, outputs, keep=first + model_graph)
+    # the model's graph at its core: its nodes (after ``first``), weights and value infos as they are
+    body = GraphProto()
+    body.CopyFrom(model_graph)
+    del body.input[:], body.output[:]
+    model_nodes = list(body.node)
+    del body.node[:]
+    body.node.extend([first, *model_nodes, *n.nodes])
+    body.name = PREFIX + "step"
+    body.input.extend(inputs)
+    body.output.extend(outputs)
+    return body
 
 
-def _outer(body: bytes, state: tuple[contract.StateTensor, ...], vocab: int) -> bytes:
+def _outer(body: GraphProto, state: tuple[contract.StateTensor, ...], vocab: int) -> GraphProto:
     """The per-row choices of the sampler (computed once per call), then the Loop over K steps."""
     n = _Nodes("outer")
     o = PREFIX + "outer/"
@@ -320,7 +325,7 @@ def _outer(body: bytes, state: tuple[contract.StateTensor, ...], vocab: int) -> 
     k_on = n("And", n("Greater", TOP_K, _c("zero_i64")), n("Less", TOP_K, _c("vocab_i64")))
     p_on = n("Less", TOP_P, _c("one_f64"))
     filtered = n("And", n("Not", greedy), n("Or", k_on, p_on), out=o + "filtered")
-    some = n("ReduceSum", n("Cast", n("Or", greedy, filtered), to=P.INT64), keepdims=0)  # all axes: a scalar
+    some = n("ReduceSum", n("Cast", n("Or", greedy, filtered), to=TensorProto.INT64), keepdims=0)  # all axes: a scalar
     n("Greater", some, _c("zero_i64"), out=o + "any_special")
     # the uniforms step-major, [K, B, 1]: step i's column is one Gather in the body
     n("Reshape", n("Transpose", UNIFORMS, perm=[1, 0]), _c("steps_rows_1"), out=o + "uniforms")
@@ -332,27 +337,27 @@ def _outer(body: bytes, state: tuple[contract.StateTensor, ...], vocab: int) -> 
     carried_in = [TOKENS, *(PREFIX + t.input for t in state)]
     carried_out = [PREFIX + "last_token", *(PREFIX + t.output for t in state)]
     n.nodes.append(
-        P.node(
+        helper.make_node(
             "Loop",
             [steps, _c("true"), *carried_in],
             [*carried_out, STEP_TOKENS, STEP_LOGITS],
             PREFIX + "loop",
-            body=P.Graph(body),
+            body=body,
         )
     )
-    inits = b"".join(P.field_bytes(P.G_INITIALIZER, P.tensor(_c(k), v)) for k, v in _constants(vocab).items())
+    inits = [numpy_helper.from_array(v, _c(k)) for k, v in _constants(vocab).items()]
     inputs = [
-        P.value_info(TOKENS, P.INT64, [contract.BATCH_DIM]),
-        *(P.value_info(PREFIX + t.input, P.DTYPES[t.dtype], list(t.shape)) for t in state),
-        P.value_info(TEMPERATURE, P.DOUBLE, [contract.BATCH_DIM]),
-        P.value_info(TOP_K, P.INT64, [contract.BATCH_DIM]),
-        P.value_info(TOP_P, P.DOUBLE, [contract.BATCH_DIM]),
-        P.value_info(UNIFORMS, P.DOUBLE, [contract.BATCH_DIM, "steps"]),
+        _info(TOKENS, TensorProto.INT64, [contract.BATCH_DIM]),
+        *(_info(PREFIX + t.input, _DTYPES[t.dtype], list(t.shape)) for t in state),
+        _info(TEMPERATURE, TensorProto.DOUBLE, [contract.BATCH_DIM]),
+        _info(TOP_K, TensorProto.INT64, [contract.BATCH_DIM]),
+        _info(TOP_P, TensorProto.DOUBLE, [contract.BATCH_DIM]),
+        _info(UNIFORMS, TensorProto.DOUBLE, [contract.BATCH_DIM, "steps"]),
     ]
     outputs = [
-        P.value_info(PREFIX + "last_token", P.INT64, [contract.BATCH_DIM]),
-        *(P.value_info(PREFIX + t.output, P.DTYPES[t.dtype], list(t.shape)) for t in state),
-        P.value_info(STEP_TOKENS, P.INT64, ["steps", contract.BATCH_DIM]),
-        P.value_info(STEP_LOGITS, P.FLOAT, ["steps", contract.BATCH_DIM, vocab]),
+        _info(PREFIX + "last_token", TensorProto.INT64, [contract.BATCH_DIM]),
+        *(_info(PREFIX + t.output, _DTYPES[t.dtype], list(t.shape)) for t in state),
+        _info(STEP_TOKENS, TensorProto.INT64, ["steps", contract.BATCH_DIM]),
+        _info(STEP_LOGITS, TensorProto.FLOAT, ["steps", contract.BATCH_DIM, vocab]),
     ]
-    return P.graph(PREFIX + "decode", n.nodes, inputs, outputs, keep=inits)
+    return helper.make_graph(n.nodes, PREFIX + "decode", inputs, outputs, initializer=inits)
