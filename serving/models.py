@@ -301,7 +301,7 @@ class ModelManager:
             if cfg.scheduler == "naive":
                 m.scheduler = NaiveGenerator(rt, **limits).start()
             elif cfg.engine == "thread":
-                m.scheduler = StepScheduler(rt, lanes=cfg.decode_lanes, **limits).start()
+                m.scheduler = StepScheduler(rt, lanes=cfg.decode_lanes, decode_steps=cfg.decode_steps, **limits).start()
             else:  # the scheduler and a session of its own in an engine process (generate/engine.py)
                 spec = EngineSpec(
                     str(rt.path),
@@ -314,6 +314,7 @@ class ModelManager:
                     cfg.queue_timeout_s,
                     cfg.prefill_chunk,
                     cfg.decode_lanes,
+                    cfg.decode_steps,
                 )
                 m.scheduler = EngineClient(spec, sm, self.on_step).start()
         else:

@@ -198,6 +198,45 @@ def choose_providers(requested: str) -> tuple[list[str], str, str | None]:
     return ["CPUExecutionProvider"], "cpu", None
 
 
+def session_options(threads: int) -> ort.SessionOptions:
+    """The options of every serving session (the model's, and its decode graph's)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, int(threads))
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    # A server shares its cores with the event loop and the sampler: threads that spin
+    # between ORT calls would steal them.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # No CPU arena: ORT's arena grows by doubling to the largest batch x prefill it has seen
+    # and never gives memory back, so a server's RSS crept up with each new peak shape (the
+    # soak, docs/reliability.md). Plain malloc measured no slower for these graphs (a step at
+    # batch 64/256 and a 128-character prefill within 2 %, batch 1 15 % faster).
+    opts.enable_cpu_mem_arena = False
+    return opts
+
+
+def run_bound(
+    session: ort.InferenceSession, feeds: dict[str, Any], host: list[str], kept: list[str], device: str
+) -> list[Any]:
+    """One call through IOBinding: host arrays and ``OrtValue``s in; the ``host`` outputs come back
+    as numpy arrays, the ``kept`` ones (the state) stay on ``device`` as ``OrtValue``s for the next
+    call. Returns the outputs in that order (the model's session and its decode graph's)."""
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        if isinstance(value, ort.OrtValue):
+            binding.bind_ortvalue_input(name, value)
+        else:
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    for name in host:
+        binding.bind_output(name, "cpu")
+    for name in kept:
+        binding.bind_output(name, device)  # stays on the device for the next call
+    session.run_with_iobinding(binding)
+    out = binding.get_outputs()
+    return [o.numpy() for o in out[: len(host)]] + list(out[len(host) :])
+
+
 class Runtime:
     """An onnxruntime session for one model version plus what its metadata says."""
 
@@ -215,19 +254,7 @@ class Runtime:
         wanted, device, warning = choose_providers(providers)
         if warning:
             log.warning(warning)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, int(threads))
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        # A server shares its cores with the event loop and the sampler: threads that spin
-        # between ORT calls would steal them.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # No CPU arena: ORT's arena grows by doubling to the largest batch x prefill it has seen
-        # and never gives memory back, so a server's RSS crept up with each new peak shape (the
-        # soak, docs/reliability.md). Plain malloc measured no slower for these graphs (a step at
-        # batch 64/256 and a 128-character prefill within 2 %, batch 1 15 % faster).
-        opts.enable_cpu_mem_arena = False
+        opts = session_options(threads)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -249,6 +276,10 @@ class Runtime:
         self.info = ModelInfo.from_metadata(meta, where=str(self.path))
         self._check_graph()
         self._index = {c: i for i, c in enumerate(self.info.vocab)}
+
+    def session_options(self) -> ort.SessionOptions:
+        """Options for another session of this model's (its decode graph, generate/decode_graph.py)."""
+        return session_options(self.threads)
 
     # ------------------------------------------------------------------ description
 
@@ -405,21 +436,8 @@ class Runtime:
             feeds = {**x, **{n: s for n, s in zip(names, state)}}
             out = self.session.run(self._outputs, feeds)
         else:
-            binding = self.session.io_binding()
-            for n, v in x.items():
-                binding.bind_cpu_input(n, np.ascontiguousarray(v))
-            for n, s in zip(names, state):
-                if isinstance(s, ort.OrtValue):
-                    binding.bind_ortvalue_input(n, s)
-                else:
-                    binding.bind_cpu_input(n, np.ascontiguousarray(s))
-            for n in host:
-                binding.bind_output(n, "cpu")
-            for n in self._outputs[len(host) :]:
-                binding.bind_output(n, self.device)  # stays on the device for the next step
-            self.session.run_with_iobinding(binding)
-            out = binding.get_outputs()
-            out = [o.numpy() for o in out[: len(host)]] + list(out[len(host) :])
+            feeds = {**x, **dict(zip(names, state))}
+            out = run_bound(self.session, feeds, host, self._outputs[len(host) :], self.device)
         q = out[1] if len(host) == 2 else None
         return out[0], q, tuple(out[len(host) :])
 
