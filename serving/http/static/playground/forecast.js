@@ -247,11 +247,12 @@ async function fillSeries(m) {
   $("fc-series-info").replaceChildren();
   try {
     const list = await panelSeriesList(m);
+    if (model() !== m) return; // another model was picked meanwhile
     for (const s of list) sel.add(new Option(s.id, s.id));
     if (list.some((s) => s.id === keep)) sel.value = keep;
     seriesInfo(await selectedSeries(m));
   } catch (e) {
-    showError(e.message);
+    if (model() === m) showError(e.message);
   }
 }
 
