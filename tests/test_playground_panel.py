@@ -147,3 +147,13 @@ def test_a_panel_model_without_a_sample_says_why(page):
     assert "carries no validation sample" in err.text and "export it again" in err.text, err.text
     assert page.find_elements(By.CSS_SELECTOR, "#fc-series option") == []
     assert _severe(page, allow=("status of 404",)) == []
+
+
+def test_the_models_tab_describes_a_panel_model(page):
+    _by(page, "[data-tab=models]").click()
+    _wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#models-list .card")) == 2, 10)
+    card = _by(page, "#models-list .card[data-model=retail]").text
+    assert "panel forecaster" in card and "future covariates\npromo" in card and "past covariates\nprice" in card, card
+    assert "store (" in card and "size" in card, card
+    assert "2 forecast models" in _by(page, "#server-status").text
+    _by(page, "[data-tab=forecast]").click()
