@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="use the peers' virtualenvs already made; a peer without one is left out (and said so)",
     )
-    ap.add_argument("--throughput-steps", type=int, default=30, help="steps timed per side (0: no throughput figure)")
+    ap.add_argument("--throughput-steps", type=int, default=20, help="steps timed per side (0: no throughput figure)")
     ap.add_argument("--work", type=Path, help="forecasts, logs, the MLflow store (default: a new temporary folder)")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     ap.add_argument("--write-doc", action="store_true", help=f"replace the table in {DOC.relative_to(HERE.parent)}")
