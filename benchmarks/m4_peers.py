@@ -124,7 +124,9 @@ class M4:
         df = pd.read_csv(path, dtype={"unique_id": str})
         missing = set(self.ids) - set(df["unique_id"])
         if missing or len(df) != len(self.ids) * HORIZON:
-            raise ValueError(f"{path.name}: {len(missing)} series missing, {len(df)} rows (expected {len(self.ids) * HORIZON})")
+            raise ValueError(
+                f"{path.name}: {len(missing)} series missing, {len(df)} rows (expected {len(self.ids) * HORIZON})"
+            )
         df = df.set_index(["unique_id", "step"]).loc[[(i, s) for i in self.ids for s in range(1, HORIZON + 1)]]
         return {float(c): df[c].to_numpy(np.float64).reshape(len(self.ids), HORIZON) for c in df.columns}
 
@@ -485,7 +487,11 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(res, indent=1, default=str))
     if args.write_doc:
         shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--write-doc"]
-        shown = [a for i, a in enumerate(shown) if a not in ("--json", "--work") and (i == 0 or shown[i - 1] not in ("--json", "--work"))]
+        shown = [
+            a
+            for i, a in enumerate(shown)
+            if a not in ("--json", "--work") and (i == 0 or shown[i - 1] not in ("--json", "--work"))
+        ]
         write_doc(text, " ".join(["python benchmarks/m4_peers.py", *shown]))
     return 0
 

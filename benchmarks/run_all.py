@@ -68,7 +68,11 @@ def command(fig: str, quick: bool, out: Path, work: Path, skip_venv_builds: bool
     q = ["--quick"] if quick else []
     if fig == "m4":  # --quick: one seed, 30 s budgets, statsforecast only; a full run rewrites forecasting.md's table
         skip = ["--skip-venv-builds"] if skip_venv_builds else []
-        size = ["--seeds", "0", "--budget-s", "30", "--peers", "statsforecast", "--throughput-steps", "5"] if quick else ["--write-doc"]
+        size = (
+            ["--seeds", "0", "--budget-s", "30", "--peers", "statsforecast", "--throughput-steps", "5"]
+            if quick
+            else ["--write-doc"]
+        )
         return [py, str(HERE / "m4_peers.py"), *size, *skip, "--json", str(out), "--work", str(work / "m4")]
     if fig == "kernel":
         return [py, str(HERE / "kernel.py"), *q, "--json", str(out)]
@@ -380,7 +384,12 @@ def m4_summary(res: dict) -> dict:
     if best:
         head += f"; best peer {best} {peers[best]:.3f}"
     met = bool(ours) and med <= 0.48 and all(med < v for v in peers.values())
-    return {"figure": "m4", "headline": head, "goal": "quick preset OWA <= 0.48 and ahead of every peer", "met": "yes" if met else "no"}
+    return {
+        "figure": "m4",
+        "headline": head,
+        "goal": "quick preset OWA <= 0.48 and ahead of every peer",
+        "met": "yes" if met else "no",
+    }
 
 
 # ----------------------------------------------------------------------------- page

@@ -34,6 +34,7 @@ def m4(monkeypatch, tmp_path):
 
 def test_a_peer_forecast_file_is_scored_as_our_own_baseline(m4, tmp_path):
     import m4_peer_io
+
     from rnnops.training import forecast_metrics as fm
 
     train = m4_peer_io.read_train(m4.train_csv)  # what the peers read: the training part only
@@ -68,13 +69,22 @@ def test_the_table_has_our_seeds_their_median_and_the_peers():
             {"seed": k, "train_s": 300.0, "predict_s": 0.5, "steps": 2000, "forecasts": f"ours-seed{k}.csv"}
             for k in range(3)
         ],
-        "peers": {"statsforecast": {"version": "x", "rows": {"statsforecast-AutoETS": {"train_s": 9.0, "predict_s": 1.0}}}},
-        "scores": {"ours-seed0": s(0.5), "ours-seed1": s(0.6), "ours-seed2": s(0.4), "ours-ensemble": s(0.45),
-                   "statsforecast-AutoETS": s(0.7)},
+        "peers": {
+            "statsforecast": {"version": "x", "rows": {"statsforecast-AutoETS": {"train_s": 9.0, "predict_s": 1.0}}}
+        },
+        "scores": {
+            "ours-seed0": s(0.5),
+            "ours-seed1": s(0.6),
+            "ours-seed2": s(0.4),
+            "ours-ensemble": s(0.45),
+            "statsforecast-AutoETS": s(0.7),
+        },
         "baselines": {"seasonal_naive": s(0.628), "naive2": s(1.0)},
         "load": {"ours seed 0": {"min": 3.0, "median": 4.0, "max": 5.0}},
         "skipped": {"gluonts": "no virtualenv"},
-        "uptime_before": "up", "uptime_after": "up", "cores": 2,
+        "uptime_before": "up",
+        "uptime_after": "up",
+        "cores": 2,
     }
     text = m4_peers.markdown(res)
     assert "**0.500** (0.400–0.600)" in text  # the median OWA of the seeds, with their range

@@ -92,8 +92,12 @@ def main() -> int:
                 "train_s": fit.seconds,
                 "predict_s": pred.seconds,
                 "steps": clock.steps,
-                "config": {"prediction_length": H, "freq": "h", "defaults": "all other arguments",
-                           "max_time_s": args.budget_s},
+                "config": {
+                    "prediction_length": H,
+                    "freq": "h",
+                    "defaults": "all other arguments",
+                    "max_time_s": args.budget_s,
+                },
             }
         },
     }

@@ -137,8 +137,12 @@ def throughput(train, steps: int, hidden: int, layers: int, lookback: int, batch
     NeuralForecast(models=[model], freq=1).fit(df=train)
     t = STEP_TIMES[5:]
     per_s = (len(t) - 1) * batch / (t[-1] - t[0])
-    return {"model": f"GRU {layers}x{hidden}, input_size {lookback}, {batch} windows per step",
-            "steps": len(t) - 1, "seconds": t[-1] - t[0], "windows_per_s": per_s}
+    return {
+        "model": f"GRU {layers}x{hidden}, input_size {lookback}, {batch} windows per step",
+        "steps": len(t) - 1,
+        "seconds": t[-1] - t[0],
+        "windows_per_s": per_s,
+    }
 
 
 def main() -> int:
@@ -162,7 +166,12 @@ def main() -> int:
 
     train = io.read_train(args.train)
     ids = list(dict.fromkeys(train["unique_id"]))
-    report = {"library": "neuralforecast", "version": neuralforecast.__version__, "torch": torch.__version__, "rows": {}}
+    report = {
+        "library": "neuralforecast",
+        "version": neuralforecast.__version__,
+        "torch": torch.__version__,
+        "rows": {},
+    }
     for name in args.models.split(","):
         if name:
             report["rows"][f"neuralforecast-{name}"] = run_model(name, train, ids, args.budget_s, args.seed, args.out)

@@ -28,8 +28,12 @@ def read_train(path: Path) -> pd.DataFrame:
 
 def write_forecasts(path: Path, ids, horizon: int, quantiles: dict[float, np.ndarray]) -> None:
     """``quantiles``: level -> [series, horizon] values, series in ``ids`` order."""
-    out = pd.DataFrame({"unique_id": np.repeat(np.asarray(ids, dtype=object), horizon),
-                        "step": np.tile(np.arange(1, horizon + 1), len(ids))})
+    out = pd.DataFrame(
+        {
+            "unique_id": np.repeat(np.asarray(ids, dtype=object), horizon),
+            "step": np.tile(np.arange(1, horizon + 1), len(ids)),
+        }
+    )
     for level, values in sorted(quantiles.items()):
         values = np.asarray(values, np.float64)
         if values.shape != (len(ids), horizon):
