@@ -66,10 +66,11 @@ TITLES = {
 def command(fig: str, quick: bool, out: Path, work: Path, skip_venv_builds: bool = False) -> list[str]:
     py = sys.executable
     q = ["--quick"] if quick else []
-    if fig == "m4":  # --quick: one seed, 30 s budgets, statsforecast only; a full run rewrites forecasting.md's table
+    if fig == "m4":
+        # --quick: the tiny preset, one seed, statsforecast only; a full run rewrites forecasting.md's table
         skip = ["--skip-venv-builds"] if skip_venv_builds else []
         size = (
-            ["--seeds", "0", "--budget-s", "30", "--peers", "statsforecast", "--throughput-steps", "5"]
+            ["--preset", "tiny", "--seeds", "0", "--peers", "statsforecast", "--throughput-steps", "5"]
             if quick
             else ["--write-doc"]
         )
