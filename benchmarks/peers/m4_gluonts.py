@@ -16,7 +16,6 @@ none for its hourly series).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -32,11 +31,7 @@ LEVELS = (0.025, 0.1, 0.5, 0.9, 0.975)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--train", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--budget-s", type=float, default=300.0)
-    ap.add_argument("--seed", type=int, default=1)
+    ap = io.arguments(__doc__, budget=True)
     args = ap.parse_args()
     import logging
 

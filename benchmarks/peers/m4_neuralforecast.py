@@ -22,7 +22,6 @@ recipe's ``max_steps`` have not ended it first. Everything else is the library's
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from datetime import timedelta
@@ -146,11 +145,7 @@ def throughput(train, steps: int, hidden: int, layers: int, lookback: int, batch
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--train", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--budget-s", type=float, default=300.0)
-    ap.add_argument("--seed", type=int, default=1)
+    ap = io.arguments(__doc__, budget=True)
     ap.add_argument("--models", default="LSTM,DeepAR,NHITS")
     ap.add_argument("--throughput-steps", type=int, default=0, help="0: no throughput figure")
     ap.add_argument("--throughput-model", default="128,2,336,256", help="hidden,layers,lookback,batch")

@@ -13,12 +13,25 @@ only: this module runs in each peer's own virtualenv, not in ours.
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+
+def arguments(doc: str, budget: bool) -> argparse.ArgumentParser:
+    """The flags every runner takes: the training file, the output folder and, for the neural
+    ones, the training budget (wall-clock seconds) and the seed."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--train", type=Path, required=True, help="train.csv: unique_id, ds, y")
+    ap.add_argument("--out", type=Path, required=True, help="where the forecasts and the report go")
+    if budget:
+        ap.add_argument("--budget-s", type=float, default=300.0, help="wall-clock training seconds")
+        ap.add_argument("--seed", type=int, default=1)
+    return ap
 
 
 def read_train(path: Path) -> pd.DataFrame:

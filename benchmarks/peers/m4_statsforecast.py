@@ -15,7 +15,6 @@ seconds. These are local models (one per series): no training budget applies.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -27,9 +26,7 @@ H, SEASON, LEVEL = 48, 24, 95
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--train", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
+    ap = io.arguments(__doc__, budget=False)
     ap.add_argument("--models", default="SeasonalNaive,AutoETS,AutoTheta")
     ap.add_argument("--n-jobs", type=int, default=-1, help="the walkthrough's -1: every core")
     args = ap.parse_args()
