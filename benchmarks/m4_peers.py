@@ -333,6 +333,8 @@ def run(args) -> dict:
                     extra = []
                     if what == "neuralforecast" and args.throughput_steps:
                         extra = ["--throughput-steps", str(args.throughput_steps)]
+                    if what == "statsforecast":
+                        extra = ["--models", args.statsforecast_models]
                     rep = run_peer(what, pythons[what], args, work, log, extra)
                     result["peers"][what] = rep
                     for row in rep["rows"]:
@@ -470,6 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated: {', '.join(PEERS)}, or none")
     ap.add_argument("--peer-seed", type=int, default=1, help="the neural peers' random seed (their default 1)")
+    ap.add_argument(
+        "--statsforecast-models",
+        default="SeasonalNaive,AutoETS,AutoTheta",
+        help="statsforecast's models (AutoETS takes ~7 min here: a smoke run keeps SeasonalNaive)",
+    )
     ap.add_argument(
         "--skip-venv-builds",
         action="store_true",
