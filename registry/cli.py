@@ -22,6 +22,15 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="registry")
 
 
+def source_run(ref: str) -> str:
+    """The training run of a registry version (``NAME@ALIAS``): ``rnnops train forecast --init-from``
+    fine-tunes its model (the root command hands this to the training stage, which never imports
+    the registry)."""
+    from rnnops.registry.resolve import source_run as lookup
+
+    return lookup(ref)
+
+
 def publish_export(run_id: str, *, name: str | None, promote: bool, alias: str, force: bool) -> dict[str, Any]:
     """``rnnops export --register [--promote]``: register the export's run as a new version and
     optionally promote it through the gate (the root command hands this to the export stage, which
