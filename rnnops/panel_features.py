@@ -21,6 +21,8 @@ timestamps continue the history at the model's frequency (:mod:`rnnops.timeserie
 system of every forecast path); a series with no history (cold start, when the model allows it)
 gives ``start``, its first forecast timestamp.
 
+Only what the model reads is converted and checked: the last ``lookback`` steps of the history
+(older values, timestamps included, are counted, not read), and the horizon's covariates.
 Every entry is untrusted: a problem is a :class:`SeriesError`, one line that names the series
 and what to change. An unknown static category is not an error: it goes to the unknown bucket
 (code 0, as in training) with a warning. :func:`series_features` handles one series (batch jobs
@@ -93,8 +95,16 @@ class PanelFeeds:
 # --------------------------------------------------------------------------- checking values
 
 
-def _numbers(values: Any, what: str, sid: str, fld: str, *, missing_ok: bool) -> np.ndarray:
-    """``values`` as float64 (NaN where missing, when ``missing_ok``), or a :class:`SeriesError`."""
+def _sequence(values: Any, what: str, sid: str, fld: str) -> Sequence[Any] | np.ndarray:
+    """``values`` if it is a list or an array (what has a length and slices), else one line."""
+    if not isinstance(values, (list, tuple, np.ndarray)):
+        raise SeriesError(f"{what} must be a list of numbers, not {type(values).__name__}", sid, fld)
+    return values
+
+
+def _numbers(values: Any, what: str, sid: str, fld: str, *, missing_ok: bool, offset: int = 0) -> np.ndarray:
+    """``values`` as float64 (NaN where missing, when ``missing_ok``), or a :class:`SeriesError`
+    (``offset``: the position of ``values[0]`` in what the client sent, for the message)."""
     if isinstance(values, np.ndarray):
         a = values
     else:
@@ -113,18 +123,19 @@ def _numbers(values: Any, what: str, sid: str, fld: str, *, missing_ok: bool) ->
     if bad.any():
         i = int(np.flatnonzero(bad.reshape(-1))[0])
         kind = "an infinite or out-of-range" if missing_ok else "a missing, infinite or out-of-range"
-        raise SeriesError(f"{what}[{i}] is {kind} value ({x.reshape(-1)[i]!r}); give finite numbers", sid, fld)
+        raise SeriesError(f"{what}[{i + offset}] is {kind} value ({x.reshape(-1)[i]!r}); give finite numbers", sid, fld)
     return x
 
 
-def _timestamps(values: Any, sid: str) -> np.ndarray:
-    """A history's timestamps as int64 ns, strictly increasing."""
+def _timestamps(values: Any, sid: str, offset: int = 0) -> np.ndarray:
+    """A history's timestamps as int64 ns, strictly increasing (``offset``: as in :func:`_numbers`)."""
     if isinstance(values, np.ndarray) and values.dtype.kind in "Mi":
         t = values.astype("datetime64[ns]").view(np.int64) if values.dtype.kind == "M" else values.astype(np.int64)
         back = np.flatnonzero(np.diff(t) <= 0)
         if len(back):
             raise SeriesError(
-                f"series {sid!r}: timestamps must increase strictly ([{int(back[0]) + 1}] is not after the one before)",
+                f"series {sid!r}: timestamps must increase strictly ([{int(back[0]) + 1 + offset}] is not after "
+                "the one before)",
                 sid,
                 "timestamps",
             )
@@ -135,6 +146,8 @@ def _timestamps(values: Any, sid: str) -> np.ndarray:
         return timeseries.parse_iso(list(values))
     except timeseries.TimestampError as exc:
         text = str(exc)
+        if exc.index is not None and text.startswith(f"[{exc.index}]"):
+            text = f"[{exc.index + offset}]" + text[len(f"[{exc.index}]") :]
         sep = "" if text.startswith("[") else " "
         raise SeriesError(f"series {sid!r}: timestamps{sep}{text}", sid, "timestamps") from None
 
@@ -197,7 +210,13 @@ def series_features(entry: SeriesEntry, contract: PanelContract) -> SeriesFeatur
     static_names = [s.name for s in contract.static_categorical] + list(contract.static_real)
     _check_names(entry.static, static_names, "static", sid)
 
-    y = _numbers(entry.context, f"series {sid!r}: context", sid, "context", missing_ok=True)
+    # Only the steps the model reads (the last L) are converted and checked: a client may send a
+    # long history, and converting values the model never reads would cost the server for nothing.
+    context = _sequence(entry.context, f"series {sid!r}: context", sid, "context")
+    n = len(context)
+    m = min(n, L)
+    lo = n - m
+    y = _numbers(context[lo:], f"series {sid!r}: context", sid, "context", missing_ok=True, offset=lo)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
@@ -207,12 +226,13 @@ def series_features(entry: SeriesEntry, contract: PanelContract) -> SeriesFeatur
             sid,
             "context",
         )
-    n = len(y)
-    t = _timestamps(entry.timestamps, sid)
-    if len(t) != n:
-        raise SeriesError(f"series {sid!r}: {len(t)} timestamps for {n} context values", sid, "timestamps")
-    m = min(n, L)  # the steps the model reads
-    observed = int(np.isfinite(y[n - m :]).sum())
+    stamps = entry.timestamps
+    if not isinstance(stamps, (list, tuple, np.ndarray)):
+        raise SeriesError(f"series {sid!r}: timestamps must be a list of ISO 8601 strings", sid, "timestamps")
+    if len(stamps) != n:
+        raise SeriesError(f"series {sid!r}: {len(stamps)} timestamps for {n} context values", sid, "timestamps")
+    t = _timestamps(stamps[lo:], sid, offset=lo)
+    observed = int(np.isfinite(y).sum())
     if observed < contract.min_history:
         need = "at least one observed value" if contract.min_history == 1 else f"{contract.min_history} observed values"
         raise SeriesError(
@@ -224,7 +244,7 @@ def series_features(entry: SeriesEntry, contract: PanelContract) -> SeriesFeatur
     future = _forecast_times(t, entry, contract, sid)
 
     past_target = np.full(L, np.nan, np.float32)
-    past_target[L - m :] = y[n - m :]
+    past_target[L - m :] = y
     inputs: dict[str, np.ndarray] = {pc.PAST_TARGET: past_target}
 
     if contract.past_covariates:
@@ -236,27 +256,24 @@ def series_features(entry: SeriesEntry, contract: PanelContract) -> SeriesFeatur
                     sid,
                     "past_covariates",
                 )
-            v = _numbers(
-                entry.past_covariates[name],
-                f"series {sid!r}: past covariate {name!r}",
-                sid,
-                "past_covariates",
-                missing_ok=True,
-            )
-            if v.shape != (n,):
+            what = f"series {sid!r}: past covariate {name!r}"
+            values = _sequence(entry.past_covariates[name], what, sid, "past_covariates")
+            if len(values) != n:
                 raise SeriesError(
-                    f"series {sid!r}: past covariate {name!r} has {v.size} values; it needs {n}, one per context step",
-                    sid,
-                    "past_covariates",
+                    f"{what} has {len(values)} values; it needs {n}, one per context step", sid, "past_covariates"
                 )
-            past[L - m :, k] = v[n - m :]
+            v = _numbers(values[lo:], what, sid, "past_covariates", missing_ok=True, offset=lo)
+            if v.shape != (m,):
+                raise SeriesError(f"{what} must be a list of numbers, one per context step", sid, "past_covariates")
+            past[L - m :, k] = v
         inputs[pc.PAST_COVARIATES] = past
 
     if contract.known_names:
         known = np.zeros((L + H, len(contract.known_names)), np.float32)  # 0 before the series starts
         for k, name in enumerate(contract.future_covariates):
+            what = f"series {sid!r}: future covariate {name!r}"
             value = entry.future_covariates.get(name)
-            size = None if value is None else len(value)
+            size = None if value is None else len(_sequence(value, what, sid, "future_covariates"))
             if size != n + H:
                 given = "is missing" if value is None else f"has {size} values"
                 raise SeriesError(
@@ -265,12 +282,13 @@ def series_features(entry: SeriesEntry, contract: PanelContract) -> SeriesFeatur
                     sid,
                     "future_covariates",
                 )
-            v = _numbers(
-                value, f"series {sid!r}: future covariate {name!r}", sid, "future_covariates", missing_ok=False
-            )
-            known[L - m :, k] = v[n - m :]
+            assert value is not None
+            v = _numbers(value[lo:], what, sid, "future_covariates", missing_ok=False, offset=lo)
+            if v.shape != (m + H,):
+                raise SeriesError(f"{what} must be a list of numbers", sid, "future_covariates")
+            known[L - m :, k] = v
         if contract.calendar:
-            steps = np.concatenate([t[n - m :], future])
+            steps = np.concatenate([t, future])
             known[L - m :, len(contract.future_covariates) :] = calendar.compute(contract.calendar, steps)
         inputs[pc.KNOWN_PAST] = known[:L]
         inputs[pc.KNOWN_FUTURE] = known[L:]

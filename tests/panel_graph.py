@@ -141,3 +141,34 @@ def request_entry(panel, i: int, cutoff: int) -> dict:
         },
         "static": static,
     }
+
+
+def write_panel_files(panel, root: Path, drop_future: tuple[int, ...] = (), short_future: tuple[int, ...] = ()) -> None:
+    """A batch job's files from a training panel cut at each series' test origin (length - H):
+    ``root/panel.csv`` the history (target, past and future covariates, statics), and
+    ``root/future.parquet`` the future covariates of the horizon after it, but none for the
+    series in ``drop_future`` and one step short for those in ``short_future``."""
+    import pandas as pd
+
+    h = panel.spec.horizon
+    hist, ahead = [], []
+    for i, sid in enumerate(panel.ids):
+        r = panel.rows(i)
+        cut = int(panel.lengths[i]) - h
+        frame = pd.DataFrame({"item_id": sid, "date": pd.DatetimeIndex(panel.timestamps[r]).strftime("%Y-%m-%d")})
+        frame[panel.spec.targets[0]] = panel.target[r][:, 0]
+        for k, c in enumerate(panel.spec.past_covariates):
+            frame[c] = panel.past[r][:, k]
+        for k, c in enumerate(panel.spec.future_covariates):
+            frame[c] = panel.future[r][:, k]
+        for s in panel.static:
+            v = s.values[i]
+            frame[s.name] = s.vocabulary[int(v) - 1] if s.kind == "categorical" else float(v)
+        hist.append(frame.iloc[:cut])
+        future = frame.iloc[cut:][["item_id", "date", *panel.spec.future_covariates]]
+        if i in short_future:
+            future = future.iloc[:-1]
+        if i not in drop_future:
+            ahead.append(future)
+    pd.concat(hist).to_csv(root / "panel.csv", index=False)
+    pd.concat(ahead).to_parquet(root / "future.parquet")

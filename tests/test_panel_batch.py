@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from panel_fixtures import HORIZON, LOOKBACK, export_tiny_panel, tiny_panel, tiny_panel_model  # noqa: E402
+from panel_graph import write_panel_files  # noqa: E402
 
 from rnnops.errors import RnnopsError  # noqa: E402
 from rnnops.serving import batch as B  # noqa: E402
@@ -29,30 +30,7 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("panel-batch")
     model = export_tiny_panel(root / "tiny.onnx")
     panel = tiny_panel()
-    hist, ahead = [], []
-    for i, sid in enumerate(panel.ids):
-        r = panel.rows(i)
-        cut = int(panel.lengths[i]) - HORIZON
-        store = panel.static[0].vocabulary[int(panel.static[0].values[i]) - 1]
-        frame = pd.DataFrame(
-            {
-                "item_id": sid,
-                "date": pd.DatetimeIndex(panel.timestamps[r]).strftime("%Y-%m-%d"),
-                "sales": panel.target[r][:, 0],
-                "price": panel.past[r][:, 0],
-                "promo": panel.future[r][:, 0],
-                "store": store,
-                "size": float(panel.static[1].values[i]),
-            }
-        )
-        hist.append(frame.iloc[:cut])
-        future = frame.iloc[cut:][["item_id", "date", "promo"]]
-        if i == 3:
-            future = future.iloc[:-1]
-        if i != 2:
-            ahead.append(future)
-    pd.concat(hist).to_csv(root / "panel.csv", index=False)
-    pd.concat(ahead).to_parquet(root / "future.parquet")
+    write_panel_files(panel, root, drop_future=(2,), short_future=(3,))
     return root, model, panel
 
 

@@ -191,11 +191,11 @@ def _with(e: SeriesEntry, **changes) -> SeriesEntry:
         (lambda e: _with(e, context=e.context[:-1] + ["x"]), r"series 'A': context holds values that are not numbers"),
         (
             lambda e: _with(e, future_covariates={**e.future_covariates, "price": [float("nan")] * 25}),
-            r"series 'A': future covariate 'price'\[0\] is a missing, infinite or out-of-range value",
+            r"series 'A': future covariate 'price'\[6\] is a missing, infinite or out-of-range value",
         ),
         (
-            lambda e: _with(e, context=[1e39] + e.context[1:]),
-            r"series 'A': context\[0\] is an infinite or out-of-range value",
+            lambda e: _with(e, context=e.context[:-1] + [1e39]),
+            r"series 'A': context\[19\] is an infinite or out-of-range value",
         ),
         (lambda e: _with(e, context=[[1.0, 2.0]] * 20), r"series 'A': context must be one value of 'sales' per step"),
         (lambda e: _with(e, timestamps=e.timestamps[:-1]), r"series 'A': 19 timestamps for 20 context values"),
@@ -224,3 +224,14 @@ def test_request_level_errors(panel):
         build_feeds([_with(a, id="")], contract)
     empty = build_feeds([], contract)
     assert empty.feeds[pc.PAST_TARGET].shape == (0, L) and empty.future.shape == (0, H)
+
+
+def test_only_the_steps_the_model_reads_are_read(panel):
+    """A history longer than the lookback: its older values are counted, never converted (a
+    client's long history costs the server nothing), so even a non-number there is not read."""
+    contract = contract_of(panel)
+    e = entry_at(panel, 0, 30)  # 30 steps, the model reads 14
+    older = _with(e, context=["x"] + e.context[1:], timestamps=["not a date"] + e.timestamps[1:])
+    a, b = series_features(e, contract), series_features(older, contract)
+    for name in contract.inputs:
+        np.testing.assert_array_equal(a.inputs[name], b.inputs[name])

@@ -396,3 +396,62 @@ def test_sessions_by_series_id(request, store):
             assert got["timestamps"] == want["timestamps"] and got["quantiles"] == want["quantiles"]
         assert client.get(f"/sessions/{sid}").json()["forecast"] == want["forecast"]
         assert client.delete(f"/sessions/{sid}").status_code == 200
+
+
+def test_same_numbers_over_http_in_a_session_and_in_a_batch_job(served, exported, tmp_path):
+    """Issue 26's "done": the exported model forecasts a series alike by /forecast, by a session
+    opened and fed step by step, and by a batch job over the panel's files. The session's
+    forecast is /forecast's bit for bit (one series per call both ways); the batch job's calls
+    hold other series, and the panel graph is not batch-invariant on ORT CPU (docs/serving.md),
+    so it agrees to float32 rounding."""
+    import httpx
+    import pandas as pd
+    from panel_graph import write_panel_files
+
+    from rnnops.serving import batch as B
+
+    panel = tiny_panel()
+    H_ = panel.spec.horizon
+    i = 4
+    end = int(panel.lengths[i]) - H_
+    whole = request_entry(panel, i, end)
+    future = whole["future_covariates"]
+    r = httpx.post(f"{served}/forecast", json={"model": "tiny", "series": [whole]}, timeout=30)
+    assert r.status_code == 200, r.text
+    over_http = r.json()["series"][0]
+
+    start = end - 3  # open the session 3 steps earlier, then feed them one by one
+    first = request_entry(panel, i, start)
+    opened = httpx.post(f"{served}/sessions", json={"model": "tiny", **first}, timeout=30)
+    assert opened.status_code == 201, opened.text
+    sid = opened.json()["session_id"]
+    for t in range(start, end):
+        body = {
+            "observations": whole["context"][t : t + 1],
+            "timestamps": whole["timestamps"][t : t + 1],
+            "past_covariates": {k: v[t : t + 1] for k, v in whole["past_covariates"].items()},
+            "future_covariates": {k: v[t + 1 : t + 1 + H_] for k, v in future.items()},
+        }
+        step = httpx.post(f"{served}/sessions/{sid}", json=body, timeout=30)
+        assert step.status_code == 200, step.text
+    in_session = step.json()
+    assert in_session["forecast"] == over_http["forecast"] and in_session["quantiles"] == over_http["quantiles"]
+    assert in_session["timestamps"] == over_http["timestamps"]
+
+    write_panel_files(panel, tmp_path)
+    B.run(
+        B.ForecastJob(
+            model=str(exported),
+            input=tmp_path / "panel.csv",
+            output=tmp_path / "out.csv",
+            id_column="item_id",
+            date_column="date",
+            future=tmp_path / "future.parquet",
+            progress=False,
+        )
+    )
+    out = pd.read_csv(tmp_path / "out.csv")
+    rows = out[out["item_id"] == panel.ids[i]].sort_values("step")
+    np.testing.assert_allclose(rows["forecast"], over_http["forecast"]["sales"], rtol=1e-5)
+    np.testing.assert_allclose(rows["forecast_p90"], over_http["quantiles"]["0.9"]["sales"], rtol=1e-5)
+    assert list(pd.to_datetime(rows["date"])) == list(pd.to_datetime(over_http["timestamps"]))

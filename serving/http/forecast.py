@@ -171,14 +171,8 @@ async def forecast(serving: Serving, request: Request) -> Response:
     if (body.context is None) == (body.contexts is None):
         raise InputError("give exactly one of `context` (T rows of F values) or `contexts` (a list of them)")
     single = body.context is not None
-    raw = [body.context] if body.context is not None else body.contexts
-    if not raw:
-        raise InputError("contexts is empty", "contexts")
-    if len(raw) > cfg.forecast_max_windows:
-        raise InputError(
-            f"{len(raw)} windows; the limit per request is {cfg.forecast_max_windows} (RNNOPS_FORECAST_MAX_WINDOWS)",
-            "contexts",
-        )
+    raw = [body.context] if body.context is not None else (body.contexts or [])
+    _check_count(len(raw), "windows", "contexts", cfg.forecast_max_windows)
     min_rows = 1 if info.stateful else info.lookback
     names = ["context"] if single else [f"contexts[{i}]" for i in range(len(raw))]
     windows = [check_rows(w, info, n, min_rows, cfg.max_context_rows) for w, n in zip(raw, names)]
@@ -214,6 +208,14 @@ async def forecast(serving: Serving, request: Request) -> Response:
     return JSONResponse(resp)
 
 
+def _check_count(n: int, noun: str, field: str, limit: int) -> None:
+    """A request's windows or series: at least one, at most RNNOPS_FORECAST_MAX_WINDOWS."""
+    if not n:
+        raise InputError(f"{field} is empty", field)
+    if n > limit:
+        raise InputError(f"{n} {noun}; the limit per request is {limit} (RNNOPS_FORECAST_MAX_WINDOWS)", field)
+
+
 async def forecast_series(serving: Serving, body: ForecastBody) -> Response:
     """``/forecast`` with ``series``: a panel model's forecast per series."""
     cfg = serving.config
@@ -228,13 +230,7 @@ async def forecast_series(serving: Serving, body: ForecastBody) -> Response:
     contract = model.runtime.info.panel
     assert contract is not None and model.batcher is not None, "a panel model has its contract and batcher"
     series = cast("list[SeriesItem]", body.series)
-    if not series:
-        raise InputError("series is empty: give at least one series", "series")
-    if len(series) > cfg.forecast_max_windows:
-        raise InputError(
-            f"{len(series)} series; the limit per request is {cfg.forecast_max_windows} (RNNOPS_FORECAST_MAX_WINDOWS)",
-            "series",
-        )
+    _check_count(len(series), "series", "series", cfg.forecast_max_windows)
     try:
         panel_features.check_ids([s.id for s in series])
         features = []
