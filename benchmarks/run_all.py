@@ -15,6 +15,9 @@ so that torch threads, servers and MLflow state never leak from one into the nex
 6. ``ray``       benchmarks/peers/ray_serve.py: streamed generation vs Ray Serve's ``@serve.batch``
 7. ``bentoml``   benchmarks/peers/bentoml_batching.py: /forecast vs BentoML adaptive batching
 8. ``mlserver``  benchmarks/peers/mlserver_oip.py: our OIP endpoint vs MLServer's, same bodies
+9. ``workers``   benchmarks/workers.py: streaming and forecasts at --workers 1 and 2
+10. ``series``   benchmarks/series_http.py: /forecast by series (a panel model) vs single-window requests
+11. ``sessions`` benchmarks/series_sessions.py: 100,000 panel sessions by series id in Redis, 1 and 2 workers
 
 The peers (6-8) run in virtualenvs of their own that their scripts make from PyPI, once, under
 ``~/.cache/rnnops/peers`` (never in ours, never in a serving image): the first run downloads them.
@@ -43,7 +46,19 @@ import common as C  # noqa: E402
 
 DOCS = C.REPO / "docs"
 IMG = DOCS / "img"
-FIGURES = ("kernel", "streaming", "http", "batch", "training", "ray", "bentoml", "mlserver", "workers")
+FIGURES = (
+    "kernel",
+    "streaming",
+    "http",
+    "batch",
+    "training",
+    "ray",
+    "bentoml",
+    "mlserver",
+    "workers",
+    "series",
+    "sessions",
+)
 TITLES = {
     "kernel": "1. Kernel: eager vs TorchScript vs onnxruntime (fp32, int8), with the roofline",
     "streaming": "2. Streaming generation: continuous batching vs naive, over HTTP",
@@ -54,6 +69,8 @@ TITLES = {
     "bentoml": "7. Forecast over HTTP: rnnops vs a plain BentoML service with adaptive batching",
     "mlserver": "8. Open Inference Protocol: rnnops vs MLServer with adaptive batching",
     "workers": "9. One machine, more workers: streaming and forecasts at --workers 1 and 2",
+    "series": "10. Forecast by series: /forecast's series form vs single-window requests",
+    "sessions": "11. Sessions by series id: 100,000 open series in Redis, 1 and 2 workers",
 }
 
 
@@ -78,6 +95,10 @@ def command(fig: str, quick: bool, out: Path, work: Path) -> list[str]:
         return [py, str(HERE / "peers" / "bentoml_batching.py"), *q, "--json", str(out), "--work", str(work / "shared")]
     if fig == "mlserver":
         return [py, str(HERE / "peers" / "mlserver_oip.py"), *q, "--json", str(out), "--work", str(work / "shared")]
+    if fig == "series":  # the panel model is made once in work/panel and shared with `sessions`
+        return [py, str(HERE / "series_http.py"), *q, "--json", str(out), "--work", str(work / "panel")]
+    if fig == "sessions":
+        return [py, str(HERE / "series_sessions.py"), *q, "--json", str(out), "--work", str(work / "panel")]
     raise ValueError(fig)
 
 
@@ -367,6 +388,8 @@ def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick:
     import forecast_http
     import mlserver_oip
     import ray_serve
+    import series_http
+    import series_sessions
     import training_throughput
     import workers
 
@@ -408,6 +431,12 @@ def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick:
             elif fig == "mlserver":
                 text, summary = mlserver_oip.markdown(res), peer_summary(fig, res, "MLServer", "inferences/s")
                 mlserver_oip.plot(res, png)
+            elif fig == "series":
+                text, summary = series_http.markdown(res), series_http.summary(res)
+                png = None
+            elif fig == "sessions":
+                text, summary = series_sessions.markdown(res), series_sessions.summary(res)
+                png = None
             else:
                 text, summary = workers.markdown(res), workers_summary(res)
                 workers.plot(res, png)
@@ -424,7 +453,8 @@ def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick:
             if seconds[fig] == seconds[fig]
             else "From an earlier run in the same --work folder."
         )
-        sections.append(f"## {title}\n\n![{fig}](img/{fig}.png)\n\n{text}\n\n_{ran}_\n")
+        image = f"![{fig}](img/{fig}.png)\n\n" if png else ""  # the series figures are tables only
+        sections.append(f"## {title}\n\n{image}{text}\n\n_{ran}_\n")
     rows = [[s["figure"], s["headline"], s["goal"], s["met"]] for s in summaries]
     head = [
         "# Benchmarks",

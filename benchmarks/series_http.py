@@ -342,6 +342,20 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def summary(res: dict) -> dict:
+    """run_all's summary row."""
+    g = res["goal"]
+    ratio = f"{g['rps_ratio']:.2f}" if g["rps_ratio"] is not None else "-"
+    cpu = f"{g['cpu_ratio']:.2f}" if g["cpu_ratio"] is not None else "-"
+    return {
+        "figure": "series",
+        "headline": f"series / single-window requests/s at concurrency {g['concurrency']}: {ratio}; "
+        f"server CPU per request {cpu}x",
+        "goal": "series form within 10 % of the single-window requests/s at concurrency 64",
+        "met": "yes" if g["met"] else "no",
+    }
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="shorter levels, one round (a smoke run)")
