@@ -339,6 +339,11 @@ def markdown(res: dict) -> str:
         if g["rps_ratio"] is not None and g["cpu_ratio"] is not None
         else f"Goal at concurrency {top}: not measured.",
     ]
+    lines += [
+        "",
+        f"Load average (1 min) at the start / end of the run: {res['load_start']} / {res.get('load_end', '-')} "
+        f"({C.cpus()} CPUs, shared with other work: above {C.cpus()} means others used the cores too).",
+    ]
     return "\n".join(lines)
 
 
