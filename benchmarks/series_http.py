@@ -43,6 +43,16 @@ import forecast_http as FH  # noqa: E402
 
 LOOKBACK, HORIZON, HIDDEN, LAYERS = 56, 14, 64, 2
 LEVELS = (1, 64)
+# the parts of a /forecast request in py-spy's stacks, first match wins (frame substrings)
+FORECAST_PARTS = (
+    ("model run (onnxruntime)", ("onnxruntime",)),
+    ("panel features", ("panel_features", "rnnops/calendar")),
+    ("body parsing", ("forecast_body", "pydantic")),
+    ("batcher", ("batcher.py", "batching.py", "concurrent/futures")),
+    ("answer (timestamps, JSON)", ("timeseries", "orjson", "errors.py", "responses.py")),
+    ("forecast handler (other)", ("serving/http/forecast",)),
+    ("HTTP stack (uvicorn, starlette, BentoML)", ("starlette", "bentoml", "uvicorn", "httptools")),
+)
 FORMS = ("window", "series")
 
 # Runs in a subprocess (torch stays out of the benchmark's process): train the retail panel model
@@ -130,6 +140,68 @@ def series_entries(n: int = 32, seed: int = 1, lookback: int = LOOKBACK, horizon
     return out
 
 
+def in_process_costs(
+    panel_path: Path, window_model: Path, entries: list[dict], windows: np.ndarray, bodies: dict[str, list[bytes]]
+) -> dict:
+    """What one request costs the server beside HTTP, measured in this process (median CPU us over
+    the bodies): the series form's feature building (rnnops.panel_features), each model's ORT run at
+    batch 1, and each answer's JSON (orjson, as the server writes it)."""
+    import orjson
+
+    from rnnops import panel_features
+    from rnnops.serving.http.forecast import _fast_forecast_body
+    from rnnops.serving.http.schemas import ForecastBody
+    from rnnops.serving.runtime import Runtime
+
+    def parse(raw: bytes) -> ForecastBody:  # as forecast_body does: the fast path, else pydantic's
+        return _fast_forecast_body(raw) or ForecastBody.model_validate_json(raw)
+
+    def median_us(fn, items, reps: int = 20) -> float:
+        times = []
+        for _ in range(reps):
+            for it in items:
+                t = time.process_time()  # CPU time: wall time on a shared machine counts the neighbours
+                fn(it)
+                times.append(time.process_time() - t)
+        return round(1e6 * float(np.median(times)), 1)
+
+    panel_rt, window_rt = Runtime(panel_path, threads=1), Runtime(window_model, threads=1)
+    contract = panel_rt.info.panel
+    assert contract is not None
+    series = [
+        panel_features.SeriesEntry(e["id"], e["timestamps"], e["context"], {}, e["future_covariates"], e["static"])
+        for e in entries
+    ]
+    feats = [panel_features.series_features(s, contract) for s in series]
+    batched = [{k: v[None] for k, v in f.inputs.items()} for f in feats]  # one series a call, as batch 1
+    run = panel_rt.run(batched[0])
+    answer = {
+        "id": "x",
+        "timestamps": ["2024-01-01T00:00:00"] * contract.horizon,
+        "forecast": {"sales": np.ascontiguousarray(run.output[0, :, 0])},
+        "quantiles": {
+            f"{q:g}": {"sales": np.ascontiguousarray(run.quantiles[0, :, 0, k])}
+            for k, q in enumerate(contract.quantiles)
+        }
+        if run.quantiles is not None
+        else {},
+    }
+    return {
+        "window_body_parse_us": median_us(parse, bodies["window"]),
+        "series_body_parse_us": median_us(parse, bodies["series"]),
+        "series_features_us": median_us(lambda s: panel_features.series_features(s, contract), series),
+        "series_ort_run_us": median_us(panel_rt.run, batched[:8]),
+        "window_ort_run_us": median_us(lambda w: window_rt.run(w[None].astype(np.float32)), windows[:8]),
+        # per row at batch 64, as the batcher runs them under load
+        "series_ort_b64_us_per_row": median_us(
+            panel_rt.run, [{k: np.concatenate([b[k] for b in (batched * 2)[:64]]) for k in batched[0]}], 5
+        )
+        / 64,
+        "window_ort_b64_us_per_row": median_us(window_rt.run, [np.resize(windows, (64, *windows.shape[1:]))], 5) / 64,
+        "series_answer_json_us": median_us(lambda a: orjson.dumps(a, option=orjson.OPT_SERIALIZE_NUMPY), [answer]),
+    }
+
+
 def start_server(env: dict, models: str, work: Path, workers: int = 1, cpus: set[int] | None = None, name="server"):
     """``rnnops serve`` with ``models`` (RNNOPS_MODELS) and ``env`` on top; (process, base URL)."""
     port = C.free_port()
@@ -148,7 +220,15 @@ def load1() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def run(quick: bool, work: Path, levels=LEVELS, rounds: int | None = None, client: str = "auto", pin=True) -> dict:
+def run(
+    quick: bool,
+    work: Path,
+    levels=LEVELS,
+    rounds: int | None = None,
+    client: str = "auto",
+    pin=True,
+    profile_s: float = 0.0,
+) -> dict:
     import httpx
 
     rounds = rounds or (1 if quick else 3)
@@ -200,7 +280,13 @@ def run(quick: bool, work: Path, levels=LEVELS, rounds: int | None = None, clien
             "client": sorted(client_cpus) if client_cpus else "all",
         },
         "load_start": load1(),
+        "machine_cpus": C.cpus(),  # before this process is pinned to the client's CPUs
     }
+    try:
+        out["in_process_us"] = in_process_costs(panel_path, champ.onnx, entries, windows, bodies)
+    except Exception as exc:  # a figure beside the goal: the load test still runs without it
+        out["in_process_us"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    print(f"in-process costs: {out['in_process_us']}", file=sys.stderr)
     script = work / "wrk_forecast.lua"
     script.write_text(FH.WRK_LUA)
     models = f"fc={champ.name}@champion,retail={panel_path}"
@@ -229,11 +315,22 @@ def run(quick: bool, work: Path, levels=LEVELS, rounds: int | None = None, clien
         for form in FORMS:  # warm-up
             level(form, 4, 2.0, None)
         raw: dict[str, dict[int, list[dict]]] = {f: {c: [] for c in levels} for f in FORMS}
+        profiles: dict[str, dict[str, float]] = {}
         for c in levels:
             for k in range(rounds):
                 for form in FORMS if k % 2 == 0 else FORMS[::-1]:
                     before = load1()
+                    prof = None
+                    if profile_s and k == 0 and c == max(levels) and shutil.which("py-spy"):
+                        import series_sessions  # its profiler (imported here: it imports this module)
+
+                        prof = series_sessions.profile_workers(proc.pid, work / f"profile-{form}", profile_s)
                     row = level(form, c, seconds, proc.pid)
+                    if prof:
+                        for p in prof:
+                            p.wait(profile_s + 60)
+                        files = sorted(work.glob(f"profile-{form}-*.txt"))
+                        profiles[form] = series_sessions.profile_parts(files, FORECAST_PARTS)
                     row["load_1m"] = [before, load1()]
                     raw[form][c].append(row)
                     print(
@@ -246,6 +343,7 @@ def run(quick: bool, work: Path, levels=LEVELS, rounds: int | None = None, clien
                     if row["first_error"]:
                         print(f"    first error: {row['first_error']}", file=sys.stderr)
         out["rss_mb"] = C.tree_rss_mb(proc.pid)
+        out["profile"] = profiles
     finally:
         C.stop_process(proc)
     out["forms"] = {f: [FH.median_row(raw[f][c]) for c in levels] for f in FORMS}
@@ -339,10 +437,31 @@ def markdown(res: dict) -> str:
         if g["rps_ratio"] is not None and g["cpu_ratio"] is not None
         else f"Goal at concurrency {top}: not measured.",
     ]
+    cost = res.get("in_process_us") or {}
+    if "series_features_us" in cost:
+        lines += [
+            "",
+            f"In one process (median CPU time, this machine): parsing a body (/forecast's decoder): window "
+            f"{cost['window_body_parse_us']:.0f} us, series {cost['series_body_parse_us']:.0f} us; "
+            f"the series form's feature building (rnnops.panel_features) "
+            f"{cost['series_features_us']:.0f} us per series; ORT at batch 1: panel model "
+            f"{cost['series_ort_run_us']:.0f} us, single-window model {cost['window_ort_run_us']:.0f} us; at batch 64, "
+            f"per row: {cost.get('series_ort_b64_us_per_row', float('nan')):.0f} us and "
+            f"{cost.get('window_ort_b64_us_per_row', float('nan')):.0f} us; the series "
+            f"answer's JSON {cost['series_answer_json_us']:.0f} us. Requests are batched, so the ORT runs are shared; "
+            "feature building and the answer are per series.",
+        ]
+    for form, parts in (res.get("profile") or {}).items():
+        lines += [
+            "",
+            f"Where the server's time goes, {form} form at concurrency {max(res['levels'])} (py-spy, share of the "
+            "sampled stacks): " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in parts.items()) + ".",
+        ]
     lines += [
         "",
         f"Load average (1 min) at the start / end of the run: {res['load_start']} / {res.get('load_end', '-')} "
-        f"({C.cpus()} CPUs, shared with other work: above {C.cpus()} means others used the cores too).",
+        f"({res.get('machine_cpus', C.cpus())} CPUs, shared with other work: above "
+        f"{res.get('machine_cpus', C.cpus())} means others used the cores too).",
     ]
     return "\n".join(lines)
 
@@ -369,6 +488,9 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, help="rounds per level, forms alternating (default 3, 1 with --quick)")
     ap.add_argument("--client", choices=("auto", "wrk", "httpx"), default="auto", help="load generator")
     ap.add_argument("--work", type=Path, help="working folder (default: a new temporary one)")
+    ap.add_argument(
+        "--profile-s", type=float, default=0.0, help="py-spy the server for N s of each form at the top level"
+    )
     ap.add_argument("--no-pin", action="store_true", help="let server and client share all CPUs")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="rnnops-bench-series-"))
@@ -380,6 +502,7 @@ def main(argv=None) -> None:
         rounds=args.rounds,
         client=args.client,
         pin=not args.no_pin,
+        profile_s=args.profile_s,
     )
     res["seconds"] = round(time.time() - t0, 1)
     print(markdown(res))

@@ -595,7 +595,7 @@ PROFILE_PARTS = (
 )
 
 
-def profile_parts(files: list[Path]) -> dict[str, float]:
+def profile_parts(files: list[Path], parts_by: tuple = PROFILE_PARTS) -> dict[str, float]:
     """Share of the workers' sampled stacks per part of an update (py-spy ``-f raw`` files)."""
     parts: dict[str, int] = {}
     total = 0
@@ -605,7 +605,7 @@ def profile_parts(files: list[Path]) -> dict[str, float]:
             if not n.isdigit():
                 continue
             total += int(n)
-            name = next((p for p, keys in PROFILE_PARTS if any(k in stack for k in keys)), "other (event loop, GC)")
+            name = next((p for p, keys in parts_by if any(k in stack for k in keys)), "other (event loop, GC)")
             parts[name] = parts.get(name, 0) + int(n)
     return {k: round(v / total, 3) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])} if total else {}
 
