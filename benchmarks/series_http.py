@@ -455,7 +455,9 @@ def markdown(res: dict) -> str:
         lines += [
             "",
             f"Where the server's time goes, {form} form at concurrency {max(res['levels'])} (py-spy, share of the "
-            "sampled stacks): " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in parts.items()) + ".",
+            "sampled stacks; py-spy at 200 Hz slows the server a little in that round): "
+            + ", ".join(f"{k} {100 * v:.0f}%" for k, v in parts.items())
+            + ".",
         ]
     lines += [
         "",

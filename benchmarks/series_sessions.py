@@ -741,7 +741,8 @@ def markdown(res: dict) -> str:
         w, c = run_key.split("x")
         lines += [
             "",
-            f"Where a worker's time goes ({w} worker(s), {c} connections; py-spy, share of the sampled stacks): "
+            f"Where a worker's time goes ({w} worker(s), {c} connections; py-spy at 200 Hz during the run, which "
+            "slows the sampled worker a little; share of the sampled stacks): "
             + ", ".join(f"{k} {100 * v:.0f}%" for k, v in parts.items())
             + ".",
         ]
