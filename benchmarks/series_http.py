@@ -329,8 +329,8 @@ def run(
                     if prof:
                         for p in prof:
                             p.wait(profile_s + 60)
-                        files = sorted(work.glob(f"profile-{form}-*.txt"))
-                        profiles[form] = series_sessions.profile_parts(files, FORECAST_PARTS)
+                        stacks = sorted(work.glob(f"profile-{form}-*.txt"))
+                        profiles[form] = series_sessions.profile_parts(stacks, FORECAST_PARTS)
                     row["load_1m"] = [before, load1()]
                     raw[form][c].append(row)
                     print(
