@@ -498,6 +498,7 @@ def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick:
         "python benchmarks/run_all.py --only batch --work DIR  # one figure again; the others from DIR's last run",
         "python benchmarks/batch_job.py --quick    # any script alone; each takes --json OUT",
         "python benchmarks/peers/mlserver_oip.py --quick  # a peer alone (its virtualenv is made on first use)",
+        "python benchmarks/series_http.py --profile-s 10  # /forecast by series vs single windows (py-spy on PATH)",
         "python benchmarks/series_sessions.py --open-http 3000  # 100,000 series sessions (3,000 opened over HTTP)",
         "```",
         "",
