@@ -451,7 +451,24 @@ def markdown(res: dict) -> str:
             f"answer's JSON {cost['series_answer_json_us']:.0f} us. Requests are batched, so the ORT runs are shared; "
             "feature building and the answer are per series.",
         ]
-    for form, parts in (res.get("profile") or {}).items():
+    prof = res.get("profile") or {}
+    if not g["met"] and g["cpu_ratio"] is not None:
+        why = (
+            f"Why the goal is missed: a series request costs the server {g['cpu_ratio']:.2f}x the CPU of a "
+            "single-window one (the robust figure on shared cores; requests/s also moves with the neighbours' load "
+            "from round to round)"
+        )
+        if "series" in prof and "window" in prof:
+            why += (
+                f": building the series' features (rnnops.panel_features, Python per series) takes "
+                f"{100 * prof['series'].get('panel features', 0):.0f}% of the server's samples, while the model run, "
+                f"{100 * prof['window'].get('model run (onnxruntime)', 0):.0f}% for the single-window GRU over 56 "
+                f"steps, is {100 * prof['series'].get('model run (onnxruntime)', 0):.0f}% for the panel graph "
+                f"({cfg.get('lookback', 0) // max(1, cfg.get('segment_length') or 1)} segments); the HTTP stack, "
+                "batcher and answer cost both forms alike"
+            )
+        lines += ["", why + "."]
+    for form, parts in prof.items():
         lines += [
             "",
             f"Where the server's time goes, {form} form at concurrency {max(res['levels'])} (py-spy, share of the "
