@@ -19,6 +19,8 @@ so that torch threads, servers and MLflow state never leak from one into the nex
 10. ``m4``       benchmarks/m4_peers.py: our global forecaster on M4 Hourly (quick preset, 3 seeds) vs
    NeuralForecast, statsforecast and GluonTS, all scored by ``forecast_metrics`` (~50 min); a full
    run also rewrites the table in ``docs/forecasting.md``
+11. ``series``   benchmarks/series_http.py: /forecast by series (a panel model) vs single-window requests
+12. ``sessions`` benchmarks/series_sessions.py: 100,000 panel sessions by series id in Redis, 1 and 2 workers
 
 The peers (6-8, 10) run in virtualenvs of their own that their scripts make from PyPI, once, under
 ``~/.cache/rnnops/peers`` (never in ours, never in a serving image): the first run downloads them;
@@ -48,7 +50,20 @@ import common as C  # noqa: E402
 
 DOCS = C.REPO / "docs"
 IMG = DOCS / "img"
-FIGURES = ("kernel", "streaming", "http", "batch", "training", "ray", "bentoml", "mlserver", "workers", "m4")
+FIGURES = (
+    "kernel",
+    "streaming",
+    "http",
+    "batch",
+    "training",
+    "ray",
+    "bentoml",
+    "mlserver",
+    "workers",
+    "m4",
+    "series",
+    "sessions",
+)
 TITLES = {
     "kernel": "1. Kernel: eager vs TorchScript vs onnxruntime (fp32, int8), with the roofline",
     "streaming": "2. Streaming generation: continuous batching vs naive, over HTTP",
@@ -60,6 +75,8 @@ TITLES = {
     "mlserver": "8. Open Inference Protocol: rnnops vs MLServer with adaptive batching",
     "workers": "9. One machine, more workers: streaming and forecasts at --workers 1 and 2",
     "m4": "10. M4 Hourly: our global forecaster vs NeuralForecast, statsforecast and GluonTS",
+    "series": "11. Forecast by series: /forecast's series form vs single-window requests",
+    "sessions": "12. Sessions by series id: 100,000 open series in Redis, 1 and 2 workers",
 }
 
 
@@ -94,6 +111,19 @@ def command(fig: str, quick: bool, out: Path, work: Path, skip_venv_builds: bool
         return [py, str(HERE / "peers" / "bentoml_batching.py"), *q, "--json", str(out), "--work", str(work / "shared")]
     if fig == "mlserver":
         return [py, str(HERE / "peers" / "mlserver_oip.py"), *q, "--json", str(out), "--work", str(work / "shared")]
+    if fig == "series":  # the panel model is made once in work/panel and shared with `sessions`
+        return [py, str(HERE / "series_http.py"), *q, "--json", str(out), "--work", str(work / "panel")]
+    if fig == "sessions":  # 3,000 series opened over HTTP, cloned in Redis to 100,000 (opening is the slow part)
+        return [
+            py,
+            str(HERE / "series_sessions.py"),
+            *q,
+            *([] if quick else ["--open-http", "3000", "--connections", "16,64"]),
+            "--json",
+            str(out),
+            "--work",
+            str(work / "panel"),
+        ]
     raise ValueError(fig)
 
 
@@ -404,6 +434,8 @@ def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick:
     import m4_peers
     import mlserver_oip
     import ray_serve
+    import series_http
+    import series_sessions
     import training_throughput
     import workers
 
@@ -447,6 +479,12 @@ def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick:
                 mlserver_oip.plot(res, png)
             elif fig == "m4":
                 text, summary, png = m4_peers.markdown(res), m4_summary(res), None
+            elif fig == "series":
+                text, summary = series_http.markdown(res), series_http.summary(res)
+                png = None
+            elif fig == "sessions":
+                text, summary = series_sessions.markdown(res), series_sessions.summary(res)
+                png = None
             else:
                 text, summary = workers.markdown(res), workers_summary(res)
                 workers.plot(res, png)
@@ -499,6 +537,8 @@ def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick:
         "python benchmarks/run_all.py --only batch --work DIR  # one figure again; the others from DIR's last run",
         "python benchmarks/batch_job.py --quick    # any script alone; each takes --json OUT",
         "python benchmarks/peers/mlserver_oip.py --quick  # a peer alone (its virtualenv is made on first use)",
+        "python benchmarks/series_http.py --profile-s 10  # /forecast by series vs single windows (py-spy on PATH)",
+        "python benchmarks/series_sessions.py --open-http 3000  # 100,000 series sessions (3,000 opened over HTTP)",
         "```",
         "",
     ]
