@@ -132,3 +132,64 @@ def test_spark_engine_matches_local(files):
     a, b = pq.read_table(root / "local.parquet"), pq.read_table(root / "spark.parquet")
     assert a.schema == b.schema and a.equals(b)
     assert (root / "local.errors.csv").read_text() == (root / "spark.errors.csv").read_text()
+
+
+def whole_file_job(j: B.ForecastJob):
+    """The job as the panel read whole (the path a panel whose series interleave takes)."""
+    import time
+
+    from rnnops.serving.batch import panel as P
+    from rnnops.serving.batch.job import plan
+    from rnnops.serving.batch.local import make_runtime
+
+    model = B.load_model(j.model)
+    layout = plan(j, model)
+    prep = P.prepare(j, model, layout.id_column, layout.date_column)
+    return P.write(j, model, layout, prep, make_runtime(model, threads=1), "local", time.perf_counter())
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv"])
+def test_streamed_job_writes_what_the_whole_file_path_writes(files, monkeypatch, capsys, suffix):
+    """Record batches of 5 rows (CSV: 400 bytes): series span batches, FUTURE runs ahead of the panel."""
+    from rnnops.serving.batch import panel_stream
+
+    root, model_path, _ = files
+    monkeypatch.setattr(panel_stream, "CHUNK_ROWS", 5)
+    monkeypatch.setattr(panel_stream, "CSV_BLOCK_BYTES", 400)
+    panel = pd.read_csv(root / "panel.csv")
+    panel.to_parquet(root / "panel.parquet", index=False)
+    kw = {"input": root / f"panel.{suffix}", "batch_windows": 3}
+    streamed = B.run(B.ForecastJob(**{**job(root, model_path, f"streamed.{suffix}").__dict__, **kw}))
+    assert "reading the panel whole" not in capsys.readouterr().err
+    whole = whole_file_job(B.ForecastJob(**{**job(root, model_path, f"whole.{suffix}").__dict__, **kw}))
+    assert (streamed.series, streamed.forecasted, streamed.failed, streamed.rows_read, streamed.output_rows) == (
+        whole.series,
+        whole.forecasted,
+        whole.failed,
+        whole.rows_read,
+        whole.output_rows,
+    )
+    assert (root / f"streamed.{suffix}").read_bytes() == (root / f"whole.{suffix}").read_bytes()
+    assert (root / "streamed.errors.csv").read_text() == (root / "whole.errors.csv").read_text()
+
+
+def test_interleaved_panel_is_read_whole_with_a_warning(files, monkeypatch, capsys):
+    """Rows shuffled (series interleave): the job says how to stream it and writes the same rows."""
+    from rnnops.serving.batch import panel_stream
+
+    root, model_path, _ = files
+    monkeypatch.setattr(panel_stream, "CSV_BLOCK_BYTES", 400)
+    panel = pd.read_csv(root / "panel.csv")
+    panel.sample(frac=1.0, random_state=0).to_csv(root / "shuffled.csv", index=False)
+    panel.sort_values(["item_id", "date"], ascending=[False, False]).to_csv(root / "desc.csv", index=False)
+    shuffled = B.run(
+        B.ForecastJob(**{**job(root, model_path, "shuffled-out.csv").__dict__, "input": root / "shuffled.csv"})
+    )
+    assert "Sort PANEL and FUTURE by item_id (then date) to stream it" in capsys.readouterr().err
+    # grouped by id in another order, dates backwards: streamed, no warning
+    desc = B.run(B.ForecastJob(**{**job(root, model_path, "desc-out.csv").__dict__, "input": root / "desc.csv"}))
+    assert "reading the panel whole" not in capsys.readouterr().err
+    assert (shuffled.forecasted, shuffled.failed) == (desc.forecasted, desc.failed) == (10, 2)
+    a = pd.read_csv(root / "shuffled-out.csv").sort_values(["item_id", "step"]).reset_index(drop=True)
+    b = pd.read_csv(root / "desc-out.csv").sort_values(["item_id", "step"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, rtol=1e-5)

@@ -19,14 +19,17 @@ Both engines share :func:`prepare` (files -> series features) and :func:`forecas
 calls); the Spark engine (:func:`run_panel_spark`) reads and groups the files with Spark and
 runs the same two per group of series, so its output is the local engine's, byte for byte.
 
-Memory: the panel is read whole (only the columns the model reads) and grouped by series; the
-features keep the last ``lookback`` steps of each series. Streaming it as the forecaster jobs do
-(:mod:`.tails`) is not done yet.
+Memory: the local engine streams a panel whose series are contiguous (sorted or grouped by id)
+through :mod:`.panel_stream`, series by series, memory flat in the number of series; a panel whose
+series interleave is read whole (only the columns the model reads) and grouped here, with a
+warning that says how to stream it. The Spark engine groups on the workers and gathers the
+series' features on the driver.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
@@ -341,14 +344,29 @@ def write(
 
 
 def run_panel_local(job: ForecastJob, model: ForecastModel, layout: Layout) -> JobSummary:
+    """Streamed (:mod:`.panel_stream`, memory flat in the number of series) when each series'
+    rows are contiguous in PANEL and FUTURE; else the files are read whole, with a warning."""
+    from rnnops.serving.batch import panel_stream
     from rnnops.serving.batch.local import make_runtime
 
+    runtime = make_runtime(model, threads=1)
+    try:
+        try:
+            return panel_stream.run_streamed(job, model, layout, runtime, None)
+        except panel_stream.SubSecond:  # rare: forecast dates with fractions of a second, found late
+            return panel_stream.run_streamed(job, model, layout, runtime, pa.timestamp("ns"))
+    except panel_stream.NotGrouped as exc:
+        print(
+            f"warning: {exc}; reading the panel whole (memory grows with it). Sort PANEL and FUTURE by "
+            f"{layout.id_column} (then {layout.date_column}) to stream it",
+            file=sys.stderr,
+        )
     t0 = time.perf_counter()
     assert layout.id_column is not None
     prep = prepare(job, model, layout.id_column, layout.date_column)
     if job.strict and prep.errors:
         raise strict_error(prep.errors, layout)
-    return write(job, model, layout, prep, make_runtime(model, threads=1), "local", t0)
+    return write(job, model, layout, prep, runtime, "local", t0)
 
 
 # ------------------------------------------------------------------------------ Spark
