@@ -193,3 +193,45 @@ def test_interleaved_panel_is_read_whole_with_a_warning(files, monkeypatch, caps
     a = pd.read_csv(root / "shuffled-out.csv").sort_values(["item_id", "step"]).reset_index(drop=True)
     b = pd.read_csv(root / "desc-out.csv").sort_values(["item_id", "step"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b, rtol=1e-5)
+
+
+def test_regular_series_take_the_vectorised_path_with_the_same_features(files, monkeypatch):
+    """The vectorised features (:func:`panel.regular_features`) equal the per-series path's, and
+    series with problems (an infinite price, a missing static, an off-frequency date, a short
+    history) fall to the per-series path and give its errors."""
+    from rnnops.serving.batch import panel as P
+
+    root, model_path, _ = files
+    df = pd.read_csv(root / "panel.csv")
+    ids = list(dict.fromkeys(df["item_id"]))
+    last = df.groupby("item_id").tail(1).index
+    df.loc[df.index[df["item_id"] == ids[4]][-1], "price"] = float("inf")
+    df.loc[df["item_id"] == ids[5], "size"] = float("nan")
+    df.loc[last[df.loc[last, "item_id"] == ids[6]], "date"] = "2031-01-01"
+    df = df[(df["item_id"] != ids[7]) | (df.groupby("item_id").cumcount(ascending=False) < 5)]
+    df.to_csv(root / "odd.csv", index=False)
+    model = B.load_model(str(model_path))
+    j = B.ForecastJob(**{**job(root, model_path, "odd-out.csv").__dict__, "input": root / "odd.csv"})
+    fast = P.prepare(j, model, "item_id", "date")
+    assert len(P.regular_features(*_grouped(P, j, model))) == 6  # 12 less 2 and 3 (FUTURE), 4, 5, 6, 7
+    monkeypatch.setattr(P, "regular_features", lambda *a: {})
+    slow = P.prepare(j, model, "item_id", "date")
+    assert fast.ids == slow.ids and len(fast.ids) == 7  # 7, short, forecast by the per-series path
+    assert [(e.series_id, e.message) for e in fast.errors] == [(e.series_id, e.message) for e in slow.errors]
+    assert len(fast.errors) == 5
+    for a, b in zip(fast.features, slow.features):
+        np.testing.assert_array_equal(a.future, b.future)
+        assert a.inputs.keys() == b.inputs.keys()
+        for name in a.inputs:
+            assert a.inputs[name].dtype == b.inputs[name].dtype
+            np.testing.assert_array_equal(a.inputs[name], b.inputs[name])
+
+
+def _grouped(P, j, model):
+    """``regular_features``' arguments for job ``j``'s files."""
+    c = model.info.panel
+    numeric, text = P.columns(c)
+    panel = P.group(P.read_file(j.input, "item_id", "date", numeric, text), "item_id", "date", numeric, text, None)
+    ft = P.read_file(j.future, "item_id", "date", c.future_covariates, ())
+    future = P.group(ft, "item_id", "date", c.future_covariates, (), None)
+    return panel, future, {k: i for i, k in enumerate(future.keys)}, c
