@@ -156,35 +156,58 @@ def _first_repeat(codes: np.ndarray) -> int:
 
 @dataclass
 class FutureCursor:
-    """FUTURE's series for the panel's, matched by id; those read ahead wait in ``pending``."""
+    """FUTURE's series for the panel's, matched by id; those read ahead wait in ``pending`` (the
+    chunk they came in and their place in it: rows are gathered per chunk, not sliced per series)."""
 
     reader: SeriesReader
-    pending: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=dict)
-    _chunks: Iterator[P.Table] | None = None
+    pending: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (chunk number, series in it)
+    chunks: dict[int, P.Table] = field(default_factory=dict)  # the chunks that still hold pending series
+    _read: Iterator[P.Table] | None = None
+    _count: int = 0
     _done: bool = False
 
     def table(self, keys: Sequence[str], names: Sequence[str]) -> P.Table:
-        """A :class:`.panel.Table` holding FUTURE's rows of the ``keys`` it has."""
-        if self._chunks is None:
-            self._chunks = self.reader.chunks()
+        """A :class:`.panel.Table` holding FUTURE's rows of the ``keys`` it has, in their order."""
+        if self._read is None:
+            self._read = self.reader.chunks()
         for key in keys:
             while key not in self.pending and not self._done:
-                nxt = next(self._chunks, None)
+                nxt = next(self._read, None)
                 if nxt is None:
                     self._done = True
                     break
-                for k, fk in enumerate(nxt.keys):
-                    lo, hi = int(nxt.starts[k]), int(nxt.starts[k + 1])
-                    self.pending[fk] = (nxt.dates[lo:hi], {n: nxt.values[n][lo:hi] for n in names})
-        found = [(k, self.pending.pop(k)) for k in keys if k in self.pending]
-        counts = [len(d) for _, (d, _) in found]
+                self.chunks[self._count] = nxt
+                self.pending.update((fk, (self._count, k)) for k, fk in enumerate(nxt.keys))
+                self._count += 1
+        found = [(key, self.pending.pop(key)) for key in keys if key in self.pending]
+        where = np.array([w for _, w in found], np.int64).reshape(-1, 2)
+        counts = np.zeros(len(found), np.int64)
+        dates = np.zeros(0, np.int64)
+        values = {n: np.zeros(0) for n in names}
+        parts: list[tuple[np.ndarray, np.ndarray, P.Table]] = []  # (places in found, rows, chunk)
+        for c in np.unique(where[:, 0]):
+            chunk = self.chunks[int(c)]
+            at = np.flatnonzero(where[:, 0] == c)
+            ks = where[at, 1]
+            lo, n = chunk.starts[ks], chunk.starts[ks + 1] - chunk.starts[ks]
+            counts[at] = n
+            rows = np.repeat(lo - np.cumsum(n) + n, n) + np.arange(int(n.sum()))
+            parts.append((at, rows, chunk))
+        if parts:  # the rows in the order of ``found``
+            order = np.argsort(np.concatenate([np.repeat(at, counts[at]) for at, _, _ in parts]), kind="stable")
+            dates = np.concatenate([ch.dates[r] for _, r, ch in parts])[order]
+            values = {n: np.concatenate([ch.values[n][r] for _, r, ch in parts])[order] for n in names}
+        live = {c for c, _ in self.pending.values()}
+        for c in [c for c in self.chunks if c not in live]:  # a chunk whose series are all handed out
+            del self.chunks[c]
+        ids = [key for key, _ in found]
         return P.Table(
-            ids=[k for k, _ in found],
-            keys=[k for k, _ in found],
+            ids=list(ids),
+            keys=ids,
             starts=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
             first_pos=np.zeros(len(found), np.int64),
-            dates=np.concatenate([d for _, (d, _) in found]) if found else np.zeros(0, np.int64),
-            values={n: np.concatenate([v[n] for _, (_, v) in found]) if found else np.zeros(0) for n in names},
+            dates=dates,
+            values=values,
             text={},
             no_id_rows=0,
             no_id_pos=-1,
