@@ -37,6 +37,7 @@ from rnnops.serving.batch.tails import SeriesError
 from rnnops.serving.batch.write import (
     AtomicWriter,
     date_type_for,
+    disk_full_error,
     errors_path_for,
     no_space,
     output_schema,
@@ -282,13 +283,9 @@ def run_streamed(
         if writer is not None:
             writer.abort()
         why = no_space(exc) if isinstance(exc, Exception) else None
-        if why is None:
+        if why is None or writer is None:
             raise
-        kept = f"; the older {job.output.name} is left as it was" if job.output.exists() else ""
-        raise RnnopsError(
-            f"{why} while writing {job.output}: the job is not complete, so nothing was written{kept}. "
-            "Free some space on that disk or write the output elsewhere"
-        ) from None
+        raise disk_full_error(why, job, writer) from None
     finally:
         bar.close()
     return JobSummary(
