@@ -235,3 +235,22 @@ def _grouped(P, j, model):
     ft = P.read_file(j.future, "item_id", "date", c.future_covariates, ())
     future = P.group(ft, "item_id", "date", c.future_covariates, (), None)
     return panel, future, {k: i for i, k in enumerate(future.keys)}, c
+
+
+def test_a_late_series_with_fractions_of_a_second_widens_the_dates_as_the_whole_file_path(files, monkeypatch):
+    """The output's date type is fixed by the first call; a later series dated at half seconds
+    makes the streamed job start again with nanoseconds: the same bytes as the panel read whole."""
+    from rnnops.serving.batch import panel_stream
+
+    root, model_path, _ = files
+    monkeypatch.setattr(panel_stream, "CHUNK_ROWS", 5)
+    last = pd.read_csv(root / "panel.csv")["item_id"].iloc[-1]
+    for name in ("panel.csv", "future.parquet"):
+        df = pd.read_csv(root / name) if name.endswith(".csv") else pd.read_parquet(root / name)
+        df["date"] = pd.to_datetime(df["date"]) + pd.to_timedelta(np.where(df["item_id"] == last, 0.5, 0.0), unit="s")
+        df.to_parquet(root / f"half-{name.split('.')[0]}.parquet", index=False)
+    kw = {"input": root / "half-panel.parquet", "future": root / "half-future.parquet", "batch_windows": 3}
+    B.run(B.ForecastJob(**{**job(root, model_path, "half-streamed.csv").__dict__, **kw}))
+    whole_file_job(B.ForecastJob(**{**job(root, model_path, "half-whole.csv").__dict__, **kw}))
+    text = (root / "half-streamed.csv").read_text()
+    assert ".500000000" in text and text == (root / "half-whole.csv").read_text()
