@@ -132,3 +132,125 @@ def test_spark_engine_matches_local(files):
     a, b = pq.read_table(root / "local.parquet"), pq.read_table(root / "spark.parquet")
     assert a.schema == b.schema and a.equals(b)
     assert (root / "local.errors.csv").read_text() == (root / "spark.errors.csv").read_text()
+
+
+def whole_file_job(j: B.ForecastJob):
+    """The job as the panel read whole (the path a panel whose series interleave takes)."""
+    import time
+
+    from rnnops.serving.batch import panel as P
+    from rnnops.serving.batch.job import plan
+    from rnnops.serving.batch.local import make_runtime
+
+    model = B.load_model(j.model)
+    layout = plan(j, model)
+    prep = P.prepare(j, model, layout.id_column, layout.date_column)
+    return P.write(j, model, layout, prep, make_runtime(model, threads=1), "local", time.perf_counter())
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv"])
+def test_streamed_job_writes_what_the_whole_file_path_writes(files, monkeypatch, capsys, suffix):
+    """Record batches of 5 rows (CSV: 400 bytes): series span batches, FUTURE runs ahead of the panel."""
+    from rnnops.serving.batch import panel_stream
+
+    root, model_path, _ = files
+    monkeypatch.setattr(panel_stream, "CHUNK_ROWS", 5)
+    monkeypatch.setattr(panel_stream, "CSV_BLOCK_BYTES", 400)
+    panel = pd.read_csv(root / "panel.csv")
+    panel.to_parquet(root / "panel.parquet", index=False)
+    kw = {"input": root / f"panel.{suffix}", "batch_windows": 3}
+    streamed = B.run(B.ForecastJob(**{**job(root, model_path, f"streamed.{suffix}").__dict__, **kw}))
+    assert "reading the panel whole" not in capsys.readouterr().err
+    whole = whole_file_job(B.ForecastJob(**{**job(root, model_path, f"whole.{suffix}").__dict__, **kw}))
+    assert (streamed.series, streamed.forecasted, streamed.failed, streamed.rows_read, streamed.output_rows) == (
+        whole.series,
+        whole.forecasted,
+        whole.failed,
+        whole.rows_read,
+        whole.output_rows,
+    )
+    assert (root / f"streamed.{suffix}").read_bytes() == (root / f"whole.{suffix}").read_bytes()
+    assert (root / "streamed.errors.csv").read_text() == (root / "whole.errors.csv").read_text()
+
+
+def test_interleaved_panel_is_read_whole_with_a_warning(files, monkeypatch, capsys):
+    """Rows shuffled (series interleave): the job says how to stream it and writes the same rows."""
+    from rnnops.serving.batch import panel_stream
+
+    root, model_path, _ = files
+    monkeypatch.setattr(panel_stream, "CSV_BLOCK_BYTES", 400)
+    panel = pd.read_csv(root / "panel.csv")
+    panel.sample(frac=1.0, random_state=0).to_csv(root / "shuffled.csv", index=False)
+    panel.sort_values(["item_id", "date"], ascending=[False, False]).to_csv(root / "desc.csv", index=False)
+    shuffled = B.run(
+        B.ForecastJob(**{**job(root, model_path, "shuffled-out.csv").__dict__, "input": root / "shuffled.csv"})
+    )
+    assert "Sort PANEL and FUTURE by item_id (then date) to stream it" in capsys.readouterr().err
+    # grouped by id in another order, dates backwards: streamed, no warning
+    desc = B.run(B.ForecastJob(**{**job(root, model_path, "desc-out.csv").__dict__, "input": root / "desc.csv"}))
+    assert "reading the panel whole" not in capsys.readouterr().err
+    assert (shuffled.forecasted, shuffled.failed) == (desc.forecasted, desc.failed) == (10, 2)
+    a = pd.read_csv(root / "shuffled-out.csv").sort_values(["item_id", "step"]).reset_index(drop=True)
+    b = pd.read_csv(root / "desc-out.csv").sort_values(["item_id", "step"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, rtol=1e-5)
+
+
+def test_regular_series_take_the_vectorised_path_with_the_same_features(files, monkeypatch):
+    """The vectorised features (:func:`panel.regular_features`) equal the per-series path's, and
+    series with problems (an infinite price, a missing static, an off-frequency date, a short
+    history) fall to the per-series path and give its errors."""
+    from rnnops.serving.batch import panel as P
+
+    root, model_path, _ = files
+    df = pd.read_csv(root / "panel.csv")
+    ids = list(dict.fromkeys(df["item_id"]))
+    last = df.groupby("item_id").tail(1).index
+    df.loc[df.index[df["item_id"] == ids[4]][-1], "price"] = float("inf")
+    df.loc[df["item_id"] == ids[5], "size"] = float("nan")
+    df.loc[last[df.loc[last, "item_id"] == ids[6]], "date"] = "2031-01-01"
+    df = df[(df["item_id"] != ids[7]) | (df.groupby("item_id").cumcount(ascending=False) < 5)]
+    df.to_csv(root / "odd.csv", index=False)
+    model = B.load_model(str(model_path))
+    j = B.ForecastJob(**{**job(root, model_path, "odd-out.csv").__dict__, "input": root / "odd.csv"})
+    fast = P.prepare(j, model, "item_id", "date")
+    assert len(P.regular_features(*_grouped(P, j, model))) == 6  # 12 less 2 and 3 (FUTURE), 4, 5, 6, 7
+    monkeypatch.setattr(P, "regular_features", lambda *a: {})
+    slow = P.prepare(j, model, "item_id", "date")
+    assert fast.ids == slow.ids and len(fast.ids) == 7  # 7, short, forecast by the per-series path
+    assert [(e.series_id, e.message) for e in fast.errors] == [(e.series_id, e.message) for e in slow.errors]
+    assert len(fast.errors) == 5
+    for a, b in zip(fast.features, slow.features):
+        np.testing.assert_array_equal(a.future, b.future)
+        assert a.inputs.keys() == b.inputs.keys()
+        for name in a.inputs:
+            assert a.inputs[name].dtype == b.inputs[name].dtype
+            np.testing.assert_array_equal(a.inputs[name], b.inputs[name])
+
+
+def _grouped(P, j, model):
+    """``regular_features``' arguments for job ``j``'s files."""
+    c = model.info.panel
+    numeric, text = P.columns(c)
+    panel = P.group(P.read_file(j.input, "item_id", "date", numeric, text), "item_id", "date", numeric, text, None)
+    ft = P.read_file(j.future, "item_id", "date", c.future_covariates, ())
+    future = P.group(ft, "item_id", "date", c.future_covariates, (), None)
+    return panel, future, {k: i for i, k in enumerate(future.keys)}, c
+
+
+def test_a_late_series_with_fractions_of_a_second_widens_the_dates_as_the_whole_file_path(files, monkeypatch):
+    """The output's date type is fixed by the first call; a later series dated at half seconds
+    makes the streamed job start again with nanoseconds: the same bytes as the panel read whole."""
+    from rnnops.serving.batch import panel_stream
+
+    root, model_path, _ = files
+    monkeypatch.setattr(panel_stream, "CHUNK_ROWS", 5)
+    last = pd.read_csv(root / "panel.csv")["item_id"].iloc[-1]
+    for name in ("panel.csv", "future.parquet"):
+        df = pd.read_csv(root / name) if name.endswith(".csv") else pd.read_parquet(root / name)
+        df["date"] = pd.to_datetime(df["date"]) + pd.to_timedelta(np.where(df["item_id"] == last, 0.5, 0.0), unit="s")
+        df.to_parquet(root / f"half-{name.split('.')[0]}.parquet", index=False)
+    kw = {"input": root / "half-panel.parquet", "future": root / "half-future.parquet", "batch_windows": 3}
+    B.run(B.ForecastJob(**{**job(root, model_path, "half-streamed.csv").__dict__, **kw}))
+    whole_file_job(B.ForecastJob(**{**job(root, model_path, "half-whole.csv").__dict__, **kw}))
+    text = (root / "half-streamed.csv").read_text()
+    assert ".500000000" in text and text == (root / "half-whole.csv").read_text()

@@ -184,6 +184,16 @@ def no_space(exc: BaseException) -> str | None:
     return None
 
 
+def disk_full_error(why: str, job: ForecastJob, writer: AtomicWriter) -> RnnopsError:
+    """The one line for an output that could not be written whole (``why``: :func:`no_space`'s)."""
+    kept = f"; the older {job.output.name} is left as it was" if job.output.exists() else ""
+    return RnnopsError(
+        f"{why} while writing {job.output} (after {writer.rows:,} rows): the job is not complete, "
+        f"so nothing was written (the temporary {writer.tmp.name} was removed){kept}. Free some "
+        "space on that disk or write the output elsewhere"
+    )
+
+
 def strict_error(errors: list[SeriesError], layout: Layout) -> RnnopsError:
     shown = "; ".join(f"{_label(e.series_id, layout)}: {e.message}" for e in errors[:5])
     more = f" (and {len(errors) - 5} more series)" if len(errors) > 5 else ""
@@ -229,12 +239,7 @@ def write_results(
         why = no_space(exc) if isinstance(exc, Exception) else None
         if why is None:
             raise
-        kept = f"; the older {job.output.name} is left as it was" if job.output.exists() else ""
-        raise RnnopsError(
-            f"{why} while writing {job.output} (after {writer.rows:,} rows): the job is not complete, "
-            f"so nothing was written (the temporary {writer.tmp.name} was removed){kept}. Free some "
-            "space on that disk or write the output elsewhere"
-        ) from None
+        raise disk_full_error(why, job, writer) from None
     finally:
         bar.close()
     return JobSummary(

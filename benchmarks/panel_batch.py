@@ -1,0 +1,370 @@
+"""Batch jobs over a panel (issue 26, section 4): rows/s and peak RSS of ``rnnops forecast`` with a
+panel model on a generated panel of N series (local and Spark engines), against NeuralForecast's
+``predict`` with a model of the same size, each in its own process, side by side in one run.
+
+    python benchmarks/panel_batch.py --series 10000,100000            # writes docs/benchmarks.md's section
+    python benchmarks/panel_batch.py --series 2000 --no-doc            # a smoke run
+
+The panel (benchmarks/retail_panel.py's generator, seeded): per series the model's lookback (14
+days) of history, sorted by id then date, in PANEL (Parquet); the 7 days after it, with the
+future covariate ``promo``, in FUTURE. Our model: tests/panel_fixtures.py's (GRU, hidden 16,
+context 4, decoder 8, lookback 14, horizon 7, quantiles 0.1/0.5/0.9; past ``price``, future
+``promo``, statics ``store`` and ``size``), random weights: prediction speed does not depend on them.
+NeuralForecast: its GRU with the same lookback, horizon, hidden sizes and quantile loss (MQLoss),
+the same covariates (``store`` left out: its statics must be numbers), trained 5 steps on 1,000
+series of 60 days in its own virtualenv (``~/.cache/rnnops/peers/neuralforecast-venv``, the recipe
+of benchmarks/m4_peers.py: neuralforecast 3.3.0, our CPU torch 2.13.0), then ``predict`` on PANEL
+and FUTURE; its time and RSS are of ``predict`` alone (reading the files and training excluded),
+ours of the whole ``rnnops forecast`` process (start, read, forecast, write).
+
+rows/s: PANEL rows per second. Peak RSS: the process tree's (ours: the CLI, Spark's JVM and
+workers included; NeuralForecast: the runner during ``predict``). ``uptime``'s load average is
+recorded with each figure: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CACHE = Path.home() / ".cache" / "rnnops" / "peers"
+NF_PINS = ["neuralforecast==3.3.0", "torch==2.13.0"]  # benchmarks/m4_peers.py's (our CPU torch build)
+LOOKBACK, HORIZON = 14, 7
+DOC = REPO / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- panel-batch:begin -->", "<!-- panel-batch:end -->"
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def load_average() -> str:
+    return uptime().rsplit("load average:", 1)[-1].strip()
+
+
+# ----------------------------------------------------------------------------- data and model
+
+
+def write_panel(folder: Path, series: int, seed: int = 0) -> tuple[Path, Path, int]:
+    """PANEL (lookback days per series) and FUTURE (the horizon's promo) as Parquet; PANEL rows."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(HERE))
+    import retail_panel
+
+    panel_path, future_path = folder / f"panel-{series}.parquet", folder / f"future-{series}.parquet"
+    if panel_path.is_file() and future_path.is_file():
+        return panel_path, future_path, pq.ParquetFile(panel_path).metadata.num_rows
+    days = LOOKBACK + HORIZON
+    pw = fw = None
+    rows = 0
+    for b in retail_panel.blocks(series=series, days=days, seed=seed, short_fraction=0.0, block=5000):
+        n = len(b["item_id"]) // days
+        day = np.tile(np.arange(days), n)
+        b["size"] = np.array([float(len(s)) for s in b["store"]])  # as tests/panel_fixtures.py adds it
+        b["date"] = b["date"].astype("datetime64[D]")  # a date column (Spark reads no nanosecond timestamps)
+        hist, fut = day < LOOKBACK, day >= LOOKBACK
+        cols = ["item_id", "date", "sales", "price", "promo", "store", "size"]
+        p = pa.table({c: b[c][hist] for c in cols})
+        f = pa.table({c: b[c][fut] for c in ("item_id", "date", "promo")})
+        pw = pw or pq.ParquetWriter(str(panel_path) + ".tmp", p.schema)
+        fw = fw or pq.ParquetWriter(str(future_path) + ".tmp", f.schema)
+        pw.write_table(p)
+        fw.write_table(f)
+        rows += p.num_rows
+    assert pw is not None and fw is not None
+    pw.close()
+    fw.close()
+    os.replace(str(panel_path) + ".tmp", panel_path)
+    os.replace(str(future_path) + ".tmp", future_path)
+    return panel_path, future_path, rows
+
+
+def write_train(folder: Path) -> Path:
+    """NeuralForecast's training panel: 1,000 series of 60 days (it needs lookback + horizon rows)."""
+    sys.path.insert(0, str(HERE))
+    import retail_panel
+
+    path = folder / "nf-train.parquet"
+    if not path.is_file():
+        df = retail_panel.generate(series=1000, days=60, seed=1, short_fraction=0.0)
+        df["size"] = df["store"].map(lambda s: float(len(str(s))))
+        df.to_parquet(path, index=False)
+    return path
+
+
+def export_model(folder: Path) -> Path:
+    sys.path.insert(0, str(REPO / "tests"))
+    from panel_fixtures import export_tiny_panel
+
+    path = folder / "panel.onnx"
+    if not path.is_file():
+        export_tiny_panel(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def tree_rss_mb(root: int) -> float:
+    sys.path.insert(0, str(HERE))
+    import common
+
+    return common.tree_rss_mb(root)
+
+
+def measured(argv: list[str], log: Path, timeout: float, env: dict | None = None) -> dict:
+    """Run ``argv`` to completion: wall seconds, exit status, the peak RSS of its process tree."""
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env or os.environ.copy())
+        peak = 0.0
+        try:
+            while proc.poll() is None:
+                peak = max(peak, tree_rss_mb(proc.pid))
+                if time.perf_counter() - t0 > timeout:
+                    proc.kill()
+                    raise TimeoutError(f"{argv[:3]} ran past {timeout:.0f} s (log {log})")
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return {"seconds": time.perf_counter() - t0, "rc": proc.returncode, "peak_rss_mb": peak}
+
+
+def run_ours(engine: str, model: Path, panel: Path, future: Path, rows: int, work: Path, timeout: float) -> dict:
+    out = work / f"out-{engine}-{panel.stem}.parquet"
+    argv = [
+        str(REPO / ".venv" / "bin" / "rnnops"),
+        "forecast",
+        "--model", str(model),
+        "--input", str(panel),
+        "--future", str(future),
+        "--id-column", "item_id",
+        "--date-column", "date",
+        "--output", str(out),
+        "--engine", engine,
+        "--no-progress",
+    ]  # fmt: skip
+    load = load_average()
+    r = measured(argv, work / f"{engine}-{panel.stem}.log", timeout)
+    if r["rc"] != 0:
+        raise RuntimeError(f"rnnops forecast --engine {engine} failed: see {work / f'{engine}-{panel.stem}.log'}")
+    import re
+
+    import pyarrow.parquet as pq
+
+    # the job's own time (after the interpreter started and imported): the CLI's summary line
+    said = re.search(r"\(([\d.]+) s, [\d,]+ rows/s\)", (work / f"{engine}-{panel.stem}.log").read_text())
+    r["engine_s"] = float(said.group(1)) if said else None
+    return {**r, "rows": rows, "rows_per_s": rows / r["seconds"], "output_rows": pq.ParquetFile(out).metadata.num_rows, "load": load}  # fmt: skip
+
+
+def ensure_nf_venv() -> Path:
+    """NeuralForecast's virtualenv, as benchmarks/m4_peers.py makes it (peerlib.ensure_venv's recipe)."""
+    venv = CACHE / "neuralforecast-venv"
+    py = venv / "bin" / "python"
+    stamp = venv / "pins.txt"
+    want = "\n".join(NF_PINS) + "\n"
+    if py.is_file() and stamp.is_file() and stamp.read_text() == want:
+        return py
+    CACHE.mkdir(parents=True, exist_ok=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    with open(CACHE / "neuralforecast-venv.log", "w") as fh:
+        for argv in ([base, "-m", "venv", "--clear", str(venv)], [*pip, "--upgrade", "pip"], [*pip, *NF_PINS]):
+            subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, check=True, timeout=1800)
+    stamp.write_text(want)
+    return py
+
+
+def run_nf(py: Path, train: Path, panel: Path, future: Path, rows: int, work: Path, timeout: float) -> dict:
+    out = work / f"nf-{panel.stem}.json"
+    argv = [str(py), __file__, "nf-runner", str(train), str(panel), str(future), str(out)]
+    load = load_average()
+    r = measured(argv, work / f"nf-{panel.stem}.log", timeout, env={**os.environ, "PYTHONPATH": ""})
+    if r["rc"] != 0:
+        raise RuntimeError(f"the NeuralForecast runner failed: see {work / f'nf-{panel.stem}.log'}")
+    got = json.loads(out.read_text())
+    s = got["predict_s"]
+    return {**got, "seconds": s, "rows": rows, "rows_per_s": rows / s, "peak_rss_mb": got["predict_peak_rss_mb"], "load": load}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- NeuralForecast's side
+
+
+def nf_runner(train_path: str, panel_path: str, future_path: str, out: str) -> None:
+    """In NeuralForecast's venv: train a GRU of our model's size 5 steps, time ``predict`` on PANEL."""
+    import logging
+
+    import pandas as pd
+    from neuralforecast import NeuralForecast
+    from neuralforecast.losses.pytorch import MQLoss
+    from neuralforecast.models import GRU
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+
+    def frames(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        df = pd.read_parquet(path).rename(columns={"item_id": "unique_id", "date": "ds", "sales": "y"})
+        df["ds"] = pd.to_datetime(df["ds"])
+        static = df.groupby("unique_id", sort=False)["size"].first().reset_index()
+        return df[["unique_id", "ds", "y", "price", "promo"]], static
+
+    train, train_static = frames(train_path)
+    model = GRU(
+        h=HORIZON,
+        input_size=LOOKBACK,
+        encoder_n_layers=1,
+        encoder_hidden_size=16,
+        context_size=4,
+        decoder_hidden_size=8,
+        decoder_layers=1,
+        futr_exog_list=["promo"],
+        hist_exog_list=["price"],
+        stat_exog_list=["size"],
+        loss=MQLoss(quantiles=[0.1, 0.5, 0.9]),
+        max_steps=5,
+        batch_size=256,
+        valid_batch_size=1024,
+        inference_windows_batch_size=1024,
+        scaler_type="robust",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        accelerator="cpu",
+    )
+    nf = NeuralForecast(models=[model], freq="D")
+    t0 = time.perf_counter()
+    nf.fit(train, static_df=train_static)
+    fit_s = time.perf_counter() - t0
+    panel, static = frames(panel_path)
+    fut = pd.read_parquet(future_path).rename(columns={"item_id": "unique_id", "date": "ds"})
+    fut["ds"] = pd.to_datetime(fut["ds"])
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        peak[0] = max(peak[0], int(line.split()[1]) / 1024)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    rss_before = _rss_mb()
+    sampler.start()
+    t0 = time.perf_counter()
+    fc = nf.predict(df=panel, static_df=static, futr_df=fut)
+    predict_s = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    Path(out).write_text(
+        json.dumps(
+            {
+                "fit_s": fit_s,
+                "predict_s": predict_s,
+                "predict_peak_rss_mb": peak[0],
+                "rss_before_predict_mb": rss_before,
+                "output_rows": len(fc),
+                "series": int(panel["unique_id"].nunique()),
+            }
+        )
+    )
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def markdown(res: dict) -> str:
+    lines = [
+        "| series | PANEL rows | contestant | seconds | rows/s | x NeuralForecast | in the job alone | peak RSS (MB) "
+        "| load (1, 5, 15 min) |",
+        "|---:|---:|---|---:|---:|---:|---|---:|---|",
+    ]
+    for n, by in res["runs"].items():
+        nf = by.get("NeuralForecast predict")
+        for name, r in by.items():
+            vs = f"{r['rows_per_s'] / nf['rows_per_s']:.1f}x" if nf else "-"
+            alone = f"{r['engine_s']:.1f} s, {r['rows'] / r['engine_s']:,.0f} rows/s" if r.get("engine_s") else "-"
+            lines.append(
+                f"| {int(n):,} | {r['rows']:,} | {name} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {vs} | "
+                f"{alone} | {r['peak_rss_mb']:,.0f} | {r['load']} |"
+            )
+    return "\n".join(lines)
+
+
+def write_doc(text: str, command: str) -> None:
+    doc = DOC.read_text()
+    block = f"{BEGIN}\n`{command}` ({time.strftime('%Y-%m-%d')}):\n\n{text}\n{END}"
+    if BEGIN in doc:
+        doc = doc[: doc.index(BEGIN)] + block + doc[doc.index(END) + len(END) :]
+    else:
+        doc = doc.rstrip() + "\n\n## Batch jobs over a panel\n\n" + block + "\n"
+    DOC.write_text(doc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "nf-runner":
+        nf_runner(*argv[1:5])
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--series", default="10000,100000", help="comma-separated panel sizes")
+    ap.add_argument("--contestants", default="local,spark,neuralforecast")
+    ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "rnnops" / "bench" / "panel_batch")
+    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--json", type=Path, default=None, help="write the results here too")
+    ap.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
+    args = ap.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    contestants = args.contestants.split(",")
+    nf_py = ensure_nf_venv() if "neuralforecast" in contestants else None  # before any timing
+    model = export_model(args.work)
+    train = write_train(args.work) if nf_py else None
+    res: dict = {"uptime_start": uptime(), "runs": {}}
+    for n in (int(s) for s in args.series.split(",")):
+        panel, future, rows = write_panel(args.work, n)
+        by: dict = {}
+        for who in contestants:
+            print(f"{n} series: {who}…  ({uptime()})", file=sys.stderr, flush=True)
+            if who == "neuralforecast":
+                assert nf_py is not None and train is not None
+                by["NeuralForecast predict"] = run_nf(nf_py, train, panel, future, rows, args.work, args.timeout)
+            else:
+                by[f"rnnops forecast --engine {who}"] = run_ours(
+                    who, model, panel, future, rows, args.work, args.timeout
+                )
+            print(json.dumps({k: v for k, v in by[list(by)[-1]].items()}), file=sys.stderr, flush=True)
+        res["runs"][n] = by
+    res["uptime_end"] = uptime()
+    text = markdown(res)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+    if not args.no_doc:
+        write_doc(text, "python benchmarks/panel_batch.py " + " ".join(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
