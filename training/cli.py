@@ -278,6 +278,16 @@ def forecast(
         int | None,
         Opt(min=1, help="Steps between --backtest origins (default: the horizon).", rich_help_panel=PANEL),
     ] = None,
+    stream: Annotated[
+        bool | None,
+        Opt(
+            "--stream/--no-stream",
+            help="Stream a Parquet panel (a file or a directory of files) instead of reading it into memory: "
+            "windows sampled from a buffer of row blocks across files. Default: stream when the panel would "
+            "not fit in memory (docs/forecasting.md).",
+            rich_help_panel=PANEL,
+        ),
+    ] = None,
     preset: Annotated[
         Preset, Opt(help="tiny (seconds, tests), quick (~2.5 min; panels 5 min), full (~15 min; panels 30 min).")
     ] = Preset.quick,
@@ -320,8 +330,6 @@ def forecast(
 
         _refuse("a panel", {"--fill": fill, "--norm": norm, "--linear-skip": linear_skip, "--heads": heads})
         _refuse("a panel", {"--ff-mult": ff_mult, "--arch segrnn": arch == Arch.segrnn or None})
-        if nproc > 1:
-            raise RnnopsError("panels train in one process for now: drop --nproc")
         overrides = {
             "id_column": id_column,
             "date_column": date_column,
@@ -335,6 +343,7 @@ def forecast(
             "horizon": horizon,
             "backtest": backtest,
             "backtest_step": step,
+            "stream": stream,
             "model.cell": cell.value,
             "model.hidden_size": hidden_size,
             "model.num_layers": layers,
@@ -344,7 +353,7 @@ def forecast(
             "model.quantiles": quantiles,
             **train,
         }
-        return launch(panel_job(data, preset.value, overrides), experiment)
+        return launch(panel_job(data, preset.value, overrides), experiment, nproc=nproc)
     _refuse(
         "a panel only (give --id-column)",
         {
@@ -356,6 +365,7 @@ def forecast(
             "--likelihood": likelihood,
             "--backtest": backtest,
             "--step": step,
+            "--stream": stream,
         },
     )
     from rnnops.training.jobs import forecast_job

@@ -128,6 +128,9 @@ class PanelJob:
     backtest_step: int | None  # stride between origins (None: the horizon)
     model: PanelModelOptions
     train: TrainSettings
+    # Stream the panel from Parquet instead of reading it into memory (training/panel_stream.py);
+    # resolved when the job is built (``--stream``, else by the panel's size), so job.json says which.
+    stream: bool = False
 
 
 Job = CharJob | ForecastJob | PanelJob
@@ -157,6 +160,8 @@ def job_from_dict(d: dict) -> Job:
     cls = JOBS[task]
     values = {}
     for f in fields(cls):
+        if f.name not in d and f.default is not dataclasses.MISSING:
+            continue  # an option added later: a job written before it has the default
         if f.name not in d:
             raise RnnopsError(f"the {task} job has no {f.name!r}: it was not written by rnnops train")
         values[f.name] = d[f.name]

@@ -300,6 +300,10 @@ def panel_job(data: str, preset: str, overrides: dict) -> PanelJob:
     )
     lists = ("static_columns", "future_covariates", "past_covariates")
     job = with_overrides(job, {k: list(split_list(v)) if k in lists else v for k, v in given.items()})
+    if "stream" not in given:  # not asked either way: stream when the panel would not fit in memory
+        from rnnops.training.panel_stream import should_stream
+
+        job = replace(job, stream=should_stream(data))
     return _check_panel(job)
 
 
