@@ -55,6 +55,7 @@ from rnnops.training.panel import (
 # 1.9 M rows, 330 MB above the interpreter), and training adds its windows' known inputs.
 IN_MEMORY_BYTES_PER_ROW = 200
 STREAM_ABOVE_MEMORY_SHARE = 0.5
+LOAD_BLOCK_ROWS = 1 << 17  # rows read back and checked at a time (pandas holds their ids as Python strings)
 
 
 def parquet_rows(source) -> int | None:
@@ -142,40 +143,23 @@ class PanelIndex:
             out.append(np.array(current, np.int64))
         return out
 
-    def load(self, series) -> Panel:
+    def load(self, series, block_rows: int = LOAD_BLOCK_ROWS) -> Panel:
         """Series ``series`` (indices, any order; returned in ascending order) read from their files
-        and checked: a :class:`Panel` of just them, whose static columns hold the whole panel's codes."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
+        and checked, ``block_rows`` rows at a time (what pandas holds as Python objects at once): a
+        :class:`Panel` of just them, whose static columns hold the whole panel's codes."""
         series = np.unique(np.asarray(series, np.int64))
         if not len(series):
             raise ValueError("no series to load")
+        return _concat([self._load_block(block) for block in self.chunks(series, block_rows)])
+
+    def _load_block(self, series: np.ndarray) -> Panel:
+        import pyarrow as pa
+
         columns = [c for c, _ in _unique_roles(self.spec)]
-        tables = []
+        pieces = []
         for f in np.unique(self.file[series]):
-            mine = series[self.file[series] == f]
-            first, last = self.start[mine], self.start[mine] + self.rows[mine]
-            bounds = self.row_groups[f]
-            groups = np.unique(
-                np.concatenate(
-                    [
-                        np.arange(g0, g1 + 1)
-                        for g0, g1 in zip(
-                            np.searchsorted(bounds, first, "right") - 1, np.searchsorted(bounds, last - 1, "right") - 1
-                        )
-                    ]
-                )
-            )
-            table = pq.ParquetFile(self.files[f]).read_row_groups(groups.tolist(), columns=columns)
-            # file row r is table row r - bounds[g] + (rows of the groups read before g)
-            sizes = bounds[groups + 1] - bounds[groups]
-            before = dict(zip(groups.tolist(), (np.cumsum(sizes) - sizes).tolist()))
-            g0 = np.searchsorted(bounds, first, "right") - 1
-            local = np.array([before[g] for g in g0.tolist()], np.int64) + first - bounds[g0]
-            take = np.concatenate([np.arange(a, a + n) for a, n in zip(local, self.rows[mine])])
-            tables.append(table.take(pa.array(take)))
-        frame = pa.concat_tables(tables).to_pandas()
+            pieces += self._read_rows(int(f), series[self.file[series] == f], columns)
+        frame = pa.concat_tables(pieces).to_pandas()
         panel = check_panel([frame], self.spec, self.source, freq=self.freq, require_long=False)
         if panel.ids != tuple(self.ids[i] for i in series):
             raise RnnopsError(
@@ -185,6 +169,57 @@ class PanelIndex:
         static = tuple(replace(s, values=s.values[series]) for s in self.static)  # the whole panel's codes
         short = set(self.too_short)
         return replace(panel, static=static, too_short=tuple(i for i in panel.ids if i in short))
+
+    def _read_rows(self, f: int, series: np.ndarray, columns: list[str]) -> list:
+        """The rows of ``series`` (ascending, all in file ``f``) as Arrow table slices, reading the
+        row groups that hold them one at a time, in order, and keeping only those a series still
+        needs: memory is a row group or two beyond the rows returned, however many series are asked for."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        reader = pq.ParquetFile(self.files[f])
+        bounds = self.row_groups[f]
+        first = self.start[series]
+        last = first + self.rows[series]
+        g0 = np.searchsorted(bounds, first, "right") - 1
+        g1 = np.searchsorted(bounds, last - 1, "right") - 1
+        groups: dict[int, pa.Table] = {}
+        pieces = []
+        for a, b, lo, n in zip(g0.tolist(), g1.tolist(), first.tolist(), self.rows[series].tolist()):
+            for g in [g for g in groups if g < a]:  # series are in file order: earlier groups are done
+                del groups[g]
+            for g in range(a, b + 1):
+                if g not in groups:
+                    groups[g] = reader.read_row_group(g, columns=columns)
+            span = pa.concat_tables([groups[g] for g in range(a, b + 1)])  # chunks side by side, no copy
+            offset = lo - int(bounds[a])
+            # take copies the rows, so that no row group outlives the series that needed it (a slice
+            # would keep the whole group's buffers alive)
+            pieces.append(span.take(pa.array(np.arange(offset, offset + n))))
+        return pieces
+
+
+def _concat(panels: list[Panel]) -> Panel:
+    """Panels of the same spec and frequency (blocks of one panel) as one, series in order."""
+    if len(panels) == 1:
+        return panels[0]
+    first = panels[0]
+    lengths = np.concatenate([p.lengths for p in panels])
+    return replace(
+        first,
+        ids=tuple(i for p in panels for i in p.ids),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        timestamps=np.concatenate([p.timestamps for p in panels]),
+        target=np.concatenate([p.target for p in panels]),
+        future=np.concatenate([p.future for p in panels]),
+        past=np.concatenate([p.past for p in panels]),
+        static=tuple(
+            replace(s, values=np.concatenate([p.static[k].values for p in panels])) for k, s in enumerate(first.static)
+        ),
+        too_short=tuple(i for p in panels for i in p.too_short),
+        filled_gaps=sum(p.filled_gaps for p in panels),
+        missing_targets=sum(p.missing_targets for p in panels),
+    )
 
 
 class _Static:
