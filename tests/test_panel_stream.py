@@ -37,6 +37,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "tests"))
 import retail_panel  # noqa: E402
 from test_panel_cli import COLUMNS, COVARIATES, WINDOWS, rnnops  # noqa: E402
+from test_panel_data import hand_panel  # noqa: E402
+from test_panel_data import spec as hand_spec  # noqa: E402  (test_panel_data's spec of the hand panel)
 
 # 30 items x 60 days in 3 files of blocks of 10 items, row groups of 128 rows (a series is 60 rows
 # or fewer, so many series cross a row group); one item of each block has 3 to 6 weeks only
@@ -88,21 +90,7 @@ def test_the_index_finds_what_the_in_memory_reader_finds(panel_dir):
 
 def sorted_hand_panel() -> pd.DataFrame:
     """test_panel_data's hand panel, sorted by id then day (as streaming needs)."""
-    from test_panel_data import hand_panel
-
     return hand_panel().sort_values(["id", "day"], kind="stable").reset_index(drop=True)
-
-
-HAND = dict(
-    id_column="id",
-    date_column="day",
-    targets="sales",
-    horizon=3,
-    lookback=7,
-    static_columns="store",
-    future_covariates="promo",
-    past_covariates="temp",
-)
 
 
 def _duplicate(df):
@@ -158,7 +146,7 @@ def _static_changes(df):
 def test_bad_input_is_the_in_memory_readers_one_line(tmp_path, change, kw, expected):
     path = tmp_path / "bad.parquet"
     change(sorted_hand_panel()).to_parquet(path, index=False, row_group_size=16)
-    spec = PanelSpec(**{**HAND, **kw})
+    spec = hand_spec(**kw)
     with pytest.raises(RnnopsError) as in_memory:
         read_panel(path, spec)
     with pytest.raises(RnnopsError) as streamed:
@@ -174,20 +162,20 @@ def test_what_only_streaming_refuses_is_one_line(tmp_path):
     path = tmp_path / "apart.parquet"
     apart.to_parquet(path, index=False)
     with pytest.raises(RnnopsError) as info:
-        index_panel(path, PanelSpec(**HAND), block_rows=16)
+        index_panel(path, hand_spec(), block_rows=16)
     assert str(info.value) == (
         "series 'A' of the panel has rows at row 0 of apart.parquet and again at row 41 of apart.parquet; "
         "streaming reads each series as one run of rows: sort the panel by id then date (each series in one "
         "file), or train without --stream"
     )
-    read_panel(path, PanelSpec(**HAND))  # the in-memory reader takes rows in any order
+    read_panel(path, hand_spec())  # the in-memory reader takes rows in any order
     csv = tmp_path / "panel.csv"
     df.to_csv(csv, index=False)
     with pytest.raises(RnnopsError, match="--stream reads Parquet .* not panel.csv"):
-        index_panel(csv, PanelSpec(**HAND))
+        index_panel(csv, hand_spec())
     (tmp_path / "empty").mkdir()
     with pytest.raises(RnnopsError, match="no Parquet files"):
-        index_panel(tmp_path / "empty", PanelSpec(**HAND))
+        index_panel(tmp_path / "empty", hand_spec())
 
 
 def test_stream_is_chosen_by_size_unless_asked(panel_dir, monkeypatch, tmp_path):
