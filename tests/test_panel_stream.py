@@ -189,6 +189,14 @@ def test_stream_is_chosen_by_size_unless_asked(panel_dir, monkeypatch, tmp_path)
     flags = {"id_column": "item_id", "date_column": "date", "targets": "sales", "horizon": 7}
     assert panel_job(str(panel_dir), "tiny", flags).stream
     assert not panel_job(str(panel_dir), "tiny", {**flags, "stream": False}).stream  # --no-stream
+    csv = tmp_path / "panel.csv"
+    retail_panel.write(csv, series=2, days=40)
+    assert not panel_job(str(csv), "tiny", flags).stream
+    with pytest.raises(RnnopsError) as info:
+        panel_job(str(csv), "tiny", {**flags, "stream": True})
+    assert str(info.value) == (
+        f"--stream reads a Parquet panel (a file or a directory of files), not {csv}: convert it, or drop --stream"
+    )
 
 
 # --------------------------------------------------------------------------- sampling, shards, scores
