@@ -3,6 +3,7 @@ on a generated panel of 100,000 series x 1,000 steps").
 
     python benchmarks/panel_memory.py                          # 100,000 x 1,000 days; ~20 min here
     python benchmarks/panel_memory.py --series 20000 --compare 1000,4000 --budget-s 30   # smaller
+    python benchmarks/panel_memory.py --report results.json    # the tables of an earlier --json
 
 What it does, in a work folder under /tmp (deleted at the end unless ``--keep``):
 
@@ -24,6 +25,7 @@ time the sampler waited for a buffer, and the run's phases.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -170,7 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="work folder (default: a new one under /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (panels, MLflow store, logs)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--report", type=Path, default=None, help="print the tables of an earlier run's --json, run nothing"
+    )
     args = ap.parse_args(argv)
+    if args.report:
+        print(report(json.loads(args.report.read_text())))
+        return 0
     work = args.work or Path(tempfile.mkdtemp(prefix="panel-memory-", dir="/tmp"))
     work.mkdir(parents=True, exist_ok=True)
     out: dict = {"machine": C.machine(), "budget_s": args.budget_s, "runs": []}
@@ -189,21 +197,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generated {panel}", file=sys.stderr)
         r = train(folder, True, args.budget_s, args.nproc, work, f"stream-{args.series}")
         out["runs"].append({**panel, **r})
-        memory = [r for r in out["runs"] if not r["stream"]]
-        if len(memory) >= 2:
-            a, b = line_fit([r["rows"] for r in memory], [r["peak_rss_training_mb"] for r in memory])
-            out["in_memory_projection"] = {
-                "rows": panel["rows"],
-                "peak_rss_training_mb": a + b * panel["rows"],
-                "mb_per_million_rows": b * 1e6,
-                "intercept_mb": a,
-            }
     finally:
         C.write_json(args.json, out)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(report(out))
     return 0
+
+
+def projection(out: dict) -> dict | None:
+    """The in-memory runs' peaks (while training, and over the run: reading the panel peaks higher)
+    fitted to a line in the rows, at the largest panel's rows."""
+    memory = [r for r in out["runs"] if not r["stream"]]
+    if len(memory) < 2:
+        return None
+    rows = max(r["rows"] for r in out["runs"])
+    out = {"rows": rows}
+    for key in ("peak_rss_training_mb", "peak_rss_run_mb"):
+        a, b = line_fit([r["rows"] for r in memory], [r[key] for r in memory])
+        out[key] = {"projected_mb": a + b * rows, "mb_per_million_rows": b * 1e6, "intercept_mb": a}
+    return out
 
 
 def report(out: dict) -> str:
@@ -238,12 +251,15 @@ def report(out: dict) -> str:
         ],
         rows,
     )
-    p = out.get("in_memory_projection")
+    p = projection(out)
     if p:
-        text += (
-            f"\n\nIn memory, projected to {p['rows'] / 1e6:.1f} M rows: {p['peak_rss_training_mb'] / 1024:.1f} GB "
-            f"peak RSS while training ({p['mb_per_million_rows']:.0f} MB per million rows + {p['intercept_mb']:.0f} MB)"
-        )
+        text += f"\n\nIn memory, projected to {p['rows'] / 1e6:.1f} M rows (a line through the in-memory runs):"
+        for key, what in (("peak_rss_training_mb", "while training"), ("peak_rss_run_mb", "over the run")):
+            q = p[key]
+            text += (
+                f" {q['projected_mb'] / 1024:.1f} GB peak RSS {what} ({q['mb_per_million_rows']:.0f} MB per million "
+                f"rows + {q['intercept_mb']:.0f} MB);"
+            )
     return text + "\n\n" + C.machine_markdown(out["machine"])
 
 

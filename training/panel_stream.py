@@ -171,7 +171,7 @@ class PanelIndex:
         return replace(panel, static=static, too_short=tuple(i for i in panel.ids if i in short))
 
     def _read_rows(self, f: int, series: np.ndarray, columns: list[str]) -> list:
-        """The rows of ``series`` (ascending, all in file ``f``) as Arrow table slices, reading the
+        """The rows of ``series`` (ascending, all in file ``f``), one Arrow table each, reading the
         row groups that hold them one at a time, in order, and keeping only those a series still
         needs: memory is a row group or two beyond the rows returned, however many series are asked for."""
         import pyarrow as pa
