@@ -27,7 +27,8 @@ Only the columns that have a role are read, batch by batch (Arrow record batches
 pandas chunks for CSV): each batch is checked and converted to compact arrays (series codes,
 int64 timestamps, float32 values), so Python objects never exceed one batch. The checked panel
 is held in memory as flat arrays (rows of series i are ``offsets[i]:offsets[i + 1]``); a panel
-larger than memory needs the streaming window sampler of the training stage (not built yet).
+larger than memory is indexed and read back a block of series at a time instead
+(:mod:`rnnops.training.panel_stream`, which checks each block with :func:`check_panel`).
 
 No torch: batch jobs and tools can read and check panels without it.
 """
