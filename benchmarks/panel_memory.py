@@ -11,15 +11,16 @@ What it does, in a work folder under /tmp (deleted at the end unless ``--keep``)
    static, promotions and prices as future covariates; every series the full ``--days`` long) as ``--files`` Parquet files of row groups
    of 65,536 rows, each series' rows together (as Spark or Dask write a panel sorted by id).
 2. Trains on it with ``rnnops train forecast --stream`` (the quick preset's model, ``--budget-s`` of
-   training) in a child process, sampling the resident memory of its process tree every 50 ms.
+   training) in a child process, sampling the resident memory of its process tree every 50 ms
+   (the trainer's RSS, plus its ranks' under ``--nproc``).
 3. For comparison, trains the in-memory path (``--no-stream``) and the streamed path on smaller
    panels of the same generator (``--compare`` series each), and fits the in-memory peak to a line
    in the number of rows to project it to the large panel.
 
-Reported per run: peak RSS while training (from the first to the last ``train_loss`` the run logged,
-read back from its MLflow store) and over the whole run (indexing or reading, training, the final
-scores of every series), windows per second (the median of the run's ``windows_per_s``), the
-time the sampler waited for a buffer, and the run's phases.
+Reported per run, for each of its phases (reading or indexing the panel; training, located by the
+run's first ``train_loss`` and the loop's ``train_seconds``, read back from its MLflow store; the
+final scores of every series): peak RSS and seconds; windows per second (the median of the run's
+``windows_per_s``) and the time the sampler waited for a buffer.
 """
 
 from __future__ import annotations
@@ -80,14 +81,38 @@ def generate(folder: Path, series: int, days: int, files: int) -> dict:
     }
 
 
+def tree_rss_mb(root: int, settled_s: float = 1.0) -> float:
+    """Resident memory of a process tree: the RSS of ``root`` and of its descendants that have run
+    for ``settled_s`` or more (the ranks of ``--nproc``). A child forked for a moment (``git
+    rev-parse`` for the run's tags) shares its parent's pages until it execs, and counting its RSS
+    would add a spike of the parent's whole size that is no memory at all."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    with open("/proc/uptime") as f:
+        now = float(f.read().split()[0])
+    total = 0
+    for pid in C.process_tree(root):
+        try:
+            if pid != root:
+                with open(f"/proc/{pid}/stat") as f:
+                    started = int(f.read().rsplit(")", 1)[1].split()[19]) / ticks
+                if now - started < settled_s:
+                    continue
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration, ValueError, IndexError):
+            continue
+    return total / 1024
+
+
 def measured_run(argv: list[str], env: dict, log: Path, timeout: float) -> tuple[dict, list[tuple[float, float]]]:
-    """Run to completion sampling the process tree's RSS: (wall seconds and exit status, [(unix time, MB)])."""
+    """Run to completion sampling the process tree's memory (:func:`tree_rss_mb`) every 50 ms:
+    (wall seconds and exit status, [(unix time, MB)])."""
     samples = []
     t0 = time.perf_counter()
     proc = C.start_process(argv, env, log)
     try:
         while proc.poll() is None:
-            samples.append((time.time(), C.tree_rss_mb(proc.pid)))
+            samples.append((time.time(), tree_rss_mb(proc.pid)))
             if time.perf_counter() - t0 > timeout:
                 raise TimeoutError(f"{argv[:4]} ran past {timeout:.0f} s:\n{C.tail(log)}")
             time.sleep(0.05)
@@ -127,18 +152,21 @@ def train(panel: Path, stream: bool, budget_s: float, nproc: int, work: Path, na
         raise RuntimeError(f"{name} failed (exit {result['rc']}):\n{C.tail(log, 40)}")
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name(name).experiment_id])
-    history = {k: client.get_metric_history(run.info.run_id, k) for k in ("train_loss", "val_mase", "windows_per_s")}
+    history = {k: client.get_metric_history(run.info.run_id, k) for k in ("train_loss", "windows_per_s")}
     m = run.data.metrics
     step_s = m["train_seconds"] / max(m["steps"], 1)
-    logged = [m.timestamp / 1000 for k in ("train_loss", "val_mase") for m in history[k]]
-    # training: from its first step (the first log comes 10 steps in) to the last log
-    first, last = min(logged) - 10 * step_s, max(logged)
+    # training: from its first step (the first train_loss is logged 10 steps in) for the loop's own
+    # train_seconds; before it the panel is read (or indexed), after it every series is scored
+    first = min(m.timestamp / 1000 for m in history["train_loss"]) - 10 * step_s
+    last = first + m["train_seconds"]
     rates = [m.value for m in history["windows_per_s"]] or [BATCH / step_s]
     start, end = samples[0][0], samples[-1][0]
     return {
         "stream": stream,
         "nproc": nproc,
+        "peak_rss_before_training_mb": max([mb for t, mb in samples if t < first], default=0.0),
         "peak_rss_training_mb": max(mb for t, mb in samples if first <= t <= last),
+        "peak_rss_scoring_mb": max([mb for t, mb in samples if t > last], default=0.0),
         "peak_rss_run_mb": max(mb for _, mb in samples),
         "windows_per_s": C.median(rates),
         "steps": int(m["steps"]),
@@ -227,26 +255,27 @@ def report(out: dict) -> str:
                 "streamed" if r["stream"] else "in memory",
                 f"{r['series']:,} x {r['rows'] / r['series']:,.0f}",
                 f"{r['rows'] / 1e6:.1f} M ({r['mb_on_disk']:.0f} MB, {r['files']} files)",
-                C.fmt(r["peak_rss_training_mb"], 0),
-                C.fmt(r["peak_rss_run_mb"], 0),
+                " / ".join(
+                    C.fmt(r.get(k), 0)
+                    for k in ("peak_rss_before_training_mb", "peak_rss_training_mb", "peak_rss_scoring_mb")
+                ),
                 C.fmt(r["windows_per_s"], 0),
                 f"{r['steps']:,}",
-                C.fmt(r["seconds_before_training"], 0),
-                C.fmt(r["seconds_after_training"], 0),
+                " / ".join(
+                    C.fmt(v, 0) for v in (r["seconds_before_training"], r["train_seconds"], r["seconds_after_training"])
+                ),
                 "-" if r["stream_wait_seconds"] is None else C.fmt(r["stream_wait_seconds"], 1),
             ]
         )
     text = C.md_table(
         [
             "path",
-            "series x mean length",
+            "series x length",
             "rows",
-            "peak RSS training (MB)",
-            "peak RSS run (MB)",
+            "peak RSS (MB): reading / training / scoring",
             "windows/s",
             "steps",
-            "s before training",
-            "s after training",
+            "seconds: reading / training / scoring",
             "s waiting for buffers",
         ],
         rows,
