@@ -54,10 +54,12 @@ check: $(CHECK_VENV)/.installed
 test: setup system-deps
 	$(PY) -m pytest
 
-# The benchmark suite (docs/benchmarks.md); `wrk` drives the HTTP figure. Run it on a quiet machine.
+# The benchmark suite (docs/benchmarks.md, and the M4 Hourly table of docs/forecasting.md); `wrk`
+# drives the HTTP figure. Run it on a quiet machine. `make bench BENCH_ARGS=--skip-venv-builds`
+# uses the peers' virtualenvs already made (~/.cache/rnnops/peers) and builds none.
 bench: setup
 	bash scripts/install_wrk.sh || echo "warning: no wrk: the HTTP figure falls back to a Python client"
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 # The three images of docker-compose.yml, built with podman on a local Debian base (no registry
 # needed; RNNOPS_BASE_IMAGE=python:3.11-slim-bookworm to pull the usual one), with their sizes.

@@ -299,7 +299,7 @@ class Champion:
 
 
 def champion_forecaster(
-    work: Path, hidden: int = 64, steps: int = 20, lookback: int = 96, horizon: int = 96
+    work: Path, hidden: int = 64, steps: int = 20, lookback: int = 96, horizon: int = 96, layers: int = 1
 ) -> Champion:
     """Train (a few steps: speed does not depend on what the weights learnt) -> export ->
     register -> promote ``forecaster@champion`` in an MLflow store under ``work``.
@@ -346,7 +346,7 @@ from rnnops.export.pipeline import export_run
 from rnnops.registry.api import register_run, promote
 from rnnops.registry.resolve import resolve
 run_id = run_job(forecast_job({data!r}, "gru", "tiny", {{"lookback": {lookback}, "horizon": {horizon},
-                 "model.hidden_size": {hidden}, "train.steps": {steps}, "train.eval_every": {steps}}}), "rnnops-bench")
+                 "model.hidden_size": {hidden}, "model.num_layers": {layers}, "train.steps": {steps}, "train.eval_every": {steps}}}), "rnnops-bench")
 export_run(run_id, progress=False)
 v = register_run(run_id)
 promote(v.name, v.version, force=True)

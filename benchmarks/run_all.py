@@ -15,9 +15,16 @@ so that torch threads, servers and MLflow state never leak from one into the nex
 6. ``ray``       benchmarks/peers/ray_serve.py: streamed generation vs Ray Serve's ``@serve.batch``
 7. ``bentoml``   benchmarks/peers/bentoml_batching.py: /forecast vs BentoML adaptive batching
 8. ``mlserver``  benchmarks/peers/mlserver_oip.py: our OIP endpoint vs MLServer's, same bodies
+9. ``workers``   benchmarks/workers.py: streaming and forecasts at ``--workers`` 1 and 2
+10. ``m4``       benchmarks/m4_peers.py: our global forecaster on M4 Hourly (quick preset, 3 seeds) vs
+   NeuralForecast, statsforecast and GluonTS, all scored by ``forecast_metrics`` (~50 min); a full
+   run also rewrites the table in ``docs/forecasting.md``
+11. ``series``   benchmarks/series_http.py: /forecast by series (a panel model) vs single-window requests
+12. ``sessions`` benchmarks/series_sessions.py: 100,000 panel sessions by series id in Redis, 1 and 2 workers
 
-The peers (6-8) run in virtualenvs of their own that their scripts make from PyPI, once, under
-``~/.cache/rnnops/peers`` (never in ours, never in a serving image): the first run downloads them.
+The peers (6-8, 10) run in virtualenvs of their own that their scripts make from PyPI, once, under
+``~/.cache/rnnops/peers`` (never in ours, never in a serving image): the first run downloads them;
+``--skip-venv-builds`` uses the ones already made and leaves out a peer that has none.
 
 The page starts with the machine (CPU, cores, RAM, load, versions) and a summary of each
 figure's headline ratio and goal; every figure's inputs ran side by side in one run. A figure
@@ -43,7 +50,20 @@ import common as C  # noqa: E402
 
 DOCS = C.REPO / "docs"
 IMG = DOCS / "img"
-FIGURES = ("kernel", "streaming", "http", "batch", "training", "ray", "bentoml", "mlserver", "workers")
+FIGURES = (
+    "kernel",
+    "streaming",
+    "http",
+    "batch",
+    "training",
+    "ray",
+    "bentoml",
+    "mlserver",
+    "workers",
+    "m4",
+    "series",
+    "sessions",
+)
 TITLES = {
     "kernel": "1. Kernel: eager vs TorchScript vs onnxruntime (fp32, int8), with the roofline",
     "streaming": "2. Streaming generation: continuous batching vs naive, over HTTP",
@@ -54,12 +74,25 @@ TITLES = {
     "bentoml": "7. Forecast over HTTP: rnnops vs a plain BentoML service with adaptive batching",
     "mlserver": "8. Open Inference Protocol: rnnops vs MLServer with adaptive batching",
     "workers": "9. One machine, more workers: streaming and forecasts at --workers 1 and 2",
+    "m4": "10. M4 Hourly: our global forecaster vs NeuralForecast, statsforecast and GluonTS",
+    "series": "11. Forecast by series: /forecast's series form vs single-window requests",
+    "sessions": "12. Sessions by series id: 100,000 open series in Redis, 1 and 2 workers",
 }
 
 
-def command(fig: str, quick: bool, out: Path, work: Path) -> list[str]:
+def command(fig: str, quick: bool, out: Path, work: Path, skip_venv_builds: bool = False) -> list[str]:
     py = sys.executable
     q = ["--quick"] if quick else []
+    if fig == "m4":
+        # --quick: the tiny preset, one seed, statsforecast's SeasonalNaive; a full run rewrites forecasting.md's table
+        skip = ["--skip-venv-builds"] if skip_venv_builds else []
+        size = (
+            ["--preset", "tiny", "--seeds", "0", "--peers", "statsforecast", "--statsforecast-models", "SeasonalNaive"]
+            + ["--throughput-steps", "5"]
+            if quick
+            else ["--write-doc"]
+        )
+        return [py, str(HERE / "m4_peers.py"), *size, *skip, "--json", str(out), "--work", str(work / "m4")]
     if fig == "kernel":
         return [py, str(HERE / "kernel.py"), *q, "--json", str(out)]
     if fig == "streaming":  # its own flag for the JSON file is --out; the quick preset's LSTM, both precisions
@@ -78,16 +111,31 @@ def command(fig: str, quick: bool, out: Path, work: Path) -> list[str]:
         return [py, str(HERE / "peers" / "bentoml_batching.py"), *q, "--json", str(out), "--work", str(work / "shared")]
     if fig == "mlserver":
         return [py, str(HERE / "peers" / "mlserver_oip.py"), *q, "--json", str(out), "--work", str(work / "shared")]
+    if fig == "series":  # the panel model is made once in work/panel and shared with `sessions`
+        return [py, str(HERE / "series_http.py"), *q, "--json", str(out), "--work", str(work / "panel")]
+    if fig == "sessions":  # 3,000 series opened over HTTP, cloned in Redis to 100,000 (opening is the slow part)
+        return [
+            py,
+            str(HERE / "series_sessions.py"),
+            *q,
+            *([] if quick else ["--open-http", "3000", "--connections", "16,64"]),
+            "--json",
+            str(out),
+            "--work",
+            str(work / "panel"),
+        ]
     raise ValueError(fig)
 
 
-def run_figure(fig: str, quick: bool, work: Path, timeout: float) -> tuple[dict | None, str | None, float]:
+def run_figure(
+    fig: str, quick: bool, work: Path, timeout: float, skip_venv_builds: bool = False
+) -> tuple[dict | None, str | None, float]:
     out, log = work / f"{fig}.json", work / f"{fig}.log"
     out.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1", "BENTOML_DO_NOT_TRACK": "true"}
     if not env.get("RNNOPS_DATA_DIR") and (C.REPO.parent / "shared" / "data").is_dir():
         env["RNNOPS_DATA_DIR"] = str(C.REPO.parent / "shared" / "data")
-    argv = command(fig, quick, out, work)
+    argv = command(fig, quick, out, work, skip_venv_builds)
     print(f"[{fig}] {' '.join(argv[1:])}  (log: {log})", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     with open(log, "w") as fh:
@@ -358,6 +406,24 @@ def training_summary(res: dict) -> dict:
     }
 
 
+def m4_summary(res: dict) -> dict:
+    s = res["scores"]
+    ours = [s[k]["owa"] for k in s if k.startswith("ours-seed")]
+    peers = {k: v["owa"] for k, v in s.items() if not k.startswith("ours")}
+    best = min(peers, key=peers.get) if peers else None
+    med = sorted(ours)[len(ours) // 2] if ours else float("nan")
+    head = f"rnnops {res['preset']} preset OWA {med:.3f} (median of {len(ours)} seeds)"
+    if best:
+        head += f"; best peer {best} {peers[best]:.3f}"
+    met = bool(ours) and med <= 0.48 and all(med < v for v in peers.values())
+    return {
+        "figure": "m4",
+        "headline": head,
+        "goal": "quick preset OWA <= 0.48 and ahead of every peer",
+        "met": "yes" if met else "no",
+    }
+
+
 # ----------------------------------------------------------------------------- page
 
 
@@ -365,8 +431,11 @@ def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick:
     import batch_job
     import bentoml_batching
     import forecast_http
+    import m4_peers
     import mlserver_oip
     import ray_serve
+    import series_http
+    import series_sessions
     import training_throughput
     import workers
 
@@ -408,6 +477,14 @@ def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick:
             elif fig == "mlserver":
                 text, summary = mlserver_oip.markdown(res), peer_summary(fig, res, "MLServer", "inferences/s")
                 mlserver_oip.plot(res, png)
+            elif fig == "m4":
+                text, summary, png = m4_peers.markdown(res), m4_summary(res), None
+            elif fig == "series":
+                text, summary = series_http.markdown(res), series_http.summary(res)
+                png = None
+            elif fig == "sessions":
+                text, summary = series_sessions.markdown(res), series_sessions.summary(res)
+                png = None
             else:
                 text, summary = workers.markdown(res), workers_summary(res)
                 workers.plot(res, png)
@@ -424,7 +501,8 @@ def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick:
             if seconds[fig] == seconds[fig]
             else "From an earlier run in the same --work folder."
         )
-        sections.append(f"## {title}\n\n![{fig}](img/{fig}.png)\n\n{text}\n\n_{ran}_\n")
+        image = f"![{fig}](img/{fig}.png)\n\n" if png is not None else ""
+        sections.append(f"## {title}\n\n{image}{text}\n\n_{ran}_\n")
     rows = [[s["figure"], s["headline"], s["goal"], s["met"]] for s in summaries]
     head = [
         "# Benchmarks",
@@ -459,6 +537,8 @@ def build_page(machine: dict, results: dict, errors: dict, seconds: dict, quick:
         "python benchmarks/run_all.py --only batch --work DIR  # one figure again; the others from DIR's last run",
         "python benchmarks/batch_job.py --quick    # any script alone; each takes --json OUT",
         "python benchmarks/peers/mlserver_oip.py --quick  # a peer alone (its virtualenv is made on first use)",
+        "python benchmarks/series_http.py --profile-s 10  # /forecast by series vs single windows (py-spy on PATH)",
+        "python benchmarks/series_sessions.py --open-http 3000  # 100,000 series sessions (3,000 opened over HTTP)",
         "```",
         "",
     ]
@@ -475,6 +555,11 @@ def main(argv=None) -> None:
         "--report-only",
         action="store_true",
         help="run nothing: rebuild the page and plots from the results already in --work",
+    )
+    ap.add_argument(
+        "--skip-venv-builds",
+        action="store_true",
+        help="peers (m4): use the virtualenvs already made, leave out a peer without one",
     )
     args = ap.parse_args(argv)
     if args.report_only and not args.work:
@@ -501,7 +586,7 @@ def main(argv=None) -> None:
     timeout = 1800 if args.quick else 5400
     results, errors, seconds = {}, {}, {}
     for fig in figures:
-        res, err, secs = run_figure(fig, args.quick, work, timeout)
+        res, err, secs = run_figure(fig, args.quick, work, timeout, args.skip_venv_builds)
         seconds[fig] = secs
         (work / f"{fig}.seconds").write_text(f"{secs:.1f}\n")
         if err:

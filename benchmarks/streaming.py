@@ -11,7 +11,7 @@ streaming ``/generate`` (SSE) requests back to back, and reports:
 - inter-chunk latency (gap between consecutive chunk events of a stream) p50/p99,
 - the server's RSS (all its processes) at the highest level.
 
-Then the raw ORT kernel throughput (T=1 steps at batch 1/64/256 in this process, same threads)
+In every turn, the raw ORT kernel throughput (T=1 steps at batch 1/64/256 in this process, same threads)
 and the two goals: batched >= 8x naive at 64 streams; served >= 50% of the kernel at batch 64.
 
 ``--precisions fp32,int8`` runs a batched server per precision on the same model in one run
@@ -30,6 +30,17 @@ minute then falls on both precisions alike.
                                                       # built with torch; speed ignores weights)
     python benchmarks/streaming.py --hidden 384 --modes batched --precisions fp32,int8 --levels 64 --alternate 5
                                                       # the quick preset's LSTM, fp32 vs int8 served
+    python benchmarks/streaming.py --hidden 384 --modes batched --precisions fp32,int8 --levels 64,256 \
+        --decode-steps 0,16 --alternate 2             # today's decode path vs the decode graph (issue 27)
+
+``--decode-steps`` (``RNNOPS_DECODE_STEPS``, default: the service's, 16) runs a batched server per
+value side by side: ``0`` is the numpy sampler, one model step per call; ``K`` >= 1 the decode
+graph, sampling and up to K steps in one onnxruntime call. The service's default keeps the plain
+keys (``batched``, ``batched-int8``); another value is suffixed (``batched-k0``, ``batched-int8-k8``). Each is reported against its precision's raw kernel, and each graph server
+against the numpy one of its precision (chars/s, server CPU per character, TTFC p99), measured in
+the same run. The raw decode graph (K steps per call, sampling included, no server) is measured
+beside the raw kernel. The load average is printed with every level: on a shared machine the
+ratios of one run are the figures to quote.
 
 The client is a minimal asyncio HTTP/1.1 reader (not httpx) so that at 256 streams the load
 generator, which shares the machine, costs as little as possible. Loopback only; every level is
@@ -123,6 +134,56 @@ def build_model(path: Path, hidden: int, layers: int, cell: str) -> Path:
     return path
 
 
+def graph_throughput(path: Path, threads: int, steps: int, batches=(64, 256), seconds: float = 1.0) -> dict:
+    """Raw decode graph: chars/s of calls of ``steps`` sampled steps at each batch size (this process)."""
+    from rnnops.serving.generate.decode_graph import build
+    from rnnops.serving.runtime import Runtime
+
+    rt = Runtime(path, threads=threads)
+    graph, why = build(rt)
+    if graph is None:
+        return {"error": why}
+    out = {}
+    rng = np.random.default_rng(0)
+    for b in batches:
+        state, tok = rt.zero_state(b), np.zeros(b, np.int64)
+        temp, k, p = np.full(b, 0.8), np.zeros(b, np.int64), np.ones(b)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            r = graph.run(tok, state, temp, k, p, rng.random((b, steps)))
+            state, tok = r.state, r.tokens[-1]
+            n += 1
+        dt = time.perf_counter() - t0
+        out[b] = {"chars_per_s": round(b * steps * n / dt, 1), "call_ms": round(1e3 * dt / n, 3)}
+    return out
+
+
+def seed_check(path: Path, streams: int, steps: int, chars: int = 200) -> dict:
+    """How many of ``streams`` seeded texts the decode graph (``steps`` per call) gives differently
+    from the numpy sampler (one step per call), in-process. The parameters cycle through plain
+    temperature, top-k, top-p, both and greedy, so every path of the sampler is counted."""
+    from rnnops.serving.generate.sampling import SamplingParams
+    from rnnops.serving.generate.scheduler import GenerationRequest, StepScheduler
+    from rnnops.serving.runtime import Runtime
+
+    rt = Runtime(path, threads=1)
+    prompts = ["\nFirst Citizen:\n", "ROMEO: ", "To be, or not to be", "\n"]
+    params = [SamplingParams(0.8), SamplingParams(1.0, 40), SamplingParams(0.9, 0, 0.9), SamplingParams(1.2, 20, 0.8)]
+    params.append(SamplingParams(0.0))
+    requests = [
+        GenerationRequest(rt.encode(prompts[i % 4]), chars, params[i % len(params)], seed=10_000 + i)
+        for i in range(streams)
+    ]
+    texts = {}
+    for k in (0, steps):
+        sched = StepScheduler(rt, max_active=256, max_queue=streams, queue_timeout=3600, decode_steps=k)
+        out = [sched.submit(r) for r in requests]
+        sched.run_until_idle()
+        texts[k] = [s.text for s in out]
+    differ = [i for i, (a, b) in enumerate(zip(texts[0], texts[steps])) if a != b]
+    return {"streams": streams, "chars": chars, "differ": len(differ), "first_differing": differ[:10]}
+
+
 def kernel_throughput(path: Path, threads: int, batches=(1, 64, 256), seconds: float = 1.0) -> dict:
     """Raw ORT: chars/s of T=1 steps with carried state at each batch size (this process)."""
     from rnnops.serving.runtime import Runtime
@@ -173,6 +234,7 @@ def start_server(
     log: Path,
     python: str = sys.executable,
     precision: str = "fp32",
+    decode_steps: int = 0,
 ) -> tuple[subprocess.Popen, int]:
     """``bentoml serve`` of the rnnops service that ``python``'s environment has installed."""
     port = free_port()
@@ -186,6 +248,7 @@ def start_server(
         "RNNOPS_MAX_STREAMS": str(max_streams),
         "RNNOPS_MAX_QUEUE": str(max_streams),
         "RNNOPS_MAX_CHARS": "100000",
+        "RNNOPS_DECODE_STEPS": str(decode_steps),
         "BENTOML_DO_NOT_TRACK": "true",
         "BENTOML_HOME": str(log.parent / "bentoml"),
     }
@@ -370,6 +433,20 @@ def main() -> None:
         help="fp32, int8 or fp32,int8: the batched server at each (the naive mode runs at fp32)",
     )
     ap.add_argument(
+        "--decode-steps",
+        default=None,
+        help="RNNOPS_DECODE_STEPS of the batched servers, e.g. 0,16 (default: the service's): 0 = the numpy "
+        "sampler, one step per call; K = the decode graph, up to K steps per call; one server per value, side by side",
+    )
+    ap.add_argument(
+        "--seed-check",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only count, on N seeded streams in-process, the texts the decode graph gives differently "
+        "from the numpy sampler (per precision; K = the largest --decode-steps, else 16), then exit",
+    )
+    ap.add_argument(
         "--alternate",
         type=int,
         default=1,
@@ -416,7 +493,23 @@ def main() -> None:
         "modes": {},
         "precisions": precisions,
     }
-    runs = [(mode, p) for mode in args.modes.split(",") for p in (precisions if mode == "batched" else ["fp32"])]
+    default_steps = ServeConfig().decode_steps
+    decode = [int(x) for x in (args.decode_steps or str(default_steps)).split(",") if x.strip()]
+    results["decode_steps"] = decode
+    if args.seed_check:
+        k = max(decode) or 16
+        results["seed_check"] = {p: seed_check(f, args.seed_check, k) for p, f in files.items()}
+        for p, r in results["seed_check"].items():
+            print(f"seed check, {p}: {r['differ']} of {r['streams']} seeded texts ({r['chars']} chars) differ (K={k})")
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=2))
+        return
+    runs = [
+        (mode, p, d)
+        for mode in args.modes.split(",")
+        for p in (precisions if mode == "batched" else ["fp32"])
+        for d in (decode if mode == "batched" else [default_steps])
+    ]
     repeats = max(1, args.alternate)
     servers: dict[str, tuple[subprocess.Popen, int]] = {}
     measured: dict[str, dict[int, list[dict]]] = {}
@@ -424,22 +517,34 @@ def main() -> None:
         # All servers up front (an idle one costs next to nothing), then each level measured on
         # each in turn, `repeats` times: on a shared machine the neighbours' load then falls on
         # every server alike instead of on whichever ran during a busy minute.
-        for mode, precision in runs:
-            key = mode if precision == "fp32" else f"{mode}-{precision}"
+        for mode, precision, steps in runs:
+            key = _key(mode, precision, steps, default_steps)
             servers[key] = start_server(
-                onnx, mode, threads if mode == "batched" else 1, max(levels), work / f"{key}.log", precision=precision
+                onnx,
+                mode,
+                threads if mode == "batched" else 1,
+                max(levels),
+                work / f"{key}.log",
+                precision=precision,
+                decode_steps=steps,
             )
             live = served_precision(servers[key][1])
             if live != precision:
                 raise RuntimeError(f"asked for {precision}, the server runs {live}; see {work / f'{key}.log'}")
             measured[key] = {c: [] for c in levels}
+        batches = sorted({1, 64, max(levels)})
+        graph_batches = sorted({64, max(levels)})
+        runs_k: dict[str, list[dict]] = {p: [] for p in files}
+        runs_g: dict[str, list[dict]] = {f"{p}-k{d}": [] for p in files for d in decode if d}
         for _ in range(repeats):
             for c in levels:
                 for key, (proc, port) in servers.items():
+                    load0 = os.getloadavg()[0]
                     row = asyncio.run(run_level(port, c, chars, rounds, level_s, proc.pid, rss=c == max(levels)))
+                    row["load_avg"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
                     measured[key][c].append(row)
                     print(
-                        f"{key:12s} {c:4d} streams: {row['chars_per_s']:9.1f} chars/s  TTFC p50 {row['ttfc_ms_p50']} "
+                        f"{key:18s} load {row['load_avg'][0]:.1f}-{row['load_avg'][1]:.1f} {c:4d} streams: {row['chars_per_s']:9.1f} chars/s  TTFC p50 {row['ttfc_ms_p50']} "
                         f"p99 {row['ttfc_ms_p99']} ms  inter-chunk p50 {row['inter_chunk_ms_p50']} p99 "
                         f"{row['inter_chunk_ms_p99']} ms  server CPU {row['server_cpu_ms_per_1k_chars']} ms/1k chars  "
                         f"({row['requests']} req, {row['errors']} errors"
@@ -447,6 +552,12 @@ def main() -> None:
                         + ")",
                         flush=True,
                     )
+            # the raw kernels in the same turn (the servers idle), so a busy minute falls on both
+            for p in files:
+                runs_k[p].append(kernel_throughput(files[p], threads, batches=batches))
+                for d in decode:
+                    if d:
+                        runs_g[f"{p}-k{d}"].append(graph_throughput(files[p], threads, d, batches=graph_batches))
     finally:
         for proc, _ in servers.values():
             stop_server(proc)
@@ -468,11 +579,6 @@ def main() -> None:
                 )
             )
 
-    batches = sorted({1, 64, max(levels)})
-    runs_k: dict[str, list[dict]] = {p: [] for p in files}
-    for _ in range(repeats):
-        for p in files:
-            runs_k[p].append(kernel_throughput(files[p], threads, batches=batches))
     kernels = {p: {b: _median([k[b] for k in ks], "chars_per_s") for b in batches} for p, ks in runs_k.items()}
     kernel = kernels.get("fp32") or kernels["int8"]
     results["kernel"], results["kernels"] = kernel, kernels
@@ -528,9 +634,67 @@ def main() -> None:
                 ]
                 results["int8_over_fp32_served_at_64_each"] = each
                 print(f"  per turn: {', '.join(f'{r:.2f}x' for r in each)}")
+    if any(decode):
+        graphs = {
+            key: (
+                {"error": gs[0]["error"]}
+                if "error" in gs[0]
+                else {b: _median([g[b] for g in gs], "chars_per_s") for b in graph_batches}
+            )
+            for key, gs in runs_g.items()
+        }
+        results["graphs"] = graphs
+        for key, g in graphs.items():
+            if "error" in g:
+                print(f"raw decode graph, {key}: not built ({g['error']})")
+                continue
+            print(
+                f"raw decode graph, {key} (sampling included, this process): "
+                + ", ".join(f"batch {b}: {x['chars_per_s']:.0f} chars/s ({x['call_ms']} ms/call)" for b, x in g.items())
+            )
+        results["decode_graph"] = _decode_summary(by, kernels, levels, decode, default_steps)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
         print(f"wrote {args.out}")
+
+
+def _key(mode: str, precision: str, steps: int, default_steps: int) -> str:
+    """A server's name in the results: the mode, its precision unless fp32, its K unless the service's."""
+    return (mode if precision == "fp32" else f"{mode}-{precision}") + ("" if steps == default_steps else f"-k{steps}")
+
+
+def _decode_summary(by: dict, kernels: dict, levels: list[int], decode: list[int], default_steps: int) -> dict:
+    """Issue 27's ratios, per precision, level and K: served / raw kernel at the level's batch, the
+    decode graph's server over the numpy one (chars/s, CPU per character), and TTFC p99 of both."""
+    out: dict = {}
+    for p, kernel in kernels.items():
+        base_key = _key("batched", p, 0, default_steps)  # the numpy path
+        for d in decode:
+            if not d:
+                continue
+            key = _key("batched", p, d, default_steps)
+            for c in levels:
+                new, old = by.get(key, {}).get(c), by.get(base_key, {}).get(c)
+                if new is None:
+                    continue
+                k = kernel.get(c) or kernel.get(64)
+                row: dict = {"served_over_kernel": round(new["chars_per_s"] / k["chars_per_s"], 3)}
+                line = f"{key} at {c} streams: {100 * row['served_over_kernel']:.0f}% of the {p} kernel at batch {c}"
+                if old is not None:
+                    row["numpy_served_over_kernel"] = round(old["chars_per_s"] / k["chars_per_s"], 3)
+                    row["over_numpy"] = round(new["chars_per_s"] / old["chars_per_s"], 2)
+                    line += f" (numpy path {100 * row['numpy_served_over_kernel']:.0f}%); {row['over_numpy']:.2f}x its chars/s"
+                    if new["server_cpu_ms_per_1k_chars"] and old["server_cpu_ms_per_1k_chars"]:
+                        row["cpu_per_char_over_numpy"] = round(
+                            new["server_cpu_ms_per_1k_chars"] / old["server_cpu_ms_per_1k_chars"], 3
+                        )
+                        line += f"; CPU per char {row['cpu_per_char_over_numpy']:.2f}x"
+                    row["ttfc_p99_ms"] = [new["ttfc_ms_p99"], old["ttfc_ms_p99"]]
+                    row["inter_chunk_p99_ms"] = [new["inter_chunk_ms_p99"], old["inter_chunk_ms_p99"]]
+                    line += f"; TTFC p99 {new['ttfc_ms_p99']} vs {old['ttfc_ms_p99']} ms"
+                out[f"{key}@{c}"] = row
+                print(line)
+    return out
 
 
 if __name__ == "__main__":

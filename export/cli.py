@@ -59,7 +59,9 @@ def export(
     promote: Annotated[
         bool, Opt("--promote", help="Register, then promote to --alias through the registry gate.")
     ] = False,
-    name: Annotated[str | None, Opt(help="Registered model name (default char-rnn / forecaster).")] = None,
+    name: Annotated[
+        str | None, Opt(help="Registered model name (default char-rnn / forecaster / panel-forecaster).")
+    ] = None,
     alias: Annotated[str, Opt(help="Alias for --promote.")] = "champion",
     force: Annotated[bool, Opt("--force", help="With --promote: skip the metric comparison (recorded).")] = False,
     as_json: Annotated[bool, Opt("--json", help="Print the result as JSON.")] = False,
@@ -109,6 +111,13 @@ def _print(s: dict) -> None:
         f"  parity: passed, max abs diff {par['max_abs_diff']:.3g} over {', '.join(par['backends'])}"
         + ("; stepwise skipped (windowed model)" if par.get("skipped") else "")
     )
+    quality = par.get("quality")  # a panel model's validation MASE, through onnxruntime
+    if quality and quality.get("logged") is not None:
+        typer.echo(
+            f"  validation MASE: {quality['onnx']:.4f} (the run logged {quality['logged']:.4f}; {quality['reason']})"
+        )
+    elif quality:
+        typer.echo(f"  validation MASE: {quality['reason']}")
     if s.get("onnx_uri"):
         typer.echo(f"  onnx: {s['onnx_uri']} (sha256 {s['sha256']})")
     q = s.get("quantization")

@@ -75,6 +75,7 @@ def metadata_for(model: nn.Module, spec: dict, source_run: str | None) -> dict:
         "precision": "fp32",  # the int8 variant says "int8" (rnnops.export.int8)
         "source_run": source_run,
         "version": rnnops.__version__,
+        "panel": None,  # a panel model's covariate contract (export/panel_export.py writes it)
     }
     assert set(meta) == set(contract.META_KEYS), "metadata must follow rnnops.contract.META_KEYS"
     return meta

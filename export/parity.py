@@ -175,7 +175,7 @@ def _run(model, backends, tol, batches, times, seed, long_time) -> dict:
                 cases.append(
                     _compare(name, f"chunks of {LONG_CHUNK}", LONG_BATCH, long_time, init, outs, ref, got, tol)
                 )
-    return _summarise(cases, skipped, tol, list(backends), model)
+    return _summarise(cases, skipped, tol, list(backends), model.kind, model.config.cell, not windowed)
 
 
 @contextlib.contextmanager
@@ -243,7 +243,7 @@ def _compare_one(backend, mode, batch, time, init, outs, ref, got, tol: Toleranc
     }
 
 
-def _summarise(cases, skipped, tol: Tolerance, backends, model) -> dict:
+def _summarise(cases, skipped, tol: Tolerance, backends, kind: str, cell: str, stateful: bool, rule: str = "") -> dict:
     worst_case, worst_out, worst_ratio = None, None, -1.0
     by_output: dict[str, float] = {}
     for c in cases:
@@ -258,12 +258,13 @@ def _summarise(cases, skipped, tol: Tolerance, backends, model) -> dict:
         "failures": failures,
         "reference": "eager PyTorch: the training module's forward(x, state), fp32 CPU",
         "backends": backends,
-        "kind": model.kind,
-        "cell": model.config.cell,
-        "stateful": not wrappers.is_windowed(model),
+        "kind": kind,
+        "cell": cell,
+        "stateful": stateful,
         "tolerance": {
             **asdict(tol),
-            "rule": "|backend - eager| <= atol + rtol * |eager| element-wise; "
+            "rule": rule
+            or "|backend - eager| <= atol + rtol * |eager| element-wise; "
             "rtol applies to the forecaster's raw-unit 'forecast' output and mLSTM's memory (C, n) only",
         },
         "max_abs_diff": max(by_output.values(), default=0.0),
@@ -279,6 +280,73 @@ def _summarise(cases, skipped, tol: Tolerance, backends, model) -> dict:
         "skipped": skipped,
         "cases": cases,
     }
+
+
+# ----------------------------------------------------------------------------- panel forecasters
+
+# A panel model (rnnops.kind "panel", export/panel_export.py) has no state and one window per row:
+# its gate runs the contract's inputs, drawn at random as training builds windows
+# (panel_export.make_inputs: each row its own level, history and covariates, NaN before the
+# series starts, static codes over the vocabulary, the unknown bucket and one past it):
+# - eager vs each backend, batch {1, 2, 8} x histories: every row a full lookback ("full"), half
+#   of them starting somewhere inside it ("mixed"), every row the shortest history the model
+#   accepts ("shortest", rnnops.panel.min_history);
+# - batch invariance: each row of an 8-row call against that row in other compositions (pairs,
+#   threes, reversed, a lone row, a row twice), for eager and every backend.
+# Both outputs are raw units, so rtol applies to both. A negative binomial head's quantiles are
+# whole counts, a step function of float32 parameters: a level that falls within rounding of
+# CDF(k) may flip by one count between backends, which its bound allows (atol 1).
+PANEL_HISTORIES = ("full", "mixed", "shortest")
+PANEL_COMPOSITIONS = ((0, 1), (2, 3, 4), (5, 6, 7), (7, 6, 5, 4, 3, 2, 1, 0), (3,), (3, 3))
+
+
+def run_panel_gate(graph, backends: dict[str, Backend], tol: Tolerance | None = None, seed: int = 0) -> dict:
+    """The parity gate of a panel model's graph (:class:`rnnops.export.panel_export.PanelGraph`):
+    every backend against eager on the case grid, then batch invariance; the report has the
+    keys of :func:`run_gate`'s."""
+    from rnnops.export import panel_export
+
+    tol = tol or Tolerance()
+    contract = graph.panel
+    counts = graph.kind == "negbin"
+    if counts:
+        tol = Tolerance(atol=max(tol.atol, 1.0), rtol_forecast=tol.rtol_forecast)
+    outs = list(contract.outputs)  # forecast, quantiles: the graph's order
+    rng = np.random.default_rng(seed)
+    shortest = contract.min_history or 1
+    histories = {"full": contract.lookback, "mixed": None, "shortest": shortest}
+
+    def eager(feeds):
+        return panel_export.eager(graph, feeds)
+
+    def compare(backend, mode, batch, ref, got):
+        c = _compare_one(backend, mode, batch, contract.lookback, "none", outs, ref, got, tol, relative=set(outs))
+        c["case"] = f"{backend} {mode} batch={batch}"
+        return c
+
+    cases = []
+    with one_torch_thread():
+        for batch in BATCHES:
+            for name in PANEL_HISTORIES:
+                feeds = panel_export.make_inputs(contract, batch, rng, counts=counts, history=histories[name])
+                ref = eager(feeds)
+                for backend, run in backends.items():
+                    cases.append(compare(backend, f"{name} histories", batch, ref, run(feeds)))
+        feeds = panel_export.make_inputs(contract, 8, rng, counts=counts)
+        for backend, run in {"eager": eager, **backends}.items():
+            full = run(feeds)
+            for rows in PANEL_COMPOSITIONS:
+                idx = np.asarray(rows)
+                got = run({k: np.ascontiguousarray(v[idx]) for k, v in feeds.items()})
+                cases.append(
+                    compare(backend, f"batch invariance rows {list(rows)} of 8", len(rows), [o[idx] for o in full], got)
+                )
+    rule = (
+        "|backend - eager| <= atol + rtol * |eager| element-wise on both raw-unit outputs (forecast, "
+        "quantiles); batch invariance: a row alone or in any composition == that row of an 8-row call"
+        + ("; negbin: atol 1 count (integer quantiles)" if counts else "")
+    )
+    return _summarise(cases, [], tol, list(backends), "panel", graph.model.config.cell, False, rule)
 
 
 # ----------------------------------------------------------------------------- the int8 file

@@ -22,6 +22,11 @@ Stages, in order (each prints one progress line to stderr):
    end time stay as training left them. A re-export replaces the tags (they describe the latest
    ONNX export; a TorchScript-only export leaves them alone) and adds a new logged model.
 
+A **panel** model (``rnnops.kind`` "panel") takes its own path (:func:`_export_panel`): the
+``rnnops.panel`` ONNX (:mod:`.panel_export`, no TorchScript, no int8) with a few series as its
+sample, the ORT graph, and :func:`parity.run_panel_gate` with the validation-MASE check folded
+in (:func:`quality.check_panel`); logging is the same.
+
 The local files go to ``out_dir`` (default ``$RNNOPS_CACHE/exports/<run id>/``); ``onnx_path`` is
 byte-identical to the logged ``model.onnx``, so ``ExportResult.sha256`` is what the registry
 checks.
@@ -202,61 +207,29 @@ def export_run(
     p = Progress(progress)
     with p.stage("load", f"loading {ref}") as note:
         loaded = load_model(ref)
-        if loaded.kind == "panel":  # the covariate inputs of the ONNX contract are not built yet (issue 25)
-            raise RnnopsError(f"{ref} is a global panel forecaster, which rnnops export does not take yet")
         model, spec, run_id = loaded.model.eval(), loaded.spec, loaded.run_id
+        kind = loaded.kind
         cell = model.config.cell
-        note["done"] = f"{model.kind} {cell}, {model.config.num_layers}x{model.config.hidden_size}" + (
+        note["done"] = f"{kind} {cell}, {model.config.num_layers}x{model.config.hidden_size}" + (
             f", run {run_id}" if run_id else ""
         )
+    if kind == "panel":
+        formats = _panel_formats(formats, exporter, p)
     log = log and run_id is not None and not Path(ref).is_dir()  # a local folder is not linked to a run here
     folder = Path(out_dir) if out_dir else settings.cache_dir() / "exports" / (run_id or _digest(str(ref)))
     folder.mkdir(parents=True, exist_ok=True)
     for stale in (ONNX_FILE, TS_FILE, OPT_FILE, INT8_FILE, PARITY_FILE, QUANT_FILE, sample.SAMPLE_FILE, "export.json"):
         (folder / stale).unlink(missing_ok=True)  # only this export's files, never an older one's
     _started.start(folder)  # a full disk from here on: what this export wrote is removed
-    result = ExportResult(run_id, model.kind, cell, folder)
+    result = ExportResult(run_id, kind, cell, folder)
     recipe_of_run = _RunRecipe(run_id, spec)  # the run's data, rebuilt once if a stage needs it
-
     with parity.one_torch_thread():
-        backends = {}
-        if "torchscript" in formats:
-            with p.stage("torchscript", "TorchScript (scripted, frozen)"):
-                result.torchscript_path = export_torchscript(model, folder / TS_FILE)
-                backends["torchscript"] = parity.torchscript_backend(load_torchscript(result.torchscript_path))
-        if "onnx" in formats:
-            with p.stage("onnx", f"ONNX ({exporter} exporter, opset {opset})") as note:
-                result.onnx_path = onnx_export.export_onnx(
-                    model, spec, folder / ONNX_FILE, opset=opset, exporter=exporter, source_run=run_id
-                )
-                # a forecaster's window of validation data for the playground, in the file itself
-                note["done"] = sample.write(model, recipe_of_run, result.onnx_path, folder)
-                backends["onnxruntime"] = parity.onnxruntime_backend(ort_tools.session(result.onnx_path))
-            with p.stage("optimize", "onnxruntime-optimised graph (ORT_ENABLE_EXTENDED)"):
-                result.optimized_path = ort_tools.optimise(result.onnx_path, folder / OPT_FILE)
-                backends["onnxruntime-optimized"] = parity.onnxruntime_backend(ort_tools.session(result.optimized_path))
-
-        with p.stage("parity", f"parity gate ({', '.join(backends)} vs eager)") as note:
-            report = parity.run_gate(model, backends, tolerance)
-            result.parity = report
-            (folder / PARITY_FILE).write_text(json.dumps(report, indent=1))
-            w = report["worst_case"]
-            note["done"] = (
-                f"{'passed' if report['passed'] else 'FAILED'}, {len(report['cases'])} cases, "
-                f"max abs diff {report['max_abs_diff']:.2g} (worst: {w['case']}, {w['output']})"
+        if kind == "panel":
+            _export_panel(model, spec, result, recipe_of_run, opset, tolerance, p, log)
+        else:
+            _export_sequence_model(
+                model, spec, result, formats, recipe_of_run, opset, exporter, tolerance, quantize, p, log
             )
-        if not report["passed"]:
-            if log:
-                _log_failed_gate(run_id, folder / PARITY_FILE, report, tags="onnx" in formats)
-            parity.check(report)  # raises ParityGateFailed naming the worst case
-
-        if "onnx" in formats:
-            result.quantization = _int8(model, recipe_of_run, result, quantize, p)
-        if result.quantization and not result.quantization.get("keep"):
-            (folder / INT8_FILE).unlink(missing_ok=True)
-            result.int8_path = None
-        if result.quantization:
-            (folder / QUANT_FILE).write_text(json.dumps(result.quantization, indent=1))
 
     if log:
         with p.stage("mlflow", f"logging to MLflow run {run_id}") as note:
@@ -271,6 +244,125 @@ def export_run(
     (folder / "export.json").write_text(json.dumps(result.to_dict(), indent=1))
     p.say(f"files in {folder}")
     return result
+
+
+def _export_sequence_model(
+    model, spec, result: ExportResult, formats, recipe_of_run, opset, exporter, tolerance, quantize, p: Progress, log
+) -> None:
+    """A char model's or a forecaster's files: TorchScript, ONNX (+ sample), the ORT graph, the
+    parity gate, int8."""
+    backends = {}
+    if "torchscript" in formats:
+        with p.stage("torchscript", "TorchScript (scripted, frozen)"):
+            result.torchscript_path = export_torchscript(model, result.folder / TS_FILE)
+            backends["torchscript"] = parity.torchscript_backend(load_torchscript(result.torchscript_path))
+    if "onnx" in formats:
+        with p.stage("onnx", f"ONNX ({exporter} exporter, opset {opset})") as note:
+            result.onnx_path = onnx_export.export_onnx(
+                model, spec, result.folder / ONNX_FILE, opset=opset, exporter=exporter, source_run=result.run_id
+            )
+            # a forecaster's window of validation data for the playground, in the file itself
+            note["done"] = sample.write(model, recipe_of_run, result.onnx_path, result.folder)
+            backends["onnxruntime"] = parity.onnxruntime_backend(ort_tools.session(result.onnx_path))
+        with p.stage("optimize", "onnxruntime-optimised graph (ORT_ENABLE_EXTENDED)"):
+            result.optimized_path = ort_tools.optimise(result.onnx_path, result.folder / OPT_FILE)
+            backends["onnxruntime-optimized"] = parity.onnxruntime_backend(ort_tools.session(result.optimized_path))
+
+    with p.stage("parity", f"parity gate ({', '.join(backends)} vs eager)") as note:
+        report = parity.run_gate(model, backends, tolerance)
+        result.parity = report
+        (result.folder / PARITY_FILE).write_text(json.dumps(report, indent=1))
+        w = report["worst_case"]
+        note["done"] = (
+            f"{'passed' if report['passed'] else 'FAILED'}, {len(report['cases'])} cases, "
+            f"max abs diff {report['max_abs_diff']:.2g} (worst: {w['case']}, {w['output']})"
+        )
+    if not report["passed"]:
+        _failed_gate(result, log, tags="onnx" in formats)
+
+    if "onnx" in formats:
+        result.quantization = _int8(model, recipe_of_run, result, quantize, p)
+    if result.quantization and not result.quantization.get("keep"):
+        (result.folder / INT8_FILE).unlink(missing_ok=True)
+        result.int8_path = None
+    if result.quantization:
+        (result.folder / QUANT_FILE).write_text(json.dumps(result.quantization, indent=1))
+
+
+def _export_panel(model, spec, result: ExportResult, recipe_of_run, opset, tolerance, p: Progress, log) -> None:
+    """A panel model's files (``rnnops.panel``, :mod:`.panel_export`): the ONNX (+ a few series
+    as its sample), the ORT graph, the panel parity gate with the validation-MASE check folded in
+    (a file that does not score what the run logged fails the gate). No int8 form (fp32 only)."""
+    from rnnops.export import panel_export
+
+    folder = result.folder
+    with p.stage("onnx", f"ONNX (panel contract, legacy exporter, opset {opset})") as note:
+        result.onnx_path = panel_export.export_panel_onnx(
+            model, spec, folder / ONNX_FILE, opset=opset, source_run=result.run_id
+        )
+        contract = panel_export.panel_contract_of(model, spec)
+        note["done"] = sample.write_panel(contract, recipe_of_run, result.onnx_path, folder)
+    with p.stage("optimize", "onnxruntime-optimised graph (ORT_ENABLE_EXTENDED)"):
+        result.optimized_path = ort_tools.optimise(result.onnx_path, folder / OPT_FILE)
+    sessions = {
+        "onnxruntime": ort_tools.session(result.onnx_path),
+        "onnxruntime-optimized": ort_tools.session(result.optimized_path),
+    }
+    backends = {name: parity.onnxruntime_backend(sess) for name, sess in sessions.items()}
+    graph = panel_export.PanelGraph(model, contract)
+    with p.stage("parity", f"parity gate ({', '.join(backends)} vs eager; validation MASE)") as note:
+        report = parity.run_panel_gate(graph, backends, tolerance)
+        try:
+            _, panel = recipe_of_run()
+        except RnnopsError as exc:
+            report["quality"] = {"passed": True, "reason": f"not measured: {exc}"}
+        else:
+            report["quality"] = quality.check_panel(
+                sessions["onnxruntime"], contract, graph.kind, panel, spec.get("metrics") or {}
+            )
+        if not report["quality"]["passed"]:
+            report.update(passed=False, failures=report["failures"] + 1)
+        result.parity = report
+        (folder / PARITY_FILE).write_text(json.dumps(report, indent=1))
+        w, q = report["worst_case"], report["quality"]
+        note["done"] = (
+            f"{'passed' if report['passed'] else 'FAILED'}, {len(report['cases'])} cases, "
+            f"max abs diff {report['max_abs_diff']:.2g} (worst: {w['case']}, {w['output']}); "
+            + (f"val_mase {q['onnx']:.4f} vs logged {q['logged']:.4f}" if q.get("logged") is not None else q["reason"])
+        )
+    if not report["passed"]:
+        _failed_gate(result, log, tags=True)
+    result.quantization = {
+        "made": False,
+        "keep": False,
+        "reason": "panel models stay fp32: no int8 form is built for them",
+    }
+    (folder / QUANT_FILE).write_text(json.dumps(result.quantization, indent=1))
+
+
+def _failed_gate(result: ExportResult, log: bool, tags: bool) -> None:
+    """Log the failed report (and ``parity_passed=false``), then raise :class:`ParityGateFailed`."""
+    if log:
+        _log_failed_gate(result.run_id, result.folder / PARITY_FILE, result.parity, tags=tags)
+    if not result.parity.get("quality", {"passed": True})["passed"]:
+        q = result.parity["quality"]
+        raise parity.ParityGateFailed(
+            f"quality gate failed: the ONNX file's validation MASE {q['onnx']:.6g} is not the run's logged "
+            f"{q['logged']:.6g} ({q['reason']}); nothing was logged as passed or registered",
+            result.parity,
+        )
+    parity.check(result.parity)  # raises ParityGateFailed naming the worst case
+
+
+def _panel_formats(formats: tuple[str, ...], exporter: str, p: Progress) -> tuple[str, ...]:
+    """A panel model exports to ONNX only (legacy exporter): TorchScript is skipped with a note."""
+    if "onnx" not in formats:
+        raise RnnopsError("a panel model exports to ONNX only: use --formats onnx")
+    if exporter != "legacy":
+        raise RnnopsError("a panel model is exported with the legacy exporter only: drop --exporter dynamo")
+    if "torchscript" in formats:
+        p.say("panel model: ONNX only (no TorchScript form; serving runs the ONNX)")
+    return ("onnx",)
 
 
 # ----------------------------------------------------------------------------- int8
@@ -418,13 +510,13 @@ def _log_onnx(result: ExportResult, model, run) -> tuple[str, str, str | None]:
     import mlflow
     import onnx
 
-    signature, example = _signature(model)
+    signature, example = _panel_signature(result.onnx_path) if result.kind == "panel" else _signature(model)
     logged = mlflow.initialize_logged_model(
         name="onnx",
         source_run_id=run.info.run_id,
         experiment_id=run.info.experiment_id,
         model_type="onnx",
-        tags={"rnnops.kind": model.kind, "rnnops.cell": model.config.cell},
+        tags={"rnnops.kind": result.kind, "rnnops.cell": result.cell},
     )
     try:
         info = mlflow.onnx.log_model(
@@ -503,6 +595,29 @@ def _signature(model):
     t = wrappers.min_time(model) if wrappers.is_windowed(model) else 8
     example = wrappers.make_inputs(model, 2, t, np.random.default_rng(0), random_state=False)
     return ModelSignature(inputs=inputs, outputs=outputs), example
+
+
+def _panel_signature(onnx_path: Path):
+    """A panel model's tensor signature (-1 for the batch axis) from its contract, and a batch-2
+    example with full histories (an input example holds no NaN)."""
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    from rnnops.export.panel_export import make_inputs
+    from rnnops.onnx_metadata import metadata_props
+    from rnnops.panel_contract import panel_contract
+
+    panel = panel_contract(contract.decode_metadata(metadata_props(onnx_path)))
+
+    def schema(shapes) -> Schema:
+        return Schema(
+            [TensorSpec(np.dtype(d), tuple(-1 if x == "batch" else x for x in s), n) for n, (s, d) in shapes.items()]
+        )
+
+    example = make_inputs(panel, 2, np.random.default_rng(0), history=panel.lookback)
+    example = {n: np.nan_to_num(v) if v.dtype.kind == "f" else v for n, v in example.items()}
+    return ModelSignature(inputs=schema(panel.inputs), outputs=schema(panel.outputs)), example
 
 
 def _log_failed_gate(run_id: str, report_path: Path, report: dict, tags: bool) -> None:

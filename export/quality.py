@@ -8,6 +8,9 @@ rebuilt from the run's data recipe, :func:`rnnops.training.recipe.run_recipe`):
   from a zero state (``training.tasks.char_val_loss``);
 - forecasters: MSE on the z-scored scale over every stride-1 validation window (``val_mse``).
 
+A panel model's file is checked differently (:func:`check_panel`, below): it has no int8 form,
+and its validation MASE through onnxruntime must match the run's logged one.
+
 The int8 file is kept only when its quality delta is within :data:`BOUNDS` of the fp32 ONNX
 (absolute +0.02 nats/char; relative +2 % MSE) and its own parity gate passed
 (:func:`rnnops.export.parity.run_int8_gate`). Whether it is made at all depends on the model's
@@ -25,6 +28,7 @@ import numpy as np
 
 from rnnops import contract
 from rnnops.export import ort_tools, wrappers
+from rnnops.panel_contract import QUANTILES
 from rnnops.training.recipe import DataRecipe
 
 BOUNDS = {"char": ("val_loss", "abs", 0.02), "forecaster": ("val_mse", "rel", 0.02)}
@@ -119,3 +123,56 @@ def _speed(model, fp32_path, int8_path, rounds: int = 3) -> dict:
         a, b = statistics.median(x for x, _ in times), statistics.median(y for _, y in times)
         out[f"batch{batch}"] = {"fp32": a * 1e3, "int8": b * 1e3, "speedup": a / b}
     return out
+
+
+# ----------------------------------------------------------------------------- panel forecasters
+
+# A panel model's file must score what its run logged: the validation MASE of the ONNX file through
+# onnxruntime (every series' validation window, as training scored it) against the run's final
+# ``val_mase``. Pinball and normal heads compute the same numbers as training: the bound is float
+# rounding. The likelihood heads' logged value came from 200 random draws per window (the median
+# of the draws), the file's from the deterministic quantile function (export/panel_export.py): the
+# bound allows that Monte-Carlo noise.
+PANEL_BOUNDS = {"pinball": 1e-3, "normal": 1e-3, "studentt": 0.05, "negbin": 0.05}  # relative to the logged MASE
+
+
+def panel_scores(sess, contract, panel, batch: int = 512):
+    """The M4 scores (``forecast_metrics.Scores``) of the ONNX file's validation forecasts of
+    ``panel`` (one origin per series: its validation split)."""
+    from rnnops.training.panel_train import PanelForecast, PanelWindows
+
+    windows = PanelWindows(panel, contract.lookback)
+    cut = panel.splits().train_end
+    series, histories, actual = panel.window(cut)
+    names = list(contract.inputs)
+    quantiles = []
+    for start in range(0, len(series), batch):
+        s = series[start : start + batch]
+        b = windows.batch(s, cut[s])
+        feeds = {n: getattr(b, n).numpy() for n in names}
+        quantiles.append(sess.run([QUANTILES], feeds)[0])
+    q = np.concatenate(quantiles).astype(np.float64)
+    return PanelForecast(series, contract.quantiles, q).scores(histories, actual, panel.season)
+
+
+def check_panel(sess, contract, head: str, panel, logged: dict) -> dict:
+    """The panel quality gate's report: ``passed`` when the file's validation MASE is within
+    :data:`PANEL_BOUNDS` of the run's logged ``val_mase`` (WQL reported beside it)."""
+    bound = PANEL_BOUNDS[head]
+    scores = panel_scores(sess, contract, panel)
+    report = {
+        "metric": "val_mase",
+        "onnx": scores.mase,
+        "logged": logged.get("val_mase"),
+        "onnx_val_wql": scores.wql,
+        "logged_val_wql": logged.get("val_wql"),
+        "bound": {"rel": bound, "rule": f"|onnx val_mase / logged val_mase - 1| <= {bound:g} ({head} head)"},
+        "series": scores.n_series,
+    }
+    if report["logged"] is None:
+        report.update(passed=True, reason="the run logged no val_mase: nothing to compare (measured only)")
+        return report
+    delta = scores.mase / float(report["logged"]) - 1.0
+    report.update(delta=delta, passed=bool(abs(delta) <= bound))
+    report["reason"] = "within bound" if report["passed"] else f"val_mase differs by {delta:+.3%} (bound {bound:g})"
+    return report

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 
 HISTORY_MAX = 50  # champion history entries kept (a tag value is at most a few KB)
-KINDS_BY_TASK = {"char": "char", "forecast": "forecaster", "forecaster": "forecaster"}  # rnnops.task -> kind
+# rnnops.task -> kind
+KINDS_BY_TASK = {"char": "char", "forecast": "forecaster", "forecaster": "forecaster", "panel": "panel"}
 
 
 @dataclass
@@ -161,8 +162,11 @@ class ModelDetails:
 # ------------------------------------------------------------------------------- register
 
 
-def register_run(run_id: str, name: str | None = None) -> VersionInfo:
-    """Register the exported ONNX of ``run_id`` as a new version of ``char-rnn`` / ``forecaster``.
+def register_run(run_id: str, name: str | None = None, metric: str | None = None) -> VersionInfo:
+    """Register the exported ONNX of ``run_id`` as a new version of ``char-rnn`` / ``forecaster`` /
+    ``panel-forecaster`` (by its kind, unless ``name``), gated later on ``metric`` (default the
+    kind's ``contract.VAL_METRIC``; one of ``contract.VAL_METRICS[kind]``: a panel model's
+    ``val_mase`` or ``val_wql``).
 
     Refuses a run without an export, a run whose parity gate failed, and a logged ONNX that does
     not hash to what export recorded. The version is created with all its tags, or not at all.
@@ -211,7 +215,7 @@ def register_run(run_id: str, name: str | None = None) -> VersionInfo:
         meta = read_metadata(path)
         kind = _kind(meta, tags, run_id)
         name = store.check_name(name or C.DEFAULT_NAMES[kind])
-        metric = C.VAL_METRIC[kind]
+        metric = _check_metric(metric, kind)
         value = _final_metric(c, run, metric)
         if value is None:
             raise RnnopsError(
@@ -316,6 +320,16 @@ def _final_metric(c: MlflowClient, run: Run, metric: str) -> float | None:
     return None if value is None else float(value)
 
 
+def _check_metric(metric: str | None, kind: str) -> str:
+    """The gate's metric for a version of ``kind``: ``metric`` if the kind may be gated on it."""
+    if metric is None:
+        return C.VAL_METRIC[kind]
+    allowed = C.VAL_METRICS[kind]
+    if metric not in allowed:
+        raise RnnopsError(f"--metric {metric!r} is not one a {kind} model is gated on: use {' or '.join(allowed)}")
+    return metric
+
+
 def _kind(meta: Metadata, run_tags: dict[str, str], run_id: str) -> str:
     kind = meta.get("kind")
     if kind in C.DEFAULT_NAMES:
@@ -324,7 +338,7 @@ def _kind(meta: Metadata, run_tags: dict[str, str], run_id: str) -> str:
     if kind:
         return kind
     raise RnnopsError(
-        f"cannot tell whether run {run_id} is a char model or a forecaster: its ONNX has no "
+        f"cannot tell whether run {run_id} is a char model, a forecaster or a panel model: its ONNX has no "
         "rnnops.kind metadata and the run no rnnops.task tag"
     )
 

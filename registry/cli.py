@@ -22,6 +22,15 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="registry")
 
 
+def source_run(ref: str) -> str:
+    """The training run of a registry version (``NAME@ALIAS``): ``rnnops train forecast --init-from``
+    fine-tunes its model (the root command hands this to the training stage, which never imports
+    the registry)."""
+    from rnnops.registry.resolve import source_run as lookup
+
+    return lookup(ref)
+
+
 def publish_export(run_id: str, *, name: str | None, promote: bool, alias: str, force: bool) -> dict[str, Any]:
     """``rnnops export --register [--promote]``: register the export's run as a new version and
     optionally promote it through the gate (the root command hands this to the export stage, which
@@ -46,12 +55,21 @@ def publish_export(run_id: str, *, name: str | None, promote: bool, alias: str, 
 @app.command("register")
 def register_cmd(
     run_id: Annotated[str, Arg(help="MLflow run id that `rnnops export` passed (its parity gate).")],
-    name: Annotated[str | None, Opt(help="Registered model name (default char-rnn / forecaster by kind).")] = None,
+    name: Annotated[
+        str | None, Opt(help="Registered model name (default char-rnn / forecaster / panel-forecaster by kind).")
+    ] = None,
+    metric: Annotated[
+        str | None,
+        Opt(
+            help="Validation metric the promotion gate compares (default by kind: val_loss, val_mse, val_mase; "
+            "a panel model may use val_wql)."
+        ),
+    ] = None,
 ) -> None:
     """Register the run's exported ONNX as a new model version (with sha256, parity, metric tags)."""
     from rnnops.registry.api import register_run
 
-    v = register_run(run_id, name)
+    v = register_run(run_id, name, metric)
     verb = "registered" if v.created else "already registered as"
     typer.echo(
         f"{verb} {v.name} version {v.version} ({v.val_metric} {_num(v.val_value)}, sha256 {(v.sha256 or '?')[:12]}…, "

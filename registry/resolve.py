@@ -129,6 +129,17 @@ def resolve(ref: str, default_alias: str = C.ALIAS_CHAMPION, int8: bool = True) 
     )
 
 
+def source_run(ref: str, default_alias: str = C.ALIAS_CHAMPION) -> str:
+    """The training run a registry version was exported from (``NAME@ALIAS``, ``NAME/3``, …): what
+    ``rnnops train forecast --init-from`` fine-tunes. One registry request; nothing is downloaded."""
+    name, version, alias = parse_ref(ref, default_alias)
+    mv = _lookup(store.client(), name, version, alias)
+    run: str | None = (mv.tags or {}).get(C.VTAG_SOURCE_RUN) or mv.run_id
+    if not run:
+        raise RnnopsError(f"{name} version {mv.version} names no source run; give the training run's id instead")
+    return run
+
+
 def cache_folder(name: str, version: int) -> Path:
     return settings.cache_dir() / "models" / store.check_name(name) / str(int(version))
 

@@ -31,7 +31,9 @@ def _wire() -> None:
     from rnnops.training import cli as training_cli
     from rnnops.training import tune_cli
 
-    app.add_typer(training_cli.app, name="train")
+    # `rnnops train forecast --init-from NAME@ALIAS` looks the version's run up in the registry,
+    # handed over here as well (ctx.obj of the train commands)
+    app.add_typer(training_cli.app, name="train", context_settings={"obj": registry_cli.source_run})
     app.command("sample")(training_cli.sample)
     tune_cli.register(app)
     # `rnnops export --register/--promote` run the registry's step, handed over here: the export

@@ -10,7 +10,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from rnnops.errors import RnnopsError
+from rnnops.metadata_limits import (  # noqa: F401 (re-exported: the contract's names, as before)
+    MAX_DIM,
+    MAX_NAME_CHARS,
+    MAX_NAMES,
+    MAX_STATE_ELEMENTS,
+    MAX_VOCAB,
+    MetadataError,
+    _shown,
+    check_name,
+    check_names,
+)
 
 ONNX_FILE = "model.onnx"  # the graph's file name: what mlflow.onnx.log_model writes, in every stage
 # The int8 variant (fixed scales, onnxruntime only: rnnops.export.int8), beside model.onnx in the
@@ -100,7 +110,7 @@ def state_spec(meta: dict[str, Any]) -> tuple[StateTensor, ...]:
 # --- ONNX metadata_props: keys prefixed "rnnops.", values JSON-encoded ----------------------
 META_PREFIX = "rnnops."
 META_KEYS = (
-    "kind",  # "char" | "forecaster"
+    "kind",  # "char" | "forecaster" | "panel"
     "cell",  # "lstm" | "gru" | "rnn"
     "layers",
     "hidden_size",
@@ -119,6 +129,7 @@ META_KEYS = (
     "precision",  # "fp32" | "int8" (the arithmetic of this file); files without the key are fp32
     "source_run",  # MLflow run id the weights came from
     "version",  # rnnops version that exported it
+    "panel",  # a global panel forecaster's covariate contract (rnnops.panel_contract)
 )
 # A forecaster's window of validation data (lookback + horizon rows, raw units), for the
 # playground: outside META_PREFIX on purpose, as it is no part of what serving needs (the
@@ -158,11 +169,14 @@ TAG_PARITY_MAX_DIFF = "rnnops.export.parity_max_diff"
 TAG_INT8_SHA256 = "rnnops.export.int8_sha256"
 
 # --- Model Registry -------------------------------------------------------------------------
-DEFAULT_NAMES = {"char": "char-rnn", "forecaster": "forecaster"}
+DEFAULT_NAMES = {"char": "char-rnn", "forecaster": "forecaster", "panel": "panel-forecaster"}
 ALIAS_CHAMPION = "champion"
 ALIAS_CHALLENGER = "challenger"
-# The validation metric the promotion gate compares (lower is better), per model kind.
-VAL_METRIC = {"char": "val_loss", "forecaster": "val_mse"}
+# The validation metric the promotion gate compares (lower is better), per model kind, by default.
+VAL_METRIC = {"char": "val_loss", "forecaster": "val_mse", "panel": "val_mase"}
+# The metrics a version of each kind may be gated on (`rnnops registry register --metric`): a panel
+# model by its point forecast (MASE, M4's) or by its quantiles (the mean weighted quantile loss).
+VAL_METRICS = {"char": ("val_loss",), "forecaster": ("val_mse",), "panel": ("val_mase", "val_wql")}
 
 # --- Model version tags written by the registry (``rnnops registry register``) -------------
 VTAG_KIND = "rnnops.kind"
@@ -185,40 +199,11 @@ RMTAG_CHAMPION_HISTORY = "rnnops.champion_history"
 # field) and, for column names, when training reads its data. A model's metadata is untrusted
 # input: its names reach logs, JSON answers and the playground, which shows them as text
 # (docs/security.md). Any printable text is a valid name (a CSV's column is the user's own);
-# control characters and unbounded lengths or counts are not.
-MAX_NAME_CHARS = 200  # a feature, target, covariate or state tensor name; also cell, freq, run id...
-MAX_NAMES = 4096  # names in one list (features, targets, covariates, state tensors)
-MAX_VOCAB = 1 << 16
-MAX_DIM = 1 << 20  # layers, hidden size, lookback, horizon, one state dimension
-MAX_STATE_ELEMENTS = 1 << 26  # per row of one state tensor: what serving allocates per stream
+# control characters and unbounded lengths or counts are not. The bounds (MAX_*) and the name
+# checks live in rnnops/metadata_limits.py, which rnnops/panel_contract.py builds on too.
 NAME_LISTS = ("feature_names", "target_names", "covariate_names", "state_inputs", "state_outputs")
 SHORT_STRINGS = ("kind", "cell", "arch", "precision", "freq", "source_run", "version")
 SIZES = ("layers", "hidden_size", "lookback", "horizon")
-
-
-class MetadataError(RnnopsError):
-    """Model metadata that breaks the contract; the message names the field, in one line."""
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def check_name(field: str, value: object) -> str:
-    """``value`` if it is a printable string of 1..MAX_NAME_CHARS characters, else MetadataError."""
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_CHARS or not value.isprintable():
-        raise MetadataError(
-            f"{field} must be a printable string of 1-{MAX_NAME_CHARS} characters (no control "
-            f"characters), not {_shown(value)}"
-        )
-    return value
-
-
-def check_names(field: str, values: object) -> list[str]:
-    if not isinstance(values, (list, tuple)) or len(values) > MAX_NAMES:
-        raise MetadataError(f"{field} must be a list of at most {MAX_NAMES} names, not {_shown(values)}")
-    return [check_name(f"{field}[{i}]", v) for i, v in enumerate(values)]
 
 
 def _size(field: str, value: object, low: int = 1) -> None:
@@ -272,5 +257,8 @@ def check_metadata(meta: dict[str, Any], where: str = "model") -> None:
         q = meta.get("quantiles")
         if isinstance(q, dict) and q.get("output") is not None:
             check_name("rnnops.quantiles.output", q["output"])
+        from rnnops.panel_contract import panel_contract  # it builds on this module
+
+        panel_contract(meta)
     except MetadataError as exc:
         raise MetadataError(f"{where}: metadata {exc}") from None

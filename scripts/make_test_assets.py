@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from rnnops.export.onnx_export import export_onnx
+from rnnops.export.panel_export import export_panel_onnx
 from rnnops.training.models import CharModel, CharModelConfig, Forecaster, ForecasterConfig
 
 ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets"
@@ -62,6 +63,60 @@ def forecaster(norm: str, quantiles: list[float] | None = None) -> Forecaster:
     return model
 
 
+def panel_model() -> tuple[torch.nn.Module, dict]:
+    """A global panel forecaster (rnnops.kind "panel") with every input role: past covariate
+    ``price``, future covariate ``promo``, the daily calendar, categorical ``store`` (north,
+    south) and numeric ``size``; lookback 14, horizon 7, levels 0.1 / 0.5 / 0.9. Every weight is
+    random (a fresh model's output layers start at zero, so its forecast would ignore its inputs).
+    Returns the model and the config.json a panel run logs for it."""
+    from dataclasses import asdict
+
+    from rnnops.calendar import features_for
+    from rnnops.training.panel_model import PanelForecaster, PanelModelConfig
+
+    calendar = list(features_for("D"))
+    config = PanelModelConfig(
+        lookback=14,
+        horizon=7,
+        segment_length=7,
+        season=7,
+        hidden_size=8,
+        num_layers=1,
+        context_size=4,
+        decoder_hidden=8,
+        quantiles=(0.1, 0.5, 0.9),
+        n_past=1,
+        n_known=1 + len(calendar),
+        static_cardinalities=(2,),
+        static_real_mean=(3.0,),
+        static_real_std=(1.0,),
+        log_level_mean=2.0,
+        past_mean=(5.0,),
+        past_std=(2.0,),
+        future_mean=(0.2,),
+        future_std=(0.4,),
+    )
+    torch.manual_seed(2)
+    model = PanelForecaster(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    inputs = {
+        "id": "item_id",
+        "date": "date",
+        "targets": ["sales"],
+        "past_covariates": ["price"],
+        "future_covariates": ["promo"],
+        "calendar": calendar,
+        "static": [
+            {"name": "store", "kind": "categorical", "vocabulary": ["north", "south"]},
+            {"name": "size", "kind": "real", "vocabulary": []},
+        ],
+        "season": 7,
+    }
+    return model, {"kind": "panel", "config": asdict(config), "inputs": inputs, "freq": "D", "stateful": False}
+
+
 def main() -> None:
     ASSETS.mkdir(parents=True, exist_ok=True)
     files = {
@@ -74,6 +129,10 @@ def main() -> None:
     for name, (model, spec) in files.items():
         path = export_onnx(model, spec, ASSETS / name, source_run=None)
         print(f"{path.relative_to(ASSETS.parents[1])}: {path.stat().st_size:,} bytes", file=sys.stderr)
+    # a panel forecaster, as `rnnops export` writes one (the rnnops.panel contract)
+    model, spec = panel_model()
+    path = export_panel_onnx(model, spec, ASSETS / "panel-retail.onnx", source_run=None)
+    print(f"{path.relative_to(ASSETS.parents[1])}: {path.stat().st_size:,} bytes", file=sys.stderr)
 
 
 if __name__ == "__main__":

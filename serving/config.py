@@ -66,6 +66,10 @@ class ServeConfig:
     # default: on the 2-vCPU VM it was measured on, a hand-off between threads costs ~80 us of
     # wake-up latency, more than the overlap wins (docs/serving.md); try 2 on bare metal or CUDA
     decode_lanes: int = 1
+    # decode steps per onnxruntime call, with sampling inside the call (generate/decode_graph.py,
+    # built from the model file when it loads); 0 = today's path: one model step per call and the
+    # sampling in numpy. A file the graph cannot wrap keeps the numpy path either way.
+    decode_steps: int = 16
     # where a char model's scheduler runs: process = an engine process of its own per model version
     # (generate/engine.py: the model and the scheduler off this worker's GIL); thread = a thread of
     # this worker (one process, the two share the GIL: slower under load, simpler to debug)
@@ -147,6 +151,7 @@ class ServeConfig:
             "workers": ("RNNOPS_WORKERS", int),
             "scheduler": ("RNNOPS_SCHEDULER", str),
             "decode_lanes": ("RNNOPS_DECODE_LANES", int),
+            "decode_steps": ("RNNOPS_DECODE_STEPS", int),
             "engine": ("RNNOPS_ENGINE", str),
             "max_streams": ("RNNOPS_MAX_STREAMS", int),
             "max_queue": ("RNNOPS_MAX_QUEUE", int),
@@ -215,6 +220,8 @@ class ServeConfig:
         ):
             if getattr(self, name) < 1:
                 raise RnnopsError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not 0 <= self.decode_steps <= 64:
+            raise RnnopsError(f"RNNOPS_DECODE_STEPS must be 0 (numpy sampling) to 64, not {self.decode_steps}")
         if self.max_queue < 0:
             raise RnnopsError("RNNOPS_MAX_QUEUE must be 0 or more")
         if self.session_store != "memory" and not self.session_store.startswith(("redis://", "rediss://", "unix://")):

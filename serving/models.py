@@ -301,7 +301,7 @@ class ModelManager:
             if cfg.scheduler == "naive":
                 m.scheduler = NaiveGenerator(rt, **limits).start()
             elif cfg.engine == "thread":
-                m.scheduler = StepScheduler(rt, lanes=cfg.decode_lanes, **limits).start()
+                m.scheduler = StepScheduler(rt, lanes=cfg.decode_lanes, decode_steps=cfg.decode_steps, **limits).start()
             else:  # the scheduler and a session of its own in an engine process (generate/engine.py)
                 spec = EngineSpec(
                     str(rt.path),
@@ -314,11 +314,13 @@ class ModelManager:
                     cfg.queue_timeout_s,
                     cfg.prefill_chunk,
                     cfg.decode_lanes,
+                    cfg.decode_steps,
                 )
                 m.scheduler = EngineClient(spec, sm, self.on_step).start()
         else:
             m.batcher = ForecastBatcher(rt, cfg.forecast_max_batch, self.metrics, ref.served)
-            m.stepper = SessionStepper(rt, m.batcher, cfg.forecast_max_batch, ref.served, self.metrics)
+            if rt.info.panel is None:  # panel sessions forecast through the batcher (http/forecast.py)
+                m.stepper = SessionStepper(rt, m.batcher, cfg.forecast_max_batch, ref.served, self.metrics)
         return m
 
     # ------------------------------------------------------------------ lifecycle
@@ -485,8 +487,9 @@ class ModelManager:
         return "models not loaded: " + "; ".join(parts)
 
     def get(self, name: str | None, kind: str) -> LoadedModel:
-        """The model to use for a request: by name, or the first served one of ``kind``."""
-        label = "char model" if kind == "char" else "forecaster"
+        """The model to use for a request: by name, or the first served one of ``kind`` (char,
+        forecaster, panel)."""
+        label = {"char": "char model", "panel": "panel forecaster"}.get(kind, "forecaster")
         if name is None:
             for r in self.refs:
                 m = self.current.get(r.served)
@@ -503,8 +506,10 @@ class ModelManager:
                 )
             raise UnknownModel(f"unknown model {name!r}; this server serves {self._listing()}")
         if m.kind != kind:
+            hint = {"panel": " (a panel model takes `series`)", "forecaster": " (a forecaster takes `context`)"}
             raise UnknownModel(
-                f"model {name!r} is a {m.kind} model, not a {label}; this server serves {self._listing()}"
+                f"model {name!r} is a {m.kind} model{hint.get(m.kind, '')}, not a {label}; this server serves "
+                f"{self._listing()}"
             )
         return m
 

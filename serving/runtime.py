@@ -42,19 +42,25 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnops import contract
+from rnnops import panel_contract as pc
 from rnnops.errors import RnnopsError
+from rnnops.metadata_limits import MetadataError
+from rnnops.panel_contract import PanelContract
 
 log = logging.getLogger("rnnops.serving")
 
 State = tuple[Any, ...]  # np.ndarray or ort.OrtValue (untyped) items
 Outputs = Literal["all", "last"]  # Runtime.run: the main output in full, or a char model's last position only
+Feeds = dict[str, np.ndarray]  # graph input name -> array [B, ...]: a model's inputs, state aside
 
 
 @dataclass(frozen=True)
 class RunResult:
     """What one :meth:`Runtime.run` gives back."""
 
-    output: np.ndarray  # host: char logits [B, T, V] ([B, V] with outputs="last"); forecasts [B, horizon, F_out]
+    # host: char logits [B, T, V] ([B, V] with outputs="last"); forecasts [B, horizon, F_out] (a panel
+    # model's [B, horizon] and [B, horizon, levels] come back in this shape too, F_out = 1)
+    output: np.ndarray
     state: State  # the new state, where the runtime keeps it (host arrays, or OrtValues with IOBinding)
     quantiles: np.ndarray | None = None  # host, [B, horizon, F_out, levels]: a forecaster with intervals; else None
 
@@ -62,6 +68,7 @@ class RunResult:
 _REQUIRED = {
     "char": ("kind", "cell", "layers", "hidden_size", "vocab"),
     "forecaster": ("kind", "cell", "layers", "hidden_size", "feature_names", "target_names", "lookback", "horizon"),
+    pc.KIND: ("kind", pc.META_KEY),  # the rest is rnnops.panel's (PanelContract)
 }
 
 
@@ -86,6 +93,7 @@ class ModelInfo:
     quantiles: tuple[float, ...] = ()  # prediction-interval levels (rnnops.quantiles); () = none
     quantiles_output: str | None = None  # the graph output holding them, [B, horizon, F_out, levels]
     precision: str = "fp32"  # rnnops.precision: "int8" for the fixed-scale int8 file (rnnops.export.int8)
+    panel: PanelContract | None = None  # a panel model's contract: its graph inputs per role (rnnops.panel)
 
     @property
     def state_inputs(self) -> tuple[str, ...]:
@@ -99,17 +107,25 @@ class ModelInfo:
     def main_output(self) -> str:
         return contract.CHAR_OUTPUT if self.kind == "char" else contract.FORECAST_OUTPUT
 
+    @property
+    def graph_inputs(self) -> tuple[str, ...]:
+        """The graph's inputs other than state: ``x`` (char models, forecasters) or a panel
+        model's role inputs (past_target, known_future...)."""
+        return tuple(self.panel.inputs) if self.panel is not None else (contract.INPUT,)
+
     @classmethod
     def from_metadata(cls, meta: dict[str, Any], where: str = "model") -> ModelInfo:
         kind = meta.get("kind")
         if kind not in _REQUIRED:
             raise RnnopsError(
-                f"{where}: metadata rnnops.kind is {kind!r}; serving needs 'char' or 'forecaster' "
+                f"{where}: metadata rnnops.kind is {kind!r}; serving needs 'char', 'forecaster' or 'panel' "
                 "(was it exported with `rnnops export`?)"
             )
         missing = [k for k in _REQUIRED[kind] if meta.get(k) in (None, "", [])]
         if missing:
             raise RnnopsError(f"{where}: ONNX metadata lacks {', '.join('rnnops.' + k for k in missing)}")
+        if kind == pc.KIND:
+            return cls._panel(meta, where)
         try:
             state = contract.state_spec(meta)
             bands = contract.quantiles_of(meta)
@@ -135,6 +151,33 @@ class ModelInfo:
             precision=str(meta.get("precision") or "fp32"),
         )
 
+    @classmethod
+    def _panel(cls, meta: dict[str, Any], where: str) -> ModelInfo:
+        """A panel model: windowed (no state), one target, its sizes and levels from rnnops.panel."""
+        try:
+            p = pc.panel_contract(meta)
+        except MetadataError as exc:
+            raise RnnopsError(f"{where}: {exc}") from None
+        assert p is not None, "kind is panel"
+        return cls(
+            kind=pc.KIND,
+            cell=str(meta.get("cell") or ""),
+            layers=int(meta.get("layers") or 0),
+            hidden_size=int(meta.get("hidden_size") or 0),
+            state=(),
+            stateful=False,
+            target_names=(p.target,),
+            lookback=p.lookback,
+            horizon=p.horizon,
+            freq=p.freq,
+            source_run=meta.get("source_run"),
+            exported_by=meta.get("version"),
+            quantiles=p.quantiles,
+            quantiles_output=pc.QUANTILES,
+            precision=str(meta.get("precision") or "fp32"),
+            panel=p,
+        )
+
 
 def choose_providers(requested: str) -> tuple[list[str], str, str | None]:
     """Execution providers for ``RNNOPS_PROVIDERS``: (providers, device, warning or None)."""
@@ -155,6 +198,45 @@ def choose_providers(requested: str) -> tuple[list[str], str, str | None]:
     return ["CPUExecutionProvider"], "cpu", None
 
 
+def session_options(threads: int) -> ort.SessionOptions:
+    """The options of every serving session (the model's, and its decode graph's)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, int(threads))
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    # A server shares its cores with the event loop and the sampler: threads that spin
+    # between ORT calls would steal them.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # No CPU arena: ORT's arena grows by doubling to the largest batch x prefill it has seen
+    # and never gives memory back, so a server's RSS crept up with each new peak shape (the
+    # soak, docs/reliability.md). Plain malloc measured no slower for these graphs (a step at
+    # batch 64/256 and a 128-character prefill within 2 %, batch 1 15 % faster).
+    opts.enable_cpu_mem_arena = False
+    return opts
+
+
+def run_bound(
+    session: ort.InferenceSession, feeds: dict[str, Any], host: list[str], kept: list[str], device: str
+) -> list[Any]:
+    """One call through IOBinding: host arrays and ``OrtValue``s in; the ``host`` outputs come back
+    as numpy arrays, the ``kept`` ones (the state) stay on ``device`` as ``OrtValue``s for the next
+    call. Returns the outputs in that order (the model's session and its decode graph's)."""
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        if isinstance(value, ort.OrtValue):
+            binding.bind_ortvalue_input(name, value)
+        else:
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    for name in host:
+        binding.bind_output(name, "cpu")
+    for name in kept:
+        binding.bind_output(name, device)  # stays on the device for the next call
+    session.run_with_iobinding(binding)
+    out = binding.get_outputs()
+    return [o.numpy() for o in out[: len(host)]] + list(out[len(host) :])
+
+
 class Runtime:
     """An onnxruntime session for one model version plus what its metadata says."""
 
@@ -172,19 +254,7 @@ class Runtime:
         wanted, device, warning = choose_providers(providers)
         if warning:
             log.warning(warning)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, int(threads))
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        # A server shares its cores with the event loop and the sampler: threads that spin
-        # between ORT calls would steal them.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # No CPU arena: ORT's arena grows by doubling to the largest batch x prefill it has seen
-        # and never gives memory back, so a server's RSS crept up with each new peak shape (the
-        # soak, docs/reliability.md). Plain malloc measured no slower for these graphs (a step at
-        # batch 64/256 and a 128-character prefill within 2 %, batch 1 15 % faster).
-        opts.enable_cpu_mem_arena = False
+        opts = session_options(threads)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -206,6 +276,10 @@ class Runtime:
         self.info = ModelInfo.from_metadata(meta, where=str(self.path))
         self._check_graph()
         self._index = {c: i for i, c in enumerate(self.info.vocab)}
+
+    def session_options(self) -> ort.SessionOptions:
+        """Options for another session of this model's (its decode graph, generate/decode_graph.py)."""
+        return session_options(self.threads)
 
     # ------------------------------------------------------------------ description
 
@@ -235,6 +309,9 @@ class Runtime:
         }
         if i.kind == "char":
             d["vocab_size"] = len(i.vocab)
+        elif i.panel is not None:
+            d.update(targets=list(i.target_names), lookback=i.lookback, horizon=i.horizon, freq=i.freq)
+            d.update(quantiles=list(i.quantiles), panel=i.panel.to_json())
         else:
             d.update(
                 features=list(i.feature_names),
@@ -251,7 +328,7 @@ class Runtime:
         i = self.info
         inputs = [x.name for x in self.session.get_inputs()]
         outputs = [x.name for x in self.session.get_outputs()]
-        want_in = [contract.INPUT, *i.state_inputs]
+        want_in = [*i.graph_inputs, *i.state_inputs]
         want_out = [i.main_output, *i.state_outputs]
         if i.quantiles_output:
             want_out = [*want_out, i.quantiles_output]
@@ -268,12 +345,18 @@ class Runtime:
     # ------------------------------------------------------------------ running
 
     def run(
-        self, inputs: np.ndarray, state: State | None = None, outputs: Outputs = "all", max_batch: int | None = None
+        self,
+        inputs: np.ndarray | Feeds,
+        state: State | None = None,
+        outputs: Outputs = "all",
+        max_batch: int | None = None,
     ) -> RunResult:
         """The one way to call the model: ``inputs`` from ``state`` (None = zeros) -> a :class:`RunResult`.
 
         ``inputs``: a char model's token ids ``[B, T]``; a forecaster's windows ``[B, T, F]`` (raw
-        units; a windowed model reads their last ``lookback`` rows, see :meth:`reads`). ``state``:
+        units; a windowed model reads their last ``lookback`` rows, see :meth:`reads`); a panel
+        model's feeds, graph input name -> ``[B, ...]`` (:mod:`rnnops.panel_features` builds
+        them; :meth:`_panel_feeds` checks them against the contract). ``state``:
         host arrays or the runtime's own (device) state, batch ``B``; a windowed forecaster takes
         none. ``outputs="last"`` keeps a char model's logits at the last position only (``[B, V]``:
         what decoding samples from). ``max_batch`` cuts a large batch into calls of at most that
@@ -281,16 +364,21 @@ class Runtime:
         """
         i = self.info
         if i.kind == "char":
-            x = np.ascontiguousarray(inputs, dtype=np.int64)
+            x = {contract.INPUT: np.ascontiguousarray(inputs, dtype=np.int64)}
         else:
             if outputs == "last":
                 raise RnnopsError(f"{self.name} is a forecaster: outputs='last' is for char models")
             if state is not None and not i.stateful:
                 raise RnnopsError(f"{self.name} is a windowed forecaster: it carries no state between calls")
-            x = self._window(inputs)
-        b = x.shape[0]
+            if i.panel is not None:
+                x = self._panel_feeds(inputs)
+            elif isinstance(inputs, dict):
+                raise ValueError(f"{self.name} takes windows [B, T, F], not named feeds (those are a panel model's)")
+            else:
+                x = {contract.INPUT: self._window(inputs)}
+        b = next(iter(x.values())).shape[0]
         if b == 0:
-            return self._empty(x, outputs)
+            return self._empty(x[i.graph_inputs[0]], outputs)
         if state is not None:
             state = tuple(self.to_device(s) if isinstance(s, np.ndarray) else s for s in state)
         step = max_batch if max_batch and max_batch < b else b
@@ -301,7 +389,7 @@ class Runtime:
                 st = self.zero_state(hi - lo)
             else:  # the whole state, or the rows of this chunk
                 st = state if step == b else self.take(state, np.arange(lo, hi))
-            parts.append(self._call(x[lo:hi], st))
+            parts.append(self._call({k: v[lo:hi] for k, v in x.items()}, st))
         if len(parts) == 1:
             y, q, new = parts[0]
         else:
@@ -310,6 +398,9 @@ class Runtime:
             new = self.concat([p[2] for p in parts])
         if outputs == "last":
             y = np.ascontiguousarray(y[:, -1])
+        if i.panel is not None:  # [B, H] and [B, H, Q] -> the forecasters' [B, H, 1] and [B, H, 1, Q]
+            y = y[:, :, None]
+            q = None if q is None else q[:, :, None, :]
         return RunResult(y, new, q)
 
     def _empty(self, x: np.ndarray, outputs: Outputs) -> RunResult:
@@ -322,7 +413,7 @@ class Runtime:
         q = np.zeros((*y.shape, len(i.quantiles)), np.float32) if i.quantiles_output else None
         return RunResult(y, self.zero_state(0), q)
 
-    def _call(self, x: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray | None, State]:
+    def _call(self, x: Feeds, state: State) -> tuple[np.ndarray, np.ndarray | None, State]:
         """One session call: the main output (and the quantiles, if the model has them) to the
         host, the state wherever the runtime keeps it.
 
@@ -332,32 +423,21 @@ class Runtime:
         happened to run alone. From two rows on, every row is computed the same way (the tests
         check it bitwise), so results never depend on what else shares the call.
         """
-        if self.device == "cpu" and x.shape[0] == 1:
-            y, q, new = self._session_call(np.concatenate([x, x]), self.concat([state, state]))
+        if self.device == "cpu" and next(iter(x.values())).shape[0] == 1:
+            pair = {k: np.concatenate([v, v]) for k, v in x.items()}
+            y, q, new = self._session_call(pair, self.concat([state, state]))
             return y[:1], None if q is None else q[:1], self.take(new, [0])
         return self._session_call(x, state)
 
-    def _session_call(self, x: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray | None, State]:
+    def _session_call(self, x: Feeds, state: State) -> tuple[np.ndarray, np.ndarray | None, State]:
         names = self.info.state_inputs
         host = self._outputs[: self._host_outputs]  # main (+ quantiles): read on the host
         if not self.iobinding:
-            feeds = {contract.INPUT: x, **{n: s for n, s in zip(names, state)}}
+            feeds = {**x, **{n: s for n, s in zip(names, state)}}
             out = self.session.run(self._outputs, feeds)
         else:
-            binding = self.session.io_binding()
-            binding.bind_cpu_input(contract.INPUT, np.ascontiguousarray(x))
-            for n, s in zip(names, state):
-                if isinstance(s, ort.OrtValue):
-                    binding.bind_ortvalue_input(n, s)
-                else:
-                    binding.bind_cpu_input(n, np.ascontiguousarray(s))
-            for n in host:
-                binding.bind_output(n, "cpu")
-            for n in self._outputs[len(host) :]:
-                binding.bind_output(n, self.device)  # stays on the device for the next step
-            self.session.run_with_iobinding(binding)
-            out = binding.get_outputs()
-            out = [o.numpy() for o in out[: len(host)]] + list(out[len(host) :])
+            feeds = {**x, **dict(zip(names, state))}
+            out = run_bound(self.session, feeds, host, self._outputs[len(host) :], self.device)
         q = out[1] if len(host) == 2 else None
         return out[0], q, tuple(out[len(host) :])
 
@@ -383,6 +463,8 @@ class Runtime:
 
     def concat(self, states: list[State]) -> State:
         """One batched state from several (streams joining), in order."""
+        if not self.info.state:  # a model without state (a panel model)
+            return ()
         states = [s for s in states if s is not None and self.batch_of(s) > 0]
         if not states:
             return self.zero_state(0)
@@ -418,6 +500,23 @@ class Runtime:
         if window.shape[-2] < i.lookback:
             raise ValueError(f"this windowed model needs {i.lookback} rows per window, got {window.shape[-2]}")
         return window[..., -i.lookback :, :]
+
+    def _panel_feeds(self, inputs: np.ndarray | Feeds) -> Feeds:
+        """A panel model's feeds checked against its contract: every input, each ``[B, ...]`` of
+        the contract's shape and dtype, one B for all (a mismatch is a caller's bug: ValueError)."""
+        p = self.info.panel
+        assert p is not None
+        if not isinstance(inputs, dict) or set(inputs) != set(p.inputs):
+            given = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
+            raise ValueError(f"a panel model takes the feeds {sorted(p.inputs)}, got {given}")
+        out, batch = {}, None
+        for name, (shape, dtype) in p.inputs.items():
+            a = np.ascontiguousarray(inputs[name], dtype=dtype)
+            if a.shape[1:] != tuple(shape[1:]) or (batch is not None and a.shape[0] != batch):
+                raise ValueError(f"{name} must be [B, {', '.join(map(str, shape[1:]))}], got {list(a.shape)}")
+            batch = a.shape[0]
+            out[name] = a
+        return out
 
     def _window(self, windows: np.ndarray) -> np.ndarray:
         i = self.info

@@ -32,6 +32,7 @@ FAST = frozenset(
     {
         "test_batch_tails.py",
         "test_dependency_rule.py",
+        "test_panel_contract.py",
         "test_refs.py",
         "test_routes.py",
         "test_scheduler.py",

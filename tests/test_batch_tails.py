@@ -14,7 +14,7 @@ import pytest
 pa = pytest.importorskip("pyarrow")
 pd = pytest.importorskip("pandas")
 
-from rnnops.serving import timeseries  # noqa: E402
+from rnnops import timeseries  # noqa: E402
 from rnnops.serving.batch import Layout, Prepared, SeriesError, SeriesTails  # noqa: E402
 
 L, H = 4, 3

@@ -43,11 +43,12 @@ KNOWN_CYCLES = {
     frozenset({"rnnops.training.models", "rnnops.training.segrnn"}),
     frozenset({"rnnops.training.distributed", "rnnops.training.jobs"}),
     frozenset({"rnnops.export.bands", "rnnops.export.wrappers"}),
-    # spark.py imports the package facade (`from rnnops.serving import batch as B`), which imports its modules
+    # spark.py imports the package facade (`from rnnops.serving import batch as B`), which imports its modules;
+    # job.run picks the engine (local, spark, panel) with function-level imports of the modules that import job
     frozenset(
         {
             "rnnops.serving.batch",
-            *(f"rnnops.serving.batch.{m}" for m in ("job", "local", "spark", "write")),
+            *(f"rnnops.serving.batch.{m}" for m in ("job", "local", "panel", "spark", "write")),
         }
     ),
 }

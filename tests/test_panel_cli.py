@@ -111,9 +111,7 @@ def test_panel_run_from_csv_logs_everything(mlflow_env, panel_files, monkeypatch
     assert loaded.kind == "panel" and loaded.spec["inputs"]["static"][1]["name"] == "category"
     assert loaded.spec["config"]["n_known"] == 2 + len(recipe["calendar"])
     assert loaded.spec["metrics"]["test_mase"] == pytest.approx(m["test_mase"])
-    # export's covariate contract is a later step: until then a panel run is refused in one line
-    code, err = rnnops(monkeypatch, capsys, "export", run_id)
-    assert code == 2 and "global panel forecaster, which rnnops export does not take yet" in err
+    # its export (the rnnops.panel contract) is tests/test_panel_export.py's
 
 
 def test_panel_run_from_parquet_with_negbin(mlflow_env, panel_files, monkeypatch, capsys):

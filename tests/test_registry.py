@@ -564,3 +564,48 @@ def test_end_to_end_with_the_real_export(reg):
         assert r.metadata["kind"] == kind and r.metadata["source_run"] == run_id
     assert resolve.resolve("char-rnn@champion").metadata["vocab"] == vocab
     assert resolve.resolve("forecaster@champion").metadata["target_names"] == ["OT"]
+
+
+def test_panel_models_register_and_promote_on_val_mase_or_val_wql(reg, monkeypatch, capsys):
+    """A panel run through the real export: registered as panel-forecaster, gated on validation
+    MASE by default and on WQL when registered with --metric val_wql; resolve verifies the file."""
+    pipeline = pytest.importorskip("rnnops.export.pipeline")
+    pytest.importorskip("torch")
+    from panel_fixtures import tiny_panel_model
+
+    from rnnops.registry import api, resolve
+    from rnnops.training.logged_model import log_model
+
+    model, spec = tiny_panel_model("pinball")
+
+    def panel_run(mase: float, wql: float) -> str:
+        with mlflow.start_run() as run:
+            mlflow.set_tags({"rnnops.task": "panel", "rnnops.version": "0.1.0"})
+            mlflow.log_metrics({"val_mase": mase, "val_wql": wql})
+            log_model(model, {**spec, "run_id": run.info.run_id}, reg / "logged" / run.info.run_id)
+        # no recipe in this run: the export measures no validation MASE and says why
+        exported = pipeline.export_run(run.info.run_id, formats=("onnx",), progress=False)
+        assert exported.parity["passed"] and "not measured" in exported.parity["quality"]["reason"]
+        return run.info.run_id
+
+    good, worse_mase = panel_run(0.9, 0.3), panel_run(1.1, 0.2)
+    v1 = api.register_run(good)
+    assert (v1.name, v1.kind, v1.val_metric, v1.val_value) == ("panel-forecaster", "panel", "val_mase", 0.9)
+    api.promote(v1.name, v1.version)
+    r = resolve.resolve("panel-forecaster@champion")
+    assert r.metadata["kind"] == "panel" and r.metadata["panel"]["static_real"] == ["size"]
+    v2 = api.register_run(worse_mase)
+    with pytest.raises(RnnopsError, match="val_mase 1.1 is worse than champion version 1's 0.9"):
+        api.promote(v2.name, v2.version)
+    # gated on the quantiles instead: the same run is now the better one
+    for run_id in (good, worse_mase):
+        code, out, err = _cli(
+            monkeypatch, capsys, "registry", "register", run_id, "--name", "panel-wql", "--metric", "val_wql"
+        )
+        assert code == 0 and "(val_wql 0." in out, err
+    api.promote("panel-wql", 1)
+    assert api.promote("panel-wql", 2).version == 2
+    with pytest.raises(
+        RnnopsError, match="--metric 'val_mse' is not one a panel model is gated on: use val_mase or val_wql"
+    ):
+        api.register_run(good, name="other", metric="val_mse")

@@ -1,4 +1,4 @@
-"""serving/timeseries.py: the one time system (batch jobs, /forecast, sessions).
+"""rnnops/timeseries.py: the one time system (batch jobs, /forecast, sessions).
 
 Future timestamps must be pandas' own ``date_range`` continuation of the history, for fixed
 and calendar frequencies alike, inferred or given; irregular histories get one clear error.
@@ -14,7 +14,7 @@ import pytest
 
 pd = pytest.importorskip("pandas")
 
-from rnnops.serving import timeseries as T  # noqa: E402
+from rnnops import timeseries as T  # noqa: E402
 
 H = 12
 
@@ -264,7 +264,7 @@ def test_regular_paths_need_no_pandas():
     calendar frequencies and messages)."""
     script = (
         "import sys\n"
-        "from rnnops.serving import timeseries as T\n"
+        "from rnnops import timeseries as T\n"
         "before = 'pandas' in sys.modules\n"
         "h = T.parse_iso(['2024-01-01T00:00:00', '2024-01-01T01:00:00', '2024-01-01T02:00:00'])\n"
         "T.iso(T.future(h, 4)); T.future_many(h[None], 4, model_freq=None)\n"

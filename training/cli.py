@@ -163,6 +163,7 @@ PANEL = "Panels"  # the --help section of the panel flags
 
 @app.command()
 def forecast(
+    ctx: typer.Context,
     data: Annotated[
         str,
         Opt(help="Named dataset (etth1, etth2, or the panel m4-hourly), a CSV path, a Parquet panel, or sine."),
@@ -278,6 +279,16 @@ def forecast(
         int | None,
         Opt(min=1, help="Steps between --backtest origins (default: the horizon).", rich_help_panel=PANEL),
     ] = None,
+    init_from: Annotated[
+        str | None,
+        Opt(
+            "--init-from",
+            help="Fine-tune: start from the model of this run (RUN_ID) or registered version (NAME@ALIAS, "
+            "NAME/VERSION) and train it on --data as a new run; its columns, windows and architecture are "
+            "the parent's (docs/forecasting.md).",
+            rich_help_panel=PANEL,
+        ),
+    ] = None,
     stream: Annotated[
         bool | None,
         Opt(
@@ -325,7 +336,12 @@ def forecast(
     from rnnops.training.jobs import is_panel
 
     train = _train_overrides(steps, batch_size, lr, eval_every, patience, time_budget, seed)
-    if is_panel(data, id_column):
+    parent = None
+    if init_from:  # fine-tuning: the parent's job gives the columns, windows and model
+        from rnnops.training.init_from import find_parent, fine_tune_overrides
+
+        parent = find_parent(init_from, ctx.obj)  # ctx.obj: the registry's lookup (rnnops/cli.py)
+    if is_panel(data, id_column) or (parent and parent.task == "panel"):
         from rnnops.training.jobs import panel_job
 
         _refuse("a panel", {"--fill": fill, "--norm": norm, "--linear-skip": linear_skip, "--heads": heads})
@@ -353,6 +369,9 @@ def forecast(
             "model.quantiles": quantiles,
             **train,
         }
+        if parent:
+            overrides["model.cell"] = _given(ctx, "cell", cell.value)
+            overrides = fine_tune_overrides(parent, overrides, "panel")
         return launch(panel_job(data, preset.value, overrides), experiment, nproc=nproc)
     _refuse(
         "a panel only (give --id-column)",
@@ -388,7 +407,22 @@ def forecast(
         "model.quantiles": quantiles,
         **train,
     }
-    launch(forecast_job(data, cell.value, preset.value, overrides, arch=arch.value), experiment, nproc=nproc)
+    cell_name, arch_name = cell.value, arch.value
+    if parent:
+        overrides["features"] = _given(ctx, "features", features)
+        overrides["model.cell"] = _given(ctx, "cell", cell.value)
+        overrides["model.arch"] = _given(ctx, "arch", arch.value)
+        overrides = fine_tune_overrides(parent, overrides, "forecast")
+        cell_name, arch_name = overrides.pop("model.cell"), overrides.pop("model.arch")
+    launch(forecast_job(data, cell_name, preset.value, overrides, arch=arch_name), experiment, nproc=nproc)
+
+
+def _given(ctx: typer.Context, name: str, value):
+    """``value`` if the flag was given on the command line, else None (a default is not a choice:
+    --init-from takes the parent's)."""
+    from click.core import ParameterSource
+
+    return None if ctx.get_parameter_source(name) == ParameterSource.DEFAULT else value
 
 
 def _refuse(what: str, flags: dict) -> None:

@@ -83,6 +83,8 @@ class ForecastJob:
     horizon: int
     model: ForecastModelOptions
     train: TrainSettings
+    init_from: str | None = None  # --init-from, as PanelJob's
+    parent_run: str | None = None
 
 
 @dataclass
@@ -128,6 +130,11 @@ class PanelJob:
     backtest_step: int | None  # stride between origins (None: the horizon)
     model: PanelModelOptions
     train: TrainSettings
+    # --init-from: fine-tune the model of another run on this job's data (training/init_from.py).
+    # The reference as given (a run id, NAME@ALIAS, NAME/3) and the run it named when this job was
+    # built: the parent, whose logged model gives the weights (an alias may move on later).
+    init_from: str | None = None
+    parent_run: str | None = None
     # Stream the panel from Parquet instead of reading it into memory (training/panel_stream.py);
     # resolved when the job is built (``--stream``, else by the panel's size), so job.json says which.
     stream: bool = False
@@ -140,10 +147,13 @@ _SECTIONS = {"model", "train"}
 
 def to_dict(job: Job) -> dict:
     """The JSON form (``config/job.json``, the checkpoint's job.json): ``task`` first, ``None`` model
-    options left out."""
+    options left out, and so are optional job fields that are unset (``init_from``): a job without
+    them reads and logs as it did before they existed."""
     out: dict = {"task": job.task}
     for f in fields(job):
         value = getattr(job, f.name)
+        if value is None and f.default is None:
+            continue
         if f.name == "model":
             value = {k: v for k, v in dataclasses.asdict(value).items() if v is not None}
         elif f.name == "train":
@@ -160,9 +170,9 @@ def job_from_dict(d: dict) -> Job:
     cls = JOBS[task]
     values = {}
     for f in fields(cls):
-        if f.name not in d and f.default is not dataclasses.MISSING:
-            continue  # an option added later: a job written before it has the default
         if f.name not in d:
+            if f.default is not dataclasses.MISSING:  # an optional field, unset (or written before it existed)
+                continue
             raise RnnopsError(f"the {task} job has no {f.name!r}: it was not written by rnnops train")
         values[f.name] = d[f.name]
     values["model"] = _build(cls.model_options, d["model"], "model")

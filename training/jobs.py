@@ -308,6 +308,11 @@ def panel_job(data: str, preset: str, overrides: dict) -> PanelJob:
         raise RnnopsError(
             f"--stream reads a Parquet panel (a file or a directory of files), not {data}: convert it, or drop --stream"
         )
+    if job.stream and job.parent_run:
+        raise RnnopsError(
+            "--init-from fine-tunes on a panel read into memory; a streamed panel does not take it yet: "
+            "give --no-stream"
+        )
     return _check_panel(job)
 
 
@@ -386,6 +391,10 @@ def run_job(job: Job | dict, experiment: str | None = None, resume_run: str | No
                 runinfo.DESCRIPTION_TAG: f"training ({runinfo.run_name(logged)})",
             }
         )
+        if getattr(job, "parent_run", None):  # --init-from: the run whose model this one starts from
+            from rnnops.training.init_from import TAG_INIT_FROM, TAG_PARENT_RUN
+
+            mlflow.set_tags({TAG_PARENT_RUN: job.parent_run, TAG_INIT_FROM: job.init_from or job.parent_run})
         mlflow.log_input(setup.dataset, context="training")
         mlflow.log_dict(logged, "config/job.json")
         mlflow.log_dict(setup.recipe.to_dict(), RECIPE_ARTIFACT)  # how to rebuild the data (export reads it)

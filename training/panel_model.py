@@ -65,6 +65,11 @@ SCALE_EPS = 1e-3  # a window of zeros gets this scale, not a division by zero
 UNKNOWN = 0  # the embedding row of categories not seen in training
 
 
+def embedding_width(cardinality: int) -> int:
+    """A categorical static column's embedding width: about half its vocabulary, at most 16."""
+    return min(16, (cardinality + 2) // 2 + 1)
+
+
 @dataclass(frozen=True)
 class PanelModelConfig:
     """The whole contract of a panel model: sizes, inputs and head (saved with the run)."""
@@ -101,10 +106,17 @@ class PanelModelConfig:
     seasonal_residual: bool = True  # the location starts at the seasonal lag: the head learns the change from it
     unknown_dropout: float = 0.05  # share of static codes replaced by the unknown bucket while training
     samples: int = 200  # draws per window for the quantiles of a likelihood head
+    # per categorical static column: its embedding's width; () = from the cardinality
+    # (embedding_width). Set when a fine-tuned model's vocabulary grew (training/init_from.py): the
+    # widths stay its parent's, so the parent's weights fit.
+    static_embedding_dims: tuple[int, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))
         object.__setattr__(self, "static_cardinalities", tuple(int(v) for v in self.static_cardinalities))
+        object.__setattr__(self, "static_embedding_dims", tuple(int(v) for v in self.static_embedding_dims))
+        if self.static_embedding_dims and len(self.static_embedding_dims) != len(self.static_cardinalities):
+            raise ValueError("static_embedding_dims must have one entry per categorical static column")
         if self.head not in HEADS:
             raise RnnopsError(
                 f"head {self.head!r} is not one of {', '.join(HEADS)} (pinball, or --likelihood "
@@ -130,6 +142,11 @@ class PanelModelConfig:
                 raise ValueError(f"{a} and {b} must have one entry per column")
         if len(self.past_mean) not in (0, self.n_past) or len(self.future_mean) > self.n_known:
             raise ValueError("past_mean/future_mean must describe the past covariates and the first known inputs")
+
+    @property
+    def embedding_dims(self) -> tuple[int, ...]:
+        """Each categorical static column's embedding width."""
+        return self.static_embedding_dims or tuple(embedding_width(n) for n in self.static_cardinalities)
 
     @property
     def segments(self) -> int:
@@ -272,7 +289,9 @@ class PanelForecaster(nn.Module):
         super().__init__()
         c = self.config = config
         d, w = c.hidden_size, c.segment_length
-        self.embeddings = nn.ModuleList(nn.Embedding(n + 1, min(16, (n + 2) // 2 + 1)) for n in c.static_cardinalities)
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(n + 1, dim) for n, dim in zip(c.static_cardinalities, c.embedding_dims)
+        )
         self.register_buffer("real_mean", torch.tensor(c.static_real_mean, dtype=torch.float32))
         self.register_buffer("real_std", _std(c.static_real_std))
         # covariates standardised inside the model, so the exported file takes them raw

@@ -44,7 +44,6 @@ from rnnops.training.panel_train import (
     forecast,
     model_config,
     training_origins,
-    validation_mase,
 )
 from rnnops.training.recipe import prepare_panel
 from rnnops.training.task_setup import TrainingSetup, dataset_input
@@ -98,11 +97,17 @@ def setup_panel(job: PanelJob) -> TrainingSetup:
 
         return setup_streaming_panel(job)
     recipe, panel = prepare_panel(job.data, panel_spec(job), job.backtest, job.backtest_step)
-    print(panel.summary(), file=sys.stderr)
     config = train_config(job)
+    start = None
+    if job.parent_run:  # --init-from: the parent's model, its vocabularies grown by the new categories
+        from rnnops.training.init_from import start_panel
+
+        start = start_panel(job.init_from or job.parent_run, job.parent_run, panel, job.model.dropout)
+        panel = start.panel
+    print(panel.summary(), file=sys.stderr)
     windows = PanelWindows(panel, config.lookback)
-    mcfg = model_config(config, panel, windows)
-    model = PanelForecaster(mcfg)
+    mcfg = start.model.config if start else model_config(config, panel, windows)
+    model = start.model if start else PanelForecaster(mcfg)
     splits = panel.splits()
     backtest = panel.backtest(job.backtest, job.backtest_step) if job.backtest else None
     end = None
@@ -123,7 +128,11 @@ def setup_panel(job: PanelJob) -> TrainingSetup:
         return distributed_loss(m, model, batch)
 
     def evaluate(step):
-        return {"val_mase": validation_mase(model, windows, panel)}
+        """Validation MASE (early stopping follows it) and, where the nine GluonTS levels are
+        forecast, WQL (what `rnnops tune --metric wql` minimises), from one forecast."""
+        _, histories, actual = panel.window(splits.train_end)
+        s = forecast(model, windows, splits.train_end).scores(histories, actual, panel.season)
+        return {"val_mase": s.mase, **({"val_wql": s.wql} if np.isfinite(s.wql) else {})}
 
     def scores(prefix: str, cutoffs: np.ndarray) -> tuple[dict, PanelForecast]:
         """The model's and the baselines' M4 scores of one origin per series, as MLflow metrics."""
@@ -147,6 +156,10 @@ def setup_panel(job: PanelJob) -> TrainingSetup:
             for w in range(backtest.shape[1]):
                 final.update(scores(f"backtest_{w}/", backtest[:, w])[0])
         final["too_short_series"] = len(panel.too_short)
+        if start is not None:
+            from rnnops.training.init_from import INIT_ARTIFACT
+
+            mlflow.log_dict(start.record(), INIT_ARTIFACT)
         mlflow.log_dict(short_series(panel), SHORT_SERIES_ARTIFACT)
         mlflow.log_text(panel.summary() + "\n", "data/summary.txt")
         with tempfile.TemporaryDirectory() as tmp:

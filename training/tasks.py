@@ -156,7 +156,13 @@ def setup_forecast(job: ForecastJob) -> TrainingSetup:
         target_names=series.target_names,
         **_options(job),
     )
-    model = SegRNN(config) if config.arch == "segrnn" else Forecaster(config)
+    if job.parent_run:  # --init-from: the parent's model (and scaler), checked against this data
+        from rnnops.training.init_from import start_forecaster
+
+        model = start_forecaster(job.init_from or job.parent_run, job.parent_run, config)
+        config = model.config
+    else:
+        model = SegRNN(config) if config.arch == "segrnn" else Forecaster(config)
     values = torch.tensor(series.values)  # a copy: pandas may hand out a read-only array
     std_t = torch.from_numpy(std[tidx])
     bs = job.train.batch_size

@@ -3,8 +3,9 @@
 - one **parent** MLflow run per study (named ``tune <study>``), each trial a **nested** run made
   by the ordinary training job (:func:`rnnops.training.jobs.run_job`: params, metrics, curves,
   the logged model), tagged with its trial number;
-- the objective is the job's validation metric (``val_mse`` / ``val_loss``, lower is better; the
-  test split is never looked at); each evaluation is reported to Optuna and a
+- the objective is the job's validation metric (``val_mse`` / ``val_loss``; a panel's
+  ``val_mase``, or ``val_wql`` with ``--metric wql``; lower is better; the test split is never
+  looked at); each evaluation is reported to Optuna and a
   :class:`optuna.pruners.MedianPruner` stops trials that trail the median of earlier ones at the
   same step (the pruned run ends KILLED, its stop reason says so);
 - **resumable**: the study lives in ``--storage`` (default: ``optuna.db`` beside a local
@@ -15,7 +16,8 @@
   parameter-importance plots (its matplotlib backend) and ``best_command.txt``: the best config as
   a ready-to-run ``rnnops train`` command, also printed.
 
-The search space: :data:`SPACES` per task (and arch), minus every parameter given as a flag
+The search space: :data:`SPACES` per task (and arch; a panel's segment lengths are its
+lookback's divisors), minus every parameter given as a flag
 (a flag fixes it), restricted with ``--params``, widened or narrowed with ``--space
 name=low:high[:log]`` or ``name=a|b|c``. An empty space is refused before any training.
 """
@@ -74,6 +76,17 @@ SPACES = {
         _p("model.segment_length", "--segment-length", choices=(8, 12, 16, 24, 32, 48)),
         *COMMON_FORECAST,
     ],
+    # A global forecaster over a panel (training/panel_model.py); the segment lengths offered are the
+    # lookback's divisors (panel_space), these are for a lookback of 336 (M4 Hourly's).
+    ("panel", "rnn"): [
+        _p("model.hidden_size", "--hidden-size", choices=(32, 64, 128, 256)),
+        _p("model.num_layers", "--layers", choices=(1, 2, 3)),
+        _p("model.segment_length", "--segment-length", choices=(12, 24, 48)),
+        _p("model.cell", "--cell", choices=("gru", "lstm")),
+        _p("train.lr", "--lr", 1e-3, 1e-2, log=True),
+        _p("model.dropout", "--dropout", 0.0, 0.3),
+        _p("train.batch_size", "--batch-size", choices=(64, 128, 256)),
+    ],
     ("char", "rnn"): [
         _p("model.hidden_size", "--hidden-size", choices=(256, 384, 512)),
         _p("train.lr", "--lr", 1e-3, 6e-3, log=True),
@@ -84,9 +97,19 @@ SPACES = {
 }
 
 
-def space_for(task: str, arch: str, fixed: dict, params: str | None, overrides: list[str] | None) -> list[Param]:
-    """The search space: the default for the task, minus flags given, as restricted / changed."""
+def space_for(
+    task: str,
+    arch: str,
+    fixed: dict,
+    params: str | None,
+    overrides: list[str] | None,
+    lookback: int | None = None,
+) -> list[Param]:
+    """The search space: the default for the task, minus flags given, as restricted / changed.
+    A panel's (``lookback`` given) offers the lookback's divisors as segment lengths."""
     space = {p.name: p for p in SPACES[(task, arch if task == "forecast" else "rnn")]}
+    if task == "panel" and lookback:
+        space["model.segment_length"] = panel_segments(int(lookback))
     for text in overrides or []:
         p = _parse_space(text, space)
         space[p.name] = p
@@ -112,6 +135,13 @@ def space_for(task: str, arch: str, fixed: dict, params: str | None, overrides: 
     return list(space.values())
 
 
+def panel_segments(lookback: int, most: int = 48, steps: int = 64) -> Param:
+    """Segment lengths that tile the lookback: its divisors up to ``most`` steps that leave the
+    encoder at most ``steps`` recurrent steps (6 .. 48 for 336: 56 down to 7 steps)."""
+    divisors = [d for d in range(2, min(most, lookback) + 1) if lookback % d == 0 and lookback // d <= steps]
+    return Param("model.segment_length", "--segment-length", choices=tuple(divisors or [lookback]))
+
+
 def short_name(name: str) -> str:
     return name.split(".")[-1]
 
@@ -130,7 +160,8 @@ def _parse_space(text: str, space: dict) -> Param:
         items = [v.strip() for v in spec.split("|") if v.strip()]
         if not items:
             raise RnnopsError(f"--space {text!r}: no choices")
-        return Param(base.name, base.flag, choices=tuple(_number(v, text) for v in items))
+        words = any(isinstance(c, str) for c in base.choices)  # cell=gru|lstm
+        return Param(base.name, base.flag, choices=tuple(v if words else _number(v, text) for v in items))
     parts = spec.split(":")
     if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
         raise RnnopsError(f"--space {text!r}: want LOW:HIGH or LOW:HIGH:log")
@@ -152,6 +183,11 @@ def _number(v: str, text: str):
     return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
 
 
+# A panel study minimises validation MASE (the M4 point metric, early stopping's), or WQL (the
+# quantiles') with `--metric wql`; the test split is never looked at.
+PANEL_METRIC = "val_mase"
+PANEL_METRICS = ("val_mase", "val_wql")
+
 # ----------------------------------------------------------------------------- storage
 
 
@@ -166,11 +202,13 @@ def default_storage() -> str:
     return f"sqlite:///{folder / 'optuna.db'}"
 
 
-def default_study_name(job: Job) -> str:
+def default_study_name(job: Job, metric: str = "val_mase") -> str:
     m = job.model
     data = os.path.basename(str(job.data)).replace(" ", "_")
     if job.task == "char":
         return f"char-{m.cell}-{data}-{job.preset}"
+    if job.task == "panel":
+        return f"panel-{data}-{'+'.join(job.targets)}-L{job.lookback}-H{job.horizon}-{job.preset}-{metric}"
     return f"forecast-{m.arch or 'rnn'}-{m.cell}-{data}-{job.features}-L{job.lookback}-H{job.horizon}-{job.preset}"
 
 
@@ -183,7 +221,7 @@ def command_for(job: Job, base_flags: list[str], params: dict) -> str:
     flags = list(base_flags)
     for name, value in params.items():
         flags += [space[name].flag, f"{value:.6g}" if isinstance(value, float) else str(value)]
-    return "rnnops train " + job.task + " " + " ".join(shlex.quote(f) for f in flags)
+    return "rnnops train " + job.command + " " + " ".join(shlex.quote(f) for f in flags)
 
 
 def tune(
@@ -196,8 +234,11 @@ def tune(
     study_name: str | None,
     seed: int = 0,
     experiment: str | None = None,
+    metric: str | None = None,
 ) -> dict:
-    """Run (or continue) the study; returns a summary (best value, params, command, parent run)."""
+    """Run (or continue) the study; returns a summary (best value, params, command, parent run).
+    ``metric``: the validation metric minimised (default: the task's, ``val_mase`` for a panel;
+    ``val_wql`` there too)."""
     try:
         import optuna
     except ImportError:
@@ -211,9 +252,14 @@ def tune(
     from rnnops.training.jobs import run_job
 
     connect()
-    metric = VAL_METRIC["char" if job.task == "char" else "forecaster"]
+    if job.task == "panel":
+        metric = metric or PANEL_METRIC
+        if metric not in PANEL_METRICS:
+            raise RnnopsError(f"a panel study minimises {' or '.join(PANEL_METRICS)}, not {metric}")
+    else:
+        metric = VAL_METRIC["char" if job.task == "char" else "forecaster"]
     storage = storage or default_storage()
-    name = study_name or default_study_name(job)
+    name = study_name or default_study_name(job, metric)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.create_study(

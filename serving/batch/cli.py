@@ -89,6 +89,14 @@ def forecast(
     progress: Annotated[
         bool | None, Opt("--progress/--no-progress", help="Progress bars (default: when stderr is a terminal).")
     ] = None,
+    future: Annotated[
+        Path | None,
+        Opt(
+            "--future",
+            help="Panel models: CSV or Parquet with the id, the date and the future covariates for the "
+            "horizon (the steps after each series' last row).",
+        ),
+    ] = None,
 ) -> None:
     """Forecast every series of a long-format file with a registered forecaster.
 
@@ -115,6 +123,7 @@ def forecast(
         progress=progress,
         plot_dir=plot,
         plot_max=plot_max,
+        future=future,
     )
     summary = run(job, engine=engine.value, spark_master=spark_master)
     typer.echo(describe(summary), err=True)

@@ -23,7 +23,7 @@ import pyarrow as pa
 from rnnops.errors import RnnopsError
 from rnnops.serving.batch.read import file_format, read_header
 from rnnops.serving.runtime import ModelInfo
-from rnnops.serving.timeseries import TimestampError, check_freq
+from rnnops.timeseries import TimestampError, check_freq
 
 if TYPE_CHECKING:
     from rnnops.serving.batch.tails import SeriesError
@@ -61,6 +61,7 @@ class ForecastJob:
     progress: bool | None = None  # None: when stderr is a terminal
     plot_dir: Path | None = None
     plot_max: int = 20
+    future: Path | None = None  # a panel model's future covariates for the horizon (id, date, covariates)
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,10 @@ def load_model(ref: str) -> ForecastModel:
     # version's int8 file is neither fetched nor verified here
     local = resolve_ref(ref, int8=False)
     meta = local.metadata
-    if meta.get("kind") != "forecaster":
+    if meta.get("kind") not in ("forecaster", "panel"):
         raise RnnopsError(
             f"{ref} is a {meta.get('kind') or 'model without rnnops metadata'}, not a forecaster: "
-            "`rnnops forecast` needs a model trained with `rnnops train forecast` (or `sine`)"
+            "`rnnops forecast` needs a model trained with `rnnops train forecast` (or `sine`, or a panel run)"
         )
     info = ModelInfo.from_metadata(meta, where=str(ref))
     return ForecastModel(
@@ -148,6 +149,8 @@ def plan(job: ForecastJob, model: ForecastModel) -> Layout:
     schema = read_header(job.input, fmt)
     header = list(schema.names)
     have = set(header)
+    if info.panel is None and job.future is not None:
+        raise RnnopsError(f"--future is for panel models; {model.name} is a single-window forecaster")
     date_col = job.date_column
     if date_col is None:
         date_col = next((c for c in header if c.lower() in DATE_NAMES), None)
@@ -156,6 +159,12 @@ def plan(job: ForecastJob, model: ForecastModel) -> Layout:
                 f"{job.input}: no date column found (looked for {', '.join(DATE_NAMES)}); "
                 f"name it with --date-column (columns: {_list(header)})"
             )
+    if info.panel is not None:
+        if job.id_column is None:
+            raise RnnopsError(f"{model.name} is a panel model: name the series with --id-column")
+        from rnnops.serving.batch.panel import check_files
+
+        check_files(job, model, job.id_column, date_col)
     needed = {
         "--date-column": [date_col],
         "--id-column": [job.id_column] if job.id_column else [],
@@ -222,12 +231,18 @@ def run(job: ForecastJob, engine: str = "local", spark_master: str | None = None
     """Run ``job`` with the local or Spark engine; raises :class:`RnnopsError` for file-level problems."""
     model = load_model(job.model)
     layout = plan(job, model)
+    if engine not in ("local", "spark"):
+        raise RnnopsError(f"--engine {engine!r}: use local or spark")
+    if model.info.panel is not None:
+        from rnnops.serving.batch import panel
+
+        if engine == "spark":
+            return panel.run_panel_spark(job, model, layout, master=spark_master)
+        return panel.run_panel_local(job, model, layout)
     if engine == "spark":
         from rnnops.serving.batch.spark import run_spark
 
         return run_spark(job, model, layout, master=spark_master)
-    if engine != "local":
-        raise RnnopsError(f"--engine {engine!r}: use local or spark")
     from rnnops.serving.batch.local import run_local
 
     return run_local(job, model, layout)

@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rnnops.serving import timeseries
+from rnnops import timeseries
 from rnnops.serving.batch.read import feature_matrix, parse_dates
-from rnnops.serving.timeseries import ts
+from rnnops.timeseries import ts
 
 if TYPE_CHECKING:
     from rnnops.serving.batch.job import Layout
@@ -249,7 +249,7 @@ class SeriesTails:
                 f"{lay.features[f]} is {what} at {ts(wdates[k, t])}, within the last {L} rows that the model reads"
             )
 
-        # Future timestamps of the complete windows (serving/timeseries.py: the same rules as /forecast).
+        # Future timestamps of the complete windows (rnnops/timeseries.py: the same rules as /forecast).
         ok = finite.copy()
         future = np.zeros((len(alive), lay.horizon), np.int64)
         mismatch = np.zeros(len(alive), bool)

@@ -8,7 +8,8 @@ than fail a batch. :class:`ForecastBatcher` is the simple dynamic-batching polic
 without a delay (:class:`~rnnops.serving.batching.BatchQueue`): while one call runs, requests
 queue; the next call takes everything that queued (up to ``max_batch`` windows), grouped by the
 length the model reads. An idle model answers at once; a busy one batches exactly as much as the
-load brings.
+load brings. A panel model's series (their graph inputs, :mod:`rnnops.panel_features`) batch the
+same way: all of one model's share their shapes, so any number of requests' series go in one call.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ if TYPE_CHECKING:
     from rnnops.serving.runtime import Runtime
 
 Bands = tuple[np.ndarray, "np.ndarray | None"]  # a forecast [horizon, F_out] and its quantiles (None: no intervals)
+SeriesInputs = dict[str, np.ndarray]  # one series' panel graph inputs, no batch axis (rnnops.panel_features)
+Item = np.ndarray | SeriesInputs  # what is queued: a window [T, F] or a series' inputs
+
+
+def _group(item: Item) -> int:
+    """Items of one call share a shape: windows by the rows the model reads; a panel model's
+    series all have its contract's shapes (one group)."""
+    return len(item) if isinstance(item, np.ndarray) else 0
 
 
 class ForecastBatcher:
@@ -37,8 +46,8 @@ class ForecastBatcher:
             if metrics is None
             else observer(metrics.forecast_batch.labels(model), metrics.forecast_seconds.labels(model))
         )
-        self._queue: BatchQueue[np.ndarray, Bands] = BatchQueue(
-            self._forecast, key=len, max_batch=max_batch, name=f"rnnops-forecast-{model}", on_call=on_call
+        self._queue: BatchQueue[Item, Bands] = BatchQueue(
+            self._forecast, key=_group, max_batch=max_batch, name=f"rnnops-forecast-{model}", on_call=on_call
         )
 
     @property
@@ -59,11 +68,22 @@ class ForecastBatcher:
         forecast (``None`` for a model without prediction intervals); one batched call either way."""
         return await self._queue.submit([self.runtime.reads(w) for w in windows])
 
-    def _forecast(self, windows: list[np.ndarray]) -> list[Bands]:
-        """One runtime call over windows of one length (on the queue's thread)."""
-        r = self.runtime.run(np.stack(windows), max_batch=self.max_batch)
+    async def forecast_series(self, series: list[SeriesInputs]) -> list[Bands]:
+        """A panel model's series (each its graph inputs without the batch axis) -> each one's
+        forecast ``[horizon, 1]`` and quantiles ``[horizon, 1, levels]``, batched with whatever
+        else is waiting (other requests' series)."""
+        return await self._queue.submit(series)
+
+    def _forecast(self, items: list[Item]) -> list[Bands]:
+        """One runtime call over windows of one length or over series (on the queue's thread)."""
+        first = items[0]
+        if isinstance(first, dict):
+            feeds = {name: np.stack([s[name] for s in items]) for name in first}
+            r = self.runtime.run(feeds, max_batch=self.max_batch)
+        else:
+            r = self.runtime.run(np.stack(items), max_batch=self.max_batch)  # type: ignore[arg-type]
         q = r.quantiles
-        return [(r.output[k], None if q is None else q[k]) for k in range(len(windows))]
+        return [(r.output[k], None if q is None else q[k]) for k in range(len(items))]
 
     @property
     def busy(self) -> bool:

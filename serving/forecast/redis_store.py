@@ -7,7 +7,8 @@ few more), so each update reads the whole session, applies the observations and 
 - one Redis hash per session, ``rnnops:session:<id>``: a JSON ``meta`` field (model, version,
   counters, the dtype and shape of each array) and one field of raw bytes per array (the state
   tensors as the model's ``rnnops.state`` describes them, the window tail, the timestamps, the
-  last forecast). The idle TTL is the key's Redis expiry, renewed on every use;
+  last forecast; a panel session's series: its last lookback steps and covariates). The idle TTL
+  is the key's Redis expiry, renewed on every use;
 - updates of one session are serialised by a per-session Redis lock (``SET NX PX``, released
   only by its holder; it expires on its own if a worker dies holding it): read, apply, write,
   release. An update is applied exactly once or, if its worker dies before the write, not at
@@ -32,7 +33,7 @@ import numpy as np
 
 from rnnops.errors import RnnopsError
 from rnnops.serving.errors import Overloaded, SessionModelGone, UnknownSession
-from rnnops.serving.forecast.sessions import ForecastSession, sessions_full
+from rnnops.serving.forecast.sessions import ForecastSession, PanelSeries, sessions_full
 
 if TYPE_CHECKING:
     from rnnops.serving.metrics import Metrics
@@ -50,7 +51,12 @@ def encode(sess: ForecastSession, state_arrays: tuple[np.ndarray, ...] | None) -
         arrays["last_forecast"] = sess.last_forecast
     if sess.last_quantiles is not None:
         arrays["last_quantiles"] = sess.last_quantiles
-    meta = {
+    p = sess.panel
+    if p is not None:
+        arrays.update({"p:timestamps": p.timestamps, "p:context": p.context, "p:future": p.future})
+        for role, columns in (("past", p.past), ("known", p.known), ("ahead", p.ahead)):
+            arrays.update({f"p:{role}:{name}": v for name, v in columns.items()})
+    meta: dict[str, Any] = {
         "model": sess.model.name,
         "version": sess.model.version,
         "freq": sess.freq,
@@ -60,6 +66,8 @@ def encode(sess: ForecastSession, state_arrays: tuple[np.ndarray, ...] | None) -
         "n_state": 0 if state_arrays is None else len(state_arrays),
         "arrays": {k: [str(a.dtype), list(a.shape)] for k, a in arrays.items()},
     }
+    if p is not None:
+        meta["panel"] = {"id": p.id, "static": dict(p.static), "start": p.start, "warnings": list(sess.warnings)}
     out = {"meta": json.dumps(meta).encode()}
     out.update({f"a:{k}": np.ascontiguousarray(a).tobytes() for k, a in arrays.items()})
     return out
@@ -78,6 +86,24 @@ def decode(sid: str, fields: dict[bytes, bytes], model: LoadedModel) -> Forecast
     sess.last_forecast = arrays.get("last_forecast")
     sess.last_quantiles = arrays.get("last_quantiles")
     sess.created_wall = float(meta["created"])
+    if "panel" in meta:
+        pm = meta["panel"]
+
+        def role(name: str) -> dict[str, np.ndarray]:
+            return {k.split(":", 2)[2]: v for k, v in arrays.items() if k.startswith(f"p:{name}:")}
+
+        sess.panel = PanelSeries(
+            id=pm["id"],
+            static=pm["static"],
+            timestamps=arrays["p:timestamps"],
+            context=arrays["p:context"],
+            past=role("past"),
+            known=role("known"),
+            ahead=role("ahead"),
+            start=pm["start"],
+            future=arrays["p:future"],
+        )
+        sess.warnings = tuple(pm["warnings"])
     if meta["n_state"]:
         rt = model.runtime
         sess.state = tuple(rt.to_device(arrays[f"state{k}"]) for k in range(meta["n_state"]))

@@ -12,11 +12,18 @@ model (its ``rnnops.stateful`` metadata):
 A session is pinned to the model version that opened it (its state means nothing to another
 version), so a hot reload never breaks open sessions. It keeps the timestamps of the rows the
 model reads (at most ``lookback``), so its forecast's timestamps are those the batch job and
-``/forecast`` give for the same history (:mod:`rnnops.serving.timeseries`). :class:`SessionStore` keeps them
+``/forecast`` give for the same history (:mod:`rnnops.timeseries`). :class:`SessionStore` keeps them
 in this worker's memory (the default); ``RNNOPS_SESSION_STORE=redis://...`` keeps them in Redis
 instead (:mod:`.redis_store`), where any worker or replica continues any session.
 Like Triton's ``max_sequence_idle_microseconds``, an idle session is dropped after the TTL,
 measured on the store's clock (injectable: tests move it instead of sleeping).
+
+A panel model's session (``rnnops.kind`` = ``"panel"``) is named by the client's series id and
+keeps a :class:`PanelSeries`: what the model reads of the series (the last ``lookback`` steps of
+its target, timestamps and covariates), its statics, and the future covariates of the ``H`` steps
+ahead. An update brings new observations and the future covariates of the ``H`` steps after them,
+and is forecast exactly as ``/forecast`` forecasts the same history and covariates
+(:mod:`rnnops.panel_features`, through the version's batcher).
 
 This module keeps sessions; it does not step them: every update, whichever store holds the
 session, goes through the :class:`~rnnops.serving.forecast.stepper.SessionStepper` of its
@@ -29,18 +36,120 @@ import asyncio
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rnnops.panel_features import SeriesEntry, SeriesError
 from rnnops.serving.errors import Overloaded, UnknownSession
 
 if TYPE_CHECKING:
     from rnnops.serving.metrics import Metrics
     from rnnops.serving.models import LoadedModel
     from rnnops.serving.runtime import State
+
+
+@dataclass(frozen=True)
+class PanelSeries:
+    """A panel session's series: the last ``lookback`` steps the model reads (timestamps int64 ns,
+    target and covariates float32, what the graph reads, so a stored session is half the size
+    and forecasts exactly as the request would; NaN where missing; the future covariates' values at those
+    steps), its statics, and the future covariates of the ``horizon`` steps ahead. Immutable: an
+    update makes a new one (:meth:`advanced`), kept only once it has been forecast."""
+
+    id: str
+    static: Mapping[str, Any]
+    timestamps: np.ndarray
+    context: np.ndarray
+    past: Mapping[str, np.ndarray]
+    known: Mapping[str, np.ndarray]  # future covariates over the history
+    ahead: Mapping[str, np.ndarray]  # future covariates over the horizon
+    start: int | None = None  # the first forecast step of a series with no history yet (cold start)
+    future: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # the last forecast's steps
+
+    def entry(self) -> SeriesEntry:
+        """What ``/forecast`` would be sent for this series now."""
+        return SeriesEntry(
+            self.id,
+            self.timestamps,
+            self.context,
+            dict(self.past),
+            {n: np.concatenate([self.known[n], self.ahead[n]]) for n in self.known},
+            dict(self.static),
+            self.start,
+        )
+
+    def advanced(
+        self,
+        lookback: int,
+        timestamps: np.ndarray,
+        observations: np.ndarray,
+        past: Mapping[str, np.ndarray],
+        ahead: Mapping[str, np.ndarray],
+    ) -> PanelSeries:
+        """The series after ``n`` new observations at ``timestamps`` (int64 ns), their past
+        covariates (``n`` values each) and the future covariates of the ``H`` steps after them;
+        a :class:`SeriesError` (one line) when they do not continue it."""
+        n, sid = len(observations), self.id
+        if len(timestamps) != n:
+            raise SeriesError(f"series {sid!r}: {len(timestamps)} timestamps for {n} observations", sid, "timestamps")
+        if len(self.future) and int(timestamps[0]) != int(self.future[0]):
+            from rnnops.timeseries import ts
+
+            raise SeriesError(
+                f"series {sid!r}: the observations must continue the series: its next step is "
+                f"{ts(self.future[0])}, not {ts(timestamps[0])}",
+                sid,
+                "timestamps",
+            )
+        horizon = len(next(iter(self.ahead.values()))) if self.ahead else n
+        if n > horizon:
+            raise SeriesError(
+                f"series {sid!r}: {n} observations in one update, but the session knows the future covariates "
+                f"of the next {horizon} steps only; send at most {horizon} at a time",
+                sid,
+                "observations",
+            )
+        for name, given in (("past_covariates", past), ("future_covariates", ahead)):
+            want = self.past if name == "past_covariates" else self.ahead
+            unknown = sorted(set(given) - set(want))
+            missing = sorted(set(want) - set(given))
+            if unknown or missing:
+                what = f"{unknown[0]!r} is not one the model knows" if unknown else f"{missing[0]!r} is missing"
+                raise SeriesError(f"series {sid!r}: {name} {what} (it takes {', '.join(want)})", sid, name)
+        for name, v in ahead.items():
+            if len(v) != horizon:
+                raise SeriesError(
+                    f"series {sid!r}: future covariate {name!r} has {len(v)} values; it needs {horizon}, one per "
+                    "step after the last observation",
+                    sid,
+                    "future_covariates",
+                )
+        for name, v in past.items():
+            if len(v) != n:
+                raise SeriesError(
+                    f"series {sid!r}: past covariate {name!r} has {len(v)} values; it needs {n}, one per observation",
+                    sid,
+                    "past_covariates",
+                )
+
+        def keep(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+            return np.concatenate([old, np.asarray(new, old.dtype)])[-lookback:]
+
+        return PanelSeries(
+            id=sid,
+            static=self.static,
+            timestamps=keep(self.timestamps, timestamps),
+            context=keep(self.context, observations),
+            past={k: keep(v, past[k]) for k, v in self.past.items()},
+            known={k: keep(v, self.ahead[k][:n]) for k, v in self.known.items()},
+            ahead={k: np.asarray(v, np.float32) for k, v in ahead.items()},
+            start=None,
+            future=self.future,
+        )
 
 
 class ForecastSession:
@@ -62,6 +171,8 @@ class ForecastSession:
         self.created = self.last_used = time.monotonic() if now is None else now  # the store's clock
         self.created_wall = time.time()
         self.lock = asyncio.Lock()  # one update at a time per session
+        self.panel: PanelSeries | None = None  # a panel model's series (None: any other model)
+        self.warnings: tuple[str, ...] = ()  # the last forecast's, for a panel session
 
     def add_timestamps(self, ts: np.ndarray) -> None:
         keep = max(self.lookback, 3)  # 3: enough for pandas to tell a calendar frequency

@@ -67,6 +67,7 @@ class EngineSpec:
     queue_timeout: float = 30.0
     prefill_chunk: int = 256
     lanes: int = 2
+    decode_steps: int = 0  # RNNOPS_DECODE_STEPS: the decode graph's steps per call (0: the Python sampler)
 
 
 # ===================================================================================== worker side
@@ -100,6 +101,7 @@ class EngineClient:
         self.lanes: list[int] = []
         self.last_error: str | None = None
         self.pid: int | None = None
+        self.decode = ""  # how the engine decodes (wire.Ready.decode)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -134,6 +136,7 @@ class EngineClient:
         if not isinstance(msg, wire.Ready):
             self._kill()
             raise RuntimeError(f"the engine process for {self.name} could not start: {getattr(msg, 'message', msg)}")
+        self.decode = msg.decode
         self._ended.clear()  # running from here on (a restart refused submits until now: 503)
         self._reader = threading.Thread(target=self._read, name=f"rnnops-engine-{self.name}", daemon=True)
         self._reader.start()
@@ -221,6 +224,8 @@ class EngineClient:
             "max_streams": self.max_active,
             "max_queue": self.max_queue,
             "lanes": self.lanes,
+            "decode": self.decode,
+            "decode_steps": self.spec.decode_steps,
             "closed": self._closed,
             "last_error": self.last_error,
         }

@@ -61,6 +61,7 @@ class Engine:
             name=spec.name,
             on_step=self._touched,
             lanes=spec.lanes,
+            decode_steps=spec.decode_steps,
         )
         self.sched.executor.start()
         self.streams: dict[int, Stream] = {}  # by the worker's stream id
@@ -80,7 +81,7 @@ class Engine:
                 self.touched[wid] = s
 
     def run(self) -> None:
-        self._send(wire.Ready(os.getpid()))
+        self._send(wire.Ready(os.getpid(), self.sched.executor.decode_path))
         parent = os.getppid()
         while True:
             wait = 0.0

@@ -6,9 +6,14 @@ back what came out (:class:`DecodeOutput`, :class:`PrefillOutput`); the schedule
 streams from the output (delivers characters, retires streams). vLLM's engine core has the same
 three parts (scheduler, executor, update from output).
 
-This is the seam for moving more of a step into the model: sampling, or several decode steps in
-one onnxruntime call, would change :meth:`Executor.launch` / :meth:`Executor.collect` and leave the
-scheduler's decisions as they are (issue 27).
+A decode step runs one of two ways. With the decode graph (:mod:`rnnops.serving.generate.decode_graph`,
+``RNNOPS_DECODE_STEPS`` >= 1, the default), sampling is inside the model call and one call runs
+up to ``RNNOPS_DECODE_STEPS`` steps (the scheduler picks how many, :meth:`StepScheduler._steps`):
+the lane's uniforms for those steps are drawn at launch and the call returns the characters.
+Without it (``RNNOPS_DECODE_STEPS=0``, a fake runtime in tests, or a file the graph cannot wrap,
+which keeps working through this path), the call is the model at T=1 and the sampling runs here
+in numpy (:mod:`rnnops.serving.generate.sampling`) on its result. Both give the scheduler the same
+:class:`DecodeOutput`, and the same seed gives the same text through either (docs/serving.md).
 
 Model calls go through a :class:`~rnnops.serving.generate.runner.Runner`: on its thread while
 another lane's call may still be running there (so the two stay in order and the scheduler's
@@ -17,27 +22,31 @@ thread samples meanwhile), else at once on the calling thread.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rnnops.serving.generate.lanes import DecodeBatch
+from rnnops.serving.generate import decode_graph
+from rnnops.serving.generate.decode_graph import DecodeResult
+from rnnops.serving.generate.lanes import UNIFORM_BLOCK, DecodeBatch
 from rnnops.serving.generate.runner import Pending, Runner
 from rnnops.serving.generate.sampling import sample_batch
 from rnnops.serving.generate.stream import Stream
 
 if TYPE_CHECKING:
-    from rnnops.serving.runtime import RunResult, Runtime, State
+    from rnnops.serving.runtime import Runtime, State
 
 
 @dataclass
 class DecodeOutput:
-    """One lane's step: the sampled token per row and the logits it was drawn from."""
+    """One lane's call: the characters sampled per step and row, and (when a stream in the lane
+    asked for log-probabilities) the logits each was drawn from."""
 
-    ids: np.ndarray  # int64 [rows]
-    logits: np.ndarray  # [rows, vocab]
+    ids: np.ndarray  # int64 [steps, rows]
+    logits: np.ndarray | None  # float32 [steps, rows, vocab], or None
 
 
 @dataclass
@@ -54,11 +63,26 @@ class PrefillOutput:
 class Executor:
     """Runs a char model's decode and prefill calls (see the module docstring)."""
 
-    def __init__(self, runtime: Runtime, name: str) -> None:
+    def __init__(self, runtime: Runtime, name: str, decode_steps: int = 0) -> None:
         self.runtime = runtime
         self.runner = Runner(f"rnnops-runner-{name}")
+        # at most this many steps per decode call (RNNOPS_DECODE_STEPS; 0: the Python sampler)
+        self.decode_steps = min(int(decode_steps), UNIFORM_BLOCK)
+        self.graph: decode_graph.DecodeGraph | None = None
+        # seconds per decode step of the graph's recent calls (a moving average; None: no call yet),
+        # so the scheduler can keep a call within its time budget
+        self.step_s: float | None = None
+        self.decode_path = "python: RNNOPS_DECODE_STEPS=0 (sampling in numpy, one step per call)"
+        if self.decode_steps > 0:
+            self.graph, why = decode_graph.build(runtime)
+            self.decode_path = f"graph: {why}" if self.graph else f"python: {why}"
 
-    def _call(self, lanes: list[DecodeBatch], fn: Callable[..., RunResult], *args: Any) -> Pending[RunResult]:
+    @property
+    def max_steps(self) -> int:
+        """The most decode steps one call may run (1 without the decode graph)."""
+        return self.decode_steps if self.graph is not None else 1
+
+    def _call(self, lanes: list[DecodeBatch], fn: Callable[..., Any], *args: Any) -> Pending[Any]:
         """A model call: on the runner while another lane's call may be running there, else now."""
         if any(lane.pending is not None and not lane.pending.done for lane in lanes):
             return self.runner.submit(fn, *args)
@@ -66,19 +90,37 @@ class Executor:
 
     # ------------------------------------------------------------------ decode
 
-    def launch(self, lane: DecodeBatch, lanes: list[DecodeBatch]) -> None:
-        """Start the lane's next step (T=1 for every row, with the state each carries)."""
-        lane.pending = self._call(lanes, self.runtime.run, lane.tokens[:, None], lane.state, "last")
+    def launch(self, lane: DecodeBatch, lanes: list[DecodeBatch], steps: int = 1) -> None:
+        """Start the lane's next call: ``steps`` steps through the decode graph (its uniforms drawn
+        now), or one model step at T=1 whose sampling :meth:`collect` does."""
+        if self.graph is None:
+            lane.pending = self._call(lanes, self.runtime.run, lane.tokens[:, None], lane.state, "last")
+            return
+        args = (lane.tokens, lane.state, lane.temperature, lane.top_k, lane.top_p, lane.draw(steps), lane.logprobs)
+        lane.pending = self._call(lanes, self._decode, *args)
+
+    def _decode(self, *args: Any) -> DecodeResult:
+        """The decode graph's call, timed per step (on whichever thread runs it)."""
+        assert self.graph is not None, "launch() calls it only with a graph"
+        t0 = time.perf_counter()
+        r = self.graph.run(*args)
+        per_step = (time.perf_counter() - t0) / r.tokens.shape[0]
+        self.step_s = per_step if self.step_s is None else 0.8 * self.step_s + 0.2 * per_step
+        return r
 
     def collect(self, lane: DecodeBatch) -> DecodeOutput:
-        """The lane's step in flight: wait for it, sample each row with its own uniforms, and
-        advance the lane's state and last tokens. Raises what the model call raised."""
+        """The lane's call in flight: wait for it (sample each row with its own uniforms when the
+        call was the bare model), and advance the lane's state and last tokens. Raises what the
+        model call raised."""
         pending, lane.pending = lane.pending, None
         assert pending is not None, "collect() follows launch()"
         r = pending.result()
-        ids = sample_batch(r.output, lane.temperature, lane.top_k, lane.top_p, lane.draw())
+        if isinstance(r, DecodeResult):
+            lane.state, lane.tokens = r.state, r.tokens[-1]
+            return DecodeOutput(r.tokens, r.logits)
+        ids = sample_batch(r.output, lane.temperature, lane.top_k, lane.top_p, lane.draw(1)[:, 0])
         lane.state, lane.tokens = r.state, ids
-        return DecodeOutput(ids, r.output)
+        return DecodeOutput(ids[None], r.output[None])
 
     # ------------------------------------------------------------------ prefill
 

@@ -14,6 +14,7 @@ import numpy as np
 from rnnops.serving.generate.runner import Pending
 
 if TYPE_CHECKING:
+    from rnnops.serving.generate.decode_graph import DecodeResult
     from rnnops.serving.runtime import RunResult, Runtime, State
 from rnnops.serving.generate.stream import Stream
 
@@ -32,7 +33,7 @@ class DecodeBatch:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.pending: Pending[RunResult] | None = None
+        self.pending: Pending[RunResult | DecodeResult] | None = None
         self.clear()
 
     def clear(self) -> None:
@@ -94,14 +95,20 @@ class DecodeBatch:
         self.keep([j for j in range(len(self.streams)) if j not in gone])
         return out
 
-    def draw(self) -> np.ndarray:
-        """One uniform per row, each from its own stream's generator, in the generator's order."""
-        rows = np.arange(len(self.streams))
-        u = self.uniforms[rows, self.cursor]
-        self.cursor += 1
-        for j in np.flatnonzero(self.cursor == UNIFORM_BLOCK).tolist():  # a row used its block up
-            self.uniforms[j] = self.streams[j].rng.random(UNIFORM_BLOCK)
+    def draw(self, steps: int = 1) -> np.ndarray:
+        """``steps`` uniforms per row, ``[rows, steps]``, each row's from its own stream's generator,
+        in the generator's order (the same sequence as one at a time, whatever ``steps`` is).
+        ``steps`` is at most :data:`UNIFORM_BLOCK`."""
+        assert 1 <= steps <= UNIFORM_BLOCK, "a call takes at most a block of uniforms per row"
+        for j in np.flatnonzero(self.cursor + steps > UNIFORM_BLOCK).tolist():  # not enough left: top up
+            left = self.uniforms[j, self.cursor[j] :]
+            self.uniforms[j] = np.concatenate([left, self.streams[j].rng.random(UNIFORM_BLOCK - len(left))])
             self.cursor[j] = 0
+        if steps == 1:
+            u = self.uniforms[np.arange(len(self.streams)), self.cursor][:, None]
+        else:
+            u = np.take_along_axis(self.uniforms, self.cursor[:, None] + np.arange(steps), axis=1)
+        self.cursor += steps
         return u
 
 

@@ -59,6 +59,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from rnnops.serving.batching import group_by
 from rnnops.serving.errors import Overloaded
 from rnnops.serving.generate.client import Admission, OnStep, SchedulerMetrics, no_one
@@ -71,6 +73,11 @@ if TYPE_CHECKING:
     from rnnops.serving.runtime import Runtime
 
 log = logging.getLogger("rnnops.serving")
+
+# A decode-graph call runs at most about this long (its steps x the measured time per step): a
+# stream that arrives during a call waits for its end to join, and a stream's characters come one
+# call apart, so K adapts to the step time (fewer steps for a big batch or a busy machine).
+CALL_BUDGET_S = 0.04
 
 __all__ = ["DecodeBatch", "GenerationRequest", "Overloaded", "SchedulerMetrics", "StepScheduler", "Stream"]
 
@@ -90,6 +97,8 @@ class StepScheduler:
         name: str = "char",
         on_step: OnStep | None = None,
         lanes: int = 1,
+        decode_steps: int = 0,
+        call_budget_s: float = CALL_BUDGET_S,
     ) -> None:
         self.runtime = runtime
         self.vocab = list(runtime.vocab)
@@ -101,7 +110,13 @@ class StepScheduler:
         self.admission = Admission(max_active, max_queue, self.metrics)
         self.name = name
         self.on_step = on_step or no_one
-        self.executor = Executor(runtime, name)
+        self.executor = Executor(runtime, name, decode_steps)
+        self.call_budget_s = call_budget_s
+        # characters by token id, for turning a call's [steps, rows] ids into one string per row
+        # at once (numpy's fixed-width strings drop trailing NULs: a vocabulary with one keeps the
+        # plain join)
+        single = all(len(c) == 1 and c != "\x00" for c in self.vocab) and self.vocab
+        self._chars = np.array(self.vocab, dtype="<U1") if single else None
         self._cv = threading.Condition()
         self._queue: deque[Stream] = deque()
         self._prefill: list[Stream] = []
@@ -242,21 +257,23 @@ class StepScheduler:
         self._prefill.extend(admitted)
         touched.extend(admitted)
 
-        decoded = 0
+        decoded = rows = 0
         for k, lane in enumerate(self._lanes):
             if lane.pending is not None:
-                decoded += len(lane)
-                touched.extend(self._decoded(lane))
+                rows += len(lane)
+                streams, chars = self._decoded(lane)
+                decoded += chars
+                touched.extend(streams)
             self._fill(k, lane)
             if len(lane):
-                self.executor.launch(lane, self._lanes)
+                self.executor.launch(lane, self._lanes, self._steps(lane))
         if self._prefill:
             touched.extend(self._prefill_step())
 
         self.steps += 1
         self.chars += decoded
         if decoded:
-            self.metrics.step(decoded, time.perf_counter() - t0, decoded)
+            self.metrics.step(rows, time.perf_counter() - t0, decoded)
         self.metrics.depth(self.active, len(self._queue))
         for s in touched:
             if s.done:
@@ -323,6 +340,21 @@ class StepScheduler:
             rows, self._joining = self._joining[:n], self._joining[n:]
             lane.add(rows)
 
+    def _steps(self, lane: DecodeBatch) -> int:
+        """How many decode steps the lane's next call runs: up to the executor's cap, but only
+        until the next stream could join (none is prefilling, waiting to join a lane, or queued
+        for a free slot: else one step, so it joins as soon as it would today) or the first
+        stream in the lane reaches its length, and within :data:`CALL_BUDGET_S` at the measured time
+        per step. A stream that ends on a stop string within the call frees its slot at the call's
+        end."""
+        cap, step_s = self.executor.max_steps, self.executor.step_s
+        if step_s:
+            cap = min(cap, int(self.call_budget_s / step_s))
+        if cap <= 1 or self._prefill or self._joining or (self._queue and self.active < self.max_active):
+            return 1
+        left = min(s.request.max_chars - len(s.generated) for s in lane.streams)
+        return max(1, min(cap, left))
+
     def _targets(self, total: int) -> list[int]:
         """How many rows each lane should hold: all in the first below ``2 * LANE_MIN_ROWS`` (or
         with one lane), else an even split."""
@@ -339,8 +371,9 @@ class StepScheduler:
 
     # ------------------------------------------------------------------ updating from the output
 
-    def _decoded(self, lane: DecodeBatch) -> list[Stream]:
-        """The lane's last call: deliver each stream's character, drop those that finished or left."""
+    def _decoded(self, lane: DecodeBatch) -> tuple[list[Stream], int]:
+        """The lane's last call: deliver each stream's characters, drop those that finished or
+        left. Returns the lane's streams and the characters the call produced."""
         streams = lane.streams
         try:
             out: DecodeOutput = self.executor.collect(lane)
@@ -348,21 +381,38 @@ class StepScheduler:
             log.exception("scheduler %s: decode step failed for %d streams", self.name, len(streams))
             self._fail(streams, f"model step failed: {exc}", notify=False)
             lane.clear()
-            return streams
+            return streams, 0
         vocab = self.vocab
-        ids = out.ids.tolist()
-        if lane.logprobs:  # some stream asked for log-probabilities (OpenAI `logprobs`)
-            for s, row, t in zip(streams, out.logits, ids):
-                if not s.cancelled:
-                    s.note_logprobs(row, t, vocab)
+        texts = self._texts(out.ids)
         keep = []
-        for j, (s, t) in enumerate(zip(streams, ids)):
+        for j, (s, text) in enumerate(zip(streams, texts)):
             if s.cancelled:
                 s.finish("cancelled")
-            elif not s.push(vocab[t]):
+            elif s.request.logprobs is not None and out.logits is not None:  # OpenAI `logprobs`: per character
+                if not self._push_with_logprobs(s, out.logits[:, j], out.ids[:, j].tolist(), vocab):
+                    keep.append(j)
+            elif not s.push_text(text):
                 keep.append(j)
         lane.keep(keep)
-        return streams
+        return streams, out.ids.size
+
+    @staticmethod
+    def _push_with_logprobs(s: Stream, logits: np.ndarray, ids: list[int], vocab: list[str]) -> bool:
+        """A stream that asked for log-probabilities: each character's, then the character, until
+        one ends the stream. Returns True when it finished."""
+        for row, t in zip(logits, ids):
+            s.note_logprobs(row, t, vocab)
+            if s.push(vocab[t]):
+                return True
+        return False
+
+    def _texts(self, ids: np.ndarray) -> list[str]:
+        """One string per row of a call's ``[steps, rows]`` token ids."""
+        steps = ids.shape[0]
+        if self._chars is not None:  # [rows, steps] one-character strings, read as [rows] strings of `steps`
+            return np.ascontiguousarray(self._chars[ids.T]).view(f"<U{steps}").ravel().tolist()
+        vocab = self.vocab
+        return ["".join(vocab[t] for t in row) for row in ids.T.tolist()]
 
     def _prefill_step(self) -> list[Stream]:
         try:
@@ -411,6 +461,8 @@ class StepScheduler:
             "max_streams": self.max_active,
             "max_queue": self.max_queue,
             "lanes": self.lane_sizes,
+            "decode": self.executor.decode_path,
+            "decode_steps": self.executor.max_steps,
             "closed": self._closed,
             "last_error": self.last_error,
         }

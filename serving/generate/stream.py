@@ -214,6 +214,25 @@ class Stream:
         self._release(len(self.generated) - self.stops.held_back(self.generated))
         return False
 
+    def push_text(self, text: str) -> bool:
+        """Add the characters one decode call sampled for this stream, as :meth:`push` one at a
+        time would: the stream finishes at the first character that ends it (its length, a stop
+        string) and the characters after it are dropped. Returns True when the stream is finished."""
+        if self.stops.stops:  # each character may complete or start a stop string: one at a time
+            return any(self.push(ch) for ch in text)
+        if self.timing.first_char is None:
+            self.timing.first_char = time.monotonic()
+        room = self.request.max_chars - len(self.generated)
+        if len(text) >= room:
+            self.generated.extend(text[:room])
+            self._release(len(self.generated))
+            self.finish("length")
+            return True
+        self.generated.extend(text)
+        self._out.append(text)
+        self._released += len(text)
+        return False
+
     def receive(self, text: str, logprobs: list[Logprob] | None = None) -> None:
         """Characters released by a stream elsewhere (the engine process: stop strings already
         handled there), with their log-probabilities; those first, since a consumer on the event

@@ -68,6 +68,7 @@ class Stop:
 @dataclass(frozen=True)
 class Ready:
     pid: int
+    decode: str = ""  # how the engine decodes: its executor's decode_path (the graph, or Python and why)
 
 
 @dataclass(frozen=True)

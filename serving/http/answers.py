@@ -62,8 +62,20 @@ class Completed(Done):
     text: str
 
 
+class SeriesForecast(_Answer):
+    """One series of a panel model's answer: per target (the model's one) H values, and per
+    quantile level ("0.1", "0.5"...) the same; `warnings`: e.g. a category the model never saw."""
+
+    id: str
+    timestamps: list[str]
+    forecast: dict[str, list[float | None]]
+    quantiles: dict[str, dict[str, list[float | None]]] | None = None
+    warnings: list[str]
+
+
 class Forecast(_Answer):
-    """POST /forecast: `forecast` (horizon x targets) for `context`, `forecasts` for `contexts`."""
+    """POST /forecast: `forecast` (horizon x targets) for `context`, `forecasts` for `contexts`,
+    `series` (one :class:`SeriesForecast` each) for a panel model's `series`."""
 
     model: str
     version: str
@@ -72,6 +84,7 @@ class Forecast(_Answer):
     forecast: list[list[float | None]] | None = None
     forecasts: list[list[list[float | None]]] | None = None
     timestamps: list[str] | list[list[str]] | None = None
+    series: list[SeriesForecast] | None = None
 
 
 class Session(_Answer):
@@ -84,9 +97,12 @@ class Session(_Answer):
     observations: int
     needs: int
     targets: list[str]
-    forecast: list[list[float | None]] | None
+    # a panel session's forecast is per target, as /forecast's series answers
+    forecast: list[list[float | None]] | dict[str, list[float | None]] | None
     expires_in_s: float
     timestamps: list[str] | None = None
+    id: str | None = None  # a panel session: the series id
+    warnings: list[str] | None = None
 
 
 class SessionClosed(_Answer):

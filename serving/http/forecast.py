@@ -4,18 +4,24 @@ Transport only: check a body against the model and the server's limits, hand win
 model's :class:`~rnnops.serving.forecast.batcher.ForecastBatcher` (which groups and cuts them)
 or observations to a session (applied by its version's
 :class:`~rnnops.serving.forecast.stepper.SessionStepper`, batched across sessions), and answer.
-Future timestamps come from :mod:`rnnops.serving.timeseries`, the same code the batch job uses,
+Future timestamps come from :mod:`rnnops.timeseries`, the same code the batch job uses,
 so the same history gives the same timestamps over HTTP, in a session and in a batch file.
 
 The ``/forecast`` body is decoded by :func:`forecast_body`: orjson reads the windows straight
 into arrays (pydantic would build and check a Python float per value: ~0.4 ms for a 96x7
 window) and pydantic validates every other field of :class:`ForecastBody` as usual, so the fast
 path is not a second schema: a field added to the model is validated and defaulted there too.
+
+A panel model is asked by series (``series``: each with its id, history, covariates and statics):
+:mod:`rnnops.panel_features` turns each entry into the model's graph inputs (the one
+implementation batch jobs use too), the batcher runs them with other requests' series, and the
+answer gives per series its forecast timestamps, forecast, quantiles and warnings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -24,10 +30,11 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from rnnops.serving import timeseries
+from rnnops import panel_features, timeseries
 from rnnops.serving.errors import InputError
+from rnnops.serving.forecast.sessions import PanelSeries
 from rnnops.serving.http.errors import JSONResponse, parse_body, validation_error
-from rnnops.serving.http.schemas import ForecastBody, ObserveBody, OpenSessionBody
+from rnnops.serving.http.schemas import ForecastBody, ObserveBody, OpenSessionBody, SeriesItem
 
 if TYPE_CHECKING:
     from rnnops.serving.forecast.sessions import ForecastSession
@@ -157,19 +164,15 @@ def _stamps_for(ts_list: list[str], rows: np.ndarray, info: ModelInfo, field: st
 async def forecast(serving: Serving, request: Request) -> Response:
     cfg = serving.config
     body = await forecast_body(request)
+    if body.series is not None:
+        return await forecast_series(serving, body)
     model = serving.models.get(body.model, "forecaster")
     info = model.runtime.info
     if (body.context is None) == (body.contexts is None):
         raise InputError("give exactly one of `context` (T rows of F values) or `contexts` (a list of them)")
     single = body.context is not None
-    raw = [body.context] if body.context is not None else body.contexts
-    if not raw:
-        raise InputError("contexts is empty", "contexts")
-    if len(raw) > cfg.forecast_max_windows:
-        raise InputError(
-            f"{len(raw)} windows; the limit per request is {cfg.forecast_max_windows} (RNNOPS_FORECAST_MAX_WINDOWS)",
-            "contexts",
-        )
+    raw = [body.context] if body.context is not None else (body.contexts or [])
+    _check_count(len(raw), "windows", "contexts", cfg.forecast_max_windows)
     min_rows = 1 if info.stateful else info.lookback
     names = ["context"] if single else [f"contexts[{i}]" for i in range(len(raw))]
     windows = [check_rows(w, info, n, min_rows, cfg.max_context_rows) for w, n in zip(raw, names)]
@@ -205,6 +208,67 @@ async def forecast(serving: Serving, request: Request) -> Response:
     return JSONResponse(resp)
 
 
+def _check_count(n: int, noun: str, field: str, limit: int) -> None:
+    """A request's windows or series: at least one, at most RNNOPS_FORECAST_MAX_WINDOWS."""
+    if not n:
+        raise InputError(f"{field} is empty", field)
+    if n > limit:
+        raise InputError(f"{n} {noun}; the limit per request is {limit} (RNNOPS_FORECAST_MAX_WINDOWS)", field)
+
+
+async def forecast_series(serving: Serving, body: ForecastBody) -> Response:
+    """``/forecast`` with ``series``: a panel model's forecast per series."""
+    cfg = serving.config
+    others = [f for f in ("context", "contexts", "timestamps", "freq") if getattr(body, f) is not None]
+    if others:
+        raise InputError(
+            f"give either `series` (a panel model) or `context`/`contexts`, not both (this body also has "
+            f"`{others[0]}`; a series' timestamps go inside its entry)",
+            others[0],
+        )
+    model = serving.models.get(body.model, "panel")
+    contract = model.runtime.info.panel
+    assert contract is not None and model.batcher is not None, "a panel model has its contract and batcher"
+    series = cast("list[SeriesItem]", body.series)
+    _check_count(len(series), "series", "series", cfg.forecast_max_windows)
+    try:
+        panel_features.check_ids([s.id for s in series])
+        features = []
+        for k, s in enumerate(series):
+            if len(s.context) > cfg.max_context_rows:
+                raise InputError(
+                    f"series {s.id!r} has {len(s.context)} context values; the limit is {cfg.max_context_rows} "
+                    f"(RNNOPS_MAX_CONTEXT_ROWS; the model reads the last {contract.lookback})",
+                    f"series[{k}].context",
+                )
+            entry = panel_features.SeriesEntry(
+                s.id, s.timestamps, s.context, s.past_covariates, s.future_covariates, s.static, s.start
+            )
+            features.append(panel_features.series_features(entry, contract))
+    except panel_features.SeriesError as exc:
+        raise InputError(str(exc), "series") from None
+    bands = await model.batcher.forecast_series([f.inputs for f in features])
+    target = contract.target
+    answers = []
+    for f, (y, q) in zip(features, bands):
+        answer: dict[str, Any] = {"id": f.id, "timestamps": timeseries.iso(f.future), "forecast": {target: y[:, 0]}}
+        if q is not None:
+            answer["quantiles"] = {
+                f"{level:g}": {target: np.ascontiguousarray(q[:, 0, k])} for k, level in enumerate(contract.quantiles)
+            }
+        answer["warnings"] = list(f.warnings)
+        answers.append(answer)
+    return JSONResponse(
+        {
+            "model": model.name,
+            "version": model.version,
+            "targets": [target],
+            "horizon": contract.horizon,
+            "series": answers,
+        }
+    )
+
+
 def quantiles_view(levels: Sequence[float], q: np.ndarray) -> dict[str, np.ndarray]:
     """``q [horizon, F_out, levels]`` -> ``{"0.1": [horizon x F_out], ...}`` (keys: the levels)."""
     return {f"{level:g}": np.ascontiguousarray(q[..., k]) for k, level in enumerate(levels)}
@@ -215,6 +279,8 @@ def quantiles_view(levels: Sequence[float], q: np.ndarray) -> dict[str, np.ndarr
 
 def session_view(serving: Serving, sess: ForecastSession, forecast: np.ndarray | None) -> dict[str, Any]:
     info = sess.model.runtime.info
+    if sess.panel is not None:
+        return _series_session_view(serving, sess, forecast)
     d: dict[str, Any] = {
         "session_id": sess.id,
         "model": sess.model.name,
@@ -262,8 +328,152 @@ async def _observe(
     return y
 
 
+PANEL_FIELDS = ("static", "past_covariates", "future_covariates", "start")  # a panel session's own
+
+
+def _rows_only(rows: list[Any] | None, field: str) -> None:
+    """A forecaster's rows are lists of F values; a flat list is a panel session's form."""
+    if rows and not isinstance(rows[0], list):
+        raise InputError(f"{field} must be rows of the model's feature values (a flat list is a panel series')", field)
+
+
+def _series_session_view(serving: Serving, sess: ForecastSession, y: np.ndarray | None) -> dict[str, Any]:
+    p, c = sess.panel, sess.model.runtime.info.panel
+    assert p is not None and c is not None
+    d: dict[str, Any] = {
+        "session_id": sess.id,
+        "id": p.id,
+        "model": sess.model.name,
+        "version": sess.model.version,
+        "stateful": False,
+        "observations": sess.observations,
+        "needs": 0,
+        "targets": [c.target],
+        "forecast": None if y is None else {c.target: np.ascontiguousarray(y[:, 0])},
+        "expires_in_s": serving.sessions.ttl_s,
+    }
+    q = sess.last_quantiles
+    if y is not None:
+        d["timestamps"] = timeseries.iso(p.future)
+        if q is not None:
+            d["quantiles"] = {
+                f"{lv:g}": {c.target: np.ascontiguousarray(q[:, 0, k])} for k, lv in enumerate(c.quantiles)
+            }
+        d["warnings"] = list(sess.warnings)
+    return d
+
+
+async def _forecast_series(sess: ForecastSession, series: PanelSeries) -> np.ndarray:
+    """Forecast ``series`` as /forecast would (its version's batcher) and, only then, make it the
+    session's: a failed update leaves the session as it was."""
+    c = sess.model.runtime.info.panel
+    assert c is not None and sess.model.batcher is not None
+    try:
+        f = panel_features.series_features(series.entry(), c)
+    except panel_features.SeriesError as exc:
+        raise InputError(str(exc), exc.field) from None
+    ((y, q),) = await sess.model.batcher.forecast_series([f.inputs])
+    sess.panel = dataclasses.replace(series, future=f.future)
+    sess.last_forecast, sess.last_quantiles, sess.warnings = y, q, f.warnings
+    return y
+
+
+def _values(columns: Mapping[str, Sequence[float | None]] | None) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, np.float64) for k, v in (columns or {}).items()}
+
+
+def _targets(values: list[Any], field: str) -> np.ndarray:
+    """A panel session's target values: a flat list, or rows of one value."""
+    a = np.asarray(values, np.float64) if values else np.zeros(0)
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise InputError(f"{field} must be the target's values, one per step (a panel model forecasts one)", field)
+    return a
+
+
+async def open_series_session(serving: Serving, body: OpenSessionBody) -> Response:
+    """POST /sessions with ``id``: a panel model's session for that series (replacing an open
+    one of the same id), forecast at once."""
+    assert body.id is not None
+    if body.freq is not None:
+        raise InputError("a panel session follows its model's frequency: leave out `freq`", "freq")
+    model = serving.models.get(body.model, "panel")
+    c = model.runtime.info.panel
+    assert c is not None
+    context = body.context or []
+    if len(context) > serving.config.max_context_rows:
+        raise InputError(
+            f"context has {len(context)} values; the limit is {serving.config.max_context_rows}", "context"
+        )
+    entry = panel_features.SeriesEntry(
+        body.id,
+        body.timestamps or [],
+        context,
+        body.past_covariates or {},
+        body.future_covariates or {},
+        body.static or {},
+        body.start,
+    )
+    try:  # every check of a /forecast entry, one line each, before anything is kept
+        panel_features.series_features(entry, c)
+    except panel_features.SeriesError as exc:
+        raise InputError(str(exc), exc.field) from None
+    y = _targets(context, "context")
+    n, L = len(y), c.lookback
+    ts = parse_timestamps(body.timestamps or [], "timestamps")
+    future = _values(body.future_covariates)
+    f32 = np.float32  # what the graph reads (checked above: every value fits)
+    series = PanelSeries(
+        id=body.id,
+        static=dict(body.static or {}),
+        timestamps=ts[-L:],
+        context=y[-L:].astype(f32),
+        past={k: v[-L:].astype(f32) for k, v in _values(body.past_covariates).items()},
+        known={k: future[k][:n][-L:].astype(f32) for k in c.future_covariates},
+        ahead={k: future[k][n:].astype(f32) for k in c.future_covariates},
+        start=None if n or body.start is None else int(parse_timestamps([body.start], "start")[0]),
+    )
+    store = serving.sessions
+    sess = await store.open(model, session_id=body.id)
+    try:
+        async with store.updating(sess.id) as sess:
+            sess.observations = n
+            y_out = await _forecast_series(sess, series)
+    except BaseException:
+        await store.close(sess.id)
+        raise
+    return JSONResponse(session_view(serving, sess, y_out), status_code=201)
+
+
+async def _observe_series(serving: Serving, sess: ForecastSession, body: ObserveBody) -> np.ndarray:
+    c = sess.model.runtime.info.panel
+    assert c is not None and sess.panel is not None
+    if body.timestamps is None:
+        raise InputError("a panel session's observations need their `timestamps`", "timestamps")
+    if len(body.observations) > serving.config.max_context_rows:
+        raise InputError(f"{len(body.observations)} observations; the limit is {serving.config.max_context_rows}")
+    obs = _targets(body.observations, "observations")
+    ts = parse_timestamps(body.timestamps, "timestamps")
+    try:
+        series = sess.panel.advanced(
+            c.lookback, ts, obs, _values(body.past_covariates), _values(body.future_covariates)
+        )
+    except panel_features.SeriesError as exc:
+        raise InputError(str(exc), exc.field) from None
+    y = await _forecast_series(sess, series)
+    sess.observations += len(obs)
+    return y
+
+
 async def open_session(serving: Serving, request: Request) -> Response:
     body = await parse_body(request, OpenSessionBody)
+    if body.id is not None:
+        return await open_series_session(serving, body)
+    given = [f for f in PANEL_FIELDS if getattr(body, f) is not None]
+    if given:
+        raise InputError(f"`{given[0]}` is for a panel model's session, which is named by the series' `id`", given[0])
+    _rows_only(body.context, "context")
     model = serving.models.get(body.model, "forecaster")
     if body.freq is not None:
         try:
@@ -276,7 +486,8 @@ async def open_session(serving: Serving, request: Request) -> Response:
     try:
         if body.context:
             async with store.updating(sess.id) as sess:
-                y = await _observe(serving, sess, body.context, body.timestamps, "context")
+                rows = cast("list[list[float]]", body.context)  # rows: _rows_only checked it
+                y = await _observe(serving, sess, rows, body.timestamps, "context")
     except BaseException:
         await store.close(sess.id)
         raise
@@ -286,8 +497,18 @@ async def open_session(serving: Serving, request: Request) -> Response:
 async def update_session(serving: Serving, request: Request) -> Response:
     sid = request.path_params["session_id"]
     body = await parse_body(request, ObserveBody)
+    y: np.ndarray | None
     async with serving.sessions.updating(sid) as sess:  # exclusive, in whichever store holds it
-        y = await _observe(serving, sess, body.observations, body.timestamps, "observations")
+        if sess.panel is not None:
+            y = await _observe_series(serving, sess, body)
+        else:
+            for f in ("past_covariates", "future_covariates"):
+                if getattr(body, f) is not None:
+                    raise InputError(f"`{f}` is for a panel model's session; this one is a forecaster's", f)
+            _rows_only(body.observations, "observations")
+            y = await _observe(
+                serving, sess, cast("list[list[float]]", body.observations), body.timestamps, "observations"
+            )
     return JSONResponse(session_view(serving, sess, y))
 
 

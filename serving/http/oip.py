@@ -43,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from rnnops import __version__, contract
+from rnnops import panel_contract as pc
 from rnnops.serving.errors import UnknownModel, UnknownSession
 from rnnops.serving.http.errors import ApiError, JSONResponse, validation_error
 
@@ -173,7 +174,16 @@ def model_metadata(m: LoadedModel) -> dict[str, Any]:
 
 def _model_metadata(m: LoadedModel) -> dict[str, Any]:
     i = m.runtime.info
-    if i.kind == "char":
+    if i.panel is not None:  # the contract's graph inputs and outputs, as they are
+        inputs = [
+            {"name": name, "datatype": OIP_TYPE[dtype], "shape": [-1, *(int(d) for d in shape[1:])]}
+            for name, (shape, dtype) in i.panel.inputs.items()
+        ]
+        outputs = [
+            {"name": name, "datatype": OIP_TYPE[dtype], "shape": [-1, *(int(d) for d in shape[1:])]}
+            for name, (shape, dtype) in i.panel.outputs.items()
+        ]
+    elif i.kind == "char":
         inputs = [
             {"name": contract.INPUT, "datatype": "INT64", "shape": [-1, -1]},
             *(_state_meta(t, "input") for t in i.state),
@@ -193,7 +203,12 @@ def _model_metadata(m: LoadedModel) -> dict[str, Any]:
                 {**outputs[0], "name": i.quantiles_output, "shape": [*outputs[0]["shape"], len(i.quantiles)]}
             )
     # "parameters" is outside the protocol's required fields (clients ignore it): which file runs, levels
-    params = {"precision": i.precision, **({"quantiles": list(i.quantiles)} if i.quantiles_output else {})}
+    params: dict[str, Any] = {
+        "precision": i.precision,
+        **({"quantiles": list(i.quantiles)} if i.quantiles_output else {}),
+    }
+    if i.panel is not None:  # what each input's columns are (names, vocabularies): rnnops.panel
+        params["panel"] = i.panel.to_json()
     return {
         "name": m.name,
         "versions": [m.version],
@@ -321,10 +336,43 @@ def _check_inputs(m: LoadedModel, tensors: dict[str, np.ndarray], sequence: bool
                 and a.shape[1] >= want[1]
             ):  # a windowed model cuts longer windows to its lookback
                 raise _bad(f"input {name!r} has shape {list(a.shape)}; the model takes {want} (-1: any)", "shape")
+    if m.runtime.info.panel is not None:
+        _check_panel(m, tensors)
+        return
     if contract.INPUT not in tensors:
         raise _bad(f"input {contract.INPUT!r} is missing", "inputs")
     if m.kind == "forecaster" and not np.isfinite(tensors[contract.INPUT]).all():
         raise _bad(f"input {contract.INPUT!r} has NaN or infinite values", "data")
+
+
+def _check_panel(m: LoadedModel, tensors: dict[str, np.ndarray]) -> None:
+    """A panel model's inputs: all of them, one batch size, values as the contract allows (NaN
+    only where a value may be missing: the past target and past covariates; category codes
+    within the vocabulary, 0 the unknown one)."""
+    p = m.runtime.info.panel
+    assert p is not None
+    missing = [n for n in p.inputs if n not in tensors]
+    if missing:
+        raise _bad(f"input {missing[0]!r} is missing; a panel model takes {', '.join(p.inputs)}", "inputs")
+    sizes = {n: a.shape[0] for n, a in tensors.items()}
+    if len(set(sizes.values())) != 1:
+        raise _bad(f"inputs have different batch sizes ({sizes}); give one row per series in each", "shape")
+    maybe_missing = (pc.PAST_TARGET, pc.PAST_COVARIATES)
+    for name, a in tensors.items():
+        if a.dtype.kind == "f":
+            bad = np.isinf(a) if name in maybe_missing else ~np.isfinite(a)
+            if bad.any():
+                what = "infinite" if name in maybe_missing else "NaN or infinite"
+                raise _bad(f"input {name!r} has {what} values", "data")
+    if pc.STATIC_CAT in tensors:
+        codes = tensors[pc.STATIC_CAT]
+        for k, col in enumerate(p.static_categorical):
+            if codes[:, k].min() < 0 or codes[:, k].max() > len(col.vocabulary):
+                raise _bad(
+                    f"input {pc.STATIC_CAT!r} column {k} ({col.name}) has codes outside 0..{len(col.vocabulary)} "
+                    "(0: a category the model never saw, i: the i-th of its vocabulary)",
+                    "data",
+                )
 
 
 def _answer(
@@ -377,9 +425,16 @@ async def infer(serving: Serving, request: Request) -> Response:
     tensors = _tensors(body, blob, serving.config.oip_max_elements)
     params = body.parameters or {}
     sequence = params.get("sequence_id") not in (None, 0, "")
+    if sequence and m.kind == "panel":
+        raise _bad(
+            f"sequences of panel models are not served yet; send {m.name!r} whole windows (one row per series)",
+            "parameters.sequence_id",
+        )
     _check_inputs(m, tensors, sequence)
     if sequence:
         return await _sequence(serving, m, body, tensors[contract.INPUT], params)
+    if m.kind == "panel":
+        return await _panel(serving, m, body, tensors)
     if m.kind == "forecaster":
         x = tensors[contract.INPUT]
         if len(x) > serving.config.forecast_max_windows:
@@ -393,6 +448,22 @@ async def infer(serving: Serving, request: Request) -> Response:
         bands = await batcher.forecast_bands(list(x))  # at least one window: _tensors refuses empty axes
         return _answer(m, body, _forecasts(m.runtime.info, bands))
     return await _char(m, body, tensors)
+
+
+async def _panel(serving: Serving, m: LoadedModel, body: InferRequest, tensors: dict[str, np.ndarray]) -> Response:
+    """A panel model's rows through its batcher (batched with /forecast's series), answered in
+    the graph's own output shapes: forecast [B, H], quantiles [B, H, Q]."""
+    b = next(iter(tensors.values())).shape[0]
+    if b > serving.config.forecast_max_windows:
+        raise _bad(
+            f"{b} series; the limit per request is {serving.config.forecast_max_windows} (RNNOPS_FORECAST_MAX_WINDOWS)",
+            "shape",
+        )
+    assert m.batcher is not None, "a panel model has its batcher"
+    bands = await m.batcher.forecast_series([{n: a[k] for n, a in tensors.items()} for k in range(b)])
+    results = {pc.FORECAST: np.stack([y[:, 0] for y, _ in bands])}
+    results[pc.QUANTILES] = np.stack([cast(np.ndarray, q)[:, 0, :] for _, q in bands])
+    return _answer(m, body, results)
 
 
 def _forecasts(info: ModelInfo, bands: list[Bands]) -> dict[str, np.ndarray]:

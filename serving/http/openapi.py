@@ -229,8 +229,14 @@ def _limited(components: Json, serving: Serving) -> None:
         if s.get("type") == "array":
             s["maxItems"] = cfg.forecast_max_windows
     names = [m.name for m in fcs]
-    for body in ("ForecastBody", "OpenSessionBody"):
-        _set_model(components[body]["properties"]["model"], names)
+    panels = [m.name for m in current if m.kind == "panel"]  # /forecast's `series` form
+    _set_model(f["model"], names + panels)
+    _set_model(components["OpenSessionBody"]["properties"]["model"], names)
+    for s in f["series"].get("anyOf", []):
+        if s.get("type") == "array":
+            s["maxItems"] = cfg.forecast_max_windows
+    for s in components["SeriesItem"]["properties"]["context"].get("anyOf", []):
+        s["maxItems"] = cfg.max_context_rows
     _rows(components["OpenSessionBody"]["properties"]["context"], cfg.max_context_rows, 1, width, 1)
     _rows(components["ObserveBody"]["properties"]["observations"], cfg.max_context_rows, 1, width, 1)
 

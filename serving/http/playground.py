@@ -11,7 +11,10 @@ redirects to it), with its static files and two small read-only answers it needs
   for the Open Inference Protocol (``/v2/models/{name}/infer``) to trace the state per character.
 - ``GET /models/{name}/sample`` a forecaster's window of validation data, embedded in its ONNX
   file by ``rnnops export`` (metadata key ``contract.META_SAMPLE``): ``lookback`` rows of context
-  and the ``horizon`` rows that followed, raw units. A 404 saying so when the file has none.
+  and the ``horizon`` rows that followed, raw units; for a panel model (``"kind": "panel"``) a few
+  series, each with its id, statics, timestamps, history, covariates and the actual values that
+  followed (``export/sample.py``). A 404 saying so when the file has none. The page checks the
+  sample's shape before it uses it (``static/playground/panel.js``): it is the file's metadata.
 
 Everything the page shows comes from the public API (``/models``, ``/generate``,
 ``/v1/completions``, ``/v2/.../infer``, ``/forecast``, ``/sessions``, ``/metrics``): it adds
@@ -103,13 +106,13 @@ async def config(serving: Serving, request: Request) -> Response:
     return JSONResponse({"mlflow_ui": mlflow_ui(), "rnnops_version": __version__})
 
 
-def _model(serving: Serving, request: Request, kind: str) -> LoadedModel:
+def _model(serving: Serving, request: Request, *kinds: str) -> LoadedModel:
     name = request.path_params["name"]
     m = serving.models.current.get(name)
     if m is None:
-        m = serving.models.get(name, kind)  # 503 while it loads, 404 when it is not configured
-    if m.kind != kind:
-        raise UnknownModel(f"model {name!r} is a {m.kind} model; this answer is for {kind} models")
+        m = serving.models.get(name, kinds[0])  # 503 while it loads, 404 when it is not configured
+    if m.kind not in kinds:
+        raise UnknownModel(f"model {name!r} is a {m.kind} model; this answer is for {' and '.join(kinds)} models")
     return m
 
 
@@ -139,7 +142,7 @@ def model_sample(m: LoadedModel) -> dict[str, Any] | None:
 
 
 async def sample(serving: Serving, request: Request) -> Response:
-    m = _model(serving, request, "forecaster")
+    m = _model(serving, request, "forecaster", "panel")
     s = model_sample(m)
     if s is None:
         raise ApiError(
@@ -147,7 +150,12 @@ async def sample(serving: Serving, request: Request) -> Response:
             "no_sample",
             f"model {m.name!r} (version {m.version}) carries no validation sample: "
             "it was exported before `rnnops export` embedded one, or its data could not be read "
-            "at export; paste or upload a CSV instead",
+            "at export; "
+            + (
+                "export it again to embed one, or ask /forecast with your own series"
+                if m.kind == "panel"
+                else "paste or upload a CSV instead"
+            ),
         )
     return JSONResponse({"model": m.name, "version": m.version, **s})
 
@@ -180,7 +188,7 @@ def openapi_paths(
     """The playground's routes in ``/docs.json`` (built by :mod:`.openapi` with its helpers)."""
     current = getattr(serving.models, "current", {})
     chars = sorted(n for n, m in current.items() if m.kind == "char")
-    fcs = sorted(n for n, m in current.items() if m.kind == "forecaster")
+    fcs = sorted(n for n, m in current.items() if m.kind in ("forecaster", "panel"))
     html = {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}
     static = {
         "200": {
@@ -218,6 +226,34 @@ def openapi_paths(
             "timestamps": {"anyOf": [strings, {"type": "null"}]},
         },
         ["model", "version", "features", "targets", "context_rows", "rows"],
+    )
+    values = {"type": "array", "items": {"type": ["number", "null"]}}
+    columns = {"type": "object", "additionalProperties": values}
+    panel_series = obj(
+        {
+            "id": {"type": "string"},
+            "static": {"type": "object", "additionalProperties": {"type": ["string", "number", "null"]}},
+            "timestamps": {**strings, "description": "the history's, then the horizon's"},
+            "context": {"type": "integer", "description": "how many of the timestamps are history"},
+            "target": values,
+            "actual": {**values, "description": "what followed the history"},
+            "past_covariates": columns,
+            "future_covariates": {**columns, "description": "over the history and the horizon"},
+        },
+        ["id", "timestamps", "context", "target", "actual"],
+    )
+    panel_answer = obj(
+        {
+            "model": {"type": "string"},
+            "version": {"type": "string"},
+            "kind": {"const": "panel"},
+            "target": {"type": "string"},
+            "freq": {"type": "string"},
+            "lookback": {"type": "integer"},
+            "horizon": {"type": "integer"},
+            "series": {"type": "array", "items": panel_series},
+        },
+        ["model", "version", "kind", "series"],
     )
 
     def ok(schema: dict[str, Any]) -> dict[str, Any]:
@@ -270,8 +306,8 @@ def openapi_paths(
         },
         "/models/{name}/sample": {
             "get": op(
-                "A forecaster's window of validation data (embedded at export)",
-                ok(sample_answer),
+                "A forecaster's window of validation data, or a panel model's few series (embedded at export)",
+                ok({"anyOf": [sample_answer, panel_answer]}),
                 errors(error_model, (404, 503), auth),
                 params=[path_param("name", fcs)],
                 tag=t,

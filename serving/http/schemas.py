@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 Row = list[float]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]  # a covariate or static column
+MAX_COLUMNS = 256  # covariates or static columns in one series entry (a model's contract has fewer)
 
 
 class _Body(BaseModel):
@@ -42,6 +44,41 @@ class GenerateBody(_Body):
     )
 
 
+class SeriesItem(_Body):
+    """One series of a panel model's request (`/forecast` with `series`); the model's contract
+    (GET /models: `panel`) says which covariates and static columns it reads."""
+
+    id: str = Field(..., min_length=1, max_length=200, description="The series' id (unique in the request).")
+    timestamps: list[str] = Field(
+        default_factory=list, description="ISO timestamps of the context steps, at the model's frequency."
+    )
+    context: list[float] | list[Row] = Field(
+        default_factory=list,
+        description="Target values, oldest first (or rows of one value); the model reads the last `lookback`.",
+    )
+    past_covariates: dict[Name, list[float | None]] = Field(
+        default_factory=dict,
+        max_length=MAX_COLUMNS,
+        description="Covariates known up to now: one value per context step (null where unknown).",
+    )
+    future_covariates: dict[Name, list[float]] = Field(
+        default_factory=dict,
+        max_length=MAX_COLUMNS,
+        description="Covariates known ahead: one value per context step, then one per forecast step (T + H).",
+    )
+    static: dict[Name, Annotated[str, StringConstraints(max_length=200)] | float] = Field(
+        default_factory=dict,
+        max_length=MAX_COLUMNS,
+        description="Static attributes: a category (string) or a number per column; an unknown category "
+        "is forecast with the model's unknown category and a warning.",
+    )
+    start: str | None = Field(
+        None,
+        max_length=64,
+        description="The first forecast timestamp of a series with no history (cold start, when the model allows it).",
+    )
+
+
 class ForecastBody(_Body):
     """POST /forecast: one context window or several."""
 
@@ -57,19 +94,46 @@ class ForecastBody(_Body):
         description="pandas frequency of the timestamps (h, D, B, W-SUN, MS...); default: "
         "told from the timestamps, as batch jobs do (needed when they are irregular).",
     )
+    series: list[SeriesItem] | None = Field(
+        None, description="A panel model's series, each with its covariates and statics (instead of `context`)."
+    )
 
 
 class OpenSessionBody(_Body):
-    """POST /sessions."""
+    """POST /sessions. A panel model's session is named by the series' `id` and takes the fields
+    of a `/forecast` series entry (`static`, `past_covariates`, `future_covariates` for the
+    context and the H steps ahead, `start`)."""
 
     model: str | None = None
-    context: list[Row] | None = Field(None, description="Observations so far (optional).")
+    context: list[Row] | list[float] | None = Field(
+        None, description="Observations so far (optional; a panel session: the target's values)."
+    )
     timestamps: list[str] | None = None
     freq: str | None = Field(None, max_length=32, description="pandas frequency of the timestamps (see /forecast).")
+    id: str | None = Field(
+        None, min_length=1, max_length=200, description="A panel model's series id: the session's id."
+    )
+    static: dict[Name, Annotated[str, StringConstraints(max_length=200)] | float] | None = Field(
+        None, max_length=MAX_COLUMNS, description="A panel session's static attributes (as in a series entry)."
+    )
+    past_covariates: dict[Name, list[float | None]] | None = Field(
+        None, max_length=MAX_COLUMNS, description="A panel session's past covariates (one value per context step)."
+    )
+    future_covariates: dict[Name, list[float]] | None = Field(
+        None,
+        max_length=MAX_COLUMNS,
+        description="A panel session's future covariates: one value per context step, then the H steps ahead.",
+    )
+    start: str | None = Field(None, max_length=64, description="A panel session without history: its first step.")
 
 
 class ObserveBody(_Body):
-    """POST /sessions/{id}: new observations, oldest first."""
+    """POST /sessions/{id}: new observations, oldest first (a panel session: the target's values,
+    their past covariates, and the future covariates of the H steps after the last of them)."""
 
-    observations: list[Row] = Field(..., min_length=1)
+    observations: list[Row] | list[float] = Field(..., min_length=1)
     timestamps: list[str] | None = None
+    past_covariates: dict[Name, list[float | None]] | None = Field(None, max_length=MAX_COLUMNS)
+    future_covariates: dict[Name, list[float]] | None = Field(
+        None, max_length=MAX_COLUMNS, description="A panel session: the H steps after the last observation."
+    )

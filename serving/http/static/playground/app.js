@@ -30,7 +30,8 @@ async function refresh() {
     models.render(d, config);
     $("models-error").hidden = true;
     const n = (k) => list.filter((m) => m.kind === k).length;
-    pill.textContent = `${n("char")} char · ${n("forecaster")} forecast model${n("forecaster") === 1 ? "" : "s"}` +
+    const nf = n("forecaster") + n("panel");
+    pill.textContent = `${n("char")} char · ${nf} forecast model${nf === 1 ? "" : "s"}` +
       (d.errors && d.errors.length ? ` · ${d.errors.length} error${d.errors.length > 1 ? "s" : ""}` : "");
     pill.className = `pill ${d.errors && d.errors.length ? "warn" : "ok"}`;
     return list.length > 0;

@@ -4,7 +4,7 @@
 import uPlot from "./vendor/uplot/uPlot.esm.js";
 
 export const COLORS = { history: "#1f4e8c", forecast: "#e4572e", actual: "#7a869a", band: "rgba(228, 87, 46, 0.16)",
-  live: "#2a9d8f" };
+  live: "#2a9d8f", covariate: "#6a4c93", mark: "rgba(42, 157, 143, 0.16)" };
 
 const utc = (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC");
 
@@ -12,8 +12,29 @@ function width(el) {
   return Math.max(280, Math.floor(el.getBoundingClientRect().width) - 4);
 }
 
+/** Shaded steps behind a chart's lines (a promotion day, a holiday): ``marks`` are the steps'
+ * x values, each shaded ``step`` wide (drawn on the canvas: no markup). */
+function marksPlugin(marks, step) {
+  return {
+    hooks: {
+      drawClear: [(u) => {
+        if (!marks || !marks.length) return;
+        const { ctx, bbox } = u;
+        ctx.save();
+        ctx.fillStyle = COLORS.mark;
+        for (const t of marks) {
+          const a = Math.max(bbox.left, u.valToPos(t - step / 2, "x", true));
+          const b = Math.min(bbox.left + bbox.width, u.valToPos(t + step / 2, "x", true));
+          if (b > a) ctx.fillRect(a, bbox.top, b - a, bbox.height);
+        }
+        ctx.restore();
+      }],
+    },
+  };
+}
+
 /** A chart of history, the actual future (when known), the forecast and its band.
- * ``d``: {x, history, actual, forecast, lo, hi, time, title, bandLabel}. */
+ * ``d``: {x, history, actual, forecast, lo, hi, time, title, bandLabel, marks, step}. */
 export function forecastChart(el, d) {
   const series = [
     { label: d.time ? "time (UTC)" : "step" },
@@ -33,10 +54,26 @@ export function forecastChart(el, d) {
     bands: d.lo && d.hi ? [{ series: [5, 4], fill: COLORS.band }] : [],
     axes: [{ grid: { stroke: "#eef1f5" } }, { grid: { stroke: "#eef1f5" }, size: 56 }],
     cursor: { drag: { x: true, y: false } },
+    plugins: [marksPlugin(d.marks, d.step)],
   };
   el.classList.toggle("noband", !(d.lo && d.hi));
   el.classList.toggle("noactual", !d.actual);
   return new uPlot(opts, data, el);
+}
+
+/** One covariate over a series' history and horizon, its marked steps shaded.
+ * ``d``: {x, values, name, marks, step}. */
+export function covariateChart(el, d) {
+  const opts = {
+    width: width(el), height: 110, legend: { live: true },
+    series: [{ label: "time (UTC)" }, { label: d.name, stroke: COLORS.covariate, width: 1.4, points: { show: false } }],
+    scales: { x: { time: true } },
+    tzDate: utc,
+    axes: [{ grid: { stroke: "#eef1f5" } }, { grid: { stroke: "#eef1f5" }, size: 56 }],
+    cursor: { drag: { x: true, y: false } },
+    plugins: [marksPlugin(d.marks, d.step)],
+  };
+  return new uPlot(opts, [d.x, d.values], el);
 }
 
 export function sparkline(el, label, color = COLORS.live) {

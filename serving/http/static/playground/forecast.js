@@ -2,10 +2,14 @@
 // quantiles), from a window of the model's validation data (GET /models/{name}/sample) or a
 // pasted/uploaded CSV; one POST /forecast, or a session (POST /sessions, then one observation
 // per POST /sessions/{id}) that animates the updated forecast.
+// A panel model (a global forecaster over many series) is asked by series: pick one of the
+// series its file embeds (panel.js), see its history, its covariates (event flags such as
+// promotion days shaded), the forecast and its band; its session is named by the series id.
 
 import { ApiError, getJSON, postJSON, request } from "./api.js";
-import { fit, forecastChart } from "./charts.js";
-import { el, show } from "./dom.js";
+import { covariateChart, fit, forecastChart } from "./charts.js";
+import { el, join, show } from "./dom.js";
+import * as panel from "./panel.js";
 
 const $ = (id) => document.getElementById(id);
 const fmt = (x, d = 0) => Number(x).toLocaleString("en-US", { maximumFractionDigits: d, minimumFractionDigits: d });
@@ -16,17 +20,23 @@ let charts = []; // [{el, chart, target}]
 let session = null; // the running session animation
 const samples = new Map();
 
+const isPanel = (m) => Boolean(m && m.kind === "panel" && m.panel);
+
 export function setModels(list, lim) {
-  models = list.filter((m) => m.kind === "forecaster");
+  models = list.filter((m) => m.kind === "forecaster" || isPanel(m));
   limits = lim || {};
   const sel = $("fc-model");
   const keep = sel.value;
   sel.replaceChildren();
-  for (const m of models) sel.add(new Option(`${m.name}  (v${m.version}, ${m.cell}, ${m.targets.length} target${m.targets.length > 1 ? "s" : ""})`, m.name));
+  for (const m of models) {
+    const what = isPanel(m) ? `panel model of ${m.panel.target}`
+      : `${m.cell}, ${m.targets.length} target${m.targets.length > 1 ? "s" : ""}`;
+    sel.add(new Option(`${m.name}  (v${m.version}, ${what})`, m.name)); // Option(): text, never markup
+  }
   if (models.some((m) => m.name === keep)) sel.value = keep;
   $("fc-go").disabled = $("fc-session").disabled = !models.length;
   if (!models.length) $("fc-status").textContent = "No forecaster is served here.";
-  info();
+  modelChanged();
 }
 
 function model() {
@@ -36,6 +46,7 @@ function model() {
 function info() {
   const m = model();
   if (!m) { $("fc-info").replaceChildren(); return; }
+  if (isPanel(m)) { panelInfo(m); return; }
   const q = m.quantiles && m.quantiles.length ? `intervals at ${m.quantiles.join(", ")}` : "no intervals";
   show($("fc-info"), "reads ", el("b", {}, m.features.length), ` feature${m.features.length > 1 ? "s" : ""} (`,
     el("code", {}, m.features.join(", ")), ") · forecasts ", el("b", {}, m.horizon), " steps of ",
@@ -159,38 +170,207 @@ function chartData(m, hist, resp) {
 }
 
 function draw(m, hist, resp) {
+  drawFigures(chartData(m, hist, resp).map((d) => ({
+    key: `target:${d.target}:${d.time}:${Boolean(d.lo)}`, kind: "forecast", d,
+    dataset: { target: d.target, historyPoints: String(d.history.filter((v) => v != null).length),
+      forecastPoints: String(d.forecast.filter((v) => v != null).length), band: d.lo ? "yes" : "no" },
+    caption: forecastCaption(d),
+  })));
+}
+
+function forecastCaption(d, extra = null) {
+  const nh = d.history.filter((v) => v != null).length;
+  const nf = d.forecast.filter((v) => v != null).length;
+  return [el("b", {}, d.target), " ", el("span", { class: "muted" }, `· history ${fmt(nh)} points · forecast ` +
+    `${fmt(nf)} steps${d.bandLabel ? ` · shaded: ${d.bandLabel}` : ""}${d.actual ? " · dashed: what actually followed" : ""}`,
+  extra)];
+}
+
+/** One figure per spec ({key, kind: "forecast" | "covariate", d, dataset, caption}); when the
+ * keys are those already shown (a session's animation), the charts are updated in place. */
+function drawFigures(specs) {
   const box = $("fc-charts");
-  const data = chartData(m, hist, resp);
-  const reuse = charts.length === data.length && charts.every((c, i) => c.target === data[i].target &&
-    c.time === data[i].time && c.band === Boolean(data[i].lo));
+  const reuse = charts.length === specs.length && charts.every((c, i) => c.key === specs[i].key);
   if (!reuse) {
     for (const c of charts) c.chart.destroy();
     box.replaceChildren();
-    charts = data.map((d) => {
-      const fig = document.createElement("figure");
-      fig.className = "chart";
-      const cap = document.createElement("figcaption");
-      const el = document.createElement("div");
-      fig.append(cap, el);
+    charts = specs.map((spec) => {
+      const cap = el("figcaption");
+      const plot = el("div");
+      const fig = el("figure", { class: spec.kind === "covariate" ? "chart covariate" : "chart" }, cap, plot);
       box.appendChild(fig);
-      return { fig, cap, el, target: d.target, time: d.time, band: Boolean(d.lo), chart: forecastChart(el, d) };
+      const chart = spec.kind === "covariate" ? covariateChart(plot, spec.d) : forecastChart(plot, spec.d);
+      return { fig, cap, el: plot, key: spec.key, chart };
     });
   }
-  data.forEach((d, i) => {
-    const c = charts[i];
+  specs.forEach((spec, i) => {
+    const c = charts[i], d = spec.d;
     if (reuse) {
       const blank = new Array(d.x.length).fill(null);
-      c.chart.setData([d.x, d.history, d.actual || blank, d.forecast, d.lo || blank, d.hi || blank]);
+      c.chart.setData(spec.kind === "covariate" ? [d.x, d.values]
+        : [d.x, d.history, d.actual || blank, d.forecast, d.lo || blank, d.hi || blank]);
     }
-    const nh = d.history.filter((v) => v != null).length;
-    const nf = d.forecast.filter((v) => v != null).length;
-    c.fig.dataset.target = d.target;
-    c.fig.dataset.historyPoints = String(nh);
-    c.fig.dataset.forecastPoints = String(nf);
-    c.fig.dataset.band = d.lo ? "yes" : "no";
-    show(c.cap, el("b", {}, d.target), " ", el("span", { class: "muted" }, `· history ${fmt(nh)} points · forecast ` +
-      `${fmt(nf)} steps${d.bandLabel ? ` · shaded: ${d.bandLabel}` : ""}${d.actual ? " · dashed: what actually followed" : ""}`));
+    Object.assign(c.fig.dataset, spec.dataset);
+    show(c.cap, spec.caption);
   });
+}
+
+// ------------------------------------------------------------------------------ panel models
+
+function panelInfo(m) {
+  const p = m.panel;
+  const names = (list) => (list.length ? el("code", {}, list.join(", ")) : "none");
+  const statics = [...p.static_categorical.map((c) => c.name), ...p.static_real];
+  show($("fc-info"), "a global model: forecasts ", el("b", {}, p.horizon), " steps of ", el("code", {}, p.target),
+    " per series from the last ", el("b", {}, p.lookback), ` · freq `, el("code", {}, p.freq),
+    " · past covariates ", names(p.past_covariates), " · future covariates ", names(p.future_covariates),
+    " · statics ", names(statics), p.quantiles.length ? ` · intervals at ${p.quantiles.join(", ")}` : null);
+}
+
+/** The checked series of a panel model's embedded sample. */
+async function panelSeriesList(m) {
+  return panel.sampleSeries(await sampleOf(m), m.panel.horizon);
+}
+
+async function selectedSeries(m) {
+  const list = await panelSeriesList(m);
+  const s = list.find((x) => x.id === $("fc-series").value) || list[0];
+  if (!s) throw new Error(`model ${m.name}'s sample holds no series`);
+  return s;
+}
+
+/** The series picker of a panel model (ids from its sample). */
+async function fillSeries(m) {
+  const sel = $("fc-series");
+  const keep = sel.value;
+  sel.replaceChildren();
+  $("fc-series-info").replaceChildren();
+  try {
+    const list = await panelSeriesList(m);
+    if (model() !== m) return; // another model was picked meanwhile
+    for (const s of list) sel.add(new Option(s.id, s.id));
+    if (list.some((s) => s.id === keep)) sel.value = keep;
+    seriesInfo(await selectedSeries(m));
+  } catch (e) {
+    if (model() === m) showError(e.message);
+  }
+}
+
+function seriesInfo(s) {
+  const ev = panel.events(s);
+  const statics = Object.entries(s.static).map(([k, v]) => [el("code", {}, k), ` ${v}`]);
+  show($("fc-series-info"), el("b", {}, `${fmt(s.y.length)}`), " steps of history",
+    s.ts.length ? [` (${s.ts[0]} → ${s.ts[s.ts.length - 1]})`] : null,
+    statics.length ? [" · ", join(statics, ", ")] : null,
+    Object.keys(ev).length ? [" · shaded: ", join(Object.entries(ev).map(([k, t]) =>
+      [el("code", {}, k), ` = 1 (${t.length} step${t.length === 1 ? "" : "s"})`]), ", ")] : null);
+}
+
+/** The step between timestamps (seconds; the smallest gap), to shade a marked step's width. */
+function stepOf(x) {
+  let step = Infinity;
+  for (let i = 1; i < x.length; i++) if (x[i] > x[i - 1]) step = Math.min(step, x[i] - x[i - 1]);
+  return Number.isFinite(step) ? step : 3600;
+}
+
+/** The figures of a panel series with ``n`` steps of history and an answer ``r`` (a /forecast
+ * series entry or a session's answer): the target, then each covariate over the whole span. */
+function panelFigures(m, s, n, r) {
+  const p = m.panel, t = p.target, H = p.horizon;
+  const y = r.forecast && Array.isArray(r.forecast[t]) ? r.forecast[t] : [];
+  const histTs = s.ts.slice(0, n), futTs = Array.isArray(r.timestamps) ? r.timestamps : [];
+  const xs = [...histTs, ...futTs].map(epoch);
+  const time = !xs.includes(null) && xs.length === n + y.length;
+  const x = time ? xs : [...Array.from({ length: n }, (_, i) => i - n + 1), ...y.map((v, i) => i + 1)];
+  const pad = (arr) => [...new Array(n).fill(null), ...arr];
+  const followed = [...s.y.slice(n), ...s.actual].slice(0, y.length);
+  const b = panel.band(r, t);
+  const spanTs = [...s.ts, ...s.futureTs], spanX = spanTs.map(epoch);
+  const ev = panel.events(s);
+  const marks = time ? [...new Set(Object.values(ev).flat())].map(epoch) : [];
+  const step = stepOf(time ? x : spanX);
+  const d = {
+    target: t, time, x, marks, step,
+    history: [...s.y.slice(0, n), ...new Array(y.length).fill(null)],
+    forecast: pad(y),
+    actual: followed.length ? pad([...followed, ...new Array(y.length - followed.length).fill(null)]) : null,
+    lo: b ? pad(b.lo) : null,
+    hi: b ? pad(b.hi) : null,
+    bandLabel: b ? b.label : null,
+  };
+  const evNames = Object.keys(ev);
+  const figures = [{
+    key: `panel:${s.id}:${t}:${time}:${Boolean(b)}`, kind: "forecast", d,
+    dataset: { target: t, series: s.id, historyPoints: String(n), forecastPoints: String(y.length),
+      band: b ? "yes" : "no", marked: String(marks.length) },
+    caption: forecastCaption(d, evNames.length ? ` · green: ${evNames.join(", ")} = 1` : null),
+  }];
+  if (spanX.includes(null)) return figures; // covariates need a time axis to share
+  const covariates = [
+    ...Object.entries(s.past).map(([k, v]) => [k, "past", [...v, ...new Array(s.futureTs.length).fill(null)]]),
+    ...Object.entries(s.future).map(([k, v]) => [k, "future", v]),
+  ];
+  for (const [name, role, values] of covariates) {
+    const marked = ev[name] ? ev[name].map(epoch) : [];
+    figures.push({
+      key: `cov:${s.id}:${name}`, kind: "covariate",
+      d: { x: spanX, values, name, marks: marked, step: stepOf(spanX) },
+      dataset: { covariate: name, role, marked: String(marked.length) },
+      caption: [el("b", {}, name), " ", el("span", { class: "muted" }, `· ${role} covariate` +
+        (role === "future" ? " (known over the horizon)" : " (known up to now)") +
+        (marked.length ? ` · green: the ${marked.length} step${marked.length === 1 ? "" : "s"} at 1` : ""))],
+    });
+  }
+  return figures;
+}
+
+function drawPanel(m, s, n, r) {
+  drawFigures(panelFigures(m, s, n, r));
+  const t = m.panel.target;
+  window.__playground.forecast = { series: s.id, history: n, timestamps: r.timestamps,
+    forecast: r.forecast ? r.forecast[t] : null, quantiles: r.quantiles || null, warnings: r.warnings || [] };
+}
+
+const warningsOf = (r) => (Array.isArray(r.warnings) && r.warnings.length ? [" · ", el("span", { class: "warn" },
+  `warning: ${r.warnings.map(String).join("; ")}`)] : null);
+
+async function forecastPanel(m) {
+  status("reading the series…", "busy");
+  const s = await selectedSeries(m);
+  const t = performance.now();
+  status(["forecasting series ", el("code", {}, s.id), "…"], "busy");
+  const resp = await postJSON("/forecast", { model: m.name, series: [panel.entry(s, m.panel.horizon)] });
+  const ms = performance.now() - t;
+  const r = resp.series[0];
+  drawPanel(m, s, s.y.length, r);
+  status([ok("forecast"), ` ${resp.horizon} steps of ${m.panel.target} for series `, el("code", {}, r.id),
+    ` from ${fmt(s.y.length)} steps of history · ${fmt(ms, 1)} ms · ${resp.model} v${resp.version}` +
+    `${r.quantiles ? " · with intervals" : ""}`, warningsOf(r)], "done");
+}
+
+/** A session named by the series id: opened with the series' history but its last steps (at
+ * most a horizon), which are then fed one by one with their covariates; the last answer is the
+ * forecast from the whole history, as the Forecast button gives it. */
+async function sessionPanel(m, mine) {
+  const s = await selectedSeries(m);
+  const H = m.panel.horizon;
+  const n0 = Math.max(Math.max(1, m.panel.min_history), s.y.length - H);
+  const feed = s.y.length - n0;
+  if (feed < 1) throw new Error(`series ${s.id} has ${s.y.length} steps of history: too few to feed a session`);
+  let resp = await postJSON("/sessions", { model: m.name, ...panel.entry(s, H, n0) });
+  mine.id = resp.session_id;
+  drawPanel(m, s, n0, resp);
+  for (let k = 0; k < feed && !mine.stopped; k++) {
+    const t = performance.now();
+    resp = await postJSON(`/sessions/${encodeURIComponent(mine.id)}`, panel.observation(s, H, n0 + k));
+    const ms = performance.now() - t;
+    drawPanel(m, s, n0 + k + 1, resp);
+    status([ok("session"), " ", el("code", {}, mine.id), " · observation ", el("b", {}, k + 1),
+      `/${feed} · ${resp.observations} seen · update ${fmt(ms, 1)} ms`, warningsOf(resp)], "session");
+    await new Promise((r) => setTimeout(r, Number($("fc-speed").value)));
+  }
+  if (!mine.stopped) status([ok("session done"), `: ${feed} observations of series `, el("code", {}, s.id),
+    " fed one by one, the forecast updated after each"], "done");
 }
 
 // ------------------------------------------------------------------------------ one forecast
@@ -208,6 +388,10 @@ async function forecast(ev) {
   showError("");
   const m = model();
   if (!m) return;
+  if (isPanel(m)) {
+    try { await forecastPanel(m); } catch (e) { status("failed", "error"); showError(e.message); }
+    return;
+  }
   try {
     status("reading the history…", "busy");
     const hist = contextFor(m, await history(m));
@@ -241,6 +425,7 @@ async function playSession() {
   session = mine;
   $("fc-stop").disabled = false;
   try {
+    if (isPanel(m)) { await sessionPanel(m, mine); return; }
     const all = await history(m);
     // the first `lookback` rows open the session (all of the sample's context); the rest are
     // fed one by one, so the forecast moves as each observation arrives
@@ -294,9 +479,13 @@ export function init() {
   $("fc-form").addEventListener("submit", forecast);
   $("fc-session").addEventListener("click", playSession);
   $("fc-stop").addEventListener("click", () => { stopSession(); status("stopped", "stopped"); });
-  $("fc-model").addEventListener("change", () => { info(); });
+  $("fc-model").addEventListener("change", modelChanged);
+  $("fc-series").addEventListener("change", async () => {
+    const m = model();
+    if (isPanel(m)) seriesInfo(await selectedSeries(m));
+  });
   for (const r of document.querySelectorAll("#fc-source input")) {
-    r.addEventListener("change", () => { $("fc-csv-box").hidden = r.value !== "csv" || !r.checked; });
+    r.addEventListener("change", sourceShown);
   }
   $("fc-file").addEventListener("change", async () => {
     const f = $("fc-file").files[0];
@@ -304,6 +493,22 @@ export function init() {
   });
   $("fc-speed").addEventListener("input", () => { $("fc-speed-v").textContent = `${$("fc-speed").value} ms`; });
   window.addEventListener("resize", () => charts.forEach((c) => fit(c.chart, c.el)));
+}
+
+/** A panel model picks a series of its sample; the others take the sample window or a CSV. */
+function sourceShown() {
+  const p = isPanel(model());
+  $("fc-source").hidden = p;
+  $("fc-series-box").hidden = !p;
+  $("fc-csv-box").hidden = p || document.querySelector("#fc-source input:checked").value !== "csv";
+}
+
+function modelChanged() {
+  info();
+  sourceShown();
+  showError("");
+  const m = model();
+  if (isPanel(m)) fillSeries(m);
 }
 
 export function onShow() {

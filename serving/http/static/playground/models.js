@@ -23,8 +23,16 @@ function card(m, config) {
       code(String(run).slice(0, 12)))
     : code(String(run).slice(0, 12), "set RNNOPS_MLFLOW_UI (or an http MLFLOW_TRACKING_URI) to link it");
   const state = join((m.state || []).map((t) => [code(t.output), ` [${t.shape.join(", ")}]`]), " ");
+  const p = m.kind === "panel" && m.panel ? m.panel : null;
   const kind = m.kind === "char"
     ? row("vocabulary", `${m.vocab_size} characters`)
+    : p ? [row("target", code(p.target)),
+      row("lookback / horizon", [`${p.lookback} / ${p.horizon}`, " · ", code(p.freq)]),
+      row("past covariates", p.past_covariates.length ? code(p.past_covariates.join(", ")) : "none"),
+      row("future covariates", p.future_covariates.length ? code(p.future_covariates.join(", ")) : "none"),
+      row("statics", [...p.static_categorical.map((c) => `${c.name} (${c.vocabulary.length} categories)`),
+        ...p.static_real].join(", ") || "none"),
+      row("intervals", p.quantiles.join(", "))]
     : [row("features", code((m.features || []).join(", "))), row("targets", code((m.targets || []).join(", "))),
       row("lookback / horizon", [`${m.lookback} / ${m.horizon}`, m.freq ? [" · ", code(m.freq)] : null]),
       row("intervals", m.quantiles ? m.quantiles.join(", ") : "none"),
@@ -34,7 +42,7 @@ function card(m, config) {
   const status = m.status === "serving" ? "ok" : "warn";
   return el("article", { class: "card", "data-model": m.name },
     el("header", {}, el("h3", {}, m.name), el("span", { class: `pill ${status}` }, m.status)),
-    el("div", { class: "sub" }, `${m.kind === "char" ? "char model" : "forecaster"} · version `, el("b", {}, m.version),
+    el("div", { class: "sub" }, `${{ char: "char model", panel: "panel forecaster" }[m.kind] || "forecaster"} · version `, el("b", {}, m.version),
       m.alias ? [" · alias ", el("b", {}, `@${m.alias}`)] : null),
     el("dl", {},
       row("cell", `${m.cell} · ${m.layers}×${m.hidden_size}`),

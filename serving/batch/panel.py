@@ -1,0 +1,539 @@
+"""Batch jobs over panels: ``rnnops forecast --model M --input PANEL --id-column ID --date-column
+DATE [--future FUTURE]`` with a panel model (``rnnops.kind`` = ``"panel"``, issue 26, section 4).
+
+PANEL is the long table the model was trained on (CSV or Parquet): per row a series id, a date,
+the target, the past covariates, the future covariates (their history) and the static columns
+(one value per series). FUTURE (CSV or Parquet) holds id, date and the future covariates for the
+horizon: per series, the ``H`` steps after its last row. Each series becomes a request entry and
+then the model's inputs through :mod:`rnnops.panel_features`, the same function ``/forecast``'s
+``series`` form uses, so a batch job and the server give the same numbers for the same series.
+
+Output: as every batch job (:mod:`.write`): one row per series x step, with the point forecast
+(the model's median) and a ``forecast_pNN`` column per quantile level. A series that cannot be
+forecast (its future covariates missing from FUTURE or of the wrong length, dates off the model's
+frequency, too little history, an unparsable date...) is a row of ``<output>.errors.csv`` with the
+reason, and the others are written (``--strict``: nothing is written). Problems with the files
+(missing columns, non-numeric columns, a model input without its column) stop the job first.
+
+Both engines share :func:`prepare` (files -> series features) and :func:`forecasts` (the model
+calls); the Spark engine (:func:`run_panel_spark`) reads and groups the files with Spark and
+runs the same two per group of series, so its output is the local engine's, byte for byte.
+
+Memory: the panel is read whole (only the columns the model reads) and grouped by series; the
+features keep the last ``lookback`` steps of each series. Streaming it as the forecaster jobs do
+(:mod:`.tails`) is not done yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rnnops import panel_features as pf
+from rnnops.errors import RnnopsError
+from rnnops.panel_contract import PanelContract
+from rnnops.serving.batch.job import ForecastJob, ForecastModel, JobSummary, Layout, _list
+from rnnops.serving.batch.read import file_format, parse_dates, read_header
+from rnnops.serving.batch.tails import NAT, Prepared, SeriesError
+from rnnops.serving.batch.write import strict_error, write_results
+from rnnops.timeseries import ts
+
+if TYPE_CHECKING:  # pyspark is untyped (these are Any to mypy)
+    from pyspark.sql import DataFrame
+    from pyspark.sql.types import StructType
+
+    from rnnops.serving.runtime import Runtime
+
+
+def contract_of(model: ForecastModel) -> PanelContract:
+    assert model.info.panel is not None, "a panel model"
+    return model.info.panel
+
+
+def static_columns(c: PanelContract) -> tuple[str, ...]:
+    return tuple(s.name for s in c.static_categorical) + c.static_real
+
+
+def panel_columns(c: PanelContract) -> tuple[str, ...]:
+    """The value columns a panel file needs for model ``c`` (besides id and date)."""
+    return (c.target, *c.past_covariates, *c.future_covariates, *static_columns(c))
+
+
+def check_files(job: ForecastJob, model: ForecastModel, id_column: str, date_column: str) -> None:
+    """File-level checks of a panel job (one line each): the columns the model reads, and FUTURE."""
+    c = contract_of(model)
+    have = set(read_header(job.input, file_format(job.input, "input")).names)
+    missing = [col for col in (id_column, date_column, *panel_columns(c)) if col not in have]
+    if missing:
+        raise RnnopsError(
+            f"{job.input} lacks columns the panel model {model.name} reads: {_list(missing)} (it has "
+            f"{_list(sorted(have))}); it needs the id, the date, target {c.target!r}, past covariates "
+            f"{_list(c.past_covariates) or 'none'}, future covariates {_list(c.future_covariates) or 'none'} "
+            f"(their history) and static columns {_list(static_columns(c)) or 'none'}"
+        )
+    if c.future_covariates and job.future is None:
+        raise RnnopsError(
+            f"the panel model {model.name} reads future covariates ({_list(c.future_covariates)}): give "
+            f"--future FILE with {id_column}, {date_column} and them for the {c.horizon} steps after each series"
+        )
+    if job.future is not None:
+        if not job.future.is_file():
+            raise RnnopsError(f"--future {job.future} not found")
+        have_f = set(read_header(job.future, file_format(job.future, "--future")).names)
+        missing = [col for col in (id_column, date_column, *c.future_covariates) if col not in have_f]
+        if missing:
+            raise RnnopsError(f"--future {job.future} lacks columns {_list(missing)} (it has {_list(sorted(have_f))})")
+    if job.plot_dir is not None:
+        raise RnnopsError("--plot is not available for panel models yet; leave it out")
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+@dataclass
+class Table:
+    """A file's columns as arrays, rows grouped by series (first appearance), then by date."""
+
+    ids: list[Hashable]  # each series' id as read, in order of first appearance
+    keys: list[str]  # str(id): how the panel and FUTURE are matched
+    starts: np.ndarray  # int64 [series + 1]: series k is rows starts[k]:starts[k + 1] (sorted)
+    first_pos: np.ndarray  # int64 [series]: the file position of each series' first row
+    dates: np.ndarray  # int64 ns [rows] (NAT where unparsable), sorted within each series
+    values: dict[str, np.ndarray]  # numeric columns: float64 [rows] (NaN where missing)
+    text: dict[str, np.ndarray]  # the other columns, as read: object [rows]
+    no_id_rows: int  # rows without an id (reported as one error row)
+    no_id_pos: int  # the first of them (-1: none)
+
+
+def read_file(path: Path, id_column: str, date_column: str, numeric: Sequence[str], other: Sequence[str]) -> pa.Table:
+    """The columns a job reads from ``path`` (CSV: ids, dates and text columns as strings)."""
+    fmt = file_format(path, "input")
+    columns = list(dict.fromkeys([id_column, date_column, *numeric, *other]))
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path, columns=columns)
+        import pyarrow.csv as pcsv
+
+        types = {c: pa.string() for c in (id_column, date_column, *other)}
+        return pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(include_columns=columns, column_types=types))
+    except (OSError, pa.ArrowException) as exc:
+        raise RnnopsError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+
+
+def group(
+    table: pa.Table,
+    id_column: str,
+    date_column: str,
+    numeric: Sequence[str],
+    other: Sequence[str],
+    date_format: str | None,
+    positions: np.ndarray | None = None,
+    name: str = "the panel",
+) -> Table:
+    """A file's rows grouped by series (first appearance), each series by date; ``positions``:
+    each row's place in the file (default: the table's order). A non-numeric column is one line."""
+    import pandas as pd
+
+    pos = np.arange(table.num_rows, dtype=np.int64) if positions is None else positions
+    values = {}
+    for col in numeric:
+        arr = table.column(col)
+        try:
+            values[col] = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise RnnopsError(f"column {col!r} of {name} is not numeric ({arr.type}); give numbers") from None
+    in_file = np.argsort(pos, kind="stable")  # file order: first appearance decides the series' order
+    raw_ids = table.column(id_column).to_pandas().iloc[in_file]
+    codes_sorted, uniques = pd.factorize(raw_ids, sort=False)  # -1 for a missing id
+    codes = np.empty_like(codes_sorted)
+    codes[in_file] = codes_sorted
+    dates = parse_dates(table.column(date_column), date_format)
+    has_id = codes >= 0
+    keep = np.flatnonzero(has_id)
+    order = keep[np.lexsort((dates[keep], codes[keep]))]
+    counts = np.bincount(codes[keep], minlength=len(uniques))
+    first_pos = np.full(len(uniques), np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(first_pos, codes[keep], pos[keep])
+    ids = [v.item() if hasattr(v, "item") else v for v in uniques]
+    return Table(
+        ids=ids,
+        keys=[str(v) for v in ids],
+        starts=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        first_pos=first_pos,
+        dates=dates[order],
+        values={k: v[order] for k, v in values.items()},
+        text={c: table.column(c).to_numpy(zero_copy_only=False)[order] for c in other},
+        no_id_rows=int((~has_id).sum()),
+        no_id_pos=int(pos[~has_id].min()) if (~has_id).any() else -1,
+    )
+
+
+# ------------------------------------------------------------------------------ series -> features
+
+
+@dataclass
+class PanelPrepared:
+    """The series that can be forecast (their features, in order of first appearance), and the
+    errors of the others."""
+
+    ids: list[Hashable]
+    first_pos: np.ndarray  # int64 [m]
+    features: list[pf.SeriesFeatures]
+    series_rows: np.ndarray  # int64 [m]: PANEL rows of each
+    errors: list[SeriesError]
+    rows: int  # panel rows read
+    series: int  # series seen
+
+
+def columns(c: PanelContract) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(numeric, text) columns of a panel file for model ``c``."""
+    cats = tuple(s.name for s in c.static_categorical)
+    return (c.target, *c.past_covariates, *c.future_covariates, *c.static_real), cats
+
+
+def prepare(job: ForecastJob, model: ForecastModel, id_column: str, date_column: str) -> PanelPrepared:
+    """Read PANEL (and FUTURE) and turn each series into the model's inputs, or an error row."""
+    c = contract_of(model)
+    numeric, text = columns(c)
+    table = read_file(job.input, id_column, date_column, numeric, text)
+    panel = group(table, id_column, date_column, numeric, text, job.date_format, name=job.input.name)
+    future = None
+    if job.future is not None and c.future_covariates:
+        ft = read_file(job.future, id_column, date_column, c.future_covariates, ())
+        future = group(ft, id_column, date_column, c.future_covariates, (), job.date_format, name=job.future.name)
+    return prepare_series(panel, future, c, id_column, date_column)
+
+
+def prepare_series(
+    panel: Table, future: Table | None, c: PanelContract, id_column: str, date_column: str
+) -> PanelPrepared:
+    """Each series of ``panel`` (with its horizon's covariates from ``future``) as the model's
+    inputs (:func:`rnnops.panel_features.series_features`), or an error row: both engines' step."""
+    cats = tuple(s.name for s in c.static_categorical)
+    ahead = {} if future is None else {k: i for i, k in enumerate(future.keys)}
+    L = c.lookback
+    ids: list[Hashable] = []
+    first: list[int] = []
+    n_rows: list[int] = []
+    features: list[pf.SeriesFeatures] = []
+    errors: list[SeriesError] = []
+    if panel.no_id_rows:
+        errors.append(SeriesError(None, panel.no_id_rows, f"rows without an id in {id_column!r}", panel.no_id_pos))
+    for k, sid in enumerate(panel.ids):
+        lo, hi = int(panel.starts[k]), int(panel.starts[k + 1])
+        rows = hi - lo
+
+        def fail(message: str, sid: Hashable = sid, rows: int = rows, k: int = k) -> None:
+            errors.append(SeriesError(sid, rows, message, int(panel.first_pos[k])))
+
+        d = panel.dates[lo:hi]
+        if (d == NAT).any():
+            fail(f"a date in {date_column!r} is missing or unreadable")
+            continue
+        if (np.diff(d) == 0).any():
+            fail(f"two rows are dated {ts(d[int(np.flatnonzero(np.diff(d) == 0)[0])])}; keep one row per date")
+            continue
+        lo_read = max(lo, hi - L)  # the model reads the last L steps
+        fut: dict[str, np.ndarray] = {}
+        fut_dates = None
+        if c.future_covariates:
+            j = ahead.get(panel.keys[k])
+            if j is None or future is None:
+                fail(
+                    f"--future has no rows for this series: its future covariates "
+                    f"({', '.join(c.future_covariates)}) for the {c.horizon} steps after {ts(d[-1])} are missing"
+                )
+                continue
+            flo, fhi = int(future.starts[j]), int(future.starts[j + 1])
+            fut = {name: future.values[name][flo:fhi] for name in c.future_covariates}
+            fut_dates = future.dates[flo:fhi]
+        entry = pf.SeriesEntry(
+            id=panel.keys[k],
+            timestamps=panel.dates[lo_read:hi],
+            context=panel.values[c.target][lo_read:hi],
+            past_covariates={n: panel.values[n][lo_read:hi] for n in c.past_covariates},
+            future_covariates={n: np.concatenate([panel.values[n][lo_read:hi], fut[n]]) for n in c.future_covariates},
+            static={
+                **{n: str(panel.text[n][lo]) for n in cats if panel.text[n][lo] is not None},
+                **{n: panel.values[n][lo] for n in c.static_real},
+            },
+        )
+        try:
+            f = pf.series_features(entry, c)
+        except pf.SeriesError as exc:
+            fail(str(exc).removeprefix(f"series {panel.keys[k]!r}: "))
+            continue
+        if fut_dates is not None and not np.array_equal(fut_dates, f.future):
+            fail(
+                f"--future's dates for this series ({ts(fut_dates[0])} .. {ts(fut_dates[-1])}) are not the "
+                f"{c.horizon} steps after its last row ({ts(f.future[0])} .. {ts(f.future[-1])})"
+            )
+            continue
+        ids.append(sid)
+        first.append(int(panel.first_pos[k]))
+        n_rows.append(rows)
+        features.append(f)
+    errors.sort(key=lambda e: e.first_pos)
+    rows_read = len(panel.dates) + panel.no_id_rows
+    series = len(panel.ids) + (1 if panel.no_id_rows else 0)
+    return PanelPrepared(
+        ids, np.asarray(first, np.int64), features, np.asarray(n_rows, np.int64), errors, rows_read, series
+    )
+
+
+def forecasts(
+    runtime: Runtime, contract: PanelContract, features: list[pf.SeriesFeatures], batch: int
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """``(slice, y)`` per call of ``batch`` series: ``y`` ``[m, H, 1, 1 + levels]`` (the
+    forecast, then each quantile), what the writer takes."""
+    for lo in range(0, len(features), batch):
+        s = slice(lo, min(len(features), lo + batch))
+        r = runtime.run(pf.stack(features[s], contract), max_batch=batch)
+        assert r.quantiles is not None, "a panel model has quantiles"
+        yield s, np.concatenate([r.output[..., None], r.quantiles], axis=-1)
+
+
+def write(
+    job: ForecastJob,
+    model: ForecastModel,
+    layout: Layout,
+    prep: PanelPrepared,
+    runtime: Runtime,
+    engine: str,
+    started: float,
+) -> JobSummary:
+    """The output, the error report and the summary, through the writer every batch job uses."""
+    c = contract_of(model)
+    m = len(prep.ids)
+    H = layout.horizon  # steps written (--horizon)
+    future = np.stack([f.future[:H] for f in prep.features]) if m else np.zeros((0, H), np.int64)
+    prepared = Prepared(
+        ids=prep.ids,
+        first_pos=prep.first_pos,
+        rows=prep.series_rows,
+        windows=np.zeros((m, 0, 1), np.float32),
+        window_dates=np.zeros((m, 0), np.int64),
+        future=future,
+        errors=prep.errors,
+        mismatch=np.zeros(m, bool),
+    )
+    return write_results(
+        job,
+        model,
+        layout,
+        prepared,
+        forecasts(runtime, c, prep.features, job.batch_windows),
+        engine=engine,
+        rows_read=prep.rows,
+        series=prep.series,
+        started=started,
+    )
+
+
+def run_panel_local(job: ForecastJob, model: ForecastModel, layout: Layout) -> JobSummary:
+    from rnnops.serving.batch.local import make_runtime
+
+    t0 = time.perf_counter()
+    assert layout.id_column is not None
+    prep = prepare(job, model, layout.id_column, layout.date_column)
+    if job.strict and prep.errors:
+        raise strict_error(prep.errors, layout)
+    return write(job, model, layout, prep, make_runtime(model, threads=1), "local", t0)
+
+
+# ------------------------------------------------------------------------------ Spark
+
+SRC = "_rnnops_src"  # 0: a PANEL row, 1: a FUTURE row (both go to their series' group)
+
+
+@dataclass(frozen=True)
+class PanelGroupTask:
+    """What a Spark worker needs for a group of series (pickled with the function)."""
+
+    contract: PanelContract
+    id_type: pa.DataType | None
+    id_column: str
+    date_column: str
+    date_format: str | None
+
+
+def prepare_group(task: PanelGroupTask, table: pa.Table) -> pa.Table:
+    """One group of whole series (their PANEL and FUTURE rows) -> one row per series: its model
+    inputs (flattened) and forecast timestamps, or its error, by the local engine's
+    :func:`prepare_series`. The model runs on the driver (:func:`run_panel_spark` says why)."""
+    from rnnops.serving.batch import spark as S
+
+    c = task.contract
+    numeric, text = columns(c)
+    src = table.column(SRC).to_numpy(zero_copy_only=False)
+
+    def part(which: int, num: Sequence[str], txt: Sequence[str]) -> Table:
+        t = table.filter(pa.array(src == which))
+        pos = t.column(S.POS).to_numpy(zero_copy_only=False).astype(np.int64)
+        return group(t, task.id_column, task.date_column, num, txt, task.date_format, positions=pos)
+
+    panel = part(0, numeric, text)
+    future = part(1, c.future_covariates, ()) if c.future_covariates else None
+    prep = prepare_series(panel, future, c, task.id_column, task.date_column)
+    m, errors = len(prep.ids), prep.errors
+    n_err = len(errors)
+    feeds = pf.stack(prep.features, c)
+    future_ns = np.stack([f.future for f in prep.features]) if m else np.zeros((0, c.horizon), np.int64)
+    cols = {
+        "id": list(prep.ids) + [e.series_id for e in errors],
+        "first": np.r_[prep.first_pos, [e.first_pos for e in errors]].astype(np.int64),
+        "rows": np.r_[prep.series_rows, [e.rows for e in errors]].astype(np.int64),
+        "error": [None] * m + [e.message for e in errors],
+        "future": S._lists(future_ns, pa.int64(), n_err),
+        **{
+            name: S._lists(feeds[name].reshape(m, -1), pa.from_numpy_dtype(np.dtype(dtype)), n_err)
+            for name, (_, dtype) in c.inputs.items()
+        },
+    }
+    return pa.table(cols, schema=_group_schema(task.id_type, c))
+
+
+def _group_schema(id_type: pa.DataType | None, c: PanelContract) -> pa.Schema:
+    id_arrow = pa.int64() if id_type is not None and pa.types.is_integer(id_type) else pa.string()
+    return pa.schema(
+        [
+            ("id", id_arrow),
+            ("first", pa.int64()),
+            ("rows", pa.int64()),
+            ("error", pa.string()),
+            ("future", pa.list_(pa.int64())),
+            *((name, pa.list_(pa.from_numpy_dtype(np.dtype(dtype)))) for name, (_, dtype) in c.inputs.items()),
+        ]
+    )
+
+
+def _spark_schema(schema: pa.Schema) -> StructType:
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(schema)
+
+
+def _from_groups(table: pa.Table, c: PanelContract) -> PanelPrepared:
+    """The workers' rows back as the local engine's :class:`PanelPrepared`, in file order."""
+    from rnnops.serving.batch import spark as S
+
+    table = table.sort_by("first")
+    ok = table.filter(pc.is_null(table["error"]))
+    bad = table.filter(pc.is_valid(table["error"]))
+    m = ok.num_rows
+    ids = ok["id"].to_pylist()
+    future = S._matrix(ok["future"], m, c.horizon, np.int64)
+    inputs = {}
+    for name, (shape, dtype) in c.inputs.items():
+        dims = tuple(int(d) for d in shape[1:])
+        inputs[name] = S._matrix(ok[name], m, int(np.prod(dims)), dtype).reshape(m, *dims)
+    features = [pf.SeriesFeatures(str(ids[k]), {n: v[k] for n, v in inputs.items()}, future[k]) for k in range(m)]
+    errors = [
+        SeriesError(sid, rows, message, first)
+        for sid, rows, message, first in zip(
+            bad["id"].to_pylist(), bad["rows"].to_pylist(), bad["error"].to_pylist(), bad["first"].to_pylist()
+        )
+    ]
+    return PanelPrepared(
+        ids=ids,
+        first_pos=ok["first"].to_numpy(),
+        features=features,
+        series_rows=ok["rows"].to_numpy(),
+        errors=errors,
+        rows=int(pc.sum(table["rows"]).as_py() or 0),
+        series=table.num_rows,
+    )
+
+
+def run_panel_spark(job: ForecastJob, model: ForecastModel, layout: Layout, master: str | None = None) -> JobSummary:
+    """The Spark engine: PANEL and FUTURE read by Spark, the rows of a series (both files) hashed
+    to one group, each group's series turned into model inputs on the workers
+    (:func:`prepare_group`), the model run on the driver and written by the local writer.
+
+    Why the model runs on the driver: an exported panel graph is not batch-invariant on
+    onnxruntime's CPU kernels (a series' forecast moves in the last float32 bits with the other
+    series of its call, measured with the tiny panel model), so the local engine's calls
+    (series in file order, ``--batch-size`` at a time) are repeated exactly, and both engines
+    write the same bytes. Reading, grouping and feature building, the bulk of a job, are spread."""
+    import math
+
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from rnnops.serving.batch import spark as S
+
+    t0 = time.perf_counter()
+    c = contract_of(model)
+    assert layout.id_column is not None
+    idc, datec = layout.id_column, layout.date_column
+    numeric, text = columns(c)
+    progress = job.progress if job.progress is not None else False
+    spark = S.session(master, progress)
+    try:
+        sc = spark.sparkContext
+        buckets = max(2 * max(1, sc.defaultParallelism), math.ceil(job.input.stat().st_size / S.BUCKET_BYTES))
+        spark.conf.set("spark.sql.shuffle.partitions", str(buckets))
+
+        def read(path: Path, num: Sequence[str], txt: Sequence[str], src: int) -> DataFrame:
+            cols = list(dict.fromkeys([idc, datec, *num, *txt]))
+            if file_format(path, "input") == "parquet":
+                df = spark.read.parquet(str(path.resolve())).select(*cols)
+            else:
+                header = list(read_header(path, "csv").names)
+                schema = T.StructType(
+                    [T.StructField(h, T.DoubleType() if h in num else T.StringType()) for h in header]
+                )
+                df = (
+                    spark.read.schema(schema)
+                    .option("header", True)
+                    .option("mode", "FAILFAST")
+                    .option("escape", '"')
+                    .csv(str(path.resolve()))
+                    .select(*cols)
+                )
+            for col in num:
+                df = df.withColumn(col, F.col(col).cast("double"))
+            return df.withColumn(S.POS, F.monotonically_increasing_id()).withColumn(SRC, F.lit(src))
+
+        df = read(job.input, numeric, text, 0)
+        if job.future is not None and c.future_covariates:
+            fut = read(job.future, c.future_covariates, (), 1)
+            df = df.unionByName(fut, allowMissingColumns=True)
+        key = F.pmod(F.xxhash64(F.col(idc).cast("string")), F.lit(buckets))
+        task = PanelGroupTask(
+            contract=c,
+            id_type=layout.id_type,
+            id_column=idc,
+            date_column=datec,
+            date_format=job.date_format,
+        )
+
+        def prepare_series_group(table: pa.Table) -> pa.Table:
+            return prepare_group(task, table)
+
+        schema = _spark_schema(_group_schema(layout.id_type, c))
+        res = df.withColumn(S.BUCKET, key).groupBy(S.BUCKET).applyInArrow(prepare_series_group, schema=schema)
+        try:
+            table = res.toArrow()
+        except Exception as exc:
+            raise S._spark_error(exc) from None
+    finally:
+        if getattr(spark, "_rnnops_owned", True):
+            with contextlib.suppress(Exception):
+                spark.stop()
+    prep = _from_groups(table, c)
+    if job.strict and prep.errors:
+        raise strict_error(prep.errors, layout)
+    from rnnops.serving.batch.local import make_runtime
+
+    return write(job, model, layout, prep, make_runtime(model, threads=1), "spark", t0)
