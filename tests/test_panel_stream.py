@@ -197,6 +197,8 @@ def test_stream_is_chosen_by_size_unless_asked(panel_dir, monkeypatch, tmp_path)
     assert str(info.value) == (
         f"--stream reads a Parquet panel (a file or a directory of files), not {csv}: convert it, or drop --stream"
     )
+    with pytest.raises(RnnopsError, match="a streamed panel does not take it yet: give --no-stream"):
+        panel_job(str(panel_dir), "tiny", {**flags, "stream": True, "init_from": "parent", "parent_run": "abc"})
 
 
 # --------------------------------------------------------------------------- sampling, shards, scores
