@@ -17,7 +17,7 @@ Seeded (the same arguments give the same panel); rows are generated and written 
 a time, so a large panel (100,000 series x 1,000 days) streams to Parquet without being held whole.
 
     python benchmarks/retail_panel.py --series 200 --days 365 --out retail.parquet
-    python benchmarks/retail_panel.py --series 100000 --days 1000 --out big.parquet   # ~10^8 rows
+    python benchmarks/retail_panel.py --series 100000 --days 1000 --files 10 --out big/  # ~10^8 rows
 
 Flags for training on it: ``--id-column item_id --date-column date --target sales
 --static-columns store,category --future-covariates promo,price --freq D``.
@@ -163,6 +163,31 @@ def write(path: Path, **kwargs) -> int:
     return rows
 
 
+def write_parts(folder: Path, files: int = 4, row_group_rows: int = 1 << 16, block: int = 2000, **kwargs) -> int:
+    """Write the panel as ``files`` Parquet files in ``folder`` (``part-00000.parquet``, …), as Spark
+    or Dask would: block ``i`` of items goes to file ``i % files``, each item's rows together and in
+    date order (what ``--stream`` reads), in row groups of ``row_group_rows``; returns the rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    writers: dict[int, pq.ParquetWriter] = {}
+    rows = 0
+    try:
+        for i, b in enumerate(blocks(block=block, **kwargs)):
+            table = pa.table(b)
+            k = i % files
+            if k not in writers:
+                writers[k] = pq.ParquetWriter(str(folder / f"part-{k:05d}.parquet"), table.schema)
+            writers[k].write_table(table, row_group_size=row_group_rows)
+            rows += table.num_rows
+    finally:
+        for w in writers.values():
+            w.close()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -172,18 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stores", type=int, default=10)
     ap.add_argument("--short-fraction", type=float, default=0.05, help="share of items with 3-6 weeks of history")
-    ap.add_argument("--out", type=Path, required=True, help="output file: .parquet or .csv")
+    ap.add_argument("--out", type=Path, required=True, help="output file: .parquet or .csv (a directory with --files)")
+    ap.add_argument("--files", type=int, default=1, help="write a directory of this many Parquet files (--stream)")
     args = ap.parse_args(argv)
     if args.series < 1 or args.days < 1:
         ap.error("--series and --days must be at least 1")
-    rows = write(
-        args.out,
-        series=args.series,
-        days=args.days,
-        seed=args.seed,
-        stores=args.stores,
-        short_fraction=args.short_fraction,
+    panel = dict(
+        series=args.series, days=args.days, seed=args.seed, stores=args.stores, short_fraction=args.short_fraction
     )
+    rows = write_parts(args.out, args.files, **panel) if args.files > 1 else write(args.out, **panel)
     print(f"{args.out}: {rows} rows, {args.series} series", file=sys.stderr)
     return 0
 

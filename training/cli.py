@@ -289,6 +289,16 @@ def forecast(
             rich_help_panel=PANEL,
         ),
     ] = None,
+    stream: Annotated[
+        bool | None,
+        Opt(
+            "--stream/--no-stream",
+            help="Stream a Parquet panel (a file or a directory of files) instead of reading it into memory: "
+            "windows sampled from a buffer of row blocks across files. Default: stream when the panel would "
+            "not fit in memory (docs/forecasting.md).",
+            rich_help_panel=PANEL,
+        ),
+    ] = None,
     preset: Annotated[
         Preset, Opt(help="tiny (seconds, tests), quick (~2.5 min; panels 5 min), full (~15 min; panels 30 min).")
     ] = Preset.quick,
@@ -336,8 +346,6 @@ def forecast(
 
         _refuse("a panel", {"--fill": fill, "--norm": norm, "--linear-skip": linear_skip, "--heads": heads})
         _refuse("a panel", {"--ff-mult": ff_mult, "--arch segrnn": arch == Arch.segrnn or None})
-        if nproc > 1:
-            raise RnnopsError("panels train in one process for now: drop --nproc")
         overrides = {
             "id_column": id_column,
             "date_column": date_column,
@@ -351,6 +359,7 @@ def forecast(
             "horizon": horizon,
             "backtest": backtest,
             "backtest_step": step,
+            "stream": stream,
             "model.cell": cell.value,
             "model.hidden_size": hidden_size,
             "model.num_layers": layers,
@@ -363,7 +372,7 @@ def forecast(
         if parent:
             overrides["model.cell"] = _given(ctx, "cell", cell.value)
             overrides = fine_tune_overrides(parent, overrides, "panel")
-        return launch(panel_job(data, preset.value, overrides), experiment)
+        return launch(panel_job(data, preset.value, overrides), experiment, nproc=nproc)
     _refuse(
         "a panel only (give --id-column)",
         {
@@ -375,6 +384,7 @@ def forecast(
             "--likelihood": likelihood,
             "--backtest": backtest,
             "--step": step,
+            "--stream": stream,
         },
     )
     from rnnops.training.jobs import forecast_job

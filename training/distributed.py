@@ -14,7 +14,8 @@ What changes with N processes (and only this; the job and the loop are the same)
   so ``backward()`` all-reduces (averages) gradients and every rank takes the same optimizer step.
   ``--batch-size`` is per process: the effective batch is N x batch size (the lr is not scaled).
 - **Different batches**: rank r samples with seed ``seed + r * RANK_SEED_STRIDE``; rank 0 keeps
-  the single-process seed.
+  the single-process seed. Panels go further: rank r draws its windows from its own shard of the
+  series (:func:`shard`: series index modulo N), so the ranks' batches never share a series.
 - **Rank 0 is the run**: only rank 0 talks to MLflow, evaluates, prints and writes checkpoints;
   it shares the run id, each validation score (for early stopping) and its clock (for
   ``--time-budget`` and the lr schedule) so every rank stops at the same step.
@@ -138,6 +139,17 @@ class ReplicaCheckpoint(Checkpoint):
 
     def load_best(self, model) -> None:
         pass  # only rank 0's model is logged
+
+
+def shard(series, rank: int, world_size: int):
+    """The series (indices into a panel) that rank ``rank`` of ``world_size`` samples training
+    windows from: index modulo world size, so the shards are disjoint, cover the panel, differ in
+    size by one series at most, and mix long and short series alike (a panel sorted by length
+    still gives every rank a fair share)."""
+    import numpy as np
+
+    series = np.asarray(series)
+    return series[series % world_size == rank]
 
 
 def current() -> Replicas | None:

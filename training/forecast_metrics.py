@@ -194,6 +194,37 @@ def evaluate(
     return Scores(smape_v, mase_v, owa_v, msis_v, cov_v, wql_v, y.shape[0], int(ok.sum()))
 
 
+def merge_scores(parts: Sequence[tuple[Scores, float]], naive2: Scores | None = None) -> Scores:
+    """The scores of a panel scored in parts (blocks of series read one at a time, as the streaming
+    reader does): ``parts`` holds each part's :class:`Scores` and the sum of its scored ``|actual|``
+    values (WQL's denominator). sMAPE, MASE, MSIS and coverage are means over every scored value, so
+    the parts' means weighted by ``n_values``; WQL is a ratio of sums, so weighted by ``|actual|``;
+    OWA from the merged means and the merged Naive2 (``naive2``). Equal to :func:`evaluate` over the
+    whole panel, up to rounding."""
+    parts = [(s, a) for s, a in parts if s.n_values]
+    n = np.array([s.n_values for s, _ in parts], np.float64)
+    weight = np.array([a for _, a in parts], np.float64)
+
+    def mean(key: str, w: np.ndarray) -> float:
+        values = np.array([getattr(s, key) for s, _ in parts], np.float64)
+        if not len(values) or np.isnan(values).any() or w.sum() <= 0:
+            return math.nan
+        return float(np.sum(values * w) / w.sum())
+
+    smape_v, mase_v = mean("smape", n), mean("mase", n)
+    owa_v = owa(smape_v, mase_v, naive2.smape, naive2.mase) if naive2 is not None else math.nan
+    return Scores(
+        smape_v,
+        mase_v,
+        owa_v,
+        mean("msis", n),
+        mean("coverage", n),
+        mean("wql", weight),
+        sum(s.n_series for s, _ in parts),
+        int(n.sum()),
+    )
+
+
 def wql(actual, quantile_forecasts, quantiles: Sequence[float] = GLUONTS_QUANTILES) -> float:
     """GluonTS' ``mean_wQuantileLoss``: per quantile, the quantile loss summed over all series and
     steps over the summed |actual|; then the mean over quantiles. ``quantile_forecasts``:

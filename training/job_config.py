@@ -135,6 +135,9 @@ class PanelJob:
     # built: the parent, whose logged model gives the weights (an alias may move on later).
     init_from: str | None = None
     parent_run: str | None = None
+    # Stream the panel from Parquet instead of reading it into memory (training/panel_stream.py);
+    # resolved when the job is built (``--stream``, else by the panel's size), so job.json says which.
+    stream: bool = False
 
 
 Job = CharJob | ForecastJob | PanelJob
@@ -168,7 +171,7 @@ def job_from_dict(d: dict) -> Job:
     values = {}
     for f in fields(cls):
         if f.name not in d:
-            if f.default is None:  # an optional field, unset (or written before it existed)
+            if f.default is not dataclasses.MISSING:  # an optional field, unset (or written before it existed)
                 continue
             raise RnnopsError(f"the {task} job has no {f.name!r}: it was not written by rnnops train")
         values[f.name] = d[f.name]

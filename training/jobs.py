@@ -300,6 +300,19 @@ def panel_job(data: str, preset: str, overrides: dict) -> PanelJob:
     )
     lists = ("static_columns", "future_covariates", "past_covariates")
     job = with_overrides(job, {k: list(split_list(v)) if k in lists else v for k, v in given.items()})
+    from rnnops.training.panel_stream import parquet_rows, should_stream
+
+    if "stream" not in given:  # not asked either way: stream when the panel would not fit in memory
+        job = replace(job, stream=should_stream(data))
+    elif job.stream and parquet_rows(data) is None:
+        raise RnnopsError(
+            f"--stream reads a Parquet panel (a file or a directory of files), not {data}: convert it, or drop --stream"
+        )
+    if job.stream and job.parent_run:
+        raise RnnopsError(
+            "--init-from fine-tunes on a panel read into memory; a streamed panel does not take it yet: "
+            "give --no-stream"
+        )
     return _check_panel(job)
 
 

@@ -27,7 +27,8 @@ Only the columns that have a role are read, batch by batch (Arrow record batches
 pandas chunks for CSV): each batch is checked and converted to compact arrays (series codes,
 int64 timestamps, float32 values), so Python objects never exceed one batch. The checked panel
 is held in memory as flat arrays (rows of series i are ``offsets[i]:offsets[i + 1]``); a panel
-larger than memory needs the streaming window sampler of the training stage (not built yet).
+larger than memory is indexed and read back a block of series at a time instead
+(:mod:`rnnops.training.panel_stream`, which checks each block with :func:`check_panel`).
 
 No torch: batch jobs and tools can read and check panels without it.
 """
@@ -136,6 +137,13 @@ class Splits:
         return ranges[split]
 
 
+def splits_of(length: np.ndarray, horizon: int) -> Splits:
+    """The M4 splits of series of these lengths: the last ``horizon`` steps test, the ``horizon``
+    before them validation, the rest training."""
+    n = np.asarray(length, np.int64)
+    return Splits(horizon, n, np.maximum(n - 2 * horizon, 0), np.maximum(n - horizon, 0))
+
+
 def backtest_cutoffs(length: np.ndarray, horizon: int, windows: int, step: int | None = None) -> np.ndarray:
     """Rolling origins, as NeuralForecast's ``cross_validation(n_windows=windows, step_size=step)``:
     ``[series, windows]`` positions where each forecast window starts, oldest first; window w
@@ -192,9 +200,7 @@ class Panel:
         return calendar.compute(self.calendar_names, self.timestamps if timestamps is None else timestamps)
 
     def splits(self) -> Splits:
-        n = self.lengths
-        h = self.spec.horizon
-        return Splits(h, n, np.maximum(n - 2 * h, 0), np.maximum(n - h, 0))
+        return splits_of(self.lengths, self.spec.horizon)
 
     def backtest(self, windows: int, step: int | None = None) -> np.ndarray:
         """:func:`backtest_cutoffs` of this panel's series."""
@@ -291,25 +297,49 @@ def read_panel(source, spec: PanelSpec) -> Panel:
             name, df = source, load_m4_hourly().frame
         _check_columns(spec, [str(c) for c in df.columns], name)
         return check_panel(_frame_batches(df[columns]), spec, name)
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise RnnopsError(f"no panel file {source!r}: give a CSV or Parquet file (or one of {', '.join(NAMED_PANELS)})")
-    kind = "Parquet" if path.suffix.lower() in PARQUET_SUFFIXES else "CSV"
-    try:
-        available = _columns_of(path)
-    except Exception as exc:  # pandas / Arrow raise many types for unreadable files
-        raise RnnopsError(f"cannot read {path.name} as {kind}: {_one_line(exc)}") from None
-    _check_columns(spec, available, path.name)
+    files = panel_files(source)
+    for path in files:
+        _check_columns(spec, _readable_columns(path), path.name)
 
     def batches():
-        try:
-            yield from _file_batches(path, columns)
-        except RnnopsError:
-            raise
-        except Exception as exc:
-            raise RnnopsError(f"cannot read {path.name} as {kind}: {_one_line(exc)}") from None
+        for path in files:
+            try:
+                yield from _file_batches(path, columns)
+            except RnnopsError:
+                raise
+            except Exception as exc:
+                raise RnnopsError(f"cannot read {path.name} as {_kind(path)}: {_one_line(exc)}") from None
 
-    return check_panel(batches(), spec, path.name)
+    return check_panel(batches(), spec, Path(source).expanduser().name)
+
+
+def panel_files(source) -> list[Path]:
+    """The files of a panel: the file itself, or a directory's Parquet files in name order (one
+    panel written as several files, as Spark and Dask write them)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in PARQUET_SUFFIXES)
+        if not files:
+            raise RnnopsError(f"no Parquet files (*.parquet, *.pq) in the directory {source!r}")
+        return files
+    if not path.is_file():
+        raise RnnopsError(
+            f"no panel file {source!r}: give a CSV or Parquet file, a directory of Parquet files "
+            f"(or one of {', '.join(NAMED_PANELS)})"
+        )
+    return [path]
+
+
+def _kind(path: Path) -> str:
+    return "Parquet" if path.suffix.lower() in PARQUET_SUFFIXES else "CSV"
+
+
+def _readable_columns(path: Path) -> list[str]:
+    """The columns of a panel file, or one line saying it cannot be read."""
+    try:
+        return _columns_of(path)
+    except Exception as exc:  # pandas / Arrow raise many types for unreadable files
+        raise RnnopsError(f"cannot read {path.name} as {_kind(path)}: {_one_line(exc)}") from None
 
 
 def _unique_roles(spec: PanelSpec) -> list[tuple[str, str]]:
@@ -428,9 +458,9 @@ class _Rows:
     static_numbers: list[np.ndarray | None]  # per static column: float64 per row, None when not all numeric
 
 
-def _convert(batches, spec: PanelSpec, name: str) -> _Rows:
-    """Each batch checked (ids, dates, numbers: with file row numbers) and converted to compact
-    arrays; Python objects never exceed one batch."""
+def _convert(batches, spec: PanelSpec, name: str, first_row: int = 0) -> _Rows:
+    """Each batch checked (ids, dates, numbers: with file row numbers, the first being
+    ``first_row``) and converted to compact arrays; Python objects never exceed one batch."""
     import pandas as pd
 
     idc, datec = spec.id_column, spec.date_column
@@ -444,7 +474,7 @@ def _convert(batches, spec: PanelSpec, name: str) -> _Rows:
     no_date: list = [0, None, None]  # count, first row, its value
     row0 = 0
     for df in batches:
-        n, first = len(df), row0
+        n, first = len(df), first_row + row0
         if not n:
             continue
         null_ids = np.flatnonzero(df[idc].isna().to_numpy())
@@ -577,10 +607,24 @@ def _grid_times(first: np.ndarray, last: np.ndarray, within: np.ndarray, series:
 # --------------------------------------------------------------------------- checking the whole panel
 
 
-def check_panel(batches, spec: PanelSpec, name: str = "the panel") -> Panel:
+def check_panel(
+    batches,
+    spec: PanelSpec,
+    name: str = "the panel",
+    *,
+    freq: str | None = None,
+    first_row: int = 0,
+    require_long: bool = True,
+) -> Panel:
     """Check a panel given as pandas frames (batches of rows in file order) holding the spec's
-    columns; see :func:`read_panel`."""
-    rows = _convert(batches, spec, name)
+    columns; see :func:`read_panel`.
+
+    For a part of a larger panel (the streaming reader, :mod:`rnnops.training.panel_stream`,
+    checks whole series a block at a time): ``freq`` is the panel's frequency when it is already
+    known (a gap is still an error unless ``spec.freq`` is given), ``first_row`` the file row of the
+    block's first row (for messages), and ``require_long=False`` leaves the "no series long enough"
+    check to the caller, who sees every series."""
+    rows = _convert(batches, spec, name, first_row)
     idc, datec = spec.id_column, spec.date_column
     ids = tuple(rows.ids.values)
 
@@ -593,7 +637,7 @@ def check_panel(batches, spec: PanelSpec, name: str = "the panel") -> Panel:
         first = int(order[dup].min())  # the duplicate that comes first in the file
         raise RnnopsError(
             f"{_n(len(dup), f'duplicate ({idc}, {datec}) row')} in {name}; the first: "
-            f"{ids[rows.codes[first]]!r} at {_ts(rows.dates[first])} (row {first}); keep one row per "
+            f"{ids[rows.codes[first]]!r} at {_ts(rows.dates[first])} (row {first_row + first}); keep one row per "
             "series and timestamp"
         )
     targets, future, past = rows.targets[order], rows.future[order], rows.past[order]
@@ -611,7 +655,7 @@ def check_panel(batches, spec: PanelSpec, name: str = "the panel") -> Panel:
                 "use studentt or normal"
             )
 
-    freq = spec.freq or _infer_freq(t, offsets)
+    freq = spec.freq or freq or _infer_freq(t, offsets)
     try:
         season = season_length(freq)
         cal_names = calendar.features_for(freq) if spec.calendar_features else ()
@@ -681,7 +725,7 @@ def check_panel(batches, spec: PanelSpec, name: str = "the panel") -> Panel:
     lengths = np.diff(offsets)
     need = spec.lookback + spec.horizon
     short = lengths < need
-    if short.all():
+    if require_long and short.all():
         longest = int(np.argmax(lengths))
         raise RnnopsError(
             f"no series of {name} is long enough for lookback {spec.lookback} + horizon {spec.horizon} "

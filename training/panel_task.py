@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rnnops.errors import RnnopsError
 from rnnops.training import data as D
 from rnnops.training import forecast_metrics as fm
 from rnnops.training.job_config import PanelJob
@@ -91,6 +92,10 @@ def train_config(job: PanelJob) -> PanelTrainConfig:
 
 
 def setup_panel(job: PanelJob) -> TrainingSetup:
+    if job.stream:  # larger than memory: windows streamed from Parquet (training/panel_stream_task.py)
+        from rnnops.training.panel_stream_task import setup_streaming_panel
+
+        return setup_streaming_panel(job)
     recipe, panel = prepare_panel(job.data, panel_spec(job), job.backtest, job.backtest_step)
     config = train_config(job)
     start = None
@@ -109,7 +114,7 @@ def setup_panel(job: PanelJob) -> TrainingSetup:
     if backtest is not None:  # train on what precedes each series' first scored origin
         scored = np.where(backtest >= 1, backtest, np.iinfo(np.int64).max)
         end = np.minimum(scored.min(axis=1), splits.train_end)
-    series, low, high = training_origins(panel, config.lookback, end)
+    series, low, high = rank_shard(*training_origins(panel, config.lookback, end))
     span = torch.from_numpy(high - low + 1)
     bs = job.train.batch_size
 
@@ -120,7 +125,7 @@ def setup_panel(job: PanelJob) -> TrainingSetup:
         return windows.batch(series[pick], low[pick] + offset.numpy()), None
 
     def loss_fn(m, batch, _):
-        return m.loss(batch)
+        return distributed_loss(m, model, batch)
 
     def evaluate(step):
         """Validation MASE (early stopping follows it) and, where the nine GluonTS levels are
@@ -187,6 +192,30 @@ def setup_panel(job: PanelJob) -> TrainingSetup:
         dataset=dataset_input(recipe.source.name, path, recipe.source.sha256, url=url),
         recipe=recipe,
     )
+
+
+def rank_shard(series: np.ndarray, low: np.ndarray, high: np.ndarray):
+    """The training origins (``training_origins``' arrays) of this process's shard of the series:
+    all of them in one process; with ``--nproc``/torchrun, rank r's (series index modulo N)."""
+    from rnnops.training import distributed
+
+    group = distributed.current()
+    if group is None:
+        return series, low, high
+    keep = np.isin(series, distributed.shard(series, group.rank, group.world_size))
+    if not keep.any():
+        raise RnnopsError(
+            f"rank {group.rank} of {group.world_size} has no series with a training window: the panel has "
+            f"{len(series)}; use fewer processes"
+        )
+    return series[keep], low[keep], high[keep]
+
+
+def distributed_loss(m, model: PanelForecaster, batch) -> torch.Tensor:
+    """The head's loss of ``m``'s forward pass: ``m`` is the model, or its DDP wrapper (whose
+    backward averages the ranks' gradients), which runs only ``forward``, not ``model.loss``."""
+    raw, loc, scale = m(batch)
+    return model.head.loss(raw, loc, scale, batch.future_target)
 
 
 def model_inputs(panel: Panel) -> dict:

@@ -27,7 +27,7 @@ import numpy as np
 
 from rnnops.errors import RnnopsError
 from rnnops.training import data as D
-from rnnops.training.panel import NAMED_PANELS, Panel, PanelSpec, read_panel
+from rnnops.training.panel import NAMED_PANELS, Panel, PanelSpec, panel_files, read_panel
 
 RECIPE_ARTIFACT = "config/recipe.json"
 FORMAT = 1
@@ -246,13 +246,24 @@ def panel_sha256(uri: str) -> str:
         from rnnops.training.m4 import TEST_DATASET, TRAIN_DATASET
 
         return hashlib.sha256((D.DATASETS[TRAIN_DATASET].sha256 + D.DATASETS[TEST_DATASET].sha256).encode()).hexdigest()
-    return sha256_file(Path(uri).expanduser())
+    path = Path(uri).expanduser()
+    if path.is_dir():  # a panel in several Parquet files: of their names and sha256s, in name order
+        files = panel_files(path)
+        return hashlib.sha256("".join(f"{f.name}:{sha256_file(f)}\n" for f in files).encode()).hexdigest()
+    return sha256_file(path)
 
 
 def prepare_panel(uri: str, spec: PanelSpec, backtest: int = 0, step: int | None = None) -> tuple[DataRecipe, Panel]:
     """Read and check a panel (a CSV or Parquet file, or a named panel) and describe it: (recipe,
     panel). Every problem in the input is one RnnopsError line (:func:`read_panel`)."""
     panel = read_panel(uri, spec)
+    return panel_recipe(uri, spec, panel, backtest, step), panel
+
+
+def panel_recipe(uri: str, spec: PanelSpec, panel, backtest: int = 0, step: int | None = None) -> DataRecipe:
+    """The recipe of a checked panel: ``panel`` a :class:`Panel`, or the streaming reader's
+    :class:`~rnnops.training.panel_stream.PanelIndex` (the same ids, lengths, splits, frequency and
+    calendar, without the values)."""
     splits = panel.splits()
     name = uri if uri in NAMED_PANELS else Path(uri).stem
     recipe = DataRecipe(
@@ -284,7 +295,7 @@ def prepare_panel(uri: str, spec: PanelSpec, backtest: int = 0, step: int | None
         calendar=list(panel.calendar_names),
         backtest={"windows": int(backtest), "step": int(step or spec.horizon)} if backtest else None,
     )
-    return recipe, panel
+    return recipe
 
 
 def recipe_from_job(job: dict | None, spec: dict) -> tuple[DataRecipe, D.TextData | D.SeriesData]:
