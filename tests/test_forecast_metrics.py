@@ -205,3 +205,16 @@ def test_metrics_panels_and_calendar_import_without_torch():
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_a_series_without_a_mase_scale_is_left_out_of_mase_not_nan():
+    """One observation of history has no pair to scale by: MASE and MSIS leave that series out
+    (sMAPE counts it), so a panel with very short series still has a MASE to early-stop on."""
+    histories = [np.array([1.0, 2.0, 4.0, 7.0]), np.array([5.0])]
+    actual = np.array([[8.0, 9.0], [5.0, 6.0]])
+    forecast = np.array([[7.0, 7.0], [5.0, 5.0]])
+    both = fm.evaluate(histories, actual, forecast, 1, lower=forecast - 1, upper=forecast + 1)
+    alone = fm.evaluate(histories[:1], actual[:1], forecast[:1], 1, lower=forecast[:1] - 1, upper=forecast[:1] + 1)
+    assert both.mase == pytest.approx(alone.mase) and np.isfinite(both.mase)
+    assert both.msis == pytest.approx(alone.msis)
+    assert both.smape != pytest.approx(alone.smape)  # the short series still counts in sMAPE

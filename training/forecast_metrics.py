@@ -178,15 +178,19 @@ def evaluate(
         raise ValueError(f"{len(insample)} in-sample histories for {y.shape[0]} series")
     ok = np.isfinite(y)
     s = scales(insample, m)[:, None]
+    # A series whose history has no pair of values has no MASE scale (NaN): it is left out of MASE
+    # and MSIS (sMAPE still counts it), so one short series does not turn the panel's MASE, and
+    # early stopping on it, into NaN.
+    scaled = ok & np.isfinite(s)
     with np.errstate(divide="ignore", invalid="ignore"):
         mase_terms = np.abs(y - f) / s
     smape_v = float(np.mean(smape_terms(y, f)[ok])) if ok.any() else math.nan
-    mase_v = float(np.mean(mase_terms[ok])) if ok.any() else math.nan
+    mase_v = float(np.mean(mase_terms[scaled])) if scaled.any() else math.nan
     msis_v = cov_v = wql_v = math.nan
     if lower is not None and upper is not None:
         lo, hi = _panel(actual, lower)[1], _panel(actual, upper)[1]
         with np.errstate(divide="ignore", invalid="ignore"):
-            msis_v = float(np.mean((interval_score_terms(y, lo, hi, alpha) / s)[ok]))
+            msis_v = float(np.mean((interval_score_terms(y, lo, hi, alpha) / s)[scaled])) if scaled.any() else math.nan
         cov_v = float(np.mean(((y >= lo) & (y <= hi))[ok]))
     if quantile_forecasts is not None:
         wql_v = wql(y, quantile_forecasts, quantiles)
