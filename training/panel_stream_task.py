@@ -23,10 +23,8 @@ What differs from the in-memory task, and why:
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +38,10 @@ from rnnops.training.panel_stream import PanelIndex, StreamSampler, index_panel
 from rnnops.training.panel_task import (
     SHORT_SERIES_ARTIFACT,
     distributed_loss,
-    model_inputs,
     panel_spec,
     plot_forecasts,
     rank_shard,
+    run_spec,
     short_series,
     train_config,
 )
@@ -134,14 +132,7 @@ def setup_streaming_panel(job: PanelJob) -> TrainingSetup:
             mlflow.log_artifact(str(png), "plots")
         return final
 
-    spec_out = {
-        "kind": "panel",
-        "config": json.loads(json.dumps(asdict(mcfg))),
-        "inputs": model_inputs(index),
-        "stateful": False,
-        "dataset": {"name": recipe.source.name, "sha256": recipe.source.sha256},
-        "freq": index.freq,
-    }
+    spec_out = run_spec(mcfg, index, recipe)
     return TrainingSetup(
         model=model,
         sample_batch=sample_batch,

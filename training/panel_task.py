@@ -168,14 +168,7 @@ def setup_panel(job: PanelJob) -> TrainingSetup:
             mlflow.log_artifact(str(png), "plots")
         return final
 
-    spec = {
-        "kind": "panel",
-        "config": json.loads(json.dumps(asdict(mcfg))),
-        "inputs": model_inputs(panel),
-        "stateful": False,  # each window is scaled by itself: the model reads the last `lookback` steps
-        "dataset": {"name": recipe.source.name, "sha256": recipe.source.sha256},
-        "freq": panel.freq,
-    }
+    spec = run_spec(mcfg, panel, recipe)
     named = job.data in NAMED_PANELS  # m4-hourly: its training file's URL is the source
     path = None if named else Path(job.data).expanduser()
     url = D.DATASETS[f"{job.data}-train"].url if named else None
@@ -216,6 +209,19 @@ def distributed_loss(m, model: PanelForecaster, batch) -> torch.Tensor:
     backward averages the ranks' gradients), which runs only ``forward``, not ``model.loss``."""
     raw, loc, scale = m(batch)
     return model.head.loss(raw, loc, scale, batch.future_target)
+
+
+def run_spec(mcfg, panel, recipe) -> dict:
+    """The run's model spec (logged as the model's config: what export rebuilds it from), for a
+    panel in memory or a streamed one's index (both have ``spec``, ``static``, ``freq``...)."""
+    return {
+        "kind": "panel",
+        "config": json.loads(json.dumps(asdict(mcfg))),
+        "inputs": model_inputs(panel),
+        "stateful": False,  # each window is scaled by itself: the model reads the last `lookback` steps
+        "dataset": {"name": recipe.source.name, "sha256": recipe.source.sha256},
+        "freq": panel.freq,
+    }
 
 
 def model_inputs(panel: Panel) -> dict:
