@@ -249,8 +249,15 @@ def test_serving_outlives_the_registry_and_polls_back_off_and_recover(files, tmp
 
 @pytest.mark.slow
 def test_sigterm_drains_in_flight_streams_and_refuses_new_requests(files, tmp_path):
-    # one event a character, so that a held stream outgrows the socket buffers
-    env = {"RNNOPS_MODELS": f"char={files / 'char.onnx'}", "RNNOPS_DRAIN_S": "60", "RNNOPS_COALESCE_MS": "0"}
+    # one event a character (no coalescing, and one decode step per call: the decode graph's
+    # default 16 would send 16 characters an event), so that a held stream outgrows the socket
+    # buffers and is still in flight when the signal comes
+    env = {
+        "RNNOPS_MODELS": f"char={files / 'char.onnx'}",
+        "RNNOPS_DRAIN_S": "60",
+        "RNNOPS_COALESCE_MS": "0",
+        "RNNOPS_DECODE_STEPS": "1",
+    }
     with serve(tmp_path, env) as (proc, url, log):
         idle = httpx.Client(base_url=url, timeout=10)
 
