@@ -575,11 +575,15 @@ def run(
     return out
 
 
-# py-spy's raw stacks sorted into the parts of an update, first match wins (frame substrings)
+# py-spy's raw stacks sorted into the parts of an update, first match wins (frame substrings). The
+# update's own work runs inside the store's update() (which calls it back), so it is matched first.
 PROFILE_PARTS = (
     ("model run (onnxruntime)", ("onnxruntime",)),
     ("panel features", ("panel_features", "rnnops/calendar", "rnnops/timeseries")),
+    ("session update (checks, the series advanced, the batcher hand-off)", ("_observe_series", "_forecast_series")),
     ("session store (redis-py, encode/decode)", ("redis_store", "redis/")),
+    ("request body and answer (pydantic, orjson)", ("parse_body", "session_view", "JSONResponse")),
+    ("BentoML's request metrics (prometheus_client, a label set per session path)", ("prometheus_client",)),
     ("HTTP response write (uvicorn)", ("StreamWriter.writelines", "httptools_impl")),
     ("HTTP stack (uvicorn, starlette, BentoML middleware)", ("starlette", "bentoml", "uvicorn")),
     ("thread-pool hand-off", ("concurrent/futures",)),

@@ -31,6 +31,7 @@ older rnnops' hash, or anything else) is refused with a 409 that says so.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import secrets
 import struct
@@ -84,19 +85,35 @@ class Slot:
     name: str
     dtype: np.dtype
     tail: tuple[int, ...]
+    per_row: int = 0  # values per first-axis step (set by __post_init__)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "per_row", math.prod(self.tail))
 
     def nbytes(self, n: int) -> int:
-        return n * int(np.prod(self.tail, dtype=np.int64)) * self.dtype.itemsize
+        return n * self.per_row * self.dtype.itemsize
 
 
 F32, I64 = np.dtype(np.float32), np.dtype(np.int64)
+_LAYOUTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...], bool], tuple[Slot, ...]] = {}
 
 
 def slots(
     model: LoadedModel, past: tuple[str, ...] = (), future: tuple[str, ...] = (), panel: bool = False
-) -> list[Slot]:
+) -> tuple[Slot, ...]:
     """The arrays of a session of ``model``, in the order the key holds them (a panel session's
-    series last: its past and future covariates by name, as the header lists them)."""
+    series last: its past and future covariates by name, as the header lists them). Computed
+    once per model version and covariate names (every update reads and writes a session)."""
+    key = (model.name, model.version, past, future, panel)
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        if len(_LAYOUTS) > 1024:  # versions come and go in a long-lived worker
+            _LAYOUTS.clear()
+        layout = _LAYOUTS[key] = _layout(model, past, future, panel)
+    return layout
+
+
+def _layout(model: LoadedModel, past: tuple[str, ...], future: tuple[str, ...], panel: bool) -> tuple[Slot, ...]:
     info = model.runtime.info
     h, f_out = info.horizon, len(info.target_names)
     out = [Slot(f"state{k}", np.dtype(t.dtype), t.shape_for(1)) for k, t in enumerate(info.state)]
@@ -112,7 +129,7 @@ def slots(
         out += [Slot(f"p:known:{n}", F32, ()) for n in future]
         out += [Slot(f"p:ahead:{n}", F32, ()) for n in future]
         out += [Slot("p:future", I64, ())]
-    return out
+    return tuple(out)
 
 
 def encode(sess: ForecastSession, state: tuple[np.ndarray, ...] | None, version: int) -> bytes:
@@ -180,7 +197,13 @@ def read_header(sid: str, raw: bytes) -> tuple[int, dict[str, Any]]:
 def decode(sid: str, raw: bytes, model: LoadedModel, head: dict[str, Any]) -> ForecastSession:
     """The session stored in ``raw`` (its header already read: :func:`read_header`)."""
     panel = bool(head.get("p"))
+    c = model.runtime.info.panel
     past, future = tuple(head.get("pc", ())), tuple(head.get("fc", ()))
+    names_ok = all(type(n) is str for n in past + future)
+    if panel and (
+        c is None or not names_ok or not {*past} <= {*c.past_covariates} or not {*future} <= {*c.future_covariates}
+    ):
+        raise _not_a_session(sid, f"its covariates are not model {model.name} version {model.version}'s")
     layout = slots(model, past, future, panel)
     counts = head.get("n")
     start = HEAD.size + HEAD.unpack_from(raw)[2]
@@ -192,9 +215,7 @@ def decode(sid: str, raw: bytes, model: LoadedModel, head: dict[str, Any]) -> Fo
     arrays: dict[str, np.ndarray] = {}
     at = 0
     for s, n in zip(layout, counts):
-        arrays[s.name] = np.frombuffer(data, s.dtype, n * int(np.prod(s.tail, dtype=np.int64)), at).reshape(
-            (n, *s.tail)
-        )
+        arrays[s.name] = np.frombuffer(data, s.dtype, n * s.per_row, at).reshape((n, *s.tail))
         at += s.nbytes(n)
 
     def one(name: str) -> np.ndarray | None:
@@ -329,7 +350,10 @@ class RedisSessionStore:
                 f"session {sid!r} was opened on {head.get('m')} version {head.get('v')}, which "
                 "this server no longer serves; open a new session (POST /sessions)"
             )
-        return decode(sid, raw, model, head), version
+        try:
+            return decode(sid, raw, model, head), version
+        except (TypeError, KeyError, ValueError) as exc:  # a header of the right shape with wrong contents
+            raise _not_a_session(sid, f"its header is not one this store writes ({exc!r})") from None
 
     async def read(self, sid: str) -> ForecastSession:
         """The session as last saved (a read renews its TTL and never blocks an update)."""
