@@ -246,3 +246,25 @@ def test_a_key_the_store_did_not_write_is_a_clear_409(redis_store_parts):
     for message in asyncio.run(go()):
         assert "was not written by this server's session store" in message and "open the session again" in message
     assert client.type(PREFIX + "old-hash") == b"hash"  # left as it was
+
+
+def test_an_update_saves_after_redis_forgot_the_write_script(redis_store_parts):
+    """EVALSHA of a script a restarted (or flushed) Redis does not hold: the store loads it and saves."""
+    from rnnops.serving.forecast.redis_store import RedisSessionStore
+
+    r, manager = redis_store_parts
+    m = manager.get("fcq", "forecaster")
+    x = np.ones((1, 3), np.float32)
+
+    async def go():
+        store = RedisSessionStore(r.url, manager, ttl_s=TTL)
+        try:
+            sid = (await store.open(m)).id
+            await store.update(sid, lambda sess: sess.observe(x))
+            await store.redis.script_flush()
+            await store.update(sid, lambda sess: sess.observe(x))
+            return (await store.read(sid)).observations
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(go()) == 2

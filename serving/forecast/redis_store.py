@@ -256,6 +256,54 @@ def _not_a_session(sid: str, why: str) -> NotASession:
     )
 
 
+class Pipeliner:
+    """Redis commands issued in one turn of the event loop, sent as one pipeline: one socket write
+    and one read for all of them instead of one each. Under load a worker has many updates in
+    flight, and redis-py spends more CPU on a command's send and reply than Redis takes to run it
+    (measured: 0.25 ms of client CPU per update's two commands one by one, 0.08 ms pipelined 64 at
+    a time). Each caller gets its own reply, or its own error as an exception."""
+
+    def __init__(self, redis: Any) -> None:  # a redis.asyncio.Redis (the client is untyped)
+        self.redis = redis
+        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()  # held until done (the loop keeps weak references)
+
+    def call(self, *command: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        if not self._queue:
+            loop.call_soon(self._flush)  # after every callback ready now: the updates of this turn
+        fut = loop.create_future()
+        self._queue.append((command, fut))
+        return fut
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as p:
+                for command, _ in batch:
+                    p.execute_command(*command)
+                replies = await p.execute(raise_on_error=False)
+        except BaseException as exc:  # the connection failed: every caller gets the error
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else ConnectionError(str(exc)))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, fut), reply in zip(batch, replies):
+            if fut.done():  # its caller was cancelled (the client went away)
+                continue
+            if isinstance(reply, Exception):
+                fut.set_exception(reply)
+            else:
+                fut.set_result(reply)
+
+
 class RedisSessionStore:
     """The session store's API (see :class:`~rnnops.serving.forecast.sessions.SessionStore`) on Redis."""
 
@@ -273,13 +321,15 @@ class RedisSessionStore:
     ) -> None:
         try:
             import redis.asyncio as aioredis
-            from redis.exceptions import ResponseError
+            from redis.exceptions import NoScriptError, ResponseError
         except ImportError:
             raise RnnopsError("RNNOPS_SESSION_STORE=redis://... needs the redis client: pip install redis") from None
         self.url = url
         self.redis = aioredis.from_url(url)
         self._response_error = ResponseError  # WRONGTYPE: a key of another type under the prefix
         self._write = self.redis.register_script(WRITE_IF_UNCHANGED)  # EVALSHA, loaded on first use
+        self._no_script = NoScriptError  # EVALSHA of a script this Redis has not loaded (restarted, flushed)
+        self._pipeline = Pipeliner(self.redis)  # an update's two commands, batched with other updates'
         self.models = models  # the ModelManager: a session's model version is looked up there
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
@@ -327,10 +377,25 @@ class RedisSessionStore:
     async def _getex(self, sid: str) -> bytes:
         """The session's bytes, its expiry renewed in the same command."""
         try:
-            raw = await self.redis.getex(PREFIX + sid, px=self._ttl_ms)
+            raw = await self._pipeline.call("GETEX", PREFIX + sid, "PX", self._ttl_ms)
         except self._response_error as exc:
             raw = exc
         return self._checked(sid, raw)
+
+    async def _write_if_unchanged(self, sid: str, version: int, value: bytes) -> bool:
+        """Save ``value`` if the session is still at write ``version`` (renewing its expiry and its
+        index entry); False if another write came first or the session is gone."""
+        keys = [PREFIX + sid, INDEX]
+        args = [struct.pack("<Q", version), value, self._ttl_ms, self.clock() + self.ttl_s, sid]
+        try:
+            try:
+                return bool(await self._pipeline.call("EVALSHA", self._write.sha, 2, *keys, *args))
+            except self._no_script:  # a restarted or flushed Redis: redis-py loads it and runs it
+                return bool(await self._write(keys=keys, args=args))
+        except self._response_error as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            raise _not_a_session(sid, "it is not a string") from None
 
     def _checked(self, sid: str, raw: bytes | None | Exception) -> bytes:
         """A GETEX's answer: the bytes, or the 404 of a missing key, or the 409 of a key of another type."""
@@ -375,15 +440,7 @@ class RedisSessionStore:
             sess, version = self._decode(sid, await self._getex(sid))
             result = await apply(sess)
             value = encode(sess, self._state(sess), (version + 1) % (1 << 64))
-            score = self.clock() + self.ttl_s
-            try:
-                written = await self._write(
-                    keys=[PREFIX + sid, INDEX], args=[struct.pack("<Q", version), value, self._ttl_ms, score, sid]
-                )
-            except self._response_error as exc:
-                if "WRONGTYPE" not in str(exc):
-                    raise
-                raise _not_a_session(sid, "it is not a string") from None
+            written = await self._write_if_unchanged(sid, version, value)
             if written:
                 return sess, result
             self.conflicts += 1
