@@ -54,10 +54,10 @@ if TYPE_CHECKING:
 PREFIX = "rnnops:session:"
 INDEX = "rnnops:sessions"
 
-# The key's fixed header: format tag, write version (what the write script compares), JSON length.
+# The key's fixed header: format tag, write version (bytes 4-11: what the write script compares),
+# the JSON header's length.
 MAGIC = b"RNS1"
 HEAD = struct.Struct("<4sQI")
-VERSION_AT = slice(4, 12)  # the write version's bytes in the key (GETRANGE 4 11 in the script)
 
 # KEYS: the session, the index. ARGV: the write version read, the new value, the TTL in ms, the
 # index score (expiry on the store's clock), the session id. 1: written; 0: another write came
@@ -141,12 +141,7 @@ def encode(sess: ForecastSession, state: tuple[np.ndarray, ...] | None, version:
     n_state = len(sess.model.runtime.info.state)
     arrays: list[np.ndarray | None] = [one(a) for a in state] if state is not None else [None] * n_state
     arrays += [sess.window, sess.timestamps, one(sess.last_forecast), one(sess.last_quantiles)]
-    head: dict[str, Any] = {
-        "m": sess.model.name,
-        "v": sess.model.version,
-        "o": sess.observations,
-        "c": sess.created_wall,
-    }
+    head: dict[str, Any] = {"m": sess.model.name, "v": sess.model.version, "o": sess.observations}
     if sess.freq is not None:
         head["f"] = sess.freq
     p = sess.panel
@@ -228,7 +223,6 @@ def decode(sid: str, raw: bytes, model: LoadedModel, head: dict[str, Any]) -> Fo
     sess.observations = int(head["o"])
     sess.last_forecast = one("last_forecast")
     sess.last_quantiles = one("last_quantiles")
-    sess.created_wall = float(head["c"])
     if panel:
         sess.panel = PanelSeries(
             id=sid,
