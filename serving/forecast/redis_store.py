@@ -6,7 +6,7 @@ few more; a panel series' last lookback steps about 2 KB), so each update reads 
 session, applies the observations and writes it back, in two Redis round trips:
 
 - one Redis **string** per session, ``rnnops:session:<id>`` (:func:`encode`): a fixed header
-  (format tag, the session's write version, the length of what follows), a small JSON of what
+  (format tag, the session's write version, the JSON's length), a small JSON of what
   varies (model and version, counters, each array's length, a panel series' statics), then the
   arrays' raw bytes one after the other. Their dtypes and trailing shapes come from the model's
   contract (``rnnops.state``, the feature and target counts, the panel contract), not from the
@@ -18,7 +18,8 @@ session, applies the observations and writes it back, in two Redis round trips:
   wrote (:meth:`RedisSessionStore.update`; up to ``RNNOPS_SESSION_LOCK_S`` of retries, then 503
   ``session_busy``). An update is applied exactly once or, if its worker dies before the write,
   not at all (and the client, which got no answer, retries); nothing is locked, so a dead worker
-  holds nothing up;
+  holds nothing up. The two commands go out in one pipeline with those of the worker's other
+  updates in the same event-loop turn (:class:`Pipeliner`);
 - the open sessions are counted in a sorted set of ids scored by expiry time on the store's
   clock (the cap and the gauge), renewed by the same write script and trimmed of expired ids as
   it is read.
