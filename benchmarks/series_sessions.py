@@ -9,8 +9,8 @@ export/panel_export.py). Steps:
 1. ``--series`` sessions are opened (``POST /sessions`` with the series' ``id``, its 56 days of
    sales and timestamps, promo and price over 56 + 14 days, its statics) by ``wrk``, one
    connection per thread; Redis's ``INFO memory`` before and after gives the memory per series,
-   and a sample of keys (``MEMORY USAGE``, ``HSTRLEN`` per field, the index's share) says where
-   it goes;
+   and a sample of keys (``MEMORY USAGE``, the value's header and arrays, the index's share) says
+   where it goes;
 2. for each worker count (the same Redis, the sessions stay open: any worker continues any
    series), ``wrk`` sends updates for ``--seconds``: ``--connections`` connections, one per
    thread, each owning a disjoint share of the series and picking one at random for each update
@@ -216,29 +216,22 @@ def redis_memory(r) -> dict:
 
 
 def key_breakdown(r, ids: list[str], n_series: int) -> dict:
-    """Where a session's Redis bytes go, from a sample of its keys."""
+    """Where a session's Redis bytes go, from a sample of its keys (one string each: a fixed
+    header, a JSON of what varies, the arrays; serving/forecast/redis_store.py)."""
+    from rnnops.serving.forecast.redis_store import HEAD
+
     usage = [r.memory_usage(PREFIX + s, samples=0) or 0 for s in ids]
-    fields = r.hgetall(PREFIX + ids[0])
-    sizes = {k.decode(): len(v) for k, v in fields.items()}
-    # the same bytes laid out otherwise, measured in this Redis: one hash field for all arrays, one string
-    meta = fields[b"meta"]
-    blob = b"".join(v for k, v in sorted(fields.items()) if k != b"meta")
-    r.hset("bench:alt:packed", mapping={"meta": meta, "arrays": blob})
-    r.set("bench:alt:string", meta + blob)
-    alternatives = {
-        "hash_meta_plus_one_array_field": r.memory_usage("bench:alt:packed", samples=0),
-        "one_string": r.memory_usage("bench:alt:string", samples=0),
-    }
-    r.delete("bench:alt:packed", "bench:alt:string")
+    raw = r.get(PREFIX + ids[0])
+    json_bytes = HEAD.unpack_from(raw)[2]
     return {
-        "alternatives": alternatives,
         "sample": len(ids),
         "key_bytes_mean": float(np.mean(usage)),
         "encoding": (r.object("encoding", PREFIX + ids[0]) or b"-").decode(),
-        "fields": len(fields),
-        "field_value_bytes": sizes,
-        "field_value_bytes_total": sum(sizes.values()),
-        "field_name_bytes_total": sum(len(k) for k in fields),
+        "value_bytes": len(raw),
+        "fixed_header_bytes": HEAD.size,
+        "json_header_bytes": json_bytes,
+        "array_bytes": len(raw) - HEAD.size - json_bytes,
+        "json_header": raw[HEAD.size : HEAD.size + json_bytes].decode(),
         "index_bytes_per_series": (r.memory_usage(INDEX, samples=0) or 0) / max(1, n_series),
         "index_encoding": (r.object("encoding", INDEX) or b"-").decode(),
     }
@@ -246,40 +239,38 @@ def key_breakdown(r, ids: list[str], n_series: int) -> dict:
 
 def clone_sessions(r, n_http: int, n_series: int, ttl_s: float) -> int:
     """Series ``n_http .. n_series`` as copies of the sessions opened over HTTP (series ``i`` is
-    ``i % n_http``'s hash, byte for byte, with its own id in ``meta``), indexed and expiring as the
-    store does: opening 100,000 sessions over HTTP takes longer than this machine's budget."""
-    sources = {}
+    ``i % n_http``'s value, byte for byte: a session's id is its key's), indexed and expiring as
+    the store does: opening 100,000 sessions over HTTP takes longer than this machine's budget."""
     p = r.pipeline(transaction=False)
     for i in range(n_http):
-        p.hgetall(f"{PREFIX}s{i:06d}")
-    for i, fields in enumerate(p.execute()):
-        sources[i] = fields
+        p.get(f"{PREFIX}s{i:06d}")
+    sources = p.execute()
     for lo in range(n_http, n_series, 2000):
         p = r.pipeline(transaction=False)
         for i in range(lo, min(n_series, lo + 2000)):
             sid = f"s{i:06d}"
-            fields = dict(sources[i % n_http])
-            meta = json.loads(fields[b"meta"])
-            meta["panel"]["id"] = sid
-            fields[b"meta"] = json.dumps(meta).encode()
-            p.hset(PREFIX + sid, mapping=fields)
-            p.expire(PREFIX + sid, int(ttl_s))
+            p.set(PREFIX + sid, sources[i % n_http], px=int(ttl_s * 1000))
             p.zadd(INDEX, {sid: time.time() + ttl_s})
         p.execute()
     return n_series - n_http
 
 
 def observations(r, n: int) -> np.ndarray:
-    """Every series' observation count as Redis holds it (-1: no such session)."""
+    """Every series' observation count as Redis holds it (-1: no such session), from the
+    header at the start of each key."""
+    from rnnops.serving.forecast.redis_store import HEAD, read_header
+
     out = np.full(n, -1, np.int64)
     for lo in range(0, n, 5000):
         hi = min(n, lo + 5000)
         p = r.pipeline(transaction=False)
         for i in range(lo, hi):
-            p.hget(f"{PREFIX}s{i:06d}", "meta")
-        for i, m in zip(range(lo, hi), p.execute()):
-            if m is not None:
-                out[i] = json.loads(m)["observations"]
+            p.getrange(f"{PREFIX}s{i:06d}", 0, 511)  # the header (a longer one is read whole below)
+        for i, raw in zip(range(lo, hi), p.execute()):
+            if raw and HEAD.size + HEAD.unpack_from(raw)[2] > len(raw):
+                raw = r.get(f"{PREFIX}s{i:06d}")
+            if raw:
+                out[i] = read_header(f"s{i:06d}", raw)[1]["o"]
     return out
 
 
@@ -584,11 +575,15 @@ def run(
     return out
 
 
-# py-spy's raw stacks sorted into the parts of an update, first match wins (frame substrings)
+# py-spy's raw stacks sorted into the parts of an update, first match wins (frame substrings). The
+# update's own work runs inside the store's update() (which calls it back), so it is matched first.
 PROFILE_PARTS = (
     ("model run (onnxruntime)", ("onnxruntime",)),
     ("panel features", ("panel_features", "rnnops/calendar", "rnnops/timeseries")),
+    ("session update (checks, the series advanced, the batcher hand-off)", ("_observe_series", "_forecast_series")),
     ("session store (redis-py, encode/decode)", ("redis_store", "redis/")),
+    ("request body and answer (pydantic, orjson)", ("parse_body", "session_view", "JSONResponse")),
+    ("BentoML's request metrics (prometheus_client, a label set per session path)", ("prometheus_client",)),
     ("HTTP response write (uvicorn)", ("StreamWriter.writelines", "httptools_impl")),
     ("HTTP stack (uvicorn, starlette, BentoML middleware)", ("starlette", "bentoml", "uvicorn")),
     ("thread-pool hand-off", ("concurrent/futures",)),
@@ -644,7 +639,6 @@ def markdown(res: dict) -> str:
             ]
         )
     g = res["goal"]
-    top_fields = sorted(bd["field_value_bytes"].items(), key=lambda kv: -kv[1])
     lines = [
         f"{res['series']:,} series of the retail panel model (GRU {cfg.get('num_layers')}x{cfg.get('hidden_size')}, "
         f"lookback {cfg.get('lookback')}, horizon 14, {len(cfg.get('quantiles') or [])} quantiles, {m.get('parameters', 0):,} parameters) open in one "
@@ -661,8 +655,8 @@ def markdown(res: dict) -> str:
         f"{op['load_1m'][0]:.1f}-{op['load_1m'][1]:.1f}).",
         ""
         + (
-            f" The other {res['clone']['cloned']:,} series are copies of these in Redis (each hash byte for byte, "
-            f"its own id in `meta`; indexed and expiring as the store does): opening all over HTTP takes longer "
+            f" The other {res['clone']['cloned']:,} series are copies of these in Redis (each value byte for byte "
+            f"under its own key; indexed and expiring as the store does): opening all over HTTP takes longer "
             f"than this run's budget on this machine. With all {res['series']:,}: "
             f"{res['clone']['bytes_per_series']:,.0f} bytes of Redis per series, {res['clone']['keys']:,} keys."
             if res.get("clone")
@@ -686,18 +680,10 @@ def markdown(res: dict) -> str:
         "",
         f"Redis memory: **{mem['bytes_per_series']:,.0f} bytes per series** (INFO used_memory before and after "
         f"opening, divided by the series; {mem['keys']:,} keys; RSS {mem['rss_bytes_per_series']:,.0f} bytes per "
-        f"series). A session key: {bd['key_bytes_mean']:,.0f} bytes (MEMORY USAGE, mean of {bd['sample']}), a "
-        f"`{bd['encoding']}` hash of {bd['fields']} fields: {bd['field_value_bytes_total']:,} bytes of values ("
-        + ", ".join(f"{k} {v}" for k, v in top_fields)
-        + f"), {bd['field_name_bytes_total']} of field names; the index (sorted set, `{bd['index_encoding']}`) "
-        f"{bd['index_bytes_per_series']:.0f} bytes per series."
-        + (
-            f" The same bytes as a hash of two fields (meta, all arrays in one): "
-            f"{bd['alternatives']['hash_meta_plus_one_array_field']:,} bytes; as one string: "
-            f"{bd['alternatives']['one_string']:,} bytes."
-            if bd.get("alternatives")
-            else ""
-        ),
+        f"series). A session key: {bd['key_bytes_mean']:,.0f} bytes (MEMORY USAGE, mean of {bd['sample']}), one "
+        f"`{bd['encoding']}` string of {bd['value_bytes']:,} bytes: a {bd['fixed_header_bytes']}-byte fixed header, "
+        f"{bd['json_header_bytes']} bytes of JSON (`{bd['json_header']}`) and {bd['array_bytes']:,} bytes of arrays; "
+        f"the index (sorted set, `{bd['index_encoding']}`) {bd['index_bytes_per_series']:.0f} bytes per series.",
         "",
         "Exactly once: after each run every series' observation count was read back from Redis and compared with "
         "what the client sent it (refused updates not counted): none ahead (applied twice), none behind but those "
@@ -711,32 +697,27 @@ def markdown(res: dict) -> str:
         + f"**{g['bytes_per_series']:,.0f} bytes** -> **{'met' if g['met_memory'] else 'not met'}**.",
     ]
     if not g["met_rate"] and res["runs"]:
-        cpu = min(x["server_cpu_ms_per_update"] for x in res["runs"])
+        runs = res["runs"]
+        cpu = min(x["server_cpu_ms_per_update"] for x in runs)
+        others = min(x["redis_cpu_ms_per_update"] + x["client_cpu_ms_per_update"] for x in runs)
+        budget = 1000 * C.cpus() / 5000
         lines += [
             "",
             f"Why the rate is missed: a worker spends {cpu:.1f}-"
-            f"{max(x['server_cpu_ms_per_update'] for x in res['runs']):.1f} ms of CPU per update (server CPU / updates), "
-            f"so {C.cpus()} idle CPUs would give at most ~{1000 * C.cpus() / cpu:,.0f} updates/s; 5,000 updates/s on "
-            f"{C.cpus()} CPUs needs <= {1000 * C.cpus() / 5000:.1f} ms per update, server and Redis together. Each "
-            "update makes 5 Redis round trips through redis-py's asyncio client (lock SET NX PX, HGETALL, EXPIRE + "
-            "ZADD, HSET + EXPIRE + ZADD, lock release script) beside the HTTP request itself; p99 follows the queue "
-            "of a closed loop (connections / updates/s).",
+            f"{max(x['server_cpu_ms_per_update'] for x in runs):.1f} ms of CPU per update (server CPU / updates), "
+            f"so {C.cpus()} idle CPUs would give at most ~{1000 * C.cpus() / cpu:,.0f} updates/s. 5,000 updates/s on "
+            f"{C.cpus()} CPUs leaves {budget:.1f} ms of CPU per update for the server, Redis and the client together; "
+            f"Redis and the client (wrk, on the same CPUs) take {others:.2f} ms of it, which leaves the server "
+            f"{budget - others:.2f} ms, {cpu / max(1e-9, budget - others):.0f}x less than it spends. Each update makes 2 "
+            "Redis round trips (GETEX; the write-if-unchanged script: SET + ZADD), pipelined with the other "
+            "updates of the same event-loop turn; the profile below says where the rest goes. p99 follows the "
+            "queue of a closed loop (connections / updates/s) and the other work on the machine.",
         ]
     if not g["met_memory"]:
-        alt = bd.get("alternatives") or {}
         lines += [
             "",
-            f"Why the memory is missed: the session hash holds {bd['field_value_bytes_total']:,} bytes of values in "
-            f"{bd['fields']} fields (float64 arrays of the last {cfg.get('lookback')} steps, int64 timestamps, the "
-            f"last forecast and quantiles, a JSON `meta` listing each array's dtype and shape), and a hash of that "
-            f"many long fields is a `hashtable`, not a listpack: {bd['key_bytes_mean'] - bd['field_value_bytes_total']:,.0f} "
-            "bytes of field names and encoding per key"
-            + (
-                f"; the same bytes in one string key take {alt['one_string']:,} bytes, plus "
-                f"{bd['index_bytes_per_series']:.0f} for the index."
-                if alt.get("one_string")
-                else "."
-            ),
+            f"Why the memory is missed: a session key takes {bd['key_bytes_mean']:,.0f} bytes for a value of "
+            f"{bd['value_bytes']:,}, plus {bd['index_bytes_per_series']:.0f} for the index.",
         ]
     for run_key, parts in (res.get("profile") or {}).items():
         w, c = run_key.split("x")

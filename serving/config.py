@@ -95,8 +95,8 @@ class ServeConfig:
     max_sessions: int = 1024
     session_ttl_s: float = 600.0
     session_store: str = "memory"  # memory (this worker) | redis://host:6379/0 (shared by workers and replicas)
-    # Redis store: an update waits at most this long for its session's lock (503 session_busy
-    # beyond), and holding it longer loses it (so a dead worker's lock frees itself)
+    # Redis store: an update whose write keeps finding the session changed by others' (saved
+    # first) re-reads and re-applies for at most this long (503 session_busy beyond)
     session_lock_s: float = 30.0
     # the Open Inference Protocol (http/oip.py): the most elements one tensor's shape may claim,
     # checked before any of its data is read (a header cannot make the worker allocate more)

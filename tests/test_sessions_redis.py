@@ -123,12 +123,14 @@ def test_redis_sessions_are_stepped_together_and_keep_their_quantiles(redis_stor
         inside, ready = [], asyncio.Event()
 
         async def update(sid, x):
-            async with store.updating(sid) as sess:  # lock, read: Redis round trips, in any order
+            async def apply(sess):  # after the read (a Redis round trip, in any order)
                 inside.append(sid)
                 if len(inside) == len(ids):
                     ready.set()
-                await ready.wait()  # every update holds its session: they reach the stepper together
-                await sess.observe(x)
+                await ready.wait()  # every update has read its session: they reach the stepper together
+                return await sess.observe(x)
+
+            await store.update(sid, apply)
             return await store.read(sid)  # as saved
 
         before = m.stepper.calls
@@ -173,3 +175,96 @@ def test_the_redis_index_expires_on_the_stores_clock_and_the_key_on_redis(redis_
 
     ttl_ms = asyncio.run(go())
     assert 0 < ttl_ms <= 30_000  # the key's own expiry is Redis' (renewed on every use)
+
+
+def test_a_write_that_lost_the_race_is_applied_again_to_the_winners_session(redis_store_parts):
+    """Optimistic concurrency: two stores (two workers) update one session; the first reads it,
+    the second reads, applies and saves before the first writes. The first's write is refused
+    (the session's write version moved), so it reads again and applies its update to what the
+    second saved: both updates applied once each, in the order they were saved."""
+    from rnnops.serving.forecast.redis_store import RedisSessionStore
+
+    r, manager = redis_store_parts
+    m = manager.get("fcq", "forecaster")
+    x1, x2 = np.random.default_rng(4).normal(size=(2, 1, 3)).astype(np.float32)
+
+    async def go():
+        a, b = RedisSessionStore(r.url, manager, ttl_s=TTL), RedisSessionStore(r.url, manager, ttl_s=TTL)
+        try:
+            sid = (await a.open(m)).id
+            read, other_saved, seen = asyncio.Event(), asyncio.Event(), []
+
+            async def slow(sess):
+                seen.append(sess.observations)
+                if len(seen) == 1:
+                    read.set()
+                    await other_saved.wait()  # b saves between this read and this write
+                return await sess.observe(x1)
+
+            first = asyncio.create_task(a.update(sid, slow))
+            await read.wait()
+            await b.update(sid, lambda sess: sess.observe(x2))
+            other_saved.set()
+            sess, _ = await first
+            return seen, a.conflicts, sess, await b.read(sid)
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    seen, conflicts, sess, saved = asyncio.run(go())
+    assert seen == [0, 1] and conflicts == 1  # the retry read b's update
+    assert sess.observations == saved.observations == 2
+    both = m.runtime.run(np.concatenate([x2, x1])[None])  # x2 (b's), then x1 (a's), from the zero state
+    np.testing.assert_allclose(saved.last_forecast, both.output[0], atol=1e-5)
+
+
+def test_a_key_the_store_did_not_write_is_a_clear_409(redis_store_parts):
+    from rnnops.serving.errors import SessionModelGone
+    from rnnops.serving.forecast.redis_store import PREFIX, RedisSessionStore
+
+    r, manager = redis_store_parts
+    client = redis.Redis.from_url(r.url)
+    client.hset(PREFIX + "old-hash", mapping={"meta": b"{}", "a:window": b""})  # an older rnnops' session
+    client.set(PREFIX + "junk", b"not a session")
+
+    async def go():
+        store = RedisSessionStore(r.url, manager, ttl_s=TTL)
+        errors = []
+        try:
+            for sid in ("old-hash", "junk"):
+                for call in (
+                    store.read(sid),
+                    store.update(sid, lambda sess: sess.observe(np.zeros((1, 3), np.float32))),
+                ):
+                    with pytest.raises(SessionModelGone) as exc:
+                        await call
+                    errors.append(str(exc.value))
+            return errors
+        finally:
+            await store.aclose()
+
+    for message in asyncio.run(go()):
+        assert "was not written by this server's session store" in message and "open the session again" in message
+    assert client.type(PREFIX + "old-hash") == b"hash"  # left as it was
+
+
+def test_an_update_saves_after_redis_forgot_the_write_script(redis_store_parts):
+    """EVALSHA of a script a restarted (or flushed) Redis does not hold: the store loads it and saves."""
+    from rnnops.serving.forecast.redis_store import RedisSessionStore
+
+    r, manager = redis_store_parts
+    m = manager.get("fcq", "forecaster")
+    x = np.ones((1, 3), np.float32)
+
+    async def go():
+        store = RedisSessionStore(r.url, manager, ttl_s=TTL)
+        try:
+            sid = (await store.open(m)).id
+            await store.update(sid, lambda sess: sess.observe(x))
+            await store.redis.script_flush()
+            await store.update(sid, lambda sess: sess.observe(x))
+            return (await store.read(sid)).observations
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(go()) == 2

@@ -36,10 +36,10 @@ import asyncio
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from rnnops.serving.metrics import Metrics
     from rnnops.serving.models import LoadedModel
     from rnnops.serving.runtime import State
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -208,8 +210,9 @@ class SessionStore:
     """The in-process store (the default): sessions live in this worker's memory.
 
     Its API is the one every store has (``RedisSessionStore`` too), async because a shared store
-    does I/O: :meth:`open`, :meth:`read`, :meth:`updating` (exclusive access while a block runs),
-    :meth:`close`, :meth:`sweep`, ``len()``.
+    does I/O: :meth:`open`, :meth:`read`, :meth:`update` (apply an update exactly once),
+    :meth:`close`, :meth:`sweep`, ``len()``; and, in this worker only, :meth:`updating`
+    (exclusive access while a block runs).
     """
 
     shared = False  # sessions are visible to this worker only
@@ -254,6 +257,15 @@ class SessionStore:
         s = self._get(session_id)
         async with s.lock:
             yield s
+
+    async def update(
+        self, session_id: str, apply: Callable[[ForecastSession], Awaitable[T]]
+    ) -> tuple[ForecastSession, T]:
+        """``apply`` an update to the session (one at a time per session) and keep it; the
+        session and what ``apply`` returned. Every store has it: the Redis store may run ``apply``
+        more than once (a conflicting write came first) and saves only the last run."""
+        async with self.updating(session_id) as s:
+            return s, await apply(s)
 
     def _get(self, session_id: str) -> ForecastSession:
         self._sweep()

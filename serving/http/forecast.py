@@ -435,11 +435,14 @@ async def open_series_session(serving: Serving, body: OpenSessionBody) -> Respon
         start=None if n or body.start is None else int(parse_timestamps([body.start], "start")[0]),
     )
     store = serving.sessions
+
+    async def first(sess: ForecastSession) -> np.ndarray:
+        sess.observations = n
+        return await _forecast_series(sess, series)
+
     sess = await store.open(model, session_id=body.id)
     try:
-        async with store.updating(sess.id) as sess:
-            sess.observations = n
-            y_out = await _forecast_series(sess, series)
+        sess, y_out = await store.update(sess.id, first)
     except BaseException:
         await store.close(sess.id)
         raise
@@ -483,11 +486,14 @@ async def open_session(serving: Serving, request: Request) -> Response:
     store = serving.sessions
     sess = await store.open(model, freq=body.freq)
     y = None
+    rows = cast("list[list[float]]", body.context)  # rows: _rows_only checked it
+
+    async def first(sess: ForecastSession) -> np.ndarray | None:
+        return await _observe(serving, sess, rows, body.timestamps, "context")
+
     try:
         if body.context:
-            async with store.updating(sess.id) as sess:
-                rows = cast("list[list[float]]", body.context)  # rows: _rows_only checked it
-                y = await _observe(serving, sess, rows, body.timestamps, "context")
+            sess, y = await store.update(sess.id, first)
     except BaseException:
         await store.close(sess.id)
         raise
@@ -497,18 +503,19 @@ async def open_session(serving: Serving, request: Request) -> Response:
 async def update_session(serving: Serving, request: Request) -> Response:
     sid = request.path_params["session_id"]
     body = await parse_body(request, ObserveBody)
-    y: np.ndarray | None
-    async with serving.sessions.updating(sid) as sess:  # exclusive, in whichever store holds it
+
+    async def apply(sess: ForecastSession) -> np.ndarray | None:
         if sess.panel is not None:
-            y = await _observe_series(serving, sess, body)
-        else:
-            for f in ("past_covariates", "future_covariates"):
-                if getattr(body, f) is not None:
-                    raise InputError(f"`{f}` is for a panel model's session; this one is a forecaster's", f)
-            _rows_only(body.observations, "observations")
-            y = await _observe(
-                serving, sess, cast("list[list[float]]", body.observations), body.timestamps, "observations"
-            )
+            return await _observe_series(serving, sess, body)
+        for f in ("past_covariates", "future_covariates"):
+            if getattr(body, f) is not None:
+                raise InputError(f"`{f}` is for a panel model's session; this one is a forecaster's", f)
+        _rows_only(body.observations, "observations")
+        rows = cast("list[list[float]]", body.observations)
+        return await _observe(serving, sess, rows, body.timestamps, "observations")
+
+    # exactly once, in whichever store holds the session (Redis: re-applied if another write came first)
+    sess, y = await serving.sessions.update(sid, apply)
     return JSONResponse(session_view(serving, sess, y))
 
 

@@ -520,8 +520,8 @@ async def _sequence(
         await store.open(m, session_id=sid)  # restarts a sequence of that id; 429 at RNNOPS_MAX_SESSIONS
     rows = np.ascontiguousarray(x[0], np.float32)
     try:
-        async with store.updating(sid) as sess:  # exclusive, in whichever store holds it
-            y = await sess.observe(rows)  # the version's stepper: batched with the other sessions
+        # exactly once, in whichever store holds it; the version's stepper batches it with the other sessions
+        sess, y = await store.update(sid, lambda sess: sess.observe(rows))
     except UnknownSession:
         raise ApiError(
             400,
