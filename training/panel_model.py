@@ -63,6 +63,36 @@ HEADS = ("pinball",) + LIKELIHOODS
 DEFAULT_QUANTILES = (0.025, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.975)
 SCALE_EPS = 1e-3  # a window of zeros gets this scale, not a division by zero
 UNKNOWN = 0  # the embedding row of categories not seen in training
+SIMD_FLOATS = 16  # float32 lanes of the widest SIMD register onnxruntime's CPU kernels use (AVX-512)
+
+
+def simd_rows(fn, x: Tensor, fill: float = 1.0) -> Tensor:
+    """``fn`` (element-wise, or a sum along the last axis) of ``x [B, ...]``, computed on each row
+    flattened and padded with ``fill`` to a multiple of :data:`SIMD_FLOATS` values.
+
+    Why: onnxruntime's CPU kernels (Eigen, MLAS) run whole SIMD packets from an aligned address
+    and finish with scalar code, and a transcendental (log, sqrt, softplus) or a sum can differ in
+    the last bit between the two. Over a [B, 1] or [B, 14] tensor, which of a row's values took
+    which path depended on B and on the row's place in the batch, so a series' forecast had other
+    bits alone than inside a batch (~1e-7 relative). Rows of whole packets start aligned and take
+    the same path at every place and every B: a series' forecast no longer depends on what else
+    is in its batch. ``fill`` must be in ``fn``'s domain (1.0 for log and sqrt; 0.0 for a sum,
+    which it leaves unchanged). The extra values cost nothing worth measuring (vectors of a few
+    hundred floats per row)."""
+    b = x.shape[0]
+    flat = x.reshape(b, -1)
+    r = flat.shape[1]
+    pad = -r % SIMD_FLOATS
+    if pad:
+        flat = F.pad(flat, (0, pad), value=fill)
+    return fn(flat)[:, :r].reshape(x.shape)
+
+
+def row_sum(x: Tensor) -> Tensor:
+    """``x [B, L]`` summed along L (``[B, 1]``), batch-invariantly (:func:`simd_rows`)."""
+    b = x.shape[0]
+    pad = -x.shape[1] % SIMD_FLOATS
+    return (F.pad(x, (0, pad)) if pad else x).sum(1, keepdim=True).reshape(b, 1)
 
 
 def embedding_width(cardinality: int) -> int:
@@ -211,8 +241,8 @@ class Head(nn.Module):
         """[..., Q] unconstrained -> ordered quantiles (scaled units)."""
         k = self.median_index
         mid = raw[..., k : k + 1]
-        up = mid + torch.cumsum(F.softplus(raw[..., k + 1 :]), dim=-1)
-        down = mid - torch.cumsum(F.softplus(raw[..., :k]).flip(-1), dim=-1).flip(-1)
+        up = mid + torch.cumsum(simd_rows(F.softplus, raw[..., k + 1 :]), dim=-1)
+        down = mid - torch.cumsum(simd_rows(F.softplus, raw[..., :k]).flip(-1), dim=-1).flip(-1)
         return torch.cat([down, mid, up], dim=-1)
 
     # ---- likelihoods
@@ -335,12 +365,13 @@ class PanelForecaster(nn.Module):
         observed = torch.isfinite(past_target)
         y = torch.where(observed, past_target, torch.zeros_like(past_target))
         count = observed.sum(1, keepdim=True).clamp(min=1)
-        level = (y.abs().sum(1, keepdim=True) / count).clamp(min=SCALE_EPS)
+        # sums, sqrt and log through simd_rows: the same bits for a window alone or in any batch
+        level = (row_sum(y.abs()) / count).clamp(min=SCALE_EPS)
         if self.config.scaling == "mean_abs":
             return torch.zeros_like(level).unsqueeze(-1), level.unsqueeze(-1), level.unsqueeze(-1)
-        mean = y.sum(1, keepdim=True) / count
-        var = (torch.where(observed, y - mean, torch.zeros_like(y)) ** 2).sum(1, keepdim=True) / count
-        std = torch.maximum(torch.sqrt(var), 1e-3 * level)
+        mean = row_sum(y) / count
+        var = row_sum(torch.where(observed, y - mean, torch.zeros_like(y)) ** 2) / count
+        std = torch.maximum(simd_rows(torch.sqrt, var), 1e-3 * level)
         return mean.unsqueeze(-1), std.unsqueeze(-1), level.unsqueeze(-1)
 
     def static_vector(self, static_cat: Tensor, static_real: Tensor, level: Tensor) -> Tensor:
@@ -357,7 +388,7 @@ class PanelForecaster(nn.Module):
             parts.append(emb(codes))
         if len(self.real_mean):
             parts.append(torch.nan_to_num((static_real - self.real_mean) / self.real_std))
-        parts.append((torch.log(level[:, 0]) - c.log_level_mean) / c.log_level_std)
+        parts.append((simd_rows(torch.log, level[:, 0]) - c.log_level_mean) / c.log_level_std)
         return torch.cat(parts, dim=-1)
 
     def forward(self, batch: PanelBatch) -> tuple[Tensor, Tensor, Tensor]:
