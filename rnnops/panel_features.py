@@ -474,12 +474,31 @@ def _feeds(series: Sequence[_Checked], contract: PanelContract) -> dict[str, np.
     return feeds
 
 
+def _inputs(s: _Checked, contract: PanelContract) -> dict[str, np.ndarray]:
+    """One checked series' graph inputs (no batch axis). A full lookback (the usual request) needs
+    no padding: each input is one numpy call; a shorter history is laid out by :func:`_feeds`."""
+    L = contract.lookback
+    if s.m < L:
+        return {name: a[0] for name, a in _feeds([s], contract).items()}
+    f32 = np.float32
+    inputs = {pc.PAST_TARGET: s.target.astype(f32)}
+    if contract.past_covariates:
+        inputs[pc.PAST_COVARIATES] = np.stack(s.past, axis=1).astype(f32)
+    if contract.future_covariates or contract.calendar:
+        known = np.concatenate([s.known, s.axis.calendar], axis=1, dtype=f32)  # [L + H, n_known]
+        inputs[pc.KNOWN_PAST], inputs[pc.KNOWN_FUTURE] = known[:L], known[L:]
+    if contract.static_categorical:
+        inputs[pc.STATIC_CAT] = np.array(s.codes, np.int64)
+    if contract.static_real:
+        inputs[pc.STATIC_REAL] = np.array(s.reals, np.float64).astype(f32)
+    return inputs
+
+
 def series_features(entry: SeriesEntry, contract: PanelContract) -> SeriesFeatures:
     """One series' graph inputs, as training cuts its window at the series' end; a
     :class:`SeriesError` (one line naming the series) for anything the model cannot take."""
     s = _check(entry, contract)
-    feeds = _feeds([s], contract)
-    return SeriesFeatures(s.id, {name: a[0] for name, a in feeds.items()}, s.axis.future, s.warnings)
+    return SeriesFeatures(s.id, _inputs(s, contract), s.axis.future, s.warnings)
 
 
 # --------------------------------------------------------------------------- a request

@@ -239,31 +239,34 @@ async def forecast_series(serving: Serving, body: ForecastBody) -> Response:
                 f"(RNNOPS_MAX_CONTEXT_ROWS; the model reads the last {contract.lookback})",
                 f"series[{k}].context",
             )
-    entries = [
-        panel_features.SeriesEntry(
-            s.id, s.timestamps, s.context, s.past_covariates, s.future_covariates, s.static, s.start
-        )
-        for s in series
-    ]
     try:
-        built = panel_features.build_feeds(entries, contract)  # all of the request's series at once
+        panel_features.check_ids([s.id for s in series])
+        features = [
+            panel_features.series_features(
+                panel_features.SeriesEntry(
+                    s.id, s.timestamps, s.context, s.past_covariates, s.future_covariates, s.static, s.start
+                ),
+                contract,
+            )
+            for s in series
+        ]
     except panel_features.SeriesError as exc:
         raise InputError(str(exc), "series") from None
-    feeds = built.feeds
-    bands = await model.batcher.forecast_series([{n: a[k] for n, a in feeds.items()} for k in range(len(entries))])
+    # each series' inputs as they are: the batcher stacks them with other requests' series
+    bands = await model.batcher.forecast_series([f.inputs for f in features])
     target = contract.target
     levels = [f"{level:g}" for level in contract.quantiles]
     answers = []
-    for k, (y, q) in enumerate(bands):
+    for f, (y, q) in zip(features, bands):
         answer: dict[str, Any] = {
-            "id": built.ids[k],
-            "timestamps": _iso(built.future[k].tobytes()),
+            "id": f.id,
+            "timestamps": _iso(f.future.tobytes()),
             "forecast": {target: y[:, 0]},
         }
         if q is not None:
             by_level = np.ascontiguousarray(q[:, 0, :].T)  # [levels, H]: each level's row is contiguous for orjson
             answer["quantiles"] = {level: {target: by_level[j]} for j, level in enumerate(levels)}
-        answer["warnings"] = list(built.warnings[k])
+        answer["warnings"] = list(f.warnings)
         answers.append(answer)
     return JSONResponse(
         {
