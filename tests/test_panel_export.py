@@ -67,7 +67,7 @@ def test_a_series_has_the_same_bits_alone_and_in_a_batch_of_64(head, tmp_path):
     """Served on CPU (rnnops' Runtime: one thread, a lone row run as a pair), each series of a
     batch of 64 gets bit for bit the forecast it gets alone and as the last of three: the graph's
     sums, logs, square roots and softplus run on rows padded to whole SIMD packets
-    (training/panel_model.py's simd_rows); without that, ~1e-7 relative apart."""
+    (training/panel_model.py's simd_last and row_sum); without that, ~1e-7 relative apart."""
     from rnnops.serving.runtime import Runtime
 
     path = export_tiny_panel(tmp_path / "model.onnx", head)
