@@ -203,7 +203,7 @@ class _TimeAxis:
 # Series of one panel usually share their dates (they end on the same day), so the time axis of
 # a history is computed once per distinct list of timestamps and reused: parsing 56 ISO strings,
 # continuing them and computing their calendar costs ~60 us, a lookup ~1 us. A history longer than
-# this is computed each time (the cache stays under ~10 MB); a bad one is not cached (its message
+# this is computed each time (the two caches stay under ~15 MB); a bad one is not cached (its message
 # names the series, so :func:`series_features` recomputes it the slow way).
 AXIS_CACHE_MAX_STEPS = 512
 
