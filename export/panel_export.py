@@ -42,7 +42,7 @@ from rnnops import contract
 from rnnops import panel_contract as P
 from rnnops.errors import RnnopsError
 from rnnops.panel_contract import PanelContract, StaticCategorical
-from rnnops.training.panel_model import PanelBatch, PanelForecaster
+from rnnops.training.panel_model import PanelBatch, PanelForecaster, simd_last
 
 STUDENTT_GRID = 1025  # points of u = 1/df over [0, 0.5]
 STUDENTT_U_MAX = 0.5  # df > 2 (Head: 2 + softplus)
@@ -190,12 +190,13 @@ class PanelGraph(nn.Module):
         ``Head.distribution`` exactly (same softplus floors)."""
         if self.kind == "pinball":
             return self.model.head.quantiles(raw, loc, scale)
+        # simd_last: the same bits for a series alone or in any batch (see there)
         if self.kind == "normal":
-            mu, sigma = raw[..., 0:1], F.softplus(raw[..., 1:2]) + 1e-4
+            mu, sigma = raw[..., 0:1], simd_last(F.softplus, raw[..., 1:2], 1) + 1e-4
             return (mu + sigma * self.z) * scale + loc
         if self.kind == "studentt":
-            mu, sigma = raw[..., 0:1], F.softplus(raw[..., 1:2]) + 1e-4
-            df = 2.0 + F.softplus(raw[..., 2])
+            mu, sigma = raw[..., 0:1], simd_last(F.softplus, raw[..., 1:2], 1) + 1e-4
+            df = 2.0 + simd_last(F.softplus, raw[..., 2:3], 1)[..., 0]
             return (mu + sigma * self.studentt_quantile(df)) * scale + loc
         return self.negbin_quantile(raw, scale)
 

@@ -62,6 +62,28 @@ def test_the_exported_graph_is_the_contract_and_matches_eager(head, tmp_path):
             assert (quantiles == np.round(quantiles)).all() and (quantiles >= 0).all()
 
 
+@pytest.mark.parametrize("head", HEADS)
+def test_a_series_has_the_same_bits_alone_and_in_a_batch_of_64(head, tmp_path):
+    """Served on CPU (rnnops' Runtime: one thread, a lone row run as a pair), each series of a
+    batch of 64 gets bit for bit the forecast it gets alone and as the last of three: the graph's
+    sums, logs, square roots and softplus run on rows padded to whole SIMD packets
+    (training/panel_model.py's simd_last and row_sum); without that, ~1e-7 relative apart."""
+    from rnnops.serving.runtime import Runtime
+
+    path = export_tiny_panel(tmp_path / "model.onnx", head)
+    contract = P.panel_contract(decode_metadata(check_model_file(path)))
+    feeds = PE.make_inputs(contract, 64, np.random.default_rng(3), counts=head == "negbin")
+    runtime = Runtime(path, threads=1)
+    full = runtime.run(feeds)
+    assert full.quantiles is not None
+    for i in range(64):
+        for rows in ([i], [(i + 1) % 64, (i + 2) % 64, i]):
+            got = runtime.run({k: np.ascontiguousarray(v[rows]) for k, v in feeds.items()})
+            assert got.quantiles is not None
+            assert np.array_equal(got.output[-1], full.output[i]), f"forecast of row {i} in rows {rows}"
+            assert np.array_equal(got.quantiles[-1], full.quantiles[i]), f"quantiles of row {i} in rows {rows}"
+
+
 def test_absent_roles_have_no_graph_input(tmp_path):
     """A panel of the target alone (no covariates, no statics, no calendar): one input."""
     model, spec = tiny_panel_model("pinball")

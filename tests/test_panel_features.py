@@ -235,3 +235,32 @@ def test_only_the_steps_the_model_reads_are_read(panel):
     a, b = series_features(e, contract), series_features(older, contract)
     for name in contract.inputs:
         np.testing.assert_array_equal(a.inputs[name], b.inputs[name])
+
+
+def test_shared_timestamps_and_fast_paths_give_the_same_features(panel):
+    """Series that share their timestamps share one parsed time axis (a cache keyed by the strings
+    or the int64 values and the model's frequency, horizon and calendar): every form of the same
+    history (ISO strings, datetime64, int64 ns, a tuple) gives the same features, another horizon
+    gets its own axis, and values the fast number check passes on (integers, float64 between 3.4e38
+    and float32's largest) are what the exact check gives."""
+    contract = contract_of(panel)
+    e = entry_at(panel, 0, 20)
+    want = series_features(e, contract)
+    t = timeseries.parse_iso(e.timestamps)
+    for stamps in (tuple(e.timestamps), t, t.view("datetime64[ns]"), list(e.timestamps)):
+        got = series_features(_with(e, timestamps=stamps), contract)
+        for name in contract.inputs:
+            np.testing.assert_array_equal(got.inputs[name], want.inputs[name], err_msg=name)
+        np.testing.assert_array_equal(got.future, want.future)
+    two_more = {k: list(v) + [0.0, 1.0] for k, v in e.future_covariates.items()}
+    longer = series_features(_with(e, future_covariates=two_more), dataclasses.replace(contract, horizon=H + 2))
+    assert longer.future.shape == (H + 2,) and longer.inputs[pc.KNOWN_FUTURE].shape == (H + 2, 5)
+    np.testing.assert_array_equal(longer.future[:H], want.future)
+
+    big = np.float64(np.finfo(np.float32).max)  # above the fast check's bound, still a float32
+    ints = series_features(_with(e, context=[int(v) if v == v else 0 for v in e.context[:-1]] + [big]), contract)
+    assert ints.inputs[pc.PAST_TARGET][-1] == np.float32(big) and ints.inputs[pc.PAST_TARGET].dtype == np.float32
+    assert ints.inputs[pc.PAST_TARGET][-2] == float(int(e.context[-2]))
+    newline = e.timestamps[:10] + [e.timestamps[10] + "\n"] + e.timestamps[11:]  # one more line when joined
+    with pytest.raises(SeriesError, match=r"series 'A': timestamps\[10\] = '2024-01-11T00:00:00\\n' is not an ISO"):
+        series_features(_with(e, timestamps=newline), contract)

@@ -63,6 +63,32 @@ HEADS = ("pinball",) + LIKELIHOODS
 DEFAULT_QUANTILES = (0.025, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.975)
 SCALE_EPS = 1e-3  # a window of zeros gets this scale, not a division by zero
 UNKNOWN = 0  # the embedding row of categories not seen in training
+SIMD_FLOATS = 16  # float32 lanes of the widest SIMD register onnxruntime's CPU kernels use (AVX-512)
+
+
+def simd_last(fn, x: Tensor, n: int, fill: float = 1.0) -> Tensor:
+    """``fn`` (element-wise) of ``x [..., n]``, computed with the last axis padded with ``fill``
+    to a multiple of :data:`SIMD_FLOATS` values (then cut back to ``n``).
+
+    Why: onnxruntime's CPU kernels (Eigen, MLAS) run whole SIMD packets from an aligned address
+    and finish a tensor with scalar code, and a transcendental (log, sqrt, softplus) or a sum can
+    differ in the last bit between the two. Over a [B, 1] or [B, 14, 5] tensor, which of a row's
+    values took which path depended on B and on the row's place in the batch, so a series'
+    forecast had other bits alone than inside a batch (~1e-7 relative). Rows of whole packets
+    start aligned and take the same path at every place and every B. ``n`` is a Python int from
+    the config, not read from ``x``: a size read from a tensor is a shape computation in the
+    exported graph (dozens of nodes). ``fill`` must be in ``fn``'s domain (1.0 for log and sqrt)."""
+    pad = -n % SIMD_FLOATS
+    if not pad:
+        return fn(x)
+    return fn(F.pad(x, (0, pad), value=fill))[..., :n]
+
+
+def row_sum(x: Tensor, n: int) -> Tensor:
+    """``x [B, n]`` summed along its rows (``[B, 1]``), each row padded with zeros to whole SIMD
+    packets so that it is summed the same way at every place in any batch (:func:`simd_last`)."""
+    pad = -n % SIMD_FLOATS
+    return (F.pad(x, (0, pad)) if pad else x).sum(1, keepdim=True)
 
 
 def embedding_width(cardinality: int) -> int:
@@ -211,8 +237,9 @@ class Head(nn.Module):
         """[..., Q] unconstrained -> ordered quantiles (scaled units)."""
         k = self.median_index
         mid = raw[..., k : k + 1]
-        up = mid + torch.cumsum(F.softplus(raw[..., k + 1 :]), dim=-1)
-        down = mid - torch.cumsum(F.softplus(raw[..., :k]).flip(-1), dim=-1).flip(-1)
+        n_up = len(self.levels) - k - 1  # ints from the config: see simd_last
+        up = mid + torch.cumsum(simd_last(F.softplus, raw[..., k + 1 :], n_up), dim=-1)
+        down = mid - torch.cumsum(simd_last(F.softplus, raw[..., :k], k).flip(-1), dim=-1).flip(-1)
         return torch.cat([down, mid, up], dim=-1)
 
     # ---- likelihoods
@@ -335,12 +362,14 @@ class PanelForecaster(nn.Module):
         observed = torch.isfinite(past_target)
         y = torch.where(observed, past_target, torch.zeros_like(past_target))
         count = observed.sum(1, keepdim=True).clamp(min=1)
-        level = (y.abs().sum(1, keepdim=True) / count).clamp(min=SCALE_EPS)
+        # sums, sqrt and log on whole SIMD packets (simd_last): the same bits alone or in any batch
+        L = self.config.lookback
+        level = (row_sum(y.abs(), L) / count).clamp(min=SCALE_EPS)
         if self.config.scaling == "mean_abs":
             return torch.zeros_like(level).unsqueeze(-1), level.unsqueeze(-1), level.unsqueeze(-1)
-        mean = y.sum(1, keepdim=True) / count
-        var = (torch.where(observed, y - mean, torch.zeros_like(y)) ** 2).sum(1, keepdim=True) / count
-        std = torch.maximum(torch.sqrt(var), 1e-3 * level)
+        mean = row_sum(y, L) / count
+        var = row_sum(torch.where(observed, y - mean, torch.zeros_like(y)) ** 2, L) / count
+        std = torch.maximum(simd_last(torch.sqrt, var, 1), 1e-3 * level)
         return mean.unsqueeze(-1), std.unsqueeze(-1), level.unsqueeze(-1)
 
     def static_vector(self, static_cat: Tensor, static_real: Tensor, level: Tensor) -> Tensor:
@@ -357,7 +386,7 @@ class PanelForecaster(nn.Module):
             parts.append(emb(codes))
         if len(self.real_mean):
             parts.append(torch.nan_to_num((static_real - self.real_mean) / self.real_std))
-        parts.append((torch.log(level[:, 0]) - c.log_level_mean) / c.log_level_std)
+        parts.append((simd_last(torch.log, level[:, 0], 1) - c.log_level_mean) / c.log_level_std)
         return torch.cat(parts, dim=-1)
 
     def forward(self, batch: PanelBatch) -> tuple[Tensor, Tensor, Tensor]:

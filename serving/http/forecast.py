@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -231,31 +232,40 @@ async def forecast_series(serving: Serving, body: ForecastBody) -> Response:
     assert contract is not None and model.batcher is not None, "a panel model has its contract and batcher"
     series = cast("list[SeriesItem]", body.series)
     _check_count(len(series), "series", "series", cfg.forecast_max_windows)
+    for k, s in enumerate(series):  # the server's limit first: an oversized request costs nothing more
+        if len(s.context) > cfg.max_context_rows:
+            raise InputError(
+                f"series {s.id!r} has {len(s.context)} context values; the limit is {cfg.max_context_rows} "
+                f"(RNNOPS_MAX_CONTEXT_ROWS; the model reads the last {contract.lookback})",
+                f"series[{k}].context",
+            )
     try:
         panel_features.check_ids([s.id for s in series])
-        features = []
-        for k, s in enumerate(series):
-            if len(s.context) > cfg.max_context_rows:
-                raise InputError(
-                    f"series {s.id!r} has {len(s.context)} context values; the limit is {cfg.max_context_rows} "
-                    f"(RNNOPS_MAX_CONTEXT_ROWS; the model reads the last {contract.lookback})",
-                    f"series[{k}].context",
-                )
-            entry = panel_features.SeriesEntry(
-                s.id, s.timestamps, s.context, s.past_covariates, s.future_covariates, s.static, s.start
+        features = [
+            panel_features.series_features(
+                panel_features.SeriesEntry(
+                    s.id, s.timestamps, s.context, s.past_covariates, s.future_covariates, s.static, s.start
+                ),
+                contract,
             )
-            features.append(panel_features.series_features(entry, contract))
+            for s in series
+        ]
     except panel_features.SeriesError as exc:
         raise InputError(str(exc), "series") from None
+    # each series' inputs as they are: the batcher stacks them with other requests' series
     bands = await model.batcher.forecast_series([f.inputs for f in features])
     target = contract.target
+    levels = [f"{level:g}" for level in contract.quantiles]
     answers = []
     for f, (y, q) in zip(features, bands):
-        answer: dict[str, Any] = {"id": f.id, "timestamps": timeseries.iso(f.future), "forecast": {target: y[:, 0]}}
+        answer: dict[str, Any] = {
+            "id": f.id,
+            "timestamps": _iso(f.future.tobytes()),
+            "forecast": {target: y[:, 0]},
+        }
         if q is not None:
-            answer["quantiles"] = {
-                f"{level:g}": {target: np.ascontiguousarray(q[:, 0, k])} for k, level in enumerate(contract.quantiles)
-            }
+            by_level = np.ascontiguousarray(q[:, 0, :].T)  # [levels, H]: each level's row is contiguous for orjson
+            answer["quantiles"] = {level: {target: by_level[j]} for j, level in enumerate(levels)}
         answer["warnings"] = list(f.warnings)
         answers.append(answer)
     return JSONResponse(
@@ -267,6 +277,13 @@ async def forecast_series(serving: Serving, body: ForecastBody) -> Response:
             "series": answers,
         }
     )
+
+
+@lru_cache(maxsize=256)
+def _iso(future: bytes) -> tuple[str, ...]:
+    """A forecast's timestamps (int64 ns bytes) as ISO strings: series that share their dates
+    (most of a panel's) share them, so each distinct horizon is formatted once."""
+    return tuple(timeseries.iso(np.frombuffer(future, np.int64)))
 
 
 def quantiles_view(levels: Sequence[float], q: np.ndarray) -> dict[str, np.ndarray]:
