@@ -213,18 +213,20 @@ def test_regular_series_take_the_vectorised_path_with_the_same_features(files, m
     model = B.load_model(str(model_path))
     j = B.ForecastJob(**{**job(root, model_path, "odd-out.csv").__dict__, "input": root / "odd.csv"})
     fast = P.prepare(j, model, "item_id", "date")
-    assert len(P.regular_features(*_grouped(P, j, model))) == 6  # 12 less 2 and 3 (FUTURE), 4, 5, 6, 7
-    monkeypatch.setattr(P, "regular_features", lambda *a: {})
+    fast_ks, _ = P.regular_features(*_grouped(P, j, model))
+    assert len(fast_ks) == 6  # 12 less 2 and 3 (FUTURE), 4, 5, 6, 7
+    c = model.info.panel
+    monkeypatch.setattr(P, "regular_features", lambda *a: (np.zeros(0, np.int64), P.Features.empty(c)))
     slow = P.prepare(j, model, "item_id", "date")
     assert fast.ids == slow.ids and len(fast.ids) == 7  # 7, short, forecast by the per-series path
     assert [(e.series_id, e.message) for e in fast.errors] == [(e.series_id, e.message) for e in slow.errors]
     assert len(fast.errors) == 5
-    for a, b in zip(fast.features, slow.features):
-        np.testing.assert_array_equal(a.future, b.future)
-        assert a.inputs.keys() == b.inputs.keys()
-        for name in a.inputs:
-            assert a.inputs[name].dtype == b.inputs[name].dtype
-            np.testing.assert_array_equal(a.inputs[name], b.inputs[name])
+    a, b = fast.features, slow.features
+    np.testing.assert_array_equal(a.future, b.future)
+    assert list(a.inputs) == list(b.inputs) == list(c.inputs)
+    for name in a.inputs:
+        assert a.inputs[name].dtype == b.inputs[name].dtype
+        np.testing.assert_array_equal(a.inputs[name], b.inputs[name])
 
 
 def _grouped(P, j, model):

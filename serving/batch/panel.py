@@ -187,13 +187,51 @@ def group(
 
 
 @dataclass
+class Features:
+    """Series' model inputs as one batch, as arrays from the file to the model call (no object
+    per series): ``inputs`` graph input name -> ``[m, ...]`` (the contract's dtypes), ``future``
+    each series' forecast timestamps, int64 ns ``[m, H]``."""
+
+    inputs: dict[str, np.ndarray]
+    future: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.future)
+
+    def rows(self, index: slice | np.ndarray) -> Features:
+        """The series at ``index`` (a slice: views, no copy)."""
+        return Features({n: a[index] for n, a in self.inputs.items()}, self.future[index])
+
+    @staticmethod
+    def empty(c: PanelContract) -> Features:
+        return Features(pf.stack([], c), np.zeros((0, c.horizon), np.int64))
+
+    @staticmethod
+    def of(features: Sequence[pf.SeriesFeatures], c: PanelContract) -> Features:
+        """The per-series path's features as one batch."""
+        if not features:
+            return Features.empty(c)
+        return Features(pf.stack(features, c), np.stack([f.future for f in features]))
+
+    @staticmethod
+    def concat(parts: Sequence[Features]) -> Features:
+        if len(parts) == 1:
+            return parts[0]
+        names = parts[0].inputs
+        return Features(
+            {n: np.concatenate([p.inputs[n] for p in parts]) for n in names},
+            np.concatenate([p.future for p in parts]),
+        )
+
+
+@dataclass
 class PanelPrepared:
     """The series that can be forecast (their features, in order of first appearance), and the
     errors of the others."""
 
     ids: list[Hashable]
     first_pos: np.ndarray  # int64 [m]
-    features: list[pf.SeriesFeatures]
+    features: Features  # [m]
     series_rows: np.ndarray  # int64 [m]: PANEL rows of each
     errors: list[SeriesError]
     rows: int  # panel rows read
@@ -227,23 +265,18 @@ def prepare_series(
     cats = tuple(s.name for s in c.static_categorical)
     ahead = {} if future is None else {k: i for i, k in enumerate(future.keys)}
     L = c.lookback
-    ids: list[Hashable] = []
-    first: list[int] = []
-    n_rows: list[int] = []
-    features: list[pf.SeriesFeatures] = []
+    slow_ks: list[int] = []
+    slow: list[pf.SeriesFeatures] = []
     errors: list[SeriesError] = []
     if panel.no_id_rows:
         errors.append(SeriesError(None, panel.no_id_rows, f"rows without an id in {id_column!r}", panel.no_id_pos))
-    regular = regular_features(panel, future, ahead, c)
-    for k, sid in enumerate(panel.ids):
+    fast_ks, fast = regular_features(panel, future, ahead, c)
+    others = np.ones(len(panel.ids), bool)
+    others[fast_ks] = False
+    for k in np.flatnonzero(others).tolist():  # the series with a problem (or rare shapes): one by one
+        sid = panel.ids[k]
         lo, hi = int(panel.starts[k]), int(panel.starts[k + 1])
         rows = hi - lo
-        if k in regular:
-            ids.append(sid)
-            first.append(int(panel.first_pos[k]))
-            n_rows.append(rows)
-            features.append(regular[k])
-            continue
 
         def fail(message: str, sid: Hashable = sid, rows: int = rows, k: int = k) -> None:
             errors.append(SeriesError(sid, rows, message, int(panel.first_pos[k])))
@@ -291,23 +324,35 @@ def prepare_series(
                 f"{c.horizon} steps after its last row ({ts(f.future[0])} .. {ts(f.future[-1])})"
             )
             continue
-        ids.append(sid)
-        first.append(int(panel.first_pos[k]))
-        n_rows.append(rows)
-        features.append(f)
+        slow_ks.append(k)
+        slow.append(f)
     errors.sort(key=lambda e: e.first_pos)
+    ks = fast_ks
+    features = fast
+    if slow:  # merged back into the order of the file
+        ks = np.concatenate([fast_ks, np.asarray(slow_ks, np.int64)])
+        order = np.argsort(ks, kind="stable")
+        ks = ks[order]
+        features = Features.concat([fast, Features.of(slow, c)]).rows(order)
     rows_read = len(panel.dates) + panel.no_id_rows
     series = len(panel.ids) + (1 if panel.no_id_rows else 0)
+    counts = np.diff(panel.starts)
     return PanelPrepared(
-        ids, np.asarray(first, np.int64), features, np.asarray(n_rows, np.int64), errors, rows_read, series
+        ids=[panel.ids[k] for k in ks.tolist()] if len(ks) != len(panel.ids) else list(panel.ids),
+        first_pos=panel.first_pos[ks],
+        features=features,
+        series_rows=counts[ks],
+        errors=errors,
+        rows=rows_read,
+        series=series,
     )
 
 
 def regular_features(
     panel: Table, future: Table | None, ahead: dict[str, int], c: PanelContract
-) -> dict[int, pf.SeriesFeatures]:
-    """The features of the series that need no per-series checks, at once with numpy: ``{k:
-    features}`` for each series ``k`` of ``panel`` with at least ``lookback`` rows, dated, on the
+) -> tuple[np.ndarray, Features]:
+    """The features of the series that need no per-series checks, at once with numpy: ``(ks,
+    features)``, row ``i`` the series ``ks[i]`` of ``panel``, each with at least ``lookback`` rows, dated, on the
     model's frequency, finite where the model needs it, with its ``horizon`` FUTURE rows on the
     dates after it. The same arrays as :func:`rnnops.panel_features.series_features` (the values
     go through the same float64 -> float32 casts; tests compare both); every other series takes
@@ -325,15 +370,16 @@ def regular_features(
     bad_row[lo_all[rows > 0]] &= panel.dates[lo_all[rows > 0]] == NAT  # a series' first row has no row before it
     cand &= np.add.reduceat(bad_row.astype(np.int64), lo_all)[:n] == 0 if len(bad_row) else cand
     fut_j = np.array([ahead.get(key, -1) for key in panel.keys], np.int64)
+    none = (np.zeros(0, np.int64), Features.empty(c))
     if c.future_covariates:
         if future is None:
-            return {}
+            return none
         cand &= fut_j >= 0
         f_rows = np.where(fut_j >= 0, future.starts[fut_j + 1] - future.starts[fut_j], 0)
         cand &= f_rows == H
     ks = np.flatnonzero(cand)
     if not len(ks):
-        return {}
+        return none
     idx = hi_all[ks, None] - L + np.arange(L)  # the last L rows of each
     t = panel.dates[idx]
     times, ok, _, _ = timeseries.future_many(t, H, freq=c.freq, flag="the model's frequency")
@@ -378,23 +424,23 @@ def regular_features(
         inputs[pc_.STATIC_CAT] = codes
     if reals is not None:
         inputs[pc_.STATIC_REAL] = reals.astype(np.float32)
-    return {
-        int(k): pf.SeriesFeatures(panel.keys[k], {name: a[i] for name, a in inputs.items()}, times[i])
-        for i, k in enumerate(ks)
-        if ok[i]
-    }
+    feeds = {name: inputs[name][ok].astype(dtype, copy=False) for name, (_, dtype) in c.inputs.items()}
+    return ks[ok], Features(feeds, times[ok])
 
 
-def forecasts(
-    runtime: Runtime, contract: PanelContract, features: list[pf.SeriesFeatures], batch: int
-) -> Iterator[tuple[slice, np.ndarray]]:
+def forecasts(runtime: Runtime, features: Features, batch: int) -> Iterator[tuple[slice, np.ndarray]]:
     """``(slice, y)`` per call of ``batch`` series: ``y`` ``[m, H, 1, 1 + levels]`` (the
     forecast, then each quantile), what the writer takes."""
     for lo in range(0, len(features), batch):
         s = slice(lo, min(len(features), lo + batch))
-        r = runtime.run(pf.stack(features[s], contract), max_batch=batch)
-        assert r.quantiles is not None, "a panel model has quantiles"
-        yield s, np.concatenate([r.output[..., None], r.quantiles], axis=-1)
+        yield s, predict(runtime, features.rows(s), batch)
+
+
+def predict(runtime: Runtime, features: Features, batch: int) -> np.ndarray:
+    """The model on ``features``: ``[m, H, 1, 1 + levels]`` (the forecast, then each quantile)."""
+    r = runtime.run(features.inputs, max_batch=batch)
+    assert r.quantiles is not None, "a panel model has quantiles"
+    return np.concatenate([r.output[..., None], r.quantiles], axis=-1)
 
 
 def write(
@@ -407,10 +453,9 @@ def write(
     started: float,
 ) -> JobSummary:
     """The output, the error report and the summary, through the writer every batch job uses."""
-    c = contract_of(model)
     m = len(prep.ids)
     H = layout.horizon  # steps written (--horizon)
-    future = np.stack([f.future[:H] for f in prep.features]) if m else np.zeros((0, H), np.int64)
+    future = prep.features.future[:, :H]
     prepared = Prepared(
         ids=prep.ids,
         first_pos=prep.first_pos,
@@ -426,7 +471,7 @@ def write(
         model,
         layout,
         prepared,
-        forecasts(runtime, c, prep.features, job.batch_windows),
+        forecasts(runtime, prep.features, job.batch_windows),
         engine=engine,
         rows_read=prep.rows,
         series=prep.series,
@@ -496,8 +541,8 @@ def prepare_group(task: PanelGroupTask, table: pa.Table) -> pa.Table:
     prep = prepare_series(panel, future, c, task.id_column, task.date_column)
     m, errors = len(prep.ids), prep.errors
     n_err = len(errors)
-    feeds = pf.stack(prep.features, c)
-    future_ns = np.stack([f.future for f in prep.features]) if m else np.zeros((0, c.horizon), np.int64)
+    feeds = prep.features.inputs
+    future_ns = prep.features.future
     cols = {
         "id": list(prep.ids) + [e.series_id for e in errors],
         "first": np.r_[prep.first_pos, [e.first_pos for e in errors]].astype(np.int64),
@@ -546,7 +591,7 @@ def _from_groups(table: pa.Table, c: PanelContract) -> PanelPrepared:
     for name, (shape, dtype) in c.inputs.items():
         dims = tuple(int(d) for d in shape[1:])
         inputs[name] = S._matrix(ok[name], m, int(np.prod(dims)), dtype).reshape(m, *dims)
-    features = [pf.SeriesFeatures(str(ids[k]), {n: v[k] for n, v in inputs.items()}, future[k]) for k in range(m)]
+    features = Features(inputs, future)
     errors = [
         SeriesError(sid, rows, message, first)
         for sid, rows, message, first in zip(

@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from rnnops import panel_features as pf
 from rnnops.errors import RnnopsError
 from rnnops.serving.batch import panel as P
 from rnnops.serving.batch.job import ForecastJob, ForecastModel, JobSummary, Layout, _progress
@@ -232,20 +231,19 @@ def run_streamed(
     H, batch = layout.horizon, job.batch_windows
     errors: list[SeriesError] = []
     queue_ids: list[Hashable] = []
-    queue_features: list[pf.SeriesFeatures] = []
+    queue = P.Features.empty(c)  # the series waiting for their call, in file order
     writer: AtomicWriter | None = None
     schema: pa.Schema | None = None
     forecasted = series = 0
     bar = _progress(job, unit="series", desc="forecasting")
 
     def flush(n: int) -> None:
-        nonlocal writer, schema, forecasted
-        ids, feats = queue_ids[:n], queue_features[:n]
-        del queue_ids[:n], queue_features[:n]
-        r = runtime.run(pf.stack(feats, c), max_batch=batch)
-        assert r.quantiles is not None, "a panel model has quantiles"
-        y = np.concatenate([r.output[..., None], r.quantiles], axis=-1)
-        dates = np.stack([f.future[:H] for f in feats])
+        nonlocal writer, schema, forecasted, queue
+        ids, feats = queue_ids[:n], queue.rows(slice(0, n))
+        del queue_ids[:n]
+        queue = queue.rows(slice(n, None))
+        y = P.predict(runtime, feats, batch)
+        dates = feats.future[:, :H]
         if schema is None:
             schema = output_schema(layout, date_type or date_type_for(dates))
             writer = AtomicWriter(job.output, schema)
@@ -263,11 +261,11 @@ def run_streamed(
             series += len(chunk.ids)
             errors += prep.errors
             queue_ids.extend(prep.ids)
-            queue_features.extend(prep.features)
-            while len(queue_features) >= batch:
+            queue = P.Features.concat([queue, prep.features])
+            while len(queue) >= batch:
                 flush(batch)
-        if queue_features:
-            flush(len(queue_features))
+        if len(queue):
+            flush(len(queue))
         if panel.no_id_rows:
             errors.append(SeriesError(None, panel.no_id_rows, f"rows without an id in {idc!r}", panel.no_id_pos))
             series += 1
