@@ -113,7 +113,7 @@ class Table:
     first_pos: np.ndarray  # int64 [series]: the file position of each series' first row
     dates: np.ndarray  # int64 ns [rows] (NAT where unparsable), sorted within each series
     values: dict[str, np.ndarray]  # numeric columns: float64 [rows] (NaN where missing)
-    text: dict[str, np.ndarray]  # the other columns, as read: object [rows]
+    text: dict[str, np.ndarray]  # the other (static) columns at each series' first row by date: object [series]
     no_id_rows: int  # rows without an id (reported as one error row)
     no_id_pos: int  # the first of them (-1: none)
 
@@ -146,9 +146,9 @@ def group(
     name: str = "the panel",
 ) -> Table:
     """A file's rows grouped by series (first appearance), each series by date; ``positions``:
-    each row's place in the file (default: the table's order). A non-numeric column is one line."""
-    import pandas as pd
-
+    each row's place in the file (default: the table's order). A non-numeric column is one line.
+    Per series work is done by Arrow and numpy: no Python object per row or per series, but the
+    ids' list."""
     pos = np.arange(table.num_rows, dtype=np.int64) if positions is None else positions
     values = {}
     for col in numeric:
@@ -157,30 +157,51 @@ def group(
             values[col] = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise RnnopsError(f"column {col!r} of {name} is not numeric ({arr.type}); give numbers") from None
-    in_file = np.argsort(pos, kind="stable")  # file order: first appearance decides the series' order
-    raw_ids = table.column(id_column).to_pandas().iloc[in_file]
-    codes_sorted, uniques = pd.factorize(raw_ids, sort=False)  # -1 for a missing id
-    codes = np.empty_like(codes_sorted)
-    codes[in_file] = codes_sorted
+    in_file = None if positions is None or _increasing(pos) else np.argsort(pos, kind="stable")
+    raw_ids = table.column(id_column)
+    if in_file is not None:  # file order: first appearance decides the series' order
+        raw_ids = raw_ids.take(in_file)
+    raw_ids = raw_ids.combine_chunks() if isinstance(raw_ids, pa.ChunkedArray) else raw_ids
+    if pa.types.is_dictionary(raw_ids.type):
+        raw_ids = raw_ids.dictionary_decode()
+    encoded = raw_ids.dictionary_encode()  # codes in order of first appearance; null for a missing id
+    codes_sorted = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    ids = encoded.dictionary.to_pylist()
+    if in_file is None:
+        codes = codes_sorted
+    else:
+        codes = np.empty_like(codes_sorted)
+        codes[in_file] = codes_sorted
     dates = parse_dates(table.column(date_column), date_format)
     has_id = codes >= 0
-    keep = np.flatnonzero(has_id)
+    keep = np.flatnonzero(has_id) if raw_ids.null_count else np.arange(len(codes))
     order = keep[np.lexsort((dates[keep], codes[keep]))]
-    counts = np.bincount(codes[keep], minlength=len(uniques))
-    first_pos = np.full(len(uniques), np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(first_pos, codes[keep], pos[keep])
-    ids = [v.item() if hasattr(v, "item") else v for v in uniques]
+    counts = np.bincount(codes[keep], minlength=len(ids))
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    # a series' first row in the file: where its code first appears (codes number the ids in order
+    # of first appearance, so that is where the codes, in file order, pass their running maximum)
+    in_file_pos = pos if in_file is None else pos[in_file]
+    valid = codes_sorted >= 0
+    c_k = codes_sorted[valid]
+    new = c_k > np.maximum.accumulate(np.r_[-1, c_k[:-1]]) if len(c_k) else np.zeros(0, bool)
+    first_pos = np.full(len(ids), np.iinfo(np.int64).max, np.int64)
+    first_pos[c_k[new]] = in_file_pos[valid][new]
+    first_row = order[starts[:-1]]  # each series' first row by date: where its static columns are read
     return Table(
         ids=ids,
-        keys=[str(v) for v in ids],
-        starts=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        keys=ids if pa.types.is_string(raw_ids.type) or pa.types.is_large_string(raw_ids.type) else [str(v) for v in ids],
+        starts=starts,
         first_pos=first_pos,
         dates=dates[order],
         values={k: v[order] for k, v in values.items()},
-        text={c: table.column(c).to_numpy(zero_copy_only=False)[order] for c in other},
+        text={c: table.column(c).take(first_row).to_numpy(zero_copy_only=False) for c in other},
         no_id_rows=int((~has_id).sum()),
         no_id_pos=int(pos[~has_id].min()) if (~has_id).any() else -1,
     )
+
+
+def _increasing(a: np.ndarray) -> bool:
+    return bool(len(a) < 2 or (a[1:] > a[:-1]).all())
 
 
 # ------------------------------------------------------------------------------ series -> features
@@ -309,7 +330,7 @@ def prepare_series(
             past_covariates={n: panel.values[n][lo_read:hi] for n in c.past_covariates},
             future_covariates={n: np.concatenate([panel.values[n][lo_read:hi], fut[n]]) for n in c.future_covariates},
             static={
-                **{n: str(panel.text[n][lo]) for n in cats if panel.text[n][lo] is not None},
+                **{n: str(panel.text[n][k]) for n in cats if panel.text[n][k] is not None},
                 **{n: panel.values[n][lo] for n in c.static_real},
             },
         )
@@ -407,6 +428,8 @@ def regular_features(
         reals = np.stack([panel.values[n_][first_row] for n_ in c.static_real], axis=-1) if c.static_real else None
         if reals is not None:
             ok &= np.isfinite(reals.astype(np.float32)).all(axis=1)
+    import pandas as pd
+
     inputs: dict[str, np.ndarray] = {pc_.PAST_TARGET: y.astype(np.float32)}
     if past is not None:
         inputs[pc_.PAST_COVARIATES] = past.astype(np.float32)
@@ -419,8 +442,10 @@ def regular_features(
     if c.static_categorical:
         codes = np.zeros((len(ks), len(c.static_categorical)), np.int64)
         for j, col in enumerate(c.static_categorical):
-            values = panel.text[col.name][first_row]
-            codes[:, j] = [0 if v is None else col.code(str(v)) for v in values]
+            # each distinct value's code once (a missing one: the unknown bucket, 0)
+            at, distinct = pd.factorize(panel.text[col.name][ks], use_na_sentinel=True)
+            lut = np.array([col.code(str(v)) for v in distinct] + [0], np.int64)
+            codes[:, j] = lut[at]  # -1 (missing) takes the last entry
         inputs[pc_.STATIC_CAT] = codes
     if reals is not None:
         inputs[pc_.STATIC_REAL] = reals.astype(np.float32)
