@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from rnnops.errors import RnnopsError
@@ -121,10 +120,12 @@ class SeriesReader:
             if t.num_rows == 0:
                 carry = None
                 continue
-            codes, uniques = pd.factorize(t.column(self.id_column).to_pandas())
+            ids = t.column(self.id_column).combine_chunks()
+            encoded = (ids.dictionary_decode() if pa.types.is_dictionary(ids.type) else ids).dictionary_encode()
+            codes = encoded.indices.to_numpy(zero_copy_only=False)
             runs = np.flatnonzero(np.diff(codes)) + 1  # where a new series starts
-            if len(runs) + 1 != len(uniques):  # an id comes back within the chunk
-                raise NotGrouped(self.path, uniques[_first_repeat(codes[np.r_[0, runs]])])
+            if len(runs) + 1 != len(encoded.dictionary):  # an id comes back within the chunk
+                raise NotGrouped(self.path, encoded.dictionary[_first_repeat(codes[np.r_[0, runs]])].as_py())
             tail = int(runs[-1]) if len(runs) else 0  # the last series may go on in the next batch
             carry = t.slice(tail)
             if tail:
