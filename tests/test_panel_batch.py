@@ -109,8 +109,12 @@ def test_horizon_flag_cuts_the_panel_forecast(files):
 
 
 @pytest.mark.slow
-def test_spark_engine_matches_local(files):
+def test_spark_engine_matches_local(files, monkeypatch):
+    """Spark forecasts on its workers in groups of calls: two calls of 4 series a group here, so
+    the 10 series that can be forecast make two groups, the second one short."""
     from test_batch import spark_available
+
+    from rnnops.serving.batch import panel as P
 
     reason = spark_available()
     if reason:
@@ -120,8 +124,9 @@ def test_spark_engine_matches_local(files):
             pytest.fail(f"{reason} (CI is set: the Spark test must run there)", pytrace=False)
         pytest.skip(reason)
     root, model_path, _ = files
+    monkeypatch.setattr(P, "CALLS_PER_GROUP", 2)
     local = B.run(job(root, model_path, "local.parquet", batch_windows=4))
-    spark = B.run(job(root, model_path, "spark.parquet"), engine="spark")
+    spark = B.run(job(root, model_path, "spark.parquet", batch_windows=4), engine="spark")
     assert (spark.series, spark.forecasted, spark.failed, spark.output_rows, spark.rows_read) == (
         local.series,
         local.forecasted,

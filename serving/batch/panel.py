@@ -15,15 +15,17 @@ frequency, too little history, an unparsable date...) is a row of ``<output>.err
 reason, and the others are written (``--strict``: nothing is written). Problems with the files
 (missing columns, non-numeric columns, a model input without its column) stop the job first.
 
-Both engines share :func:`prepare` (files -> series features) and :func:`forecasts` (the model
-calls); the Spark engine (:func:`run_panel_spark`) reads and groups the files with Spark and
-runs the same two per group of series, so its output is the local engine's, byte for byte.
+Both engines share :func:`prepare_series` (a group of series -> their features, as arrays) and
+:func:`predict` (the model calls); the Spark engine (:func:`run_panel_spark`) reads and groups the
+files with Spark and runs the same two on its workers, the model in the local engine's calls, so
+its output is the local engine's, byte for byte.
 
 Memory: the local engine streams a panel whose series are contiguous (sorted or grouped by id)
 through :mod:`.panel_stream`, series by series, memory flat in the number of series; a panel whose
 series interleave is read whole (only the columns the model reads) and grouped here, with a
-warning that says how to stream it. The Spark engine groups on the workers and gathers the
-series' features on the driver.
+warning that says how to stream it. The Spark engine prepares and forecasts on the workers; its
+driver gathers each forecast series' first file position, the forecasts and the error rows (not
+the inputs: ~0.2 KB a series of the tiny model instead of ~1 KB of inputs and their Python objects).
 """
 
 from __future__ import annotations
@@ -189,7 +191,9 @@ def group(
     first_row = order[starts[:-1]]  # each series' first row by date: where its static columns are read
     return Table(
         ids=ids,
-        keys=ids if pa.types.is_string(raw_ids.type) or pa.types.is_large_string(raw_ids.type) else [str(v) for v in ids],
+        keys=ids
+        if pa.types.is_string(raw_ids.type) or pa.types.is_large_string(raw_ids.type)
+        else [str(v) for v in ids],
         starts=starts,
         first_pos=first_pos,
         dates=dates[order],
@@ -478,6 +482,21 @@ def write(
     started: float,
 ) -> JobSummary:
     """The output, the error report and the summary, through the writer every batch job uses."""
+    return write_forecasts(
+        job, model, layout, prep, forecasts(runtime, prep.features, job.batch_windows), engine, started
+    )
+
+
+def write_forecasts(
+    job: ForecastJob,
+    model: ForecastModel,
+    layout: Layout,
+    prep: PanelPrepared,
+    forecasts: Iterator[tuple[slice, np.ndarray]],
+    engine: str,
+    started: float,
+) -> JobSummary:
+    """:func:`write` with the forecasts given (``(slice, y)`` per call, in ``prep``'s order)."""
     m = len(prep.ids)
     H = layout.horizon  # steps written (--horizon)
     future = prep.features.future[:, :H]
@@ -496,7 +515,7 @@ def write(
         model,
         layout,
         prepared,
-        forecasts(runtime, prep.features, job.batch_windows),
+        forecasts,
         engine=engine,
         rows_read=prep.rows,
         series=prep.series,
@@ -549,7 +568,7 @@ class PanelGroupTask:
 def prepare_group(task: PanelGroupTask, table: pa.Table) -> pa.Table:
     """One group of whole series (their PANEL and FUTURE rows) -> one row per series: its model
     inputs (flattened) and forecast timestamps, or its error, by the local engine's
-    :func:`prepare_series`. The model runs on the driver (:func:`run_panel_spark` says why)."""
+    :func:`prepare_series`; the model runs in a second stage (:func:`forecast_group`)."""
     from rnnops.serving.batch import spark as S
 
     c = task.contract
@@ -582,7 +601,8 @@ def prepare_group(task: PanelGroupTask, table: pa.Table) -> pa.Table:
     return pa.table(cols, schema=_group_schema(task.id_type, c))
 
 
-def _group_schema(id_type: pa.DataType | None, c: PanelContract) -> pa.Schema:
+def _group_schema(id_type: pa.DataType | None, c: PanelContract | None) -> pa.Schema:
+    """The rows :func:`prepare_group` returns (``c`` None: without the model's inputs)."""
     id_arrow = pa.int64() if id_type is not None and pa.types.is_integer(id_type) else pa.string()
     return pa.schema(
         [
@@ -591,7 +611,10 @@ def _group_schema(id_type: pa.DataType | None, c: PanelContract) -> pa.Schema:
             ("rows", pa.int64()),
             ("error", pa.string()),
             ("future", pa.list_(pa.int64())),
-            *((name, pa.list_(pa.from_numpy_dtype(np.dtype(dtype)))) for name, (_, dtype) in c.inputs.items()),
+            *(
+                (name, pa.list_(pa.from_numpy_dtype(np.dtype(dtype))))
+                for name, (_, dtype) in (c.inputs.items() if c is not None else ())
+            ),
         ]
     )
 
@@ -602,50 +625,113 @@ def _spark_schema(schema: pa.Schema) -> StructType:
     return from_arrow_schema(schema)
 
 
-def _from_groups(table: pa.Table, c: PanelContract) -> PanelPrepared:
-    """The workers' rows back as the local engine's :class:`PanelPrepared`, in file order."""
+KEY = "_rnnops_calls"  # the group of model calls a series is forecast in
+CALLS_PER_GROUP = 64  # model calls of --batch-size series per group of the forecasting stage
+
+
+@dataclass(frozen=True)
+class PanelForecastTask:
+    """What a Spark worker needs to forecast a group of series (pickled with the function)."""
+
+    contract: PanelContract
+    id_type: pa.DataType | None
+    model_file: str  # name under SparkFiles
+    local_path: str  # the driver's path (used when SparkFiles has no copy, e.g. in tests)
+    sha256: str
+    batch: int  # series per model call (--batch-size)
+    bounds: np.ndarray  # int64: the first file position of each group's first series
+
+
+def call_groups(task: PanelForecastTask, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Each series' group of calls (``KEY``), from its first file position and ``task.bounds``."""
+    for b in batches:
+        first = b.column("first").to_numpy(zero_copy_only=False)
+        group = np.searchsorted(task.bounds, first, side="right") - 1
+        yield pa.RecordBatch.from_arrays([*b.columns, pa.array(group, pa.int64())], [*b.schema.names, KEY])
+
+
+def forecast_group(task: PanelForecastTask, table: pa.Table) -> pa.Table:
+    """One group of ``CALLS_PER_GROUP`` calls' series (their inputs, from :func:`prepare_group`)
+    -> their forecasts, one row per series. The group starts at a call boundary of the whole job
+    (its first series is the ``k * batch * CALLS_PER_GROUP``-th of the file), so cutting it into
+    calls of ``batch`` series in file order makes the local engine's calls exactly."""
     from rnnops.serving.batch import spark as S
 
+    c = task.contract
     table = table.sort_by("first")
-    ok = table.filter(pc.is_null(table["error"]))
-    bad = table.filter(pc.is_valid(table["error"]))
-    m = ok.num_rows
-    ids = ok["id"].to_pylist()
-    future = S._matrix(ok["future"], m, c.horizon, np.int64)
+    m = table.num_rows
     inputs = {}
     for name, (shape, dtype) in c.inputs.items():
         dims = tuple(int(d) for d in shape[1:])
-        inputs[name] = S._matrix(ok[name], m, int(np.prod(dims)), dtype).reshape(m, *dims)
-    features = Features(inputs, future)
-    errors = [
-        SeriesError(sid, rows, message, first)
-        for sid, rows, message, first in zip(
-            bad["id"].to_pylist(), bad["rows"].to_pylist(), bad["error"].to_pylist(), bad["first"].to_pylist()
-        )
-    ]
-    return PanelPrepared(
-        ids=ids,
-        first_pos=ok["first"].to_numpy(),
-        features=features,
-        series_rows=ok["rows"].to_numpy(),
-        errors=errors,
-        rows=int(pc.sum(table["rows"]).as_py() or 0),
-        series=table.num_rows,
+        inputs[name] = S._matrix(table[name], m, int(np.prod(dims)), dtype).reshape(m, *dims)
+    future = S._matrix(table["future"], m, c.horizon, np.int64)
+    y = predict(S._runtime(task.model_file, task.local_path, task.sha256), Features(inputs, future), task.batch)
+    cols = {
+        "id": table["id"],
+        "first": table["first"],
+        "rows": table["rows"],
+        "future": table["future"],
+        "forecast": S._lists(y.reshape(m, -1), pa.float32(), 0),
+    }
+    return pa.table(cols, schema=_forecast_schema(task.id_type))
+
+
+def _forecast_schema(id_type: pa.DataType | None) -> pa.Schema:
+    group = _group_schema(id_type, None)
+    return pa.schema(
+        [*(group.field(n) for n in ("id", "first", "rows", "future")), ("forecast", pa.list_(pa.float32()))]
     )
 
 
-def run_panel_spark(job: ForecastJob, model: ForecastModel, layout: Layout, master: str | None = None) -> JobSummary:
-    """The Spark engine: PANEL and FUTURE read by Spark, the rows of a series (both files) hashed
-    to one group, each group's series turned into model inputs on the workers
-    (:func:`prepare_group`), the model run on the driver and written by the local writer.
+def _from_forecasts(table: pa.Table, errors: pa.Table, c: PanelContract) -> tuple[PanelPrepared, np.ndarray]:
+    """The workers' forecasts back in file order, as the local engine's :class:`PanelPrepared`
+    (the features' inputs left out) and ``y`` ``[m, H, 1, 1 + levels]``."""
+    from rnnops.serving.batch import spark as S
 
-    Why the model runs on the driver: an exported panel graph is not batch-invariant on
+    table = table.sort_by("first")
+    errors = errors.sort_by("first")
+    m = table.num_rows
+    future = S._matrix(table["future"], m, c.horizon, np.int64)
+    y = S._matrix(table["forecast"], m, c.horizon * (1 + len(c.quantiles)), np.float32)
+    rows = table["rows"].to_numpy()
+    failed = [
+        SeriesError(sid, n, message, first)
+        for sid, n, message, first in zip(
+            errors["id"].to_pylist(),
+            errors["rows"].to_pylist(),
+            errors["error"].to_pylist(),
+            errors["first"].to_pylist(),
+        )
+    ]
+    prep = PanelPrepared(
+        ids=table["id"].to_pylist(),
+        first_pos=table["first"].to_numpy(),
+        features=Features({}, future),
+        series_rows=rows,
+        errors=failed,
+        rows=int(rows.sum()) + int(pc.sum(errors["rows"]).as_py() or 0),
+        series=m + errors.num_rows,
+    )
+    return prep, y.reshape(m, c.horizon, 1, 1 + len(c.quantiles))
+
+
+def run_panel_spark(job: ForecastJob, model: ForecastModel, layout: Layout, master: str | None = None) -> JobSummary:
+    """The Spark engine, in two stages on the workers: PANEL and FUTURE read by Spark, the rows of
+    a series (both files) hashed to one group, each group's series turned into model inputs
+    (:func:`prepare_group`); then the series that can be forecast, regrouped by their place in
+    the file into groups of ``CALLS_PER_GROUP`` model calls, forecast there
+    (:func:`forecast_group`, one onnxruntime session per Python worker). The driver collects the
+    first file position of each series (to place the groups' bounds), the error rows and the
+    forecasts (not the inputs), and writes them with the local writer.
+
+    Why the calls must be the local engine's: an exported panel graph is not batch-invariant on
     onnxruntime's CPU kernels (a series' forecast moves in the last float32 bits with the other
-    series of its call, measured with the tiny panel model), so the local engine's calls
-    (series in file order, ``--batch-size`` at a time) are repeated exactly, and both engines
-    write the same bytes. Reading, grouping and feature building, the bulk of a job, are spread."""
+    series of its call, measured with the tiny panel model), so the series of each call are those
+    of the local engine's call (in file order, ``--batch-size`` at a time), and both engines write
+    the same bytes."""
     import math
 
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -658,8 +744,10 @@ def run_panel_spark(job: ForecastJob, model: ForecastModel, layout: Layout, mast
     numeric, text = columns(c)
     progress = job.progress if job.progress is not None else False
     spark = S.session(master, progress)
+    prepared = None
     try:
         sc = spark.sparkContext
+        sc.addFile(str(model.path))
         buckets = max(2 * max(1, sc.defaultParallelism), math.ceil(job.input.stat().st_size / S.BUCKET_BYTES))
         spark.conf.set("spark.sql.shuffle.partitions", str(buckets))
 
@@ -701,18 +789,54 @@ def run_panel_spark(job: ForecastJob, model: ForecastModel, layout: Layout, mast
             return prepare_group(task, table)
 
         schema = _spark_schema(_group_schema(layout.id_type, c))
-        res = df.withColumn(S.BUCKET, key).groupBy(S.BUCKET).applyInArrow(prepare_series_group, schema=schema)
+        prepared = (
+            df.withColumn(S.BUCKET, key)
+            .groupBy(S.BUCKET)
+            .applyInArrow(prepare_series_group, schema=schema)
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
         try:
+            ok = prepared.filter(F.col("error").isNull())
+            errors = prepared.filter(F.col("error").isNotNull()).select("id", "first", "rows", "error").toArrow()
+            firsts = np.sort(ok.select("first").toArrow()["first"].to_numpy())
+            forecast_task = PanelForecastTask(
+                contract=c,
+                id_type=layout.id_type,
+                model_file=model.path.name,
+                local_path=str(model.path.resolve()),
+                sha256=model.sha256,
+                batch=job.batch_windows,
+                bounds=firsts[:: job.batch_windows * CALLS_PER_GROUP].copy(),
+            )
+
+            def with_call_group(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+                return call_groups(forecast_task, batches)
+
+            def forecast_series_group(table: pa.Table) -> pa.Table:
+                return forecast_group(forecast_task, table)
+
+            keyed_schema = T.StructType([*ok.schema.fields, T.StructField(KEY, T.LongType())])
+            groups = max(1, len(forecast_task.bounds))
+            spark.conf.set("spark.sql.shuffle.partitions", str(min(groups, 2 * max(1, sc.defaultParallelism))))
+            res = (
+                ok.mapInArrow(with_call_group, schema=keyed_schema)
+                .groupBy(KEY)
+                .applyInArrow(forecast_series_group, schema=_spark_schema(_forecast_schema(layout.id_type)))
+            )
             table = res.toArrow()
         except Exception as exc:
             raise S._spark_error(exc) from None
     finally:
+        if prepared is not None:
+            with contextlib.suppress(Exception):
+                prepared.unpersist()
         if getattr(spark, "_rnnops_owned", True):
             with contextlib.suppress(Exception):
                 spark.stop()
-    prep = _from_groups(table, c)
+    prep, y = _from_forecasts(table, errors, c)
     if job.strict and prep.errors:
         raise strict_error(prep.errors, layout)
-    from rnnops.serving.batch.local import make_runtime
-
-    return write(job, model, layout, prep, make_runtime(model, threads=1), "spark", t0)
+    step = max(1, job.batch_windows)
+    m = len(prep.ids)
+    slices = [slice(lo, min(m, lo + step)) for lo in range(0, m, step)]
+    return write_forecasts(job, model, layout, prep, ((s, y[s]) for s in slices), "spark", t0)
