@@ -625,6 +625,7 @@ def _spark_schema(schema: pa.Schema) -> StructType:
     return from_arrow_schema(schema)
 
 
+BUCKET_ROWS = 262_144  # at most about this many Parquet rows per group of the first stage (held by a worker)
 KEY = "_rnnops_calls"  # the group of model calls a series is forecast in
 CALLS_PER_GROUP = 64  # model calls of --batch-size series per group of the forecasting stage
 
@@ -749,6 +750,10 @@ def run_panel_spark(job: ForecastJob, model: ForecastModel, layout: Layout, mast
         sc = spark.sparkContext
         sc.addFile(str(model.path))
         buckets = max(2 * max(1, sc.defaultParallelism), math.ceil(job.input.stat().st_size / S.BUCKET_BYTES))
+        if file_format(job.input, "input") == "parquet":  # compressed: its rows say more than its bytes
+            import pyarrow.parquet as pq
+
+            buckets = max(buckets, math.ceil(pq.ParquetFile(job.input).metadata.num_rows / BUCKET_ROWS))
         spark.conf.set("spark.sql.shuffle.partitions", str(buckets))
 
         def read(path: Path, num: Sequence[str], txt: Sequence[str], src: int) -> DataFrame:
