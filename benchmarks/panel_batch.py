@@ -123,15 +123,29 @@ def tree_rss_mb(root: int) -> float:
     return common.tree_rss_mb(root)
 
 
+def own_rss_mb(pid: int) -> float:
+    """The resident memory of process ``pid`` alone (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def measured(argv: list[str], log: Path, timeout: float, env: dict | None = None) -> dict:
-    """Run ``argv`` to completion: wall seconds, exit status, the peak RSS of its process tree."""
+    """Run ``argv`` to completion: wall seconds, exit status, the peak RSS of its process tree and
+    of its own process (ours: the CLI, which is Spark's driver; the JVM and its workers are below)."""
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env or os.environ.copy())
-        peak = 0.0
+        peak = own = 0.0
         try:
             while proc.poll() is None:
                 peak = max(peak, tree_rss_mb(proc.pid))
+                own = max(own, own_rss_mb(proc.pid))
                 if time.perf_counter() - t0 > timeout:
                     proc.kill()
                     raise TimeoutError(f"{argv[:3]} ran past {timeout:.0f} s (log {log})")
@@ -139,7 +153,7 @@ def measured(argv: list[str], log: Path, timeout: float, env: dict | None = None
         finally:
             if proc.poll() is None:
                 proc.kill()
-    return {"seconds": time.perf_counter() - t0, "rc": proc.returncode, "peak_rss_mb": peak}
+    return {"seconds": time.perf_counter() - t0, "rc": proc.returncode, "peak_rss_mb": peak, "own_rss_mb": own}
 
 
 def run_ours(engine: str, model: Path, panel: Path, future: Path, rows: int, work: Path, timeout: float) -> dict:
@@ -298,17 +312,18 @@ def _rss_mb() -> float:
 def markdown(res: dict) -> str:
     lines = [
         "| series | PANEL rows | contestant | seconds | rows/s | x NeuralForecast | in the job alone | peak RSS (MB) "
-        "| load (1, 5, 15 min) |",
-        "|---:|---:|---|---:|---:|---:|---|---:|---|",
+        "| of it, the command's own process (MB) | load (1, 5, 15 min) |",
+        "|---:|---:|---|---:|---:|---:|---|---:|---:|---|",
     ]
     for n, by in res["runs"].items():
         nf = by.get("NeuralForecast predict")
         for name, r in by.items():
             vs = f"{r['rows_per_s'] / nf['rows_per_s']:.1f}x" if nf else "-"
             alone = f"{r['engine_s']:.1f} s, {r['rows'] / r['engine_s']:,.0f} rows/s" if r.get("engine_s") else "-"
+            own = f"{r['own_rss_mb']:,.0f}" if r.get("own_rss_mb") else "-"
             lines.append(
                 f"| {int(n):,} | {r['rows']:,} | {name} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {vs} | "
-                f"{alone} | {r['peak_rss_mb']:,.0f} | {r['load']} |"
+                f"{alone} | {r['peak_rss_mb']:,.0f} | {own} | {r['load']} |"
             )
     return "\n".join(lines)
 

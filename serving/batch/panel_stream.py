@@ -19,7 +19,9 @@ call, turns out to need nanoseconds (then the caller runs again with it).
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Hashable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +32,7 @@ import pyarrow as pa
 from rnnops.errors import RnnopsError
 from rnnops.serving.batch import panel as P
 from rnnops.serving.batch.job import ForecastJob, ForecastModel, JobSummary, Layout, _progress
-from rnnops.serving.batch.read import file_format
+from rnnops.serving.batch.read import file_format, prefetch
 from rnnops.serving.batch.tails import SeriesError
 from rnnops.serving.batch.write import (
     AtomicWriter,
@@ -47,6 +49,7 @@ from rnnops.serving.batch.write import (
 if TYPE_CHECKING:
     from rnnops.serving.runtime import Runtime
 
+IN_FLIGHT = 2  # model calls queued or running in the calls' thread
 CHUNK_ROWS = 65_536  # rows per record batch read from Parquet
 CSV_BLOCK_BYTES = 1 << 20  # bytes per record batch read from CSV (Arrow's default, as the whole-file read)
 
@@ -103,7 +106,7 @@ class SeriesReader:
     def chunks(self) -> Iterator[P.Table]:
         cols = [self.id_column, self.date_column, *self.numeric, *self.text]
         carry: pa.Table | None = None  # the last, maybe incomplete, series of the previous batch
-        for batch in record_batches(self.path, cols, (self.id_column, self.date_column, *self.text)):
+        for batch in prefetch(record_batches(self.path, cols, (self.id_column, self.date_column, *self.text))):
             t = pa.Table.from_batches([batch]).append_column(
                 "_pos", pa.array(np.arange(self.rows, self.rows + batch.num_rows, dtype=np.int64))
             )
@@ -238,12 +241,25 @@ def run_streamed(
     forecasted = series = 0
     bar = _progress(job, unit="series", desc="forecasting")
 
+    # The model runs in a thread (onnxruntime releases the GIL) while this one groups the next
+    # series and writes the previous call's rows: calls in flight are written in their order.
+    calls = ThreadPoolExecutor(1, thread_name_prefix="rnnops-panel-call")
+    in_flight: deque[tuple[list[Hashable], P.Features, Future[np.ndarray]]] = deque()
+
     def flush(n: int) -> None:
-        nonlocal writer, schema, forecasted, queue
+        nonlocal queue
         ids, feats = queue_ids[:n], queue.rows(slice(0, n))
         del queue_ids[:n]
         queue = queue.rows(slice(n, None))
-        y = P.predict(runtime, feats, batch)
+        in_flight.append((ids, feats, calls.submit(P.predict, runtime, feats, batch)))
+        if len(in_flight) > IN_FLIGHT:
+            write_call()
+
+    def write_call() -> None:
+        nonlocal writer, schema, forecasted
+        ids, feats, call = in_flight.popleft()
+        y = call.result()
+        n = len(ids)
         dates = feats.future[:, :H]
         if schema is None:
             schema = output_schema(layout, date_type or date_type_for(dates))
@@ -267,6 +283,8 @@ def run_streamed(
                 flush(batch)
         if len(queue):
             flush(len(queue))
+        while in_flight:
+            write_call()
         if panel.no_id_rows:
             errors.append(SeriesError(None, panel.no_id_rows, f"rows without an id in {idc!r}", panel.no_id_pos))
             series += 1
@@ -286,6 +304,7 @@ def run_streamed(
             raise
         raise disk_full_error(why, job, writer) from None
     finally:
+        calls.shutdown(cancel_futures=True)
         bar.close()
     return JobSummary(
         engine="local",
