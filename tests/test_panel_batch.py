@@ -137,6 +137,14 @@ def test_spark_engine_matches_local(files, monkeypatch):
     a, b = pq.read_table(root / "local.parquet"), pq.read_table(root / "spark.parquet")
     assert a.schema == b.schema and a.equals(b)
     assert (root / "local.errors.csv").read_text() == (root / "spark.errors.csv").read_text()
+    # FUTURE without rows: every group of the first stage has no series to forecast
+    pd.read_parquet(root / "future.parquet").iloc[:0].to_parquet(root / "no-future.parquet", index=False)
+    none = {"future": root / "no-future.parquet"}
+    local = B.run(job(root, model_path, "none-local.parquet", **none))
+    spark = B.run(job(root, model_path, "none-spark.parquet", **none), engine="spark")
+    assert (spark.forecasted, spark.failed) == (local.forecasted, local.failed) == (0, 12)
+    assert (root / "none-local.parquet").read_bytes() == (root / "none-spark.parquet").read_bytes()
+    assert (root / "none-local.errors.csv").read_text() == (root / "none-spark.errors.csv").read_text()
 
 
 def whole_file_job(j: B.ForecastJob):

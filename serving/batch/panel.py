@@ -594,8 +594,13 @@ def prepare_group(task: PanelGroupTask, table: pa.Table) -> pa.Table:
         "error": [None] * m + [e.message for e in errors],
         "future": S._lists(future_ns, pa.int64(), n_err),
         **{
-            name: S._lists(feeds[name].reshape(m, -1), pa.from_numpy_dtype(np.dtype(dtype)), n_err)
-            for name, (_, dtype) in c.inputs.items()
+            # (m, size) spelled out: numpy cannot infer -1 when a group has no series to forecast
+            name: S._lists(
+                feeds[name].reshape(m, int(np.prod([int(d) for d in shape[1:]]))),
+                pa.from_numpy_dtype(np.dtype(dtype)),
+                n_err,
+            )
+            for name, (shape, dtype) in c.inputs.items()
         },
     }
     return pa.table(cols, schema=_group_schema(task.id_type, c))
