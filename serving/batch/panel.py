@@ -24,8 +24,8 @@ Memory: the local engine streams a panel whose series are contiguous (sorted or 
 through :mod:`.panel_stream`, series by series, memory flat in the number of series; a panel whose
 series interleave is read whole (only the columns the model reads) and grouped here, with a
 warning that says how to stream it. The Spark engine prepares and forecasts on the workers; its
-driver gathers each forecast series' first file position, the forecasts and the error rows (not
-the inputs: ~0.2 KB a series of the tiny model instead of ~1 KB of inputs and their Python objects).
+driver gathers each forecast series' first file position, the forecasts and the error rows, not
+the inputs (docs/benchmarks.md measures what it holds).
 """
 
 from __future__ import annotations
