@@ -730,11 +730,11 @@ def run_panel_spark(job: ForecastJob, model: ForecastModel, layout: Layout, mast
     first file position of each series (to place the groups' bounds), the error rows and the
     forecasts (not the inputs), and writes them with the local writer.
 
-    Why the calls must be the local engine's: an exported panel graph is not batch-invariant on
-    onnxruntime's CPU kernels (a series' forecast moves in the last float32 bits with the other
-    series of its call, measured with the tiny panel model), so the series of each call are those
-    of the local engine's call (in file order, ``--batch-size`` at a time), and both engines write
-    the same bytes."""
+    Why the calls are the local engine's: a panel graph exported before its sums were padded to
+    whole SIMD widths is not batch-invariant on onnxruntime's CPU kernels (a series' forecast moves
+    in the last float32 bits with the other series of its call), so the series of each call are
+    those of the local engine's call (in file order, ``--batch-size`` at a time), and both engines
+    write the same bytes for any model file."""
     import math
 
     from pyspark import StorageLevel

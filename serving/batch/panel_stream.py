@@ -3,17 +3,18 @@
 PANEL is read as Arrow record batches; the rows of each series must be contiguous (a panel sorted
 or grouped by id; dates may be in any order within a series). Each batch's complete series go
 through the same :func:`.panel.group` and :func:`.panel.prepare_series` as the whole-file path,
-the valid series queue up and are forecast ``--batch-size`` at a time in file order (the calls the
-whole-file path makes, so the same bytes: a panel graph is not batch-invariant), and each call's
-rows are written at once. FUTURE is read alongside in the same way; its series are matched by id,
-those read ahead of the panel wait in memory (a series missing from FUTURE makes the rest of FUTURE
-wait: its ``H`` rows per series).
+the valid series queue up and are forecast ``--batch-size`` at a time in file order (the calls
+the whole-file path makes, so the same bytes even for an older panel graph that is not
+batch-invariant), and each call's rows go to the writer. FUTURE is read alongside in the same
+way; its series are matched by id, those read ahead of the panel wait in memory (a series missing
+from FUTURE makes the rest of FUTURE wait: its ``H`` rows per series).
 
-What stays in memory: one record batch, the queue of at most ``--batch-size`` series' features,
-the error rows, and the ids seen (to notice a series that comes back). When a series does come
-back (PANEL or FUTURE not grouped by id) :class:`NotGrouped` is raised and the caller falls back
-to reading the panel whole; :class:`SubSecond` when the output's date type, fixed from the first
-call, turns out to need nanoseconds (then the caller runs again with it).
+What stays in memory: a record batch (and two read ahead), the queued series' features (arrays:
+at most a record batch's series and a call's), two model calls in flight, the writer's row
+group, the error rows, and the ids seen (to notice a series that comes back). When a series does
+come back (PANEL or FUTURE not grouped by id) :class:`NotGrouped` is raised and the caller falls
+back to reading the panel whole; :class:`SubSecond` when the output's date type, fixed from the
+first call, turns out to need nanoseconds (then the caller runs again with it).
 """
 
 from __future__ import annotations
