@@ -1,6 +1,7 @@
 """Batch jobs over a panel (issue 26, section 4): rows/s and peak RSS of ``rnnops forecast`` with a
 panel model on a generated panel of N series (local and Spark engines), against NeuralForecast's
-``predict`` with a model of the same size, each in its own process, side by side in one run.
+``predict`` and Darts' ONNX prediction path with models of the same size, each in its own process
+and virtualenv, side by side in one run.
 
     python benchmarks/panel_batch.py --series 10000,100000            # writes docs/benchmarks.md's section
     python benchmarks/panel_batch.py --series 2000 --no-doc            # a smoke run
@@ -15,7 +16,12 @@ the same covariates (``store`` left out: its statics must be numbers), trained 5
 series of 60 days in its own virtualenv (``~/.cache/rnnops/peers/neuralforecast-venv``, the recipe
 of benchmarks/m4_peers.py: neuralforecast 3.3.0, our CPU torch 2.13.0), then ``predict`` on PANEL
 and FUTURE; its time and RSS are of ``predict`` alone (reading the files and training excluded),
-ours of the whole ``rnnops forecast`` process (start, read, forecast, write).
+ours of the whole ``rnnops forecast`` process (start, read, forecast, write). Darts: a
+``BlockRNNModel`` (GRU, hidden 16, a fully connected layer of 8, the same covariates and quantiles)
+trained one epoch on the same training panel in ``~/.cache/rnnops/peers/darts-venv`` (darts 0.48.1,
+torch 2.13.0 CPU), exported with ``to_onnx`` and run torch-free by
+``darts.utils.onnx.run_onnx_prediction`` (its documented path, onnxruntime underneath); its time and
+RSS are of that call alone (building its ``TimeSeries`` from the files is timed apart).
 
 rows/s: PANEL rows per second. Peak RSS: the process tree's (ours: the CLI, Spark's JVM and
 workers included; NeuralForecast: the runner during ``predict``). ``uptime``'s load average is
@@ -37,6 +43,15 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CACHE = Path.home() / ".cache" / "rnnops" / "peers"
 NF_PINS = ["neuralforecast==3.3.0", "torch==2.13.0"]  # benchmarks/m4_peers.py's (our CPU torch build)
+# Darts with its torch models (the extra), our CPU torch, and what its ONNX export and inference need
+DARTS_PINS = [
+    "darts[torch]==0.48.1",
+    "torch==2.13.0",
+    "onnx==1.23.2",
+    "onnxruntime==1.32.0",
+    "onnxscript==0.7.2",
+    "pyarrow==26.0.1",  # the Parquet files (NeuralForecast has it through its own requirements)
+]
 LOOKBACK, HORIZON = 14, 7
 DOC = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- panel-batch:begin -->", "<!-- panel-batch:end -->"
@@ -123,15 +138,29 @@ def tree_rss_mb(root: int) -> float:
     return common.tree_rss_mb(root)
 
 
+def own_rss_mb(pid: int) -> float:
+    """The resident memory of process ``pid`` alone (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def measured(argv: list[str], log: Path, timeout: float, env: dict | None = None) -> dict:
-    """Run ``argv`` to completion: wall seconds, exit status, the peak RSS of its process tree."""
+    """Run ``argv`` to completion: wall seconds, exit status, the peak RSS of its process tree and
+    of its own process (ours: the CLI, which is Spark's driver; the JVM and its workers are below)."""
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env or os.environ.copy())
-        peak = 0.0
+        peak = own = 0.0
         try:
             while proc.poll() is None:
                 peak = max(peak, tree_rss_mb(proc.pid))
+                own = max(own, own_rss_mb(proc.pid))
                 if time.perf_counter() - t0 > timeout:
                     proc.kill()
                     raise TimeoutError(f"{argv[:3]} ran past {timeout:.0f} s (log {log})")
@@ -139,7 +168,7 @@ def measured(argv: list[str], log: Path, timeout: float, env: dict | None = None
         finally:
             if proc.poll() is None:
                 proc.kill()
-    return {"seconds": time.perf_counter() - t0, "rc": proc.returncode, "peak_rss_mb": peak}
+    return {"seconds": time.perf_counter() - t0, "rc": proc.returncode, "peak_rss_mb": peak, "own_rss_mb": own}
 
 
 def run_ours(engine: str, model: Path, panel: Path, future: Path, rows: int, work: Path, timeout: float) -> dict:
@@ -170,22 +199,27 @@ def run_ours(engine: str, model: Path, panel: Path, future: Path, rows: int, wor
     return {**r, "rows": rows, "rows_per_s": rows / r["seconds"], "output_rows": pq.ParquetFile(out).metadata.num_rows, "load": load}  # fmt: skip
 
 
-def ensure_nf_venv() -> Path:
-    """NeuralForecast's virtualenv, as benchmarks/m4_peers.py makes it (peerlib.ensure_venv's recipe)."""
-    venv = CACHE / "neuralforecast-venv"
+def ensure_venv(name: str, pins: list[str]) -> Path:
+    """A peer's virtualenv under ~/.cache/rnnops/peers, as benchmarks/m4_peers.py makes them
+    (peerlib.ensure_venv's recipe): made again when its pins change."""
+    venv = CACHE / f"{name}-venv"
     py = venv / "bin" / "python"
     stamp = venv / "pins.txt"
-    want = "\n".join(NF_PINS) + "\n"
+    want = "\n".join(pins) + "\n"
     if py.is_file() and stamp.is_file() and stamp.read_text() == want:
         return py
     CACHE.mkdir(parents=True, exist_ok=True)
     base = getattr(sys, "_base_executable", sys.executable)
     pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    with open(CACHE / "neuralforecast-venv.log", "w") as fh:
-        for argv in ([base, "-m", "venv", "--clear", str(venv)], [*pip, "--upgrade", "pip"], [*pip, *NF_PINS]):
+    with open(CACHE / f"{name}-venv.log", "w") as fh:
+        for argv in ([base, "-m", "venv", "--clear", str(venv)], [*pip, "--upgrade", "pip"], [*pip, *pins]):
             subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, check=True, timeout=1800)
     stamp.write_text(want)
     return py
+
+
+def ensure_nf_venv() -> Path:
+    return ensure_venv("neuralforecast", NF_PINS)
 
 
 def run_nf(py: Path, train: Path, panel: Path, future: Path, rows: int, work: Path, timeout: float) -> dict:
@@ -195,6 +229,18 @@ def run_nf(py: Path, train: Path, panel: Path, future: Path, rows: int, work: Pa
     r = measured(argv, work / f"nf-{panel.stem}.log", timeout, env={**os.environ, "PYTHONPATH": ""})
     if r["rc"] != 0:
         raise RuntimeError(f"the NeuralForecast runner failed: see {work / f'nf-{panel.stem}.log'}")
+    got = json.loads(out.read_text())
+    s = got["predict_s"]
+    return {**got, "seconds": s, "rows": rows, "rows_per_s": rows / s, "peak_rss_mb": got["predict_peak_rss_mb"], "load": load}  # fmt: skip
+
+
+def run_darts(py: Path, train: Path, panel: Path, future: Path, rows: int, work: Path, timeout: float) -> dict:
+    out = work / f"darts-{panel.stem}.json"
+    argv = [str(py), __file__, "darts-runner", str(train), str(panel), str(future), str(work / "darts.onnx"), str(out)]
+    load = load_average()
+    r = measured(argv, work / f"darts-{panel.stem}.log", timeout, env={**os.environ, "PYTHONPATH": ""})
+    if r["rc"] != 0:
+        raise RuntimeError(f"the Darts runner failed: see {work / f'darts-{panel.stem}.log'}")
     got = json.loads(out.read_text())
     s = got["predict_s"]
     return {**got, "seconds": s, "rows": rows, "rows_per_s": rows / s, "peak_rss_mb": got["predict_peak_rss_mb"], "load": load}  # fmt: skip
@@ -292,23 +338,146 @@ def _rss_mb() -> float:
     return 0.0
 
 
+# ----------------------------------------------------------------------------- Darts' side
+
+
+def darts_runner(train_path: str, panel_path: str, future_path: str, onnx_path: str, out: str) -> None:
+    """In Darts' venv: a ``BlockRNNModel`` (GRU) of our model's size with the same covariates and
+    quantiles, trained one epoch, exported with ``to_onnx`` and run torch-free by
+    ``darts.utils.onnx.run_onnx_prediction`` (Darts' documented ONNX path) on PANEL; the time is
+    of that call alone (building Darts' ``TimeSeries`` from the files is timed apart)."""
+    import logging
+
+    import onnxruntime as ort
+    import pandas as pd
+    from darts import TimeSeries
+    from darts.models import BlockRNNModel
+    from darts.utils.likelihood_models import QuantileRegression
+    from darts.utils.onnx import run_onnx_prediction
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+
+    def load(path: str) -> pd.DataFrame:
+        df = pd.read_parquet(path)
+        df["date"] = pd.to_datetime(df["date"])
+        for col in ("sales", "price", "promo", "size"):
+            if col in df:
+                df[col] = df[col].astype("float32")
+        return df
+
+    def series(df: pd.DataFrame, horizon: pd.DataFrame | None) -> tuple[list, list, list]:
+        """Per series: the target (static ``size``), past ``price``, future ``promo`` (its history
+        and, with ``horizon``, the steps ahead), in the file's order of ids. Built with
+        ``TimeSeries.from_times_and_values`` on each series' slice of the sorted columns:
+        ``from_group_dataframe`` took ~10 ms a series here (1,000 s for 100,000)."""
+        import numpy as np
+
+        def cuts(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+            frame = frame.sort_values(["item_id", "date"], kind="stable").reset_index(drop=True)
+            ids = frame["item_id"].to_numpy()
+            starts = np.r_[0, np.flatnonzero(ids[1:] != ids[:-1]) + 1, len(ids)]
+            return frame, starts
+
+        df, starts = cuts(df)
+        times = pd.DatetimeIndex(df["date"])
+        sales, price, size = (df[c].to_numpy() for c in ("sales", "price", "size"))
+        target, past = [], []
+        for lo, hi in zip(starts[:-1], starts[1:]):
+            static = pd.DataFrame({"size": [size[lo]]})
+            target.append(TimeSeries.from_times_and_values(times[lo:hi], sales[lo:hi], static_covariates=static))
+            past.append(TimeSeries.from_times_and_values(times[lo:hi], price[lo:hi]))
+        promo_df = df[["item_id", "date", "promo"]]
+        if horizon is not None:
+            promo_df = pd.concat([promo_df, horizon[["item_id", "date", "promo"]]], ignore_index=True)
+        promo_df, p_starts = cuts(promo_df)
+        p_times, promo = pd.DatetimeIndex(promo_df["date"]), promo_df["promo"].to_numpy()
+        future = [
+            TimeSeries.from_times_and_values(p_times[lo:hi], promo[lo:hi])
+            for lo, hi in zip(p_starts[:-1], p_starts[1:])
+        ]
+        return target, past, future
+
+    train = load(train_path)
+    t0 = time.perf_counter()
+    tr_target, tr_past, tr_future = series(train, None)
+    model = BlockRNNModel(
+        model="GRU",
+        input_chunk_length=LOOKBACK,
+        output_chunk_length=HORIZON,
+        hidden_dim=16,
+        n_rnn_layers=1,
+        hidden_fc_sizes=[8],
+        likelihood=QuantileRegression([0.1, 0.5, 0.9]),
+        batch_size=256,
+        n_epochs=1,
+        random_state=0,
+        pl_trainer_kwargs={
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": False,
+        },
+    )
+    model.fit(tr_target, past_covariates=tr_past, future_covariates=tr_future, max_samples_per_ts=4)
+    model.to_onnx(onnx_path)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    target, past, future = series(load(panel_path), load(future_path))
+    build_s = time.perf_counter() - t0
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    rss_before = _rss_mb()
+    sampler.start()
+    t0 = time.perf_counter()
+    fc = run_onnx_prediction(
+        n=HORIZON, session=session, series=target, past_covariates=past, future_covariates=future, verbose=False
+    )
+    predict_s = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    Path(out).write_text(
+        json.dumps(
+            {
+                "fit_s": fit_s,
+                "timeseries_s": build_s,
+                "predict_s": predict_s,
+                "predict_peak_rss_mb": peak[0],
+                "rss_before_predict_mb": rss_before,
+                "output_rows": sum(len(f) for f in fc),
+                "series": len(fc),
+                "quantile_columns": list(fc[0].components) if fc else [],
+            }
+        )
+    )
+
+
 # ----------------------------------------------------------------------------- report
 
 
 def markdown(res: dict) -> str:
     lines = [
         "| series | PANEL rows | contestant | seconds | rows/s | x NeuralForecast | in the job alone | peak RSS (MB) "
-        "| load (1, 5, 15 min) |",
-        "|---:|---:|---|---:|---:|---:|---|---:|---|",
+        "| of it, the command's own process (MB) | load (1, 5, 15 min) |",
+        "|---:|---:|---|---:|---:|---:|---|---:|---:|---|",
     ]
     for n, by in res["runs"].items():
         nf = by.get("NeuralForecast predict")
         for name, r in by.items():
             vs = f"{r['rows_per_s'] / nf['rows_per_s']:.1f}x" if nf else "-"
             alone = f"{r['engine_s']:.1f} s, {r['rows'] / r['engine_s']:,.0f} rows/s" if r.get("engine_s") else "-"
+            own = f"{r['own_rss_mb']:,.0f}" if r.get("own_rss_mb") else "-"
             lines.append(
                 f"| {int(n):,} | {r['rows']:,} | {name} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {vs} | "
-                f"{alone} | {r['peak_rss_mb']:,.0f} | {r['load']} |"
+                f"{alone} | {r['peak_rss_mb']:,.0f} | {own} | {r['load']} |"
             )
     return "\n".join(lines)
 
@@ -328,9 +497,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "nf-runner":
         nf_runner(*argv[1:5])
         return 0
+    if argv and argv[0] == "darts-runner":
+        darts_runner(*argv[1:6])
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--series", default="10000,100000", help="comma-separated panel sizes")
-    ap.add_argument("--contestants", default="local,spark,neuralforecast")
+    ap.add_argument("--contestants", default="local,spark,neuralforecast,darts")
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "rnnops" / "bench" / "panel_batch")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--json", type=Path, default=None, help="write the results here too")
@@ -339,8 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     contestants = args.contestants.split(",")
     nf_py = ensure_nf_venv() if "neuralforecast" in contestants else None  # before any timing
+    darts_py = ensure_venv("darts", DARTS_PINS) if "darts" in contestants else None
     model = export_model(args.work)
-    train = write_train(args.work) if nf_py else None
+    train = write_train(args.work) if nf_py or darts_py else None
     res: dict = {"uptime_start": uptime(), "runs": {}}
     for n in (int(s) for s in args.series.split(",")):
         panel, future, rows = write_panel(args.work, n)
@@ -350,6 +523,11 @@ def main(argv: list[str] | None = None) -> int:
             if who == "neuralforecast":
                 assert nf_py is not None and train is not None
                 by["NeuralForecast predict"] = run_nf(nf_py, train, panel, future, rows, args.work, args.timeout)
+            elif who == "darts":
+                assert darts_py is not None and train is not None
+                by["Darts ONNX run_onnx_prediction"] = run_darts(
+                    darts_py, train, panel, future, rows, args.work, args.timeout
+                )
             else:
                 by[f"rnnops forecast --engine {who}"] = run_ours(
                     who, model, panel, future, rows, args.work, args.timeout

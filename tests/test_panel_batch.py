@@ -109,8 +109,12 @@ def test_horizon_flag_cuts_the_panel_forecast(files):
 
 
 @pytest.mark.slow
-def test_spark_engine_matches_local(files):
+def test_spark_engine_matches_local(files, monkeypatch):
+    """Spark forecasts on its workers in groups of calls: two calls of 4 series a group here, so
+    the 10 series that can be forecast make two groups, the second one short."""
     from test_batch import spark_available
+
+    from rnnops.serving.batch import panel as P
 
     reason = spark_available()
     if reason:
@@ -120,8 +124,9 @@ def test_spark_engine_matches_local(files):
             pytest.fail(f"{reason} (CI is set: the Spark test must run there)", pytrace=False)
         pytest.skip(reason)
     root, model_path, _ = files
+    monkeypatch.setattr(P, "CALLS_PER_GROUP", 2)
     local = B.run(job(root, model_path, "local.parquet", batch_windows=4))
-    spark = B.run(job(root, model_path, "spark.parquet"), engine="spark")
+    spark = B.run(job(root, model_path, "spark.parquet", batch_windows=4), engine="spark")
     assert (spark.series, spark.forecasted, spark.failed, spark.output_rows, spark.rows_read) == (
         local.series,
         local.forecasted,
@@ -132,6 +137,14 @@ def test_spark_engine_matches_local(files):
     a, b = pq.read_table(root / "local.parquet"), pq.read_table(root / "spark.parquet")
     assert a.schema == b.schema and a.equals(b)
     assert (root / "local.errors.csv").read_text() == (root / "spark.errors.csv").read_text()
+    # FUTURE without rows: every group of the first stage has no series to forecast
+    pd.read_parquet(root / "future.parquet").iloc[:0].to_parquet(root / "no-future.parquet", index=False)
+    none = {"future": root / "no-future.parquet"}
+    local = B.run(job(root, model_path, "none-local.parquet", **none))
+    spark = B.run(job(root, model_path, "none-spark.parquet", **none), engine="spark")
+    assert (spark.forecasted, spark.failed) == (local.forecasted, local.failed) == (0, 12)
+    assert (root / "none-local.parquet").read_bytes() == (root / "none-spark.parquet").read_bytes()
+    assert (root / "none-local.errors.csv").read_text() == (root / "none-spark.errors.csv").read_text()
 
 
 def whole_file_job(j: B.ForecastJob):
@@ -213,18 +226,20 @@ def test_regular_series_take_the_vectorised_path_with_the_same_features(files, m
     model = B.load_model(str(model_path))
     j = B.ForecastJob(**{**job(root, model_path, "odd-out.csv").__dict__, "input": root / "odd.csv"})
     fast = P.prepare(j, model, "item_id", "date")
-    assert len(P.regular_features(*_grouped(P, j, model))) == 6  # 12 less 2 and 3 (FUTURE), 4, 5, 6, 7
-    monkeypatch.setattr(P, "regular_features", lambda *a: {})
+    fast_ks, _ = P.regular_features(*_grouped(P, j, model))
+    assert len(fast_ks) == 6  # 12 less 2 and 3 (FUTURE), 4, 5, 6, 7
+    c = model.info.panel
+    monkeypatch.setattr(P, "regular_features", lambda *a: (np.zeros(0, np.int64), P.Features.empty(c)))
     slow = P.prepare(j, model, "item_id", "date")
     assert fast.ids == slow.ids and len(fast.ids) == 7  # 7, short, forecast by the per-series path
     assert [(e.series_id, e.message) for e in fast.errors] == [(e.series_id, e.message) for e in slow.errors]
     assert len(fast.errors) == 5
-    for a, b in zip(fast.features, slow.features):
-        np.testing.assert_array_equal(a.future, b.future)
-        assert a.inputs.keys() == b.inputs.keys()
-        for name in a.inputs:
-            assert a.inputs[name].dtype == b.inputs[name].dtype
-            np.testing.assert_array_equal(a.inputs[name], b.inputs[name])
+    a, b = fast.features, slow.features
+    np.testing.assert_array_equal(a.future, b.future)
+    assert list(a.inputs) == list(b.inputs) == list(c.inputs)
+    for name in a.inputs:
+        assert a.inputs[name].dtype == b.inputs[name].dtype
+        np.testing.assert_array_equal(a.inputs[name], b.inputs[name])
 
 
 def _grouped(P, j, model):

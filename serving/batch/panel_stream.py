@@ -3,36 +3,37 @@
 PANEL is read as Arrow record batches; the rows of each series must be contiguous (a panel sorted
 or grouped by id; dates may be in any order within a series). Each batch's complete series go
 through the same :func:`.panel.group` and :func:`.panel.prepare_series` as the whole-file path,
-the valid series queue up and are forecast ``--batch-size`` at a time in file order (the calls the
-whole-file path makes, so the same bytes: a panel graph is not batch-invariant), and each call's
-rows are written at once. FUTURE is read alongside in the same way; its series are matched by id,
-those read ahead of the panel wait in memory (a series missing from FUTURE makes the rest of FUTURE
-wait: its ``H`` rows per series).
+the valid series queue up and are forecast ``--batch-size`` at a time in file order (the calls
+the whole-file path makes, so the same bytes even for an older panel graph that is not
+batch-invariant), and each call's rows go to the writer. FUTURE is read alongside in the same
+way; its series are matched by id, those read ahead of the panel wait in memory (a series missing
+from FUTURE makes the rest of FUTURE wait: its ``H`` rows per series).
 
-What stays in memory: one record batch, the queue of at most ``--batch-size`` series' features,
-the error rows, and the ids seen (to notice a series that comes back). When a series does come
-back (PANEL or FUTURE not grouped by id) :class:`NotGrouped` is raised and the caller falls back
-to reading the panel whole; :class:`SubSecond` when the output's date type, fixed from the first
-call, turns out to need nanoseconds (then the caller runs again with it).
+What stays in memory: a record batch (and two read ahead), the queued series' features (arrays:
+at most a record batch's series and a call's), two model calls in flight, the writer's row
+group, the error rows, and the ids seen (to notice a series that comes back). When a series does
+come back (PANEL or FUTURE not grouped by id) :class:`NotGrouped` is raised and the caller falls
+back to reading the panel whole; :class:`SubSecond` when the output's date type, fixed from the
+first call, turns out to need nanoseconds (then the caller runs again with it).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Hashable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
-from rnnops import panel_features as pf
 from rnnops.errors import RnnopsError
 from rnnops.serving.batch import panel as P
 from rnnops.serving.batch.job import ForecastJob, ForecastModel, JobSummary, Layout, _progress
-from rnnops.serving.batch.read import file_format
+from rnnops.serving.batch.read import file_format, prefetch
 from rnnops.serving.batch.tails import SeriesError
 from rnnops.serving.batch.write import (
     AtomicWriter,
@@ -49,6 +50,7 @@ from rnnops.serving.batch.write import (
 if TYPE_CHECKING:
     from rnnops.serving.runtime import Runtime
 
+IN_FLIGHT = 2  # model calls queued or running in the calls' thread
 CHUNK_ROWS = 65_536  # rows per record batch read from Parquet
 CSV_BLOCK_BYTES = 1 << 20  # bytes per record batch read from CSV (Arrow's default, as the whole-file read)
 
@@ -105,7 +107,7 @@ class SeriesReader:
     def chunks(self) -> Iterator[P.Table]:
         cols = [self.id_column, self.date_column, *self.numeric, *self.text]
         carry: pa.Table | None = None  # the last, maybe incomplete, series of the previous batch
-        for batch in record_batches(self.path, cols, (self.id_column, self.date_column, *self.text)):
+        for batch in prefetch(record_batches(self.path, cols, (self.id_column, self.date_column, *self.text))):
             t = pa.Table.from_batches([batch]).append_column(
                 "_pos", pa.array(np.arange(self.rows, self.rows + batch.num_rows, dtype=np.int64))
             )
@@ -122,10 +124,12 @@ class SeriesReader:
             if t.num_rows == 0:
                 carry = None
                 continue
-            codes, uniques = pd.factorize(t.column(self.id_column).to_pandas())
+            ids = t.column(self.id_column).combine_chunks()
+            encoded = (ids.dictionary_decode() if pa.types.is_dictionary(ids.type) else ids).dictionary_encode()
+            codes = encoded.indices.to_numpy(zero_copy_only=False)
             runs = np.flatnonzero(np.diff(codes)) + 1  # where a new series starts
-            if len(runs) + 1 != len(uniques):  # an id comes back within the chunk
-                raise NotGrouped(self.path, uniques[_first_repeat(codes[np.r_[0, runs]])])
+            if len(runs) + 1 != len(encoded.dictionary):  # an id comes back within the chunk
+                raise NotGrouped(self.path, encoded.dictionary[_first_repeat(codes[np.r_[0, runs]])].as_py())
             tail = int(runs[-1]) if len(runs) else 0  # the last series may go on in the next batch
             carry = t.slice(tail)
             if tail:
@@ -232,20 +236,32 @@ def run_streamed(
     H, batch = layout.horizon, job.batch_windows
     errors: list[SeriesError] = []
     queue_ids: list[Hashable] = []
-    queue_features: list[pf.SeriesFeatures] = []
+    queue = P.Features.empty(c)  # the series waiting for their call, in file order
     writer: AtomicWriter | None = None
     schema: pa.Schema | None = None
     forecasted = series = 0
     bar = _progress(job, unit="series", desc="forecasting")
 
+    # The model runs in a thread (onnxruntime releases the GIL) while this one groups the next
+    # series and writes the previous call's rows: calls in flight are written in their order.
+    calls = ThreadPoolExecutor(1, thread_name_prefix="rnnops-panel-call")
+    in_flight: deque[tuple[list[Hashable], P.Features, Future[np.ndarray]]] = deque()
+
     def flush(n: int) -> None:
+        nonlocal queue
+        ids, feats = queue_ids[:n], queue.rows(slice(0, n))
+        del queue_ids[:n]
+        queue = queue.rows(slice(n, None))
+        in_flight.append((ids, feats, calls.submit(P.predict, runtime, feats, batch)))
+        if len(in_flight) > IN_FLIGHT:
+            write_call()
+
+    def write_call() -> None:
         nonlocal writer, schema, forecasted
-        ids, feats = queue_ids[:n], queue_features[:n]
-        del queue_ids[:n], queue_features[:n]
-        r = runtime.run(pf.stack(feats, c), max_batch=batch)
-        assert r.quantiles is not None, "a panel model has quantiles"
-        y = np.concatenate([r.output[..., None], r.quantiles], axis=-1)
-        dates = np.stack([f.future[:H] for f in feats])
+        ids, feats, call = in_flight.popleft()
+        y = call.result()
+        n = len(ids)
+        dates = feats.future[:, :H]
         if schema is None:
             schema = output_schema(layout, date_type or date_type_for(dates))
             writer = AtomicWriter(job.output, schema)
@@ -263,11 +279,13 @@ def run_streamed(
             series += len(chunk.ids)
             errors += prep.errors
             queue_ids.extend(prep.ids)
-            queue_features.extend(prep.features)
-            while len(queue_features) >= batch:
+            queue = P.Features.concat([queue, prep.features])
+            while len(queue) >= batch:
                 flush(batch)
-        if queue_features:
-            flush(len(queue_features))
+        if len(queue):
+            flush(len(queue))
+        while in_flight:
+            write_call()
         if panel.no_id_rows:
             errors.append(SeriesError(None, panel.no_id_rows, f"rows without an id in {idc!r}", panel.no_id_pos))
             series += 1
@@ -287,6 +305,7 @@ def run_streamed(
             raise
         raise disk_full_error(why, job, writer) from None
     finally:
+        calls.shutdown(cancel_futures=True)
         bar.close()
     return JobSummary(
         engine="local",

@@ -102,22 +102,24 @@ def _spark_type(t: pa.DataType | None) -> DataType:
 _RUNTIMES: dict[str, Runtime] = {}  # sha256 -> Runtime, one per Python worker process
 
 
-def _runtime(task: GroupTask) -> Runtime:
-    rt = _RUNTIMES.get(task.sha256)
+def _runtime(model_file: str, local_path: str, sha256: str) -> Runtime:
+    """The worker's onnxruntime session for the model shipped as ``model_file`` (SparkFiles;
+    ``local_path`` where it has no copy, e.g. in tests), checked against ``sha256``."""
+    rt = _RUNTIMES.get(sha256)
     if rt is None:
         from rnnops.serving.runtime import Runtime
         from rnnops.util import sha256_file
 
-        path = task.local_path
+        path = local_path
         with contextlib.suppress(Exception):
             from pyspark import SparkFiles
 
-            shipped = SparkFiles.get(task.model_file)
+            shipped = SparkFiles.get(model_file)
             if os.path.isfile(shipped):
                 path = shipped
-        if sha256_file(Path(path)) != task.sha256:
-            raise RuntimeError(f"{path} on this executor does not hash to {task.sha256[:16]}…")
-        rt = _RUNTIMES[task.sha256] = Runtime(path, threads=1, name="batch")
+        if sha256_file(Path(path)) != sha256:
+            raise RuntimeError(f"{path} on this executor does not hash to {sha256[:16]}…")
+        rt = _RUNTIMES[sha256] = Runtime(path, threads=1, name="batch")
     return rt
 
 
@@ -136,7 +138,9 @@ def forecast_group(task: GroupTask, table: pa.Table) -> pa.Table:
     if m:  # chunks of batch_windows, a lone window run as a pair: the local engine's calls exactly
         from rnnops.serving.batch.local import predict
 
-        y[:] = predict(_runtime(task), prepared.windows, task.batch_windows)[:, :H].reshape(m, H, T, K)
+        y[:] = predict(_runtime(task.model_file, task.local_path, task.sha256), prepared.windows, task.batch_windows)[
+            :, :H
+        ].reshape(m, H, T, K)
     errors = prepared.errors
     n_err = len(errors)
     cols = {
