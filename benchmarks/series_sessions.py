@@ -753,7 +753,7 @@ def markdown(res: dict) -> str:
             f"so {C.cpus()} idle CPUs would give at most ~{1000 * C.cpus() / cpu:,.0f} updates/s. 5,000 updates/s on "
             f"{C.cpus()} CPUs leaves {budget:.1f} ms of CPU per update for the server, Redis and the client together; "
             f"Redis and the client (wrk, on the same CPUs) take {others:.2f} ms of it, which leaves the server "
-            f"{budget - others:.2f} ms, {cpu / max(1e-9, budget - others):.0f}x less than it spends. Each update makes 2 "
+            f"{budget - others:.2f} ms, {cpu / max(1e-9, budget - others):.1f}x less than it spends. Each update makes 2 "
             "Redis round trips (GETEX; the write-if-unchanged script: SET + ZADD), pipelined with the other "
             "updates of the same event-loop turn; the profile below says where the rest goes. p99 follows the "
             "queue of a closed loop (connections / updates/s) and the other work on the machine.",
