@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 Json = dict[str, Any]  # a piece of the OpenAPI document
 
 REF = "#/components/schemas/{model}"
-MODELS: list[type[BaseModel]] = [
+REQUESTS: tuple[type[BaseModel], ...] = (  # request bodies: their schemas as validated
     GenerateBody,
     ForecastBody,
     OpenSessionBody,
@@ -53,6 +53,9 @@ MODELS: list[type[BaseModel]] = [
     SessionUpdatesBody,
     openai.CompletionBody,
     oip.InferRequest,
+)
+MODELS: list[type[BaseModel]] = [
+    *REQUESTS,
     A.ErrorBody,
     A.Chunk,
     A.Done,
@@ -250,24 +253,7 @@ def _limited(components: Json, serving: Serving) -> None:
 
 def document(serving: Serving) -> Json:
     _, defs = models_json_schema(
-        [
-            (
-                m,
-                "validation"
-                if m
-                in (
-                    GenerateBody,
-                    ForecastBody,
-                    OpenSessionBody,
-                    ObserveBody,
-                    SessionUpdatesBody,
-                    openai.CompletionBody,
-                    oip.InferRequest,
-                )
-                else "serialization",
-            )
-            for m in MODELS
-        ],
+        [(m, "validation" if m in REQUESTS else "serialization") for m in MODELS],
         ref_template=REF,
     )
     components = copy.deepcopy(defs["$defs"])
