@@ -175,6 +175,16 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
+def mark_process_dead() -> None:
+    """At this worker's shutdown, drop its live gauges (``livesum``, ``livemin``, ``livemax``) from
+    the shared files, so that workers serving on no longer count it (prometheus_client's clean-up
+    for multiprocess servers)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())
+
+
 def get_metrics() -> Metrics:
     """The process's metrics (created once, on first use)."""
     global _metrics

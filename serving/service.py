@@ -155,6 +155,9 @@ class RnnopsService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self.serving.models.stop()
+        from rnnops.serving.metrics import mark_process_dead
+
+        mark_process_dead()
 
     def __is_ready__(self) -> bool:
         return self.serving.models.ready and not self.serving.draining
