@@ -1,11 +1,11 @@
 """The BentoML service: ``bentoml serve rnnops.serving.service:RnnopsService`` (or ``rnnops serve``).
 
 Thin wiring. BentoML gives the process model (workers), ``/livez`` ``/readyz``, the traffic
-timeout and the lifecycle hooks; our endpoints (``/metrics`` too: see :mod:`metrics`) are a Starlette app mounted on the
-service (BentoML's own ``@bentoml.api`` methods cannot stream Server-Sent Events with our
-framing, answer 429 with ``Retry-After``, or batch a streaming endpoint). Per worker, the service
-holds one :class:`ModelManager` (one runtime + step scheduler or forecast batcher per served
-model version, hot reload) and one :class:`SessionStore`.
+timeout and the lifecycle hooks; our endpoints (``/metrics`` too: see :mod:`metrics`) are a
+Starlette app mounted on the service (BentoML's own ``@bentoml.api`` methods cannot stream
+Server-Sent Events with our framing, answer 429 with ``Retry-After``, or batch a streaming
+endpoint). Per worker, the service holds one :class:`ModelManager` (one runtime + step scheduler
+or forecast batcher per served model version, hot reload) and one :class:`SessionStore`.
 
 Configuration is read from the environment once, at import (see :mod:`config`).
 """
