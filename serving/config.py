@@ -87,7 +87,7 @@ class ServeConfig:
     sse_events_per_s: float = 2000.0  # SSE: total event rate a worker aims under (wider windows when busy)
     gil_switch_ms: float = 1.0  # sys.setswitchinterval: how long the scheduler thread may wait for the GIL
     trace_hot_paths: bool = False  # OpenTelemetry spans for /generate and /forecast too (see service.py)
-    log_hot_paths: bool = False  # BentoML's access log line and request metrics for them too (see service.py)
+    log_hot_paths: bool = False  # BentoML's access log line for them too (see service.py)
     # forecasts
     forecast_max_batch: int = 256
     forecast_max_windows: int = 1024  # per request

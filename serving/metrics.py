@@ -1,19 +1,23 @@
-"""Our Prometheus metrics, served on BentoML's ``/metrics`` beside its own.
+"""Our Prometheus metrics and their ``GET /metrics`` text (:func:`exposition`).
 
-``prometheus_client`` is imported on first use, never at module import: BentoML workers set
-``PROMETHEUS_MULTIPROC_DIR`` after importing the service module, and the client picks its storage
-(in-process or the multiprocess files BentoML's ``/metrics`` reads) when it is imported. Gauges
-use ``livesum`` so several workers add up.
+``prometheus_client`` is imported on first use, never at module import: it picks its storage
+(in-process, or the multiprocess files under ``PROMETHEUS_MULTIPROC_DIR`` that ``bentoml serve``
+sets for its workers) when it is imported. With that directory set, :func:`exposition` reads every
+worker's files, so counters and histograms add up across ``--workers N``; gauges use ``livesum``
+(or ``livemin``/``livemax``) so several workers combine too.
 
-Labels stay few: ``model`` (the served name) everywhere, plus ``version`` on the gauges a
-draining old version and its successor report at the same time.
+Labels stay few and bounded, never taken from a request: ``model`` (the served name) everywhere,
+``version`` on the gauges a draining old version and its successor report at the same time, and on
+the request metrics the route *template* (``/sessions/{session_id}``, never the path a client sent),
+the method and the status code.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from rnnops.serving.generate.scheduler import SchedulerMetrics, Stream  # noqa: F401 (Stream: type of finished())
 
@@ -23,6 +27,8 @@ _metrics: Metrics | None = None
 STEP_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 LATENCY_BUCKETS = (1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+REQUEST_BUCKETS = (5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0)
+UNMATCHED_ROUTE = "unmatched"  # the one route label of every path no route matches (404s, scanners)
 
 
 # prometheus_client's multiprocess modes that we use (how the workers' values combine)
@@ -85,6 +91,31 @@ class Metrics:
             "rnnops_served_version", "Registry version being served (new requests)", ["model"], mode="livemax"
         )
 
+        self.http_requests = Counter(
+            "rnnops_http_requests",
+            'HTTP requests answered, by route template (unmatched paths: route="unmatched"), method, status',
+            ["route", "method", "status"],
+        )
+        self.http_seconds = Histogram(
+            "rnnops_http_request_duration_seconds",
+            "Time to answer an HTTP request (to the start of the answer: a stream's length is not in it)",
+            ["route", "method"],
+            buckets=REQUEST_BUCKETS,
+        )
+        # label children by (route, method, status): a bounded set (routes x methods x the
+        # statuses we answer), looked up without prometheus_client's label validation and lock
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request. ``route`` is a route template or :data:`UNMATCHED_ROUTE`."""
+        key = (route, method, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = (self.http_requests.labels(route, method, str(status)), self.http_seconds.labels(route, method))
+            self._http_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
     def for_scheduler(self, model: str, version: str) -> SchedulerPrometheus:
         return SchedulerPrometheus(self, model, str(version))
 
@@ -129,6 +160,29 @@ class SchedulerPrometheus(SchedulerMetrics):
 
     def rejected(self, reason: str) -> None:
         self.m.rejected.labels(self.model, reason).inc()
+
+
+def exposition() -> tuple[bytes, str]:
+    """The Prometheus text of every metric in this process, or of every worker's when
+    ``PROMETHEUS_MULTIPROC_DIR`` is set (prometheus_client's documented multiprocess collector),
+    and its content type."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead() -> None:
+    """At this worker's shutdown, drop its live gauges (``livesum``, ``livemin``, ``livemax``) from
+    the shared files, so that workers serving on no longer count it (prometheus_client's clean-up
+    for multiprocess servers)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
 def get_metrics() -> Metrics:

@@ -1,11 +1,11 @@
 """The BentoML service: ``bentoml serve rnnops.serving.service:RnnopsService`` (or ``rnnops serve``).
 
-Thin wiring. BentoML gives the process model (workers), ``/livez`` ``/readyz`` ``/metrics``, the
-traffic timeout and the lifecycle hooks; our endpoints are a Starlette app mounted on the
-service (BentoML's own ``@bentoml.api`` methods cannot stream Server-Sent Events with our
-framing, answer 429 with ``Retry-After``, or batch a streaming endpoint). Per worker, the service
-holds one :class:`ModelManager` (one runtime + step scheduler or forecast batcher per served
-model version, hot reload) and one :class:`SessionStore`.
+Thin wiring. BentoML gives the process model (workers), ``/livez`` ``/readyz``, the traffic
+timeout and the lifecycle hooks; our endpoints (``/metrics`` too: see :mod:`metrics`) are a
+Starlette app mounted on the service (BentoML's own ``@bentoml.api`` methods cannot stream
+Server-Sent Events with our framing, answer 429 with ``Retry-After``, or batch a streaming
+endpoint). Per worker, the service holds one :class:`ModelManager` (one runtime + step scheduler
+or forecast batcher per served model version, hot reload) and one :class:`SessionStore`.
 
 Configuration is read from the environment once, at import (see :mod:`config`).
 """
@@ -58,16 +58,21 @@ def _tracing_sample_rate() -> float:
 # event itself, and on /forecast about a third of the worker's CPU per request. It does so even
 # under BentoML's default `tracing.sample_rate` of 0, when no span is ever recorded. The two
 # hot data paths are left out of tracing unless RNNOPS_TRACE_HOT_PATHS=1 (their access log and
-# metrics stay); the service warns at startup if tracing is on while they are left out.
+# request metrics stay); the service warns at startup if tracing is on while they are left out.
 HOT_PATHS = ["/generate", "/forecast", "/v1/completions", "/v2/models/.*/infer", "/sessions"]
 _TRACING = {} if CONFIG.trace_hot_paths else {"tracing": {"excluded_urls": HOT_PATHS}}
-# BentoML's access log and its request metrics wrap every request, and for an SSE stream every
-# `send`, of the same hot paths: a log line and a histogram sample per request cost more CPU than
-# the forecast itself (0.56 -> 0.51 ms per OIP request measured with them skipped; docs/serving.md).
-# Our own metrics count and time the hot paths (rnnops_*; sessions: rnnops_session_step_*), so by
-# default BentoML's skip them (its skip_paths match by prefix); RNNOPS_LOG_HOT_PATHS=1 brings them back.
+# BentoML's access log wraps every request, and for an SSE stream every `send`, of the same hot
+# paths: a log line per request costs more CPU than the forecast itself. Our request metrics count
+# and time every request (rnnops_http_*), so by default the access log skips the hot paths (its
+# skip_paths match by prefix); RNNOPS_LOG_HOT_PATHS=1 brings their log lines back.
 HOT_PATH_PREFIXES = ["/generate", "/complete", "/forecast", "/v1/completions", "/v2/models/", "/sessions"]
 _LOGGING = {} if CONFIG.log_hot_paths else {"logging": {"access": {"skip_paths": HOT_PATH_PREFIXES}}}
+# BentoML's request metrics are off: its middleware labels every request by the path the client
+# sent, so each session id and each random 404 path made new series, without bound (300 session
+# GETs took /metrics from 10 KB to 1.1 MB), and its skip_paths spared only a gauge, not the
+# counters. Our router counts requests under route templates and serves /metrics itself (http/app.py).
+# `bentoml serve` still gives every worker PROMETHEUS_MULTIPROC_DIR, which our metrics add up across.
+_METRICS = {"metrics": {"enabled": False}}
 
 
 def session_store(config: ServeConfig, models: ModelManager, metrics: Metrics) -> SessionStore | RedisSessionStore:
@@ -83,11 +88,16 @@ def session_store(config: ServeConfig, models: ModelManager, metrics: Metrics) -
 
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(
-    name="rnnops", workers=CONFIG.workers, traffic={"timeout": CONFIG.request_timeout_s}, **_TRACING, **_LOGGING
+    name="rnnops",
+    workers=CONFIG.workers,
+    traffic={"timeout": CONFIG.request_timeout_s},
+    **_TRACING,
+    **_LOGGING,
+    **_METRICS,
 )
 class RnnopsService:
     def __init__(self) -> None:
-        from rnnops.serving.metrics import get_metrics  # after BentoML set up multiprocess metrics
+        from rnnops.serving.metrics import get_metrics  # in the worker, under its PROMETHEUS_MULTIPROC_DIR
 
         logging.getLogger("rnnops").setLevel(logging.INFO)
         # The scheduler thread comes back from each ORT call (which releases the GIL) needing
@@ -102,7 +112,7 @@ class RnnopsService:
             )
         metrics = get_metrics()
         models = ModelManager(CONFIG, metrics, on_step=wake_watchers)
-        self.serving = Serving(CONFIG, models, session_store(CONFIG, models, metrics))
+        self.serving = Serving(CONFIG, models, session_store(CONFIG, models, metrics), metrics=metrics)
         app.serving = self.serving
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -145,6 +155,9 @@ class RnnopsService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self.serving.models.stop()
+        from rnnops.serving.metrics import mark_process_dead
+
+        mark_process_dead()
 
     def __is_ready__(self) -> bool:
         return self.serving.models.ready and not self.serving.draining
@@ -162,6 +175,6 @@ _service.add_asgi_middleware(SecurityHeadersMiddleware)
 _service.add_asgi_middleware(BodyLimitMiddleware, max_bytes=CONFIG.max_body_bytes)
 
 # API keys, per-key stream bounds and CORS on BentoML's outer app, so that they cover its own
-# routes (/metrics) too, not only our mounted router (see http/auth.py).
+# routes (/livez, /readyz) too, not only our mounted router (see http/auth.py).
 for _cls, _options in access_middlewares(CONFIG):
     _service.add_asgi_middleware(_cls, **_options)

@@ -332,7 +332,8 @@ def test_metrics_expose_our_gauges_and_histograms(A):
         "rnnops_model_reloads_total",
         "rnnops_sessions_open",
         "rnnops_session_step_batch_size_bucket",
-        "bentoml_service_request",
+        "rnnops_http_requests_total",  # our request metrics (BentoML's are off: they labelled by raw path)
+        "rnnops_http_request_duration_seconds_bucket",
     ):
         assert name in m, name
 

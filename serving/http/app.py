@@ -10,6 +10,12 @@ Thin: it validates, translates and frames; the scheduler, batcher and sessions d
 - ``/v2/...``: the Open Inference Protocol, KServe v2 / Triton HTTP, with sequences (:mod:`.oip`).
 - ``GET /docs.json`` (OpenAPI 3.1 of all of the above), ``GET /docs`` (Swagger UI): :mod:`.openapi`.
 - ``GET /playground`` (``/`` redirects there): the browser playground (:mod:`.playground`).
+- ``GET /metrics``: Prometheus text of our metrics, every worker's (:func:`~rnnops.serving.metrics.exposition`).
+
+Every answered request is counted and timed (``rnnops_http_requests_total``,
+``rnnops_http_request_duration_seconds``) under its route *template* (``/sessions/{session_id}``),
+so the label sets stay bounded whatever paths clients send; paths no route matches count under
+``route="unmatched"``.
 
 Every handler takes the serving state explicitly (:class:`Serving`: config, model manager,
 sessions), so a handler can be tested with Starlette's test client and a fake model manager.
@@ -21,6 +27,7 @@ requests get a 503. Errors map to answers in :mod:`.errors`.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,6 +35,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
+from starlette.types import Receive, Scope, Send
 
 from rnnops.serving.config import ServeConfig
 from rnnops.serving.errors import Overloaded
@@ -39,9 +47,11 @@ from rnnops.serving.http import openai as OA
 from rnnops.serving.http import openapi as DOCS
 from rnnops.serving.http import playground as PLAY
 from rnnops.serving.http.errors import ApiError, JSONResponse, to_response
+from rnnops.serving.metrics import UNMATCHED_ROUTE, exposition
 
 if TYPE_CHECKING:
     from rnnops.serving.forecast.redis_store import RedisSessionStore
+    from rnnops.serving.metrics import Metrics
     from rnnops.serving.models import ModelManager
 
 
@@ -54,6 +64,7 @@ class Serving:
     sessions: SessionStore | RedisSessionStore
     draining: bool = False  # SIGTERM received (drain.py): new requests get 503
     requests: int = 0  # requests inside a handler now
+    metrics: Metrics | None = None  # counts and times every answered request (None: not counted)
 
     def in_flight(self) -> int:
         """Requests being handled plus streams still generating (what a drain waits for)."""
@@ -79,7 +90,20 @@ async def models(serving: Serving, request: Request) -> Response:
     return JSONResponse(d)
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus text; answered before the worker is ready and while it drains, like a probe."""
+    try:
+        body, content_type = await asyncio.to_thread(exposition)  # reads every worker's files
+    except Exception as exc:
+        return to_response(request, exc)
+    return Response(body, media_type=content_type)
+
+
 Handler = Callable[[Serving, Request], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response]]
+METRICS_PATH = "/metrics"
+# the methods a request's label may name; any other (a client's invention) counts as "other"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 HEALTH_PREFIX = "/v2/health/"  # answered while draining too (the protocol's own liveness/readiness)
 
 ROUTES: list[tuple[str, str, Handler]] = [
@@ -124,11 +148,41 @@ class RnnopsApp(Router):
 
     def __init__(self, serving: Serving | None = None):
         self.serving = serving
-        super().__init__(
-            routes=[Route(path, self._bind(handler), methods=[method]) for method, path, handler in ROUTES]
-        )
+        routes = [
+            Route(path, self._counted(path, self._bind(handler)), methods=[method]) for method, path, handler in ROUTES
+        ]
+        routes.append(Route(METRICS_PATH, self._counted(METRICS_PATH, metrics), methods=["GET"]))
+        super().__init__(routes=routes, default=self._unmatched)
 
-    def _bind(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    def _count(self, route: str, method: str, status: int, start: float) -> None:
+        serving = self.serving
+        if serving is not None and serving.metrics is not None:
+            serving.metrics.request(route, method, status, time.perf_counter() - start)
+
+    def _counted(self, route: str, endpoint: Endpoint) -> Endpoint:
+        """``endpoint``, counted and timed under its route template (never the path a client sent)
+        and the request's method (one of the route's: GET routes answer HEAD too)."""
+
+        async def counted(request: Request) -> Response:
+            start = time.perf_counter()
+            response = await endpoint(request)
+            self._count(route, request.method, response.status_code, start)
+            return response
+
+        counted.__name__ = endpoint.__name__
+        return counted
+
+    async def _unmatched(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """No route matched: Starlette's 404, counted under one fixed label (paths are untrusted)."""
+        start = time.perf_counter()
+        try:
+            await self.not_found(scope, receive, send)
+        finally:
+            if scope["type"] == "http":
+                method = scope.get("method", "")
+                self._count(UNMATCHED_ROUTE, method if method in KNOWN_METHODS else "other", 404, start)
+
+    def _bind(self, handler: Handler) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             serving = self.serving
             try:

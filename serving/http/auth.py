@@ -1,5 +1,5 @@
 """API keys, per-key fairness and CORS: ASGI middleware for the *outer* app (BentoML's
-``add_asgi_middleware``), so they cover BentoML's own routes (``/metrics``) as well as ours.
+``add_asgi_middleware``), so they cover BentoML's own routes (``/livez``, ``/readyz``) as well as ours.
 
 - ``RNNOPS_API_KEYS``: a comma-separated list, or ``@FILE`` with one key per line (``#``
   comments). Only SHA-256 digests are kept, compared in constant time against every key; a key
