@@ -16,7 +16,9 @@ export/panel_export.py). Steps:
    thread, each owning a disjoint share of the series and picking one at random for each update
    (one observation with its timestamp, promo and price for the next 14 days), closed loop.
    Reported: updates/s, p50/p99, errors, server / Redis / client CPU per update, each process's
-   RSS, the load average;
+   RSS, the load average. With ``--bulk N`` each request carries N updates, to N different
+   series of the connection's share (``POST /session-updates``): updates/s counts updates,
+   p50/p99 are per request;
 3. after each run every series' observation count is read back from Redis: the total must be
    the opened histories plus the updates answered 200 (nothing lost, nothing applied twice), and
    the counts seed the next run's timestamps.
@@ -25,6 +27,7 @@ Goals: >= 5,000 updates/s, p99 < 50 ms at that rate, <= 4 KB of Redis per series
 
     python benchmarks/series_sessions.py --quick --json out.json      # 5,000 series
     python benchmarks/series_sessions.py --series 100000 --json out.json
+    python benchmarks/series_sessions.py --series 100000 --open-http 3000 --bulk 16 --json out.json
 """
 
 from __future__ import annotations
@@ -142,9 +145,10 @@ WRK_UPDATE = (
     _WRK_COMMON
     + r"""
 -- args: n_threads, day-0 epoch seconds, steps folder (steps_<tid>.txt: "series observations" lines),
--- future-covariate JSON fragments (one file, one a line)
+-- future-covariate JSON fragments (one file, one a line), updates per request (0: POST /sessions/{id},
+-- N: POST /session-updates with N different series)
 function init(args)
-  nthreads, base = tonumber(args[1]), tonumber(args[2])
+  nthreads, base, bulk = tonumber(args[1]), tonumber(args[2]), tonumber(args[5])
   ids, steps = {}, {}
   for line in io.lines(args[3] .. "/steps_" .. tid .. ".txt") do
     local i, s = line:match("(%d+) (%d+)")
@@ -155,28 +159,57 @@ function init(args)
   fut = {}
   for line in io.lines(args[4]) do fut[#fut + 1] = line end
   math.randomseed(1000003 * (tid + 1) + os.time())
-  ok, bad, first_bad, cur = 0, 0, "", -1
+  ok, bad, first_bad, cur = 0, 0, "", {}
   hdr = {["Content-Type"] = "application/json"}
   checked = tid ~= 0  -- wrk calls thread 0's request() once to inspect it, and sends nothing
 end
 
-function request()
-  if not checked then checked = true return wrk.format("GET", "/readyz") end
-  local i = ids[math.random(#ids)]
+local function one(i)  -- series i's next step: one observation, its timestamp, the next 14 days' covariates
   local k = steps[i]
   steps[i] = k + 1
-  cur = i
-  local body = string.format('{"observations":[%d],"timestamps":["%s"],"future_covariates":%s}',
+  return string.format('"observations":[%d],"timestamps":["%s"],"future_covariates":%s',
     math.random(0, 30), os.date("!%Y-%m-%d", base + k * 86400), fut[math.random(#fut)])
-  return wrk.format("POST", string.format("/sessions/s%06d", i), hdr, body)
+end
+
+function request()
+  if not checked then checked = true return wrk.format("GET", "/readyz") end
+  if bulk == 0 then
+    local i = ids[math.random(#ids)]
+    cur = {i}
+    return wrk.format("POST", string.format("/sessions/s%06d", i), hdr, "{" .. one(i) .. "}")
+  end
+  cur = {}
+  local taken, items = {}, {}
+  while #cur < bulk do  -- bulk distinct series of this connection's share
+    local i = ids[math.random(#ids)]
+    if not taken[i] then
+      taken[i] = true
+      cur[#cur + 1] = i
+      items[#items + 1] = string.format('{"id":"s%06d",', i) .. one(i) .. "}"
+    end
+  end
+  return wrk.format("POST", "/session-updates", hdr, '{"updates":[' .. table.concat(items, ",") .. "]}")
+end
+
+local function refused(i, why)
+  bad = bad + 1
+  steps[i] = steps[i] - 1  -- not applied: the series' next step is still the same one
+  if first_bad == "" then first_bad = why end
 end
 
 function response(status, headers, body)
-  if status == 200 then ok = ok + 1 else
-    bad = bad + 1
-    steps[cur] = steps[cur] - 1  -- not applied: the series' next step is still the same one
-    if first_bad == "" then first_bad = status .. " " .. string.sub(body or "", 1, 200) end
+  if status ~= 200 then
+    for _, i in ipairs(cur) do refused(i, status .. " " .. string.sub(body or "", 1, 200)) end
+    return
   end
+  local n = 0
+  if bulk > 0 then  -- a bulk answer: an item that failed is {"id":"s000042","error":{...}}
+    for i, rest in string.gmatch(body, '{"id":"s(%d+)","error":({[^}]*})') do
+      n = n + 1
+      refused(tonumber(i), "item " .. rest)
+    end
+  end
+  ok = ok + #cur - n
 end
 """
 )
@@ -274,10 +307,10 @@ def observations(r, n: int) -> np.ndarray:
     return out
 
 
-def exactly_once(before: np.ndarray, after: np.ndarray, sent_file: Path, answered: int, connections: int) -> dict:
+def exactly_once(before: np.ndarray, after: np.ndarray, sent_file: Path, answered: int, max_in_flight: int) -> dict:
     """Each series' observations in Redis against what the client sent it (its count before the
     run plus the updates sent and not refused): more in Redis = applied twice; fewer = lost, or
-    in flight when the client stopped (at most one per connection; the client never saw those
+    in flight when the client stopped (at most one request's updates per connection; the client never saw those
     answers, so ``sent - answered`` of them exist)."""
     sent = before.copy()
     for line in sent_file.read_text().splitlines():
@@ -295,7 +328,7 @@ def exactly_once(before: np.ndarray, after: np.ndarray, sent_file: Path, answere
         "series_ahead_of_client": doubled,
         "series_behind_client": behind,
         "in_flight_at_stop": in_flight,
-        "exactly_once": doubled == 0 and 0 <= in_flight <= connections and behind <= in_flight,
+        "exactly_once": doubled == 0 and 0 <= in_flight <= max_in_flight and behind <= in_flight,
     }
 
 
@@ -402,6 +435,7 @@ def run(
     open_threads: int = 32,
     profile_s: float = 0.0,
     open_http: int | None = None,
+    bulk: int = 0,
 ) -> dict:
     if not shutil.which("wrk"):
         raise SystemExit("error: this benchmark drives the server with wrk: bash scripts/install_wrk.sh")
@@ -423,6 +457,7 @@ def run(
         "client": SH.FH.wrk_version(),
         "redis": r.info("server")["redis_version"],
         "seconds_per_run": seconds,
+        "bulk": bulk,
         "load_start": load1(),
         "runs": [],
     }
@@ -508,7 +543,7 @@ def run(
                         base,
                         c,
                         3.0 if warm else seconds,
-                        [str(c), str(base_epoch), str(work / "steps"), str(fut)],
+                        [str(c), str(base_epoch), str(work / "steps"), str(fut), str(bulk)],
                         env={**os.environ, "RNNOPS_BENCH_FINAL": str(final)},
                     )
                     cpu = C.tree_cpu_s(proc.pid) - cpu0
@@ -518,7 +553,8 @@ def run(
                             p.wait(profile_s + 60)
                         files = sorted(work.glob(f"profile-w{workers}-c{c}-*.txt"))
                         profiles[f"{workers}x{c}"] = profile_parts(files)
-                    check = exactly_once(counts, observations(r, n_series), final, res["ok"], c)
+                    in_flight_max = c * max(1, bulk)  # a request's updates are in flight together
+                    check = exactly_once(counts, observations(r, n_series), final, res["ok"], in_flight_max)
                     counts = observations(r, n_series)
                     if warm:
                         continue
@@ -526,6 +562,8 @@ def run(
                     row = {
                         "workers": workers,
                         "connections": c,
+                        "updates_per_request": max(1, bulk),
+                        "requests_per_s": res["requests"] / wall,
                         "updates": res["ok"],
                         "errors": res["non_200"] + res["socket_errors"] + res["timeouts"],
                         "first_error": res["first_error"],
@@ -543,7 +581,7 @@ def run(
                     }
                     out["runs"].append(row)
                     print(
-                        f"  workers={workers} c={c}: {row['updates_per_s']:.0f} updates/s, p50 {row['p50_ms']:.1f} "
+                        f"  workers={workers} c={c} bulk={bulk}: {row['updates_per_s']:.0f} updates/s, p50 {row['p50_ms']:.1f} "
                         f"p99 {row['p99_ms']:.1f} ms, errors {row['errors']}, server cpu "
                         f"{row['server_cpu_ms_per_update']:.2f} ms/update, redis "
                         f"{row['redis_cpu_ms_per_update']:.2f}, load {row['load_1m']}, exactly once "
@@ -626,6 +664,7 @@ def markdown(res: dict) -> str:
             [
                 x["workers"],
                 x["connections"],
+                x.get("updates_per_request", 1),
                 C.fmt(x["updates_per_s"]),
                 f"{C.fmt(x['p50_ms'])} / {C.fmt(x['p99_ms'])}",
                 x["errors"],
@@ -645,7 +684,12 @@ def markdown(res: dict) -> str:
         f"redis-server {res['redis']} (no persistence); `rnnops serve --workers N` with "
         f"`RNNOPS_SESSION_STORE=redis://...`, 1 ORT thread per worker, nothing pinned; client "
         f"{(res['client'] or 'wrk').split(' Copyright')[0]}, one connection per thread, each owning a share of the "
-        f"series and updating one at random per request (one observation, its timestamp, promo and price for the "
+        + (
+            f"series and updating {res['bulk']} of them at random per request (`POST /session-updates`; each "
+            if res.get("bulk")
+            else "series and updating one at random per request (`POST /sessions/{id}`; "
+        )
+        + f"one observation, its timestamp, promo and price for the "
         f"next 14 days), closed loop, {res['seconds_per_run']:.0f} s per run"
         + (" (--quick)" if res["quick"] else "")
         + ".",
@@ -667,8 +711,9 @@ def markdown(res: dict) -> str:
             [
                 "workers",
                 "connections",
+                "updates per request",
                 "updates/s",
-                "p50 / p99 ms",
+                "p50 / p99 ms (per request)",
                 "errors",
                 "CPU ms/update (server / Redis / client)",
                 "worker RSS MB",
@@ -708,7 +753,7 @@ def markdown(res: dict) -> str:
             f"so {C.cpus()} idle CPUs would give at most ~{1000 * C.cpus() / cpu:,.0f} updates/s. 5,000 updates/s on "
             f"{C.cpus()} CPUs leaves {budget:.1f} ms of CPU per update for the server, Redis and the client together; "
             f"Redis and the client (wrk, on the same CPUs) take {others:.2f} ms of it, which leaves the server "
-            f"{budget - others:.2f} ms, {cpu / max(1e-9, budget - others):.0f}x less than it spends. Each update makes 2 "
+            f"{budget - others:.2f} ms, {cpu / max(1e-9, budget - others):.1f}x less than it spends. Each update makes 2 "
             "Redis round trips (GETEX; the write-if-unchanged script: SET + ZADD), pipelined with the other "
             "updates of the same event-loop turn; the profile below says where the rest goes. p99 follows the "
             "queue of a closed loop (connections / updates/s) and the other work on the machine.",
@@ -762,6 +807,13 @@ def main(argv=None) -> None:
         type=int,
         help="open this many series over HTTP and clone them in Redis up to --series (default: all over HTTP)",
     )
+    ap.add_argument(
+        "--bulk",
+        type=int,
+        default=0,
+        help="N updates per request (POST /session-updates, N different series of the connection's share); "
+        "default 0: one per request (POST /sessions/{id})",
+    )
     ap.add_argument("--profile-s", type=float, default=0.0, help="py-spy each worker for N s of each run (raw stacks)")
     ap.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
     ap.add_argument("--work", type=Path, help="working folder (default: a new temporary one)")
@@ -776,6 +828,7 @@ def main(argv=None) -> None:
         args.seconds or (10.0 if args.quick else 30.0),
         profile_s=args.profile_s,
         open_http=args.open_http,
+        bulk=args.bulk,
     )
     print(markdown(res))
     C.write_json(args.json, res)

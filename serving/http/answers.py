@@ -105,6 +105,29 @@ class Session(_Answer):
     warnings: list[str] | None = None
 
 
+class ItemError(_Answer):
+    """Why one item of a bulk request failed: the status, type and message its own request would get."""
+
+    status: int
+    code: str
+    message: str
+    field: str | None = None
+    retry_after: int | None = None
+
+
+class SessionUpdateError(_Answer):
+    """A bulk update's item that was not applied (its session is as it was)."""
+
+    id: str
+    error: ItemError
+
+
+class SessionUpdates(_Answer):
+    """POST /session-updates: per update, in the request's order, the session's answer or its error."""
+
+    results: list[Session | SessionUpdateError]
+
+
 class SessionClosed(_Answer):
     session_id: str
     closed: bool

@@ -111,6 +111,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/complete", G.complete),
     ("POST", "/forecast", F.forecast),
     ("POST", "/sessions", F.open_session),
+    ("POST", "/session-updates", F.update_sessions),
     ("POST", "/sessions/{session_id}", F.update_session),
     ("GET", "/sessions/{session_id}", F.get_session),
     ("DELETE", "/sessions/{session_id}", F.close_session),

@@ -49,32 +49,39 @@ def error_response(
     return JSONResponse({"error": message, "type": kind, **extra}, status_code=status, headers=headers)
 
 
-def to_response(request: Request, exc: Exception) -> Response:
+def as_api_error(exc: Exception) -> ApiError | None:
+    """The answer an exception gets (status, type, message, extra fields); None for an
+    unexpected one (a 500). One mapping for whole requests and a bulk request's items."""
     if isinstance(exc, ApiError):
-        return error_response(exc.status, exc.kind, exc.message, **exc.extra)
+        return exc
     if isinstance(exc, InputError):
-        return error_response(400, "invalid_input", str(exc), field=exc.field)
+        return ApiError(400, "invalid_input", str(exc), field=exc.field)
     if isinstance(exc, Overloaded):
-        return error_response(
-            exc.status,
-            exc.reason,
-            exc.message,
-            headers={"Retry-After": str(exc.retry_after)},
-            retry_after=exc.retry_after,
-        )
+        return ApiError(exc.status, exc.reason, exc.message, retry_after=exc.retry_after)
     if isinstance(exc, UnknownModel):
-        return error_response(404, "unknown_model", str(exc.args[0]))
+        return ApiError(404, "unknown_model", str(exc.args[0]))
     if isinstance(exc, SessionModelGone):
-        return error_response(409, "session_model_gone", str(exc))
+        return ApiError(409, "session_model_gone", str(exc))
     if isinstance(exc, UnknownSession):
-        return error_response(
+        return ApiError(
             404,
             "unknown_session",
             f"unknown session {exc.args[0]!r}: it was closed, expired "
             "after RNNOPS_SESSION_TTL idle, or never opened on this server; open one with POST /sessions",
         )
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
+    return None
+
+
+def internal_error(what: str, exc: Exception) -> ApiError:
+    """An unexpected failure: logged with its traceback, answered as a 500."""
+    log.error("unhandled error on %s", what, exc_info=exc)
+    return ApiError(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
+
+
+def to_response(request: Request, exc: Exception) -> Response:
+    e = as_api_error(exc) or internal_error(f"{request.method} {request.url.path}", exc)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+    return error_response(e.status, e.kind, e.message, headers=headers, **e.extra)
 
 
 def validation_error(exc: ValidationError) -> ApiError:

@@ -20,6 +20,7 @@ answer gives per series its forecast timestamps, forecast, quantiles and warning
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
@@ -34,8 +35,8 @@ from starlette.responses import Response
 from rnnops import panel_features, timeseries
 from rnnops.serving.errors import InputError
 from rnnops.serving.forecast.sessions import PanelSeries
-from rnnops.serving.http.errors import JSONResponse, parse_body, validation_error
-from rnnops.serving.http.schemas import ForecastBody, ObserveBody, OpenSessionBody, SeriesItem
+from rnnops.serving.http.errors import JSONResponse, as_api_error, internal_error, parse_body, validation_error
+from rnnops.serving.http.schemas import ForecastBody, ObserveBody, OpenSessionBody, SeriesItem, SessionUpdatesBody
 
 if TYPE_CHECKING:
     from rnnops.serving.forecast.sessions import ForecastSession
@@ -517,11 +518,14 @@ async def open_session(serving: Serving, request: Request) -> Response:
     return JSONResponse(session_view(serving, sess, y), status_code=201)
 
 
-async def update_session(serving: Serving, request: Request) -> Response:
-    sid = request.path_params["session_id"]
-    body = await parse_body(request, ObserveBody)
+async def apply_update(serving: Serving, sid: str, body: ObserveBody, model: str | None = None) -> dict[str, Any]:
+    """``body``'s observations applied to session ``sid``, exactly once, in whichever store holds
+    it (Redis: re-applied if another write came first); the session's answer. A failed update
+    leaves the session as it was. ``model``: the session must be this model's."""
 
     async def apply(sess: ForecastSession) -> np.ndarray | None:
+        if model is not None and sess.model.name != model:
+            raise InputError(f"session {sid!r} is model {sess.model.name!r}'s, not {model!r}'s", "model")
         if sess.panel is not None:
             return await _observe_series(serving, sess, body)
         for f in ("past_covariates", "future_covariates"):
@@ -531,9 +535,39 @@ async def update_session(serving: Serving, request: Request) -> Response:
         rows = cast("list[list[float]]", body.observations)
         return await _observe(serving, sess, rows, body.timestamps, "observations")
 
-    # exactly once, in whichever store holds the session (Redis: re-applied if another write came first)
     sess, y = await serving.sessions.update(sid, apply)
-    return JSONResponse(session_view(serving, sess, y))
+    return session_view(serving, sess, y)
+
+
+async def update_session(serving: Serving, request: Request) -> Response:
+    body = await parse_body(request, ObserveBody)
+    return JSONResponse(await apply_update(serving, request.path_params["session_id"], body))
+
+
+async def update_sessions(serving: Serving, request: Request) -> Response:
+    """POST /session-updates: several sessions' updates in one request, each applied as
+    POST /sessions/{id} applies it. They run together, so the store pipelines their Redis
+    commands and the batcher runs their forecasts in shared calls; each item answers on its own
+    (a failed one is an error entry and leaves its session as it was), in the request's order."""
+    body = await parse_body(request, SessionUpdatesBody)
+    _check_count(len(body.updates), "updates", "updates", serving.config.forecast_max_windows)
+    try:  # two updates of one series in one request would race each other: refuse the request
+        panel_features.check_ids([u.id for u in body.updates])
+    except panel_features.SeriesError as exc:
+        raise InputError(f"{exc}: join its observations in one update", "updates") from None
+    answers = await asyncio.gather(
+        *(apply_update(serving, u.id, u, body.model) for u in body.updates), return_exceptions=True
+    )
+    results = []
+    for u, a in zip(body.updates, answers):
+        if isinstance(a, dict):
+            results.append(a)
+            continue
+        if not isinstance(a, Exception):  # cancelled (the request's deadline): not an item's failure
+            raise a
+        e = as_api_error(a) or internal_error(f"POST /session-updates, session {u.id!r}", a)
+        results.append({"id": u.id, "error": {"status": e.status, "code": e.kind, "message": e.message, **e.extra}})
+    return JSONResponse({"results": results})
 
 
 async def get_session(serving: Serving, request: Request) -> Response:

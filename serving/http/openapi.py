@@ -37,7 +37,7 @@ from rnnops import __version__
 from rnnops.serving.http import answers as A
 from rnnops.serving.http import oip, openai, playground
 from rnnops.serving.http.errors import JSONResponse
-from rnnops.serving.http.schemas import ForecastBody, GenerateBody, ObserveBody, OpenSessionBody
+from rnnops.serving.http.schemas import ForecastBody, GenerateBody, ObserveBody, OpenSessionBody, SessionUpdatesBody
 
 if TYPE_CHECKING:
     from rnnops.serving.http.app import Serving
@@ -45,13 +45,17 @@ if TYPE_CHECKING:
 Json = dict[str, Any]  # a piece of the OpenAPI document
 
 REF = "#/components/schemas/{model}"
-MODELS: list[type[BaseModel]] = [
+REQUESTS: tuple[type[BaseModel], ...] = (  # request bodies: their schemas as validated
     GenerateBody,
     ForecastBody,
     OpenSessionBody,
     ObserveBody,
+    SessionUpdatesBody,
     openai.CompletionBody,
     oip.InferRequest,
+)
+MODELS: list[type[BaseModel]] = [
+    *REQUESTS,
     A.ErrorBody,
     A.Chunk,
     A.Done,
@@ -60,6 +64,7 @@ MODELS: list[type[BaseModel]] = [
     A.Forecast,
     A.Session,
     A.SessionClosed,
+    A.SessionUpdates,
     A.Models,
     openai.Completion,
     openai.ModelList,
@@ -239,6 +244,8 @@ def _limited(components: Json, serving: Serving) -> None:
         s["maxItems"] = cfg.max_context_rows
     _rows(components["OpenSessionBody"]["properties"]["context"], cfg.max_context_rows, 1, width, 1)
     _rows(components["ObserveBody"]["properties"]["observations"], cfg.max_context_rows, 1, width, 1)
+    _rows(components["SessionUpdate"]["properties"]["observations"], cfg.max_context_rows, 1, width, 1)
+    components["SessionUpdatesBody"]["properties"]["updates"]["maxItems"] = cfg.forecast_max_windows
 
 
 # --------------------------------------------------------------------------------- the document
@@ -246,16 +253,7 @@ def _limited(components: Json, serving: Serving) -> None:
 
 def document(serving: Serving) -> Json:
     _, defs = models_json_schema(
-        [
-            (
-                m,
-                "validation"
-                if m
-                in (GenerateBody, ForecastBody, OpenSessionBody, ObserveBody, openai.CompletionBody, oip.InferRequest)
-                else "serialization",
-            )
-            for m in MODELS
-        ],
+        [(m, "validation" if m in REQUESTS else "serialization") for m in MODELS],
         ref_template=REF,
     )
     components = copy.deepcopy(defs["$defs"])
@@ -322,6 +320,14 @@ def document(serving: Serving) -> Json:
         "/sessions": {
             "post": _op(
                 "Open a forecast session", ok(A.Session, "201", "Created"), _errors(E, std, auth), OpenSessionBody
+            )
+        },
+        "/session-updates": {
+            "post": _op(
+                "Add observations to several sessions; per session its updated forecast or its error",
+                ok(A.SessionUpdates),
+                _errors(E, std, auth),
+                SessionUpdatesBody,
             )
         },
         "/sessions/{session_id}": {

@@ -137,3 +137,23 @@ class ObserveBody(_Body):
     future_covariates: dict[Name, list[float]] | None = Field(
         None, max_length=MAX_COLUMNS, description="A panel session: the H steps after the last observation."
     )
+
+
+class SessionUpdate(ObserveBody):
+    """One series' update in POST /session-updates: the body of POST /sessions/{id} and its id."""
+
+    id: str = Field(..., min_length=1, max_length=200, description="The session's id (a panel session: the series id).")
+
+
+class SessionUpdatesBody(_Body):
+    """POST /session-updates: several sessions' updates in one request (a stream consumer's
+    batch), each applied as POST /sessions/{id} applies it, exactly once, answered in order."""
+
+    model: str | None = Field(
+        None, description="If given, every session must be this model's (an item of another model's is refused)."
+    )
+    updates: list[SessionUpdate] = Field(
+        ...,
+        min_length=1,
+        description="One update per session (an id at most once), at most RNNOPS_FORECAST_MAX_WINDOWS of them.",
+    )
