@@ -5,6 +5,7 @@ Thin: it validates, translates and frames; the scheduler, batcher and sessions d
 - ``POST /generate``  Server-Sent Events (:mod:`.generate`); ``POST /complete``  one JSON answer.
 - ``POST /forecast``  ``context`` (T x F) or ``contexts`` (N windows) -> forecasts, raw units.
 - ``POST /sessions``, ``POST|GET|DELETE /sessions/{id}``: stateful forecast sessions (:mod:`.forecast`).
+- ``POST /session-updates``: several series' session updates in one request, each as ``POST /sessions/{id}``.
 - ``GET /models``  what is served, draining and failed, and the limits.
 - ``/v1/models``, ``/v1/completions``: OpenAI-compatible completions (:mod:`.openai`).
 - ``/v2/...``: the Open Inference Protocol, KServe v2 / Triton HTTP, with sequences (:mod:`.oip`).
