@@ -222,28 +222,25 @@ def ensure_nf_venv() -> Path:
     return ensure_venv("neuralforecast", NF_PINS)
 
 
-def run_nf(py: Path, train: Path, panel: Path, future: Path, rows: int, work: Path, timeout: float) -> dict:
-    out = work / f"nf-{panel.stem}.json"
-    argv = [str(py), __file__, "nf-runner", str(train), str(panel), str(future), str(out)]
+def run_peer(name: str, runner: str, extra: list[str], py: Path, train: Path, panel: Path, future: Path, rows: int, work: Path, timeout: float) -> dict:  # fmt: skip
+    """One peer's runner (this file, ``runner`` subcommand) in its own venv; its timed prediction."""
+    out, log = work / f"{runner}-{panel.stem}.json", work / f"{runner}-{panel.stem}.log"
+    argv = [str(py), __file__, runner, str(train), str(panel), str(future), *extra, str(out)]
     load = load_average()
-    r = measured(argv, work / f"nf-{panel.stem}.log", timeout, env={**os.environ, "PYTHONPATH": ""})
+    r = measured(argv, log, timeout, env={**os.environ, "PYTHONPATH": ""})
     if r["rc"] != 0:
-        raise RuntimeError(f"the NeuralForecast runner failed: see {work / f'nf-{panel.stem}.log'}")
+        raise RuntimeError(f"the {name} runner failed: see {log}")
     got = json.loads(out.read_text())
     s = got["predict_s"]
     return {**got, "seconds": s, "rows": rows, "rows_per_s": rows / s, "peak_rss_mb": got["predict_peak_rss_mb"], "load": load}  # fmt: skip
+
+
+def run_nf(py: Path, train: Path, panel: Path, future: Path, rows: int, work: Path, timeout: float) -> dict:
+    return run_peer("NeuralForecast", "nf-runner", [], py, train, panel, future, rows, work, timeout)
 
 
 def run_darts(py: Path, train: Path, panel: Path, future: Path, rows: int, work: Path, timeout: float) -> dict:
-    out = work / f"darts-{panel.stem}.json"
-    argv = [str(py), __file__, "darts-runner", str(train), str(panel), str(future), str(work / "darts.onnx"), str(out)]
-    load = load_average()
-    r = measured(argv, work / f"darts-{panel.stem}.log", timeout, env={**os.environ, "PYTHONPATH": ""})
-    if r["rc"] != 0:
-        raise RuntimeError(f"the Darts runner failed: see {work / f'darts-{panel.stem}.log'}")
-    got = json.loads(out.read_text())
-    s = got["predict_s"]
-    return {**got, "seconds": s, "rows": rows, "rows_per_s": rows / s, "peak_rss_mb": got["predict_peak_rss_mb"], "load": load}  # fmt: skip
+    return run_peer("Darts", "darts-runner", [str(work / "darts.onnx")], py, train, panel, future, rows, work, timeout)
 
 
 # ----------------------------------------------------------------------------- NeuralForecast's side
