@@ -92,6 +92,8 @@ build() {  # name, extra args...
         echo "images: rnnops-$name:$TAG is up to date (inputs $digest)"
         return 0
     fi
+    local old
+    old=$(podman image inspect --format '{{.Id}}' "rnnops-$name:$TAG" 2>/dev/null || true)
     echo "images: building rnnops-$name:$TAG on $BASE ..."
     # --format docker: the images keep their HEALTHCHECK (the OCI format has none)
     podman build --format docker --network host --layers "${mounts[@]}" --build-arg BASE_IMAGE="$BASE" "$@" \
@@ -99,6 +101,11 @@ build() {  # name, extra args...
         -f "docker/Dockerfile.$name" -t "rnnops-$name:$TAG" . > "$RNNOPS_PODMAN_DIR/tmp/build-$name.log" 2>&1 \
         || { tail -n 40 "$RNNOPS_PODMAN_DIR/tmp/build-$name.log" >&2; echo "images: rnnops-$name failed (log above)" >&2; return 1; }
     echo "images: rnnops-$name:$TAG built in $(( $(date +%s) - start )) s"
+    # the image this build replaced (now untagged) goes, or every rebuild keeps 1-2 GB more
+    # in the store; its layers the new image shares stay
+    if [ -n "$old" ] && [ "$old" != "$(podman image inspect --format '{{.Id}}' "rnnops-$name:$TAG")" ]; then
+        podman rmi "$old" >/dev/null 2>&1 || true
+    fi
 }
 for t in "${targets[@]}"; do
     case "$t" in

@@ -567,6 +567,7 @@ def test_bento_containerized_with_podman_serves_the_same_model(ready, champions,
         )
     finally:
         podman("rm", "-f", "-t", "10", name, check=False)
+        podman("rmi", "-f", image, check=False)  # 1.3 GB a run: a test leaves no image behind
 
 
 # ---------------------------------------------------------------- 7. down
