@@ -37,7 +37,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -55,6 +57,8 @@ DARTS_PINS = [
 LOOKBACK, HORIZON = 14, 7
 DOC = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- panel-batch:begin -->", "<!-- panel-batch:end -->"
+
+T = TypeVar("T")
 
 
 def uptime() -> str:
@@ -294,31 +298,13 @@ def nf_runner(train_path: str, panel_path: str, future_path: str, out: str) -> N
     panel, static = frames(panel_path)
     fut = pd.read_parquet(future_path).rename(columns={"item_id": "unique_id", "date": "ds"})
     fut["ds"] = pd.to_datetime(fut["ds"])
-    peak = [0.0]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        peak[0] = max(peak[0], int(line.split()[1]) / 1024)
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    rss_before = _rss_mb()
-    sampler.start()
-    t0 = time.perf_counter()
-    fc = nf.predict(df=panel, static_df=static, futr_df=fut)
-    predict_s = time.perf_counter() - t0
-    done.set()
-    sampler.join()
+    fc, predict_s, peak_mb, rss_before = timed_peak(lambda: nf.predict(df=panel, static_df=static, futr_df=fut))
     Path(out).write_text(
         json.dumps(
             {
                 "fit_s": fit_s,
                 "predict_s": predict_s,
-                "predict_peak_rss_mb": peak[0],
+                "predict_peak_rss_mb": peak_mb,
                 "rss_before_predict_mb": rss_before,
                 "output_rows": len(fc),
                 "series": int(panel["unique_id"].nunique()),
@@ -333,6 +319,28 @@ def _rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def timed_peak(predict: Callable[[], T]) -> tuple[T, float, float, float]:
+    """A peer's prediction timed: (its result, seconds, peak RSS MB while it ran (sampled every
+    50 ms), RSS MB before it)."""
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    rss_before = _rss_mb()
+    sampler.start()
+    t0 = time.perf_counter()
+    result = predict()
+    seconds = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    return result, seconds, peak[0], rss_before
 
 
 # ----------------------------------------------------------------------------- Darts' side
@@ -423,31 +431,18 @@ def darts_runner(train_path: str, panel_path: str, future_path: str, onnx_path: 
     target, past, future = series(load(panel_path), load(future_path))
     build_s = time.perf_counter() - t0
     session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    peak = [0.0]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_mb())
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    rss_before = _rss_mb()
-    sampler.start()
-    t0 = time.perf_counter()
-    fc = run_onnx_prediction(
-        n=HORIZON, session=session, series=target, past_covariates=past, future_covariates=future, verbose=False
+    fc, predict_s, peak_mb, rss_before = timed_peak(
+        lambda: run_onnx_prediction(
+            n=HORIZON, session=session, series=target, past_covariates=past, future_covariates=future, verbose=False
+        )
     )
-    predict_s = time.perf_counter() - t0
-    done.set()
-    sampler.join()
     Path(out).write_text(
         json.dumps(
             {
                 "fit_s": fit_s,
                 "timeseries_s": build_s,
                 "predict_s": predict_s,
-                "predict_peak_rss_mb": peak[0],
+                "predict_peak_rss_mb": peak_mb,
                 "rss_before_predict_mb": rss_before,
                 "output_rows": sum(len(f) for f in fc),
                 "series": len(fc),
